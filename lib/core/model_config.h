@@ -1,0 +1,110 @@
+// Llama-family model configuration (HF config.json) and the HF tensor naming, in one place.
+//
+// Reads config.json for LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM in both the
+// transformers v4 form (rope_theta + rope_scaling, torch_dtype) and the v5 form
+// (rope_parameters, dtype). Every field is type-checked and range-checked; an error names the
+// file, the field, the value and what was expected. Unknown keys are kept verbatim, so a
+// load -> save round trip preserves what other tools wrote.
+//
+// expected_tensors() is the single source of truth for the HF tensor names and shapes
+// ("model.layers.N.self_attn.q_proj.weight", ...): the LibTorch model, the checkpoint checks,
+// `shrink inspect` and the runtime all use it. rope_inv_freq() likewise is the one definition of
+// the RoPE frequencies (default, linear, llama3). Tested in tests/core/test_model_config.cpp.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+#include "core/status.h"
+
+namespace shrink::core {
+
+enum class Arch { kLlama, kMistral, kQwen2 };
+const char* arch_name(Arch a);  // "LlamaForCausalLM", ...
+
+enum class RopeType { kDefault, kLinear, kLlama3 };
+
+struct RopeScaling {
+  RopeType type = RopeType::kDefault;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3 only
+  double high_freq_factor = 4.0;  // llama3 only
+  int64_t original_max_position_embeddings = 8192;  // llama3 only
+};
+
+struct ModelConfig {
+  Arch arch = Arch::kLlama;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;  // hidden_size / num_heads unless given
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool qkv_bias = false;  // Qwen2 always; Llama with attention_bias
+  bool o_bias = false;    // Llama with attention_bias
+  bool tie_word_embeddings = false;
+  std::optional<int64_t> sliding_window;  // Mistral: attend to the last W positions only
+  std::optional<int64_t> bos_token_id;
+  std::optional<int64_t> eos_token_id;
+  std::string dtype = "float32";  // torch_dtype / dtype as written
+  /// The whole config.json as read; to_json() overwrites the fields above into a copy of it.
+  nlohmann::json raw = nlohmann::json::object();
+
+  int64_t q_dim() const { return num_heads * head_dim; }
+  int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  bool has_quantization() const { return raw.contains("quantization_config"); }
+};
+
+/// Parse config.json text; `origin` (a path) prefixes every error.
+Result<ModelConfig> config_from_json(const std::string& text, const std::string& origin);
+/// Read MODEL_DIR/config.json.
+Result<ModelConfig> config_load(const std::string& model_dir);
+/// Check internal consistency (divisibility, positive sizes, ...).
+Status config_validate(const ModelConfig& c, const std::string& origin = "config");
+/// Serialize to config.json text (HF v4 field names, which v4 and v5 both read; unknown keys
+/// from the original file are preserved).
+std::string config_to_json(const ModelConfig& c);
+
+/// Built-in Llama configs for models trained from scratch ("tiny", "small", "base"), with the
+/// given vocabulary size. Errors list the known names.
+Result<ModelConfig> config_preset(const std::string& name, int64_t vocab_size);
+/// The preset names, comma-separated, for help texts.
+const char* config_preset_names();
+
+/// RoPE inverse frequencies, head_dim/2 values, after rope scaling (HF semantics).
+std::vector<double> rope_inv_freq(const ModelConfig& c);
+
+/// What a tensor is, for per-module reporting (inspect, pruning, quantization targets).
+enum class TensorRole {
+  kEmbed, kFinalNorm, kLmHead,
+  kAttnNorm, kMlpNorm, kQ, kK, kV, kO, kQBias, kKBias, kVBias, kOBias, kGate, kUp, kDown,
+};
+const char* tensor_role_name(TensorRole r);  // "q_proj", "input_layernorm", ...
+bool tensor_role_is_linear(TensorRole r);
+
+struct TensorSpec {
+  std::string name;            // HF name
+  std::vector<int64_t> shape;  // [out, in] for linear weights, as HF stores them
+  TensorRole role;
+  int layer = -1;  // -1 for non-block tensors
+};
+
+/// The tensors a float checkpoint of this config must hold, in HF order.
+std::vector<TensorSpec> expected_tensors(const ModelConfig& c);
+
+/// Check a checkpoint against the config: every expected tensor present with the right shape
+/// and a float dtype; no unexpected tensors (a tied lm_head.weight copy is tolerated). The error
+/// lists all missing, unexpected and mis-shaped tensors by name.
+Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt);
+
+}  // namespace shrink::core

@@ -1,0 +1,122 @@
+// Safetensors reader and writer, and multi-file (sharded) checkpoints.
+//
+// Format: 8-byte little-endian header length N, N bytes of JSON mapping tensor names to
+// {dtype, shape, data_offsets:[begin,end)} relative to the data section (plus an optional
+// "__metadata__" string map), then the data section.
+//
+// Why this way: files are memory-mapped read-only, so a multi-GB checkpoint opens instantly and
+// the runtime can use weights in place. Everything in the header is validated before any byte is
+// handed out (length bounds, JSON, known dtypes, shape x dtype == byte range, ranges inside the
+// file and non-overlapping, unique names), so a malformed file yields a Status naming the file
+// and the tensor, never a crash. Writers go through a temporary file and rename().
+// Tested in tests/core/test_safetensors.cpp (round trips and a corpus of malformed files).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/status.h"
+
+namespace shrink::core {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;  // bytes from the start of the data section
+  uint64_t nbytes = 0;
+  int64_t numel() const;
+};
+
+/// A read-only memory mapping of a whole file.
+class MappedFile {
+ public:
+  static Result<std::unique_ptr<MappedFile>> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string path_;
+};
+
+/// One validated, memory-mapped .safetensors file.
+class SafetensorsFile {
+ public:
+  /// Map and validate. Errors are kInvalidInput (malformed) or kNotFound, and name the file.
+  static Result<std::unique_ptr<SafetensorsFile>> open(const std::string& path);
+  const std::string& path() const { return file_->path(); }
+  /// Tensors in data-offset order.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(std::string_view name) const;
+  /// Pointer to the tensor's bytes inside the mapping (valid while this object lives).
+  const uint8_t* data(const TensorInfo& t) const { return data_start_ + t.offset; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+  const uint8_t* data_start_ = nullptr;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// A tensor to be written: borrowed bytes plus its description.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  uint64_t nbytes = 0;
+};
+
+/// Write one .safetensors file (tensors in the given order, data 8-byte aligned in the header
+/// padding) to `path` via a temporary sibling and rename(). Validates names unique and
+/// shape x dtype == nbytes.
+Status safetensors_write(const std::string& path, const std::vector<TensorView>& tensors,
+                         const std::map<std::string, std::string>& metadata = {});
+
+/// A model's weights: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json` ({"metadata": {...}, "weight_map": {name: file}}).
+class Checkpoint {
+ public:
+  /// Open the checkpoint in a model directory. The index (if present) is validated against the
+  /// shards: every mapped tensor exists in the named file, no tensor is in two files.
+  static Result<Checkpoint> open(const std::string& dir);
+  const std::string& dir() const { return dir_; }
+  /// All tensor names, sorted.
+  std::vector<std::string> names() const;
+  const TensorInfo* find(std::string_view name) const;
+  const uint8_t* data(const TensorInfo& t) const;
+  /// The file (basename) that holds a tensor.
+  std::string file_of(std::string_view name) const;
+  /// __metadata__ of the single file, or the first shard's.
+  const std::map<std::string, std::string>& metadata() const;
+  uint64_t total_bytes() const;
+  size_t num_files() const { return files_.size(); }
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::pair<size_t, const TensorInfo*>, std::less<>> map_;
+};
+
+/// Write weights into directory `dir` (which must exist): a single `model.safetensors`, or,
+/// when max_shard_bytes > 0 and the total exceeds it, `model-0000i-of-0000n.safetensors` plus
+/// `model.safetensors.index.json`, as Hugging Face names them.
+Status checkpoint_write(const std::string& dir, const std::vector<TensorView>& tensors,
+                        const std::map<std::string, std::string>& metadata = {},
+                        uint64_t max_shard_bytes = 0);
+
+}  // namespace shrink::core

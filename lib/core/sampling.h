@@ -1,0 +1,36 @@
+// Token sampling from a row of logits: greedy, temperature, top-k and top-p (nucleus).
+//
+// Why in core: `shrink generate` (LibTorch) and `shrink-rt generate` (runtime) must pick the
+// same token from the same logits with the same seed, so the sampler is one plain-C++ function
+// with its own RNG (a std::mt19937_64 seeded by the caller and drawn explicitly, never the
+// global or library RNG). Tested in tests/core/test_sampling.cpp.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace shrink::core {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy (argmax, lowest id on ties)
+  int32_t top_k = 0;         // 0 = off
+  float top_p = 1.0f;        // 1 = off
+};
+
+class Sampler {
+ public:
+  Sampler(SamplingParams p, uint64_t seed) : p_(p), rng_(seed) {}
+  /// Pick a token id from n logits.
+  int32_t sample(const float* logits, int64_t n);
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> scratch_;
+};
+
+/// Index of the largest value (lowest index on ties).
+int32_t argmax(const float* x, int64_t n);
+
+}  // namespace shrink::core

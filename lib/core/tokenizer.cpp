@@ -1,0 +1,1128 @@
+// Byte-level BPE tokenizer: tokenizer.json parsing and writing, the GPT-2 pre-tokenizer, encode
+// and decode (see core/tokenizer.h for what is supported).
+//
+// Design: text is first cut at added tokens (leftmost, longest match), each remaining segment is
+// split by a hand-written matcher of the GPT-2 regex over code points classified with generated
+// tables (core/unicode_tables.h), and each pre-token's bytes go through the byte-to-unicode map
+// to base ids that are merged lowest rank first (a min-heap keyed by (rank, position) over a
+// linked list of symbols, the order Hugging Face applies merges in, so ids agree with it). Merge
+// results are cached per pre-token word behind a shared_mutex, so a const Tokenizer can encode
+// from many threads. JSON goes through nlohmann's non-throwing entry points and explicit type
+// checks, because core must not throw.
+// Tested in tests/core/test_tokenizer.cpp.
+#include "core/tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <shared_mutex>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/unicode_tables.h"
+
+namespace shrink::core {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Ids above this are refused at load: id_to_token is a dense vector, and no real vocabulary comes
+// near 16M entries (the largest in use are ~256k).
+constexpr int64_t kMaxTokenId = (int64_t(1) << 24) - 1;
+// Words longer than this are merged but not cached (long runs of one character would fill the
+// cache with entries that never repeat).
+constexpr size_t kMaxCachedWordBytes = 256;
+// The cache is cleared when it reaches this many words; bounds memory on endless streams.
+constexpr size_t kMaxCacheEntries = 1 << 18;
+
+// ---------------------------------------------------------------------------------------------
+// UTF-8 and the GPT-2 byte map
+
+/// Decode one code point at s[i]; returns its length in bytes, or 0 if the bytes there are not
+/// a valid, shortest-form UTF-8 encoding of a scalar value.
+size_t utf8_decode(std::string_view s, size_t i, uint32_t* cp) {
+  const auto b0 = uint8_t(s[i]);
+  if (b0 < 0x80) {
+    *cp = b0;
+    return 1;
+  }
+  size_t len;
+  uint32_t v;
+  uint32_t min;
+  if ((b0 & 0xE0) == 0xC0) {
+    len = 2, v = b0 & 0x1F, min = 0x80;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    len = 3, v = b0 & 0x0F, min = 0x800;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    len = 4, v = b0 & 0x07, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (i + len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    const auto b = uint8_t(s[i + k]);
+    if ((b & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (b & 0x3F);
+  }
+  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+  *cp = v;
+  return len;
+}
+
+void utf8_append(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+/// GPT-2's bytes_to_unicode: bytes '!'..'~', 0xA1..0xAC and 0xAE..0xFF stand for themselves;
+/// the other 68 bytes, in byte order, become U+0100, U+0101, ... so every byte is printable.
+struct ByteMap {
+  std::array<uint32_t, 256> byte_to_cp{};
+  std::array<std::string, 256> byte_to_utf8;
+  std::array<int16_t, 512> cp_to_byte{};  // all mapped code points are below U+0144
+
+  ByteMap() {
+    cp_to_byte.fill(-1);
+    uint32_t n = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+      byte_to_cp[b] = keep ? uint32_t(b) : 256 + n++;
+      cp_to_byte[byte_to_cp[b]] = int16_t(b);
+      utf8_append(byte_to_utf8[b], byte_to_cp[b]);
+    }
+  }
+};
+
+const ByteMap& byte_map() {
+  static const ByteMap kMap;
+  return kMap;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2 pre-tokenizer
+
+enum class CharClass : uint8_t { kLetter, kNumber, kSpace, kOther };
+
+struct CodePoint {
+  uint32_t cp;   // kInvalidCp for a byte that is not valid UTF-8
+  uint32_t off;  // byte offset in the text
+  CharClass cls;
+};
+constexpr uint32_t kInvalidCp = 0xFFFFFFFF;
+
+CharClass classify(uint32_t cp) {
+  if (cp < 0x80) {
+    if ((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z')) return CharClass::kLetter;
+    if (cp >= '0' && cp <= '9') return CharClass::kNumber;
+    if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) return CharClass::kSpace;
+    return CharClass::kOther;
+  }
+  if (cp == kInvalidCp) return CharClass::kOther;
+  if (unicode_is_letter(cp)) return CharClass::kLetter;
+  if (unicode_is_number(cp)) return CharClass::kNumber;
+  if (unicode_is_space(cp)) return CharClass::kSpace;
+  return CharClass::kOther;
+}
+
+/// Length (in code points) of the GPT-2 regex match starting at cps[i]; always >= 1.
+size_t gpt2_match(const std::vector<CodePoint>& cps, size_t i) {
+  const size_t n = cps.size();
+  auto cp_at = [&](size_t k) { return k < n ? cps[k].cp : kInvalidCp; };
+  auto run = [&](size_t k, CharClass c) {  // end of the run of class c starting at k
+    while (k < n && cps[k].cls == c) ++k;
+    return k;
+  };
+  // 's|'t|'re|'ve|'m|'ll|'d
+  if (cps[i].cp == '\'') {
+    const uint32_t c1 = cp_at(i + 1);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+    const uint32_t c2 = cp_at(i + 2);
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  }
+  // ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+': an optional space, then a run of one class.
+  // ' ' is itself \s, so without the space the run must start at i.
+  const size_t start =
+      (cps[i].cp == ' ' && i + 1 < n && cps[i + 1].cls != CharClass::kSpace) ? i + 1 : i;
+  if (cps[start].cls != CharClass::kSpace) return run(start, cps[start].cls) - i;
+  // \s+(?!\S): the whitespace run, less its last character when a non-space follows (a run of
+  // one followed by a non-space cannot satisfy the lookahead and falls through to \s+).
+  const size_t end = run(i, CharClass::kSpace);
+  if (end == n || end - i == 1) return end - i;
+  return end - i - 1;
+}
+
+bool is_ascii_space(char c) {
+  return c == ' ' || (c >= '\t' && c <= '\r');
+}
+bool is_ascii_word(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+struct PairHash {
+  size_t operator()(uint64_t k) const {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return size_t(k);
+  }
+};
+inline uint64_t pair_key(int32_t a, int32_t b) {
+  return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
+}
+
+std::string squote(const std::string& s) {
+  return "'" + s + "'";
+}
+
+Status field_error(const std::string& origin, const std::string& field, const std::string& msg) {
+  return invalid_input(origin + ": " + field + ": " + msg);
+}
+
+const char* json_type_name(const Json& j) {
+  return j.type_name();
+}
+
+/// Collects the first parse error of a JSON document (position and reason).
+struct ParseErrorSax : nlohmann::json_sax<Json> {
+  std::string message;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&,
+                   const nlohmann::detail::exception& ex) override {
+    message = ex.what();
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> drop the tag.
+    const size_t tag_end = message.find("] ");
+    if (message.rfind("[json.exception", 0) == 0 && tag_end != std::string::npos) {
+      message = message.substr(tag_end + 2);
+    }
+    return false;
+  }
+};
+
+/// Reads an optional bool field; a missing or null field keeps `*out`.
+Status read_bool(const Json& obj, const char* key, const std::string& origin,
+                 const std::string& path, bool* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Status::ok();
+  if (!it->is_boolean()) {
+    return field_error(origin, path + "." + key,
+                       std::string(json_type_name(*it)) + " is not a boolean");
+  }
+  *out = it->get<bool>();
+  return Status::ok();
+}
+
+/// The "type" string of a JSON component (pre_tokenizer, decoder...), or "" if absent.
+std::string type_of(const Json& j) {
+  if (!j.is_object()) return "";
+  auto it = j.find("type");
+  return (it != j.end() && it->is_string()) ? it->get<std::string>() : "";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Public free functions
+
+std::vector<std::string_view> pretokenize_gpt2(std::string_view text) {
+  std::vector<CodePoint> cps;
+  cps.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    size_t len = utf8_decode(text, i, &cp);
+    if (len == 0) cp = kInvalidCp, len = 1;
+    cps.push_back({cp, uint32_t(i), classify(cp)});
+    i += len;
+  }
+  std::vector<std::string_view> pieces;
+  for (size_t i = 0; i < cps.size();) {
+    const size_t j = i + gpt2_match(cps, i);
+    const size_t b0 = cps[i].off;
+    const size_t b1 = j < cps.size() ? cps[j].off : text.size();
+    pieces.push_back(text.substr(b0, b1 - b0));
+    i = j;
+  }
+  return pieces;
+}
+
+std::string byte_level_encode(std::string_view bytes) {
+  const ByteMap& m = byte_map();
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) out += m.byte_to_utf8[uint8_t(c)];
+  return out;
+}
+
+bool byte_level_decode(std::string_view text, std::string& bytes) {
+  const ByteMap& m = byte_map();
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    const size_t len = utf8_decode(text, i, &cp);
+    if (len == 0 || cp >= m.cp_to_byte.size() || m.cp_to_byte[cp] < 0) return false;
+    bytes += char(m.cp_to_byte[cp]);
+    i += len;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer::Impl
+
+namespace {
+
+struct AddedToken {
+  int32_t id = 0;
+  std::string content;
+  bool special = false;
+  bool single_word = false;
+  bool lstrip = false;
+  bool rstrip = false;
+  bool normalized = false;
+};
+
+struct MergeInfo {
+  int32_t rank;
+  int32_t id;
+};
+
+/// One element of a TemplateProcessing "single" template: the input sequence or fixed ids.
+struct TemplateItem {
+  bool is_sequence = false;
+  std::vector<int32_t> ids;
+};
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  // model
+  std::unordered_map<std::string, int32_t> vocab;           // byte-level token string -> id
+  std::vector<std::string> id_to_vocab;                     // id -> token string ("" where unused)
+  std::vector<std::pair<std::string, std::string>> merges;  // rank order
+  std::unordered_map<uint64_t, MergeInfo, PairHash> merge_map;
+  std::array<int32_t, 256> byte_ids{};  // id of each byte's single-symbol token, or -1
+  std::optional<std::string> unk_token;
+  std::optional<int32_t> unk_id;
+  bool fuse_unk = false;
+  bool ignore_merges = false;
+
+  // added tokens
+  std::vector<AddedToken> added;
+  std::unordered_map<int32_t, size_t> added_by_id;
+  std::array<std::vector<size_t>, 256> added_by_first_byte;  // longest first
+
+  // pipeline
+  bool add_prefix_space = false;
+  bool trim_offsets = true;
+  bool use_regex = true;
+  std::vector<TemplateItem> single_template;
+  bool has_template = false;
+  Json post_processor;  // written back verbatim when it holds a template
+
+  // per-word merge cache
+  mutable std::shared_mutex cache_mu;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+  int32_t max_id() const {
+    int32_t m = int32_t(id_to_vocab.size()) - 1;
+    for (const auto& a : added) m = std::max(m, a.id);
+    return m;
+  }
+
+  Status set_vocab(std::vector<std::string> by_id, const std::string& origin);
+  Status set_merges(std::vector<std::pair<std::string, std::string>> list,
+                    const std::string& origin);
+  Status add_token(AddedToken tok, const std::string& origin, const std::string& field);
+  void index_added();
+
+  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_segment(std::string_view seg, std::vector<int32_t>& out) const;
+  void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+};
+
+Status Tokenizer::Impl::set_vocab(std::vector<std::string> by_id, const std::string& origin) {
+  vocab.clear();
+  vocab.reserve(by_id.size());
+  for (size_t id = 0; id < by_id.size(); ++id) {
+    if (by_id[id].empty()) continue;
+    auto [it, fresh] = vocab.emplace(by_id[id], int32_t(id));
+    if (!fresh) {
+      return field_error(
+          origin, "model.vocab",
+          strfmt("token %s has two ids, %d and %zu", squote(by_id[id]).c_str(), it->second, id));
+    }
+  }
+  id_to_vocab = std::move(by_id);
+  const ByteMap& m = byte_map();
+  for (int b = 0; b < 256; ++b) {
+    auto it = vocab.find(m.byte_to_utf8[b]);
+    byte_ids[b] = it == vocab.end() ? -1 : it->second;
+  }
+  return Status::ok();
+}
+
+Status Tokenizer::Impl::set_merges(std::vector<std::pair<std::string, std::string>> list,
+                                   const std::string& origin) {
+  merge_map.clear();
+  merge_map.reserve(list.size());
+  for (size_t r = 0; r < list.size(); ++r) {
+    const auto& [a, b] = list[r];
+    const std::string field = strfmt("model.merges[%zu]", r);
+    auto ia = vocab.find(a);
+    if (ia == vocab.end()) {
+      return field_error(origin, field, squote(a) + " is not in model.vocab");
+    }
+    auto ib = vocab.find(b);
+    if (ib == vocab.end()) {
+      return field_error(origin, field, squote(b) + " is not in model.vocab");
+    }
+    auto im = vocab.find(a + b);
+    if (im == vocab.end()) {
+      return field_error(origin, field,
+                         "the merged token " + squote(a + b) + " is not in model.vocab");
+    }
+    // Like Hugging Face, a repeated pair takes the rank of its last occurrence.
+    merge_map[pair_key(ia->second, ib->second)] = MergeInfo{int32_t(r), im->second};
+  }
+  merges = std::move(list);
+  return Status::ok();
+}
+
+Status Tokenizer::Impl::add_token(AddedToken tok, const std::string& origin,
+                                  const std::string& field) {
+  if (tok.id < 0 || tok.id > kMaxTokenId) {
+    return field_error(origin, field + ".id",
+                       strfmt("%d is out of range; expected 0..%lld", tok.id,
+                              static_cast<long long>(kMaxTokenId)));
+  }
+  if (added_by_id.count(tok.id)) {
+    return field_error(origin, field + ".id", strfmt("id %d is used by two added tokens", tok.id));
+  }
+  added_by_id[tok.id] = added.size();
+  added.push_back(std::move(tok));
+  return Status::ok();
+}
+
+void Tokenizer::Impl::index_added() {
+  for (auto& v : added_by_first_byte) v.clear();
+  for (size_t k = 0; k < added.size(); ++k) {
+    if (added[k].content.empty()) continue;
+    added_by_first_byte[uint8_t(added[k].content[0])].push_back(k);
+  }
+  for (auto& v : added_by_first_byte) {
+    std::stable_sort(v.begin(), v.end(), [&](size_t x, size_t y) {
+      return added[x].content.size() > added[y].content.size();
+    });
+  }
+}
+
+void Tokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (ignore_merges) {
+    auto it = vocab.find(byte_level_encode(word));
+    if (it != vocab.end()) {
+      out.push_back(it->second);
+      return;
+    }
+  }
+  struct Node {
+    int32_t id;
+    int32_t prev;
+    int32_t next;
+  };
+  std::vector<Node> nodes;
+  nodes.reserve(word.size());
+  for (char c : word) {
+    int32_t id = byte_ids[uint8_t(c)];
+    if (id < 0) {
+      // A byte the vocabulary lacks: the unknown token if there is one (fused with a preceding
+      // unknown when fuse_unk), else the byte is dropped, as Hugging Face does.
+      if (!unk_id) continue;
+      if (fuse_unk && !nodes.empty() && nodes.back().id == *unk_id) continue;
+      id = *unk_id;
+    }
+    const auto k = int32_t(nodes.size());
+    nodes.push_back({id, k - 1, -1});
+    if (k > 0) nodes[k - 1].next = k;
+  }
+  if (nodes.size() > 1 && !merge_map.empty()) {
+    struct Cand {
+      int32_t rank;
+      int32_t pos;
+      int32_t left;
+      int32_t right;
+      int32_t merged;
+      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto consider = [&](int32_t pos) {
+      const int32_t nx = nodes[pos].next;
+      if (nx < 0) return;
+      auto it = merge_map.find(pair_key(nodes[pos].id, nodes[nx].id));
+      if (it != merge_map.end()) {
+        heap.push({it->second.rank, pos, nodes[pos].id, nodes[nx].id, it->second.id});
+      }
+    };
+    for (int32_t k = 0; k + 1 < int32_t(nodes.size()); ++k) consider(k);
+    while (!heap.empty()) {
+      const Cand c = heap.top();
+      heap.pop();
+      Node& left = nodes[c.pos];
+      // Stale if either symbol changed since the candidate was pushed (merged nodes are dead).
+      if (left.id != c.left || left.next < 0 || nodes[left.next].id != c.right) continue;
+      Node& right = nodes[left.next];
+      left.id = c.merged;
+      left.next = right.next;
+      if (right.next >= 0) nodes[right.next].prev = c.pos;
+      right.id = -1;
+      if (left.prev >= 0) consider(left.prev);
+      consider(c.pos);
+    }
+  }
+  for (int32_t k = nodes.empty() ? -1 : 0; k >= 0; k = nodes[k].next) out.push_back(nodes[k].id);
+}
+
+void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.size() > kMaxCachedWordBytes) {
+    merge_word(word, out);
+    return;
+  }
+  std::string key(word);
+  {
+    std::shared_lock<std::shared_mutex> lock(cache_mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  std::vector<int32_t> ids;
+  merge_word(word, ids);
+  out.insert(out.end(), ids.begin(), ids.end());
+  std::unique_lock<std::shared_mutex> lock(cache_mu);
+  if (cache.size() >= kMaxCacheEntries) cache.clear();
+  cache.emplace(std::move(key), std::move(ids));
+}
+
+void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<int32_t>& out) const {
+  if (seg.empty()) return;
+  std::string prefixed;
+  if (add_prefix_space && seg[0] != ' ') {
+    prefixed.reserve(seg.size() + 1);
+    prefixed += ' ';
+    prefixed += seg;
+    seg = prefixed;
+  }
+  if (!use_regex) {
+    encode_word(seg, out);
+    return;
+  }
+  for (std::string_view w : pretokenize_gpt2(seg)) encode_word(w, out);
+}
+
+void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& out) const {
+  const size_t n = text.size();
+  size_t seg_start = 0;
+  size_t i = 0;
+  while (i < n) {
+    const AddedToken* hit = nullptr;
+    for (size_t k : added_by_first_byte[uint8_t(text[i])]) {
+      const AddedToken& t = added[k];
+      if (t.content.size() > n - i || text.compare(i, t.content.size(), t.content) != 0) continue;
+      if (t.single_word) {
+        const size_t e = i + t.content.size();
+        if ((i > 0 && is_ascii_word(text[i - 1])) || (e < n && is_ascii_word(text[e]))) continue;
+      }
+      hit = &t;
+      break;
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    size_t s = i;
+    size_t e = i + hit->content.size();
+    // lstrip / rstrip swallow neighbouring (ASCII) whitespace into the token.
+    if (hit->lstrip) {
+      while (s > seg_start && is_ascii_space(text[s - 1])) --s;
+    }
+    if (hit->rstrip) {
+      while (e < n && is_ascii_space(text[e])) ++e;
+    }
+    encode_segment(text.substr(seg_start, s - seg_start), out);
+    out.push_back(hit->id);
+    seg_start = i = e;
+  }
+  encode_segment(text.substr(seg_start), out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer
+
+Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {
+  impl_->byte_ids.fill(-1);
+}
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+Result<Tokenizer> Tokenizer::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return not_found(path + ": cannot open tokenizer file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return io_error(path + ": read failed");
+  return from_json(ss.str(), path);
+}
+
+namespace {
+
+Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl& impl) {
+  if (!model.is_object()) {
+    return field_error(origin, "model", std::string(json_type_name(model)) + " is not an object");
+  }
+  auto type_it = model.find("type");
+  if (type_it != model.end()) {
+    if (!type_it->is_string() || type_it->get<std::string>() != "BPE") {
+      return field_error(
+          origin, "model.type",
+          squote(type_it->is_string() ? type_it->get<std::string>() : type_it->dump()) +
+              " is not supported; expected 'BPE' (byte-level BPE)");
+    }
+  }
+  // vocab
+  auto vit = model.find("vocab");
+  if (vit == model.end() || !vit->is_object()) {
+    return field_error(origin, "model.vocab", "missing or not an object of token -> id");
+  }
+  std::vector<std::string> by_id;
+  for (auto it = vit->begin(); it != vit->end(); ++it) {
+    const std::string& tok = it.key();
+    if (!it->is_number_integer()) {
+      return field_error(origin, "model.vocab[" + squote(tok) + "]",
+                         std::string(json_type_name(*it)) + " is not an integer id");
+    }
+    const int64_t id = it->get<int64_t>();
+    if (id < 0 || id > kMaxTokenId) {
+      return field_error(origin, "model.vocab[" + squote(tok) + "]",
+                         strfmt("%lld is out of range; expected 0..%lld",
+                                static_cast<long long>(id), static_cast<long long>(kMaxTokenId)));
+    }
+    if (tok.empty()) {
+      return field_error(origin, "model.vocab", "the empty string is not a valid token");
+    }
+    if (size_t(id) >= by_id.size()) by_id.resize(size_t(id) + 1);
+    if (!by_id[size_t(id)].empty()) {
+      return field_error(origin, "model.vocab[" + squote(tok) + "]",
+                         strfmt("id %lld is already used by ", static_cast<long long>(id)) +
+                             squote(by_id[size_t(id)]));
+    }
+    by_id[size_t(id)] = tok;
+  }
+  SHRINK_RETURN_IF_ERROR(impl.set_vocab(std::move(by_id), origin));
+
+  // merges
+  auto mit = model.find("merges");
+  if (mit == model.end() || !mit->is_array()) {
+    return field_error(origin, "model.merges", "missing or not an array");
+  }
+  std::vector<std::pair<std::string, std::string>> merges;
+  merges.reserve(mit->size());
+  for (size_t r = 0; r < mit->size(); ++r) {
+    const Json& m = (*mit)[r];
+    const std::string field = strfmt("model.merges[%zu]", r);
+    if (m.is_string()) {
+      const std::string s = m.get<std::string>();
+      const size_t sp = s.find(' ');
+      if (sp == std::string::npos || sp == 0 || sp + 1 == s.size() ||
+          s.find(' ', sp + 1) != std::string::npos) {
+        return field_error(origin, field,
+                           squote(s) + " is not a pair; expected \"left right\" (one space)");
+      }
+      merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    } else {
+      return field_error(
+          origin, field,
+          m.dump() + " is not a pair; expected \"left right\" or [\"left\", \"right\"]");
+    }
+  }
+  SHRINK_RETURN_IF_ERROR(impl.set_merges(std::move(merges), origin));
+
+  // options that change the algorithm
+  auto dit = model.find("dropout");
+  if (dit != model.end() && !dit->is_null()) {
+    if (!dit->is_number() || dit->get<double>() != 0.0) {
+      return field_error(origin, "model.dropout",
+                         dit->dump() + " is not supported; expected null (deterministic BPE)");
+    }
+  }
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    auto it = model.find(key);
+    if (it != model.end() && !it->is_null() &&
+        !(it->is_string() && it->get<std::string>().empty())) {
+      return field_error(origin, std::string("model.") + key,
+                         it->dump() + " is not supported; expected null (byte-level BPE)");
+    }
+  }
+  bool byte_fallback = false;
+  SHRINK_RETURN_IF_ERROR(read_bool(model, "byte_fallback", origin, "model", &byte_fallback));
+  if (byte_fallback) {
+    return field_error(origin, "model.byte_fallback",
+                       "true is not supported; expected false (byte-level BPE needs no fallback)");
+  }
+  SHRINK_RETURN_IF_ERROR(read_bool(model, "fuse_unk", origin, "model", &impl.fuse_unk));
+  SHRINK_RETURN_IF_ERROR(read_bool(model, "ignore_merges", origin, "model", &impl.ignore_merges));
+  auto uit = model.find("unk_token");
+  if (uit != model.end() && !uit->is_null()) {
+    if (!uit->is_string()) {
+      return field_error(origin, "model.unk_token",
+                         std::string(json_type_name(*uit)) + " is not a string");
+    }
+    impl.unk_token = uit->get<std::string>();
+    auto it = impl.vocab.find(*impl.unk_token);
+    if (it != impl.vocab.end()) impl.unk_id = it->second;
+  }
+  return Status::ok();
+}
+
+Status parse_added_tokens(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  auto ait = root.find("added_tokens");
+  if (ait == root.end() || ait->is_null()) return Status::ok();
+  if (!ait->is_array()) {
+    return field_error(origin, "added_tokens",
+                       std::string(json_type_name(*ait)) + " is not an array");
+  }
+  for (size_t k = 0; k < ait->size(); ++k) {
+    const Json& t = (*ait)[k];
+    const std::string field = strfmt("added_tokens[%zu]", k);
+    if (!t.is_object()) {
+      return field_error(origin, field, std::string(json_type_name(t)) + " is not an object");
+    }
+    AddedToken tok;
+    auto id = t.find("id");
+    if (id == t.end() || !id->is_number_integer()) {
+      return field_error(origin, field + ".id", "missing or not an integer");
+    }
+    const int64_t id64 = id->get<int64_t>();
+    tok.id = (id64 < 0 || id64 > kMaxTokenId) ? -1 : int32_t(id64);
+    auto content = t.find("content");
+    if (content == t.end() || !content->is_string() || content->get<std::string>().empty()) {
+      return field_error(origin, field + ".content", "missing, empty or not a string");
+    }
+    tok.content = content->get<std::string>();
+    SHRINK_RETURN_IF_ERROR(read_bool(t, "special", origin, field, &tok.special));
+    SHRINK_RETURN_IF_ERROR(read_bool(t, "single_word", origin, field, &tok.single_word));
+    SHRINK_RETURN_IF_ERROR(read_bool(t, "lstrip", origin, field, &tok.lstrip));
+    SHRINK_RETURN_IF_ERROR(read_bool(t, "rstrip", origin, field, &tok.rstrip));
+    SHRINK_RETURN_IF_ERROR(read_bool(t, "normalized", origin, field, &tok.normalized));
+    SHRINK_RETURN_IF_ERROR(impl.add_token(std::move(tok), origin, field));
+  }
+  impl.index_added();
+  return Status::ok();
+}
+
+Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  auto it = root.find("pre_tokenizer");
+  if (it == root.end() || it->is_null()) {
+    return field_error(origin, "pre_tokenizer",
+                       "null is not supported; expected {\"type\": \"ByteLevel\"}");
+  }
+  const std::string type = type_of(*it);
+  if (type != "ByteLevel") {
+    return field_error(origin, "pre_tokenizer.type",
+                       squote(type.empty() ? it->dump() : type) +
+                           " is not supported; expected 'ByteLevel' (GPT-2 style)");
+  }
+  // Defaults are those of Hugging Face's ByteLevel constructor.
+  impl.add_prefix_space = true;
+  impl.trim_offsets = true;
+  impl.use_regex = true;
+  SHRINK_RETURN_IF_ERROR(
+      read_bool(*it, "add_prefix_space", origin, "pre_tokenizer", &impl.add_prefix_space));
+  SHRINK_RETURN_IF_ERROR(
+      read_bool(*it, "trim_offsets", origin, "pre_tokenizer", &impl.trim_offsets));
+  SHRINK_RETURN_IF_ERROR(read_bool(*it, "use_regex", origin, "pre_tokenizer", &impl.use_regex));
+  return Status::ok();
+}
+
+Status parse_template(const Json& pp, const std::string& origin, const std::string& path,
+                      Tokenizer::Impl& impl) {
+  auto sit = pp.find("single");
+  if (sit == pp.end() || !sit->is_array()) {
+    return field_error(origin, path + ".single", "missing or not an array");
+  }
+  auto spit = pp.find("special_tokens");
+  const Json empty = Json::object();
+  const Json& specials = (spit != pp.end() && spit->is_object()) ? *spit : empty;
+  std::vector<TemplateItem> items;
+  for (size_t k = 0; k < sit->size(); ++k) {
+    const Json& item = (*sit)[k];
+    const std::string field = strfmt("%s.single[%zu]", path.c_str(), k);
+    if (item.is_object() && item.contains("Sequence")) {
+      items.push_back({true, {}});
+      continue;
+    }
+    if (!item.is_object() || !item.contains("SpecialToken")) {
+      return field_error(origin, field,
+                         item.dump() +
+                             " is not a template piece; expected "
+                             "{\"SpecialToken\": {...}} or {\"Sequence\": {...}}");
+    }
+    const Json& st = item["SpecialToken"];
+    auto idit = st.is_object() ? st.find("id") : st.end();
+    if (!st.is_object() || idit == st.end() || !idit->is_string()) {
+      return field_error(origin, field + ".SpecialToken.id", "missing or not a string");
+    }
+    const std::string name = idit->get<std::string>();
+    auto def = specials.find(name);
+    if (def == specials.end() || !def->is_object() || !def->contains("ids") ||
+        !(*def)["ids"].is_array()) {
+      return field_error(origin, field,
+                         "special token " + squote(name) + " has no entry with \"ids\" in " + path +
+                             ".special_tokens");
+    }
+    TemplateItem ti;
+    for (const Json& v : (*def)["ids"]) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId) {
+        return field_error(origin, path + ".special_tokens[" + squote(name) + "].ids",
+                           v.dump() + " is not a valid token id");
+      }
+      ti.ids.push_back(int32_t(v.get<int64_t>()));
+    }
+    items.push_back(std::move(ti));
+  }
+  impl.single_template = std::move(items);
+  impl.has_template = true;
+  return Status::ok();
+}
+
+Status parse_post_processor(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  auto it = root.find("post_processor");
+  if (it == root.end() || it->is_null()) return Status::ok();
+  const std::string type = type_of(*it);
+  if (type == "ByteLevel") return Status::ok();  // offsets only; adds no tokens
+  auto refuse = [&](const std::string& field, const std::string& t, const Json& j) {
+    return field_error(origin, field,
+                       squote(t.empty() ? j.dump() : t) +
+                           " is not supported; expected null, 'ByteLevel', 'TemplateProcessing' "
+                           "or a 'Sequence' of those");
+  };
+  if (type == "TemplateProcessing") {
+    SHRINK_RETURN_IF_ERROR(parse_template(*it, origin, "post_processor", impl));
+  } else if (type == "Sequence") {
+    auto pit = it->find("processors");
+    if (pit == it->end() || !pit->is_array()) {
+      return field_error(origin, "post_processor.processors", "missing or not an array");
+    }
+    for (size_t k = 0; k < pit->size(); ++k) {
+      const std::string path = strfmt("post_processor.processors[%zu]", k);
+      const std::string t = type_of((*pit)[k]);
+      if (t == "ByteLevel") continue;
+      if (t != "TemplateProcessing") return refuse(path + ".type", t, (*pit)[k]);
+      if (impl.has_template) return field_error(origin, path, "a second TemplateProcessing");
+      SHRINK_RETURN_IF_ERROR(parse_template((*pit)[k], origin, path, impl));
+    }
+  } else {
+    return refuse("post_processor.type", type, *it);
+  }
+  if (impl.has_template) impl.post_processor = *it;
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::string& origin) {
+  Json root = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    ParseErrorSax sax;
+    (void)Json::sax_parse(json_text, &sax);
+    return invalid_input(origin + ": not valid JSON: " +
+                         (sax.message.empty() ? std::string("parse error") : sax.message));
+  }
+  if (!root.is_object()) {
+    return invalid_input(origin + ": " + json_type_name(root) +
+                         " at the top level; expected a tokenizer.json object");
+  }
+  Tokenizer tok;
+  Impl& impl = *tok.impl_;
+
+  auto model = root.find("model");
+  if (model == root.end()) return field_error(origin, "model", "missing");
+  SHRINK_RETURN_IF_ERROR(parse_model(*model, origin, impl));
+  SHRINK_RETURN_IF_ERROR(parse_added_tokens(root, origin, impl));
+
+  auto norm = root.find("normalizer");
+  if (norm != root.end() && !norm->is_null()) {
+    const std::string t = type_of(*norm);
+    return field_error(origin, "normalizer.type",
+                       squote(t.empty() ? norm->dump() : t) +
+                           " is not supported; expected null (byte-level BPE needs none)");
+  }
+  SHRINK_RETURN_IF_ERROR(parse_pre_tokenizer(root, origin, impl));
+  SHRINK_RETURN_IF_ERROR(parse_post_processor(root, origin, impl));
+
+  // The decoder is always byte-level here (null, for a byte-level vocabulary, can only mean
+  // the same thing for our purposes).
+  auto dec = root.find("decoder");
+  if (dec != root.end() && !dec->is_null()) {
+    const std::string t = type_of(*dec);
+    if (t != "ByteLevel") {
+      return field_error(
+          origin, "decoder.type",
+          squote(t.empty() ? dec->dump() : t) + " is not supported; expected 'ByteLevel' or null");
+    }
+  }
+  return tok;
+}
+
+Result<Tokenizer> Tokenizer::from_vocab_merges(
+    std::vector<std::string> vocab, const std::vector<std::pair<std::string, std::string>>& merges,
+    const std::vector<int32_t>& special_ids) {
+  const std::string origin = "bpe vocabulary";
+  if (int64_t(vocab.size()) > kMaxTokenId + 1) {
+    return invalid_input(origin + strfmt(": %zu tokens is too many", vocab.size()));
+  }
+  Tokenizer tok;
+  Impl& impl = *tok.impl_;
+  SHRINK_RETURN_IF_ERROR(impl.set_vocab(std::move(vocab), origin));
+  SHRINK_RETURN_IF_ERROR(impl.set_merges(merges, origin));
+  for (size_t k = 0; k < special_ids.size(); ++k) {
+    const int32_t id = special_ids[k];
+    if (id < 0 || size_t(id) >= impl.id_to_vocab.size() || impl.id_to_vocab[id].empty()) {
+      return invalid_input(origin + strfmt(": special id %d is not in the vocabulary", id));
+    }
+    AddedToken t;
+    t.id = id;
+    t.content = impl.id_to_vocab[id];
+    t.special = true;
+    SHRINK_RETURN_IF_ERROR(impl.add_token(std::move(t), origin, strfmt("special_ids[%zu]", k)));
+  }
+  impl.index_added();
+  impl.add_prefix_space = false;
+  impl.trim_offsets = true;
+  impl.use_regex = true;
+  return tok;
+}
+
+std::string Tokenizer::to_json() const {
+  const Impl& impl = *impl_;
+  Json root = Json::object();
+  root["version"] = "1.0";
+  root["truncation"] = nullptr;
+  root["padding"] = nullptr;
+  Json added = Json::array();
+  for (const AddedToken& t : impl.added) {
+    Json a = Json::object();
+    a["id"] = t.id;
+    a["content"] = t.content;
+    a["single_word"] = t.single_word;
+    a["lstrip"] = t.lstrip;
+    a["rstrip"] = t.rstrip;
+    a["normalized"] = t.normalized;
+    a["special"] = t.special;
+    added.push_back(std::move(a));
+  }
+  root["added_tokens"] = std::move(added);
+  root["normalizer"] = nullptr;
+  root["pre_tokenizer"] = Json{{"type", "ByteLevel"},
+                               {"add_prefix_space", impl.add_prefix_space},
+                               {"trim_offsets", impl.trim_offsets},
+                               {"use_regex", impl.use_regex}};
+  if (impl.has_template) {
+    root["post_processor"] = impl.post_processor;
+  } else {
+    root["post_processor"] = Json{{"type", "ByteLevel"},
+                                  {"add_prefix_space", true},
+                                  {"trim_offsets", false},
+                                  {"use_regex", true}};
+  }
+  root["decoder"] = Json{{"type", "ByteLevel"},
+                         {"add_prefix_space", true},
+                         {"trim_offsets", true},
+                         {"use_regex", true}};
+  Json model = Json::object();
+  model["type"] = "BPE";
+  model["dropout"] = nullptr;
+  model["unk_token"] = impl.unk_token ? Json(*impl.unk_token) : Json(nullptr);
+  model["continuing_subword_prefix"] = nullptr;
+  model["end_of_word_suffix"] = nullptr;
+  model["fuse_unk"] = impl.fuse_unk;
+  model["byte_fallback"] = false;
+  model["ignore_merges"] = impl.ignore_merges;
+  Json vocab = Json::object();
+  for (size_t id = 0; id < impl.id_to_vocab.size(); ++id) {
+    if (!impl.id_to_vocab[id].empty()) vocab[impl.id_to_vocab[id]] = int32_t(id);
+  }
+  model["vocab"] = std::move(vocab);
+  // "a b" strings, the classic form, unless some token holds a space (then ["a", "b"] pairs,
+  // which the `tokenizers` library has read since 0.20).
+  bool spaced = false;
+  for (const auto& [a, b] : impl.merges) {
+    spaced = spaced || a.find(' ') != std::string::npos || b.find(' ') != std::string::npos;
+  }
+  Json merges = Json::array();
+  for (const auto& [a, b] : impl.merges) {
+    merges.push_back(spaced ? Json::array({a, b}) : Json(a + " " + b));
+  }
+  model["merges"] = std::move(merges);
+  root["model"] = std::move(model);
+  return root.dump(2, ' ', false, Json::error_handler_t::replace);
+}
+
+Status Tokenizer::save(const std::string& path) const {
+  const std::string text = to_json();
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  if (!f) return io_error(path + ": cannot open for writing");
+  f.write(text.data(), std::streamsize(text.size()));
+  f.close();
+  if (!f) return io_error(path + ": write failed");
+  return Status::ok();
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  std::vector<int32_t> body;
+  body.reserve(text.size() / 3 + 4);
+  impl_->encode_text(text, body);
+  if (!add_special_tokens || !impl_->has_template) return body;
+  std::vector<int32_t> out;
+  out.reserve(body.size() + 4);
+  for (const TemplateItem& item : impl_->single_template) {
+    if (item.is_sequence) {
+      out.insert(out.end(), body.begin(), body.end());
+    } else {
+      out.insert(out.end(), item.ids.begin(), item.ids.end());
+    }
+  }
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  const Impl& impl = *impl_;
+  std::string out;
+  out.reserve(ids.size() * 4);
+  for (int32_t id : ids) {
+    auto at = impl.added_by_id.find(id);
+    if (at != impl.added_by_id.end()) {
+      const AddedToken& t = impl.added[at->second];
+      if (!(t.special && skip_special_tokens)) out += t.content;
+      continue;
+    }
+    if (id < 0 || size_t(id) >= impl.id_to_vocab.size()) continue;
+    const std::string& s = impl.id_to_vocab[size_t(id)];
+    // A token outside the byte map is emitted as its raw text, as Hugging Face's decoder does.
+    const size_t mark = out.size();
+    if (!byte_level_decode(s, out)) {
+      out.resize(mark);
+      out += s;
+    }
+  }
+  return out;
+}
+
+int32_t Tokenizer::vocab_size() const {
+  return impl_->max_id() + 1;
+}
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  for (const AddedToken& t : impl_->added) {
+    if (t.content == token) return t.id;
+  }
+  auto it = impl_->vocab.find(std::string(token));
+  if (it == impl_->vocab.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  auto at = impl_->added_by_id.find(id);
+  if (at != impl_->added_by_id.end()) return impl_->added[at->second].content;
+  if (id < 0 || size_t(id) >= impl_->id_to_vocab.size()) return "";
+  return impl_->id_to_vocab[size_t(id)];
+}
+
+namespace {
+std::optional<int32_t> find_special(const std::vector<AddedToken>& added,
+                                    std::initializer_list<const char*> names) {
+  for (const char* name : names) {
+    for (const AddedToken& t : added) {
+      if (t.special && t.content == name) return t.id;
+    }
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+std::optional<int32_t> Tokenizer::bos_id() const {
+  return find_special(impl_->added, {"<s>", "<|begin_of_text|>"});
+}
+
+std::optional<int32_t> Tokenizer::eos_id() const {
+  return find_special(impl_->added, {"<|endoftext|>", "</s>", "<|im_end|>", "<|end_of_text|>"});
+}
+
+std::string Tokenizer::fingerprint() const {
+  // FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over a canonical byte
+  // stream; fields are NUL-terminated so no two different inputs concatenate the same way.
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto feed = [&](std::string_view s) {
+    for (char c : s) {
+      h ^= uint8_t(c);
+      h *= 0x100000001b3ULL;
+    }
+    h *= 0x100000001b3ULL;  // a NUL terminator: h ^= 0, then multiply
+  };
+  feed("vocab");
+  for (size_t id = 0; id < impl_->id_to_vocab.size(); ++id) {
+    if (impl_->id_to_vocab[id].empty()) continue;
+    feed(std::to_string(id));
+    feed(impl_->id_to_vocab[id]);
+  }
+  feed("merges");
+  for (const auto& [a, b] : impl_->merges) {
+    feed(a);
+    feed(b);
+  }
+  feed("added");
+  for (const AddedToken& t : impl_->added) {
+    feed(std::to_string(t.id));
+    feed(t.content);
+    feed(t.special ? "1" : "0");
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace shrink::core

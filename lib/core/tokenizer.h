@@ -1,0 +1,101 @@
+// Byte-level BPE tokenizer compatible with Hugging Face `tokenizer.json` (GPT-2 style).
+//
+// Supports: model.type "BPE" with a byte-level vocabulary (the GPT-2 byte-to-unicode map),
+// merges as "a b" strings or ["a","b"] pairs (both forms HF writes), an empty merges list (pure
+// byte level), the ByteLevel pre-tokenizer with the GPT-2 split regex (implemented by hand over
+// generated Unicode letter/number tables, so no regex library is needed), added special tokens
+// (matched before pre-tokenization), and TemplateProcessing / ByteLevel post-processors (a BOS
+// is added only when the post-processor says so). Anything else is refused by name.
+//
+// Why hand-written: the runtime must tokenize prompts without Python or ICU. Encoding caches the
+// merge result per pre-token word. decode(encode(x)) == x for any UTF-8 x.
+// Tested in tests/core/test_tokenizer.cpp (round trips, a fixed expected encoding, trainer).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace shrink::core {
+
+class Tokenizer {
+ public:
+  Tokenizer();
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  /// Load a tokenizer.json file. Errors name the file and the offending field.
+  static Result<Tokenizer> load(const std::string& path);
+  /// Parse tokenizer.json text; `origin` is used in error messages.
+  static Result<Tokenizer> from_json(const std::string& json_text, const std::string& origin);
+  /// Build a GPT-2 style byte-level BPE (ByteLevel pre-tokenizer without prefix space, ByteLevel
+  /// post-processor and decoder) from `vocab` (byte-level token strings, index = id), `merges`
+  /// (pairs of vocab strings, in rank order) and `special_ids` (ids whose vocab string is the
+  /// content of a special added token). Used by bpe_train; errors as for from_json.
+  static Result<Tokenizer> from_vocab_merges(
+      std::vector<std::string> vocab,
+      const std::vector<std::pair<std::string, std::string>>& merges,
+      const std::vector<int32_t>& special_ids);
+  /// Serialize as HF tokenizer.json (loads in the `tokenizers` library).
+  std::string to_json() const;
+  Status save(const std::string& path) const;
+
+  /// Encode UTF-8 text (invalid UTF-8 bytes are still encoded byte-wise). With
+  /// add_special_tokens, the post-processor's template (e.g. a BOS) is applied.
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const;
+  /// Decode ids to bytes; special tokens are emitted as their content unless skipped.
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+
+  /// Largest id + 1 over the vocabulary and added tokens.
+  int32_t vocab_size() const;
+  std::optional<int32_t> token_to_id(std::string_view token) const;
+  /// The token string (byte-level form) for an id; empty if unknown.
+  std::string id_to_token(int32_t id) const;
+  /// BOS/EOS guessed from added special tokens: "<|endoftext|>", "</s>", "<|im_end|>",
+  /// "<|end_of_text|>" for EOS; "<s>", "<|begin_of_text|>" for BOS.
+  std::optional<int32_t> bos_id() const;
+  std::optional<int32_t> eos_id() const;
+  /// A stable hash of the vocabulary, merges and special tokens (hex), for data provenance.
+  std::string fingerprint() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Split `text` into pre-tokens with the GPT-2 regex
+///   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+/// over code points (core/unicode_tables.h). Each invalid UTF-8 byte counts as one code point
+/// of the "other" class. The pieces are views into `text` and cover it exactly, in order.
+std::vector<std::string_view> pretokenize_gpt2(std::string_view text);
+
+/// Raw bytes -> their GPT-2 byte-level form (each byte one code point, printable bytes as
+/// themselves, the rest as U+0100 + n), as UTF-8.
+std::string byte_level_encode(std::string_view bytes);
+/// Inverse of byte_level_encode. Returns false (and leaves `bytes` partly written) if `text` is
+/// not valid UTF-8 or holds a code point outside the byte map.
+bool byte_level_decode(std::string_view text, std::string& bytes);
+
+struct BpeTrainOptions {
+  int32_t vocab_size = 4096;  // including the 256 byte tokens and the special tokens
+  std::vector<std::string> special_tokens = {"<|endoftext|>"};  // ids 0.. in this order
+  int32_t min_frequency = 2;  // stop merging when the best pair is rarer than this
+  /// Called every few merges with (merges done, merges wanted); may be empty.
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+/// Train a byte-level BPE on documents pulled from `next_doc` (returns false at the end).
+/// Deterministic: ties between pair counts break by the pair's byte strings.
+Result<Tokenizer> bpe_train(const std::function<bool(std::string&)>& next_doc,
+                            const BpeTrainOptions& opts);
+
+}  // namespace shrink::core

@@ -1,0 +1,261 @@
+// Implementation of the LibTorch-free entry points in api.h: environment (threads, BLAS), token
+// loading, perplexity, generation and random init.
+//
+// Perplexity follows core::eval_windows exactly (the shared definition with the runtime):
+// non-overlapping windows of seq_len tokens, each scoring len-1 next-token predictions, NLL
+// summed in double. Generation prefills the prompt once and then decodes one token at a time
+// through the KV cache; the token choice is core::Sampler, the same as in the runtime.
+#include "train/api.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "core/fs.h"
+#include "core/progress.h"
+#include "core/tokenizer.h"
+#include "train/model.h"
+
+namespace shrink::train {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+EnvInfo env_init(int threads) {
+  EnvInfo e;
+  e.threads = threads;
+  torch::set_num_threads(threads);
+  // Which library answers sgemm_ (LibTorch's BLAS on this platform)? Debian switches it through
+  // alternatives, so resolve the symlinks to see the real file.
+  void* sym = dlsym(RTLD_DEFAULT, "sgemm_");
+  Dl_info info{};
+  if (sym && dladdr(sym, &info) && info.dli_fname) {
+    char buf[PATH_MAX];
+    e.blas_library = realpath(info.dli_fname, buf) ? buf : info.dli_fname;
+    const std::string& p = e.blas_library;
+    bool optimized = p.find("openblas") != std::string::npos || p.find("blis") != std::string::npos ||
+                     p.find("mkl") != std::string::npos || p.find("atlas") != std::string::npos;
+    e.blas_is_reference = !optimized;
+  }
+  return e;
+}
+
+std::string env_blas_warning(const EnvInfo& e) {
+  if (!e.blas_is_reference) return "";
+  return "warning: LibTorch is running on the reference BLAS (" + e.blas_library +
+         "); matrix products will be 15-30x slower. Install an optimized BLAS: "
+         "apt-get install libopenblas0-openmp";
+}
+
+namespace {
+
+bool is_token_data(const std::string& path) {
+  if (fs::is_regular_file(path)) return fs::path(path).extension() == ".tok";
+  if (!fs::is_directory(path)) return false;
+  if (fs::exists(fs::path(path) / "dataset.json")) return true;
+  for (const auto& e : fs::directory_iterator(path)) {
+    if (e.path().extension() == ".tok") return true;
+  }
+  return false;
+}
+
+core::Tokenizer tokenizer_for(const std::string& model_dir, const std::string& override_path,
+                              const std::string& why) {
+  std::string path = override_path.empty() ? model_dir + "/tokenizer.json" : override_path;
+  if (!core::path_exists(path)) {
+    throw Error(StatusCode::kInvalidInput,
+                path + ": not found; " + why + " needs a tokenizer. Pass --tokenizer PATH, " +
+                    "or give token ids (pre-tokenized shards from `shrink data prepare`, or "
+                    "--prompt-ids)");
+  }
+  return core::Tokenizer::load(path).take_or_throw();
+}
+
+}  // namespace
+
+LoadedTokens tokens_load(const std::string& model_dir, const TokenSource& src, bool progress) {
+  core::ModelConfig cfg = core::config_load(model_dir).take_or_throw();
+  if (!core::path_exists(src.data)) {
+    throw Error(StatusCode::kNotFound, src.data + ": no such file or directory");
+  }
+  LoadedTokens out;
+  if (is_token_data(src.data)) {
+    bool dir = fs::is_directory(src.data);
+    std::string split = src.split == "auto" ? (dir ? "val" : "all") : src.split;
+    core::Split s = core::split_from_name(split).take_or_throw();
+    core::TokenDataset ds = core::TokenDataset::open(src.data, s).take_or_throw();
+    uint64_t n = ds.size();
+    if (src.max_tokens) n = std::min<uint64_t>(n, src.max_tokens);
+    out.tokens.resize(n);
+    if (n) ds.read(0, n, out.tokens.data());
+    out.split = split;
+    out.description = src.data + " (token shards, split " + split + ")";
+  } else {
+    std::string split = src.split == "auto" ? "all" : src.split;
+    core::TokenizeOptions to;
+    to.split = core::split_from_name(split).take_or_throw();
+    to.val_fraction = src.val_fraction;
+    to.seed = src.seed;
+    to.max_tokens = src.max_tokens;
+    core::Tokenizer tok = tokenizer_for(model_dir, src.tokenizer, "text data");
+    auto reader = core::TextReader::open(src.data).take_or_throw();
+    core::Progress prog("tokenize", reader->bytes_total(), "B", progress);
+    core::tokenize_stream(*reader, tok, to, [&](const std::vector<int32_t>& t) {
+      out.tokens.insert(out.tokens.end(), t.begin(), t.end());
+      prog.update(reader->bytes_read());
+    }).take_or_throw();
+    prog.finish();
+    out.split = split;
+    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() + ")";
+  }
+  for (size_t i = 0; i < out.tokens.size(); ++i) {
+    if (out.tokens[i] < 0 || out.tokens[i] >= cfg.vocab_size) {
+      throw Error(StatusCode::kInvalidInput,
+                  src.data + ": token " + std::to_string(out.tokens[i]) + " at position " +
+                      std::to_string(i) + " is outside the model's vocabulary (vocab_size " +
+                      std::to_string(cfg.vocab_size) + ")");
+    }
+  }
+  return out;
+}
+
+EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts) {
+  core::ModelConfig cfg = core::config_load(model_dir).take_or_throw();
+  int64_t seq_len = opts.seq_len ? opts.seq_len : std::min<int64_t>(512, cfg.max_position_embeddings);
+  if (seq_len < 2) {
+    throw Error(StatusCode::kInvalidInput,
+                "--seq-len " + std::to_string(seq_len) + ": expected >= 2");
+  }
+  if (opts.batch < 1) {
+    throw Error(StatusCode::kInvalidInput, "--batch " + std::to_string(opts.batch) + ": expected >= 1");
+  }
+  CausalLM model = model_load(model_dir);
+  model->eval();
+  LoadedTokens data = tokens_load(model_dir, opts.source, opts.progress);
+  std::vector<core::EvalWindow> windows = core::eval_windows(data.tokens.size(), seq_len);
+  if (windows.empty()) {
+    throw Error(StatusCode::kInvalidInput,
+                opts.source.data + ": only " + std::to_string(data.tokens.size()) +
+                    " tokens; perplexity needs at least 2");
+  }
+  EvalResult r;
+  r.seq_len = seq_len;
+  r.tokens = data.tokens.size();
+  r.windows = windows.size();
+  r.data_description = data.description;
+  double nll_sum = 0.0;
+  core::Progress prog("eval", r.tokens, "tok", opts.progress);
+  torch::NoGradGuard ng;
+  auto t0 = Clock::now();
+  size_t i = 0;
+  uint64_t done = 0;
+  while (i < windows.size()) {
+    // Batch consecutive windows of equal length (all full ones; the short tail runs alone).
+    size_t j = i + 1;
+    while (j < windows.size() && int64_t(j - i) < opts.batch && windows[j].len == windows[i].len) ++j;
+    const int64_t B = int64_t(j - i), T = windows[i].len;
+    auto ids = torch::empty({B, T}, torch::kLong);
+    auto* p = ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t* src = data.tokens.data() + windows[i + size_t(b)].start;
+      for (int64_t t = 0; t < T; ++t) p[b * T + t] = src[t];
+    }
+    auto logits = model->forward(ids).logits;  // [B,T,V]
+    auto logp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
+    auto tgt = ids.narrow(1, 1, T - 1).unsqueeze(-1);
+    auto nll = -logp.gather(-1, tgt).squeeze(-1).to(torch::kFloat64);
+    nll_sum += nll.sum().item<double>();
+    r.tokens_scored += uint64_t(B * (T - 1));
+    done += uint64_t(B * T);
+    char extra[64];
+    std::snprintf(extra, sizeof extra, "ppl %.3f", std::exp(nll_sum / double(r.tokens_scored)));
+    prog.update(done, extra);
+    i = j;
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  prog.finish();
+  r.mean_nll = nll_sum / double(r.tokens_scored);
+  r.perplexity = std::exp(r.mean_nll);
+  r.tokens_per_second = r.seconds > 0 ? double(done) / r.seconds : 0.0;
+  return r;
+}
+
+GenerateResult generate(const std::string& model_dir, const GenerateOptions& opts) {
+  if (opts.max_new_tokens < 0) {
+    throw Error(StatusCode::kInvalidInput, "--max-new-tokens must be >= 0");
+  }
+  if (opts.sampling.temperature < 0 || !(opts.sampling.top_p > 0 && opts.sampling.top_p <= 1)) {
+    throw Error(StatusCode::kInvalidInput,
+                "sampling: expected temperature >= 0 and 0 < top-p <= 1");
+  }
+  CausalLM model = model_load(model_dir);
+  model->eval();
+  const core::ModelConfig& cfg = model->config();
+  GenerateResult r;
+  std::unique_ptr<core::Tokenizer> tok;
+  std::string tok_path = opts.tokenizer.empty() ? model_dir + "/tokenizer.json" : opts.tokenizer;
+  if (opts.prompt_ids.empty() || core::path_exists(tok_path)) {
+    tok = std::make_unique<core::Tokenizer>(tokenizer_for(model_dir, opts.tokenizer, "--prompt"));
+  }
+  r.ids = opts.prompt_ids.empty() ? tok->encode(opts.prompt, true) : opts.prompt_ids;
+  if (r.ids.empty()) throw Error(StatusCode::kInvalidInput, "the prompt is empty");
+  for (int32_t id : r.ids) {
+    if (id < 0 || id >= cfg.vocab_size) {
+      throw Error(StatusCode::kInvalidInput, "prompt token " + std::to_string(id) +
+                                                 " is outside the vocabulary (vocab_size " +
+                                                 std::to_string(cfg.vocab_size) + ")");
+    }
+  }
+  r.prompt_len = int64_t(r.ids.size());
+  std::optional<int64_t> eos = cfg.eos_token_id;
+  if (!eos && tok && tok->eos_id()) eos = *tok->eos_id();
+
+  core::Sampler sampler(opts.sampling, opts.seed);
+  torch::NoGradGuard ng;
+  KVCache cache;
+  auto t0 = Clock::now();
+  std::vector<int64_t> prompt(r.ids.begin(), r.ids.end());
+  auto logits = model->forward(torch::tensor(prompt, torch::kLong).unsqueeze(0), false, &cache).logits;
+  auto t1 = Clock::now();
+  r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
+    auto last = logits[0][logits.size(1) - 1].contiguous();
+    int32_t next = sampler.sample(last.data_ptr<float>(), last.numel());
+    r.ids.push_back(next);
+    if (opts.stop_at_eos && eos && next == *eos) break;
+    if (step + 1 == opts.max_new_tokens) break;
+    logits = model->forward(torch::tensor({int64_t(next)}, torch::kLong).unsqueeze(0), false, &cache)
+                 .logits;
+  }
+  r.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  if (tok) {
+    r.text = tok->decode(r.ids, /*skip_special_tokens=*/false);
+    r.has_text = true;
+  }
+  return r;
+}
+
+void model_init(const core::ModelConfig& config, const std::string& out_dir,
+                const InitOptions& opts) {
+  throw_if_error(core::config_validate(config, "config"));
+  SaveOptions so;
+  so.dtype = opts.dtype;
+  if (!opts.tokenizer.empty()) {
+    core::Tokenizer tok = core::Tokenizer::load(opts.tokenizer).take_or_throw();
+    if (tok.vocab_size() > config.vocab_size) {
+      throw Error(StatusCode::kInvalidInput,
+                  opts.tokenizer + ": tokenizer has " + std::to_string(tok.vocab_size()) +
+                      " tokens but the config's vocab_size is " +
+                      std::to_string(config.vocab_size));
+    }
+    so.tokenizer_json = opts.tokenizer;
+  }
+  CausalLM m = model_create(config, opts.seed);
+  so.provenance = {{"stage", "init"}, {"seed", opts.seed}};
+  model_save(m, out_dir, so);
+}
+
+}  // namespace shrink::train

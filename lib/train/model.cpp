@@ -1,0 +1,259 @@
+// Llama-family decoder in LibTorch, plus create/load/save. See model.h for the design.
+// Tested in tests/train/test_model.cpp against a naive per-op reference and against
+// transformers-made fixtures (logits, hidden states, greedy ids).
+#include "train/model.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/fs.h"
+#include "core/safetensors.h"
+
+namespace shrink::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+// (x1, x2) -> (-x2, x1) over the last dim halves: the rotate-half RoPE convention of HF.
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  int64_t h = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+}  // namespace
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * torch::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+AttentionImpl::AttentionImpl(const core::ModelConfig& c)
+    : n_heads(c.num_heads), n_kv_heads(c.num_kv_heads), head_dim(c.head_dim),
+      window(c.sliding_window) {
+  q_proj = register_module("q_proj", make_linear(c.hidden_size, c.q_dim(), c.qkv_bias));
+  k_proj = register_module("k_proj", make_linear(c.hidden_size, c.kv_dim(), c.qkv_bias));
+  v_proj = register_module("v_proj", make_linear(c.hidden_size, c.kv_dim(), c.qkv_bias));
+  o_proj = register_module("o_proj", make_linear(c.q_dim(), c.hidden_size, c.o_bias));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                     const torch::Tensor& sin, int64_t start,
+                                     torch::Tensor* k_cache, torch::Tensor* v_cache) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);
+  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  if (k_cache) {
+    if (k_cache->defined()) {
+      k = torch::cat({*k_cache, k}, 2);
+      v = torch::cat({*v_cache, v}, 2);
+    }
+    *k_cache = k;
+    *v_cache = v;
+  }
+  const int64_t S = k.size(2);  // keys: positions [0, S); queries: [start, start+T)
+  if (n_kv_heads != n_heads) {
+    // GQA/MQA: query head h reads kv head h / (n_heads / n_kv_heads).
+    k = k.repeat_interleave(n_heads / n_kv_heads, 1);
+    v = v.repeat_interleave(n_heads / n_kv_heads, 1);
+  }
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(head_dim)));
+  auto qpos = torch::arange(start, start + T, torch::kLong).unsqueeze(1);
+  auto kpos = torch::arange(0, S, torch::kLong).unsqueeze(0);
+  auto masked = kpos > qpos;
+  if (window) masked = masked.logical_or(qpos - kpos >= *window);
+  scores = scores.to(torch::kFloat32).masked_fill(masked, -std::numeric_limits<float>::infinity());
+  auto probs = torch::softmax(scores, -1).to(q.scalar_type());
+  auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, n_heads * head_dim});
+  return o_proj(out);
+}
+
+MLPImpl::MLPImpl(const core::ModelConfig& c) {
+  gate_proj = register_module("gate_proj", make_linear(c.hidden_size, c.intermediate_size, false));
+  up_proj = register_module("up_proj", make_linear(c.hidden_size, c.intermediate_size, false));
+  down_proj = register_module("down_proj", make_linear(c.intermediate_size, c.hidden_size, false));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const core::ModelConfig& c) {
+  self_attn = register_module("self_attn", Attention(c));
+  mlp = register_module("mlp", MLP(c));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                        const torch::Tensor& sin, int64_t start,
+                                        torch::Tensor* k_cache, torch::Tensor* v_cache) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, start, k_cache, v_cache);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+DecoderImpl::DecoderImpl(const core::ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_layers; ++i) layers->push_back(DecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+CausalLMImpl::CausalLMImpl(core::ModelConfig c) : config_(std::move(c)) {
+  model = register_module("model", Decoder(config_));
+  if (!config_.tie_word_embeddings) {
+    lm_head = register_module("lm_head", make_linear(config_.hidden_size, config_.vocab_size, false));
+  }
+  std::vector<double> f = core::rope_inv_freq(config_);
+  std::vector<float> ff(f.begin(), f.end());
+  inv_freq_ = register_buffer("inv_freq", torch::tensor(ff, torch::kFloat32));
+}
+
+torch::Tensor CausalLMImpl::lm_head_weight() {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::rope_tables(int64_t start, int64_t len) {
+  // As transformers: angles = position (float32) x inv_freq (float32), duplicated for both
+  // halves, cos/sin in float32.
+  auto pos = torch::arange(start, start + len, torch::kFloat32).unsqueeze(1);
+  auto ang = pos * inv_freq_.unsqueeze(0);
+  auto emb = torch::cat({ang, ang}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, bool want_hidden,
+                                    KVCache* cache) {
+  const int64_t T = input_ids.size(1);
+  const int64_t start = cache ? cache->length : 0;
+  if (cache && cache->k.empty()) {
+    cache->k.resize(size_t(config_.num_layers));
+    cache->v.resize(size_t(config_.num_layers));
+  }
+  auto [cos, sin] = rope_tables(start, T);
+  ForwardOutput out;
+  auto h = model->embed_tokens(input_ids);
+  const int64_t L = config_.num_layers;
+  for (int64_t i = 0; i < L; ++i) {
+    if (want_hidden) out.hidden_states.push_back(h);
+    auto layer = model->layers->ptr<DecoderLayerImpl>(size_t(i));
+    h = layer->forward(h, cos, sin, start, cache ? &cache->k[size_t(i)] : nullptr,
+                       cache ? &cache->v[size_t(i)] : nullptr);
+  }
+  h = model->norm(h);
+  if (want_hidden) out.hidden_states.push_back(h);
+  out.logits = torch::matmul(h, lm_head_weight().t()).to(torch::kFloat32);
+  if (cache) cache->length += T;
+  return out;
+}
+
+int64_t CausalLMImpl::num_parameters() {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+CausalLM model_create(const core::ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  CausalLM m(c);
+  double std = 0.02;
+  if (c.raw.contains("initializer_range") && c.raw["initializer_range"].is_number()) {
+    std = c.raw["initializer_range"].get<double>();
+  }
+  torch::NoGradGuard ng;
+  for (auto& p : m->named_parameters()) {
+    const std::string& n = p.key();
+    if (n.find("norm") != std::string::npos) p.value().fill_(1.0);
+    else if (n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0) p.value().zero_();
+    else p.value().normal_(0.0, std);
+  }
+  return m;
+}
+
+namespace {
+
+core::DType dtype_for(const std::string& name) {
+  if (name == "float16" || name == "fp16" || name == "half") return core::DType::kF16;
+  if (name == "bfloat16" || name == "bf16") return core::DType::kBF16;
+  if (name == "float32" || name == "fp32" || name == "float") return core::DType::kF32;
+  throw Error(StatusCode::kInvalidInput,
+              "dtype '" + name + "' is not supported; expected float32, float16 or bfloat16");
+}
+
+}  // namespace
+
+CausalLM model_load(const std::string& model_dir) {
+  core::ModelConfig cfg = core::config_load(model_dir).take_or_throw();
+  core::Checkpoint ckpt = core::Checkpoint::open(model_dir).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ckpt));
+  CausalLM m(cfg);
+  torch::NoGradGuard ng;
+  for (auto& p : m->named_parameters()) {
+    const core::TensorInfo* t = ckpt.find(p.key());
+    if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
+    torch::Tensor& dst = p.value();
+    if (dst.numel() != t->numel()) {
+      throw Error(StatusCode::kInvalidInput, model_dir + ": tensor '" + p.key() + "' has " +
+                                                 std::to_string(t->numel()) + " elements, expected " +
+                                                 std::to_string(dst.numel()));
+    }
+    core::convert_to_f32(t->dtype, ckpt.data(*t), dst.data_ptr<float>(), t->numel());
+  }
+  return m;
+}
+
+void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts) {
+  core::ModelConfig cfg = m->config();
+  std::string dtype_str = opts.dtype.empty() ? cfg.dtype : opts.dtype;
+  core::DType dt = dtype_for(dtype_str);
+  cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
+
+  auto dir = core::AtomicDir::create(out_dir).take_or_throw();
+  // Convert every parameter into its own buffer, in HF order (core::expected_tensors).
+  auto params = m->named_parameters();
+  std::vector<std::vector<uint8_t>> buffers;
+  std::vector<core::TensorView> views;
+  for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
+    torch::Tensor* p = params.find(s.name);
+    if (!p) throw Error(StatusCode::kInternal, "model has no parameter " + s.name);
+    torch::Tensor src = p->detach().to(torch::kFloat32).contiguous();
+    const int64_t n = src.numel();
+    buffers.emplace_back(size_t(n) * core::dtype_size(dt));
+    core::convert_from_f32(src.data_ptr<float>(), dt, buffers.back().data(), n);
+    views.push_back({s.name, dt, s.shape, buffers.back().data(), buffers.back().size()});
+  }
+  throw_if_error(core::checkpoint_write(dir.path(), views, {{"format", "pt"}},
+                                        opts.max_shard_bytes));
+  throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(cfg)));
+  if (!opts.tokenizer_json.empty()) {
+    fs::path src(opts.tokenizer_json);
+    std::string text = core::read_file(src.string()).take_or_throw();
+    throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", text));
+    fs::path cfg_src = src.parent_path() / "tokenizer_config.json";
+    if (fs::exists(cfg_src)) {
+      throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer_config.json",
+                                             core::read_file(cfg_src.string()).take_or_throw()));
+    }
+  }
+  nlohmann::json prov = opts.provenance;
+  prov["shrink_version"] = SHRINK_VERSION;
+  prov["parameters"] = m->num_parameters();
+  throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+}
+
+}  // namespace shrink::train

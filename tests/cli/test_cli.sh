@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# End-to-end tests of the `shrink` binary: exit codes (0/2), error messages that name the
+# problem, inspect/eval/generate on checkpoints written by other tools (transformers fixtures
+# and, when present, the pretrained stories260K), and the tokenizer -> init -> eval path on the
+# default corpus. Usage: test_cli.sh SHRINK FIXTURES_DIR SHARED_DIR
+set -u
+SHRINK=$1; FIX=$2; SHARED=$3
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+export SHRINK_THREADS=2
+pass=0; fail=0
+ok()   { pass=$((pass+1)); echo "ok   - $1"; }
+bad()  { fail=$((fail+1)); echo "FAIL - $1"; }
+# expect_rc NAME RC CMD...: run CMD, check its exit code, keep stdout/stderr in $T/out, $T/err.
+expect_rc() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | head -20; fi
+}
+expect_grep() {  # NAME FILE PATTERN
+  if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi
+}
+
+expect_rc "help lists subcommands" 0 "$SHRINK" --help
+for c in inspect eval generate tokenizer data init; do expect_grep "help mentions $c" "$T/out" "$c"; done
+expect_rc "eval --help shows defaults" 0 "$SHRINK" eval --help
+expect_grep "eval help shows the seq-len default" "$T/out" "seq-len"
+expect_rc "unknown subcommand is a usage error" 2 "$SHRINK" frobnicate
+expect_rc "unknown flag is a usage error" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --no-such-flag
+
+# inspect on checkpoints written by transformers (not by shrink).
+for m in llama_gqa_llama3rope qwen2_bias_tied_bf16 mistral_mqa_linearrope llama_mha_sharded_f16; do
+  expect_rc "inspect $m" 0 "$SHRINK" --json inspect "$FIX/hf/$m"
+  expect_grep "inspect $m reports valid" "$T/out" '"valid": true'
+done
+expect_rc "inspect text" 0 "$SHRINK" inspect "$FIX/hf/qwen2_bias_tied_bf16" --tensors
+expect_grep "inspect shows the architecture" "$T/out" "Qwen2ForCausalLM"
+expect_grep "inspect shows q/k/v bias" "$T/out" "q/k/v bias"
+expect_grep "inspect shows per-tensor sparsity" "$T/out" "model.layers.1.mlp.down_proj.weight"
+
+# Malformed checkpoints and configs exit 2 and name the problem.
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/trunc"
+truncate -s 5000 "$T/trunc/model.safetensors"
+expect_rc "truncated safetensors exits 2" 2 "$SHRINK" inspect "$T/trunc"
+expect_grep "truncated error names the file" "$T/err" "model.safetensors"
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/badcfg"
+sed -i 's/"hidden_size": 64/"hidden_size": "sixty-four"/' "$T/badcfg/config.json"
+expect_rc "bad config exits 2" 2 "$SHRINK" inspect "$T/badcfg"
+expect_grep "bad config names the field" "$T/err" "field 'hidden_size'"
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/arch"
+sed -i 's/LlamaForCausalLM/GPT2LMHeadModel/' "$T/arch/config.json"
+expect_rc "unsupported architecture exits 2" 2 "$SHRINK" inspect "$T/arch"
+expect_grep "architecture is named" "$T/err" "GPT2LMHeadModel"
+cp -r "$FIX/hf/qwen2_bias_tied_bf16" "$T/shape"
+sed -i 's/"intermediate_size": 96/"intermediate_size": 95/' "$T/shape/config.json"
+expect_rc "shape mismatch exits 2" 2 "$SHRINK" inspect "$T/shape"
+expect_grep "shape mismatch names the tensor" "$T/err" "model.layers.0.mlp.down_proj.weight has shape"
+expect_rc "missing model dir exits 2" 2 "$SHRINK" inspect "$T/nope"
+md5_before=$(md5sum "$T/trunc/model.safetensors")
+"$SHRINK" eval "$T/trunc" --data "$FIX" >/dev/null 2>&1
+[ "$(md5sum "$T/trunc/model.safetensors")" = "$md5_before" ] && ok "inputs are never modified" || bad "input modified"
+
+# generate with ids on a transformers-made checkpoint; greedy is deterministic.
+expect_rc "generate ids" 0 "$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt-ids 5,6,7 --max-new-tokens 8 --ids
+a=$(cat "$T/out")
+"$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt-ids 5,6,7 --max-new-tokens 8 --ids >"$T/out2"
+[ "$a" = "$(cat "$T/out2")" ] && ok "greedy generate is deterministic" || bad "greedy differs"
+[ "$(echo "$a" | tr ',' '\n' | wc -l)" = 11 ] && ok "generate printed 3+8 ids" || bad "generate printed: $a"
+expect_rc "bad prompt ids exit 2" 2 "$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt-ids 5,x
+expect_rc "prompt text without a tokenizer exits 2" 2 "$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt hi
+expect_grep "missing tokenizer is explained" "$T/err" "tokenizer"
+
+# stories260K: a real pretrained checkpoint nobody here trained.
+if [ -f "$SHARED/models/stories260K/model.safetensors" ]; then
+  expect_rc "inspect stories260K" 0 "$SHRINK" inspect "$SHARED/models/stories260K"
+  expect_grep "stories260K is GQA" "$T/out" "GQA: 8 heads, 4 kv heads"
+  expect_rc "generate stories260K" 0 "$SHRINK" generate "$SHARED/models/stories260K" --prompt-ids 1,403,407 --max-new-tokens 40 --ids --ignore-eos
+  expect_grep "stories260K greedy equals transformers" "$T/out" "^1,403,407,405,292,303,416,377,482,482,482,466,466,288,292,330,283,427,427,460,473,465,466"
+else
+  echo "skip - stories260K not present at $SHARED/models"
+fi
+
+# The default-corpus path: tokenizer -> random model -> eval -> generate text.
+if [ -d /usr/share/games/fortunes ]; then
+  expect_rc "tokenizer train on the default corpus" 0 "$SHRINK" tokenizer train --vocab-size 512 --max-bytes 400000 --out "$T/tok.json"
+  expect_rc "init a random model" 0 "$SHRINK" init --preset tiny --tokenizer "$T/tok.json" --out "$T/rand" --seed 1
+  expect_rc "eval on the default corpus" 0 "$SHRINK" --json eval "$T/rand" --max-tokens 4096 --seq-len 128
+  expect_grep "eval reports perplexity" "$T/out" '"perplexity"'
+  ppl=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.')
+  awk -v p="$ppl" 'BEGIN{exit !(p > 300 && p < 900)}' && ok "random-init perplexity $ppl ~ vocab 512" || bad "random-init perplexity $ppl"
+  expect_rc "generate text" 0 "$SHRINK" generate "$T/rand" --prompt "Hello" --max-new-tokens 5 --temperature 0.8 --seed 3
+  expect_rc "data prepare" 0 "$SHRINK" data prepare --tokenizer "$T/tok.json" --out "$T/shards" --max-tokens 20000
+  expect_rc "eval on shards" 0 "$SHRINK" eval "$T/rand" --data "$T/shards" --seq-len 64
+  expect_grep "eval on shards uses val" "$T/out" "split val"
+fi
+expect_rc "eval with a bad --seq-len exits 2" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --seq-len 1 --data "$FIX"
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,39 @@
+// Shared plumbing for `shrink` subcommands: global options, the guarded run wrapper that maps
+// exceptions to exit codes (0 ok, 1 failure, 2 bad input/usage, 3 gate failed), and output
+// helpers. Each subcommand lives in cmd_<name>.cpp and registers itself from main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace shrink::cli {
+
+struct Globals {
+  int threads = 0;  // 0 = SHRINK_THREADS or all cores
+  bool json = false;
+  bool quiet = false;
+  int exit_code = 0;
+  /// Progress bars: only on a TTY, never with --json or --quiet.
+  bool progress() const;
+};
+
+/// Run a subcommand body: resolves threads, initialises LibTorch (and warns on a reference
+/// BLAS) when `torch` is set, catches shrink::Error / std::exception and prints
+/// "shrink <name>: error: ..." to stderr. Returns the exit code.
+int run_guarded(const std::string& name, Globals& g, bool torch, const std::function<int()>& body);
+
+/// Print a JSON document to stdout (pretty, newline-terminated).
+void print_json(const nlohmann::json& j);
+
+void register_inspect(CLI::App& app, Globals& g);
+void register_eval(CLI::App& app, Globals& g);
+void register_generate(CLI::App& app, Globals& g);
+void register_tokenizer(CLI::App& app, Globals& g);
+void register_data(CLI::App& app, Globals& g);
+void register_init(CLI::App& app, Globals& g);
+
+}  // namespace shrink::cli

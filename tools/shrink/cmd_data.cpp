@@ -1,0 +1,60 @@
+// `shrink data prepare --data PATH --tokenizer T --out DIR`: stream-tokenize a corpus into
+// train/val token shards (deterministic document-level split).
+#include <cstdio>
+
+#include "core/dataset.h"
+#include "core/progress.h"
+#include "core/tokenizer.h"
+#include "tools/shrink/cli.h"
+
+namespace shrink::cli {
+
+void register_data(CLI::App& app, Globals& g) {
+  CLI::App* data = app.add_subcommand("data", "Prepare token datasets");
+  data->require_subcommand(1);
+  struct Opts {
+    std::string data = core::kDefaultCorpus, tokenizer, out;
+    core::PrepareOptions p;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* prep = data->add_subcommand(
+      "prepare", "Tokenize text into train/val shards (uint16/uint32 + JSON header)");
+  prep->add_option("--data", o->data, "Text file, directory, .jsonl or fortune files")
+      ->capture_default_str();
+  prep->add_option("--tokenizer", o->tokenizer, "tokenizer.json")->required();
+  prep->add_option("--out", o->out, "Output directory")->required();
+  prep->add_option("--val-fraction", o->p.val_fraction, "Fraction of documents held out")
+      ->capture_default_str();
+  prep->add_option("--seed", o->p.seed, "Split seed")->capture_default_str();
+  prep->add_option("--shard-tokens", o->p.shard_tokens, "Tokens per shard file")
+      ->capture_default_str();
+  prep->add_option("--max-tokens", o->p.max_tokens, "Stop after this many tokens (0: all)")
+      ->capture_default_str();
+  prep->callback([o, &g] {
+    g.exit_code = run_guarded("data prepare", g, false, [&] {
+      if (!(o->p.val_fraction >= 0 && o->p.val_fraction < 1)) {
+        throw Error(StatusCode::kInvalidInput, "--val-fraction must be in [0, 1)");
+      }
+      core::Tokenizer tk = core::Tokenizer::load(o->tokenizer).take_or_throw();
+      core::Progress prog("prepare", 0, "B", g.progress());
+      o->p.progress = [&](uint64_t done, uint64_t total, uint64_t tokens) {
+        prog.update(done, core::human_count(double(tokens)) + " tokens");
+      };
+      core::PrepareStats s = core::dataset_prepare(o->data, tk, o->out, o->p).take_or_throw();
+      prog.finish();
+      if (g.json) {
+        print_json({{"out", o->out}, {"train_tokens", s.train_tokens},
+                    {"val_tokens", s.val_tokens}, {"documents", s.documents},
+                    {"bytes", s.bytes}, {"shards", s.shards}});
+      } else {
+        std::printf("wrote %s: %llu train + %llu val tokens from %llu documents (%s)\n",
+                    o->out.c_str(), (unsigned long long)s.train_tokens,
+                    (unsigned long long)s.val_tokens, (unsigned long long)s.documents,
+                    core::human_bytes(double(s.bytes)).c_str());
+      }
+      return 0;
+    });
+  });
+}
+
+}  // namespace shrink::cli
