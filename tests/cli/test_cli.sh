@@ -94,5 +94,14 @@ if [ -d /usr/share/games/fortunes ]; then
 fi
 expect_rc "eval with a bad --seq-len exits 2" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --seq-len 1 --data "$FIX"
 
+# The reference-BLAS warning: force Debian's reference BLAS in front of LibTorch's.
+REF=/usr/lib/x86_64-linux-gnu/blas/libblas.so.3
+if [ -f "$REF" ]; then
+  expect_rc "runs on the reference BLAS" 0 env LD_PRELOAD="$REF" "$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt-ids 1,2 --max-new-tokens 1 --ids
+  expect_grep "warns about the reference BLAS" "$T/err" "reference BLAS"
+  expect_rc "no warning on the optimized BLAS" 0 "$SHRINK" generate "$FIX/hf/mistral_mqa_linearrope" --prompt-ids 1,2 --max-new-tokens 1 --ids
+  if grep -q "reference BLAS" "$T/err"; then bad "warned although the BLAS is optimized"; else ok "no BLAS warning"; fi
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
