@@ -2,6 +2,8 @@
 // corpus, and encode/decode with one, for checks against other tools.
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "core/dataset.h"
@@ -76,17 +78,42 @@ void register_tokenizer(CLI::App& app, Globals& g) {
   });
 
   struct CodecOpts {
-    std::string tokenizer, text, ids;
+    std::string tokenizer, text, ids, jsonl;
     bool special = false;
   };
   auto c = std::make_shared<CodecOpts>();
   CLI::App* enc = tok->add_subcommand("encode", "Encode text to ids (comma-separated)");
   enc->add_option("--tokenizer", c->tokenizer, "tokenizer.json")->required();
-  enc->add_option("--text", c->text, "Text to encode")->required();
+  auto* text_opt = enc->add_option("--text", c->text, "Text to encode");
+  auto* jsonl_opt = enc->add_option(
+      "--jsonl", c->jsonl, "Encode the \"text\" of each line of a .jsonl file; prints JSON lines "
+                           "{\"text\", \"ids\"}");
+  text_opt->excludes(jsonl_opt);
   enc->add_flag("--add-special-tokens", c->special, "Apply the post-processor (e.g. BOS)");
-  enc->callback([c, &g] {
+  enc->callback([c, &g, text_opt] {
     g.exit_code = run_guarded("tokenizer encode", g, false, [&] {
       core::Tokenizer tk = core::Tokenizer::load(c->tokenizer).take_or_throw();
+      if (!c->jsonl.empty()) {
+        std::ifstream in(c->jsonl);
+        if (!in) throw Error(StatusCode::kNotFound, c->jsonl + ": cannot open");
+        std::string line;
+        for (int64_t n = 1; std::getline(in, line); ++n) {
+          if (line.empty()) continue;
+          nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+          if (j.is_discarded() || !j.is_object() || !j.contains("text") || !j["text"].is_string()) {
+            throw Error(StatusCode::kInvalidInput, c->jsonl + ":" + std::to_string(n) +
+                                                       ": expected a JSON object with a string "
+                                                       "\"text\" field");
+          }
+          std::string t = j["text"].get<std::string>();
+          std::cout << nlohmann::json({{"text", t}, {"ids", tk.encode(t, c->special)}}).dump()
+                    << "\n";
+        }
+        return 0;
+      }
+      if (text_opt->count() == 0) {
+        throw Error(StatusCode::kInvalidInput, "give --text TEXT or --jsonl FILE");
+      }
       std::vector<int32_t> ids = tk.encode(c->text, c->special);
       if (g.json) {
         print_json({{"ids", ids}});

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run HERE (the CPU machine with apt packages) before a device run: copies the header-only
+# dependencies and GoogleTest sources into .carry/third_party (ignored by git; name `.carry` in
+# the device tool's carry list), and prepares inputs for the Hugging Face cross-checks: a
+# tokenizer trained by `shrink tokenizer train` and shrink's own encodings of sample texts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+C=.carry/third_party
+rm -rf "$C" .carry/gpu_inputs
+mkdir -p "$C/include" .carry/gpu_inputs
+cp -r /usr/include/nlohmann /usr/include/CLI "$C/include/"
+cp -r /usr/src/googletest "$C/googletest"
+SHRINK=build/bin/shrink
+[ -x "$SHRINK" ] || { echo "gpu_carry.sh: build shrink first (scripts/setup.sh)" >&2; exit 1; }
+"$SHRINK" -q tokenizer train --vocab-size 4096 --out .carry/gpu_inputs/tokenizer.json
+# Samples: 3000 fortunes, each line of them on its own, and hand-picked hard cases.
+python3 - <<'PY'
+import json, glob, os
+docs = []
+for f in sorted(glob.glob("/usr/share/games/fortunes/*")):
+    if f.endswith(".dat") or os.path.islink(f) or not os.path.isfile(f):
+        continue
+    text = open(f, encoding="utf-8", errors="replace").read()
+    docs += [d.lstrip("\n") for d in text.split("\n%\n") if d.strip()]
+docs = docs[:3000]
+lines = [l for d in docs[:500] for l in d.split("\n") if l]
+hard = ["Hello world's  123 foo!!\n\n  bar", "naïve café — déjà vu", "日本語のテキスト", "emoji 🙂👍🏽 ok",
+        "tabs\tand\r\nCRLF", "   leading and trailing   ", "I'm you're we've they'll he'd",
+        "<|endoftext|>special<|endoftext|>", "x" * 300, "12345678901234567890", "a\u0301 combining",
+        "Ω≈ç√∫˜µ≤≥÷", "\u00a0nbsp\u2003em space", ""]
+with open(".carry/gpu_inputs/samples.jsonl", "w", encoding="utf-8") as f:
+    for t in docs + lines + hard:
+        f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+PY
+"$SHRINK" -q tokenizer encode --tokenizer .carry/gpu_inputs/tokenizer.json \
+  --jsonl .carry/gpu_inputs/samples.jsonl > .carry/gpu_inputs/encodings.jsonl
+du -sh .carry
