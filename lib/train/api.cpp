@@ -146,40 +146,17 @@ EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts
   r.tokens = data.tokens.size();
   r.windows = windows.size();
   r.data_description = data.description;
-  double nll_sum = 0.0;
   core::Progress prog("eval", r.tokens, "tok", opts.progress);
-  torch::NoGradGuard ng;
   auto t0 = Clock::now();
-  size_t i = 0;
-  uint64_t done = 0;
-  while (i < windows.size()) {
-    // Batch consecutive windows of equal length (all full ones; the short tail runs alone).
-    size_t j = i + 1;
-    while (j < windows.size() && int64_t(j - i) < opts.batch && windows[j].len == windows[i].len) ++j;
-    const int64_t B = int64_t(j - i), T = windows[i].len;
-    auto ids = torch::empty({B, T}, torch::kLong);
-    auto* p = ids.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      const int32_t* src = data.tokens.data() + windows[i + size_t(b)].start;
-      for (int64_t t = 0; t < T; ++t) p[b * T + t] = src[t];
-    }
-    auto logits = model->forward(ids).logits;  // [B,T,V]
-    auto logp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
-    auto tgt = ids.narrow(1, 1, T - 1).unsqueeze(-1);
-    auto nll = -logp.gather(-1, tgt).squeeze(-1).to(torch::kFloat64);
-    nll_sum += nll.sum().item<double>();
-    r.tokens_scored += uint64_t(B * (T - 1));
-    done += uint64_t(B * T);
-    char extra[64];
-    std::snprintf(extra, sizeof extra, "ppl %.3f", std::exp(nll_sum / double(r.tokens_scored)));
-    prog.update(done, extra);
-    i = j;
-  }
+  auto [nll_sum, scored] = nll_over_windows(
+      model, data.tokens.data(), data.tokens.size(), seq_len, opts.batch,
+      [&](uint64_t done) { prog.update(done); });
+  r.tokens_scored = scored;
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   prog.finish();
   r.mean_nll = nll_sum / double(r.tokens_scored);
   r.perplexity = std::exp(r.mean_nll);
-  r.tokens_per_second = r.seconds > 0 ? double(done) / r.seconds : 0.0;
+  r.tokens_per_second = r.seconds > 0 ? double(r.tokens) / r.seconds : 0.0;
   return r;
 }
 

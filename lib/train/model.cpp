@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/dataset.h"
 #include "core/fs.h"
 #include "core/safetensors.h"
 
@@ -217,12 +218,17 @@ CausalLM model_load(const std::string& model_dir) {
 }
 
 void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts) {
+  auto dir = core::AtomicDir::create(out_dir).take_or_throw();
+  model_write(m, dir.path(), opts);
+  throw_if_error(dir.commit());
+}
+
+void model_write(CausalLM& m, const std::string& dir_path, const SaveOptions& opts) {
   core::ModelConfig cfg = m->config();
   std::string dtype_str = opts.dtype.empty() ? cfg.dtype : opts.dtype;
   core::DType dt = dtype_for(dtype_str);
   cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
 
-  auto dir = core::AtomicDir::create(out_dir).take_or_throw();
   // Convert every parameter into its own buffer, in HF order (core::expected_tensors).
   auto params = m->named_parameters();
   std::vector<std::vector<uint8_t>> buffers;
@@ -236,24 +242,54 @@ void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts
     core::convert_from_f32(src.data_ptr<float>(), dt, buffers.back().data(), n);
     views.push_back({s.name, dt, s.shape, buffers.back().data(), buffers.back().size()});
   }
-  throw_if_error(core::checkpoint_write(dir.path(), views, {{"format", "pt"}},
+  throw_if_error(core::checkpoint_write(dir_path, views, {{"format", "pt"}},
                                         opts.max_shard_bytes));
-  throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(cfg)));
+  throw_if_error(core::write_file_atomic(dir_path + "/config.json", core::config_to_json(cfg)));
   if (!opts.tokenizer_json.empty()) {
     fs::path src(opts.tokenizer_json);
     std::string text = core::read_file(src.string()).take_or_throw();
-    throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", text));
+    throw_if_error(core::write_file_atomic(dir_path + "/tokenizer.json", text));
     fs::path cfg_src = src.parent_path() / "tokenizer_config.json";
     if (fs::exists(cfg_src)) {
-      throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer_config.json",
+      throw_if_error(core::write_file_atomic(dir_path + "/tokenizer_config.json",
                                              core::read_file(cfg_src.string()).take_or_throw()));
     }
   }
   nlohmann::json prov = opts.provenance;
   prov["shrink_version"] = SHRINK_VERSION;
   prov["parameters"] = m->num_parameters();
-  throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
-  throw_if_error(dir.commit());
+  throw_if_error(core::write_file_atomic(dir_path + "/shrink.json", prov.dump(2) + "\n"));
+}
+
+std::pair<double, uint64_t> nll_over_windows(CausalLM& m, const int32_t* tokens, uint64_t n,
+                                             int64_t seq_len, int64_t batch,
+                                             const std::function<void(uint64_t)>& progress) {
+  std::vector<core::EvalWindow> windows = core::eval_windows(n, seq_len);
+  torch::NoGradGuard ng;
+  double nll_sum = 0.0;
+  uint64_t scored = 0, done = 0;
+  size_t i = 0;
+  while (i < windows.size()) {
+    // Batch consecutive windows of equal length (all full ones; the short tail runs alone).
+    size_t j = i + 1;
+    while (j < windows.size() && int64_t(j - i) < batch && windows[j].len == windows[i].len) ++j;
+    const int64_t B = int64_t(j - i), T = windows[i].len;
+    auto ids = torch::empty({B, T}, torch::kLong);
+    auto* p = ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t* src = tokens + windows[i + size_t(b)].start;
+      for (int64_t t = 0; t < T; ++t) p[b * T + t] = src[t];
+    }
+    auto logits = m->forward(ids).logits;  // [B,T,V]
+    auto logp = torch::log_softmax(logits.narrow(1, 0, T - 1), -1);
+    auto tgt = ids.narrow(1, 1, T - 1).unsqueeze(-1);
+    nll_sum -= logp.gather(-1, tgt).to(torch::kFloat64).sum().item<double>();
+    scored += uint64_t(B * (T - 1));
+    done += uint64_t(B * T);
+    if (progress) progress(done);
+    i = j;
+  }
+  return {nll_sum, scored};
 }
 
 }  // namespace shrink::train

@@ -14,6 +14,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -129,5 +130,13 @@ struct SaveOptions {
 };
 /// Write config.json, model.safetensors (or shards) and shrink.json atomically into out_dir.
 void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts = {});
+/// The same files written into an existing directory (the caller makes it atomic).
+void model_write(CausalLM& m, const std::string& dir, const SaveOptions& opts = {});
+
+/// Sum of next-token NLL (nats, double) and the number of predictions over non-overlapping
+/// windows of seq_len (core::eval_windows) of `tokens`, batching equal-length windows.
+std::pair<double, uint64_t> nll_over_windows(CausalLM& m, const int32_t* tokens, uint64_t n,
+                                             int64_t seq_len, int64_t batch,
+                                             const std::function<void(uint64_t)>& progress = {});
 
 }  // namespace shrink::train

@@ -35,5 +35,6 @@ void register_generate(CLI::App& app, Globals& g);
 void register_tokenizer(CLI::App& app, Globals& g);
 void register_data(CLI::App& app, Globals& g);
 void register_init(CLI::App& app, Globals& g);
+void register_train(CLI::App& app, Globals& g);
 
 }  // namespace shrink::cli

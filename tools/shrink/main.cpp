@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   register_tokenizer(app, g);
   register_data(app, g);
   register_init(app, g);
+  register_train(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,73 @@
+// The trainer behind `shrink train` (and, next, `shrink distill`): AdamW with decoupled weight
+// decay (norms, biases and embeddings excluded unless asked), warmup then cosine/linear decay,
+// gradient clipping and accumulation, periodic validation, atomic checkpoints with the optimizer
+// state and the data cursor, and exact --resume.
+//
+// Why this way: all randomness is explicit (seeded init, the packer's seeded per-epoch
+// permutation; no dropout), weights are saved as float32 and the optimizer state with
+// torch::save, so a resumed run continues bit-for-bit at a fixed thread count. The public API has
+// no LibTorch types (tools include this header). Tested in tests/train/test_trainer.cpp.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace shrink::train {
+
+struct TrainOptions {
+  // Data: token shards (a `shrink data prepare` dir) or text, tokenized once into <out>/data.
+  std::string data;
+  std::string tokenizer;  // for text data; default: the model's tokenizer.json
+  double val_fraction = 0.05;
+  uint64_t split_seed = 0;
+  // Model: a fresh one from a config.json, or an existing model directory to continue.
+  std::string config;
+  std::string model;
+  std::string out;
+  // Optimization.
+  int64_t steps = 1000;
+  int64_t seq_len = 256;
+  int64_t batch = 16;       // sequences per optimizer step (split over grad_accum micro-batches)
+  int64_t grad_accum = 1;
+  double lr = 1e-3;
+  double min_lr_ratio = 0.1;  // final lr = lr * min_lr_ratio
+  int64_t warmup = 50;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  double weight_decay = 0.1;
+  bool decay_all = false;  // also decay norms, biases and embeddings
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double clip = 1.0;  // max global grad norm; 0 = off
+  bool bf16 = false;  // CPU autocast to bfloat16 for matmuls
+  uint64_t seed = 0;
+  // Bookkeeping.
+  int64_t log_every = 10;
+  int64_t eval_every = 100;   // 0 = only at the end
+  uint64_t eval_tokens = 65536;  // validation tokens per evaluation (0 = whole split)
+  int64_t save_every = 100;   // checkpoint period in steps (0 = only at the end)
+  bool resume = false;
+  int64_t stop_after = 0;  // testing aid: stop (as if killed) after this step, without finishing
+  bool progress = false;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;       // mean training loss of the last log window
+  double val_loss = 0, val_perplexity = 0;
+  double best_val_loss = 0;
+  double tokens_per_second = 0;
+  double seconds = 0;
+  int64_t parameters = 0;
+  uint64_t train_tokens = 0, val_tokens = 0;
+};
+
+/// Train (from scratch or continuing) and write the final model to opts.out, the best-validation
+/// model to <out>/best, the resumable state to <out>/checkpoint and metrics to
+/// <out>/metrics.jsonl. Throws shrink::Error on bad input (kInvalidInput/kNotFound).
+TrainResult train_run(const TrainOptions& opts);
+
+/// The learning rate at `step` (0-based) for the schedule: linear warmup to lr, then cosine or
+/// linear decay to lr * min_lr_ratio at the last step.
+double lr_at(const TrainOptions& o, int64_t step);
+
+}  // namespace shrink::train
