@@ -9,18 +9,12 @@
 #include "core/safetensors.h"
 #include "train/api.h"
 #include "train/model.h"
+#include "tests/train/util.h"
 
 namespace fs = std::filesystem;
 using namespace shrink;
 
 namespace {
-
-std::string temp_dir(const std::string& name) {
-  auto p = fs::path(::testing::TempDir()) / ("shrink_api_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
 
 std::string write_tokens(const std::string& dir, const std::vector<int32_t>& toks, int32_t vocab) {
   core::ShardWriter w(dir, "all", vocab, "test");
@@ -29,23 +23,12 @@ std::string write_tokens(const std::string& dir, const std::vector<int32_t>& tok
   return shards.at(0);
 }
 
-core::ModelConfig tiny(int64_t vocab) {
-  core::ModelConfig c = core::config_preset("tiny", vocab).take_or_throw();
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  return c;
-}
-
 }  // namespace
 
 TEST(Eval, RandomInitPerplexityIsOfTheOrderOfTheVocabulary) {
   const int64_t V = 500;
-  std::string dir = temp_dir("randppl");
-  train::model_init(tiny(V), dir + "/model", {});
+  std::string dir = test::temp_dir("randppl");
+  train::model_init(test::micro_config(V), dir + "/model", {});
   std::mt19937 rng(1);
   std::vector<int32_t> toks(3000);
   for (auto& t : toks) t = int32_t(rng() % V);
@@ -64,8 +47,8 @@ TEST(Eval, RandomInitPerplexityIsOfTheOrderOfTheVocabulary) {
 }
 
 TEST(Eval, TextOfExactlySeqLenTokensIsOneWindow) {
-  std::string dir = temp_dir("onewin");
-  train::model_init(tiny(64), dir + "/model", {});
+  std::string dir = test::temp_dir("onewin");
+  train::model_init(test::micro_config(64), dir + "/model", {});
   std::vector<int32_t> toks(32);
   for (int i = 0; i < 32; ++i) toks[size_t(i)] = i;
   train::EvalOptions o;
@@ -88,7 +71,7 @@ TEST(Eval, MeanNllMatchesTransformersOnStories260K) {
   std::memcpy(toks.data(), ref->data(*ids), ids->nbytes);
   float want = 0;
   std::memcpy(&want, ref->data(*ref->find("mean_nll")), 4);
-  std::string dir = temp_dir("stories");
+  std::string dir = test::temp_dir("stories");
   train::EvalOptions o;
   o.source.data = write_tokens(dir, toks, 512);
   o.seq_len = ids->shape[1];  // the two reference rows are two non-overlapping windows
@@ -99,8 +82,8 @@ TEST(Eval, MeanNllMatchesTransformersOnStories260K) {
 }
 
 TEST(Eval, TokenOutsideVocabularyIsRejected) {
-  std::string dir = temp_dir("oov");
-  train::model_init(tiny(50), dir + "/model", {});
+  std::string dir = test::temp_dir("oov");
+  train::model_init(test::micro_config(50), dir + "/model", {});
   train::EvalOptions o;
   o.source.data = write_tokens(dir, {1, 2, 70, 3}, 100);
   try {
@@ -114,8 +97,8 @@ TEST(Eval, TokenOutsideVocabularyIsRejected) {
 }
 
 TEST(Generate, SeededSamplingIsDeterministicAndGreedyIsArgmax) {
-  std::string dir = temp_dir("gen");
-  train::model_init(tiny(80), dir + "/model", {3, ""});
+  std::string dir = test::temp_dir("gen");
+  train::model_init(test::micro_config(80), dir + "/model", {3, ""});
   train::GenerateOptions g;
   g.prompt_ids = {1, 2, 3};
   g.max_new_tokens = 12;

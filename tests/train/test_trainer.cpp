@@ -11,28 +11,16 @@
 #include "core/safetensors.h"
 #include "train/api.h"
 #include "train/trainer.h"
+#include "tests/train/util.h"
 
 namespace fs = std::filesystem;
 using namespace shrink;
 
 namespace {
 
-std::string temp_dir(const std::string& name) {
-  auto p = fs::path(::testing::TempDir()) / ("shrink_tr_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
-
 // A tiny model config and a learnable token stream (a noisy repeating pattern), as shards.
 void make_inputs(const std::string& dir) {
-  core::ModelConfig c = core::config_preset("tiny", 64).take_or_throw();
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
+  core::ModelConfig c = test::micro_config(64);
   ASSERT_TRUE(core::write_file_atomic(dir + "/config.json", core::config_to_json(c)).is_ok());
   std::mt19937 rng(5);
   for (const char* split : {"train", "val"}) {
@@ -87,7 +75,7 @@ TEST(Trainer, LearningRateSchedule) {
 
 TEST(Trainer, LowersTheLossAndWritesOutputs) {
   train::env_init(1);
-  std::string dir = temp_dir("loss");
+  std::string dir = test::temp_dir("loss");
   make_inputs(dir);
   train::TrainOptions o = base(dir, dir + "/run");
   o.steps = 60;
@@ -107,7 +95,7 @@ TEST(Trainer, LowersTheLossAndWritesOutputs) {
 
 TEST(Trainer, StoppedAndResumedRunIsBitwiseIdentical) {
   train::env_init(1);
-  std::string dir = temp_dir("resume");
+  std::string dir = test::temp_dir("resume");
   make_inputs(dir);
   train::train_run(base(dir, dir + "/a"));
   train::TrainOptions b = base(dir, dir + "/b");
