@@ -849,4 +849,16 @@ std::vector<EvalWindow> eval_windows(uint64_t n_tokens, int64_t seq_len) {
   return out;
 }
 
+bool dataset_is_tokens(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return fs::path(path).extension() == ".tok";
+  if (!fs::is_directory(path, ec)) return false;
+  if (fs::exists(fs::path(path) / "dataset.json", ec)) return true;
+  for (const auto& e : fs::directory_iterator(path, ec)) {
+    if (e.path().extension() == ".tok") return true;
+  }
+  return false;
+}
+
 }  // namespace shrink::core

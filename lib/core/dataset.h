@@ -120,6 +120,10 @@ class TokenDataset {
   std::string fingerprint_;
 };
 
+/// True when `path` is pre-tokenized data: a .tok file, or a directory holding dataset.json or
+/// .tok shards (as `shrink data prepare` writes). Otherwise it is treated as text.
+bool dataset_is_tokens(const std::string& path);
+
 /// Read a shard header (validated: magic, JSON, sizes match the file).
 Result<ShardHeader> shard_read_header(const std::string& path);
 

@@ -52,16 +52,6 @@ std::string env_blas_warning(const EnvInfo& e) {
 
 namespace {
 
-bool is_token_data(const std::string& path) {
-  if (fs::is_regular_file(path)) return fs::path(path).extension() == ".tok";
-  if (!fs::is_directory(path)) return false;
-  if (fs::exists(fs::path(path) / "dataset.json")) return true;
-  for (const auto& e : fs::directory_iterator(path)) {
-    if (e.path().extension() == ".tok") return true;
-  }
-  return false;
-}
-
 core::Tokenizer tokenizer_for(const std::string& model_dir, const std::string& override_path,
                               const std::string& why) {
   std::string path = override_path.empty() ? model_dir + "/tokenizer.json" : override_path;
@@ -82,7 +72,7 @@ LoadedTokens tokens_load(const std::string& model_dir, const TokenSource& src, b
     throw Error(StatusCode::kNotFound, src.data + ": no such file or directory");
   }
   LoadedTokens out;
-  if (is_token_data(src.data)) {
+  if (core::dataset_is_tokens(src.data)) {
     bool dir = fs::is_directory(src.data);
     std::string split = src.split == "auto" ? (dir ? "val" : "all") : src.split;
     core::Split s = core::split_from_name(split).take_or_throw();

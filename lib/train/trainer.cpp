@@ -56,14 +56,9 @@ void validate(const TrainOptions& o) {
   }
 }
 
-bool is_token_data(const std::string& path) {
-  if (fs::is_regular_file(path)) return fs::path(path).extension() == ".tok";
-  return fs::is_directory(path) && fs::exists(fs::path(path) / "dataset.json");
-}
-
 // Token shards for the run: the given shard dir, or <out>/data made once from text.
 std::string prepare_data(const TrainOptions& o, const std::string& tokenizer_path, bool progress) {
-  if (is_token_data(o.data)) return o.data;
+  if (core::dataset_is_tokens(o.data)) return o.data;
   if (!fs::exists(o.data)) throw Error(StatusCode::kNotFound, o.data + ": no such file or directory");
   if (tokenizer_path.empty() || !fs::exists(tokenizer_path)) {
     bad("text data needs a tokenizer: pass --tokenizer tokenizer.json (or a model directory "
