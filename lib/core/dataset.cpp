@@ -819,7 +819,7 @@ void SequencePacker::set_cursor(Cursor c) {
   if (shuffle_) shuffle_epoch();
 }
 
-void SequencePacker::next_batch(int64_t batch, int32_t* out) {
+void SequencePacker::next_batch(int64_t batch, int32_t* out, uint64_t* windows) {
   const uint64_t w = uint64_t(seq_len_) + 1;
   if (n_windows_ == 0) {  // too little data for one window; callers check windows_per_epoch()
     std::fill(out, out + uint64_t(batch) * w, 0);
@@ -833,6 +833,7 @@ void SequencePacker::next_batch(int64_t batch, int32_t* out) {
     }
     uint64_t win = shuffle_ ? order_[cursor_.index] : cursor_.index;
     data_->read(win * uint64_t(seq_len_), w, out + uint64_t(b) * w);
+    if (windows) windows[b] = win;
     ++cursor_.index;
   }
 }

@@ -150,8 +150,10 @@ class SequencePacker {
   SequencePacker(const TokenDataset* data, int64_t seq_len, uint64_t seed, bool shuffle);
   /// Number of full windows per epoch.
   uint64_t windows_per_epoch() const { return n_windows_; }
-  /// Fill `out` (batch * (seq_len+1) int32) with the next `batch` windows.
-  void next_batch(int64_t batch, int32_t* out);
+  /// Fill `out` (batch * (seq_len+1) int32) with the next `batch` windows; `windows`, when
+  /// given, receives each window's index (window w starts at token w * seq_len), which keys
+  /// per-window caches such as the teacher's top-k logits.
+  void next_batch(int64_t batch, int32_t* out, uint64_t* windows = nullptr);
   struct Cursor {
     uint64_t epoch = 0, index = 0;
   };

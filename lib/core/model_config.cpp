@@ -362,6 +362,36 @@ std::string config_to_json(const ModelConfig& c) {
 
 const char* config_preset_names() { return "tiny, small, base"; }
 
+Result<ModelConfig> config_keep_layers(const ModelConfig& c, const std::vector<int64_t>& keep) {
+  if (keep.empty()) return invalid_input("layer list is empty: keep at least one layer");
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i] < 0 || keep[i] >= c.num_layers) {
+      return invalid_input("layer " + std::to_string(keep[i]) + " is out of range: the model has " +
+                             std::to_string(c.num_layers) + " layers (0.." +
+                             std::to_string(c.num_layers - 1) + ")");
+    }
+    if (i > 0 && keep[i] <= keep[i - 1]) {
+      return invalid_input("layer list must be strictly increasing, got " +
+                             std::to_string(keep[i - 1]) + " then " + std::to_string(keep[i]));
+    }
+  }
+  ModelConfig out = c;
+  out.num_layers = int64_t(keep.size());
+  for (const char* key : {"layer_types"}) {
+    if (out.raw.contains(key) && out.raw[key].is_array() &&
+        int64_t(out.raw[key].size()) == c.num_layers) {
+      nlohmann::json sub = nlohmann::json::array();
+      for (int64_t k : keep) sub.push_back(out.raw[key][size_t(k)]);
+      out.raw[key] = sub;
+    }
+  }
+  if (out.raw.contains("max_window_layers") && out.raw["max_window_layers"].is_number_integer()) {
+    out.raw["max_window_layers"] =
+        std::min<int64_t>(out.raw["max_window_layers"].get<int64_t>(), out.num_layers);
+  }
+  return out;
+}
+
 Result<ModelConfig> config_preset(const std::string& name, int64_t vocab_size) {
   // Sizes chosen for 2-core CPU training: tiny ~1M non-embedding params trains in minutes,
   // small ~7M in an hour or so, base ~25M for longer runs.

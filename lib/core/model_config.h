@@ -75,6 +75,10 @@ Status config_validate(const ModelConfig& c, const std::string& origin = "config
 /// from the original file are preserved).
 std::string config_to_json(const ModelConfig& c);
 
+/// The config of a model that keeps only the decoder layers `keep` (strictly increasing indices
+/// into c's layers): num_hidden_layers and per-layer lists in config.json (layer_types) follow.
+Result<ModelConfig> config_keep_layers(const ModelConfig& c, const std::vector<int64_t>& keep);
+
 /// Built-in Llama configs for models trained from scratch ("tiny", "small", "base"), with the
 /// given vocabulary size. Errors list the known names.
 Result<ModelConfig> config_preset(const std::string& name, int64_t vocab_size);

@@ -48,6 +48,21 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = 0;  // testing aid: stop (as if killed) after this step, without finishing
   bool progress = false;
+
+  // Distillation (`shrink distill`): a teacher directory turns it on. The student comes from
+  // `model` (--student DIR), `config` (--student-config) or `student_layers` (a subset of the
+  // teacher's layers, e.g. "0,2,4,6", "0-3" or "::2").
+  std::string teacher;
+  std::string student_layers;
+  double temperature = 2.0;
+  double alpha = 1.0;                // loss = alpha * KD + (1 - alpha) * CE (+ hidden term)
+  std::string kd_loss = "forward";   // forward | reverse (KL direction)
+  std::string hidden_loss = "none";  // none | mse | cosine
+  double hidden_weight = 1.0;
+  std::string hidden_map;            // "s:t,..." hidden-state index pairs; empty = default map
+  std::string teacher_cache;         // directory: teacher top-k logits computed once, reused
+  int64_t cache_topk = 64;
+  std::string masks = "auto";  // auto | on | off: keep the student's zero weights at zero
 };
 
 struct TrainResult {
@@ -59,12 +74,20 @@ struct TrainResult {
   double seconds = 0;
   int64_t parameters = 0;
   uint64_t train_tokens = 0, val_tokens = 0;
+  // Distillation only.
+  double val_kl = 0;           // forward KL(teacher || student) at T=1 on the validation tokens
+  double teacher_val_loss = 0;
+  double student_sparsity = 0;  // fraction of masked weights kept at zero (0 without masks)
+  uint64_t cache_bytes = 0;     // teacher top-k cache size
+  double cache_build_seconds = 0;
 };
 
 /// Train (from scratch or continuing) and write the final model to opts.out, the best-validation
 /// model to <out>/best, the resumable state to <out>/checkpoint and metrics to
 /// <out>/metrics.jsonl. Throws shrink::Error on bad input (kInvalidInput/kNotFound).
 TrainResult train_run(const TrainOptions& opts);
+/// Distill: train_run with a teacher (opts.teacher must be set). Also writes <out>/distill.json.
+inline TrainResult distill_run(const TrainOptions& opts) { return train_run(opts); }
 
 /// The learning rate at `step` (0-based) for the schedule: linear warmup to lr, then cosine or
 /// linear decay to lr * min_lr_ratio at the last step.

@@ -21,7 +21,7 @@ expect_grep() {  # NAME FILE PATTERN
 }
 
 expect_rc "help lists subcommands" 0 "$SHRINK" --help
-for c in inspect eval generate tokenizer data init; do expect_grep "help mentions $c" "$T/out" "$c"; done
+for c in inspect eval generate tokenizer data init train distill; do expect_grep "help mentions $c" "$T/out" "$c"; done
 expect_rc "eval --help shows defaults" 0 "$SHRINK" eval --help
 expect_grep "eval help shows the seq-len default" "$T/out" "seq-len"
 expect_rc "unknown subcommand is a usage error" 2 "$SHRINK" frobnicate
@@ -91,6 +91,27 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "data prepare" 0 "$SHRINK" data prepare --tokenizer "$T/tok.json" --out "$T/shards" --max-tokens 20000
   expect_rc "eval on shards" 0 "$SHRINK" eval "$T/rand" --data "$T/shards" --seq-len 64
   expect_grep "eval on shards uses val" "$T/out" "split val"
+
+  # kill -9 in the middle of a run, then --resume: bitwise the same weights as a run left alone.
+  # (--threads 1 because the bitwise guarantee is per thread count.)
+  kill9_resume() {  # NAME ARGS... (the run's --out is $T/k9-NAME/{a,b})
+    local name=$1; shift
+    local d="$T/k9-$name"
+    expect_rc "$name: uninterrupted run" 0 "$SHRINK" --threads 1 -q "$@" --out "$d/a"
+    "$SHRINK" --threads 1 -q "$@" --out "$d/b" >/dev/null 2>&1 & local pid=$!
+    for _ in $(seq 1 600); do [ -f "$d/b/checkpoint/state.json" ] && break; sleep 0.05; done
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    if [ -d "$d/b/model" ]; then bad "$name: the run finished before kill -9 (make it longer)"; return; fi
+    ok "$name: killed with -9 after checkpoint step $(grep -o '"step": *[0-9]*' "$d/b/checkpoint/state.json" | tr -dc 0-9)"
+    expect_rc "$name: --resume after kill -9" 0 "$SHRINK" --threads 1 -q "$@" --out "$d/b" --resume
+    if cmp -s "$d/a/model/model.safetensors" "$d/b/model/model.safetensors"; then ok "$name: resumed weights are bitwise identical"; else bad "$name: resumed weights differ"; fi
+  }
+  kill9_resume train train --model "$T/rand" --data "$T/shards" --steps 300 --seq-len 32 --batch 4 --save-every 10 --eval-every 0 --seed 4
+  kill9_resume distill distill --teacher "$T/rand" --student-layers 0,2 --hidden-loss cosine --alpha 0.7 --data "$T/shards" --steps 200 --seq-len 32 --batch 4 --save-every 10 --eval-every 0 --seed 4
+  expect_rc "distill with a bad layer list exits 2" 2 "$SHRINK" distill --teacher "$T/rand" --student-layers 0,9 --data "$T/shards" --out "$T/bad" --steps 1
+  expect_grep "the layer error names the range" "$T/err" "layer 9 is out of range: the model has 4 layers"
+  expect_rc "distill without a student exits 2" 2 "$SHRINK" distill --teacher "$T/rand" --data "$T/shards" --out "$T/bad" --steps 1
+  expect_grep "the student error lists the choices" "$T/err" "give exactly one student"
 fi
 expect_rc "eval with a bad --seq-len exits 2" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --seq-len 1 --data "$FIX"
 

@@ -18,22 +18,7 @@ using namespace shrink;
 
 namespace {
 
-// A tiny model config and a learnable token stream (a noisy repeating pattern), as shards.
-void make_inputs(const std::string& dir) {
-  core::ModelConfig c = test::micro_config(64);
-  ASSERT_TRUE(core::write_file_atomic(dir + "/config.json", core::config_to_json(c)).is_ok());
-  std::mt19937 rng(5);
-  for (const char* split : {"train", "val"}) {
-    core::ShardWriter w(dir + "/data", split, 64, "test");
-    std::vector<int32_t> t;
-    for (int i = 0; i < (split[0] == 't' ? 20000 : 2000); ++i) {
-      t.push_back(rng() % 10 == 0 ? int32_t(rng() % 64) : int32_t((i * 7) % 23));
-    }
-    ASSERT_TRUE(w.append(t.data(), t.size()).is_ok());
-    ASSERT_TRUE(w.finish().is_ok());
-  }
-  ASSERT_TRUE(core::write_file_atomic(dir + "/data/dataset.json", "{}").is_ok());
-}
+using test::make_inputs;
 
 train::TrainOptions base(const std::string& dir, const std::string& out) {
   train::TrainOptions o;

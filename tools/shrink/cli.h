@@ -36,5 +36,6 @@ void register_tokenizer(CLI::App& app, Globals& g);
 void register_data(CLI::App& app, Globals& g);
 void register_init(CLI::App& app, Globals& g);
 void register_train(CLI::App& app, Globals& g);
+void register_distill(CLI::App& app, Globals& g);
 
 }  // namespace shrink::cli

@@ -1,5 +1,7 @@
-// `shrink train --config config.json|--model DIR --data PATH --out DIR`: cross-entropy
-// training (from scratch or continuing), with checkpoints and exact --resume.
+// `shrink train` (cross-entropy, from a config or continuing a model) and `shrink distill` (a
+// student learns from a teacher). Both share the data, optimizer and checkpoint options and the
+// one trainer in lib/train, with checkpoints and exact --resume.
+#include <cmath>
 #include <cstdio>
 
 #include "core/dataset.h"
@@ -7,6 +9,84 @@
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
+
+namespace {
+
+// Options common to train and distill: data, optimization, bookkeeping.
+void add_common(CLI::App* sub, train::TrainOptions& o) {
+  sub->add_option("--data", o.data, "Token shards or text (tokenized once into OUT/data)")
+      ->capture_default_str();
+  sub->add_option("--tokenizer", o.tokenizer, "tokenizer.json (for text data; copied into outputs)");
+  sub->add_option("--out", o.out, "Run directory")->required();
+  sub->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str();
+  sub->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str();
+  sub->add_option("--batch", o.batch, "Sequences per optimizer step")->capture_default_str();
+  sub->add_option("--grad-accum", o.grad_accum, "Micro-batches per step (divides --batch)")
+      ->capture_default_str();
+  sub->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
+  sub->add_option("--min-lr-ratio", o.min_lr_ratio, "Final lr as a fraction of --lr")
+      ->capture_default_str();
+  sub->add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
+  sub->add_option("--schedule", o.schedule, "cosine, linear or constant")->capture_default_str();
+  sub->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
+      ->capture_default_str();
+  sub->add_flag("--decay-all", o.decay_all, "Also decay norms, biases and embeddings");
+  sub->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
+  sub->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
+  sub->add_option("--clip", o.clip, "Max global gradient norm (0: off)")->capture_default_str();
+  sub->add_flag("--bf16", o.bf16, "bfloat16 autocast on CPU");
+  sub->add_option("--seed", o.seed, "Seed (init and data order)")->capture_default_str();
+  sub->add_option("--val-fraction", o.val_fraction, "Held-out fraction for text data")
+      ->capture_default_str();
+  sub->add_option("--log-every", o.log_every, "Steps per metrics line")->capture_default_str();
+  sub->add_option("--eval-every", o.eval_every, "Steps per validation (0: at the end)")
+      ->capture_default_str();
+  sub->add_option("--eval-tokens", o.eval_tokens, "Validation tokens (0: whole split)")
+      ->capture_default_str();
+  sub->add_option("--save-every", o.save_every, "Steps per checkpoint (0: at the end)")
+      ->capture_default_str();
+  sub->add_option("--masks", o.masks,
+                  "Keep zero weights at zero: auto (when a layer matrix is >= 1% zeros), on, off")
+      ->capture_default_str();
+  sub->add_flag("--resume", o.resume, "Continue from OUT/checkpoint");
+}
+
+void report(const char* verb, const train::TrainOptions& o, const train::TrainResult& r,
+            const Globals& g) {
+  const bool distill = !o.teacher.empty();
+  if (g.json) {
+    nlohmann::json j = {{"out", o.out},
+                        {"steps", r.steps},
+                        {"final_loss", r.final_loss},
+                        {"val_loss", r.val_loss},
+                        {"val_perplexity", r.val_perplexity},
+                        {"best_val_loss", r.best_val_loss},
+                        {"tokens_per_second", r.tokens_per_second},
+                        {"seconds", r.seconds},
+                        {"parameters", r.parameters},
+                        {"threads", g.threads}};
+    if (distill) {
+      j["val_kl"] = r.val_kl;
+      j["teacher_val_loss"] = r.teacher_val_loss;
+      j["teacher_val_perplexity"] = std::exp(r.teacher_val_loss);
+      j["teacher_cache_bytes"] = r.cache_bytes;
+    }
+    if (r.student_sparsity > 0) j["sparsity_kept"] = r.student_sparsity;
+    print_json(j);
+    return;
+  }
+  std::printf("%s %lld steps in %.1f s (%.0f tokens/s, %d threads); loss %.4f, val loss %.4f "
+              "(perplexity %.2f)",
+              verb, (long long)r.steps, r.seconds, r.tokens_per_second, g.threads, r.final_loss,
+              r.val_loss, r.val_perplexity);
+  if (distill) {
+    std::printf("; teacher val perplexity %.2f, val KL(teacher||student) %.4f",
+                std::exp(r.teacher_val_loss), r.val_kl);
+  }
+  std::printf("; model in %s/model\n", o.out.c_str());
+}
+
+}  // namespace
 
 void register_train(CLI::App& app, Globals& g) {
   auto o = std::make_shared<train::TrainOptions>();
@@ -16,53 +96,53 @@ void register_train(CLI::App& app, Globals& g) {
                "Writes OUT/model (final), OUT/best, OUT/checkpoint, OUT/metrics.jsonl");
   sub->add_option("--config", o->config, "config.json of a new model (seeded random init)");
   sub->add_option("--model", o->model, "Model directory to continue training");
-  sub->add_option("--data", o->data, "Token shards or text (tokenized once into OUT/data)")
-      ->capture_default_str();
-  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (for text data; copied into outputs)");
-  sub->add_option("--out", o->out, "Run directory")->required();
-  sub->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str();
-  sub->add_option("--seq-len", o->seq_len, "Tokens per sequence")->capture_default_str();
-  sub->add_option("--batch", o->batch, "Sequences per optimizer step")->capture_default_str();
-  sub->add_option("--grad-accum", o->grad_accum, "Micro-batches per step (divides --batch)")
-      ->capture_default_str();
-  sub->add_option("--lr", o->lr, "Peak learning rate")->capture_default_str();
-  sub->add_option("--min-lr-ratio", o->min_lr_ratio, "Final lr as a fraction of --lr")
-      ->capture_default_str();
-  sub->add_option("--warmup", o->warmup, "Linear warmup steps")->capture_default_str();
-  sub->add_option("--schedule", o->schedule, "cosine, linear or constant")->capture_default_str();
-  sub->add_option("--weight-decay", o->weight_decay, "AdamW decoupled weight decay")
-      ->capture_default_str();
-  sub->add_flag("--decay-all", o->decay_all, "Also decay norms, biases and embeddings");
-  sub->add_option("--beta1", o->beta1, "AdamW beta1")->capture_default_str();
-  sub->add_option("--beta2", o->beta2, "AdamW beta2")->capture_default_str();
-  sub->add_option("--clip", o->clip, "Max global gradient norm (0: off)")->capture_default_str();
-  sub->add_flag("--bf16", o->bf16, "bfloat16 autocast on CPU");
-  sub->add_option("--seed", o->seed, "Seed (init and data order)")->capture_default_str();
-  sub->add_option("--val-fraction", o->val_fraction, "Held-out fraction for text data")
-      ->capture_default_str();
-  sub->add_option("--log-every", o->log_every, "Steps per metrics line")->capture_default_str();
-  sub->add_option("--eval-every", o->eval_every, "Steps per validation (0: at the end)")
-      ->capture_default_str();
-  sub->add_option("--eval-tokens", o->eval_tokens, "Validation tokens (0: whole split)")
-      ->capture_default_str();
-  sub->add_option("--save-every", o->save_every, "Steps per checkpoint (0: at the end)")
-      ->capture_default_str();
-  sub->add_flag("--resume", o->resume, "Continue from OUT/checkpoint");
+  add_common(sub, *o);
   sub->callback([o, &g] {
     g.exit_code = run_guarded("train", g, true, [&] {
       o->progress = g.progress();
       train::TrainResult r = train::train_run(*o);
-      if (g.json) {
-        print_json({{"out", o->out}, {"steps", r.steps}, {"final_loss", r.final_loss},
-                    {"val_loss", r.val_loss}, {"val_perplexity", r.val_perplexity},
-                    {"best_val_loss", r.best_val_loss}, {"tokens_per_second", r.tokens_per_second},
-                    {"seconds", r.seconds}, {"parameters", r.parameters}, {"threads", g.threads}});
-      } else {
-        std::printf("trained %lld steps in %.1f s (%.0f tokens/s, %d threads); "
-                    "loss %.4f, val loss %.4f (perplexity %.2f); model in %s/model\n",
-                    (long long)r.steps, r.seconds, r.tokens_per_second, g.threads, r.final_loss,
-                    r.val_loss, r.val_perplexity, o->out.c_str());
-      }
+      report("trained", *o, r, g);
+      return 0;
+    });
+  });
+}
+
+void register_distill(CLI::App& app, Globals& g) {
+  auto o = std::make_shared<train::TrainOptions>();
+  o->data = core::kDefaultCorpus;
+  CLI::App* sub = app.add_subcommand(
+      "distill", "Distill a teacher into a student: loss = alpha*KD + (1-alpha)*CE (+ hidden-state "
+                 "loss). Writes OUT/model, OUT/best, OUT/checkpoint, OUT/metrics.jsonl, "
+                 "OUT/distill.json");
+  sub->add_option("--teacher", o->teacher, "Teacher model directory")->required();
+  sub->add_option("--student", o->model, "Student model directory (e.g. a pruned teacher)");
+  sub->add_option("--student-layers", o->student_layers,
+                  "Student = the teacher keeping these layers: 0,2,4,6 or 0-3 or ::2");
+  sub->add_option("--student-config", o->config, "Student config.json (seeded random init)");
+  sub->add_option("--temperature", o->temperature, "KD temperature T (the KL is scaled by T^2)")
+      ->capture_default_str();
+  sub->add_option("--alpha", o->alpha, "Weight of the KD loss; 1-alpha goes to cross-entropy")
+      ->capture_default_str();
+  sub->add_option("--kd-loss", o->kd_loss, "forward (KL(t||s)) or reverse (KL(s||t))")
+      ->capture_default_str();
+  sub->add_option("--hidden-loss", o->hidden_loss,
+                  "Hidden-state loss: none, mse or cosine (learned projection when widths differ)")
+      ->capture_default_str();
+  sub->add_option("--hidden-weight", o->hidden_weight, "Weight of the hidden-state loss")
+      ->capture_default_str();
+  sub->add_option("--hidden-map", o->hidden_map,
+                  "Hidden-state pairs student:teacher (0 = embeddings, L = final), e.g. 2:4,4:8");
+  sub->add_option("--teacher-cache", o->teacher_cache,
+                  "Directory for the teacher's top-k logits over the training data, computed "
+                  "once and reused (forward KL only)");
+  sub->add_option("--cache-topk", o->cache_topk, "Logits kept per token in --teacher-cache")
+      ->capture_default_str();
+  add_common(sub, *o);
+  sub->callback([o, &g] {
+    g.exit_code = run_guarded("distill", g, true, [&] {
+      o->progress = g.progress();
+      train::TrainResult r = train::distill_run(*o);
+      report("distilled", *o, r, g);
       return 0;
     });
   });

@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   register_data(app, g);
   register_init(app, g);
   register_train(app, g);
+  register_distill(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
