@@ -12,7 +12,9 @@
 // Tested in tests/core/test_dataset.cpp.
 #include "core/dataset.h"
 
+#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <cstring>
 #include <filesystem>
@@ -860,6 +862,40 @@ bool dataset_is_tokens(const std::string& path) {
     if (e.path().extension() == ".tok") return true;
   }
   return false;
+}
+
+}  // namespace shrink::core
+
+namespace shrink::core {
+
+UnigramBaseline unigram_baseline(const TokenDataset& train, const TokenDataset& eval,
+                                 int64_t seq_len, int32_t vocab_size) {
+  std::vector<uint64_t> count(size_t(std::max(vocab_size, 1)), 0);
+  std::vector<int32_t> buf(1 << 16);
+  for (uint64_t pos = 0; pos < train.size(); pos += buf.size()) {
+    uint64_t n = std::min<uint64_t>(buf.size(), train.size() - pos);
+    train.read(pos, n, buf.data());
+    for (uint64_t i = 0; i < n; ++i) {
+      if (buf[i] >= 0 && buf[i] < vocab_size) count[size_t(buf[i])]++;
+    }
+  }
+  UnigramBaseline r;
+  for (uint64_t c : count) r.distinct_train_tokens += c > 0;
+  const double denom = double(train.size()) + double(vocab_size);
+  double nll = 0;
+  for (const EvalWindow& w : eval_windows(eval.size(), seq_len)) {
+    buf.resize(size_t(w.len));
+    eval.read(w.start, uint64_t(w.len), buf.data());
+    for (int64_t i = 1; i < w.len; ++i) {  // position 0 of a window is context, not scored
+      int32_t t = buf[size_t(i)];
+      double c = (t >= 0 && t < vocab_size) ? double(count[size_t(t)]) : 0.0;
+      nll -= std::log((c + 1.0) / denom);
+      r.tokens_scored++;
+    }
+  }
+  r.mean_nll = r.tokens_scored ? nll / double(r.tokens_scored) : 0.0;
+  r.perplexity = std::exp(r.mean_nll);
+  return r;
 }
 
 }  // namespace shrink::core

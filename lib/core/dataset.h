@@ -181,4 +181,15 @@ struct EvalWindow {
 };
 std::vector<EvalWindow> eval_windows(uint64_t n_tokens, int64_t seq_len);
 
+/// The unigram baseline: token frequencies counted on `train` with add-one smoothing over
+/// `vocab_size` ids, scored on exactly the positions that perplexity scores in `eval`
+/// (eval_windows of seq_len). A language model worth the name must be far below it.
+struct UnigramBaseline {
+  double perplexity = 0, mean_nll = 0;
+  uint64_t tokens_scored = 0;
+  int32_t distinct_train_tokens = 0;
+};
+UnigramBaseline unigram_baseline(const TokenDataset& train, const TokenDataset& eval,
+                                 int64_t seq_len, int32_t vocab_size);
+
 }  // namespace shrink::core

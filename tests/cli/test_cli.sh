@@ -91,6 +91,13 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "data prepare" 0 "$SHRINK" data prepare --tokenizer "$T/tok.json" --out "$T/shards" --max-tokens 20000
   expect_rc "eval on shards" 0 "$SHRINK" eval "$T/rand" --data "$T/shards" --seq-len 64
   expect_grep "eval on shards uses val" "$T/out" "split val"
+  expect_rc "data stats" 0 "$SHRINK" --json data stats "$T/shards" --seq-len 64
+  expect_grep "data stats reports the unigram baseline" "$T/out" '"unigram_val_perplexity"'
+  expect_rc "convert to bfloat16" 0 "$SHRINK" convert "$T/rand" --dtype bf16 --out "$T/rand-bf16"
+  expect_grep "convert writes bfloat16" "$T/rand-bf16/config.json" '"bfloat16"'
+  expect_rc "eval the bfloat16 copy" 0 "$SHRINK" --json eval "$T/rand-bf16" --data "$T/shards" --seq-len 64
+  expect_rc "convert to an unknown dtype exits 2" 2 "$SHRINK" convert "$T/rand" --dtype int3 --out "$T/x"
+  expect_grep "convert names the bad dtype" "$T/err" "int3"
 
   # kill -9 in the middle of a run, then --resume: bitwise the same weights as a run left alone.
   # (--threads 1 because the bitwise guarantee is per thread count.)

@@ -748,5 +748,28 @@ TEST_F(DatasetPrepare, MaxTokensAndMissingInput) {
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
 }
 
+TEST_F(ShardIo, UnigramBaselineMatchesHandComputedValue) {
+  // Train: token 0 x3, token 1 x1 over vocab 4 -> add-one probabilities (4, 2, 1, 1) / 8.
+  ShardWriter tw(dir_, "train", 4, "fp", 100);
+  int32_t tr[4] = {0, 0, 1, 0};
+  ASSERT_TRUE(tw.append(tr, 4).is_ok());
+  ASSERT_TRUE(tw.finish().is_ok());
+  // Val [2, 0, 1, 3, 0] with seq-len 3: windows [2,0,1] and [3,0]; scored positions are
+  // everything but each window's first token: 0, 1, 0.
+  ShardWriter vw(dir_, "val", 4, "fp", 100);
+  int32_t va[5] = {2, 0, 1, 3, 0};
+  ASSERT_TRUE(vw.append(va, 5).is_ok());
+  ASSERT_TRUE(vw.finish().is_ok());
+  auto t = TokenDataset::open(dir_, Split::kTrain).take_or_throw();
+  auto v = TokenDataset::open(dir_, Split::kVal).take_or_throw();
+  UnigramBaseline u = unigram_baseline(t, v, 3, 4);
+  EXPECT_EQ(u.tokens_scored, 3u);
+  EXPECT_EQ(u.distinct_train_tokens, 2);
+  double want = -(std::log(0.5) + std::log(0.25) + std::log(0.5)) / 3.0;
+  EXPECT_NEAR(u.mean_nll, want, 1e-12);
+  EXPECT_NEAR(u.perplexity, std::exp(want), 1e-9);
+}
+
 }  // namespace
 }  // namespace shrink::core
+

@@ -55,6 +55,39 @@ void register_data(CLI::App& app, Globals& g) {
       return 0;
     });
   });
+
+  struct StatsOpts {
+    std::string dir;
+    int64_t seq_len = 256;
+  };
+  auto so = std::make_shared<StatsOpts>();
+  CLI::App* stats = data->add_subcommand(
+      "stats", "Token counts and the unigram-baseline perplexity of the validation split");
+  stats->add_option("dir", so->dir, "A `shrink data prepare` directory")->required();
+  stats->add_option("--seq-len", so->seq_len, "Window length (as in `shrink eval`)")
+      ->capture_default_str();
+  stats->callback([so, &g] {
+    g.exit_code = run_guarded("data stats", g, false, [&] {
+      if (so->seq_len < 2) throw Error(StatusCode::kInvalidInput, "--seq-len must be >= 2");
+      auto tr = core::TokenDataset::open(so->dir, core::Split::kTrain).take_or_throw();
+      auto va = core::TokenDataset::open(so->dir, core::Split::kVal).take_or_throw();
+      core::UnigramBaseline u = core::unigram_baseline(tr, va, so->seq_len, tr.vocab_size());
+      if (g.json) {
+        print_json({{"train_tokens", tr.size()}, {"val_tokens", va.size()},
+                    {"vocab_size", tr.vocab_size()},
+                    {"distinct_train_tokens", u.distinct_train_tokens},
+                    {"unigram_val_perplexity", u.perplexity}, {"unigram_val_nll", u.mean_nll},
+                    {"tokens_scored", u.tokens_scored}, {"seq_len", so->seq_len}});
+      } else {
+        std::printf("%s: %llu train + %llu val tokens, vocab %d (%d used in train); unigram "
+                    "baseline on val: perplexity %.2f (%llu tokens scored, seq-len %lld)\n",
+                    so->dir.c_str(), (unsigned long long)tr.size(), (unsigned long long)va.size(),
+                    tr.vocab_size(), u.distinct_train_tokens, u.perplexity,
+                    (unsigned long long)u.tokens_scored, (long long)so->seq_len);
+      }
+      return 0;
+    });
+  });
 }
 
 }  // namespace shrink::cli

@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   register_init(app, g);
   register_train(app, g);
   register_distill(app, g);
+  register_convert(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
