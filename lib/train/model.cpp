@@ -52,6 +52,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, int64_t start,
                                      torch::Tensor* k_cache, torch::Tensor* v_cache) {
   const int64_t B = x.size(0), T = x.size(1);
+  if (tap) {
+    for (const char* m : {"q_proj", "k_proj", "v_proj"}) tap->on_input(prefix + m, x);
+  }
   auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);
   auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
@@ -79,6 +82,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   scores = scores.to(torch::kFloat32).masked_fill(masked, -std::numeric_limits<float>::infinity());
   auto probs = torch::softmax(scores, -1).to(q.scalar_type());
   auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, n_heads * head_dim});
+  if (tap) tap->on_input(prefix + "o_proj", out);
   return o_proj(out);
 }
 
@@ -89,7 +93,12 @@ MLPImpl::MLPImpl(const core::ModelConfig& c) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  if (!tap) return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  tap->on_input(prefix + "gate_proj", x);
+  tap->on_input(prefix + "up_proj", x);
+  auto h = torch::silu(gate_proj(x)) * up_proj(x);
+  tap->on_input(prefix + "down_proj", h);
+  return down_proj(h);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const core::ModelConfig& c) {
@@ -157,9 +166,21 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, bool want_hi
   }
   h = model->norm(h);
   if (want_hidden) out.hidden_states.push_back(h);
+  if (tap_) tap_->on_input("lm_head", h);
   out.logits = torch::matmul(h, lm_head_weight().t()).to(torch::kFloat32);
   if (cache) cache->length += T;
   return out;
+}
+
+void CausalLMImpl::set_tap(LinearTap* tap) {
+  tap_ = tap;
+  for (size_t i = 0; i < model->layers->size(); ++i) {
+    auto layer = model->layers->ptr<DecoderLayerImpl>(i);
+    layer->self_attn->tap = tap;
+    layer->self_attn->prefix = "model.layers." + std::to_string(i) + ".self_attn.";
+    layer->mlp->tap = tap;
+    layer->mlp->prefix = "model.layers." + std::to_string(i) + ".mlp.";
+  }
 }
 
 int64_t CausalLMImpl::num_parameters() {

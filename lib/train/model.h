@@ -23,6 +23,15 @@
 
 namespace shrink::train {
 
+/// Observer of linear-layer inputs during a forward pass: the calibration hook of pruning
+/// (Wanda norms, SparseGPT Hessians, structured importance) and quantization (activation
+/// ranges, SmoothQuant). `module` is the HF module path ("model.layers.3.mlp.down_proj"); `x`
+/// is that linear's input [..., in_features]. q/k/v (and gate/up) report the same tensor.
+struct LinearTap {
+  virtual ~LinearTap() = default;
+  virtual void on_input(const std::string& module, const torch::Tensor& x) = 0;
+};
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
@@ -47,6 +56,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
   std::optional<int64_t> window;
+  LinearTap* tap = nullptr;
+  std::string prefix;  // module path prefix, e.g. model.layers.3.self_attn.
 };
 TORCH_MODULE(Attention);
 
@@ -55,6 +66,8 @@ class MLPImpl : public torch::nn::Module {
   explicit MLPImpl(const core::ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  LinearTap* tap = nullptr;
+  std::string prefix;  // module path prefix, e.g. model.layers.3.mlp.
 };
 TORCH_MODULE(MLP);
 
@@ -101,6 +114,8 @@ class CausalLMImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t start, int64_t len);
   /// Number of parameters (tied weights counted once).
   int64_t num_parameters();
+  /// Report every linear input of the blocks (and lm_head's) to `tap` (nullptr: stop).
+  void set_tap(LinearTap* tap);
 
   Decoder model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // null when tied
@@ -108,6 +123,7 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   core::ModelConfig config_;
   torch::Tensor inv_freq_;  // [head_dim/2] float32
+  LinearTap* tap_ = nullptr;
 };
 TORCH_MODULE(CausalLM);
 

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <regex>
 
 #include "core/dataset.h"
 #include "core/fs.h"
@@ -16,6 +17,8 @@
 #include "core/tokenizer.h"
 #include "train/distill.h"
 #include "train/model.h"
+#include "train/prune.h"
+#include "train/prune_ops.h"
 
 namespace shrink::train {
 
@@ -64,6 +67,21 @@ void validate(const TrainOptions& o) {
     }
   } else if (o.config.empty() == o.model.empty() && !o.resume) {
     bad("give exactly one of --config config.json (new model) or --model DIR (continue)");
+  }
+  if (o.prune_final > 0) {
+    if (!(o.prune_final < 1 && o.prune_initial >= 0 && o.prune_initial <= o.prune_final)) {
+      bad("--prune-final must be in (0, 1) and --prune-initial in [0, --prune-final]");
+    }
+    if (o.prune_start < 0 || o.prune_end < o.prune_start || o.prune_end > o.steps) {
+      bad("--prune-start/--prune-end: expected 0 <= start <= end <= --steps");
+    }
+    if (o.prune_every < 1) bad("--prune-every must be >= 1");
+    nm_parse(o.prune_pattern);
+    try {
+      std::regex re(o.prune_targets);
+    } catch (const std::regex_error& e) {
+      bad("--prune-targets '" + o.prune_targets + "': bad regex: " + e.what());
+    }
   }
   if (o.masks != "auto" && o.masks != "on" && o.masks != "off") {
     bad("--masks '" + o.masks + "': expected auto, on or off");
@@ -255,7 +273,38 @@ TrainResult train_run(const TrainOptions& o) {
         ": logit distillation needs the same vocabulary (and tokenizer)");
   }
   SparsityMasks masks;
-  if (o.masks != "off") masks = masks_from_zeros(m, o.masks == "on" ? 0.0 : 0.01);
+  const bool gradual = o.prune_final > 0;
+  if (o.masks != "off") masks = masks_from_zeros(m, o.masks == "on" || gradual ? 0.0 : 0.01);
+  // Gradual pruning: the targeted matrices, re-masked by magnitude on the cubic schedule.
+  std::vector<torch::Tensor> prune_mats;
+  const NMPattern prune_nm = gradual ? nm_parse(o.prune_pattern) : NMPattern{};
+  if (gradual) {
+    std::regex re(o.prune_targets);
+    for (auto& p : m->named_parameters()) {
+      std::string mod = p.key().substr(0, p.key().rfind('.'));
+      if (p.value().dim() == 2 && std::regex_match(mod, re)) prune_mats.push_back(p.value());
+    }
+    if (prune_mats.empty()) bad("--prune-targets '" + o.prune_targets + "' matches no matrix");
+  }
+  auto gradual_step = [&](int64_t step) {  // after optimizer step `step` (1-based)
+    if (!gradual || step < o.prune_start || step > o.prune_end) return;
+    if ((step - o.prune_start) % o.prune_every != 0 && step != o.prune_end) return;
+    double s = sparsity_at(o.prune_initial, o.prune_final, o.prune_start, o.prune_end, step);
+    torch::NoGradGuard ng;
+    masks.entries.clear();
+    masks.masked = masks.total = 0;
+    for (auto& w : prune_mats) {
+      // N:M applies once the schedule reaches its end; before, unstructured magnitude.
+      auto keep = (prune_nm.on() && step == o.prune_end)
+                      ? mask_magnitude(w, s, prune_nm)
+                      : mask_magnitude(w, s, NMPattern{});
+      auto mk = keep.to(torch::kFloat32);
+      w.mul_(mk);
+      masks.entries.emplace_back(w, mk);
+      masks.masked += keep.numel() - keep.sum().item<int64_t>();
+      masks.total += keep.numel();
+    }
+  };
 
   // Hidden-state loss: index pairs and the learned projections (student width -> teacher).
   std::vector<std::pair<int64_t, int64_t>> hmap;
@@ -428,6 +477,7 @@ TrainResult train_run(const TrainOptions& o) {
     }
     opt.step();
     masks.mask_weights();
+    gradual_step(step + 1);
     st.step = step + 1;
     st.cursor = packer.cursor();
     loss_window += step_loss;
@@ -487,6 +537,9 @@ TrainResult train_run(const TrainOptions& o) {
   prog.finish();
   r.steps = st.step;
   r.best_val_loss = st.best_val;
+  if (!masks.empty()) {
+    r.student_sparsity = double(masks.masked) / double(std::max<int64_t>(1, masks.total));
+  }
   r.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
   r.tokens_per_second =
       r.seconds > 0 ? double(st.step - first_step) * double(o.batch * L) / r.seconds : 0.0;

@@ -63,6 +63,14 @@ struct TrainOptions {
   std::string teacher_cache;         // directory: teacher top-k logits computed once, reused
   int64_t cache_topk = 64;
   std::string masks = "auto";  // auto | on | off: keep the student's zero weights at zero
+  // Gradual magnitude pruning during training (Zhu & Gupta): sparsity rises on a cubic schedule
+  // from prune_initial at step prune_start to prune_final at prune_end, recomputed every
+  // prune_every steps over the matrices matching prune_targets; masks hold in between.
+  double prune_final = 0;  // 0 = off
+  double prune_initial = 0;
+  int64_t prune_start = 0, prune_end = 0, prune_every = 10;
+  std::string prune_pattern;  // N:M for the final mask ("2:4"); the schedule then jumps at end
+  std::string prune_targets = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)";
 };
 
 struct TrainResult {

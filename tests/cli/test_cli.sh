@@ -21,7 +21,7 @@ expect_grep() {  # NAME FILE PATTERN
 }
 
 expect_rc "help lists subcommands" 0 "$SHRINK" --help
-for c in inspect eval generate tokenizer data init train distill; do expect_grep "help mentions $c" "$T/out" "$c"; done
+for c in inspect eval generate tokenizer data init train distill prune convert; do expect_grep "help mentions $c" "$T/out" "$c"; done
 expect_rc "eval --help shows defaults" 0 "$SHRINK" eval --help
 expect_grep "eval help shows the seq-len default" "$T/out" "seq-len"
 expect_rc "unknown subcommand is a usage error" 2 "$SHRINK" frobnicate
@@ -117,6 +117,18 @@ if [ -d /usr/share/games/fortunes ]; then
   kill9_resume distill distill --teacher "$T/rand" --student-layers 0,2 --hidden-loss cosine --alpha 0.7 --data "$T/shards" --steps 200 --seq-len 32 --batch 4 --save-every 10 --eval-every 0 --seed 4
   expect_rc "distill with a bad layer list exits 2" 2 "$SHRINK" distill --teacher "$T/rand" --student-layers 0,9 --data "$T/shards" --out "$T/bad" --steps 1
   expect_grep "the layer error names the range" "$T/err" "layer 9 is out of range: the model has 4 layers"
+  expect_rc "prune wanda 2:4" 0 "$SHRINK" --json prune "$T/rand" --out "$T/pr" --method wanda --pattern 2:4 --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 2048 --eval-seq-len 64
+  expect_grep "prune reports the sparsity" "$T/out" '"targeted_sparsity": 0.5'
+  expect_grep "prune.json is written" "$T/pr/prune.json" '"perplexity_after"'
+  expect_rc "prune structured to half the parameters" 0 "$SHRINK" --json prune "$T/rand" --out "$T/ps" --method structured --target-params 0.5 --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 0
+  expect_rc "the structured-pruned model evaluates" 0 "$SHRINK" eval "$T/ps" --data "$T/shards" --seq-len 64
+  expect_rc "prune --sparsity 1.5 exits 2" 2 "$SHRINK" prune "$T/rand" --out "$T/x" --sparsity 1.5
+  expect_grep "the sparsity error names the value" "$T/err" "sparsity 1.5"
+  expect_rc "prune --pattern 5:4 exits 2" 2 "$SHRINK" prune "$T/rand" --out "$T/x" --pattern 5:4
+  expect_grep "the pattern error explains N:M" "$T/err" "1 <= N < M"
+  expect_rc "prune with an unknown method exits 2" 2 "$SHRINK" prune "$T/rand" --out "$T/x" --method lottery
+  expect_grep "the method error lists the methods" "$T/err" "expected magnitude, wanda, sparsegpt or structured"
+  if [ -e "$T/x" ]; then bad "a failed prune left output behind"; else ok "a failed prune leaves no output"; fi
   expect_rc "distill without a student exits 2" 2 "$SHRINK" distill --teacher "$T/rand" --data "$T/shards" --out "$T/bad" --steps 1
   expect_grep "the student error lists the choices" "$T/err" "give exactly one student"
 fi

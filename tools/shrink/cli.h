@@ -38,5 +38,6 @@ void register_init(CLI::App& app, Globals& g);
 void register_train(CLI::App& app, Globals& g);
 void register_distill(CLI::App& app, Globals& g);
 void register_convert(CLI::App& app, Globals& g);
+void register_prune(CLI::App& app, Globals& g);
 
 }  // namespace shrink::cli

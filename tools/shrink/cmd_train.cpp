@@ -48,6 +48,20 @@ void add_common(CLI::App* sub, train::TrainOptions& o) {
   sub->add_option("--masks", o.masks,
                   "Keep zero weights at zero: auto (when a layer matrix is >= 1% zeros), on, off")
       ->capture_default_str();
+  sub->add_option("--prune-final", o.prune_final,
+                  "Gradual magnitude pruning to this sparsity (cubic schedule; 0: off)")
+      ->capture_default_str();
+  sub->add_option("--prune-initial", o.prune_initial, "Sparsity at --prune-start")
+      ->capture_default_str();
+  sub->add_option("--prune-start", o.prune_start, "Step where gradual pruning starts")
+      ->capture_default_str();
+  sub->add_option("--prune-end", o.prune_end, "Step where it reaches --prune-final")
+      ->capture_default_str();
+  sub->add_option("--prune-every", o.prune_every, "Steps between mask updates")
+      ->capture_default_str();
+  sub->add_option("--prune-pattern", o.prune_pattern, "N:M pattern applied at --prune-end");
+  sub->add_option("--prune-targets", o.prune_targets, "Regex over module names to prune")
+      ->capture_default_str();
   sub->add_flag("--resume", o.resume, "Continue from OUT/checkpoint");
 }
 

@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   register_train(app, g);
   register_distill(app, g);
   register_convert(app, g);
+  register_prune(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

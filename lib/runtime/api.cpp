@@ -1,0 +1,250 @@
+// perplexity / generate / bench / tokens_load (see api.h).
+#include "runtime/api.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "core/dataset.h"
+#include "core/fs.h"
+#include "core/tokenizer.h"
+
+namespace shrink::runtime {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+}  // namespace
+
+Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
+                                 const TokenSource& src) {
+  SHRINK_CHECK(core::path_exists(src.data), StatusCode::kNotFound,
+               "%s: no such file or directory", src.data.c_str());
+  LoadedTokens out;
+  if (core::dataset_is_tokens(src.data)) {
+    const bool dir = core::is_directory(src.data);
+    const std::string split = src.split == "auto" ? (dir ? "val" : "all") : src.split;
+    SHRINK_ASSIGN_OR_RETURN(core::Split s, core::split_from_name(split));
+    SHRINK_ASSIGN_OR_RETURN(core::TokenDataset ds, core::TokenDataset::open(src.data, s));
+    uint64_t n = ds.size();
+    if (src.max_tokens) n = std::min<uint64_t>(n, src.max_tokens);
+    out.tokens.resize(n);
+    if (n) ds.read(0, n, out.tokens.data());
+    out.description = src.data + " (token shards, split " + split + ")";
+  } else {
+    const std::string split = src.split == "auto" ? "all" : src.split;
+    core::TokenizeOptions to;
+    SHRINK_ASSIGN_OR_RETURN(to.split, core::split_from_name(split));
+    to.val_fraction = src.val_fraction;
+    to.seed = src.seed;
+    to.max_tokens = src.max_tokens;
+    const std::string tok_path = src.tokenizer.empty() ? model_dir + "/tokenizer.json" : src.tokenizer;
+    SHRINK_CHECK(core::path_exists(tok_path), StatusCode::kInvalidInput,
+                 "%s: not found; text data needs a tokenizer. Pass --tokenizer PATH, or give "
+                 "token shards from `shrink data prepare`", tok_path.c_str());
+    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer tok, core::Tokenizer::load(tok_path));
+    SHRINK_ASSIGN_OR_RETURN(auto reader, core::TextReader::open(src.data));
+    SHRINK_ASSIGN_OR_RETURN(uint64_t got, core::tokenize_stream(*reader, tok, to,
+        [&](const std::vector<int32_t>& t) { out.tokens.insert(out.tokens.end(), t.begin(), t.end()); }));
+    (void)got;
+    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() + ")";
+  }
+  for (size_t i = 0; i < out.tokens.size(); ++i) {
+    SHRINK_CHECK(out.tokens[i] >= 0 && out.tokens[i] < vocab_size, StatusCode::kInvalidInput,
+                 "%s: token %d at position %zu is outside the model's vocabulary (vocab_size %lld)",
+                 src.data.c_str(), out.tokens[i], i, (long long)vocab_size);
+  }
+  return out;
+}
+
+Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,
+                                    int64_t batch, const std::function<void(uint64_t)>& progress) {
+  SHRINK_CHECK(seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
+               (long long)seq_len);
+  SHRINK_CHECK(batch >= 1 && batch <= e.max_batch(), StatusCode::kInternal,
+               "perplexity batch %lld exceeds the engine's %d slots", (long long)batch,
+               e.max_batch());
+  SHRINK_CHECK(seq_len <= e.max_seq_len(), StatusCode::kInvalidInput,
+               "--seq-len %lld exceeds the engine's maximum sequence length %lld",
+               (long long)seq_len, (long long)e.max_seq_len());
+  const std::vector<core::EvalWindow> windows = core::eval_windows(n, seq_len);
+  SHRINK_CHECK(!windows.empty(), StatusCode::kInvalidInput,
+               "only %llu tokens; perplexity needs at least 2", (unsigned long long)n);
+  const int64_t V = e.config().vocab_size;
+  PerplexityResult r;
+  r.seq_len = seq_len;
+  r.tokens = n;
+  r.windows = windows.size();
+  double nll = 0;
+  uint64_t done = 0;
+  std::vector<float> logits;
+  auto t0 = Clock::now();
+  for (size_t i = 0; i < windows.size(); i += size_t(batch)) {
+    const size_t j = std::min(windows.size(), i + size_t(batch));
+    std::vector<SeqChunk> chunks;
+    e.reset_all();
+    for (size_t w = i; w < j; ++w) {
+      chunks.push_back({int(w - i), tokens + windows[w].start, windows[w].len});
+    }
+    SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/true, logits));
+    int64_t row = 0;
+    for (size_t w = i; w < j; ++w) {
+      const int32_t* tk = tokens + windows[w].start;
+      for (int64_t t = 0; t < windows[w].len; ++t, ++row) {
+        if (t + 1 >= windows[w].len) continue;  // the last position predicts nothing scored
+        const float* x = logits.data() + row * V;
+        const float mx = *std::max_element(x, x + V);
+        double z = 0;
+        for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - double(mx));
+        nll -= double(x[tk[t + 1]]) - double(mx) - std::log(z);
+        r.tokens_scored++;
+      }
+      done += uint64_t(windows[w].len);
+    }
+    if (progress) progress(done);
+  }
+  e.reset_all();
+  r.seconds = since(t0);
+  r.mean_nll = nll / double(r.tokens_scored);
+  r.perplexity = std::exp(r.mean_nll);
+  r.tokens_per_second = r.seconds > 0 ? double(n) / r.seconds : 0;
+  return r;
+}
+
+Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
+                                const GenerateOptions& opts) {
+  SHRINK_CHECK(opts.max_new_tokens >= 0, StatusCode::kInvalidInput,
+               "--max-new-tokens must be >= 0");
+  SHRINK_CHECK(opts.sampling.temperature >= 0 && opts.sampling.top_p > 0 &&
+                   opts.sampling.top_p <= 1,
+               StatusCode::kInvalidInput, "sampling: expected temperature >= 0 and 0 < top-p <= 1");
+  SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
+  SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= e.max_seq_len() + 1,
+               StatusCode::kInvalidInput,
+               "prompt (%zu tokens) + --max-new-tokens %lld exceeds the maximum sequence length "
+               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)e.max_seq_len());
+  const int64_t V = e.config().vocab_size;
+  for (int32_t id : prompt) {
+    SHRINK_CHECK(id >= 0 && id < V, StatusCode::kInvalidInput,
+                 "prompt token %d is outside the vocabulary (vocab_size %lld)", id, (long long)V);
+  }
+  GenerateResult r;
+  r.ids = prompt;
+  r.prompt_len = int64_t(prompt.size());
+  core::Sampler sampler(opts.sampling, opts.seed);
+  e.reset(0);
+  std::vector<float> logits;
+  auto t0 = Clock::now();
+  SHRINK_RETURN_IF_ERROR(e.forward({{0, prompt.data(), int64_t(prompt.size())}}, false, logits));
+  r.prefill_seconds = since(t0);
+  auto t1 = Clock::now();
+  for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
+    const int32_t next = sampler.sample(logits.data(), V);
+    r.ids.push_back(next);
+    if (opts.stop_at_eos && opts.eos && next == *opts.eos) break;
+    if (step + 1 == opts.max_new_tokens) break;
+    SHRINK_RETURN_IF_ERROR(e.forward({{0, &r.ids.back(), 1}}, false, logits));
+  }
+  r.decode_seconds = since(t1);
+  return r;
+}
+
+double peak_rss_mib() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
+  SHRINK_CHECK(o.prompt_len >= 1 && o.gen_len >= 1 && o.batch >= 1, StatusCode::kInvalidInput,
+               "bench: expected --prompt-len >= 1, --gen-len >= 1, --batch >= 1");
+  SHRINK_CHECK(o.batch <= e.max_batch() && o.prompt_len + o.gen_len <= e.max_seq_len(),
+               StatusCode::kInvalidInput,
+               "bench: batch %d x %lld tokens does not fit the engine (%d slots of %lld)", o.batch,
+               (long long)(o.prompt_len + o.gen_len), e.max_batch(), (long long)e.max_seq_len());
+  const int64_t V = e.config().vocab_size;
+  std::vector<std::vector<int32_t>> prompts(size_t(o.batch));
+  uint64_t h = o.seed * 0x9e3779b97f4a7c15ull + 1;
+  for (auto& p : prompts) {
+    for (int64_t t = 0; t < o.prompt_len; ++t) {
+      h = h * 6364136223846793005ull + 1442695040888963407ull;
+      p.push_back(int32_t((h >> 33) % uint64_t(V)));
+    }
+  }
+  e.reset_all();
+  BenchResult r;
+  r.batch = o.batch;
+  r.prompt_len = o.prompt_len;
+  r.gen_len = o.gen_len;
+  r.weight_bytes = e.weight_bytes();
+  std::vector<SeqChunk> chunks;
+  for (int b = 0; b < o.batch; ++b) chunks.push_back({b, prompts[size_t(b)].data(), o.prompt_len});
+  std::vector<float> logits;
+  auto t0 = Clock::now();
+  SHRINK_RETURN_IF_ERROR(e.forward(chunks, false, logits));
+  r.prefill_seconds = since(t0);
+  std::vector<int32_t> next(size_t(o.batch));
+  for (int b = 0; b < o.batch; ++b) next[size_t(b)] = core::argmax(logits.data() + b * V, V);
+  r.ttft_seconds = since(t0);
+  r.prefill_tokens_per_second = double(o.batch * o.prompt_len) / r.prefill_seconds;
+  std::vector<double> lat;
+  double total = 0;
+  for (int64_t s = 0; s < o.gen_len; ++s) {
+    for (int b = 0; b < o.batch; ++b) chunks[size_t(b)] = {b, &next[size_t(b)], 1};
+    auto ts = Clock::now();
+    SHRINK_RETURN_IF_ERROR(e.forward(chunks, false, logits));
+    for (int b = 0; b < o.batch; ++b) next[size_t(b)] = core::argmax(logits.data() + b * V, V);
+    const double dt = since(ts);
+    lat.push_back(dt);
+    total += dt;
+  }
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double p) {
+    size_t i = size_t(std::ceil(p * double(lat.size()))) - 1;
+    return lat[std::min(i, lat.size() - 1)] * 1e3;
+  };
+  r.latency_p50_ms = pct(0.50);
+  r.latency_p99_ms = pct(0.99);
+  r.decode_tokens_per_second = double(o.batch * o.gen_len) / total;
+  r.weight_gb_per_second = double(r.weight_bytes) * double(o.gen_len) / total / 1e9;
+  r.peak_rss_mib = peak_rss_mib();
+  e.reset_all();
+  return r;
+}
+
+Result<core::ModelConfig> bench_shape(const std::string& name) {
+  core::ModelConfig c;
+  c.arch = core::Arch::kLlama;
+  if (name == "smollm-135m") {
+    c.vocab_size = 49152;
+    c.hidden_size = 576;
+    c.intermediate_size = 1536;
+    c.num_layers = 30;
+    c.num_heads = 9;
+    c.num_kv_heads = 3;
+    c.max_position_embeddings = 8192;
+    c.rope_theta = 100000.0;
+    c.rms_norm_eps = 1e-5;
+    c.tie_word_embeddings = true;
+  } else if (name == "llama-1b") {
+    c.vocab_size = 128256;
+    c.hidden_size = 2048;
+    c.intermediate_size = 8192;
+    c.num_layers = 16;
+    c.num_heads = 32;
+    c.num_kv_heads = 8;
+    c.max_position_embeddings = 131072;
+    c.rope_theta = 500000.0;
+    c.rms_norm_eps = 1e-5;
+    c.tie_word_embeddings = true;
+  } else {
+    return invalid_input("--shape '" + name + "' is unknown; expected smollm-135m or llama-1b");
+  }
+  c.head_dim = c.hidden_size / c.num_heads;
+  return c;
+}
+
+}  // namespace shrink::runtime

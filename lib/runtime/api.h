@@ -1,0 +1,95 @@
+// What shrink-rt does with an engine: perplexity (the definition of `shrink eval`, through
+// core::eval_windows), generation (that of `shrink generate`: prefill, then one token at a time,
+// core::Sampler, stop at EOS), and the throughput benchmark. Token loading repeats the rules of
+// train::tokens_load (token shards: split "auto" = val for directories, all for a .tok file;
+// text: the model's tokenizer.json, split all), which live in lib/train and so cannot be
+// called from here. TODO(#6): move tokens_load into lib/core so both sides share one copy.
+// Tested in tests/runtime/test_engine.cpp and tests/cli/test_rt_cli.sh.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/sampling.h"
+#include "core/status.h"
+#include "runtime/engine.h"
+
+namespace shrink::runtime {
+
+struct TokenSource {
+  std::string data;
+  std::string tokenizer;       // empty = <model_dir>/tokenizer.json
+  std::string split = "auto";  // train | val | all | auto
+  double val_fraction = 0.05;
+  uint64_t seed = 0;
+  uint64_t max_tokens = 0;  // 0 = all
+};
+struct LoadedTokens {
+  std::vector<int32_t> tokens;
+  std::string description;
+};
+/// Tokens from shards or text, every id checked against vocab_size.
+Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
+                                 const TokenSource& src);
+
+struct PerplexityResult {
+  double perplexity = 0, mean_nll = 0;
+  uint64_t tokens = 0, tokens_scored = 0, windows = 0;
+  int64_t seq_len = 0;
+  double seconds = 0, tokens_per_second = 0;
+};
+/// exp(mean NLL) over the windows of core::eval_windows(n, seq_len); each window is one
+/// sequence (positions 0..len-1, no BOS added), scoring len-1 predictions; NLL summed in
+/// double; `batch` windows run per forward pass (the engine needs max_batch >= batch and
+/// max_seq_len >= seq_len). Log-softmax per row: x_t - max - log(sum exp(x - max)), in double.
+Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,
+                                    int64_t batch,
+                                    const std::function<void(uint64_t)>& progress = nullptr);
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 64;
+  core::SamplingParams sampling;
+  uint64_t seed = 0;
+  bool stop_at_eos = true;
+  std::optional<int64_t> eos;
+};
+struct GenerateResult {
+  std::vector<int32_t> ids;  // prompt + new tokens
+  int64_t prompt_len = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+/// Generate in slot 0 (reset first).
+Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
+                                const GenerateOptions& opts);
+
+struct BenchOptions {
+  int64_t prompt_len = 512;
+  int64_t gen_len = 128;
+  int batch = 1;
+  uint64_t seed = 0;
+};
+struct BenchResult {
+  int batch = 1;
+  int64_t prompt_len = 0, gen_len = 0;
+  double prefill_seconds = 0, prefill_tokens_per_second = 0;
+  double ttft_seconds = 0;  // prefill + sampling the first token
+  double decode_tokens_per_second = 0;  // batch * steps / decode time
+  double latency_p50_ms = 0, latency_p99_ms = 0;  // per decode step (one token per sequence)
+  double weight_gb_per_second = 0;  // weight bytes * steps / decode time
+  uint64_t weight_bytes = 0;
+  double peak_rss_mib = 0;
+};
+/// Prefill `batch` random prompts of prompt_len tokens together, then decode gen_len greedy
+/// steps for all of them. Needs max_batch >= batch, max_seq_len >= prompt_len + gen_len.
+Result<BenchResult> bench(Engine& e, const BenchOptions& opts);
+
+/// Peak resident set size of this process (MiB), from getrusage.
+double peak_rss_mib();
+
+/// Named shapes for random-weight speed work: "smollm-135m", "llama-1b". Errors list them.
+Result<core::ModelConfig> bench_shape(const std::string& name);
+
+}  // namespace shrink::runtime

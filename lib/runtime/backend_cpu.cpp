@@ -1,0 +1,298 @@
+// The CPU backend: kernels/cpu ops chosen once by ISA, GEMMs from oneDNN at prefill sizes and
+// from our register-blocked kernels at decode sizes (and everywhere when no library is built),
+// all on one OpenMP pool (kernels/cpu/parallel.h).
+//
+// Weight layouts after load: float32 [out, in] (HF layout; the "nt" kernels read rows of W
+// directly), int8 [out, in] plus float scales [out, groups] plus, for the VNNI u8 x s8 path,
+// the compensation 128 * sum(group) per (row, group). Work is split over output features
+// (GEMM columns) or over (row, head) pairs, so each output element is computed by exactly one
+// kernel call and results do not depend on the thread count.
+// Tested through the engine in tests/runtime/test_engine.cpp (1 vs 2 threads, every ISA level).
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/gemm_library.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/parallel.h"
+#include "runtime/backend.h"
+
+namespace shrink::runtime {
+
+const char* linear_kind_name(LinearKind k) {
+  switch (k) {
+    case LinearKind::kF32: return "f32";
+    case LinearKind::kW8A16: return "w8a16";
+    case LinearKind::kW8A8: return "w8a8";
+  }
+  return "?";
+}
+
+namespace {
+
+namespace kc = shrink::kernels::cpu;
+
+class CpuTensor : public DeviceTensor {
+ public:
+  explicit CpuTensor(std::vector<float>&& v) : v_(std::move(v)) {}
+  float* data() override { return v_.data(); }
+  int64_t numel() const override { return int64_t(v_.size()); }
+
+ private:
+  std::vector<float> v_;
+};
+
+class CpuLinear : public Linear {
+ public:
+  std::vector<float> w;
+  const float* wp = nullptr;  // w.data() or borrowed
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
+  int64_t group = 0;
+  ActQuant act = ActQuant::kNone;
+  float input_scale = 0;
+  std::vector<float> bias;
+};
+
+// Columns per parallel slice are multiples of this (the kernels' 4-wide tiles, and whole cache
+// lines of output).
+constexpr int64_t kColAlign = 16;
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(kc::Isa isa, int threads) : k_(kc::kernels_for(isa)), threads_(threads) {
+    kc::threads_set(threads);
+  }
+
+  std::string describe() const override {
+    return std::string("cpu ") + kc::isa_name(k_.isa) + ", gemm " + kc::gemm_library_name() +
+           ", " + std::to_string(threads_) + (threads_ == 1 ? " thread" : " threads") +
+           (kc::threads_have_openmp() ? "" : " (no OpenMP)");
+  }
+
+  std::unique_ptr<DeviceTensor> tensor_zeros(int64_t n) override {
+    return std::make_unique<CpuTensor>(std::vector<float>(size_t(n), 0.0f));
+  }
+  std::unique_ptr<DeviceTensor> tensor_from_host(std::vector<float>&& host) override {
+    return std::make_unique<CpuTensor>(std::move(host));
+  }
+  void to_host(const float* src, int64_t n, float* dst) override {
+    std::memcpy(dst, src, size_t(n) * sizeof(float));
+  }
+
+  Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
+    auto l = std::make_unique<CpuLinear>();
+    l->out = d.out;
+    l->in = d.in;
+    l->kind = d.kind;
+    SHRINK_CHECK(d.bias.empty() || int64_t(d.bias.size()) == d.out, StatusCode::kInternal,
+                 "%s: bias has %zu values, expected %lld", d.name.c_str(), d.bias.size(),
+                 (long long)d.out);
+    l->bias = std::move(d.bias);
+    if (d.kind == LinearKind::kF32) {
+      if (d.w_borrowed) {
+        l->wp = d.w_borrowed;
+      } else {
+        SHRINK_CHECK(int64_t(d.w.size()) == d.out * d.in, StatusCode::kInternal,
+                     "%s: %zu weights for [%lld, %lld]", d.name.c_str(), d.w.size(),
+                     (long long)d.out, (long long)d.in);
+        l->w = std::move(d.w);
+        l->wp = l->w.data();
+      }
+      l->weight_bytes = uint64_t(d.out * d.in) * 4;
+      return std::unique_ptr<Linear>(std::move(l));
+    }
+    const int64_t G = (d.in + d.group - 1) / d.group;
+    SHRINK_CHECK(d.group > 0 && int64_t(d.q.size()) == d.out * d.in &&
+                     int64_t(d.scale.size()) == d.out * G,
+                 StatusCode::kInternal, "%s: inconsistent int8 weights", d.name.c_str());
+    l->q = std::move(d.q);
+    l->scale = std::move(d.scale);
+    l->group = d.group;
+    l->act = d.act;
+    l->input_scale = d.input_scale;
+    if (d.kind == LinearKind::kW8A8) {
+      l->comp.resize(size_t(d.out * G));
+      for (int64_t n = 0; n < d.out; ++n) {
+        for (int64_t g = 0; g < G; ++g) {
+          int32_t s = 0;
+          const int64_t k1 = std::min(d.in, (g + 1) * d.group);
+          for (int64_t k = g * d.group; k < k1; ++k) s += l->q[size_t(n * d.in + k)];
+          l->comp[size_t(n * G + g)] = 128 * s;
+        }
+      }
+    }
+    l->weight_bytes = uint64_t(d.out * d.in) + uint64_t(d.out * G) * 4;
+    return std::unique_ptr<Linear>(std::move(l));
+  }
+
+  void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
+             float* out) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(out + r * dim, table + int64_t(ids[r]) * dim, size_t(dim) * sizeof(float));
+    }
+  }
+
+  void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
+                   float* dst) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(dst + r * dim, src + int64_t(idx[r]) * dim, size_t(dim) * sizeof(float));
+    }
+  }
+
+  void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+               float eps) override {
+    kc::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+      k_.rmsnorm_f32(x + b * n, w, y + b * n, e - b, n, eps);
+    });
+  }
+
+  void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
+    const CpuLinear& l = static_cast<const CpuLinear&>(base);
+    const int64_t N = l.out, K = l.in;
+    const bool big = M >= kc::kGemmLibraryMinM && kc::gemm_library_available();
+    switch (l.kind) {
+      case LinearKind::kF32:
+        if (!(big && kc::gemm_f32_nt_library(M, N, K, x, K, l.wp, K, y, ldy))) {
+          kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+            k_.gemm_f32_nt(M, e - b, K, x, K, l.wp + b * K, K, y + b, ldy);
+          });
+        }
+        break;
+      case LinearKind::kW8A16: {
+        if (big) {
+          // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
+          // then the library's fp32 GEMM.
+          const int64_t G = (K + l.group - 1) / l.group;
+          deq_.resize(size_t(N * K));
+          kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
+            for (int64_t n = b; n < e; ++n) {
+              for (int64_t k = 0; k < K; ++k) {
+                deq_[size_t(n * K + k)] =
+                    float(l.q[size_t(n * K + k)]) * l.scale[size_t(n * G + k / l.group)];
+              }
+            }
+          });
+          if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
+        }
+        kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+          const int64_t G = (K + l.group - 1) / l.group;
+          k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
+                           l.group, y + b, ldy);
+        });
+        break;
+      }
+      case LinearKind::kW8A8: {
+        qx_.resize(size_t(M * K));
+        sx_.resize(size_t(M));
+        const float* in_scale = l.act == ActQuant::kStatic ? &l.input_scale : nullptr;
+        kc::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+          k_.quantize_s8(x + b * K, e - b, K, K, in_scale, qx_.data() + b * K, K, sx_.data() + b);
+        });
+        if (big && l.group == K) {
+          acc_.resize(size_t(M * N));
+          if (kc::gemm_s8s8_s32_nt_library(M, N, K, qx_.data(), K, l.q.data(), K, acc_.data(), N)) {
+            // The reference epilogue for one group: (0 + float(dot) * b_scale) * a_scale.
+            kc::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+              for (int64_t m = b; m < e; ++m) {
+                for (int64_t n = 0; n < N; ++n) {
+                  y[m * ldy + n] = float(acc_[size_t(m * N + n)]) * l.scale[size_t(n)] * sx_[size_t(m)];
+                }
+              }
+            });
+            break;
+          }
+        }
+        kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+          const int64_t G = (K + l.group - 1) / l.group;
+          k_.gemm_s8s8_f32_nt(M, e - b, K, qx_.data(), K, sx_.data(), l.q.data() + b * K, K,
+                              l.scale.data() + b * G, l.group, l.comp.data() + b * G, y + b, ldy);
+        });
+        break;
+      }
+    }
+    if (!l.bias.empty()) {
+      for (int64_t m = 0; m < M; ++m) {
+        float* yr = y + m * ldy;
+        for (int64_t n = 0; n < N; ++n) yr[n] += l.bias[size_t(n)];
+      }
+    }
+  }
+
+  void add(float* x, const float* y, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+
+  void rope(float* x, int64_t rows, int64_t ldx, int64_t heads, int64_t head_dim,
+            const RowPlacement& at, const float* cos, const float* sin) override {
+    const int64_t half = head_dim / 2;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t p = at.pos[r];
+      k_.rope_f32(x + r * ldx, heads, head_dim, cos + p * half, sin + p * half);
+    }
+  }
+
+  void kv_write(const float* k, const float* v, int64_t ld, int64_t rows, const RowPlacement& at,
+                const KvLayer& c) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t off = int64_t(at.slot[r]) * c.slot_stride + int64_t(at.pos[r]) * c.kv_dim;
+      std::memcpy(c.k + off, k + r * ld, size_t(c.kv_dim) * sizeof(float));
+      std::memcpy(c.v + off, v + r * ld, size_t(c.kv_dim) * sizeof(float));
+    }
+  }
+
+  void attention(const float* q, int64_t ldq, int64_t rows, const RowPlacement& at,
+                 const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                 int64_t window, float* out) override {
+    const int64_t per_kv = n_heads / n_kv_heads;
+    const float scale = float(1.0 / std::sqrt(double(head_dim)));
+    int64_t max_keys = 0;
+    for (int64_t r = 0; r < rows; ++r) max_keys = std::max<int64_t>(max_keys, at.pos[r] + 1);
+    kc::parallel_for(rows * n_heads, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> scratch(static_cast<size_t>(max_keys));
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t r = i / n_heads, h = i % n_heads, kvh = h / per_kv;
+        const int64_t p = at.pos[r];
+        const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+        const int64_t base = int64_t(at.slot[r]) * c.slot_stride + lo * c.kv_dim + kvh * head_dim;
+        k_.attention_f32(q + r * ldq + h * head_dim, c.k + base, c.v + base, c.kv_dim, p - lo + 1,
+                         head_dim, scale, out + r * n_heads * head_dim + h * head_dim,
+                         scratch.data());
+      }
+    });
+  }
+
+  void silu_mul(const float* g, int64_t rows, int64_t n, float* y) override {
+    kc::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) k_.silu_mul_f32(g + r * 2 * n, g + r * 2 * n + n, y + r * n, n);
+    });
+  }
+
+ private:
+  const kc::KernelTable& k_;
+  int threads_;
+  // Scratch reused across calls (the engine calls ops from one thread).
+  std::vector<float> deq_, sx_;
+  std::vector<int8_t> qx_;
+  std::vector<int32_t> acc_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opts) {
+  SHRINK_CHECK(opts.threads >= 1, StatusCode::kInvalidInput, "--threads %d: expected >= 1",
+               opts.threads);
+  kc::Isa isa = kc::isa_active();
+  if (!opts.isa.empty()) {
+    SHRINK_CHECK(kc::isa_from_name(opts.isa, &isa), StatusCode::kInvalidInput,
+                 "isa '%s' is unknown; expected one of ref, avx2, avx512, avx512vnni",
+                 opts.isa.c_str());
+    SHRINK_CHECK(kc::isa_supported(isa), StatusCode::kInvalidInput,
+                 "isa '%s' is not supported by this CPU/build (best: %s)", opts.isa.c_str(),
+                 kc::isa_name(kc::isa_best()));
+  }
+  return std::unique_ptr<Backend>(new CpuBackend(isa, opts.threads));
+}
+
+}  // namespace shrink::runtime

@@ -1,0 +1,605 @@
+// Engine implementation (see engine.h): loading (validation, conversion, q/k/v and gate/up
+// fusion), the random-weight models, and the forward pass written against runtime::Backend.
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "core/dtype.h"
+#include "core/safetensors.h"
+
+namespace shrink::runtime {
+
+namespace {
+
+// ---- tensor sources: a checkpoint on disk, or random weights made on demand -----------------
+
+struct SrcTensor {
+  core::DType dtype = core::DType::kF32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual bool find(const std::string& name, SrcTensor* out) = 0;
+  virtual void release(const std::string& /*name*/) {}
+  virtual std::vector<std::string> names() const = 0;
+  virtual std::string origin() const = 0;
+};
+
+class CheckpointSource : public TensorSource {
+ public:
+  explicit CheckpointSource(core::Checkpoint c) : c_(std::move(c)) {}
+  bool find(const std::string& name, SrcTensor* out) override {
+    const core::TensorInfo* t = c_.find(name);
+    if (!t) return false;
+    *out = {t->dtype, t->shape, c_.data(*t)};
+    return true;
+  }
+  std::vector<std::string> names() const override { return c_.names(); }
+  std::string origin() const override { return c_.dir(); }
+  const core::Checkpoint& checkpoint() const { return c_; }
+
+ private:
+  core::Checkpoint c_;
+};
+
+// Random weights: uniform in [-a, a] with a = 0.02 * sqrt(3) (std 0.02, as HF's init), from a
+// counter-based hash (splitmix64) of (seed, tensor name, index), so any tensor is reproducible
+// on its own. Linear weights come as I8 + weight_scale when int8 is requested.
+class RandomSource : public TensorSource {
+ public:
+  RandomSource(const core::ModelConfig& c, bool int8, uint64_t seed) : int8_(int8), seed_(seed) {
+    for (const core::TensorSpec& s : core::expected_tensors(c)) {
+      specs_[s.name] = s;
+      if (int8 && core::tensor_role_is_linear(s.role) && s.shape.size() == 2) {
+        std::string m = s.name.substr(0, s.name.size() - 7);  // strip ".weight"
+        core::TensorSpec sc = s;
+        sc.name = m + ".weight_scale";
+        sc.shape = {s.shape[0], 1};
+        specs_[sc.name] = sc;
+      }
+    }
+  }
+  bool find(const std::string& name, SrcTensor* out) override {
+    auto it = specs_.find(name);
+    if (it == specs_.end()) return false;
+    const core::TensorSpec& s = it->second;
+    auto& buf = bufs_[name];
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    const bool is_scale = name.size() > 13 && name.compare(name.size() - 13, 13, ".weight_scale") == 0;
+    const bool is_q = int8_ && !is_scale && core::tensor_role_is_linear(s.role) && s.shape.size() == 2;
+    const bool is_norm = name.find("norm") != std::string::npos;
+    const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    uint64_t h = seed_;
+    for (char ch : name) h = mix(h ^ uint64_t(uint8_t(ch)));
+    const float a = 0.02f * std::sqrt(3.0f);
+    if (is_q) {
+      buf.resize(size_t(n));
+      int8_t* p = reinterpret_cast<int8_t*>(buf.data());
+      for (int64_t i = 0; i < n; ++i) p[i] = int8_t(int64_t(mix(h + uint64_t(i)) % 255) - 127);
+      *out = {core::DType::kI8, s.shape, buf.data()};
+      return true;
+    }
+    buf.resize(size_t(n) * 4);
+    float* p = reinterpret_cast<float*>(buf.data());
+    for (int64_t i = 0; i < n; ++i) {
+      if (is_scale) p[i] = a / 127.0f;
+      else if (is_norm) p[i] = 1.0f;
+      else if (is_bias) p[i] = 0.0f;
+      else p[i] = (float(mix(h + uint64_t(i)) >> 40) / float(1ull << 24) * 2.0f - 1.0f) * a;
+    }
+    *out = {core::DType::kF32, s.shape, buf.data()};
+    return true;
+  }
+  void release(const std::string& name) override { bufs_.erase(name); }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> v;
+    for (const auto& kv : specs_) v.push_back(kv.first);
+    return v;
+  }
+  std::string origin() const override { return "random"; }
+
+ private:
+  static uint64_t mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  }
+  bool int8_;
+  uint64_t seed_;
+  std::map<std::string, core::TensorSpec> specs_;
+  std::map<std::string, std::vector<uint8_t>> bufs_;
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+std::vector<float> to_f32(const SrcTensor& t) {
+  std::vector<float> v(size_t(t.numel()));
+  core::convert_to_f32(t.dtype, t.data, v.data(), t.numel());
+  return v;
+}
+
+// Validate a quantized checkpoint: every expected tensor present with the right shape; linear
+// weights either float or I8 (+ weight_scale of a consistent shape, + input_scale when static);
+// nothing unexpected. All problems are collected into one message, like core::checkpoint_check.
+Status check_quantized(const core::ModelConfig& c, const QuantScheme& s, TensorSource& src) {
+  std::vector<std::string> problems;
+  std::set<std::string> known;
+  for (const core::TensorSpec& spec : core::expected_tensors(c)) {
+    known.insert(spec.name);
+    SrcTensor t;
+    if (!src.find(spec.name, &t)) {
+      problems.push_back("missing " + spec.name);
+      continue;
+    }
+    if (t.shape != spec.shape) {
+      problems.push_back(spec.name + " has shape " + shape_str(t.shape) + ", expected " +
+                         shape_str(spec.shape));
+      continue;
+    }
+    const bool linear_w = core::tensor_role_is_linear(spec.role) && ends_with(spec.name, ".weight");
+    if (t.dtype == core::DType::kI8 && linear_w) {
+      const std::string m = spec.name.substr(0, spec.name.size() - 7);
+      for (const char* suf : {".weight_scale", ".weight_zero_point", ".input_scale"}) {
+        known.insert(m + suf);
+      }
+      SrcTensor sc;
+      if (!src.find(m + ".weight_scale", &sc)) {
+        problems.push_back("missing " + m + ".weight_scale (I8 weight needs a scale)");
+      } else {
+        const int64_t out = spec.shape[0], in = spec.shape[1];
+        std::vector<int64_t> want;
+        if (s.strategy == WeightStrategy::kChannel) want = {out, 1};
+        if (s.strategy == WeightStrategy::kGroup) want = {out, (in + s.group_size - 1) / s.group_size};
+        bool ok = core::dtype_is_float(sc.dtype) &&
+                  (s.strategy == WeightStrategy::kTensor ? sc.numel() == 1
+                   : sc.shape == want || (s.strategy == WeightStrategy::kChannel &&
+                                          sc.shape == std::vector<int64_t>{out}));
+        if (!ok) {
+          problems.push_back(m + ".weight_scale has " + core::dtype_name(sc.dtype) + " shape " +
+                             shape_str(sc.shape) + ", expected a float tensor of shape " +
+                             (s.strategy == WeightStrategy::kTensor ? "[1]" : shape_str(want)));
+        }
+      }
+      if (s.act == ActQuant::kStatic) {
+        SrcTensor is;
+        if (!src.find(m + ".input_scale", &is)) {
+          problems.push_back("missing " + m + ".input_scale (static activation quantization)");
+        } else if (!core::dtype_is_float(is.dtype) || is.numel() != 1) {
+          problems.push_back(m + ".input_scale has shape " + shape_str(is.shape) +
+                             ", expected one float");
+        }
+      }
+    } else if (!core::dtype_is_float(t.dtype)) {
+      problems.push_back(spec.name + " has dtype " + core::dtype_name(t.dtype) +
+                         (linear_w ? ", expected a float dtype or I8" : ", expected a float dtype"));
+    }
+  }
+  if (c.tie_word_embeddings) known.insert("lm_head.weight");
+  for (const std::string& n : src.names()) {
+    if (!known.count(n)) problems.push_back("unexpected tensor " + n);
+  }
+  if (problems.empty()) return Status::ok();
+  std::string msg = src.origin() + ": checkpoint does not match config.json (" +
+                    quant_scheme_name(s) + "): ";
+  for (size_t i = 0; i < problems.size() && i < 20; ++i) msg += (i ? "; " : "") + problems[i];
+  if (problems.size() > 20) msg += "; ... (" + std::to_string(problems.size()) + " problems)";
+  return invalid_input(msg);
+}
+
+}  // namespace
+
+// ---- the engine ------------------------------------------------------------------------------
+
+struct LayerW {
+  std::unique_ptr<DeviceTensor> attn_norm, mlp_norm;
+  std::vector<std::unique_ptr<Linear>> qkv;  // one fused linear, or q, k, v when not fusable
+  std::unique_ptr<Linear> o, down;
+  std::vector<std::unique_ptr<Linear>> gate_up;  // fused [gate; up], or gate, up
+  std::unique_ptr<DeviceTensor> k_cache, v_cache;
+};
+
+struct Engine::Impl {
+  core::ModelConfig cfg;
+  QuantScheme scheme;
+  EngineOptions opts;
+  int64_t max_seq = 0;
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<DeviceTensor> embed, final_norm, rope_cos, rope_sin;
+  std::unique_ptr<Linear> lm_head;
+  std::vector<LayerW> layers;
+  std::vector<int64_t> lengths;  // per slot
+  uint64_t weight_bytes = 0;
+  // Activations, grown to the largest batch seen.
+  int64_t cap_rows = 0;
+  std::unique_ptr<DeviceTensor> x, xn, qkv, att, tmp, gu, act, sel, logits;
+  int64_t cap_logit_rows = 0;
+
+  Status build(TensorSource& src);
+  Result<LinearDesc> linear_desc(TensorSource& src, const std::string& module, int64_t out,
+                                 int64_t in, bool bias);
+  Status add_linears(TensorSource& src, const std::vector<std::string>& modules,
+                     const std::vector<int64_t>& outs, int64_t in, bool bias,
+                     std::vector<std::unique_ptr<Linear>>* dst);
+  void ensure_rows(int64_t rows);
+};
+
+Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::string& module,
+                                             int64_t out, int64_t in, bool bias) {
+  LinearDesc d;
+  d.name = module;
+  d.out = out;
+  d.in = in;
+  SrcTensor w;
+  SHRINK_CHECK(src.find(module + ".weight", &w), StatusCode::kInvalidInput, "%s: missing %s.weight",
+               src.origin().c_str(), module.c_str());
+  if (w.dtype == core::DType::kI8) {
+    SHRINK_CHECK(scheme.quantized, StatusCode::kInvalidInput,
+                 "%s: %s.weight is I8 but config.json has no quantization_config",
+                 src.origin().c_str(), module.c_str());
+    d.kind = scheme.act == ActQuant::kNone ? LinearKind::kW8A16 : LinearKind::kW8A8;
+    d.q.assign(reinterpret_cast<const int8_t*>(w.data),
+               reinterpret_cast<const int8_t*>(w.data) + out * in);
+    SrcTensor sc;
+    SHRINK_CHECK(src.find(module + ".weight_scale", &sc), StatusCode::kInvalidInput,
+                 "%s: missing %s.weight_scale", src.origin().c_str(), module.c_str());
+    std::vector<float> s = to_f32(sc);
+    if (scheme.strategy == WeightStrategy::kGroup) {
+      d.group = scheme.group_size;
+      d.scale = std::move(s);
+    } else {
+      d.group = in;
+      d.scale = scheme.strategy == WeightStrategy::kTensor ? std::vector<float>(size_t(out), s[0])
+                                                          : std::move(s);
+    }
+    d.act = scheme.act;
+    if (scheme.act == ActQuant::kStatic) {
+      SrcTensor is;
+      SHRINK_CHECK(src.find(module + ".input_scale", &is), StatusCode::kInvalidInput,
+                   "%s: missing %s.input_scale", src.origin().c_str(), module.c_str());
+      d.input_scale = to_f32(is)[0];
+      SHRINK_CHECK(d.input_scale > 0 && std::isfinite(d.input_scale), StatusCode::kInvalidInput,
+                   "%s: %s.input_scale is %g; expected a positive finite scale",
+                   src.origin().c_str(), module.c_str(), double(d.input_scale));
+    }
+    for (float v : d.scale) {
+      SHRINK_CHECK(std::isfinite(v), StatusCode::kInvalidInput,
+                   "%s: %s.weight_scale holds a non-finite value", src.origin().c_str(),
+                   module.c_str());
+    }
+    src.release(module + ".weight_scale");
+  } else {
+    d.kind = LinearKind::kF32;
+    d.w = to_f32(w);
+  }
+  src.release(module + ".weight");
+  if (bias) {
+    SrcTensor b;
+    SHRINK_CHECK(src.find(module + ".bias", &b), StatusCode::kInvalidInput, "%s: missing %s.bias",
+                 src.origin().c_str(), module.c_str());
+    d.bias = to_f32(b);
+    src.release(module + ".bias");
+  }
+  return d;
+}
+
+// Load `modules` (same input) and fuse them into one linear when they have the same kind,
+// grouping and activation scale (always true for float and dynamic/W8A16 int8), else keep them
+// apart; either way the outputs land side by side in one row.
+Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::string>& modules,
+                                 const std::vector<int64_t>& outs, int64_t in, bool bias,
+                                 std::vector<std::unique_ptr<Linear>>* dst) {
+  std::vector<LinearDesc> ds;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias));
+    ds.push_back(std::move(d));
+  }
+  bool fusable = true;
+  for (const LinearDesc& d : ds) {
+    fusable &= d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
+               d.input_scale == ds[0].input_scale;
+  }
+  if (!fusable) {
+    for (LinearDesc& d : ds) {
+      SHRINK_ASSIGN_OR_RETURN(auto l, be->linear_create(std::move(d)));
+      weight_bytes += l->weight_bytes;
+      dst->push_back(std::move(l));
+    }
+    return Status::ok();
+  }
+  LinearDesc f = std::move(ds[0]);
+  f.name += "+";
+  for (size_t i = 1; i < ds.size(); ++i) {
+    f.out += ds[i].out;
+    f.w.insert(f.w.end(), ds[i].w.begin(), ds[i].w.end());
+    f.q.insert(f.q.end(), ds[i].q.begin(), ds[i].q.end());
+    f.scale.insert(f.scale.end(), ds[i].scale.begin(), ds[i].scale.end());
+    f.bias.insert(f.bias.end(), ds[i].bias.begin(), ds[i].bias.end());
+    ds[i] = LinearDesc();
+  }
+  SHRINK_ASSIGN_OR_RETURN(auto l, be->linear_create(std::move(f)));
+  weight_bytes += l->weight_bytes;
+  dst->push_back(std::move(l));
+  return Status::ok();
+}
+
+Status Engine::Impl::build(TensorSource& src) {
+  const core::ModelConfig& c = cfg;
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  {
+    SrcTensor e;
+    SHRINK_CHECK(src.find("model.embed_tokens.weight", &e), StatusCode::kInvalidInput,
+                 "%s: missing model.embed_tokens.weight", src.origin().c_str());
+    embed = be->tensor_from_host(to_f32(e));
+    src.release("model.embed_tokens.weight");
+    weight_bytes += uint64_t(H) * 4;  // one embedding row per token
+  }
+  auto vec = [&](const std::string& n) -> Result<std::unique_ptr<DeviceTensor>> {
+    SrcTensor t;
+    SHRINK_CHECK(src.find(n, &t), StatusCode::kInvalidInput, "%s: missing %s", src.origin().c_str(),
+                 n.c_str());
+    auto v = to_f32(t);
+    src.release(n);
+    return be->tensor_from_host(std::move(v));
+  };
+  layers.resize(size_t(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerW& L = layers[size_t(l)];
+    SHRINK_ASSIGN_OR_RETURN(L.attn_norm, vec(p + "input_layernorm.weight"));
+    SHRINK_ASSIGN_OR_RETURN(L.mlp_norm, vec(p + "post_attention_layernorm.weight"));
+    SHRINK_RETURN_IF_ERROR(add_linears(
+        src, {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"},
+        {c.q_dim(), c.kv_dim(), c.kv_dim()}, H, c.qkv_bias, &L.qkv));
+    std::vector<std::unique_ptr<Linear>> one;
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "self_attn.o_proj"}, {H}, c.q_dim(), c.o_bias, &one));
+    L.o = std::move(one[0]);
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H,
+                                       false, &L.gate_up));
+    one.clear();
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one));
+    L.down = std::move(one[0]);
+    const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
+    L.k_cache = be->tensor_zeros(cache);
+    L.v_cache = be->tensor_zeros(cache);
+  }
+  SHRINK_ASSIGN_OR_RETURN(final_norm, vec("model.norm.weight"));
+  if (c.tie_word_embeddings) {
+    LinearDesc d;
+    d.name = "lm_head (tied)";
+    d.out = c.vocab_size;
+    d.in = H;
+    d.w_borrowed = embed->data();
+    SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
+    weight_bytes += lm_head->weight_bytes;
+  } else {
+    std::vector<std::unique_ptr<Linear>> one;
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {"lm_head"}, {c.vocab_size}, H, false, &one));
+    lm_head = std::move(one[0]);
+  }
+  // RoPE tables as transformers builds them: angle = float32(position) * float32(inv_freq),
+  // cos/sin of that float32 angle.
+  const std::vector<double> inv = core::rope_inv_freq(c);
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> cs(size_t(max_seq * half)), sn(size_t(max_seq * half));
+  for (int64_t p = 0; p < max_seq; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = float(p) * float(inv[size_t(i)]);
+      cs[size_t(p * half + i)] = float(std::cos(double(a)));
+      sn[size_t(p * half + i)] = float(std::sin(double(a)));
+    }
+  }
+  rope_cos = be->tensor_from_host(std::move(cs));
+  rope_sin = be->tensor_from_host(std::move(sn));
+  lengths.assign(size_t(opts.max_batch), 0);
+  return Status::ok();
+}
+
+void Engine::Impl::ensure_rows(int64_t rows) {
+  if (rows <= cap_rows) return;
+  const core::ModelConfig& c = cfg;
+  cap_rows = rows;
+  x = be->tensor_zeros(rows * c.hidden_size);
+  xn = be->tensor_zeros(rows * c.hidden_size);
+  tmp = be->tensor_zeros(rows * c.hidden_size);
+  qkv = be->tensor_zeros(rows * (c.q_dim() + 2 * c.kv_dim()));
+  att = be->tensor_zeros(rows * c.q_dim());
+  gu = be->tensor_zeros(rows * 2 * c.intermediate_size);
+  act = be->tensor_zeros(rows * c.intermediate_size);
+}
+
+namespace {
+
+Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
+                                                  const EngineOptions& opts,
+                                                  const std::string& origin) {
+  auto impl = std::make_unique<Engine::Impl>();
+  impl->cfg = cfg;
+  impl->opts = opts;
+  SHRINK_RETURN_IF_ERROR(core::config_validate(cfg, origin));
+  SHRINK_CHECK(opts.max_batch >= 1, StatusCode::kInvalidInput, "max batch %d: expected >= 1",
+               opts.max_batch);
+  SHRINK_CHECK(cfg.head_dim % 2 == 0, StatusCode::kInvalidInput,
+               "%s: head_dim %lld is odd; rotate-half RoPE needs an even head_dim", origin.c_str(),
+               (long long)cfg.head_dim);
+  impl->max_seq = opts.max_seq_len > 0 ? opts.max_seq_len
+                                       : std::min<int64_t>(cfg.max_position_embeddings, 4096);
+  SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
+               (long long)impl->max_seq);
+  CpuBackendOptions bo;
+  bo.threads = opts.threads;
+  bo.isa = opts.isa;
+  SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cpu_create(bo));
+  return impl;
+}
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
+                                             const EngineOptions& opts) {
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(model_dir));
+  const std::string origin = model_dir + "/config.json";
+  SHRINK_ASSIGN_OR_RETURN(QuantScheme scheme, quant_scheme_parse(cfg, origin));
+  SHRINK_ASSIGN_OR_RETURN(core::Checkpoint ckpt, core::Checkpoint::open(model_dir));
+  if (!scheme.quantized) {
+    SHRINK_RETURN_IF_ERROR(core::checkpoint_check(cfg, ckpt));
+  }
+  CheckpointSource src(std::move(ckpt));
+  if (scheme.quantized) SHRINK_RETURN_IF_ERROR(check_quantized(cfg, scheme, src));
+  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin));
+  impl->scheme = scheme;
+  SHRINK_RETURN_IF_ERROR(impl->build(src));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& cfg,
+                                                      const std::string& dtype, uint64_t seed,
+                                                      const EngineOptions& opts) {
+  QuantScheme scheme;
+  if (dtype == "w8a16" || dtype == "w8a8") {
+    scheme.quantized = true;
+    scheme.strategy = WeightStrategy::kChannel;
+    scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
+  } else {
+    SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
+                 "--dtype '%s' is not supported; expected f32, w8a16 or w8a8", dtype.c_str());
+  }
+  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model"));
+  impl->scheme = scheme;
+  RandomSource src(cfg, scheme.quantized, seed);
+  SHRINK_RETURN_IF_ERROR(impl->build(src));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const core::ModelConfig& Engine::config() const { return impl_->cfg; }
+const QuantScheme& Engine::scheme() const { return impl_->scheme; }
+int64_t Engine::max_seq_len() const { return impl_->max_seq; }
+int Engine::max_batch() const { return impl_->opts.max_batch; }
+uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
+std::string Engine::describe() const {
+  return std::string(core::arch_name(impl_->cfg.arch)) + ", " + quant_scheme_name(impl_->scheme) +
+         ", " + impl_->be->describe();
+}
+void Engine::reset(int slot) {
+  if (slot >= 0 && slot < int(impl_->lengths.size())) impl_->lengths[size_t(slot)] = 0;
+}
+void Engine::reset_all() { std::fill(impl_->lengths.begin(), impl_->lengths.end(), 0); }
+int64_t Engine::length(int slot) const {
+  return slot >= 0 && slot < int(impl_->lengths.size()) ? impl_->lengths[size_t(slot)] : 0;
+}
+
+Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
+                       std::vector<float>& logits) {
+  Impl& m = *impl_;
+  const core::ModelConfig& c = m.cfg;
+  SHRINK_CHECK(!chunks.empty(), StatusCode::kInvalidInput, "forward: no sequences");
+  std::vector<int32_t> slot, pos, ids;
+  std::set<int> seen;
+  for (const SeqChunk& ch : chunks) {
+    SHRINK_CHECK(ch.slot >= 0 && ch.slot < m.opts.max_batch, StatusCode::kInvalidInput,
+                 "forward: slot %d is outside [0, %d)", ch.slot, m.opts.max_batch);
+    SHRINK_CHECK(seen.insert(ch.slot).second, StatusCode::kInvalidInput,
+                 "forward: slot %d appears twice in one batch", ch.slot);
+    SHRINK_CHECK(ch.n >= 1 && ch.tokens, StatusCode::kInvalidInput,
+                 "forward: slot %d has no tokens", ch.slot);
+    const int64_t start = m.lengths[size_t(ch.slot)];
+    SHRINK_CHECK(start + ch.n <= m.max_seq, StatusCode::kInvalidInput,
+                 "forward: slot %d would hold %lld tokens; the KV cache holds %lld (max sequence "
+                 "length)", ch.slot, (long long)(start + ch.n), (long long)m.max_seq);
+    for (int64_t t = 0; t < ch.n; ++t) {
+      const int32_t id = ch.tokens[t];
+      SHRINK_CHECK(id >= 0 && id < c.vocab_size, StatusCode::kInvalidInput,
+                   "token %d is outside the vocabulary (vocab_size %lld)", id,
+                   (long long)c.vocab_size);
+      slot.push_back(ch.slot);
+      pos.push_back(int32_t(start + t));
+      ids.push_back(id);
+    }
+  }
+  const int64_t M = int64_t(ids.size());
+  m.ensure_rows(M);
+  Backend& be = *m.be;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t ldqkv = qd + 2 * kvd;
+  const float eps = float(c.rms_norm_eps);
+  const RowPlacement at{slot.data(), pos.data()};
+  float* x = m.x->data();
+  float* xn = m.xn->data();
+  float* qkv = m.qkv->data();
+  float* tmp = m.tmp->data();
+  be.embed(m.embed->data(), H, ids.data(), M, x);
+  for (LayerW& L : m.layers) {
+    be.rmsnorm(x, L.attn_norm->data(), xn, M, H, eps);
+    int64_t off = 0;
+    for (auto& lin : L.qkv) {
+      be.linear(*lin, xn, M, qkv + off, ldqkv);
+      off += lin->out;
+    }
+    be.rope(qkv, M, ldqkv, c.num_heads, c.head_dim, at, m.rope_cos->data(), m.rope_sin->data());
+    be.rope(qkv + qd, M, ldqkv, c.num_kv_heads, c.head_dim, at, m.rope_cos->data(),
+            m.rope_sin->data());
+    const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
+    be.kv_write(qkv + qd, qkv + qd + kvd, ldqkv, M, at, cache);
+    be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,
+                 c.sliding_window ? *c.sliding_window : 0, m.att->data());
+    be.linear(*L.o, m.att->data(), M, tmp, H);
+    be.add(x, tmp, M * H);
+    be.rmsnorm(x, L.mlp_norm->data(), xn, M, H, eps);
+    off = 0;
+    for (auto& lin : L.gate_up) {
+      be.linear(*lin, xn, M, m.gu->data() + off, 2 * I);
+      off += lin->out;
+    }
+    be.silu_mul(m.gu->data(), M, I, m.act->data());
+    be.linear(*L.down, m.act->data(), M, tmp, H);
+    be.add(x, tmp, M * H);
+  }
+  // Rows that need logits.
+  std::vector<int32_t> pick;
+  if (all_logits) {
+    for (int64_t r = 0; r < M; ++r) pick.push_back(int32_t(r));
+  } else {
+    int64_t r = 0;
+    for (const SeqChunk& ch : chunks) {
+      r += ch.n;
+      pick.push_back(int32_t(r - 1));
+    }
+  }
+  const int64_t R = int64_t(pick.size()), V = c.vocab_size;
+  be.gather_rows(x, H, pick.data(), R, xn);
+  be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
+  if (R > m.cap_logit_rows) {
+    m.logits = be.tensor_zeros(R * V);
+    m.cap_logit_rows = R;
+  }
+  be.linear(*m.lm_head, xn, R, m.logits->data(), V);
+  logits.resize(size_t(R * V));
+  be.to_host(m.logits->data(), R * V, logits.data());
+  for (const SeqChunk& ch : chunks) m.lengths[size_t(ch.slot)] += ch.n;
+  return Status::ok();
+}
+
+}  // namespace shrink::runtime

@@ -1,0 +1,84 @@
+// The inference engine: a Llama-family model (Llama, Mistral, Qwen2) loaded from a model
+// directory, memory-mapped, converted once into the backend's layout, with a preallocated KV
+// cache of `max_batch` slots of `max_seq_len` positions.
+//
+// forward() takes a batch of chunks, each (slot, tokens): a chunk of a whole prompt is a prefill,
+// a chunk of one token a decode step, and chunks of different lengths for different slots run
+// together in one pass (their rows are stacked for every GEMM; attention keeps each row to its
+// own slot). The math is that of lib/train/model.cpp (and HF transformers): RMSNorm in float32,
+// rotate-half RoPE with float32 angles, GQA/MQA, q/k/v bias, Mistral sliding window, tied
+// lm_head. Everything runs in float32 except int8 linears (W8A16, W8A8 static/dynamic).
+//
+// Why a slot-based cache: sequences of a batch grow independently (different prompt lengths,
+// early stops), and eval/bench reuse slots without reallocating.
+// Tested in tests/runtime/test_engine.cpp: HF fixtures' reference logits, decode == full
+// forward, mixed batch == separate runs, int8 models against a float reference, bad models.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/status.h"
+#include "runtime/backend.h"
+#include "runtime/quant.h"
+
+namespace shrink::runtime {
+
+struct EngineOptions {
+  int threads = 1;
+  std::string isa;          // "" = best supported (see kernels/cpu/isa.h)
+  int64_t max_seq_len = 0;  // 0 = min(max_position_embeddings, 4096)
+  int max_batch = 1;        // KV-cache slots
+};
+
+/// One sequence's tokens for a forward pass: appended to `slot` at its current length.
+struct SeqChunk {
+  int slot = 0;
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+};
+
+class Engine {
+ public:
+  /// Load MODEL_DIR (config.json + safetensors, float or compressed-tensors int8). Errors:
+  /// kInvalidInput / kNotFound naming the file, tensor or field (exit code 2).
+  static Result<std::unique_ptr<Engine>> load(const std::string& model_dir,
+                                              const EngineOptions& opts);
+  /// A model of the given config with seeded random weights (uniform, std 0.02; norms 1),
+  /// stored as `dtype` = f32 | w8a16 | w8a8 (per-channel int8 weights; w8a8 = dynamic
+  /// per-token activations). For speed work without files.
+  static Result<std::unique_ptr<Engine>> create_random(const core::ModelConfig& cfg,
+                                                       const std::string& dtype, uint64_t seed,
+                                                       const EngineOptions& opts);
+  ~Engine();
+
+  const core::ModelConfig& config() const;
+  const QuantScheme& scheme() const;
+  int64_t max_seq_len() const;
+  int max_batch() const;
+  /// "LlamaForCausalLM, w8a8-dynamic, cpu avx512vnni, gemm onednn 2.6.3, 1 thread".
+  std::string describe() const;
+  /// Bytes of weights read by one decode step (all linears + the rows of the embedding).
+  uint64_t weight_bytes() const;
+
+  /// Run the chunks (distinct slots, n >= 1 each, ids < vocab, length + n <= max_seq_len).
+  /// logits receives float32 [rows, vocab]: every position of every chunk in order when
+  /// all_logits, else the last position of each chunk.
+  Status forward(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>& logits);
+  /// Empty one slot's cache (or all).
+  void reset(int slot);
+  void reset_all();
+  /// Tokens cached in a slot.
+  int64_t length(int slot) const;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shrink::runtime

@@ -1,0 +1,58 @@
+// int8 model directories in the compressed-tensors layout (as vLLM reads them): parsing and
+// validating `quantization_config`, and the symmetric weight quantizer used by tests and by the
+// random-weight benchmark models.
+//
+// Layout (per quantized linear <m>, e.g. model.layers.0.self_attn.q_proj):
+//   <m>.weight             I8 [out, in]
+//   <m>.weight_scale       F32/F16/BF16 [out, 1] (strategy "channel"), [out, in/group_size]
+//                          ("group") or [1] ("tensor"); w = q * scale
+//   <m>.weight_zero_point  optional, ignored (symmetric)
+//   <m>.input_scale        F32/F16/BF16 [1] (or [1, 1]), static activation quantization only
+// config.json: quantization_config = {"quant_method": "compressed-tensors", "format":
+// "int-quantized", "config_groups": {"group_0": {"targets": ["Linear"], "weights": {...},
+// "input_activations": null | {...}}}, "ignore": [...]}. A linear whose weight is stored as a
+// float dtype (lm_head, ignored modules) runs in float.
+//
+// Why validate here: an unsupported scheme (4 bits, asymmetric, fp8, several config groups)
+// must fail with kInvalidInput naming the field, never run with wrong numbers.
+// Tested in tests/runtime/test_engine.cpp (quantized dirs written by tests/runtime/util.h,
+// malformed configs).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/status.h"
+#include "runtime/backend.h"
+
+namespace shrink::runtime {
+
+enum class WeightStrategy { kTensor, kChannel, kGroup };
+
+struct QuantScheme {
+  bool quantized = false;  // false: a float model
+  WeightStrategy strategy = WeightStrategy::kChannel;
+  int64_t group_size = 0;  // kGroup only
+  ActQuant act = ActQuant::kNone;  // kNone = W8A16
+  std::vector<std::string> ignore;  // module names or "re:<regex>"
+};
+
+/// Parse and validate cfg.raw["quantization_config"] (absent: a float scheme). `origin` (the
+/// config path) prefixes errors, which name the field, the value and what is supported.
+Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::string& origin);
+
+/// "f32", "w8a16", "w8a8-static", "w8a8-dynamic", with "/g128" for group-wise weights.
+std::string quant_scheme_name(const QuantScheme& s);
+
+/// The quantization_config JSON for a scheme (what a quantizer writes into config.json).
+nlohmann::json quant_scheme_to_json(const QuantScheme& s);
+
+/// Symmetric int8 weight quantization of w [out, in] with `group` inputs per scale (group ==
+/// in: per channel): scale = max|w| / 127 over the group (1 for an all-zero group),
+/// q = clamp(round_half_even(w / scale), -127, 127). scale is [out, ceil(in / group)].
+void quant_weight_s8(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
+                     float* scale);
+
+}  // namespace shrink::runtime

@@ -1,0 +1,723 @@
+// Pruning: the per-matrix algorithms (prune_ops.h), layer-by-layer calibration, structured
+// (Minitron-style) pruning and the `shrink prune` driver (prune.h). See the headers for the
+// design; tests in tests/train/test_prune.cpp.
+#include "train/prune.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <cstring>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "core/dataset.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "train/api.h"
+#include "train/prune_ops.h"
+
+namespace shrink::train {
+
+namespace fs = std::filesystem;
+using torch::indexing::None;
+using torch::indexing::Slice;
+
+namespace {
+
+[[noreturn]] void bad(const std::string& msg) { throw Error(StatusCode::kInvalidInput, msg); }
+
+int64_t round_count(double s, int64_t n) { return std::clamp<int64_t>(std::llround(s * double(n)), 0, n); }
+
+// Keep-mask with the `k` lowest entries of each row of `scores` dropped.
+torch::Tensor drop_lowest_rows(const torch::Tensor& scores, int64_t k) {
+  auto keep = torch::ones(scores.sizes(), torch::kBool);
+  if (k <= 0) return keep;
+  auto idx = std::get<1>(scores.topk(k, 1, /*largest=*/false));
+  return keep.scatter_(1, idx, false);
+}
+
+torch::Tensor mask_nm(const torch::Tensor& scores, NMPattern nm) {
+  const int64_t out = scores.size(0), in = scores.size(1);
+  if (in % nm.m != 0) {
+    bad("pattern " + std::to_string(nm.n) + ":" + std::to_string(nm.m) + " needs input widths "
+        "divisible by " + std::to_string(nm.m) + ", but a matrix has " + std::to_string(in));
+  }
+  auto g = scores.reshape({out, in / nm.m, nm.m});
+  auto idx = std::get<1>(g.topk(nm.m - nm.n, 2, /*largest=*/false));
+  auto keep = torch::ones(g.sizes(), torch::kBool).scatter_(2, idx, false);
+  return keep.reshape({out, in});
+}
+
+}  // namespace
+
+// ---- Masks ----------------------------------------------------------------------------------------
+
+NMPattern nm_parse(const std::string& s) {
+  NMPattern p;
+  if (s.empty()) return p;
+  size_t c = s.find(':');
+  try {
+    if (c == std::string::npos) throw std::invalid_argument(s);
+    size_t u1 = 0, u2 = 0;
+    p.n = std::stoll(s.substr(0, c), &u1);
+    p.m = std::stoll(s.substr(c + 1), &u2);
+    if (u1 != c || u2 != s.size() - c - 1) throw std::invalid_argument(s);
+  } catch (const std::exception&) {
+    bad("--pattern '" + s + "': expected N:M such as 2:4 or 4:8");
+  }
+  if (p.m < 1 || p.n < 1 || p.n >= p.m) {
+    bad("--pattern '" + s + "': N:M keeps N of every M weights, so 1 <= N < M (e.g. 2:4)");
+  }
+  return p;
+}
+
+torch::Tensor mask_rows(const torch::Tensor& scores, double sparsity, NMPattern nm) {
+  if (nm.on()) return mask_nm(scores, nm);
+  return drop_lowest_rows(scores, round_count(sparsity, scores.size(1)));
+}
+
+torch::Tensor mask_matrix(const torch::Tensor& scores, double sparsity, NMPattern nm) {
+  if (nm.on()) return mask_nm(scores, nm);
+  auto flat = scores.reshape({1, -1});
+  return drop_lowest_rows(flat, round_count(sparsity, flat.size(1))).reshape(scores.sizes());
+}
+
+torch::Tensor mask_magnitude(const torch::Tensor& w, double sparsity, NMPattern nm) {
+  return mask_matrix(w.abs(), sparsity, nm);
+}
+
+torch::Tensor mask_wanda(const torch::Tensor& w, const torch::Tensor& col_sq_sum, double sparsity,
+                         NMPattern nm) {
+  auto norm = col_sq_sum.to(torch::kFloat64).sqrt().to(torch::kFloat32).unsqueeze(0);
+  return mask_rows(w.abs() * norm, sparsity, nm);
+}
+
+torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsity, NMPattern nm,
+                               int64_t block_size, double damp) {
+  torch::NoGradGuard ng;
+  const int64_t cols = w.size(1);
+  if (nm.on() && (cols % nm.m != 0 || block_size % nm.m != 0)) {
+    bad("SparseGPT with pattern " + std::to_string(nm.n) + ":" + std::to_string(nm.m) +
+        " needs the input width (" + std::to_string(cols) + ") and --block-size (" +
+        std::to_string(block_size) + ") divisible by " + std::to_string(nm.m));
+  }
+  auto W = w.to(torch::kFloat64).clone();
+  H = H.to(torch::kFloat64).clone();
+  // Inputs that never fire: their weights cannot matter to the output; prune them for free.
+  auto dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1.0);
+  W.index_put_({Slice(), dead}, 0.0);
+  H.diagonal().add_(damp * H.diagonal().mean().item<double>());
+  // Upper Cholesky factor of H^-1 (H^-1 = U^T U): row i of U holds the OBS update of column i.
+  auto Hinv = torch::cholesky_inverse(torch::linalg::cholesky(H));
+  auto U = torch::linalg::cholesky(Hinv).t().contiguous();
+  auto pruned = torch::zeros(W.sizes(), torch::kBool);
+  for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
+    const int64_t i2 = std::min(i1 + block_size, cols), cnt = i2 - i1;
+    auto W1 = W.index({Slice(), Slice(i1, i2)}).clone();
+    auto Q1 = torch::zeros_like(W1);
+    auto Err1 = torch::zeros_like(W1);
+    auto U1 = U.index({Slice(i1, i2), Slice(i1, i2)});
+    auto d1 = U1.diagonal();
+    auto P1 = torch::zeros(W1.sizes(), torch::kBool);  // true = prune
+    if (!nm.on()) {
+      auto score = W1.pow(2) / d1.pow(2).unsqueeze(0);
+      P1 = drop_lowest_rows(score.reshape({1, -1}), round_count(sparsity, score.numel()))
+               .logical_not()
+               .reshape(W1.sizes());
+    }
+    for (int64_t i = 0; i < cnt; ++i) {
+      if (nm.on() && i % nm.m == 0) {
+        auto score = W1.index({Slice(), Slice(i, i + nm.m)}).pow(2) /
+                     d1.index({Slice(i, i + nm.m)}).pow(2).unsqueeze(0);
+        auto idx = std::get<1>(score.topk(nm.m - nm.n, 1, /*largest=*/false));
+        P1.index({Slice(), Slice(i, i + nm.m)}).scatter_(1, idx, true);
+      }
+      auto col = W1.index({Slice(), i});
+      auto q = col.masked_fill(P1.index({Slice(), i}), 0.0);
+      Q1.index_put_({Slice(), i}, q);
+      auto err = (col - q) / U1[i][i];
+      W1.index({Slice(), Slice(i, None)})
+          .sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
+      Err1.index_put_({Slice(), i}, err);
+    }
+    W.index_put_({Slice(), Slice(i1, i2)}, Q1);
+    pruned.index_put_({Slice(), Slice(i1, i2)}, P1);
+    if (i2 < cols) {
+      W.index({Slice(), Slice(i2, None)}).sub_(Err1.matmul(U.index({Slice(i1, i2), Slice(i2, None)})));
+    }
+  }
+  auto keep = pruned.logical_not();
+  w.copy_((W * keep.to(torch::kFloat64)).to(w.scalar_type()));
+  return keep;
+}
+
+// ---- Structured -------------------------------------------------------------------------------------
+
+int64_t structured_param_count(const core::ModelConfig& c, int64_t layers, int64_t groups,
+                               int64_t mlp, int64_t hidden) {
+  const int64_t rep = c.num_heads / c.num_kv_heads, hd = c.head_dim;
+  const int64_t q = groups * rep * hd, kv = groups * hd;
+  int64_t per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * mlp + 2 * hidden;
+  if (c.qkv_bias) per_layer += q + 2 * kv;
+  if (c.o_bias) per_layer += hidden;
+  int64_t n = layers * per_layer + c.vocab_size * hidden + hidden;
+  if (!c.tie_word_embeddings) n += c.vocab_size * hidden;
+  return n;
+}
+
+CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan) {
+  const core::ModelConfig& c = m->config();
+  core::ModelConfig nc = core::config_keep_layers(c, plan.layers).take_or_throw();
+  const int64_t groups = int64_t(plan.kv_groups.at(size_t(plan.layers[0])).size());
+  const int64_t mlp = int64_t(plan.mlp_channels.at(size_t(plan.layers[0])).size());
+  const int64_t H = c.hidden_size, Hn = int64_t(plan.hidden.size());
+  for (int64_t l : plan.layers) {
+    if (int64_t(plan.kv_groups[size_t(l)].size()) != groups ||
+        int64_t(plan.mlp_channels[size_t(l)].size()) != mlp) {
+      throw Error(StatusCode::kInternal, "structured plan: widths differ between layers");
+    }
+  }
+  const int64_t rep = c.num_heads / c.num_kv_heads, hd = c.head_dim;
+  nc.num_kv_heads = groups;
+  nc.num_heads = groups * rep;
+  nc.head_dim = hd;
+  nc.intermediate_size = mlp;
+  nc.hidden_size = Hn;
+  nc.rms_norm_eps = c.rms_norm_eps * double(H) / double(Hn);
+  throw_if_error(core::config_validate(nc, "pruned config"));
+  CausalLM out(nc);
+  auto src = m->named_parameters();
+  auto dst = out->named_parameters();
+  auto idx = [](const std::vector<int64_t>& v) {
+    return torch::tensor(v, torch::kLong);
+  };
+  auto hid = idx(plan.hidden);
+  const double norm_scale = std::sqrt(double(H) / double(Hn));
+  torch::NoGradGuard ng;
+  auto set = [&](const std::string& name, const torch::Tensor& value) {
+    torch::Tensor* d = dst.find(name);
+    if (!d || !d->sizes().equals(value.sizes())) {
+      throw Error(StatusCode::kInternal, "structured_apply: shape mismatch for " + name);
+    }
+    d->copy_(value);
+  };
+  auto get = [&](const std::string& name) -> torch::Tensor { return *src.find(name); };
+  set("model.embed_tokens.weight", get("model.embed_tokens.weight").index_select(1, hid));
+  set("model.norm.weight", get("model.norm.weight").index_select(0, hid) * norm_scale);
+  if (!c.tie_word_embeddings) set("lm_head.weight", get("lm_head.weight").index_select(1, hid));
+  for (size_t j = 0; j < plan.layers.size(); ++j) {
+    const int64_t l = plan.layers[j];
+    const std::string s = "model.layers." + std::to_string(l) + ".";
+    const std::string d = "model.layers." + std::to_string(j) + ".";
+    std::vector<int64_t> qrows, kvrows;
+    for (int64_t g : plan.kv_groups[size_t(l)]) {
+      for (int64_t r = 0; r < rep; ++r) {
+        for (int64_t e = 0; e < hd; ++e) qrows.push_back((g * rep + r) * hd + e);
+      }
+      for (int64_t e = 0; e < hd; ++e) kvrows.push_back(g * hd + e);
+    }
+    auto qi = idx(qrows), kvi = idx(kvrows), ch = idx(plan.mlp_channels[size_t(l)]);
+    auto rows_cols = [&](const torch::Tensor& w, const torch::Tensor& r, const torch::Tensor& cidx) {
+      return w.index_select(0, r).index_select(1, cidx);
+    };
+    set(d + "self_attn.q_proj.weight", rows_cols(get(s + "self_attn.q_proj.weight"), qi, hid));
+    set(d + "self_attn.k_proj.weight", rows_cols(get(s + "self_attn.k_proj.weight"), kvi, hid));
+    set(d + "self_attn.v_proj.weight", rows_cols(get(s + "self_attn.v_proj.weight"), kvi, hid));
+    set(d + "self_attn.o_proj.weight", rows_cols(get(s + "self_attn.o_proj.weight"), hid, qi));
+    if (c.qkv_bias) {
+      set(d + "self_attn.q_proj.bias", get(s + "self_attn.q_proj.bias").index_select(0, qi));
+      set(d + "self_attn.k_proj.bias", get(s + "self_attn.k_proj.bias").index_select(0, kvi));
+      set(d + "self_attn.v_proj.bias", get(s + "self_attn.v_proj.bias").index_select(0, kvi));
+    }
+    if (c.o_bias) set(d + "self_attn.o_proj.bias", get(s + "self_attn.o_proj.bias").index_select(0, hid));
+    set(d + "mlp.gate_proj.weight", rows_cols(get(s + "mlp.gate_proj.weight"), ch, hid));
+    set(d + "mlp.up_proj.weight", rows_cols(get(s + "mlp.up_proj.weight"), ch, hid));
+    set(d + "mlp.down_proj.weight", rows_cols(get(s + "mlp.down_proj.weight"), hid, ch));
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight"}) {
+      set(d + n, get(s + n).index_select(0, hid) * norm_scale);
+    }
+  }
+  return out;
+}
+
+// ---- Schedules and validation ----------------------------------------------------------------------
+
+double sparsity_at(double si, double sf, int64_t start, int64_t end, int64_t step) {
+  if (step <= start) return si;
+  if (step >= end || end <= start) return sf;
+  double t = 1.0 - double(step - start) / double(end - start);
+  return sf + (si - sf) * t * t * t;
+}
+
+namespace {
+
+std::vector<std::pair<std::regex, double>> parse_sparsity_map(const std::string& spec) {
+  std::vector<std::pair<std::regex, double>> out;
+  size_t pos = 0;
+  while (!spec.empty() && pos <= spec.size()) {
+    size_t comma = spec.find(',', pos);
+    std::string item = spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    size_t eq = item.rfind('=');
+    double v = -1;
+    if (eq != std::string::npos) {
+      try {
+        v = std::stod(item.substr(eq + 1));
+      } catch (const std::exception&) {
+        v = -1;
+      }
+    }
+    if (eq == std::string::npos || !(v >= 0 && v < 1)) {
+      bad("--sparsity-map item '" + item + "': expected REGEX=S with 0 <= S < 1");
+    }
+    try {
+      out.emplace_back(std::regex(item.substr(0, eq)), v);
+    } catch (const std::regex_error& e) {
+      bad("--sparsity-map item '" + item + "': bad regex: " + e.what());
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::regex make_regex(const std::string& re, const char* flag) {
+  try {
+    return std::regex(re);
+  } catch (const std::regex_error& e) {
+    bad(std::string(flag) + " '" + re + "': bad regex: " + e.what());
+  }
+}
+
+}  // namespace
+
+void prune_validate(const PruneOptions& o) {
+  if (o.model.empty()) bad("a model directory is required");
+  if (o.out.empty()) bad("--out is required");
+  const std::string& m = o.method;
+  if (m != "magnitude" && m != "wanda" && m != "sparsegpt" && m != "structured") {
+    bad("--method '" + m + "': expected magnitude, wanda, sparsegpt or structured");
+  }
+  if (m != "structured") {
+    if (!(o.sparsity >= 0 && o.sparsity < 1)) {
+      bad("--sparsity " + std::to_string(o.sparsity) + ": expected a fraction in [0, 1)");
+    }
+    nm_parse(o.pattern);
+    if (o.scope != "layer" && o.scope != "global") {
+      bad("--scope '" + o.scope + "': expected layer or global");
+    }
+    if (o.scope == "global" && m != "magnitude") bad("--scope global applies to --method magnitude");
+    parse_sparsity_map(o.sparsity_map);
+    make_regex(o.targets, "--targets");
+    if (!o.ignore.empty()) make_regex(o.ignore, "--ignore");
+    if (o.block_size < 1) bad("--block-size must be >= 1");
+    if (!(o.damp >= 0)) bad("--damp must be >= 0");
+  } else {
+    for (auto [v, name] : {std::pair{o.keep_heads, "--keep-heads"}, {o.keep_mlp, "--keep-mlp"},
+                           {o.keep_hidden, "--keep-hidden"}, {o.keep_layers, "--keep-layers"}}) {
+      if (!(v > 0 && v <= 1)) bad(std::string(name) + " " + std::to_string(v) + ": expected a fraction in (0, 1]");
+    }
+    if (!(o.target_params >= 0 && o.target_params < 1)) {
+      bad("--target-params " + std::to_string(o.target_params) + ": expected a fraction in (0, 1)");
+    }
+    if (o.depth_metric != "bi" && o.depth_metric != "ppl") {
+      bad("--depth-metric '" + o.depth_metric + "': expected bi or ppl");
+    }
+    if (o.channel_multiple < 1) bad("--channel-multiple must be >= 1");
+  }
+  if (o.calib_samples < 1 || o.calib_len < 2) bad("--calib-samples must be >= 1 and --calib-len >= 2");
+}
+
+// ---- Calibration ------------------------------------------------------------------------------------
+
+namespace {
+
+// Input groups: q/k/v share the input, as do gate/up, so their statistics are collected once.
+std::string input_group(const std::string& module) {
+  for (const char* s : {"q_proj", "k_proj", "v_proj"}) {
+    size_t p = module.rfind(s);
+    if (p != std::string::npos && p + 6 == module.size()) return module.substr(0, p) + "qkv";
+  }
+  for (const char* s : {"gate_proj", "up_proj"}) {
+    size_t p = module.rfind(s);
+    if (p != std::string::npos && p + std::strlen(s) == module.size()) return module.substr(0, p) + "gate_up";
+  }
+  return module;
+}
+
+// Collects per-input-group column sums of squares (Wanda) or Hessians X^T X (SparseGPT).
+struct StatsTap : LinearTap {
+  bool hessian = false;
+  std::set<std::string> wanted;  // input groups to observe
+  std::map<std::string, torch::Tensor> stats;
+  std::string last_group;
+  const void* last_ptr = nullptr;
+  void on_input(const std::string& module, const torch::Tensor& x) override {
+    std::string g = input_group(module);
+    if (!wanted.count(g)) return;
+    if (g == last_group && x.data_ptr() == last_ptr) return;  // q/k/v: same tensor, once
+    last_group = g;
+    last_ptr = x.data_ptr();
+    auto f = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
+    torch::Tensor add = hessian ? f.t().matmul(f) : f.pow(2).sum(0);
+    auto it = stats.find(g);
+    if (it == stats.end()) stats.emplace(g, add);
+    else it->second.add_(add);
+  }
+};
+
+std::vector<int32_t> calibration_tokens(const PruneOptions& o, int64_t* n_seq) {
+  TokenSource src;
+  src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
+  src.tokenizer = o.tokenizer;
+  src.split = "train";  // calibrate on training data; perplexity is measured on val
+  src.max_tokens = uint64_t(o.calib_samples * o.calib_len);
+  LoadedTokens t = tokens_load(o.model, src, o.progress);
+  *n_seq = int64_t(t.tokens.size()) / o.calib_len;
+  if (*n_seq < 1) {
+    bad(src.data + ": " + std::to_string(t.tokens.size()) + " calibration tokens are fewer than "
+        "one sequence of --calib-len " + std::to_string(o.calib_len));
+  }
+  t.tokens.resize(size_t(*n_seq * o.calib_len));
+  return t.tokens;
+}
+
+double val_nll(CausalLM& m, const std::vector<int32_t>& val, int64_t seq_len) {
+  if (val.size() < 2) return NAN;
+  torch::NoGradGuard ng;
+  m->eval();
+  auto [sum, n] = nll_over_windows(m, val.data(), val.size(), seq_len, 8);
+  return sum / double(n);
+}
+
+// Mean next-token NLL of the calibration sequences with layer `skip` left out (-1: none).
+double calib_nll_skipping(CausalLM& m, const torch::Tensor& ids, int64_t skip) {
+  torch::NoGradGuard ng;
+  const int64_t N = ids.size(0), L = ids.size(1);
+  auto [cos, sin] = m->rope_tables(0, L);
+  double sum = 0;
+  for (int64_t b = 0; b < N; b += 8) {
+    auto x = ids.narrow(0, b, std::min<int64_t>(8, N - b));
+    auto h = m->model->embed_tokens(x);
+    for (int64_t i = 0; i < m->config().num_layers; ++i) {
+      if (i == skip) continue;
+      h = m->model->layers->ptr<DecoderLayerImpl>(size_t(i))->forward(h, cos, sin, 0, nullptr, nullptr);
+    }
+    auto logits = torch::matmul(m->model->norm(h), m->lm_head_weight().t());
+    auto loss = torch::nn::functional::cross_entropy(
+        logits.narrow(1, 0, L - 1).reshape({-1, logits.size(-1)}), x.narrow(1, 1, L - 1).reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    sum += loss.item<double>();
+  }
+  return sum / double(N * (L - 1));
+}
+
+std::vector<int64_t> top_sorted(const torch::Tensor& importance, int64_t k) {
+  auto idx = std::get<1>(importance.to(torch::kFloat64).topk(k)).to(torch::kLong);
+  idx = std::get<0>(idx.sort());
+  return std::vector<int64_t>(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+}
+
+int64_t round_width(double keep, int64_t full, int64_t multiple) {
+  if (keep >= 1.0) return full;
+  int64_t w = int64_t(std::llround(keep * double(full) / double(multiple))) * multiple;
+  if (full < 2 * multiple) w = std::llround(keep * double(full));
+  return std::clamp<int64_t>(w, 1, full);
+}
+
+// Minitron-style importance over the calibration data.
+struct ImportanceTap : LinearTap {
+  int64_t heads = 0, head_dim = 0;
+  std::vector<torch::Tensor> head, mlp;  // per layer: [n_heads], [I]
+  torch::Tensor hidden;                  // [H]
+  void on_input(const std::string& module, const torch::Tensor& x) override {
+    auto f = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
+    auto layer_of = [&]() {
+      size_t a = std::strlen("model.layers."), b = module.find('.', a);
+      return size_t(std::stoll(module.substr(a, b - a)));
+    };
+    auto acc = [](torch::Tensor& t, const torch::Tensor& v) {
+      if (t.defined()) t.add_(v);
+      else t = v.clone();
+    };
+    if (module.size() > 6 && module.compare(module.size() - 6, 6, "o_proj") == 0) {
+      size_t l = layer_of();
+      if (head.size() <= l) head.resize(l + 1);
+      acc(head[l], f.reshape({f.size(0), heads, head_dim}).norm(2, -1).sum(0));
+    } else if (module.size() > 9 && module.compare(module.size() - 9, 9, "down_proj") == 0) {
+      size_t l = layer_of();
+      if (mlp.size() <= l) mlp.resize(l + 1);
+      acc(mlp[l], f.abs().sum(0));
+    } else if (module == "lm_head" || (module.size() > 6 && module.compare(module.size() - 6, 6, "q_proj") == 0) ||
+               (module.size() > 9 && module.compare(module.size() - 9, 9, "gate_proj") == 0)) {
+      acc(hidden, f.abs().sum(0));
+    }
+  }
+};
+
+nlohmann::json sparsity_report(CausalLM& m, const std::regex& targets) {
+  nlohmann::json per = nlohmann::json::object();
+  int64_t zeros = 0, total = 0;
+  for (auto& p : m->named_parameters()) {
+    if (p.value().dim() != 2) continue;
+    std::string mod = p.key().substr(0, p.key().rfind('.'));
+    if (!std::regex_match(mod, targets)) continue;
+    int64_t z = (p.value() == 0).sum().item<int64_t>();
+    per[mod] = double(z) / double(p.value().numel());
+    zeros += z;
+    total += p.value().numel();
+  }
+  return {{"per_module", per}, {"targeted_sparsity", total ? double(zeros) / double(total) : 0.0},
+          {"targeted_zeros", zeros}, {"targeted_params", total}};
+}
+
+int64_t model_bytes(CausalLM& m, const std::string& dtype) {
+  int64_t per = dtype == "float32" ? 4 : 2;
+  return m->num_parameters() * per;
+}
+
+}  // namespace
+
+// ---- Driver --------------------------------------------------------------------------------------
+
+PruneResult prune_run(const PruneOptions& o) {
+  prune_validate(o);
+  auto t0 = std::chrono::steady_clock::now();
+  torch::NoGradGuard ng;
+  torch::manual_seed(o.seed);
+  CausalLM m = model_load(o.model);
+  m->eval();
+  const core::ModelConfig cfg = m->config();
+  const std::string tokenizer =
+      !o.tokenizer.empty() ? o.tokenizer
+                           : (fs::exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json" : "");
+  const NMPattern nm = o.method == "structured" ? NMPattern{} : nm_parse(o.pattern);
+
+  // Validation tokens for before/after perplexity (the val split; same definition as eval).
+  std::vector<int32_t> val;
+  if (o.eval_tokens > 0) {
+    TokenSource src;
+    src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
+    src.tokenizer = o.tokenizer;
+    src.split = "val";
+    src.max_tokens = o.eval_tokens;
+    val = tokens_load(o.model, src, false).tokens;
+  }
+  const int64_t params_before = m->num_parameters();
+  const double nll_before = val_nll(m, val, o.eval_seq_len);
+
+  nlohmann::json report = {{"method", o.method}, {"model", o.model}};
+  CausalLM out{nullptr};
+  const std::regex targets = make_regex(o.targets, "--targets");
+  const bool has_ignore = !o.ignore.empty();
+  const std::regex ignore = has_ignore ? make_regex(o.ignore, "--ignore") : std::regex();
+  auto map = parse_sparsity_map(o.sparsity_map);
+  auto target_sparsity = [&](const std::string& mod) -> double {
+    for (auto& [re, s] : map) {
+      if (std::regex_search(mod, re)) return s;
+    }
+    return o.sparsity;
+  };
+  auto is_target = [&](const std::string& mod) {
+    return std::regex_match(mod, targets) && !(has_ignore && std::regex_match(mod, ignore));
+  };
+
+  if (o.method == "magnitude") {
+    auto params = m->named_parameters();
+    std::vector<std::pair<std::string, torch::Tensor>> mats;
+    for (auto& p : params) {
+      std::string mod = p.key().substr(0, p.key().rfind('.'));
+      if (p.value().dim() == 2 && p.key().size() > 7 &&
+          p.key().compare(p.key().size() - 7, 7, ".weight") == 0 && is_target(mod)) {
+        mats.emplace_back(mod, p.value());
+      }
+    }
+    if (mats.empty()) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
+    if (o.scope == "global" && !nm.on()) {
+      std::vector<torch::Tensor> flat;
+      for (auto& [mod, w] : mats) flat.push_back(w.abs().reshape({-1}));
+      auto all = torch::cat(flat).unsqueeze(0);
+      auto keep = drop_lowest_rows(all, round_count(o.sparsity, all.size(1))).reshape({-1});
+      int64_t off = 0;
+      for (auto& [mod, w] : mats) {
+        w.mul_(keep.narrow(0, off, w.numel()).reshape(w.sizes()).to(w.scalar_type()));
+        off += w.numel();
+      }
+    } else {
+      for (auto& [mod, w] : mats) {
+        w.mul_(mask_magnitude(w, target_sparsity(mod), nm).to(w.scalar_type()));
+      }
+    }
+    out = m;
+  } else if (o.method == "wanda" || o.method == "sparsegpt") {
+    int64_t N = 0;
+    std::vector<int32_t> calib = calibration_tokens(o, &N);
+    auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+    auto [cos, sin] = m->rope_tables(0, o.calib_len);
+    torch::Tensor X = m->model->embed_tokens(ids);  // [N, L, H]: the current layer's input
+    StatsTap tap;
+    tap.hessian = o.method == "sparsegpt";
+    m->set_tap(&tap);
+    core::Progress prog("prune " + o.method, uint64_t(cfg.num_layers), "layers", o.progress);
+    int64_t matched = 0;
+    for (int64_t i = 0; i < cfg.num_layers; ++i) {
+      auto layer = m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+      std::vector<std::pair<std::string, torch::Tensor>> mats;
+      for (auto& p : layer->named_parameters()) {
+        std::string mod = "model.layers." + std::to_string(i) + "." + p.key().substr(0, p.key().rfind('.'));
+        if (p.value().dim() == 2 && is_target(mod)) mats.emplace_back(mod, p.value());
+      }
+      matched += int64_t(mats.size());
+      tap.wanted.clear();
+      tap.stats.clear();
+      for (auto& [mod, w] : mats) tap.wanted.insert(input_group(mod));
+      if (!mats.empty()) {
+        for (int64_t b = 0; b < N; b += 8) {
+          layer->forward(X.narrow(0, b, std::min<int64_t>(8, N - b)), cos, sin, 0, nullptr, nullptr);
+          tap.last_ptr = nullptr;
+        }
+        for (auto& [mod, w] : mats) {
+          const torch::Tensor& st = tap.stats.at(input_group(mod));
+          if (o.method == "wanda") {
+            w.mul_(mask_wanda(w, st, target_sparsity(mod), nm).to(w.scalar_type()));
+          } else {
+            sparsegpt_prune_(w, st, target_sparsity(mod), nm, o.block_size, o.damp);
+          }
+        }
+      }
+      tap.wanted.clear();
+      // The pruned layer's outputs are the next layer's inputs.
+      for (int64_t b = 0; b < N; b += 8) {
+        X.narrow(0, b, std::min<int64_t>(8, N - b))
+            .copy_(layer->forward(X.narrow(0, b, std::min<int64_t>(8, N - b)), cos, sin, 0, nullptr, nullptr));
+      }
+      prog.update(uint64_t(i + 1));
+    }
+    prog.finish();
+    m->set_tap(nullptr);
+    if (matched == 0) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
+    report["calibration"] = {{"sequences", N}, {"seq_len", o.calib_len}};
+    out = m;
+  } else {  // structured
+    int64_t N = 0;
+    std::vector<int32_t> calib = calibration_tokens(o, &N);
+    auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+    auto [cos, sin] = m->rope_tables(0, o.calib_len);
+    ImportanceTap tap;
+    tap.heads = cfg.num_heads;
+    tap.head_dim = cfg.head_dim;
+    m->set_tap(&tap);
+    // One streaming pass: activation importance through the tap, and Block Influence
+    // (1 - cos(layer input, layer output), averaged over tokens) per layer.
+    std::vector<double> bi(size_t(cfg.num_layers), 0.0);
+    torch::Tensor X = m->model->embed_tokens(ids);
+    core::Progress prog("importance", uint64_t(cfg.num_layers), "layers", o.progress);
+    for (int64_t i = 0; i < cfg.num_layers; ++i) {
+      auto layer = m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+      for (int64_t b = 0; b < N; b += 8) {
+        auto xin = X.narrow(0, b, std::min<int64_t>(8, N - b));
+        auto y = layer->forward(xin, cos, sin, 0, nullptr, nullptr);
+        auto c = torch::nn::functional::cosine_similarity(
+            xin.reshape({-1, xin.size(-1)}), y.reshape({-1, y.size(-1)}),
+            torch::nn::functional::CosineSimilarityFuncOptions().dim(-1));
+        bi[size_t(i)] += (1.0 - c).sum().item<double>();
+        xin.copy_(y);
+      }
+      bi[size_t(i)] /= double(N * o.calib_len);
+      prog.update(uint64_t(i + 1));
+    }
+    prog.finish();
+    tap.on_input("lm_head", m->model->norm(X));
+    m->set_tap(nullptr);
+
+    // Sizes: from the ratios, or the widest uniform MLP/hidden ratio that meets the budget.
+    int64_t L2 = std::max<int64_t>(1, std::llround(o.keep_layers * double(cfg.num_layers)));
+    int64_t G2 = std::max<int64_t>(1, std::llround(o.keep_heads * double(cfg.num_kv_heads)));
+    int64_t I2 = round_width(o.keep_mlp, cfg.intermediate_size, o.channel_multiple);
+    int64_t H2 = round_width(o.keep_hidden, cfg.hidden_size, o.channel_multiple);
+    if (o.target_params > 0) {
+      const double budget = o.target_params * double(params_before);
+      double lo = 0.0, hi = 1.0;
+      for (int it = 0; it < 40; ++it) {
+        double r = 0.5 * (lo + hi);
+        int64_t n = structured_param_count(cfg, L2, G2,
+                                           round_width(r, cfg.intermediate_size, o.channel_multiple),
+                                           round_width(r, cfg.hidden_size, o.channel_multiple));
+        (double(n) <= budget ? lo : hi) = r;
+      }
+      I2 = round_width(lo, cfg.intermediate_size, o.channel_multiple);
+      H2 = round_width(lo, cfg.hidden_size, o.channel_multiple);
+      if (double(structured_param_count(cfg, L2, G2, I2, H2)) > budget * 1.0001 || lo <= 0) {
+        bad("--target-params " + std::to_string(o.target_params) + " cannot be met by shrinking the "
+            "MLP and hidden widths alone; also lower --keep-heads or --keep-layers");
+      }
+      report["budget_ratio"] = lo;
+    }
+    // Depth importance.
+    std::vector<double> depth_score(size_t(cfg.num_layers));
+    if (L2 < cfg.num_layers) {
+      if (o.depth_metric == "bi") {
+        depth_score = bi;
+      } else {
+        double base = calib_nll_skipping(m, ids, -1);
+        for (int64_t i = 0; i < cfg.num_layers; ++i) {
+          depth_score[size_t(i)] = calib_nll_skipping(m, ids, i) - base;
+        }
+      }
+    }
+    StructuredPlan plan;
+    plan.layers = top_sorted(torch::tensor(depth_score, torch::kFloat64), L2);
+    plan.hidden = top_sorted(tap.hidden, H2);
+    const int64_t rep = cfg.num_heads / cfg.num_kv_heads;
+    for (int64_t i = 0; i < cfg.num_layers; ++i) {
+      auto g = tap.head[size_t(i)].reshape({cfg.num_kv_heads, rep}).sum(1);
+      plan.kv_groups.push_back(top_sorted(g, G2));
+      plan.mlp_channels.push_back(top_sorted(tap.mlp[size_t(i)], I2));
+    }
+    out = structured_apply(m, plan);
+    report["structured"] = {{"layers_kept", plan.layers},
+                            {"num_hidden_layers", L2},
+                            {"num_key_value_heads", G2},
+                            {"num_attention_heads", G2 * rep},
+                            {"intermediate_size", I2},
+                            {"hidden_size", H2},
+                            {"block_influence", bi},
+                            {"depth_metric", o.depth_metric}};
+    report["calibration"] = {{"sequences", N}, {"seq_len", o.calib_len}};
+  }
+
+  const double nll_after = val_nll(out, val, o.eval_seq_len);
+  const std::string dtype = cfg.dtype;
+  report["params_before"] = params_before;
+  report["params_after"] = out->num_parameters();
+  report["bytes_before"] = model_bytes(m, dtype);
+  report["bytes_after"] = model_bytes(out, dtype);
+  if (o.method != "structured") {
+    report["sparsity"] = sparsity_report(out, targets);
+    report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
+    report["target_sparsity"] = o.sparsity;
+    int64_t nnz = 0;
+    for (auto& p : out->parameters()) nnz += (p != 0).sum().item<int64_t>();
+    report["nonzero_params_after"] = nnz;
+  }
+  if (!val.empty()) {
+    report["val_tokens"] = val.size();
+    report["val_seq_len"] = o.eval_seq_len;
+    report["perplexity_before"] = std::exp(nll_before);
+    report["perplexity_after"] = std::exp(nll_after);
+  }
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  SaveOptions so;
+  so.tokenizer_json = tokenizer;
+  so.provenance = {{"stage", "prune"}, {"method", o.method}, {"from", o.model}};
+  if (o.method != "structured") so.provenance["sparsity"] = report["sparsity"]["targeted_sparsity"];
+  model_write(out, dir.path(), so);
+  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
+}
+
+}  // namespace shrink::train

@@ -1,0 +1,110 @@
+// Helpers for the runtime tests: temporary directories, reading the HF fixtures' reference
+// files, and a small quantizer that turns a float model directory into a compressed-tensors
+// int8 directory (the layout of lib/runtime/quant.h), so the int8 tests do not depend on the
+// quantization issue's tooling.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/fs.h"
+#include "core/model_config.h"
+#include "core/safetensors.h"
+#include "runtime/quant.h"
+
+namespace shrink::test {
+
+inline std::string temp_dir(const std::string& name) {
+  auto p = std::filesystem::path(::testing::TempDir()) /
+           ("shrink_rt_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+inline std::string fixture(const std::string& name) {
+  return std::string(SHRINK_FIXTURES_DIR) + "/hf/" + name;
+}
+
+inline std::vector<float> tensor_f32(const core::SafetensorsFile& f, const std::string& name) {
+  const core::TensorInfo* t = f.find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (!t) return {};
+  std::vector<float> v(size_t(t->numel()));
+  core::convert_to_f32(t->dtype, f.data(*t), v.data(), t->numel());
+  return v;
+}
+
+/// Quantize every linear weight of the float model in `src` (except lm_head) into `dst`:
+/// I8 weights + F32 weight_scale (+ a fixed input_scale for static activations). When
+/// `dequant_dst` is given, also write the float model whose linear weights are exactly
+/// q * scale (the fake-quant reference of W8A16).
+inline void quantize_dir(const std::string& src, const std::string& dst,
+                         const runtime::QuantScheme& scheme, float input_scale = 0.05f,
+                         const std::string& dequant_dst = "") {
+  core::ModelConfig cfg = core::config_load(src).take_or_throw();
+  core::Checkpoint ck = core::Checkpoint::open(src).take_or_throw();
+  std::vector<std::vector<uint8_t>> bufs;
+  std::vector<core::TensorView> views, deq_views;
+  bufs.reserve(4096);
+  for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
+    const core::TensorInfo* t = ck.find(s.name);
+    ASSERT_NE(t, nullptr) << s.name;
+    std::vector<float> w(size_t(t->numel()));
+    core::convert_to_f32(t->dtype, ck.data(*t), w.data(), t->numel());
+    const bool linear_w = core::tensor_role_is_linear(s.role) && s.shape.size() == 2 &&
+                          s.role != core::TensorRole::kLmHead;
+    if (!linear_w) {
+      bufs.emplace_back(reinterpret_cast<uint8_t*>(w.data()),
+                        reinterpret_cast<uint8_t*>(w.data()) + w.size() * 4);
+      views.push_back({s.name, core::DType::kF32, s.shape, bufs.back().data(), bufs.back().size()});
+      deq_views.push_back(views.back());
+      continue;
+    }
+    const int64_t out = s.shape[0], in = s.shape[1];
+    const int64_t group = scheme.strategy == runtime::WeightStrategy::kGroup ? scheme.group_size : in;
+    const int64_t G = (in + group - 1) / group;
+    std::vector<int8_t> q(size_t(out * in));
+    std::vector<float> sc(size_t(out * G));
+    runtime::quant_weight_s8(w.data(), out, in, group, q.data(), sc.data());
+    const std::string m = s.name.substr(0, s.name.size() - 7);
+    bufs.emplace_back(reinterpret_cast<uint8_t*>(q.data()), reinterpret_cast<uint8_t*>(q.data()) + q.size());
+    views.push_back({s.name, core::DType::kI8, s.shape, bufs.back().data(), bufs.back().size()});
+    bufs.emplace_back(reinterpret_cast<uint8_t*>(sc.data()),
+                      reinterpret_cast<uint8_t*>(sc.data()) + sc.size() * 4);
+    views.push_back({m + ".weight_scale", core::DType::kF32, {out, G}, bufs.back().data(),
+                     bufs.back().size()});
+    if (scheme.act == runtime::ActQuant::kStatic) {
+      bufs.emplace_back(reinterpret_cast<uint8_t*>(&input_scale),
+                        reinterpret_cast<uint8_t*>(&input_scale) + 4);
+      views.push_back({m + ".input_scale", core::DType::kF32, {1}, bufs.back().data(), 4});
+    }
+    std::vector<float> dq(size_t(out * in));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < in; ++k)
+        dq[size_t(o * in + k)] = float(q[size_t(o * in + k)]) * sc[size_t(o * G + k / group)];
+    bufs.emplace_back(reinterpret_cast<uint8_t*>(dq.data()),
+                      reinterpret_cast<uint8_t*>(dq.data()) + dq.size() * 4);
+    deq_views.push_back({s.name, core::DType::kF32, s.shape, bufs.back().data(), bufs.back().size()});
+  }
+  ASSERT_EQ(bufs.size() < 4096, true);  // reserve() keeps the views' pointers valid
+  core::ModelConfig qc = cfg;
+  runtime::QuantScheme s2 = scheme;
+  s2.quantized = true;
+  s2.ignore = {"lm_head"};
+  qc.raw["quantization_config"] = runtime::quant_scheme_to_json(s2);
+  std::filesystem::create_directories(dst);
+  ASSERT_TRUE(core::checkpoint_write(dst, views).is_ok());
+  ASSERT_TRUE(core::write_file_atomic(dst + "/config.json", core::config_to_json(qc)).is_ok());
+  if (!dequant_dst.empty()) {
+    std::filesystem::create_directories(dequant_dst);
+    ASSERT_TRUE(core::checkpoint_write(dequant_dst, deq_views).is_ok());
+    ASSERT_TRUE(core::write_file_atomic(dequant_dst + "/config.json", core::config_to_json(cfg)).is_ok());
+  }
+}
+
+}  // namespace shrink::test

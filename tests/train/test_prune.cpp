@@ -1,0 +1,276 @@
+// Pruning tests: exact sparsity and N:M patterns for magnitude, Wanda and SparseGPT; Wanda and
+// magnitude on a hand-made matrix; SparseGPT reconstructs a layer better than magnitude; the
+// structured exactness test (removing channels that carry zeros changes nothing); pruned
+// configs reload; gradual pruning during distillation; bad options.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/fs.h"
+#include "train/api.h"
+#include "train/distill.h"
+#include "train/prune.h"
+#include "train/prune_ops.h"
+#include "train/trainer.h"
+#include "tests/train/util.h"
+
+namespace fs = std::filesystem;
+using namespace shrink;
+using namespace shrink::train;
+using torch::indexing::Slice;
+
+namespace {
+
+torch::Tensor mat(const std::vector<std::vector<float>>& r) {
+  auto t = torch::empty({int64_t(r.size()), int64_t(r[0].size())});
+  for (size_t i = 0; i < r.size(); ++i) {
+    for (size_t j = 0; j < r[i].size(); ++j) t[int64_t(i)][int64_t(j)] = r[i][j];
+  }
+  return t;
+}
+
+// Every group of m consecutive inputs of every row keeps at most n nonzeros (exactly n here:
+// random weights have no zeros of their own).
+void expect_nm(const torch::Tensor& w, int64_t n, int64_t m) {
+  auto nz = (w != 0).reshape({w.size(0), w.size(1) / m, m}).sum(2);
+  EXPECT_TRUE(torch::all(nz == n).item<bool>());
+}
+
+}  // namespace
+
+TEST(PruneOps, MagnitudeAndWandaOnAHandMadeMatrix) {
+  auto w = mat({{1, -2, 3, 0.6f}, {4, -1.5f, -1.2f, 2.5f}});
+  // Magnitude, one threshold for the matrix: the 4 smallest |w| are .6, 1, 1.2, 1.5.
+  auto km = mask_magnitude(w, 0.5, {});
+  EXPECT_TRUE(torch::equal(km, mat({{0, 1, 1, 0}, {1, 0, 0, 1}}).to(torch::kBool)));
+  // Wanda: ||X_j|| = (10, 1, 1, 4); scores row 0 = (10, 2, 3, 2.4), row 1 = (40, 1.5, 1.2, 10);
+  // per row drop the 2 lowest.
+  auto col_sq = torch::tensor({100.0, 1.0, 1.0, 16.0}, torch::kFloat64);
+  auto kw = mask_wanda(w, col_sq, 0.5, {});
+  EXPECT_TRUE(torch::equal(kw, mat({{1, 0, 1, 0}, {1, 0, 0, 1}}).to(torch::kBool)));
+  // 2:4 magnitude keeps the 2 largest |w| of each group of 4.
+  auto k24 = mask_magnitude(w, 0.5, nm_parse("2:4"));
+  EXPECT_TRUE(torch::equal(k24, mat({{0, 1, 1, 0}, {1, 0, 0, 1}}).to(torch::kBool)));
+}
+
+TEST(PruneOps, SparsityIsExactAndNMPatternsHold) {
+  torch::manual_seed(1);
+  auto w = torch::randn({48, 96});
+  auto col_sq = torch::rand({96}, torch::kFloat64) + 0.1;
+  auto x = torch::randn({200, 96}, torch::kFloat64);
+  auto H = x.t().matmul(x);
+  for (double s : {0.3, 0.5, 0.75}) {
+    EXPECT_EQ((mask_magnitude(w, s, {}) == 0).sum().item<int64_t>(), std::llround(s * 48 * 96));
+    auto kw = mask_wanda(w, col_sq, s, {});
+    auto per_row = (kw == 0).sum(1);
+    EXPECT_TRUE(torch::all(per_row == int64_t(std::llround(s * 96))).item<bool>()) << s;
+    auto ws = w.clone();
+    sparsegpt_prune_(ws, H, s, {}, 32, 0.01);  // 3 blocks of 48 x 32
+    EXPECT_EQ((ws == 0).sum().item<int64_t>(), 3 * std::llround(s * 48 * 32)) << s;
+  }
+  for (const char* p : {"2:4", "4:8"}) {
+    NMPattern nm = nm_parse(p);
+    expect_nm(w * mask_magnitude(w, 0, nm).to(torch::kFloat32), nm.n, nm.m);
+    expect_nm(w * mask_wanda(w, col_sq, 0, nm).to(torch::kFloat32), nm.n, nm.m);
+    auto ws = w.clone();
+    sparsegpt_prune_(ws, H, 0, nm, 32, 0.01);
+    expect_nm(ws, nm.n, nm.m);
+  }
+}
+
+TEST(PruneOps, SparseGptReconstructsBetterThanMagnitude) {
+  torch::manual_seed(2);
+  // Correlated inputs (x = z A) make the Hessian far from diagonal, where OBS updates pay.
+  auto z = torch::randn({1024, 64}, torch::kFloat64);
+  auto x = z.matmul(torch::randn({64, 64}, torch::kFloat64) * 0.3 + torch::eye(64, torch::kFloat64));
+  auto w = torch::randn({32, 64});
+  auto H = x.t().matmul(x);
+  auto err = [&](const torch::Tensor& wp) {
+    return (x.matmul(w.to(torch::kFloat64).t()) - x.matmul(wp.to(torch::kFloat64).t())).pow(2).sum().item<double>();
+  };
+  for (const char* p : {"", "2:4"}) {
+    NMPattern nm = nm_parse(p);
+    double e_mag = err(w * mask_magnitude(w, 0.5, nm).to(torch::kFloat32));
+    auto ws = w.clone();
+    sparsegpt_prune_(ws, H, 0.5, nm, 16, 0.01);
+    double e_sg = err(ws);
+    EXPECT_LT(e_sg, 0.8 * e_mag) << "pattern '" << p << "': sparsegpt " << e_sg << " vs magnitude " << e_mag;
+  }
+}
+
+TEST(PruneOps, CubicSchedule) {
+  EXPECT_DOUBLE_EQ(sparsity_at(0.0, 0.8, 10, 20, 5), 0.0);
+  EXPECT_DOUBLE_EQ(sparsity_at(0.0, 0.8, 10, 20, 10), 0.0);
+  EXPECT_NEAR(sparsity_at(0.0, 0.8, 10, 20, 15), 0.8 - 0.8 * 0.125, 1e-12);
+  EXPECT_DOUBLE_EQ(sparsity_at(0.0, 0.8, 10, 20, 20), 0.8);
+  EXPECT_DOUBLE_EQ(sparsity_at(0.0, 0.8, 10, 20, 99), 0.8);
+}
+
+TEST(Prune, StructuredRemovalOfZeroChannelsIsExact) {
+  env_init(1);
+  std::string dir = test::temp_dir("structexact");
+  test::make_inputs(dir);
+  core::ModelConfig c = test::micro_config(64);  // hidden 32, 4 heads / 2 KV groups, MLP 64
+  CausalLM m = model_create(c, 7);
+  const std::vector<int64_t> dead_hidden = {1, 5, 9, 13, 17, 21, 25, 29};  // 8 of 32
+  {
+    torch::NoGradGuard ng;
+    auto p = m->named_parameters();
+    auto hid = torch::tensor(dead_hidden, torch::kLong);
+    p.find("model.embed_tokens.weight")->index_fill_(1, hid, 0.0);
+    for (int l = 0; l < 2; ++l) {
+      std::string s = "model.layers." + std::to_string(l) + ".";
+      // KV group 1 (query heads 2, 3) reads zero values: its heads output nothing.
+      p.find(s + "self_attn.v_proj.weight")->index_put_({Slice(8, 16)}, 0.0);
+      // MLP channels 0..31 (even ones in layer 1) have zero up projections: zero activations.
+      auto ch = l == 0 ? torch::arange(0, 32) : torch::arange(0, 64, 2);
+      p.find(s + "mlp.up_proj.weight")->index_fill_(0, ch, 0.0);
+      // Nothing writes the dead hidden channels of the residual stream.
+      p.find(s + "self_attn.o_proj.weight")->index_fill_(0, hid, 0.0);
+      p.find(s + "mlp.down_proj.weight")->index_fill_(0, hid, 0.0);
+    }
+  }
+  model_save(m, dir + "/model");
+  PruneOptions o;
+  o.model = dir + "/model";
+  o.out = dir + "/pruned";
+  o.method = "structured";
+  o.keep_heads = 0.5;
+  o.keep_mlp = 0.5;
+  o.keep_hidden = 0.75;
+  o.channel_multiple = 8;
+  o.data = dir + "/data";
+  o.calib_samples = 4;
+  o.calib_len = 32;
+  o.eval_tokens = 512;
+  o.eval_seq_len = 32;
+  PruneResult r = prune_run(o);
+  CausalLM p = model_load(dir + "/pruned");
+  const core::ModelConfig& pc = p->config();
+  EXPECT_EQ(pc.hidden_size, 24);
+  EXPECT_EQ(pc.intermediate_size, 32);
+  EXPECT_EQ(pc.num_kv_heads, 1);
+  EXPECT_EQ(pc.num_heads, 2);
+  EXPECT_EQ(pc.head_dim, 8);
+  EXPECT_EQ(r.report["params_after"].get<int64_t>(), p->num_parameters());
+  EXPECT_EQ(p->num_parameters(), structured_param_count(c, 2, 1, 32, 24));
+  auto ids = torch::randint(0, 64, {2, 20}, torch::kLong);
+  torch::NoGradGuard ng;
+  auto a = m->forward(ids).logits, b = p->forward(ids).logits;
+  // Float32 rounding only: the sums run over fewer (zero) terms in a different order.
+  EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-5)) << (a - b).abs().max().item<double>();
+  EXPECT_NEAR(r.report["perplexity_after"].get<double>(), r.report["perplexity_before"].get<double>(),
+              1e-3 * r.report["perplexity_before"].get<double>());
+  fs::remove_all(dir);
+}
+
+TEST(Prune, UnstructuredMethodsWriteReloadableModelsAndReports) {
+  env_init(1);
+  std::string dir = test::temp_dir("unstruct");
+  test::make_inputs(dir);
+  CausalLM m = model_create(test::micro_config(64), 3);
+  model_save(m, dir + "/model");
+  for (const char* method : {"magnitude", "wanda", "sparsegpt"}) {
+    for (const char* pattern : {"", "2:4"}) {
+      PruneOptions o;
+      o.model = dir + "/model";
+      o.out = dir + "/" + method + pattern;
+      o.method = method;
+      o.sparsity = 0.5;
+      o.pattern = pattern;
+      o.data = dir + "/data";
+      o.calib_samples = 4;
+      o.calib_len = 32;
+      o.block_size = 16;
+      o.eval_tokens = 256;
+      o.eval_seq_len = 32;
+      PruneResult r = prune_run(o);
+      EXPECT_NEAR(r.report["sparsity"]["targeted_sparsity"].get<double>(), 0.5, 1e-9) << method << pattern;
+      CausalLM p = model_load(o.out);  // reloads
+      auto params = p->named_parameters();
+      auto& q = *params.find("model.layers.1.mlp.down_proj.weight");
+      EXPECT_NEAR((q == 0).to(torch::kFloat64).mean().item<double>(), 0.5, 1e-9);
+      if (std::string(pattern) == "2:4") expect_nm(q, 2, 4);
+      // Embeddings and norms are not targeted by default.
+      EXPECT_EQ((*params.find("model.embed_tokens.weight") == 0).sum().item<int64_t>(), 0);
+      EXPECT_TRUE(fs::exists(o.out + "/prune.json"));
+    }
+  }
+  // Global magnitude: exact over all targeted matrices together.
+  PruneOptions g;
+  g.model = dir + "/model";
+  g.out = dir + "/global";
+  g.scope = "global";
+  g.sparsity = 0.6;
+  g.data = dir + "/data";
+  g.eval_tokens = 0;
+  PruneResult r = prune_run(g);
+  EXPECT_EQ(r.report["sparsity"]["targeted_zeros"].get<int64_t>(),
+            std::llround(0.6 * r.report["sparsity"]["targeted_params"].get<double>()));
+  fs::remove_all(dir);
+}
+
+TEST(Prune, BadOptionsAreRejectedWithClearErrors) {
+  auto expect_bad = [](PruneOptions o, const std::string& needle) {
+    o.model = o.model.empty() ? "m" : o.model;
+    o.out = "o";
+    try {
+      prune_validate(o);
+      FAIL() << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  PruneOptions o;
+  o.sparsity = 1.5;
+  expect_bad(o, "--sparsity 1.5");
+  o = {};
+  o.pattern = "5:4";
+  expect_bad(o, "1 <= N < M");
+  o = {};
+  o.pattern = "two:four";
+  expect_bad(o, "expected N:M");
+  o = {};
+  o.method = "lottery";
+  expect_bad(o, "--method 'lottery': expected magnitude, wanda, sparsegpt or structured");
+  o = {};
+  o.method = "structured";
+  o.keep_mlp = 0;
+  expect_bad(o, "--keep-mlp");
+  o = {};
+  o.targets = "(";
+  expect_bad(o, "bad regex");
+}
+
+TEST(Prune, GradualPruningDuringDistillationReachesTheTargetAndHoldsMasks) {
+  env_init(1);
+  std::string dir = test::temp_dir("gradual");
+  test::make_inputs(dir);
+  CausalLM t = model_create(test::micro_config(64), 4);
+  model_save(t, dir + "/teacher");
+  TrainOptions o;
+  o.teacher = dir + "/teacher";
+  o.model = dir + "/teacher";  // student starts as a copy of the teacher
+  o.data = dir + "/data";
+  o.out = dir + "/run";
+  o.steps = 20;
+  o.seq_len = 32;
+  o.batch = 2;
+  o.eval_every = 0;
+  o.save_every = 0;
+  o.prune_final = 0.6;
+  o.prune_start = 2;
+  o.prune_end = 14;
+  o.prune_every = 4;
+  TrainResult r = distill_run(o);
+  EXPECT_NEAR(r.student_sparsity, 0.6, 1e-3);
+  CausalLM s = model_load(dir + "/run/model");
+  for (auto& p : s->named_parameters()) {
+    if (p.value().dim() == 2 && p.key().rfind("model.layers.", 0) == 0) {
+      EXPECT_NEAR((p.value() == 0).to(torch::kFloat64).mean().item<double>(), 0.6, 2e-3) << p.key();
+    }
+  }
+  fs::remove_all(dir);
+}

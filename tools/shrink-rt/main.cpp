@@ -1,0 +1,352 @@
+// `shrink-rt`: the runtime's command-line front end (bench, eval, generate). Thin by design:
+// parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..." and exit
+// 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the kernels'
+// ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dataset.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "core/tokenizer.h"
+#include "kernels/cpu/gemm_library.h"
+#include "kernels/cpu/isa.h"
+#include "runtime/api.h"
+#include "runtime/engine.h"
+
+using namespace shrink;
+using nlohmann::json;
+
+namespace {
+
+struct Globals {
+  int threads = 0;
+  bool json = false;
+  bool quiet = false;
+  std::string isa;
+  int exit_code = 0;
+};
+
+int run_guarded(const char* name, Globals& g, const std::function<Status()>& body) {
+  Result<int> t = core::threads_resolve(g.threads);
+  Status st = t.is_ok() ? Status::ok() : t.status();
+  if (st.is_ok()) {
+    g.threads = t.value();
+    st = body();
+  }
+  if (st.is_ok()) return 0;
+  std::fprintf(stderr, "shrink-rt %s: error: %s\n", name, st.message().c_str());
+  return exit_code_for(st.code());
+}
+
+void print_json(const json& j) { std::cout << j.dump(2) << std::endl; }
+
+Result<std::vector<int32_t>> parse_ids(const std::string& s, const char* flag) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
+    SHRINK_CHECK(a != std::string::npos, StatusCode::kInvalidInput,
+                 "%s '%s': empty item; expected comma-separated integers like 1,2,3", flag,
+                 s.c_str());
+    item = item.substr(a, b - a + 1);
+    char* end = nullptr;
+    long v = std::strtol(item.c_str(), &end, 10);
+    SHRINK_CHECK(*end == '\0' && v >= 0 && v <= INT32_MAX, StatusCode::kInvalidInput,
+                 "%s: '%s' is not a non-negative integer", flag, item.c_str());
+    ids.push_back(int32_t(v));
+  }
+  SHRINK_CHECK(!ids.empty(), StatusCode::kInvalidInput, "%s: empty list", flag);
+  return ids;
+}
+
+runtime::EngineOptions engine_opts(const Globals& g) {
+  runtime::EngineOptions o;
+  o.threads = g.threads;
+  o.isa = g.isa;
+  return o;
+}
+
+// ---- bench -----------------------------------------------------------------------------------
+
+void register_bench(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::string model, shape, dtype = "f32", batches = "1", format = "md";
+    int64_t prompt_len = 512, gen_len = 128;
+    uint64_t seed = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand(
+      "bench", "Prefill/decode throughput, TTFT, per-token latency, peak RSS, weight GB/s of a "
+               "model dir or of random weights of a named shape");
+  sub->add_option("model", o->model, "Model directory (or use --shape)");
+  sub->add_option("--shape", o->shape, "Random weights of a named shape: smollm-135m, llama-1b");
+  sub->add_option("--dtype", o->dtype, "With --shape: f32, w8a16 or w8a8 (dynamic per token)")
+      ->capture_default_str();
+  sub->add_option("--prompt-len", o->prompt_len, "Prompt tokens per sequence")->capture_default_str();
+  sub->add_option("--gen-len", o->gen_len, "Decode steps")->capture_default_str();
+  sub->add_option("--batch", o->batches, "Comma-separated batch sizes, e.g. 1,8")->capture_default_str();
+  sub->add_option("--format", o->format, "md, csv or json")->capture_default_str();
+  sub->add_option("--seed", o->seed, "Seed of the random weights and prompts")->capture_default_str();
+  sub->callback([o, &g] {
+    g.exit_code = run_guarded("bench", g, [&]() -> Status {
+      SHRINK_CHECK(o->model.empty() != o->shape.empty(), StatusCode::kInvalidInput,
+                   "give MODEL_DIR or --shape NAME (one of them)");
+      SHRINK_CHECK(o->format == "md" || o->format == "csv" || o->format == "json",
+                   StatusCode::kInvalidInput, "--format '%s': expected md, csv or json",
+                   o->format.c_str());
+      SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> batches, parse_ids(o->batches, "--batch"));
+      int max_b = 1;
+      for (int32_t b : batches) {
+        SHRINK_CHECK(b >= 1, StatusCode::kInvalidInput, "--batch: %d; expected >= 1", b);
+        max_b = std::max(max_b, int(b));
+      }
+      runtime::EngineOptions eo = engine_opts(g);
+      eo.max_batch = max_b;
+      eo.max_seq_len = o->prompt_len + o->gen_len;
+      std::unique_ptr<runtime::Engine> e;
+      std::string what;
+      if (!o->shape.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(core::ModelConfig c, runtime::bench_shape(o->shape));
+        SHRINK_ASSIGN_OR_RETURN(e, runtime::Engine::create_random(c, o->dtype, o->seed, eo));
+        what = o->shape + " (random)";
+      } else {
+        SHRINK_ASSIGN_OR_RETURN(e, runtime::Engine::load(o->model, eo));
+        what = o->model;
+      }
+      json rows = json::array();
+      for (int32_t b : batches) {
+        runtime::BenchOptions bo;
+        bo.prompt_len = o->prompt_len;
+        bo.gen_len = o->gen_len;
+        bo.batch = b;
+        bo.seed = o->seed;
+        SHRINK_ASSIGN_OR_RETURN(runtime::BenchResult r, runtime::bench(*e, bo));
+        rows.push_back({{"batch", r.batch}, {"prompt_len", r.prompt_len}, {"gen_len", r.gen_len},
+                        {"prefill_tok_s", r.prefill_tokens_per_second},
+                        {"ttft_ms", r.ttft_seconds * 1e3},
+                        {"decode_tok_s", r.decode_tokens_per_second},
+                        {"latency_p50_ms", r.latency_p50_ms}, {"latency_p99_ms", r.latency_p99_ms},
+                        {"weight_gb_s", r.weight_gb_per_second},
+                        {"weight_mib", double(r.weight_bytes) / 1048576.0},
+                        {"peak_rss_mib", r.peak_rss_mib}});
+      }
+      const std::string engine = e->describe();
+      if (o->format == "json" || g.json) {
+        print_json({{"model", what}, {"engine", engine}, {"threads", g.threads}, {"results", rows}});
+        return Status::ok();
+      }
+      const char* cols[] = {"batch", "prompt_len", "gen_len", "prefill_tok_s", "ttft_ms",
+                            "decode_tok_s", "latency_p50_ms", "latency_p99_ms", "weight_gb_s",
+                            "weight_mib", "peak_rss_mib"};
+      auto cell = [](const json& v) {
+        char buf[64];
+        if (v.is_number_integer()) std::snprintf(buf, sizeof buf, "%lld", (long long)v.get<int64_t>());
+        else std::snprintf(buf, sizeof buf, "%.2f", v.get<double>());
+        return std::string(buf);
+      };
+      if (o->format == "csv") {
+        std::printf("model,engine");
+        for (const char* c : cols) std::printf(",%s", c);
+        std::printf("\n");
+        for (const json& r : rows) {
+          std::printf("%s,\"%s\"", what.c_str(), engine.c_str());
+          for (const char* c : cols) std::printf(",%s", cell(r[c]).c_str());
+          std::printf("\n");
+        }
+      } else {
+        std::printf("%s: %s\n\n|", what.c_str(), engine.c_str());
+        for (const char* c : cols) std::printf(" %s |", c);
+        std::printf("\n|");
+        for (size_t i = 0; i < sizeof cols / sizeof *cols; ++i) std::printf("---:|");
+        std::printf("\n");
+        for (const json& r : rows) {
+          std::printf("|");
+          for (const char* c : cols) std::printf(" %s |", cell(r[c]).c_str());
+          std::printf("\n");
+        }
+      }
+      return Status::ok();
+    });
+  });
+}
+
+// ---- eval ------------------------------------------------------------------------------------
+
+void register_eval(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::string model;
+    runtime::TokenSource src;
+    int64_t seq_len = 0, batch = 4;
+  };
+  auto o = std::make_shared<Opts>();
+  o->src.data = core::kDefaultCorpus;
+  CLI::App* sub = app.add_subcommand(
+      "eval", "Perplexity over non-overlapping windows of --seq-len tokens (the definition of "
+              "`shrink eval`: each window scores len-1 predictions; no BOS added)");
+  sub->add_option("model", o->model, "Model directory")->required();
+  sub->add_option("--data", o->src.data, "Text file, directory, .jsonl, fortune files, or token shards")
+      ->capture_default_str();
+  sub->add_option("--seq-len", o->seq_len, "Window length (0: min(512, max positions))")
+      ->capture_default_str();
+  sub->add_option("--max-tokens", o->src.max_tokens, "Use at most this many tokens (0: all)")
+      ->capture_default_str();
+  sub->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
+  sub->add_option("--split", o->src.split, "train, val, all or auto")->capture_default_str();
+  sub->add_option("--val-fraction", o->src.val_fraction, "Validation fraction of text data")
+      ->capture_default_str();
+  sub->add_option("--split-seed", o->src.seed, "Seed of the document-level split")
+      ->capture_default_str();
+  sub->add_option("--tokenizer", o->src.tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  sub->callback([o, &g] {
+    g.exit_code = run_guarded("eval", g, [&]() -> Status {
+      SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
+      const int64_t seq_len = o->seq_len ? o->seq_len : std::min<int64_t>(512, cfg.max_position_embeddings);
+      SHRINK_CHECK(seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
+                   (long long)seq_len);
+      SHRINK_CHECK(o->batch >= 1, StatusCode::kInvalidInput, "--batch %lld: expected >= 1",
+                   (long long)o->batch);
+      runtime::EngineOptions eo = engine_opts(g);
+      eo.max_seq_len = seq_len;
+      eo.max_batch = int(o->batch);
+      SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
+      SHRINK_ASSIGN_OR_RETURN(runtime::LoadedTokens data,
+                              runtime::tokens_load(o->model, cfg.vocab_size, o->src));
+      const bool prog_on = !g.json && !g.quiet && core::Progress::stderr_is_tty();
+      core::Progress prog("eval", data.tokens.size(), "tok", prog_on);
+      SHRINK_ASSIGN_OR_RETURN(
+          runtime::PerplexityResult r,
+          runtime::perplexity(*e, data.tokens.data(), data.tokens.size(), seq_len, o->batch,
+                              [&](uint64_t d) { prog.update(d); }));
+      prog.finish();
+      if (g.json) {
+        print_json({{"model", o->model}, {"engine", e->describe()}, {"data", data.description},
+                    {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll}, {"tokens", r.tokens},
+                    {"tokens_scored", r.tokens_scored}, {"windows", r.windows},
+                    {"seq_len", r.seq_len},
+                    {"window_policy", "non-overlapping; each window scores len-1 tokens"},
+                    {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second},
+                    {"threads", g.threads}});
+      } else {
+        std::printf("perplexity  %.4f\n", r.perplexity);
+        std::printf("mean NLL    %.5f nats over %llu predicted tokens\n", r.mean_nll,
+                    (unsigned long long)r.tokens_scored);
+        std::printf("windows     %llu non-overlapping windows of up to %lld tokens (each scores "
+                    "len-1 predictions; no BOS added)\n",
+                    (unsigned long long)r.windows, (long long)r.seq_len);
+        std::printf("data        %s, %llu tokens\n", data.description.c_str(),
+                    (unsigned long long)r.tokens);
+        std::printf("engine      %s\n", e->describe().c_str());
+        std::printf("speed       %.0f tokens/s (%.2f s)\n", r.tokens_per_second, r.seconds);
+      }
+      return Status::ok();
+    });
+  });
+}
+
+// ---- generate --------------------------------------------------------------------------------
+
+void register_generate(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::string model, prompt, prompt_ids, tokenizer;
+    bool ids = false, ignore_eos = false;
+    runtime::GenerateOptions o;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand("generate", "Generate a continuation of a prompt");
+  sub->add_option("model", o->model, "Model directory")->required();
+  auto* p = sub->add_option("--prompt", o->prompt, "Prompt text (needs a tokenizer)");
+  auto* pi = sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids, e.g. 1,2,3");
+  p->excludes(pi);
+  sub->add_option("--max-new-tokens", o->o.max_new_tokens, "Tokens to generate")->capture_default_str();
+  sub->add_option("--temperature", o->o.sampling.temperature, "Sampling temperature (0: greedy)")
+      ->capture_default_str();
+  sub->add_option("--top-p", o->o.sampling.top_p, "Nucleus sampling mass (1: off)")->capture_default_str();
+  sub->add_option("--top-k", o->o.sampling.top_k, "Keep the k most likely tokens (0: off)")
+      ->capture_default_str();
+  sub->add_option("--seed", o->o.seed, "Sampling seed")->capture_default_str();
+  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  sub->add_flag("--ids", o->ids, "Print token ids (prompt and continuation) instead of text");
+  sub->add_flag("--ignore-eos", o->ignore_eos, "Do not stop at the end-of-sequence token");
+  sub->callback([o, &g] {
+    g.exit_code = run_guarded("generate", g, [&]() -> Status {
+      SHRINK_CHECK(!o->prompt.empty() || !o->prompt_ids.empty(), StatusCode::kInvalidInput,
+                   "give --prompt TEXT or --prompt-ids 1,2,3");
+      SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
+      const std::string tok_path = o->tokenizer.empty() ? o->model + "/tokenizer.json" : o->tokenizer;
+      std::unique_ptr<core::Tokenizer> tok;
+      if (o->prompt_ids.empty() || core::path_exists(tok_path)) {
+        SHRINK_CHECK(core::path_exists(tok_path), StatusCode::kInvalidInput,
+                     "%s: not found; --prompt needs a tokenizer. Pass --tokenizer PATH or give "
+                     "--prompt-ids", tok_path.c_str());
+        SHRINK_ASSIGN_OR_RETURN(core::Tokenizer t, core::Tokenizer::load(tok_path));
+        tok = std::make_unique<core::Tokenizer>(std::move(t));
+      }
+      std::vector<int32_t> prompt;
+      if (!o->prompt_ids.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(prompt, parse_ids(o->prompt_ids, "--prompt-ids"));
+      } else {
+        prompt = tok->encode(o->prompt, true);
+      }
+      SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
+      o->o.stop_at_eos = !o->ignore_eos;
+      o->o.eos = cfg.eos_token_id;
+      if (!o->o.eos && tok && tok->eos_id()) o->o.eos = *tok->eos_id();
+      runtime::EngineOptions eo = engine_opts(g);
+      eo.max_seq_len = int64_t(prompt.size()) + std::max<int64_t>(o->o.max_new_tokens, 1);
+      SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
+      SHRINK_ASSIGN_OR_RETURN(runtime::GenerateResult r, runtime::generate(*e, prompt, o->o));
+      std::vector<int32_t> fresh(r.ids.begin() + r.prompt_len, r.ids.end());
+      const double tps = r.decode_seconds > 0 && fresh.size() > 1
+                              ? double(fresh.size() - 1) / r.decode_seconds : 0.0;
+      if (g.json) {
+        json j = {{"ids", r.ids}, {"prompt_len", r.prompt_len}, {"new_ids", fresh},
+                  {"prefill_seconds", r.prefill_seconds}, {"decode_seconds", r.decode_seconds},
+                  {"decode_tokens_per_second", tps}, {"engine", e->describe()}};
+        if (tok) j["text"] = tok->decode(r.ids, false);
+        print_json(j);
+      } else if (o->ids || !tok) {
+        for (size_t i = 0; i < r.ids.size(); ++i) std::printf("%s%d", i ? "," : "", r.ids[i]);
+        std::printf("\n");
+      } else {
+        std::printf("%s\n", tok->decode(r.ids, false).c_str());
+      }
+      return Status::ok();
+    });
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"shrink-rt: the standalone shrink inference runtime (CPU): bench, eval, generate.\n"
+               "Exit codes: 0 ok, 1 failure, 2 bad input or usage, 3 verification gate failed."};
+  namespace kc = shrink::kernels::cpu;
+  app.set_version_flag("--version", std::string("shrink-rt ") + SHRINK_VERSION + " (cpu " +
+                                        kc::isa_name(kc::isa_active()) + ", gemm " +
+                                        kc::gemm_library_name() + ")");
+  Globals g;
+  app.add_option("--threads", g.threads, "Threads (default: $SHRINK_THREADS, else all cores)");
+  app.add_flag("--json", g.json, "Machine-readable JSON on stdout; no progress output");
+  app.add_flag("-q,--quiet", g.quiet, "No progress output");
+  app.add_option("--isa", g.isa, "Kernel ISA level: ref, avx2, avx512, avx512vnni (default: best)");
+  app.require_subcommand(1);
+  app.fallthrough();
+  register_bench(app, g);
+  register_eval(app, g);
+  register_generate(app, g);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  return g.exit_code;
+}
