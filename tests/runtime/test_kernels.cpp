@@ -66,21 +66,21 @@ TEST(Kernels, RmsnormRopeSiluMatchRef) {
     const KernelTable& k = kernels_for(isa);
     for (int64_t n : kSizes) {
       const std::string tag = std::string(isa_name(isa)) + " n=" + std::to_string(n);
-      auto x = randn(size_t(3 * n), 1), w = randn(size_t(n), 2);
+      auto x = randn(static_cast<size_t>(3 * n), 1), w = randn(static_cast<size_t>(n), 2);
       std::vector<float> a(x.size()), b(x.size());
       ref.rmsnorm_f32(x.data(), w.data(), a.data(), 3, n, 1e-5f);
       k.rmsnorm_f32(x.data(), w.data(), b.data(), 3, n, 1e-5f);
       expect_close(b, a, 1e-5f, 1e-3f, "rmsnorm " + tag);
 
       // silu: values in [-20, 20] to exercise the exp range.
-      auto g = randn(size_t(n), 3, 6.0f), u = randn(size_t(n), 4);
-      std::vector<float> s1(size_t(n)), s2(size_t(n));
+      auto g = randn(static_cast<size_t>(n), 3, 6.0f), u = randn(static_cast<size_t>(n), 4);
+      std::vector<float> s1(static_cast<size_t>(n)), s2(static_cast<size_t>(n));
       ref.silu_mul_f32(g.data(), u.data(), s1.data(), n);
       k.silu_mul_f32(g.data(), u.data(), s2.data(), n);
       expect_close(s2, s1, 1e-5f, 1e-6f, "silu_mul " + tag);
 
       // rope: d = 2n, 3 heads; the same unfused float ops, so bit-identical.
-      auto r1 = randn(size_t(3 * 2 * n), 5), c = randn(size_t(n), 6), sn = randn(size_t(n), 7);
+      auto r1 = randn(static_cast<size_t>(3 * 2 * n), 5), c = randn(static_cast<size_t>(n), 6), sn = randn(static_cast<size_t>(n), 7);
       auto r2 = r1;
       ref.rope_f32(r1.data(), 3, 2 * n, c.data(), sn.data());
       k.rope_f32(r2.data(), 3, 2 * n, c.data(), sn.data());
@@ -95,9 +95,9 @@ TEST(Kernels, AttentionMatchesRef) {
     for (int64_t d : {2, 8, 14, 16, 64, 80}) {
       for (int64_t keys : {1, 2, 5, 17, 33}) {
         const int64_t stride = d * 3 + 1;  // keys of one head inside a wider cache row
-        auto q = randn(size_t(d), 11), kc = randn(size_t(keys * stride), 12, 2.0f),
-             vc = randn(size_t(keys * stride), 13);
-        std::vector<float> o1(size_t(d)), o2(size_t(d)), scratch(size_t(keys));
+        auto q = randn(static_cast<size_t>(d), 11), kc = randn(static_cast<size_t>(keys * stride), 12, 2.0f),
+             vc = randn(static_cast<size_t>(keys * stride), 13);
+        std::vector<float> o1(static_cast<size_t>(d)), o2(static_cast<size_t>(d)), scratch(static_cast<size_t>(keys));
         const float scale = 1.0f / std::sqrt(float(d));
         ref.attention_f32(q.data(), kc.data(), vc.data(), stride, keys, d, scale, o1.data(), scratch.data());
         kernels_for(isa).attention_f32(q.data(), kc.data(), vc.data(), stride, keys, d, scale,
@@ -120,8 +120,8 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
           const std::string tag = std::string(isa_name(isa)) + " M=" + std::to_string(M) +
                                   " N=" + std::to_string(N) + " K=" + std::to_string(K);
           const int64_t lda = K + 3, ldc = N + 2;
-          auto A = randn(size_t(M * lda), 21), B = randn(size_t(N * K), 22);
-          std::vector<float> c1(size_t(M * ldc)), c2(size_t(M * ldc));
+          auto A = randn(static_cast<size_t>(M * lda), 21), B = randn(static_cast<size_t>(N * K), 22);
+          std::vector<float> c1(static_cast<size_t>(M * ldc)), c2(static_cast<size_t>(M * ldc));
           ref.gemm_f32_nt(M, N, K, A.data(), lda, B.data(), K, c1.data(), ldc);
           k.gemm_f32_nt(M, N, K, A.data(), lda, B.data(), K, c2.data(), ldc);
           // Tolerance: float sums of K <= 130 unit-variance products vs double: |err| ~
@@ -129,9 +129,9 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
           expect_close(c2, c1, 2e-5f, 1e-1f, "gemm_f32 " + tag);
           for (int64_t group : {K, int64_t(32), int64_t(5)}) {
             const int64_t G = (K + group - 1) / group;
-            auto q = rand_s8(size_t(N * K), 23);
-            auto s = randn(size_t(N * G), 24, 0.01f);
-            std::vector<float> w1(size_t(M * ldc)), w2(size_t(M * ldc));
+            auto q = rand_s8(static_cast<size_t>(N * K), 23);
+            auto s = randn(static_cast<size_t>(N * G), 24, 0.01f);
+            std::vector<float> w1(static_cast<size_t>(M * ldc)), w2(static_cast<size_t>(M * ldc));
             ref.gemm_w8a16_nt(M, N, K, A.data(), lda, q.data(), K, s.data(), group, w1.data(), ldc);
             k.gemm_w8a16_nt(M, N, K, A.data(), lda, q.data(), K, s.data(), group, w2.data(), ldc);
             expect_close(w2, w1, 2e-5f, 1e-1f, "gemm_w8a16 g=" + std::to_string(group) + " " + tag);
@@ -151,9 +151,9 @@ TEST(Kernels, QuantizeAndS8GemmAreBitExact) {
         for (int64_t K : {1, 15, 16, 64, 65, 130, 257}) {
           const std::string tag = std::string(isa_name(isa)) + " M=" + std::to_string(M) +
                                   " N=" + std::to_string(N) + " K=" + std::to_string(K);
-          auto x = randn(size_t(M * K), 31, 3.0f);
-          std::vector<int8_t> qa(size_t(M * K)), qb(size_t(M * K));
-          std::vector<float> sa(size_t(M)), sb(size_t(M));
+          auto x = randn(static_cast<size_t>(M * K), 31, 3.0f);
+          std::vector<int8_t> qa(static_cast<size_t>(M * K)), qb(static_cast<size_t>(M * K));
+          std::vector<float> sa(static_cast<size_t>(M)), sb(static_cast<size_t>(M));
           ref.quantize_s8(x.data(), M, K, K, nullptr, qa.data(), K, sa.data());
           k.quantize_s8(x.data(), M, K, K, nullptr, qb.data(), K, sb.data());
           ASSERT_EQ(qa, qb) << "quantize dynamic " << tag;
@@ -164,12 +164,12 @@ TEST(Kernels, QuantizeAndS8GemmAreBitExact) {
           ASSERT_EQ(qa, qb) << "quantize static (saturating) " << tag;
           for (int64_t group : {K, int64_t(32), int64_t(64)}) {
             const int64_t G = (K + group - 1) / group;
-            auto w = rand_s8(size_t(N * K), 32);
-            auto ws = randn(size_t(N * G), 33, 0.01f);
-            std::vector<int32_t> comp(size_t(N * G));
+            auto w = rand_s8(static_cast<size_t>(N * K), 32);
+            auto ws = randn(static_cast<size_t>(N * G), 33, 0.01f);
+            std::vector<int32_t> comp(static_cast<size_t>(N * G));
             for (int64_t n = 0; n < N; ++n)
-              for (int64_t kk = 0; kk < K; ++kk) comp[size_t(n * G + kk / group)] += 128 * w[size_t(n * K + kk)];
-            std::vector<float> c1(size_t(M * N)), c2(size_t(M * N));
+              for (int64_t kk = 0; kk < K; ++kk) comp[static_cast<size_t>(n * G + kk / group)] += 128 * w[static_cast<size_t>(n * K + kk)];
+            std::vector<float> c1(static_cast<size_t>(M * N)), c2(static_cast<size_t>(M * N));
             ref.gemm_s8s8_f32_nt(M, N, K, qa.data(), K, sa.data(), w.data(), K, ws.data(), group,
                                  comp.data(), c1.data(), N);
             k.gemm_s8s8_f32_nt(M, N, K, qa.data(), K, sa.data(), w.data(), K, ws.data(), group,
@@ -187,9 +187,9 @@ TEST(Kernels, RmsnormQuantEqualsRmsnormThenQuantize) {
     if (!isa_supported(isa)) continue;
     const KernelTable& k = kernels_for(isa);
     for (int64_t n : kSizes) {
-      auto x = randn(size_t(2 * n), 41), w = randn(size_t(n), 42);
-      std::vector<float> y(size_t(2 * n)), s1(2), s2(2), scratch(size_t(n));
-      std::vector<int8_t> q1(size_t(2 * n)), q2(size_t(2 * n));
+      auto x = randn(static_cast<size_t>(2 * n), 41), w = randn(static_cast<size_t>(n), 42);
+      std::vector<float> y(static_cast<size_t>(2 * n)), s1(2), s2(2), scratch(static_cast<size_t>(n));
+      std::vector<int8_t> q1(static_cast<size_t>(2 * n)), q2(static_cast<size_t>(2 * n));
       k.rmsnorm_f32(x.data(), w.data(), y.data(), 2, n, 1e-6f);
       k.quantize_s8(y.data(), 2, n, n, nullptr, q1.data(), n, s1.data());
       k.rmsnorm_quant_s8(x.data(), w.data(), 2, n, 1e-6f, nullptr, q2.data(), n, s2.data(), scratch.data());
@@ -205,16 +205,16 @@ TEST(Kernels, GemmLibraryMatchesRef) {
   for (int64_t M : {8, 13, 64}) {
     for (int64_t N : {1, 17, 96}) {
       for (int64_t K : {5, 64, 130}) {
-        auto A = randn(size_t(M * K), 51), B = randn(size_t(N * K), 52);
-        std::vector<float> c1(size_t(M * N)), c2(size_t(M * N));
+        auto A = randn(static_cast<size_t>(M * K), 51), B = randn(static_cast<size_t>(N * K), 52);
+        std::vector<float> c1(static_cast<size_t>(M * N)), c2(static_cast<size_t>(M * N));
         ref.gemm_f32_nt(M, N, K, A.data(), K, B.data(), K, c1.data(), N);
         ASSERT_TRUE(gemm_f32_nt_library(M, N, K, A.data(), K, B.data(), K, c2.data(), N));
         expect_close(c2, c1, 2e-5f, 1e-1f, "library f32");
-        auto qa = rand_s8(size_t(M * K), 53), qb = rand_s8(size_t(N * K), 54);
-        std::vector<int32_t> i1(size_t(M * N)), i2(size_t(M * N));
+        auto qa = rand_s8(static_cast<size_t>(M * K), 53), qb = rand_s8(static_cast<size_t>(N * K), 54);
+        std::vector<int32_t> i1(static_cast<size_t>(M * N)), i2(static_cast<size_t>(M * N));
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = 0; n < N; ++n)
-            for (int64_t k = 0; k < K; ++k) i1[size_t(m * N + n)] += qa[size_t(m * K + k)] * qb[size_t(n * K + k)];
+            for (int64_t k = 0; k < K; ++k) i1[static_cast<size_t>(m * N + n)] += qa[static_cast<size_t>(m * K + k)] * qb[static_cast<size_t>(n * K + k)];
         ASSERT_TRUE(gemm_s8s8_s32_nt_library(M, N, K, qa.data(), K, qb.data(), K, i2.data(), N));
         ASSERT_EQ(i1, i2) << "library s8s8 M=" << M << " N=" << N << " K=" << K;
       }

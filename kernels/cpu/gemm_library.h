@@ -1,0 +1,32 @@
+// GEMMs from a library made for them (oneDNN matmul), used by the runtime for prefill-sized
+// products; decode-sized ones (M <= kGemmLibraryMinM) go to our own GEMV-style kernels, which
+// stream the weights once and beat the library's per-call packing there.
+//
+// Optional at build time: without oneDNN (SHRINK_HAVE_DNNL undefined, e.g. on a machine with no
+// apt packages) gemm_library_available() is false and the runtime uses the portable blocked
+// kernels of kernels.h for every size. gemm_library_name() says which is in use (printed by
+// `shrink-rt --version` and by bench). Tested in tests/runtime/test_kernels.cpp (library
+// against the scalar reference, skipped when absent).
+#pragma once
+
+#include <cstdint>
+
+namespace shrink::kernels::cpu {
+
+/// Below this many rows the runtime's own kernels are used even when a library exists.
+inline constexpr int64_t kGemmLibraryMinM = 8;
+
+bool gemm_library_available();
+/// "onednn 2.6.3" or "builtin" (the portable kernels).
+const char* gemm_library_name();
+
+/// fp32 C[M,N] = A[M,K] * B[N,K]^T (row-major with leading dimensions). Threads: the shared
+/// OpenMP pool (parallel.h). Returns false when no library is built or it refused the shape.
+bool gemm_f32_nt_library(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                         const float* B, int64_t ldb, float* C, int64_t ldc);
+
+/// int8 C_s32[M,N] = A_s8[M,K] * B_s8[N,K]^T, exact. Returns false when unavailable.
+bool gemm_s8s8_s32_nt_library(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
+                              const int8_t* B, int64_t ldb, int32_t* C, int64_t ldc);
+
+}  // namespace shrink::kernels::cpu

@@ -1,0 +1,164 @@
+// The CPU kernels of the runtime: one table of function pointers per ISA level, each op with a
+// scalar reference (`_ref`) and AVX2 / AVX-512 variants (`_avx2`, `_avx512`, and
+// `_avx512vnni` for the int8 dot products).
+//
+// Why this shape: the runtime picks the table once (kernels_for(isa_active())) and calls
+// through it, so the engine never branches on the ISA. All kernels are single-threaded and work
+// on a caller-given range; the backend splits rows/columns over threads (parallel.h), so every
+// output element is computed by one thread in one fixed order: results do not depend on the
+// thread count. Layouts are plain row-major; "nt" GEMMs compute C = A * B^T with B stored
+// [N, K] exactly as HF stores linear weights ([out, in]), so weights need no transpose.
+//
+// Numerics (documented per op below): float32 everywhere; int8 dot products are exact in int32,
+// so every int8 variant matches the reference bit for bit (the float epilogue runs in the same
+// order). Float variants differ from ref only by summation order (~1e-6 relative).
+// Tested in tests/runtime/test_kernels.cpp: every variant this CPU supports against ref over a
+// sweep of odd shapes.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"
+
+namespace shrink::kernels::cpu {
+
+// ---- RMSNorm ------------------------------------------------------------------------------
+/// y[r, :] = w * (x[r, :] * rsqrt(mean(x[r, :]^2) + eps)) for `rows` rows of n floats, as HF
+/// (the product x * rsqrt is formed before the weight multiply). y may alias x.
+using RmsnormF32Fn = void (*)(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+                              float eps);
+void rmsnorm_f32_ref(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps);
+void rmsnorm_f32_avx2(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps);
+void rmsnorm_f32_avx512(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+                        float eps);
+
+// ---- RoPE (rotate-half, HF convention) ------------------------------------------------------
+/// In place on `heads` consecutive heads of d floats: with h = d/2 and i < h,
+/// x[i] <- x[i]*cos[i] - x[i+h]*sin[i];  x[i+h] <- x[i+h]*cos[i] + x[i]*sin[i].
+/// cos/sin hold d/2 values for this token's position.
+using RopeF32Fn = void (*)(float* x, int64_t heads, int64_t d, const float* cos, const float* sin);
+void rope_f32_ref(float* x, int64_t heads, int64_t d, const float* cos, const float* sin);
+void rope_f32_avx2(float* x, int64_t heads, int64_t d, const float* cos, const float* sin);
+void rope_f32_avx512(float* x, int64_t heads, int64_t d, const float* cos, const float* sin);
+
+// ---- SiLU * mul ---------------------------------------------------------------------------
+/// y[i] = silu(g[i]) * u[i], silu(g) = g / (1 + exp(-g)). y may alias g or u.
+using SiluMulF32Fn = void (*)(const float* g, const float* u, float* y, int64_t n);
+void silu_mul_f32_ref(const float* g, const float* u, float* y, int64_t n);
+void silu_mul_f32_avx2(const float* g, const float* u, float* y, int64_t n);
+void silu_mul_f32_avx512(const float* g, const float* u, float* y, int64_t n);
+
+// ---- Attention over a KV cache (one query, one head) ----------------------------------------
+/// out[0:d] = softmax_j(scale * q.k_j) . v_j over n_keys keys (n_keys >= 1); key j is at
+/// k + j*kv_stride (and v + j*kv_stride). The caller applies causality and the sliding window
+/// by choosing the key range. scratch holds n_keys floats. Softmax in float32 with the max
+/// subtracted, probabilities normalised before the weighted sum (as torch.softmax then @ v).
+using AttentionF32Fn = void (*)(const float* q, const float* k, const float* v,
+                                int64_t kv_stride, int64_t n_keys, int64_t d, float scale,
+                                float* out, float* scratch);
+void attention_f32_ref(const float* q, const float* k, const float* v, int64_t kv_stride,
+                       int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
+void attention_f32_avx2(const float* q, const float* k, const float* v, int64_t kv_stride,
+                        int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
+void attention_f32_avx512(const float* q, const float* k, const float* v, int64_t kv_stride,
+                          int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
+
+// ---- fp32 GEMM, C = A * B^T ---------------------------------------------------------------
+/// C[m, n] = sum_k A[m*lda + k] * B[n*ldb + k], for m < M, n < N. Register-blocked 4x4 dot
+/// products: the decode GEMV (M = 1..4) and the portable fallback GEMM when no library is built.
+using GemmF32NtFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                             const float* B, int64_t ldb, float* C, int64_t ldc);
+void gemm_f32_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                     int64_t ldb, float* C, int64_t ldc);
+void gemm_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                      const float* B, int64_t ldb, float* C, int64_t ldc);
+void gemm_f32_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float* C, int64_t ldc);
+
+// ---- W8A16 GEMM: float activations x int8 weights, dequantised in the kernel -----------------
+/// C[m, n] = sum_g scale[n*G + g] * sum_{k in group g} A[m, k] * Bq[n, k], where groups are
+/// `group` consecutive k (group == K: per-channel scales, G = 1; else G = ceil(K / group)).
+using GemmW8a16NtFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                               const int8_t* B, int64_t ldb, const float* scale, int64_t group,
+                               float* C, int64_t ldc);
+void gemm_w8a16_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                       const int8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                       int64_t ldc);
+void gemm_w8a16_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const int8_t* B, int64_t ldb, const float* scale, int64_t group,
+                        float* C, int64_t ldc);
+void gemm_w8a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                          const int8_t* B, int64_t ldb, const float* scale, int64_t group,
+                          float* C, int64_t ldc);
+
+// ---- W8A8 GEMM: int8 x int8 -> int32 per group, float epilogue --------------------------------
+/// C[m, n] = a_scale[m] * sum_g b_scale[n*G + g] * float(dot_g(A[m], B[n])), with dot_g the exact
+/// int32 dot product over group g (group as in W8A16). Values must lie in [-127, 127]
+/// (symmetric quantization). b_comp[n*G + g] = 128 * sum_{k in g} B[n, k]: the u8 x s8 VNNI
+/// variant computes dot((A + 128), B) - b_comp; the others ignore it (may be null for them).
+using GemmS8s8NtFn = void (*)(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
+                              const float* a_scale, const int8_t* B, int64_t ldb,
+                              const float* b_scale, int64_t group, const int32_t* b_comp,
+                              float* C, int64_t ldc);
+void gemm_s8s8_f32_nt_ref(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
+                          const float* a_scale, const int8_t* B, int64_t ldb,
+                          const float* b_scale, int64_t group, const int32_t* b_comp, float* C,
+                          int64_t ldc);
+void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
+                           const float* a_scale, const int8_t* B, int64_t ldb,
+                           const float* b_scale, int64_t group, const int32_t* b_comp, float* C,
+                           int64_t ldc);
+void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
+                                 const float* a_scale, const int8_t* B, int64_t ldb,
+                                 const float* b_scale, int64_t group, const int32_t* b_comp,
+                                 float* C, int64_t ldc);
+
+// ---- Activation quantization ----------------------------------------------------------------
+/// Symmetric int8 quantization of `rows` rows of n floats (row r at x + r*ldx, q + r*ldq):
+/// static (in_scale != null): s = *in_scale; dynamic per token (null): s = max|x_r| / 127, and
+/// s = 1 for an all-zero row. q = clamp(round_half_even(x / s), -127, 127) (the symmetric range:
+/// -128 is never produced, so s8 x s8 products can use the u8 + compensation trick). Writes s
+/// per row to scales.
+using QuantizeS8Fn = void (*)(const float* x, int64_t rows, int64_t n, int64_t ldx,
+                              const float* in_scale, int8_t* q, int64_t ldq, float* scales);
+void quantize_s8_ref(const float* x, int64_t rows, int64_t n, int64_t ldx, const float* in_scale,
+                     int8_t* q, int64_t ldq, float* scales);
+void quantize_s8_avx2(const float* x, int64_t rows, int64_t n, int64_t ldx,
+                      const float* in_scale, int8_t* q, int64_t ldq, float* scales);
+void quantize_s8_avx512(const float* x, int64_t rows, int64_t n, int64_t ldx,
+                        const float* in_scale, int8_t* q, int64_t ldq, float* scales);
+
+/// Fused RMSNorm + per-token int8 quantization: q, scales = quantize_s8(rmsnorm_f32(x, w)) without
+/// writing the normalised floats to memory. scratch holds n floats.
+using RmsnormQuantS8Fn = void (*)(const float* x, const float* w, int64_t rows, int64_t n,
+                                  float eps, const float* in_scale, int8_t* q, int64_t ldq,
+                                  float* scales, float* scratch);
+void rmsnorm_quant_s8_ref(const float* x, const float* w, int64_t rows, int64_t n, float eps,
+                          const float* in_scale, int8_t* q, int64_t ldq, float* scales,
+                          float* scratch);
+void rmsnorm_quant_s8_avx2(const float* x, const float* w, int64_t rows, int64_t n, float eps,
+                           const float* in_scale, int8_t* q, int64_t ldq, float* scales,
+                           float* scratch);
+void rmsnorm_quant_s8_avx512(const float* x, const float* w, int64_t rows, int64_t n, float eps,
+                             const float* in_scale, int8_t* q, int64_t ldq, float* scales,
+                             float* scratch);
+
+/// One ISA level's kernels. Levels without their own variant of an op use the next lower one
+/// (e.g. kAvx512 has no VNNI, so its s8s8 GEMM is the AVX2 one).
+struct KernelTable {
+  Isa isa;
+  RmsnormF32Fn rmsnorm_f32;
+  RopeF32Fn rope_f32;
+  SiluMulF32Fn silu_mul_f32;
+  AttentionF32Fn attention_f32;
+  GemmF32NtFn gemm_f32_nt;
+  GemmW8a16NtFn gemm_w8a16_nt;
+  GemmS8s8NtFn gemm_s8s8_f32_nt;
+  QuantizeS8Fn quantize_s8;
+  RmsnormQuantS8Fn rmsnorm_quant_s8;
+};
+
+/// The table for a level (which must be supported: see isa_supported).
+const KernelTable& kernels_for(Isa isa);
+
+}  // namespace shrink::kernels::cpu

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End-to-end tests of the `shrink-rt` binary: exit codes (0/2), error messages that name the
+# problem, bench output formats on random-weight shapes, eval on token shards, and greedy
+# `shrink-rt generate --ids` == `shrink generate --ids` on transformers-written fixtures (only
+# when the LibTorch `shrink` binary exists). Usage: test_rt_cli.sh SHRINK_RT FIXTURES_DIR [SHRINK]
+set -u
+RT=$1; FIX=$2; SHRINK=${3:-}
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+export SHRINK_THREADS=1
+pass=0; fail=0
+ok()   { pass=$((pass+1)); echo "ok   - $1"; }
+bad()  { fail=$((fail+1)); echo "FAIL - $1"; }
+expect_rc() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | head -20; fi
+}
+expect_grep() {  # NAME FILE PATTERN
+  if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi
+}
+
+expect_rc "help lists subcommands" 0 "$RT" --help
+for c in bench eval generate; do expect_grep "help mentions $c" "$T/out" "$c"; done
+expect_rc "version names the GEMM backend" 0 "$RT" --version
+expect_grep "version shows gemm" "$T/out" "gemm"
+expect_rc "unknown subcommand is a usage error" 2 "$RT" frobnicate
+expect_rc "unknown flag is a usage error" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope" --no-such-flag
+
+# Bad input exits 2 and names the problem.
+expect_rc "missing model dir exits 2" 2 "$RT" generate "$T/nope" --prompt-ids 1,2
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/trunc"
+truncate -s 5000 "$T/trunc/model.safetensors"
+expect_rc "truncated safetensors exits 2" 2 "$RT" generate "$T/trunc" --prompt-ids 1,2
+expect_grep "truncated error names the file" "$T/err" "model.safetensors"
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/q4"
+sed -i 's/"vocab_size": 300/"vocab_size": 300, "quantization_config": {"quant_method": "compressed-tensors", "format": "int-quantized", "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "channel"}}}}/' "$T/q4/config.json"
+expect_rc "4-bit quantization exits 2" 2 "$RT" generate "$T/q4" --prompt-ids 1,2
+expect_grep "4-bit error names the field" "$T/err" "num_bits: 4 is not supported"
+expect_rc "out-of-vocabulary prompt exits 2" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,300
+expect_grep "vocabulary error" "$T/err" "outside the vocabulary"
+expect_rc "bad prompt ids exit 2" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,x
+expect_rc "no prompt exits 2" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope"
+expect_rc "unknown shape exits 2" 2 "$RT" bench --shape gpt-5
+expect_grep "shape error lists shapes" "$T/err" "smollm-135m"
+expect_rc "bad isa exits 2" 2 "$RT" --isa sse9 generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1
+
+# generate: greedy ids; identical to `shrink generate --ids` when that binary exists.
+for m in llama_gqa_llama3rope qwen2_bias_tied_bf16 mistral_mqa_linearrope llama_mha_sharded_f16; do
+  expect_rc "generate $m" 0 "$RT" generate "$FIX/hf/$m" --prompt-ids 1,5,9 --max-new-tokens 24 --ids --ignore-eos
+  cp "$T/out" "$T/rt_$m"
+  if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
+    "$SHRINK" generate "$FIX/hf/$m" --prompt-ids 1,5,9 --max-new-tokens 24 --ids --ignore-eos >"$T/lt_$m" 2>/dev/null
+    if cmp -s "$T/rt_$m" "$T/lt_$m"; then ok "greedy $m equals shrink generate"; else bad "greedy $m differs: $(cat "$T/rt_$m") vs $(cat "$T/lt_$m")"; fi
+  fi
+done
+[ -n "$SHRINK" ] && [ -x "$SHRINK" ] || echo "skip - shrink binary not found ($SHRINK): no comparison with LibTorch"
+expect_rc "sampled generate" 0 "$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --max-new-tokens 8 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3
+cp "$T/out" "$T/s1"
+"$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --max-new-tokens 8 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3 >"$T/s2" 2>/dev/null
+if [ "$(grep -A30 '"ids"' "$T/s1" | grep -v seconds | grep -v per_second)" = "$(grep -A30 '"ids"' "$T/s2" | grep -v seconds | grep -v per_second)" ]; then ok "same seed, same sample"; else bad "sampling not deterministic"; fi
+
+# eval on a token file (bytes of a small text as ids < 300 would need a tokenizer: use a .tok
+# file written by python-free means: shrink-rt cannot write shards, so use the fixture ids).
+if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
+  printf 'the quick brown fox jumps over the lazy dog\n%.0s' {1..40} >"$T/text.txt"
+  "$SHRINK" tokenizer train --data "$T/text.txt" --vocab-size 280 --out "$T/tok.json" >/dev/null 2>&1
+  "$SHRINK" data prepare --data "$T/text.txt" --tokenizer "$T/tok.json" --out "$T/shards" --val-fraction 0.5 >/dev/null 2>&1
+  if [ -d "$T/shards" ]; then
+    expect_rc "eval on shards" 0 "$RT" --json eval "$FIX/hf/llama_gqa_llama3rope" --data "$T/shards" --split all --seq-len 32
+    "$SHRINK" --json eval "$FIX/hf/llama_gqa_llama3rope" --data "$T/shards" --split all --seq-len 32 >"$T/lt_eval" 2>/dev/null
+    a=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.'); b=$(grep '"perplexity"' "$T/lt_eval" | tr -dc '0-9.')
+    if awk -v a="$a" -v b="$b" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d <= 1e-4*b)}'; then ok "eval perplexity equals shrink eval ($a vs $b)"; else bad "eval perplexity $a vs shrink eval $b"; fi
+  fi
+fi
+expect_rc "eval text without tokenizer exits 2" 2 "$RT" eval "$FIX/hf/llama_gqa_llama3rope" --data "$FIX/hf/VERSIONS.json" --seq-len 16
+expect_grep "eval names the tokenizer" "$T/err" "tokenizer"
+expect_rc "eval missing data exits 2" 2 "$RT" eval "$FIX/hf/llama_gqa_llama3rope" --data "$T/none"
+
+# bench: every format on a small random shape run and a fixture.
+for f in md csv json; do
+  expect_rc "bench --format $f" 0 "$RT" bench "$FIX/hf/llama_gqa_llama3rope" --prompt-len 16 --gen-len 4 --batch 1,2 --format $f
+  expect_grep "bench $f reports decode" "$T/out" "decode_tok_s"
+done
+expect_rc "bench shape w8a8" 0 "$RT" bench --shape smollm-135m --dtype w8a8 --prompt-len 8 --gen-len 2 --format json
+expect_grep "bench names the engine" "$T/out" "w8a8-dynamic"
+
+echo "# $pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,416 @@
+// The runtime engine end to end:
+//  - logits and greedy ids against Hugging Face transformers' reference outputs on the
+//    checkpoints it wrote (tests/fixtures/hf: GQA + llama3 RoPE, Qwen2 bias + tied + bf16,
+//    Mistral MQA + linear RoPE, sharded f16), with the tolerance of tests/train/test_model.cpp;
+//  - KV-cache decode == full-sequence forward; a mixed-length batch == separate runs;
+//    1 thread == 2 threads bit for bit; every ISA level agrees;
+//  - int8 models (written by util.h's quantizer): W8A16 == the dequantised float model, W8A8
+//    close to it, every scheme's decode == full forward; perplexity on a token file;
+//  - malformed and unsupported models fail with kInvalidInput and a message naming the problem.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/dataset.h"
+#include "kernels/cpu/isa.h"
+#include "runtime/api.h"
+#include "runtime/engine.h"
+#include "tests/runtime/util.h"
+
+namespace fs = std::filesystem;
+using namespace shrink;
+using runtime::Engine;
+using runtime::EngineOptions;
+using runtime::SeqChunk;
+
+namespace {
+
+std::unique_ptr<Engine> load(const std::string& dir, EngineOptions o = {}) {
+  auto r = Engine::load(dir, o);
+  EXPECT_TRUE(r.is_ok()) << r.status().message();
+  return r.is_ok() ? std::move(r).value() : nullptr;
+}
+
+std::vector<float> run(Engine& e, int slot, const std::vector<int32_t>& ids, bool all = true) {
+  std::vector<float> logits;
+  Status st = e.forward({{slot, ids.data(), int64_t(ids.size())}}, all, logits);
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  return logits;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+float max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float amax = 0;
+  for (float v : b) amax = std::max(amax, std::fabs(v));
+  return max_abs_diff(a, b) / amax;
+}
+
+const std::vector<int32_t> kSeq = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4};
+
+}  // namespace
+
+// ---- agreement with Hugging Face transformers --------------------------------------------------
+
+class HfFixture : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(HfFixture, LogitsAndGreedyMatchTransformers) {
+  const std::string dir = test::fixture(GetParam());
+  auto ref = core::SafetensorsFile::open(dir + "/reference.safetensors").take_or_throw();
+  auto shape = ref->find("input_ids")->shape;
+  auto ids_f = test::tensor_f32(*ref, "input_ids");
+  auto want = test::tensor_f32(*ref, "logits");
+  const int64_t B = shape[0], T = shape[1];
+  EngineOptions o;
+  o.max_batch = int(B);
+  auto e = load(dir, o);
+  ASSERT_TRUE(e);
+  // All sequences of the reference batch in one forward (a batch of equal lengths).
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(B));
+  std::vector<SeqChunk> chunks;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) seqs[static_cast<size_t>(b)].push_back(int32_t(ids_f[static_cast<size_t>(b * T + t)]));
+    chunks.push_back({int(b), seqs[static_cast<size_t>(b)].data(), T});
+  }
+  std::vector<float> got;
+  ASSERT_TRUE(e->forward(chunks, true, got).is_ok());
+  // Tolerance: as tests/train/test_model.cpp: both sides compute in float32 in different op
+  // orders; logits here are O(1) and differ by ~1e-6.
+  const float d = max_abs_diff(got, want);
+  EXPECT_LE(d, 2e-4f) << GetParam();
+  std::printf("%s: max |logit diff| vs transformers %.3g (max relative %.3g)\n", GetParam(),
+              double(d), double(max_rel_diff(got, want)));
+  // Greedy continuation, token for token.
+  auto prompt_f = test::tensor_f32(*ref, "greedy_prompt");
+  auto greedy = test::tensor_f32(*ref, "greedy_ids");
+  std::vector<int32_t> prompt(prompt_f.begin(), prompt_f.end());
+  runtime::GenerateOptions g;
+  g.max_new_tokens = int64_t(greedy.size() - prompt.size());
+  g.stop_at_eos = false;
+  auto r = runtime::generate(*e, prompt, g);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  EXPECT_EQ(std::vector<float>(r->ids.begin(), r->ids.end()), greedy) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture,
+                         ::testing::Values("llama_gqa_llama3rope", "qwen2_bias_tied_bf16",
+                                           "mistral_mqa_linearrope", "llama_mha_sharded_f16"));
+
+TEST(Stories260K, PretrainedCheckpointMatchesTransformers) {
+  const std::string dir = std::string(SHRINK_SHARED_DIR) + "/models/stories260K";
+  if (!fs::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is not present";
+  auto ref = core::SafetensorsFile::open(test::fixture("stories260K") + "/reference.safetensors")
+                 .take_or_throw();
+  auto shape = ref->find("input_ids")->shape;
+  auto ids_f = test::tensor_f32(*ref, "input_ids");
+  auto want = test::tensor_f32(*ref, "logits");
+  EngineOptions o;
+  o.max_batch = int(shape[0]);
+  auto e = load(dir, o);
+  ASSERT_TRUE(e);
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(shape[0]));
+  std::vector<SeqChunk> chunks;
+  for (int64_t b = 0; b < shape[0]; ++b) {
+    for (int64_t t = 0; t < shape[1]; ++t) seqs[static_cast<size_t>(b)].push_back(int32_t(ids_f[static_cast<size_t>(b * shape[1] + t)]));
+    chunks.push_back({int(b), seqs[static_cast<size_t>(b)].data(), shape[1]});
+  }
+  std::vector<float> got;
+  ASSERT_TRUE(e->forward(chunks, true, got).is_ok());
+  EXPECT_LE(max_abs_diff(got, want), 5e-4f);  // as test_model.cpp's stories260K tolerance
+}
+
+// ---- KV cache, batches, threads, ISA ------------------------------------------------------------
+
+TEST(Engine, DecodeThroughKvCacheEqualsFullForward) {
+  for (const char* m : {"llama_gqa_llama3rope", "qwen2_bias_tied_bf16", "mistral_mqa_linearrope"}) {
+    auto e = load(test::fixture(m));
+    ASSERT_TRUE(e);
+    auto full = run(*e, 0, kSeq);
+    e->reset(0);
+    std::vector<float> inc = run(*e, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 7));
+    for (size_t t = 7; t < kSeq.size(); ++t) {
+      auto step = run(*e, 0, {kSeq[t]});
+      inc.insert(inc.end(), step.begin(), step.end());
+    }
+    EXPECT_EQ(e->length(0), int64_t(kSeq.size()));
+    // Tolerance: prefill rows go through oneDNN (M >= 8), decode rows through our GEMV; both
+    // float32, different summation orders: ~1e-6 on O(1) logits.
+    EXPECT_LE(max_abs_diff(inc, full), 1e-4f) << m;
+  }
+}
+
+TEST(Engine, SlidingWindowDecodeEqualsFullForward) {
+  // Mistral fixture with a window of 4 (shorter than the sequence), via a patched config.
+  const std::string dir = test::temp_dir("window");
+  for (const auto& f : fs::directory_iterator(test::fixture("mistral_mqa_linearrope"))) {
+    fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  }
+  auto text = core::read_file(dir + "/config.json").take_or_throw();
+  auto j = nlohmann::json::parse(text);
+  j["sliding_window"] = 4;
+  ASSERT_TRUE(core::write_file_atomic(dir + "/config.json", j.dump()).is_ok());
+  auto e = load(dir);
+  ASSERT_TRUE(e);
+  auto full = run(*e, 0, kSeq);
+  e->reset(0);
+  std::vector<float> inc;
+  for (int32_t t : kSeq) {
+    auto s = run(*e, 0, {t});
+    inc.insert(inc.end(), s.begin(), s.end());
+  }
+  EXPECT_LE(max_abs_diff(inc, full), 1e-4f);
+  // And the window matters: the unwindowed model differs.
+  auto plain = load(test::fixture("mistral_mqa_linearrope"));
+  EXPECT_GT(max_abs_diff(run(*plain, 0, kSeq), full), 1e-3f);
+}
+
+TEST(Engine, MixedLengthBatchEqualsSeparateRuns) {
+  EngineOptions o;
+  o.max_batch = 3;
+  auto e = load(test::fixture("llama_gqa_llama3rope"), o);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  std::vector<int32_t> a(kSeq.begin(), kSeq.begin() + 13), b(kSeq.begin() + 2, kSeq.begin() + 5),
+      c = {7};
+  std::vector<float> sa = run(*e, 0, a, false), sb = run(*e, 1, b, false), sc = run(*e, 2, c, false);
+  e->reset_all();
+  std::vector<float> batch;
+  ASSERT_TRUE(e->forward({{0, a.data(), 13}, {1, b.data(), 3}, {2, c.data(), 1}}, false, batch).is_ok());
+  ASSERT_EQ(batch.size(), static_cast<size_t>(3 * V));
+  EXPECT_LE(max_abs_diff(std::vector<float>(batch.begin(), batch.begin() + V), sa), 1e-4f);
+  EXPECT_LE(max_abs_diff(std::vector<float>(batch.begin() + V, batch.begin() + 2 * V), sb), 1e-4f);
+  EXPECT_LE(max_abs_diff(std::vector<float>(batch.begin() + 2 * V, batch.end()), sc), 1e-4f);
+  // Then one decode step for all three, each at a different position.
+  std::vector<int32_t> nx = {1, 2, 3};
+  ASSERT_TRUE(e->forward({{0, &nx[0], 1}, {1, &nx[1], 1}, {2, &nx[2], 1}}, false, batch).is_ok());
+  e->reset_all();
+  auto a2 = a;
+  a2.push_back(1);
+  auto ref0 = run(*e, 0, a2, false);
+  EXPECT_LE(max_abs_diff(std::vector<float>(batch.begin(), batch.begin() + V), ref0), 1e-4f);
+}
+
+TEST(Engine, ThreadCountDoesNotChangeResults) {
+  EngineOptions o1, o2;
+  o2.threads = 2;
+  auto e1 = load(test::fixture("qwen2_bias_tied_bf16"), o1);
+  auto e2 = load(test::fixture("qwen2_bias_tied_bf16"), o2);
+  ASSERT_TRUE(e1 && e2);
+  EXPECT_EQ(run(*e1, 0, {5}), run(*e2, 0, {5}));  // decode-sized: our kernels, bit-exact
+  e1->reset_all();
+  e2->reset_all();
+  EXPECT_LE(max_abs_diff(run(*e1, 0, kSeq), run(*e2, 0, kSeq)), 1e-5f);
+}
+
+TEST(Engine, EveryIsaLevelAgrees) {
+  auto base = load(test::fixture("llama_gqa_llama3rope"), [] { EngineOptions o; o.isa = "ref"; return o; }());
+  ASSERT_TRUE(base);
+  auto want = run(*base, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5));
+  for (const char* isa : {"avx2", "avx512", "avx512vnni"}) {
+    kernels::cpu::Isa i;
+    ASSERT_TRUE(kernels::cpu::isa_from_name(isa, &i));
+    if (!kernels::cpu::isa_supported(i)) continue;
+    EngineOptions o;
+    o.isa = isa;
+    auto e = load(test::fixture("llama_gqa_llama3rope"), o);
+    ASSERT_TRUE(e);
+    EXPECT_LE(max_abs_diff(run(*e, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5)), want), 1e-4f) << isa;
+  }
+}
+
+// ---- int8 ---------------------------------------------------------------------------------------
+
+namespace {
+runtime::QuantScheme scheme(runtime::ActQuant act, int64_t group = 0) {
+  runtime::QuantScheme s;
+  s.quantized = true;
+  s.act = act;
+  if (group) {
+    s.strategy = runtime::WeightStrategy::kGroup;
+    s.group_size = group;
+  }
+  return s;
+}
+}  // namespace
+
+TEST(Int8, W8a16EqualsDequantisedFloatModel) {
+  for (int64_t group : {int64_t(0), int64_t(32)}) {
+    const std::string q = test::temp_dir("w8a16_" + std::to_string(group)), f = q + "_deq";
+    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(runtime::ActQuant::kNone, group), 0, f);
+    auto eq = load(q), ef = load(f);
+    ASSERT_TRUE(eq && ef);
+    EXPECT_EQ(eq->scheme().act, runtime::ActQuant::kNone);
+    // x . (q * s) vs s * (x . q): float rounding only.
+    EXPECT_LE(max_abs_diff(run(*eq, 0, kSeq), run(*ef, 0, kSeq)), 1e-4f) << group;
+    eq->reset_all();
+    ef->reset_all();
+    EXPECT_LE(max_abs_diff(run(*eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << group;
+    fs::remove_all(q);
+    fs::remove_all(f);
+  }
+}
+
+TEST(Int8, W8a8CloseToFloatAndDecodeEqualsFull) {
+  struct C { runtime::ActQuant act; int64_t group; };
+  for (C c : {C{runtime::ActQuant::kDynamic, 0}, C{runtime::ActQuant::kStatic, 0},
+              C{runtime::ActQuant::kDynamic, 16}}) {
+    const std::string q = test::temp_dir("w8a8"), f = q + "_deq";
+    test::quantize_dir(test::fixture("qwen2_bias_tied_bf16"), q, scheme(c.act, c.group), 0.05f, f);
+    auto eq = load(q), ef = load(f);
+    ASSERT_TRUE(eq && ef);
+    auto lq = run(*eq, 0, kSeq), lf = run(*ef, 0, kSeq);
+    // Activation rounding (8 bits) moves logits by a few percent of their range here.
+    EXPECT_LE(max_rel_diff(lq, lf), 0.1f) << runtime::quant_scheme_name(eq->scheme());
+    eq->reset_all();
+    std::vector<float> inc = run(*eq, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 9));
+    for (size_t t = 9; t < kSeq.size(); ++t) {
+      auto s = run(*eq, 0, {kSeq[t]});
+      inc.insert(inc.end(), s.begin(), s.end());
+    }
+    // Per-token quantization makes every row independent of the batch, so decode and prefill
+    // quantize identically; only the int32 -> float epilogue order differs (library vs ours).
+    EXPECT_LE(max_abs_diff(inc, lq), 1e-4f) << runtime::quant_scheme_name(eq->scheme());
+    fs::remove_all(q);
+    fs::remove_all(f);
+  }
+}
+
+TEST(Int8, RandomShapesBuildInEveryFormat) {
+  core::ModelConfig c = runtime::bench_shape("smollm-135m").take_or_throw();
+  c.num_layers = 2;
+  c.vocab_size = 512;
+  for (const char* dt : {"f32", "w8a16", "w8a8"}) {
+    auto e = Engine::create_random(c, dt, 1, EngineOptions{});
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    auto l = run(**e, 0, {1, 2, 3}, false);
+    for (float v : l) ASSERT_TRUE(std::isfinite(v)) << dt;
+  }
+  EXPECT_FALSE(Engine::create_random(c, "int4", 1, EngineOptions{}).is_ok());
+}
+
+// ---- perplexity ----------------------------------------------------------------------------------
+
+TEST(Perplexity, MatchesAHandComputedDefinition) {
+  const std::string dir = test::temp_dir("ppl");
+  std::vector<int32_t> toks;
+  for (int i = 0; i < 45; ++i) toks.push_back((i * 37 + 11) % 300);
+  {
+    core::ShardWriter w(dir, "val", 300, "test");
+    ASSERT_TRUE(w.append(toks.data(), toks.size()).is_ok());
+    ASSERT_TRUE(w.finish().is_ok());
+  }
+  EngineOptions o;
+  o.max_batch = 2;
+  o.max_seq_len = 16;
+  auto e = load(test::fixture("llama_gqa_llama3rope"), o);
+  ASSERT_TRUE(e);
+  runtime::TokenSource src;
+  src.data = dir;
+  auto data = runtime::tokens_load(test::fixture("llama_gqa_llama3rope"), 300, src);
+  ASSERT_TRUE(data.is_ok()) << data.status().message();
+  ASSERT_EQ(data->tokens, toks);
+  auto r = runtime::perplexity(*e, toks.data(), toks.size(), 16, 2);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  // Windows of 16, 16, 13 tokens: 15 + 15 + 12 predictions.
+  EXPECT_EQ(r->windows, 3u);
+  EXPECT_EQ(r->tokens_scored, 42u);
+  double nll = 0;
+  for (uint64_t s : {0u, 16u, 32u}) {
+    const int64_t len = std::min<int64_t>(16, 45 - int64_t(s));
+    e->reset_all();
+    auto l = run(*e, 0, std::vector<int32_t>(toks.begin() + long(s), toks.begin() + long(s) + len));
+    for (int64_t t = 0; t + 1 < len; ++t) {
+      const float* x = l.data() + t * 300;
+      double mx = *std::max_element(x, x + 300), z = 0;
+      for (int v = 0; v < 300; ++v) z += std::exp(x[v] - mx);
+      nll -= x[toks[static_cast<size_t>(s + uint64_t(t) + 1)]] - mx - std::log(z);
+    }
+  }
+  EXPECT_NEAR(r->mean_nll, nll / 42, 1e-6);
+  fs::remove_all(dir);
+}
+
+// ---- bad models -----------------------------------------------------------------------------------
+
+namespace {
+std::string copy_fixture(const std::string& name, const std::string& to) {
+  const std::string dir = test::temp_dir(to);
+  for (const auto& f : fs::directory_iterator(test::fixture(name))) {
+    fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  }
+  return dir;
+}
+void patch_config(const std::string& dir, const std::function<void(nlohmann::json&)>& f) {
+  auto j = nlohmann::json::parse(core::read_file(dir + "/config.json").take_or_throw());
+  f(j);
+  ASSERT_TRUE(core::write_file_atomic(dir + "/config.json", j.dump()).is_ok());
+}
+void expect_invalid(const std::string& dir, const std::string& needle) {
+  auto r = Engine::load(dir, EngineOptions{});
+  ASSERT_FALSE(r.is_ok()) << dir;
+  EXPECT_EQ(exit_code_for(r.status().code()), 2) << r.status().message();
+  EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+}
+}  // namespace
+
+TEST(BadModels, FailWithClearMessages) {
+  expect_invalid(test::temp_dir("empty"), "config.json");
+  auto d = copy_fixture("llama_gqa_llama3rope", "trunc");
+  fs::resize_file(d + "/model.safetensors", 5000);
+  expect_invalid(d, "model.safetensors");
+  d = copy_fixture("qwen2_bias_tied_bf16", "shape");
+  patch_config(d, [](nlohmann::json& j) { j["intermediate_size"] = 95; });
+  expect_invalid(d, "model.layers.0.mlp.down_proj.weight has shape");
+  d = copy_fixture("llama_gqa_llama3rope", "arch");
+  patch_config(d, [](nlohmann::json& j) { j["architectures"] = {"GPT2LMHeadModel"}; });
+  expect_invalid(d, "GPT2LMHeadModel");
+  d = copy_fixture("llama_gqa_llama3rope", "q4");
+  patch_config(d, [](nlohmann::json& j) {
+    runtime::QuantScheme s;
+    s.quantized = true;
+    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+    j["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
+  });
+  expect_invalid(d, "num_bits: 4 is not supported");
+  patch_config(d, [](nlohmann::json& j) { j["quantization_config"]["quant_method"] = "gptq"; });
+  expect_invalid(d, "quant_method: 'gptq'");
+  // A quantized config over float weights, and an int8 dir missing its scales / input scales.
+  patch_config(d, [](nlohmann::json& j) {
+    runtime::QuantScheme s;
+    s.quantized = true;
+    s.act = runtime::ActQuant::kStatic;
+    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+  });
+  EXPECT_TRUE(Engine::load(d, EngineOptions{}).is_ok());  // float weights in a quantized dir run in float
+  const std::string q = test::temp_dir("noscale");
+  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(runtime::ActQuant::kStatic));
+  {
+    auto ck = core::Checkpoint::open(q).take_or_throw();
+    std::vector<core::TensorView> v;
+    for (const std::string& n : ck.names()) {
+      if (n == "model.layers.1.self_attn.k_proj.weight_scale" || n == "model.layers.0.mlp.up_proj.input_scale") continue;
+      const core::TensorInfo* t = ck.find(n);
+      v.push_back({n, t->dtype, t->shape, ck.data(*t), t->nbytes});
+    }
+    const std::string q2 = test::temp_dir("noscale2");
+    fs::copy(q + "/config.json", q2 + "/config.json");
+    ASSERT_TRUE(core::checkpoint_write(q2, v).is_ok());
+    expect_invalid(q2, "missing model.layers.1.self_attn.k_proj.weight_scale");
+    expect_invalid(q2, "missing model.layers.0.mlp.up_proj.input_scale");
+  }
+  // Out-of-vocabulary tokens and over-long sequences are errors, not crashes.
+  auto e = load(test::fixture("llama_gqa_llama3rope"), [] { EngineOptions o; o.max_seq_len = 8; return o; }());
+  ASSERT_TRUE(e);
+  std::vector<float> l;
+  std::vector<int32_t> bad = {1, 300};
+  EXPECT_EQ(e->forward({{0, bad.data(), 2}}, false, l).code(), StatusCode::kInvalidInput);
+  std::vector<int32_t> longer(9, 1);
+  EXPECT_EQ(e->forward({{0, longer.data(), 9}}, false, l).code(), StatusCode::kInvalidInput);
+}
