@@ -1,11 +1,14 @@
 // config.json parsing/validation, HF tensor naming and RoPE frequencies. See model_config.h.
 #include "core/model_config.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <set>
 #include <sstream>
 
 #include "core/fs.h"
+#include "core/quant.h"
 
 namespace shrink::core {
 
@@ -527,6 +530,22 @@ std::string shape_str(const std::vector<int64_t>& s) {
 Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
   std::vector<std::string> missing, bad_shape, bad_dtype, unexpected;
   std::set<std::string> expected;
+  // Quantized models (compressed-tensors int-quantized): the block linears not in `ignore`
+  // carry an I8 weight, a float weight_scale [out, 1] (channel) or [out, in / group], and for
+  // static activations an input_scale [1].
+  QuantScheme qs;
+  const bool quantized = c.has_quantization();
+  if (quantized) {
+    auto r = quant_config_from_json(c.raw["quantization_config"]);
+    if (!r.is_ok()) return r.status().with_context(ckpt.dir() + "/config.json");
+    qs = r.value();
+  }
+  auto is_quantized_weight = [&](const std::string& name) {
+    if (!quantized || name.rfind("model.layers.", 0) != 0) return false;
+    if (name.size() < 12 || name.compare(name.size() - 12, 12, "_proj.weight") != 0) return false;
+    std::string mod = name.substr(0, name.size() - 7);
+    return std::find(qs.ignore.begin(), qs.ignore.end(), mod) == qs.ignore.end();
+  };
   for (const TensorSpec& s : expected_tensors(c)) {
     expected.insert(s.name);
     const TensorInfo* t = ckpt.find(s.name);
@@ -538,7 +557,35 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
       bad_shape.push_back(s.name + " has shape " + shape_str(t->shape) + ", expected " +
                           shape_str(s.shape));
     }
-    if (!dtype_is_float(t->dtype)) {
+    if (is_quantized_weight(s.name)) {
+      if (t->dtype != DType::kI8) {
+        bad_dtype.push_back(s.name + " is " + dtype_name(t->dtype) + ", expected I8 (quantized)");
+      }
+      const std::string mod = s.name.substr(0, s.name.size() - 7);
+      const int64_t out = s.shape[0], in = s.shape[1];
+      std::vector<int64_t> want_scale = {out, qs.weight_strategy == "group" && qs.group_size > 0
+                                                  ? in / qs.group_size
+                                                  : 1};
+      const TensorInfo* sc = ckpt.find(mod + ".weight_scale");
+      expected.insert(mod + ".weight_scale");
+      if (!sc) missing.push_back(mod + ".weight_scale");
+      else if (sc->shape != want_scale || !dtype_is_float(sc->dtype)) {
+        bad_shape.push_back(mod + ".weight_scale is " + dtype_name(sc->dtype) + " " +
+                            shape_str(sc->shape) + ", expected float " + shape_str(want_scale));
+      }
+      if (qs.activations == "static") {
+        const TensorInfo* is = ckpt.find(mod + ".input_scale");
+        expected.insert(mod + ".input_scale");
+        if (!is) missing.push_back(mod + ".input_scale");
+        else if (is->numel() != 1 || !dtype_is_float(is->dtype)) {
+          bad_shape.push_back(mod + ".input_scale has " + std::to_string(is->numel()) +
+                              " elements, expected one float");
+        }
+      }
+      for (const char* zp : {".weight_zero_point", ".input_zero_point"}) {
+        if (ckpt.find(mod + zp)) expected.insert(mod + zp);  // symmetric: zeros, ignored
+      }
+    } else if (!dtype_is_float(t->dtype)) {
       bad_dtype.push_back(s.name + " is " + dtype_name(t->dtype) +
                           ", expected F32, F16 or BF16");
     }

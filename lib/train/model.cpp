@@ -10,6 +10,7 @@
 #include "core/dataset.h"
 #include "core/fs.h"
 #include "core/safetensors.h"
+#include "train/quant_ops.h"
 
 namespace shrink::train {
 
@@ -52,12 +53,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const torch::Tensor& sin, int64_t start,
                                      torch::Tensor* k_cache, torch::Tensor* v_cache) {
   const int64_t B = x.size(0), T = x.size(1);
+  torch::Tensor xq = x;
   if (tap) {
     for (const char* m : {"q_proj", "k_proj", "v_proj"}) tap->on_input(prefix + m, x);
+    xq = tap->transform(prefix + "q_proj", x);
   }
-  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);
-  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  auto q = q_proj(xq).view({B, T, n_heads, head_dim}).transpose(1, 2);
+  auto k = k_proj(xq).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_proj(xq).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
   if (k_cache) {
@@ -82,7 +85,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   scores = scores.to(torch::kFloat32).masked_fill(masked, -std::numeric_limits<float>::infinity());
   auto probs = torch::softmax(scores, -1).to(q.scalar_type());
   auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, n_heads * head_dim});
-  if (tap) tap->on_input(prefix + "o_proj", out);
+  if (tap) {
+    tap->on_input(prefix + "o_proj", out);
+    out = tap->transform(prefix + "o_proj", out);
+  }
   return o_proj(out);
 }
 
@@ -96,9 +102,10 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   if (!tap) return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
   tap->on_input(prefix + "gate_proj", x);
   tap->on_input(prefix + "up_proj", x);
-  auto h = torch::silu(gate_proj(x)) * up_proj(x);
+  auto xq = tap->transform(prefix + "gate_proj", x);
+  auto h = torch::silu(gate_proj(xq)) * up_proj(xq);
   tap->on_input(prefix + "down_proj", h);
-  return down_proj(h);
+  return down_proj(tap->transform(prefix + "down_proj", h));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const core::ModelConfig& c) {
@@ -224,6 +231,10 @@ CausalLM model_load(const std::string& model_dir) {
   throw_if_error(core::checkpoint_check(cfg, ckpt));
   CausalLM m(cfg);
   torch::NoGradGuard ng;
+  if (cfg.has_quantization()) {  // int8: dequantized weights + fake-quant activations
+    quant_load_into(m, ckpt, core::quant_config_from_json(cfg.raw["quantization_config"]).take_or_throw());
+    return m;
+  }
   for (auto& p : m->named_parameters()) {
     const core::TensorInfo* t = ckpt.find(p.key());
     if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
@@ -246,6 +257,7 @@ void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts
 
 void model_write(CausalLM& m, const std::string& dir_path, const SaveOptions& opts) {
   core::ModelConfig cfg = m->config();
+  cfg.raw.erase("quantization_config");  // written as float: `shrink quantize` writes int8
   std::string dtype_str = opts.dtype.empty() ? cfg.dtype : opts.dtype;
   core::DType dt = dtype_for(dtype_str);
   cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";

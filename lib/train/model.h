@@ -30,6 +30,9 @@ namespace shrink::train {
 struct LinearTap {
   virtual ~LinearTap() = default;
   virtual void on_input(const std::string& module, const torch::Tensor& x) = 0;
+  /// What the linear actually consumes (fake-quantized activations); called once per input
+  /// group with the first module's name (q_proj for q/k/v, gate_proj for gate/up).
+  virtual torch::Tensor transform(const std::string& module, const torch::Tensor& x) { return x; }
 };
 
 class RMSNormImpl : public torch::nn::Module {
@@ -116,6 +119,9 @@ class CausalLMImpl : public torch::nn::Module {
   int64_t num_parameters();
   /// Report every linear input of the blocks (and lm_head's) to `tap` (nullptr: stop).
   void set_tap(LinearTap* tap);
+  LinearTap* tap() const { return tap_; }
+  /// A tap the model owns: the fake-quant activations of a loaded int8 model (model_load).
+  std::shared_ptr<LinearTap> owned_tap;
 
   Decoder model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // null when tied

@@ -21,7 +21,7 @@ expect_grep() {  # NAME FILE PATTERN
 }
 
 expect_rc "help lists subcommands" 0 "$SHRINK" --help
-for c in inspect eval generate tokenizer data init train distill prune convert; do expect_grep "help mentions $c" "$T/out" "$c"; done
+for c in inspect eval generate tokenizer data init train distill prune convert quantize; do expect_grep "help mentions $c" "$T/out" "$c"; done
 expect_rc "eval --help shows defaults" 0 "$SHRINK" eval --help
 expect_grep "eval help shows the seq-len default" "$T/out" "seq-len"
 expect_rc "unknown subcommand is a usage error" 2 "$SHRINK" frobnicate
@@ -129,6 +129,16 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "prune with an unknown method exits 2" 2 "$SHRINK" prune "$T/rand" --out "$T/x" --method lottery
   expect_grep "the method error lists the methods" "$T/err" "expected magnitude, wanda, sparsegpt or structured"
   if [ -e "$T/x" ]; then bad "a failed prune left output behind"; else ok "a failed prune leaves no output"; fi
+  expect_rc "quantize w8a8 static entropy" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q8" --scheme w8a8 --activations static --observer entropy --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
+  expect_grep "quantize reports KL" "$T/out" '"kl_vs_float"'
+  expect_rc "the int8 model evaluates" 0 "$SHRINK" eval "$T/q8" --data "$T/shards" --seq-len 64
+  expect_rc "quantize --bits 5 exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --bits 5
+  expect_grep "the bits error names the value" "$T/err" "bits 5 is not supported"
+  expect_rc "quantize with an unknown observer exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --activations static --observer vibes
+  expect_grep "the observer error lists observers" "$T/err" "expected minmax, ema, percentile, mse or entropy"
+  expect_rc "quantize with a group size that does not divide K exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --scheme w8a16 --group-size 64 --data "$T/shards" --eval-tokens 0
+  expect_grep "the group error names K" "$T/err" "does not divide the input width K = 352"
+  expect_rc "quantizing an int8 model again exits 2" 2 "$SHRINK" quantize "$T/q8" --out "$T/x" --data "$T/shards"
   expect_rc "distill without a student exits 2" 2 "$SHRINK" distill --teacher "$T/rand" --data "$T/shards" --out "$T/bad" --steps 1
   expect_grep "the student error lists the choices" "$T/err" "give exactly one student"
 fi

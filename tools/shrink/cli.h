@@ -39,5 +39,6 @@ void register_train(CLI::App& app, Globals& g);
 void register_distill(CLI::App& app, Globals& g);
 void register_convert(CLI::App& app, Globals& g);
 void register_prune(CLI::App& app, Globals& g);
+void register_quantize(CLI::App& app, Globals& g);
 
 }  // namespace shrink::cli

@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   register_distill(app, g);
   register_convert(app, g);
   register_prune(app, g);
+  register_quantize(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

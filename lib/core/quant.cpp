@@ -1,0 +1,261 @@
+// Int8 scheme <-> quantization_config, histograms and observers. See quant.h.
+#include "core/quant.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace shrink::core {
+
+using json = nlohmann::json;
+
+json quant_config_to_json(const QuantScheme& s) {
+  json weights = {{"num_bits", s.bits},
+                  {"type", "int"},
+                  {"symmetric", true},
+                  {"strategy", s.weight_strategy},
+                  {"group_size", s.weight_strategy == "group" ? json(s.group_size) : json(nullptr)},
+                  {"dynamic", false},
+                  {"actorder", nullptr},
+                  {"observer", "minmax"},
+                  {"observer_kwargs", json::object()}};
+  json acts = nullptr;
+  if (s.activations == "static") {
+    acts = {{"num_bits", 8},     {"type", "int"},          {"symmetric", true},
+            {"strategy", "tensor"}, {"group_size", nullptr}, {"dynamic", false},
+            {"observer", s.observer}, {"observer_kwargs", json::object()}};
+  } else if (s.activations == "dynamic") {
+    acts = {{"num_bits", 8},    {"type", "int"},          {"symmetric", true},
+            {"strategy", "token"}, {"group_size", nullptr}, {"dynamic", true},
+            {"observer", nullptr}, {"observer_kwargs", json::object()}};
+  }
+  return {{"quant_method", "compressed-tensors"},
+          {"format", "int-quantized"},
+          {"quantization_status", "compressed"},
+          {"global_compression_ratio", nullptr},
+          {"kv_cache_scheme", nullptr},
+          {"ignore", s.ignore},
+          {"config_groups",
+           {{"group_0",
+             {{"targets", {"Linear"}},
+              {"weights", weights},
+              {"input_activations", acts},
+              {"output_activations", nullptr}}}}}};
+}
+
+Result<QuantScheme> quant_config_from_json(const json& j) {
+  auto bad = [](const std::string& m) { return invalid_input("quantization_config: " + m); };
+  if (!j.is_object()) return bad("expected an object");
+  std::string method = j.value("quant_method", "");
+  if (method != "compressed-tensors") {
+    return bad("quant_method '" + method + "' is not supported; expected compressed-tensors");
+  }
+  std::string format = j.value("format", "");
+  if (format != "int-quantized" && format != "naive-quantized") {
+    return bad("format '" + format + "' is not supported; expected int-quantized");
+  }
+  if (!j.contains("config_groups") || !j["config_groups"].is_object() ||
+      j["config_groups"].size() != 1) {
+    return bad("expected exactly one entry in config_groups");
+  }
+  const json& g = j["config_groups"].begin().value();
+  QuantScheme s;
+  if (!g.contains("weights") || !g["weights"].is_object()) return bad("config_groups: no weights");
+  const json& w = g["weights"];
+  s.bits = w.value("num_bits", 8);
+  if (s.bits != 8) {
+    return bad("weights.num_bits " + std::to_string(s.bits) + " is not supported; expected 8");
+  }
+  if (w.value("type", "int") != "int" || !w.value("symmetric", true)) {
+    return bad("weights: only symmetric int quantization is supported");
+  }
+  s.weight_strategy = w.value("strategy", "channel");
+  if (s.weight_strategy == "group") {
+    if (!w.contains("group_size") || !w["group_size"].is_number_integer()) {
+      return bad("weights.strategy group needs an integer group_size");
+    }
+    s.group_size = w["group_size"].get<int64_t>();
+  } else if (s.weight_strategy != "channel") {
+    return bad("weights.strategy '" + s.weight_strategy + "' is not supported; expected channel or group");
+  }
+  if (g.contains("input_activations") && !g["input_activations"].is_null()) {
+    const json& a = g["input_activations"];
+    if (a.value("num_bits", 8) != 8 || a.value("type", "int") != "int") {
+      return bad("input_activations: only int8 is supported");
+    }
+    std::string st = a.value("strategy", "tensor");
+    bool dyn = a.value("dynamic", false);
+    if (st == "tensor" && !dyn) s.activations = "static";
+    else if (st == "token" && dyn) s.activations = "dynamic";
+    else return bad("input_activations: strategy '" + st + "' with dynamic " + (dyn ? "true" : "false") +
+                    " is not supported; expected tensor/static or token/dynamic");
+    if (a.contains("observer") && a["observer"].is_string()) s.observer = a["observer"];
+  }
+  if (j.contains("ignore") && j["ignore"].is_array()) {
+    for (const auto& x : j["ignore"]) {
+      if (x.is_string()) s.ignore.push_back(x.get<std::string>());
+    }
+  }
+  return s;
+}
+
+Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& in_features) {
+  if (s.bits != 8) {
+    return invalid_input("bits " + std::to_string(s.bits) + " is not supported; expected 8 "
+                         "(int8; a 4-bit group-wise scheme is planned)");
+  }
+  if (s.weight_strategy == "group") {
+    if (s.group_size != 32 && s.group_size != 64 && s.group_size != 128) {
+      return invalid_input("group size " + std::to_string(s.group_size) + " is not supported; "
+                           "expected 32, 64 or 128");
+    }
+    for (int64_t k : in_features) {
+      if (k % s.group_size != 0) {
+        return invalid_input("group size " + std::to_string(s.group_size) +
+                             " does not divide the input width K = " + std::to_string(k) +
+                             " of a layer; choose a group size that divides every K");
+      }
+    }
+  }
+  if (s.activations != "none" && s.activations != "static" && s.activations != "dynamic") {
+    return invalid_input("activations '" + s.activations + "': expected none, static or dynamic");
+  }
+  const std::string& o = s.observer;
+  if (o != "minmax" && o != "ema" && o != "percentile" && o != "mse" && o != "entropy") {
+    return invalid_input("observer '" + o + "' is unknown; expected minmax, ema, percentile, mse "
+                         "or entropy");
+  }
+  return Status::ok();
+}
+
+// ---- Histogram ----------------------------------------------------------------------------------
+
+void AbsHistogram::grow_to(double v) {
+  const size_t B = counts_.size();
+  if (width_ == 0) {
+    width_ = v > 0 ? v * (1.0 + 1e-6) / double(B) : 0.0;
+    return;
+  }
+  while (v >= width_ * double(B)) {  // merge pairs of bins: the range doubles
+    for (size_t i = 0; i < B / 2; ++i) counts_[i] = counts_[2 * i] + counts_[2 * i + 1];
+    std::fill(counts_.begin() + long(B / 2), counts_.end(), 0.0);
+    width_ *= 2;
+  }
+}
+
+void AbsHistogram::add(const float* x, int64_t n) {
+  float mx = 0;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
+  if (mx > 0) grow_to(mx);
+  max_ = std::max(max_, double(mx));
+  const size_t B = counts_.size();
+  if (width_ == 0) {  // all zeros so far
+    counts_[0] += double(n);
+  } else {
+    const double inv = 1.0 / width_;
+    for (int64_t i = 0; i < n; ++i) {
+      size_t b = size_t(std::fabs(x[i]) * inv);
+      counts_[std::min(b, B - 1)] += 1.0;
+    }
+  }
+  total_ += double(n);
+}
+
+double observer_percentile(const AbsHistogram& h, double p) {
+  if (h.total() == 0 || h.bin_width() == 0) return h.max();
+  const double want = p / 100.0 * h.total();
+  double cum = 0;
+  const auto& c = h.counts();
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (cum + c[i] >= want) {
+      // Linear interpolation inside the bin.
+      double frac = c[i] > 0 ? (want - cum) / c[i] : 1.0;
+      return std::min(h.max(), (double(i) + frac) * h.bin_width());
+    }
+    cum += c[i];
+  }
+  return h.max();
+}
+
+double observer_mse(const AbsHistogram& h) {
+  if (h.total() == 0 || h.bin_width() == 0) return h.max();
+  const auto& c = h.counts();
+  const double w = h.bin_width();
+  size_t used = c.size();
+  while (used > 1 && c[used - 1] == 0) --used;
+  double best_t = h.max(), best_e = std::numeric_limits<double>::infinity();
+  // Candidate thresholds at bin edges from 1/64 of the range to the max.
+  for (size_t k = std::max<size_t>(1, used / 64); k <= used; ++k) {
+    const double t = std::min(double(k) * w, h.max());
+    const double step = t / kQMax;
+    double e = 0;
+    for (size_t i = 0; i < used; ++i) {
+      if (c[i] == 0) continue;
+      const double x = (double(i) + 0.5) * w;
+      if (x > t) {
+        e += c[i] * (x - t) * (x - t);  // clipped
+      } else if (w >= step) {
+        e += c[i] * step * step / 12.0;  // a bin spans several steps: uniform rounding error
+      } else {
+        const double r = x - step * std::nearbyint(x / step);  // the bin center's own error
+        e += c[i] * r * r;
+      }
+    }
+    if (e < best_e) {
+      best_e = e;
+      best_t = t;
+    }
+  }
+  return best_t;
+}
+
+double observer_entropy(const AbsHistogram& h) {
+  if (h.total() == 0 || h.bin_width() == 0) return h.max();
+  const auto& c = h.counts();
+  const size_t B = c.size();
+  const size_t levels = kQMax + 1;  // 128 quantization bins for |x|
+  size_t used = B;
+  while (used > levels && c[used - 1] == 0) --used;
+  double best_kl = std::numeric_limits<double>::infinity();
+  size_t best_i = used;
+  std::vector<double> p, q;
+  for (size_t i = levels; i <= used; ++i) {
+    // Reference: the first i bins with the clipped tail folded into the last.
+    p.assign(c.begin(), c.begin() + long(i));
+    for (size_t k = i; k < B; ++k) p[i - 1] += c[k];
+    // Candidate: the unclipped first i bins merged into 128 levels, each level's mass spread
+    // evenly over the bins where P is nonzero. The clipped tail is in P only: that is what
+    // makes clipping cost KL.
+    q.assign(i, 0.0);
+    for (size_t lv = 0; lv < levels; ++lv) {
+      size_t a = lv * i / levels, b = (lv + 1) * i / levels;
+      double mass = 0;
+      size_t nz = 0;
+      for (size_t k = a; k < b; ++k) {
+        mass += c[k];
+        nz += p[k] != 0;
+      }
+      for (size_t k = a; k < b; ++k) {
+        if (p[k] != 0) q[k] = mass / double(nz);
+      }
+    }
+    double sp = 0, sq = 0;
+    for (size_t k = 0; k < i; ++k) {
+      sp += p[k];
+      sq += q[k];
+    }
+    double kl = 0;
+    for (size_t k = 0; k < i; ++k) {
+      if (p[k] == 0) continue;
+      double pk = p[k] / sp, qk = q[k] / sq;
+      // q is 0 where only the folded tail lives: a large finite penalty, as for no support.
+      kl += qk > 0 ? pk * std::log(pk / qk) : pk * 50.0;
+    }
+    if (kl < best_kl) {
+      best_kl = kl;
+      best_i = i;
+    }
+  }
+  return std::min(h.max(), double(best_i) * h.bin_width());
+}
+
+}  // namespace shrink::core

@@ -1,0 +1,588 @@
+// Int8 post-training quantization: the tensor ops (quant_ops.h) and the `shrink quantize`
+// driver (quantize.h). See the headers for the design.
+#include "train/quantize.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <regex>
+
+#include "core/dataset.h"
+#include "core/dtype.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "train/api.h"
+#include "train/distill.h"
+#include "train/quant_ops.h"
+
+namespace shrink::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+[[noreturn]] void bad(const std::string& msg) { throw Error(StatusCode::kInvalidInput, msg); }
+}  // namespace
+
+// ---- Tensor ops -------------------------------------------------------------------------------------
+
+std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t gs) {
+  auto wf = w.detach().to(torch::kFloat32);
+  const int64_t out = wf.size(0), in = wf.size(1);
+  auto view = gs > 0 ? wf.reshape({out, in / gs, gs}) : wf.reshape({out, 1, in});
+  auto amax = view.abs().amax(-1);  // [out, groups]
+  auto scale = torch::where(amax > 0, amax / float(core::kQMax), torch::ones_like(amax));
+  auto inv = 1.0f / scale;  // x * (1/scale): the runtime's arithmetic
+  auto q = torch::round(view * inv.unsqueeze(-1)).clamp(-core::kQMax, core::kQMax);
+  return {q.reshape({out, in}).to(torch::kInt8), scale.contiguous()};
+}
+
+torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale) {
+  const int64_t out = q.size(0), in = q.size(1), groups = scale.size(1);
+  auto v = q.to(torch::kFloat32).reshape({out, groups, in / groups});
+  return (v * scale.to(torch::kFloat32).unsqueeze(-1)).reshape({out, in});
+}
+
+torch::Tensor fake_quant_per_token(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto amax = xf.abs().amax(-1, /*keepdim=*/true);
+  auto scale = amax / float(core::kQMax);
+  auto inv = torch::where(amax > 0, 1.0f / scale, torch::zeros_like(scale));
+  auto q = torch::round(xf * inv).clamp(-core::kQMax, core::kQMax);
+  return (q * scale).to(x.scalar_type());
+}
+
+torch::Tensor fake_quant_static(const torch::Tensor& x, float scale) {
+  auto xf = x.to(torch::kFloat32);
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  auto q = torch::round(xf * inv).clamp(-core::kQMax, core::kQMax);
+  return (q * scale).to(x.scalar_type());
+}
+
+torch::Tensor FakeQuantTap::transform(const std::string& module, const torch::Tensor& x) {
+  if (!modules.count(module)) return x;
+  if (mode == "static") {
+    auto it = input_scales.find(module);
+    if (it == input_scales.end()) {
+      throw Error(StatusCode::kInternal, "no input scale for " + module);
+    }
+    return fake_quant_static(x, it->second);
+  }
+  return fake_quant_per_token(x);
+}
+
+namespace {
+
+torch::Tensor smooth_factor(const torch::Tensor& a, const torch::Tensor& b, double alpha) {
+  auto s = a.to(torch::kFloat64).pow(alpha) / b.to(torch::kFloat64).pow(1.0 - alpha);
+  auto ok = (a > 0).logical_and(b > 0);
+  s = torch::where(ok, s.clamp_min(1e-5), torch::ones_like(s));
+  return s.to(torch::kFloat32);
+}
+
+}  // namespace
+
+void smoothquant_layer(DecoderLayerImpl& L, const std::map<std::string, torch::Tensor>& act_max,
+                       double alpha, int64_t nh, int64_t nkv, int64_t hd) {
+  torch::NoGradGuard ng;
+  auto& at = *L.self_attn;
+  auto& mlp = *L.mlp;
+  {  // q/k/v: fold 1/s into input_layernorm.
+    auto b = torch::cat({at.q_proj->weight, at.k_proj->weight, at.v_proj->weight}, 0).abs().amax(0);
+    auto s = smooth_factor(act_max.at("qkv"), b, alpha);
+    L.input_layernorm->weight.div_(s);
+    for (auto* lin : {&at.q_proj, &at.k_proj, &at.v_proj}) (*lin)->weight.mul_(s.unsqueeze(0));
+  }
+  {  // gate/up: fold into post_attention_layernorm.
+    auto b = torch::cat({mlp.gate_proj->weight, mlp.up_proj->weight}, 0).abs().amax(0);
+    auto s = smooth_factor(act_max.at("gate_up"), b, alpha);
+    L.post_attention_layernorm->weight.div_(s);
+    mlp.gate_proj->weight.mul_(s.unsqueeze(0));
+    mlp.up_proj->weight.mul_(s.unsqueeze(0));
+  }
+  {  // o_proj input = attention output; channel (h, d) comes from v channel (h / rep, d), so one
+     // factor per (kv group, d), shared by the group's query heads, folds into v_proj rows.
+    const int64_t rep = nh / nkv;
+    auto a = act_max.at("o").reshape({nkv, rep, hd}).amax(1);
+    auto b = at.o_proj->weight.abs().amax(0).reshape({nkv, rep, hd}).amax(1);
+    auto s = smooth_factor(a, b, alpha);  // [nkv, hd]
+    at.v_proj->weight.div_(s.reshape({nkv * hd, 1}));
+    if (at.v_proj->bias.defined()) at.v_proj->bias.div_(s.reshape({nkv * hd}));
+    auto sx = s.unsqueeze(1).expand({nkv, rep, hd}).reshape({nh * hd});
+    at.o_proj->weight.mul_(sx.unsqueeze(0));
+  }
+  {  // down_proj input = silu(gate) * up: fold 1/s into up_proj rows.
+    auto b = mlp.down_proj->weight.abs().amax(0);
+    auto s = smooth_factor(act_max.at("down"), b, alpha);
+    mlp.up_proj->weight.div_(s.unsqueeze(1));
+    mlp.down_proj->weight.mul_(s.unsqueeze(0));
+  }
+}
+
+namespace {
+
+torch::Tensor tensor_from(const core::Checkpoint& ck, const std::string& name) {
+  const core::TensorInfo* t = ck.find(name);
+  if (!t) throw Error(StatusCode::kInvalidInput, ck.dir() + ": missing tensor " + name);
+  std::vector<int64_t> shape(t->shape.begin(), t->shape.end());
+  if (t->dtype == core::DType::kI8) {
+    auto out = torch::empty(shape, torch::kInt8);
+    std::memcpy(out.data_ptr(), ck.data(*t), size_t(t->nbytes));
+    return out;
+  }
+  auto out = torch::empty(shape, torch::kFloat32);
+  core::convert_to_f32(t->dtype, ck.data(*t), out.data_ptr<float>(), t->numel());
+  return out;
+}
+
+// The first module of a linear's input group: the name the fake-quant tap sees.
+std::string group_head(const std::string& module) {
+  for (const char* s : {"k_proj", "v_proj"}) {
+    size_t p = module.rfind(s);
+    if (p != std::string::npos && p + 6 == module.size()) return module.substr(0, p) + "q_proj";
+  }
+  size_t p = module.rfind("up_proj");
+  if (p != std::string::npos && p + 7 == module.size() && (p == 0 || module[p - 1] == '.')) {
+    return module.substr(0, p) + "gate_proj";
+  }
+  return module;
+}
+
+}  // namespace
+
+void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantScheme& s) {
+  torch::NoGradGuard ng;
+  auto tap = std::make_shared<FakeQuantTap>();
+  tap->mode = s.activations;
+  for (auto& p : m->named_parameters()) {
+    const core::TensorInfo* t = ck.find(p.key());
+    if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
+    if (t->dtype == core::DType::kI8) {
+      const std::string mod = p.key().substr(0, p.key().size() - 7);
+      p.value().copy_(dequantize_weight(tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale")));
+      tap->modules.insert(group_head(mod));
+      if (s.activations == "static") {
+        tap->input_scales[group_head(mod)] = tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();
+      }
+    } else {
+      p.value().copy_(tensor_from(ck, p.key()).reshape(p.value().sizes()));
+    }
+  }
+  if (s.activations != "none") {
+    m->owned_tap = tap;
+    m->set_tap(tap.get());
+  }
+}
+
+// ---- Validation ---------------------------------------------------------------------------------------
+
+void quantize_validate(const QuantizeOptions& o) {
+  if (o.model.empty()) bad("a model directory is required");
+  if (o.out.empty()) bad("--out is required");
+  if (o.scheme != "w8a8" && o.scheme != "w8a16") {
+    bad("--scheme '" + o.scheme + "': expected w8a8 or w8a16");
+  }
+  if (o.bits != 8) {
+    bad("--bits " + std::to_string(o.bits) + " is not supported; expected 8 (int8)");
+  }
+  if (o.scheme == "w8a8" && o.activations != "dynamic" && o.activations != "static") {
+    bad("--activations '" + o.activations + "': expected dynamic (per token) or static (per tensor)");
+  }
+  const std::string& ob = o.observer;
+  if (ob != "minmax" && ob != "ema" && ob != "percentile" && ob != "mse" && ob != "entropy") {
+    bad("--observer '" + ob + "' is unknown; expected minmax, ema, percentile, mse or entropy");
+  }
+  if (!(o.percentile > 50 && o.percentile <= 100)) bad("--percentile must be in (50, 100]");
+  if (o.group_size != 0 && o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
+    bad("--group-size " + std::to_string(o.group_size) + ": expected 32, 64 or 128 (0: per channel)");
+  }
+  if (o.group_size != 0 && o.scheme == "w8a8") {
+    bad("--group-size applies to w8a16; w8a8 uses one scale per output channel");
+  }
+  if (!o.smoothquant.empty() && o.smoothquant != "auto") {
+    double a = -1;
+    try {
+      size_t used = 0;
+      a = std::stod(o.smoothquant, &used);
+      if (used != o.smoothquant.size()) a = -1;
+    } catch (const std::exception&) {
+      a = -1;
+    }
+    if (!(a >= 0 && a <= 1)) bad("--smoothquant '" + o.smoothquant + "': expected alpha in [0, 1] or auto");
+  }
+  try {
+    std::regex r1(o.targets);
+    if (!o.ignore.empty()) std::regex r2(o.ignore);
+  } catch (const std::regex_error& e) {
+    bad(std::string("--targets/--ignore: bad regex: ") + e.what());
+  }
+  if (o.calib_samples < 1 || o.calib_len < 2) bad("--calib-samples must be >= 1 and --calib-len >= 2");
+  if (o.keep_float < 0) bad("--keep-float must be >= 0");
+  if (o.keep_float > 0 && !o.sensitivity) bad("--keep-float needs --sensitivity (it keeps the most sensitive modules)");
+}
+
+// ---- Driver --------------------------------------------------------------------------------------------
+
+namespace {
+
+struct GroupStats {
+  torch::Tensor act_max;  // per input channel
+  core::AbsHistogram hist{2048};
+  double max = 0, ema = -1;
+};
+
+// Collects per-input-group channel maxima and |x| histograms.
+struct CalibTap : LinearTap {
+  std::set<std::string> wanted;  // group-head module names
+  bool histograms = false;
+  std::map<std::string, GroupStats> stats;
+  void on_input(const std::string& module, const torch::Tensor& x) override {
+    if (!wanted.count(module)) return;  // only group heads are in `wanted`
+    GroupStats& g = stats[module];
+    auto f = x.detach().reshape({-1, x.size(-1)}).to(torch::kFloat32).contiguous();
+    auto cm = f.abs().amax(0);
+    g.act_max = g.act_max.defined() ? torch::maximum(g.act_max, cm) : cm;
+    double bm = cm.max().item<double>();
+    g.max = std::max(g.max, bm);
+    g.ema = g.ema < 0 ? bm : g.ema + 0.01 * (bm - g.ema);
+    if (histograms) g.hist.add(f.data_ptr<float>(), f.numel());
+  }
+};
+
+double observe(const GroupStats& g, const QuantizeOptions& o) {
+  double t = g.max;
+  if (o.observer == "ema") t = g.ema;
+  else if (o.observer == "percentile") t = core::observer_percentile(g.hist, o.percentile);
+  else if (o.observer == "mse") t = core::observer_mse(g.hist);
+  else if (o.observer == "entropy") t = core::observer_entropy(g.hist);
+  return t > 0 ? t / double(core::kQMax) : 1.0;
+}
+
+std::string short_group(const std::string& head) {
+  for (auto [a, b] : {std::pair{"q_proj", "qkv"}, {"o_proj", "o"}, {"gate_proj", "gate_up"}, {"down_proj", "down"}}) {
+    size_t p = head.rfind(a);
+    if (p != std::string::npos && p + std::strlen(a) == head.size()) return b;
+  }
+  return head;
+}
+
+std::vector<std::string> group_modules(const std::string& head) {
+  std::string base = head.substr(0, head.rfind('.') + 1);
+  std::string g = short_group(head);
+  if (g == "qkv") return {base + "q_proj", base + "k_proj", base + "v_proj"};
+  if (g == "gate_up") return {base + "gate_proj", base + "up_proj"};
+  return {head};
+}
+
+struct EvalStats {
+  double nll = 0, kl = 0, top1 = 0;
+  uint64_t n = 0;
+};
+
+// NLL of `m` and KL(ref || m), top-1 agreement over the evaluation windows.
+EvalStats evaluate(CausalLM& m, CausalLM& ref, const std::vector<int32_t>& tokens, int64_t seq_len) {
+  torch::NoGradGuard ng;
+  m->eval();
+  ref->eval();
+  EvalStats s;
+  for (const core::EvalWindow& w : core::eval_windows(tokens.size(), seq_len)) {
+    auto ids = torch::from_blob(const_cast<int32_t*>(tokens.data() + w.start), {1, w.len}, torch::kInt32)
+                   .to(torch::kLong);
+    auto in = ids.narrow(1, 0, w.len - 1), tgt = ids.narrow(1, 1, w.len - 1).reshape({-1});
+    auto lq = m->forward(in).logits.reshape({w.len - 1, -1});
+    auto lr = ref->forward(in).logits.reshape({w.len - 1, -1});
+    s.nll += torch::nn::functional::cross_entropy(
+                 lq, tgt, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                 .item<double>();
+    s.kl += kd_forward_kl(lq, lr, 1.0).item<double>() * double(w.len - 1);
+    s.top1 += (lq.argmax(-1) == lr.argmax(-1)).sum().item<double>();
+    s.n += uint64_t(w.len - 1);
+  }
+  if (s.n) {
+    s.nll /= double(s.n);
+    s.kl /= double(s.n);
+    s.top1 /= double(s.n);
+  }
+  return s;
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
+}
+
+}  // namespace
+
+QuantizeResult quantize_run(const QuantizeOptions& o) {
+  quantize_validate(o);
+  auto t0 = std::chrono::steady_clock::now();
+  torch::NoGradGuard ng;
+  core::ModelConfig cfg0 = core::config_load(o.model).take_or_throw();
+  if (cfg0.has_quantization()) bad(o.model + ": the model is already quantized");
+  CausalLM m = model_load(o.model);
+  CausalLM ref = model_load(o.model);  // the float model, for KL and sensitivity
+  m->eval();
+  const core::ModelConfig cfg = m->config();
+  const std::string tokenizer = !o.tokenizer.empty() ? o.tokenizer
+                                : fs::exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json"
+                                                                          : "";
+  core::QuantScheme scheme;
+  scheme.weight_strategy = o.group_size > 0 ? "group" : "channel";
+  scheme.group_size = o.group_size;
+  scheme.activations = o.scheme == "w8a16" ? "none" : o.activations;
+  scheme.observer = o.observer;
+  {
+    std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
+    throw_if_error(core::quant_scheme_validate(scheme, ks));
+  }
+  const bool act = scheme.activations != "none";
+  const bool stat = scheme.activations == "static";
+
+  // Data: calibration from the train split, evaluation from val (as `shrink eval`).
+  auto load = [&](const std::string& split, uint64_t max) {
+    TokenSource src;
+    src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
+    src.tokenizer = o.tokenizer;
+    src.split = split;
+    src.max_tokens = max;
+    return tokens_load(o.model, src, false).tokens;
+  };
+  std::vector<int32_t> calib = load("train", uint64_t(o.calib_samples * o.calib_len));
+  const int64_t N = int64_t(calib.size()) / o.calib_len;
+  if (N < 1) bad("too little calibration data for one sequence of --calib-len " + std::to_string(o.calib_len));
+  calib.resize(size_t(N * o.calib_len));
+  std::vector<int32_t> val = o.eval_tokens ? load("val", o.eval_tokens) : std::vector<int32_t>{};
+
+  // Which input groups are quantized (by the group's first module name).
+  const std::regex targets(o.targets);
+  const bool has_ignore = !o.ignore.empty();
+  const std::regex ignore = has_ignore ? std::regex(o.ignore) : std::regex();
+  std::vector<std::string> heads;  // all quantized group heads, in layer order
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    for (const char* g : {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"}) {
+      std::string head = "model.layers." + std::to_string(i) + "." + g;
+      if (std::regex_match(head, targets) && !(has_ignore && std::regex_match(head, ignore))) {
+        heads.push_back(head);
+      }
+    }
+  }
+  if (heads.empty()) bad("--targets '" + o.targets + "' selects no linear layer");
+
+  auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+  auto [cos, sin] = m->rope_tables(0, o.calib_len);
+  auto params = m->named_parameters();
+  std::map<std::string, torch::Tensor> float_w;               // smoothed float weights
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> qw;  // module -> (q, scale)
+  auto tap = std::make_shared<FakeQuantTap>();
+  tap->mode = act ? scheme.activations : "dynamic";
+  std::vector<double> alphas(size_t(cfg.num_layers), -1.0);
+  torch::Tensor X = m->model->embed_tokens(ids);
+  core::Progress prog("quantize " + o.scheme, uint64_t(cfg.num_layers), "layers", o.progress);
+  auto run_layer = [&](DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
+    m->set_tap(t);
+    std::vector<torch::Tensor> outs;
+    for (int64_t b = 0; b < x.size(0); b += 8) {
+      outs.push_back(layer.forward(x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b)), cos, sin, 0,
+                                   nullptr, nullptr));
+    }
+    m->set_tap(nullptr);
+    return torch::cat(outs, 0);
+  };
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    auto& layer = *m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    std::vector<std::string> lheads;
+    for (const auto& h : heads) {
+      if (h.rfind(pre, 0) == 0) lheads.push_back(h);
+    }
+    // Quantize this layer's weights (and calibrate static scales) on input x; returns the
+    // fake-quant tap state in `tap` for the layer's groups.
+    auto quantize_layer = [&](const torch::Tensor& x) {
+      if (stat) {
+        CalibTap ct;
+        ct.wanted.insert(lheads.begin(), lheads.end());
+        ct.histograms = o.observer == "percentile" || o.observer == "mse" || o.observer == "entropy";
+        run_layer(layer, &ct, x);
+        for (const auto& h : lheads) tap->input_scales[h] = float(observe(ct.stats.at(h), o));
+      }
+      for (const auto& h : lheads) {
+        tap->modules.insert(h);
+        for (const auto& mod : group_modules(h)) {
+          torch::Tensor& w = *params.find(mod + ".weight");
+          float_w[mod] = w.clone();
+          auto q = quantize_weight(w, o.group_size);
+          w.copy_(dequantize_weight(q.first, q.second));
+          qw[mod] = q;
+        }
+      }
+    };
+    if (!o.smoothquant.empty() && !lheads.empty()) {
+      CalibTap ct;
+      for (const char* g : {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"}) {
+        ct.wanted.insert(pre + g);
+      }
+      run_layer(layer, &ct, X);
+      std::map<std::string, torch::Tensor> amax = {
+          {"qkv", ct.stats[pre + "self_attn.q_proj"].act_max},
+          {"o", ct.stats[pre + "self_attn.o_proj"].act_max},
+          {"gate_up", ct.stats[pre + "mlp.gate_proj"].act_max},
+          {"down", ct.stats[pre + "mlp.down_proj"].act_max}};
+      double alpha = 0.5;
+      if (o.smoothquant == "auto") {
+        // Grid search on the layer's output error against the float layer.
+        auto xs = X.narrow(0, 0, std::min<int64_t>(N, 16));
+        auto y_ref = run_layer(layer, nullptr, xs);
+        std::vector<torch::Tensor> saved;
+        for (auto& p : layer.parameters()) saved.push_back(p.clone());
+        double best = INFINITY;
+        for (double a : {0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}) {
+          smoothquant_layer(layer, amax, a, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+          quantize_layer(xs);
+          double err = (run_layer(layer, tap.get(), xs) - y_ref).pow(2).mean().item<double>();
+          if (err < best) {
+            best = err;
+            alpha = a;
+          }
+          size_t k = 0;
+          for (auto& p : layer.parameters()) p.copy_(saved[k++]);
+        }
+      } else {
+        alpha = std::stod(o.smoothquant);
+      }
+      smoothquant_layer(layer, amax, alpha, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+      alphas[size_t(i)] = alpha;
+    }
+    if (!lheads.empty()) quantize_layer(X);
+    X = run_layer(layer, act ? tap.get() : nullptr, X);  // the quantized layer feeds the next
+    prog.update(uint64_t(i + 1));
+  }
+  prog.finish();
+  const double calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (act) m->set_tap(tap.get());
+
+  nlohmann::json report = {{"scheme", o.scheme},
+                           {"activations", scheme.activations},
+                           {"weights", scheme.weight_strategy},
+                           {"group_size", o.group_size},
+                           {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
+                           {"smoothquant", o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
+                           {"rounding", "half-to-even, clamp [-127, 127]"},
+                           {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
+  if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
+
+  // Sensitivity: one input group at a time in int8, the rest in float.
+  std::set<std::string> kept_float;
+  if (o.sensitivity) {
+    std::vector<int32_t> sv = load("val", o.sensitivity_tokens);
+    for (auto& [mod, w] : float_w) params.find(mod + ".weight")->copy_(w);
+    auto one = std::make_shared<FakeQuantTap>(*tap);
+    std::vector<std::pair<double, std::string>> sens;
+    core::Progress sp("sensitivity", heads.size(), "groups", o.progress);
+    for (size_t k = 0; k < heads.size(); ++k) {
+      const std::string& h = heads[k];
+      for (const auto& mod : group_modules(h)) {
+        params.find(mod + ".weight")->copy_(dequantize_weight(qw[mod].first, qw[mod].second));
+      }
+      one->modules = {h};
+      m->set_tap(act ? one.get() : nullptr);
+      EvalStats e = evaluate(m, ref, sv, o.eval_seq_len);
+      sens.emplace_back(e.kl, h);
+      for (const auto& mod : group_modules(h)) params.find(mod + ".weight")->copy_(float_w[mod]);
+      sp.update(k + 1);
+    }
+    sp.finish();
+    std::sort(sens.rbegin(), sens.rend());
+    nlohmann::json sj = nlohmann::json::array();
+    for (auto& [kl, h] : sens) sj.push_back({{"group", h}, {"kl", kl}});
+    report["sensitivity"] = sj;
+    for (int64_t k = 0; k < o.keep_float && k < int64_t(sens.size()); ++k) kept_float.insert(sens[size_t(k)].second);
+    // Back to the mixed model: int8 everywhere except the kept groups.
+    for (const auto& h : heads) {
+      for (const auto& mod : group_modules(h)) {
+        if (kept_float.count(h)) params.find(mod + ".weight")->copy_(float_w[mod]);
+        else params.find(mod + ".weight")->copy_(dequantize_weight(qw[mod].first, qw[mod].second));
+      }
+    }
+    for (const auto& h : kept_float) tap->modules.erase(h);
+    m->set_tap(act ? tap.get() : nullptr);
+    report["kept_float"] = std::vector<std::string>(kept_float.begin(), kept_float.end());
+  }
+
+  // Accuracy against the float model.
+  if (!val.empty()) {
+    EvalStats ef = evaluate(ref, ref, val, o.eval_seq_len);
+    EvalStats eq = evaluate(m, ref, val, o.eval_seq_len);
+    report["val_tokens"] = val.size();
+    report["perplexity_float"] = std::exp(ef.nll);
+    report["perplexity_quant"] = std::exp(eq.nll);
+    report["perplexity_change"] = std::exp(eq.nll) / std::exp(ef.nll) - 1.0;
+    report["kl_vs_float"] = eq.kl;
+    report["top1_agreement"] = eq.top1;
+  }
+
+  // Write the compressed-tensors directory.
+  scheme.ignore = {"lm_head"};
+  std::vector<std::vector<uint8_t>> bufs;
+  std::vector<core::TensorView> views;
+  core::DType fdt = core::dtype_from_name(cfg.dtype == "float32" ? "F32" : cfg.dtype == "float16" ? "F16" : "BF16").value();
+  uint64_t bytes_after = 0;
+  auto add = [&](const std::string& name, core::DType dt, const torch::Tensor& t) {
+    auto c = t.contiguous();
+    std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
+    if (dt == core::DType::kI8) {
+      bufs.emplace_back(size_t(c.numel()));
+      std::memcpy(bufs.back().data(), c.data_ptr(), size_t(c.numel()));
+    } else {
+      auto f = c.to(torch::kFloat32).contiguous();
+      bufs.emplace_back(size_t(f.numel()) * core::dtype_size(dt));
+      core::convert_from_f32(f.data_ptr<float>(), dt, bufs.back().data(), f.numel());
+    }
+    views.push_back({name, dt, shape, bufs.back().data(), bufs.back().size()});
+    bytes_after += bufs.back().size();
+  };
+  std::set<std::string> quantized_mods;
+  for (const auto& h : heads) {
+    if (kept_float.count(h)) continue;
+    for (const auto& mod : group_modules(h)) quantized_mods.insert(mod);
+  }
+  for (const auto& h : heads) {
+    if (!kept_float.count(h)) continue;
+    for (const auto& mod : group_modules(h)) scheme.ignore.push_back(mod);
+  }
+  for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
+    const std::string mod = s.name.size() > 7 ? s.name.substr(0, s.name.size() - 7) : s.name;
+    if (quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0) {
+      add(s.name, core::DType::kI8, qw[mod].first);
+      add(mod + ".weight_scale", core::DType::kF32, qw[mod].second);
+      if (stat) add(mod + ".input_scale", core::DType::kF32, torch::tensor({tap->input_scales.at(group_head(mod))}));
+    } else {
+      add(s.name, fdt, *params.find(s.name));
+    }
+  }
+  const uint64_t bytes_before = uint64_t(ref->num_parameters()) * core::dtype_size(fdt);
+  report["bytes_before"] = bytes_before;
+  report["bytes_after"] = bytes_after;
+  report["quantized_modules"] = quantized_mods.size();
+  report["peak_rss_mb"] = peak_rss_mb();
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  core::ModelConfig qc = cfg;
+  qc.raw["quantization_config"] = core::quant_config_to_json(scheme);
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  throw_if_error(core::checkpoint_write(dir.path(), views, {{"format", "pt"}}));
+  throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(qc)));
+  if (!tokenizer.empty()) {
+    throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", core::read_file(tokenizer).take_or_throw()));
+  }
+  nlohmann::json prov = {{"stage", "quantize"}, {"from", o.model}, {"scheme", o.scheme},
+                         {"activations", scheme.activations}, {"observer", o.observer},
+                         {"smoothquant", o.smoothquant}};
+  throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
+  throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
+}
+
+}  // namespace shrink::train

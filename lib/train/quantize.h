@@ -1,0 +1,62 @@
+// `shrink quantize`: post-training int8 quantization with calibration, written as a
+// compressed-tensors "int-quantized" model directory (see core/quant.h for the arithmetic).
+//
+//   W8A16   int8 weights per output channel (or per group of 32/64/128 inputs), float
+//           activations
+//   W8A8    int8 weights per channel and int8 activations, static per tensor (a calibrated
+//           input_scale from an observer) or dynamic per token
+//   SmoothQuant (optional) migrates activation outliers into the weights with strength alpha,
+//           folding 1/s into the preceding RMSNorm (q/k/v and gate/up), into v_proj rows
+//           (o_proj input; s shared by the query heads of a KV group) and into up_proj rows
+//           (down_proj input, valid because SwiGLU multiplies by up). `auto` picks alpha per
+//           layer from a grid by the layer's output error on the calibration data.
+//
+// Why this way: calibration streams layer by layer, and layer i is calibrated on the outputs of
+// the already-quantized layers 0..i-1 (fake-quant), so static scales see the activations the
+// deployed model will see and memory stays near one layer's activations. Fake-quant evaluation
+// uses the stored int8 weights times their scales and the same round-half-even / [-127, 127]
+// activation rounding as the runtime, so the accuracy measured here is the runtime's. The
+// public API has no LibTorch types. Tested in tests/train/test_quantize.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace shrink::train {
+
+struct QuantizeOptions {
+  std::string model, out;
+  std::string scheme = "w8a8";        // w8a8 | w8a16
+  std::string activations = "dynamic";  // w8a8: dynamic (per token) | static (per tensor)
+  std::string observer = "minmax";    // static: minmax | ema | percentile | mse | entropy
+  double percentile = 99.99;
+  int bits = 8;
+  int64_t group_size = 0;             // w8a16: 0 = per channel, else 32 | 64 | 128
+  std::string smoothquant;            // "" = off, a number (alpha), or "auto"
+  std::string targets = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)";
+  std::string ignore;                 // regex of modules kept in float
+  // Calibration and evaluation data.
+  std::string data;
+  std::string tokenizer;
+  int64_t calib_samples = 64;
+  int64_t calib_len = 256;
+  uint64_t eval_tokens = 65536;       // 0 = skip the before/after evaluation
+  int64_t eval_seq_len = 256;
+  // Sensitivity analysis: quantize one module at a time, report the KL to the float model;
+  // then keep the `keep_float` most sensitive modules in float.
+  bool sensitivity = false;
+  int64_t keep_float = 0;
+  uint64_t sensitivity_tokens = 8192;
+  bool progress = false;
+};
+
+struct QuantizeResult {
+  nlohmann::json report;  // also <out>/quantize.json
+};
+
+void quantize_validate(const QuantizeOptions& o);
+QuantizeResult quantize_run(const QuantizeOptions& o);
+
+}  // namespace shrink::train

@@ -1,0 +1,111 @@
+// Int8 scheme, rounding and observer tests: quantize_value's rounding and clamping, the
+// quantization_config round trip and its errors, and observer thresholds on hand-made
+// distributions (uniform, Gaussian, Gaussian plus outliers).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/quant.h"
+
+namespace shrink::core {
+namespace {
+
+TEST(Quant, RoundHalfToEvenAndSymmetricClamp) {
+  EXPECT_EQ(quantize_value(0.5f, 1.0f), 0);   // half to even
+  EXPECT_EQ(quantize_value(1.5f, 1.0f), 2);
+  EXPECT_EQ(quantize_value(-2.5f, 1.0f), -2);
+  EXPECT_EQ(quantize_value(1000.f, 1.0f), 127);
+  EXPECT_EQ(quantize_value(-1000.f, 1.0f), -127);  // never -128
+}
+
+TEST(Quant, ConfigRoundTripAndErrors) {
+  QuantScheme s;
+  s.weight_strategy = "group";
+  s.group_size = 64;
+  s.activations = "none";
+  s.ignore = {"lm_head"};
+  auto j = quant_config_to_json(s);
+  EXPECT_EQ(j["format"], "int-quantized");
+  EXPECT_EQ(j["config_groups"]["group_0"]["weights"]["strategy"], "group");
+  EXPECT_TRUE(j["config_groups"]["group_0"]["input_activations"].is_null());
+  auto back = quant_config_from_json(j);
+  ASSERT_TRUE(back.is_ok()) << back.status().message();
+  EXPECT_EQ(back->group_size, 64);
+  EXPECT_EQ(back->activations, "none");
+  for (const char* a : {"static", "dynamic"}) {
+    QuantScheme w;
+    w.activations = a;
+    EXPECT_EQ(quant_config_from_json(quant_config_to_json(w))->activations, a);
+  }
+  auto j4 = j;
+  j4["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
+  EXPECT_NE(quant_config_from_json(j4).status().message().find("num_bits 4 is not supported"), std::string::npos);
+  QuantScheme bits5;
+  bits5.bits = 5;
+  EXPECT_EQ(quant_scheme_validate(bits5, {64}).code(), StatusCode::kInvalidInput);
+  QuantScheme obs;
+  obs.observer = "vibes";
+  EXPECT_NE(quant_scheme_validate(obs, {64}).message().find("observer 'vibes' is unknown"), std::string::npos);
+  QuantScheme g;
+  g.weight_strategy = "group";
+  g.group_size = 64;
+  EXPECT_NE(quant_scheme_validate(g, {128, 96}).message().find("does not divide the input width K = 96"),
+            std::string::npos);
+  EXPECT_TRUE(quant_scheme_validate(g, {128, 192}).is_ok());
+}
+
+TEST(Quant, ObserversOnHandMadeDistributions) {
+  // Uniform |x| on [0, 10): the 99th percentile is 9.9; clipping a flat distribution only hurts,
+  // so MSE and entropy keep (nearly) the whole range.
+  std::vector<float> u(100000);
+  for (size_t i = 0; i < u.size(); ++i) u[i] = 10.0f * float(i) / float(u.size());
+  AbsHistogram hu;
+  hu.add(u.data(), int64_t(u.size()));
+  EXPECT_NEAR(observer_percentile(hu, 99.0), 9.9, 0.02);
+  EXPECT_NEAR(observer_percentile(hu, 50.0), 5.0, 0.02);
+  EXPECT_GT(observer_mse(hu), 9.5);
+  EXPECT_GT(observer_entropy(hu), 9.0);
+  // Gaussian N(0, 1) plus 10 outliers at +-1000: minmax sets the scale from 1000 and rounds
+  // almost every value to 0. Entropy (distribution shape) and the 99.99th percentile clip the
+  // outliers to a few sigma; MSE, which counts the outliers' own squared error, keeps them:
+  // 10 values clipped by ~1000 outweigh 200k values rounded to zero.
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0, 1);
+  std::vector<float> g(200000);
+  for (auto& v : g) v = nd(rng);
+  for (int i = 0; i < 10; ++i) g[size_t(i)] = i % 2 ? 1000.f : -1000.f;
+  AbsHistogram hg;
+  hg.add(g.data(), 100000);  // two batches: the histogram range is fixed by the first
+  hg.add(g.data() + 100000, 100000);
+  EXPECT_DOUBLE_EQ(hg.max(), 1000.0);
+  double t_mse = observer_mse(hg), t_ent = observer_entropy(hg), t_pct = observer_percentile(hg, 99.99);
+  EXPECT_GT(t_mse, 500.0);
+  EXPECT_GT(t_ent, 2.0);
+  EXPECT_LT(t_ent, 100.0);  // the smallest candidate, 128 of 2048 bins: 62.5
+  EXPECT_GT(t_pct, 3.0);  // |x| 99.99th percentile of N(0,1) is ~3.9
+  EXPECT_LT(t_pct, 5.0);
+  // Without outliers, a Gaussian's MSE-optimal 8-bit clip sits near its max (few values beyond
+  // 4 sigma, and rounding error is small at 127 levels).
+  AbsHistogram hn;
+  hn.add(g.data() + 10, 199990);
+  EXPECT_GT(observer_mse(hn), 3.0);
+  EXPECT_LE(observer_mse(hn), hn.max() + 1e-9);
+  EXPECT_GT(observer_entropy(hn), 2.0);
+}
+
+TEST(Quant, HistogramGrowsByMergingBins) {
+  AbsHistogram h(8);
+  float a[2] = {1.0f, 0.5f};
+  h.add(a, 2);
+  float b[1] = {3.5f};  // beyond the first range: bins merge until it fits
+  h.add(b, 1);
+  EXPECT_DOUBLE_EQ(h.total(), 3.0);
+  EXPECT_DOUBLE_EQ(h.max(), 3.5);
+  double sum = 0;
+  for (double c : h.counts()) sum += c;
+  EXPECT_DOUBLE_EQ(sum, 3.0);
+  EXPECT_GE(h.bin_width() * 8, 3.5);
+}
+
+}  // namespace
+}  // namespace shrink::core

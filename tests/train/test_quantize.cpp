@@ -1,0 +1,178 @@
+// Quantization tests: quantize/dequantize error bounds, SmoothQuant leaves the float model's
+// outputs unchanged, int8 directories save and load back (dequantized + fake-quant activations,
+// matching the quantizer's own evaluation), and bad options are rejected.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/fs.h"
+#include "core/safetensors.h"
+#include "train/api.h"
+#include "train/quant_ops.h"
+#include "train/quantize.h"
+#include "train/trainer.h"
+#include "tests/train/util.h"
+
+namespace fs = std::filesystem;
+using namespace shrink;
+using namespace shrink::train;
+
+TEST(QuantOps, RoundTripErrorIsAtMostHalfAStep) {
+  torch::manual_seed(3);
+  auto w = torch::randn({24, 64}) * torch::rand({24, 1}) * 4;
+  for (int64_t gs : {0, 32}) {
+    auto [q, scale] = quantize_weight(w, gs);
+    EXPECT_EQ(q.scalar_type(), torch::kInt8);
+    EXPECT_EQ(scale.size(1), gs ? 64 / gs : 1);
+    EXPECT_LE(q.abs().max().item<int>(), 127);
+    auto err = (dequantize_weight(q, scale) - w).abs();
+    auto step = scale.repeat_interleave(gs ? gs : 64, 1);
+    EXPECT_TRUE(torch::all(err <= step * 0.5 + 1e-7).item<bool>()) << gs;
+    // The largest |w| of each channel/group maps to exactly +-127.
+    EXPECT_EQ(q.abs().max().item<int>(), 127);
+  }
+  auto x = torch::randn({3, 5, 40}) * 7;
+  auto xq = fake_quant_per_token(x);
+  auto s = x.abs().amax(-1, true) / 127;
+  EXPECT_TRUE(torch::all((xq - x).abs() <= s * 0.5 + 1e-6).item<bool>());
+  auto xs = fake_quant_static(x, 0.05f);  // clips beyond 127 * 0.05 = 6.35
+  EXPECT_LE(xs.abs().max().item<float>(), 6.35f + 1e-5f);
+  auto inside = x.abs() < 6.3;
+  EXPECT_TRUE(torch::all(((xs - x).abs() <= 0.025 + 1e-6).logical_or(inside.logical_not())).item<bool>());
+}
+
+TEST(QuantOps, SmoothQuantLeavesFloatOutputsUnchanged) {
+  for (bool bias : {false, true}) {
+    core::ModelConfig c = test::micro_config(64);
+    c.qkv_bias = bias;  // Qwen2-style v bias is rescaled with v_proj
+    CausalLM m = model_create(c, 5);
+    torch::NoGradGuard ng;
+    {  // Make the norms non-trivial.
+      for (auto& p : m->named_parameters()) {
+        if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
+        if (p.key().find("bias") != std::string::npos) p.value().normal_(0, 0.1);
+      }
+    }
+    auto ids = torch::randint(0, 64, {2, 16}, torch::kLong);
+    auto before = m->forward(ids).logits;
+    torch::manual_seed(1);
+    for (size_t i = 0; i < m->model->layers->size(); ++i) {
+      auto& L = *m->model->layers->ptr<DecoderLayerImpl>(i);
+      std::map<std::string, torch::Tensor> amax = {
+          {"qkv", torch::rand({32}) * 10 + 0.1}, {"o", torch::rand({32}) * 10 + 0.1},
+          {"gate_up", torch::rand({32}) * 10 + 0.1}, {"down", torch::rand({64}) * 10 + 0.1}};
+      smoothquant_layer(L, amax, 0.5, c.num_heads, c.num_kv_heads, c.head_dim);
+    }
+    auto after = m->forward(ids).logits;
+    EXPECT_TRUE(torch::allclose(before, after, 1e-5, 1e-5)) << (before - after).abs().max().item<double>();
+    // And the weights did change (the factors are far from 1).
+    EXPECT_GT((model_create(c, 5)->named_parameters().find("model.layers.0.mlp.up_proj.weight")->sub(
+                   *m->named_parameters().find("model.layers.0.mlp.up_proj.weight")))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-3);
+  }
+}
+
+TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
+  env_init(1);
+  std::string dir = test::temp_dir("quant");
+  test::make_inputs(dir);
+  TrainOptions t;  // a briefly trained model has structure worth quantizing
+  t.config = dir + "/config.json";
+  t.data = dir + "/data";
+  t.out = dir + "/run";
+  t.steps = 30;
+  t.seq_len = 32;
+  t.batch = 4;
+  t.eval_every = 0;
+  t.save_every = 0;
+  train_run(t);
+  struct Case {
+    const char* scheme;
+    const char* acts;
+    const char* observer;
+    int64_t group;
+    const char* sq;
+  };
+  for (Case cs : {Case{"w8a16", "dynamic", "minmax", 0, ""}, Case{"w8a16", "dynamic", "minmax", 32, ""},
+                  Case{"w8a8", "dynamic", "minmax", 0, ""}, Case{"w8a8", "static", "entropy", 0, ""},
+                  Case{"w8a8", "static", "mse", 0, "auto"}}) {
+    QuantizeOptions o;
+    o.model = dir + "/run/model";
+    o.out = dir + "/q";
+    o.scheme = cs.scheme;
+    o.activations = cs.acts;
+    o.observer = cs.observer;
+    o.group_size = cs.group;
+    o.smoothquant = cs.sq;
+    o.data = dir + "/data";
+    o.calib_samples = 8;
+    o.calib_len = 32;
+    o.eval_tokens = 1024;
+    o.eval_seq_len = 32;
+    QuantizeResult r = quantize_run(o);
+    std::string what = std::string(cs.scheme) + "/" + cs.acts + "/" + cs.observer + "/g" +
+                       std::to_string(cs.group) + "/" + cs.sq;
+    // Real int8 tensors in the compressed-tensors layout.
+    auto ck = core::Checkpoint::open(o.out).take_or_throw();
+    const core::TensorInfo* w = ck.find("model.layers.0.mlp.down_proj.weight");
+    ASSERT_TRUE(w) << what;
+    EXPECT_EQ(w->dtype, core::DType::kI8) << what;
+    const core::TensorInfo* sc = ck.find("model.layers.0.mlp.down_proj.weight_scale");
+    ASSERT_TRUE(sc) << what;
+    EXPECT_EQ(sc->shape, (std::vector<int64_t>{32, cs.group ? 64 / cs.group : 1})) << what;
+    EXPECT_EQ(ck.find("model.layers.0.self_attn.q_proj.input_scale") != nullptr,
+              std::string(cs.acts) == "static" && std::string(cs.scheme) == "w8a8")
+        << what;
+    EXPECT_EQ(ck.find("model.embed_tokens.weight")->dtype, core::DType::kF32) << what;
+    auto cfg = core::config_load(o.out).take_or_throw();
+    ASSERT_TRUE(cfg.has_quantization()) << what;
+    EXPECT_EQ(cfg.raw["quantization_config"]["format"], "int-quantized");
+    // Loading back and evaluating reproduces the quantizer's fake-quant perplexity exactly
+    // (same arithmetic), and stays close to float (a trained micro model, 8-bit).
+    EvalOptions eo;
+    eo.source.data = dir + "/data";
+    eo.source.split = "val";
+    eo.source.max_tokens = 1024;
+    eo.seq_len = 32;
+    EvalResult e = eval_perplexity(o.out, eo);
+    EXPECT_NEAR(e.perplexity, r.report["perplexity_quant"].get<double>(),
+                1e-6 * e.perplexity) << what;
+    EXPECT_LT(std::abs(r.report["perplexity_change"].get<double>()), 0.05) << what;
+    EXPECT_LT(r.report["bytes_after"].get<double>(), 0.5 * r.report["bytes_before"].get<double>()) << what;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
+  auto expect_bad = [](QuantizeOptions o, const std::string& needle) {
+    o.model = "m";
+    o.out = "o";
+    try {
+      quantize_validate(o);
+      FAIL() << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  QuantizeOptions o;
+  o.bits = 5;
+  expect_bad(o, "--bits 5 is not supported");
+  o = {};
+  o.observer = "vibes";
+  expect_bad(o, "--observer 'vibes' is unknown");
+  o = {};
+  o.scheme = "w4a4";
+  expect_bad(o, "--scheme 'w4a4'");
+  o = {};
+  o.smoothquant = "1.7";
+  expect_bad(o, "--smoothquant '1.7'");
+  o = {};
+  o.scheme = "w8a16";
+  o.group_size = 48;
+  expect_bad(o, "--group-size 48");
+}
