@@ -70,6 +70,13 @@ if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
     "$SHRINK" --json eval "$FIX/hf/llama_gqa_llama3rope" --data "$T/shards" --split all --seq-len 32 >"$T/lt_eval" 2>/dev/null
     a=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.'); b=$(grep '"perplexity"' "$T/lt_eval" | tr -dc '0-9.')
     if awk -v a="$a" -v b="$b" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(d <= 1e-4*b)}'; then ok "eval perplexity equals shrink eval ($a vs $b)"; else bad "eval perplexity $a vs shrink eval $b"; fi
+    # verify: a model against itself passes; an impossible speed gate exits 3.
+    M="$FIX/hf/llama_gqa_llama3rope"
+    expect_rc "verify a model against itself" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --max-ppl-increase 0
+    expect_grep "verify reports full agreement" "$T/out" '"top1_agreement": 1.0'
+    expect_rc "verify with a failing gate exits 3" 3 "$RT" verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --min-speedup 100
+    expect_grep "verify names the failed gate" "$T/out" "decode speed-up"
+    expect_rc "verify against another vocabulary exits 2" 2 "$RT" verify "$FIX/hf/qwen2_bias_tied_bf16" --reference "$M" --data "$T/shards" --seq-len 32 --no-bench
   fi
 fi
 expect_rc "eval text without tokenizer exits 2" 2 "$RT" eval "$FIX/hf/llama_gqa_llama3rope" --data "$FIX/hf/VERSIONS.json" --seq-len 16
