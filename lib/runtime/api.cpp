@@ -138,15 +138,22 @@ Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
   e.reset(0);
   std::vector<float> logits;
   auto t0 = Clock::now();
-  SHRINK_RETURN_IF_ERROR(e.forward({{0, prompt.data(), int64_t(prompt.size())}}, false, logits));
+  // Greedy decoding takes the argmax on the backend (no logits copied back); it is the same
+  // token the sampler picks at temperature 0 (core::argmax).
+  const bool greedy = opts.sampling.temperature <= 0.0f;
+  std::vector<int32_t> best;
+  auto step_fwd = [&](const std::vector<SeqChunk>& ch) {
+    return greedy ? e.forward_argmax(ch, best) : e.forward(ch, false, logits);
+  };
+  SHRINK_RETURN_IF_ERROR(step_fwd({{0, prompt.data(), int64_t(prompt.size())}}));
   r.prefill_seconds = since(t0);
   auto t1 = Clock::now();
   for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
-    const int32_t next = sampler.sample(logits.data(), V);
+    const int32_t next = greedy ? best[0] : sampler.sample(logits.data(), V);
     r.ids.push_back(next);
     if (opts.stop_at_eos && opts.eos && next == *opts.eos) break;
     if (step + 1 == opts.max_new_tokens) break;
-    SHRINK_RETURN_IF_ERROR(e.forward({{0, &r.ids.back(), 1}}, false, logits));
+    SHRINK_RETURN_IF_ERROR(step_fwd({{0, &r.ids.back(), 1}}));
   }
   r.decode_seconds = since(t1);
   return r;
@@ -161,7 +168,9 @@ double peak_rss_mib() {
 Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   SHRINK_CHECK(o.prompt_len >= 1 && o.gen_len >= 1 && o.batch >= 1, StatusCode::kInvalidInput,
                "bench: expected --prompt-len >= 1, --gen-len >= 1, --batch >= 1");
-  SHRINK_CHECK(o.batch <= e.max_batch() && o.prompt_len + o.gen_len <= e.max_seq_len(),
+  SHRINK_CHECK(o.warmup >= 0, StatusCode::kInvalidInput, "bench: --warmup must be >= 0");
+  SHRINK_CHECK(o.batch <= e.max_batch() && o.prompt_len + o.gen_len <= e.max_seq_len() &&
+                   (o.warmup == 0 || o.prompt_len + o.warmup <= e.max_seq_len()),
                StatusCode::kInvalidInput,
                "bench: batch %d x %lld tokens does not fit the engine (%d slots of %lld)", o.batch,
                (long long)(o.prompt_len + o.gen_len), e.max_batch(), (long long)e.max_seq_len());
@@ -182,12 +191,20 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   r.weight_bytes = e.weight_bytes();
   std::vector<SeqChunk> chunks;
   for (int b = 0; b < o.batch; ++b) chunks.push_back({b, prompts[size_t(b)].data(), o.prompt_len});
-  std::vector<float> logits;
-  auto t0 = Clock::now();
-  SHRINK_RETURN_IF_ERROR(e.forward(chunks, false, logits));
-  r.prefill_seconds = since(t0);
   std::vector<int32_t> next(size_t(o.batch));
-  for (int b = 0; b < o.batch; ++b) next[size_t(b)] = core::argmax(logits.data() + b * V, V);
+  if (o.warmup > 0) {
+    SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
+    std::vector<SeqChunk> steps;
+    for (int64_t s = 0; s < o.warmup; ++s) {
+      steps.clear();
+      for (int b = 0; b < o.batch; ++b) steps.push_back({b, &next[size_t(b)], 1});
+      SHRINK_RETURN_IF_ERROR(e.forward_argmax(steps, next));
+    }
+    e.reset_all();
+  }
+  auto t0 = Clock::now();
+  SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
+  r.prefill_seconds = since(t0);
   r.ttft_seconds = since(t0);
   r.prefill_tokens_per_second = double(o.batch * o.prompt_len) / r.prefill_seconds;
   std::vector<double> lat;
@@ -195,8 +212,7 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   for (int64_t s = 0; s < o.gen_len; ++s) {
     for (int b = 0; b < o.batch; ++b) chunks[size_t(b)] = {b, &next[size_t(b)], 1};
     auto ts = Clock::now();
-    SHRINK_RETURN_IF_ERROR(e.forward(chunks, false, logits));
-    for (int b = 0; b < o.batch; ++b) next[size_t(b)] = core::argmax(logits.data() + b * V, V);
+    SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
     const double dt = since(ts);
     lat.push_back(dt);
     total += dt;

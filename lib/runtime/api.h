@@ -70,6 +70,9 @@ struct BenchOptions {
   int64_t gen_len = 128;
   int batch = 1;
   uint64_t seed = 0;
+  /// Untimed runs first: one prefill and this many decode steps (which also fill a GPU
+  /// backend's graph and GEMM-plan caches). 0 = none, the timed runs start cold.
+  int64_t warmup = 0;
 };
 struct BenchResult {
   int batch = 1;
@@ -83,7 +86,8 @@ struct BenchResult {
   double peak_rss_mib = 0;
 };
 /// Prefill `batch` random prompts of prompt_len tokens together, then decode gen_len greedy
-/// steps for all of them. Needs max_batch >= batch, max_seq_len >= prompt_len + gen_len.
+/// steps for all of them (argmax on the backend: Engine::forward_argmax). Needs max_batch >=
+/// batch, max_seq_len >= prompt_len + gen_len (+ warmup).
 Result<BenchResult> bench(Engine& e, const BenchOptions& opts);
 
 /// Peak resident set size of this process (MiB), from getrusage.

@@ -1,13 +1,16 @@
 // The backend interface of the inference engine: where tensors live and how each op of the
 // Llama-family forward runs. The engine (engine.cpp) is written once against this interface;
-// the CPU backend (backend_cpu.cpp) implements it now, a CUDA backend will later (TODO(#7)).
+// the CPU backend (backend_cpu.cpp) and the CUDA backend (backend_cuda.cpp) implement it.
 //
 // Why this cut: the engine owns the model's structure (layers, KV-cache bookkeeping, which rows
 // attend to what) and never touches numbers itself; a backend owns memory and arithmetic. Every
 // pointer passed to an op points into memory the backend allocated (DeviceTensor) unless it is
 // marked "host". Weights arrive as host-side LinearDesc / float vectors already converted to
 // float32 or int8, and the backend repacks them once, at load, into its kernels' layout.
-// Tested through the engine (tests/runtime/test_engine.cpp).
+// A few ops exist only so that a backend can fuse them (rope_kv_write, add_rmsnorm) or keep work
+// on the device (argmax_rows, step/graph hooks); their default implementations call the plain
+// ops, so the CPU backend computes exactly what it computed before they existed.
+// Tested through the engine (tests/runtime/test_engine.cpp, tests/cuda/test_backend.cpp).
 #pragma once
 
 #include <cstdint>
@@ -121,6 +124,59 @@ class Backend {
                          int64_t head_dim, int64_t window, float* out) = 0;
   /// y[r, i] = silu(g[r, i]) * g[r, n + i] for i < n, where g rows are [gate | up] of 2n floats.
   virtual void silu_mul(const float* g, int64_t rows, int64_t n, float* y) = 0;
+
+  // ---- fusable sequences (defaults: the plain ops above, in this order) ----
+  /// rope(qkv, n_heads), rope(qkv + q_dim, n_kv_heads), kv_write(k = qkv + q_dim,
+  /// v = k + kv_dim): RoPE of q and k rows of a fused qkv buffer (row stride ld), then the
+  /// rotated k and v into the cache.
+  virtual void rope_kv_write(float* qkv, int64_t rows, int64_t ld, int64_t n_heads,
+                             int64_t n_kv_heads, int64_t head_dim, const RowPlacement& at,
+                             const float* cos, const float* sin, const KvLayer& cache) {
+    const int64_t qd = n_heads * head_dim, kvd = n_kv_heads * head_dim;
+    rope(qkv, rows, ld, n_heads, head_dim, at, cos, sin);
+    rope(qkv + qd, rows, ld, n_kv_heads, head_dim, at, cos, sin);
+    kv_write(qkv + qd, qkv + qd + kvd, ld, rows, at, cache);
+  }
+  /// add(x, d, rows * n), then rmsnorm(x, w, y): the residual add and the next norm.
+  virtual void add_rmsnorm(float* x, const float* d, const float* w, float* y, int64_t rows,
+                           int64_t n, float eps) {
+    add(x, d, rows * n);
+    rmsnorm(x, w, y, rows, n, eps);
+  }
+  /// Greedy tokens: argmax (lowest index on ties, core::argmax) of each of `rows` rows of n
+  /// floats, kept by the backend until argmax_fetch copies them to the host.
+  virtual void argmax_rows(const float* x, int64_t rows, int64_t n);
+  virtual void argmax_fetch(int32_t* host, int64_t rows);
+
+  // ---- per-forward hooks (defaults: nothing) ----
+  /// The host-side row data of one forward, given before its first op; the arrays stay valid
+  /// until the forward returns. A device backend uploads them once here and recognises these
+  /// pointers when ops receive them.
+  struct StepRows {
+    const int32_t* ids = nullptr;   // [rows] token ids
+    const int32_t* slot = nullptr;  // [rows]
+    const int32_t* pos = nullptr;   // [rows]
+    int64_t rows = 0;
+    const int32_t* pick = nullptr;  // [picks] rows that get logits
+    int64_t picks = 0;
+  };
+  virtual void step_begin(const StepRows& /*rows*/) {}
+  /// Replay the graph recorded under `key` (every op of one forward); false if there is none.
+  virtual bool graph_replay(uint64_t /*key*/) { return false; }
+  /// Start recording the following ops under `key` instead of running them; false when the
+  /// backend does not record this time (then the ops run as usual).
+  virtual bool graph_capture_begin(uint64_t /*key*/) { return false; }
+  /// Stop recording and run the recorded graph once. False when recording failed; the ops did
+  /// not run then, and the caller runs them again without recording.
+  virtual bool graph_capture_end(uint64_t /*key*/) { return false; }
+  /// Drop recorded graphs (buffers they refer to are about to be reallocated).
+  virtual void graph_reset() {}
+  /// The first error an op hit since the last call (ops return nothing; a device backend
+  /// records launch and library failures here), then cleared. The engine checks it per forward.
+  virtual Status take_error() { return Status::ok(); }
+
+ private:
+  std::vector<int32_t> argmax_;
 };
 
 struct CpuBackendOptions {
@@ -129,5 +185,19 @@ struct CpuBackendOptions {
 };
 /// The CPU backend (kernels/cpu). Errors: kInvalidInput for an unknown or unsupported ISA.
 Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opts);
+
+struct CudaBackendOptions {
+  int device = 0;
+  /// Storage of float linear weights: "f16" (default), "bf16" or "f32" (exact fp32 GEMMs, no
+  /// TF32: the numerics of the CPU backend, for tests).
+  std::string float_weights = "f16";
+  /// Decode batches with at most this many rows use the hand-written GEMV (0: the built-in
+  /// defaults, 4 for float weights and 16 for int8); larger ones use cuBLASLt.
+  int gemv_max_rows = 0;
+  bool graphs = true;  // capture the decode step in CUDA graphs
+};
+/// The CUDA backend (kernels/cuda + cuBLASLt). Errors: kInvalidInput when the build has no CUDA
+/// or no device is present, or for an unknown float_weights.
+Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions& opts);
 
 }  // namespace shrink::runtime

@@ -15,6 +15,7 @@
 #include "kernels/cpu/gemm_library.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/parallel.h"
+#include "core/sampling.h"
 #include "runtime/backend.h"
 
 namespace shrink::runtime {
@@ -26,6 +27,19 @@ const char* linear_kind_name(LinearKind k) {
     case LinearKind::kW8A8: return "w8a8";
   }
   return "?";
+}
+
+void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {
+  std::vector<float> row(static_cast<size_t>(n));
+  argmax_.resize(size_t(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    to_host(x + r * n, n, row.data());
+    argmax_[size_t(r)] = core::argmax(row.data(), n);
+  }
+}
+
+void Backend::argmax_fetch(int32_t* host, int64_t rows) {
+  for (int64_t r = 0; r < rows && r < int64_t(argmax_.size()); ++r) host[r] = argmax_[size_t(r)];
 }
 
 namespace {

@@ -241,7 +241,9 @@ struct Engine::Impl {
   Status add_linears(TensorSource& src, const std::vector<std::string>& modules,
                      const std::vector<int64_t>& outs, int64_t in, bool bias,
                      std::vector<std::unique_ptr<Linear>>* dst);
-  void ensure_rows(int64_t rows);
+  bool ensure_rows(int64_t rows);
+  Status run(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>* logits,
+             std::vector<int32_t>* next);
 };
 
 Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::string& module,
@@ -415,8 +417,8 @@ Status Engine::Impl::build(TensorSource& src) {
   return Status::ok();
 }
 
-void Engine::Impl::ensure_rows(int64_t rows) {
-  if (rows <= cap_rows) return;
+bool Engine::Impl::ensure_rows(int64_t rows) {
+  if (rows <= cap_rows) return false;
   const core::ModelConfig& c = cfg;
   cap_rows = rows;
   x = be->tensor_zeros(rows * c.hidden_size);
@@ -426,6 +428,7 @@ void Engine::Impl::ensure_rows(int64_t rows) {
   att = be->tensor_zeros(rows * c.q_dim());
   gu = be->tensor_zeros(rows * 2 * c.intermediate_size);
   act = be->tensor_zeros(rows * c.intermediate_size);
+  return true;
 }
 
 namespace {
@@ -446,6 +449,20 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                        : std::min<int64_t>(cfg.max_position_embeddings, 4096);
   SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
                (long long)impl->max_seq);
+  if (opts.device == "cuda") {
+    CudaBackendOptions co;
+    if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
+    co.gemv_max_rows = opts.gemv_max_rows;
+    co.graphs = opts.graphs;
+    SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cuda_create(co));
+    return impl;
+  }
+  SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
+               "device '%s' is unknown; expected cpu or cuda", opts.device.c_str());
+  SHRINK_CHECK(opts.float_weights.empty() || opts.float_weights == "f32",
+               StatusCode::kInvalidInput,
+               "float weights '%s' need the cuda device; the cpu backend computes in f32",
+               opts.float_weights.c_str());
   CpuBackendOptions bo;
   bo.threads = opts.threads;
   bo.isa = opts.isa;
@@ -513,11 +530,21 @@ int64_t Engine::length(int slot) const {
 
 Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
                        std::vector<float>& logits) {
-  Impl& m = *impl_;
+  return impl_->run(chunks, all_logits, &logits, nullptr);
+}
+
+Status Engine::forward_argmax(const std::vector<SeqChunk>& chunks, std::vector<int32_t>& next) {
+  return impl_->run(chunks, false, nullptr, &next);
+}
+
+Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
+                         std::vector<float>* logits_out, std::vector<int32_t>* next_out) {
+  Impl& m = *this;
   const core::ModelConfig& c = m.cfg;
   SHRINK_CHECK(!chunks.empty(), StatusCode::kInvalidInput, "forward: no sequences");
   std::vector<int32_t> slot, pos, ids;
   std::set<int> seen;
+  bool decode = true;  // every chunk one token: a step the backend may record as a graph
   for (const SeqChunk& ch : chunks) {
     SHRINK_CHECK(ch.slot >= 0 && ch.slot < m.opts.max_batch, StatusCode::kInvalidInput,
                  "forward: slot %d is outside [0, %d)", ch.slot, m.opts.max_batch);
@@ -529,6 +556,7 @@ Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
     SHRINK_CHECK(start + ch.n <= m.max_seq, StatusCode::kInvalidInput,
                  "forward: slot %d would hold %lld tokens; the KV cache holds %lld (max sequence "
                  "length)", ch.slot, (long long)(start + ch.n), (long long)m.max_seq);
+    decode &= ch.n == 1;
     for (int64_t t = 0; t < ch.n; ++t) {
       const int32_t id = ch.tokens[t];
       SHRINK_CHECK(id >= 0 && id < c.vocab_size, StatusCode::kInvalidInput,
@@ -540,43 +568,6 @@ Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
     }
   }
   const int64_t M = int64_t(ids.size());
-  m.ensure_rows(M);
-  Backend& be = *m.be;
-  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t ldqkv = qd + 2 * kvd;
-  const float eps = float(c.rms_norm_eps);
-  const RowPlacement at{slot.data(), pos.data()};
-  float* x = m.x->data();
-  float* xn = m.xn->data();
-  float* qkv = m.qkv->data();
-  float* tmp = m.tmp->data();
-  be.embed(m.embed->data(), H, ids.data(), M, x);
-  for (LayerW& L : m.layers) {
-    be.rmsnorm(x, L.attn_norm->data(), xn, M, H, eps);
-    int64_t off = 0;
-    for (auto& lin : L.qkv) {
-      be.linear(*lin, xn, M, qkv + off, ldqkv);
-      off += lin->out;
-    }
-    be.rope(qkv, M, ldqkv, c.num_heads, c.head_dim, at, m.rope_cos->data(), m.rope_sin->data());
-    be.rope(qkv + qd, M, ldqkv, c.num_kv_heads, c.head_dim, at, m.rope_cos->data(),
-            m.rope_sin->data());
-    const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
-    be.kv_write(qkv + qd, qkv + qd + kvd, ldqkv, M, at, cache);
-    be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,
-                 c.sliding_window ? *c.sliding_window : 0, m.att->data());
-    be.linear(*L.o, m.att->data(), M, tmp, H);
-    be.add(x, tmp, M * H);
-    be.rmsnorm(x, L.mlp_norm->data(), xn, M, H, eps);
-    off = 0;
-    for (auto& lin : L.gate_up) {
-      be.linear(*lin, xn, M, m.gu->data() + off, 2 * I);
-      off += lin->out;
-    }
-    be.silu_mul(m.gu->data(), M, I, m.act->data());
-    be.linear(*L.down, m.act->data(), M, tmp, H);
-    be.add(x, tmp, M * H);
-  }
   // Rows that need logits.
   std::vector<int32_t> pick;
   if (all_logits) {
@@ -589,15 +580,81 @@ Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
     }
   }
   const int64_t R = int64_t(pick.size()), V = c.vocab_size;
-  be.gather_rows(x, H, pick.data(), R, xn);
-  be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
+  bool realloc = m.ensure_rows(M);
   if (R > m.cap_logit_rows) {
-    m.logits = be.tensor_zeros(R * V);
+    m.logits = be->tensor_zeros(R * V);
     m.cap_logit_rows = R;
+    realloc = true;
   }
-  be.linear(*m.lm_head, xn, R, m.logits->data(), V);
-  logits.resize(size_t(R * V));
-  be.to_host(m.logits->data(), R * V, logits.data());
+  Backend& be = *m.be;
+  if (realloc) be.graph_reset();
+  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t ldqkv = qd + 2 * kvd;
+  const float eps = float(c.rms_norm_eps);
+  const RowPlacement at{slot.data(), pos.data()};
+  float* x = m.x->data();
+  float* xn = m.xn->data();
+  float* qkv = m.qkv->data();
+  float* tmp = m.tmp->data();
+  Backend::StepRows step;
+  step.ids = ids.data();
+  step.slot = slot.data();
+  step.pos = pos.data();
+  step.rows = M;
+  step.pick = pick.data();
+  step.picks = R;
+  be.step_begin(step);
+  auto ops = [&] {
+    be.embed(m.embed->data(), H, ids.data(), M, x);
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+      LayerW& L = m.layers[l];
+      if (l == 0) be.rmsnorm(x, L.attn_norm->data(), xn, M, H, eps);
+      int64_t off = 0;
+      for (auto& lin : L.qkv) {
+        be.linear(*lin, xn, M, qkv + off, ldqkv);
+        off += lin->out;
+      }
+      const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
+      be.rope_kv_write(qkv, M, ldqkv, c.num_heads, c.num_kv_heads, c.head_dim, at,
+                       m.rope_cos->data(), m.rope_sin->data(), cache);
+      be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,
+                   c.sliding_window ? *c.sliding_window : 0, m.att->data());
+      be.linear(*L.o, m.att->data(), M, tmp, H);
+      be.add_rmsnorm(x, tmp, L.mlp_norm->data(), xn, M, H, eps);
+      off = 0;
+      for (auto& lin : L.gate_up) {
+        be.linear(*lin, xn, M, m.gu->data() + off, 2 * I);
+        off += lin->out;
+      }
+      be.silu_mul(m.gu->data(), M, I, m.act->data());
+      be.linear(*L.down, m.act->data(), M, tmp, H);
+      if (l + 1 < m.layers.size()) {
+        be.add_rmsnorm(x, tmp, m.layers[l + 1].attn_norm->data(), xn, M, H, eps);
+      } else {
+        be.add(x, tmp, M * H);
+      }
+    }
+    be.gather_rows(x, H, pick.data(), R, xn);
+    be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
+    be.linear(*m.lm_head, xn, R, m.logits->data(), V);
+    if (next_out) be.argmax_rows(m.logits->data(), R, V);
+  };
+  const uint64_t key = (uint64_t(M) << 1) | (next_out ? 1u : 0u);
+  bool done = decode && be.graph_replay(key);
+  if (!done && decode && be.graph_capture_begin(key)) {
+    ops();
+    done = be.graph_capture_end(key);
+  }
+  if (!done) ops();
+  SHRINK_RETURN_IF_ERROR(be.take_error());
+  if (next_out) {
+    next_out->resize(size_t(R));
+    be.argmax_fetch(next_out->data(), R);
+  } else {
+    logits_out->resize(size_t(R * V));
+    be.to_host(m.logits->data(), R * V, logits_out->data());
+  }
+  SHRINK_RETURN_IF_ERROR(be.take_error());
   for (const SeqChunk& ch : chunks) m.lengths[size_t(ch.slot)] += ch.n;
   return Status::ok();
 }

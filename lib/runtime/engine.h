@@ -11,8 +11,13 @@
 //
 // Why a slot-based cache: sequences of a batch grow independently (different prompt lengths,
 // early stops), and eval/bench reuse slots without reallocating.
+// The backend is chosen by EngineOptions::device: "cpu" (kernels/cpu) or "cuda" (kernels/cuda,
+// with float weights stored as f16/bf16/f32). Decode steps (every chunk one token) are offered
+// to the backend as a graph keyed by (rows, greedy), which the CUDA backend records once and
+// replays.
 // Tested in tests/runtime/test_engine.cpp: HF fixtures' reference logits, decode == full
-// forward, mixed batch == separate runs, int8 models against a float reference, bad models.
+// forward, mixed batch == separate runs, int8 models against a float reference, bad models;
+// tests/cuda/test_backend.cpp: the CUDA backend against the CPU one.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +37,10 @@ struct EngineOptions {
   std::string isa;          // "" = best supported (see kernels/cpu/isa.h)
   int64_t max_seq_len = 0;  // 0 = min(max_position_embeddings, 4096)
   int max_batch = 1;        // KV-cache slots
+  std::string device = "cpu";  // cpu | cuda
+  std::string float_weights;   // cuda: f16 (default) | bf16 | f32; cpu: f32 only
+  int gemv_max_rows = 0;       // cuda: see CudaBackendOptions
+  bool graphs = true;          // cuda: record decode steps in CUDA graphs
 };
 
 /// One sequence's tokens for a forward pass: appended to `slot` at its current length.
@@ -68,6 +77,9 @@ class Engine {
   /// logits receives float32 [rows, vocab]: every position of every chunk in order when
   /// all_logits, else the last position of each chunk.
   Status forward(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>& logits);
+  /// As forward(), but returns only the greedy next token of each chunk (core::argmax of its
+  /// last position's logits), computed on the backend: no logits cross to the host.
+  Status forward_argmax(const std::vector<SeqChunk>& chunks, std::vector<int32_t>& next);
   /// Empty one slot's cache (or all).
   void reset(int slot);
   void reset_all();

@@ -39,7 +39,9 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw Error(StatusCode::kInvalidInput, msg); }
 
-void validate(const TrainOptions& o) {
+}  // namespace
+
+void train_validate(const TrainOptions& o) {
   if (o.out.empty()) bad("--out is required");
   if (o.data.empty()) bad("--data is required");
   const bool distill = !o.teacher.empty();
@@ -101,6 +103,8 @@ void validate(const TrainOptions& o) {
     bad("--warmup, --clip and --weight-decay must be >= 0");
   }
 }
+
+namespace {
 
 // Token shards for the run: the given shard dir, or <out>/data made once from text.
 std::string prepare_data(const TrainOptions& o, const std::string& tokenizer_path, bool progress) {
@@ -215,7 +219,7 @@ double kl_over_windows(CausalLM& s, CausalLM& t, const std::vector<int32_t>& tok
 }  // namespace
 
 TrainResult train_run(const TrainOptions& o) {
-  validate(o);
+  train_validate(o);
   fs::create_directories(o.out);
   const std::string ckpt = o.out + "/checkpoint";
   const bool resuming = o.resume && fs::exists(ckpt + "/state.json");

@@ -93,6 +93,8 @@ struct TrainResult {
 /// Train (from scratch or continuing) and write the final model to opts.out, the best-validation
 /// model to <out>/best, the resumable state to <out>/checkpoint and metrics to
 /// <out>/metrics.jsonl. Throws shrink::Error on bad input (kInvalidInput/kNotFound).
+/// Check the options (what train_run checks before any work); throws kInvalidInput.
+void train_validate(const TrainOptions& opts);
 TrainResult train_run(const TrainOptions& opts);
 /// Distill: train_run with a teacher (opts.teacher must be set). Also writes <out>/distill.json.
 inline TrainResult distill_run(const TrainOptions& opts) { return train_run(opts); }

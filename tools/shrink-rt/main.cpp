@@ -31,6 +31,10 @@ struct Globals {
   bool json = false;
   bool quiet = false;
   std::string isa;
+  std::string device = "cpu";
+  std::string cuda_weights;
+  int cuda_gemv_rows = 0;
+  bool no_cuda_graphs = false;
   int exit_code = 0;
 };
 
@@ -72,6 +76,10 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   runtime::EngineOptions o;
   o.threads = g.threads;
   o.isa = g.isa;
+  o.device = g.device;
+  o.float_weights = g.cuda_weights;
+  o.gemv_max_rows = g.cuda_gemv_rows;
+  o.graphs = !g.no_cuda_graphs;
   return o;
 }
 
@@ -80,7 +88,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
 void register_bench(CLI::App& app, Globals& g) {
   struct Opts {
     std::string model, shape, dtype = "f32", batches = "1", format = "md";
-    int64_t prompt_len = 512, gen_len = 128;
+    int64_t prompt_len = 512, gen_len = 128, warmup = 0;
     uint64_t seed = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -89,13 +97,18 @@ void register_bench(CLI::App& app, Globals& g) {
                "model dir or of random weights of a named shape");
   sub->add_option("model", o->model, "Model directory (or use --shape)");
   sub->add_option("--shape", o->shape, "Random weights of a named shape: smollm-135m, llama-1b");
-  sub->add_option("--dtype", o->dtype, "With --shape: f32, w8a16 or w8a8 (dynamic per token)")
+  sub->add_option("--dtype", o->dtype,
+                  "With --shape: f32, w8a16 or w8a8 (dynamic per token); with --device cuda also "
+                  "f16 or bf16 (float weights stored so)")
       ->capture_default_str();
   sub->add_option("--prompt-len", o->prompt_len, "Prompt tokens per sequence")->capture_default_str();
   sub->add_option("--gen-len", o->gen_len, "Decode steps")->capture_default_str();
   sub->add_option("--batch", o->batches, "Comma-separated batch sizes, e.g. 1,8")->capture_default_str();
   sub->add_option("--format", o->format, "md, csv or json")->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed of the random weights and prompts")->capture_default_str();
+  sub->add_option("--warmup", o->warmup,
+                  "Untimed prefill + this many decode steps first (fills GPU graph/plan caches)")
+      ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("bench", g, [&]() -> Status {
       SHRINK_CHECK(o->model.empty() != o->shape.empty(), StatusCode::kInvalidInput,
@@ -111,12 +124,20 @@ void register_bench(CLI::App& app, Globals& g) {
       }
       runtime::EngineOptions eo = engine_opts(g);
       eo.max_batch = max_b;
-      eo.max_seq_len = o->prompt_len + o->gen_len;
+      eo.max_seq_len = o->prompt_len + std::max(o->gen_len, o->warmup);
       std::unique_ptr<runtime::Engine> e;
       std::string what;
       if (!o->shape.empty()) {
         SHRINK_ASSIGN_OR_RETURN(core::ModelConfig c, runtime::bench_shape(o->shape));
-        SHRINK_ASSIGN_OR_RETURN(e, runtime::Engine::create_random(c, o->dtype, o->seed, eo));
+        std::string dtype = o->dtype;
+        if (dtype == "f16" || dtype == "bf16") {  // float weights, stored so by the backend
+          SHRINK_CHECK(g.device == "cuda", StatusCode::kInvalidInput,
+                       "--dtype %s needs --device cuda; the cpu backend computes in f32",
+                       dtype.c_str());
+          eo.float_weights = dtype;
+          dtype = "f32";
+        }
+        SHRINK_ASSIGN_OR_RETURN(e, runtime::Engine::create_random(c, dtype, o->seed, eo));
         what = o->shape + " (random)";
       } else {
         SHRINK_ASSIGN_OR_RETURN(e, runtime::Engine::load(o->model, eo));
@@ -129,6 +150,7 @@ void register_bench(CLI::App& app, Globals& g) {
         bo.gen_len = o->gen_len;
         bo.batch = b;
         bo.seed = o->seed;
+        bo.warmup = o->warmup;
         SHRINK_ASSIGN_OR_RETURN(runtime::BenchResult r, runtime::bench(*e, bo));
         rows.push_back({{"batch", r.batch}, {"prompt_len", r.prompt_len}, {"gen_len", r.gen_len},
                         {"prefill_tok_s", r.prefill_tokens_per_second},
@@ -141,7 +163,8 @@ void register_bench(CLI::App& app, Globals& g) {
       }
       const std::string engine = e->describe();
       if (o->format == "json" || g.json) {
-        print_json({{"model", what}, {"engine", engine}, {"threads", g.threads}, {"results", rows}});
+        print_json({{"model", what}, {"engine", engine}, {"threads", g.threads},
+                    {"device", g.device}, {"dtype", o->dtype}, {"results", rows}});
         return Status::ok();
       }
       const char* cols[] = {"batch", "prompt_len", "gen_len", "prefill_tok_s", "ttft_ms",
@@ -384,7 +407,7 @@ void register_verify(CLI::App& app, Globals& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"shrink-rt: the standalone shrink inference runtime (CPU): bench, eval, generate.\n"
+  CLI::App app{"shrink-rt: the standalone shrink inference runtime (CPU, CUDA): bench, eval, generate.\n"
                "Exit codes: 0 ok, 1 failure, 2 bad input or usage, 3 verification gate failed."};
   namespace kc = shrink::kernels::cpu;
   app.set_version_flag("--version", std::string("shrink-rt ") + SHRINK_VERSION + " (cpu " +
@@ -395,6 +418,12 @@ int main(int argc, char** argv) {
   app.add_flag("--json", g.json, "Machine-readable JSON on stdout; no progress output");
   app.add_flag("-q,--quiet", g.quiet, "No progress output");
   app.add_option("--isa", g.isa, "Kernel ISA level: ref, avx2, avx512, avx512vnni (default: best)");
+  app.add_option("--device", g.device, "Backend: cpu or cuda")->capture_default_str();
+  app.add_option("--cuda-weights", g.cuda_weights,
+                 "cuda: storage of float linear weights: f16 (default), bf16, f32");
+  app.add_option("--cuda-gemv-rows", g.cuda_gemv_rows,
+                 "cuda: decode batches up to this many rows use the GEMV (0: 4 float, 16 int8)");
+  app.add_flag("--no-cuda-graphs", g.no_cuda_graphs, "cuda: run decode steps without CUDA graphs");
   app.require_subcommand(1);
   app.fallthrough();
   register_bench(app, g);

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -15,8 +16,14 @@ namespace shrink::cli {
 struct Globals {
   int threads = 0;  // 0 = SHRINK_THREADS or all cores
   bool json = false;
+  bool json_file = false;  // --json-out: JSON goes to a file, so progress may still show
   bool quiet = false;
   int exit_code = 0;
+  /// Recipe validation: commands check their options (the same checks as a real run) and
+  /// return without loading anything or initialising LibTorch.
+  bool validate_only = false;
+  /// The first error of a command run in validate_only mode (not printed then).
+  std::string last_error;
   /// Progress bars: only on a TTY, never with --json or --quiet.
   bool progress() const;
 };
@@ -26,7 +33,8 @@ struct Globals {
 /// "shrink <name>: error: ..." to stderr. Returns the exit code.
 int run_guarded(const std::string& name, Globals& g, bool torch, const std::function<int()>& body);
 
-/// Print a JSON document to stdout (pretty, newline-terminated).
+/// Print a JSON document to stdout (pretty, newline-terminated), or into the file named by the
+/// hidden global option --json-out (the recipe runner's stage results; progress stays on).
 void print_json(const nlohmann::json& j);
 
 void register_inspect(CLI::App& app, Globals& g);
@@ -40,5 +48,15 @@ void register_distill(CLI::App& app, Globals& g);
 void register_convert(CLI::App& app, Globals& g);
 void register_prune(CLI::App& app, Globals& g);
 void register_quantize(CLI::App& app, Globals& g);
+void register_export(CLI::App& app, Globals& g);
+void register_verify(CLI::App& app, Globals& g);
+void register_run(CLI::App& app, Globals& g);
+void register_compare(CLI::App& app, Globals& g);
+
+/// The whole `shrink` command line: global options and every subcommand.
+void build_app(CLI::App& app, Globals& g);
+/// Parse and run `args` (without the program name) as `shrink` would; returns the exit code.
+/// With validate_only, commands only check their options; the first problem is in *error.
+int run_cli(const std::vector<std::string>& args, bool validate_only, std::string* error);
 
 }  // namespace shrink::cli

@@ -40,6 +40,11 @@ void register_eval(CLI::App& app, Globals& g) {
                   "tokenizer.json to use instead of MODEL_DIR/tokenizer.json");
   sub->callback([o, &g] {
     g.exit_code = run_guarded("eval", g, true, [&] {
+      if (o->e.seq_len < 0 || o->e.seq_len == 1) {
+        throw Error(StatusCode::kInvalidInput, "--seq-len " + std::to_string(o->e.seq_len) +
+                                                   ": expected >= 2 (or 0 for the default)");
+      }
+      if (g.validate_only) return 0;
       o->e.progress = g.progress();
       train::EvalResult r = train::eval_perplexity(o->model, o->e);
       if (g.json) {

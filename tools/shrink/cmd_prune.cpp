@@ -59,6 +59,7 @@ void register_prune(CLI::App& app, Globals& g) {
   sub->callback([o, &g] {
     g.exit_code = run_guarded("prune", g, true, [&] {
       train::prune_validate(*o);
+      if (g.validate_only) return 0;
       o->progress = g.progress();
       train::PruneResult r = train::prune_run(*o);
       const auto& j = r.report;

@@ -49,6 +49,7 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->callback([o, &g] {
     g.exit_code = run_guarded("quantize", g, true, [&] {
       train::quantize_validate(*o);
+      if (g.validate_only) return 0;
       o->progress = g.progress();
       train::QuantizeResult r = train::quantize_run(*o);
       const auto& j = r.report;

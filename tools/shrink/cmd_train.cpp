@@ -113,6 +113,8 @@ void register_train(CLI::App& app, Globals& g) {
   add_common(sub, *o);
   sub->callback([o, &g] {
     g.exit_code = run_guarded("train", g, true, [&] {
+      train::train_validate(*o);
+      if (g.validate_only) return 0;
       o->progress = g.progress();
       train::TrainResult r = train::train_run(*o);
       report("trained", *o, r, g);
@@ -154,6 +156,8 @@ void register_distill(CLI::App& app, Globals& g) {
   add_common(sub, *o);
   sub->callback([o, &g] {
     g.exit_code = run_guarded("distill", g, true, [&] {
+      train::train_validate(*o);
+      if (g.validate_only) return 0;
       o->progress = g.progress();
       train::TrainResult r = train::distill_run(*o);
       report("distilled", *o, r, g);

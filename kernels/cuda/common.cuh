@@ -1,0 +1,70 @@
+// Device helpers shared by the kernels of kernels/cuda: warp and block reductions and the
+// conversions between float and the 16-bit weight types. Header-only, included by .cu files only.
+// Why: every fused kernel reduces a row (sum of squares, max |x|, argmax); one copy of the
+// shuffle code keeps them consistent. Tested through every kernel in tests/cuda/test_kernels.cpp.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace shrink::cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+/// Sum over the block; `sh` holds >= 32 values. Every thread gets the result.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // sh may still be read by a previous reduction
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  T r = lane < nw ? sh[lane] : T(0);
+  return warp_sum(r);
+}
+
+__device__ __forceinline__ float block_max(float v, float* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : 0.0f;
+  return warp_max(r);
+}
+
+/// q = clamp(round_half_even(v / s), -127, 127) (lib/core/quant.h; division as the CPU ref).
+__device__ __forceinline__ int8_t quantize_one(float v, float s) {
+  float r = rintf(__fdiv_rn(v, s));
+  r = fminf(127.0f, fmaxf(-127.0f, r));
+  return int8_t(r);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+}  // namespace shrink::cuda

@@ -1,0 +1,711 @@
+// The CUDA backend of the runtime: the same Backend interface as the CPU one (so the engine's
+// model code is shared), over kernels/cuda and cuBLASLt.
+//
+// Memory: activations and the KV cache are float32 device buffers, as the interface defines;
+// float linear weights are stored as f16 (default), bf16 or f32; int8 weights stay int8 [out, in]
+// with float scales [out, groups]. The tied lm_head gets its own 16-bit copy of the embedding.
+//
+// Linear layers, by rows M:
+//   M <= gemv rows (4 for float weights, 16 for int8 by default): the skinny GEMV
+//     (kernels/cuda/gemv.cu): float/f16/bf16 weights, W8A16 dequantised in registers, W8A8 as
+//     int8 x int8 dp4a on the per-token quantised row;
+//   larger M: cuBLASLt (kernels/cuda/gemm_lt.h) in the TN form: f16/bf16 (or exact f32) GEMM
+//     into the float output rows; W8A16 dequantises the int8 weights into a 16-bit scratch
+//     first (prefill is compute-bound, that pass costs N*K against M*N*K); W8A8 per-channel
+//     runs CUDA_R_8I x CUDA_R_8I -> int32 with CUBLAS_COMPUTE_32I and a dequant epilogue
+//     kernel; group-wise W8A8 and shapes cuBLASLt rejects run the GEMV 16 rows at a time.
+// Fusion: rmsnorm / add_rmsnorm / silu_mul write, besides their float rows, the forms the next
+// linear needs (the 16-bit copy for cuBLASLt, the int8 row + per-token scale for dynamic W8A8);
+// linear() uses them when its input is that buffer ("forms_"), so quantisation costs no extra
+// pass. rope_kv_write is one kernel; attention is split-K for decode, tiled for prefill.
+// Per forward, step_begin uploads ids/slots/positions/picks/attention tiles in one copy; ops
+// receiving those host arrays use the device copies. Decode steps are recorded once per
+// (rows, greedy) key into a CUDA graph (the grid of every kernel depends only on the rows and
+// max_seq, positions are read from device memory) and replayed; any buffer reallocation drops
+// the graphs. A buffer that would have to grow while recording aborts the recording and the
+// engine reruns the step eagerly.
+// Errors: ops record the first CUDA/cuBLASLt failure; the engine collects it (take_error).
+// Tested in tests/cuda/test_backend.cpp (every op against the CPU backend, engine greedy
+// tokens on the HF fixtures and a random model, graphs vs eager).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "runtime/backend.h"
+
+#ifdef SHRINK_HAVE_CUDA
+
+#include <cuda_runtime.h>
+
+#include "cuda/device.h"
+#include "cuda/gemm_lt.h"
+#include "cuda/ops.h"
+
+namespace shrink::runtime {
+
+namespace {
+
+namespace kc = shrink::cuda;
+
+class CudaTensor : public DeviceTensor {
+ public:
+  CudaTensor(float* p, int64_t n) : p_(p), n_(n) {}
+  ~CudaTensor() override { cudaFree(p_); }
+  float* data() override { return p_; }
+  int64_t numel() const override { return n_; }
+
+ private:
+  float* p_;
+  int64_t n_;
+};
+
+class CudaLinear : public Linear {
+ public:
+  ~CudaLinear() override {
+    if (own_w) cudaFree(w);
+    cudaFree(scale);
+    cudaFree(bias);
+  }
+  kc::WType wt = kc::WType::kF32;
+  void* w = nullptr;
+  bool own_w = true;
+  float* scale = nullptr;  // int8: [out, G]
+  int64_t group = 0;
+  ActQuant act = ActQuant::kNone;
+  float input_scale = 0;
+  float* bias = nullptr;
+};
+
+// A device scratch buffer that only grows.
+struct Buf {
+  void* p = nullptr;
+  size_t bytes = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend() = default;
+  ~CudaBackend() override {
+    graph_reset();
+    for (Buf* b : {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &amax_, &stage_}) {
+      cudaFree(b->p);
+    }
+    for (Buf& b : adhoc_) cudaFree(b.p);
+    if (pinned_) cudaFreeHost(pinned_);
+    lt_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Status init(const CudaBackendOptions& o) {
+    SHRINK_CHECK(kc::device_count() > o.device, StatusCode::kInvalidInput,
+                 "--device cuda: no CUDA device %d is present (found %d)", o.device,
+                 kc::device_count());
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaSetDevice(o.device), "cudaSetDevice"));
+    if (o.float_weights == "f16") {
+      float_wt_ = kc::WType::kF16;
+    } else if (o.float_weights == "bf16") {
+      float_wt_ = kc::WType::kBF16;
+    } else if (o.float_weights == "f32") {
+      float_wt_ = kc::WType::kF32;
+    } else {
+      return invalid_input("float weights '" + o.float_weights +
+                           "' are not supported on cuda; expected f16, bf16 or f32");
+    }
+    gemv_rows_float_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 4;
+    gemv_rows_int8_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 16;
+    gemv_rows_float_ = std::min<int>(gemv_rows_float_, int(kc::kGemvMaxRows));
+    gemv_rows_int8_ = std::min<int>(gemv_rows_int8_, int(kc::kGemvMaxRows));
+    graphs_on_ = o.graphs;
+    summary_ = kc::device_summary(o.device);
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                                   "cudaStreamCreate"));
+    SHRINK_ASSIGN_OR_RETURN(lt_, kc::GemmLt::create(size_t(32) << 20));
+    return Status::ok();
+  }
+
+  std::string describe() const override {
+    return "cuda " + summary_ + ", " + kc::wtype_name(float_wt_) + " weights, " + lt_->version() +
+           ", gemv <= " + std::to_string(gemv_rows_float_) + "/" +
+           std::to_string(gemv_rows_int8_) + " rows (float/int8), graphs " +
+           (graphs_on_ ? "on" : "off");
+  }
+
+  // ---- memory --------------------------------------------------------------------------------
+  std::unique_ptr<DeviceTensor> tensor_zeros(int64_t n) override {
+    float* p = nullptr;
+    if (!check(cudaMalloc(&p, size_t(std::max<int64_t>(n, 1)) * 4), "cudaMalloc")) {
+      return std::make_unique<CudaTensor>(nullptr, 0);
+    }
+    check(cudaMemset(p, 0, size_t(std::max<int64_t>(n, 1)) * 4), "cudaMemset");
+    return std::make_unique<CudaTensor>(p, n);
+  }
+  std::unique_ptr<DeviceTensor> tensor_from_host(std::vector<float>&& host) override {
+    auto t = tensor_zeros(int64_t(host.size()));
+    if (t->data() && !host.empty()) {
+      check(cudaMemcpy(t->data(), host.data(), host.size() * 4, cudaMemcpyHostToDevice), "upload");
+    }
+    return t;
+  }
+  void to_host(const float* src, int64_t n, float* dst) override {
+    check(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDeviceToHost, stream_), "download");
+    check(cudaStreamSynchronize(stream_), "synchronize");
+  }
+
+  Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
+    auto l = std::make_unique<CudaLinear>();
+    l->out = d.out;
+    l->in = d.in;
+    l->kind = d.kind;
+    const int64_t NK = d.out * d.in;
+    SHRINK_CHECK(d.bias.empty() || int64_t(d.bias.size()) == d.out, StatusCode::kInternal,
+                 "%s: bias has %zu values, expected %lld", d.name.c_str(), d.bias.size(),
+                 (long long)d.out);
+    if (!d.bias.empty()) {
+      SHRINK_ASSIGN_OR_RETURN(l->bias, upload(d.bias.data(), d.bias.size() * 4));
+    }
+    if (d.kind == LinearKind::kF32) {
+      const float* src_dev = d.w_borrowed;  // a device tensor (the embedding) when tied
+      if (!src_dev) {
+        SHRINK_CHECK(int64_t(d.w.size()) == NK, StatusCode::kInternal, "%s: %zu weights for [%lld, %lld]",
+                     d.name.c_str(), d.w.size(), (long long)d.out, (long long)d.in);
+      }
+      l->wt = float_wt_;
+      if (float_wt_ == kc::WType::kF32) {
+        if (src_dev) {
+          l->w = const_cast<float*>(src_dev);
+          l->own_w = false;
+        } else {
+          SHRINK_ASSIGN_OR_RETURN(l->w, upload(d.w.data(), size_t(NK) * 4));
+        }
+      } else {
+        if (!src_dev) {
+          SHRINK_ASSIGN_OR_RETURN(void* st, grow(stage_, size_t(NK) * 4));
+          SHRINK_RETURN_IF_ERROR(cuda_ok(
+              cudaMemcpy(st, d.w.data(), size_t(NK) * 4, cudaMemcpyHostToDevice), "upload"));
+          src_dev = static_cast<const float*>(st);
+        }
+        SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&l->w, size_t(NK) * 2), "cudaMalloc"));
+        kc::convert_f32(src_dev, NK, l->w, float_wt_, stream_);
+        SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamSynchronize(stream_), "convert weights"));
+      }
+      d.w = std::vector<float>();
+      l->weight_bytes = uint64_t(NK) * uint64_t(kc::wtype_bytes(float_wt_));
+      return std::unique_ptr<Linear>(std::move(l));
+    }
+    const int64_t G = (d.in + d.group - 1) / d.group;
+    SHRINK_CHECK(d.group > 0 && int64_t(d.q.size()) == NK && int64_t(d.scale.size()) == d.out * G,
+                 StatusCode::kInternal, "%s: inconsistent int8 weights", d.name.c_str());
+    l->wt = kc::WType::kS8;
+    l->group = d.group;
+    l->act = d.act;
+    l->input_scale = d.input_scale;
+    SHRINK_ASSIGN_OR_RETURN(l->w, upload(d.q.data(), size_t(NK)));
+    SHRINK_ASSIGN_OR_RETURN(l->scale, upload(d.scale.data(), d.scale.size() * 4));
+    if (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) want_q_ = true;
+    l->weight_bytes = uint64_t(NK) + uint64_t(d.out * G) * 4;
+    return std::unique_ptr<Linear>(std::move(l));
+  }
+
+  // ---- per-forward hooks ---------------------------------------------------------------------
+  void step_begin(const StepRows& s) override {
+    step_ = s;
+    // Attention tiles: runs of rows of one slot at consecutive positions, cut every 64 rows.
+    tiles_.clear();
+    all_single_ = true;
+    for (int64_t r = 0; r < s.rows;) {
+      int64_t e = r + 1;
+      while (e < s.rows && s.slot[e] == s.slot[r] && s.pos[e] == s.pos[e - 1] + 1) ++e;
+      if (e - r > 1) all_single_ = false;
+      for (int64_t t = r; t < e; t += kc::kAttnTileRows) {
+        tiles_.push_back(int32_t(t));
+        tiles_.push_back(int32_t(std::min<int64_t>(kc::kAttnTileRows, e - t)));
+      }
+      r = e;
+    }
+    const size_t n = size_t(3 * s.rows + s.picks) + tiles_.size();
+    if (n > pinned_n_) {
+      if (pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
+      pinned_n_ = 0;
+      if (!check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), n * 4), "cudaMallocHost")) return;
+      pinned_n_ = n;
+    }
+    int32_t* h = pinned_;
+    std::memcpy(h, s.ids, size_t(s.rows) * 4);
+    std::memcpy(h + s.rows, s.slot, size_t(s.rows) * 4);
+    std::memcpy(h + 2 * s.rows, s.pos, size_t(s.rows) * 4);
+    if (s.picks) std::memcpy(h + 3 * s.rows, s.pick, size_t(s.picks) * 4);
+    if (!tiles_.empty()) std::memcpy(h + 3 * s.rows + s.picks, tiles_.data(), tiles_.size() * 4);
+    auto dev = grow(step_buf_, n * 4);
+    if (!dev.is_ok()) return;
+    int32_t* d = static_cast<int32_t*>(dev.value());
+    check(cudaMemcpyAsync(d, h, n * 4, cudaMemcpyHostToDevice, stream_), "upload step");
+    d_ids_ = d;
+    d_slot_ = d + s.rows;
+    d_pos_ = d + 2 * s.rows;
+    d_pick_ = d + 3 * s.rows;
+    d_tiles_ = d + 3 * s.rows + s.picks;
+    // The argmax output, sized before any recording.
+    (void)grow(amax_, size_t(std::max<int64_t>(s.picks, 1)) * 4);
+  }
+
+  bool graph_replay(uint64_t key) override {
+    if (!graphs_on_) return false;
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    return check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  }
+
+  bool graph_capture_begin(uint64_t /*key*/) override {
+    if (!graphs_on_ || !err_.is_ok()) return false;
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    capturing_ = true;
+    capture_bad_ = false;
+    return true;
+  }
+
+  bool graph_capture_end(uint64_t key) override {
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &g);
+    capturing_ = false;
+    if (e != cudaSuccess || capture_bad_ || !err_.is_ok() || !g) {
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      if (e != cudaSuccess && err_.is_ok() && !capture_bad_) {
+        // The recording itself failed: turn graphs off and run eagerly from now on.
+        graphs_on_ = false;
+      }
+      err_ = Status::ok();  // nothing ran; the engine reruns the step eagerly
+      forms_ = Forms();
+      return false;
+    }
+    cudaGraphExec_t exec = nullptr;
+    const bool ok = check(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+    cudaGraphDestroy(g);
+    if (!ok) return false;
+    graphs_[key] = exec;
+    return check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+  }
+
+  void graph_reset() override {
+    if (!graphs_.empty()) cudaStreamSynchronize(stream_);
+    for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
+    graphs_.clear();
+  }
+
+  Status take_error() override {
+    if (err_.is_ok()) check(cudaGetLastError(), "kernel launch");
+    Status s = err_;
+    err_ = Status::ok();
+    return s;
+  }
+
+  // ---- ops -----------------------------------------------------------------------------------
+  void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
+             float* out) override {
+    forms_ = Forms();
+    const int32_t* d = dev_ints(ids, rows);
+    if (!d) return;
+    kc::embed_f32(table, dim, d, rows, out, stream_);
+    launched("embed");
+  }
+
+  void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
+                   float* dst) override {
+    forms_ = Forms();
+    const int32_t* d = dev_ints(idx, rows);
+    if (!d) return;
+    kc::gather_rows_f32(src, dim, d, rows, dst, stream_);
+    launched("gather_rows");
+  }
+
+  void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
+               float eps) override {
+    norm(const_cast<float*>(x), nullptr, w, y, rows, n, eps);
+  }
+
+  void add_rmsnorm(float* x, const float* d, const float* w, float* y, int64_t rows, int64_t n,
+                   float eps) override {
+    norm(x, d, w, y, rows, n, eps);
+  }
+
+  void add(float* x, const float* y, int64_t n) override {
+    forms_ = Forms();
+    kc::add_f32(x, y, n, stream_);
+    launched("add");
+  }
+
+  void silu_mul(const float* g, int64_t rows, int64_t n, float* y) override {
+    forms_ = Forms();
+    void* yh = nullptr;
+    int8_t* yq = nullptr;
+    float* ys = nullptr;
+    if (!forms_buffers(rows, n, &yh, &yq, &ys)) return;
+    kc::silu_mul_f32(g, rows, n, y, yh, half_type(), yq, ys, stream_);
+    if (launched("silu_mul")) forms_ = {y, rows, n, yh != nullptr, yq != nullptr};
+  }
+
+  void rope(float* x, int64_t rows, int64_t ldx, int64_t heads, int64_t head_dim,
+            const RowPlacement& at, const float* cos, const float* sin) override {
+    forms_ = Forms();
+    const int32_t* pos = dev_ints(at.pos, rows);
+    if (!pos) return;
+    kc::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin, nullptr,
+                    nullptr, 0, stream_);
+    launched("rope");
+  }
+
+  void kv_write(const float* k, const float* v, int64_t ld, int64_t rows, const RowPlacement& at,
+                const KvLayer& c) override {
+    forms_ = Forms();
+    const int32_t* slot = dev_ints(at.slot, rows);
+    const int32_t* pos = dev_ints(at.pos, rows);
+    if (!slot || !pos) return;
+    kc::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim, stream_);
+    launched("kv_write");
+  }
+
+  void rope_kv_write(float* qkv, int64_t rows, int64_t ld, int64_t n_heads, int64_t n_kv_heads,
+                     int64_t head_dim, const RowPlacement& at, const float* cos, const float* sin,
+                     const KvLayer& c) override {
+    forms_ = Forms();
+    const int32_t* slot = dev_ints(at.slot, rows);
+    const int32_t* pos = dev_ints(at.pos, rows);
+    if (!slot || !pos) return;
+    kc::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot, pos, cos,
+                    sin, c.k, c.v, c.slot_stride, stream_);
+    launched("rope_kv_write");
+  }
+
+  void attention(const float* q, int64_t ldq, int64_t rows, const RowPlacement& at,
+                 const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                 int64_t window, float* out) override {
+    forms_ = Forms();
+    kc::AttentionArgs a;
+    a.q = q;
+    a.ldq = ldq;
+    a.rows = rows;
+    const bool from_step = at.slot == step_.slot && at.pos == step_.pos && rows == step_.rows;
+    if (!from_step) {  // a direct call (tests): upload the rows and work out the tiles here
+      if (capturing_) {
+        capture_bad_ = true;
+        return;
+      }
+      StepRows s;
+      s.rows = rows;
+      s.slot = at.slot;
+      s.pos = at.pos;
+      s.ids = at.pos;  // unused by attention; step_begin copies rows ids
+      s.pick = nullptr;
+      s.picks = 0;
+      step_begin(s);
+    }
+    a.slot = d_slot_;
+    a.pos = d_pos_;
+    a.k_cache = c.k;
+    a.v_cache = c.v;
+    a.slot_stride = c.slot_stride;
+    a.kv_dim = c.kv_dim;
+    a.n_heads = int(n_heads);
+    a.n_kv_heads = int(n_kv_heads);
+    a.head_dim = int(head_dim);
+    a.window = window;
+    a.scale = float(1.0 / std::sqrt(double(head_dim)));
+    a.out = out;
+    const int64_t max_seq = c.slot_stride / c.kv_dim;
+    if (all_single_) {
+      const int64_t need = kc::attention_decode_scratch(rows, int(n_heads), int(head_dim), max_seq);
+      auto part = grow(part_, size_t(need) * 4);
+      if (!part.is_ok()) return;
+      kc::attention_decode(a, max_seq, static_cast<float*>(part.value()), stream_);
+      launched("attention (decode)");
+    } else {
+      kc::attention_prefill(a, d_tiles_, int64_t(tiles_.size() / 2), stream_);
+      launched("attention (prefill)");
+    }
+  }
+
+  void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
+    const CudaLinear& l = static_cast<const CudaLinear&>(base);
+    const int64_t N = l.out, K = l.in;
+    kc::GemvArgs g;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.x = x;
+    g.w = l.w;
+    g.wt = l.wt;
+    g.scale = l.scale;
+    g.group = l.group;
+    g.bias = l.bias;
+    g.y = y;
+    g.ldy = ldy;
+    switch (l.kind) {
+      case LinearKind::kF32:
+      case LinearKind::kW8A16: {
+        const bool int8 = l.kind == LinearKind::kW8A16;
+        if (M <= (int8 ? gemv_rows_int8_ : gemv_rows_float_)) {
+          gemv_rows(g);
+          break;
+        }
+        // cuBLASLt: x (and, for W8A16, the dequantised weights) in the GEMM's input type.
+        const kc::WType t = float_wt_;
+        const void* xin = x;
+        if (t != kc::WType::kF32) {
+          xin = half_of(x, M, K);
+          if (!xin) return;
+        }
+        const void* w = l.w;
+        if (int8) {
+          auto wd = grow(wdq_, size_t(N * K) * size_t(kc::wtype_bytes(t)));
+          if (!wd.is_ok()) return;
+          kc::dequant_s8(static_cast<const int8_t*>(l.w), l.scale, N, K, l.group, wd.value(), t,
+                         stream_);
+          w = wd.value();
+        }
+        if (!lt_->gemm_float(t, M, N, K, xin, w, y, ldy, stream_).is_ok()) {
+          g.wt = int8 ? kc::WType::kS8 : l.wt;
+          gemv_rows(g);  // cuBLASLt has no algorithm: the GEMV, 16 rows at a time
+          break;
+        }
+        if (l.bias) kc::bias_add(y, M, N, ldy, l.bias, stream_);
+        break;
+      }
+      case LinearKind::kW8A8: {
+        const int8_t* xq = nullptr;
+        const float* xs = nullptr;
+        if (l.act == ActQuant::kDynamic && forms_.q && forms_.src == x && forms_.rows == M &&
+            forms_.n == K) {
+          xq = static_cast<const int8_t*>(xq_.p);
+          xs = static_cast<const float*>(xs_.p);
+        } else {
+          forms_ = Forms();  // the scratch below is about to be overwritten
+          auto q = grow(xq_, size_t(M * K));
+          auto s = grow(xs_, size_t(M) * 4);
+          if (!q.is_ok() || !s.is_ok()) return;
+          xq = static_cast<const int8_t*>(q.value());
+          xs = static_cast<const float*>(s.value());
+          kc::quantize_s8(x, M, K, K, l.act == ActQuant::kStatic ? l.input_scale : 0.0f,
+                          const_cast<int8_t*>(xq), const_cast<float*>(xs), stream_);
+        }
+        g.x = nullptr;
+        g.xq = xq;
+        g.xs = xs;
+        if (M > gemv_rows_int8_ && l.group >= K && K % 4 == 0) {
+          auto acc = grow(acc_, size_t(M * N) * 4);
+          if (!acc.is_ok()) return;
+          int32_t* a = static_cast<int32_t*>(acc.value());
+          if (lt_->gemm_s8(M, N, K, xq, static_cast<const int8_t*>(l.w), a, stream_).is_ok()) {
+            kc::epilogue_s32(a, M, N, l.scale, xs, l.bias, y, ldy, stream_);
+            break;
+          }
+        }
+        gemv_rows(g);
+        break;
+      }
+    }
+    launched("linear");
+    // The output may overwrite the buffer whose forms are recorded.
+    if (forms_.src && y < forms_.src + forms_.rows * forms_.n && forms_.src < y + M * ldy) {
+      forms_ = Forms();
+    }
+  }
+
+  void argmax_rows(const float* x, int64_t rows, int64_t n) override {
+    auto out = grow(amax_, size_t(rows) * 4);
+    if (!out.is_ok()) return;
+    kc::argmax_rows(x, rows, n, static_cast<int32_t*>(out.value()), stream_);
+    launched("argmax");
+  }
+
+  void argmax_fetch(int32_t* host, int64_t rows) override {
+    check(cudaMemcpyAsync(host, amax_.p, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream_),
+          "download");
+    check(cudaStreamSynchronize(stream_), "synchronize");
+  }
+
+ private:
+  struct Forms {
+    const float* src = nullptr;
+    int64_t rows = 0, n = 0;
+    bool h = false, q = false;
+  };
+
+  kc::WType half_type() const {
+    return float_wt_ == kc::WType::kBF16 ? kc::WType::kBF16 : kc::WType::kF16;
+  }
+
+  Status cuda_ok(cudaError_t e, const char* what) {
+    if (e == cudaSuccess) return Status::ok();
+    cudaGetLastError();
+    return internal_error(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+  }
+  bool check(cudaError_t e, const char* what) {
+    if (e == cudaSuccess) return true;
+    cudaGetLastError();
+    if (err_.is_ok()) err_ = internal_error(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+    return false;
+  }
+  bool launched(const char* what) { return check(cudaPeekAtLastError(), what); }
+
+  template <typename T>
+  Result<T*> upload(const T* host, size_t bytes) {
+    void* p = nullptr;
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "upload"));
+    return static_cast<T*>(p);
+  }
+  Result<void*> upload(const int8_t* host, size_t bytes) {
+    void* p = nullptr;
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "upload"));
+    return p;
+  }
+
+  // Grow a scratch buffer (never while recording a graph: that aborts the recording).
+  Result<void*> grow(Buf& b, size_t bytes) {
+    if (bytes <= b.bytes) return b.p;
+    if (capturing_) {
+      capture_bad_ = true;
+      return internal_error("buffer growth while recording");
+    }
+    graph_reset();
+    cudaStreamSynchronize(stream_);
+    const size_t want = std::max(bytes, b.bytes * 3 / 2);
+    cudaFree(b.p);
+    b.p = nullptr;
+    b.bytes = 0;
+    if (!check(cudaMalloc(&b.p, want), "cudaMalloc (scratch)")) return err_;
+    b.bytes = want;
+    return b.p;
+  }
+
+  // The device copy of a host int array: the step's arrays, else an immediate upload.
+  const int32_t* dev_ints(const int32_t* host, int64_t n) {
+    if (host == step_.ids && n <= step_.rows) return d_ids_;
+    if (host == step_.slot && n <= step_.rows) return d_slot_;
+    if (host == step_.pos && n <= step_.rows) return d_pos_;
+    if (host == step_.pick && n <= step_.picks) return d_pick_;
+    if (capturing_) {
+      capture_bad_ = true;
+      return nullptr;
+    }
+    // A ring of buffers: one op may upload two arrays (slots and positions).
+    Buf& b = adhoc_[adhoc_next_++ % kAdhoc];
+    auto d = grow(b, size_t(std::max<int64_t>(n, 1)) * 4);
+    if (!d.is_ok()) return nullptr;
+    if (!check(cudaMemcpyAsync(d.value(), host, size_t(n) * 4, cudaMemcpyHostToDevice, stream_),
+               "upload") ||
+        !check(cudaStreamSynchronize(stream_), "synchronize")) {
+      return nullptr;
+    }
+    return static_cast<const int32_t*>(d.value());
+  }
+
+  // Which forms the next linear may want: the 16-bit copy when cuBLASLt with 16-bit inputs
+  // will run (rows above the GEMV limit), the int8 row when the model has dynamic W8A8 layers.
+  bool forms_buffers(int64_t rows, int64_t n, void** yh, int8_t** yq, float** ys) {
+    if (float_wt_ != kc::WType::kF32 && rows > std::min(gemv_rows_float_, gemv_rows_int8_)) {
+      auto h = grow(xh_, size_t(rows * n) * 2);
+      if (!h.is_ok()) return false;
+      *yh = h.value();
+    }
+    if (want_q_) {
+      auto q = grow(xq_, size_t(rows * n));
+      auto s = grow(xs_, size_t(rows) * 4);
+      if (!q.is_ok() || !s.is_ok()) return false;
+      *yq = static_cast<int8_t*>(q.value());
+      *ys = static_cast<float*>(s.value());
+    }
+    return true;
+  }
+
+  void norm(float* x, const float* d, const float* w, float* y, int64_t rows, int64_t n,
+            float eps) {
+    forms_ = Forms();
+    void* yh = nullptr;
+    int8_t* yq = nullptr;
+    float* ys = nullptr;
+    if (!forms_buffers(rows, n, &yh, &yq, &ys)) return;
+    kc::rmsnorm_f32(x, d, w, y, rows, n, eps, yh, half_type(), yq, ys, stream_);
+    if (launched("rmsnorm")) forms_ = {y, rows, n, yh != nullptr, yq != nullptr};
+  }
+
+  // The 16-bit copy of x for cuBLASLt: the recorded form, else a conversion.
+  const void* half_of(const float* x, int64_t M, int64_t K) {
+    if (forms_.h && forms_.src == x && forms_.rows == M && forms_.n == K) return xh_.p;
+    auto h = grow(xh_, size_t(M * K) * 2);
+    if (!h.is_ok()) return nullptr;
+    forms_.h = false;  // the copy in xh_ no longer belongs to the recorded buffer
+    kc::convert_f32(x, M * K, h.value(), half_type(), stream_);
+    return h.value();
+  }
+
+  // The GEMV over any M, at most kGemvMaxRows rows per launch.
+  void gemv_rows(kc::GemvArgs g) {
+    const int64_t M = g.M;
+    for (int64_t m0 = 0; m0 < M; m0 += kc::kGemvMaxRows) {
+      kc::GemvArgs c = g;
+      c.M = std::min<int64_t>(kc::kGemvMaxRows, M - m0);
+      if (g.x) c.x = g.x + m0 * g.K;
+      if (g.xq) c.xq = g.xq + m0 * g.K;
+      if (g.xs) c.xs = g.xs + m0;
+      c.y = g.y + m0 * g.ldy;
+      kc::gemv(c, stream_);
+    }
+  }
+
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<kc::GemmLt> lt_;
+  std::string summary_;
+  kc::WType float_wt_ = kc::WType::kF16;
+  int gemv_rows_float_ = 4, gemv_rows_int8_ = 16;
+  bool graphs_on_ = true;
+  bool want_q_ = false;
+  Status err_;
+  Forms forms_;
+  // Step arrays.
+  StepRows step_;
+  std::vector<int32_t> tiles_;
+  bool all_single_ = true;
+  int32_t* pinned_ = nullptr;
+  size_t pinned_n_ = 0;
+  int32_t *d_ids_ = nullptr, *d_slot_ = nullptr, *d_pos_ = nullptr, *d_pick_ = nullptr,
+          *d_tiles_ = nullptr;
+  // Scratch.
+  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, amax_, stage_;
+  static constexpr int kAdhoc = 4;
+  Buf adhoc_[kAdhoc];
+  unsigned adhoc_next_ = 0;
+  // Graphs.
+  std::map<uint64_t, cudaGraphExec_t> graphs_;
+  bool capturing_ = false, capture_bad_ = false;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions& opts) {
+  auto b = std::make_unique<CudaBackend>();
+  SHRINK_RETURN_IF_ERROR(b->init(opts));
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+}  // namespace shrink::runtime
+
+#else  // !SHRINK_HAVE_CUDA
+
+namespace shrink::runtime {
+
+Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions&) {
+  return invalid_input(
+      "--device cuda: this build has no CUDA support (configure with -DSHRINK_WITH_CUDA=ON on a "
+      "machine with nvcc)");
+}
+
+}  // namespace shrink::runtime
+
+#endif

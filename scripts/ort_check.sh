@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# ONNX Runtime peer check of the ONNX export (the ctest `ort_check`): for each HF fixture (Llama
+# GQA + llama3 RoPE, Qwen2 bias + tied, Mistral MQA + linear RoPE with an 8-token sliding window,
+# Llama MHA sharded f16) in float, plus int8 variants of the Llama fixture (W8A16 per channel and
+# per group, W8A8 static, W8A8 dynamic per token), export_peer exports the model and records
+# shrink-rt's logits and 32 greedy ids; scripts/ort_check.mjs runs the exported graph in
+# onnxruntime-node and compares (float logits within tolerance, greedy ids equal, KV cache used).
+# Usage: scripts/ort_check.sh EXPORT_PEER FIXTURES_HF_DIR WORK_DIR
+# Exit 77 (ctest: skipped) when node or onnxruntime-node is missing; 0 pass; 1 fail.
+set -euo pipefail
+PEER=$1 FIX=$2 WORK=$3
+HERE=$(cd "$(dirname "$0")" && pwd)
+command -v node >/dev/null || { echo "ort_check: node not found; skipping"; exit 77; }
+ORT_DIR=${SHRINK_ORT_NODE_DIR:-$HERE/../.npm-ort}
+[ -d "$ORT_DIR/node_modules/onnxruntime-node" ] || {
+  echo "ort_check: onnxruntime-node not installed in $ORT_DIR (scripts/setup.sh installs it); skipping"
+  exit 77
+}
+rm -rf "$WORK"
+mkdir -p "$WORK/models"
+cases=()
+for f in llama_gqa_llama3rope qwen2_bias_tied_bf16 llama_mha_sharded_f16; do
+  "$PEER" case "$FIX/$f" "$WORK/$f-f32" >/dev/null
+  cases+=("$WORK/$f-f32")
+done
+"$PEER" window "$FIX/mistral_mqa_linearrope" "$WORK/models/mistral_window8" 8
+"$PEER" case "$WORK/models/mistral_window8" "$WORK/mistral_window8-f32" >/dev/null
+cases+=("$WORK/mistral_window8-f32")
+src=$FIX/llama_gqa_llama3rope
+"$PEER" quantize "$src" "$WORK/models/w8a16" none
+"$PEER" quantize "$src" "$WORK/models/w8a16_g16" none 16
+"$PEER" quantize "$src" "$WORK/models/w8a8_static" static 0 0.02
+"$PEER" quantize "$src" "$WORK/models/w8a8_dynamic" dynamic
+for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic; do
+  "$PEER" case "$WORK/models/$q" "$WORK/llama_gqa-$q" >/dev/null
+  cases+=("$WORK/llama_gqa-$q")
+done
+exec node "$HERE/ort_check.mjs" --threads 1 "${cases[@]}"

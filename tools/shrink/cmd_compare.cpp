@@ -1,0 +1,110 @@
+// `shrink compare A/report.json B/report.json ... [--format md|csv|json] [--plot out.svg]`: the
+// final model of each run side by side (size, perplexity, KL and top-1 against the teacher,
+// decode speed), with the Pareto front of (size, perplexity) marked.
+#include <cstdio>
+#include <filesystem>
+
+#include "core/fs.h"
+#include "core/report.h"
+#include "tools/shrink/cli.h"
+
+namespace shrink::cli {
+
+void register_compare(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::vector<std::string> reports;
+    std::string format = "md", plot;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand(
+      "compare", "Compare runs side by side (their report.json files), with the Pareto front of "
+                 "size and perplexity marked");
+  sub->add_option("reports", o->reports, "report.json files (or run directories)")->required();
+  sub->add_option("--format", o->format, "md, csv or json")->capture_default_str();
+  sub->add_option("--plot", o->plot, "Also write an SVG plot here");
+  sub->callback([o, &g] {
+    g.exit_code = run_guarded("compare", g, false, [&] {
+      if (o->format != "md" && o->format != "csv" && o->format != "json") {
+        throw Error(StatusCode::kInvalidInput, "--format '" + o->format + "': expected md, csv or json");
+      }
+      if (g.validate_only) return 0;
+      struct Row {
+        std::string name;
+        nlohmann::json model, acc;
+        bool teacher = false;
+      };
+      std::vector<Row> rows;
+      for (std::string path : o->reports) {
+        if (std::filesystem::is_directory(path)) path += "/report.json";
+        auto text = core::read_file(path);
+        if (!text.is_ok()) throw Error(text.status());
+        auto j = nlohmann::json::parse(text.value(), nullptr, false);
+        if (j.is_discarded() || j.value("schema", "") != core::kReportSchema) {
+          throw Error(StatusCode::kInvalidInput, path + ": not a shrink report (expected schema " +
+                                                     std::string(core::kReportSchema) + ")");
+        }
+        if (rows.empty() && j.contains("teacher")) {
+          rows.push_back({"teacher", j["teacher"]["model"], j["teacher"]["accuracy"], true});
+        }
+        nlohmann::json last = nullptr;
+        for (const auto& s : j["stages"]) {
+          if (s.contains("model") && !s["model"].is_null()) last = s;
+        }
+        if (last.is_null()) continue;
+        rows.push_back({j.value("name", path) + " (" + path + ")", last["model"], last["accuracy"], false});
+      }
+      std::vector<double> xs, ys;
+      for (auto& r : rows) {
+        xs.push_back(r.model.value("bytes", 0.0) / 1048576.0);
+        ys.push_back(r.acc.is_null() ? 1e300 : r.acc.value("perplexity", 1e300));
+      }
+      auto front = core::pareto_front(xs, ys);
+      if (o->format == "json") {
+        nlohmann::json out = nlohmann::json::array();
+        for (size_t i = 0; i < rows.size(); ++i) {
+          out.push_back({{"run", rows[i].name}, {"model", rows[i].model}, {"accuracy", rows[i].acc},
+                         {"pareto", bool(front[i])}});
+        }
+        print_json(out);
+      } else {
+        const bool md = o->format == "md";
+        auto v = [](const nlohmann::json& j, const char* k, const char* fmt) -> std::string {
+          if (j.is_null() || !j.contains(k) || !j[k].is_number()) return "-";
+          char b[48];
+          std::snprintf(b, sizeof b, fmt, j[k].get<double>());
+          return b;
+        };
+        if (md) {
+          std::printf("| run | params | MiB | quant | sparsity | perplexity | KL | top-1 | decode tok/s | Pareto |\n");
+          std::printf("|---|---:|---:|---|---:|---:|---:|---:|---:|:---:|\n");
+        } else {
+          std::printf("run,params,mib,quant,sparsity,perplexity,kl,top1,decode_tok_s,pareto\n");
+        }
+        for (size_t i = 0; i < rows.size(); ++i) {
+          const auto& r = rows[i];
+          std::string q = r.model.contains("quantization") && r.model["quantization"].is_string()
+                              ? r.model["quantization"].get<std::string>() : "float";
+          const char* f = md ? "| %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n"
+                             : "%s,%s,%.2f,%s,%s,%s,%s,%s,%s,%s\n";
+          std::printf(f, r.name.c_str(), v(r.model, "params", "%.0f").c_str(), xs[i], q.c_str(),
+                      v(r.model, "sparsity", "%.3f").c_str(), v(r.acc, "perplexity", "%.3f").c_str(),
+                      v(r.acc, "kl", "%.4f").c_str(), v(r.acc, "top1_agreement", "%.3f").c_str(),
+                      v(r.acc, "decode_tokens_per_second", "%.1f").c_str(),
+                      front[i] ? (md ? "**yes**" : "yes") : (md ? "" : "no"));
+        }
+      }
+      if (!o->plot.empty()) {
+        std::vector<core::PlotPoint> pts;
+        for (size_t i = 0; i < rows.size(); ++i) {
+          if (ys[i] >= 1e299) continue;
+          pts.push_back({rows[i].name, xs[i], ys[i], rows[i].teacher, bool(front[i])});
+        }
+        throw_if_error(core::write_file_atomic(
+            o->plot, core::plot_svg(pts, "runs: size vs perplexity", "model size (MiB)", "perplexity")));
+      }
+      return 0;
+    });
+  });
+}
+
+}  // namespace shrink::cli

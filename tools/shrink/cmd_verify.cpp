@@ -1,0 +1,65 @@
+// `shrink verify COMPACT --reference TEACHER`: the runtime's verification (lib/runtime/verify.h,
+// also `shrink-rt verify`) from the main tool, so a recipe's verify stage takes exactly the
+// options of `shrink-rt verify`. Exit 3 when a gate fails.
+#include <cstdio>
+
+#include "core/dataset.h"
+#include "runtime/verify.h"
+#include "tools/shrink/cli.h"
+
+namespace shrink::cli {
+
+void register_verify(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::string compact, reference;
+    runtime::VerifyOptions v;
+  };
+  auto o = std::make_shared<Opts>();
+  o->v.source.data = core::kDefaultCorpus;
+  o->v.source.max_tokens = 16384;
+  CLI::App* sub = app.add_subcommand(
+      "verify", "Check a compact model against its reference in the runtime (as shrink-rt "
+                "verify): perplexity, top-1 agreement, KL, speeds; exit 3 when a gate fails");
+  sub->add_option("compact", o->compact, "Compact model directory")->required();
+  sub->add_option("--reference", o->reference, "Reference (teacher) model directory")->required();
+  sub->add_option("--data", o->v.source.data, "Evaluation data (text or token shards)")
+      ->capture_default_str();
+  sub->add_option("--max-tokens", o->v.source.max_tokens, "Evaluation tokens")->capture_default_str();
+  sub->add_option("--split", o->v.source.split, "train, val, all or auto")->capture_default_str();
+  sub->add_option("--seq-len", o->v.seq_len, "Window length")->capture_default_str();
+  sub->add_option("--max-ppl-increase", o->v.max_ppl_increase,
+                  "Gate: highest allowed relative perplexity increase (0.05 = +5%)");
+  sub->add_option("--min-speedup", o->v.min_speedup, "Gate: lowest allowed decode speed-up");
+  sub->add_option("--prompt-len", o->v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
+  sub->add_option("--gen-len", o->v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
+  sub->add_flag("--no-bench", [o](int64_t) { o->v.bench = false; }, "Skip the speed comparison");
+  sub->callback([o, &g] {
+    int gate = 0;
+    g.exit_code = run_guarded("verify", g, false, [&] {
+      if (o->v.seq_len < 2) throw Error(StatusCode::kInvalidInput, "--seq-len must be >= 2");
+      if (o->v.bench_prompt_len < 1 || o->v.bench_gen_len < 1) {
+        throw Error(StatusCode::kInvalidInput, "--prompt-len and --gen-len must be >= 1");
+      }
+      if (g.validate_only) return 0;
+      o->v.engine.threads = g.threads;
+      runtime::VerifyResult r = runtime::verify(o->compact, o->reference, o->v).take_or_throw();
+      if (g.json) {
+        nlohmann::json j = r.to_json();
+        j["compact"] = o->compact;
+        j["reference"] = o->reference;
+        j["threads"] = g.threads;
+        print_json(j);
+      } else {
+        std::printf("perplexity %.4f (reference %.4f, %+.2f%%), top-1 agreement %.4f, KL %.5f; "
+                    "decode %.1f tok/s (%.2fx): %s\n",
+                    r.ppl_compact, r.ppl_reference, 100 * r.ppl_increase, r.top1_agreement, r.kl,
+                    r.bench_compact.decode_tokens_per_second, r.decode_speedup, r.verdict.c_str());
+      }
+      if (!r.passed) gate = 3;
+      return 0;
+    });
+    if (g.exit_code == 0 && gate) g.exit_code = gate;
+  });
+}
+
+}  // namespace shrink::cli
