@@ -262,6 +262,25 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
     }
     r.stages.push_back(s);
   }
+  // Values that came from --set point at --set, not at the file.
+  for (const auto& spec : overrides) {
+    std::string path = spec.substr(0, spec.find('='));
+    if (path.rfind("stages.", 0) == 0) {
+      size_t a = 7, b = path.find('.', a), c = b == std::string::npos ? b : path.find('.', b + 1);
+      if (b == std::string::npos || c == std::string::npos) continue;
+      size_t idx = size_t(std::atoi(path.substr(a, b - a).c_str()));
+      std::string key = path.substr(c + 1);
+      if (idx < r.stages.size()) {
+        for (auto& p : r.stages[idx].params) {
+          if (p.key == key) p.line = p.col = 0;
+        }
+      }
+    } else {
+      for (auto* v : {&r.teacher, &r.output, &r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer}) {
+        if (path == v->key || path == "data." + v->key) v->line = v->col = 0;
+      }
+    }
+  }
   return r;
 }
 

@@ -47,7 +47,7 @@ namespace {
 
 // Keys the runner sets itself, per stage type.
 const std::map<std::string, std::vector<std::string>> kRunnerKeys = {
-    {"train", {"model", "out", "config", "resume"}},
+    {"train", {"model", "out", "resume"}},
     {"distill", {"teacher", "out", "resume"}},
     {"prune", {"model", "out"}},
     {"quantize", {"model", "out"}},
@@ -102,8 +102,9 @@ std::vector<std::string> stage_args(const core::RecipeStage& s, const Inputs& in
   std::vector<std::string> a = {s.type};
   auto has = [&](const char* k) { return s.find(k) != nullptr; };
   const std::string model_out = dir + "/model";
-  if (s.type == "train") {
-    a.insert(a.end(), {"--model", in.model, "--out", dir, "--resume"});
+  if (s.type == "train") {  // from `config` (a fresh model), else continuing the input model
+    if (!has("config")) a.insert(a.end(), {"--model", in.model});
+    a.insert(a.end(), {"--out", dir, "--resume"});
     if (!has("data")) a.insert(a.end(), {"--data", in.train});
   } else if (s.type == "distill") {
     a.insert(a.end(), {"--teacher", in.teacher, "--out", dir, "--resume"});

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# End-to-end tests of `shrink run` and `shrink compare`: a recipe with ten different mistakes
+# reports all of them (file:line:col, suggestions) and exits 2; --dry-run prints the plan; a tiny
+# recipe runs end to end (report.json/md/svg, verify verdict); a rerun skips finished stages; a
+# run killed with -9 mid-stage finishes on rerun without redoing completed stages; a failed gate
+# exits 3; compare marks the Pareto front. Usage: test_run.sh SHRINK
+set -u
+SHRINK=$1
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+export SHRINK_THREADS=1
+pass=0; fail=0
+ok()  { pass=$((pass+1)); echo "ok   - $1"; }
+bad() { fail=$((fail+1)); echo "FAIL - $1"; }
+expect_rc() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | tail -20; fi
+}
+expect_grep() { if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi; }
+[ -d /usr/share/games/fortunes ] || { echo "SKIP: no fortunes corpus"; exit 77; }
+
+cd "$T"
+"$SHRINK" tokenizer train --vocab-size 512 --max-bytes 300000 --out tok.json >/dev/null
+"$SHRINK" data prepare --tokenizer tok.json --out shards --max-tokens 40000 >/dev/null
+"$SHRINK" init --preset tiny --tokenizer tok.json --out teacher --seed 1 >/dev/null
+"$SHRINK" -q train --model teacher --data shards --out tr --steps 20 --seq-len 64 --batch 4 --eval-every 0 >/dev/null
+cp -r tr/model teacher-trained
+
+# Ten mistakes, one run.
+cat >bad.yaml <<'Y'
+version: 2
+teacher: /nonexistent/teacher
+data:
+  train: /nonexistent/data
+  evl: shards
+stages:
+  - prune: {method: lottery}
+  - prune: {sparsity: 1.5}
+  - distill: {stepz: 10}
+  - distill: {steps: ten}
+  - quantize: {observer: vibes, bits: 5}
+  - quantise: {}
+Y
+expect_rc "a recipe with ten mistakes exits 2" 2 "$SHRINK" run bad.yaml
+n=$(grep -c '^bad.yaml:[0-9]*:[0-9]*: ' "$T/err")
+if [ "$n" -ge 10 ]; then ok "all $n mistakes reported with file:line:col"; else bad "only $n mistakes reported"; cat "$T/err"; fi
+expect_grep "version error" "$T/err" "bad.yaml:1:10: version: 2 is not supported"
+expect_grep "missing teacher" "$T/err" "bad.yaml:2:10: teacher"
+expect_grep "missing data" "$T/err" "data.train: '/nonexistent/data' does not exist"
+expect_grep "unknown data key with a suggestion" "$T/err" "unknown key 'evl'; did you mean 'eval'"
+expect_grep "bad method value" "$T/err" "method 'lottery'"
+expect_grep "out-of-range sparsity" "$T/err" "sparsity 1.5"
+expect_grep "unknown stage key with a suggestion" "$T/err" "unknown key 'stepz'; did you mean 'steps'"
+expect_grep "wrong type" "$T/err" "bad.yaml:10:15: stages\[3\].distill.steps"
+expect_grep "unknown observer" "$T/err" "observer 'vibes' is unknown"
+expect_grep "bad bits" "$T/err" "bits 5 is not supported"
+expect_grep "unknown stage with a suggestion" "$T/err" "unknown stage 'quantise'; did you mean 'quantize'"
+expect_grep "nothing was run" "$T/err" "nothing was run"
+[ ! -e runs ] && ok "a bad recipe writes nothing" || bad "a bad recipe wrote output"
+
+# A tiny valid recipe.
+cat >tiny.yaml <<'Y'
+version: 1
+teacher: teacher-trained
+data: {train: shards}
+output: run
+stages:
+  - prune: {method: structured, target-params: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
+  - distill: {steps: 40, seq-len: 64, batch: 4, eval-every: 0, eval-tokens: 1024, save-every: 2}
+  - quantize: {scheme: w8a8, smoothquant: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
+  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 100, prompt-len: 16, gen-len: 4}
+  - report
+Y
+expect_rc "dry run" 0 "$SHRINK" run tiny.yaml --dry-run
+expect_grep "dry run shows the distill command" "$T/out" "shrink distill --teacher teacher-trained"
+[ ! -e run ] && ok "dry run writes nothing" || bad "dry run wrote output"
+expect_rc "--set with a bad value is caught" 2 "$SHRINK" run tiny.yaml --dry-run --set stages.2.quantize.scheme=w4a4
+expect_grep "--set errors name --set" "$T/err" "^--set: stages\[2\].quantize.scheme"
+
+# Kill -9 in the middle of the distill stage, then rerun.
+setsid "$SHRINK" run tiny.yaml --metrics-tokens 1024 >"$T/k1" 2>&1 &
+pid=$!
+for _ in $(seq 1 1200); do [ -f run/01-distill/checkpoint/state.json ] && break; sleep 0.05; done
+kill -9 -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+if [ -f run/00-prune/stage.json ] && [ ! -f run/01-distill/stage.json ]; then ok "killed during distill (prune done)"; else bad "the kill did not land mid-distill"; fi
+expect_rc "rerun after kill -9 finishes" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
+expect_grep "the finished prune stage is skipped" "$T/out" '"index":0,"status":"skipped"'
+expect_grep "distill reruns (resuming its checkpoint)" "$T/out" '"index":1,"status":"start"'
+for f in report.json report.md report.svg; do [ -s "run/$f" ] && ok "wrote $f" || bad "no $f"; done
+expect_grep "report.json has the schema" run/report.json '"schema": "shrink-report/1"'
+expect_grep "report.md has the verify verdict" run/report.md "Verdict: \*\*pass\*\*"
+expect_grep "report.svg is an SVG" run/report.svg "<svg"
+expect_rc "a second rerun skips everything" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
+n=$(grep -c '"status":"skipped"' "$T/out"); [ "$n" = 5 ] && ok "5 stages skipped" || bad "$n stages skipped"
+expect_rc "a failing gate exits 3" 3 "$SHRINK" run tiny.yaml --metrics-tokens 1024 --set stages.3.verify.min-speedup=1000
+expect_grep "only the changed stage reruns" "$T/out" '"index":2,"status":"skipped"'
+cp run/report.json a.json
+expect_rc "compare two reports" 0 "$SHRINK" compare a.json run/report.json --plot cmp.svg
+expect_grep "compare marks the Pareto front" "$T/out" "Pareto"
+[ -s cmp.svg ] && ok "compare wrote a plot" || bad "no compare plot"
+
+echo "# $pass passed, $fail failed"
+[ "$fail" = 0 ]
