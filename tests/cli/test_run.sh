@@ -99,5 +99,14 @@ expect_rc "compare two reports" 0 "$SHRINK" compare a.json run/report.json --plo
 expect_grep "compare marks the Pareto front" "$T/out" "Pareto"
 [ -s cmp.svg ] && ok "compare wrote a plot" || bad "no compare plot"
 
+# Every shipped recipe validates (when the committed teacher is there).
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -f "$REPO/models/teacher/config.json" ]; then
+  for r in "$REPO"/recipes/*.yaml; do
+    (cd "$REPO" && "$SHRINK" run "recipes/$(basename "$r")" --dry-run >"$T/out" 2>"$T/err") \
+      && ok "recipes/$(basename "$r") validates" || { bad "recipes/$(basename "$r") does not validate"; cat "$T/err"; }
+  done
+fi
+
 echo "# $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The measurements quoted in the README and the issue notes, on the committed default teacher.
+# Usage: scripts/experiments.sh kd|prune|quant|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Every run is seeded; threads come from $SHRINK_THREADS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT=${1:?usage: experiments.sh kd|prune|quant|throughput [OUT_DIR]}
+OUT=${2:-/tmp/shrink-exp}
+BIN=${SHRINK_BIN:-build/bin/shrink}
+TH=${SHRINK_THREADS:-2}
+T=models/teacher
+STEPS=${STEPS:-200}
+mkdir -p "$OUT"
+DATA="$OUT/data"
+[ -d "$DATA" ] || "$BIN" data prepare --tokenizer "$T/tokenizer.json" --out "$DATA" --val-fraction 0.05 --seed 0 >/dev/null
+COMMON=(--data "$DATA" --steps "$STEPS" --seq-len 256 --batch 16 --lr 2e-3 --warmup 20 --seed 7
+        --eval-every 0 --eval-tokens 0 --save-every 0 --log-every 10)
+summary() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'val_ppl=%.3f' % d['val_perplexity'], 'tok/s=%.0f' % d['tokens_per_second'], 'seconds=%.0f' % d['seconds'])" "$1" "$2"; }
+case "$WHAT" in
+  kd)  # 1. KD vs CE (same student shape, data, steps, seed); 2. layer-drop vs scratch init.
+    "$BIN" --threads "$TH" -q train --config recipes/configs/student-4l.json --tokenizer "$T/tokenizer.json" --out "$OUT/ce-scratch" "${COMMON[@]}" >/dev/null
+    summary "$OUT/ce-scratch/train.json" "CE, scratch init:"
+    "$BIN" --threads "$TH" -q distill --teacher "$T" --student-config recipes/configs/student-4l.json --out "$OUT/kd-scratch" --alpha 1 --temperature 1 "${COMMON[@]}" >/dev/null
+    summary "$OUT/kd-scratch/distill.json" "KD (alpha 1, T 1), scratch init:"
+    "$BIN" --threads "$TH" -q distill --teacher "$T" --student-layers ::2 --out "$OUT/kd-layerdrop" --alpha 1 --temperature 1 "${COMMON[@]}" >/dev/null
+    summary "$OUT/kd-layerdrop/distill.json" "KD (alpha 1, T 1), layer-drop init (0,2,4,6):"
+    ;;
+  prune)  # 50% unstructured and 2:4 for magnitude, Wanda, SparseGPT; perplexity on val.
+    for m in magnitude wanda sparsegpt; do
+      for p in "" 2:4; do
+        "$BIN" --threads "$TH" --json prune "$T" --out "$OUT/prune-$m${p:+-24}" --method "$m" --sparsity 0.5 ${p:+--pattern $p} \
+          --data "$DATA" --calib-samples 64 --calib-len 256 --eval-tokens 0 >/dev/null
+        echo "$m ${p:-50%}: $("$BIN" --threads "$TH" --json eval "$OUT/prune-$m${p:+-24}" --data "$DATA" --seq-len 256 | grep '"perplexity"')"
+      done
+    done
+    ;;
+  quant)  # Perplexity and KL against the float teacher per scheme and observer, +/- SmoothQuant.
+    run() { "$BIN" --threads "$TH" --json quantize "$T" --out "$OUT/q-$1" "${@:2}" --data "$DATA" --calib-samples 64 --eval-tokens 0 >/dev/null
+            "$BIN" --threads "$TH" --json verify "$OUT/q-$1" --reference "$T" --data "$DATA" --max-tokens 0 --no-bench \
+              | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-28s ppl %.3f (float %.3f, %+.3f%%) KL %.5f top1 %.4f' % ('$1', d['perplexity_compact'], d['perplexity_reference'], 100*d['perplexity_increase'], d['kl'], d['top1_agreement']))"; }
+    run w8a16 --scheme w8a16
+    run w8a8-dynamic --scheme w8a8 --activations dynamic
+    for o in minmax ema percentile mse entropy; do run "w8a8-static-$o" --scheme w8a8 --activations static --observer $o; done
+    run w8a16-sq --scheme w8a16 --smoothquant auto
+    run w8a8-dynamic-sq --scheme w8a8 --activations dynamic --smoothquant auto
+    for o in minmax ema percentile mse entropy; do run "w8a8-static-$o-sq" --scheme w8a8 --activations static --observer $o --smoothquant auto; done
+    ;;
+  throughput)  # Training tokens/s of the teacher config: shrink vs PyTorch eager (Debian python3-torch).
+    "$BIN" --threads "$TH" --json train --config recipes/configs/teacher.json --tokenizer "$T/tokenizer.json" --data "$DATA" \
+      --out "$OUT/tp" --steps 12 --seq-len 256 --batch 16 --eval-every 0 --eval-tokens 0 --save-every 0 --log-every 2 >/dev/null
+    python3 -c "import json; l=[json.loads(x) for x in open('$OUT/tp/metrics.jsonl') if 'tokens_per_second' in x]; t=[x['tokens_per_second'] for x in l[1:]]; print('shrink train: %.0f tokens/s (median of %d windows after the first)' % (sorted(t)[len(t)//2], len(t)))"
+    /usr/bin/python3 scripts/bench_torch_train.py recipes/configs/teacher.json --threads "$TH" --batch 16 --seq-len 256 --steps 10
+    ;;
+  *) echo "unknown experiment $WHAT" >&2; exit 2 ;;
+esac
