@@ -6,6 +6,7 @@
 # exits 3; compare marks the Pareto front. Usage: test_run.sh SHRINK
 set -u
 SHRINK=$1
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 export SHRINK_THREADS=1
 pass=0; fail=0
@@ -100,7 +101,6 @@ expect_grep "compare marks the Pareto front" "$T/out" "Pareto"
 [ -s cmp.svg ] && ok "compare wrote a plot" || bad "no compare plot"
 
 # Every shipped recipe validates (when the committed teacher is there).
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -f "$REPO/models/teacher/config.json" ]; then
   for r in "$REPO"/recipes/*.yaml; do
     (cd "$REPO" && "$SHRINK" run "recipes/$(basename "$r")" --dry-run >"$T/out" 2>"$T/err") \

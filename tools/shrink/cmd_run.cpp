@@ -118,11 +118,13 @@ std::vector<std::string> stage_args(const core::RecipeStage& s, const Inputs& in
   } else if (s.type == "eval") {
     a.push_back(in.model);
     if (!has("data")) a.insert(a.end(), {"--data", in.eval});
+    if (!has("split")) a.insert(a.end(), {"--split", "val"});
   } else if (s.type == "export") {
     a.insert(a.end(), {in.model, "--out", dir + "/export"});
   } else if (s.type == "verify") {
     a.insert(a.end(), {in.model, "--reference", in.teacher});
     if (!has("data")) a.insert(a.end(), {"--data", in.eval});
+    if (!has("split")) a.insert(a.end(), {"--split", "val"});  // held-out documents
   }
   if (!in.tokenizer.empty() && !has("tokenizer") && (s.type == "train" || s.type == "distill" ||
                                                        s.type == "prune" || s.type == "quantize" ||
@@ -428,8 +430,8 @@ void register_run(CLI::App& app, Globals& g) {
       const std::string eval_data = in.eval;
       auto measure = [&](const std::string& model, const std::string& json_path, bool bench) {
         std::vector<std::string> a = {"verify", model, "--reference", in.teacher, "--data", eval_data,
-                                      "--max-tokens", std::to_string(o->metrics_tokens), "--prompt-len",
-                                      "64", "--gen-len", "16"};
+                                      "--split", "val", "--max-tokens", std::to_string(o->metrics_tokens),
+                                      "--prompt-len", "64", "--gen-len", "16"};
         if (!bench) a.push_back("--no-bench");
         ChildResult c = run_child(a, json_path, g.threads, true);
         json v = c.rc == 0 ? read_json(json_path) : json(nullptr);
