@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -74,6 +75,36 @@ nlohmann::json model_stats_json(const ModelStats& s) {
           {"dtype", s.dtype},           {"layers", s.layers},
           {"hidden_size", s.hidden},    {"intermediate_size", s.intermediate},
           {"heads", s.heads},           {"kv_heads", s.kv_heads}};
+}
+
+std::string model_fingerprint(const std::string& dir) {
+  std::vector<std::string> files;
+  for (auto& e : fs::directory_iterator(dir)) {
+    std::string n = e.path().filename().string();
+    if (n == "config.json" || e.path().extension() == ".safetensors") files.push_back(n);
+  }
+  std::sort(files.begin(), files.end());
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a basis; words mixed FNV-style plus a shift
+  auto mix = [&h](const uint8_t* p, uint64_t n) {
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      h = (h ^ w) * 0x100000001b3ULL;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+    h ^= n;
+  };
+  for (const auto& f : files) {
+    mix(reinterpret_cast<const uint8_t*>(f.data()), f.size());
+    auto mf = MappedFile::open(dir + "/" + f);
+    if (!mf.is_ok()) continue;  // unreadable files change nothing; loading reports them
+    mix(mf.value()->data(), mf.value()->size());
+  }
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
+  return b;
 }
 
 std::vector<bool> pareto_front(const std::vector<double>& x, const std::vector<double>& y) {

@@ -27,6 +27,11 @@ struct ModelStats {
 Result<ModelStats> model_stats(const std::string& model_dir);
 nlohmann::json model_stats_json(const ModelStats& s);
 
+/// A content hash of a model directory (config.json and every .safetensors file, 8 bytes at a
+/// time), as 16 hex digits: the cache key of anything derived from a model (the teacher top-k
+/// cache, recipe stage hashes).
+std::string model_fingerprint(const std::string& model_dir);
+
 /// Indices on the Pareto front when both coordinates are minimized.
 std::vector<bool> pareto_front(const std::vector<double>& x, const std::vector<double>& y);
 

@@ -10,6 +10,7 @@
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "core/report.h"
 
 namespace shrink::train {
 
@@ -202,47 +203,6 @@ SparsityMasks masks_from_zeros(CausalLM& m, double min_fraction) {
   return out;
 }
 
-// ---- Fingerprints -------------------------------------------------------------------------------
-
-namespace {
-
-// A fast 64-bit hash over whole files: FNV-style mixing of 8-byte words plus a final avalanche.
-void hash_bytes(uint64_t& h, const uint8_t* p, uint64_t n) {
-  uint64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-  h ^= n;
-}
-
-std::string hex64(uint64_t h) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
-  return buf;
-}
-
-}  // namespace
-
-std::string model_fingerprint(const std::string& dir) {
-  std::vector<std::string> files;
-  for (auto& e : fs::directory_iterator(dir)) {
-    std::string name = e.path().filename().string();
-    if (name == "config.json" || e.path().extension() == ".safetensors") files.push_back(name);
-  }
-  std::sort(files.begin(), files.end());
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (const auto& f : files) {
-    auto mf = core::MappedFile::open(dir + "/" + f).take_or_throw();
-    hash_bytes(h, reinterpret_cast<const uint8_t*>(f.data()), f.size());
-    hash_bytes(h, mf->data(), mf->size());
-  }
-  return hex64(h);
-}
-
 // ---- Teacher top-k cache ---------------------------------------------------------------------------
 
 TeacherCache TeacherCache::open_or_build(const std::string& dir, CausalLM& teacher,
@@ -256,7 +216,7 @@ TeacherCache TeacherCache::open_or_build(const std::string& dir, CausalLM& teach
   }
   const uint64_t n_windows = data.size() >= 2 ? (data.size() - 1) / uint64_t(L) : 0;
   nlohmann::json key = {{"format", "shrink-teacher-topk-1"},
-                        {"teacher", model_fingerprint(teacher_dir)},
+                        {"teacher", core::model_fingerprint(teacher_dir)},
                         {"data", data_key},
                         {"data_tokens", data.size()},
                         {"seq_len", L},

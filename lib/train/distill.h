@@ -110,8 +110,5 @@ class TeacherCache {
   double build_seconds_ = 0;
 };
 
-/// A fingerprint of a model directory's weights and config (FNV-1a over config.json and the
-/// safetensors files): the cache key for anything derived from a model.
-std::string model_fingerprint(const std::string& model_dir);
 
 }  // namespace shrink::train

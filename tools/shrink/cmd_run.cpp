@@ -154,31 +154,6 @@ uint64_t hash_str(uint64_t h, const std::string& s) {
   return (h ^ 0xff) * 0x100000001b3ULL;
 }
 
-// Content hash of a model directory (config.json + safetensors), 8 bytes at a time.
-std::string dir_fingerprint(const std::string& dir) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  std::vector<std::string> files;
-  for (auto& e : fs::directory_iterator(dir)) {
-    std::string n = e.path().filename().string();
-    if (n == "config.json" || e.path().extension() == ".safetensors") files.push_back(n);
-  }
-  std::sort(files.begin(), files.end());
-  for (const auto& f : files) {
-    h = hash_str(h, f);
-    auto mf = core::MappedFile::open(dir + "/" + f).take_or_throw();
-    const uint8_t* p = mf->data();
-    uint64_t n = mf->size(), i = 0;
-    for (; i + 8 <= n; i += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i, 8);
-      h = (h ^ w) * 0x100000001b3ULL;
-      h ^= h >> 29;
-    }
-    for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-  }
-  return hex(h);
-}
-
 bool is_tty() { return core::Progress::stderr_is_tty(); }
 
 struct Logger {
@@ -451,7 +426,7 @@ void register_run(CLI::App& app, Globals& g) {
       // The teacher, measured once per run directory.
       {
         json t = read_json(out + "/teacher.json");
-        const std::string fp = dir_fingerprint(in.teacher);
+        const std::string fp = core::model_fingerprint(in.teacher);
         if (t.is_null() || t.value("fingerprint", "") != fp) {
           auto st = core::model_stats(in.teacher);
           t = {{"fingerprint", fp}, {"dir", in.teacher},
