@@ -24,5 +24,5 @@ mkdir -p "$OUT"
   --schedule cosine --weight-decay 0.1 --clip 1.0 --seed 1 --eval-every 250 --save-every 100 \
   --eval-tokens 0 "$@"
 # The committed teacher is the best-validation model, stored in bf16.
-"$BIN" convert "$OUT/run/best" --dtype bf16 --out "$OUT/teacher" 2>/dev/null \
+"$BIN" convert "$OUT/run/best" --dtype bf16 --max-shard-mb 7 --out "$OUT/teacher" 2>/dev/null \
   || echo "train_teacher.sh: 'shrink convert' unavailable; the float32 teacher is $OUT/run/best"
