@@ -822,9 +822,14 @@ void SequencePacker::set_cursor(Cursor c) {
 }
 
 void SequencePacker::next_batch(int64_t batch, int32_t* out, uint64_t* windows) {
+  next_batch_slice(batch, 0, batch, out, windows);
+}
+
+void SequencePacker::next_batch_slice(int64_t batch, int64_t first, int64_t count, int32_t* out,
+                                      uint64_t* windows) {
   const uint64_t w = uint64_t(seq_len_) + 1;
   if (n_windows_ == 0) {  // too little data for one window; callers check windows_per_epoch()
-    std::fill(out, out + uint64_t(batch) * w, 0);
+    std::fill(out, out + uint64_t(count) * w, 0);
     return;
   }
   for (int64_t b = 0; b < batch; ++b) {
@@ -834,8 +839,10 @@ void SequencePacker::next_batch(int64_t batch, int32_t* out, uint64_t* windows) 
       if (shuffle_) shuffle_epoch();
     }
     uint64_t win = shuffle_ ? order_[cursor_.index] : cursor_.index;
-    data_->read(win * uint64_t(seq_len_), w, out + uint64_t(b) * w);
-    if (windows) windows[b] = win;
+    if (b >= first && b < first + count) {
+      data_->read(win * uint64_t(seq_len_), w, out + uint64_t(b - first) * w);
+      if (windows) windows[b - first] = win;
+    }
     ++cursor_.index;
   }
 }

@@ -154,6 +154,12 @@ class SequencePacker {
   /// given, receives each window's index (window w starts at token w * seq_len), which keys
   /// per-window caches such as the teacher's top-k logits.
   void next_batch(int64_t batch, int32_t* out, uint64_t* windows = nullptr);
+  /// Data-parallel form: advance past the next `batch` windows exactly as next_batch does, but
+  /// read only windows [first, first + count) of them into `out` (count * (seq_len+1) int32).
+  /// Rank r of N takes first = r * batch / N, so the ranks read disjoint shards of one global
+  /// batch and N ranks see exactly the windows of one process at N times the batch.
+  void next_batch_slice(int64_t batch, int64_t first, int64_t count, int32_t* out,
+                        uint64_t* windows = nullptr);
   struct Cursor {
     uint64_t epoch = 0, index = 0;
   };

@@ -11,10 +11,14 @@
 #include <optional>
 #include <regex>
 
+#include <signal.h>
+
 #include "core/dataset.h"
+#include "core/launch.h"
 #include "core/fs.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
+#include "train/dist.h"
 #include "train/distill.h"
 #include "train/model.h"
 #include "train/prune.h"
@@ -85,6 +89,9 @@ void train_validate(const TrainOptions& o) {
       bad("--prune-targets '" + o.prune_targets + "': bad regex: " + e.what());
     }
   }
+  if (o.nproc < 1 || o.nproc > 256) bad("--nproc " + std::to_string(o.nproc) + ": expected 1..256");
+  if (!(o.dist_timeout >= 1)) bad("--dist-timeout must be >= 1 second");
+  if (!(o.bucket_mb > 0)) bad("--bucket-mb must be > 0");
   if (o.masks != "auto" && o.masks != "on" && o.masks != "off") {
     bad("--masks '" + o.masks + "': expected auto, on or off");
   }
@@ -144,6 +151,7 @@ bool no_decay(const std::string& name) {
 
 struct State {
   int64_t step = 0;  // optimizer steps done
+  std::string dtype;  // the dtype outputs are saved in (the checkpoint itself is float32)
   core::SequencePacker::Cursor cursor;
   double best_val = INFINITY;
 };
@@ -160,6 +168,7 @@ void save_checkpoint(CausalLM& m, torch::optim::AdamW& opt, const State& st,
   torch::save(opt, dir.path() + "/optimizer.pt");
   if (proj && !(*proj)->identity()) torch::save(*proj, dir.path() + "/projection.pt");
   nlohmann::json j = {{"step", st.step},
+                      {"dtype", st.dtype},
                       {"epoch", st.cursor.epoch},
                       {"index", st.cursor.index},
                       {"best_val_loss", std::isfinite(st.best_val) ? nlohmann::json(st.best_val)
@@ -198,14 +207,14 @@ std::string data_key(const std::string& dir, const core::TokenDataset& ds) {
 
 // Mean forward KL(teacher || student) at T=1 per predicted position over the evaluation
 // windows (core::eval_windows), and the teacher's mean NLL there.
-double kl_over_windows(CausalLM& s, CausalLM& t, const std::vector<int32_t>& tokens,
-                       int64_t seq_len) {
+std::pair<double, uint64_t> kl_over_windows(CausalLM& s, CausalLM& t, const int32_t* tokens,
+                                            uint64_t n_tokens, int64_t seq_len) {
   torch::NoGradGuard ng;
   s->eval();
   double sum = 0;
   uint64_t n = 0;
-  for (const core::EvalWindow& w : core::eval_windows(tokens.size(), seq_len)) {
-    auto ids = torch::from_blob(const_cast<int32_t*>(tokens.data() + w.start), {1, w.len},
+  for (const core::EvalWindow& w : core::eval_windows(n_tokens, seq_len)) {
+    auto ids = torch::from_blob(const_cast<int32_t*>(tokens + w.start), {1, w.len},
                                 torch::kInt32)
                    .to(torch::kLong)
                    .narrow(1, 0, w.len - 1);
@@ -213,13 +222,51 @@ double kl_over_windows(CausalLM& s, CausalLM& t, const std::vector<int32_t>& tok
     sum += kl.item<double>() * double(w.len - 1);
     n += uint64_t(w.len - 1);
   }
-  return n ? sum / double(n) : NAN;
+  return {sum, n};
+}
+
+// This rank's share of the evaluation windows of n tokens: whole windows of seq_len, so the
+// union over ranks is exactly core::eval_windows(n, seq_len). Returns {first token, count}.
+std::pair<uint64_t, uint64_t> eval_shard(uint64_t n, int64_t seq_len, int rank, int world) {
+  const uint64_t L = uint64_t(seq_len);
+  const uint64_t windows = (n + L - 1) / L;
+  const uint64_t per = (windows + uint64_t(world) - 1) / uint64_t(world);
+  const uint64_t a = std::min(n, uint64_t(rank) * per * L);
+  const uint64_t b = std::min(n, uint64_t(rank + 1) * per * L);
+  return {a, b - a};
+}
+
+// A test aid for the dead-rank test: SHRINK_TEST_KILL_RANK=r SHRINK_TEST_KILL_STEP=s makes rank
+// r SIGKILL itself after optimizer step s, the way an OOM kill or a lost machine would.
+void maybe_die(int rank, int64_t step) {
+  const char* r = std::getenv("SHRINK_TEST_KILL_RANK");
+  const char* s = std::getenv("SHRINK_TEST_KILL_STEP");
+  if (r && s && std::atoi(r) == rank && std::atoll(s) == step) ::raise(SIGKILL);
 }
 
 }  // namespace
 
 TrainResult train_run(const TrainOptions& o) {
   train_validate(o);
+  // Data parallel: join the group the environment describes (WORLD_SIZE > 1).
+  const core::DistEnv denv = core::dist_env_read().take_or_throw();
+  if (o.nproc > 1 && denv.world_size != o.nproc) {
+    bad("--nproc " + std::to_string(o.nproc) + " but WORLD_SIZE=" +
+        std::to_string(denv.world_size) + " in the environment: the launcher sets WORLD_SIZE; "
+        "under torchrun or a hand launch leave --nproc out");
+  }
+  std::unique_ptr<DistGroup> group;
+  if (denv.active && denv.world_size > 1) group = DistGroup::join(denv, o.dist_timeout);
+  const int rank = group ? group->rank() : 0, world = group ? group->size() : 1;
+  const bool lead = rank == 0;
+  // Sum a few doubles over ranks (validation sums, logged loss windows).
+  auto sum_over_ranks = [&](std::vector<double> v, const char* what) {
+    if (!group) return v;
+    auto t = torch::from_blob(v.data(), {int64_t(v.size())}, torch::kFloat64).clone();
+    group->allreduce_sum(t, what);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = t[int64_t(i)].item<double>();
+    return v;
+  };
   fs::create_directories(o.out);
   const std::string ckpt = o.out + "/checkpoint";
   const bool resuming = o.resume && fs::exists(ckpt + "/state.json");
@@ -270,6 +317,9 @@ TrainResult train_run(const TrainOptions& o) {
     m = model_create(c, o.seed);
     student_source = o.config;
   }
+  // Every rank starts from rank 0's weights (identical by seed already; this also covers
+  // machines whose copies of the inputs differ).
+  if (group) group->broadcast(m->parameters());
   const core::ModelConfig& cfg = m->config();
   if (distill && cfg.vocab_size != teacher->config().vocab_size) {
     bad("the student's vocab_size is " + std::to_string(cfg.vocab_size) + " but the teacher's is " +
@@ -317,10 +367,16 @@ TrainResult train_run(const TrainOptions& o) {
     hmap = hidden_layer_map(o.hidden_map, cfg.num_layers, teacher->config().num_layers, keep);
     torch::manual_seed(o.seed + 1);
     proj = HiddenProjection(int64_t(hmap.size()), cfg.hidden_size, teacher->config().hidden_size);
+    if (group) group->broadcast(proj->parameters());
   }
 
   // Data.
-  std::string data_dir = prepare_data(o, tokenizer, o.progress);
+  // Text is tokenized once, by rank 0; the others then find its shards (for multi-machine runs,
+  // --out on a shared filesystem or token shards on every machine).
+  std::string data_dir;
+  if (lead) data_dir = prepare_data(o, tokenizer, o.progress);
+  if (group) group->barrier("waiting for rank 0 to tokenize the data", 24 * 3600.0);
+  if (!lead) data_dir = prepare_data(o, tokenizer, false);
   core::TokenDataset train_ds = core::TokenDataset::open(data_dir, core::Split::kTrain).take_or_throw();
   core::TokenDataset val_ds = core::TokenDataset::open(data_dir, core::Split::kVal).take_or_throw();
   if (train_ds.vocab_size() > cfg.vocab_size) {
@@ -363,45 +419,90 @@ TrainResult train_run(const TrainOptions& o) {
   torch::optim::AdamW opt(groups, opts);
 
   State st;
+  st.dtype = cfg.dtype;
   if (resuming) {
     torch::load(opt, ckpt + "/optimizer.pt");
     auto j = nlohmann::json::parse(core::read_file(ckpt + "/state.json").take_or_throw());
     st.step = j.at("step").get<int64_t>();
+    // A resumed run saves in the dtype the interrupted run would have used, not the
+    // checkpoint's float32 (older checkpoints lack the field: float32).
+    st.dtype = j.value("dtype", cfg.dtype);
     st.cursor.epoch = j.at("epoch").get<uint64_t>();
     st.cursor.index = j.at("index").get<uint64_t>();
     if (j["best_val_loss"].is_number()) st.best_val = j["best_val_loss"].get<double>();
     packer.set_cursor(st.cursor);
-    metrics_truncate(o.out + "/metrics.jsonl", st.step);
-  } else if (fs::exists(o.out + "/metrics.jsonl")) {
+    if (lead) metrics_truncate(o.out + "/metrics.jsonl", st.step);
+  } else if (lead && fs::exists(o.out + "/metrics.jsonl")) {
     fs::remove(o.out + "/metrics.jsonl");
   }
-  std::ofstream metrics(o.out + "/metrics.jsonl", std::ios::app);
+  std::ofstream metrics;
+  if (lead) metrics.open(o.out + "/metrics.jsonl", std::ios::app);
 
+  // Validation is split over the ranks by whole windows and the sums are all-reduced, so every
+  // rank gets the same figure as one process would.
+  const auto [val_first, val_count] = eval_shard(val_tokens.size(), o.seq_len, rank, world);
+  auto sharded_nll = [&](CausalLM& model) -> double {
+    double sum = 0, n = 0;
+    if (val_count >= 2) {
+      auto [s_, n_] = nll_over_windows(model, val_tokens.data() + val_first, val_count, o.seq_len, 8);
+      sum = s_;
+      n = double(n_);
+    }
+    auto v = sum_over_ranks({sum, n}, "the validation all-reduce");
+    return v[1] > 0 ? v[0] / v[1] : NAN;
+  };
   auto evaluate = [&]() -> double {
     if (val_tokens.size() < 2) return NAN;
-    auto [sum, n] = nll_over_windows(m, val_tokens.data(), val_tokens.size(), o.seq_len, 8);
-    return sum / double(n);
+    return sharded_nll(m);
+  };
+  auto sharded_kl = [&]() -> double {
+    double sum = 0, n = 0;
+    if (val_count >= 2) {
+      auto [s_, n_] = kl_over_windows(m, teacher, val_tokens.data() + val_first, val_count, o.seq_len);
+      sum = s_;
+      n = double(n_);
+    }
+    auto v = sum_over_ranks({sum, n}, "the validation KL all-reduce");
+    return v[1] > 0 ? v[0] / v[1] : NAN;
   };
 
   // Teacher top-k cache: built once over every training window, reused by later runs.
   std::optional<TeacherCache> cache;
   TrainResult r;
   if (distill && !o.teacher_cache.empty()) {
-    cache = TeacherCache::open_or_build(o.teacher_cache, teacher, o.teacher, train_ds,
-                                        data_key(data_dir, train_ds), o.seq_len, o.cache_topk,
-                                        o.progress);
+    // Rank 0 builds it; the others open what it wrote.
+    auto open_cache = [&](bool progress) {
+      cache = TeacherCache::open_or_build(o.teacher_cache, teacher, o.teacher, train_ds,
+                                          data_key(data_dir, train_ds), o.seq_len, o.cache_topk,
+                                          progress);
+    };
+    if (lead) open_cache(o.progress);
+    if (group) group->barrier("waiting for rank 0 to build the teacher cache", 24 * 3600.0);
+    if (!lead) open_cache(false);
     r.cache_bytes = cache->bytes();
     r.cache_build_seconds = cache->build_seconds();
   }
-  if (distill && val_tokens.size() >= 2) {
-    auto [sum, n] = nll_over_windows(teacher, val_tokens.data(), val_tokens.size(), o.seq_len, 8);
-    r.teacher_val_loss = sum / double(n);
-  }
+  if (distill && val_tokens.size() >= 2) r.teacher_val_loss = sharded_nll(teacher);
   if (!masks.empty()) {
     masks.mask_weights();
     r.student_sparsity = double(masks.masked) / double(std::max<int64_t>(1, masks.total));
   }
   const bool want_hidden = bool(proj);
+  // Gradient all-reduce over the student's (and the projections') parameters.
+  std::unique_ptr<GradReducer> reducer;
+  if (group) {
+    std::vector<torch::Tensor> trainable = m->parameters();
+    if (proj) {
+      for (auto& p : proj->parameters()) trainable.push_back(p);
+    }
+    reducer = std::make_unique<GradReducer>(group.get(), trainable,
+                                            int64_t(o.bucket_mb * 1024 * 1024));
+    r.grad_bytes_per_step = reducer->grad_bytes();
+    r.ring_bytes_per_step = reducer->ring_bytes_sent();
+    r.buckets = reducer->buckets();
+  }
+  r.rank = rank;
+  r.world_size = world;
 
   r.parameters = m->num_parameters();
   r.train_tokens = train_ds.size();
@@ -424,7 +525,8 @@ TrainResult train_run(const TrainOptions& o) {
     opt.zero_grad();
     double step_loss = 0;
     for (int64_t a = 0; a < o.grad_accum; ++a) {
-      packer.next_batch(micro, buf.data(), win_ids.data());
+      // This rank's disjoint slice of the global micro-batch of world * micro windows.
+      packer.next_batch_slice(micro * world, micro * rank, micro, buf.data(), win_ids.data());
       auto seq = torch::from_blob(buf.data(), {micro, L + 1}, torch::kInt32).to(torch::kLong);
       auto inputs = seq.narrow(1, 0, L), targets = seq.narrow(1, 1, L);
       if (o.bf16) {
@@ -467,7 +569,9 @@ TrainResult train_run(const TrainOptions& o) {
         at::autocast::set_cpu_enabled(false);
         at::autocast::clear_cache();
       }
+      if (reducer && a == o.grad_accum - 1) reducer->arm();
       (loss / double(o.grad_accum)).backward();
+      if (reducer && a == o.grad_accum - 1) reducer->finish();
       step_loss += loss.item<double>() / double(o.grad_accum);
       ce_window += ce.item<double>() / double(o.grad_accum);
     }
@@ -483,13 +587,22 @@ TrainResult train_run(const TrainOptions& o) {
     masks.mask_weights();
     gradual_step(step + 1);
     st.step = step + 1;
+    maybe_die(rank, st.step);
     st.cursor = packer.cursor();
     loss_window += step_loss;
     window_steps++;
     const bool last = st.step == o.steps;
     if (st.step % o.log_every == 0 || last) {
+      if (group) {  // the logged figures are over the global batch
+        auto v = sum_over_ranks({loss_window, kd_window, ce_window, hid_window},
+                                "the loss all-reduce");
+        loss_window = v[0] / world;
+        kd_window = v[1] / world;
+        ce_window = v[2] / world;
+        hid_window = v[3] / world;
+      }
       double secs = std::chrono::duration<double>(Clock::now() - t_window).count();
-      double tps = secs > 0 ? double(window_steps * o.batch * L) / secs : 0.0;
+      double tps = secs > 0 ? double(window_steps * o.batch * world * L) / secs : 0.0;
       r.final_loss = loss_window / double(window_steps);
       nlohmann::json line = {{"step", st.step}, {"loss", r.final_loss}, {"lr", lr},
                              {"tokens_per_second", tps}};
@@ -498,7 +611,11 @@ TrainResult train_run(const TrainOptions& o) {
         line["ce"] = ce_window / double(window_steps);
         if (want_hidden) line["hidden"] = hid_window / double(window_steps);
       }
-      metrics << line.dump() << "\n";
+      if (reducer) {
+        line["comm_wait_s"] = reducer->wait_seconds();
+        line["buckets_overlapped"] = reducer->overlapped_last();
+      }
+      if (lead) metrics << line.dump() << "\n";
       kd_window = ce_window = hid_window = 0;
       metrics.flush();
       loss_window = 0;
@@ -510,28 +627,31 @@ TrainResult train_run(const TrainOptions& o) {
     prog.update(uint64_t(st.step), extra);
     if ((o.eval_every && st.step % o.eval_every == 0) || last) {
       double v = evaluate();
-      if (distill && std::isfinite(v)) r.val_kl = kl_over_windows(m, teacher, val_tokens, o.seq_len);
+      if (distill && std::isfinite(v)) r.val_kl = sharded_kl();
       m->train();
       if (std::isfinite(v)) {
         nlohmann::json line = {{"step", st.step}, {"val_loss", v}, {"val_perplexity", std::exp(v)}};
         if (distill) line["val_kl"] = r.val_kl;
-        metrics << line.dump() << "\n";
+        if (lead) metrics << line.dump() << "\n";
         metrics.flush();
         r.val_loss = v;
         r.val_perplexity = std::exp(v);
         if (v < st.best_val) {
           st.best_val = v;
           SaveOptions so;
+          so.dtype = st.dtype;
           so.tokenizer_json = tokenizer;
           so.provenance = {{"stage", distill ? "distill" : "train"}, {"step", st.step},
                            {"val_loss", v}};
-          model_save(m, o.out + "/best", so);
+          if (lead) model_save(m, o.out + "/best", so);
         }
       }
     }
     if ((o.save_every && st.step % o.save_every == 0) || last ||
         (o.stop_after && st.step == o.stop_after)) {
-      save_checkpoint(m, opt, st, o.out, tokenizer, proj ? &proj : nullptr);
+      // Rank 0 writes it (weights and optimizer state are the same on every rank); every rank
+      // resumes from it.
+      if (lead) save_checkpoint(m, opt, st, o.out, tokenizer, proj ? &proj : nullptr);
     }
     if (o.stop_after && st.step == o.stop_after && !last) {
       r.steps = st.step;
@@ -546,8 +666,14 @@ TrainResult train_run(const TrainOptions& o) {
   }
   r.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
   r.tokens_per_second =
-      r.seconds > 0 ? double(st.step - first_step) * double(o.batch * L) / r.seconds : 0.0;
+      r.seconds > 0 ? double(st.step - first_step) * double(o.batch * world * L) / r.seconds : 0.0;
+  if (reducer) {
+    r.comm_wait_seconds = reducer->wait_seconds();
+    r.buckets_overlapped = reducer->overlapped_last();
+  }
+  if (!lead) return r;  // rank 0 writes the outputs
   SaveOptions so;
+  so.dtype = st.dtype;
   so.tokenizer_json = tokenizer;
   so.provenance = {{"stage", distill ? "distill" : "train"}, {"steps", st.step}, {"seed", o.seed},
                    {"val_loss", r.val_loss}, {"data", o.data}};
@@ -576,6 +702,16 @@ TrainResult train_run(const TrainOptions& o) {
     summary["teacher_cache_build_seconds"] = r.cache_build_seconds;
   }
   if (!masks.empty()) summary["sparsity_kept"] = r.student_sparsity;
+  if (group) {
+    summary["data_parallel"] = {{"world_size", world},
+                                {"batch_per_rank", o.batch},
+                                {"global_batch", o.batch * world},
+                                {"gradient_bytes_per_step", r.grad_bytes_per_step},
+                                {"ring_allreduce_bytes_sent_per_rank_per_step", r.ring_bytes_per_step},
+                                {"buckets", r.buckets},
+                                {"buckets_launched_during_backward", r.buckets_overlapped},
+                                {"allreduce_wait_seconds", r.comm_wait_seconds}};
+  }
   throw_if_error(core::write_file_atomic(o.out + (distill ? "/distill.json" : "/train.json"),
                                          summary.dump(2) + "\n"));
   return r;

@@ -48,6 +48,12 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = 0;  // testing aid: stop (as if killed) after this step, without finishing
   bool progress = false;
+  // Data parallel (c10d, lib/train/dist.h). A run joins a process group when WORLD_SIZE is set
+  // in the environment (by `--nproc N`'s launcher, or by hand as torchrun would, across
+  // machines). `batch` is then per rank: N ranks at batch B step like one process at N*B.
+  int nproc = 1;              // --nproc: local workers the CLI launches (1: no launch)
+  double dist_timeout = 300;  // seconds: rendezvous and collectives; a stalled peer fails the run
+  double bucket_mb = 4;       // gradient all-reduce bucket size (MiB of float32 gradients)
 
   // Distillation (`shrink distill`): a teacher directory turns it on. The student comes from
   // `model` (--student DIR), `config` (--student-config) or `student_layers` (a subset of the
@@ -88,6 +94,12 @@ struct TrainResult {
   double student_sparsity = 0;  // fraction of masked weights kept at zero (0 without masks)
   uint64_t cache_bytes = 0;     // teacher top-k cache size
   double cache_build_seconds = 0;
+  // Data parallel.
+  int rank = 0, world_size = 1;
+  int64_t grad_bytes_per_step = 0;    // float32 gradient bytes all-reduced per step
+  double ring_bytes_per_step = 0;     // bytes each rank sends per step in a ring all-reduce
+  int64_t buckets = 0, buckets_overlapped = 0;  // (last step) launched during backward
+  double comm_wait_seconds = 0;       // time blocked on gradient all-reduces after backward
 };
 
 /// Train (from scratch or continuing) and write the final model to opts.out, the best-validation

@@ -4,7 +4,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "core/dataset.h"
+#include "core/launch.h"
 #include "train/trainer.h"
 #include "tools/shrink/cli.h"
 
@@ -63,6 +67,17 @@ void add_common(CLI::App* sub, train::TrainOptions& o) {
   sub->add_option("--prune-targets", o.prune_targets, "Regex over module names to prune")
       ->capture_default_str();
   sub->add_flag("--resume", o.resume, "Continue from OUT/checkpoint");
+  sub->add_option("--nproc", o.nproc,
+                  "Data-parallel worker processes on this machine (c10d/Gloo); --batch is per "
+                  "worker, --threads is split between them. Across machines, set MASTER_ADDR, "
+                  "MASTER_PORT, WORLD_SIZE, RANK (and LOCAL_RANK) instead, as torchrun does")
+      ->capture_default_str();
+  sub->add_option("--dist-timeout", o.dist_timeout,
+                  "Seconds a data-parallel rank waits for the others (rendezvous, all-reduce) "
+                  "before failing the run")
+      ->capture_default_str();
+  sub->add_option("--bucket-mb", o.bucket_mb, "Gradient all-reduce bucket size in MiB")
+      ->capture_default_str();
 }
 
 void report(const char* verb, const train::TrainOptions& o, const train::TrainResult& r,
@@ -100,6 +115,50 @@ void report(const char* verb, const train::TrainOptions& o, const train::TrainRe
   std::printf("; model in %s/model\n", o.out.c_str());
 }
 
+// Run train_run in this process, or, with --nproc N (and no WORLD_SIZE yet), launch N local
+// workers that each run it as one rank. The launch happens before LibTorch is initialised here
+// (run_guarded without torch), so no thread pool is ever forked.
+int run_training(const char* name, const char* verb, const train::TrainOptions& o, Globals& g) {
+  const bool launch = o.nproc > 1 && std::getenv("WORLD_SIZE") == nullptr;
+  if (!launch || g.validate_only) {
+    return run_guarded(name, g, true, [&] {
+      train::train_validate(o);
+      if (g.validate_only) return 0;
+      train::TrainOptions w = o;
+      const core::DistEnv env = core::dist_env_read().take_or_throw();
+      w.progress = env.rank == 0 && g.progress();
+      train::TrainResult r = train::train_run(w);
+      if (r.rank == 0) report(verb, w, r, g);
+      return 0;
+    });
+  }
+  return run_guarded(name, g, false, [&] {
+    train::train_validate(o);
+    core::LaunchOptions lo;
+    lo.nproc = o.nproc;
+    if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
+    const int per_rank = std::max(1, g.threads / o.nproc);
+    std::string err;
+    int rc = core::launch_local(
+        lo,
+        [&](int rank) {
+          Globals wg = g;
+          wg.threads = per_rank;
+          if (rank != 0) wg.quiet = true;
+          return run_guarded(name, wg, true, [&] {
+            train::TrainOptions w = o;
+            w.progress = rank == 0 && wg.progress();
+            train::TrainResult r = train::train_run(w);
+            if (rank == 0) report(verb, w, r, wg);
+            return 0;
+          });
+        },
+        &err);
+    if (rc != 0) throw Error(rc == 2 ? StatusCode::kInvalidInput : StatusCode::kInternal, err);
+    return 0;
+  });
+}
+
 }  // namespace
 
 void register_train(CLI::App& app, Globals& g) {
@@ -111,16 +170,7 @@ void register_train(CLI::App& app, Globals& g) {
   sub->add_option("--config", o->config, "config.json of a new model (seeded random init)");
   sub->add_option("--model", o->model, "Model directory to continue training");
   add_common(sub, *o);
-  sub->callback([o, &g] {
-    g.exit_code = run_guarded("train", g, true, [&] {
-      train::train_validate(*o);
-      if (g.validate_only) return 0;
-      o->progress = g.progress();
-      train::TrainResult r = train::train_run(*o);
-      report("trained", *o, r, g);
-      return 0;
-    });
-  });
+  sub->callback([o, &g] { g.exit_code = run_training("train", "trained", *o, g); });
 }
 
 void register_distill(CLI::App& app, Globals& g) {
@@ -154,16 +204,7 @@ void register_distill(CLI::App& app, Globals& g) {
   sub->add_option("--cache-topk", o->cache_topk, "Logits kept per token in --teacher-cache")
       ->capture_default_str();
   add_common(sub, *o);
-  sub->callback([o, &g] {
-    g.exit_code = run_guarded("distill", g, true, [&] {
-      train::train_validate(*o);
-      if (g.validate_only) return 0;
-      o->progress = g.progress();
-      train::TrainResult r = train::distill_run(*o);
-      report("distilled", *o, r, g);
-      return 0;
-    });
-  });
+  sub->callback([o, &g] { g.exit_code = run_training("distill", "distilled", *o, g); });
 }
 
 }  // namespace shrink::cli
