@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/dtype.h"
+#include "core/quant.h"
 #include "core/safetensors.h"
 
 namespace shrink::runtime {
@@ -345,14 +346,45 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   return Status::ok();
 }
 
+namespace {
+
+// Per-output-channel symmetric int8 of a float [out, in] matrix: scale = max|w| / 127, round
+// half to even, clamp to [-127, 127] (core/quant.h), the scheme `shrink quantize` writes.
+void desc_quantize_w8a16(LinearDesc& d, const float* w) {
+  d.q.resize(size_t(d.out * d.in));
+  d.scale.resize(size_t(d.out));
+  for (int64_t r = 0; r < d.out; ++r) {
+    const float* row = w + r * d.in;
+    float amax = 0;
+    for (int64_t i = 0; i < d.in; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float s = amax > 0 ? amax / float(core::kQMax) : 1.0f;
+    const float inv = 1.0f / s;
+    for (int64_t i = 0; i < d.in; ++i) d.q[size_t(r * d.in + i)] = core::quantize_value(row[i], inv);
+    d.scale[size_t(r)] = s;
+  }
+  d.kind = LinearKind::kW8A16;
+  d.group = d.in;
+  d.w.clear();
+  d.w.shrink_to_fit();
+  d.w_borrowed = nullptr;
+}
+
+}  // namespace
+
 Status Engine::Impl::build(TensorSource& src) {
   const core::ModelConfig& c = cfg;
   const int64_t H = c.hidden_size, I = c.intermediate_size;
+  SHRINK_CHECK(opts.lm_head == "f32" || opts.lm_head == "int8", StatusCode::kInvalidInput,
+               "--lm-head '%s': expected f32 or int8", opts.lm_head.c_str());
+  const bool head_int8 = opts.lm_head == "int8";
+  std::vector<float> embed_host;  // kept only to quantize a tied head
   {
     SrcTensor e;
     SHRINK_CHECK(src.find("model.embed_tokens.weight", &e), StatusCode::kInvalidInput,
                  "%s: missing model.embed_tokens.weight", src.origin().c_str());
-    embed = be->tensor_from_host(to_f32(e));
+    auto ev = to_f32(e);
+    if (head_int8 && c.tie_word_embeddings) embed_host = ev;
+    embed = be->tensor_from_host(std::move(ev));
     src.release("model.embed_tokens.weight");
     weight_bytes += uint64_t(H) * 4;  // one embedding row per token
   }
@@ -392,12 +424,22 @@ Status Engine::Impl::build(TensorSource& src) {
     d.out = c.vocab_size;
     d.in = H;
     d.w_borrowed = embed->data();
+    if (head_int8) {
+      d.name = "lm_head (tied, int8)";
+      desc_quantize_w8a16(d, embed_host.data());
+      embed_host = {};
+    }
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;
   } else {
-    std::vector<std::unique_ptr<Linear>> one;
-    SHRINK_RETURN_IF_ERROR(add_linears(src, {"lm_head"}, {c.vocab_size}, H, false, &one));
-    lm_head = std::move(one[0]);
+    SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, "lm_head", c.vocab_size, H, false));
+    if (head_int8 && d.kind == LinearKind::kF32) {
+      std::vector<float> w = std::move(d.w);
+      desc_quantize_w8a16(d, w.data());
+      d.name = "lm_head (int8)";
+    }
+    SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
+    weight_bytes += lm_head->weight_bytes;
   }
   // RoPE tables as transformers builds them: angle = float32(position) * float32(inv_freq),
   // cos/sin of that float32 angle.

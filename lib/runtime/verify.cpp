@@ -54,7 +54,9 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max(o.seq_len, o.bench_prompt_len + o.bench_gen_len);
   eo.max_batch = 1;
-  SHRINK_ASSIGN_OR_RETURN(auto ref, Engine::load(reference_dir, eo));
+  EngineOptions ref_eo = eo;
+  ref_eo.lm_head = "f32";  // the reference is what it is; only the compact model's head may shrink
+  SHRINK_ASSIGN_OR_RETURN(auto ref, Engine::load(reference_dir, ref_eo));
   SHRINK_ASSIGN_OR_RETURN(auto cmp, Engine::load(compact_dir, eo));
   const int64_t V = ref->config().vocab_size;
   SHRINK_CHECK(cmp->config().vocab_size == V, StatusCode::kInvalidInput,

@@ -9,6 +9,7 @@
 //  - malformed and unsupported models fail with kInvalidInput and a message naming the problem.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -223,6 +224,38 @@ TEST(Engine, EveryIsaLevelAgrees) {
     ASSERT_TRUE(e);
     EXPECT_LE(max_abs_diff(run(*e, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5)), want), 1e-4f) << isa;
   }
+}
+
+TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
+  // Tied (Qwen2 fixture: the head is the embedding) and untied heads.
+  for (const char* name : {"qwen2_bias_tied_bf16", "llama_gqa_llama3rope"}) {
+    SCOPED_TRACE(name);
+    EngineOptions oq;
+    oq.lm_head = "int8";
+    auto ef = load(test::fixture(name));
+    auto eq = load(test::fixture(name), oq);
+    ASSERT_TRUE(ef && eq);
+    const int64_t V = ef->config().vocab_size, H = ef->config().hidden_size;
+    // Decode reads the head as int8 plus one f32 scale per row instead of f32.
+    EXPECT_EQ(ef->weight_bytes() - eq->weight_bytes(), uint64_t(V * H * 4 - (V * H + V * 4)));
+    auto lf = run(*ef, 0, kSeq), lq = run(*eq, 0, kSeq);
+    // Per-channel int8 moves each weight by at most half a step (max|row| / 254): the logits
+    // change, but by well under 1% of their range on these models.
+    const float d = max_rel_diff(lq, lf);
+    EXPECT_GT(d, 0.0f);
+    EXPECT_LT(d, 1e-2f);
+    for (size_t t = 0; t < kSeq.size(); ++t) {  // the same greedy choice at every position
+      auto row_f = lf.begin() + int64_t(t) * V, row_q = lq.begin() + int64_t(t) * V;
+      EXPECT_EQ(std::max_element(row_f, row_f + V) - row_f, std::max_element(row_q, row_q + V) - row_q)
+          << "position " << t;
+    }
+  }
+  EngineOptions bad;
+  bad.lm_head = "int4";
+  auto r = Engine::load(test::fixture("llama_gqa_llama3rope"), bad);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(r.status().message().find("--lm-head 'int4': expected f32 or int8"), std::string::npos);
 }
 
 // ---- int8 ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ struct Globals {
   std::string cuda_weights;
   int cuda_gemv_rows = 0;
   bool no_cuda_graphs = false;
+  std::string lm_head = "f32";
   int exit_code = 0;
 };
 
@@ -80,6 +81,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.float_weights = g.cuda_weights;
   o.gemv_max_rows = g.cuda_gemv_rows;
   o.graphs = !g.no_cuda_graphs;
+  o.lm_head = g.lm_head;
   return o;
 }
 
@@ -419,6 +421,10 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", g.quiet, "No progress output");
   app.add_option("--isa", g.isa, "Kernel ISA level: ref, avx2, avx512, avx512vnni (default: best)");
   app.add_option("--device", g.device, "Backend: cpu or cuda")->capture_default_str();
+  app.add_option("--lm-head", g.lm_head,
+                 "Storage of a float lm_head: f32 (exact) or int8 (per-channel W8A16, quantized at "
+                 "load; verify keeps the reference's head in f32)")
+      ->capture_default_str();
   app.add_option("--cuda-weights", g.cuda_weights,
                  "cuda: storage of float linear weights: f16 (default), bf16, f32");
   app.add_option("--cuda-gemv-rows", g.cuda_gemv_rows,

@@ -33,6 +33,11 @@ void register_verify(CLI::App& app, Globals& g) {
   sub->add_option("--prompt-len", o->v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
   sub->add_option("--gen-len", o->v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
   sub->add_flag("--no-bench", [o](int64_t) { o->v.bench = false; }, "Skip the speed comparison");
+  sub->add_option("--lm-head", o->v.engine.lm_head,
+                  "The compact model's float lm_head in the runtime: f32 or int8 (per-channel, "
+                  "quantized at load)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "int8"}));
   sub->callback([o, &g] {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, false, [&] {
