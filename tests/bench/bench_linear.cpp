@@ -1,0 +1,90 @@
+// Google Benchmark micro-benchmarks of the CPU backend's linear layers (the GEMM/GEMV behind every
+// projection), through the same Backend::linear the engine calls, so the library choice
+// (oneDNN for M >= kGemmLibraryMinM, the built-in ISA kernels for decode) is the real one.
+// Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, W8A16 and
+// W8A8 (dynamic per token). Counters: GOP/s (2*M*N*K per call) and weight GB/s (bytes of the
+// weights read per call; what bounds decode). The second argument 1 rotates over enough copies
+// of the layer (512 MB in all) that the weights come from DRAM, as in a real decode step; with 0
+// one layer is reused and may sit in the last-level cache. Not a test: run build/bin/bench_linear
+// [--benchmark_filter=...] [--threads N via SHRINK_THREADS], numbers in README "Runtime speed".
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <random>
+
+#include "runtime/backend.h"
+
+using namespace shrink;
+using runtime::LinearDesc;
+using runtime::LinearKind;
+
+namespace {
+
+int threads() {
+  const char* t = std::getenv("SHRINK_THREADS");
+  return t && std::atoi(t) > 0 ? std::atoi(t) : 1;
+}
+
+void bench_linear(benchmark::State& state, LinearKind kind) {
+  const int64_t M = state.range(0), N = 2048, K = 2048;
+  runtime::CpuBackendOptions bo;
+  bo.threads = threads();
+  auto be = runtime::backend_cpu_create(bo);
+  if (!be.is_ok()) {
+    state.SkipWithError(be.status().message().c_str());
+    return;
+  }
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  LinearDesc d;
+  d.name = "bench";
+  d.out = N;
+  d.in = K;
+  d.kind = kind;
+  if (kind == LinearKind::kF32) {
+    d.w.resize(size_t(N * K));
+    for (float& v : d.w) v = u(rng) * 0.02f;
+  } else {
+    d.q.resize(size_t(N * K));
+    for (int8_t& v : d.q) v = int8_t(int(rng() % 255) - 127);
+    d.scale.assign(size_t(N), 0.02f / 127.f);
+    d.group = K;
+    if (kind == LinearKind::kW8A8) d.act = runtime::ActQuant::kDynamic;
+  }
+  const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * 4 : uint64_t(N * K);
+  const size_t copies = state.range(1) ? size_t((512ull << 20) / bytes) : 1;
+  std::vector<std::unique_ptr<runtime::Linear>> lins;
+  for (size_t c = 0; c < copies; ++c) {
+    LinearDesc dc = d;
+    auto lin = (*be)->linear_create(std::move(dc));
+    if (!lin.is_ok()) {
+      state.SkipWithError(lin.status().message().c_str());
+      return;
+    }
+    lins.push_back(std::move(lin).value());
+  }
+  std::vector<float> x(size_t(M * K)), y(size_t(M * N));
+  for (float& v : x) v = u(rng);
+  size_t next = 0;
+  for (auto _ : state) {
+    (*be)->linear(*lins[next], x.data(), M, y.data(), N);
+    next = (next + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  auto& lin = lins[0];
+  const double calls = double(state.iterations());
+  state.counters["GOP/s"] =
+      benchmark::Counter(2.0 * double(M * N * K) * calls / 1e9, benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] = benchmark::Counter(
+      double(lin->weight_bytes) * calls / 1e9, benchmark::Counter::kIsRate);
+  state.SetLabel((*be)->describe());
+}
+
+}  // namespace
+
+BENCHMARK_CAPTURE(bench_linear, f32, LinearKind::kF32)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+BENCHMARK_MAIN();
