@@ -270,8 +270,9 @@ TrainResult train_run(const TrainOptions& o) {
   fs::create_directories(o.out);
   const std::string ckpt = o.out + "/checkpoint";
   const bool resuming = o.resume && fs::exists(ckpt + "/state.json");
-  if (o.resume && !resuming && o.config.empty() && o.model.empty()) {
-    bad("--resume: no checkpoint at " + ckpt + " and no --config/--model to start from");
+  if (o.resume && !resuming && o.config.empty() && o.model.empty() && o.student_layers.empty()) {
+    bad("--resume: no checkpoint at " + ckpt + " and no --config/--model (or --student-layers) "
+        "to start from");
   }
 
   // Teacher (distillation): eval mode, no gradients, never in the optimizer.

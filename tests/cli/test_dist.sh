@@ -89,7 +89,22 @@ wait $p1 2>/dev/null
 if [ "$rc" = 1 ]; then ok "rank 0 fails (rc 1) $((SECONDS - start)) s after rank 1 is killed"; else bad "manual launch: rank 0 rc $rc (124 = hung until timeout)"; cat r0.log; fi
 expect_grep "rank 0 explains the lost peer" r0.log "data-parallel: .* failed"
 
-# 4. Bad settings.
+# 4. A recipe stage takes the same key; a first distill stage from --student-layers starts
+#    (the runner passes --resume, which must not need a checkpoint then).
+cat >dp.yaml <<Y
+version: 1
+teacher: $TEACHER
+data:
+  train: $T/shards
+output: $T/rrun
+stages:
+  - distill: {student-layers: "0,4", steps: 3, seq-len: 64, batch: 4, nproc: 2, eval-tokens: 2048}
+Y
+"$SHRINK" --threads 2 run dp.yaml >recipe.log 2>&1 && ok "recipe stage with nproc: 2 runs" || { bad "recipe with nproc"; tail -5 recipe.log; }
+python3 -c "import json; assert json.load(open('rrun/00-distill/distill.json'))['data_parallel']['world_size'] == 2" 2>/dev/null \
+  && ok "the recipe's distill ran on 2 ranks" || bad "recipe distill.json has no 2-rank data_parallel block"
+
+# 5. Bad settings.
 "$SHRINK" -q "${COMMON[@]}" --steps 2 --batch 4 --nproc 0 --out x >bad1.log 2>&1; rc=$?
 [ "$rc" = 2 ] && ok "--nproc 0 exits 2" || bad "--nproc 0: rc $rc"
 expect_grep "--nproc 0 message" bad1.log "nproc 0: expected 1..256"
