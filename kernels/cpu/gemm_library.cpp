@@ -12,6 +12,15 @@
 
 namespace shrink::kernels::cpu {
 
+bool gemm_bf16_native() {
+#if defined(__x86_64__)
+  static const bool yes = __builtin_cpu_supports("avx512bf16");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 #if defined(SHRINK_HAVE_DNNL)
 
 namespace {
@@ -63,6 +72,12 @@ bool gemm_f32_nt_library(int64_t M, int64_t N, int64_t K, const float* A, int64_
                    ldb, C, ldc);
 }
 
+bool gemm_bf16_nt_library(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                          const uint16_t* B, int64_t ldb, float* C, int64_t ldc) {
+  return matmul_nt(dnnl::memory::data_type::bf16, dnnl::memory::data_type::f32, M, N, K, A, lda,
+                   B, ldb, C, ldc);
+}
+
 bool gemm_s8s8_s32_nt_library(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
                               const int8_t* B, int64_t ldb, int32_t* C, int64_t ldc) {
   return matmul_nt(dnnl::memory::data_type::s8, dnnl::memory::data_type::s32, M, N, K, A, lda, B,
@@ -79,6 +94,10 @@ bool gemm_f32_nt_library(int64_t, int64_t, int64_t, const float*, int64_t, const
 }
 bool gemm_s8s8_s32_nt_library(int64_t, int64_t, int64_t, const int8_t*, int64_t, const int8_t*,
                               int64_t, int32_t*, int64_t) {
+  return false;
+}
+bool gemm_bf16_nt_library(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*,
+                          int64_t, float*, int64_t) {
   return false;
 }
 

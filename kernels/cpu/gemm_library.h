@@ -25,6 +25,14 @@ const char* gemm_library_name();
 bool gemm_f32_nt_library(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                          const float* B, int64_t ldb, float* C, int64_t ldc);
 
+/// bf16 C_f32[M,N] = A_bf16[M,K] * B_bf16[N,K]^T (bf16 as raw 16-bit patterns, fp32
+/// accumulation). Used only where the CPU has AVX512_BF16 (gemm_bf16_native()); elsewhere
+/// oneDNN would emulate it slower than fp32. Returns false when unavailable.
+bool gemm_bf16_nt_library(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                          const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+/// Whether this CPU multiplies bf16 natively (AVX512_BF16).
+bool gemm_bf16_native();
+
 /// int8 C_s32[M,N] = A_s8[M,K] * B_s8[N,K]^T, exact. Returns false when unavailable.
 bool gemm_s8s8_s32_nt_library(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
                               const int8_t* B, int64_t ldb, int32_t* C, int64_t ldc);

@@ -75,6 +75,18 @@ void gemm_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 void gemm_f32_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const float* B, int64_t ldb, float* C, int64_t ldc);
 
+// ---- bf16-weight GEMM: float activations x bf16 weights, fp32 arithmetic -------------------
+/// gemm_f32_nt with B given as bf16 bit patterns (the top 16 bits of each float): every weight
+/// is widened exactly, so only the bytes streamed halve. Decode GEMV of --cpu-weights bf16.
+using GemmBf16wF32NtFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                                  const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+void gemm_bf16w_f32_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                           const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+void gemm_bf16w_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                            const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+void gemm_bf16w_f32_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                              const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+
 // ---- W8A16 GEMM: float activations x int8 weights, dequantised in the kernel -----------------
 /// C[m, n] = sum_g scale[n*G + g] * sum_{k in group g} A[m, k] * Bq[n, k], where groups are
 /// `group` consecutive k (group == K: per-channel scales, G = 1; else G = ceil(K / group)).
@@ -156,6 +168,7 @@ struct KernelTable {
   GemmS8s8NtFn gemm_s8s8_f32_nt;
   QuantizeS8Fn quantize_s8;
   RmsnormQuantS8Fn rmsnorm_quant_s8;
+  GemmBf16wF32NtFn gemm_bf16w_f32_nt;
 };
 
 /// The table for a level (which must be supported: see isa_supported).

@@ -58,6 +58,15 @@ inline vf vload_s8(const int8_t* p) {
 inline vf vload_s8_n(const int8_t* p, int64_t n) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(vmask(n), p)));
 }
+/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
+inline vf vload_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline vf vload_bf16_n(const uint16_t* p, int64_t n) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(vmask(n), p)), 16));
+}
 /// Round (half to even), saturate to int8 (caller clamps to [-127, 127] first) and store n.
 inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
   __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
@@ -107,6 +116,15 @@ inline vf vload_s8_n(const int8_t* p, int64_t n) {
   int8_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::memcpy(buf, p, size_t(n < 8 ? n : 8));
   return vload_s8(buf);
+}
+inline vf vload_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline vf vload_bf16_n(const uint16_t* p, int64_t n) {
+  uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(buf, p, size_t(n < 8 ? n : 8) * sizeof(uint16_t));
+  return vload_bf16(buf);
 }
 inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
   alignas(32) int32_t t[8];

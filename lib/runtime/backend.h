@@ -182,6 +182,11 @@ class Backend {
 struct CpuBackendOptions {
   int threads = 1;
   std::string isa;  // "" = best supported; else ref|avx2|avx512|avx512vnni (at most the best)
+  /// Storage of float linear weights: "f32" (default, exact) or "bf16" (round to nearest even;
+  /// half the bytes per decode step). bf16 decode GEMVs widen the weights in registers and
+  /// compute in fp32; prefill uses oneDNN's bf16 matmul (bf16 activations, fp32 accumulation)
+  /// where the CPU has AVX512_BF16, else widens the weights and uses the fp32 GEMM.
+  std::string float_weights = "f32";
 };
 /// The CPU backend (kernels/cpu). Errors: kInvalidInput for an unknown or unsupported ISA.
 Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opts);

@@ -56,10 +56,20 @@ class CpuTensor : public DeviceTensor {
   std::vector<float> v_;
 };
 
+// float -> bf16 bit pattern, round to nearest even (NaN stays a quiet NaN).
+inline uint16_t bf16_from_float(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
 class CpuLinear : public Linear {
  public:
   std::vector<float> w;
   const float* wp = nullptr;  // w.data() or borrowed
+  std::vector<uint16_t> wb;   // bf16 storage (float_weights = bf16); then w/wp are unused
   std::vector<int8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
@@ -75,12 +85,14 @@ constexpr int64_t kColAlign = 16;
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(kc::Isa isa, int threads) : k_(kc::kernels_for(isa)), threads_(threads) {
+  CpuBackend(kc::Isa isa, int threads, bool bf16)
+      : k_(kc::kernels_for(isa)), threads_(threads), bf16_(bf16) {
     kc::threads_set(threads);
   }
 
   std::string describe() const override {
-    return std::string("cpu ") + kc::isa_name(k_.isa) + ", gemm " + kc::gemm_library_name() +
+    return std::string("cpu ") + kc::isa_name(k_.isa) + (bf16_ ? ", bf16 weights" : "") +
+           ", gemm " + kc::gemm_library_name() +
            ", " + std::to_string(threads_) + (threads_ == 1 ? " thread" : " threads") +
            (kc::threads_have_openmp() ? "" : " (no OpenMP)");
   }
@@ -115,6 +127,17 @@ class CpuBackend : public Backend {
         l->wp = l->w.data();
       }
       l->weight_bytes = uint64_t(d.out * d.in) * 4;
+      if (bf16_) {
+        l->wb.resize(size_t(d.out * d.in));
+        const float* src = l->wp;
+        uint16_t* dst = l->wb.data();
+        kc::parallel_for(d.out * d.in, 4096, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) dst[i] = bf16_from_float(src[i]);
+        });
+        l->w = {};
+        l->wp = nullptr;
+        l->weight_bytes = uint64_t(d.out * d.in) * 2;
+      }
       return std::unique_ptr<Linear>(std::move(l));
     }
     const int64_t G = (d.in + d.group - 1) / d.group;
@@ -168,6 +191,10 @@ class CpuBackend : public Backend {
     const bool big = M >= kc::kGemmLibraryMinM && kc::gemm_library_available();
     switch (l.kind) {
       case LinearKind::kF32:
+        if (!l.wb.empty()) {
+          linear_bf16(l, x, M, y, ldy, big);
+          break;
+        }
         if (!(big && kc::gemm_f32_nt_library(M, N, K, x, K, l.wp, K, y, ldy))) {
           kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
             k_.gemm_f32_nt(M, e - b, K, x, K, l.wp + b * K, K, y + b, ldy);
@@ -234,6 +261,32 @@ class CpuBackend : public Backend {
     }
   }
 
+  // bf16 weights: see CpuBackendOptions::float_weights.
+  void linear_bf16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
+                   bool big) {
+    const int64_t N = l.out, K = l.in;
+    if (big && kc::gemm_bf16_native()) {
+      xb_.resize(size_t(M * K));
+      kc::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = bf16_from_float(x[i]);
+      });
+      if (kc::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wb.data(), K, y, ldy)) return;
+    }
+    if (big) {  // widen once (N*K), then the library's fp32 GEMM (M*N*K)
+      deq_.resize(size_t(N * K));
+      kc::parallel_for(N * K, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const uint32_t bits = uint32_t(l.wb[size_t(i)]) << 16;
+          std::memcpy(&deq_[size_t(i)], &bits, sizeof(float));
+        }
+      });
+      if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
+    }
+    kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+      k_.gemm_bf16w_f32_nt(M, e - b, K, x, K, l.wb.data() + b * K, K, y + b, ldy);
+    });
+  }
+
   void add(float* x, const float* y, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
   }
@@ -286,6 +339,8 @@ class CpuBackend : public Backend {
  private:
   const kc::KernelTable& k_;
   int threads_;
+  bool bf16_ = false;
+  std::vector<uint16_t> xb_;
   // Scratch reused across calls (the engine calls ops from one thread).
   std::vector<float> deq_, sx_;
   std::vector<int8_t> qx_;
@@ -306,7 +361,12 @@ Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opt
                  "isa '%s' is not supported by this CPU/build (best: %s)", opts.isa.c_str(),
                  kc::isa_name(kc::isa_best()));
   }
-  return std::unique_ptr<Backend>(new CpuBackend(isa, opts.threads));
+  SHRINK_CHECK(opts.float_weights == "f32" || opts.float_weights == "bf16" ||
+                   opts.float_weights.empty(),
+               StatusCode::kInvalidInput,
+               "cpu float weights '%s': expected f32 or bf16 (f16 needs the cuda device)",
+               opts.float_weights.c_str());
+  return std::unique_ptr<Backend>(new CpuBackend(isa, opts.threads, opts.float_weights == "bf16"));
 }
 
 }  // namespace shrink::runtime

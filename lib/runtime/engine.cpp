@@ -501,13 +501,10 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   }
   SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
                "device '%s' is unknown; expected cpu or cuda", opts.device.c_str());
-  SHRINK_CHECK(opts.float_weights.empty() || opts.float_weights == "f32",
-               StatusCode::kInvalidInput,
-               "float weights '%s' need the cuda device; the cpu backend computes in f32",
-               opts.float_weights.c_str());
   CpuBackendOptions bo;
   bo.threads = opts.threads;
   bo.isa = opts.isa;
+  if (!opts.float_weights.empty()) bo.float_weights = opts.float_weights;
   SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cpu_create(bo));
   return impl;
 }

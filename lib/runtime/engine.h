@@ -38,7 +38,7 @@ struct EngineOptions {
   int64_t max_seq_len = 0;  // 0 = min(max_position_embeddings, 4096)
   int max_batch = 1;        // KV-cache slots
   std::string device = "cpu";  // cpu | cuda
-  std::string float_weights;   // cuda: f16 (default) | bf16 | f32; cpu: f32 only
+  std::string float_weights;   // cuda: f16 (default) | bf16 | f32; cpu: f32 (default) | bf16
   int gemv_max_rows = 0;       // cuda: see CudaBackendOptions
   bool graphs = true;          // cuda: record decode steps in CUDA graphs
   /// Storage of a float lm_head (tied or not): "f32" keeps it exact; "int8" quantizes it at

@@ -1,7 +1,7 @@
 // Google Benchmark micro-benchmarks of the CPU backend's linear layers (the GEMM/GEMV behind every
 // projection), through the same Backend::linear the engine calls, so the library choice
 // (oneDNN for M >= kGemmLibraryMinM, the built-in ISA kernels for decode) is the real one.
-// Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, W8A16 and
+// Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, bf16, W8A16 and
 // W8A8 (dynamic per token). Counters: GOP/s (2*M*N*K per call) and weight GB/s (bytes of the
 // weights read per call; what bounds decode). The second argument 1 rotates over enough copies
 // of the layer (512 MB in all) that the weights come from DRAM, as in a real decode step; with 0
@@ -25,10 +25,11 @@ int threads() {
   return t && std::atoi(t) > 0 ? std::atoi(t) : 1;
 }
 
-void bench_linear(benchmark::State& state, LinearKind kind) {
+void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false) {
   const int64_t M = state.range(0), N = 2048, K = 2048;
   runtime::CpuBackendOptions bo;
   bo.threads = threads();
+  if (bf16) bo.float_weights = "bf16";
   auto be = runtime::backend_cpu_create(bo);
   if (!be.is_ok()) {
     state.SkipWithError(be.status().message().c_str());
@@ -51,7 +52,7 @@ void bench_linear(benchmark::State& state, LinearKind kind) {
     d.group = K;
     if (kind == LinearKind::kW8A8) d.act = runtime::ActQuant::kDynamic;
   }
-  const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * 4 : uint64_t(N * K);
+  const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * (bf16 ? 2 : 4) : uint64_t(N * K);
   const size_t copies = state.range(1) ? size_t((512ull << 20) / bytes) : 1;
   std::vector<std::unique_ptr<runtime::Linear>> lins;
   for (size_t c = 0; c < copies; ++c) {
@@ -84,6 +85,7 @@ void bench_linear(benchmark::State& state, LinearKind kind) {
 }  // namespace
 
 BENCHMARK_CAPTURE(bench_linear, f32, LinearKind::kF32)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_CAPTURE(bench_linear, bf16, LinearKind::kF32, true)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
 

@@ -258,6 +258,40 @@ TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
   EXPECT_NE(r.status().message().find("--lm-head 'int4': expected f32 or int8"), std::string::npos);
 }
 
+TEST(Engine, Bf16WeightsOnCpu) {
+  // The Qwen2 fixture is stored in bf16, so bf16 storage holds its exact weights: decode steps
+  // (the GEMV widens them in registers and computes in fp32) equal the f32-storage engine bit
+  // for bit. Prefill-sized products may take oneDNN's bf16 matmul (bf16 activations), so the
+  // full sequence agrees to bf16 precision (8 significant bits).
+  EngineOptions ob;
+  ob.float_weights = "bf16";
+  auto ef = load(test::fixture("qwen2_bias_tied_bf16"));
+  auto eb = load(test::fixture("qwen2_bias_tied_bf16"), ob);
+  ASSERT_TRUE(ef && eb);
+  EXPECT_NE(eb->describe().find("bf16 weights"), std::string::npos) << eb->describe();
+  EXPECT_LT(eb->weight_bytes(), ef->weight_bytes() * 6 / 10);  // the linears halve
+  EXPECT_EQ(run(*ef, 0, {5}), run(*eb, 0, {5}));
+  ef->reset_all();
+  eb->reset_all();
+  auto lf = run(*ef, 0, kSeq), lb = run(*eb, 0, kSeq);
+  EXPECT_LT(max_rel_diff(lb, lf), 2e-2f);
+  // Decoding through the KV cache agrees with the full forward (same tolerance).
+  eb->reset_all();
+  std::vector<float> last;
+  for (int32_t t : kSeq) last = run(*eb, 0, {t});
+  const int64_t V = eb->config().vocab_size;
+  std::vector<float> full_last(lb.end() - V, lb.end());
+  EXPECT_LT(max_rel_diff(last, full_last), 2e-2f);
+
+  EngineOptions bad;
+  bad.float_weights = "f16";
+  auto r = Engine::load(test::fixture("qwen2_bias_tied_bf16"), bad);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(r.status().message().find("expected f32 or bf16"), std::string::npos)
+      << r.status().message();
+}
+
 // ---- int8 ---------------------------------------------------------------------------------------
 
 namespace {

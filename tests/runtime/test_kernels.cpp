@@ -5,6 +5,8 @@
 // summation order (float lanes vs. the reference's double accumulation).
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -127,6 +129,24 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
           // Tolerance: float sums of K <= 130 unit-variance products vs double: |err| ~
           // K * 6e-8 * sqrt(K) relative to the magnitude sqrt(K), floor 1e-2 for cancellations.
           expect_close(c2, c1, 2e-5f, 1e-1f, "gemm_f32 " + tag);
+          // bf16 weights: the top halves of B's floats (truncation is fine for a kernel test);
+          // the kernel widens them exactly, so it must equal the f32 kernel on the widened B.
+          std::vector<uint16_t> bh(B.size());
+          std::vector<float> bw(B.size());
+          for (size_t i = 0; i < B.size(); ++i) {
+            uint32_t u;
+            std::memcpy(&u, &B[i], 4);
+            bh[i] = uint16_t(u >> 16);
+            u &= 0xffff0000u;
+            std::memcpy(&bw[i], &u, 4);
+          }
+          std::vector<float> h1(static_cast<size_t>(M * ldc)), h2(static_cast<size_t>(M * ldc)),
+              h3(static_cast<size_t>(M * ldc));
+          ref.gemm_bf16w_f32_nt(M, N, K, A.data(), lda, bh.data(), K, h1.data(), ldc);
+          k.gemm_bf16w_f32_nt(M, N, K, A.data(), lda, bh.data(), K, h2.data(), ldc);
+          k.gemm_f32_nt(M, N, K, A.data(), lda, bw.data(), K, h3.data(), ldc);
+          expect_close(h2, h1, 2e-5f, 1e-1f, "gemm_bf16w_f32 " + tag);
+          EXPECT_EQ(h2, h3) << "bf16w kernel != f32 kernel on the widened weights, " << tag;
           for (int64_t group : {K, int64_t(32), int64_t(5)}) {
             const int64_t G = (K + group - 1) / group;
             auto q = rand_s8(static_cast<size_t>(N * K), 23);
@@ -217,6 +237,28 @@ TEST(Kernels, GemmLibraryMatchesRef) {
             for (int64_t k = 0; k < K; ++k) i1[static_cast<size_t>(m * N + n)] += qa[static_cast<size_t>(m * K + k)] * qb[static_cast<size_t>(n * K + k)];
         ASSERT_TRUE(gemm_s8s8_s32_nt_library(M, N, K, qa.data(), K, qb.data(), K, i2.data(), N));
         ASSERT_EQ(i1, i2) << "library s8s8 M=" << M << " N=" << N << " K=" << K;
+        if (gemm_bf16_native()) {
+          // bf16 inputs (truncated halves of A and B) are exact in f32, and the products of two
+          // 8-bit mantissas are exact too: only the fp32 accumulation order differs from ref.
+          std::vector<uint16_t> ah(A.size()), bh(B.size());
+          std::vector<float> aw(A.size()), bw(B.size());
+          auto half = [](const std::vector<float>& x, std::vector<uint16_t>& h,
+                         std::vector<float>& w) {
+            for (size_t i = 0; i < x.size(); ++i) {
+              uint32_t u;
+              std::memcpy(&u, &x[i], 4);
+              h[i] = uint16_t(u >> 16);
+              u &= 0xffff0000u;
+              std::memcpy(&w[i], &u, 4);
+            }
+          };
+          half(A, ah, aw);
+          half(B, bh, bw);
+          std::vector<float> b1(static_cast<size_t>(M * N)), b2(static_cast<size_t>(M * N));
+          ref.gemm_f32_nt(M, N, K, aw.data(), K, bw.data(), K, b1.data(), N);
+          ASSERT_TRUE(gemm_bf16_nt_library(M, N, K, ah.data(), K, bh.data(), K, b2.data(), N));
+          expect_close(b2, b1, 2e-5f, 1e-1f, "library bf16");
+        }
       }
     }
   }

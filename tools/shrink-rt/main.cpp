@@ -33,6 +33,7 @@ struct Globals {
   std::string isa;
   std::string device = "cpu";
   std::string cuda_weights;
+  std::string cpu_weights;
   int cuda_gemv_rows = 0;
   bool no_cuda_graphs = false;
   std::string lm_head = "f32";
@@ -78,7 +79,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.threads = g.threads;
   o.isa = g.isa;
   o.device = g.device;
-  o.float_weights = g.cuda_weights;
+  o.float_weights = g.device == "cuda" ? g.cuda_weights : g.cpu_weights;
   o.gemv_max_rows = g.cuda_gemv_rows;
   o.graphs = !g.no_cuda_graphs;
   o.lm_head = g.lm_head;
@@ -100,8 +101,8 @@ void register_bench(CLI::App& app, Globals& g) {
   sub->add_option("model", o->model, "Model directory (or use --shape)");
   sub->add_option("--shape", o->shape, "Random weights of a named shape: smollm-135m, llama-1b");
   sub->add_option("--dtype", o->dtype,
-                  "With --shape: f32, w8a16 or w8a8 (dynamic per token); with --device cuda also "
-                  "f16 or bf16 (float weights stored so)")
+                  "With --shape: f32, bf16, w8a16 or w8a8 (dynamic per token); with --device "
+                  "cuda also f16 (float weights stored so)")
       ->capture_default_str();
   sub->add_option("--prompt-len", o->prompt_len, "Prompt tokens per sequence")->capture_default_str();
   sub->add_option("--gen-len", o->gen_len, "Decode steps")->capture_default_str();
@@ -133,8 +134,8 @@ void register_bench(CLI::App& app, Globals& g) {
         SHRINK_ASSIGN_OR_RETURN(core::ModelConfig c, runtime::bench_shape(o->shape));
         std::string dtype = o->dtype;
         if (dtype == "f16" || dtype == "bf16") {  // float weights, stored so by the backend
-          SHRINK_CHECK(g.device == "cuda", StatusCode::kInvalidInput,
-                       "--dtype %s needs --device cuda; the cpu backend computes in f32",
+          SHRINK_CHECK(g.device == "cuda" || dtype == "bf16", StatusCode::kInvalidInput,
+                       "--dtype %s needs --device cuda; the cpu backend stores f32 or bf16",
                        dtype.c_str());
           eo.float_weights = dtype;
           dtype = "f32";
@@ -425,6 +426,9 @@ int main(int argc, char** argv) {
                  "Storage of a float lm_head: f32 (exact) or int8 (per-channel W8A16, quantized at "
                  "load; verify keeps the reference's head in f32)")
       ->capture_default_str();
+  app.add_option("--cpu-weights", g.cpu_weights,
+                 "cpu: storage of float linear weights: f32 (default) or bf16 (half the bytes; "
+                 "oneDNN bf16 matmul for prefill where the CPU has AVX512_BF16)");
   app.add_option("--cuda-weights", g.cuda_weights,
                  "cuda: storage of float linear weights: f16 (default), bf16, f32");
   app.add_option("--cuda-gemv-rows", g.cuda_gemv_rows,
