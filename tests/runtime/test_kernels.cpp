@@ -55,6 +55,21 @@ const int64_t kSizes[] = {1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 65, 100};
 
 }  // namespace
 
+namespace {
+// The top 16 bits of each float (a bf16 bit pattern, truncated) and the floats they stand for.
+void bf16_halves(const std::vector<float>& x, std::vector<uint16_t>* h, std::vector<float>* w) {
+  h->resize(x.size());
+  w->resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    (*h)[i] = uint16_t(u >> 16);
+    u &= 0xffff0000u;
+    std::memcpy(&(*w)[i], &u, 4);
+  }
+}
+}  // namespace
+
 TEST(Kernels, ReportsIsa) {
   EXPECT_TRUE(isa_supported(Isa::kRef));
   std::printf("isa: best %s, active %s; gemm library: %s\n", isa_name(isa_best()),
@@ -131,15 +146,9 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
           expect_close(c2, c1, 2e-5f, 1e-1f, "gemm_f32 " + tag);
           // bf16 weights: the top halves of B's floats (truncation is fine for a kernel test);
           // the kernel widens them exactly, so it must equal the f32 kernel on the widened B.
-          std::vector<uint16_t> bh(B.size());
-          std::vector<float> bw(B.size());
-          for (size_t i = 0; i < B.size(); ++i) {
-            uint32_t u;
-            std::memcpy(&u, &B[i], 4);
-            bh[i] = uint16_t(u >> 16);
-            u &= 0xffff0000u;
-            std::memcpy(&bw[i], &u, 4);
-          }
+          std::vector<uint16_t> bh;
+          std::vector<float> bw;
+          bf16_halves(B, &bh, &bw);
           std::vector<float> h1(static_cast<size_t>(M * ldc)), h2(static_cast<size_t>(M * ldc)),
               h3(static_cast<size_t>(M * ldc));
           ref.gemm_bf16w_f32_nt(M, N, K, A.data(), lda, bh.data(), K, h1.data(), ldc);
@@ -240,20 +249,10 @@ TEST(Kernels, GemmLibraryMatchesRef) {
         if (gemm_bf16_native()) {
           // bf16 inputs (truncated halves of A and B) are exact in f32, and the products of two
           // 8-bit mantissas are exact too: only the fp32 accumulation order differs from ref.
-          std::vector<uint16_t> ah(A.size()), bh(B.size());
-          std::vector<float> aw(A.size()), bw(B.size());
-          auto half = [](const std::vector<float>& x, std::vector<uint16_t>& h,
-                         std::vector<float>& w) {
-            for (size_t i = 0; i < x.size(); ++i) {
-              uint32_t u;
-              std::memcpy(&u, &x[i], 4);
-              h[i] = uint16_t(u >> 16);
-              u &= 0xffff0000u;
-              std::memcpy(&w[i], &u, 4);
-            }
-          };
-          half(A, ah, aw);
-          half(B, bh, bw);
+          std::vector<uint16_t> ah, bh;
+          std::vector<float> aw, bw;
+          bf16_halves(A, &ah, &aw);
+          bf16_halves(B, &bh, &bw);
           std::vector<float> b1(static_cast<size_t>(M * N)), b2(static_cast<size_t>(M * N));
           ref.gemm_f32_nt(M, N, K, aw.data(), K, bw.data(), K, b1.data(), N);
           ASSERT_TRUE(gemm_bf16_nt_library(M, N, K, ah.data(), K, bh.data(), K, b2.data(), N));
