@@ -45,6 +45,22 @@ print("max relative difference", worst)
 assert worst < 1e-5, worst
 PY
 if [ $? = 0 ]; then ok "2 ranks at batch 4 = 1 process at batch 8 ($(cat cmp.log))"; else bad "equivalence: $(cat cmp.log)"; fi
+# With gradient accumulation (DDP's no_sync: only the last micro-batch all-reduces).
+"$SHRINK" --threads 1 -q "${COMMON[@]}" --steps 4 --batch 8 --grad-accum 2 --out one_acc >/dev/null 2>&1 \
+  || bad "single-process run with --grad-accum 2"
+"$SHRINK" --threads 2 -q "${COMMON[@]}" --steps 4 --batch 4 --grad-accum 2 --nproc 2 --out two_acc >/dev/null 2>&1 \
+  || bad "2-rank run with --grad-accum 2"
+python3 - one_acc/metrics.jsonl two_acc/metrics.jsonl >cmp_acc.log 2>&1 <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) and len(a) >= 5, (len(a), len(b))
+worst = max(abs(x[k] - y[k]) / max(1e-12, abs(x[k])) for x, y in zip(a, b)
+            for k in ("loss", "val_loss") if k in x)
+print("max relative difference", worst)
+assert worst < 1e-5, worst
+PY
+if [ $? = 0 ]; then ok "with --grad-accum 2 too ($(cat cmp_acc.log))"; else bad "equivalence with --grad-accum: $(cat cmp_acc.log)"; fi
 python3 -c "
 import json; d = json.load(open('two/distill.json'))['data_parallel']
 assert d['world_size'] == 2 and d['global_batch'] == 8 and d['gradient_bytes_per_step'] > 0, d
