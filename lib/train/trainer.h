@@ -1,12 +1,14 @@
-// The trainer behind `shrink train` (and, next, `shrink distill`): AdamW with decoupled weight
-// decay (norms, biases and embeddings excluded unless asked), warmup then cosine/linear decay,
+// The trainer behind `shrink train` and `shrink distill`: AdamW with decoupled weight decay
+// (norms, biases and embeddings excluded unless asked), warmup then cosine/linear decay,
 // gradient clipping and accumulation, periodic validation, atomic checkpoints with the optimizer
-// state and the data cursor, and exact --resume.
+// state and the data cursor, exact --resume, and data parallelism over c10d (train/dist.h) when
+// the environment describes a process group.
 //
 // Why this way: all randomness is explicit (seeded init, the packer's seeded per-epoch
 // permutation; no dropout), weights are saved as float32 and the optimizer state with
 // torch::save, so a resumed run continues bit-for-bit at a fixed thread count. The public API has
-// no LibTorch types (tools include this header). Tested in tests/train/test_trainer.cpp.
+// no LibTorch types (tools include this header). Tested in tests/train/test_trainer.cpp,
+// test_distill.cpp, test_dist.cpp and tests/cli/test_dist.sh.
 #pragma once
 
 #include <cstdint>
