@@ -15,6 +15,7 @@
 #include "kernels/cpu/gemm_library.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/parallel.h"
+#include "core/dtype.h"
 #include "core/sampling.h"
 #include "runtime/backend.h"
 
@@ -55,15 +56,6 @@ class CpuTensor : public DeviceTensor {
  private:
   std::vector<float> v_;
 };
-
-// float -> bf16 bit pattern, round to nearest even (NaN stays a quiet NaN).
-inline uint16_t bf16_from_float(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 class CpuLinear : public Linear {
  public:
@@ -132,7 +124,7 @@ class CpuBackend : public Backend {
         const float* src = l->wp;
         uint16_t* dst = l->wb.data();
         kc::parallel_for(d.out * d.in, 4096, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) dst[i] = bf16_from_float(src[i]);
+          for (int64_t i = b; i < e; ++i) dst[i] = core::f32_to_bf16(src[i]);
         });
         l->w = {};
         l->wp = nullptr;
@@ -268,17 +260,14 @@ class CpuBackend : public Backend {
     if (big && kc::gemm_bf16_native()) {
       xb_.resize(size_t(M * K));
       kc::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = bf16_from_float(x[i]);
+        for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = core::f32_to_bf16(x[i]);
       });
       if (kc::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wb.data(), K, y, ldy)) return;
     }
     if (big) {  // widen once (N*K), then the library's fp32 GEMM (M*N*K)
       deq_.resize(size_t(N * K));
       kc::parallel_for(N * K, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          const uint32_t bits = uint32_t(l.wb[size_t(i)]) << 16;
-          std::memcpy(&deq_[size_t(i)], &bits, sizeof(float));
-        }
+        for (int64_t i = b; i < e; ++i) deq_[size_t(i)] = core::bf16_to_f32(l.wb[size_t(i)]);
       });
       if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
     }

@@ -239,9 +239,15 @@ std::pair<uint64_t, uint64_t> eval_shard(uint64_t n, int64_t seq_len, int rank, 
 // A test aid for the dead-rank test: SHRINK_TEST_KILL_RANK=r SHRINK_TEST_KILL_STEP=s makes rank
 // r SIGKILL itself after optimizer step s, the way an OOM kill or a lost machine would.
 void maybe_die(int rank, int64_t step) {
-  const char* r = std::getenv("SHRINK_TEST_KILL_RANK");
-  const char* s = std::getenv("SHRINK_TEST_KILL_STEP");
-  if (r && s && std::atoi(r) == rank && std::atoll(s) == step) ::raise(SIGKILL);
+  static const int kill_rank = [] {
+    const char* r = std::getenv("SHRINK_TEST_KILL_RANK");
+    return r ? std::atoi(r) : -1;
+  }();
+  static const int64_t kill_step = [] {
+    const char* s = std::getenv("SHRINK_TEST_KILL_STEP");
+    return s ? std::atoll(s) : int64_t(-1);
+  }();
+  if (kill_rank == rank && kill_step == step) ::raise(SIGKILL);
 }
 
 }  // namespace
@@ -442,29 +448,30 @@ TrainResult train_run(const TrainOptions& o) {
   // Validation is split over the ranks by whole windows and the sums are all-reduced, so every
   // rank gets the same figure as one process would.
   const auto [val_first, val_count] = eval_shard(val_tokens.size(), o.seq_len, rank, world);
-  auto sharded_nll = [&](CausalLM& model) -> double {
+  // Mean over every rank's shard of `sum_fn(tokens, n)` -> {sum, count}.
+  auto sharded_mean = [&](const auto& sum_fn, const char* what) -> double {
     double sum = 0, n = 0;
     if (val_count >= 2) {
-      auto [s_, n_] = nll_over_windows(model, val_tokens.data() + val_first, val_count, o.seq_len, 8);
+      auto [s_, n_] = sum_fn(val_tokens.data() + val_first, val_count);
       sum = s_;
       n = double(n_);
     }
-    auto v = sum_over_ranks({sum, n}, "the validation all-reduce");
+    auto v = sum_over_ranks({sum, n}, what);
     return v[1] > 0 ? v[0] / v[1] : NAN;
+  };
+  auto sharded_nll = [&](CausalLM& model) -> double {
+    return sharded_mean([&](const int32_t* t, uint64_t n) {
+      return nll_over_windows(model, t, n, o.seq_len, 8);
+    }, "the validation all-reduce");
   };
   auto evaluate = [&]() -> double {
     if (val_tokens.size() < 2) return NAN;
     return sharded_nll(m);
   };
   auto sharded_kl = [&]() -> double {
-    double sum = 0, n = 0;
-    if (val_count >= 2) {
-      auto [s_, n_] = kl_over_windows(m, teacher, val_tokens.data() + val_first, val_count, o.seq_len);
-      sum = s_;
-      n = double(n_);
-    }
-    auto v = sum_over_ranks({sum, n}, "the validation KL all-reduce");
-    return v[1] > 0 ? v[0] / v[1] : NAN;
+    return sharded_mean([&](const int32_t* t, uint64_t n) {
+      return kl_over_windows(m, teacher, t, n, o.seq_len);
+    }, "the validation KL all-reduce");
   };
 
   // Teacher top-k cache: built once over every training window, reused by later runs.
@@ -513,7 +520,7 @@ TrainResult train_run(const TrainOptions& o) {
   std::vector<int32_t> buf(size_t(micro * (L + 1)));
   std::vector<uint64_t> win_ids(static_cast<size_t>(micro));
   double kd_window = 0, ce_window = 0, hid_window = 0;
-  core::Progress prog("train", uint64_t(o.steps), "steps", o.progress);
+  core::Progress prog("train", uint64_t(o.steps), "steps", o.progress && lead);
   double loss_window = 0;
   int64_t window_steps = 0;
   auto t_start = Clock::now();

@@ -118,20 +118,23 @@ void report(const char* verb, const train::TrainOptions& o, const train::TrainRe
 // Run train_run in this process, or, with --nproc N (and no WORLD_SIZE yet), launch N local
 // workers that each run it as one rank. The launch happens before LibTorch is initialised here
 // (run_guarded without torch), so no thread pool is ever forked.
+// One process's run (a single process, or one rank: the trainer shows progress on rank 0 only).
+int train_in_process(const char* name, const char* verb, const train::TrainOptions& o,
+                     Globals& g) {
+  return run_guarded(name, g, true, [&] {
+    train::train_validate(o);
+    if (g.validate_only) return 0;
+    train::TrainOptions w = o;
+    w.progress = g.progress();
+    train::TrainResult r = train::train_run(w);
+    if (r.rank == 0) report(verb, w, r, g);
+    return 0;
+  });
+}
+
 int run_training(const char* name, const char* verb, const train::TrainOptions& o, Globals& g) {
   const bool launch = o.nproc > 1 && std::getenv("WORLD_SIZE") == nullptr;
-  if (!launch || g.validate_only) {
-    return run_guarded(name, g, true, [&] {
-      train::train_validate(o);
-      if (g.validate_only) return 0;
-      train::TrainOptions w = o;
-      const core::DistEnv env = core::dist_env_read().take_or_throw();
-      w.progress = env.rank == 0 && g.progress();
-      train::TrainResult r = train::train_run(w);
-      if (r.rank == 0) report(verb, w, r, g);
-      return 0;
-    });
-  }
+  if (!launch || g.validate_only) return train_in_process(name, verb, o, g);
   return run_guarded(name, g, false, [&] {
     train::train_validate(o);
     core::LaunchOptions lo;
@@ -145,13 +148,7 @@ int run_training(const char* name, const char* verb, const train::TrainOptions& 
           Globals wg = g;
           wg.threads = per_rank;
           if (rank != 0) wg.quiet = true;
-          return run_guarded(name, wg, true, [&] {
-            train::TrainOptions w = o;
-            w.progress = rank == 0 && wg.progress();
-            train::TrainResult r = train::train_run(w);
-            if (rank == 0) report(verb, w, r, wg);
-            return 0;
-          });
+          return train_in_process(name, verb, o, wg);
         },
         &err);
     if (rc != 0) throw Error(rc == 2 ? StatusCode::kInvalidInput : StatusCode::kInternal, err);
