@@ -10,7 +10,7 @@
 //    padded between halves against bank conflicts), online softmax in registers.
 // Numerics: scores = (q . k) * scale in float, softmax with the max subtracted, as the CPU
 // reference (kernels/cpu/attention/attention_ref.cpp) up to the order of float additions.
-// Tested in tests/cuda/test_kernels.cpp (GQA, MQA, sliding window, odd lengths, head_dim 16..128).
+// Tested in tests/cuda/test_backend.cpp (GQA, MQA, sliding window, odd lengths, head_dim 16..128).
 #include <cfloat>
 
 #include "cuda/common.cuh"
@@ -204,6 +204,9 @@ void attention_decode(const AttentionArgs& a, int64_t max_seq, float* partial, c
   const int G = a.n_heads / a.n_kv_heads;
   const size_t smem = size_t(G * a.head_dim + G * kSplitKeys + 2 * G) * sizeof(float);
   dim3 grid(unsigned(splits), unsigned(a.n_kv_heads), unsigned(a.rows));
+  if (smem > 48 * 1024) {  // many query heads per kv head: opt in to more shared memory
+    cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  }
   decode_kernel<<<grid, kSplitKeys, smem, s>>>(a, splits, partial);
   merge_kernel<<<unsigned(a.rows * a.n_heads), a.head_dim < 128 ? 64 : 128, 0, s>>>(a, splits,
                                                                                    partial);

@@ -1,7 +1,7 @@
 // Device helpers shared by the kernels of kernels/cuda: warp and block reductions and the
 // conversions between float and the 16-bit weight types. Header-only, included by .cu files only.
 // Why: every fused kernel reduces a row (sum of squares, max |x|, argmax); one copy of the
-// shuffle code keeps them consistent. Tested through every kernel in tests/cuda/test_kernels.cpp.
+// shuffle code keeps them consistent. Tested through every kernel in tests/cuda/test_backend.cpp.
 #pragma once
 
 #include <cuda_bf16.h>

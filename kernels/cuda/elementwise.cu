@@ -3,7 +3,7 @@
 // for cuBLASLt prefill, the int32 -> float epilogue of the int8 GEMM, bias, argmax.
 // Why one file: these are small memory-bound kernels; one nvcc translation unit keeps the build
 // short on 2 cores. Numerics follow the CPU references (kernels/cpu/*_ref.cpp): expf for SiLU,
-// division then round-half-even for int8. Tested in tests/cuda/test_kernels.cpp against the
+// division then round-half-even for int8. Tested in tests/cuda/test_backend.cpp against the
 // CPU backend.
 #include <cfloat>
 

@@ -8,7 +8,7 @@
 // Plans (descriptors + the heuristic's first algorithm) are cached per shape; the workspace is
 // allocated once, so calls are capturable in CUDA graphs. Errors (no algorithm for a shape)
 // return a Status and the backend falls back to the GEMV kernels.
-// Tested in tests/cuda/test_kernels.cpp (linear at prefill sizes against the CPU backend).
+// Tested in tests/cuda/test_backend.cpp (linear at prefill sizes against the CPU backend).
 #pragma once
 
 #include <cuda_runtime.h>

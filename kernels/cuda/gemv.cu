@@ -13,7 +13,7 @@
 //          with dp4a into int32; per channel the int32 dot is exact, then float(dot) * s_w * s_x
 //          as the CPU reference; per group, float(group dot) * s_w[g] summed, then * s_x.
 // Odd shapes (K not a multiple of VEC, unaligned pointers, M > 16) go to gemv_generic, one warp
-// per output. Tested in tests/cuda/test_kernels.cpp against the CPU backend over odd shapes.
+// per output. Tested in tests/cuda/test_backend.cpp against the CPU backend over odd shapes.
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
 

@@ -3,12 +3,16 @@
 // Every pointer is device memory unless named *_host. Activations are float32 row-major; rows
 // are tokens. All launches go to `stream` and are capturable in a CUDA graph (no allocation,
 // no synchronisation). Each launcher's CPU reference is the matching kernels/cpu op; the tests
-// in tests/cuda/test_kernels.cpp compare them over shapes that include odd sizes.
+// in tests/cuda/test_backend.cpp compare them over shapes that include odd sizes.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+namespace shrink::core {
+struct SampleRow;
+}
 
 namespace shrink::cuda {
 
@@ -118,5 +122,12 @@ bool gemv_vector_ok(const GemvArgs& a);
 void gemv(const GemvArgs& a, cudaStream_t s);
 /// Any shape and M: one warp per output. Slow; the fallback and the odd-shape path.
 void gemv_generic(const GemvArgs& a, cudaStream_t s);
+
+// ---- sample.cu ---------------------------------------------------------------------------------
+/// out[r] = the token sampled from row r of x ([rows, ld], n logits) with the device-resident
+/// parameters and draw p[r] (core::sample_select: temperature, top-k, top-p, inverse CDF; argmax
+/// for temperature <= 0). One block per row; no sorting, no host copy.
+void sample_rows(const float* x, int64_t rows, int64_t n, int64_t ld, const core::SampleRow* p,
+                 int32_t* out, cudaStream_t s);
 
 }  // namespace shrink::cuda

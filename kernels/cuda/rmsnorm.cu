@@ -4,7 +4,7 @@
 // float row for the GEMV, the f16/bf16 row for cuBLASLt, the int8 row and its scale for W8A8),
 // so the row is read from memory once. The sum of squares is accumulated in double like the
 // CPU reference (kernels/cpu/rmsnorm/rmsnorm_ref.cpp), so both backends normalise identically
-// up to the order of float additions. Tested in tests/cuda/test_kernels.cpp.
+// up to the order of float additions. Tested in tests/cuda/test_backend.cpp.
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
 

@@ -3,7 +3,7 @@
 // (slot, position), which it reads from device memory (so a captured decode graph stays valid as
 // positions advance). Each rotated value is two separate float products and a sum, like the CPU
 // reference (kernels/cpu/rope/rope_ref.cpp): __fmul_rn/__fadd_rn keep nvcc from contracting
-// them into an FMA, so both backends produce the same bits. Tested in tests/cuda/test_kernels.cpp.
+// them into an FMA, so both backends produce the same bits. Tested in tests/cuda/test_backend.cpp.
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
 

@@ -10,6 +10,8 @@
 #include <random>
 #include <vector>
 
+#include "core/sample_select.h"
+
 namespace shrink::core {
 
 struct SamplingParams {
@@ -21,14 +23,26 @@ struct SamplingParams {
 class Sampler {
  public:
   Sampler(SamplingParams p, uint64_t seed) : p_(p), rng_(seed) {}
-  /// Pick a token id from n logits.
+  /// Pick a token id from n logits: argmax when greedy, else sample_sorted with u = draw().
   int32_t sample(const float* logits, int64_t n);
+  /// The next uniform draw in [0, 1) (53 random bits): one per sampled (non-greedy) token.
+  double draw();
+  /// The row a backend samples with: these parameters and, unless greedy, u = draw(). Drawing
+  /// here before the forward and sampling after it consume the RNG identically.
+  SampleRow next_row();
+  const SamplingParams& params() const { return p_; }
 
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> scratch_;
 };
+
+/// The reference pick for one row: sort (value descending, id ascending), keep top-k, softmax
+/// in double, keep the smallest prefix reaching top-p, inverse-CDF draw with p.u. Greedy rows
+/// (temperature <= 0) take argmax. `scratch` is reused between calls.
+int32_t sample_sorted(const float* logits, int64_t n, const SampleRow& p,
+                      std::vector<std::pair<float, int32_t>>& scratch);
 
 /// Index of the largest value (lowest index on ties).
 int32_t argmax(const float* x, int64_t n);

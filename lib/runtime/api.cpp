@@ -136,20 +136,20 @@ Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
   r.prompt_len = int64_t(prompt.size());
   core::Sampler sampler(opts.sampling, opts.seed);
   e.reset(0);
-  std::vector<float> logits;
   auto t0 = Clock::now();
-  // Greedy decoding takes the argmax on the backend (no logits copied back); it is the same
-  // token the sampler picks at temperature 0 (core::argmax).
+  // The next token is picked on the backend (no logits cross to the host): the argmax when
+  // greedy, else the sampler's row (parameters and its next draw, taken before the forward
+  // that samples with it, so the RNG is consumed as core::Sampler::sample consumes it).
   const bool greedy = opts.sampling.temperature <= 0.0f;
   std::vector<int32_t> best;
   auto step_fwd = [&](const std::vector<SeqChunk>& ch) {
-    return greedy ? e.forward_argmax(ch, best) : e.forward(ch, false, logits);
+    return greedy ? e.forward_argmax(ch, best) : e.forward_sample(ch, {sampler.next_row()}, best);
   };
   SHRINK_RETURN_IF_ERROR(step_fwd({{0, prompt.data(), int64_t(prompt.size())}}));
   r.prefill_seconds = since(t0);
   auto t1 = Clock::now();
   for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
-    const int32_t next = greedy ? best[0] : sampler.sample(logits.data(), V);
+    const int32_t next = best[0];
     r.ids.push_back(next);
     if (opts.stop_at_eos && opts.eos && next == *opts.eos) break;
     if (step + 1 == opts.max_new_tokens) break;
@@ -192,18 +192,26 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   std::vector<SeqChunk> chunks;
   for (int b = 0; b < o.batch; ++b) chunks.push_back({b, prompts[size_t(b)].data(), o.prompt_len});
   std::vector<int32_t> next(size_t(o.batch));
+  core::Sampler sampler(o.sampling, o.seed);
+  std::vector<core::SampleRow> rows;
+  auto pick = [&](const std::vector<SeqChunk>& ch) {
+    if (o.sampling.temperature <= 0.0f) return e.forward_argmax(ch, next);
+    rows.clear();
+    for (size_t i = 0; i < ch.size(); ++i) rows.push_back(sampler.next_row());
+    return e.forward_sample(ch, rows, next);
+  };
   if (o.warmup > 0) {
-    SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
+    SHRINK_RETURN_IF_ERROR(pick(chunks));
     std::vector<SeqChunk> steps;
     for (int64_t s = 0; s < o.warmup; ++s) {
       steps.clear();
       for (int b = 0; b < o.batch; ++b) steps.push_back({b, &next[size_t(b)], 1});
-      SHRINK_RETURN_IF_ERROR(e.forward_argmax(steps, next));
+      SHRINK_RETURN_IF_ERROR(pick(steps));
     }
     e.reset_all();
   }
   auto t0 = Clock::now();
-  SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
+  SHRINK_RETURN_IF_ERROR(pick(chunks));
   r.prefill_seconds = since(t0);
   r.ttft_seconds = since(t0);
   r.prefill_tokens_per_second = double(o.batch * o.prompt_len) / r.prefill_seconds;
@@ -212,7 +220,7 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   for (int64_t s = 0; s < o.gen_len; ++s) {
     for (int b = 0; b < o.batch; ++b) chunks[size_t(b)] = {b, &next[size_t(b)], 1};
     auto ts = Clock::now();
-    SHRINK_RETURN_IF_ERROR(e.forward_argmax(chunks, next));
+    SHRINK_RETURN_IF_ERROR(pick(chunks));
     const double dt = since(ts);
     lat.push_back(dt);
     total += dt;

@@ -73,6 +73,9 @@ struct BenchOptions {
   /// Untimed runs first: one prefill and this many decode steps (which also fill a GPU
   /// backend's graph and GEMM-plan caches). 0 = none, the timed runs start cold.
   int64_t warmup = 0;
+  /// How each next token is picked: greedy (temperature 0, the default) or sampled on the
+  /// backend (Engine::forward_sample; one core::Sampler seeded with `seed` draws for all rows).
+  core::SamplingParams sampling;
 };
 struct BenchResult {
   int batch = 1;

@@ -20,6 +20,10 @@
 
 #include "core/status.h"
 
+namespace shrink::core {
+struct SampleRow;
+}
+
 namespace shrink::runtime {
 
 /// A block of backend memory holding float32 values (weights, activations, the KV cache).
@@ -146,6 +150,11 @@ class Backend {
   /// Greedy tokens: argmax (lowest index on ties, core::argmax) of each of `rows` rows of n
   /// floats, kept by the backend until argmax_fetch copies them to the host.
   virtual void argmax_rows(const float* x, int64_t rows, int64_t n);
+  /// Sampled tokens: row r of the `rows` rows of n floats with parameters and draw p[r]
+  /// (host; greedy rows take the argmax), kept like argmax_rows' until argmax_fetch. The
+  /// default copies each row to the host and runs core::sample_sorted, the reference that
+  /// core::Sampler (and so `shrink generate`) uses; a device backend samples in place.
+  virtual void sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p);
   virtual void argmax_fetch(int32_t* host, int64_t rows);
 
   // ---- per-forward hooks (defaults: nothing) ----
@@ -159,6 +168,7 @@ class Backend {
     int64_t rows = 0;
     const int32_t* pick = nullptr;  // [picks] rows that get logits
     int64_t picks = 0;
+    const core::SampleRow* sample = nullptr;  // [picks] when the forward samples, else null
   };
   virtual void step_begin(const StepRows& /*rows*/) {}
   /// Replay the graph recorded under `key` (every op of one forward); false if there is none.

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/sample_select.h"
 #include "runtime/backend.h"
 
 #ifdef SHRINK_HAVE_CUDA
@@ -137,13 +138,14 @@ class CudaBackend : public Backend {
     if (!check(cudaMalloc(&p, size_t(std::max<int64_t>(n, 1)) * 4), "cudaMalloc")) {
       return std::make_unique<CudaTensor>(nullptr, 0);
     }
-    check(cudaMemset(p, 0, size_t(std::max<int64_t>(n, 1)) * 4), "cudaMemset");
+    // On stream_: it is non-blocking, so nothing orders it after the legacy stream.
+    check(cudaMemsetAsync(p, 0, size_t(std::max<int64_t>(n, 1)) * 4, stream_), "cudaMemset");
     return std::make_unique<CudaTensor>(p, n);
   }
   std::unique_ptr<DeviceTensor> tensor_from_host(std::vector<float>&& host) override {
     auto t = tensor_zeros(int64_t(host.size()));
     if (t->data() && !host.empty()) {
-      check(cudaMemcpy(t->data(), host.data(), host.size() * 4, cudaMemcpyHostToDevice), "upload");
+      check(h2d(t->data(), host.data(), host.size() * 4), "upload");
     }
     return t;
   }
@@ -181,8 +183,7 @@ class CudaBackend : public Backend {
       } else {
         if (!src_dev) {
           SHRINK_ASSIGN_OR_RETURN(void* st, grow(stage_, size_t(NK) * 4));
-          SHRINK_RETURN_IF_ERROR(cuda_ok(
-              cudaMemcpy(st, d.w.data(), size_t(NK) * 4, cudaMemcpyHostToDevice), "upload"));
+          SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(st, d.w.data(), size_t(NK) * 4), "upload"));
           src_dev = static_cast<const float*>(st);
         }
         SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&l->w, size_t(NK) * 2), "cudaMalloc"));
@@ -193,8 +194,10 @@ class CudaBackend : public Backend {
       l->weight_bytes = uint64_t(NK) * uint64_t(kc::wtype_bytes(float_wt_));
       return std::unique_ptr<Linear>(std::move(l));
     }
+    SHRINK_CHECK(d.group > 0, StatusCode::kInternal, "%s: int8 group size %lld", d.name.c_str(),
+                 (long long)d.group);
     const int64_t G = (d.in + d.group - 1) / d.group;
-    SHRINK_CHECK(d.group > 0 && int64_t(d.q.size()) == NK && int64_t(d.scale.size()) == d.out * G,
+    SHRINK_CHECK(int64_t(d.q.size()) == NK && int64_t(d.scale.size()) == d.out * G,
                  StatusCode::kInternal, "%s: inconsistent int8 weights", d.name.c_str());
     l->wt = kc::WType::kS8;
     l->group = d.group;
@@ -223,7 +226,10 @@ class CudaBackend : public Backend {
       }
       r = e;
     }
-    const size_t n = size_t(3 * s.rows + s.picks) + tiles_.size();
+    // Sampling rows (24 bytes each) go last, 8-byte aligned.
+    const size_t n_int = size_t(3 * s.rows + s.picks) + tiles_.size();
+    const size_t sample_at = (n_int + 1) & ~size_t(1);
+    const size_t n = s.sample ? sample_at + size_t(s.picks) * (sizeof(core::SampleRow) / 4) : n_int;
     if (n > pinned_n_) {
       if (pinned_) cudaFreeHost(pinned_);
       pinned_ = nullptr;
@@ -237,6 +243,7 @@ class CudaBackend : public Backend {
     std::memcpy(h + 2 * s.rows, s.pos, size_t(s.rows) * 4);
     if (s.picks) std::memcpy(h + 3 * s.rows, s.pick, size_t(s.picks) * 4);
     if (!tiles_.empty()) std::memcpy(h + 3 * s.rows + s.picks, tiles_.data(), tiles_.size() * 4);
+    if (s.sample) std::memcpy(h + sample_at, s.sample, size_t(s.picks) * sizeof(core::SampleRow));
     auto dev = grow(step_buf_, n * 4);
     if (!dev.is_ok()) return;
     int32_t* d = static_cast<int32_t*>(dev.value());
@@ -246,6 +253,7 @@ class CudaBackend : public Backend {
     d_pos_ = d + 2 * s.rows;
     d_pick_ = d + 3 * s.rows;
     d_tiles_ = d + 3 * s.rows + s.picks;
+    d_sample_ = s.sample ? reinterpret_cast<const core::SampleRow*>(d + sample_at) : nullptr;
     // The argmax output, sized before any recording.
     (void)grow(amax_, size_t(std::max<int64_t>(s.picks, 1)) * 4);
   }
@@ -385,6 +393,13 @@ class CudaBackend : public Backend {
                  const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                  int64_t window, float* out) override {
     forms_ = Forms();
+    if (head_dim > 256) {  // the prefill kernel's register tile
+      if (err_.is_ok()) {
+        err_ = invalid_input("cuda attention: head_dim " + std::to_string(head_dim) +
+                             " is not supported (at most 256)");
+      }
+      return;
+    }
     kc::AttentionArgs a;
     a.q = q;
     a.ldq = ldq;
@@ -522,6 +537,30 @@ class CudaBackend : public Backend {
     launched("argmax");
   }
 
+  void sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) override {
+    auto out = grow(amax_, size_t(rows) * 4);
+    if (!out.is_ok()) return;
+    const core::SampleRow* dp = nullptr;
+    if (p == step_.sample && rows <= step_.picks) {
+      dp = d_sample_;
+    } else if (capturing_) {
+      capture_bad_ = true;
+      return;
+    } else {  // a direct call (tests): upload the rows here
+      Buf& b = adhoc_[adhoc_next_++ % kAdhoc];
+      auto d = grow(b, size_t(rows) * sizeof(core::SampleRow));
+      if (!d.is_ok() ||
+          !check(cudaMemcpyAsync(d.value(), p, size_t(rows) * sizeof(core::SampleRow),
+                                 cudaMemcpyHostToDevice, stream_), "upload") ||
+          !check(cudaStreamSynchronize(stream_), "synchronize")) {
+        return;
+      }
+      dp = static_cast<const core::SampleRow*>(d.value());
+    }
+    kc::sample_rows(x, rows, n, n, dp, static_cast<int32_t*>(out.value()), stream_);
+    launched("sample");
+  }
+
   void argmax_fetch(int32_t* host, int64_t rows) override {
     check(cudaMemcpyAsync(host, amax_.p, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream_),
           "download");
@@ -552,17 +591,24 @@ class CudaBackend : public Backend {
   }
   bool launched(const char* what) { return check(cudaPeekAtLastError(), what); }
 
+  // A host -> device copy ordered on stream_ and complete on return. A plain cudaMemcpy runs on
+  // the legacy stream, which the non-blocking stream_ does not wait for, and from pageable
+  // memory it may return before the data has landed: kernels on stream_ could read it early.
+  cudaError_t h2d(void* dst, const void* src, size_t bytes) {
+    const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_);
+    return e != cudaSuccess ? e : cudaStreamSynchronize(stream_);
+  }
   template <typename T>
   Result<T*> upload(const T* host, size_t bytes) {
     void* p = nullptr;
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
-    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "upload"));
+    SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(p, host, bytes), "upload"));
     return static_cast<T*>(p);
   }
   Result<void*> upload(const int8_t* host, size_t bytes) {
     void* p = nullptr;
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
-    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "upload"));
+    SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(p, host, bytes), "upload"));
     return p;
   }
 
@@ -676,6 +722,7 @@ class CudaBackend : public Backend {
   size_t pinned_n_ = 0;
   int32_t *d_ids_ = nullptr, *d_slot_ = nullptr, *d_pos_ = nullptr, *d_pick_ = nullptr,
           *d_tiles_ = nullptr;
+  const core::SampleRow* d_sample_ = nullptr;
   // Scratch.
   Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, amax_, stage_;
   static constexpr int kAdhoc = 4;

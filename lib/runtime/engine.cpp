@@ -244,7 +244,7 @@ struct Engine::Impl {
                      std::vector<std::unique_ptr<Linear>>* dst);
   bool ensure_rows(int64_t rows);
   Status run(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>* logits,
-             std::vector<int32_t>* next);
+             std::vector<int32_t>* next, const core::SampleRow* sample);
 };
 
 Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::string& module,
@@ -569,15 +569,30 @@ int64_t Engine::length(int slot) const {
 
 Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
                        std::vector<float>& logits) {
-  return impl_->run(chunks, all_logits, &logits, nullptr);
+  return impl_->run(chunks, all_logits, &logits, nullptr, nullptr);
 }
 
 Status Engine::forward_argmax(const std::vector<SeqChunk>& chunks, std::vector<int32_t>& next) {
-  return impl_->run(chunks, false, nullptr, &next);
+  return impl_->run(chunks, false, nullptr, &next, nullptr);
+}
+
+Status Engine::forward_sample(const std::vector<SeqChunk>& chunks,
+                              const std::vector<core::SampleRow>& rows,
+                              std::vector<int32_t>& next) {
+  SHRINK_CHECK(rows.size() == chunks.size(), StatusCode::kInvalidInput,
+               "forward_sample: %zu sampling rows for %zu sequences", rows.size(), chunks.size());
+  for (const core::SampleRow& r : rows) {
+    SHRINK_CHECK(r.temperature <= 0 || (r.top_p > 0 && r.top_p <= 1 && r.top_k >= 0 &&
+                                        r.u >= 0 && r.u < 1),
+                 StatusCode::kInvalidInput,
+                 "forward_sample: expected top-k >= 0, 0 < top-p <= 1 and 0 <= u < 1");
+  }
+  return impl_->run(chunks, false, nullptr, &next, rows.data());
 }
 
 Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
-                         std::vector<float>* logits_out, std::vector<int32_t>* next_out) {
+                         std::vector<float>* logits_out, std::vector<int32_t>* next_out,
+                         const core::SampleRow* sample) {
   Impl& m = *this;
   const core::ModelConfig& c = m.cfg;
   SHRINK_CHECK(!chunks.empty(), StatusCode::kInvalidInput, "forward: no sequences");
@@ -642,6 +657,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   step.rows = M;
   step.pick = pick.data();
   step.picks = R;
+  step.sample = next_out ? sample : nullptr;
   be.step_begin(step);
   auto ops = [&] {
     be.embed(m.embed->data(), H, ids.data(), M, x);
@@ -676,9 +692,15 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     be.gather_rows(x, H, pick.data(), R, xn);
     be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
     be.linear(*m.lm_head, xn, R, m.logits->data(), V);
-    if (next_out) be.argmax_rows(m.logits->data(), R, V);
+    if (next_out && sample) {
+      be.sample_rows(m.logits->data(), R, V, sample);
+    } else if (next_out) {
+      be.argmax_rows(m.logits->data(), R, V);
+    }
   };
-  const uint64_t key = (uint64_t(M) << 1) | (next_out ? 1u : 0u);
+  // One graph per rows and output kind (logits, argmax, sampled): sampling parameters and
+  // draws are data the step uploads, not part of the graph.
+  const uint64_t key = (uint64_t(M) << 2) | (next_out ? (sample ? 2u : 1u) : 0u);
   bool done = decode && be.graph_replay(key);
   if (!done && decode && be.graph_capture_begin(key)) {
     ops();

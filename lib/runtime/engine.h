@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "core/sample_select.h"
 #include "core/status.h"
 #include "runtime/backend.h"
 #include "runtime/quant.h"
@@ -86,6 +87,12 @@ class Engine {
   /// As forward(), but returns only the greedy next token of each chunk (core::argmax of its
   /// last position's logits), computed on the backend: no logits cross to the host.
   Status forward_argmax(const std::vector<SeqChunk>& chunks, std::vector<int32_t>& next);
+  /// As forward_argmax(), but samples each chunk's next token with rows[i] (one per chunk:
+  /// temperature, top-k, top-p and the uniform draw u; core::Sampler::next_row makes them), on
+  /// the backend: the CUDA backend samples on the device, the CPU backend runs
+  /// core::sample_sorted. Errors: kInvalidInput when rows and chunks differ in number.
+  Status forward_sample(const std::vector<SeqChunk>& chunks,
+                        const std::vector<core::SampleRow>& rows, std::vector<int32_t>& next);
   /// Empty one slot's cache (or all).
   void reset(int slot);
   void reset_all();

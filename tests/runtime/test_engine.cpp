@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include "core/dataset.h"
+#include "core/sampling.h"
 #include "kernels/cpu/isa.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
@@ -196,6 +197,72 @@ TEST(Engine, MixedLengthBatchEqualsSeparateRuns) {
   a2.push_back(1);
   auto ref0 = run(*e, 0, a2, false);
   EXPECT_LE(max_abs_diff(std::vector<float>(batch.begin(), batch.begin() + V), ref0), 1e-4f);
+}
+
+TEST(Engine, ForwardSampleIsTheSamplerOnTheLogits) {
+  EngineOptions o;
+  o.max_batch = 3;
+  auto e = load(test::fixture("llama_gqa_llama3rope"), o);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  std::vector<int32_t> a(kSeq.begin(), kSeq.begin() + 9), b(kSeq.begin() + 4, kSeq.begin() + 7),
+      c = {7};
+  const std::vector<SeqChunk> chunks = {{0, a.data(), 9}, {1, b.data(), 3}, {2, c.data(), 1}};
+  std::vector<float> logits;
+  ASSERT_TRUE(e->forward(chunks, false, logits).is_ok());
+  e->reset_all();
+  std::vector<core::SampleRow> rows(3);
+  rows[1].temperature = 0.8f;
+  rows[1].top_k = 20;
+  rows[1].u = 0.37;
+  rows[2].temperature = 1.3f;
+  rows[2].top_p = 0.9f;
+  rows[2].u = 0.81;
+  std::vector<int32_t> next;
+  ASSERT_TRUE(e->forward_sample(chunks, rows, next).is_ok());
+  ASSERT_EQ(next.size(), 3u);
+  std::vector<std::pair<float, int32_t>> scratch;
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_EQ(next[r], core::sample_sorted(logits.data() + r * size_t(V), V, rows[r], scratch)) << r;
+  }
+  EXPECT_EQ(next[0], core::argmax(logits.data(), V));
+  // The slots advanced as in any forward.
+  EXPECT_EQ(e->length(0), 9);
+  EXPECT_EQ(e->length(2), 1);
+  // One row per sequence, and valid parameters.
+  e->reset_all();
+  Status st = e->forward_sample(chunks, {rows[0]}, next);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidInput);
+  EXPECT_NE(st.message().find("1 sampling rows for 3 sequences"), std::string::npos) << st.message();
+  rows[1].u = 1.0;
+  EXPECT_EQ(e->forward_sample(chunks, rows, next).code(), StatusCode::kInvalidInput);
+}
+
+TEST(Engine, SampledGenerateEqualsTheSamplerOverFullLogits) {
+  auto e = load(test::fixture("qwen2_bias_tied_bf16"));
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  runtime::GenerateOptions g;
+  g.max_new_tokens = 16;
+  g.stop_at_eos = false;
+  g.sampling = {0.9f, 30, 0.95f};
+  g.seed = 5;
+  const std::vector<int32_t> prompt(kSeq.begin(), kSeq.begin() + 5);
+  auto r = runtime::generate(*e, prompt, g);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  // The path generate took before device sampling: full logits to the host, Sampler::sample.
+  core::Sampler s(g.sampling, g.seed);
+  std::vector<int32_t> ids = prompt;
+  e->reset_all();
+  std::vector<float> logits;
+  ASSERT_TRUE(e->forward({{0, ids.data(), int64_t(ids.size())}}, false, logits).is_ok());
+  for (int t = 0; t < 16; ++t) {
+    ids.push_back(s.sample(logits.data(), V));
+    if (t + 1 < 16) {
+      ASSERT_TRUE(e->forward({{0, &ids.back(), 1}}, false, logits).is_ok());
+    }
+  }
+  EXPECT_EQ(r.value().ids, ids);
 }
 
 TEST(Engine, ThreadCountDoesNotChangeResults) {

@@ -93,6 +93,7 @@ void register_bench(CLI::App& app, Globals& g) {
     std::string model, shape, dtype = "f32", batches = "1", format = "md";
     int64_t prompt_len = 512, gen_len = 128, warmup = 0;
     uint64_t seed = 0;
+    core::SamplingParams sampling;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* sub = app.add_subcommand(
@@ -112,8 +113,19 @@ void register_bench(CLI::App& app, Globals& g) {
   sub->add_option("--warmup", o->warmup,
                   "Untimed prefill + this many decode steps first (fills GPU graph/plan caches)")
       ->capture_default_str();
+  sub->add_option("--temperature", o->sampling.temperature,
+                  "Sample each next token on the backend (0 = greedy argmax)")
+      ->capture_default_str();
+  sub->add_option("--top-k", o->sampling.top_k, "Sampling: keep the k most likely (0 = off)")
+      ->capture_default_str();
+  sub->add_option("--top-p", o->sampling.top_p, "Sampling: nucleus mass (1 = off)")
+      ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("bench", g, [&]() -> Status {
+      SHRINK_CHECK(o->sampling.temperature >= 0 && o->sampling.top_k >= 0 &&
+                       o->sampling.top_p > 0 && o->sampling.top_p <= 1,
+                   StatusCode::kInvalidInput,
+                   "bench: expected --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1");
       SHRINK_CHECK(o->model.empty() != o->shape.empty(), StatusCode::kInvalidInput,
                    "give MODEL_DIR or --shape NAME (one of them)");
       SHRINK_CHECK(o->format == "md" || o->format == "csv" || o->format == "json",
@@ -154,6 +166,7 @@ void register_bench(CLI::App& app, Globals& g) {
         bo.batch = b;
         bo.seed = o->seed;
         bo.warmup = o->warmup;
+        bo.sampling = o->sampling;
         SHRINK_ASSIGN_OR_RETURN(runtime::BenchResult r, runtime::bench(*e, bo));
         rows.push_back({{"batch", r.batch}, {"prompt_len", r.prompt_len}, {"gen_len", r.gen_len},
                         {"prefill_tok_s", r.prefill_tokens_per_second},
@@ -167,7 +180,10 @@ void register_bench(CLI::App& app, Globals& g) {
       const std::string engine = e->describe();
       if (o->format == "json" || g.json) {
         print_json({{"model", what}, {"engine", engine}, {"threads", g.threads},
-                    {"device", g.device}, {"dtype", o->dtype}, {"results", rows}});
+                    {"device", g.device}, {"dtype", o->dtype},
+                    {"sampling", {{"temperature", o->sampling.temperature},
+                                  {"top_k", o->sampling.top_k}, {"top_p", o->sampling.top_p}}},
+                    {"results", rows}});
         return Status::ok();
       }
       const char* cols[] = {"batch", "prompt_len", "gen_len", "prefill_tok_s", "ttft_ms",
