@@ -9,7 +9,8 @@
 #     tok/s at batch 1, 8, 32 (prompt 512, 64 steps) and prefill tok/s at 512 and 2048 tokens,
 #     with achieved weight GB/s as a fraction of the H200's 4.8 TB/s; and the PyTorch eager fp16
 #     peer (scripts/gpu_peer_torch.py: transformers LlamaForCausalLM, same config) at the same
-#     batches and lengths.
+#     batches and lengths; and f16 decode with sampling on the device (temperature 0.8,
+#     top-p 0.95) at batch 1 and 32, against the greedy rows.
 # Results: $OUT/gpu_check.{md,json} (steps), $OUT/bench.{md,json} (figures), $OUT/logs.tar.gz.
 # Usage (device machine, repo root): scripts/gpu_check.sh
 set -uo pipefail
@@ -60,6 +61,13 @@ bench() {  # DTYPE: decode at batch 1,8,32 (prompt 512) and prefill 2048 (batch 
 }
 if [ -x "$RT" ]; then
   for d in f16 w8a16 w8a8; do run_step "bench_$d" bench "$d"; done
+  # Sampling on the device (temperature 0.8, top-p 0.95) against the greedy rows above.
+  bench_sample() {
+    timeout 120 "$RT" --device cuda --json bench --shape llama-1b --dtype f16 --batch 1,32 \
+      --prompt-len 512 --gen-len 64 --warmup 3 --temperature 0.8 --top-p 0.95 \
+      > "$LOG/bench_sample.json"
+  }
+  run_step bench_sample bench_sample
   run_step peer_torch timeout 180 env PYTHONUNBUFFERED=1 python3 scripts/gpu_peer_torch.py --out "$LOG/peer_torch.json"
 fi
 
@@ -87,6 +95,14 @@ for d in ["f16", "w8a16", "w8a8"]:
                     r["weight_gb_s"], r["latency_p50_ms"])
             if r["batch"] == 1:
                 add("shrink", d, "prefill", 1, plen, r["prefill_tok_s"])
+f = log / "bench_sample.json"
+if f.exists() and f.stat().st_size > 0:
+    try:
+        for r in json.loads(f.read_text())["results"]:
+            add("shrink", "f16", "decode-sampled", r["batch"], r["prompt_len"], r["decode_tok_s"],
+                r["weight_gb_s"], r["latency_p50_ms"])
+    except Exception as e:
+        print("sample bench parse failed:", e)
 peer = log / "peer_torch.json"
 if peer.exists():
     try:
@@ -110,6 +126,8 @@ targets = {
     "w8a16_decode_b1_vs_f16 (target >= 1.8)": ratio(get("shrink", "w8a16", "decode", 1), get("shrink", "f16", "decode", 1)),
     "w8a8_prefill_2048_vs_f16 (target >= 1.5)": ratio(get("shrink", "w8a8", "prefill", 1, 2048), get("shrink", "f16", "prefill", 1, 2048)),
     "f16_decode_b1_vs_torch (target >= 3)": ratio(get("shrink", "f16", "decode", 1), get("torch-eager", "f16", "decode", 1)),
+    "f16_sampled_vs_greedy_decode_b1": ratio(get("shrink", "f16", "decode-sampled", 1), get("shrink", "f16", "decode", 1)),
+    "f16_sampled_vs_greedy_decode_b32": ratio(get("shrink", "f16", "decode-sampled", 32), get("shrink", "f16", "decode", 32)),
 }
 for r in rows:
     if r["impl"] == "shrink" and r["metric"] == "decode" and r["batch"] == 1:
@@ -139,7 +157,7 @@ PY
   echo "# shrink gpu_check"
   echo; echo '```'; cat "$LOG/device.txt"; echo '```'; echo
   echo "| step | result | seconds |"; echo "| --- | --- | --- |"
-  for k in configure build ctest gpu_tests_ran hf_tokenizer bench_f16 bench_w8a16 bench_w8a8 peer_torch; do
+  for k in configure build ctest gpu_tests_ran hf_tokenizer bench_f16 bench_w8a16 bench_w8a8 bench_sample peer_torch; do
     [ -n "${result[$k]:-}" ] && echo "| $k | ${result[$k]} | ${result[${k}_s]:-} |"
   done
   echo; echo '```'; grep -E "tests passed|tests failed|Total Test time|\(Failed\)|\*\*\*" "$LOG/ctest.log" | head -40; echo '```'

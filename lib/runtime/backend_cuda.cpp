@@ -6,7 +6,8 @@
 // with float scales [out, groups]. The tied lm_head gets its own 16-bit copy of the embedding.
 //
 // Linear layers, by rows M:
-//   M <= gemv rows (4 for float weights, 16 for int8 by default): the skinny GEMV
+//   M <= gemv rows (4 for float weights, 16 for int8 by default; W8A16 up to 4x that, in
+//   chunks): the skinny GEMV
 //     (kernels/cuda/gemv.cu): float/f16/bf16 weights, W8A16 dequantised in registers, W8A8 as
 //     int8 x int8 dp4a on the per-token quantised row;
 //   larger M: cuBLASLt (kernels/cuda/gemm_lt.h) in the TN form: f16/bf16 (or exact f32) GEMM
@@ -463,7 +464,10 @@ class CudaBackend : public Backend {
       case LinearKind::kF32:
       case LinearKind::kW8A16: {
         const bool int8 = l.kind == LinearKind::kW8A16;
-        if (M <= (int8 ? gemv_rows_int8_ : gemv_rows_float_)) {
+        // W8A16 up to 4x the GEMV rows (decode batches) runs the GEMV in chunks: it reads the
+        // int8 weights once per chunk, 1 byte per weight per 16 rows, where the cuBLASLt path
+        // below would write and read back a 16-bit dequantised copy (5 bytes per weight).
+        if (M <= (int8 ? 4 * gemv_rows_int8_ : gemv_rows_float_)) {
           gemv_rows(g);
           break;
         }
