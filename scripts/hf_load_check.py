@@ -7,7 +7,8 @@ what shrink computes. Run on a machine with torch + transformers (e.g. the GPU m
 Each DIR needs `reference.json` next to its weights: the JSON that
 `shrink --json generate DIR --prompt-ids 1,2,3 --max-new-tokens 16 --ids --ignore-eos` prints
 (its "ids" are the prompt followed by shrink's greedy continuation, "prompt_len" the prompt). Pruned (smaller dense) models and
-float models must load with AutoModelForCausalLM and reproduce the greedy ids; int8
+float models must load with AutoModelForCausalLM with no missing, unexpected or mismatched
+tensors, and reproduce the greedy ids; int8
 compressed-tensors directories need the `compressed-tensors` package and are reported as skipped
 when it is missing. Exit 1 on any mismatch.
 """
@@ -28,7 +29,16 @@ def main():
             except ImportError:
                 print(f"{d}: skipped (int8; needs the compressed-tensors package)")
                 continue
-        m = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+        m, info = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32,
+                                                       output_loading_info=True)
+        m = m.eval()
+        # Loading must be exact: transformers only warns about missing (randomly initialised),
+        # unexpected or shape-mismatched tensors, so treat any of them as a failure.
+        strict = {k: v for k, v in info.items() if v}
+        if strict:
+            print(f"{d}: loading was not exact: {strict}")
+            bad += 1
+            continue
         want = ref["ids"]
         ids = torch.tensor([want[:ref["prompt_len"]]])
         with torch.no_grad():
