@@ -4,7 +4,9 @@
 #     deps and GoogleTest come from .carry/third_party, made here by scripts/gpu_carry.sh);
 #  2. run every test, the GPU ones included (test_cuda: each kernel against the CPU backend,
 #     greedy tokens CPU == GPU on the HF fixtures and a random model); they must run, not skip;
-#  3. cross-check shrink's tokenizer against Hugging Face `tokenizers` (when inputs were carried);
+#  3. cross-check shrink's tokenizer against Hugging Face `tokenizers`, and load the carried
+#     structured-pruned models in transformers (scripts/hf_load_check.py: exact loading, the
+#     same greedy ids as shrink), when gpu_carry.sh made those inputs;
 #  4. benchmark the llama-1b shape with random weights on the GPU, fp16 / W8A16 / W8A8: decode
 #     tok/s at batch 1, 8, 32 (prompt 512, 64 steps) and prefill tok/s at 512 and 2048 tokens,
 #     with achieved weight GB/s as a fraction of the H200's 4.8 TB/s; and the PyTorch eager fp16
@@ -49,6 +51,9 @@ else
 fi
 if [ -f .carry/gpu_inputs/tokenizer.json ]; then
   run_step hf_tokenizer python3 scripts/hf_tokenizer_check.py .carry/gpu_inputs
+fi
+if [ -d .carry/gpu_inputs/pruned ]; then  # structured-pruned models load in transformers
+  run_step hf_load timeout 240 python3 scripts/hf_load_check.py .carry/gpu_inputs/pruned/*
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------------
@@ -157,11 +162,12 @@ PY
   echo "# shrink gpu_check"
   echo; echo '```'; cat "$LOG/device.txt"; echo '```'; echo
   echo "| step | result | seconds |"; echo "| --- | --- | --- |"
-  for k in configure build ctest gpu_tests_ran hf_tokenizer bench_f16 bench_w8a16 bench_w8a8 bench_sample peer_torch; do
+  for k in configure build ctest gpu_tests_ran hf_tokenizer hf_load bench_f16 bench_w8a16 bench_w8a8 bench_sample peer_torch; do
     [ -n "${result[$k]:-}" ] && echo "| $k | ${result[$k]} | ${result[${k}_s]:-} |"
   done
   echo; echo '```'; grep -E "tests passed|tests failed|Total Test time|\(Failed\)|\*\*\*" "$LOG/ctest.log" | head -40; echo '```'
   [ -f "$LOG/hf_tokenizer.log" ] && { echo; echo '```json'; tail -20 "$LOG/hf_tokenizer.log"; echo '```'; }
+  [ -f "$LOG/hf_load.log" ] && { echo; echo '```'; grep -v Warning "$LOG/hf_load.log" | tail -12; echo '```'; }
   [ -f "$OUT/bench.md" ] && { echo; cat "$OUT/bench.md"; }
 } > "$OUT/gpu_check.md"
 python3 - "$OUT" <<'PY'
