@@ -28,12 +28,7 @@ SampleRow Sampler::next_row() {
 
 int32_t Sampler::sample(const float* logits, int64_t n) {
   if (p_.temperature <= 0.0f) return argmax(logits, n);
-  SampleRow r;
-  r.temperature = p_.temperature;
-  r.top_k = p_.top_k;
-  r.top_p = p_.top_p;
-  r.u = draw();
-  return sample_sorted(logits, n, r, scratch_);
+  return sample_sorted(logits, n, next_row(), scratch_);
 }
 
 int32_t sample_sorted(const float* logits, int64_t n, const SampleRow& p,

@@ -551,15 +551,9 @@ class CudaBackend : public Backend {
       capture_bad_ = true;
       return;
     } else {  // a direct call (tests): upload the rows here
-      Buf& b = adhoc_[adhoc_next_++ % kAdhoc];
-      auto d = grow(b, size_t(rows) * sizeof(core::SampleRow));
-      if (!d.is_ok() ||
-          !check(cudaMemcpyAsync(d.value(), p, size_t(rows) * sizeof(core::SampleRow),
-                                 cudaMemcpyHostToDevice, stream_), "upload") ||
-          !check(cudaStreamSynchronize(stream_), "synchronize")) {
-        return;
-      }
-      dp = static_cast<const core::SampleRow*>(d.value());
+      dp = static_cast<const core::SampleRow*>(
+          adhoc_upload(p, size_t(rows) * sizeof(core::SampleRow)));
+      if (!dp) return;
     }
     kc::sample_rows(x, rows, n, n, dp, static_cast<int32_t*>(out.value()), stream_);
     launched("sample");
@@ -644,16 +638,16 @@ class CudaBackend : public Backend {
       capture_bad_ = true;
       return nullptr;
     }
-    // A ring of buffers: one op may upload two arrays (slots and positions).
+    return static_cast<const int32_t*>(adhoc_upload(host, size_t(n) * 4));
+  }
+
+  // An immediate upload (not while recording) into a ring of buffers: one op may upload two
+  // arrays (slots and positions). Null on failure (recorded in err_).
+  const void* adhoc_upload(const void* host, size_t bytes) {
     Buf& b = adhoc_[adhoc_next_++ % kAdhoc];
-    auto d = grow(b, size_t(std::max<int64_t>(n, 1)) * 4);
-    if (!d.is_ok()) return nullptr;
-    if (!check(cudaMemcpyAsync(d.value(), host, size_t(n) * 4, cudaMemcpyHostToDevice, stream_),
-               "upload") ||
-        !check(cudaStreamSynchronize(stream_), "synchronize")) {
-      return nullptr;
-    }
-    return static_cast<const int32_t*>(d.value());
+    auto d = grow(b, std::max<size_t>(bytes, 4));
+    if (!d.is_ok() || !check(h2d(d.value(), host, bytes), "upload")) return nullptr;
+    return d.value();
   }
 
   // Which forms the next linear may want: the 16-bit copy when cuBLASLt with 16-bit inputs
