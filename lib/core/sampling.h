@@ -20,10 +20,25 @@ struct SamplingParams {
   float top_p = 1.0f;        // 1 = off
 };
 
+/// One candidate of the CPU pick: `ord` orders like the sorted reference (larger = earlier:
+/// key << 32 | ~id), `w` its fixed-point weight (sample_weight).
+struct SampleItem {
+  uint64_t ord;
+  uint64_t w;
+};
+
+/// sample_pick's buffers, reused between calls (a row's worth of items at most).
+struct SampleScratch {
+  std::vector<SampleItem> v, tmp;
+  std::vector<uint16_t> bucket;
+  std::vector<uint32_t> count, off, at;
+  std::vector<uint64_t> mass;
+};
+
 class Sampler {
  public:
   Sampler(SamplingParams p, uint64_t seed) : p_(p), rng_(seed) {}
-  /// Pick a token id from n logits: argmax when greedy, else sample_sorted with u = draw().
+  /// Pick a token id from n logits: argmax when greedy, else sample_pick with u = draw().
   int32_t sample(const float* logits, int64_t n);
   /// The next uniform draw in [0, 1) (53 random bits): one per sampled (non-greedy) token.
   double draw();
@@ -35,7 +50,7 @@ class Sampler {
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<float, int32_t>> scratch_;
+  SampleScratch scratch_;
 };
 
 /// The reference pick for one row: sort (value descending, id ascending), keep top-k, softmax
@@ -43,6 +58,14 @@ class Sampler {
 /// (temperature <= 0) take argmax. `scratch` is reused between calls.
 int32_t sample_sorted(const float* logits, int64_t n, const SampleRow& p,
                       std::vector<std::pair<float, int32_t>>& scratch);
+
+/// The CPU pick: exactly core::sample_select's token (the same cuts over the same integer
+/// masses, hence the CUDA sampler's token), in about one pass with one exp per item. Items
+/// that carry weight are counted into 4,096 value buckets below the maximum (ordered like the
+/// sorted order), so each cut (top-k, top-p, the draw) finds its bucket from the totals and
+/// resolves inside it. Top-k up to 4,096 keeps a heap of the k best instead and takes exp on
+/// those alone. `scratch` is reused between calls.
+int32_t sample_pick(const float* logits, int64_t n, const SampleRow& p, SampleScratch& scratch);
 
 /// Index of the largest value (lowest index on ties).
 int32_t argmax(const float* x, int64_t n);

@@ -152,8 +152,9 @@ class Backend {
   virtual void argmax_rows(const float* x, int64_t rows, int64_t n);
   /// Sampled tokens: row r of the `rows` rows of n floats with parameters and draw p[r]
   /// (host; greedy rows take the argmax), kept like argmax_rows' until argmax_fetch. The
-  /// default copies each row to the host and runs core::sample_sorted, the reference that
-  /// core::Sampler (and so `shrink generate`) uses; a device backend samples in place.
+  /// default copies each row to the host and runs core::sample_pick, the pick that
+  /// core::Sampler (and so `shrink generate`) makes; a device backend samples in place, with
+  /// the same cuts over the same fixed-point masses (core::sample_select).
   virtual void sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p);
   virtual void argmax_fetch(int32_t* host, int64_t rows);
 

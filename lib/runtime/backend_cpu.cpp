@@ -41,11 +41,11 @@ void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {
 
 void Backend::sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) {
   std::vector<float> row(static_cast<size_t>(n));
-  std::vector<std::pair<float, int32_t>> scratch;
+  core::SampleScratch scratch;
   argmax_.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {
     to_host(x + r * n, n, row.data());
-    argmax_[size_t(r)] = core::sample_sorted(row.data(), n, p[r], scratch);
+    argmax_[size_t(r)] = core::sample_pick(row.data(), n, p[r], scratch);
   }
 }
 

@@ -90,7 +90,7 @@ class Engine {
   /// As forward_argmax(), but samples each chunk's next token with rows[i] (one per chunk:
   /// temperature, top-k, top-p and the uniform draw u; core::Sampler::next_row makes them), on
   /// the backend: the CUDA backend samples on the device, the CPU backend runs
-  /// core::sample_sorted. Errors: kInvalidInput when rows and chunks differ in number.
+  /// core::sample_pick. Errors: kInvalidInput when rows and chunks differ in number.
   Status forward_sample(const std::vector<SeqChunk>& chunks,
                         const std::vector<core::SampleRow>& rows, std::vector<int32_t>& next);
   /// Empty one slot's cache (or all).

@@ -1,5 +1,6 @@
-// The selection sampler (core::sample_select, the CUDA sampler's algorithm) against the sorted
-// reference (core::sample_sorted, what core::Sampler runs), and the Sampler's RNG contract.
+// The selection samplers (core::sample_select, the CUDA sampler's algorithm, and
+// core::sample_pick, the CPU's and core::Sampler's) against the sorted reference
+// (core::sample_sorted) and each other, and the Sampler's RNG contract.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -57,11 +58,14 @@ TEST(SampleSelect, TiesAtTheTopKCutGoToTheLowestIds) {
   EXPECT_EQ(sample_select(x.data(), 1, row(1, 0, 1, 0.3)), 0);
 }
 
+// Radix selection (the CUDA sampler's reference) and the bucketed pick (the CPU's) both equal
+// the sorted reference, and each other.
 TEST(SampleSelect, EqualsTheSortedReference) {
   std::mt19937_64 g(42);
   std::normal_distribution<float> nd;
   std::uniform_real_distribution<double> ud(0.0, 1.0);
   std::vector<std::pair<float, int32_t>> scratch;
+  SampleScratch items;
   int cases = 0, differ = 0;
   for (int64_t n : {1, 2, 7, 100, 1000, 32000}) {
     for (int dist = 0; dist < 3; ++dist) {
@@ -79,7 +83,10 @@ TEST(SampleSelect, EqualsTheSortedReference) {
               const SampleRow r = row(t, k, p, u);
               const int32_t a = sample_select(x.data(), n, r);
               const int32_t b = sample_sorted(x.data(), n, r, scratch);
+              const int32_t q = sample_pick(x.data(), n, r, items);
               ++cases;
+              EXPECT_EQ(q, a) << "pick: n " << n << " dist " << dist << " T " << t
+                              << " k " << k << " p " << p << " u " << u;
               if (a != b) {
                 ++differ;
                 ADD_FAILURE() << "n " << n << " dist " << dist << " T " << t << " k " << k
@@ -95,16 +102,58 @@ TEST(SampleSelect, EqualsTheSortedReference) {
   EXPECT_GT(cases, 3000);
 }
 
+// Llama-3-wide rows where most weights are 0 in fixed point (a wide spread), where the top-k
+// cut holds zero-weight ties (a constant row, one spike), and with quantised logits: the
+// bucketed pick is the radix selection's, draw for draw, including u at 0 and near 1.
+TEST(SamplePick, EqualsTheRadixSelectionOnWideRows) {
+  const int64_t n = 128256;
+  std::mt19937_64 g(7);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<double> ud(0.0, 1.0);
+  SampleScratch items;
+  int cases = 0;
+  for (int dist = 0; dist < 4; ++dist) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (size_t i = 0; i < x.size(); ++i) {
+      switch (dist) {
+        case 0: x[i] = nd(g) * 12.0f; break;                   // most weights 0
+        case 1: x[i] = 1.5f; break;                           // one big tie
+        case 2: x[i] = i == 4242 ? 80.0f : nd(g); break;      // a spike: the rest weigh 0
+        default: x[i] = std::round(nd(g) * 3.0f) * 0.5f;  // heavy ties
+      }
+    }
+    for (float t : {0.6f, 1.0f}) {
+      for (int32_t k : {0, 1, 40, 5000}) {
+        for (float p : {1.0f, 0.9f, 0.3f}) {
+          for (double u : {0.0, ud(g), ud(g), 0.999999999}) {
+            const SampleRow r = row(t, k, p, u);
+            ASSERT_EQ(sample_pick(x.data(), n, r, items), sample_select(x.data(), n, r))
+                << "dist " << dist << " T " << t << " k " << k << " p " << p << " u " << u;
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 4 * 2 * 4 * 3 * 4);
+  // The spike takes (almost) all the mass; a constant row's draw is uniform over the kept ids.
+  std::vector<float> spike(size_t(n), 0.0f), flat(size_t(n), 2.0f);
+  spike[99] = 60.0f;
+  EXPECT_EQ(sample_pick(spike.data(), n, row(1, 0, 1, 0.5), items), 99);
+  EXPECT_EQ(sample_pick(flat.data(), n, row(1, 0, 1, 0.5), items), n / 2);
+  EXPECT_EQ(sample_pick(flat.data(), n, row(1, 10, 1, 0.55), items), 5);
+  EXPECT_EQ(sample_pick(flat.data(), n, row(1, 0, 0.25f, 0.5), items), n / 8);
+}
+
 TEST(Sampler, NextRowConsumesTheRngAsSample) {
   std::vector<float> x(500);
   std::mt19937_64 g(3);
   std::normal_distribution<float> nd;
   for (float& v : x) v = nd(g) * 3;
   Sampler a({0.9f, 40, 0.9f}, 77), b({0.9f, 40, 0.9f}, 77);
-  std::vector<std::pair<float, int32_t>> scratch;
   for (int i = 0; i < 200; ++i) {
     const SampleRow r = b.next_row();
-    ASSERT_EQ(a.sample(x.data(), 500), sample_sorted(x.data(), 500, r, scratch)) << i;
+    ASSERT_EQ(a.sample(x.data(), 500), sample_select(x.data(), 500, r)) << i;
   }
   // Greedy rows draw nothing.
   Sampler gr({0.0f, 0, 1.0f}, 5);
