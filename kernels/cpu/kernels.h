@@ -63,6 +63,33 @@ void attention_f32_avx2(const float* q, const float* k, const float* v, int64_t 
 void attention_f32_avx512(const float* q, const float* k, const float* v, int64_t kv_stride,
                           int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
 
+// ---- Blocked attention (many queries of one sequence, one KV head group) ----------------------
+/// Keys per block of the blocked kernel (a multiple of every vector width).
+constexpr int64_t kAttnBlockKeys = 64;
+/// out[m, 0:d] = softmax_j(scale * q_m.k_j) . v_j for M query rows (q and out [M, d],
+/// contiguous), row m over keys j in [lo[m], hi[m]) (hi > lo), key j at k + j*kv_stride (and
+/// v + j*kv_stride). Why: prefill attends every query to hundreds or thousands of keys, and the
+/// one-query kernel above reduces a dot product per key; this one runs flash attention's loop:
+/// key blocks of kAttnBlockKeys, S = Q K^T and O += P V as register-tiled outer products (K
+/// transposed once per block, shared by all M rows), softmax with a running max and sum, and
+/// one normalisation at the end. Differs from attention_f32 by rounding only (~1e-6 relative).
+/// scratch: attention_block_scratch(M, d) floats.
+using AttentionBlockF32Fn = void (*)(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                     const int64_t* hi, const float* k, const float* v,
+                                     int64_t kv_stride, float scale, float* out, float* scratch);
+inline int64_t attention_block_scratch(int64_t M, int64_t d) {
+  return (d + M) * kAttnBlockKeys + 2 * M;
+}
+void attention_block_f32_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                             const int64_t* hi, const float* k, const float* v, int64_t kv_stride,
+                             float scale, float* out, float* scratch);
+void attention_block_f32_avx2(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                              const int64_t* hi, const float* k, const float* v, int64_t kv_stride,
+                              float scale, float* out, float* scratch);
+void attention_block_f32_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                const int64_t* hi, const float* k, const float* v,
+                                int64_t kv_stride, float scale, float* out, float* scratch);
+
 // ---- fp32 GEMM, C = A * B^T ---------------------------------------------------------------
 /// C[m, n] = sum_k A[m*lda + k] * B[n*ldb + k], for m < M, n < N. Register-blocked 4x4 dot
 /// products: the decode GEMV (M = 1..4) and the portable fallback GEMM when no library is built.
@@ -163,6 +190,7 @@ struct KernelTable {
   RopeF32Fn rope_f32;
   SiluMulF32Fn silu_mul_f32;
   AttentionF32Fn attention_f32;
+  AttentionBlockF32Fn attention_block_f32;
   GemmF32NtFn gemm_f32_nt;
   GemmW8a16NtFn gemm_w8a16_nt;
   GemmS8s8NtFn gemm_s8s8_f32_nt;

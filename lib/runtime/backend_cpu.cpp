@@ -57,6 +57,11 @@ namespace {
 
 namespace kc = shrink::kernels::cpu;
 
+// Attention: runs of at least this many rows (one slot, consecutive positions) take the blocked
+// kernel, in tasks of about kBlockRowsTimesHeads query rows (block rows x heads per KV head).
+constexpr int64_t kBlockRunMin = 16;
+constexpr int64_t kBlockRowsTimesHeads = 128;
+
 class CpuTensor : public DeviceTensor {
  public:
   explicit CpuTensor(std::vector<float>&& v) : v_(std::move(v)) {}
@@ -311,20 +316,79 @@ class CpuBackend : public Backend {
   void attention(const float* q, int64_t ldq, int64_t rows, const RowPlacement& at,
                  const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                  int64_t window, float* out) override {
-    const int64_t per_kv = n_heads / n_kv_heads;
+    const int64_t per_kv = n_heads / n_kv_heads, d = head_dim;
     const float scale = float(1.0 / std::sqrt(double(head_dim)));
+    auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
+    // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
+    // go through the blocked kernel, kBlockRows query rows of one KV head group per task; the
+    // other rows (decode) through the one-query kernel, one (row, head) per task.
+    std::vector<int64_t> single;  // rows outside long runs
+    struct Block {
+      int64_t row, n;  // first row and row count, in one run
+    };
+    std::vector<Block> blocks;
+    const int64_t bq = std::max<int64_t>(8, kBlockRowsTimesHeads / per_kv);
+    for (int64_t r0 = 0; r0 < rows;) {
+      int64_t r1 = r0 + 1;
+      while (r1 < rows && at.slot[r1] == at.slot[r0] && at.pos[r1] == at.pos[r1 - 1] + 1) ++r1;
+      if (r1 - r0 >= kBlockRunMin) {
+        for (int64_t b = r0; b < r1; b += bq) blocks.push_back({b, std::min(bq, r1 - b)});
+      } else {
+        for (int64_t r = r0; r < r1; ++r) single.push_back(r);
+      }
+      r0 = r1;
+    }
+    if (!blocks.empty()) {
+      // Causal blocks late in a run cost more than early ones: order the tasks 0, n-1, 1, n-2,
+      // ... so that each thread's contiguous share holds a mix (work per task is fixed, so
+      // results do not depend on the split).
+      const int64_t nb = int64_t(blocks.size());
+      kc::parallel_for(nb * n_kv_heads, 1, [&](int64_t b, int64_t e) {
+        std::vector<float> qb, ob, scratch;
+        std::vector<int64_t> lo, hi;
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t z = t / n_kv_heads, kvh = t % n_kv_heads;
+          const Block& blk = blocks[size_t(z % 2 ? nb - 1 - z / 2 : z / 2)];
+          const int64_t M = blk.n * per_kv;
+          qb.resize(size_t(M * d));
+          ob.resize(size_t(M * d));
+          lo.resize(size_t(M));
+          hi.resize(size_t(M));
+          scratch.resize(size_t(kc::attention_block_scratch(M, d)));
+          for (int64_t hh = 0; hh < per_kv; ++hh) {
+            const int64_t h = kvh * per_kv + hh;
+            for (int64_t i = 0; i < blk.n; ++i) {
+              const int64_t r = blk.row + i, m = hh * blk.n + i;
+              std::memcpy(&qb[size_t(m * d)], q + r * ldq + h * d, size_t(d) * 4);
+              lo[size_t(m)] = key_lo(at.pos[r]);
+              hi[size_t(m)] = at.pos[r] + 1;
+            }
+          }
+          const int64_t base = int64_t(at.slot[blk.row]) * c.slot_stride + kvh * d;
+          k_.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), c.k + base, c.v + base,
+                                 c.kv_dim, scale, ob.data(), scratch.data());
+          for (int64_t hh = 0; hh < per_kv; ++hh) {
+            const int64_t h = kvh * per_kv + hh;
+            for (int64_t i = 0; i < blk.n; ++i) {
+              std::memcpy(out + (blk.row + i) * n_heads * d + h * d,
+                          &ob[size_t((hh * blk.n + i) * d)], size_t(d) * 4);
+            }
+          }
+        }
+      });
+    }
+    if (single.empty()) return;
     int64_t max_keys = 0;
-    for (int64_t r = 0; r < rows; ++r) max_keys = std::max<int64_t>(max_keys, at.pos[r] + 1);
-    kc::parallel_for(rows * n_heads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r : single) max_keys = std::max<int64_t>(max_keys, at.pos[r] + 1);
+    kc::parallel_for(int64_t(single.size()) * n_heads, 1, [&](int64_t b, int64_t e) {
       std::vector<float> scratch(static_cast<size_t>(max_keys));
       for (int64_t i = b; i < e; ++i) {
-        const int64_t r = i / n_heads, h = i % n_heads, kvh = h / per_kv;
+        const int64_t r = single[size_t(i / n_heads)], h = i % n_heads, kvh = h / per_kv;
         const int64_t p = at.pos[r];
-        const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
-        const int64_t base = int64_t(at.slot[r]) * c.slot_stride + lo * c.kv_dim + kvh * head_dim;
-        k_.attention_f32(q + r * ldq + h * head_dim, c.k + base, c.v + base, c.kv_dim, p - lo + 1,
-                         head_dim, scale, out + r * n_heads * head_dim + h * head_dim,
-                         scratch.data());
+        const int64_t lo = key_lo(p);
+        const int64_t base = int64_t(at.slot[r]) * c.slot_stride + lo * c.kv_dim + kvh * d;
+        k_.attention_f32(q + r * ldq + h * d, c.k + base, c.v + base, c.kv_dim, p - lo + 1, d,
+                         scale, out + r * n_heads * d + h * d, scratch.data());
       }
     });
   }

@@ -267,6 +267,77 @@ TEST(Engine, SampledGenerateEqualsTheSamplerOverFullLogits) {
   EXPECT_EQ(r.value().ids, ids);
 }
 
+// Prompts long enough for the blocked attention kernel's several query and key blocks: one
+// 200-token prefill equals the same tokens as two prefill chunks (the second starts at position
+// 120, so its keys span both chunks) and as a prefill then decode steps (the one-query kernel),
+// with GQA (Llama, 2 KV heads for 4) and MQA (Mistral, 1), with and without a sliding window
+// (Mistral), in a batch next to a decode row, and on 1 or 2 threads.
+TEST(Engine, LongPrefillBlockedAttentionEqualsChunksAndDecode) {
+  std::vector<int32_t> seq(200);
+  for (size_t i = 0; i < seq.size(); ++i) seq[i] = int32_t((i * 37 + 11) % 300);
+  std::string windowed_dir;
+  const std::pair<const char*, int64_t> cases[] = {
+      {"llama_gqa_llama3rope", 0}, {"mistral_mqa_linearrope", 0}, {"mistral_mqa_linearrope", 50}};
+  for (const auto& [m, window] : cases) {
+    {
+      std::string dir = test::fixture(m);
+      if (window > 0) {
+        dir = test::temp_dir(std::string("longwin_") + m);
+        for (const auto& f : fs::directory_iterator(test::fixture(m))) {
+          fs::copy(f.path(), dir + "/" + f.path().filename().string(),
+                   fs::copy_options::overwrite_existing);
+        }
+        auto j = nlohmann::json::parse(core::read_file(dir + "/config.json").take_or_throw());
+        j["sliding_window"] = window;
+        ASSERT_TRUE(core::write_file_atomic(dir + "/config.json", j.dump()).is_ok());
+        windowed_dir = dir;
+      }
+      const std::string tag = std::string(m) + " window " + std::to_string(window);
+      EngineOptions o;
+      o.max_batch = 2;
+      auto e = load(dir, o);
+      ASSERT_TRUE(e) << tag;
+      const auto full = run(*e, 0, seq);
+      e->reset_all();
+      auto chunked = run(*e, 0, std::vector<int32_t>(seq.begin(), seq.begin() + 120));
+      const auto rest = run(*e, 0, std::vector<int32_t>(seq.begin() + 120, seq.end()));
+      chunked.insert(chunked.end(), rest.begin(), rest.end());
+      EXPECT_LE(max_abs_diff(chunked, full), 1e-4f) << tag;
+      e->reset_all();
+      auto inc = run(*e, 0, std::vector<int32_t>(seq.begin(), seq.begin() + 180));
+      for (size_t t = 180; t < seq.size(); ++t) {
+        const auto step = run(*e, 0, {seq[t]});
+        inc.insert(inc.end(), step.begin(), step.end());
+      }
+      EXPECT_LE(max_abs_diff(inc, full), 1e-4f) << tag;
+      // A 40-token chunk of slot 1 next to a decode row of slot 0, in one forward.
+      e->reset_all();
+      (void)run(*e, 0, std::vector<int32_t>(seq.begin(), seq.begin() + 10));
+      std::vector<float> both;
+      const std::vector<int32_t> one = {seq[10]};
+      ASSERT_TRUE(e->forward({{0, one.data(), 1}, {1, seq.data(), 40}}, true, both).is_ok());
+      const int64_t V = e->config().vocab_size;
+      const std::vector<float> row0(both.begin(), both.begin() + V), rows1(both.begin() + V, both.end());
+      EXPECT_LE(max_abs_diff(row0, std::vector<float>(full.begin() + 10 * V, full.begin() + 11 * V)),
+                1e-4f) << tag;
+      EXPECT_LE(max_abs_diff(rows1, std::vector<float>(full.begin(), full.begin() + 40 * V)), 1e-4f)
+          << tag;
+      // Threads split the blocked tasks; every output row is still one task's.
+      EngineOptions o2 = o;
+      o2.threads = 2;
+      auto e2 = load(dir, o2);
+      ASSERT_TRUE(e2);
+      EXPECT_LE(max_abs_diff(run(*e2, 0, seq), full), 1e-5f) << tag;
+    }
+  }
+  // The window must matter over 200 tokens.
+  auto plain = load(test::fixture("mistral_mqa_linearrope"));
+  ASSERT_TRUE(plain);
+  auto windowed = load(windowed_dir);
+  ASSERT_TRUE(windowed);
+  EXPECT_GT(max_abs_diff(run(*plain, 0, seq), run(*windowed, 0, seq)), 1e-3f);
+}
+
 TEST(Engine, ThreadCountDoesNotChangeResults) {
   EngineOptions o1, o2;
   o2.threads = 2;

@@ -127,6 +127,59 @@ TEST(Kernels, AttentionMatchesRef) {
   }
 }
 
+// The blocked (prefill) kernel against the one-query reference row by row: causal ranges that
+// start anywhere (a later prefill chunk), sliding windows, rows of several heads with different
+// ranges, key counts across block boundaries, odd head_dims and row counts off the tile size.
+TEST(Kernels, AttentionBlockMatchesRef) {
+  const KernelTable& ref = kernels_for(Isa::kRef);
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (Isa isa : isas) {
+    for (int64_t d : {8, 14, 64, 80}) {
+      for (int64_t M : {1, 3, 16, 37}) {
+        for (int64_t case_ = 0; case_ < 3; ++case_) {
+          const int64_t stride = d * 2 + 3;
+          const int64_t p0 = case_ == 0 ? 0 : case_ == 1 ? 61 : 150, window = case_ == 2 ? 70 : 0;
+          const int64_t heads = M >= 16 ? 2 : 1, per = M / heads;
+          std::vector<int64_t> lo(static_cast<size_t>(M)), hi(static_cast<size_t>(M));
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t p = p0 + (m % std::max<int64_t>(per, 1));  // head-major, as the backend
+            hi[size_t(m)] = p + 1;
+            lo[size_t(m)] = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+          }
+          const int64_t keys = p0 + M + 1;
+          auto q = randn(size_t(M * d), 21), kc = randn(size_t(keys * stride), 22, 2.0f),
+               vc = randn(size_t(keys * stride), 23);
+          std::vector<float> o1(size_t(M * d)), o2(size_t(M * d), 7.0f),
+              scratch(size_t(attention_block_scratch(M, d)));
+          const float scale = 1.0f / std::sqrt(float(d));
+          ref.attention_block_f32(q.data(), M, d, lo.data(), hi.data(), kc.data(), vc.data(), stride,
+                                  scale, o1.data(), scratch.data());
+          kernels_for(isa).attention_block_f32(q.data(), M, d, lo.data(), hi.data(), kc.data(),
+                                               vc.data(), stride, scale, o2.data(), scratch.data());
+          const std::string tag = std::string("attention_block ") + isa_name(isa) + " d=" +
+                                  std::to_string(d) + " M=" + std::to_string(M) +
+                                  " p0=" + std::to_string(p0) + " window=" + std::to_string(window);
+          // Outputs are means of ~100 values of size ~1: summation order moves them by ~1e-7
+          // absolute, so the floor is 1e-6 absolute (1e-4 relative above 1e-2).
+          expect_close(o2, o1, 1e-4f, 1e-2f, tag);
+          // Row by row, the one-query kernel of the same level agrees too.
+          std::vector<float> s(static_cast<size_t>(keys));
+          for (int64_t m = 0; m < M; ++m) {
+            std::vector<float> o3(static_cast<size_t>(d));
+            kernels_for(isa).attention_f32(q.data() + m * d, kc.data() + lo[size_t(m)] * stride,
+                                           vc.data() + lo[size_t(m)] * stride, stride,
+                                           hi[size_t(m)] - lo[size_t(m)], d, scale, o3.data(),
+                                           s.data());
+            expect_close(std::vector<float>(o2.begin() + m * d, o2.begin() + (m + 1) * d), o3,
+                         1e-4f, 1e-2f, tag + " row " + std::to_string(m));
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, GemmF32AndW8a16MatchRef) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   for (Isa isa : vector_isas()) {
