@@ -13,7 +13,7 @@
 // carry the same weight, so the j-th tie is arithmetic, and a last pass finds its id.
 // Masses are fixed-point integers (exp(s - max) scaled by 2^43, rounded down) so that sums do
 // not depend on summation order: the GPU's atomics give the same totals as this reference.
-// The pick equals core::Sampler's for the same u except where u lands within rounding
+// The pick equals core::sample_sorted's for the same u except where u lands within rounding
 // (about 1e-13 of the mass) of a boundary between two tokens' cumulative probabilities.
 //
 // The CPU's pick (core::sample_pick, sampling.cpp) finds the same cuts over the same integer

@@ -181,8 +181,23 @@ int32_t item_id(uint64_t ord) { return int32_t(~uint32_t(ord)); }
 float item_value(uint64_t ord) { return sample_unkey(uint32_t(ord >> 32)); }
 bool item_before(const SampleItem& a, const SampleItem& b) { return a.ord > b.ord; }
 
-// The first item of v[lo, hi) in sorted order (ord descending) whose cumulative mass meets
-// `crit` against `target`; `cum` gets the mass up to and including it. Each step splits the
+// The first item of the sorted range v[lo, hi) whose cumulative mass meets `crit` against
+// `target` (the last item if none does); `cum` gets the mass up to and including it.
+size_t scan_mass(const std::vector<SampleItem>& v, size_t lo, size_t hi, SampleCrit crit,
+                 uint64_t target, uint64_t* cum) {
+  uint64_t c = 0;
+  for (size_t i = lo; i < hi; ++i) {
+    c += v[i].w;
+    if (sample_crit_met(crit, c, target) || i + 1 == hi) {
+      *cum = c;
+      return i;
+    }
+  }
+  *cum = c;
+  return hi - 1;
+}
+
+// As scan_mass over v[lo, hi) in any order. Each step splits the
 // range at its median (nth_element) and keeps the half that holds the answer, so the work is
 // linear in hi - lo, and on return v[lo, index) holds exactly the items before the answer in
 // sorted order (each discarded upper half precedes it, each discarded lower half follows it).
@@ -205,15 +220,9 @@ size_t select_mass(std::vector<SampleItem>& v, size_t lo, size_t hi, SampleCrit 
     }
   }
   std::sort(v.begin() + long(lo), v.begin() + long(hi), item_before);
-  for (size_t i = lo; i < hi; ++i) {
-    above += v[i].w;
-    if (sample_crit_met(crit, above, target) || i + 1 == hi) {
-      *cum = above;
-      return i;
-    }
-  }
-  *cum = above;
-  return hi - 1;
+  const size_t i = scan_mass(v, lo, hi, crit, target - above, cum);
+  *cum += above;
+  return i;
 }
 
 // Small top-k: the k best items by a min-heap over one pass of keys (no exp), then their
@@ -238,21 +247,12 @@ int32_t pick_top_k(const float* x, int64_t n, float T, float mx, const SampleRow
   if (p.top_p < 1.0f) {
     uint64_t t = uint64_t(std::ceil(double(p.top_p) * double(z)));
     t = std::min(std::max<uint64_t>(t, 1), z);
-    uint64_t cum = 0;
-    for (end = 0; end < v.size();) {
-      cum += v[end++].w;
-      if (cum >= t) break;
-    }
-    z = cum;
+    end = scan_mass(v, 0, end, SampleCrit::kMassGe, t, &z) + 1;
   }
   uint64_t t = uint64_t(p.u * double(z));
   if (t >= z) t = z - 1;
   uint64_t cum = 0;
-  for (size_t i = 0; i < end; ++i) {
-    cum += v[i].w;
-    if (cum > t) return item_id(v[i].ord);
-  }
-  return item_id(v[end - 1].ord);
+  return item_id(v[scan_mass(v, 0, end, SampleCrit::kMassGt, t, &cum)].ord);
 }
 
 }  // namespace
@@ -281,7 +281,7 @@ int32_t sample_pick(const float* x, int64_t n, const SampleRow& p, SampleScratch
   // in the overflow bucket kPickBuckets: no mass criterion can stop at them.
   constexpr int B = kPickBuckets;
   const double scale = double(B) / 30.0;
-  sc.count.assign(B + 2, 0);
+  sc.count.assign(B + 1, 0);
   sc.mass.assign(B, 0);
   sc.tmp.resize(size_t(n));
   sc.bucket.resize(size_t(n));

@@ -18,11 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "core/sampling.h"
 #include "core/status.h"
-
-namespace shrink::core {
-struct SampleRow;
-}
 
 namespace shrink::runtime {
 
@@ -188,6 +185,8 @@ class Backend {
 
  private:
   std::vector<int32_t> argmax_;
+  std::vector<float> host_row_;         // the default argmax_rows/sample_rows: one row on the host
+  core::SampleScratch sample_scratch_;  // ... and sample_pick's buffers, kept between steps
 };
 
 struct CpuBackendOptions {

@@ -31,21 +31,20 @@ const char* linear_kind_name(LinearKind k) {
 }
 
 void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {
-  std::vector<float> row(static_cast<size_t>(n));
+  host_row_.resize(size_t(n));
   argmax_.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {
-    to_host(x + r * n, n, row.data());
-    argmax_[size_t(r)] = core::argmax(row.data(), n);
+    to_host(x + r * n, n, host_row_.data());
+    argmax_[size_t(r)] = core::argmax(host_row_.data(), n);
   }
 }
 
 void Backend::sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) {
-  std::vector<float> row(static_cast<size_t>(n));
-  core::SampleScratch scratch;
+  host_row_.resize(size_t(n));
   argmax_.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {
-    to_host(x + r * n, n, row.data());
-    argmax_[size_t(r)] = core::sample_pick(row.data(), n, p[r], scratch);
+    to_host(x + r * n, n, host_row_.data());
+    argmax_[size_t(r)] = core::sample_pick(host_row_.data(), n, p[r], sample_scratch_);
   }
 }
 
@@ -320,7 +319,7 @@ class CpuBackend : public Backend {
     const float scale = float(1.0 / std::sqrt(double(head_dim)));
     auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
     // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
-    // go through the blocked kernel, kBlockRows query rows of one KV head group per task; the
+    // go through the blocked kernel, bq query rows of one KV head group per task; the
     // other rows (decode) through the one-query kernel, one (row, head) per task.
     std::vector<int64_t> single;  // rows outside long runs
     struct Block {
