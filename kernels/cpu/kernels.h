@@ -48,20 +48,14 @@ void silu_mul_f32_ref(const float* g, const float* u, float* y, int64_t n);
 void silu_mul_f32_avx2(const float* g, const float* u, float* y, int64_t n);
 void silu_mul_f32_avx512(const float* g, const float* u, float* y, int64_t n);
 
-// ---- Attention over a KV cache (one query, one head) ----------------------------------------
+// ---- Attention over a KV cache: the reference (one query, one head) -------------------------
 /// out[0:d] = softmax_j(scale * q.k_j) . v_j over n_keys keys (n_keys >= 1); key j is at
 /// k + j*kv_stride (and v + j*kv_stride). The caller applies causality and the sliding window
 /// by choosing the key range. scratch holds n_keys floats. Softmax in float32 with the max
 /// subtracted, probabilities normalised before the weighted sum (as torch.softmax then @ v).
-using AttentionF32Fn = void (*)(const float* q, const float* k, const float* v,
-                                int64_t kv_stride, int64_t n_keys, int64_t d, float scale,
-                                float* out, float* scratch);
+/// Scalar only: the reference of the blocked (prefill) and split-K (decode) kernels below.
 void attention_f32_ref(const float* q, const float* k, const float* v, int64_t kv_stride,
                        int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
-void attention_f32_avx2(const float* q, const float* k, const float* v, int64_t kv_stride,
-                        int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
-void attention_f32_avx512(const float* q, const float* k, const float* v, int64_t kv_stride,
-                          int64_t n_keys, int64_t d, float scale, float* out, float* scratch);
 
 // ---- Blocked attention (many queries of one sequence, one KV head group) ----------------------
 /// Keys per block of the blocked kernel (a multiple of every vector width).
@@ -72,7 +66,7 @@ constexpr int64_t kAttnBlockKeys = 64;
 /// one-query kernel above reduces a dot product per key; this one runs flash attention's loop:
 /// key blocks of kAttnBlockKeys, S = Q K^T and O += P V as register-tiled outer products (K
 /// transposed once per block, shared by all M rows), softmax with a running max and sum, and
-/// one normalisation at the end. Differs from attention_f32 by rounding only (~1e-6 relative).
+/// one normalisation at the end. Differs from attention_f32_ref by rounding only (~1e-6 relative).
 /// scratch: attention_block_scratch(M, d) floats.
 using AttentionBlockF32Fn = void (*)(const float* q, int64_t M, int64_t d, const int64_t* lo,
                                      const int64_t* hi, const float* k, const float* v,
@@ -89,6 +83,47 @@ void attention_block_f32_avx2(const float* q, int64_t M, int64_t d, const int64_
 void attention_block_f32_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
                                 const int64_t* hi, const float* k, const float* v,
                                 int64_t kv_stride, float scale, float* out, float* scratch);
+
+// ---- Split-K decode attention (one query row, one KV head group, one chunk of keys) ---------
+/// Keys per chunk of split-K decode attention below a cache of kAttnSplitKeys * kAttnSplitMax
+/// keys; longer caches take kAttnSplitMax chunks (attention_split_chunk).
+constexpr int64_t kAttnSplitKeys = 64;
+constexpr int64_t kAttnSplitMax = 64;
+/// The chunk length for n_keys keys: a function of n_keys only (not of the thread count or the
+/// batch), so a row's result is the same however it is scheduled.
+inline int64_t attention_split_chunk(int64_t n_keys) {
+  const int64_t c = (n_keys + kAttnSplitMax - 1) / kAttnSplitMax;
+  return c <= kAttnSplitKeys ? kAttnSplitKeys : (c + 15) / 16 * 16;
+}
+/// The unnormalised attention of G query heads (q [G, d], contiguous) that share one KV head,
+/// over n_keys >= 1 keys (key j at k + j*kv_stride, value at v + j*kv_stride):
+/// s_gj = scale * q_g.k_j, m[g] = max_j s_gj, l[g] = sum_j exp(s_gj - m[g]) and
+/// o[g, 0:d] = sum_j exp(s_gj - m[g]) v_j. Why: a decode step's attention reads the whole cache
+/// for one query row; the one-query kernel reads each KV head once per query head (G times under
+/// GQA) and parallelises over heads only (9 heads do not split evenly over 2 threads, and one
+/// long sequence is one task per head). Chunks of keys per KV head read K and V once for the
+/// group, make as many tasks as the cache is long, and merge exactly (attention_merge_f32).
+/// Scores by kW keys at a time: kW dot products reduced together by one transpose-add.
+/// scratch: attention_partial_scratch(G, n_keys) floats.
+using AttentionPartialF32Fn = void (*)(const float* q, int64_t G, int64_t d, const float* k,
+                                       const float* v, int64_t kv_stride, int64_t n_keys,
+                                       float scale, float* o, float* m, float* l, float* scratch);
+inline int64_t attention_partial_scratch(int64_t G, int64_t n_keys) { return G * (n_keys + 16); }
+void attention_partial_f32_ref(const float* q, int64_t G, int64_t d, const float* k,
+                               const float* v, int64_t kv_stride, int64_t n_keys, float scale,
+                               float* o, float* m, float* l, float* scratch);
+void attention_partial_f32_avx2(const float* q, int64_t G, int64_t d, const float* k,
+                                const float* v, int64_t kv_stride, int64_t n_keys, float scale,
+                                float* o, float* m, float* l, float* scratch);
+void attention_partial_f32_avx512(const float* q, int64_t G, int64_t d, const float* k,
+                                  const float* v, int64_t kv_stride, int64_t n_keys, float scale,
+                                  float* o, float* m, float* l, float* scratch);
+/// out[g, 0:d] = softmax attention of head g from C chunk partials of attention_partial_f32
+/// (o [C][G][d], m and l [C][G], chunk-major): sum_c e_c o_c / sum_c e_c l_c with
+/// e_c = exp(m_c - max_c m_c). out must not overlap o. One implementation (a few hundred flops
+/// per row and head).
+void attention_merge_f32(int64_t C, int64_t G, int64_t d, const float* o, const float* m,
+                         const float* l, float* out);
 
 // ---- fp32 GEMM, C = A * B^T ---------------------------------------------------------------
 /// C[m, n] = sum_k A[m*lda + k] * B[n*ldb + k], for m < M, n < N. Register-blocked 4x4 dot
@@ -189,8 +224,8 @@ struct KernelTable {
   RmsnormF32Fn rmsnorm_f32;
   RopeF32Fn rope_f32;
   SiluMulF32Fn silu_mul_f32;
-  AttentionF32Fn attention_f32;
   AttentionBlockF32Fn attention_block_f32;
+  AttentionPartialF32Fn attention_partial_f32;
   GemmF32NtFn gemm_f32_nt;
   GemmW8a16NtFn gemm_w8a16_nt;
   GemmS8s8NtFn gemm_s8s8_f32_nt;

@@ -320,7 +320,7 @@ class CpuBackend : public Backend {
     auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
     // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
     // go through the blocked kernel, bq query rows of one KV head group per task; the
-    // other rows (decode) through the one-query kernel, one (row, head) per task.
+    // other rows (decode) through split-K partials (below).
     std::vector<int64_t> single;  // rows outside long runs
     struct Block {
       int64_t row, n;  // first row and row count, in one run
@@ -377,17 +377,48 @@ class CpuBackend : public Backend {
       });
     }
     if (single.empty()) return;
-    int64_t max_keys = 0;
-    for (int64_t r : single) max_keys = std::max<int64_t>(max_keys, at.pos[r] + 1);
-    kc::parallel_for(int64_t(single.size()) * n_heads, 1, [&](int64_t b, int64_t e) {
-      std::vector<float> scratch(static_cast<size_t>(max_keys));
+    // Decode rows: split-K, one task per (row, KV head, chunk of keys) reading K and V once for
+    // the group's per_kv query heads, then one merge per (row, KV head). Chunk lengths depend on
+    // the row's key count only, so results do not depend on the thread count or the batch.
+    struct Chunk {
+      int64_t r, kvh, j0, n;
+    };
+    std::vector<Chunk> chunks;
+    std::vector<int64_t> first;  // per (single row, KV head): its first chunk; then the end
+    int64_t max_chunk = 1;
+    for (int64_t r : single) {
+      const int64_t lo = key_lo(at.pos[r]), n = at.pos[r] + 1 - lo;
+      const int64_t len = kc::attention_split_chunk(n);
+      max_chunk = std::max(max_chunk, std::min(len, n));
+      for (int64_t kvh = 0; kvh < n_kv_heads; ++kvh) {
+        first.push_back(int64_t(chunks.size()));
+        for (int64_t j = 0; j < n; j += len)
+          chunks.push_back({r, kvh, lo + j, std::min(len, n - j)});
+      }
+    }
+    first.push_back(int64_t(chunks.size()));
+    const int64_t G = per_kv, T = int64_t(chunks.size());
+    part_o_.resize(size_t(T * G * d));
+    part_ml_.resize(size_t(2 * T * G));
+    float* po = part_o_.data();
+    float* pm = part_ml_.data();
+    float* pl = pm + T * G;
+    kc::parallel_for(T, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> scratch(size_t(kc::attention_partial_scratch(G, max_chunk)));
+      for (int64_t t = b; t < e; ++t) {
+        const Chunk& ch = chunks[size_t(t)];
+        const int64_t base = int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
+        k_.attention_partial_f32(q + ch.r * ldq + ch.kvh * G * d, G, d, c.k + base, c.v + base,
+                                 c.kv_dim, ch.n, scale, po + t * G * d, pm + t * G, pl + t * G,
+                                 scratch.data());
+      }
+    });
+    kc::parallel_for(int64_t(single.size()) * n_kv_heads, 1, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const int64_t r = single[size_t(i / n_heads)], h = i % n_heads, kvh = h / per_kv;
-        const int64_t p = at.pos[r];
-        const int64_t lo = key_lo(p);
-        const int64_t base = int64_t(at.slot[r]) * c.slot_stride + lo * c.kv_dim + kvh * d;
-        k_.attention_f32(q + r * ldq + h * d, c.k + base, c.v + base, c.kv_dim, p - lo + 1, d,
-                         scale, out + r * n_heads * d + h * d, scratch.data());
+        const int64_t r = single[size_t(i / n_kv_heads)], kvh = i % n_kv_heads;
+        const int64_t f = first[size_t(i)], C = first[size_t(i) + 1] - f;
+        kc::attention_merge_f32(C, G, d, po + f * G * d, pm + f * G, pl + f * G,
+                                out + r * n_heads * d + kvh * G * d);
       }
     });
   }
@@ -407,6 +438,7 @@ class CpuBackend : public Backend {
   std::vector<float> deq_, sx_;
   std::vector<int8_t> qx_;
   std::vector<int32_t> acc_;
+  std::vector<float> part_o_, part_ml_;  // split-K attention partials
 };
 
 }  // namespace

@@ -106,27 +106,6 @@ TEST(Kernels, RmsnormRopeSiluMatchRef) {
   }
 }
 
-TEST(Kernels, AttentionMatchesRef) {
-  const KernelTable& ref = kernels_for(Isa::kRef);
-  for (Isa isa : vector_isas()) {
-    for (int64_t d : {2, 8, 14, 16, 64, 80}) {
-      for (int64_t keys : {1, 2, 5, 17, 33}) {
-        const int64_t stride = d * 3 + 1;  // keys of one head inside a wider cache row
-        auto q = randn(static_cast<size_t>(d), 11), kc = randn(static_cast<size_t>(keys * stride), 12, 2.0f),
-             vc = randn(static_cast<size_t>(keys * stride), 13);
-        std::vector<float> o1(static_cast<size_t>(d)), o2(static_cast<size_t>(d)), scratch(static_cast<size_t>(keys));
-        const float scale = 1.0f / std::sqrt(float(d));
-        ref.attention_f32(q.data(), kc.data(), vc.data(), stride, keys, d, scale, o1.data(), scratch.data());
-        kernels_for(isa).attention_f32(q.data(), kc.data(), vc.data(), stride, keys, d, scale,
-                                       o2.data(), scratch.data());
-        expect_close(o2, o1, 1e-4f, 1e-3f,
-                     std::string("attention ") + isa_name(isa) + " d=" + std::to_string(d) +
-                         " keys=" + std::to_string(keys));
-      }
-    }
-  }
-}
-
 // The blocked (prefill) kernel against the one-query reference row by row: causal ranges that
 // start anywhere (a later prefill chunk), sliding windows, rows of several heads with different
 // ranges, key counts across block boundaries, odd head_dims and row counts off the tile size.
@@ -163,16 +142,74 @@ TEST(Kernels, AttentionBlockMatchesRef) {
           // Outputs are means of ~100 values of size ~1: summation order moves them by ~1e-7
           // absolute, so the floor is 1e-6 absolute (1e-4 relative above 1e-2).
           expect_close(o2, o1, 1e-4f, 1e-2f, tag);
-          // Row by row, the one-query kernel of the same level agrees too.
-          std::vector<float> s(static_cast<size_t>(keys));
+          // Row by row, the decode path of the same level (split-K partial, one chunk) agrees.
+          std::vector<float> s(static_cast<size_t>(attention_partial_scratch(1, keys))),
+              o3(static_cast<size_t>(d)), o4(static_cast<size_t>(d));
           for (int64_t m = 0; m < M; ++m) {
-            std::vector<float> o3(static_cast<size_t>(d));
-            kernels_for(isa).attention_f32(q.data() + m * d, kc.data() + lo[size_t(m)] * stride,
-                                           vc.data() + lo[size_t(m)] * stride, stride,
-                                           hi[size_t(m)] - lo[size_t(m)], d, scale, o3.data(),
-                                           s.data());
-            expect_close(std::vector<float>(o2.begin() + m * d, o2.begin() + (m + 1) * d), o3,
+            const int64_t lm = lo[size_t(m)], n = hi[size_t(m)] - lm;
+            float mx = 0, l = 0;
+            kernels_for(isa).attention_partial_f32(q.data() + m * d, 1, d, kc.data() + lm * stride,
+                                                   vc.data() + lm * stride, stride, n, scale,
+                                                   o3.data(), &mx, &l, s.data());
+            attention_merge_f32(1, 1, d, o3.data(), &mx, &l, o4.data());
+            expect_close(std::vector<float>(o2.begin() + m * d, o2.begin() + (m + 1) * d), o4,
                          1e-4f, 1e-2f, tag + " row " + std::to_string(m));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Split-K decode attention: each level's chunk partial (o, m, l) against the reference, and
+// chunks merged against the one-query reference per head, for GQA groups of 1-7 heads, odd
+// head_dims, key counts off the vector width and the chunking the backend uses.
+TEST(Kernels, AttentionPartialMatchesRefAndMerges) {
+  const KernelTable& ref = kernels_for(Isa::kRef);
+  auto vec = [](int64_t n, float fill = 0.0f) { return std::vector<float>(size_t(n), fill); };
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (Isa isa : isas) {
+    const KernelTable& kt = kernels_for(isa);
+    for (int64_t d : {2, 8, 14, 16, 64, 80, 128}) {
+      for (int64_t G : {1, 3, 5, 7}) {
+        for (int64_t keys : {1, 5, 16, 17, 64, 100, 300}) {
+          const int64_t stride = d * 2 + 3;
+          const std::string tag = std::string("attention_partial ") + isa_name(isa) + " d=" +
+                                  std::to_string(d) + " G=" + std::to_string(G) +
+                                  " keys=" + std::to_string(keys);
+          auto q = randn(size_t(G * d), 31), kc = randn(size_t(keys * stride), 32, 2.0f),
+               vc = randn(size_t(keys * stride), 33);
+          const float scale = 1.0f / std::sqrt(float(d));
+          auto o1 = vec(G * d), m1 = vec(G), l1 = vec(G), o2 = vec(G * d, 7.0f), m2 = vec(G),
+               l2 = vec(G), scratch = vec(attention_partial_scratch(G, keys));
+          ref.attention_partial_f32(q.data(), G, d, kc.data(), vc.data(), stride, keys, scale,
+                                    o1.data(), m1.data(), l1.data(), scratch.data());
+          kt.attention_partial_f32(q.data(), G, d, kc.data(), vc.data(), stride, keys, scale,
+                                   o2.data(), m2.data(), l2.data(), scratch.data());
+          // Scores differ by float vs double dot products (~1e-6 relative); l and o are sums of up
+          // to 300 terms of size <= 1 and <= ~3, so the floors are absolute 1e-6 and 1e-4.
+          expect_close(m2, m1, 1e-4f, 1e-2f, tag + " m");
+          expect_close(l2, l1, 1e-4f, 1e-2f, tag + " l");
+          expect_close(o2, o1, 1e-4f, 1.0f, tag + " o");
+          // Merged chunks (the backend's chunk length, and a ragged 7-key split) equal the
+          // one-query reference, head by head.
+          for (int64_t chunk : {attention_split_chunk(keys), int64_t(7)}) {
+            const int64_t C = (keys + chunk - 1) / chunk;
+            auto op = vec(C * G * d), mp = vec(C * G), lp = vec(C * G), out = vec(G * d, NAN);
+            for (int64_t c = 0; c < C; ++c) {
+              const int64_t j0 = c * chunk, n = std::min(chunk, keys - j0);
+              kt.attention_partial_f32(q.data(), G, d, kc.data() + j0 * stride,
+                                       vc.data() + j0 * stride, stride, n, scale,
+                                       op.data() + c * G * d, mp.data() + c * G,
+                                       lp.data() + c * G, scratch.data());
+            }
+            attention_merge_f32(C, G, d, op.data(), mp.data(), lp.data(), out.data());
+            auto s = vec(keys), want = vec(G * d);
+            for (int64_t g = 0; g < G; ++g)
+              attention_f32_ref(q.data() + g * d, kc.data(), vc.data(), stride, keys, d, scale,
+                                want.data() + g * d, s.data());
+            expect_close(out, want, 1e-4f, 1e-2f, tag + " merged, chunk " + std::to_string(chunk));
           }
         }
       }

@@ -1,6 +1,6 @@
-// attention: the avx2 variant. Attention of one query head over the KV cache.
+// attention: the avx2 variant. Attention over the KV cache (prefill blocks, decode partials).
 // The body is attention_simd.inc, shared with the other vector width; this file only fixes the ISA
-// (its compile flags are set per file in kernels/cpu/CMakeLists.txt). Tested against attention_ref
-// in tests/runtime/test_kernels.cpp.
+// (its compile flags are set per file in kernels/cpu/CMakeLists.txt). Tested against
+// attention_ref.cpp in tests/runtime/test_kernels.cpp.
 #define SHRINK_ISA_SUFFIX avx2
 #include "kernels/cpu/attention/attention_simd.inc"

@@ -40,4 +40,49 @@ void attention_block_f32_ref(const float* q, int64_t M, int64_t d, const int64_t
   }
 }
 
+// Split-K partial, reference: each head's scores in float32 (dot products in double), the max,
+// exp, the sum and the weighted values accumulated in double.
+void attention_partial_f32_ref(const float* q, int64_t G, int64_t d, const float* k,
+                               const float* v, int64_t kv_stride, int64_t n_keys, float scale,
+                               float* o, float* m, float* l, float* scratch) {
+  for (int64_t g = 0; g < G; ++g) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      double s = 0;
+      for (int64_t i = 0; i < d; ++i) s += double(q[g * d + i]) * k[j * kv_stride + i];
+      scratch[j] = float(s) * scale;
+      mx = std::max(mx, scratch[j]);
+    }
+    double z = 0;
+    std::vector<double> acc(static_cast<size_t>(d), 0.0);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const double p = std::exp(double(scratch[j]) - mx);
+      z += p;
+      for (int64_t i = 0; i < d; ++i) acc[size_t(i)] += p * v[j * kv_stride + i];
+    }
+    for (int64_t i = 0; i < d; ++i) o[g * d + i] = float(acc[size_t(i)]);
+    m[g] = mx;
+    l[g] = float(z);
+  }
+}
+
+void attention_merge_f32(int64_t C, int64_t G, int64_t d, const float* o, const float* m,
+                         const float* l, float* out) {
+  for (int64_t g = 0; g < G; ++g) {
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < C; ++c) mx = std::max(mx, m[c * G + g]);
+    float z = 0;
+    float* y = out + g * d;
+    for (int64_t i = 0; i < d; ++i) y[i] = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float e = std::exp(m[c * G + g] - mx);
+      z += e * l[c * G + g];
+      const float* x = o + (c * G + g) * d;
+      for (int64_t i = 0; i < d; ++i) y[i] += e * x[i];
+    }
+    const float inv = 1.0f / z;
+    for (int64_t i = 0; i < d; ++i) y[i] *= inv;
+  }
+}
+
 }  // namespace shrink::kernels::cpu
