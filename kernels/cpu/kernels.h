@@ -83,6 +83,19 @@ void attention_block_f32_avx2(const float* q, int64_t M, int64_t d, const int64_
 void attention_block_f32_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
                                 const int64_t* hi, const float* k, const float* v,
                                 int64_t kv_stride, float scale, float* out, float* scratch);
+/// The same over an f16 KV cache (IEEE binary16 bit patterns, converted to float on load).
+using AttentionBlockF16kvFn = void (*)(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                       const int64_t* hi, const uint16_t* k, const uint16_t* v,
+                                       int64_t kv_stride, float scale, float* out, float* scratch);
+void attention_block_f16kv_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                               const int64_t* hi, const uint16_t* k, const uint16_t* v,
+                               int64_t kv_stride, float scale, float* out, float* scratch);
+void attention_block_f16kv_avx2(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                const int64_t* hi, const uint16_t* k, const uint16_t* v,
+                                int64_t kv_stride, float scale, float* out, float* scratch);
+void attention_block_f16kv_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                  const int64_t* hi, const uint16_t* k, const uint16_t* v,
+                                  int64_t kv_stride, float scale, float* out, float* scratch);
 
 // ---- Split-K decode attention (one query row, one KV head group, one chunk of keys) ---------
 /// Keys per chunk of split-K decode attention below a cache of kAttnSplitKeys * kAttnSplitMax
@@ -118,6 +131,26 @@ void attention_partial_f32_avx2(const float* q, int64_t G, int64_t d, const floa
 void attention_partial_f32_avx512(const float* q, int64_t G, int64_t d, const float* k,
                                   const float* v, int64_t kv_stride, int64_t n_keys, float scale,
                                   float* o, float* m, float* l, float* scratch);
+/// The same over an f16 KV cache (half the bytes a decode step reads from the cache).
+using AttentionPartialF16kvFn = void (*)(const float* q, int64_t G, int64_t d, const uint16_t* k,
+                                         const uint16_t* v, int64_t kv_stride, int64_t n_keys,
+                                         float scale, float* o, float* m, float* l,
+                                         float* scratch);
+void attention_partial_f16kv_ref(const float* q, int64_t G, int64_t d, const uint16_t* k,
+                                 const uint16_t* v, int64_t kv_stride, int64_t n_keys, float scale,
+                                 float* o, float* m, float* l, float* scratch);
+void attention_partial_f16kv_avx2(const float* q, int64_t G, int64_t d, const uint16_t* k,
+                                  const uint16_t* v, int64_t kv_stride, int64_t n_keys,
+                                  float scale, float* o, float* m, float* l, float* scratch);
+void attention_partial_f16kv_avx512(const float* q, int64_t G, int64_t d, const uint16_t* k,
+                                    const uint16_t* v, int64_t kv_stride, int64_t n_keys,
+                                    float scale, float* o, float* m, float* l, float* scratch);
+/// y[0:n] = x[0:n] rounded to f16 (nearest even; beyond 65504 to infinity): the f16 KV cache's
+/// writes. Equal to core::f32_to_f16 for every non-NaN input.
+using ConvertF32F16Fn = void (*)(const float* x, uint16_t* y, int64_t n);
+void convert_f32_f16_ref(const float* x, uint16_t* y, int64_t n);
+void convert_f32_f16_avx2(const float* x, uint16_t* y, int64_t n);
+void convert_f32_f16_avx512(const float* x, uint16_t* y, int64_t n);
 /// out[g, 0:d] = softmax attention of head g from C chunk partials of attention_partial_f32
 /// (o [C][G][d], m and l [C][G], chunk-major): sum_c e_c o_c / sum_c e_c l_c with
 /// e_c = exp(m_c - max_c m_c). out must not overlap o. One implementation (a few hundred flops
@@ -226,6 +259,9 @@ struct KernelTable {
   SiluMulF32Fn silu_mul_f32;
   AttentionBlockF32Fn attention_block_f32;
   AttentionPartialF32Fn attention_partial_f32;
+  AttentionBlockF16kvFn attention_block_f16kv;
+  AttentionPartialF16kvFn attention_partial_f16kv;
+  ConvertF32F16Fn convert_f32_f16;
   GemmF32NtFn gemm_f32_nt;
   GemmW8a16NtFn gemm_w8a16_nt;
   GemmS8s8NtFn gemm_s8s8_f32_nt;

@@ -90,6 +90,17 @@ inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
   __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
   _mm_mask_storeu_epi8(p, vmask(n), b);
 }
+/// kW f16 (IEEE binary16 bit patterns) -> float (exact), and float -> f16 (nearest even).
+inline vf vload_f16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline vf vload_f16_n(const uint16_t* p, int64_t n) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(vmask(n), p));
+}
+inline void vstore_f16_n(uint16_t* p, vf v, int64_t n) {
+  const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm256_mask_storeu_epi16(p, vmask(n), h);
+}
 #else
 constexpr int kW = 8;
 using vf = __m256;
@@ -156,6 +167,20 @@ inline vf vload_bf16_n(const uint16_t* p, int64_t n) {
   uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::memcpy(buf, p, size_t(n < 8 ? n : 8) * sizeof(uint16_t));
   return vload_bf16(buf);
+}
+inline vf vload_f16(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline vf vload_f16_n(const uint16_t* p, int64_t n) {
+  uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(buf, p, size_t(n < 8 ? n : 8) * sizeof(uint16_t));
+  return vload_f16(buf);
+}
+inline void vstore_f16_n(uint16_t* p, vf v, int64_t n) {
+  alignas(16) uint16_t t[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(t),
+                  _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  std::memcpy(p, t, size_t(n < 8 ? n : 8) * sizeof(uint16_t));
 }
 inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
   alignas(32) int32_t t[8];

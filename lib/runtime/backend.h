@@ -79,8 +79,11 @@ struct RowPlacement {
 struct KvLayer {
   float* k = nullptr;
   float* v = nullptr;
-  int64_t slot_stride = 0;  // max_seq * kv_dim
+  int64_t slot_stride = 0;  // max_seq * kv_dim (elements)
   int64_t kv_dim = 0;
+  /// k and v hold f16 bit patterns (uint16_t elements) instead of floats: EngineOptions::kv_cache
+  /// "f16", CPU backend only.
+  bool f16 = false;
 };
 
 class Backend {

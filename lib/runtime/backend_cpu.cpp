@@ -307,6 +307,11 @@ class CpuBackend : public Backend {
                 const KvLayer& c) override {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t off = int64_t(at.slot[r]) * c.slot_stride + int64_t(at.pos[r]) * c.kv_dim;
+      if (c.f16) {
+        k_.convert_f32_f16(k + r * ld, reinterpret_cast<uint16_t*>(c.k) + off, c.kv_dim);
+        k_.convert_f32_f16(v + r * ld, reinterpret_cast<uint16_t*>(c.v) + off, c.kv_dim);
+        continue;
+      }
       std::memcpy(c.k + off, k + r * ld, size_t(c.kv_dim) * sizeof(float));
       std::memcpy(c.v + off, v + r * ld, size_t(c.kv_dim) * sizeof(float));
     }
@@ -318,6 +323,8 @@ class CpuBackend : public Backend {
     const int64_t per_kv = n_heads / n_kv_heads, d = head_dim;
     const float scale = float(1.0 / std::sqrt(double(head_dim)));
     auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
+    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(c.k);  // when c.f16
+    const uint16_t* v16 = reinterpret_cast<const uint16_t*>(c.v);
     // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
     // go through the blocked kernel, bq query rows of one KV head group per task; the
     // other rows (decode) through split-K partials (below).
@@ -364,8 +371,13 @@ class CpuBackend : public Backend {
             }
           }
           const int64_t base = int64_t(at.slot[blk.row]) * c.slot_stride + kvh * d;
-          k_.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), c.k + base, c.v + base,
-                                 c.kv_dim, scale, ob.data(), scratch.data());
+          if (c.f16) {
+            k_.attention_block_f16kv(qb.data(), M, d, lo.data(), hi.data(), k16 + base, v16 + base,
+                                     c.kv_dim, scale, ob.data(), scratch.data());
+          } else {
+            k_.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), c.k + base, c.v + base,
+                                   c.kv_dim, scale, ob.data(), scratch.data());
+          }
           for (int64_t hh = 0; hh < per_kv; ++hh) {
             const int64_t h = kvh * per_kv + hh;
             for (int64_t i = 0; i < blk.n; ++i) {
@@ -408,9 +420,14 @@ class CpuBackend : public Backend {
       for (int64_t t = b; t < e; ++t) {
         const Chunk& ch = chunks[size_t(t)];
         const int64_t base = int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
-        k_.attention_partial_f32(q + ch.r * ldq + ch.kvh * G * d, G, d, c.k + base, c.v + base,
-                                 c.kv_dim, ch.n, scale, po + t * G * d, pm + t * G, pl + t * G,
-                                 scratch.data());
+        const float* qg = q + ch.r * ldq + ch.kvh * G * d;
+        if (c.f16) {
+          k_.attention_partial_f16kv(qg, G, d, k16 + base, v16 + base, c.kv_dim, ch.n, scale,
+                                     po + t * G * d, pm + t * G, pl + t * G, scratch.data());
+        } else {
+          k_.attention_partial_f32(qg, G, d, c.k + base, c.v + base, c.kv_dim, ch.n, scale,
+                                   po + t * G * d, pm + t * G, pl + t * G, scratch.data());
+        }
       }
     });
     kc::parallel_for(int64_t(single.size()) * n_kv_heads, 1, [&](int64_t b, int64_t e) {

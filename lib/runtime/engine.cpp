@@ -414,8 +414,9 @@ Status Engine::Impl::build(TensorSource& src) {
     SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one));
     L.down = std::move(one[0]);
     const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
-    L.k_cache = be->tensor_zeros(cache);
-    L.v_cache = be->tensor_zeros(cache);
+    const int64_t floats = opts.kv_cache == "f16" ? (cache + 1) / 2 : cache;  // f16: 2 per float
+    L.k_cache = be->tensor_zeros(floats);
+    L.v_cache = be->tensor_zeros(floats);
   }
   SHRINK_ASSIGN_OR_RETURN(final_norm, vec("model.norm.weight"));
   if (c.tie_word_embeddings) {
@@ -491,6 +492,10 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                        : std::min<int64_t>(cfg.max_position_embeddings, 4096);
   SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
                (long long)impl->max_seq);
+  SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16", StatusCode::kInvalidInput,
+               "--kv-cache '%s': expected f32 or f16", opts.kv_cache.c_str());
+  SHRINK_CHECK(opts.kv_cache == "f32" || opts.device != "cuda", StatusCode::kInvalidInput,
+               "--kv-cache f16: only the cpu device has a 16-bit KV cache so far (cuda: f32)");
   if (opts.device == "cuda") {
     CudaBackendOptions co;
     if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
@@ -557,7 +562,7 @@ int Engine::max_batch() const { return impl_->opts.max_batch; }
 uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
 std::string Engine::describe() const {
   return std::string(core::arch_name(impl_->cfg.arch)) + ", " + quant_scheme_name(impl_->scheme) +
-         ", " + impl_->be->describe();
+         (impl_->opts.kv_cache == "f16" ? ", f16 kv cache" : "") + ", " + impl_->be->describe();
 }
 void Engine::reset(int slot) {
   if (slot >= 0 && slot < int(impl_->lengths.size())) impl_->lengths[size_t(slot)] = 0;
@@ -669,7 +674,8 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
         be.linear(*lin, xn, M, qkv + off, ldqkv);
         off += lin->out;
       }
-      const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
+      const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd,
+                          m.opts.kv_cache == "f16"};
       be.rope_kv_write(qkv, M, ldqkv, c.num_heads, c.num_kv_heads, c.head_dim, at,
                        m.rope_cos->data(), m.rope_sin->data(), cache);
       be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,

@@ -56,6 +56,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   eo.max_batch = 1;
   EngineOptions ref_eo = eo;
   ref_eo.lm_head = "f32";  // the reference is what it is; only the compact model's head may shrink
+  ref_eo.kv_cache = "f32";  // ... and its cache
   SHRINK_ASSIGN_OR_RETURN(auto ref, Engine::load(reference_dir, ref_eo));
   SHRINK_ASSIGN_OR_RETURN(auto cmp, Engine::load(compact_dir, eo));
   const int64_t V = ref->config().vocab_size;

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/cpu/gemm_library.h"
 #include "kernels/cpu/kernels.h"
 
@@ -213,6 +214,81 @@ TEST(Kernels, AttentionPartialMatchesRefAndMerges) {
           }
         }
       }
+    }
+  }
+}
+
+// f32 -> f16 for the KV cache: every level equals core's exact conversion (round to nearest
+// even), over normal values at every scale, subnormals, exact ties, the overflow boundary and
+// lengths off the vector width.
+TEST(Kernels, ConvertF32F16EqualsCore) {
+  std::vector<float> x;
+  for (float sc : {1e-7f, 1e-5f, 1e-3f, 1.0f, 300.0f, 3e4f}) {
+    const auto r = randn(1000, 41, sc);
+    x.insert(x.end(), r.begin(), r.end());
+  }
+  for (int e = -26; e <= 15; ++e) {  // ties: halfway between neighbouring f16 values
+    const float b = std::ldexp(1.0f, e);
+    for (float f : {b, b * (1.0f + 1.0f / 2048), b * (1.0f + 3.0f / 2048), -b * (1.0f + 5.0f / 2048)})
+      x.push_back(f);
+  }
+  for (float f : {65504.0f, 65519.0f, 65520.0f, 1e6f, -1e6f, INFINITY, -INFINITY, 0.0f, -0.0f})
+    x.push_back(f);
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (Isa isa : isas) {
+    for (int64_t n : {int64_t(x.size()), int64_t(13), int64_t(1)}) {
+      std::vector<uint16_t> y(x.size(), 0xbeef);
+      kernels_for(isa).convert_f32_f16(x.data(), y.data(), n);
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(y[size_t(i)], shrink::core::f32_to_f16(x[size_t(i)]))
+            << isa_name(isa) << " x=" << x[size_t(i)] << " at " << i;
+      for (size_t i = size_t(n); i < y.size(); ++i) ASSERT_EQ(y[i], 0xbeef) << "wrote past n";
+    }
+  }
+}
+
+// The f16 KV cache kernels convert on load and then do the float kernels' arithmetic: on the
+// same cache widened to float they agree bit for bit (partials and prefill blocks, every level).
+TEST(Kernels, F16KvAttentionEqualsF32OnTheWidenedCache) {
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (Isa isa : isas) {
+    const KernelTable& kt = kernels_for(isa);
+    for (int64_t d : {8, 14, 64, 80}) {
+      const int64_t keys = 150, stride = 2 * d + 3, G = 3, M = 20;
+      const std::string tag = std::string(isa_name(isa)) + " d=" + std::to_string(d);
+      auto q = randn(size_t(G * d), 51), kf = randn(size_t(keys * stride), 52, 2.0f),
+           vf = randn(size_t(keys * stride), 53);
+      std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+      kt.convert_f32_f16(kf.data(), kh.data(), int64_t(kf.size()));
+      kt.convert_f32_f16(vf.data(), vh.data(), int64_t(vf.size()));
+      for (size_t i = 0; i < kf.size(); ++i) {
+        kf[i] = shrink::core::f16_to_f32(kh[i]);
+        vf[i] = shrink::core::f16_to_f32(vh[i]);
+      }
+      const float scale = 1.0f / std::sqrt(float(d));
+      std::vector<float> o1(size_t(G * d)), o2(size_t(G * d)), ml1(size_t(2 * G)), ml2(size_t(2 * G)),
+          s(size_t(attention_partial_scratch(G, keys)));
+      kt.attention_partial_f32(q.data(), G, d, kf.data(), vf.data(), stride, keys, scale, o1.data(),
+                               ml1.data(), ml1.data() + G, s.data());
+      kt.attention_partial_f16kv(q.data(), G, d, kh.data(), vh.data(), stride, keys, scale,
+                                 o2.data(), ml2.data(), ml2.data() + G, s.data());
+      EXPECT_EQ(o2, o1) << "partial " << tag;
+      EXPECT_EQ(ml2, ml1) << "partial max/sum " << tag;
+      std::vector<int64_t> lo(static_cast<size_t>(M)), hi(static_cast<size_t>(M));
+      for (int64_t m = 0; m < M; ++m) {
+        hi[size_t(m)] = 100 + m + 1;
+        lo[size_t(m)] = m % 2 ? 40 + m : 0;  // some rows windowed
+      }
+      auto qb = randn(size_t(M * d), 54);
+      std::vector<float> b1(size_t(M * d)), b2(size_t(M * d)),
+          sb(size_t(attention_block_scratch(M, d)));
+      kt.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), kf.data(), vf.data(), stride,
+                             scale, b1.data(), sb.data());
+      kt.attention_block_f16kv(qb.data(), M, d, lo.data(), hi.data(), kh.data(), vh.data(), stride,
+                               scale, b2.data(), sb.data());
+      EXPECT_EQ(b2, b1) << "block " << tag;
     }
   }
 }

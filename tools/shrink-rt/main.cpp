@@ -37,6 +37,7 @@ struct Globals {
   int cuda_gemv_rows = 0;
   bool no_cuda_graphs = false;
   std::string lm_head = "f32";
+  std::string kv_cache = "f32";
   int exit_code = 0;
 };
 
@@ -83,6 +84,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.gemv_max_rows = g.cuda_gemv_rows;
   o.graphs = !g.no_cuda_graphs;
   o.lm_head = g.lm_head;
+  o.kv_cache = g.kv_cache;
   return o;
 }
 
@@ -442,6 +444,11 @@ int main(int argc, char** argv) {
                  "Storage of a float lm_head: f32 (exact) or int8 (per-channel W8A16, quantized at "
                  "load; verify keeps the reference's head in f32)")
       ->capture_default_str();
+  app.add_option("--kv-cache", g.kv_cache,
+                 "Storage of the KV cache: f32, or f16 (cpu: half the bytes decode attention "
+                 "reads; keys and values rounded to f16, attention in f32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16"}));
   app.add_option("--cpu-weights", g.cpu_weights,
                  "cpu: storage of float linear weights: f32 (default) or bf16 (half the bytes; "
                  "oneDNN bf16 matmul for prefill where the CPU has AVX512_BF16)");

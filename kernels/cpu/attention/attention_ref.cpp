@@ -1,10 +1,11 @@
-// Attention of one query head over a run of cached keys/values, scalar reference: scores in
+// Attention references (scalar). One query head over a run of cached keys/values: scores in
 // float32 (dot products accumulated in double, then rounded), softmax with the max subtracted,
 // probabilities normalised, then the weighted sum of values. Tested in test_kernels.cpp.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/cpu/kernels.h"
 
 namespace shrink::kernels::cpu {
@@ -83,6 +84,39 @@ void attention_merge_f32(int64_t C, int64_t G, int64_t d, const float* o, const 
     const float inv = 1.0f / z;
     for (int64_t i = 0; i < d; ++i) y[i] *= inv;
   }
+}
+
+
+// f16 KV cache references: rows [0, n) of the cache (d values each at kv_stride) widened to float
+// with core's exact conversion, then the float references above.
+namespace {
+std::vector<float> widen_rows(const uint16_t* x, int64_t n, int64_t d, int64_t stride) {
+  std::vector<float> y(static_cast<size_t>(n * stride), 0.0f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < d; ++i) y[size_t(j * stride + i)] = core::f16_to_f32(x[j * stride + i]);
+  return y;
+}
+}  // namespace
+
+void attention_block_f16kv_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                               const int64_t* hi, const uint16_t* k, const uint16_t* v,
+                               int64_t kv_stride, float scale, float* out, float* scratch) {
+  const int64_t n = *std::max_element(hi, hi + M);
+  const std::vector<float> kf = widen_rows(k, n, d, kv_stride), vf = widen_rows(v, n, d, kv_stride);
+  attention_block_f32_ref(q, M, d, lo, hi, kf.data(), vf.data(), kv_stride, scale, out, scratch);
+}
+
+void attention_partial_f16kv_ref(const float* q, int64_t G, int64_t d, const uint16_t* k,
+                                 const uint16_t* v, int64_t kv_stride, int64_t n_keys, float scale,
+                                 float* o, float* m, float* l, float* scratch) {
+  const std::vector<float> kf = widen_rows(k, n_keys, d, kv_stride),
+                           vf = widen_rows(v, n_keys, d, kv_stride);
+  attention_partial_f32_ref(q, G, d, kf.data(), vf.data(), kv_stride, n_keys, scale, o, m, l,
+                            scratch);
+}
+
+void convert_f32_f16_ref(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = core::f32_to_f16(x[i]);
 }
 
 }  // namespace shrink::kernels::cpu
