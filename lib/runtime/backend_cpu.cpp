@@ -419,7 +419,8 @@ class CpuBackend : public Backend {
       std::vector<float> scratch(size_t(kc::attention_partial_scratch(G, max_chunk)));
       for (int64_t t = b; t < e; ++t) {
         const Chunk& ch = chunks[size_t(t)];
-        const int64_t base = int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
+        const int64_t base =
+            int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
         const float* qg = q + ch.r * ldq + ch.kvh * G * d;
         if (c.f16) {
           k_.attention_partial_f16kv(qg, G, d, k16 + base, v16 + base, c.kv_dim, ch.n, scale,

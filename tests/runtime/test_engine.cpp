@@ -378,9 +378,10 @@ TEST(Engine, F16KvCacheIsCloseToF32AndSelfConsistent) {
     }
     EXPECT_LE(max_abs_diff(inc, l16), 1e-4f);
   }
+  using Bad = std::tuple<const char*, const char*, const char*>;  // kv_cache, device, message
   for (const auto& [kv, device, needle] :
-       {std::tuple<const char*, const char*, const char*>{"int4", "cpu", "--kv-cache 'int4': expected f32 or f16"},
-        {"f16", "cuda", "--kv-cache f16: only the cpu device"}}) {
+       {Bad{"int4", "cpu", "--kv-cache 'int4': expected f32 or f16"},
+        Bad{"f16", "cuda", "--kv-cache f16: only the cpu device"}}) {
     EngineOptions bad;
     bad.kv_cache = kv;
     bad.device = device;

@@ -229,7 +229,7 @@ TEST(Kernels, ConvertF32F16EqualsCore) {
   }
   for (int e = -26; e <= 15; ++e) {  // ties: halfway between neighbouring f16 values
     const float b = std::ldexp(1.0f, e);
-    for (float f : {b, b * (1.0f + 1.0f / 2048), b * (1.0f + 3.0f / 2048), -b * (1.0f + 5.0f / 2048)})
+    for (float f : {b, b * (1 + 1.0f / 2048), b * (1 + 3.0f / 2048), -b * (1 + 5.0f / 2048)})
       x.push_back(f);
   }
   for (float f : {65504.0f, 65519.0f, 65520.0f, 1e6f, -1e6f, INFINITY, -INFINITY, 0.0f, -0.0f})
@@ -268,8 +268,8 @@ TEST(Kernels, F16KvAttentionEqualsF32OnTheWidenedCache) {
         vf[i] = shrink::core::f16_to_f32(vh[i]);
       }
       const float scale = 1.0f / std::sqrt(float(d));
-      std::vector<float> o1(size_t(G * d)), o2(size_t(G * d)), ml1(size_t(2 * G)), ml2(size_t(2 * G)),
-          s(size_t(attention_partial_scratch(G, keys)));
+      std::vector<float> o1(size_t(G * d)), o2(size_t(G * d)), ml1(size_t(2 * G)),
+          ml2(size_t(2 * G)), s(size_t(attention_partial_scratch(G, keys)));
       kt.attention_partial_f32(q.data(), G, d, kf.data(), vf.data(), stride, keys, scale, o1.data(),
                                ml1.data(), ml1.data() + G, s.data());
       kt.attention_partial_f16kv(q.data(), G, d, kh.data(), vh.data(), stride, keys, scale,
