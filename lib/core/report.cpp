@@ -245,6 +245,8 @@ std::string report_markdown(const nlohmann::json& r) {
     const auto& v = r["verify"];
     o << "\n## Verify\n\n" << "Verdict: **" << v.value("verdict", std::string("?")) << "**\n\n";
     o << "| | reference | compact |\n|---|---:|---:|\n";
+    if (v.contains("engine_compact"))
+      o << "| engine | " << f(v, "engine_reference", "%s") << " | " << f(v, "engine_compact", "%s") << " |\n";
     o << "| perplexity | " << f(v, "perplexity_reference", "%.3f") << " | " << f(v, "perplexity_compact", "%.3f") << " |\n";
     if (v.contains("speed_reference")) {
       o << "| decode tok/s | " << f(v["speed_reference"], "decode_tokens_per_second", "%.1f") << " | "

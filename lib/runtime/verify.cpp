@@ -31,7 +31,9 @@ nlohmann::json VerifyResult::to_json() const {
                           {"latency_p99_ms", r.latency_p99_ms},
                           {"weight_gb_per_second", r.weight_gb_per_second}};
   };
-  return {{"perplexity_reference", ppl_reference},
+  return {{"engine_reference", engine_reference},
+          {"engine_compact", engine_compact},
+          {"perplexity_reference", ppl_reference},
           {"perplexity_compact", ppl_compact},
           {"perplexity_increase", ppl_increase},
           {"kl", kl},
@@ -66,6 +68,8 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
                compact_dir.c_str(), (long long)cmp->config().vocab_size, (long long)V);
   SHRINK_ASSIGN_OR_RETURN(LoadedTokens data, tokens_load(reference_dir, V, o.source));
   VerifyResult r;
+  r.engine_reference = ref->describe();
+  r.engine_compact = cmp->describe();
   double nll_r = 0, nll_c = 0, kl = 0, agree = 0;
   std::vector<float> lr, lc;
   std::vector<double> pr, pc;

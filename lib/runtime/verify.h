@@ -33,6 +33,7 @@ struct VerifyResult {
   BenchResult bench_reference, bench_compact;
   double decode_speedup = 0, prefill_speedup = 0;
   uint64_t bytes_reference = 0, bytes_compact = 0;  // weight bytes read per decode step
+  std::string engine_reference, engine_compact;   // Engine::describe(): how each model ran
   bool passed = true;
   std::string verdict;  // "pass", or which gates failed
   nlohmann::json to_json() const;

@@ -76,6 +76,9 @@ if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
     expect_grep "verify reports full agreement" "$T/out" '"top1_agreement": 1.0'
     expect_rc "verify with a failing gate exits 3" 3 "$RT" verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --min-speedup 100
     expect_grep "verify names the failed gate" "$T/out" "decode speed-up"
+    # The compact side's f16 KV cache: close to its f32 self (the reference keeps f32).
+    expect_rc "verify with an f16 kv cache" 0 "$RT" --json --kv-cache f16 verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --max-ppl-increase 0.001
+    expect_grep "verify f16 kv names the cache" "$T/out" "f16 kv cache"
     expect_rc "verify against another vocabulary exits 2" 2 "$RT" verify "$FIX/hf/qwen2_bias_tied_bf16" --reference "$M" --data "$T/shards" --seq-len 32 --no-bench
   fi
 fi
@@ -90,6 +93,11 @@ for f in md csv json; do
 done
 expect_rc "bench shape w8a8" 0 "$RT" bench --shape smollm-135m --dtype w8a8 --prompt-len 8 --gen-len 2 --format json
 expect_grep "bench names the engine" "$T/out" "w8a8-dynamic"
+expect_rc "bench f16 kv cache" 0 "$RT" --kv-cache f16 bench --shape smollm-135m --dtype w8a8 --prompt-len 8 --gen-len 2 --format json
+expect_grep "bench names the f16 kv cache" "$T/out" "f16 kv cache"
+expect_rc "f16 kv cache on cuda exits 2" 2 "$RT" --device cuda --kv-cache f16 bench --shape smollm-135m --prompt-len 8 --gen-len 2
+expect_grep "the cuda kv error says why" "$T/err" "only the cpu device"
+expect_rc "unknown kv cache exits 2" 2 "$RT" --kv-cache q4 bench --shape smollm-135m --prompt-len 8 --gen-len 2
 
 echo "# $pass passed, $fail failed"
 [ "$fail" = 0 ]

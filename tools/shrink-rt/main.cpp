@@ -407,6 +407,7 @@ void register_verify(CLI::App& app, Globals& g) {
         print_json(j);
       } else {
         std::printf("| | reference | compact |\n|---|---:|---:|\n");
+        std::printf("| engine | %s | %s |\n", r.engine_reference.c_str(), r.engine_compact.c_str());
         std::printf("| perplexity | %.4f | %.4f (%+.2f%%) |\n", r.ppl_reference, r.ppl_compact,
                     100 * r.ppl_increase);
         std::printf("| decode tok/s | %.1f | %.1f (%.2fx) |\n", r.bench_reference.decode_tokens_per_second,
