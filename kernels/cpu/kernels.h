@@ -96,6 +96,24 @@ void attention_block_f16kv_avx2(const float* q, int64_t M, int64_t d, const int6
 void attention_block_f16kv_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
                                   const int64_t* hi, const uint16_t* k, const uint16_t* v,
                                   int64_t kv_stride, float scale, float* out, float* scratch);
+/// The same over an int8 KV cache: key j's keys are ks[j*ss] times its int8 values (values:
+/// vs[j*ss]), one scale per (token, KV head), as quantize_s8 writes them.
+using AttentionBlockS8kvFn = void (*)(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                      const int64_t* hi, const int8_t* k, const int8_t* v,
+                                      int64_t kv_stride, const float* ks, const float* vs,
+                                      int64_t ss, float scale, float* out, float* scratch);
+void attention_block_s8kv_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                              const int64_t* hi, const int8_t* k, const int8_t* v,
+                              int64_t kv_stride, const float* ks, const float* vs, int64_t ss,
+                              float scale, float* out, float* scratch);
+void attention_block_s8kv_avx2(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                               const int64_t* hi, const int8_t* k, const int8_t* v,
+                               int64_t kv_stride, const float* ks, const float* vs, int64_t ss,
+                               float scale, float* out, float* scratch);
+void attention_block_s8kv_avx512(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                                 const int64_t* hi, const int8_t* k, const int8_t* v,
+                                 int64_t kv_stride, const float* ks, const float* vs, int64_t ss,
+                                 float scale, float* out, float* scratch);
 
 // ---- Split-K decode attention (one query row, one KV head group, one chunk of keys) ---------
 /// Keys per chunk of split-K decode attention below a cache of kAttnSplitKeys * kAttnSplitMax
@@ -145,6 +163,23 @@ void attention_partial_f16kv_avx2(const float* q, int64_t G, int64_t d, const ui
 void attention_partial_f16kv_avx512(const float* q, int64_t G, int64_t d, const uint16_t* k,
                                     const uint16_t* v, int64_t kv_stride, int64_t n_keys,
                                     float scale, float* o, float* m, float* l, float* scratch);
+/// The same over an int8 KV cache (scales as attention_block_s8kv): a quarter of f32's bytes.
+using AttentionPartialS8kvFn = void (*)(const float* q, int64_t G, int64_t d, const int8_t* k,
+                                        const int8_t* v, int64_t kv_stride, const float* ks,
+                                        const float* vs, int64_t ss, int64_t n_keys, float scale,
+                                        float* o, float* m, float* l, float* scratch);
+void attention_partial_s8kv_ref(const float* q, int64_t G, int64_t d, const int8_t* k,
+                                const int8_t* v, int64_t kv_stride, const float* ks,
+                                const float* vs, int64_t ss, int64_t n_keys, float scale, float* o,
+                                float* m, float* l, float* scratch);
+void attention_partial_s8kv_avx2(const float* q, int64_t G, int64_t d, const int8_t* k,
+                                 const int8_t* v, int64_t kv_stride, const float* ks,
+                                 const float* vs, int64_t ss, int64_t n_keys, float scale,
+                                 float* o, float* m, float* l, float* scratch);
+void attention_partial_s8kv_avx512(const float* q, int64_t G, int64_t d, const int8_t* k,
+                                   const int8_t* v, int64_t kv_stride, const float* ks,
+                                   const float* vs, int64_t ss, int64_t n_keys, float scale,
+                                   float* o, float* m, float* l, float* scratch);
 /// y[0:n] = x[0:n] rounded to f16 (nearest even; beyond 65504 to infinity): the f16 KV cache's
 /// writes. Equal to core::f32_to_f16 for every non-NaN input.
 using ConvertF32F16Fn = void (*)(const float* x, uint16_t* y, int64_t n);
@@ -262,6 +297,8 @@ struct KernelTable {
   AttentionBlockF16kvFn attention_block_f16kv;
   AttentionPartialF16kvFn attention_partial_f16kv;
   ConvertF32F16Fn convert_f32_f16;
+  AttentionBlockS8kvFn attention_block_s8kv;
+  AttentionPartialS8kvFn attention_partial_s8kv;
   GemmF32NtFn gemm_f32_nt;
   GemmW8a16NtFn gemm_w8a16_nt;
   GemmS8s8NtFn gemm_s8s8_f32_nt;

@@ -76,14 +76,20 @@ struct RowPlacement {
 };
 
 /// The KV cache of one layer: K and V as [slots, max_seq, kv_heads * head_dim] float32.
+enum class KvStorage { kF32, kF16, kInt8 };
+
 struct KvLayer {
   float* k = nullptr;
   float* v = nullptr;
   int64_t slot_stride = 0;  // max_seq * kv_dim (elements)
   int64_t kv_dim = 0;
-  /// k and v hold f16 bit patterns (uint16_t elements) instead of floats: EngineOptions::kv_cache
-  /// "f16", CPU backend only.
-  bool f16 = false;
+  /// What k and v hold (EngineOptions::kv_cache; CPU backend only beyond kF32): floats, f16 bit
+  /// patterns (uint16_t elements), or int8 values with one float scale per (token, KV head) in
+  /// k_scale / v_scale, laid out [slot][pos][n_kv_heads] (head_dim values per scale).
+  KvStorage storage = KvStorage::kF32;
+  float* k_scale = nullptr;
+  float* v_scale = nullptr;
+  int64_t head_dim = 0;
 };
 
 class Backend {

@@ -307,9 +307,18 @@ class CpuBackend : public Backend {
                 const KvLayer& c) override {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t off = int64_t(at.slot[r]) * c.slot_stride + int64_t(at.pos[r]) * c.kv_dim;
-      if (c.f16) {
+      if (c.storage == KvStorage::kF16) {
         k_.convert_f32_f16(k + r * ld, reinterpret_cast<uint16_t*>(c.k) + off, c.kv_dim);
         k_.convert_f32_f16(v + r * ld, reinterpret_cast<uint16_t*>(c.v) + off, c.kv_dim);
+        continue;
+      }
+      if (c.storage == KvStorage::kInt8) {  // per KV head: one row of head_dim per scale
+        const int64_t d = c.head_dim, nkv = c.kv_dim / d;
+        const int64_t so = (int64_t(at.slot[r]) * (c.slot_stride / c.kv_dim) + at.pos[r]) * nkv;
+        k_.quantize_s8(k + r * ld, nkv, d, d, nullptr, reinterpret_cast<int8_t*>(c.k) + off, d,
+                       c.k_scale + so);
+        k_.quantize_s8(v + r * ld, nkv, d, d, nullptr, reinterpret_cast<int8_t*>(c.v) + off, d,
+                       c.v_scale + so);
         continue;
       }
       std::memcpy(c.k + off, k + r * ld, size_t(c.kv_dim) * sizeof(float));
@@ -323,8 +332,15 @@ class CpuBackend : public Backend {
     const int64_t per_kv = n_heads / n_kv_heads, d = head_dim;
     const float scale = float(1.0 / std::sqrt(double(head_dim)));
     auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
-    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(c.k);  // when c.f16
+    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(c.k);  // KvStorage::kF16
     const uint16_t* v16 = reinterpret_cast<const uint16_t*>(c.v);
+    const int8_t* k8 = reinterpret_cast<const int8_t*>(c.k);  // KvStorage::kInt8
+    const int8_t* v8 = reinterpret_cast<const int8_t*>(c.v);
+    const int64_t max_seq = c.slot_stride / c.kv_dim;
+    // The int8 scales of (slot, position, KV head); consecutive positions are n_kv_heads apart.
+    auto scale_at = [&](int64_t slot, int64_t pos, int64_t kvh) {
+      return (slot * max_seq + pos) * n_kv_heads + kvh;
+    };
     // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
     // go through the blocked kernel, bq query rows of one KV head group per task; the
     // other rows (decode) through split-K partials (below).
@@ -371,9 +387,14 @@ class CpuBackend : public Backend {
             }
           }
           const int64_t base = int64_t(at.slot[blk.row]) * c.slot_stride + kvh * d;
-          if (c.f16) {
+          if (c.storage == KvStorage::kF16) {
             k_.attention_block_f16kv(qb.data(), M, d, lo.data(), hi.data(), k16 + base, v16 + base,
                                      c.kv_dim, scale, ob.data(), scratch.data());
+          } else if (c.storage == KvStorage::kInt8) {
+            const int64_t so = scale_at(at.slot[blk.row], 0, kvh);
+            k_.attention_block_s8kv(qb.data(), M, d, lo.data(), hi.data(), k8 + base, v8 + base,
+                                    c.kv_dim, c.k_scale + so, c.v_scale + so, n_kv_heads, scale,
+                                    ob.data(), scratch.data());
           } else {
             k_.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), c.k + base, c.v + base,
                                    c.kv_dim, scale, ob.data(), scratch.data());
@@ -422,9 +443,14 @@ class CpuBackend : public Backend {
         const int64_t base =
             int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
         const float* qg = q + ch.r * ldq + ch.kvh * G * d;
-        if (c.f16) {
+        if (c.storage == KvStorage::kF16) {
           k_.attention_partial_f16kv(qg, G, d, k16 + base, v16 + base, c.kv_dim, ch.n, scale,
                                      po + t * G * d, pm + t * G, pl + t * G, scratch.data());
+        } else if (c.storage == KvStorage::kInt8) {
+          const int64_t so = scale_at(at.slot[ch.r], ch.j0, ch.kvh);
+          k_.attention_partial_s8kv(qg, G, d, k8 + base, v8 + base, c.kv_dim, c.k_scale + so,
+                                    c.v_scale + so, n_kv_heads, ch.n, scale, po + t * G * d,
+                                    pm + t * G, pl + t * G, scratch.data());
         } else {
           k_.attention_partial_f32(qg, G, d, c.k + base, c.v + base, c.kv_dim, ch.n, scale,
                                    po + t * G * d, pm + t * G, pl + t * G, scratch.data());

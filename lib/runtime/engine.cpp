@@ -218,6 +218,7 @@ struct LayerW {
   std::unique_ptr<Linear> o, down;
   std::vector<std::unique_ptr<Linear>> gate_up;  // fused [gate; up], or gate, up
   std::unique_ptr<DeviceTensor> k_cache, v_cache;
+  std::unique_ptr<DeviceTensor> k_scale, v_scale;  // int8 cache: [slot][pos][kv head]
 };
 
 struct Engine::Impl {
@@ -414,9 +415,16 @@ Status Engine::Impl::build(TensorSource& src) {
     SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one));
     L.down = std::move(one[0]);
     const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
-    const int64_t floats = opts.kv_cache == "f16" ? (cache + 1) / 2 : cache;  // f16: 2 per float
+    // f16 and int8 elements packed 2 and 4 to a float of the backend's tensors.
+    const int64_t floats = opts.kv_cache == "f16"    ? (cache + 1) / 2
+                           : opts.kv_cache == "int8" ? (cache + 3) / 4
+                                                     : cache;
     L.k_cache = be->tensor_zeros(floats);
     L.v_cache = be->tensor_zeros(floats);
+    if (opts.kv_cache == "int8") {
+      L.k_scale = be->tensor_zeros(int64_t(opts.max_batch) * max_seq * c.num_kv_heads);
+      L.v_scale = be->tensor_zeros(int64_t(opts.max_batch) * max_seq * c.num_kv_heads);
+    }
   }
   SHRINK_ASSIGN_OR_RETURN(final_norm, vec("model.norm.weight"));
   if (c.tie_word_embeddings) {
@@ -492,10 +500,12 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                        : std::min<int64_t>(cfg.max_position_embeddings, 4096);
   SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
                (long long)impl->max_seq);
-  SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16", StatusCode::kInvalidInput,
-               "--kv-cache '%s': expected f32 or f16", opts.kv_cache.c_str());
+  SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16" || opts.kv_cache == "int8",
+               StatusCode::kInvalidInput, "--kv-cache '%s': expected f32, f16 or int8",
+               opts.kv_cache.c_str());
   SHRINK_CHECK(opts.kv_cache == "f32" || opts.device != "cuda", StatusCode::kInvalidInput,
-               "--kv-cache f16: only the cpu device has a 16-bit KV cache so far (cuda: f32)");
+               "--kv-cache %s: only the cpu device has a %s KV cache so far (cuda: f32)",
+               opts.kv_cache.c_str(), opts.kv_cache == "f16" ? "16-bit" : "int8");
   if (opts.device == "cuda") {
     CudaBackendOptions co;
     if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
@@ -562,7 +572,8 @@ int Engine::max_batch() const { return impl_->opts.max_batch; }
 uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
 std::string Engine::describe() const {
   return std::string(core::arch_name(impl_->cfg.arch)) + ", " + quant_scheme_name(impl_->scheme) +
-         (impl_->opts.kv_cache == "f16" ? ", f16 kv cache" : "") + ", " + impl_->be->describe();
+         (impl_->opts.kv_cache == "f32" ? "" : ", " + impl_->opts.kv_cache + " kv cache") + ", " +
+         impl_->be->describe();
 }
 void Engine::reset(int slot) {
   if (slot >= 0 && slot < int(impl_->lengths.size())) impl_->lengths[size_t(slot)] = 0;
@@ -674,8 +685,13 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
         be.linear(*lin, xn, M, qkv + off, ldqkv);
         off += lin->out;
       }
-      const KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd,
-                          m.opts.kv_cache == "f16"};
+      KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
+      if (m.opts.kv_cache != "f32") {
+        cache.storage = m.opts.kv_cache == "f16" ? KvStorage::kF16 : KvStorage::kInt8;
+        cache.head_dim = c.head_dim;
+        if (L.k_scale) cache.k_scale = L.k_scale->data();
+        if (L.v_scale) cache.v_scale = L.v_scale->data();
+      }
       be.rope_kv_write(qkv, M, ldqkv, c.num_heads, c.num_kv_heads, c.head_dim, at,
                        m.rope_cos->data(), m.rope_sin->data(), cache);
       be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,

@@ -48,10 +48,12 @@ struct EngineOptions {
   /// smollm-135m shape: 113 MB of f32 head against 106 MB of int8 blocks), so it caps the
   /// int8 speed-up. An lm_head that is already int8 in the checkpoint stays as it is.
   std::string lm_head = "f32";
-  /// Storage of the KV cache: "f32", or "f16" (cpu) for half the bytes: at long context the
-  /// cache, not the weights, is most of what a decode step reads (the smollm-135m shape at 2048
-  /// tokens: 94 MB of f32 cache against 129 MB of int8 weights). Keys and values are rounded to
-  /// f16 (nearest even) when written; attention computes in float32. llama.cpp's default.
+  /// Storage of the KV cache: "f32", or (cpu) "f16" for half the bytes or "int8" for a quarter:
+  /// at long context the cache, not the weights, is most of what a decode step reads (the
+  /// smollm-135m shape at 2048 tokens: 94 MB of f32 cache against 129 MB of int8 weights).
+  /// f16 rounds keys and values to nearest even (llama.cpp's default cache); int8 quantizes each
+  /// token's keys (values) per KV head, symmetric, with a float scale (as llama.cpp's q8_0 cache
+  /// per 32 values). Attention computes in float32 either way.
   std::string kv_cache = "f32";
 };
 

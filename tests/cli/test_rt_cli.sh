@@ -97,6 +97,8 @@ expect_rc "bench f16 kv cache" 0 "$RT" --kv-cache f16 bench --shape smollm-135m 
 expect_grep "bench names the f16 kv cache" "$T/out" "f16 kv cache"
 expect_rc "f16 kv cache on cuda exits 2" 2 "$RT" --device cuda --kv-cache f16 bench --shape smollm-135m --prompt-len 8 --gen-len 2
 expect_grep "the cuda kv error says why" "$T/err" "only the cpu device"
+expect_rc "bench int8 kv cache" 0 "$RT" --kv-cache int8 bench --shape smollm-135m --dtype w8a8 --prompt-len 20 --gen-len 2 --format json
+expect_grep "bench names the int8 kv cache" "$T/out" "int8 kv cache"
 expect_rc "unknown kv cache exits 2" 2 "$RT" --kv-cache q4 bench --shape smollm-135m --prompt-len 8 --gen-len 2
 
 echo "# $pass passed, $fail failed"

@@ -340,48 +340,55 @@ TEST(Engine, LongPrefillBlockedAttentionEqualsChunksAndDecode) {
   EXPECT_GT(max_abs_diff(run(*plain, 0, seq), run(*windowed, 0, seq)), 1e-3f);
 }
 
-TEST(Engine, F16KvCacheIsCloseToF32AndSelfConsistent) {
+TEST(Engine, F16AndInt8KvCachesAreCloseToF32AndSelfConsistent) {
   std::vector<int32_t> seq(200);
   for (size_t i = 0; i < seq.size(); ++i) seq[i] = int32_t((i * 37 + 11) % 300);
-  for (const char* m : {"llama_gqa_llama3rope", "mistral_mqa_linearrope"}) {
-    SCOPED_TRACE(m);
-    EngineOptions oh;
-    oh.kv_cache = "f16";
-    auto e32 = load(test::fixture(m)), e16 = load(test::fixture(m), oh);
-    ASSERT_TRUE(e32 && e16);
-    EXPECT_NE(e16->describe().find("f16 kv cache"), std::string::npos) << e16->describe();
-    EXPECT_EQ(e32->describe().find("f16 kv cache"), std::string::npos) << e32->describe();
-    const auto l32 = run(*e32, 0, seq), l16 = run(*e16, 0, seq);
-    // Keys and values rounded to f16 (11 significant bits): the logits move, by little.
-    const float diff = max_abs_diff(l16, l32);
-    EXPECT_GT(diff, 0.0f);
-    EXPECT_LT(max_rel_diff(l16, l32), 5e-3f);
-    // The greedy token is the same wherever f32's top-2 margin exceeds twice the largest change.
-    const int64_t V = e32->config().vocab_size;
-    int64_t decided = 0;
-    for (size_t t = 0; t < seq.size(); ++t) {
-      const float* a = l32.data() + int64_t(t) * V;
-      const float* b = l16.data() + int64_t(t) * V;
-      std::vector<float> row(a, a + V);
-      std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
-      if (row[0] - row[1] <= 2 * diff) continue;
-      ++decided;
-      EXPECT_EQ(std::max_element(a, a + V) - a, std::max_element(b, b + V) - b) << "position " << t;
+  // f16 keeps 11 significant bits; int8 per (token, KV head) about 8 below the row's maximum.
+  const std::pair<const char*, float> kinds[] = {{"f16", 5e-3f}, {"int8", 2e-2f}};
+  for (const auto& [kv, tol] : kinds) {
+    for (const char* m : {"llama_gqa_llama3rope", "mistral_mqa_linearrope"}) {
+      SCOPED_TRACE(std::string(m) + " " + kv);
+      EngineOptions oh;
+      oh.kv_cache = kv;
+      auto e32 = load(test::fixture(m)), e16 = load(test::fixture(m), oh);
+      ASSERT_TRUE(e32 && e16);
+      const std::string named = std::string(kv) + " kv cache";
+      EXPECT_NE(e16->describe().find(named), std::string::npos) << e16->describe();
+      EXPECT_EQ(e32->describe().find("kv cache"), std::string::npos) << e32->describe();
+      const auto l32 = run(*e32, 0, seq), l16 = run(*e16, 0, seq);
+      // Keys and values are rounded when written: the logits move, by little.
+      const float diff = max_abs_diff(l16, l32);
+      EXPECT_GT(diff, 0.0f);
+      EXPECT_LT(max_rel_diff(l16, l32), tol);
+      // The greedy token is the same wherever f32's top-2 margin exceeds twice the largest change.
+      const int64_t V = e32->config().vocab_size;
+      int64_t decided = 0;
+      for (size_t t = 0; t < seq.size(); ++t) {
+        const float* a = l32.data() + int64_t(t) * V;
+        const float* b = l16.data() + int64_t(t) * V;
+        std::vector<float> row(a, a + V);
+        std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
+        if (row[0] - row[1] <= 2 * diff) continue;
+        ++decided;
+        EXPECT_EQ(std::max_element(a, a + V) - a, std::max_element(b, b + V) - b)
+            << "position " << t;
+      }
+      EXPECT_GT(decided, int64_t(seq.size()) / 4);
+      // Within one cache, prefill (blocked) and decode (split-K) read the same stored values.
+      e16->reset_all();
+      auto inc = run(*e16, 0, std::vector<int32_t>(seq.begin(), seq.begin() + 150));
+      for (size_t t = 150; t < seq.size(); ++t) {
+        const auto step = run(*e16, 0, {seq[t]});
+        inc.insert(inc.end(), step.begin(), step.end());
+      }
+      EXPECT_LE(max_abs_diff(inc, l16), 1e-4f);
     }
-    EXPECT_GT(decided, int64_t(seq.size()) / 2);
-    // Within the f16 cache, prefill (blocked) and decode (split-K) read the same values.
-    e16->reset_all();
-    auto inc = run(*e16, 0, std::vector<int32_t>(seq.begin(), seq.begin() + 150));
-    for (size_t t = 150; t < seq.size(); ++t) {
-      const auto step = run(*e16, 0, {seq[t]});
-      inc.insert(inc.end(), step.begin(), step.end());
-    }
-    EXPECT_LE(max_abs_diff(inc, l16), 1e-4f);
   }
   using Bad = std::tuple<const char*, const char*, const char*>;  // kv_cache, device, message
   for (const auto& [kv, device, needle] :
-       {Bad{"int4", "cpu", "--kv-cache 'int4': expected f32 or f16"},
-        Bad{"f16", "cuda", "--kv-cache f16: only the cpu device"}}) {
+       {Bad{"int4", "cpu", "--kv-cache 'int4': expected f32, f16 or int8"},
+        Bad{"f16", "cuda", "--kv-cache f16: only the cpu device"},
+        Bad{"int8", "cuda", "--kv-cache int8: only the cpu device"}}) {
     EngineOptions bad;
     bad.kv_cache = kv;
     bad.device = device;

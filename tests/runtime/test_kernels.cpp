@@ -293,6 +293,56 @@ TEST(Kernels, F16KvAttentionEqualsF32OnTheWidenedCache) {
   }
 }
 
+// The int8 KV cache kernels (per-key scales, as quantize_s8 writes them per token and KV head)
+// against their references, which widen the cache to float first: decode partials and prefill
+// blocks, every level, scales strided as in the cache ([pos][kv head]).
+TEST(Kernels, Int8KvAttentionMatchesRef) {
+  const KernelTable& ref = kernels_for(Isa::kRef);
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (Isa isa : isas) {
+    const KernelTable& kt = kernels_for(isa);
+    for (int64_t d : {8, 14, 64, 80}) {
+      const int64_t keys = 150, stride = 2 * d + 3, G = 3, M = 20, ss = 2;
+      const std::string tag = std::string(isa_name(isa)) + " d=" + std::to_string(d);
+      auto kf = randn(size_t(keys * stride), 62, 2.0f), vf = randn(size_t(keys * stride), 63);
+      std::vector<int8_t> kq(kf.size()), vq(vf.size());
+      std::vector<float> ks(size_t(keys * ss)), vs(size_t(keys * ss));
+      for (int64_t j = 0; j < keys; ++j) {  // one row of d per key, scales at stride ss
+        ref.quantize_s8(kf.data() + j * stride, 1, d, d, nullptr, kq.data() + j * stride, d,
+                        ks.data() + j * ss);
+        ref.quantize_s8(vf.data() + j * stride, 1, d, d, nullptr, vq.data() + j * stride, d,
+                        vs.data() + j * ss);
+      }
+      auto q = randn(size_t(G * d), 61);
+      const float scale = 1.0f / std::sqrt(float(d));
+      std::vector<float> o1(size_t(G * d)), o2(size_t(G * d)), m1(3), m2(3), l1(3), l2(3),
+          s(size_t(attention_partial_scratch(G, keys)));
+      ref.attention_partial_s8kv(q.data(), G, d, kq.data(), vq.data(), stride, ks.data(),
+                                 vs.data(), ss, keys, scale, o1.data(), m1.data(), l1.data(),
+                                 s.data());
+      kt.attention_partial_s8kv(q.data(), G, d, kq.data(), vq.data(), stride, ks.data(), vs.data(),
+                                ss, keys, scale, o2.data(), m2.data(), l2.data(), s.data());
+      expect_close(m2, m1, 1e-4f, 1e-2f, "partial m " + tag);
+      expect_close(l2, l1, 1e-4f, 1e-2f, "partial l " + tag);
+      expect_close(o2, o1, 1e-4f, 1.0f, "partial o " + tag);
+      std::vector<int64_t> lo(static_cast<size_t>(M)), hi(static_cast<size_t>(M));
+      for (int64_t m = 0; m < M; ++m) {
+        hi[size_t(m)] = 100 + m + 1;
+        lo[size_t(m)] = m % 2 ? 40 + m : 0;
+      }
+      auto qb = randn(size_t(M * d), 64);
+      std::vector<float> b1(size_t(M * d)), b2(size_t(M * d)),
+          sb(size_t(attention_block_scratch(M, d)));
+      ref.attention_block_s8kv(qb.data(), M, d, lo.data(), hi.data(), kq.data(), vq.data(), stride,
+                               ks.data(), vs.data(), ss, scale, b1.data(), sb.data());
+      kt.attention_block_s8kv(qb.data(), M, d, lo.data(), hi.data(), kq.data(), vq.data(), stride,
+                              ks.data(), vs.data(), ss, scale, b2.data(), sb.data());
+      expect_close(b2, b1, 1e-4f, 1e-2f, "block " + tag);
+    }
+  }
+}
+
 TEST(Kernels, GemmF32AndW8a16MatchRef) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   for (Isa isa : vector_isas()) {

@@ -446,10 +446,11 @@ int main(int argc, char** argv) {
                  "load; verify keeps the reference's head in f32)")
       ->capture_default_str();
   app.add_option("--kv-cache", g.kv_cache,
-                 "Storage of the KV cache: f32, or f16 (cpu: half the bytes decode attention "
-                 "reads; keys and values rounded to f16, attention in f32)")
+                 "Storage of the KV cache: f32, or (cpu) f16 or int8 (half or a quarter of the "
+                 "bytes decode attention reads; int8: one scale per token and KV head; "
+                 "attention in f32)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16"}));
+      ->check(CLI::IsMember({"f32", "f16", "int8"}));
   app.add_option("--cpu-weights", g.cpu_weights,
                  "cpu: storage of float linear weights: f32 (default) or bf16 (half the bytes; "
                  "oneDNN bf16 matmul for prefill where the CPU has AVX512_BF16)");

@@ -39,9 +39,9 @@ void register_verify(CLI::App& app, Globals& g) {
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "int8"}));
   sub->add_option("--kv-cache", o->v.engine.kv_cache,
-                  "The compact model's KV cache in the runtime: f32 or f16 (cpu)")
+                  "The compact model's KV cache in the runtime: f32, or (cpu) f16 or int8")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16"}));
+      ->check(CLI::IsMember({"f32", "f16", "int8"}));
   sub->callback([o, &g] {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, false, [&] {

@@ -115,6 +115,39 @@ void attention_partial_f16kv_ref(const float* q, int64_t G, int64_t d, const uin
                             scratch);
 }
 
+// int8 KV cache references: rows widened to float (value times its key's scale), then the float
+// references (which accumulate in double, so the order of scaling does not matter to them).
+namespace {
+std::vector<float> widen_rows(const int8_t* x, const float* sc, int64_t ss, int64_t n, int64_t d,
+                              int64_t stride) {
+  std::vector<float> y(static_cast<size_t>(n * stride), 0.0f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < d; ++i)
+      y[size_t(j * stride + i)] = float(x[j * stride + i]) * sc[j * ss];
+  return y;
+}
+}  // namespace
+
+void attention_block_s8kv_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
+                              const int64_t* hi, const int8_t* k, const int8_t* v,
+                              int64_t kv_stride, const float* ks, const float* vs, int64_t ss,
+                              float scale, float* out, float* scratch) {
+  const int64_t n = *std::max_element(hi, hi + M);
+  const std::vector<float> kf = widen_rows(k, ks, ss, n, d, kv_stride),
+                           vf = widen_rows(v, vs, ss, n, d, kv_stride);
+  attention_block_f32_ref(q, M, d, lo, hi, kf.data(), vf.data(), kv_stride, scale, out, scratch);
+}
+
+void attention_partial_s8kv_ref(const float* q, int64_t G, int64_t d, const int8_t* k,
+                                const int8_t* v, int64_t kv_stride, const float* ks,
+                                const float* vs, int64_t ss, int64_t n_keys, float scale, float* o,
+                                float* m, float* l, float* scratch) {
+  const std::vector<float> kf = widen_rows(k, ks, ss, n_keys, d, kv_stride),
+                           vf = widen_rows(v, vs, ss, n_keys, d, kv_stride);
+  attention_partial_f32_ref(q, G, d, kf.data(), vf.data(), kv_stride, n_keys, scale, o, m, l,
+                            scratch);
+}
+
 void convert_f32_f16_ref(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = core::f32_to_f16(x[i]);
 }
