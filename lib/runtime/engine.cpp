@@ -219,6 +219,7 @@ struct LayerW {
   std::vector<std::unique_ptr<Linear>> gate_up;  // fused [gate; up], or gate, up
   std::unique_ptr<DeviceTensor> k_cache, v_cache;
   std::unique_ptr<DeviceTensor> k_scale, v_scale;  // int8 cache: [slot][pos][kv head]
+  KvLayer cache;  // the views of the above that the backend's attention ops take
 };
 
 struct Engine::Impl {
@@ -378,6 +379,9 @@ Status Engine::Impl::build(TensorSource& src) {
   SHRINK_CHECK(opts.lm_head == "f32" || opts.lm_head == "int8", StatusCode::kInvalidInput,
                "--lm-head '%s': expected f32 or int8", opts.lm_head.c_str());
   const bool head_int8 = opts.lm_head == "int8";
+  const KvStorage kv = opts.kv_cache == "f16"    ? KvStorage::kF16
+                       : opts.kv_cache == "int8" ? KvStorage::kInt8
+                                                 : KvStorage::kF32;  // checked in impl_create
   std::vector<float> embed_host;  // kept only to quantize a tied head
   {
     SrcTensor e;
@@ -416,14 +420,19 @@ Status Engine::Impl::build(TensorSource& src) {
     L.down = std::move(one[0]);
     const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
     // f16 and int8 elements packed 2 and 4 to a float of the backend's tensors.
-    const int64_t floats = opts.kv_cache == "f16"    ? (cache + 1) / 2
-                           : opts.kv_cache == "int8" ? (cache + 3) / 4
-                                                     : cache;
+    const int64_t floats = kv == KvStorage::kF16    ? (cache + 1) / 2
+                           : kv == KvStorage::kInt8 ? (cache + 3) / 4
+                                                    : cache;
     L.k_cache = be->tensor_zeros(floats);
     L.v_cache = be->tensor_zeros(floats);
-    if (opts.kv_cache == "int8") {
+    L.cache = KvLayer{L.k_cache->data(), L.v_cache->data(), max_seq * c.kv_dim(), c.kv_dim()};
+    L.cache.storage = kv;
+    L.cache.head_dim = c.head_dim;
+    if (kv == KvStorage::kInt8) {
       L.k_scale = be->tensor_zeros(int64_t(opts.max_batch) * max_seq * c.num_kv_heads);
       L.v_scale = be->tensor_zeros(int64_t(opts.max_batch) * max_seq * c.num_kv_heads);
+      L.cache.k_scale = L.k_scale->data();
+      L.cache.v_scale = L.v_scale->data();
     }
   }
   SHRINK_ASSIGN_OR_RETURN(final_norm, vec("model.norm.weight"));
@@ -685,16 +694,9 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
         be.linear(*lin, xn, M, qkv + off, ldqkv);
         off += lin->out;
       }
-      KvLayer cache{L.k_cache->data(), L.v_cache->data(), m.max_seq * kvd, kvd};
-      if (m.opts.kv_cache != "f32") {
-        cache.storage = m.opts.kv_cache == "f16" ? KvStorage::kF16 : KvStorage::kInt8;
-        cache.head_dim = c.head_dim;
-        if (L.k_scale) cache.k_scale = L.k_scale->data();
-        if (L.v_scale) cache.v_scale = L.v_scale->data();
-      }
       be.rope_kv_write(qkv, M, ldqkv, c.num_heads, c.num_kv_heads, c.head_dim, at,
-                       m.rope_cos->data(), m.rope_sin->data(), cache);
-      be.attention(qkv, ldqkv, M, at, cache, c.num_heads, c.num_kv_heads, c.head_dim,
+                       m.rope_cos->data(), m.rope_sin->data(), L.cache);
+      be.attention(qkv, ldqkv, M, at, L.cache, c.num_heads, c.num_kv_heads, c.head_dim,
                    c.sliding_window ? *c.sliding_window : 0, m.att->data());
       be.linear(*L.o, m.att->data(), M, tmp, H);
       be.add_rmsnorm(x, tmp, L.mlp_norm->data(), xn, M, H, eps);

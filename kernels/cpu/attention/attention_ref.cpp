@@ -87,14 +87,23 @@ void attention_merge_f32(int64_t C, int64_t G, int64_t d, const float* o, const 
 }
 
 
-// f16 KV cache references: rows [0, n) of the cache (d values each at kv_stride) widened to float
-// with core's exact conversion, then the float references above.
+// f16 and int8 KV cache references: rows [0, n) of the cache (d values each at kv_stride)
+// widened to float (f16 by core's exact conversion; int8 times its key's scale), then the float
+// references above (which accumulate in double, so the order of scaling does not matter).
 namespace {
-std::vector<float> widen_rows(const uint16_t* x, int64_t n, int64_t d, int64_t stride) {
+template <typename Widen>
+std::vector<float> widen_rows(int64_t n, int64_t d, int64_t stride, Widen widen) {
   std::vector<float> y(static_cast<size_t>(n * stride), 0.0f);
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < d; ++i) y[size_t(j * stride + i)] = core::f16_to_f32(x[j * stride + i]);
+    for (int64_t i = 0; i < d; ++i) y[size_t(j * stride + i)] = widen(j, j * stride + i);
   return y;
+}
+std::vector<float> widen_rows(const uint16_t* x, int64_t n, int64_t d, int64_t stride) {
+  return widen_rows(n, d, stride, [&](int64_t, int64_t at) { return core::f16_to_f32(x[at]); });
+}
+std::vector<float> widen_rows(const int8_t* x, const float* sc, int64_t ss, int64_t n, int64_t d,
+                              int64_t stride) {
+  return widen_rows(n, d, stride, [&](int64_t j, int64_t at) { return float(x[at]) * sc[j * ss]; });
 }
 }  // namespace
 
@@ -114,19 +123,6 @@ void attention_partial_f16kv_ref(const float* q, int64_t G, int64_t d, const uin
   attention_partial_f32_ref(q, G, d, kf.data(), vf.data(), kv_stride, n_keys, scale, o, m, l,
                             scratch);
 }
-
-// int8 KV cache references: rows widened to float (value times its key's scale), then the float
-// references (which accumulate in double, so the order of scaling does not matter to them).
-namespace {
-std::vector<float> widen_rows(const int8_t* x, const float* sc, int64_t ss, int64_t n, int64_t d,
-                              int64_t stride) {
-  std::vector<float> y(static_cast<size_t>(n * stride), 0.0f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < d; ++i)
-      y[size_t(j * stride + i)] = float(x[j * stride + i]) * sc[j * ss];
-  return y;
-}
-}  // namespace
 
 void attention_block_s8kv_ref(const float* q, int64_t M, int64_t d, const int64_t* lo,
                               const int64_t* hi, const int8_t* k, const int8_t* v,
