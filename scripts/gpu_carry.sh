@@ -36,6 +36,13 @@ with open(".carry/gpu_inputs/samples.jsonl", "w", encoding="utf-8") as f:
 PY
 "$SHRINK" -q tokenizer encode --tokenizer .carry/gpu_inputs/tokenizer.json \
   --jsonl .carry/gpu_inputs/samples.jsonl > .carry/gpu_inputs/encodings.jsonl
+# The Llama-family tokenizer.json layouts (Llama 3, Qwen2, SmolLM, SentencePiece BPE...) with
+# shrink's encodings, for the Rust crate (and checked against Tokenizers.js here on the way).
+if command -v node >/dev/null; then
+  node scripts/tokenizer_check.mjs --shrink "$SHRINK" --work .carry/gpu_inputs/tokenizers --docs 500 \
+    || [ $? -eq 77 ] || { echo "gpu_carry.sh: tokenizer_check failed" >&2; exit 1; }
+  rm -f .carry/gpu_inputs/tokenizers/samples.jsonl
+fi
 # Structured-pruned models: the default teacher to half its parameters (budget) and with only
 # its hidden size halved (so q_dim != hidden and config.json carries head_dim), and Qwen2
 # (q/k/v biases, tied) and Mistral (sliding window) models trained briefly from configs, then

@@ -50,7 +50,8 @@ else
   result[gpu_tests_ran]=pass
 fi
 if [ -f .carry/gpu_inputs/tokenizer.json ]; then
-  run_step hf_tokenizer python3 scripts/hf_tokenizer_check.py .carry/gpu_inputs
+  run_step hf_tokenizer python3 scripts/hf_tokenizer_check.py .carry/gpu_inputs \
+    $(ls -d .carry/gpu_inputs/tokenizers/*/ 2>/dev/null)
 fi
 if [ -d .carry/gpu_inputs/pruned ]; then  # structured-pruned models load in transformers
   run_step hf_load timeout 240 python3 scripts/hf_load_check.py .carry/gpu_inputs/pruned/*

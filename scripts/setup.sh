@@ -40,24 +40,28 @@ else
 fi
 [ -d /usr/share/games/fortunes ] || fail "the default corpus /usr/share/games/fortunes is missing"
 
-# ONNX Runtime for the export peer check (ctest ort_check, scripts/ort_check.mjs): the npm
-# package onnxruntime-node ships its CPU library, so --ignore-scripts (no download at install
-# time) is enough. Node comes from Debian (nodejs + npm) when missing. Optional: without it the
-# check is skipped (exit 77), so a failure here only warns.
+# npm peers, installed into .npm-ort/: ONNX Runtime for the export check (ctest ort_check,
+# scripts/ort_check.mjs; onnxruntime-node ships its CPU library, so --ignore-scripts, i.e. no
+# download at install time, is enough) and Hugging Face's Tokenizers.js for the tokenizer check
+# (ctest tokenizer_peer_check, scripts/tokenizer_check.mjs). Node comes from Debian (nodejs +
+# npm) when missing. Optional: without them those checks are skipped (exit 77), so a failure
+# here only warns.
 ORT_NODE_VERSION=1.30.0
+HF_TOKENIZERS_VERSION=0.2.0
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  step "installing nodejs npm (for the ONNX Runtime peer check)"
+  step "installing nodejs npm (for the ONNX Runtime and Tokenizers.js peer checks)"
   SUDO=""
   [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && SUDO=sudo
   { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends nodejs npm >/dev/null; } || echo "setup.sh: warning: could not install nodejs/npm; ort_check will skip" >&2
+      --no-install-recommends nodejs npm >/dev/null; } || echo "setup.sh: warning: could not install nodejs/npm; ort_check and tokenizer_peer_check will skip" >&2
 fi
 if command -v npm >/dev/null && \
-   ! grep -qs "\"version\": \"$ORT_NODE_VERSION\"" .npm-ort/node_modules/onnxruntime-node/package.json; then
-  step "installing onnxruntime-node $ORT_NODE_VERSION into .npm-ort/"
+   { ! grep -qs "\"version\": \"$ORT_NODE_VERSION\"" .npm-ort/node_modules/onnxruntime-node/package.json ||
+     ! grep -qs "\"version\": \"$HF_TOKENIZERS_VERSION\"" .npm-ort/node_modules/@huggingface/tokenizers/package.json; }; then
+  step "installing onnxruntime-node $ORT_NODE_VERSION and @huggingface/tokenizers $HF_TOKENIZERS_VERSION into .npm-ort/"
   npm install --prefix .npm-ort --ignore-scripts --no-audit --no-fund \
-    "onnxruntime-node@$ORT_NODE_VERSION" >/dev/null 2>&1 \
-    || echo "setup.sh: warning: npm install onnxruntime-node failed; ort_check will skip" >&2
+    "onnxruntime-node@$ORT_NODE_VERSION" "@huggingface/tokenizers@$HF_TOKENIZERS_VERSION" >/dev/null 2>&1 \
+    || echo "setup.sh: warning: npm install into .npm-ort failed; ort_check and tokenizer_peer_check will skip" >&2
 fi
 
 JOBS=${SHRINK_BUILD_JOBS:-$(nproc)}

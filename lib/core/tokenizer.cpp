@@ -24,6 +24,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "core/unicode_nfc.h"
 #include "core/unicode_tables.h"
 
 namespace shrink::core {
@@ -170,6 +171,55 @@ size_t gpt2_match(const std::vector<CodePoint>& cps, size_t i) {
   return end - i - 1;
 }
 
+/// Length of the match at cps[i] of the split regex of Llama 3 (max_digits 3) and Qwen2
+/// (max_digits 1), Hugging Face `Split` pre-tokenizers with Isolated behaviour:
+///   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+///   \s*[\r\n]+|\s+(?!\S)|\s+
+/// Every code point is matched by one alternative, so the pieces cover the text. Always >= 1.
+size_t llama3_match(const std::vector<CodePoint>& cps, size_t i, size_t max_digits) {
+  const size_t n = cps.size();
+  auto run = [&](size_t k, CharClass c) {
+    while (k < n && cps[k].cls == c) ++k;
+    return k;
+  };
+  auto newline = [&](size_t k) { return cps[k].cp == '\r' || cps[k].cp == '\n'; };
+  // (?i:'s|'t|'re|'ve|'m|'ll|'d): simple case folding, so U+017F (long s) is an 's'.
+  if (cps[i].cp == '\'') {
+    auto fold = [&](size_t k) -> uint32_t {
+      uint32_t c = k < n ? cps[k].cp : 0;
+      if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+      return c == 0x17F ? uint32_t('s') : c;
+    };
+    const uint32_t c1 = fold(i + 1);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+    const uint32_t c2 = fold(i + 2);
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  }
+  const CharClass c0 = cps[i].cls;
+  // [^\r\n\p{L}\p{N}]?\p{L}+
+  if (c0 == CharClass::kLetter) return run(i, CharClass::kLetter) - i;
+  if (c0 != CharClass::kNumber && !newline(i) && i + 1 < n && cps[i + 1].cls == CharClass::kLetter) {
+    return run(i + 1, CharClass::kLetter) - i;
+  }
+  // \p{N}{1,max_digits}
+  if (c0 == CharClass::kNumber) return std::min(run(i, CharClass::kNumber) - i, max_digits);
+  // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+  const size_t s = (cps[i].cp == ' ' && i + 1 < n && cps[i + 1].cls == CharClass::kOther) ? i + 1 : i;
+  if (cps[s].cls == CharClass::kOther) {
+    size_t e = run(s, CharClass::kOther);
+    while (e < n && newline(e)) ++e;
+    return e - i;
+  }
+  // Whitespace. \s*[\r\n]+ ends after the run's last newline, if it has one.
+  const size_t e = run(i, CharClass::kSpace);
+  for (size_t k = e; k > i; --k) {
+    if (newline(k - 1)) return k - i;
+  }
+  // \s+(?!\S), else \s+ (as in gpt2_match)
+  if (e == n || e - i == 1) return e - i;
+  return e - i - 1;
+}
+
 bool is_ascii_space(char c) {
   return c == ' ' || (c >= '\t' && c <= '\r');
 }
@@ -256,7 +306,9 @@ std::string type_of(const Json& j) {
 // ---------------------------------------------------------------------------------------------
 // Public free functions
 
-std::vector<std::string_view> pretokenize_gpt2(std::string_view text) {
+namespace {
+
+std::vector<CodePoint> code_points(std::string_view text) {
   std::vector<CodePoint> cps;
   cps.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
@@ -266,14 +318,35 @@ std::vector<std::string_view> pretokenize_gpt2(std::string_view text) {
     cps.push_back({cp, uint32_t(i), classify(cp)});
     i += len;
   }
-  std::vector<std::string_view> pieces;
+  return cps;
+}
+
+/// Cuts `text` at the matches of `match` (a function of (cps, i) returning a length >= 1).
+template <typename Match>
+void split_matches(std::string_view text, Match match, std::vector<std::string_view>& pieces) {
+  const std::vector<CodePoint> cps = code_points(text);
   for (size_t i = 0; i < cps.size();) {
-    const size_t j = i + gpt2_match(cps, i);
+    const size_t j = i + match(cps, i);
     const size_t b0 = cps[i].off;
     const size_t b1 = j < cps.size() ? cps[j].off : text.size();
     pieces.push_back(text.substr(b0, b1 - b0));
     i = j;
   }
+}
+
+}  // namespace
+
+std::vector<std::string_view> pretokenize_gpt2(std::string_view text) {
+  std::vector<std::string_view> pieces;
+  split_matches(text, gpt2_match, pieces);
+  return pieces;
+}
+
+std::vector<std::string_view> pretokenize_llama3(std::string_view text, size_t max_digits) {
+  std::vector<std::string_view> pieces;
+  split_matches(
+      text, [&](const std::vector<CodePoint>& c, size_t i) { return llama3_match(c, i, max_digits); },
+      pieces);
   return pieces;
 }
 
@@ -323,19 +396,66 @@ struct TemplateItem {
   std::vector<int32_t> ids;
 };
 
+/// One normalizer of the pipeline (applied in order to each text segment between added tokens).
+struct NormStep {
+  enum class Kind { kNfc, kPrepend, kReplace };
+  Kind kind = Kind::kNfc;
+  std::string from, to;  // kPrepend: to; kReplace: from -> to
+};
+
+enum class SplitRegex { kGpt2, kLlama3, kQwen2 };
+
+/// One pre-tokenizer of the pipeline (each splits every piece the previous ones produced).
+struct PreStep {
+  enum class Kind { kSplit, kDigits, kByteLevel, kMetaspace };
+  Kind kind = Kind::kByteLevel;
+  SplitRegex regex = SplitRegex::kGpt2;  // kSplit
+  bool individual_digits = false;        // kDigits
+  bool add_prefix_space = false;         // kByteLevel
+  bool use_regex = true;                 // kByteLevel
+  std::string replacement;               // kMetaspace
+  enum class Prepend { kNever, kFirst, kAlways } prepend = Prepend::kAlways;  // kMetaspace
+  bool split = true;                                                          // kMetaspace
+};
+
+/// One decoder of the pipeline (over the list of token strings).
+struct DecStep {
+  enum class Kind { kByteLevel, kReplace, kByteFallback, kFuse, kStrip, kMetaspace };
+  Kind kind = Kind::kByteLevel;
+  std::string from, to;        // kReplace; kStrip: from = the character; kMetaspace: from
+  int start = 0, stop = 0;     // kStrip
+  bool drop_first = false;     // kMetaspace: prepend_scheme is not "never"
+};
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  if (from.empty() || s.find(from) == std::string::npos) return;
+  std::string out;
+  out.reserve(s.size() + 8);
+  size_t i = 0;
+  for (size_t j; (j = s.find(from, i)) != std::string::npos; i = j + from.size()) {
+    out.append(s, i, j - i);
+    out += to;
+  }
+  out.append(s, i, std::string::npos);
+  s = std::move(out);
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
   // model
-  std::unordered_map<std::string, int32_t> vocab;           // byte-level token string -> id
+  std::unordered_map<std::string, int32_t> vocab;           // token string -> id
   std::vector<std::string> id_to_vocab;                     // id -> token string ("" where unused)
   std::vector<std::pair<std::string, std::string>> merges;  // rank order
   std::unordered_map<uint64_t, MergeInfo, PairHash> merge_map;
-  std::array<int32_t, 256> byte_ids{};  // id of each byte's single-symbol token, or -1
+  std::array<int32_t, 256> byte_ids{};      // id of each byte's byte-level symbol, or -1
+  std::array<int32_t, 256> fallback_ids{};  // id of each byte's <0xNN> token, or -1
+  std::unordered_map<uint32_t, int32_t> char_ids;  // one-code-point tokens (SentencePiece form)
   std::optional<std::string> unk_token;
   std::optional<int32_t> unk_id;
   bool fuse_unk = false;
   bool ignore_merges = false;
+  bool byte_fallback = false;
 
   // added tokens
   std::vector<AddedToken> added;
@@ -343,9 +463,12 @@ struct Tokenizer::Impl {
   std::array<std::vector<size_t>, 256> added_by_first_byte;  // longest first
 
   // pipeline
-  bool add_prefix_space = false;
-  bool trim_offsets = true;
-  bool use_regex = true;
+  bool byte_level = true;  // a ByteLevel pre-tokenizer: BPE runs over GPT-2 byte symbols
+  std::vector<NormStep> norm;
+  std::vector<PreStep> pre;
+  std::vector<DecStep> dec;
+  // The components as loaded, written back verbatim by to_json (null: the GPT-2 defaults).
+  Json normalizer_json, pre_tokenizer_json, decoder_json;
   std::vector<TemplateItem> single_template;
   bool has_template = false;
   Json post_processor;  // written back verbatim when it holds a template
@@ -359,6 +482,13 @@ struct Tokenizer::Impl {
     for (const auto& a : added) m = std::max(m, a.id);
     return m;
   }
+  /// The GPT-2 pipeline: ByteLevel pre-tokenizer (no prefix space, GPT-2 regex) and decoder.
+  void set_gpt2_pipeline() {
+    byte_level = true;
+    norm.clear();
+    pre.assign(1, PreStep());
+    dec.assign(1, DecStep());
+  }
 
   Status set_vocab(std::vector<std::string> by_id, const std::string& origin);
   Status set_merges(std::vector<std::pair<std::string, std::string>> list,
@@ -366,15 +496,17 @@ struct Tokenizer::Impl {
   Status add_token(AddedToken tok, const std::string& origin, const std::string& field);
   void index_added();
 
+  void initial_symbols(std::string_view word, std::vector<int32_t>& ids) const;
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;
-  void encode_segment(std::string_view seg, std::vector<int32_t>& out) const;
+  void encode_segment(std::string_view seg, bool at_origin, std::vector<int32_t>& out) const;
   void encode_text(std::string_view text, std::vector<int32_t>& out) const;
 };
 
 Status Tokenizer::Impl::set_vocab(std::vector<std::string> by_id, const std::string& origin) {
   vocab.clear();
   vocab.reserve(by_id.size());
+  char_ids.clear();
   for (size_t id = 0; id < by_id.size(); ++id) {
     if (by_id[id].empty()) continue;
     auto [it, fresh] = vocab.emplace(by_id[id], int32_t(id));
@@ -383,12 +515,16 @@ Status Tokenizer::Impl::set_vocab(std::vector<std::string> by_id, const std::str
           origin, "model.vocab",
           strfmt("token %s has two ids, %d and %zu", squote(by_id[id]).c_str(), it->second, id));
     }
+    uint32_t cp = 0;
+    if (utf8_decode(by_id[id], 0, &cp) == by_id[id].size()) char_ids.emplace(cp, int32_t(id));
   }
   id_to_vocab = std::move(by_id);
   const ByteMap& m = byte_map();
   for (int b = 0; b < 256; ++b) {
     auto it = vocab.find(m.byte_to_utf8[b]);
     byte_ids[b] = it == vocab.end() ? -1 : it->second;
+    auto fb = vocab.find(strfmt("<0x%02X>", b));
+    fallback_ids[b] = fb == vocab.end() ? -1 : fb->second;
   }
   return Status::ok();
 }
@@ -448,33 +584,62 @@ void Tokenizer::Impl::index_added() {
   }
 }
 
+void Tokenizer::Impl::initial_symbols(std::string_view word, std::vector<int32_t>& ids) const {
+  // A symbol the vocabulary lacks becomes the unknown token if there is one (fused with a
+  // preceding unknown when fuse_unk), else it is dropped, as Hugging Face does.
+  auto unknown = [&]() {
+    if (!unk_id) return;
+    if (fuse_unk && !ids.empty() && ids.back() == *unk_id) return;
+    ids.push_back(*unk_id);
+  };
+  if (byte_level) {
+    for (char c : word) {
+      const int32_t id = byte_ids[uint8_t(c)];
+      id >= 0 ? ids.push_back(id) : unknown();
+    }
+    return;
+  }
+  // SentencePiece form: one symbol per code point; with byte_fallback, a character the
+  // vocabulary lacks becomes its UTF-8 bytes' <0xNN> tokens when all of them exist.
+  for (size_t i = 0; i < word.size();) {
+    uint32_t cp = 0;
+    size_t len = utf8_decode(word, i, &cp);
+    if (len == 0) cp = kInvalidCp, len = 1;
+    auto it = cp == kInvalidCp ? char_ids.end() : char_ids.find(cp);
+    if (it != char_ids.end()) {
+      ids.push_back(it->second);
+    } else {
+      bool all = byte_fallback;
+      for (size_t k = 0; all && k < len; ++k) all = fallback_ids[uint8_t(word[i + k])] >= 0;
+      if (all) {
+        for (size_t k = 0; k < len; ++k) ids.push_back(fallback_ids[uint8_t(word[i + k])]);
+      } else {
+        unknown();
+      }
+    }
+    i += len;
+  }
+}
+
 void Tokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   if (ignore_merges) {
-    auto it = vocab.find(byte_level_encode(word));
+    auto it = vocab.find(byte_level ? byte_level_encode(word) : std::string(word));
     if (it != vocab.end()) {
       out.push_back(it->second);
       return;
     }
   }
+  std::vector<int32_t> ids;
+  ids.reserve(word.size());
+  initial_symbols(word, ids);
   struct Node {
     int32_t id;
     int32_t prev;
     int32_t next;
   };
-  std::vector<Node> nodes;
-  nodes.reserve(word.size());
-  for (char c : word) {
-    int32_t id = byte_ids[uint8_t(c)];
-    if (id < 0) {
-      // A byte the vocabulary lacks: the unknown token if there is one (fused with a preceding
-      // unknown when fuse_unk), else the byte is dropped, as Hugging Face does.
-      if (!unk_id) continue;
-      if (fuse_unk && !nodes.empty() && nodes.back().id == *unk_id) continue;
-      id = *unk_id;
-    }
-    const auto k = int32_t(nodes.size());
-    nodes.push_back({id, k - 1, -1});
-    if (k > 0) nodes[k - 1].next = k;
+  std::vector<Node> nodes(ids.size());
+  for (size_t k = 0; k < ids.size(); ++k) {
+    nodes[k] = {ids[k], int32_t(k) - 1, k + 1 < ids.size() ? int32_t(k + 1) : -1};
   }
   if (nodes.size() > 1 && !merge_map.empty()) {
     struct Cand {
@@ -514,6 +679,7 @@ void Tokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>& ou
 }
 
 void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.empty()) return;
   if (word.size() > kMaxCachedWordBytes) {
     merge_word(word, out);
     return;
@@ -535,20 +701,107 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& o
   cache.emplace(std::move(key), std::move(ids));
 }
 
-void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<int32_t>& out) const {
+void Tokenizer::Impl::encode_segment(std::string_view seg, bool at_origin,
+                                     std::vector<int32_t>& out) const {
   if (seg.empty()) return;
-  std::string prefixed;
-  if (add_prefix_space && seg[0] != ' ') {
-    prefixed.reserve(seg.size() + 1);
-    prefixed += ' ';
-    prefixed += seg;
-    seg = prefixed;
-  }
-  if (!use_regex) {
-    encode_word(seg, out);
+  // Fast path: the GPT-2 pipeline (one ByteLevel pre-tokenizer) needs no copies.
+  if (norm.empty() && pre.size() == 1 && pre[0].kind == PreStep::Kind::kByteLevel) {
+    std::string prefixed;
+    if (pre[0].add_prefix_space && seg[0] != ' ') {
+      prefixed.reserve(seg.size() + 1);
+      prefixed += ' ';
+      prefixed += seg;
+      seg = prefixed;
+    }
+    if (!pre[0].use_regex) {
+      encode_word(seg, out);
+      return;
+    }
+    for (std::string_view w : pretokenize_gpt2(seg)) encode_word(w, out);
     return;
   }
-  for (std::string_view w : pretokenize_gpt2(seg)) encode_word(w, out);
+  std::string text(seg);
+  for (const NormStep& n : norm) {
+    switch (n.kind) {
+      case NormStep::Kind::kNfc: text = nfc(text); break;
+      case NormStep::Kind::kPrepend:
+        if (!text.empty()) text.insert(0, n.to);
+        break;
+      case NormStep::Kind::kReplace: replace_all(text, n.from, n.to); break;
+    }
+  }
+  // Pieces are strings here because Metaspace and ByteLevel's prefix space rewrite them.
+  std::vector<std::string> pieces{std::move(text)};
+  std::vector<std::string> next;
+  for (const PreStep& p : pre) {
+    next.clear();
+    for (size_t k = 0; k < pieces.size(); ++k) {
+      std::string& piece = pieces[k];
+      std::vector<std::string_view> cut;
+      switch (p.kind) {
+        case PreStep::Kind::kSplit:
+          if (p.regex == SplitRegex::kGpt2) {
+            split_matches(piece, gpt2_match, cut);
+          } else {
+            const size_t digits = p.regex == SplitRegex::kLlama3 ? 3 : 1;
+            split_matches(
+                piece,
+                [&](const std::vector<CodePoint>& c, size_t i) { return llama3_match(c, i, digits); },
+                cut);
+          }
+          break;
+        case PreStep::Kind::kDigits:
+          // Hugging Face's char::is_numeric is \p{N}: each digit alone (Isolated), or runs of
+          // them (Contiguous).
+          split_matches(
+              piece,
+              [&](const std::vector<CodePoint>& c, size_t i) {
+                const bool num = c[i].cls == CharClass::kNumber;
+                if (num && p.individual_digits) return size_t(1);
+                size_t j = i + 1;
+                while (j < c.size() && (c[j].cls == CharClass::kNumber) == num) ++j;
+                return j - i;
+              },
+              cut);
+          break;
+        case PreStep::Kind::kByteLevel:
+          if (p.add_prefix_space && !piece.empty() && piece[0] != ' ') piece.insert(0, " ");
+          if (p.use_regex) {
+            split_matches(piece, gpt2_match, cut);
+          } else {
+            cut.push_back(piece);
+          }
+          break;
+        case PreStep::Kind::kMetaspace: {
+          replace_all(piece, " ", p.replacement);
+          const bool starts = piece.compare(0, p.replacement.size(), p.replacement) == 0;
+          if (!starts && (p.prepend == PreStep::Prepend::kAlways ||
+                          (p.prepend == PreStep::Prepend::kFirst && at_origin && k == 0))) {
+            piece.insert(0, p.replacement);
+          }
+          if (!p.split) {
+            cut.push_back(piece);
+            break;
+          }
+          // MergedWithNext: each replacement starts a new piece.
+          std::string_view v(piece);
+          size_t from = 0;
+          for (size_t j = v.find(p.replacement, 1); j != std::string_view::npos;
+               j = v.find(p.replacement, j + 1)) {
+            cut.push_back(v.substr(from, j - from));
+            from = j;
+          }
+          cut.push_back(v.substr(from));
+          break;
+        }
+      }
+      for (std::string_view c : cut) {
+        if (!c.empty()) next.emplace_back(c);
+      }
+    }
+    pieces.swap(next);
+  }
+  for (const std::string& w : pieces) encode_word(w, out);
 }
 
 void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& out) const {
@@ -580,11 +833,11 @@ void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& o
     if (hit->rstrip) {
       while (e < n && is_ascii_space(text[e])) ++e;
     }
-    encode_segment(text.substr(seg_start, s - seg_start), out);
+    encode_segment(text.substr(seg_start, s - seg_start), seg_start == 0, out);
     out.push_back(hit->id);
     seg_start = i = e;
   }
-  encode_segment(text.substr(seg_start), out);
+  encode_segment(text.substr(seg_start), seg_start == 0, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,6 +845,8 @@ void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& o
 
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {
   impl_->byte_ids.fill(-1);
+  impl_->fallback_ids.fill(-1);
+  impl_->set_gpt2_pipeline();
 }
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
@@ -618,7 +873,7 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
       return field_error(
           origin, "model.type",
           squote(type_it->is_string() ? type_it->get<std::string>() : type_it->dump()) +
-              " is not supported; expected 'BPE' (byte-level BPE)");
+              " is not supported; expected 'BPE'");
     }
   }
   // vocab
@@ -694,15 +949,10 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
     if (it != model.end() && !it->is_null() &&
         !(it->is_string() && it->get<std::string>().empty())) {
       return field_error(origin, std::string("model.") + key,
-                         it->dump() + " is not supported; expected null (byte-level BPE)");
+                         it->dump() + " is not supported; expected null");
     }
   }
-  bool byte_fallback = false;
-  SHRINK_RETURN_IF_ERROR(read_bool(model, "byte_fallback", origin, "model", &byte_fallback));
-  if (byte_fallback) {
-    return field_error(origin, "model.byte_fallback",
-                       "true is not supported; expected false (byte-level BPE needs no fallback)");
-  }
+  SHRINK_RETURN_IF_ERROR(read_bool(model, "byte_fallback", origin, "model", &impl.byte_fallback));
   SHRINK_RETURN_IF_ERROR(read_bool(model, "fuse_unk", origin, "model", &impl.fuse_unk));
   SHRINK_RETURN_IF_ERROR(read_bool(model, "ignore_merges", origin, "model", &impl.ignore_merges));
   auto uit = model.find("unk_token");
@@ -754,27 +1004,234 @@ Status parse_added_tokens(const Json& root, const std::string& origin, Tokenizer
   return Status::ok();
 }
 
+/// Reads an optional string field; a missing or null field keeps `*out`.
+Status read_string(const Json& obj, const char* key, const std::string& origin,
+                   const std::string& path, std::string* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Status::ok();
+  if (!it->is_string()) {
+    return field_error(origin, path + "." + key,
+                       std::string(json_type_name(*it)) + " is not a string");
+  }
+  *out = it->get<std::string>();
+  return Status::ok();
+}
+
+/// The items of a "Sequence" component (`key` names its array), or the component itself.
+Status sequence_items(const Json& j, const char* key, const std::string& origin,
+                      const std::string& path, std::vector<std::pair<const Json*, std::string>>* out) {
+  if (type_of(j) != "Sequence") {
+    out->emplace_back(&j, path);
+    return Status::ok();
+  }
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_array()) {
+    return field_error(origin, path + "." + key, "missing or not an array");
+  }
+  for (size_t k = 0; k < it->size(); ++k) {
+    out->emplace_back(&(*it)[k], strfmt("%s.%s[%zu]", path.c_str(), key, k));
+  }
+  return Status::ok();
+}
+
+/// A {"String": s} pattern (Replace); Regex patterns are refused.
+Status string_pattern(const Json& j, const std::string& origin, const std::string& path,
+                      std::string* out) {
+  auto it = j.find("pattern");
+  if (it == j.end() || !it->is_object() || !it->contains("String") || !(*it)["String"].is_string()) {
+    return field_error(origin, path + ".pattern",
+                       (it == j.end() ? std::string("missing") : it->dump()) +
+                           " is not supported; expected {\"String\": ...}");
+  }
+  *out = (*it)["String"].get<std::string>();
+  if (out->empty()) return field_error(origin, path + ".pattern", "the empty string");
+  return Status::ok();
+}
+
+Status parse_normalizer(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  impl.norm.clear();
+  auto it = root.find("normalizer");
+  if (it == root.end() || it->is_null()) return Status::ok();
+  std::vector<std::pair<const Json*, std::string>> items;
+  SHRINK_RETURN_IF_ERROR(sequence_items(*it, "normalizers", origin, "normalizer", &items));
+  for (const auto& [j, path] : items) {
+    const std::string t = type_of(*j);
+    NormStep n;
+    if (t == "NFC") {
+      n.kind = NormStep::Kind::kNfc;
+    } else if (t == "Prepend") {
+      n.kind = NormStep::Kind::kPrepend;
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "prepend", origin, path, &n.to));
+    } else if (t == "Replace") {
+      n.kind = NormStep::Kind::kReplace;
+      SHRINK_RETURN_IF_ERROR(string_pattern(*j, origin, path, &n.from));
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "content", origin, path, &n.to));
+    } else {
+      return field_error(origin, path + ".type",
+                         squote(t.empty() ? j->dump() : t) +
+                             " is not supported; expected null, 'NFC', 'Prepend', 'Replace' or a "
+                             "'Sequence' of those");
+    }
+    impl.norm.push_back(std::move(n));
+  }
+  impl.normalizer_json = *it;
+  return Status::ok();
+}
+
+// The split regexes recognised by their text, as tokenizer.json spells them.
+constexpr const char* kGpt2Regex =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+constexpr const char* kLlama3Regex =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+constexpr const char* kQwen2Regex =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  impl.pre.clear();
   auto it = root.find("pre_tokenizer");
   if (it == root.end() || it->is_null()) {
-    return field_error(origin, "pre_tokenizer",
-                       "null is not supported; expected {\"type\": \"ByteLevel\"}");
+    impl.byte_level = false;
+    return Status::ok();
   }
-  const std::string type = type_of(*it);
-  if (type != "ByteLevel") {
-    return field_error(origin, "pre_tokenizer.type",
-                       squote(type.empty() ? it->dump() : type) +
-                           " is not supported; expected 'ByteLevel' (GPT-2 style)");
+  std::vector<std::pair<const Json*, std::string>> items;
+  SHRINK_RETURN_IF_ERROR(sequence_items(*it, "pretokenizers", origin, "pre_tokenizer", &items));
+  impl.byte_level = false;
+  for (const auto& [j, path] : items) {
+    const std::string t = type_of(*j);
+    PreStep p;
+    if (t == "ByteLevel") {
+      // Defaults are those of Hugging Face's ByteLevel constructor.
+      p.add_prefix_space = true;
+      bool trim_offsets = true;
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "add_prefix_space", origin, path, &p.add_prefix_space));
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "trim_offsets", origin, path, &trim_offsets));
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "use_regex", origin, path, &p.use_regex));
+      impl.byte_level = true;
+    } else if (t == "Split") {
+      p.kind = PreStep::Kind::kSplit;
+      auto pat = j->find("pattern");
+      const Json* rx = (pat != j->end() && pat->is_object()) ? &(*pat) : nullptr;
+      const std::string text = (rx && rx->contains("Regex") && (*rx)["Regex"].is_string())
+                                   ? (*rx)["Regex"].get<std::string>()
+                                   : std::string();
+      if (text == kGpt2Regex) {
+        p.regex = SplitRegex::kGpt2;
+      } else if (text == kLlama3Regex) {
+        p.regex = SplitRegex::kLlama3;
+      } else if (text == kQwen2Regex) {
+        p.regex = SplitRegex::kQwen2;
+      } else {
+        return field_error(origin, path + ".pattern",
+                           (pat == j->end() ? std::string("missing") : pat->dump()) +
+                               " is not supported; expected the {\"Regex\": ...} of GPT-2, "
+                               "Llama 3 or Qwen2");
+      }
+      std::string behavior = "Isolated";
+      bool invert = false;
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "behavior", origin, path, &behavior));
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "invert", origin, path, &invert));
+      if (behavior != "Isolated" || invert) {
+        return field_error(origin, path + ".behavior",
+                           squote(behavior) + (invert ? " inverted" : "") +
+                               " is not supported; expected 'Isolated', not inverted");
+      }
+    } else if (t == "Digits") {
+      p.kind = PreStep::Kind::kDigits;
+      SHRINK_RETURN_IF_ERROR(
+          read_bool(*j, "individual_digits", origin, path, &p.individual_digits));
+    } else if (t == "Metaspace") {
+      p.kind = PreStep::Kind::kMetaspace;
+      p.replacement = "\u2581";
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "replacement", origin, path, &p.replacement));
+      uint32_t cp = 0;
+      if (p.replacement.empty() || utf8_decode(p.replacement, 0, &cp) != p.replacement.size()) {
+        return field_error(origin, path + ".replacement", "expected one character");
+      }
+      // Older files say add_prefix_space; newer ones prepend_scheme.
+      bool add_prefix_space = true;
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "add_prefix_space", origin, path, &add_prefix_space));
+      p.prepend = add_prefix_space ? PreStep::Prepend::kAlways : PreStep::Prepend::kNever;
+      std::string scheme;
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "prepend_scheme", origin, path, &scheme));
+      if (scheme == "always") {
+        p.prepend = PreStep::Prepend::kAlways;
+      } else if (scheme == "first") {
+        p.prepend = PreStep::Prepend::kFirst;
+      } else if (scheme == "never") {
+        p.prepend = PreStep::Prepend::kNever;
+      } else if (!scheme.empty()) {
+        return field_error(origin, path + ".prepend_scheme",
+                           squote(scheme) + " is not one of 'always', 'first', 'never'");
+      }
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "split", origin, path, &p.split));
+    } else {
+      return field_error(origin, path + ".type",
+                         squote(t.empty() ? j->dump() : t) +
+                             " is not supported; expected null, 'ByteLevel', 'Split', 'Digits', "
+                             "'Metaspace' or a 'Sequence' of those");
+    }
+    impl.pre.push_back(std::move(p));
   }
-  // Defaults are those of Hugging Face's ByteLevel constructor.
-  impl.add_prefix_space = true;
-  impl.trim_offsets = true;
-  impl.use_regex = true;
-  SHRINK_RETURN_IF_ERROR(
-      read_bool(*it, "add_prefix_space", origin, "pre_tokenizer", &impl.add_prefix_space));
-  SHRINK_RETURN_IF_ERROR(
-      read_bool(*it, "trim_offsets", origin, "pre_tokenizer", &impl.trim_offsets));
-  SHRINK_RETURN_IF_ERROR(read_bool(*it, "use_regex", origin, "pre_tokenizer", &impl.use_regex));
+  impl.pre_tokenizer_json = *it;
+  return Status::ok();
+}
+
+Status parse_decoder(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
+  impl.dec.clear();
+  auto it = root.find("decoder");
+  if (it == root.end() || it->is_null()) {
+    // No decoder: a byte-level vocabulary still needs its bytes back.
+    if (impl.byte_level) impl.dec.push_back(DecStep());
+    return Status::ok();
+  }
+  std::vector<std::pair<const Json*, std::string>> items;
+  SHRINK_RETURN_IF_ERROR(sequence_items(*it, "decoders", origin, "decoder", &items));
+  for (const auto& [j, path] : items) {
+    const std::string t = type_of(*j);
+    DecStep d;
+    if (t == "ByteLevel") {
+    } else if (t == "Replace") {
+      d.kind = DecStep::Kind::kReplace;
+      SHRINK_RETURN_IF_ERROR(string_pattern(*j, origin, path, &d.from));
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "content", origin, path, &d.to));
+    } else if (t == "ByteFallback") {
+      d.kind = DecStep::Kind::kByteFallback;
+    } else if (t == "Fuse") {
+      d.kind = DecStep::Kind::kFuse;
+    } else if (t == "Strip") {
+      d.kind = DecStep::Kind::kStrip;
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "content", origin, path, &d.from));
+      uint32_t cp = 0;
+      if (d.from.empty() || utf8_decode(d.from, 0, &cp) != d.from.size()) {
+        return field_error(origin, path + ".content", "expected one character");
+      }
+      for (const char* key : {"start", "stop"}) {
+        auto v = j->find(key);
+        if (v == j->end() || !v->is_number_unsigned()) {
+          return field_error(origin, path + "." + key, "missing or not a count");
+        }
+        (std::string(key) == "start" ? d.start : d.stop) = int(std::min<uint64_t>(v->get<uint64_t>(), 1u << 20));
+      }
+    } else if (t == "Metaspace") {
+      d.kind = DecStep::Kind::kMetaspace;
+      d.from = "\u2581";
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "replacement", origin, path, &d.from));
+      bool add_prefix_space = true;
+      SHRINK_RETURN_IF_ERROR(read_bool(*j, "add_prefix_space", origin, path, &add_prefix_space));
+      std::string scheme = add_prefix_space ? "always" : "never";
+      SHRINK_RETURN_IF_ERROR(read_string(*j, "prepend_scheme", origin, path, &scheme));
+      d.drop_first = scheme != "never";
+    } else {
+      return field_error(origin, path + ".type",
+                         squote(t.empty() ? j->dump() : t) +
+                             " is not supported; expected null, 'ByteLevel', 'Metaspace', "
+                             "'Replace', 'ByteFallback', 'Fuse', 'Strip' or a 'Sequence' of those");
+    }
+    impl.dec.push_back(std::move(d));
+  }
+  impl.decoder_json = *it;
   return Status::ok();
 }
 
@@ -884,27 +1341,10 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
   SHRINK_RETURN_IF_ERROR(parse_model(*model, origin, impl));
   SHRINK_RETURN_IF_ERROR(parse_added_tokens(root, origin, impl));
 
-  auto norm = root.find("normalizer");
-  if (norm != root.end() && !norm->is_null()) {
-    const std::string t = type_of(*norm);
-    return field_error(origin, "normalizer.type",
-                       squote(t.empty() ? norm->dump() : t) +
-                           " is not supported; expected null (byte-level BPE needs none)");
-  }
+  SHRINK_RETURN_IF_ERROR(parse_normalizer(root, origin, impl));
   SHRINK_RETURN_IF_ERROR(parse_pre_tokenizer(root, origin, impl));
   SHRINK_RETURN_IF_ERROR(parse_post_processor(root, origin, impl));
-
-  // The decoder is always byte-level here (null, for a byte-level vocabulary, can only mean
-  // the same thing for our purposes).
-  auto dec = root.find("decoder");
-  if (dec != root.end() && !dec->is_null()) {
-    const std::string t = type_of(*dec);
-    if (t != "ByteLevel") {
-      return field_error(
-          origin, "decoder.type",
-          squote(t.empty() ? dec->dump() : t) + " is not supported; expected 'ByteLevel' or null");
-    }
-  }
+  SHRINK_RETURN_IF_ERROR(parse_decoder(root, origin, impl));
   return tok;
 }
 
@@ -931,9 +1371,7 @@ Result<Tokenizer> Tokenizer::from_vocab_merges(
     SHRINK_RETURN_IF_ERROR(impl.add_token(std::move(t), origin, strfmt("special_ids[%zu]", k)));
   }
   impl.index_added();
-  impl.add_prefix_space = false;
-  impl.trim_offsets = true;
-  impl.use_regex = true;
+  impl.set_gpt2_pipeline();
   return tok;
 }
 
@@ -956,23 +1394,35 @@ std::string Tokenizer::to_json() const {
     added.push_back(std::move(a));
   }
   root["added_tokens"] = std::move(added);
-  root["normalizer"] = nullptr;
-  root["pre_tokenizer"] = Json{{"type", "ByteLevel"},
-                               {"add_prefix_space", impl.add_prefix_space},
-                               {"trim_offsets", impl.trim_offsets},
-                               {"use_regex", impl.use_regex}};
+  // Components read from a file go back as they were; the trainer's are GPT-2's.
+  root["normalizer"] = impl.normalizer_json;
+  if (!impl.pre_tokenizer_json.is_null() || !impl.byte_level) {
+    root["pre_tokenizer"] = impl.pre_tokenizer_json;
+  } else {
+    const PreStep& p = impl.pre.at(0);
+    root["pre_tokenizer"] = Json{{"type", "ByteLevel"},
+                                 {"add_prefix_space", p.add_prefix_space},
+                                 {"trim_offsets", true},
+                                 {"use_regex", p.use_regex}};
+  }
   if (impl.has_template) {
     root["post_processor"] = impl.post_processor;
-  } else {
+  } else if (impl.byte_level) {
     root["post_processor"] = Json{{"type", "ByteLevel"},
                                   {"add_prefix_space", true},
                                   {"trim_offsets", false},
                                   {"use_regex", true}};
+  } else {
+    root["post_processor"] = nullptr;
   }
-  root["decoder"] = Json{{"type", "ByteLevel"},
-                         {"add_prefix_space", true},
-                         {"trim_offsets", true},
-                         {"use_regex", true}};
+  if (!impl.decoder_json.is_null() || !impl.byte_level) {
+    root["decoder"] = impl.decoder_json;
+  } else {
+    root["decoder"] = Json{{"type", "ByteLevel"},
+                           {"add_prefix_space", true},
+                           {"trim_offsets", true},
+                           {"use_regex", true}};
+  }
   Json model = Json::object();
   model["type"] = "BPE";
   model["dropout"] = nullptr;
@@ -980,7 +1430,7 @@ std::string Tokenizer::to_json() const {
   model["continuing_subword_prefix"] = nullptr;
   model["end_of_word_suffix"] = nullptr;
   model["fuse_unk"] = impl.fuse_unk;
-  model["byte_fallback"] = false;
+  model["byte_fallback"] = impl.byte_fallback;
   model["ignore_merges"] = impl.ignore_merges;
   Json vocab = Json::object();
   for (size_t id = 0; id < impl.id_to_vocab.size(); ++id) {
@@ -1031,24 +1481,92 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
   const Impl& impl = *impl_;
-  std::string out;
-  out.reserve(ids.size() * 4);
+  std::vector<std::string> toks;
+  toks.reserve(ids.size());
   for (int32_t id : ids) {
     auto at = impl.added_by_id.find(id);
     if (at != impl.added_by_id.end()) {
       const AddedToken& t = impl.added[at->second];
-      if (!(t.special && skip_special_tokens)) out += t.content;
+      if (!(t.special && skip_special_tokens)) toks.push_back(t.content);
       continue;
     }
-    if (id < 0 || size_t(id) >= impl.id_to_vocab.size()) continue;
-    const std::string& s = impl.id_to_vocab[size_t(id)];
-    // A token outside the byte map is emitted as its raw text, as Hugging Face's decoder does.
-    const size_t mark = out.size();
-    if (!byte_level_decode(s, out)) {
-      out.resize(mark);
-      out += s;
+    if (id < 0 || size_t(id) >= impl.id_to_vocab.size() || impl.id_to_vocab[size_t(id)].empty()) {
+      continue;
+    }
+    toks.push_back(impl.id_to_vocab[size_t(id)]);
+  }
+  for (const DecStep& d : impl.dec) {
+    switch (d.kind) {
+      case DecStep::Kind::kByteLevel:
+        // A token outside the byte map is kept as its raw text, as Hugging Face's decoder does.
+        for (std::string& t : toks) {
+          std::string bytes;
+          if (byte_level_decode(t, bytes)) t = std::move(bytes);
+        }
+        break;
+      case DecStep::Kind::kReplace:
+        for (std::string& t : toks) replace_all(t, d.from, d.to);
+        break;
+      case DecStep::Kind::kByteFallback: {
+        // Runs of <0xNN> tokens become their bytes. (Hugging Face writes U+FFFD for each byte of
+        // a run that is not valid UTF-8; the raw bytes are kept here, so that text decoded
+        // piece by piece still joins into the right characters.)
+        std::vector<std::string> out;
+        out.reserve(toks.size());
+        bool in_run = false;
+        for (std::string& t : toks) {
+          auto hex = [](char c) {
+            return (c >= '0' && c <= '9') ? c - '0'
+                   : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                   : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                                            : -1;
+          };
+          const bool is_byte = t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+                               hex(t[3]) >= 0 && hex(t[4]) >= 0;
+          if (!is_byte) {
+            out.push_back(std::move(t));
+            in_run = false;
+            continue;
+          }
+          const char b = char(hex(t[3]) * 16 + hex(t[4]));
+          if (!in_run) out.emplace_back();
+          out.back() += b;
+          in_run = true;
+        }
+        toks.swap(out);
+        break;
+      }
+      case DecStep::Kind::kFuse: {
+        std::string all;
+        for (const std::string& t : toks) all += t;
+        toks.assign(1, std::move(all));
+        break;
+      }
+      case DecStep::Kind::kStrip:
+        for (std::string& t : toks) {
+          size_t b = 0, e = t.size();
+          for (int k = 0; k < d.start && t.compare(b, d.from.size(), d.from) == 0; ++k) {
+            b += d.from.size();
+          }
+          for (int k = 0; k < d.stop && e >= b + d.from.size() &&
+                          t.compare(e - d.from.size(), d.from.size(), d.from) == 0;
+               ++k) {
+            e -= d.from.size();
+          }
+          t = t.substr(b, e - b);
+        }
+        break;
+      case DecStep::Kind::kMetaspace:
+        // Hugging Face drops every replacement character of the first token (when it prepends
+        // one) and turns the others into spaces.
+        for (size_t k = 0; k < toks.size(); ++k) {
+          replace_all(toks[k], d.from, k == 0 && d.drop_first ? std::string() : std::string(" "));
+        }
+        break;
     }
   }
+  std::string out;
+  for (const std::string& t : toks) out += t;
   return out;
 }
 

@@ -1,15 +1,31 @@
-// Byte-level BPE tokenizer compatible with Hugging Face `tokenizer.json` (GPT-2 style).
+// BPE tokenizer compatible with Hugging Face `tokenizer.json`, for the tokenizers of the Llama
+// family.
 //
-// Supports: model.type "BPE" with a byte-level vocabulary (the GPT-2 byte-to-unicode map),
-// merges as "a b" strings or ["a","b"] pairs (both forms HF writes), an empty merges list (pure
-// byte level), the ByteLevel pre-tokenizer with the GPT-2 split regex (implemented by hand over
-// generated Unicode letter/number tables, so no regex library is needed), added special tokens
-// (matched before pre-tokenization), and TemplateProcessing / ByteLevel post-processors (a BOS
-// is added only when the post-processor says so). Anything else is refused by name.
+// Supports model.type "BPE" in its two forms:
+//   - byte-level (GPT-2, Llama 3, Qwen2, SmolLM): a ByteLevel pre-tokenizer maps each byte to a
+//     printable code point (the GPT-2 byte-to-unicode map) and BPE merges those;
+//   - SentencePiece-style (Llama 2, Mistral, TinyLlama): BPE over code points, with '▁' for
+//     spaces (a Prepend + Replace normalizer or a Metaspace pre-tokenizer) and byte_fallback to
+//     <0xNN> tokens for characters the vocabulary lacks.
+// Merges as "a b" strings or ["a","b"] pairs, an empty merges list (pure byte level),
+// ignore_merges, unk_token and fuse_unk. Components:
+//   - normalizer: null, NFC, Prepend, Replace (String pattern), or a Sequence of those;
+//   - pre_tokenizer: ByteLevel (with or without the GPT-2 regex), Split with the regex of GPT-2,
+//     Llama 3 or Qwen2 (recognised by its text, behaviour Isolated), Digits, Metaspace, null, or
+//     a Sequence of those;
+//   - post_processor: null, ByteLevel, TemplateProcessing or a Sequence of those (a BOS is added
+//     only when the post-processor says so);
+//   - decoder: ByteLevel, Metaspace, Replace (String), ByteFallback, Fuse, Strip, null, or a
+//     Sequence of those.
+// Added tokens are matched before normalization. Anything else is refused by name, with the
+// JSON path of the field.
 //
-// Why hand-written: the runtime must tokenize prompts without Python or ICU. Encoding caches the
-// merge result per pre-token word. decode(encode(x)) == x for any UTF-8 x.
-// Tested in tests/core/test_tokenizer.cpp (round trips, a fixed expected encoding, trainer).
+// Why hand-written: the runtime must tokenize prompts without Python, ICU or a regex library;
+// the split regexes are hand-written matchers over generated Unicode tables. Encoding caches
+// the merge result per pre-token word. decode(encode(x)) == x for any UTF-8 x (byte-level).
+// Tested in tests/core/test_tokenizer.cpp (round trips, fixed expected encodings, the trainer)
+// and against Hugging Face's tokenizers.js by the ctest `tokenizer_peer_check`
+// (scripts/tokenizer_check.mjs).
 #pragma once
 
 #include <cstdint>
@@ -77,6 +93,11 @@ class Tokenizer {
 /// over code points (core/unicode_tables.h). Each invalid UTF-8 byte counts as one code point
 /// of the "other" class. The pieces are views into `text` and cover it exactly, in order.
 std::vector<std::string_view> pretokenize_gpt2(std::string_view text);
+/// Split `text` with the regex of Llama 3's tokenizer (max_digits 3) or Qwen2's (max_digits 1):
+///   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+///   \s*[\r\n]+|\s+(?!\S)|\s+
+/// The pieces are views into `text` and cover it exactly, in order.
+std::vector<std::string_view> pretokenize_llama3(std::string_view text, size_t max_digits);
 
 /// Raw bytes -> their GPT-2 byte-level form (each byte one code point, printable bytes as
 /// themselves, the rest as U+0100 + n), as UTF-8.

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/tokenizer.h"
+#include "core/unicode_nfc.h"
 #include "core/unicode_tables.h"
 
 namespace shrink::core {
@@ -427,12 +428,36 @@ TEST(TokenizerJson, MalformedErrors) {
   expect_error(doc.dump(), {"model.vocab['oops']", "integer"});
 
   doc = small_doc();
-  doc["normalizer"] = json{{"type", "NFC"}};
-  expect_error(doc.dump(), {"normalizer", "NFC"});
+  doc["normalizer"] = json{{"type", "NFKC"}};
+  expect_error(doc.dump(), {"normalizer.type", "'NFKC'", "'NFC'"});
 
   doc = small_doc();
-  doc["pre_tokenizer"] = json{{"type", "Metaspace"}, {"replacement", "▁"}};
-  expect_error(doc.dump(), {"pre_tokenizer", "Metaspace"});
+  doc["normalizer"] = json{{"type", "Sequence"},
+                           {"normalizers", json::array({json{{"type", "NFC"}},
+                                                        json{{"type", "Lowercase"}}})}};
+  expect_error(doc.dump(), {"normalizer.normalizers[1].type", "'Lowercase'"});
+
+  doc = small_doc();
+  doc["normalizer"] = json{{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}};
+  expect_error(doc.dump(), {"normalizer.pattern", "Regex", "String"});
+
+  doc = small_doc();
+  doc["pre_tokenizer"] = json{{"type", "Whitespace"}};
+  expect_error(doc.dump(), {"pre_tokenizer.type", "'Whitespace'", "'Split'"});
+
+  doc = small_doc();
+  doc["pre_tokenizer"] = json{{"type", "Split"}, {"pattern", {{"Regex", "\\w+"}}},
+                              {"behavior", "Isolated"}, {"invert", false}};
+  expect_error(doc.dump(), {"pre_tokenizer.pattern", "Llama 3"});
+
+  doc = small_doc();
+  doc["pre_tokenizer"] = json{{"type", "Metaspace"}, {"replacement", "▁"},
+                              {"prepend_scheme", "sometimes"}};
+  expect_error(doc.dump(), {"pre_tokenizer.prepend_scheme", "'sometimes'"});
+
+  doc = small_doc();
+  doc["decoder"] = json{{"type", "Strip"}, {"content", " "}, {"start", -1}, {"stop", 0}};
+  expect_error(doc.dump(), {"decoder.start"});
 
   doc = small_doc();
   doc["decoder"] = json{{"type", "WordPiece"}};
@@ -443,8 +468,8 @@ TEST(TokenizerJson, MalformedErrors) {
   expect_error(doc.dump(), {"post_processor", "BertProcessing"});
 
   doc = small_doc();
-  doc["model"]["byte_fallback"] = true;
-  expect_error(doc.dump(), {"model.byte_fallback"});
+  doc["model"]["byte_fallback"] = "yes";
+  expect_error(doc.dump(), {"model.byte_fallback", "boolean"});
 
   doc = with_bos_template(small_doc());
   doc["post_processor"]["special_tokens"] = json::object();
@@ -549,6 +574,202 @@ TEST(BpeTrain, DeterministicCompressesAndReloads) {
     EXPECT_EQ(a->decode(a->encode(s)), s);
   }
   EXPECT_EQ(reloaded->fingerprint(), a->fingerprint());
+}
+
+
+// --------------------------------------------------------------------------------------------
+// The pipelines of Llama 3, Qwen2, SmolLM and SentencePiece BPE (Llama 2, Mistral). The ctest
+// tokenizer_peer_check compares these end to end with Hugging Face's Tokenizers.js; the cases
+// here need no node and pin the behaviour where Tokenizers.js departs from the Rust crate.
+
+std::vector<std::string> split_llama3(const std::string& s, size_t digits) {
+  std::vector<std::string> out;
+  for (auto v : pretokenize_llama3(s, digits)) out.emplace_back(v);
+  return out;
+}
+
+TEST(TokenizerSplit, Llama3AndQwen2Regex) {
+  // Pieces worked out by hand from the regex's alternatives (see pretokenize_llama3).
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split_llama3("Hello world's 12345 foo!!\n\n  bar", 3),
+            (V{"Hello", " world", "'s", " ", "123", "45", " foo", "!!\n\n", " ", " bar"}));
+  EXPECT_EQ(split_llama3("12345", 1), (V{"1", "2", "3", "4", "5"}));
+  // Case-insensitive contractions; a letter run may take one leading non-letter, non-newline.
+  EXPECT_EQ(split_llama3("I'M (fine)\tok", 3), (V{"I", "'M", " (", "fine", ")", "\tok"}));
+  // \s*[\r\n]+ ends after the whitespace run's last newline.
+  EXPECT_EQ(split_llama3("A\r\n\r\n  B", 3), (V{"A", "\r\n\r\n", " ", " B"}));
+  EXPECT_EQ(split_llama3("x  \n y", 3), (V{"x", "  \n", " y"}));
+  for (const std::string& s : awkward_strings()) {
+    std::string joined;
+    for (const std::string& p : split_llama3(s, 3)) {
+      EXPECT_FALSE(p.empty());
+      joined += p;
+    }
+    EXPECT_EQ(joined, s);
+  }
+}
+
+TEST(UnicodeNfc, ComposesReordersAndKeepsExclusions) {
+  // Expected values from Python's unicodedata.normalize("NFC", ...).
+  EXPECT_EQ(nfc("e\xcc\x81"), "\xc3\xa9");                         // e + acute -> U+00E9
+  EXPECT_EQ(nfc("A\xcc\x8a\xcc\xa7"), "\xc3\x85\xcc\xa7");          // ring 230 after cedilla 202
+  EXPECT_EQ(nfc("e\xcc\x81\xcc\xa3"), "\xe1\xba\xb9\xcc\x81");     // dot below first: U+1EB9 U+0301
+  EXPECT_EQ(nfc("\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"), "\xea\xb0\x81");  // jamo -> U+AC01
+  EXPECT_EQ(nfc("\xe2\x84\xab"), "\xc3\x85");                     // U+212B (singleton) -> U+00C5
+  EXPECT_EQ(nfc("\xe0\xa5\x98"), "\xe0\xa4\x95\xe0\xa4\xbc");      // U+0958 is excluded
+  EXPECT_EQ(nfc("plain ascii, caf\xc3\xa9"), "plain ascii, caf\xc3\xa9");
+  EXPECT_TRUE(nfc_trivially_stable("caf\xc3\xa9"));
+  EXPECT_FALSE(nfc_trivially_stable("e\xcc\x81"));
+  // Invalid bytes stay and block composition across them.
+  EXPECT_EQ(nfc("e\xff\xcc\x81"), "e\xff\xcc\x81");
+  for (const std::string& s : awkward_strings()) EXPECT_EQ(nfc(nfc(s)), nfc(s));
+}
+
+/// A SentencePiece-style BPE: <unk> <s> </s>, 256 <0xNN> tokens, then `extra` tokens.
+json sp_doc(const std::vector<std::string>& extra, const json& merges) {
+  json v = json::object();
+  v["<unk>"] = 0;
+  v["<s>"] = 1;
+  v["</s>"] = 2;
+  char buf[8];
+  for (int b = 0; b < 256; ++b) {
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
+    v[buf] = 3 + b;
+  }
+  for (size_t k = 0; k < extra.size(); ++k) v[extra[k]] = 259 + int(k);
+  auto added = [](int id, const char* c) {
+    return json{{"id", id},          {"content", c},       {"single_word", false},
+                {"lstrip", false},   {"rstrip", false},    {"normalized", false},
+                {"special", true}};
+  };
+  json doc = tokenizer_doc(v, merges);
+  doc["added_tokens"] = json::array({added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")});
+  doc["normalizer"] = json{{"type", "Sequence"},
+                           {"normalizers",
+                            json::array({json{{"type", "Prepend"}, {"prepend", "\u2581"}},
+                                         json{{"type", "Replace"},
+                                              {"pattern", {{"String", " "}}},
+                                              {"content", "\u2581"}}})}};
+  doc["pre_tokenizer"] = nullptr;
+  doc["post_processor"] = json{
+      {"type", "TemplateProcessing"},
+      {"single", json::array({json{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                              json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}};
+  doc["decoder"] = json{
+      {"type", "Sequence"},
+      {"decoders",
+       json::array({json{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                    json{{"type", "ByteFallback"}}, json{{"type", "Fuse"}},
+                    json{{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  doc["model"]["unk_token"] = "<unk>";
+  doc["model"]["fuse_unk"] = true;
+  doc["model"]["byte_fallback"] = true;
+  return doc;
+}
+
+// ids: 259 "\u2581", 260 "a", 261 "b", 262 "\u2581a", 263 "ab", 264 "\u2581\u2581", 265 "\u2581ab"
+const std::vector<std::string> kSpTokens = {"\u2581", "a", "b", "\u2581a", "ab", "\u2581\u2581", "\u2581ab"};
+json sp_merges() {
+  return json::array({json::array({"\u2581", "\u2581"}), json::array({"\u2581", "a"}),
+                      json::array({"a", "b"}), json::array({"\u2581a", "b"})});
+}
+
+TEST(TokenizerSentencePiece, PrependReplaceByteFallbackAndStrip) {
+  Tokenizer t = load_doc(sp_doc(kSpTokens, sp_merges()));
+  using V = std::vector<int32_t>;
+  // "ab b" -> "\u2581ab\u2581b": merges by rank: (\u2581,a) then (\u2581a,b).
+  EXPECT_EQ(t.encode("ab b", false), (V{265, 259, 261}));
+  // Two spaces: (\u2581,\u2581) ranks first: "\u2581a" "\u2581\u2581" "a".
+  EXPECT_EQ(t.encode("a  a", false), (V{262, 264, 260}));
+  // 'é' is not in the vocabulary: its two UTF-8 bytes' tokens (0xC3 0xA9 -> 3 + byte).
+  EXPECT_EQ(t.encode("\xc3\xa9", false), (V{259, 3 + 0xC3, 3 + 0xA9}));
+  EXPECT_EQ(t.decode(t.encode("ab \xc3\xa9 b", false)), "ab \xc3\xa9 b");  // Strip drops the prefix
+  // The template adds <s>; the segment after an added token gets its own prefix (Prepend runs per
+  // segment, as in Hugging Face).
+  EXPECT_EQ(t.encode("a", true), (V{1, 262}));
+  EXPECT_EQ(t.encode("<s>a", false), (V{1, 262}));
+  EXPECT_EQ(t.decode({1, 262}), "<s> a");
+  EXPECT_EQ(t.decode({1, 262}, /*skip_special_tokens=*/true), "a");
+  // Without byte_fallback an unknown character is <unk>, consecutive ones fused.
+  json doc = sp_doc(kSpTokens, sp_merges());
+  doc["model"]["byte_fallback"] = false;
+  Tokenizer u = load_doc(doc);
+  EXPECT_EQ(u.encode("a\xc3\xa9\xc3\xa8", false), (V{262, 0}));
+  // Round trip through to_json keeps the pipeline.
+  Tokenizer r = load_doc(json::parse(t.to_json()));
+  EXPECT_EQ(r.encode("ab  b \xc3\xa9", true), t.encode("ab  b \xc3\xa9", true));
+  EXPECT_EQ(r.decode(t.encode("ab  b", false)), "ab  b");
+}
+
+TEST(TokenizerSentencePiece, MetaspacePrependSchemesAndSplit) {
+  json doc = sp_doc(kSpTokens, sp_merges());
+  doc["normalizer"] = nullptr;
+  auto meta = [](const char* scheme, bool split) {
+    return json{{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", scheme},
+                {"split", split}};
+  };
+  using V = std::vector<int32_t>;
+  doc["pre_tokenizer"] = meta("first", false);
+  Tokenizer first = load_doc(doc);
+  EXPECT_EQ(first.encode("a  a", false), (V{262, 264, 260}));
+  EXPECT_EQ(first.encode("<s>a", false), (V{1, 260}));  // "first": not after an added token
+  EXPECT_EQ(first.encode(" a", false), (V{262}));       // already starts with the replacement
+  doc["pre_tokenizer"] = meta("always", false);
+  EXPECT_EQ(load_doc(doc).encode("<s>a", false), (V{1, 262}));
+  doc["pre_tokenizer"] = meta("never", false);
+  EXPECT_EQ(load_doc(doc).encode("a", false), (V{260}));
+  // split: each replacement starts a piece (the crate's MergedWithNext, as in its test
+  // "Hey   friend!" -> "\u2581Hey" "\u2581" "\u2581" "\u2581friend!"), so "\u2581\u2581" never forms.
+  doc["pre_tokenizer"] = meta("always", true);
+  EXPECT_EQ(load_doc(doc).encode("a  a", false), (V{262, 259, 262}));
+  // The Metaspace decoder (the Rust crate's rule): replacement characters become spaces, except
+  // in the first token, where they are dropped.
+  doc["decoder"] = meta("always", true);
+  Tokenizer d = load_doc(doc);
+  EXPECT_EQ(d.decode({262, 259, 262}), "a  a");
+  EXPECT_EQ(d.decode({264, 262}), " a");
+  EXPECT_EQ(d.decode({1, 262}), "<s> a");
+}
+
+TEST(TokenizerEncode, ByteLevelSequencesAndIgnoreMerges) {
+  // Split(Llama 3 regex) + ByteLevel(use_regex false) splits digits in threes; Digits splits
+  // each digit; ignore_merges takes a word that is itself in the vocabulary whole.
+  json doc = small_doc();
+  const std::string llama3 =
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  doc["pre_tokenizer"] = json{
+      {"type", "Sequence"},
+      {"pretokenizers",
+       json::array({json{{"type", "Split"}, {"pattern", {{"Regex", llama3}}}, {"behavior", "Isolated"},
+                         {"invert", false}},
+                    json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
+  Tokenizer t = load_doc(doc);
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(t.encode("1234", false), (V{'1', '2', '3', '4'}));
+  EXPECT_EQ(t.decode(t.encode(" the cat 1234\n\n", false)), " the cat 1234\n\n");
+  // "xyz": "y z" (rank 10) merges before "x y" (rank 11), so "x" "yz"; with ignore_merges a word
+  // that is itself a token is taken whole.
+  EXPECT_EQ(t.encode("xyz", false), (V{'x', 256 + 10}));
+  doc["model"]["vocab"]["xyz"] = 300;
+  doc["model"]["ignore_merges"] = true;
+  EXPECT_EQ(load_doc(doc).encode("xyz", false), (V{300}));
+  doc["model"]["ignore_merges"] = false;
+  EXPECT_EQ(load_doc(doc).encode("xyz", false), (V{'x', 256 + 10}));
+  // Digits(individual_digits) ahead of the GPT-2 ByteLevel.
+  json dg = small_doc();
+  dg["pre_tokenizer"] = json{
+      {"type", "Sequence"},
+      {"pretokenizers", json::array({json{{"type", "Digits"}, {"individual_digits", true}},
+                                     json{{"type", "ByteLevel"}, {"add_prefix_space", false}}})}};
+  EXPECT_EQ(load_doc(dg).encode("a12", false), (V{'a', '1', '2'}));
+  // NFC runs before the split: a decomposed e + acute is encoded as the composed character.
+  json q = small_doc();
+  q["normalizer"] = json{{"type", "NFC"}};
+  EXPECT_EQ(load_doc(q).encode("e\xcc\x81", false), load_doc(q).encode("\xc3\xa9", false));
+  EXPECT_NE(load_doc(small_doc()).encode("e\xcc\x81", false),
+            load_doc(small_doc()).encode("\xc3\xa9", false));
 }
 
 }  // namespace

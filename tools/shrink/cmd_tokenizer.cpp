@@ -1,5 +1,5 @@
 // `shrink tokenizer train|encode|decode`: train a byte-level BPE (HF tokenizer.json) on a
-// corpus, and encode/decode with one, for checks against other tools.
+// corpus, and encode/decode with any supported tokenizer.json, for checks against other tools.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,7 +14,7 @@
 namespace shrink::cli {
 
 void register_tokenizer(CLI::App& app, Globals& g) {
-  CLI::App* tok = app.add_subcommand("tokenizer", "Train or apply a byte-level BPE tokenizer");
+  CLI::App* tok = app.add_subcommand("tokenizer", "Train a byte-level BPE tokenizer, or apply a BPE tokenizer.json");
   tok->require_subcommand(1);
 
   struct TrainOpts {
@@ -87,7 +87,7 @@ void register_tokenizer(CLI::App& app, Globals& g) {
   auto* text_opt = enc->add_option("--text", c->text, "Text to encode");
   auto* jsonl_opt = enc->add_option(
       "--jsonl", c->jsonl, "Encode the \"text\" of each line of a .jsonl file; prints JSON lines "
-                           "{\"text\", \"ids\"}");
+                           "{\"text\", \"ids\", \"decoded\"}");
   text_opt->excludes(jsonl_opt);
   enc->add_flag("--add-special-tokens", c->special, "Apply the post-processor (e.g. BOS)");
   enc->callback([c, &g, text_opt] {
@@ -106,7 +106,9 @@ void register_tokenizer(CLI::App& app, Globals& g) {
                                                        "\"text\" field");
           }
           std::string t = j["text"].get<std::string>();
-          std::cout << nlohmann::json({{"text", t}, {"ids", tk.encode(t, c->special)}}).dump()
+          const std::vector<int32_t> ids = tk.encode(t, c->special);
+          std::cout << nlohmann::json({{"text", t}, {"ids", ids}, {"decoded", tk.decode(ids)}})
+                           .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                     << "\n";
         }
         return 0;
