@@ -464,15 +464,20 @@ Result<uint64_t> tokenize_stream(TextReader& reader, const Tokenizer& tok,
                                  const TokenizeOptions& opts,
                                  const std::function<void(const std::vector<int32_t>&)>& sink) {
   std::optional<int32_t> eos = tok.eos_id();
+  const std::vector<int32_t> prefix = tok.document_prefix();
   uint64_t total = 0;
   TextBlock block;
+  bool doc_start = true;
   while (opts.max_tokens == 0 || total < opts.max_tokens) {
     SHRINK_ASSIGN_OR_RETURN(bool got, reader.next(block));
     if (!got) break;
+    const bool starts = doc_start;
+    doc_start = block.ends_document;
     if (opts.split != Split::kAll &&
         split_is_val(block.doc_index, opts.val_fraction, opts.seed) != (opts.split == Split::kVal))
       continue;
     std::vector<int32_t> ids = tok.encode(block.text, /*add_special_tokens=*/false);
+    if (starts) ids.insert(ids.begin(), prefix.begin(), prefix.end());
     if (block.ends_document && eos) ids.push_back(*eos);
     if (opts.max_tokens != 0 && total + ids.size() > opts.max_tokens)
       ids.resize(size_t(opts.max_tokens - total));
@@ -727,17 +732,21 @@ Result<PrepareStats> dataset_prepare(const std::string& data_path, const Tokeniz
   const int32_t vocab = tok.vocab_size();
   const std::string fingerprint = tok.fingerprint();
   const std::optional<int32_t> eos = tok.eos_id();
+  const std::vector<int32_t> prefix = tok.document_prefix();
   ShardWriter train(out_dir, "train", vocab, fingerprint, opts.shard_tokens);
   ShardWriter val(out_dir, "val", vocab, fingerprint, opts.shard_tokens);
 
   PrepareStats stats;
   uint64_t total = 0, next_progress = kBlockBytes;
   TextBlock block;
+  bool doc_start = true;
   while (opts.max_tokens == 0 || total < opts.max_tokens) {
     SHRINK_ASSIGN_OR_RETURN(bool got, reader->next(block));
     if (!got) break;
     bool is_val = split_is_val(block.doc_index, opts.val_fraction, opts.seed);
     std::vector<int32_t> ids = tok.encode(block.text, /*add_special_tokens=*/false);
+    if (doc_start) ids.insert(ids.begin(), prefix.begin(), prefix.end());
+    doc_start = block.ends_document;
     if (block.ends_document && eos) ids.push_back(*eos);
     if (opts.max_tokens != 0 && total + ids.size() > opts.max_tokens)
       ids.resize(size_t(opts.max_tokens - total));

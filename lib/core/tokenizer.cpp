@@ -1570,6 +1570,16 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   return out;
 }
 
+std::vector<int32_t> Tokenizer::document_prefix() const {
+  std::vector<int32_t> out;
+  if (!impl_->has_template) return out;
+  for (const TemplateItem& item : impl_->single_template) {
+    if (item.is_sequence) break;
+    out.insert(out.end(), item.ids.begin(), item.ids.end());
+  }
+  return out;
+}
+
 int32_t Tokenizer::vocab_size() const {
   return impl_->max_id() + 1;
 }

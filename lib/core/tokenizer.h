@@ -67,6 +67,9 @@ class Tokenizer {
   /// Encode UTF-8 text (invalid UTF-8 bytes are still encoded byte-wise). With
   /// add_special_tokens, the post-processor's template (e.g. a BOS) is applied.
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const;
+  /// The ids the post-processor's template puts before the text (e.g. Llama's BOS); empty when
+  /// it adds none. The dataset pipeline starts each document with them.
+  std::vector<int32_t> document_prefix() const;
   /// Decode ids to bytes; special tokens are emitted as their content unless skipped.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 

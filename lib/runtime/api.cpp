@@ -50,7 +50,9 @@ Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_siz
     SHRINK_ASSIGN_OR_RETURN(uint64_t got, core::tokenize_stream(*reader, tok, to,
         [&](const std::vector<int32_t>& t) { out.tokens.insert(out.tokens.end(), t.begin(), t.end()); }));
     (void)got;
-    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() + ")";
+    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
+                      (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") +
+                      ")";
   }
   for (size_t i = 0; i < out.tokens.size(); ++i) {
     SHRINK_CHECK(out.tokens[i] >= 0 && out.tokens[i] < vocab_size, StatusCode::kInvalidInput,

@@ -99,7 +99,9 @@ LoadedTokens tokens_load(const std::string& model_dir, const TokenSource& src, b
     }).take_or_throw();
     prog.finish();
     out.split = split;
-    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() + ")";
+    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
+                      (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") +
+                      ")";
   }
   for (size_t i = 0; i < out.tokens.size(); ++i) {
     if (out.tokens[i] < 0 || out.tokens[i] >= cfg.vocab_size) {

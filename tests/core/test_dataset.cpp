@@ -377,6 +377,57 @@ TEST_F(DatasetTokenize, TrainAndValAreDisjointAndComplete) {
   EXPECT_EQ(*da.begin(), bytes_of("doc 0"));
 }
 
+TEST_F(DatasetTokenize, TemplateBosStartsEachDocument) {
+  // The byte tokenizer with a BOS template (id 257, "<s>"), as Llama's: every document starts
+  // with the BOS and ends with the EOS, including documents that span several blocks, and only
+  // the first block of each gets the BOS. tokenize_stream and dataset_prepare agree.
+  nlohmann::json j = nlohmann::json::parse(byte_tokenizer().to_json());
+  j["added_tokens"].push_back({{"id", 257}, {"content", "<s>"}, {"single_word", false},
+                               {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+                               {"special", true}});
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {257}}, {"tokens", {"<s>"}}}}}}};
+  auto tr = Tokenizer::from_json(j.dump(), "bos.json");
+  ASSERT_TRUE(tr.is_ok()) << tr.status().message();
+  const Tokenizer& tok = tr.value();
+  EXPECT_EQ(tok.document_prefix(), std::vector<int32_t>{257});
+  EXPECT_TRUE(byte_tokenizer().document_prefix().empty());
+  std::string big;
+  while (big.size() < (3u << 20)) big += "a long line of text for several blocks\n";
+  std::filesystem::create_directories(dir_ + "/data");
+  write(dir_ + "/data/a.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n");
+  write(dir_ + "/data/b.txt", big);
+  auto r = TextReader::open(dir_ + "/data");
+  ASSERT_TRUE(r.is_ok());
+  std::vector<int32_t> all;
+  size_t blocks = 0;
+  ASSERT_TRUE(tokenize_stream(**r, tok, TokenizeOptions(), [&](const std::vector<int32_t>& ids) {
+                all.insert(all.end(), ids.begin(), ids.end());
+                ++blocks;
+              }).is_ok());
+  EXPECT_GT(blocks, 3u);  // the big file came in several blocks
+  std::vector<int32_t> head(all.begin(), all.begin() + 10);
+  std::vector<int32_t> want = {257};
+  for (int32_t t : bytes_of("one")) want.push_back(t);
+  want.push_back(256);
+  want.push_back(257);
+  for (int32_t t : bytes_of("two")) want.push_back(t);
+  want.push_back(256);
+  EXPECT_EQ(head, want);
+  EXPECT_EQ(std::count(all.begin(), all.end(), 257), 3);  // one per document
+  EXPECT_EQ(all[10], 257);
+  EXPECT_EQ(all.back(), 256);
+  // dataset_prepare writes the same stream (train and val together).
+  PrepareOptions po;
+  po.val_fraction = 0;
+  auto st = dataset_prepare(dir_ + "/data", tok, dir_ + "/shards", po);
+  ASSERT_TRUE(st.is_ok()) << st.status().message();
+  EXPECT_EQ(st.value().train_tokens, all.size());
+}
+
 TEST_F(DatasetTokenize, MaxTokensTruncates) {
   write(dir_ + "/a.txt", "abcdef\n");
   auto r = TextReader::open(dir_ + "/a.txt");

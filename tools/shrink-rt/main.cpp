@@ -235,7 +235,8 @@ void register_eval(CLI::App& app, Globals& g) {
   o->src.data = core::kDefaultCorpus;
   CLI::App* sub = app.add_subcommand(
       "eval", "Perplexity over non-overlapping windows of --seq-len tokens (the definition of "
-              "`shrink eval`: each window scores len-1 predictions; no BOS added)");
+              "`shrink eval`: each window scores len-1 predictions; BOS only where the tokenizer's "
+              "template adds one)");
   sub->add_option("model", o->model, "Model directory")->required();
   sub->add_option("--data", o->src.data, "Text file, directory, .jsonl, fortune files, or token shards")
       ->capture_default_str();
@@ -284,7 +285,7 @@ void register_eval(CLI::App& app, Globals& g) {
         std::printf("mean NLL    %.5f nats over %llu predicted tokens\n", r.mean_nll,
                     (unsigned long long)r.tokens_scored);
         std::printf("windows     %llu non-overlapping windows of up to %lld tokens (each scores "
-                    "len-1 predictions; no BOS added)\n",
+                    "len-1 predictions; BOS only where the tokenizer's template adds one)\n",
                     (unsigned long long)r.windows, (long long)r.seq_len);
         std::printf("data        %s, %llu tokens\n", data.description.c_str(),
                     (unsigned long long)r.tokens);

@@ -65,7 +65,7 @@ void register_eval(CLI::App& app, Globals& g) {
         std::printf("mean NLL    %.5f nats over %llu predicted tokens\n", r.mean_nll,
                     (unsigned long long)r.tokens_scored);
         std::printf("windows     %llu non-overlapping windows of up to %lld tokens "
-                    "(each scores len-1 predictions; no BOS added)\n",
+                    "(each scores len-1 predictions; BOS only where the tokenizer's template adds one)\n",
                     (unsigned long long)r.windows, (long long)r.seq_len);
         std::printf("data        %s, %llu tokens\n", r.data_description.c_str(),
                     (unsigned long long)r.tokens);
