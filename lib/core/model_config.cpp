@@ -616,4 +616,59 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
   return invalid_input(o.str());
 }
 
+namespace {
+/// Appends the ids of an eos_token_id value (an integer or a list of them) to `out`.
+Status append_ids(const json& v, const std::string& where, std::vector<int64_t>* out) {
+  auto one = [&](const json& x) -> Status {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0) {
+      return invalid_input(where + "expected a token id (integer >= 0) or a list of them, got " +
+                           v.dump());
+    }
+    if (std::find(out->begin(), out->end(), x.get<int64_t>()) == out->end()) {
+      out->push_back(x.get<int64_t>());
+    }
+    return Status::ok();
+  };
+  if (v.is_null()) return Status::ok();
+  if (!v.is_array()) return one(v);
+  for (const json& x : v) SHRINK_RETURN_IF_ERROR(one(x));
+  return Status::ok();
+}
+}  // namespace
+
+Result<std::vector<int64_t>> stop_token_ids(const std::string& model_dir, const ModelConfig& c,
+                                            int64_t tokenizer_eos) {
+  std::vector<int64_t> ids;
+  if (c.raw.contains("eos_token_id")) {
+    SHRINK_RETURN_IF_ERROR(
+        append_ids(c.raw["eos_token_id"], model_dir + "/config.json: field 'eos_token_id': ", &ids));
+  } else if (c.eos_token_id) {
+    ids.push_back(*c.eos_token_id);
+  }
+  const std::string gen = model_dir + "/generation_config.json";
+  if (!model_dir.empty() && path_exists(gen)) {
+    SHRINK_ASSIGN_OR_RETURN(std::string text, read_file(gen));
+    json g = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (g.is_discarded() || !g.is_object()) {
+      return invalid_input(gen + ": not a JSON object");
+    }
+    if (g.contains("eos_token_id")) {
+      SHRINK_RETURN_IF_ERROR(append_ids(g["eos_token_id"], gen + ": field 'eos_token_id': ", &ids));
+    }
+  }
+  if (ids.empty() && tokenizer_eos >= 0) ids.push_back(tokenizer_eos);
+  return ids;
+}
+
+Status copy_model_sidecars(const std::string& src_dir, const std::string& dst_dir) {
+  for (const char* name : {"tokenizer_config.json", "generation_config.json",
+                           "special_tokens_map.json", "chat_template.jinja"}) {
+    const std::string src = src_dir + "/" + name;
+    if (!path_exists(src)) continue;
+    SHRINK_ASSIGN_OR_RETURN(std::string text, read_file(src));
+    SHRINK_RETURN_IF_ERROR(write_file_atomic(dst_dir + "/" + name, text));
+  }
+  return Status::ok();
+}
+
 }  // namespace shrink::core

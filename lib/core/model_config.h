@@ -85,6 +85,18 @@ Result<ModelConfig> config_preset(const std::string& name, int64_t vocab_size);
 /// The preset names, comma-separated, for help texts.
 const char* config_preset_names();
 
+/// The token ids that end generation, in order, without repeats: config.json's eos_token_id
+/// (a scalar or a list), then MODEL_DIR/generation_config.json's (Llama 3 Instruct lists
+/// <|eot_id|> there), then, when neither names one, the tokenizer's guessed EOS
+/// (`tokenizer_eos`, -1 for none). A malformed generation_config.json is an error that names it.
+Result<std::vector<int64_t>> stop_token_ids(const std::string& model_dir, const ModelConfig& c,
+                                            int64_t tokenizer_eos = -1);
+
+/// Copy the small files that travel with a model besides config.json, the weights and
+/// tokenizer.json (tokenizer_config.json, generation_config.json, special_tokens_map.json,
+/// chat_template.jinja), from src_dir to dst_dir where present. Atomic per file.
+Status copy_model_sidecars(const std::string& src_dir, const std::string& dst_dir);
+
 /// RoPE inverse frequencies, head_dim/2 values, after rope scaling (HF semantics).
 std::vector<double> rope_inv_freq(const ModelConfig& c);
 

@@ -153,7 +153,7 @@ Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
   for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
     const int32_t next = best[0];
     r.ids.push_back(next);
-    if (opts.stop_at_eos && opts.eos && next == *opts.eos) break;
+    if (opts.stop_at_eos && std::find(opts.eos.begin(), opts.eos.end(), next) != opts.eos.end()) break;
     if (step + 1 == opts.max_new_tokens) break;
     SHRINK_RETURN_IF_ERROR(step_fwd({{0, &r.ids.back(), 1}}));
   }

@@ -54,7 +54,7 @@ struct GenerateOptions {
   core::SamplingParams sampling;
   uint64_t seed = 0;
   bool stop_at_eos = true;
-  std::optional<int64_t> eos;
+  std::vector<int64_t> eos;  // any of these ends generation (core::stop_token_ids)
 };
 struct GenerateResult {
   std::vector<int32_t> ids;  // prompt + new tokens

@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -179,8 +180,9 @@ GenerateResult generate(const std::string& model_dir, const GenerateOptions& opt
     }
   }
   r.prompt_len = int64_t(r.ids.size());
-  std::optional<int64_t> eos = cfg.eos_token_id;
-  if (!eos && tok && tok->eos_id()) eos = *tok->eos_id();
+  const std::vector<int64_t> eos =
+      core::stop_token_ids(model_dir, cfg, tok && tok->eos_id() ? *tok->eos_id() : -1)
+          .take_or_throw();
 
   core::Sampler sampler(opts.sampling, opts.seed);
   torch::NoGradGuard ng;
@@ -194,7 +196,7 @@ GenerateResult generate(const std::string& model_dir, const GenerateOptions& opt
     auto last = logits[0][logits.size(1) - 1].contiguous();
     int32_t next = sampler.sample(last.data_ptr<float>(), last.numel());
     r.ids.push_back(next);
-    if (opts.stop_at_eos && eos && next == *eos) break;
+    if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) break;
     if (step + 1 == opts.max_new_tokens) break;
     logits = model->forward(torch::tensor({int64_t(next)}, torch::kLong).unsqueeze(0), false, &cache)
                  .logits;

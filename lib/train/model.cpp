@@ -282,11 +282,8 @@ void model_write(CausalLM& m, const std::string& dir_path, const SaveOptions& op
     fs::path src(opts.tokenizer_json);
     std::string text = core::read_file(src.string()).take_or_throw();
     throw_if_error(core::write_file_atomic(dir_path + "/tokenizer.json", text));
-    fs::path cfg_src = src.parent_path() / "tokenizer_config.json";
-    if (fs::exists(cfg_src)) {
-      throw_if_error(core::write_file_atomic(dir_path + "/tokenizer_config.json",
-                                             core::read_file(cfg_src.string()).take_or_throw()));
-    }
+    // tokenizer_config.json, generation_config.json (stop ids), ... from the same directory.
+    throw_if_error(core::copy_model_sidecars(src.parent_path().string(), dir_path));
   }
   nlohmann::json prov = opts.provenance;
   prov["shrink_version"] = SHRINK_VERSION;

@@ -576,6 +576,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   if (!tokenizer.empty()) {
     throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", core::read_file(tokenizer).take_or_throw()));
   }
+  throw_if_error(core::copy_model_sidecars(o.model, dir.path()));
   nlohmann::json prov = {{"stage", "quantize"}, {"from", o.model}, {"scheme", o.scheme},
                          {"activations", scheme.activations}, {"observer", o.observer},
                          {"smoothquant", o.smoothquant}};

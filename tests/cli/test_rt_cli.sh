@@ -54,6 +54,22 @@ for m in llama_gqa_llama3rope qwen2_bias_tied_bf16 mistral_mqa_linearrope llama_
   fi
 done
 [ -n "$SHRINK" ] && [ -x "$SHRINK" ] || echo "skip - shrink binary not found ($SHRINK): no comparison with LibTorch"
+# Stop ids: generation ends at any id of config.json's or generation_config.json's
+# eos_token_id (a list, as Llama 3 Instruct's), for shrink-rt and shrink alike.
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/stop"
+read -r -a full <<<"$(tr ',' ' ' <"$T/rt_llama_gqa_llama3rope")"
+stop_id=${full[6]}   # the 4th generated token
+echo "{\"eos_token_id\": [299, $stop_id]}" >"$T/stop/generation_config.json"
+want=$(IFS=,; echo "${full[*]:0:7}")
+expect_rc "generate stops at a generation_config.json id" 0 "$RT" generate "$T/stop" --prompt-ids 1,5,9 --max-new-tokens 24 --ids
+if [ "$(cat "$T/out")" = "$want" ]; then ok "shrink-rt stopped after $stop_id"; else bad "shrink-rt stop: $(cat "$T/out"), want $want"; fi
+if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
+  "$SHRINK" generate "$T/stop" --prompt-ids 1,5,9 --max-new-tokens 24 --ids >"$T/lt_stop" 2>/dev/null
+  if [ "$(cat "$T/lt_stop")" = "$want" ]; then ok "shrink stopped after $stop_id"; else bad "shrink stop: $(cat "$T/lt_stop"), want $want"; fi
+fi
+echo '{"eos_token_id": "two"}' >"$T/stop/generation_config.json"
+expect_rc "malformed generation_config.json exits 2" 2 "$RT" generate "$T/stop" --prompt-ids 1,5 --max-new-tokens 4
+expect_grep "its error names the file" "$T/err" "generation_config.json: field 'eos_token_id'"
 expect_rc "sampled generate" 0 "$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --max-new-tokens 8 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3
 cp "$T/out" "$T/s1"
 "$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --max-new-tokens 8 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3 >"$T/s2" 2>/dev/null

@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <sys/stat.h>
 
+#include "core/fs.h"
 #include "core/model_config.h"
 #include "core/sampling.h"
 #include "core/threads.h"
@@ -143,6 +146,39 @@ TEST(ModelConfig, PresetsAreValid) {
   auto r = config_preset("huge", 10);
   ASSERT_FALSE(r.is_ok());
   EXPECT_NE(r.status().message().find("expected one of tiny, small, base"), std::string::npos);
+}
+
+TEST(ModelConfig, StopTokenIdsFromConfigGenerationConfigAndTokenizer) {
+  char tmpl[] = "/tmp/shrink_stop_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  auto cfg = config_from_json(with("eos_token_id", "[128001, 128009]"), "cfg.json");
+  ASSERT_TRUE(cfg.is_ok()) << cfg.status().message();
+  // config.json's list, in order; the tokenizer's guess only when nothing names one.
+  EXPECT_EQ(stop_token_ids(dir, *cfg, 7).value(), (std::vector<int64_t>{128001, 128009}));
+  auto none = config_from_json(with("eos_token_id", "null"), "cfg.json");
+  ASSERT_TRUE(none.is_ok());
+  EXPECT_EQ(stop_token_ids(dir, *none, 7).value(), (std::vector<int64_t>{7}));
+  EXPECT_TRUE(stop_token_ids(dir, *none, -1).value().empty());
+  // generation_config.json adds its ids (Llama 3 Instruct's <|eot_id|>), without repeats.
+  ASSERT_TRUE(write_file_atomic(dir + "/generation_config.json",
+                                "{\"eos_token_id\": [128001, 128008, 128009]}")
+                  .is_ok());
+  EXPECT_EQ(stop_token_ids(dir, *cfg, 7).value(), (std::vector<int64_t>{128001, 128009, 128008}));
+  EXPECT_EQ(stop_token_ids(dir, *none, 7).value(), (std::vector<int64_t>{128001, 128008, 128009}));
+  // copy_model_sidecars carries it to a written model.
+  const std::string out = dir + "/out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  ASSERT_TRUE(copy_model_sidecars(dir, out).is_ok());
+  EXPECT_EQ(stop_token_ids(out, *none, 7).value(), (std::vector<int64_t>{128001, 128008, 128009}));
+  // A malformed file is an error naming it.
+  ASSERT_TRUE(write_file_atomic(dir + "/generation_config.json", "{\"eos_token_id\": \"x\"}").is_ok());
+  auto bad = stop_token_ids(dir, *cfg, 7);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("generation_config.json: field 'eos_token_id'"),
+            std::string::npos)
+      << bad.status().message();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ThreadsResolve, FlagEnvAndDefault) {

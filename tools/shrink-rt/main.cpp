@@ -343,8 +343,8 @@ void register_generate(CLI::App& app, Globals& g) {
       }
       SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
       o->o.stop_at_eos = !o->ignore_eos;
-      o->o.eos = cfg.eos_token_id;
-      if (!o->o.eos && tok && tok->eos_id()) o->o.eos = *tok->eos_id();
+      SHRINK_ASSIGN_OR_RETURN(
+          o->o.eos, core::stop_token_ids(o->model, cfg, tok && tok->eos_id() ? *tok->eos_id() : -1));
       runtime::EngineOptions eo = engine_opts(g);
       eo.max_seq_len = int64_t(prompt.size()) + std::max<int64_t>(o->o.max_new_tokens, 1);
       SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
