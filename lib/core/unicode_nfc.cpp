@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/unicode_nfc_tables.h"
+#include "core/utf8.h"
 
 namespace shrink::core {
 
@@ -21,48 +22,11 @@ constexpr uint32_t kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
 // nothing, written back as the byte.
 constexpr uint32_t kRawByte = 0x80000000u;
 
-size_t decode_one(std::string_view s, size_t i, uint32_t* cp) {
-  const auto b0 = uint8_t(s[i]);
-  if (b0 < 0x80) return *cp = b0, 1;
-  size_t len;
-  uint32_t v, min;
-  if ((b0 & 0xE0) == 0xC0) {
-    len = 2, v = b0 & 0x1F, min = 0x80;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    len = 3, v = b0 & 0x0F, min = 0x800;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    len = 4, v = b0 & 0x07, min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (i + len > s.size()) return 0;
-  for (size_t k = 1; k < len; ++k) {
-    const auto b = uint8_t(s[i + k]);
-    if ((b & 0xC0) != 0x80) return 0;
-    v = (v << 6) | (b & 0x3F);
-  }
-  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-  *cp = v;
-  return len;
-}
-
 void encode_one(std::string& out, uint32_t cp) {
   if (cp & kRawByte) {
     out += char(cp & 0xFF);
-  } else if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
   } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
+    utf8_append(out, cp);
   }
 }
 
@@ -129,7 +93,7 @@ std::string nfc(std::string_view text) {
   d.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
     uint32_t cp = 0;
-    size_t len = decode_one(text, i, &cp);
+    size_t len = utf8_decode(text, i, &cp);
     if (len == 0) cp = kRawByte | uint8_t(text[i]), len = 1;
     decompose(cp, d);
     i += len;
