@@ -460,25 +460,49 @@ bool split_is_val(uint64_t doc_index, double val_fraction, uint64_t seed) {
 
 // ---- Tokenizing ---------------------------------------------------------------------------------
 
+namespace {
+
+/// Text blocks to ids: the template's prefix (e.g. Llama's BOS) where a document starts, the
+/// text, the EOS where it ends. Every block goes through, in order; skipped ones via skip().
+class BlockEncoder {
+ public:
+  explicit BlockEncoder(const Tokenizer& tok)
+      : tok_(tok), prefix_(tok.document_prefix()), eos_(tok.eos_id()) {}
+  std::vector<int32_t> encode(const TextBlock& b) {
+    std::vector<int32_t> ids;
+    if (starts_) ids = prefix_;
+    const std::vector<int32_t> text = tok_.encode(b.text, /*add_special_tokens=*/false);
+    ids.insert(ids.end(), text.begin(), text.end());
+    if (b.ends_document && eos_) ids.push_back(*eos_);
+    skip(b);
+    return ids;
+  }
+  void skip(const TextBlock& b) { starts_ = b.ends_document; }
+
+ private:
+  const Tokenizer& tok_;
+  const std::vector<int32_t> prefix_;
+  const std::optional<int32_t> eos_;
+  bool starts_ = true;
+};
+
+}  // namespace
+
 Result<uint64_t> tokenize_stream(TextReader& reader, const Tokenizer& tok,
                                  const TokenizeOptions& opts,
                                  const std::function<void(const std::vector<int32_t>&)>& sink) {
-  std::optional<int32_t> eos = tok.eos_id();
-  const std::vector<int32_t> prefix = tok.document_prefix();
+  BlockEncoder enc(tok);
   uint64_t total = 0;
   TextBlock block;
-  bool doc_start = true;
   while (opts.max_tokens == 0 || total < opts.max_tokens) {
     SHRINK_ASSIGN_OR_RETURN(bool got, reader.next(block));
     if (!got) break;
-    const bool starts = doc_start;
-    doc_start = block.ends_document;
     if (opts.split != Split::kAll &&
-        split_is_val(block.doc_index, opts.val_fraction, opts.seed) != (opts.split == Split::kVal))
+        split_is_val(block.doc_index, opts.val_fraction, opts.seed) != (opts.split == Split::kVal)) {
+      enc.skip(block);
       continue;
-    std::vector<int32_t> ids = tok.encode(block.text, /*add_special_tokens=*/false);
-    if (starts) ids.insert(ids.begin(), prefix.begin(), prefix.end());
-    if (block.ends_document && eos) ids.push_back(*eos);
+    }
+    std::vector<int32_t> ids = enc.encode(block);
     if (opts.max_tokens != 0 && total + ids.size() > opts.max_tokens)
       ids.resize(size_t(opts.max_tokens - total));
     if (ids.empty()) continue;
@@ -731,23 +755,18 @@ Result<PrepareStats> dataset_prepare(const std::string& data_path, const Tokeniz
         strfmt("%s: cannot create directory: %s", out_dir.c_str(), ec.message().c_str()));
   const int32_t vocab = tok.vocab_size();
   const std::string fingerprint = tok.fingerprint();
-  const std::optional<int32_t> eos = tok.eos_id();
-  const std::vector<int32_t> prefix = tok.document_prefix();
+  BlockEncoder enc(tok);
   ShardWriter train(out_dir, "train", vocab, fingerprint, opts.shard_tokens);
   ShardWriter val(out_dir, "val", vocab, fingerprint, opts.shard_tokens);
 
   PrepareStats stats;
   uint64_t total = 0, next_progress = kBlockBytes;
   TextBlock block;
-  bool doc_start = true;
   while (opts.max_tokens == 0 || total < opts.max_tokens) {
     SHRINK_ASSIGN_OR_RETURN(bool got, reader->next(block));
     if (!got) break;
     bool is_val = split_is_val(block.doc_index, opts.val_fraction, opts.seed);
-    std::vector<int32_t> ids = tok.encode(block.text, /*add_special_tokens=*/false);
-    if (doc_start) ids.insert(ids.begin(), prefix.begin(), prefix.end());
-    doc_start = block.ends_document;
-    if (block.ends_document && eos) ids.push_back(*eos);
+    std::vector<int32_t> ids = enc.encode(block);
     if (opts.max_tokens != 0 && total + ids.size() > opts.max_tokens)
       ids.resize(size_t(opts.max_tokens - total));
     if (block.ends_document) ++stats.documents;

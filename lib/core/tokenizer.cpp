@@ -419,7 +419,7 @@ struct Tokenizer::Impl {
   std::vector<NormStep> norm;
   std::vector<PreStep> pre;
   std::vector<DecStep> dec;
-  // The components as loaded, written back verbatim by to_json (null: the GPT-2 defaults).
+  // The components as loaded (or GPT-2's, for the trainer), written back verbatim by to_json.
   Json normalizer_json, pre_tokenizer_json, decoder_json;
   std::vector<TemplateItem> single_template;
   bool has_template = false;
@@ -440,6 +440,15 @@ struct Tokenizer::Impl {
     norm.clear();
     pre.assign(1, PreStep());
     dec.assign(1, DecStep());
+    normalizer_json = nullptr;
+    pre_tokenizer_json = Json{{"type", "ByteLevel"},
+                              {"add_prefix_space", false},
+                              {"trim_offsets", true},
+                              {"use_regex", true}};
+    decoder_json = Json{{"type", "ByteLevel"},
+                        {"add_prefix_space", true},
+                        {"trim_offsets", true},
+                        {"use_regex", true}};
   }
 
   Status set_vocab(std::vector<std::string> by_id, const std::string& origin);
@@ -685,11 +694,12 @@ void Tokenizer::Impl::encode_segment(std::string_view seg, bool at_origin,
   // Pieces are strings here because Metaspace and ByteLevel's prefix space rewrite them.
   std::vector<std::string> pieces{std::move(text)};
   std::vector<std::string> next;
+  std::vector<std::string_view> cut;
   for (const PreStep& p : pre) {
     next.clear();
     for (size_t k = 0; k < pieces.size(); ++k) {
       std::string& piece = pieces[k];
-      std::vector<std::string_view> cut;
+      cut.clear();
       switch (p.kind) {
         case PreStep::Kind::kSplit:
           if (p.regex == SplitRegex::kGpt2) {
@@ -969,6 +979,12 @@ Status read_string(const Json& obj, const char* key, const std::string& origin,
   return Status::ok();
 }
 
+/// Whether `s` is exactly one UTF-8 character (Metaspace's replacement, Strip's content).
+bool one_char(const std::string& s) {
+  uint32_t cp = 0;
+  return !s.empty() && utf8_decode(s, 0, &cp) == s.size();
+}
+
 /// The items of a "Sequence" component (`key` names its array), or the component itself.
 Status sequence_items(const Json& j, const char* key, const std::string& origin,
                       const std::string& path, std::vector<std::pair<const Json*, std::string>>* out) {
@@ -1003,6 +1019,7 @@ Status string_pattern(const Json& j, const std::string& origin, const std::strin
 Status parse_normalizer(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
   impl.norm.clear();
   auto it = root.find("normalizer");
+  impl.normalizer_json = it == root.end() ? Json(nullptr) : *it;
   if (it == root.end() || it->is_null()) return Status::ok();
   std::vector<std::pair<const Json*, std::string>> items;
   SHRINK_RETURN_IF_ERROR(sequence_items(*it, "normalizers", origin, "normalizer", &items));
@@ -1026,7 +1043,6 @@ Status parse_normalizer(const Json& root, const std::string& origin, Tokenizer::
     }
     impl.norm.push_back(std::move(n));
   }
-  impl.normalizer_json = *it;
   return Status::ok();
 }
 
@@ -1043,6 +1059,7 @@ constexpr const char* kQwen2Regex =
 Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
   impl.pre.clear();
   auto it = root.find("pre_tokenizer");
+  impl.pre_tokenizer_json = it == root.end() ? Json(nullptr) : *it;
   if (it == root.end() || it->is_null()) {
     impl.byte_level = false;
     return Status::ok();
@@ -1097,8 +1114,7 @@ Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenize
       p.kind = PreStep::Kind::kMetaspace;
       p.replacement = "\u2581";
       SHRINK_RETURN_IF_ERROR(read_string(*j, "replacement", origin, path, &p.replacement));
-      uint32_t cp = 0;
-      if (p.replacement.empty() || utf8_decode(p.replacement, 0, &cp) != p.replacement.size()) {
+      if (!one_char(p.replacement)) {
         return field_error(origin, path + ".replacement", "expected one character");
       }
       // Older files say add_prefix_space; newer ones prepend_scheme.
@@ -1126,13 +1142,13 @@ Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenize
     }
     impl.pre.push_back(std::move(p));
   }
-  impl.pre_tokenizer_json = *it;
   return Status::ok();
 }
 
 Status parse_decoder(const Json& root, const std::string& origin, Tokenizer::Impl& impl) {
   impl.dec.clear();
   auto it = root.find("decoder");
+  impl.decoder_json = it == root.end() ? Json(nullptr) : *it;
   if (it == root.end() || it->is_null()) {
     // No decoder: a byte-level vocabulary still needs its bytes back.
     if (impl.byte_level) impl.dec.push_back(DecStep());
@@ -1155,8 +1171,7 @@ Status parse_decoder(const Json& root, const std::string& origin, Tokenizer::Imp
     } else if (t == "Strip") {
       d.kind = DecStep::Kind::kStrip;
       SHRINK_RETURN_IF_ERROR(read_string(*j, "content", origin, path, &d.from));
-      uint32_t cp = 0;
-      if (d.from.empty() || utf8_decode(d.from, 0, &cp) != d.from.size()) {
+      if (!one_char(d.from)) {
         return field_error(origin, path + ".content", "expected one character");
       }
       for (const char* key : {"start", "stop"}) {
@@ -1183,7 +1198,6 @@ Status parse_decoder(const Json& root, const std::string& origin, Tokenizer::Imp
     }
     impl.dec.push_back(std::move(d));
   }
-  impl.decoder_json = *it;
   return Status::ok();
 }
 
@@ -1346,17 +1360,8 @@ std::string Tokenizer::to_json() const {
     added.push_back(std::move(a));
   }
   root["added_tokens"] = std::move(added);
-  // Components read from a file go back as they were; the trainer's are GPT-2's.
   root["normalizer"] = impl.normalizer_json;
-  if (!impl.pre_tokenizer_json.is_null() || !impl.byte_level) {
-    root["pre_tokenizer"] = impl.pre_tokenizer_json;
-  } else {
-    const PreStep& p = impl.pre.at(0);
-    root["pre_tokenizer"] = Json{{"type", "ByteLevel"},
-                                 {"add_prefix_space", p.add_prefix_space},
-                                 {"trim_offsets", true},
-                                 {"use_regex", p.use_regex}};
-  }
+  root["pre_tokenizer"] = impl.pre_tokenizer_json;
   if (impl.has_template) {
     root["post_processor"] = impl.post_processor;
   } else if (impl.byte_level) {
@@ -1367,14 +1372,7 @@ std::string Tokenizer::to_json() const {
   } else {
     root["post_processor"] = nullptr;
   }
-  if (!impl.decoder_json.is_null() || !impl.byte_level) {
-    root["decoder"] = impl.decoder_json;
-  } else {
-    root["decoder"] = Json{{"type", "ByteLevel"},
-                           {"add_prefix_space", true},
-                           {"trim_offsets", true},
-                           {"use_regex", true}};
-  }
+  root["decoder"] = impl.decoder_json;
   Json model = Json::object();
   model["type"] = "BPE";
   model["dropout"] = nullptr;
