@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -16,6 +16,11 @@ DATA="$OUT/data"
 COMMON=(--data "$DATA" --steps "$STEPS" --seq-len 256 --batch 16 --lr 2e-3 --warmup 20 --seed 7
         --eval-every 0 --eval-tokens 0 --save-every 0 --log-every 10)
 summary() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'val_ppl=%.3f' % d['val_perplexity'], 'tok/s=%.0f' % d['tokens_per_second'], 'seconds=%.0f' % d['seconds'])" "$1" "$2"; }
+# One quantization, then the runtime's perplexity and KL against the float teacher over every
+# held-out token.
+run() { "$BIN" --threads "$TH" --json quantize "$T" --out "$OUT/q-$1" "${@:2}" --data "$DATA" --calib-samples 64 --eval-tokens 0 >"$OUT/q-$1.json"
+        "$BIN" --threads "$TH" --json verify "$OUT/q-$1" --reference "$T" --data "$DATA" --max-tokens 0 --no-bench \
+          | python3 -c "import json,sys; d=json.load(sys.stdin); q=json.load(open('$OUT/q-$1.json')); print('%-30s ppl %.3f (float %.3f, %+.4f%%) KL %.6f top1 %.4f calib %.1f s%s' % ('$1', d['perplexity_compact'], d['perplexity_reference'], 100*d['perplexity_increase'], d['kl'], d['top1_agreement'], q['calibration']['seconds'], ' output error vs rtn %.3f' % q['gptq']['output_error_ratio'] if 'gptq' in q else ''))"; }
 case "$WHAT" in
   kd)  # 1. KD vs CE (same student shape, data, steps, seed); 2. layer-drop vs scratch init.
     "$BIN" --threads "$TH" -q train --config recipes/configs/student-4l.json --tokenizer "$T/tokenizer.json" --out "$OUT/ce-scratch" "${COMMON[@]}" >/dev/null
@@ -35,15 +40,23 @@ case "$WHAT" in
     done
     ;;
   quant)  # Perplexity and KL against the float teacher per scheme and observer, +/- SmoothQuant.
-    run() { "$BIN" --threads "$TH" --json quantize "$T" --out "$OUT/q-$1" "${@:2}" --data "$DATA" --calib-samples 64 --eval-tokens 0 >/dev/null
-            "$BIN" --threads "$TH" --json verify "$OUT/q-$1" --reference "$T" --data "$DATA" --max-tokens 0 --no-bench \
-              | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-28s ppl %.3f (float %.3f, %+.3f%%) KL %.5f top1 %.4f' % ('$1', d['perplexity_compact'], d['perplexity_reference'], 100*d['perplexity_increase'], d['kl'], d['top1_agreement']))"; }
     run w8a16 --scheme w8a16
     run w8a8-dynamic --scheme w8a8 --activations dynamic
     for o in minmax ema percentile mse entropy; do run "w8a8-static-$o" --scheme w8a8 --activations static --observer $o; done
     run w8a16-sq --scheme w8a16 --smoothquant auto
     run w8a8-dynamic-sq --scheme w8a8 --activations dynamic --smoothquant auto
     for o in minmax ema percentile mse entropy; do run "w8a8-static-$o-sq" --scheme w8a8 --activations static --observer $o --smoothquant auto; done
+    ;;
+  gptq)  # Round-to-nearest against GPTQ weights (and GPTQ with act-order) at the same scheme.
+    for v in "w8a16:--scheme w8a16" "w8a16-g32:--scheme w8a16 --group-size 32" "w8a8-dynamic:--scheme w8a8" \
+             "w8a8-dynamic-sq:--scheme w8a8 --smoothquant auto" \
+             "w8a8-static-mse-sq:--scheme w8a8 --activations static --observer mse --smoothquant auto"; do
+      name=${v%%:*}
+      read -r -a args <<<"${v#*:}"
+      run "$name" "${args[@]}"
+      run "$name-gptq" "${args[@]}" --method gptq
+      run "$name-gptq-ao" "${args[@]}" --method gptq --act-order
+    done
     ;;
   throughput)  # Training tokens/s of the teacher config: shrink vs PyTorch eager (Debian python3-torch).
     "$BIN" --threads "$TH" --json train --config recipes/configs/teacher.json --tokenizer "$T/tokenizer.json" --data "$DATA" \

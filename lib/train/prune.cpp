@@ -93,6 +93,16 @@ torch::Tensor mask_wanda(const torch::Tensor& w, const torch::Tensor& col_sq_sum
   return mask_rows(w.abs() * norm, sparsity, nm);
 }
 
+torch::Tensor obs_inverse_factor(torch::Tensor H, double damp, torch::Tensor* dead) {
+  H = H.to(torch::kFloat64).clone();
+  auto d = H.diagonal() == 0;  // inputs that never fire: independent columns
+  H.diagonal().masked_fill_(d, 1.0);
+  H.diagonal().add_(damp * H.diagonal().mean().item<double>());
+  if (dead) *dead = d;
+  auto Hinv = torch::cholesky_inverse(torch::linalg::cholesky(H));
+  return torch::linalg::cholesky(Hinv).t().contiguous();
+}
+
 torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsity, NMPattern nm,
                                int64_t block_size, double damp) {
   torch::NoGradGuard ng;
@@ -103,15 +113,10 @@ torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsit
         std::to_string(block_size) + ") divisible by " + std::to_string(nm.m));
   }
   auto W = w.to(torch::kFloat64).clone();
-  H = H.to(torch::kFloat64).clone();
+  torch::Tensor dead;
+  auto U = obs_inverse_factor(H, damp, &dead);
   // Inputs that never fire: their weights cannot matter to the output; prune them for free.
-  auto dead = H.diagonal() == 0;
-  H.diagonal().masked_fill_(dead, 1.0);
   W.index_put_({Slice(), dead}, 0.0);
-  H.diagonal().add_(damp * H.diagonal().mean().item<double>());
-  // Upper Cholesky factor of H^-1 (H^-1 = U^T U): row i of U holds the OBS update of column i.
-  auto Hinv = torch::cholesky_inverse(torch::linalg::cholesky(H));
-  auto U = torch::linalg::cholesky(Hinv).t().contiguous();
   auto pruned = torch::zeros(W.sizes(), torch::kBool);
   for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
     const int64_t i2 = std::min(i1 + block_size, cols), cnt = i2 - i1;

@@ -13,6 +13,7 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 #include "train/model.h"
+#include "train/prune_ops.h"
 
 namespace shrink::train {
 
@@ -21,6 +22,25 @@ namespace shrink::train {
 std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t group_size);
 /// q * scale as float32 [out, in].
 torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale);
+/// GPTQ (Frantar et al. 2023) for the same int8 format as quantize_weight. With H = X^T X over
+/// the calibration inputs, columns are quantized left to right (or by decreasing H_jj with
+/// act_order) in blocks of block_size, and each column's rounding error is spread over the
+/// not-yet-quantized columns through the OBS factor (obs_inverse_factor), so the layer's output
+/// changes least. Scales: per channel from the original weights (max|w| / 127, as RTN); per
+/// group from the weights as updated when the group starts, or from the original weights with
+/// act_order (static groups, so no column permutation is stored). Returns (q, scale) in the
+/// original column order.
+struct GptqOptions {
+  int64_t group_size = 0;    // 0: per output channel
+  int64_t block_size = 128;  // a multiple of group_size
+  double damp = 0.01;        // fraction of mean(diag H) added to the diagonal
+  bool act_order = false;
+};
+std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
+                                                      const GptqOptions& o);
+/// ||X (w - wq)^T||^2 = sum over rows of e H e^T, given H = X^T X (float64).
+double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H);
+
 /// Fake-quant x [..., K]: per token (scale = max|x_t| / 127) or with a fixed per-tensor scale.
 torch::Tensor fake_quant_per_token(const torch::Tensor& x);
 torch::Tensor fake_quant_static(const torch::Tensor& x, float scale);

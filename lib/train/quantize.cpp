@@ -44,6 +44,69 @@ torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& sca
   return (v * scale.to(torch::kFloat32).unsqueeze(-1)).reshape({out, in});
 }
 
+std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
+                                                      const GptqOptions& o) {
+  using torch::indexing::Slice;
+  using torch::indexing::None;
+  torch::NoGradGuard ng;
+  const int64_t rows = w.size(0), cols = w.size(1), gs = o.group_size;
+  if (gs < 0 || (gs > 0 && (cols % gs != 0 || o.block_size % gs != 0)) || o.block_size < 1) {
+    bad("GPTQ: --block-size " + std::to_string(o.block_size) + " must be a positive multiple of the group size " +
+        std::to_string(gs) + ", which must divide the input width " + std::to_string(cols));
+  }
+  if (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols) {
+    throw Error(StatusCode::kInternal, "GPTQ: Hessian shape does not match the weight's input width");
+  }
+  auto W = w.detach().to(torch::kFloat64).clone();
+  auto Hd = H.to(torch::kFloat64);
+  torch::Tensor perm, inv;
+  if (o.act_order) {
+    perm = std::get<1>(Hd.diagonal().sort(/*stable=*/true, 0, /*descending=*/true));
+    inv = torch::argsort(perm);
+    W = W.index_select(1, perm);
+    Hd = Hd.index_select(0, perm).index_select(1, perm);
+  }
+  auto U = obs_inverse_factor(Hd, o.damp);
+  // S: the scale of every column (in the processing order); `scale` as stored.
+  torch::Tensor scale = quantize_weight(w, gs).second;  // [rows, groups], float32
+  const bool lazy = gs > 0 && !o.act_order;
+  auto S = scale.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
+  if (o.act_order) S = S.index_select(1, perm);
+  auto Q = torch::empty({rows, cols}, torch::kFloat64);
+  for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
+    const int64_t i2 = std::min(i1 + o.block_size, cols), cnt = i2 - i1;
+    auto W1 = W.index({Slice(), Slice(i1, i2)}).clone();
+    auto Err1 = torch::zeros_like(W1);
+    auto U1 = U.index({Slice(i1, i2), Slice(i1, i2)});
+    for (int64_t i = 0; i < cnt; ++i) {
+      const int64_t j = i1 + i;
+      if (lazy && j % gs == 0) {  // the group's scale from its weights as updated so far
+        auto amax = W1.index({Slice(), Slice(i, i + gs)}).abs().amax(1).to(torch::kFloat32);
+        auto s = torch::where(amax > 0, amax / float(core::kQMax), torch::ones_like(amax));
+        scale.index_put_({Slice(), j / gs}, s);
+        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat64).unsqueeze(1).expand({rows, gs}));
+      }
+      auto col = W1.index({Slice(), i});
+      auto s = S.index({Slice(), j});
+      auto q = torch::round(col * (1.0 / s)).clamp(-core::kQMax, core::kQMax);
+      Q.index_put_({Slice(), j}, q);
+      auto err = (col - q * s) / U1[i][i];
+      W1.index({Slice(), Slice(i, None)}).sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
+      Err1.index_put_({Slice(), i}, err);
+    }
+    if (i2 < cols) {
+      W.index({Slice(), Slice(i2, None)}).sub_(Err1.matmul(U.index({Slice(i1, i2), Slice(i2, None)})));
+    }
+  }
+  if (o.act_order) Q = Q.index_select(1, inv);
+  return {Q.to(torch::kInt8), scale.contiguous()};
+}
+
+double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H) {
+  auto e = w.to(torch::kFloat64) - wq.to(torch::kFloat64);
+  return (e.matmul(H.to(torch::kFloat64)) * e).sum().item<double>();
+}
+
 torch::Tensor fake_quant_per_token(const torch::Tensor& x) {
   auto xf = x.to(torch::kFloat32);
   auto amax = xf.abs().amax(-1, /*keepdim=*/true);
@@ -211,6 +274,15 @@ void quantize_validate(const QuantizeOptions& o) {
     }
     if (!(a >= 0 && a <= 1)) bad("--smoothquant '" + o.smoothquant + "': expected alpha in [0, 1] or auto");
   }
+  if (o.method != "rtn" && o.method != "gptq") {
+    bad("--method '" + o.method + "': expected rtn (round to nearest) or gptq");
+  }
+  if (o.block_size < 1 || (o.group_size > 0 && o.block_size % o.group_size != 0)) {
+    bad("--block-size " + std::to_string(o.block_size) + ": expected a positive multiple of --group-size (" +
+        std::to_string(o.group_size) + ")");
+  }
+  if (!(o.damp >= 0 && o.damp <= 1)) bad("--damp must be in [0, 1]");
+  if (o.act_order && o.method != "gptq") bad("--act-order applies to --method gptq");
   try {
     std::regex r1(o.targets);
     if (!o.ignore.empty()) std::regex r2(o.ignore);
@@ -230,12 +302,14 @@ struct GroupStats {
   torch::Tensor act_max;  // per input channel
   core::AbsHistogram hist{2048};
   double max = 0, ema = -1;
+  torch::Tensor xtx;  // sum of x x^T (float64), for GPTQ
 };
 
 // Collects per-input-group channel maxima and |x| histograms.
 struct CalibTap : LinearTap {
   std::set<std::string> wanted;  // group-head module names
   bool histograms = false;
+  bool hessian = false;
   std::map<std::string, GroupStats> stats;
   void on_input(const std::string& module, const torch::Tensor& x) override {
     if (!wanted.count(module)) return;  // only group heads are in `wanted`
@@ -247,6 +321,12 @@ struct CalibTap : LinearTap {
     g.max = std::max(g.max, bm);
     g.ema = g.ema < 0 ? bm : g.ema + 0.01 * (bm - g.ema);
     if (histograms) g.hist.add(f.data_ptr<float>(), f.numel());
+    if (hessian) {
+      // float32 products over one batch of tokens, summed across batches in float64: the
+      // float64 GEMM was most of GPTQ's time.
+      auto add = f.t().matmul(f).to(torch::kFloat64);
+      g.xtx = g.xtx.defined() ? g.xtx.add_(add) : add;
+    }
   }
 };
 
@@ -378,6 +458,14 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   auto tap = std::make_shared<FakeQuantTap>();
   tap->mode = act ? scheme.activations : "dynamic";
   std::vector<double> alphas(size_t(cfg.num_layers), -1.0);
+  const bool gptq = o.method == "gptq";
+  GptqOptions gopt;
+  gopt.group_size = o.group_size;
+  gopt.block_size = o.block_size;
+  gopt.damp = o.damp;
+  gopt.act_order = o.act_order;
+  nlohmann::json gptq_modules = nlohmann::json::array();
+  double err_rtn = 0, err_gptq = 0;  // summed ||X dW^T||^2 over the quantized modules
   torch::Tensor X = m->model->embed_tokens(ids);
   core::Progress prog("quantize " + o.scheme, uint64_t(cfg.num_layers), "layers", o.progress);
   auto run_layer = [&](DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
@@ -399,12 +487,15 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     }
     // Quantize this layer's weights (and calibrate static scales) on input x; returns the
     // fake-quant tap state in `tap` for the layer's groups.
-    auto quantize_layer = [&](const torch::Tensor& x) {
-      if (stat) {
-        CalibTap ct;
+    auto quantize_layer = [&](const torch::Tensor& x, bool final) {
+      CalibTap ct;
+      if (stat || gptq) {
         ct.wanted.insert(lheads.begin(), lheads.end());
-        ct.histograms = o.observer == "percentile" || o.observer == "mse" || o.observer == "entropy";
+        ct.histograms = stat && (o.observer == "percentile" || o.observer == "mse" || o.observer == "entropy");
+        ct.hessian = gptq;
         run_layer(layer, &ct, x);
+      }
+      if (stat) {
         for (const auto& h : lheads) tap->input_scales[h] = float(observe(ct.stats.at(h), o));
       }
       for (const auto& h : lheads) {
@@ -413,6 +504,21 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
           torch::Tensor& w = *params.find(mod + ".weight");
           float_w[mod] = w.clone();
           auto q = quantize_weight(w, o.group_size);
+          if (gptq) {
+            const torch::Tensor& H = ct.stats.at(h).xtx;
+            auto g = gptq_quantize(w, H, gopt);
+            if (final) {
+              const double e0 = layer_output_error(w, torch::zeros_like(w), H);
+              const double er = layer_output_error(w, dequantize_weight(q.first, q.second), H);
+              const double eg = layer_output_error(w, dequantize_weight(g.first, g.second), H);
+              gptq_modules.push_back({{"module", mod},
+                                      {"rel_error_rtn", e0 > 0 ? er / e0 : 0.0},
+                                      {"rel_error_gptq", e0 > 0 ? eg / e0 : 0.0}});
+              err_rtn += er;
+              err_gptq += eg;
+            }
+            q = g;
+          }
           w.copy_(dequantize_weight(q.first, q.second));
           qw[mod] = q;
         }
@@ -439,7 +545,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         double best = INFINITY;
         for (double a : {0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}) {
           smoothquant_layer(layer, amax, a, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-          quantize_layer(xs);
+          quantize_layer(xs, false);
           double err = (run_layer(layer, tap.get(), xs) - y_ref).pow(2).mean().item<double>();
           if (err < best) {
             best = err;
@@ -454,7 +560,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       smoothquant_layer(layer, amax, alpha, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
       alphas[size_t(i)] = alpha;
     }
-    if (!lheads.empty()) quantize_layer(X);
+    if (!lheads.empty()) quantize_layer(X, true);
     X = run_layer(layer, act ? tap.get() : nullptr, X);  // the quantized layer feeds the next
     prog.update(uint64_t(i + 1));
   }
@@ -471,6 +577,16 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
                            {"rounding", "half-to-even, clamp [-127, 127]"},
                            {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
+  report["method"] = o.method;
+  if (gptq) {
+    // Output error of each quantized linear on its calibration inputs, relative to its output's
+    // energy, for round-to-nearest and for GPTQ (the same scales per channel).
+    report["gptq"] = {{"block_size", o.block_size},
+                      {"damp", o.damp},
+                      {"act_order", o.act_order},
+                      {"output_error_ratio", err_rtn > 0 ? err_gptq / err_rtn : 0.0},
+                      {"modules", gptq_modules}};
+  }
 
   // Sensitivity: one input group at a time in int8, the rest in float.
   std::set<std::string> kept_float;
@@ -579,7 +695,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   throw_if_error(core::copy_model_sidecars(o.model, dir.path()));
   nlohmann::json prov = {{"stage", "quantize"}, {"from", o.model}, {"scheme", o.scheme},
                          {"activations", scheme.activations}, {"observer", o.observer},
-                         {"smoothquant", o.smoothquant}};
+                         {"smoothquant", o.smoothquant}, {"method", o.method}};
   throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());

@@ -5,6 +5,9 @@
 //           activations
 //   W8A8    int8 weights per channel and int8 activations, static per tensor (a calibrated
 //           input_scale from an observer) or dynamic per token
+//   GPTQ (optional, --method gptq) picks the int8 weights column by column so that the layer's
+//           output on the calibration inputs changes least (see quant_ops.h); the format is
+//           the same as round-to-nearest's.
 //   SmoothQuant (optional) migrates activation outliers into the weights with strength alpha,
 //           folding 1/s into the preceding RMSNorm (q/k/v and gate/up), into v_proj rows
 //           (o_proj input; s shared by the query heads of a KV group) and into up_proj rows
@@ -35,6 +38,11 @@ struct QuantizeOptions {
   int bits = 8;
   int64_t group_size = 0;             // w8a16: 0 = per channel, else 32 | 64 | 128
   std::string smoothquant;            // "" = off, a number (alpha), or "auto"
+  // Weight rounding: rtn (round to nearest) or gptq (error-compensating, from calibration).
+  std::string method = "rtn";
+  int64_t block_size = 128;           // gptq: columns per block (a multiple of group_size)
+  double damp = 0.01;                 // gptq: fraction of mean(diag H) added to the diagonal
+  bool act_order = false;             // gptq: columns by decreasing activation energy
   std::string targets = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)";
   std::string ignore;                 // regex of modules kept in float
   // Calibration and evaluation data.

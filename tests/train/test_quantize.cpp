@@ -1,4 +1,4 @@
-// Quantization tests: quantize/dequantize error bounds, SmoothQuant leaves the float model's
+// Quantization tests: quantize/dequantize error bounds, GPTQ against round-to-nearest, SmoothQuant leaves the float model's
 // outputs unchanged, int8 directories save and load back (dequantized + fake-quant activations,
 // matching the quantizer's own evaluation), and bad options are rejected.
 #include <gtest/gtest.h>
@@ -40,6 +40,48 @@ TEST(QuantOps, RoundTripErrorIsAtMostHalfAStep) {
   EXPECT_LE(xs.abs().max().item<float>(), 6.35f + 1e-5f);
   auto inside = x.abs() < 6.3;
   EXPECT_TRUE(torch::all(((xs - x).abs() <= 0.025 + 1e-6).logical_or(inside.logical_not())).item<bool>());
+}
+
+// GPTQ on correlated inputs (x = z A, so H is far from diagonal): valid int8 in the same format,
+// a lower layer-output error than round-to-nearest in every variant, the same per-channel scales
+// as RTN, and exact equality with RTN when H is diagonal (no error can be compensated).
+TEST(QuantOps, GptqReconstructsBetterThanRoundToNearest) {
+  torch::manual_seed(4);
+  auto z = torch::randn({2048, 64}, torch::kFloat64);
+  auto x = z.matmul(torch::randn({64, 64}, torch::kFloat64) * 0.4 + torch::eye(64, torch::kFloat64));
+  x.index({torch::indexing::Slice(), 5}).mul_(20);  // an outlier channel, where act_order pays
+  auto H = x.t().matmul(x);
+  auto w = torch::randn({48, 64});
+  for (int64_t gs : {0, 32}) {
+    auto [qr, sr] = quantize_weight(w, gs);
+    const double e_rtn = layer_output_error(w, dequantize_weight(qr, sr), H);
+    for (bool act_order : {false, true}) {
+      GptqOptions o;
+      o.group_size = gs;
+      o.block_size = 32;  // two blocks: the lazy cross-block update is exercised
+      o.act_order = act_order;
+      auto [q, s] = gptq_quantize(w, H, o);
+      const std::string what = "group " + std::to_string(gs) + (act_order ? " act_order" : "");
+      ASSERT_EQ(q.scalar_type(), torch::kInt8) << what;
+      EXPECT_EQ(q.sizes(), w.sizes()) << what;
+      EXPECT_EQ(s.sizes(), sr.sizes()) << what;
+      EXPECT_LE(q.abs().max().item<int>(), 127) << what;
+      if (gs == 0 || act_order) {
+        EXPECT_TRUE(torch::equal(s, sr)) << what;  // scales fixed up front
+      }
+      const double e = layer_output_error(w, dequantize_weight(q, s), H);
+      EXPECT_LT(e, 0.7 * e_rtn) << what << ": gptq " << e << " vs rtn " << e_rtn;
+    }
+  }
+  // A diagonal H: every column is independent, so GPTQ is round-to-nearest exactly.
+  auto Hd = torch::diag(torch::rand({64}, torch::kFloat64) + 0.5);
+  auto [qd, sd] = gptq_quantize(w, Hd, GptqOptions{});
+  EXPECT_TRUE(torch::equal(qd, quantize_weight(w, 0).first));
+  // Block sizes that do not hold whole groups are refused.
+  GptqOptions b;
+  b.group_size = 32;
+  b.block_size = 48;
+  EXPECT_THROW(gptq_quantize(w, H, b), Error);
 }
 
 TEST(QuantOps, SmoothQuantLeavesFloatOutputsUnchanged) {
@@ -99,12 +141,16 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
   };
   for (Case cs : {Case{"w8a16", "dynamic", "minmax", 0, ""}, Case{"w8a16", "dynamic", "minmax", 32, ""},
                   Case{"w8a8", "dynamic", "minmax", 0, ""}, Case{"w8a8", "static", "entropy", 0, ""},
-                  Case{"w8a8", "static", "mse", 0, "auto"}}) {
+                  Case{"w8a8", "static", "mse", 0, "auto"}, Case{"w8a16", "gptq", "minmax", 32, ""},
+                  Case{"w8a8", "gptq", "mse", 0, "0.5"}}) {
     QuantizeOptions o;
     o.model = dir + "/run/model";
     o.out = dir + "/q";
     o.scheme = cs.scheme;
-    o.activations = cs.acts;
+    const bool gptq = std::string(cs.acts) == "gptq";  // w8a8 + gptq: static activations
+    o.activations = gptq ? "static" : cs.acts;
+    o.method = gptq ? "gptq" : "rtn";
+    o.act_order = gptq && cs.group == 0;
     o.observer = cs.observer;
     o.group_size = cs.group;
     o.smoothquant = cs.sq;
@@ -125,8 +171,14 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
     ASSERT_TRUE(sc) << what;
     EXPECT_EQ(sc->shape, (std::vector<int64_t>{32, cs.group ? 64 / cs.group : 1})) << what;
     EXPECT_EQ(ck.find("model.layers.0.self_attn.q_proj.input_scale") != nullptr,
-              std::string(cs.acts) == "static" && std::string(cs.scheme) == "w8a8")
+              o.activations == "static" && std::string(cs.scheme) == "w8a8")
         << what;
+    if (gptq) {  // the report compares each module's output error with round-to-nearest's
+      ASSERT_TRUE(r.report.contains("gptq")) << what;
+      EXPECT_EQ(r.report["method"], "gptq");
+      EXPECT_EQ(r.report["gptq"]["modules"].size(), 2u * 7u) << what;
+      EXPECT_LT(r.report["gptq"]["output_error_ratio"].get<double>(), 1.0) << what;
+    }
     EXPECT_EQ(ck.find("model.embed_tokens.weight")->dtype, core::DType::kF32) << what;
     auto cfg = core::config_load(o.out).take_or_throw();
     ASSERT_TRUE(cfg.has_quantization()) << what;
@@ -175,4 +227,20 @@ TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
   o.scheme = "w8a16";
   o.group_size = 48;
   expect_bad(o, "--group-size 48");
+  o = {};
+  o.method = "awq";
+  expect_bad(o, "--method 'awq': expected rtn (round to nearest) or gptq");
+  o = {};
+  o.scheme = "w8a16";
+  o.method = "gptq";
+  o.group_size = 64;
+  o.block_size = 96;
+  expect_bad(o, "--block-size 96: expected a positive multiple of --group-size (64)");
+  o = {};
+  o.act_order = true;
+  expect_bad(o, "--act-order applies to --method gptq");
+  o = {};
+  o.method = "gptq";
+  o.damp = -0.1;
+  expect_bad(o, "--damp must be in [0, 1]");
 }

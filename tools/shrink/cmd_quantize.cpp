@@ -1,5 +1,5 @@
 // `shrink quantize MODEL_DIR --out DIR --scheme w8a8|w8a16 [--activations dynamic|static]
-// [--observer ...] [--smoothquant ALPHA|auto] [--sensitivity [--keep-float K]] --data PATH`:
+// [--observer ...] [--smoothquant ALPHA|auto] [--method rtn|gptq] [--sensitivity [--keep-float K]] --data PATH`:
 // int8 post-training quantization into a compressed-tensors directory, with quantize.json
 // (perplexity and KL against the float model, bytes, calibration time, peak memory).
 #include <cstdio>
@@ -29,6 +29,14 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_option("--group-size", o->group_size, "w8a16: 32, 64 or 128 inputs per scale (0: per channel)")
       ->capture_default_str();
   sub->add_option("--smoothquant", o->smoothquant, "SmoothQuant strength alpha in [0, 1], or auto");
+  sub->add_option("--method", o->method,
+                  "Weight rounding: rtn (round to nearest) or gptq (error-compensating, calibrated)")
+      ->capture_default_str();
+  sub->add_option("--block-size", o->block_size, "gptq: columns per block (a multiple of --group-size)")
+      ->capture_default_str();
+  sub->add_option("--damp", o->damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
+      ->capture_default_str();
+  sub->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing activation energy");
   sub->add_option("--targets", o->targets, "Regex over module names to quantize")
       ->capture_default_str();
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
