@@ -254,8 +254,15 @@ std::string report_markdown(const nlohmann::json& r) {
       o << "| prefill tok/s | " << f(v["speed_reference"], "prefill_tokens_per_second", "%.1f") << " | "
         << f(v["speed_compact"], "prefill_tokens_per_second", "%.1f") << " |\n";
     }
-    o << "\nTop-1 agreement " << f(v, "top1_agreement", "%.4f") << ", KL " << f(v, "kl", "%.5f")
-      << ", decode speed-up " << f(v, "decode_speedup", "%.2f") << "x.\n";
+    o << "\nTop-1 agreement " << f(v, "top1_agreement", "%.4f") << ", KL " << f(v, "kl", "%.5f");
+    if (v.contains("kl_stats")) {
+      o << " (p99 " << f(v["kl_stats"], "p99", "%.5f") << ", max " << f(v["kl_stats"], "max", "%.4f") << ")";
+    }
+    if (v.contains("perplexity_increase_ci95") && v["perplexity_increase_ci95"].is_array()) {
+      o << ", perplexity change 95% interval [" << shrink::strfmt("%+.2f%%", 100 * v["perplexity_increase_ci95"][0].get<double>())
+        << ", " << shrink::strfmt("%+.2f%%", 100 * v["perplexity_increase_ci95"][1].get<double>()) << "]";
+    }
+    o << ", decode speed-up " << f(v, "decode_speedup", "%.2f") << "x.\n";
   }
   return o.str();
 }

@@ -1,6 +1,7 @@
 // Compact-vs-reference verification; see verify.h.
 #include "runtime/verify.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/dataset.h"
@@ -22,6 +23,26 @@ void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
 
 }  // namespace
 
+VerifyResult::Dist distribution(std::vector<double>& v) {
+  VerifyResult::Dist d;
+  if (v.empty()) return d;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) {  // the smallest value with at least q of the values at or below it
+    size_t k = size_t(std::ceil(q * double(v.size())));
+    return v[std::min(v.size() - 1, k > 0 ? k - 1 : 0)];
+  };
+  d.min = v.front();
+  d.p01 = at(0.01);
+  d.p05 = at(0.05);
+  d.p50 = at(0.5);
+  d.p90 = at(0.9);
+  d.p95 = at(0.95);
+  d.p99 = at(0.99);
+  d.p999 = at(0.999);
+  d.max = v.back();
+  return d;
+}
+
 nlohmann::json VerifyResult::to_json() const {
   auto b = [](const BenchResult& r) {
     return nlohmann::json{{"prefill_tokens_per_second", r.prefill_tokens_per_second},
@@ -31,13 +52,29 @@ nlohmann::json VerifyResult::to_json() const {
                           {"latency_p99_ms", r.latency_p99_ms},
                           {"weight_gb_per_second", r.weight_gb_per_second}};
   };
+  auto dist = [](const Dist& d) {
+    return nlohmann::json{{"min", d.min}, {"p01", d.p01}, {"p05", d.p05}, {"p50", d.p50}, {"p90", d.p90},
+                          {"p95", d.p95}, {"p99", d.p99}, {"p999", d.p999}, {"max", d.max}};
+  };
+  nlohmann::json kd = dist(kl_dist);
+  kd["mean"] = kl;
+  kd["stderr"] = kl_stderr;
+  nlohmann::json dp = dist(delta_p);
+  dp["mean"] = delta_p_mean;
+  dp["rms"] = delta_p_rms;
   return {{"engine_reference", engine_reference},
           {"engine_compact", engine_compact},
           {"perplexity_reference", ppl_reference},
           {"perplexity_compact", ppl_compact},
           {"perplexity_increase", ppl_increase},
+          {"perplexity_increase_ci95", {ppl_increase_lo, ppl_increase_hi}},
+          {"ln_perplexity_ratio", ln_ppl_ratio},
+          {"ln_perplexity_ratio_stderr", ln_ppl_ratio_stderr},
           {"kl", kl},
+          {"kl_stats", kd},
           {"top1_agreement", top1_agreement},
+          {"top1_stderr", top1_stderr},
+          {"delta_p", dp},
           {"tokens_scored", tokens_scored},
           {"speed_reference", b(bench_reference)},
           {"speed_compact", b(bench_compact)},
@@ -53,6 +90,8 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
                             const VerifyOptions& o) {
   SHRINK_CHECK(o.seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
                (long long)o.seq_len);
+  SHRINK_CHECK(o.min_top1 <= 1, StatusCode::kInvalidInput,
+               "--min-top1 %g: expected an agreement in [0, 1]", o.min_top1);
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max(o.seq_len, o.bench_prompt_len + o.bench_gen_len);
   eo.max_batch = 1;
@@ -70,7 +109,8 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   VerifyResult r;
   r.engine_reference = ref->describe();
   r.engine_compact = cmp->describe();
-  double nll_r = 0, nll_c = 0, kl = 0, agree = 0;
+  double nll_r = 0, nll_c = 0, kl = 0, agree = 0, d_sum = 0, d_sq = 0;
+  std::vector<double> kls, dps;  // per scored token: KL, delta-p
   std::vector<float> lr, lc;
   std::vector<double> pr, pc;
   for (const core::EvalWindow& w : core::eval_windows(data.tokens.size(), o.seq_len)) {
@@ -85,6 +125,10 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
       const int32_t next = t[i + 1];
       nll_r -= pr[size_t(next)];
       nll_c -= pc[size_t(next)];
+      const double d = pc[size_t(next)] - pr[size_t(next)];  // ln ratio of the two perplexities
+      d_sum += d;
+      d_sq += d * d;
+      dps.push_back(std::exp(pc[size_t(next)]) - std::exp(pr[size_t(next)]));
       size_t ar = 0, ac = 0;
       double k = 0;
       for (int64_t v = 0; v < V; ++v) {
@@ -92,7 +136,9 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
         if (pr[size_t(v)] > pr[ar]) ar = size_t(v);
         if (pc[size_t(v)] > pc[ac]) ac = size_t(v);
       }
+      k = std::max(k, 0.0);  // rounding can leave -1e-17 where the two rows are equal
       kl += k;
+      kls.push_back(k);
       agree += ar == ac;
       r.tokens_scored++;
     }
@@ -105,6 +151,29 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   r.ppl_increase = r.ppl_compact / r.ppl_reference - 1.0;
   r.kl = kl / n;
   r.top1_agreement = agree / n;
+  // Standard errors of the means (tokens taken as independent) and the ratio's 95% interval.
+  auto stderr_of = [&](const std::vector<double>& v, double mean) {
+    double ss = 0;
+    for (double x : v) ss += (x - mean) * (x - mean);
+    return v.size() > 1 ? std::sqrt(ss / double(v.size() - 1) / double(v.size())) : 0.0;
+  };
+  r.kl_stderr = stderr_of(kls, r.kl);
+  r.top1_stderr = std::sqrt(r.top1_agreement * (1 - r.top1_agreement) / n);
+  // mean(-ln pc + ln pr) = ln(ppl_c / ppl_r); its sample variance from the sums.
+  r.ln_ppl_ratio = -d_sum / n;
+  r.ln_ppl_ratio_stderr =
+      n > 1 ? std::sqrt(std::max(0.0, (d_sq - d_sum * d_sum / n) / (n - 1)) / n) : 0.0;
+  r.ppl_increase_lo = std::exp(r.ln_ppl_ratio - 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
+  r.ppl_increase_hi = std::exp(r.ln_ppl_ratio + 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
+  double dmean = 0, dsq = 0;
+  for (double x : dps) {
+    dmean += x;
+    dsq += x * x;
+  }
+  r.delta_p_mean = dmean / n;
+  r.delta_p_rms = std::sqrt(dsq / n);
+  r.kl_dist = distribution(kls);
+  r.delta_p = distribution(dps);
   r.bytes_reference = ref->weight_bytes();
   r.bytes_compact = cmp->weight_bytes();
   if (o.bench) {
@@ -128,6 +197,14 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   if (o.min_speedup >= 0 && o.bench && r.decode_speedup < o.min_speedup) {
     if (!failed.empty()) failed += "; ";
     failed += shrink::strfmt("decode speed-up %.2fx is below %.2fx", r.decode_speedup, o.min_speedup);
+  }
+  if (o.max_kl >= 0 && r.kl > o.max_kl) {
+    if (!failed.empty()) failed += "; ";
+    failed += shrink::strfmt("KL %.5f exceeds %.5f", r.kl, o.max_kl);
+  }
+  if (o.min_top1 >= 0 && r.top1_agreement < o.min_top1) {
+    if (!failed.empty()) failed += "; ";
+    failed += shrink::strfmt("top-1 agreement %.4f is below %.4f", r.top1_agreement, o.min_top1);
   }
   r.passed = failed.empty();
   r.verdict = r.passed ? "pass" : "fail: " + failed;

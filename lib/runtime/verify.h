@@ -1,8 +1,13 @@
 // Verification of a compact model against its reference (the teacher) in the runtime: the
 // perplexity of both, top-1 agreement and mean KL(reference || compact) per predicted token over
 // the same evaluation windows (core::eval_windows), and both models' speeds from the same
-// benchmark. Gates: a maximum relative perplexity increase and a minimum decode speed-up; a
-// failed gate is reported (callers exit 3), not an error.
+// benchmark. Beyond the means, the distribution over scored tokens as llama.cpp's
+// `perplexity --kl-divergence` gives it: KL percentiles and maximum, and delta-p (the compact
+// model's probability of the actual next token minus the reference's) percentiles and RMS, plus
+// standard errors and a 95% interval for the perplexity ratio (tokens taken as independent, as
+// llama.cpp does), so that a CI gate can tell a real change from noise.
+// Gates: maximum relative perplexity increase, maximum mean KL, minimum top-1 agreement and
+// minimum decode speed-up; a failed gate is reported (callers exit 3), not an error.
 // Tested in tests/runtime/test_verify.cpp and tests/cli/test_rt_cli.sh.
 #pragma once
 
@@ -21,6 +26,8 @@ struct VerifyOptions {
   int64_t seq_len = 256;
   double max_ppl_increase = -1;  // e.g. 0.05 = at most +5% perplexity; < 0: no gate
   double min_speedup = -1;       // compact decode tok/s / reference decode tok/s; < 0: no gate
+  double max_kl = -1;            // mean KL(reference || compact) per token; < 0: no gate
+  double min_top1 = -1;          // top-1 agreement in [0, 1]; < 0: no gate
   int64_t bench_prompt_len = 128, bench_gen_len = 32;
   bool bench = true;
   EngineOptions engine;
@@ -30,6 +37,15 @@ struct VerifyResult {
   double ppl_reference = 0, ppl_compact = 0, ppl_increase = 0;
   double kl = 0, top1_agreement = 0;
   uint64_t tokens_scored = 0;
+  // Standard errors of the means; the 95% interval of ppl_increase.
+  double kl_stderr = 0, top1_stderr = 0, ln_ppl_ratio = 0, ln_ppl_ratio_stderr = 0;
+  double ppl_increase_lo = 0, ppl_increase_hi = 0;
+  // Percentiles over the scored tokens (nearest rank).
+  struct Dist {
+    double min = 0, p01 = 0, p05 = 0, p50 = 0, p90 = 0, p95 = 0, p99 = 0, p999 = 0, max = 0;
+  };
+  Dist kl_dist, delta_p;      // KL per token; p_compact(next) - p_reference(next)
+  double delta_p_mean = 0, delta_p_rms = 0;
   BenchResult bench_reference, bench_compact;
   double decode_speedup = 0, prefill_speedup = 0;
   uint64_t bytes_reference = 0, bytes_compact = 0;  // weight bytes read per decode step
@@ -38,6 +54,9 @@ struct VerifyResult {
   std::string verdict;  // "pass", or which gates failed
   nlohmann::json to_json() const;
 };
+
+/// Nearest-rank percentiles of `v` (sorted in place).
+VerifyResult::Dist distribution(std::vector<double>& v);
 
 Result<VerifyResult> verify(const std::string& compact_dir, const std::string& reference_dir,
                             const VerifyOptions& opts);

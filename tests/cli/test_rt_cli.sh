@@ -90,6 +90,10 @@ if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
     M="$FIX/hf/llama_gqa_llama3rope"
     expect_rc "verify a model against itself" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --max-ppl-increase 0
     expect_grep "verify reports full agreement" "$T/out" '"top1_agreement": 1.0'
+    expect_rc "verify against itself passes the KL and top-1 gates" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --max-kl 0 --min-top1 1
+    expect_grep "verify reports the KL distribution" "$T/out" '"p99": 0.0'
+    expect_rc "verify --min-top1 above 1 exits 2" 2 "$RT" verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --min-top1 2
+    expect_grep "verify names --min-top1" "$T/err" "min-top1 2: expected an agreement in"
     expect_rc "verify with a failing gate exits 3" 3 "$RT" verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --min-speedup 100
     expect_grep "verify names the failed gate" "$T/out" "decode speed-up"
     # The compact side's f16 KV cache: close to its f32 self (the reference keeps f32).

@@ -20,6 +20,7 @@
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "runtime/verify.h"
+#include "tools/verify_options.h"
 
 using namespace shrink;
 using nlohmann::json;
@@ -377,24 +378,12 @@ void register_verify(CLI::App& app, Globals& g) {
     runtime::VerifyOptions v;
   };
   auto o = std::make_shared<Opts>();
-  o->v.source.data = core::kDefaultCorpus;
-  o->v.source.max_tokens = 16384;
   CLI::App* sub = app.add_subcommand(
       "verify", "Check a compact model against its reference: perplexity of both, top-1 "
                 "agreement and KL, both speeds; exit 3 when a gate fails");
   sub->add_option("compact", o->compact, "Compact model directory")->required();
   sub->add_option("--reference", o->reference, "Reference (teacher) model directory")->required();
-  sub->add_option("--data", o->v.source.data, "Evaluation data (text or token shards)")
-      ->capture_default_str();
-  sub->add_option("--max-tokens", o->v.source.max_tokens, "Evaluation tokens")->capture_default_str();
-  sub->add_option("--split", o->v.source.split, "train, val, all or auto")->capture_default_str();
-  sub->add_option("--seq-len", o->v.seq_len, "Window length")->capture_default_str();
-  sub->add_option("--max-ppl-increase", o->v.max_ppl_increase,
-                  "Gate: highest allowed relative perplexity increase (0.05 = +5%)");
-  sub->add_option("--min-speedup", o->v.min_speedup, "Gate: lowest allowed decode speed-up");
-  sub->add_option("--prompt-len", o->v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
-  sub->add_option("--gen-len", o->v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
-  sub->add_flag("--no-bench", [o](int64_t) { o->v.bench = false; }, "Skip the speed comparison");
+  shrink::cli::add_verify_options(sub, o->v);
   sub->callback([o, &g] {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, [&]() -> Status {
@@ -411,12 +400,18 @@ void register_verify(CLI::App& app, Globals& g) {
         std::printf("| engine | %s | %s |\n", r.engine_reference.c_str(), r.engine_compact.c_str());
         std::printf("| perplexity | %.4f | %.4f (%+.2f%%) |\n", r.ppl_reference, r.ppl_compact,
                     100 * r.ppl_increase);
-        std::printf("| decode tok/s | %.1f | %.1f (%.2fx) |\n", r.bench_reference.decode_tokens_per_second,
-                    r.bench_compact.decode_tokens_per_second, r.decode_speedup);
-        std::printf("| prefill tok/s | %.1f | %.1f (%.2fx) |\n", r.bench_reference.prefill_tokens_per_second,
-                    r.bench_compact.prefill_tokens_per_second, r.prefill_speedup);
+        if (o->v.bench) {
+          std::printf("| decode tok/s | %.1f | %.1f (%.2fx) |\n", r.bench_reference.decode_tokens_per_second,
+                      r.bench_compact.decode_tokens_per_second, r.decode_speedup);
+          std::printf("| prefill tok/s | %.1f | %.1f (%.2fx) |\n", r.bench_reference.prefill_tokens_per_second,
+                      r.bench_compact.prefill_tokens_per_second, r.prefill_speedup);
+        }
         std::printf("| weight MiB per token | %.2f | %.2f |\n", r.bytes_reference / 1048576.0,
                     r.bytes_compact / 1048576.0);
+        std::printf("perplexity change 95%% interval [%+.2f%%, %+.2f%%]; KL(reference||compact) mean "
+                    "%.5f, median %.5f, p99 %.5f, max %.5f; delta-p RMS %.4f, p01 %+.4f, p99 %+.4f\n",
+                    100 * r.ppl_increase_lo, 100 * r.ppl_increase_hi, r.kl, r.kl_dist.p50,
+                    r.kl_dist.p99, r.kl_dist.max, r.delta_p_rms, r.delta_p.p01, r.delta_p.p99);
         std::printf("top-1 agreement %.4f, KL(reference||compact) %.5f over %llu tokens: %s\n",
                     r.top1_agreement, r.kl, (unsigned long long)r.tokens_scored, r.verdict.c_str());
       }

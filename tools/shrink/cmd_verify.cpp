@@ -6,6 +6,7 @@
 #include "core/dataset.h"
 #include "runtime/verify.h"
 #include "tools/shrink/cli.h"
+#include "tools/verify_options.h"
 
 namespace shrink::cli {
 
@@ -15,24 +16,12 @@ void register_verify(CLI::App& app, Globals& g) {
     runtime::VerifyOptions v;
   };
   auto o = std::make_shared<Opts>();
-  o->v.source.data = core::kDefaultCorpus;
-  o->v.source.max_tokens = 16384;
   CLI::App* sub = app.add_subcommand(
       "verify", "Check a compact model against its reference in the runtime (as shrink-rt "
                 "verify): perplexity, top-1 agreement, KL, speeds; exit 3 when a gate fails");
   sub->add_option("compact", o->compact, "Compact model directory")->required();
   sub->add_option("--reference", o->reference, "Reference (teacher) model directory")->required();
-  sub->add_option("--data", o->v.source.data, "Evaluation data (text or token shards)")
-      ->capture_default_str();
-  sub->add_option("--max-tokens", o->v.source.max_tokens, "Evaluation tokens")->capture_default_str();
-  sub->add_option("--split", o->v.source.split, "train, val, all or auto")->capture_default_str();
-  sub->add_option("--seq-len", o->v.seq_len, "Window length")->capture_default_str();
-  sub->add_option("--max-ppl-increase", o->v.max_ppl_increase,
-                  "Gate: highest allowed relative perplexity increase (0.05 = +5%)");
-  sub->add_option("--min-speedup", o->v.min_speedup, "Gate: lowest allowed decode speed-up");
-  sub->add_option("--prompt-len", o->v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
-  sub->add_option("--gen-len", o->v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
-  sub->add_flag("--no-bench", [o](int64_t) { o->v.bench = false; }, "Skip the speed comparison");
+  add_verify_options(sub, o->v);
   sub->add_option("--lm-head", o->v.engine.lm_head,
                   "The compact model's float lm_head in the runtime: f32 or int8 (per-channel, "
                   "quantized at load)")
@@ -59,9 +48,10 @@ void register_verify(CLI::App& app, Globals& g) {
         j["threads"] = g.threads;
         print_json(j);
       } else {
-        std::printf("perplexity %.4f (reference %.4f, %+.2f%%), top-1 agreement %.4f, KL %.5f; "
-                    "decode %.1f tok/s (%.2fx): %s\n",
-                    r.ppl_compact, r.ppl_reference, 100 * r.ppl_increase, r.top1_agreement, r.kl,
+        std::printf("perplexity %.4f (reference %.4f, %+.2f%%, 95%% interval [%+.2f%%, %+.2f%%]), top-1 "
+                    "agreement %.4f, KL %.5f (p99 %.5f, max %.5f); decode %.1f tok/s (%.2fx): %s\n",
+                    r.ppl_compact, r.ppl_reference, 100 * r.ppl_increase, 100 * r.ppl_increase_lo,
+                    100 * r.ppl_increase_hi, r.top1_agreement, r.kl, r.kl_dist.p99, r.kl_dist.max,
                     r.bench_compact.decode_tokens_per_second, r.decode_speedup, r.verdict.c_str());
       }
       if (!r.passed) gate = 3;

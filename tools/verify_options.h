@@ -1,0 +1,29 @@
+// The options of `shrink-rt verify` and `shrink verify` (one definition, so a recipe's verify
+// stage takes exactly the runtime's options): data, windows, gates and the benchmark.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include "core/dataset.h"
+#include "runtime/verify.h"
+
+namespace shrink::cli {
+
+inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
+  v.source.data = core::kDefaultCorpus;
+  v.source.max_tokens = 16384;
+  sub->add_option("--data", v.source.data, "Evaluation data (text or token shards)")->capture_default_str();
+  sub->add_option("--max-tokens", v.source.max_tokens, "Evaluation tokens")->capture_default_str();
+  sub->add_option("--split", v.source.split, "train, val, all or auto")->capture_default_str();
+  sub->add_option("--seq-len", v.seq_len, "Window length")->capture_default_str();
+  sub->add_option("--max-ppl-increase", v.max_ppl_increase,
+                  "Gate: highest allowed relative perplexity increase (0.05 = +5%)");
+  sub->add_option("--max-kl", v.max_kl, "Gate: highest allowed mean KL(reference || compact) per token");
+  sub->add_option("--min-top1", v.min_top1, "Gate: lowest allowed top-1 agreement, in [0, 1]");
+  sub->add_option("--min-speedup", v.min_speedup, "Gate: lowest allowed decode speed-up");
+  sub->add_option("--prompt-len", v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
+  sub->add_option("--gen-len", v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
+  sub->add_flag("--no-bench", [&v](int64_t) { v.bench = false; }, "Skip the speed comparison");
+}
+
+}  // namespace shrink::cli
