@@ -10,6 +10,7 @@
 
 #include "core/dataset.h"
 #include "core/fs.h"
+#include "core/sampling.h"
 #include "core/tokenizer.h"
 
 namespace shrink::runtime {
@@ -156,6 +157,96 @@ Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
     if (opts.stop_at_eos && std::find(opts.eos.begin(), opts.eos.end(), next) != opts.eos.end()) break;
     if (step + 1 == opts.max_new_tokens) break;
     SHRINK_RETURN_IF_ERROR(step_fwd({{0, &r.ids.back(), 1}}));
+  }
+  r.decode_seconds = since(t1);
+  return r;
+}
+
+Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
+                                            const std::vector<int32_t>& prompt,
+                                            const GenerateOptions& opts, int64_t k) {
+  SHRINK_CHECK(opts.sampling.temperature <= 0.0f, StatusCode::kInvalidInput,
+               "speculative decoding is greedy only: expected --temperature 0, got %g",
+               double(opts.sampling.temperature));
+  SHRINK_CHECK(k >= 1 && k <= 64, StatusCode::kInvalidInput, "--draft-tokens %lld: expected 1..64",
+               (long long)k);
+  const int64_t V = target.config().vocab_size;
+  SHRINK_CHECK(draft.config().vocab_size == V, StatusCode::kInvalidInput,
+               "the draft model has vocab_size %lld but the target has %lld: speculative decoding "
+               "needs the same vocabulary", (long long)draft.config().vocab_size, (long long)V);
+  SHRINK_CHECK(opts.max_new_tokens >= 0, StatusCode::kInvalidInput, "--max-new-tokens must be >= 0");
+  SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
+  const int64_t cap = std::min(target.max_seq_len(), draft.max_seq_len());
+  SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= cap + 1, StatusCode::kInvalidInput,
+               "prompt (%zu tokens) + --max-new-tokens %lld exceeds the maximum sequence length "
+               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)cap);
+  for (int32_t id : prompt) {
+    SHRINK_CHECK(id >= 0 && id < V, StatusCode::kInvalidInput,
+                 "prompt token %d is outside the vocabulary (vocab_size %lld)", id, (long long)V);
+  }
+  GenerateResult r;
+  r.ids = prompt;
+  r.prompt_len = int64_t(prompt.size());
+  if (opts.max_new_tokens == 0) return r;
+  target.reset(0);
+  draft.reset(0);
+  auto t0 = Clock::now();
+  std::vector<int32_t> best, next;
+  SHRINK_RETURN_IF_ERROR(target.forward_argmax({{0, prompt.data(), int64_t(prompt.size())}}, best));
+  if (prompt.size() > 1) {  // the draft's cache lags the target's by the tokens in `pending`
+    SHRINK_RETURN_IF_ERROR(draft.forward_argmax({{0, prompt.data(), int64_t(prompt.size()) - 1}}, next));
+  }
+  r.prefill_seconds = since(t0);
+  auto t1 = Clock::now();
+  auto is_eos = [&](int32_t id) {
+    return opts.stop_at_eos && std::find(opts.eos.begin(), opts.eos.end(), id) != opts.eos.end();
+  };
+  int64_t fresh = 1;
+  r.ids.push_back(best[0]);
+  std::vector<int32_t> pending = {prompt.back(), best[0]};  // accepted, not yet in the draft
+  std::vector<int32_t> chunk, one(1);
+  std::vector<float> logits;
+  while (fresh < opts.max_new_tokens && !is_eos(r.ids.back())) {
+    const int64_t ke = std::min(k, opts.max_new_tokens - fresh - 1);
+    // Draft: feed what it has not seen, then propose ke tokens one at a time.
+    chunk.assign(1, r.ids.back());
+    const int64_t draft_base = draft.length(0);
+    for (int64_t i = 0; i < ke; ++i) {
+      one[0] = chunk.back();
+      const std::vector<int32_t>& feed = i == 0 ? pending : one;
+      SHRINK_RETURN_IF_ERROR(draft.forward_argmax({{0, feed.data(), int64_t(feed.size())}}, next));
+      chunk.push_back(next[0]);
+    }
+    // Target: score the last token and every proposal in one forward.
+    const int64_t target_base = target.length(0);
+    SHRINK_RETURN_IF_ERROR(target.forward({{0, chunk.data(), int64_t(chunk.size())}}, true, logits));
+    int64_t n = 0;
+    while (n < ke && core::argmax(logits.data() + n * V, V) == chunk[size_t(n + 1)]) ++n;
+    const int32_t own = core::argmax(logits.data() + n * V, V);
+    r.rounds++;
+    r.drafted += ke;
+    r.accepted += n;
+    // Keep the last token and the accepted proposals in the target's cache.
+    SHRINK_RETURN_IF_ERROR(target.truncate(0, target_base + 1 + n));
+    if (ke > 0) {
+      // The draft saw pending + proposals 0..ke-2.
+      if (n < ke) {
+        SHRINK_RETURN_IF_ERROR(draft.truncate(0, draft_base + int64_t(pending.size()) + n));
+        pending = {own};
+      } else {
+        pending = {chunk.back(), own};
+      }
+    } else {
+      pending.push_back(own);
+    }
+    bool stop = false;
+    for (int64_t i = 1; i <= n + 1 && !stop; ++i) {
+      const int32_t id = i <= n ? chunk[size_t(i)] : own;
+      r.ids.push_back(id);
+      ++fresh;
+      stop = is_eos(id) || fresh == opts.max_new_tokens;
+    }
+    if (stop) break;
   }
   r.decode_seconds = since(t1);
   return r;

@@ -60,10 +60,22 @@ struct GenerateResult {
   std::vector<int32_t> ids;  // prompt + new tokens
   int64_t prompt_len = 0;
   double prefill_seconds = 0, decode_seconds = 0;
+  // Speculative decoding only: verification rounds, draft tokens proposed and accepted.
+  int64_t rounds = 0, drafted = 0, accepted = 0;
 };
 /// Generate in slot 0 (reset first).
 Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
                                 const GenerateOptions& opts);
+/// Greedy speculative decoding (Leviathan et al. 2023; Chen et al. 2023) in slot 0 of both
+/// engines: each round the draft (a distilled or pruned student) proposes up to `k` tokens one
+/// at a time, the target scores them all in one forward of k + 1 rows, keeps the longest prefix
+/// that equals its own argmax and adds its own next token; both caches drop what was rejected
+/// (Engine::truncate). The tokens are the target's greedy tokens, as generate() gives them, up
+/// to rounding differences between a multi-row forward and single steps. Greedy only
+/// (temperature 0); the two models need the same vocabulary.
+Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
+                                            const std::vector<int32_t>& prompt,
+                                            const GenerateOptions& opts, int64_t k);
 
 struct BenchOptions {
   int64_t prompt_len = 512;

@@ -592,6 +592,16 @@ int64_t Engine::length(int slot) const {
   return slot >= 0 && slot < int(impl_->lengths.size()) ? impl_->lengths[size_t(slot)] : 0;
 }
 
+Status Engine::truncate(int slot, int64_t len) {
+  SHRINK_CHECK(slot >= 0 && slot < int(impl_->lengths.size()), StatusCode::kInvalidInput,
+               "truncate: slot %d is outside [0, %zu)", slot, impl_->lengths.size());
+  SHRINK_CHECK(len >= 0 && len <= impl_->lengths[size_t(slot)], StatusCode::kInvalidInput,
+               "truncate: slot %d holds %lld tokens; cannot keep %lld", slot,
+               (long long)impl_->lengths[size_t(slot)], (long long)len);
+  impl_->lengths[size_t(slot)] = len;
+  return Status::ok();
+}
+
 Status Engine::forward(const std::vector<SeqChunk>& chunks, bool all_logits,
                        std::vector<float>& logits) {
   return impl_->run(chunks, all_logits, &logits, nullptr, nullptr);

@@ -105,6 +105,9 @@ class Engine {
   void reset_all();
   /// Tokens cached in a slot.
   int64_t length(int slot) const;
+  /// Keep only a slot's first `len` cached tokens (len <= length): speculative decoding drops
+  /// the draft tokens the target rejected. Errors: kInvalidInput when len is out of range.
+  Status truncate(int slot, int64_t len);
 
   struct Impl;
 

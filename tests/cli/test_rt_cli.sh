@@ -54,6 +54,15 @@ for m in llama_gqa_llama3rope qwen2_bias_tied_bf16 mistral_mqa_linearrope llama_
   fi
 done
 [ -n "$SHRINK" ] && [ -x "$SHRINK" ] || echo "skip - shrink binary not found ($SHRINK): no comparison with LibTorch"
+# Speculative decoding: a Qwen2 draft for the Llama target (same vocabulary) gives the target's
+# greedy ids; the JSON reports the rounds and acceptance; sampling with a draft exits 2.
+expect_rc "generate with a draft" 0 "$RT" generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5,9 --max-new-tokens 24 --ids --ignore-eos --draft "$FIX/hf/qwen2_bias_tied_bf16" --draft-tokens 3
+if cmp -s "$T/out" "$T/rt_llama_gqa_llama3rope"; then ok "speculative ids equal greedy ids"; else bad "speculative ids differ: $(cat "$T/out") vs $(cat "$T/rt_llama_gqa_llama3rope")"; fi
+expect_grep "generate with a draft reports acceptance" "$T/err" "draft tokens accepted"
+expect_rc "generate --json with a draft" 0 "$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5,9 --max-new-tokens 24 --ignore-eos --draft "$FIX/hf/llama_gqa_llama3rope"
+expect_grep "a model drafting for itself has every proposal accepted" "$T/out" '"acceptance_rate": 1.0'
+expect_rc "sampling with a draft exits 2" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --temperature 0.8 --draft "$FIX/hf/qwen2_bias_tied_bf16"
+expect_grep "sampling with a draft says greedy only" "$T/err" "greedy only"
 # Stop ids: generation ends at any id of config.json's or generation_config.json's
 # eos_token_id (a list, as Llama 3 Instruct's), for shrink-rt and shrink alike.
 cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/stop"

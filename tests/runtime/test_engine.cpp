@@ -682,3 +682,86 @@ TEST(BadModels, FailWithClearMessages) {
   std::vector<int32_t> longer(9, 1);
   EXPECT_EQ(e->forward({{0, longer.data(), 9}}, false, l).code(), StatusCode::kInvalidInput);
 }
+
+// ---- speculative decoding --------------------------------------------------------------------
+
+// Greedy speculative decoding gives exactly the target's greedy tokens whatever the draft: the
+// model itself (every proposal accepted), the same model with an int8 head (most accepted) and
+// random weights of the same shape (almost none accepted), for every count of draft tokens and
+// lengths that end mid-round; it stops at an EOS where generate() stops; bad uses exit 2.
+TEST(Speculative, GreedyTokensEqualTheTargetsWhateverTheDraft) {
+  const std::string dir = test::fixture("llama_gqa_llama3rope");
+  EngineOptions o;
+  o.max_seq_len = 64;
+  auto target = load(dir, o);
+  ASSERT_TRUE(target);
+  EngineOptions o8 = o;
+  o8.lm_head = "int8";
+  auto self = load(dir, o);
+  auto near = load(dir, o8);
+  auto cfg = core::config_load(dir).take_or_throw();
+  auto rnd = Engine::create_random(cfg, "f32", 9, o).take_or_throw();
+  auto qwen = load(test::fixture("qwen2_bias_tied_bf16"), o);  // another architecture, same vocabulary
+  const std::vector<int32_t> prompt = {5, 17, 42, 99, 3};
+  for (int64_t max_new : {1, 2, 7, 40}) {
+    runtime::GenerateOptions g;
+    g.max_new_tokens = max_new;
+    g.stop_at_eos = false;
+    auto want = runtime::generate(*target, prompt, g);
+    ASSERT_TRUE(want.is_ok());
+    ASSERT_EQ(int64_t(want->ids.size()), int64_t(prompt.size()) + max_new);
+    struct D {
+      const char* name;
+      Engine* e;
+    };
+    for (D d : {D{"self", self.get()}, D{"int8 head", near.get()}, D{"random", rnd.get()}, D{"qwen2", qwen.get()}}) {
+      for (int64_t k : {1, 3, 5}) {
+        auto got = runtime::generate_speculative(*target, *d.e, prompt, g, k);
+        const std::string what = std::string(d.name) + " k " + std::to_string(k) + " max_new " + std::to_string(max_new);
+        ASSERT_TRUE(got.is_ok()) << what << ": " << got.status().message();
+        EXPECT_EQ(got->ids, want->ids) << what;
+        EXPECT_LE(got->accepted, got->drafted) << what;
+        if (std::string(d.name) == "self") {
+          EXPECT_EQ(got->accepted, got->drafted) << what;
+        }
+        // Each round adds its accepted proposals and one token of the target's own.
+        if (max_new > 1) {
+          EXPECT_EQ(got->accepted + got->rounds, max_new - 1) << what;
+        }
+        // The caches hold exactly the sequence but its last token (truncation worked).
+        EXPECT_EQ(target->length(0), int64_t(got->ids.size()) - 1) << what;
+      }
+    }
+    if (max_new == 40) {  // a random draft is rarely right; the model itself always is
+      auto r = runtime::generate_speculative(*target, *rnd, prompt, g, 4);
+      auto s = runtime::generate_speculative(*target, *self, prompt, g, 4);
+      EXPECT_LT(double(r->accepted) / double(r->drafted), 0.5);
+      EXPECT_EQ(s->rounds, 8);  // 39 tokens after the first, 5 per round: 7 full rounds + 4
+    }
+  }
+  // EOS: stop where generate() stops.
+  runtime::GenerateOptions g;
+  g.max_new_tokens = 30;
+  auto full = runtime::generate(*target, prompt, g);
+  ASSERT_TRUE(full.is_ok());
+  g.eos = {full->ids[prompt.size() + 6]};
+  auto want = runtime::generate(*target, prompt, g);
+  auto got = runtime::generate_speculative(*target, *near, prompt, g, 4);
+  ASSERT_TRUE(got.is_ok());
+  EXPECT_EQ(got->ids, want->ids);
+  EXPECT_LE(want->ids.size(), prompt.size() + 7);
+  // Bad uses.
+  g.sampling.temperature = 0.8f;
+  auto bad = runtime::generate_speculative(*target, *self, prompt, g, 4);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("greedy only"), std::string::npos);
+  g.sampling.temperature = 0;
+  EXPECT_FALSE(runtime::generate_speculative(*target, *self, prompt, g, 0).is_ok());
+  core::ModelConfig c256 = cfg;
+  c256.vocab_size = 256;
+  auto other = Engine::create_random(c256, "f32", 9, o).take_or_throw();
+  auto vocab = runtime::generate_speculative(*target, *other, prompt, g, 4);
+  ASSERT_FALSE(vocab.is_ok());
+  EXPECT_NE(vocab.status().message().find("same vocabulary"), std::string::npos) << vocab.status().message();
+  EXPECT_FALSE(target->truncate(0, target->length(0) + 1).is_ok());
+}

@@ -302,8 +302,9 @@ void register_eval(CLI::App& app, Globals& g) {
 
 void register_generate(CLI::App& app, Globals& g) {
   struct Opts {
-    std::string model, prompt, prompt_ids, tokenizer;
+    std::string model, prompt, prompt_ids, tokenizer, draft;
     bool ids = false, ignore_eos = false;
+    int64_t draft_tokens = 4;
     runtime::GenerateOptions o;
   };
   auto o = std::make_shared<Opts>();
@@ -322,8 +323,15 @@ void register_generate(CLI::App& app, Globals& g) {
   sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json instead of MODEL_DIR's");
   sub->add_flag("--ids", o->ids, "Print token ids (prompt and continuation) instead of text");
   sub->add_flag("--ignore-eos", o->ignore_eos, "Do not stop at the end-of-sequence token");
+  sub->add_option("--draft", o->draft,
+                  "Speculative decoding (greedy): a smaller model with the same vocabulary (e.g. a "
+                  "distilled student) proposes tokens that the model verifies in one forward");
+  sub->add_option("--draft-tokens", o->draft_tokens, "Tokens the draft proposes per round")
+      ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("generate", g, [&]() -> Status {
+      SHRINK_CHECK(o->draft.empty() || o->o.sampling.temperature <= 0, StatusCode::kInvalidInput,
+                   "--draft: speculative decoding is greedy only; expected --temperature 0");
       SHRINK_CHECK(!o->prompt.empty() || !o->prompt_ids.empty(), StatusCode::kInvalidInput,
                    "give --prompt TEXT or --prompt-ids 1,2,3");
       SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
@@ -349,7 +357,14 @@ void register_generate(CLI::App& app, Globals& g) {
       runtime::EngineOptions eo = engine_opts(g);
       eo.max_seq_len = int64_t(prompt.size()) + std::max<int64_t>(o->o.max_new_tokens, 1);
       SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
-      SHRINK_ASSIGN_OR_RETURN(runtime::GenerateResult r, runtime::generate(*e, prompt, o->o));
+      std::unique_ptr<runtime::Engine> draft;
+      runtime::GenerateResult r;
+      if (!o->draft.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(draft, runtime::Engine::load(o->draft, eo));
+        SHRINK_ASSIGN_OR_RETURN(r, runtime::generate_speculative(*e, *draft, prompt, o->o, o->draft_tokens));
+      } else {
+        SHRINK_ASSIGN_OR_RETURN(r, runtime::generate(*e, prompt, o->o));
+      }
       std::vector<int32_t> fresh(r.ids.begin() + r.prompt_len, r.ids.end());
       const double tps = r.decode_seconds > 0 && fresh.size() > 1
                               ? double(fresh.size() - 1) / r.decode_seconds : 0.0;
@@ -358,12 +373,27 @@ void register_generate(CLI::App& app, Globals& g) {
                   {"prefill_seconds", r.prefill_seconds}, {"decode_seconds", r.decode_seconds},
                   {"decode_tokens_per_second", tps}, {"engine", e->describe()}};
         if (tok) j["text"] = tok->decode(r.ids, false);
+        if (draft) {
+          j["speculative"] = {{"draft", o->draft},
+                              {"draft_engine", draft->describe()},
+                              {"draft_tokens", o->draft_tokens},
+                              {"rounds", r.rounds},
+                              {"drafted", r.drafted},
+                              {"accepted", r.accepted},
+                              {"acceptance_rate", r.drafted ? double(r.accepted) / double(r.drafted) : 0.0},
+                              {"tokens_per_round", r.rounds ? double(fresh.size() - 1) / double(r.rounds) : 0.0}};
+        }
         print_json(j);
       } else if (o->ids || !tok) {
         for (size_t i = 0; i < r.ids.size(); ++i) std::printf("%s%d", i ? "," : "", r.ids[i]);
         std::printf("\n");
       } else {
         std::printf("%s\n", tok->decode(r.ids, false).c_str());
+      }
+      if (draft && !g.json && !g.quiet) {
+        std::fprintf(stderr, "speculative: %lld rounds, %lld of %lld draft tokens accepted (%.1f%%), %.1f tokens/s\n",
+                     (long long)r.rounds, (long long)r.accepted, (long long)r.drafted,
+                     r.drafted ? 100.0 * double(r.accepted) / double(r.drafted) : 0.0, tps);
       }
       return Status::ok();
     });
