@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|spec|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|spec|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -57,6 +57,36 @@ case "$WHAT" in
       run "$name-gptq" "${args[@]}" --method gptq
       run "$name-gptq-ao" "${args[@]}" --method gptq --act-order
     done
+    ;;
+  spec)  # Speculative decoding on the teacher: a distilled 2-layer draft and a W8A8 draft, against plain greedy.
+    RT=${SHRINK_RT_BIN:-build/bin/shrink-rt}
+    [ -d "$OUT/draft-2l/model" ] || "$BIN" --threads "$TH" -q distill --teacher "$T" --student-layers ::4 --data "$DATA" \
+      --out "$OUT/draft-2l" --steps 250 --seq-len 256 --batch 16 --lr 2e-3 --warmup 20 --seed 7 --eval-every 0 \
+      --eval-tokens 0 --save-every 0 --log-every 50 >/dev/null
+    [ -d "$OUT/draft-w8a8" ] || "$BIN" --threads "$TH" -q quantize "$T" --out "$OUT/draft-w8a8" --scheme w8a8 --smoothquant auto \
+      --data "$DATA" --eval-tokens 0 >/dev/null
+    PROMPTS=("The secret of success is" "A man who" "Q: What is the difference between" "Never trust" "It was a dark and stormy night")
+    # Median decode tokens/s over 3 runs per prompt, and the acceptance rate.
+    gen() { for p in "${PROMPTS[@]}"; do for rep in 1 2 3; do
+              "$RT" --threads "$TH" --json generate "$T" --prompt "$p" --max-new-tokens 128 --ignore-eos "$@"; done; done \
+            | python3 -c "
+import json,sys
+text, dec, rows, i = sys.stdin.read(), json.JSONDecoder(), [], 0
+while text[i:].strip():
+    o, i = dec.raw_decode(text, i + len(text[i:]) - len(text[i:].lstrip()))
+    rows.append(o)
+tps=sorted(r['decode_tokens_per_second'] for r in rows)
+acc=[r['speculative']['acceptance_rate'] for r in rows if 'speculative' in r]
+tpr=[r['speculative']['tokens_per_round'] for r in rows if 'speculative' in r]
+print('%-34s decode tok/s median %.0f (min %.0f, max %.0f)%s' % (sys.argv[1], tps[len(tps)//2], tps[0], tps[-1],
+      ', acceptance %.3f, %.2f tokens per round' % (sum(acc)/len(acc), sum(tpr)/len(tpr)) if acc else ''))" "$*"; }
+    gen
+    "$RT" --threads "$TH" --json generate "$OUT/draft-2l/model" --prompt "${PROMPTS[0]}" --max-new-tokens 128 --ignore-eos \
+      | python3 -c "import json,sys; print('draft-2l alone: decode tok/s %.0f' % json.load(sys.stdin)['decode_tokens_per_second'])"
+    "$RT" --threads "$TH" --json generate "$OUT/draft-w8a8" --prompt "${PROMPTS[0]}" --max-new-tokens 128 --ignore-eos \
+      | python3 -c "import json,sys; print('draft-w8a8 alone: decode tok/s %.0f' % json.load(sys.stdin)['decode_tokens_per_second'])"
+    for k in 2 4 6; do gen --draft "$OUT/draft-2l/model" --draft-tokens $k; done
+    for k in 2 4 6; do gen --draft "$OUT/draft-w8a8" --draft-tokens $k; done
     ;;
   throughput)  # Training tokens/s of the teacher config: shrink vs PyTorch eager (Debian python3-torch).
     "$BIN" --threads "$TH" --json train --config recipes/configs/teacher.json --tokenizer "$T/tokenizer.json" --data "$DATA" \
