@@ -117,23 +117,31 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
   return r;
 }
 
-Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
-                                const GenerateOptions& opts) {
+namespace {
+// The prompt and length checks of generate() and generate_speculative().
+Status check_request(const std::vector<int32_t>& prompt, const GenerateOptions& opts, int64_t V,
+                     int64_t max_seq) {
   SHRINK_CHECK(opts.max_new_tokens >= 0, StatusCode::kInvalidInput,
                "--max-new-tokens must be >= 0");
-  SHRINK_CHECK(opts.sampling.temperature >= 0 && opts.sampling.top_p > 0 &&
-                   opts.sampling.top_p <= 1,
-               StatusCode::kInvalidInput, "sampling: expected temperature >= 0 and 0 < top-p <= 1");
   SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
-  SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= e.max_seq_len() + 1,
+  SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= max_seq + 1,
                StatusCode::kInvalidInput,
                "prompt (%zu tokens) + --max-new-tokens %lld exceeds the maximum sequence length "
-               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)e.max_seq_len());
-  const int64_t V = e.config().vocab_size;
+               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)max_seq);
   for (int32_t id : prompt) {
     SHRINK_CHECK(id >= 0 && id < V, StatusCode::kInvalidInput,
                  "prompt token %d is outside the vocabulary (vocab_size %lld)", id, (long long)V);
   }
+  return Status::ok();
+}
+}  // namespace
+
+Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
+                                const GenerateOptions& opts) {
+  SHRINK_CHECK(opts.sampling.temperature >= 0 && opts.sampling.top_p > 0 &&
+                   opts.sampling.top_p <= 1,
+               StatusCode::kInvalidInput, "sampling: expected temperature >= 0 and 0 < top-p <= 1");
+  SHRINK_RETURN_IF_ERROR(check_request(prompt, opts, e.config().vocab_size, e.max_seq_len()));
   GenerateResult r;
   r.ids = prompt;
   r.prompt_len = int64_t(prompt.size());
@@ -174,16 +182,8 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
   SHRINK_CHECK(draft.config().vocab_size == V, StatusCode::kInvalidInput,
                "the draft model has vocab_size %lld but the target has %lld: speculative decoding "
                "needs the same vocabulary", (long long)draft.config().vocab_size, (long long)V);
-  SHRINK_CHECK(opts.max_new_tokens >= 0, StatusCode::kInvalidInput, "--max-new-tokens must be >= 0");
-  SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
-  const int64_t cap = std::min(target.max_seq_len(), draft.max_seq_len());
-  SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= cap + 1, StatusCode::kInvalidInput,
-               "prompt (%zu tokens) + --max-new-tokens %lld exceeds the maximum sequence length "
-               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)cap);
-  for (int32_t id : prompt) {
-    SHRINK_CHECK(id >= 0 && id < V, StatusCode::kInvalidInput,
-                 "prompt token %d is outside the vocabulary (vocab_size %lld)", id, (long long)V);
-  }
+  SHRINK_RETURN_IF_ERROR(
+      check_request(prompt, opts, V, std::min(target.max_seq_len(), draft.max_seq_len())));
   GenerateResult r;
   r.ids = prompt;
   r.prompt_len = int64_t(prompt.size());
