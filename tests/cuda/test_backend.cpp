@@ -515,6 +515,31 @@ TEST(CudaEngine, SampledGenerateMatchesCpu) {
   }
 }
 
+TEST(CudaEngine, SpeculativeGreedyEqualsGreedy) {
+  SKIP_WITHOUT_GPU();
+  // A Qwen2 draft for the Llama target on the device: verification forwards of k + 1 rows, cache
+  // truncation between rounds, then graph-replayed decode steps; ids equal plain greedy.
+  const std::string dir = test::fixture("llama_gqa_llama3rope");
+  auto gpu = load(dir, "cuda", "f32");
+  auto draft = load(test::fixture("qwen2_bias_tied_bf16"), "cuda", "f32");
+  ASSERT_TRUE(gpu && draft);
+  const std::vector<int32_t> prompt(kPrompt.begin(), kPrompt.begin() + 6);
+  runtime::GenerateOptions o;
+  o.max_new_tokens = 32;
+  o.stop_at_eos = false;
+  auto want = runtime::generate(*gpu, prompt, o).take_or_throw();
+  auto cpu = load(dir, "cpu");
+  ASSERT_TRUE(cpu);
+  auto cpu_want = runtime::generate(*cpu, prompt, o).take_or_throw();
+  for (int64_t k : {1, 4}) {
+    auto got = runtime::generate_speculative(*gpu, *draft, prompt, o, k).take_or_throw();
+    EXPECT_EQ(got.ids, want.ids) << "k " << k;
+    // The target on the CPU with the draft on the device: the CPU's own greedy ids.
+    auto mixed = runtime::generate_speculative(*cpu, *draft, prompt, o, k).take_or_throw();
+    EXPECT_EQ(mixed.ids, cpu_want.ids) << "k " << k;
+  }
+}
+
 TEST(CudaEngine, NoDeviceOrBadOptionsFailClearly) {
   runtime::EngineOptions o;
   o.device = "tpu";
