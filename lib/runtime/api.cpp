@@ -228,16 +228,13 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
     r.accepted += n;
     // Keep the last token and the accepted proposals in the target's cache.
     SHRINK_RETURN_IF_ERROR(target.truncate(0, target_base + 1 + n));
-    if (ke > 0) {
-      // The draft saw pending + proposals 0..ke-2.
-      if (n < ke) {
-        SHRINK_RETURN_IF_ERROR(draft.truncate(0, draft_base + int64_t(pending.size()) + n));
-        pending = {own};
-      } else {
-        pending = {chunk.back(), own};
-      }
-    } else {
-      pending.push_back(own);
+    // The draft saw pending + proposals 0..ke-2. (ke == 0 only for the last token: the draft
+    // is not used again.)
+    if (n < ke) {
+      SHRINK_RETURN_IF_ERROR(draft.truncate(0, draft_base + int64_t(pending.size()) + n));
+      pending = {own};
+    } else if (ke > 0) {
+      pending = {chunk.back(), own};
     }
     bool stop = false;
     for (int64_t i = 1; i <= n + 1 && !stop; ++i) {

@@ -109,8 +109,8 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   VerifyResult r;
   r.engine_reference = ref->describe();
   r.engine_compact = cmp->describe();
-  double nll_r = 0, nll_c = 0, kl = 0, agree = 0, d_sum = 0, d_sq = 0;
-  std::vector<double> kls, dps;  // per scored token: KL, delta-p
+  double nll_r = 0, nll_c = 0, agree = 0;
+  std::vector<double> kls, dps, lns;  // per scored token: KL, delta-p, ln(p_reference / p_compact)
   std::vector<float> lr, lc;
   std::vector<double> pr, pc;
   for (const core::EvalWindow& w : core::eval_windows(data.tokens.size(), o.seq_len)) {
@@ -125,9 +125,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
       const int32_t next = t[i + 1];
       nll_r -= pr[size_t(next)];
       nll_c -= pc[size_t(next)];
-      const double d = pc[size_t(next)] - pr[size_t(next)];  // ln ratio of the two perplexities
-      d_sum += d;
-      d_sq += d * d;
+      lns.push_back(pr[size_t(next)] - pc[size_t(next)]);  // its mean is ln(ppl_c / ppl_r)
       dps.push_back(std::exp(pc[size_t(next)]) - std::exp(pr[size_t(next)]));
       size_t ar = 0, ac = 0;
       double k = 0;
@@ -136,9 +134,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
         if (pr[size_t(v)] > pr[ar]) ar = size_t(v);
         if (pc[size_t(v)] > pc[ac]) ac = size_t(v);
       }
-      k = std::max(k, 0.0);  // rounding can leave -1e-17 where the two rows are equal
-      kl += k;
-      kls.push_back(k);
+      kls.push_back(std::max(k, 0.0));  // rounding can leave -1e-17 where the rows are equal
       agree += ar == ac;
       r.tokens_scored++;
     }
@@ -149,29 +145,28 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   r.ppl_reference = std::exp(nll_r / n);
   r.ppl_compact = std::exp(nll_c / n);
   r.ppl_increase = r.ppl_compact / r.ppl_reference - 1.0;
-  r.kl = kl / n;
   r.top1_agreement = agree / n;
-  // Standard errors of the means (tokens taken as independent) and the ratio's 95% interval.
-  auto stderr_of = [&](const std::vector<double>& v, double mean) {
-    double ss = 0;
-    for (double x : v) ss += (x - mean) * (x - mean);
-    return v.size() > 1 ? std::sqrt(ss / double(v.size() - 1) / double(v.size())) : 0.0;
+  // Means and their standard errors (tokens taken as independent); the ratio's 95% interval.
+  auto mean_of = [](const std::vector<double>& v, double* stderr_mean) {
+    double sum = 0, ss = 0;
+    for (double x : v) sum += x;
+    const double m = sum / double(v.size());
+    for (double x : v) ss += (x - m) * (x - m);
+    *stderr_mean = v.size() > 1 ? std::sqrt(ss / double(v.size() - 1) / double(v.size())) : 0.0;
+    return m;
   };
-  r.kl_stderr = stderr_of(kls, r.kl);
+  r.kl = mean_of(kls, &r.kl_stderr);
   r.top1_stderr = std::sqrt(r.top1_agreement * (1 - r.top1_agreement) / n);
-  // mean(-ln pc + ln pr) = ln(ppl_c / ppl_r); its sample variance from the sums.
-  r.ln_ppl_ratio = -d_sum / n;
-  r.ln_ppl_ratio_stderr =
-      n > 1 ? std::sqrt(std::max(0.0, (d_sq - d_sum * d_sum / n) / (n - 1)) / n) : 0.0;
+  r.ln_ppl_ratio = mean_of(lns, &r.ln_ppl_ratio_stderr);
   r.ppl_increase_lo = std::exp(r.ln_ppl_ratio - 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
   r.ppl_increase_hi = std::exp(r.ln_ppl_ratio + 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
-  double dmean = 0, dsq = 0;
+  double sum = 0, sq = 0;
   for (double x : dps) {
-    dmean += x;
-    dsq += x * x;
+    sum += x;
+    sq += x * x;
   }
-  r.delta_p_mean = dmean / n;
-  r.delta_p_rms = std::sqrt(dsq / n);
+  r.delta_p_mean = sum / n;
+  r.delta_p_rms = std::sqrt(sq / n);
   r.kl_dist = distribution(kls);
   r.delta_p = distribution(dps);
   r.bytes_reference = ref->weight_bytes();
@@ -190,21 +185,19 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
                         std::max(1e-12, r.bench_reference.prefill_tokens_per_second);
   }
   std::string failed;
+  auto fail = [&](const std::string& why) { failed += (failed.empty() ? "" : "; ") + why; };
   if (o.max_ppl_increase >= 0 && r.ppl_increase > o.max_ppl_increase) {
-    failed += shrink::strfmt("perplexity +%.2f%% exceeds +%.2f%%", 100 * r.ppl_increase,
-                           100 * o.max_ppl_increase);
+    fail(shrink::strfmt("perplexity +%.2f%% exceeds +%.2f%%", 100 * r.ppl_increase,
+                        100 * o.max_ppl_increase));
   }
   if (o.min_speedup >= 0 && o.bench && r.decode_speedup < o.min_speedup) {
-    if (!failed.empty()) failed += "; ";
-    failed += shrink::strfmt("decode speed-up %.2fx is below %.2fx", r.decode_speedup, o.min_speedup);
+    fail(shrink::strfmt("decode speed-up %.2fx is below %.2fx", r.decode_speedup, o.min_speedup));
   }
   if (o.max_kl >= 0 && r.kl > o.max_kl) {
-    if (!failed.empty()) failed += "; ";
-    failed += shrink::strfmt("KL %.5f exceeds %.5f", r.kl, o.max_kl);
+    fail(shrink::strfmt("KL %.5f exceeds %.5f", r.kl, o.max_kl));
   }
   if (o.min_top1 >= 0 && r.top1_agreement < o.min_top1) {
-    if (!failed.empty()) failed += "; ";
-    failed += shrink::strfmt("top-1 agreement %.4f is below %.4f", r.top1_agreement, o.min_top1);
+    fail(shrink::strfmt("top-1 agreement %.4f is below %.4f", r.top1_agreement, o.min_top1));
   }
   r.passed = failed.empty();
   r.verdict = r.passed ? "pass" : "fail: " + failed;

@@ -503,13 +503,16 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         for (const auto& mod : group_modules(h)) {
           torch::Tensor& w = *params.find(mod + ".weight");
           float_w[mod] = w.clone();
-          auto q = quantize_weight(w, o.group_size);
-          if (gptq) {
+          std::pair<torch::Tensor, torch::Tensor> q;
+          if (!gptq) {
+            q = quantize_weight(w, o.group_size);
+          } else {
             const torch::Tensor& H = ct.stats.at(h).xtx;
             auto g = gptq_quantize(w, H, gopt);
-            if (final) {
+            if (final) {  // the report compares with round-to-nearest
+              const auto r = quantize_weight(w, o.group_size);
               const double e0 = layer_output_error(w, torch::zeros_like(w), H);
-              const double er = layer_output_error(w, dequantize_weight(q.first, q.second), H);
+              const double er = layer_output_error(w, dequantize_weight(r.first, r.second), H);
               const double eg = layer_output_error(w, dequantize_weight(g.first, g.second), H);
               gptq_modules.push_back({{"module", mod},
                                       {"rel_error_rtn", e0 > 0 ? er / e0 : 0.0},

@@ -330,8 +330,6 @@ void register_generate(CLI::App& app, Globals& g) {
       ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("generate", g, [&]() -> Status {
-      SHRINK_CHECK(o->draft.empty() || o->o.sampling.temperature <= 0, StatusCode::kInvalidInput,
-                   "--draft: speculative decoding is greedy only; expected --temperature 0");
       SHRINK_CHECK(!o->prompt.empty() || !o->prompt_ids.empty(), StatusCode::kInvalidInput,
                    "give --prompt TEXT or --prompt-ids 1,2,3");
       SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
