@@ -387,6 +387,13 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
             ref.gemm_w8a16_nt(M, N, K, A.data(), lda, q.data(), K, s.data(), group, w1.data(), ldc);
             k.gemm_w8a16_nt(M, N, K, A.data(), lda, q.data(), K, s.data(), group, w2.data(), ldc);
             expect_close(w2, w1, 2e-5f, 1e-1f, "gemm_w8a16 g=" + std::to_string(group) + " " + tag);
+            if (M >= 2 && M <= 8) {  // as for gemm_f32: a row's result does not depend on M
+              std::vector<float> w3(static_cast<size_t>(2 * ldc));
+              k.gemm_w8a16_nt(2, N, K, A.data(), lda, q.data(), K, s.data(), group, w3.data(), ldc);
+              EXPECT_TRUE(std::equal(w3.begin(), w3.begin() + N, w2.begin()) &&
+                          std::equal(w3.begin() + ldc, w3.begin() + ldc + N, w2.begin() + ldc))
+                  << "gemm_w8a16 rows differ between M=2 and g=" << group << " " << tag;
+            }
           }
         }
       }
@@ -398,7 +405,7 @@ TEST(Kernels, QuantizeAndS8GemmAreBitExact) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   for (Isa isa : vector_isas()) {
     const KernelTable& k = kernels_for(isa);
-    for (int64_t M : {1, 2, 3, 5, 8}) {
+    for (int64_t M : {1, 2, 3, 4, 5, 6, 7, 8, 9}) {
       for (int64_t N : {1, 4, 7, 65}) {
         for (int64_t K : {1, 15, 16, 64, 65, 130, 257}) {
           const std::string tag = std::string(isa_name(isa)) + " M=" + std::to_string(M) +

@@ -4,6 +4,8 @@
 // epilogue. Bit-identical to gemm_s8s8_f32_nt_ref; tested in test_kernels.cpp.
 #include <immintrin.h>
 
+#include <vector>
+
 #include "kernels/cpu/kernels.h"
 
 namespace shrink::kernels::cpu {
@@ -61,6 +63,41 @@ void row_tile(int64_t nb, int64_t K, const int8_t* A, int64_t lda, const float* 
   }
 }
 
+// 1 <= M <= 8 (decode, batched decode, speculative verification): one weight row after another,
+// a single sequential stream (4-row tiles interleave four short streams that the hardware
+// prefetcher keeps restarting; see gemm_s8s8_avx512vnni.cpp), each weight vector widened once
+// and used for all M rows of A. A is widened to int16 once per call (Aw, K16 values per row,
+// zero-padded to a multiple of 16) so the inner loop widens only the weights.
+template <int MR>
+void gemv_multi(int64_t N, int64_t K, const int16_t* Aw, int64_t K16, const float* a_scale,
+                const int8_t* B, int64_t ldb, const float* b_scale, int64_t G, int64_t group,
+                float* C, int64_t ldc) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* b = B + n * ldb;
+    float tot[MR] = {};
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t k0 = g * group, k1 = k0 + group < K ? k0 + group : K;
+      __m256i acc[MR];
+      for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+      int64_t k = k0;
+      for (; k + 16 <= k1; k += 16) {
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
+        for (int i = 0; i < MR; ++i) {
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Aw + i * K16 + k));
+          acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, w));
+        }
+      }
+      const float s = b_scale[n * G + g];
+      for (int i = 0; i < MR; ++i) {
+        int32_t dot = hsum_i32(acc[i]);
+        for (int64_t t = k; t < k1; ++t) dot += int32_t(Aw[i * K16 + t]) * b[t];
+        tot[i] += float(dot) * s;
+      }
+    }
+    for (int i = 0; i < MR; ++i) C[i * ldc + n] = tot[i] * a_scale[i];
+  }
+}
+
 }  // namespace
 
 void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
@@ -68,6 +105,24 @@ void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int
                            const float* b_scale, int64_t group, const int32_t* /*b_comp*/,
                            float* C, int64_t ldc) {
   const int64_t G = (K + group - 1) / group;
+  if (M <= 8) {
+    const int64_t K16 = (K + 15) / 16 * 16;
+    thread_local std::vector<int16_t> aw;
+    aw.assign(size_t(M * K16), 0);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) aw[size_t(m * K16 + k)] = A[m * lda + k];
+    const int16_t* a = aw.data();
+    switch (M) {
+      case 1: gemv_multi<1>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 2: gemv_multi<2>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 3: gemv_multi<3>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 4: gemv_multi<4>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 5: gemv_multi<5>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 6: gemv_multi<6>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      case 7: gemv_multi<7>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+      default: gemv_multi<8>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
+    }
+  }
   constexpr int64_t kPanel = 128;
   for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
     const int64_t p1 = p0 + kPanel < N ? p0 + kPanel : N;

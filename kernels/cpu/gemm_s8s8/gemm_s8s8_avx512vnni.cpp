@@ -93,6 +93,46 @@ void gemv_rows(int64_t N, int64_t K, const int8_t* A, float a_scale, const int8_
   }
 }
 
+// 2 <= M <= 8 (batched decode, speculative verification): still one weight row after another,
+// each 64-byte weight block loaded once and multiplied into all M rows of A (which stay in L1).
+// The 4x4 tiles interleave four weight rows, and two rows cost about as much as two separate
+// GEMVs. One accumulator per row: the M rows' vpdpbusd chains are independent.
+template <int MR>
+void gemv_multi(int64_t N, int64_t K, const int8_t* A, int64_t lda, const float* a_scale,
+                const int8_t* B, int64_t ldb, const float* b_scale, const int32_t* b_comp,
+                int64_t G, int64_t group, float* C, int64_t ldc) {
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* b = B + n * ldb;
+    float tot[MR] = {};
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t k0 = g * group, k1 = k0 + group < K ? k0 + group : K;
+      __m512i acc[MR];
+      for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_si512();
+      int64_t k = k0;
+      for (; k + 64 <= k1; k += 64) {
+        const __m512i w = _mm512_loadu_si512(b + k);
+        for (int i = 0; i < MR; ++i) {
+          const __m512i a = _mm512_xor_si512(_mm512_loadu_si512(A + i * lda + k), flip);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], a, w);
+        }
+      }
+      if (k < k1) {
+        const __mmask64 mk = bmask(k1 - k);
+        const __m512i w = _mm512_maskz_loadu_epi8(mk, b + k);
+        for (int i = 0; i < MR; ++i) {
+          const __m512i a = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, A + i * lda + k), flip);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], a, w);
+        }
+      }
+      const float s = b_scale[n * G + g];
+      const int32_t comp = b_comp[n * G + g];
+      for (int i = 0; i < MR; ++i) tot[i] += float(_mm512_reduce_add_epi32(acc[i]) - comp) * s;
+    }
+    for (int i = 0; i < MR; ++i) C[i * ldc + n] = tot[i] * a_scale[i];
+  }
+}
+
 }  // namespace
 
 void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
@@ -100,9 +140,16 @@ void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* 
                                  const float* b_scale, int64_t group, const int32_t* b_comp,
                                  float* C, int64_t ldc) {
   const int64_t G = (K + group - 1) / group;
-  if (M == 1) {
-    gemv_rows(N, K, A, a_scale[0], B, ldb, b_scale, b_comp, G, group, C);
-    return;
+  switch (M) {
+    case 1: gemv_rows(N, K, A, a_scale[0], B, ldb, b_scale, b_comp, G, group, C); return;
+    case 2: gemv_multi<2>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 3: gemv_multi<3>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 4: gemv_multi<4>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 5: gemv_multi<5>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 6: gemv_multi<6>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 7: gemv_multi<7>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    case 8: gemv_multi<8>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
+    default: break;
   }
   constexpr int64_t kPanel = 128;
   for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
