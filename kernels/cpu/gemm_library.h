@@ -1,5 +1,5 @@
 // GEMMs from a library made for them (oneDNN matmul), used by the runtime for prefill-sized
-// products; decode-sized ones (M <= kGemmLibraryMinM) go to our own GEMV-style kernels, which
+// products; decode-sized ones (M <= kGemvMaxM* below) go to our own GEMV-style kernels, which
 // stream the weights once and beat the library's per-call packing there.
 //
 // Optional at build time: without oneDNN (SHRINK_HAVE_DNNL undefined, e.g. on a machine with no
@@ -13,8 +13,17 @@
 
 namespace shrink::kernels::cpu {
 
-/// Below this many rows the runtime's own kernels are used even when a library exists.
-inline constexpr int64_t kGemmLibraryMinM = 8;
+/// Up to this many rows of A the runtime uses its own multi-row GEMVs (kernels.h, kGemvMaxM)
+/// even when a library exists, per weight kind. Measured with bench_linear at M = 8..64 with the
+/// weights streaming from DRAM (README "Runtime speed"): oneDNN repacks the weights on every
+/// call, which the GEMVs never do, and wins once its better register blocking pays for that.
+/// f32 and bf16 weights: from 16 rows (2048 x 2048: 1.7 against 2.3 ms).
+inline constexpr int64_t kGemvMaxMFloat = 8;
+/// W8A8: from 32 rows (2048 x 2048: 0.75 against 1.0 ms; at 16 rows the GEMV is ahead).
+inline constexpr int64_t kGemvMaxMW8A8 = 16;
+/// W8A16: the library path dequantizes the whole weight to f32 first, which only pays in
+/// prefill; the GEMV is ahead at every M up to kGemvMaxM.
+inline constexpr int64_t kGemvMaxMW8A16 = 64;
 
 bool gemm_library_available();
 /// "onednn 2.6.3" or "builtin" (the portable kernels).

@@ -193,9 +193,30 @@ void convert_f32_f16_avx512(const float* x, uint16_t* y, int64_t n);
 void attention_merge_f32(int64_t C, int64_t G, int64_t d, const float* o, const float* m,
                          const float* l, float* out);
 
+// ---- Decode-sized GEMMs ----------------------------------------------------------------------
+/// Up to this many rows of A the GEMMs below run as multi-row GEMVs, which the runtime prefers
+/// to a library GEMM (gemm_library.h): each weight row is read once from memory and used for
+/// every row of A from registers (8 rows at a time) while it sits in L1. A row's result does
+/// not depend on M (2 <= M <= kGemvMaxM), so batched decode and speculative verification score
+/// each sequence exactly as they would alone in a batch of two.
+inline constexpr int64_t kGemvMaxM = 64;
+
+/// Calls f(m0, mr, n0, nb) over blocks of at most 8 rows of A (mr) and kGemvBlockN rows of B
+/// (nb), weight blocks outermost: a block of B (16 rows of K values) stays in L1/L2 while every
+/// chunk of A passes over it.
+inline constexpr int64_t kGemvBlockN = 16;
+template <typename F>
+inline void for_gemv_blocks(int64_t M, int64_t N, F&& f) {
+  for (int64_t n0 = 0; n0 < N; n0 += kGemvBlockN) {
+    const int64_t nb = N - n0 < kGemvBlockN ? N - n0 : kGemvBlockN;
+    for (int64_t m0 = 0; m0 < M; m0 += 8) f(m0, M - m0 < 8 ? M - m0 : 8, n0, nb);
+  }
+}
+
 // ---- fp32 GEMM, C = A * B^T ---------------------------------------------------------------
 /// C[m, n] = sum_k A[m*lda + k] * B[n*ldb + k], for m < M, n < N. Register-blocked 4x4 dot
-/// products: the decode GEMV (M = 1..4) and the portable fallback GEMM when no library is built.
+/// products: the decode GEMV (M <= kGemvMaxM) and the portable fallback GEMM when no library is
+/// built.
 using GemmF32NtFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                              const float* B, int64_t ldb, float* C, int64_t ldc);
 void gemm_f32_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,

@@ -8,6 +8,7 @@
 // (GEMM columns) or over (row, head) pairs, so each output element is computed by exactly one
 // kernel call and results do not depend on the thread count.
 // Tested through the engine in tests/runtime/test_engine.cpp (1 vs 2 threads, every ISA level).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -194,7 +195,10 @@ class CpuBackend : public Backend {
   void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
     const CpuLinear& l = static_cast<const CpuLinear&>(base);
     const int64_t N = l.out, K = l.in;
-    const bool big = M >= kc::kGemmLibraryMinM && kc::gemm_library_available();
+    const int64_t gemv_max = l.kind == LinearKind::kW8A16  ? kc::kGemvMaxMW8A16
+                             : l.kind == LinearKind::kW8A8 ? kc::kGemvMaxMW8A8
+                                                           : kc::kGemvMaxMFloat;
+    const bool big = M > gemv_max && kc::gemm_library_available();
     switch (l.kind) {
       case LinearKind::kF32:
         if (!l.wb.empty()) {
@@ -215,9 +219,12 @@ class CpuBackend : public Backend {
           deq_.resize(size_t(N * K));
           kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
             for (int64_t n = b; n < e; ++n) {
-              for (int64_t k = 0; k < K; ++k) {
-                deq_[size_t(n * K + k)] =
-                    float(l.q[size_t(n * K + k)]) * l.scale[size_t(n * G + k / l.group)];
+              const int8_t* q = l.q.data() + n * K;
+              float* d = deq_.data() + n * K;
+              for (int64_t g = 0; g < G; ++g) {
+                const float s = l.scale[size_t(n * G + g)];
+                const int64_t k1 = std::min(K, (g + 1) * l.group);
+                for (int64_t k = g * l.group; k < k1; ++k) d[k] = float(q[k]) * s;
               }
             }
           });

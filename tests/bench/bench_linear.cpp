@@ -1,6 +1,6 @@
 // Google Benchmark micro-benchmarks of the CPU backend's linear layers (the GEMM/GEMV behind every
 // projection), through the same Backend::linear the engine calls, so the library choice
-// (oneDNN for M >= kGemmLibraryMinM, the built-in ISA kernels for decode) is the real one.
+// (the built-in multi-row GEMVs for decode-sized M, oneDNN above) is the real one.
 // Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, bf16, W8A16 and
 // W8A8 (dynamic per token). Counters: GOP/s (2*M*N*K per call) and weight GB/s (bytes of the
 // weights read per call; what bounds decode). The second argument 1 rotates over enough copies
@@ -26,7 +26,8 @@ int threads() {
 }
 
 void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false) {
-  const int64_t M = state.range(0), N = 2048, K = 2048;
+  const int64_t M = state.range(0);
+  const int64_t N = state.range(2), K = state.range(3);
   runtime::CpuBackendOptions bo;
   bo.threads = threads();
   if (bf16) bo.float_weights = "bf16";
@@ -84,9 +85,18 @@ void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(bench_linear, f32, LinearKind::kF32)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK_CAPTURE(bench_linear, bf16, LinearKind::kF32, true)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Args({1, 0})->Args({1, 1})->Args({512, 0})->Unit(benchmark::kMicrosecond)->UseRealTime();
+// Args: {M, DRAM, N, K}. M = 8..64 are batched decode and speculative verification, where the
+// runtime's multi-row GEMV (M <= kGemvMaxM) and the library meet.
+void linear_args(benchmark::internal::Benchmark* b) {
+  b->Args({1, 0, 2048, 2048})->Args({1, 1, 2048, 2048})->Args({512, 0, 2048, 2048});
+  for (int64_t m : {8, 16, 32, 64}) b->Args({m, 1, 2048, 2048});
+  for (int64_t m : {8, 16, 32, 64}) b->Args({m, 1, 1536, 576});  // smollm-135m's gate/up
+  b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
+BENCHMARK_CAPTURE(bench_linear, f32, LinearKind::kF32)->Apply(linear_args);
+BENCHMARK_CAPTURE(bench_linear, bf16, LinearKind::kF32, true)->Apply(linear_args);
+BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Apply(linear_args);
+BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Apply(linear_args);
 
 BENCHMARK_MAIN();

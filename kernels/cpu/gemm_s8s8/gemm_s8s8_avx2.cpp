@@ -63,7 +63,8 @@ void row_tile(int64_t nb, int64_t K, const int8_t* A, int64_t lda, const float* 
   }
 }
 
-// 1 <= M <= 8 (decode, batched decode, speculative verification): one weight row after another,
+// 1 <= M <= kGemvMaxM (decode, batched decode, speculative verification), 8 rows of A at a time
+// (see for_gemv_blocks): one weight row after another,
 // a single sequential stream (4-row tiles interleave four short streams that the hardware
 // prefetcher keeps restarting; see gemm_s8s8_avx512vnni.cpp), each weight vector widened once
 // and used for all M rows of A. A is widened to int16 once per call (Aw, K16 values per row,
@@ -105,23 +106,30 @@ void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int
                            const float* b_scale, int64_t group, const int32_t* /*b_comp*/,
                            float* C, int64_t ldc) {
   const int64_t G = (K + group - 1) / group;
-  if (M <= 8) {
+  if (M <= kGemvMaxM) {
     const int64_t K16 = (K + 15) / 16 * 16;
     thread_local std::vector<int16_t> aw;
     aw.assign(size_t(M * K16), 0);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) aw[size_t(m * K16 + k)] = A[m * lda + k];
-    const int16_t* a = aw.data();
-    switch (M) {
-      case 1: gemv_multi<1>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 2: gemv_multi<2>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 3: gemv_multi<3>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 4: gemv_multi<4>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 5: gemv_multi<5>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 6: gemv_multi<6>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      case 7: gemv_multi<7>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-      default: gemv_multi<8>(N, K, a, K16, a_scale, B, ldb, b_scale, G, group, C, ldc); return;
-    }
+    for_gemv_blocks(M, N, [&](int64_t m0, int64_t mr, int64_t n0, int64_t nb) {
+      const int16_t* a = aw.data() + m0 * K16;
+      const float* as = a_scale + m0;
+      const int8_t* b = B + n0 * ldb;
+      const float* bs = b_scale + n0 * G;
+      float* c = C + m0 * ldc + n0;
+      switch (mr) {
+        case 1: gemv_multi<1>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 2: gemv_multi<2>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 3: gemv_multi<3>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 4: gemv_multi<4>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 5: gemv_multi<5>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 6: gemv_multi<6>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        case 7: gemv_multi<7>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+        default: gemv_multi<8>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
+      }
+    });
+    return;
   }
   constexpr int64_t kPanel = 128;
   for (int64_t p0 = 0; p0 < N; p0 += kPanel) {

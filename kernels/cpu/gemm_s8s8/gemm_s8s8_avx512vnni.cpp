@@ -93,7 +93,8 @@ void gemv_rows(int64_t N, int64_t K, const int8_t* A, float a_scale, const int8_
   }
 }
 
-// 2 <= M <= 8 (batched decode, speculative verification): still one weight row after another,
+// 2 <= M <= kGemvMaxM (batched decode, speculative verification), 8 rows of A at a time (see
+// for_gemv_blocks): still one weight row after another,
 // each 64-byte weight block loaded once and multiplied into all M rows of A (which stay in L1).
 // The 4x4 tiles interleave four weight rows, and two rows cost about as much as two separate
 // GEMVs. One accumulator per row: the M rows' vpdpbusd chains are independent.
@@ -140,16 +141,30 @@ void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* 
                                  const float* b_scale, int64_t group, const int32_t* b_comp,
                                  float* C, int64_t ldc) {
   const int64_t G = (K + group - 1) / group;
-  switch (M) {
-    case 1: gemv_rows(N, K, A, a_scale[0], B, ldb, b_scale, b_comp, G, group, C); return;
-    case 2: gemv_multi<2>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 3: gemv_multi<3>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 4: gemv_multi<4>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 5: gemv_multi<5>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 6: gemv_multi<6>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 7: gemv_multi<7>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    case 8: gemv_multi<8>(N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc); return;
-    default: break;
+  if (M == 1) {
+    gemv_rows(N, K, A, a_scale[0], B, ldb, b_scale, b_comp, G, group, C);
+    return;
+  }
+  if (M <= kGemvMaxM) {
+    for_gemv_blocks(M, N, [&](int64_t m0, int64_t mr, int64_t n0, int64_t nb) {
+      const int8_t* a = A + m0 * lda;
+      const float* as = a_scale + m0;
+      const int8_t* b = B + n0 * ldb;
+      const float* bs = b_scale + n0 * G;
+      const int32_t* bc = b_comp + n0 * G;
+      float* c = C + m0 * ldc + n0;
+      switch (mr) {
+        case 1: gemv_multi<1>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 2: gemv_multi<2>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 3: gemv_multi<3>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 4: gemv_multi<4>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 5: gemv_multi<5>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 6: gemv_multi<6>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        case 7: gemv_multi<7>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+        default: gemv_multi<8>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
+      }
+    });
+    return;
   }
   constexpr int64_t kPanel = 128;
   for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
