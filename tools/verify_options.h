@@ -21,6 +21,11 @@ inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
   sub->add_option("--max-kl", v.max_kl, "Gate: highest allowed mean KL(reference || compact) per token");
   sub->add_option("--min-top1", v.min_top1, "Gate: lowest allowed top-1 agreement, in [0, 1]");
   sub->add_option("--min-speedup", v.min_speedup, "Gate: lowest allowed decode speed-up");
+  sub->add_option("--task", v.task,
+                  "Multiple-choice task (.jsonl, e.g. from `shrink data make-task`): both models' "
+                  "accuracy");
+  sub->add_option("--max-acc-drop", v.max_acc_drop,
+                  "Gate: highest allowed drop of the task's acc_norm (0.02 = 2 points)");
   sub->add_option("--prompt-len", v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
   sub->add_option("--gen-len", v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
   sub->add_flag("--no-bench", [&v](int64_t) { v.bench = false; }, "Skip the speed comparison");

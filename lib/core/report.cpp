@@ -263,6 +263,14 @@ std::string report_markdown(const nlohmann::json& r) {
         << ", " << shrink::strfmt("%+.2f%%", 100 * v["perplexity_increase_ci95"][1].get<double>()) << "]";
     }
     o << ", decode speed-up " << f(v, "decode_speedup", "%.2f") << "x.\n";
+    if (v.contains("task") && v["task"].is_object()) {
+      const auto& t = v["task"];
+      o << "\nTask " << f(t, "path", "%s") << " (" << t.value("items", 0) << " items): acc_norm "
+        << f(t, "acc_norm_reference", "%.4f") << " -> " << f(t, "acc_norm_compact", "%.4f")
+        << " (drop " << f(t, "acc_norm_drop", "%+.4f") << " +- " << f(t, "acc_norm_drop_stderr", "%.4f")
+        << "), same choice on " << shrink::strfmt("%.1f%%", 100 * t.value("agreement", 0.0))
+        << " of items.\n";
+    }
   }
   return o.str();
 }

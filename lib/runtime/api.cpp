@@ -18,6 +18,14 @@ namespace shrink::runtime {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+// log-softmax normalizer of one row of logits, in double: max + log(sum exp(x - max)).
+double log_sum_exp(const float* x, int64_t V) {
+  const float mx = *std::max_element(x, x + V);
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - double(mx));
+  return double(mx) + std::log(z);
+}
+
 }  // namespace
 
 Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
@@ -99,10 +107,7 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
       for (int64_t t = 0; t < windows[w].len; ++t, ++row) {
         if (t + 1 >= windows[w].len) continue;  // the last position predicts nothing scored
         const float* x = logits.data() + row * V;
-        const float mx = *std::max_element(x, x + V);
-        double z = 0;
-        for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - double(mx));
-        nll -= double(x[tk[t + 1]]) - double(mx) - std::log(z);
+        nll -= double(x[tk[t + 1]]) - log_sum_exp(x, V);
         r.tokens_scored++;
       }
       done += uint64_t(windows[w].len);
@@ -114,6 +119,118 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
   r.mean_nll = nll / double(r.tokens_scored);
   r.perplexity = std::exp(r.mean_nll);
   r.tokens_per_second = r.seconds > 0 ? double(n) / r.seconds : 0;
+  return r;
+}
+
+namespace {
+double bernoulli_stderr(double p, int64_t n) {
+  return n > 1 ? std::sqrt(p * (1 - p) / double(n - 1)) : 0.0;
+}
+}  // namespace
+
+Result<std::vector<core::ChoiceItem>> choice_task_for(const std::string& model_dir,
+                                                      const std::string& tokenizer,
+                                                      const std::string& task_path,
+                                                      int64_t vocab_size) {
+  const std::string tok_path = tokenizer.empty() ? model_dir + "/tokenizer.json" : tokenizer;
+  std::optional<core::Tokenizer> tok;
+  if (!tokenizer.empty() || core::path_exists(tok_path)) {
+    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer t, core::Tokenizer::load(tok_path));
+    tok = std::move(t);
+  }
+  return core::choice_task_load(task_path, tok ? &*tok : nullptr, vocab_size);
+}
+
+Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem>& items,
+                                   const std::function<void(uint64_t)>& progress) {
+  const int64_t V = e.config().vocab_size, max_seq = e.max_seq_len();
+  ChoiceResult r;
+  r.items = int64_t(items.size());
+  r.loglik.resize(items.size());
+  std::vector<std::vector<int32_t>> ctx(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const core::ChoiceItem& it = items[i];
+    int64_t longest = 0;
+    for (const auto& c : it.choices) {
+      longest = std::max<int64_t>(longest, int64_t(c.size()));
+      for (int32_t t : c) {
+        SHRINK_CHECK(t >= 0 && t < V, StatusCode::kInvalidInput,
+                     "item %zu: token id %d is outside the vocabulary [0, %lld)", i + 1, t,
+                     (long long)V);
+      }
+    }
+    SHRINK_CHECK(longest < max_seq, StatusCode::kInvalidInput,
+                 "item %zu: a choice of %lld tokens leaves no room for context in the engine's "
+                 "%lld positions", i + 1, (long long)longest, (long long)max_seq);
+    const int64_t keep = std::min<int64_t>(int64_t(it.context.size()), max_seq - longest);
+    if (keep < int64_t(it.context.size())) r.truncated++;
+    ctx[i].assign(it.context.end() - keep, it.context.end());
+  }
+  auto t0 = Clock::now();
+  std::vector<float> logits;
+  const size_t B = size_t(e.max_batch());
+  for (size_t i = 0; i < items.size(); i += B) {
+    const size_t j = std::min(items.size(), i + B);
+    e.reset_all();
+    std::vector<SeqChunk> chunks;
+    for (size_t k = i; k < j; ++k) chunks.push_back({int(k - i), ctx[k].data(), int64_t(ctx[k].size())});
+    SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/false, logits));
+    // The context's last row predicts every choice's first token.
+    std::vector<std::vector<float>> last(j - i);
+    std::vector<double> last_lse(j - i);
+    size_t most = 0;
+    for (size_t k = i; k < j; ++k) {
+      const float* x = logits.data() + (k - i) * size_t(V);
+      last[k - i].assign(x, x + V);
+      last_lse[k - i] = log_sum_exp(x, V);
+      most = std::max(most, items[k].choices.size());
+      r.loglik[k].assign(items[k].choices.size(), 0.0);
+    }
+    for (size_t c = 0; c < most; ++c) {
+      chunks.clear();
+      std::vector<size_t> who;
+      for (size_t k = i; k < j; ++k) {
+        if (c >= items[k].choices.size()) continue;
+        const auto& ch = items[k].choices[c];
+        chunks.push_back({int(k - i), ch.data(), int64_t(ch.size())});
+        who.push_back(k);
+      }
+      SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/true, logits));
+      size_t row = 0;
+      for (size_t k : who) {
+        const auto& ch = items[k].choices[c];
+        double ll = double(last[k - i][size_t(ch[0])]) - last_lse[k - i];
+        for (size_t t = 1; t < ch.size(); ++t, ++row) {
+          const float* x = logits.data() + row * size_t(V);
+          ll += double(x[ch[t]]) - log_sum_exp(x, V);
+        }
+        ++row;  // the choice's last row predicts nothing scored
+        r.loglik[k][c] = ll;
+        SHRINK_RETURN_IF_ERROR(e.truncate(int(k - i), int64_t(ctx[k].size())));
+      }
+    }
+    if (progress) progress(uint64_t(j));
+  }
+  e.reset_all();
+  r.seconds = since(t0);
+  int64_t right = 0, right_norm = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const auto& ll = r.loglik[k];
+    int64_t p = 0, pn = 0;
+    for (size_t c = 1; c < ll.size(); ++c) {
+      if (ll[c] > ll[size_t(p)]) p = int64_t(c);
+      if (ll[c] / items[k].norm_length[c] > ll[size_t(pn)] / items[k].norm_length[size_t(pn)]) pn = int64_t(c);
+    }
+    r.pred.push_back(p);
+    r.pred_norm.push_back(pn);
+    right += p == items[k].label;
+    right_norm += pn == items[k].label;
+  }
+  const int64_t n = r.items;
+  r.acc = n ? double(right) / double(n) : 0;
+  r.acc_norm = n ? double(right_norm) / double(n) : 0;
+  r.acc_stderr = bernoulli_stderr(r.acc, n);
+  r.acc_norm_stderr = bernoulli_stderr(r.acc_norm, n);
   return r;
 }
 

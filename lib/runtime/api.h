@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/choice_task.h"
 #include "core/sampling.h"
 #include "core/status.h"
 #include "runtime/engine.h"
@@ -48,6 +49,30 @@ struct PerplexityResult {
 Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,
                                     int64_t batch,
                                     const std::function<void(uint64_t)>& progress = nullptr);
+
+/// Multiple-choice accuracy (core/choice_task.h), as lm-evaluation-harness scores HellaSwag-style
+/// tasks: each choice's log-likelihood given the context (sum of log-softmax over its tokens, in
+/// double); acc takes the highest, acc_norm the highest per byte of the choice (per token for
+/// id items). Standard errors are sqrt(p (1 - p) / (n - 1)), as lm-eval reports them.
+struct ChoiceResult {
+  int64_t items = 0;
+  int64_t truncated = 0;  // contexts cut from the left to fit max_seq_len (lm-eval does too)
+  double acc = 0, acc_stderr = 0, acc_norm = 0, acc_norm_stderr = 0;
+  std::vector<int64_t> pred, pred_norm;     // per item
+  std::vector<std::vector<double>> loglik;  // per item and choice
+  double seconds = 0;
+};
+/// Loads a task file for MODEL_DIR: text items are tokenized with `tokenizer` (a tokenizer.json),
+/// else MODEL_DIR's tokenizer.json when it has one; id items need neither.
+Result<std::vector<core::ChoiceItem>> choice_task_for(const std::string& model_dir,
+                                                      const std::string& tokenizer,
+                                                      const std::string& task_path,
+                                                      int64_t vocab_size);
+/// Runs up to max_batch() items at once (one slot each): the contexts in one forward, then each
+/// choice in one forward per choice index, truncating every slot back to its context. Errors:
+/// kInvalidInput when a choice alone does not fit max_seq_len, or an id is outside the vocabulary.
+Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem>& items,
+                                   const std::function<void(uint64_t)>& progress = nullptr);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;

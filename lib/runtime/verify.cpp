@@ -62,7 +62,7 @@ nlohmann::json VerifyResult::to_json() const {
   nlohmann::json dp = dist(delta_p);
   dp["mean"] = delta_p_mean;
   dp["rms"] = delta_p_rms;
-  return {{"engine_reference", engine_reference},
+  nlohmann::json j = {{"engine_reference", engine_reference},
           {"engine_compact", engine_compact},
           {"perplexity_reference", ppl_reference},
           {"perplexity_compact", ppl_compact},
@@ -84,6 +84,20 @@ nlohmann::json VerifyResult::to_json() const {
           {"weight_bytes_compact", bytes_compact},
           {"passed", passed},
           {"verdict", verdict}};
+  if (task) {
+    j["task"] = {{"path", task->path},
+                 {"items", task->items},
+                 {"acc_reference", task->acc_reference},
+                 {"acc_compact", task->acc_compact},
+                 {"acc_norm_reference", task->acc_norm_reference},
+                 {"acc_norm_compact", task->acc_norm_compact},
+                 {"acc_norm_stderr_reference", task->acc_norm_stderr_reference},
+                 {"acc_norm_stderr_compact", task->acc_norm_stderr_compact},
+                 {"agreement", task->agreement},
+                 {"acc_norm_drop", task->acc_norm_drop},
+                 {"acc_norm_drop_stderr", task->acc_norm_drop_stderr}};
+  }
+  return j;
 }
 
 Result<VerifyResult> verify(const std::string& compact_dir, const std::string& reference_dir,
@@ -92,9 +106,12 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
                (long long)o.seq_len);
   SHRINK_CHECK(o.min_top1 <= 1, StatusCode::kInvalidInput,
                "--min-top1 %g: expected an agreement in [0, 1]", o.min_top1);
+  SHRINK_CHECK(o.max_acc_drop < 0 || !o.task.empty(), StatusCode::kInvalidInput,
+               "--max-acc-drop %g gates a task's accuracy; expected --task FILE with it",
+               o.max_acc_drop);
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max(o.seq_len, o.bench_prompt_len + o.bench_gen_len);
-  eo.max_batch = 1;
+  eo.max_batch = o.task.empty() ? 1 : 8;  // task items run 8 at a time
   EngineOptions ref_eo = eo;
   ref_eo.lm_head = "f32";  // the reference is what it is; only the compact model's head may shrink
   ref_eo.kv_cache = "f32";  // ... and its cache
@@ -169,6 +186,30 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   r.delta_p_rms = std::sqrt(sq / n);
   r.kl_dist = distribution(kls);
   r.delta_p = distribution(dps);
+  if (!o.task.empty()) {
+    SHRINK_ASSIGN_OR_RETURN(std::vector<core::ChoiceItem> items,
+                            choice_task_for(reference_dir, o.source.tokenizer, o.task, V));
+    SHRINK_ASSIGN_OR_RETURN(ChoiceResult tr, score_choices(*ref, items));
+    SHRINK_ASSIGN_OR_RETURN(ChoiceResult tc, score_choices(*cmp, items));
+    VerifyResult::Task t;
+    t.path = o.task;
+    t.items = tr.items;
+    t.acc_reference = tr.acc;
+    t.acc_compact = tc.acc;
+    t.acc_norm_reference = tr.acc_norm;
+    t.acc_norm_compact = tc.acc_norm;
+    t.acc_norm_stderr_reference = tr.acc_norm_stderr;
+    t.acc_norm_stderr_compact = tc.acc_norm_stderr;
+    std::vector<double> drop;  // per item: right for the reference minus right for the compact
+    double same = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+      same += tr.pred_norm[k] == tc.pred_norm[k];
+      drop.push_back(double(tr.pred_norm[k] == items[k].label) - double(tc.pred_norm[k] == items[k].label));
+    }
+    t.agreement = same / double(items.size());
+    t.acc_norm_drop = mean_of(drop, &t.acc_norm_drop_stderr);
+    r.task = t;
+  }
   r.bytes_reference = ref->weight_bytes();
   r.bytes_compact = cmp->weight_bytes();
   if (o.bench) {
@@ -198,6 +239,11 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   }
   if (o.min_top1 >= 0 && r.top1_agreement < o.min_top1) {
     fail(shrink::strfmt("top-1 agreement %.4f is below %.4f", r.top1_agreement, o.min_top1));
+  }
+  if (o.max_acc_drop >= 0 && r.task && r.task->acc_norm_drop > o.max_acc_drop) {
+    fail(shrink::strfmt("task accuracy drop %.4f (acc_norm %.4f -> %.4f) exceeds %.4f",
+                        r.task->acc_norm_drop, r.task->acc_norm_reference,
+                        r.task->acc_norm_compact, o.max_acc_drop));
   }
   r.passed = failed.empty();
   r.verdict = r.passed ? "pass" : "fail: " + failed;

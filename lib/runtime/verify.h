@@ -6,12 +6,16 @@
 // model's probability of the actual next token minus the reference's) percentiles and RMS, plus
 // standard errors and a 95% interval for the perplexity ratio (tokens taken as independent, as
 // llama.cpp does), so that a CI gate can tell a real change from noise.
-// Gates: maximum relative perplexity increase, maximum mean KL, minimum top-1 agreement and
-// minimum decode speed-up; a failed gate is reported (callers exit 3), not an error.
+// With a multiple-choice task (core/choice_task.h), both models' accuracy on it, how often they
+// pick the same choice, and the paired standard error of the accuracy drop.
+// Gates: maximum relative perplexity increase, maximum mean KL, minimum top-1 agreement, maximum
+// task accuracy drop and minimum decode speed-up; a failed gate is reported (callers exit 3),
+// not an error.
 // Tested in tests/runtime/test_verify.cpp and tests/cli/test_rt_cli.sh.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -28,6 +32,8 @@ struct VerifyOptions {
   double min_speedup = -1;       // compact decode tok/s / reference decode tok/s; < 0: no gate
   double max_kl = -1;            // mean KL(reference || compact) per token; < 0: no gate
   double min_top1 = -1;          // top-1 agreement in [0, 1]; < 0: no gate
+  std::string task;              // multiple-choice task (core/choice_task.h); "" = none
+  double max_acc_drop = -1;      // task acc_norm, reference minus compact; < 0: no gate
   int64_t bench_prompt_len = 128, bench_gen_len = 32;
   bool bench = true;
   EngineOptions engine;
@@ -46,6 +52,17 @@ struct VerifyResult {
   };
   Dist kl_dist, delta_p;      // KL per token; p_compact(next) - p_reference(next)
   double delta_p_mean = 0, delta_p_rms = 0;
+  // Multiple-choice accuracy of both models on opts.task (items scored the same way), when given.
+  struct Task {
+    std::string path;
+    int64_t items = 0;
+    double acc_reference = 0, acc_compact = 0, acc_norm_reference = 0, acc_norm_compact = 0;
+    double acc_norm_stderr_reference = 0, acc_norm_stderr_compact = 0;
+    double agreement = 0;           // items where both pick the same choice (acc_norm's pick)
+    double acc_norm_drop = 0;       // reference minus compact
+    double acc_norm_drop_stderr = 0;  // of the paired per-item differences
+  };
+  std::optional<Task> task;
   BenchResult bench_reference, bench_compact;
   double decode_speedup = 0, prefill_speedup = 0;
   uint64_t bytes_reference = 0, bytes_compact = 0;  // weight bytes read per decode step

@@ -93,6 +93,11 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_grep "eval on shards uses val" "$T/out" "split val"
   expect_rc "data stats" 0 "$SHRINK" --json data stats "$T/shards" --seq-len 64
   expect_grep "data stats reports the unigram baseline" "$T/out" '"unigram_val_perplexity"'
+  expect_rc "data make-task" 0 "$SHRINK" --json data make-task --out "$T/task.jsonl"
+  if cmp -s "$T/task.jsonl" "$FIX/../../tasks/fortunes-cloze.jsonl"; then ok "make-task rebuilds tasks/fortunes-cloze.jsonl byte for byte"; else bad "make-task differs from tasks/fortunes-cloze.jsonl"; fi
+  expect_rc "make-task with one choice exits 2" 2 "$SHRINK" data make-task --out "$T/t1.jsonl" --choices 1
+  expect_grep "the choices error names the range" "$T/err" "expected 2..16"
+  [ ! -e "$T/t1.jsonl" ] && ok "a failed make-task writes nothing" || bad "a failed make-task left a file"
   expect_rc "convert to bfloat16" 0 "$SHRINK" convert "$T/rand" --dtype bf16 --out "$T/rand-bf16"
   expect_grep "convert writes bfloat16" "$T/rand-bf16/config.json" '"bfloat16"'
   expect_rc "eval the bfloat16 copy" 0 "$SHRINK" --json eval "$T/rand-bf16" --data "$T/shards" --seq-len 64

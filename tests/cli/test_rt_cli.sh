@@ -84,6 +84,21 @@ cp "$T/out" "$T/s1"
 "$RT" --json generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1,5 --max-new-tokens 8 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3 >"$T/s2" 2>/dev/null
 if [ "$(grep -A30 '"ids"' "$T/s1" | grep -v seconds | grep -v per_second)" = "$(grep -A30 '"ids"' "$T/s2" | grep -v seconds | grep -v per_second)" ]; then ok "same seed, same sample"; else bad "sampling not deterministic"; fi
 
+# Multiple-choice tasks (ids, since the fixture has no tokenizer): eval --task, a bad item
+# names file:line, a task gate without a task exits 2 (verify --task runs with the shards below).
+M="$FIX/hf/llama_gqa_llama3rope"
+for i in $(seq 1 12); do
+  echo "{\"context_ids\": [$((i * 7 % 300)), $((i * 13 % 300))], \"choices_ids\": [[$((i % 300))], [$((i * 3 % 300)), 4], [$((i * 11 % 300))]], \"label\": $((i % 3))}"
+done >"$T/task.jsonl"
+expect_rc "eval --task" 0 "$RT" --json eval "$M" --task "$T/task.jsonl"
+expect_grep "eval --task reports acc_norm" "$T/out" '"acc_norm"'
+expect_grep "eval --task counts the items" "$T/out" '"items": 12'
+{ head -2 "$T/task.jsonl"; echo '{"context_ids": [1], "choices_ids": [[2], [3]], "label": 5}'; } >"$T/badtask.jsonl"
+expect_rc "eval --task with a bad label exits 2" 2 "$RT" eval "$M" --task "$T/badtask.jsonl"
+expect_grep "the task error names file:line" "$T/err" "badtask.jsonl:3: label 5 is not a choice index"
+expect_rc "verify --max-acc-drop without --task exits 2" 2 "$RT" verify "$M" --reference "$M" --no-bench --max-acc-drop 0.01
+expect_grep "the gate error asks for --task" "$T/err" "expected --task FILE"
+
 # eval on a token file (bytes of a small text as ids < 300 would need a tokenizer: use a .tok
 # file written by python-free means: shrink-rt cannot write shards, so use the fixture ids).
 if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
@@ -99,6 +114,8 @@ if [ -n "$SHRINK" ] && [ -x "$SHRINK" ]; then
     M="$FIX/hf/llama_gqa_llama3rope"
     expect_rc "verify a model against itself" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --prompt-len 8 --gen-len 4 --max-ppl-increase 0
     expect_grep "verify reports full agreement" "$T/out" '"top1_agreement": 1.0'
+    expect_rc "verify --task against itself passes a zero-drop gate" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --task "$T/task.jsonl" --max-acc-drop 0
+    expect_grep "verify --task reports the agreement" "$T/out" '"agreement": 1.0'
     expect_rc "verify against itself passes the KL and top-1 gates" 0 "$RT" --json verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --max-kl 0 --min-top1 1
     expect_grep "verify reports the KL distribution" "$T/out" '"p99": 0.0'
     expect_rc "verify --min-top1 above 1 exits 2" 2 "$RT" verify "$M" --reference "$M" --data "$T/shards" --split all --seq-len 32 --no-bench --min-top1 2

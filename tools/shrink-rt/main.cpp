@@ -226,12 +226,49 @@ void register_bench(CLI::App& app, Globals& g) {
 
 // ---- eval ------------------------------------------------------------------------------------
 
+struct EvalOpts {
+  std::string model, task;
+  runtime::TokenSource src;
+  int64_t seq_len = 0, batch = 4;
+};
+
+// `eval --task`: multiple-choice accuracy (runtime::score_choices).
+Status eval_task(const EvalOpts& o, const core::ModelConfig& cfg, Globals& g) {
+  SHRINK_ASSIGN_OR_RETURN(std::vector<core::ChoiceItem> items,
+                          runtime::choice_task_for(o.model, o.src.tokenizer, o.task, cfg.vocab_size));
+  SHRINK_CHECK(o.batch >= 1, StatusCode::kInvalidInput, "--batch %lld: expected >= 1",
+               (long long)o.batch);
+  runtime::EngineOptions eo = engine_opts(g);
+  eo.max_seq_len = o.seq_len ? o.seq_len : std::min<int64_t>(2048, cfg.max_position_embeddings);
+  eo.max_batch = int(o.batch);
+  SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o.model, eo));
+  const bool prog_on = !g.json && !g.quiet && core::Progress::stderr_is_tty();
+  core::Progress prog("task", items.size(), "items", prog_on);
+  SHRINK_ASSIGN_OR_RETURN(runtime::ChoiceResult r,
+                          runtime::score_choices(*e, items, [&](uint64_t d) { prog.update(d); }));
+  prog.finish();
+  if (g.json) {
+    print_json({{"model", o.model}, {"engine", e->describe()}, {"task", o.task},
+                {"items", r.items}, {"acc", r.acc}, {"acc_stderr", r.acc_stderr},
+                {"acc_norm", r.acc_norm}, {"acc_norm_stderr", r.acc_norm_stderr},
+                {"truncated", r.truncated}, {"seconds", r.seconds}, {"threads", g.threads}});
+  } else {
+    std::printf("task        %s, %lld items\n", o.task.c_str(), (long long)r.items);
+    std::printf("acc         %.4f +- %.4f\n", r.acc, r.acc_stderr);
+    std::printf("acc_norm    %.4f +- %.4f (log-likelihood per byte of the choice)\n", r.acc_norm,
+                r.acc_norm_stderr);
+    if (r.truncated) {
+      std::printf("truncated   %lld contexts cut from the left to fit\n", (long long)r.truncated);
+    }
+    std::printf("engine      %s\n", e->describe().c_str());
+    std::printf("speed       %.1f items/s (%.2f s)\n", r.seconds > 0 ? double(r.items) / r.seconds : 0.0,
+                r.seconds);
+  }
+  return Status::ok();
+}
+
 void register_eval(CLI::App& app, Globals& g) {
-  struct Opts {
-    std::string model;
-    runtime::TokenSource src;
-    int64_t seq_len = 0, batch = 4;
-  };
+  using Opts = EvalOpts;
   auto o = std::make_shared<Opts>();
   o->src.data = core::kDefaultCorpus;
   CLI::App* sub = app.add_subcommand(
@@ -252,9 +289,13 @@ void register_eval(CLI::App& app, Globals& g) {
   sub->add_option("--split-seed", o->src.seed, "Seed of the document-level split")
       ->capture_default_str();
   sub->add_option("--tokenizer", o->src.tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  sub->add_option("--task", o->task,
+                  "Multiple-choice task (.jsonl, e.g. from `shrink data make-task`): report its "
+                  "accuracy instead of perplexity");
   sub->callback([o, &g] {
     g.exit_code = run_guarded("eval", g, [&]() -> Status {
       SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
+      if (!o->task.empty()) return eval_task(*o, cfg, g);
       const int64_t seq_len = o->seq_len ? o->seq_len : std::min<int64_t>(512, cfg.max_position_embeddings);
       SHRINK_CHECK(seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
                    (long long)seq_len);
@@ -440,6 +481,13 @@ void register_verify(CLI::App& app, Globals& g) {
                     "%.5f, median %.5f, p99 %.5f, max %.5f; delta-p RMS %.4f, p01 %+.4f, p99 %+.4f\n",
                     100 * r.ppl_increase_lo, 100 * r.ppl_increase_hi, r.kl, r.kl_dist.p50,
                     r.kl_dist.p99, r.kl_dist.max, r.delta_p_rms, r.delta_p.p01, r.delta_p.p99);
+        if (r.task) {
+          std::printf("task %s, %lld items: acc_norm %.4f -> %.4f (drop %+.4f +- %.4f), acc %.4f -> "
+                      "%.4f, same choice on %.1f%% of items\n",
+                      r.task->path.c_str(), (long long)r.task->items, r.task->acc_norm_reference,
+                      r.task->acc_norm_compact, r.task->acc_norm_drop, r.task->acc_norm_drop_stderr,
+                      r.task->acc_reference, r.task->acc_compact, 100 * r.task->agreement);
+        }
         std::printf("top-1 agreement %.4f, KL(reference||compact) %.5f over %llu tokens: %s\n",
                     r.top1_agreement, r.kl, (unsigned long long)r.tokens_scored, r.verdict.c_str());
       }

@@ -1,7 +1,9 @@
 // `shrink data prepare --data PATH --tokenizer T --out DIR`: stream-tokenize a corpus into
-// train/val token shards (deterministic document-level split).
+// train/val token shards (deterministic document-level split). `shrink data make-task`: a
+// multiple-choice task from a corpus (core/choice_task.h). `shrink data stats`: token counts.
 #include <cstdio>
 
+#include "core/choice_task.h"
 #include "core/dataset.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
@@ -51,6 +53,53 @@ void register_data(CLI::App& app, Globals& g) {
                     o->out.c_str(), (unsigned long long)s.train_tokens,
                     (unsigned long long)s.val_tokens, (unsigned long long)s.documents,
                     core::human_bytes(double(s.bytes)).c_str());
+      }
+      return 0;
+    });
+  });
+
+  struct TaskOpts {
+    std::string out;
+    core::ChoiceTaskBuildOptions b;
+  };
+  auto to = std::make_shared<TaskOpts>();
+  to->b.data = core::kDefaultCorpus;
+  CLI::App* task = data->add_subcommand(
+      "make-task",
+      "Build a multiple-choice task (JSONL) from a corpus, HellaSwag-style: each held-out "
+      "document of --min-words..--max-words words is cut near its middle, and the choices are "
+      "its true ending and endings of other documents of similar length");
+  task->add_option("--data", to->b.data, "Text file, directory, .jsonl or fortune files")
+      ->capture_default_str();
+  task->add_option("--out", to->out, "Output .jsonl")->required();
+  task->add_option("--split", to->b.split, "Documents to use: val, train or all")
+      ->capture_default_str();
+  task->add_option("--val-fraction", to->b.val_fraction,
+                   "Held-out fraction of the document-level split (as `data prepare`)")
+      ->capture_default_str();
+  task->add_option("--split-seed", to->b.split_seed, "Seed of the split (as `data prepare --seed`)")
+      ->capture_default_str();
+  task->add_option("--seed", to->b.seed, "Seed of the distractors and label order")
+      ->capture_default_str();
+  task->add_option("--choices", to->b.choices, "Choices per item (2..16)")->capture_default_str();
+  task->add_option("--max-items", to->b.max_items, "At most this many items (0: all)")
+      ->capture_default_str();
+  task->add_option("--min-words", to->b.min_words, "Shortest document used, in words")
+      ->capture_default_str();
+  task->add_option("--max-words", to->b.max_words, "Longest document used, in words")
+      ->capture_default_str();
+  task->callback([to, &g] {
+    g.exit_code = run_guarded("data make-task", g, false, [&] {
+      core::ChoiceTaskBuildResult r = core::choice_task_build(to->b, to->out).take_or_throw();
+      if (g.json) {
+        print_json({{"out", to->out}, {"items", r.items}, {"documents", r.documents},
+                    {"choices", to->b.choices}, {"split", to->b.split}});
+      } else {
+        std::printf("wrote %s: %lld items with %lld choices each, from %lld %s documents of "
+                    "%lld..%lld words\n",
+                    to->out.c_str(), (long long)r.items, (long long)to->b.choices,
+                    (long long)r.documents, to->b.split.c_str(), (long long)to->b.min_words,
+                    (long long)to->b.max_words);
       }
       return 0;
     });

@@ -53,6 +53,13 @@ void register_verify(CLI::App& app, Globals& g) {
                     r.ppl_compact, r.ppl_reference, 100 * r.ppl_increase, 100 * r.ppl_increase_lo,
                     100 * r.ppl_increase_hi, r.top1_agreement, r.kl, r.kl_dist.p99, r.kl_dist.max,
                     r.bench_compact.decode_tokens_per_second, r.decode_speedup, r.verdict.c_str());
+        if (r.task) {
+          std::printf("task %s, %lld items: acc_norm %.4f (reference %.4f, drop %+.4f +- %.4f), "
+                      "same choice on %.1f%% of items\n",
+                      r.task->path.c_str(), (long long)r.task->items, r.task->acc_norm_compact,
+                      r.task->acc_norm_reference, r.task->acc_norm_drop,
+                      r.task->acc_norm_drop_stderr, 100 * r.task->agreement);
+        }
       }
       if (!r.passed) gate = 3;
       return 0;
