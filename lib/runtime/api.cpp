@@ -150,10 +150,21 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
   std::vector<std::vector<int32_t>> ctx(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     const core::ChoiceItem& it = items[i];
+    SHRINK_CHECK(!it.context.empty() && it.choices.size() >= 2 &&
+                     it.norm_length.size() == it.choices.size() && it.label >= 0 &&
+                     it.label < int64_t(it.choices.size()),
+                 StatusCode::kInvalidInput,
+                 "item %zu: expected a context, at least 2 choices with a length each, and a "
+                 "label among them", i + 1);
     int64_t longest = 0;
+    std::vector<const std::vector<int32_t>*> seqs = {&it.context};
     for (const auto& c : it.choices) {
+      SHRINK_CHECK(!c.empty(), StatusCode::kInvalidInput, "item %zu: a choice has no tokens", i + 1);
       longest = std::max<int64_t>(longest, int64_t(c.size()));
-      for (int32_t t : c) {
+      seqs.push_back(&c);
+    }
+    for (const auto* sq : seqs) {
+      for (int32_t t : *sq) {
         SHRINK_CHECK(t >= 0 && t < V, StatusCode::kInvalidInput,
                      "item %zu: token id %d is outside the vocabulary [0, %lld)", i + 1, t,
                      (long long)V);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/dataset.h"
+#include "core/model_config.h"
 
 namespace shrink::runtime {
 
@@ -109,8 +110,20 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   SHRINK_CHECK(o.max_acc_drop < 0 || !o.task.empty(), StatusCode::kInvalidInput,
                "--max-acc-drop %g gates a task's accuracy; expected --task FILE with it",
                o.max_acc_drop);
+  // The task first: its longest item sizes the engines (up to the model's positions).
+  std::vector<core::ChoiceItem> items;
+  int64_t task_len = 0;
+  if (!o.task.empty()) {
+    SHRINK_ASSIGN_OR_RETURN(core::ModelConfig rc, core::config_load(reference_dir));
+    SHRINK_ASSIGN_OR_RETURN(items, choice_task_for(reference_dir, o.source.tokenizer, o.task,
+                                                   rc.vocab_size));
+    for (const core::ChoiceItem& it : items) {
+      for (const auto& c : it.choices) task_len = std::max<int64_t>(task_len, int64_t(it.context.size() + c.size()));
+    }
+    task_len = std::min<int64_t>(task_len, rc.max_position_embeddings);
+  }
   EngineOptions eo = o.engine;
-  eo.max_seq_len = std::max(o.seq_len, o.bench_prompt_len + o.bench_gen_len);
+  eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_len});
   eo.max_batch = o.task.empty() ? 1 : 8;  // task items run 8 at a time
   EngineOptions ref_eo = eo;
   ref_eo.lm_head = "f32";  // the reference is what it is; only the compact model's head may shrink
@@ -187,8 +200,6 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   r.kl_dist = distribution(kls);
   r.delta_p = distribution(dps);
   if (!o.task.empty()) {
-    SHRINK_ASSIGN_OR_RETURN(std::vector<core::ChoiceItem> items,
-                            choice_task_for(reference_dir, o.source.tokenizer, o.task, V));
     SHRINK_ASSIGN_OR_RETURN(ChoiceResult tr, score_choices(*ref, items));
     SHRINK_ASSIGN_OR_RETURN(ChoiceResult tc, score_choices(*cmp, items));
     VerifyResult::Task t;

@@ -26,6 +26,7 @@ cd "$T"
 "$SHRINK" init --preset tiny --tokenizer tok.json --out teacher --seed 1 >/dev/null
 "$SHRINK" -q train --model teacher --data shards --out tr --steps 20 --seq-len 64 --batch 4 --eval-every 0 >/dev/null
 cp -r tr/model teacher-trained
+"$SHRINK" data make-task --out task.jsonl --max-items 40 >/dev/null
 
 # Ten mistakes, one run.
 cat >bad.yaml <<'Y'
@@ -69,7 +70,7 @@ stages:
   - prune: {method: structured, target-params: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
   - distill: {steps: 40, seq-len: 64, batch: 4, eval-every: 0, eval-tokens: 1024, save-every: 2}
   - quantize: {scheme: w8a8, smoothquant: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
-  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 100, prompt-len: 16, gen-len: 4}
+  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 100, prompt-len: 16, gen-len: 4, task: task.jsonl}
   - report
 Y
 expect_rc "dry run" 0 "$SHRINK" run tiny.yaml --dry-run
@@ -91,6 +92,7 @@ for f in report.json report.md report.svg; do [ -s "run/$f" ] && ok "wrote $f" |
 expect_grep "report.json has the schema" run/report.json '"schema": "shrink-report/1"'
 expect_grep "report.md has the verify verdict" run/report.md "Verdict: \*\*pass\*\*"
 expect_grep "report.svg is an SVG" run/report.svg "<svg"
+expect_grep "report.md has the task accuracy" run/report.md "Task task.jsonl (40 items): acc_norm"
 expect_rc "a second rerun skips everything" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
 n=$(grep -c '"status":"skipped"' "$T/out"); [ "$n" = 5 ] && ok "5 stages skipped" || bad "$n stages skipped"
 expect_rc "a failing gate exits 3" 3 "$SHRINK" run tiny.yaml --metrics-tokens 1024 --set stages.3.verify.min-speedup=1000
@@ -98,6 +100,7 @@ expect_grep "only the changed stage reruns" "$T/out" '"index":2,"status":"skippe
 cp run/report.json a.json
 expect_rc "compare two reports" 0 "$SHRINK" compare a.json run/report.json --plot cmp.svg
 expect_grep "compare marks the Pareto front" "$T/out" "Pareto"
+expect_grep "compare shows the task accuracy" "$T/out" "task acc_norm"
 [ -s cmp.svg ] && ok "compare wrote a plot" || bad "no compare plot"
 
 # Every shipped recipe validates (when the committed teacher is there).

@@ -32,6 +32,7 @@ void register_compare(CLI::App& app, Globals& g) {
         std::string name;
         nlohmann::json model, acc;
         bool teacher = false;
+        double task_acc = -1;  // the verify stage's task acc_norm, when it ran one
       };
       std::vector<Row> rows;
       for (std::string path : o->reports) {
@@ -43,15 +44,25 @@ void register_compare(CLI::App& app, Globals& g) {
           throw Error(StatusCode::kInvalidInput, path + ": not a shrink report (expected schema " +
                                                      std::string(core::kReportSchema) + ")");
         }
+        // The verify stage's task accuracy (verify --task): the compact model's for the run,
+        // the reference's for the teacher.
+        const nlohmann::json task = j.contains("verify") && j["verify"].is_object() &&
+                                            j["verify"].contains("task") ? j["verify"]["task"]
+                                                                         : nlohmann::json(nullptr);
+        auto task_acc = [&](const char* k) {
+          return task.is_object() && task.contains(k) ? task[k].get<double>() : -1.0;
+        };
         if (rows.empty() && j.contains("teacher")) {
-          rows.push_back({"teacher", j["teacher"]["model"], j["teacher"]["accuracy"], true});
+          rows.push_back({"teacher", j["teacher"]["model"], j["teacher"]["accuracy"], true,
+                          task_acc("acc_norm_reference")});
         }
         nlohmann::json last = nullptr;
         for (const auto& s : j["stages"]) {
           if (s.contains("model") && !s["model"].is_null()) last = s;
         }
         if (last.is_null()) continue;
-        rows.push_back({j.value("name", path) + " (" + path + ")", last["model"], last["accuracy"], false});
+        rows.push_back({j.value("name", path) + " (" + path + ")", last["model"], last["accuracy"], false,
+                        task_acc("acc_norm_compact")});
       }
       std::vector<double> xs, ys;
       for (auto& r : rows) {
@@ -63,6 +74,8 @@ void register_compare(CLI::App& app, Globals& g) {
         nlohmann::json out = nlohmann::json::array();
         for (size_t i = 0; i < rows.size(); ++i) {
           out.push_back({{"run", rows[i].name}, {"model", rows[i].model}, {"accuracy", rows[i].acc},
+                         {"task_acc_norm", rows[i].task_acc >= 0 ? nlohmann::json(rows[i].task_acc)
+                                                                 : nlohmann::json(nullptr)},
                          {"pareto", bool(front[i])}});
         }
         print_json(out);
@@ -75,21 +88,22 @@ void register_compare(CLI::App& app, Globals& g) {
           return b;
         };
         if (md) {
-          std::printf("| run | params | MiB | quant | sparsity | perplexity | KL | top-1 | decode tok/s | Pareto |\n");
-          std::printf("|---|---:|---:|---|---:|---:|---:|---:|---:|:---:|\n");
+          std::printf("| run | params | MiB | quant | sparsity | perplexity | KL | top-1 | task acc_norm | decode tok/s | Pareto |\n");
+          std::printf("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|:---:|\n");
         } else {
-          std::printf("run,params,mib,quant,sparsity,perplexity,kl,top1,decode_tok_s,pareto\n");
+          std::printf("run,params,mib,quant,sparsity,perplexity,kl,top1,task_acc_norm,decode_tok_s,pareto\n");
         }
         for (size_t i = 0; i < rows.size(); ++i) {
           const auto& r = rows[i];
           std::string q = r.model.contains("quantization") && r.model["quantization"].is_string()
                               ? r.model["quantization"].get<std::string>() : "float";
-          const char* f = md ? "| %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n"
-                             : "%s,%s,%.2f,%s,%s,%s,%s,%s,%s,%s\n";
+          const char* f = md ? "| %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n"
+                             : "%s,%s,%.2f,%s,%s,%s,%s,%s,%s,%s,%s\n";
+          const std::string ta = r.task_acc >= 0 ? shrink::strfmt("%.4f", r.task_acc) : "-";
           std::printf(f, r.name.c_str(), v(r.model, "params", "%.0f").c_str(), xs[i], q.c_str(),
                       v(r.model, "sparsity", "%.3f").c_str(), v(r.acc, "perplexity", "%.3f").c_str(),
                       v(r.acc, "kl", "%.4f").c_str(), v(r.acc, "top1_agreement", "%.3f").c_str(),
-                      v(r.acc, "decode_tokens_per_second", "%.1f").c_str(),
+                      ta.c_str(), v(r.acc, "decode_tokens_per_second", "%.1f").c_str(),
                       front[i] ? (md ? "**yes**" : "yes") : (md ? "" : "no"));
         }
       }
