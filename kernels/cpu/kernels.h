@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cpu/isa.h"
 
@@ -210,6 +211,22 @@ inline void for_gemv_blocks(int64_t M, int64_t N, F&& f) {
   for (int64_t n0 = 0; n0 < N; n0 += kGemvBlockN) {
     const int64_t nb = N - n0 < kGemvBlockN ? N - n0 : kGemvBlockN;
     for (int64_t m0 = 0; m0 < M; m0 += 8) f(m0, M - m0 < 8 ? M - m0 : 8, n0, nb);
+  }
+}
+/// Calls f(std::integral_constant<int, mr>{}) for 1 <= mr <= 8, so a kernel templated on its
+/// row count is instantiated once per count:
+/// with_rows(mr, [&](auto R) { k<decltype(R)::value>(...); }).
+template <typename F>
+inline void with_rows(int64_t mr, F&& f) {
+  switch (mr) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
   }
 }
 

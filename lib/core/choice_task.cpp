@@ -3,10 +3,9 @@
 #include "core/choice_task.h"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "core/dataset.h"
 #include "core/fs.h"
@@ -17,7 +16,9 @@ using nlohmann::json;
 
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
+}
 
 // An array of token ids, each an integer in [0, vocab).
 Status ids_from(const json& j, int64_t vocab, const std::string& where, std::vector<int32_t>& out) {
@@ -38,8 +39,7 @@ Status ids_from(const json& j, int64_t vocab, const std::string& where, std::vec
 
 Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const std::string& at,
                       ChoiceItem& it) {
-  SHRINK_CHECK(j.is_object(), StatusCode::kInvalidInput, "%s: expected a JSON object",
-               at.c_str());
+  SHRINK_CHECK(j.is_object(), StatusCode::kInvalidInput, "%s: expected a JSON object", at.c_str());
   SHRINK_CHECK(j.contains("label") && j["label"].is_number_integer(), StatusCode::kInvalidInput,
                "%s: expected an integer \"label\" (the index of the right choice)", at.c_str());
   it.label = j["label"].get<int64_t>();
@@ -47,7 +47,8 @@ Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const 
   const bool ids = j.contains("context_ids") || j.contains("choices_ids");
   SHRINK_CHECK(text != ids, StatusCode::kInvalidInput,
                "%s: expected either \"context\" and \"choices\" (text) or \"context_ids\" and "
-               "\"choices_ids\" (token ids)", at.c_str());
+               "\"choices_ids\" (token ids)",
+               at.c_str());
   if (ids) {
     SHRINK_CHECK(j.contains("context_ids") && j.contains("choices_ids"), StatusCode::kInvalidInput,
                  "%s: expected both \"context_ids\" and \"choices_ids\"", at.c_str());
@@ -57,14 +58,16 @@ Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const 
                  "%s: \"choices_ids\": expected an array of arrays of token ids", at.c_str());
     for (size_t c = 0; c < cs.size(); ++c) {
       std::vector<int32_t> ch;
-      SHRINK_RETURN_IF_ERROR(ids_from(cs[c], vocab, strfmt("%s: choices_ids[%zu]", at.c_str(), c), ch));
+      SHRINK_RETURN_IF_ERROR(
+          ids_from(cs[c], vocab, strfmt("%s: choices_ids[%zu]", at.c_str(), c), ch));
       it.norm_length.push_back(double(ch.size()));
       it.choices.push_back(std::move(ch));
     }
   } else {
     SHRINK_CHECK(tok != nullptr, StatusCode::kInvalidInput,
                  "%s: a text item needs a tokenizer, and the model has no tokenizer.json (give "
-                 "--tokenizer, or write the item as \"context_ids\"/\"choices_ids\")", at.c_str());
+                 "--tokenizer, or write the item as \"context_ids\"/\"choices_ids\")",
+                 at.c_str());
     SHRINK_CHECK(j.contains("context") && j["context"].is_string(), StatusCode::kInvalidInput,
                  "%s: expected a string \"context\"", at.c_str());
     SHRINK_CHECK(j.contains("choices") && j["choices"].is_array(), StatusCode::kInvalidInput,
@@ -80,7 +83,8 @@ Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const 
     it.context.insert(it.context.end(), c_ids.begin(), c_ids.end());
     SHRINK_CHECK(!it.context.empty(), StatusCode::kInvalidInput,
                  "%s: the context is empty and the tokenizer adds no BOS, so the first token of a "
-                 "choice has nothing to be predicted from", at.c_str());
+                 "choice has nothing to be predicted from",
+                 at.c_str());
     const json& cs = j["choices"];
     for (size_t c = 0; c < cs.size(); ++c) {
       SHRINK_CHECK(cs[c].is_string(), StatusCode::kInvalidInput,
@@ -170,7 +174,8 @@ Result<ChoiceTaskBuildResult> choice_task_build(const ChoiceTaskBuildOptions& o,
       para.erase(0, lead);
       std::vector<size_t> word_end;  // end offset of each word
       for (size_t i = 0; i < para.size(); ++i) {
-        if (!is_space(para[i]) && (i + 1 == para.size() || is_space(para[i + 1]))) word_end.push_back(i + 1);
+        if (!is_space(para[i]) && (i + 1 == para.size() || is_space(para[i + 1])))
+          word_end.push_back(i + 1);
       }
       const int64_t n = int64_t(word_end.size());
       if (n < o.min_words || n > o.max_words) continue;
@@ -181,8 +186,9 @@ Result<ChoiceTaskBuildResult> choice_task_build(const ChoiceTaskBuildOptions& o,
   }
   SHRINK_CHECK(int64_t(docs.size()) >= o.choices, StatusCode::kInvalidInput,
                "%s: only %zu documents of %lld..%lld words in the %s split; expected at least "
-               "--choices (%lld)", o.data.c_str(), docs.size(), (long long)o.min_words,
-               (long long)o.max_words, o.split.c_str(), (long long)o.choices);
+               "--choices (%lld)",
+               o.data.c_str(), docs.size(), (long long)o.min_words, (long long)o.max_words,
+               o.split.c_str(), (long long)o.choices);
 
   // Distractors: endings of other documents of similar length (the nearest 64 by bytes), so the
   // length alone says little; duplicates of the true ending are skipped.
@@ -214,7 +220,9 @@ Result<ChoiceTaskBuildResult> choice_task_build(const ChoiceTaskBuildOptions& o,
     if (int64_t(choices.size()) + 1 < o.choices) continue;  // too few distinct endings nearby
     const int64_t label = int64_t(rng() % uint64_t(o.choices));
     choices.insert(choices.begin() + label, docs[i].ending);
-    json j = {{"context", docs[i].context}, {"choices", choices}, {"label", label},
+    json j = {{"context", docs[i].context},
+              {"choices", choices},
+              {"label", label},
               {"doc", docs[i].index}};
     out += j.dump(-1, ' ', false, json::error_handler_t::replace);
     out += '\n';

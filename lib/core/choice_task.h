@@ -41,7 +41,7 @@ Result<std::vector<ChoiceItem>> choice_task_load(const std::string& path, const 
                                                  int64_t vocab_size);
 
 struct ChoiceTaskBuildOptions {
-  std::string data;       // text source (TextReader)
+  std::string data;  // text source (TextReader)
   std::string split = "val";
   double val_fraction = 0.05;
   uint64_t split_seed = 0;  // the document-level split's seed (as `shrink data prepare`)

@@ -3,13 +3,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <algorithm>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "core/choice_task.h"
 #include "core/fs.h"
@@ -36,7 +35,8 @@ Tokenizer small_bpe() {
   BpeTrainOptions o;
   o.vocab_size = 300;
   o.min_frequency = 1;
-  return bpe_train([&](std::string& d) { return i < docs.size() ? (d = docs[i++], true) : false; }, o)
+  return bpe_train([&](std::string& d) { return i < docs.size() ? (d = docs[i++], true) : false; },
+                   o)
       .take_or_throw();
 }
 
@@ -46,7 +46,8 @@ TEST(ChoiceTask, TextItemsTokenizeAsLmEvalAndIdItemsAsGiven) {
   const Tokenizer tok = small_bpe();
   const std::string f = tmp("load.jsonl");
   write(f,
-        "{\"context\": \"the cat sat \", \"choices\": [\"on the mat\", \"in the hat\"], \"label\": 1}\n"
+        "{\"context\": \"the cat sat \", \"choices\": [\"on the mat\", \"in the hat\"], \"label\": "
+        "1}\n"
         "\n"
         "{\"context_ids\": [3, 4], \"choices_ids\": [[5], [6, 7, 8]], \"label\": 0}\n");
   auto items = choice_task_load(f, &tok, tok.vocab_size());
@@ -60,9 +61,12 @@ TEST(ChoiceTask, TextItemsTokenizeAsLmEvalAndIdItemsAsGiven) {
   EXPECT_EQ(a.context, ctx);
   for (int c = 0; c < 2; ++c) {
     std::vector<int32_t> whole = tok.document_prefix();
-    for (int32_t t : tok.encode(c == 0 ? "the cat sat on the mat" : "the cat sat in the hat", false)) whole.push_back(t);
+    for (int32_t t :
+         tok.encode(c == 0 ? "the cat sat on the mat" : "the cat sat in the hat", false))
+      whole.push_back(t);
     ASSERT_GT(whole.size(), ctx.size());
-    EXPECT_EQ(a.choices[size_t(c)], std::vector<int32_t>(whole.begin() + long(ctx.size()), whole.end()));
+    EXPECT_EQ(a.choices[size_t(c)],
+              std::vector<int32_t>(whole.begin() + long(ctx.size()), whole.end()));
     std::vector<int32_t> joined = a.context;
     joined.insert(joined.end(), a.choices[size_t(c)].begin(), a.choices[size_t(c)].end());
     EXPECT_EQ(joined, whole);  // here the boundary falls between tokens
@@ -89,14 +93,20 @@ TEST(ChoiceTask, BadFilesNameTheLineAndWhatWasExpected) {
       {"{not json", "not valid JSON"},
       {"[1, 2]", "expected a JSON object"},
       {"{\"context_ids\": [1], \"choices_ids\": [[2], [3]]}", "integer \"label\""},
-      {"{\"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 2}", "label 2 is not a choice index"},
+      {"{\"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 2}",
+       "label 2 is not a choice index"},
       {"{\"context_ids\": [1], \"choices_ids\": [[2]], \"label\": 0}", "expected at least 2"},
-      {"{\"context_ids\": [1], \"choices_ids\": [[2], []], \"label\": 0}", "choice 1 has no tokens"},
+      {"{\"context_ids\": [1], \"choices_ids\": [[2], []], \"label\": 0}",
+       "choice 1 has no tokens"},
       {"{\"context_ids\": [], \"choices_ids\": [[2], [3]], \"label\": 0}", "context has no tokens"},
-      {"{\"context_ids\": [1], \"choices_ids\": [[2], [999]], \"label\": 0}", "outside the vocabulary"},
-      {"{\"context_ids\": [1], \"choices_ids\": [[2], [\"x\"]], \"label\": 0}", "expected an integer token id"},
-      {"{\"context\": \"a\", \"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 0}", "expected either"},
-      {"{\"context\": \"a\", \"choices\": [\"b\", 3], \"label\": 0}", "choices[1]: expected a string"},
+      {"{\"context_ids\": [1], \"choices_ids\": [[2], [999]], \"label\": 0}",
+       "outside the vocabulary"},
+      {"{\"context_ids\": [1], \"choices_ids\": [[2], [\"x\"]], \"label\": 0}",
+       "expected an integer token id"},
+      {"{\"context\": \"a\", \"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 0}",
+       "expected either"},
+      {"{\"context\": \"a\", \"choices\": [\"b\", 3], \"label\": 0}",
+       "choices[1]: expected a string"},
   };
   for (const Case& c : cases) {
     write(f, ok + c.line + "\n");
@@ -112,7 +122,8 @@ TEST(ChoiceTask, BadFilesNameTheLineAndWhatWasExpected) {
   EXPECT_NE(no_tok.status().message().find("needs a tokenizer"), std::string::npos);
   write(f, "\n\n");
   EXPECT_NE(choice_task_load(f, &tok, 300).status().message().find("no items"), std::string::npos);
-  EXPECT_EQ(choice_task_load(tmp("missing.jsonl"), &tok, 300).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(choice_task_load(tmp("missing.jsonl"), &tok, 300).status().code(),
+            StatusCode::kNotFound);
 }
 
 TEST(ChoiceTask, BuildCutsRealDocumentsAndIsDeterministic) {
@@ -121,7 +132,8 @@ TEST(ChoiceTask, BuildCutsRealDocumentsAndIsDeterministic) {
   std::vector<std::string> paras;
   for (int p = 0; p < 40; ++p) {
     std::string s;
-    for (int w = 0; w < 8 + p % 12; ++w) s += (w ? " " : "") + ("w" + std::to_string(p) + "x" + std::to_string(w));
+    for (int w = 0; w < 8 + p % 12; ++w)
+      s += (w ? " " : "") + ("w" + std::to_string(p) + "x" + std::to_string(w));
     paras.push_back(s);
     corpus += s + "\n\n";
   }

@@ -86,7 +86,8 @@ TEST(Choice, LoglikelihoodsEqualFullForwardsAtAnyBatch) {
       EXPECT_LT(r1->loglik[k][c], 0);
       if (r1->loglik[k][c] > r1->loglik[k][best]) best = c;
       if (r1->loglik[k][c] / items[k].norm_length[c] >
-          r1->loglik[k][best_norm] / items[k].norm_length[best_norm]) best_norm = c;
+          r1->loglik[k][best_norm] / items[k].norm_length[best_norm])
+        best_norm = c;
     }
     EXPECT_EQ(r1->pred[k], int64_t(best));
     EXPECT_EQ(r1->pred_norm[k], int64_t(best_norm));
@@ -143,14 +144,16 @@ TEST(Verify, TaskAccuracyOfBothModelsAndItsGate) {
   }
   EngineOptions geo;
   geo.max_seq_len = 16;
-  auto picks = runtime::score_choices(*Engine::load(model, geo).take_or_throw(), gen).take_or_throw();
+  auto picks =
+      runtime::score_choices(*Engine::load(model, geo).take_or_throw(), gen).take_or_throw();
   const std::string task = dir + "/task.jsonl";
   {
     std::ofstream f(task);
     for (size_t k = 0; k < gen.size(); ++k) {
       f << "{\"context_ids\": [" << gen[k].context[0] << ", " << gen[k].context[1]
         << "], \"choices_ids\": [";
-      for (int c = 0; c < 8; ++c) f << (c ? ", " : "") << "[" << gen[k].choices[size_t(c)][0] << "]";
+      for (int c = 0; c < 8; ++c)
+        f << (c ? ", " : "") << "[" << gen[k].choices[size_t(c)][0] << "]";
       f << "], \"label\": " << picks.pred_norm[k] << "}\n";
     }
   }

@@ -82,7 +82,8 @@ void gemv_multi(int64_t N, int64_t K, const int16_t* Aw, int64_t K16, const floa
       for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
       int64_t k = k0;
       for (; k + 16 <= k1; k += 16) {
-        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
+        const __m256i w =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
         for (int i = 0; i < MR; ++i) {
           const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Aw + i * K16 + k));
           acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, w));
@@ -118,16 +119,9 @@ void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int
       const int8_t* b = B + n0 * ldb;
       const float* bs = b_scale + n0 * G;
       float* c = C + m0 * ldc + n0;
-      switch (mr) {
-        case 1: gemv_multi<1>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 2: gemv_multi<2>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 3: gemv_multi<3>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 4: gemv_multi<4>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 5: gemv_multi<5>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 6: gemv_multi<6>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        case 7: gemv_multi<7>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-        default: gemv_multi<8>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc); break;
-      }
+      with_rows(mr, [&](auto R) {
+        gemv_multi<decltype(R)::value>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc);
+      });
     });
     return;
   }

@@ -153,16 +153,9 @@ void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* 
       const float* bs = b_scale + n0 * G;
       const int32_t* bc = b_comp + n0 * G;
       float* c = C + m0 * ldc + n0;
-      switch (mr) {
-        case 1: gemv_multi<1>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 2: gemv_multi<2>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 3: gemv_multi<3>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 4: gemv_multi<4>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 5: gemv_multi<5>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 6: gemv_multi<6>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        case 7: gemv_multi<7>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        default: gemv_multi<8>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-      }
+      with_rows(mr, [&](auto R) {
+        gemv_multi<decltype(R)::value>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc);
+      });
     });
     return;
   }
