@@ -1,7 +1,7 @@
-// `shrink-rt`: the runtime's command-line front end (bench, eval, generate). Thin by design:
-// parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..." and exit
-// 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the kernels'
-// ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
+// `shrink-rt`: the runtime's command-line front end (bench, eval, generate, verify). Thin by
+// design: parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..."
+// and exit 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the
+// kernels' ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -274,7 +274,7 @@ void register_eval(CLI::App& app, Globals& g) {
   CLI::App* sub = app.add_subcommand(
       "eval", "Perplexity over non-overlapping windows of --seq-len tokens (the definition of "
               "`shrink eval`: each window scores len-1 predictions; BOS only where the tokenizer's "
-              "template adds one)");
+              "template adds one), or with --task the accuracy on a multiple-choice task");
   sub->add_option("model", o->model, "Model directory")->required();
   sub->add_option("--data", o->src.data, "Text file, directory, .jsonl, fortune files, or token shards")
       ->capture_default_str();
