@@ -11,7 +11,7 @@ namespace {
 
 const std::vector<std::string> kTopKeys = {"version", "teacher", "data", "output", "stages",
                                            "name", "description"};
-const std::vector<std::string> kDataKeys = {"train", "calib", "eval", "tokenizer"};
+const std::vector<std::string> kDataKeys = {"train", "calib", "eval", "tokenizer", "task"};
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
@@ -198,12 +198,13 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
   if (root["data"]) {
     YAML::Node d = root["data"];
     if (!d.IsMap()) {
-      P.issue(d.Mark(), "data: expected a mapping with train, calib, eval, tokenizer");
+      P.issue(d.Mark(), "data: expected a mapping with train, calib, eval, tokenizer, task");
     } else {
       for (auto it = d.begin(); it != d.end(); ++it) {
         std::string k = it->first.Scalar();
         RecipeValue* dst = k == "train" ? &r.data_train : k == "calib" ? &r.data_calib
-                         : k == "eval" ? &r.data_eval : k == "tokenizer" ? &r.data_tokenizer : nullptr;
+                         : k == "eval" ? &r.data_eval : k == "tokenizer" ? &r.data_tokenizer
+                         : k == "task" ? &r.data_task : nullptr;
         if (!dst) {
           P.unknown(it->first, k, "data." + k, kDataKeys);
           continue;
@@ -276,7 +277,8 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
         }
       }
     } else {
-      for (auto* v : {&r.teacher, &r.output, &r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer}) {
+      for (auto* v : {&r.teacher, &r.output, &r.data_train, &r.data_calib, &r.data_eval,
+                      &r.data_tokenizer, &r.data_task}) {
         if (path == v->key || path == "data." + v->key) v->line = v->col = 0;
       }
     }

@@ -8,7 +8,8 @@
 // Schema (version 1):
 //   version: 1
 //   teacher: DIR                 # the model every stage starts from and verifies against
-//   data: {train: PATH, calib: PATH, eval: PATH, tokenizer: PATH}   # calib/eval default: train
+//   data: {train: PATH, calib: PATH, eval: PATH, tokenizer: PATH,    # calib/eval default: train
+//          task: FILE.jsonl}     # multiple-choice task: every stage's accuracy row and verify
 //   output: DIR                  # default: runs/<recipe name>
 //   stages:                      # run in order; each one's model feeds the next
 //     - prune: {method: structured, target-params: 0.5}
@@ -45,7 +46,7 @@ struct Recipe {
   std::string text;  // the file as read (for provenance)
   int version = 0;
   RecipeValue teacher;
-  RecipeValue data_train, data_calib, data_eval, data_tokenizer;
+  RecipeValue data_train, data_calib, data_eval, data_tokenizer, data_task;
   RecipeValue output;
   std::vector<RecipeStage> stages;
 };

@@ -227,8 +227,8 @@ std::string report_markdown(const nlohmann::json& r) {
   o << "# shrink report: " << r.value("name", std::string("run")) << "\n\n";
   o << "Recipe `" << r["recipe"].value("path", std::string("?")) << "` (hash " << r["recipe"].value("hash", std::string("?"))
     << "), shrink " << r["versions"].value("shrink", std::string("?")) << ", " << r.value("threads", 0) << " threads.\n\n";
-  o << "| # | stage | params | MiB | sparsity | quant | perplexity | KL vs teacher | top-1 | decode tok/s | time s | peak MiB |\n";
-  o << "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n";
+  o << "| # | stage | params | MiB | sparsity | quant | perplexity | KL vs teacher | top-1 | task acc_norm | decode tok/s | time s | peak MiB |\n";
+  o << "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
   auto row = [&](const std::string& idx, const std::string& name, const nlohmann::json& s) {
     const nlohmann::json& m = s.contains("model") ? s["model"] : nlohmann::json::object();
     const nlohmann::json& a = s.contains("accuracy") ? s["accuracy"] : nlohmann::json::object();
@@ -236,7 +236,7 @@ std::string report_markdown(const nlohmann::json& r) {
       << (m.contains("bytes") ? num(m["bytes"].get<double>() / 1048576.0) : std::string("-")) << " | "
       << f(m, "sparsity", "%.3f") << " | " << f(m, "quantization", "%s") << " | " << f(a, "perplexity", "%.3f")
       << " | " << f(a, "kl", "%.4f") << " | " << f(a, "top1_agreement", "%.3f") << " | "
-      << f(a, "decode_tokens_per_second", "%.1f") << " | " << f(s, "seconds", "%.1f") << " | "
+      << f(a, "task_acc_norm", "%.3f") << " | " << f(a, "decode_tokens_per_second", "%.1f") << " | " << f(s, "seconds", "%.1f") << " | "
       << f(s, "peak_rss_mb", "%.0f") << " |\n";
   };
   if (r.contains("teacher")) row("-", "teacher", r["teacher"]);

@@ -35,6 +35,7 @@ teacher: /nonexistent/teacher
 data:
   train: /nonexistent/data
   evl: shards
+  task: /nonexistent/task.jsonl
 stages:
   - prune: {method: lottery}
   - prune: {sparsity: 1.5}
@@ -50,10 +51,11 @@ expect_grep "version error" "$T/err" "bad.yaml:1:10: version: 2 is not supported
 expect_grep "missing teacher" "$T/err" "bad.yaml:2:10: teacher"
 expect_grep "missing data" "$T/err" "data.train: '/nonexistent/data' does not exist"
 expect_grep "unknown data key with a suggestion" "$T/err" "unknown key 'evl'; did you mean 'eval'"
+expect_grep "missing task file" "$T/err" "data.task: '/nonexistent/task.jsonl' does not exist"
 expect_grep "bad method value" "$T/err" "method 'lottery'"
 expect_grep "out-of-range sparsity" "$T/err" "sparsity 1.5"
 expect_grep "unknown stage key with a suggestion" "$T/err" "unknown key 'stepz'; did you mean 'steps'"
-expect_grep "wrong type" "$T/err" "bad.yaml:10:15: stages\[3\].distill.steps"
+expect_grep "wrong type" "$T/err" "bad.yaml:11:15: stages\[3\].distill.steps"
 expect_grep "unknown observer" "$T/err" "observer 'vibes' is unknown"
 expect_grep "bad bits" "$T/err" "bits 5 is not supported"
 expect_grep "unknown stage with a suggestion" "$T/err" "unknown stage 'quantise'; did you mean 'quantize'"
@@ -64,13 +66,13 @@ expect_grep "nothing was run" "$T/err" "nothing was run"
 cat >tiny.yaml <<'Y'
 version: 1
 teacher: teacher-trained
-data: {train: shards}
+data: {train: shards, task: task.jsonl}
 output: run
 stages:
   - prune: {method: structured, target-params: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
   - distill: {steps: 40, seq-len: 64, batch: 4, eval-every: 0, eval-tokens: 1024, save-every: 2}
   - quantize: {scheme: w8a8, smoothquant: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
-  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 100, prompt-len: 16, gen-len: 4, task: task.jsonl}
+  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 100, prompt-len: 16, gen-len: 4}
   - report
 Y
 expect_rc "dry run" 0 "$SHRINK" run tiny.yaml --dry-run
@@ -92,7 +94,10 @@ for f in report.json report.md report.svg; do [ -s "run/$f" ] && ok "wrote $f" |
 expect_grep "report.json has the schema" run/report.json '"schema": "shrink-report/1"'
 expect_grep "report.md has the verify verdict" run/report.md "Verdict: \*\*pass\*\*"
 expect_grep "report.svg is an SVG" run/report.svg "<svg"
-expect_grep "report.md has the task accuracy" run/report.md "Task task.jsonl (40 items): acc_norm"
+expect_grep "report.md has the task accuracy" run/report.md "(40 items): acc_norm"
+expect_grep "report.md has a task column" run/report.md "task acc_norm"
+n=$(awk -F'|' '$3 ~ /teacher|prune|distill|quantize/ && $11 ~ /^ 0\.[0-9]+ $/' run/report.md | wc -l)
+[ "$n" -ge 4 ] && ok "every model row has a task accuracy ($n rows)" || bad "only $n model rows have a task accuracy"
 expect_rc "a second rerun skips everything" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
 n=$(grep -c '"status":"skipped"' "$T/out"); [ "$n" = 5 ] && ok "5 stages skipped" || bad "$n stages skipped"
 expect_rc "a failing gate exits 3" 3 "$SHRINK" run tiny.yaml --metrics-tokens 1024 --set stages.3.verify.min-speedup=1000

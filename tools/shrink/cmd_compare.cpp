@@ -52,9 +52,14 @@ void register_compare(CLI::App& app, Globals& g) {
         auto task_acc = [&](const char* k) {
           return task.is_object() && task.contains(k) ? task[k].get<double>() : -1.0;
         };
+        // A recipe with data.task measures every stage on it: that value comes first.
+        auto stage_task = [](const nlohmann::json& acc, double fallback) {
+          return acc.is_object() && acc.contains("task_acc_norm") && acc["task_acc_norm"].is_number()
+                     ? acc["task_acc_norm"].get<double>() : fallback;
+        };
         if (rows.empty() && j.contains("teacher")) {
           rows.push_back({"teacher", j["teacher"]["model"], j["teacher"]["accuracy"], true,
-                          task_acc("acc_norm_reference")});
+                          stage_task(j["teacher"]["accuracy"], task_acc("acc_norm_reference"))});
         }
         nlohmann::json last = nullptr;
         for (const auto& s : j["stages"]) {
@@ -62,7 +67,7 @@ void register_compare(CLI::App& app, Globals& g) {
         }
         if (last.is_null()) continue;
         rows.push_back({j.value("name", path) + " (" + path + ")", last["model"], last["accuracy"], false,
-                        task_acc("acc_norm_compact")});
+                        stage_task(last["accuracy"], task_acc("acc_norm_compact"))});
       }
       std::vector<double> xs, ys;
       for (auto& r : rows) {

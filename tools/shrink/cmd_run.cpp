@@ -64,6 +64,7 @@ struct Inputs {
   std::string model;    // the model this stage reads
   std::string teacher;  // the recipe's teacher
   std::string train, calib, eval, tokenizer;
+  std::string task;  // data.task: a multiple-choice task for every stage's accuracy and verify
 };
 
 // Values that are flags ("true"/"false") become present/absent.
@@ -125,6 +126,7 @@ std::vector<std::string> stage_args(const core::RecipeStage& s, const Inputs& in
     a.insert(a.end(), {in.model, "--reference", in.teacher});
     if (!has("data")) a.insert(a.end(), {"--data", in.eval});
     if (!has("split")) a.insert(a.end(), {"--split", "val"});  // held-out documents
+    if (!has("task") && !in.task.empty()) a.insert(a.end(), {"--task", in.task});
   }
   if (!in.tokenizer.empty() && !has("tokenizer") && (s.type == "train" || s.type == "distill" ||
                                                        s.type == "prune" || s.type == "quantize" ||
@@ -262,7 +264,8 @@ void register_run(CLI::App& app, Globals& g) {
       in.calib = r.data_calib.value.empty() ? in.train : resolve(r.data_calib.value);
       in.eval = r.data_eval.value.empty() ? in.train : resolve(r.data_eval.value);
       in.tokenizer = resolve(r.data_tokenizer.value);
-      for (auto* v : {&r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer}) {
+      in.task = resolve(r.data_task.value);
+      for (auto* v : {&r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer, &r.data_task}) {
         if (!v->value.empty() && !fs::exists(resolve(v->value))) {
           issues.push_back(where(v->line, v->col) + "data." + v->key + ": '" + v->value +
                            "' does not exist");
@@ -408,14 +411,20 @@ void register_run(CLI::App& app, Globals& g) {
                                       "--split", "val", "--max-tokens", std::to_string(o->metrics_tokens),
                                       "--prompt-len", "64", "--gen-len", "16"};
         if (!bench) a.push_back("--no-bench");
+        if (!in.task.empty()) a.insert(a.end(), {"--task", in.task});
         ChildResult c = run_child(a, json_path, g.threads, true);
         json v = c.rc == 0 ? read_json(json_path) : json(nullptr);
         if (v.is_null()) return json(nullptr);
-        return json{{"perplexity", v["perplexity_compact"]},
+        json acc = {{"perplexity", v["perplexity_compact"]},
                     {"kl", v["kl"]},
                     {"top1_agreement", v["top1_agreement"]},
                     {"decode_tokens_per_second", v["speed_compact"]["decode_tokens_per_second"]},
                     {"prefill_tokens_per_second", v["speed_compact"]["prefill_tokens_per_second"]}};
+        if (v.contains("task")) {
+          acc["task_acc"] = v["task"]["acc_compact"];
+          acc["task_acc_norm"] = v["task"]["acc_norm_compact"];
+        }
+        return acc;
       };
       json report = {{"schema", core::kReportSchema},
                      {"name", fs::path(o->recipe).stem().string()},
@@ -427,9 +436,9 @@ void register_run(CLI::App& app, Globals& g) {
       {
         json t = read_json(out + "/teacher.json");
         const std::string fp = core::model_fingerprint(in.teacher);
-        if (t.is_null() || t.value("fingerprint", "") != fp) {
+        if (t.is_null() || t.value("fingerprint", "") != fp || t.value("task", "") != in.task) {
           auto st = core::model_stats(in.teacher);
-          t = {{"fingerprint", fp}, {"dir", in.teacher},
+          t = {{"fingerprint", fp}, {"dir", in.teacher}, {"task", in.task},
                {"model", st.is_ok() ? core::model_stats_json(st.value()) : json(nullptr)},
                {"accuracy", measure(in.teacher, out + "/teacher.verify.json", true)}};
           throw_if_error(core::write_file_atomic(out + "/teacher.json", t.dump(2) + "\n"));
@@ -437,7 +446,7 @@ void register_run(CLI::App& app, Globals& g) {
         report["teacher"] = t;
       }
       uint64_t chain = hash_str(0xcbf29ce484222325ULL, report["teacher"]["fingerprint"].get<std::string>());
-      chain = hash_str(chain, in.train + "|" + in.calib + "|" + in.eval + "|" + in.tokenizer);
+      chain = hash_str(chain, in.train + "|" + in.calib + "|" + in.eval + "|" + in.tokenizer + "|" + in.task);
       int gate_rc = 0;
       json verify_result = nullptr;
       for (size_t i = 0; i < r.stages.size(); ++i) {
