@@ -158,8 +158,13 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
                  "label among them", i + 1);
     int64_t longest = 0;
     std::vector<const std::vector<int32_t>*> seqs = {&it.context};
+    for (double len : it.norm_length) {
+      SHRINK_CHECK(len > 0, StatusCode::kInvalidInput,
+                   "item %zu: a choice's normalization length is %g; expected > 0", i + 1, len);
+    }
     for (const auto& c : it.choices) {
-      SHRINK_CHECK(!c.empty(), StatusCode::kInvalidInput, "item %zu: a choice has no tokens", i + 1);
+      SHRINK_CHECK(!c.empty(), StatusCode::kInvalidInput, "item %zu: a choice has no tokens",
+                   i + 1);
       longest = std::max<int64_t>(longest, int64_t(c.size()));
       seqs.push_back(&c);
     }
@@ -184,7 +189,9 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
     const size_t j = std::min(items.size(), i + B);
     e.reset_all();
     std::vector<SeqChunk> chunks;
-    for (size_t k = i; k < j; ++k) chunks.push_back({int(k - i), ctx[k].data(), int64_t(ctx[k].size())});
+    for (size_t k = i; k < j; ++k) {
+      chunks.push_back({int(k - i), ctx[k].data(), int64_t(ctx[k].size())});
+    }
     SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/false, logits));
     // The context's last row predicts every choice's first token.
     std::vector<std::vector<float>> last(j - i);
@@ -230,7 +237,8 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
     int64_t p = 0, pn = 0;
     for (size_t c = 1; c < ll.size(); ++c) {
       if (ll[c] > ll[size_t(p)]) p = int64_t(c);
-      if (ll[c] / items[k].norm_length[c] > ll[size_t(pn)] / items[k].norm_length[size_t(pn)]) pn = int64_t(c);
+      const auto& len = items[k].norm_length;
+      if (ll[c] / len[c] > ll[size_t(pn)] / len[size_t(pn)]) pn = int64_t(c);
     }
     r.pred.push_back(p);
     r.pred_norm.push_back(pn);

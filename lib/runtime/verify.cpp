@@ -118,7 +118,9 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
     SHRINK_ASSIGN_OR_RETURN(items, choice_task_for(reference_dir, o.source.tokenizer, o.task,
                                                    rc.vocab_size));
     for (const core::ChoiceItem& it : items) {
-      for (const auto& c : it.choices) task_len = std::max<int64_t>(task_len, int64_t(it.context.size() + c.size()));
+      for (const auto& c : it.choices) {
+        task_len = std::max<int64_t>(task_len, int64_t(it.context.size() + c.size()));
+      }
     }
     task_len = std::min<int64_t>(task_len, rc.max_position_embeddings);
   }
@@ -215,7 +217,8 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
     double same = 0;
     for (size_t k = 0; k < items.size(); ++k) {
       same += tr.pred_norm[k] == tc.pred_norm[k];
-      drop.push_back(double(tr.pred_norm[k] == items[k].label) - double(tc.pred_norm[k] == items[k].label));
+      const int64_t label = items[k].label;
+      drop.push_back(double(tr.pred_norm[k] == label) - double(tc.pred_norm[k] == label));
     }
     t.agreement = same / double(items.size());
     t.acc_norm_drop = mean_of(drop, &t.acc_norm_drop_stderr);

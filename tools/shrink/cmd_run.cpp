@@ -265,7 +265,8 @@ void register_run(CLI::App& app, Globals& g) {
       in.eval = r.data_eval.value.empty() ? in.train : resolve(r.data_eval.value);
       in.tokenizer = resolve(r.data_tokenizer.value);
       in.task = resolve(r.data_task.value);
-      for (auto* v : {&r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer, &r.data_task}) {
+      for (auto* v :
+           {&r.data_train, &r.data_calib, &r.data_eval, &r.data_tokenizer, &r.data_task}) {
         if (!v->value.empty() && !fs::exists(resolve(v->value))) {
           issues.push_back(where(v->line, v->col) + "data." + v->key + ": '" + v->value +
                            "' does not exist");
@@ -446,7 +447,8 @@ void register_run(CLI::App& app, Globals& g) {
         report["teacher"] = t;
       }
       uint64_t chain = hash_str(0xcbf29ce484222325ULL, report["teacher"]["fingerprint"].get<std::string>());
-      chain = hash_str(chain, in.train + "|" + in.calib + "|" + in.eval + "|" + in.tokenizer + "|" + in.task);
+      chain = hash_str(chain, in.train + "|" + in.calib + "|" + in.eval + "|" + in.tokenizer + "|" +
+                                  in.task);
       int gate_rc = 0;
       json verify_result = nullptr;
       for (size_t i = 0; i < r.stages.size(); ++i) {
