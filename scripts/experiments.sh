@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|spec|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|spec|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|spec|task|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -87,6 +87,20 @@ print('%-34s decode tok/s median %.0f (min %.0f, max %.0f)%s' % (sys.argv[1], tp
       | python3 -c "import json,sys; print('draft-w8a8 alone: decode tok/s %.0f' % json.load(sys.stdin)['decode_tokens_per_second'])"
     for k in 2 4 6; do gen --draft "$OUT/draft-2l/model" --draft-tokens $k; done
     for k in 2 4 6; do gen --draft "$OUT/draft-w8a8" --draft-tokens $k; done
+    ;;
+  task)  # Multiple-choice accuracy (tasks/fortunes-cloze.jsonl) of a random init, the teacher, its RTN
+         # int8 versions and, when a quickstart run exists (QS=runs/quickstart), its stages.
+    TASK=tasks/fortunes-cloze.jsonl
+    acc() { "${BIN}-rt" --threads "$TH" --json eval "$2" --task "$TASK" --batch 8 \
+              | python3 -c "import json,sys; j=json.load(sys.stdin); print('%-44s acc %.4f +- %.4f  acc_norm %.4f +- %.4f' % (sys.argv[1], j['acc'], j['acc_stderr'], j['acc_norm'], j['acc_norm_stderr']))" "$1"; }
+    "$BIN" -q init --config "$T/config.json" --tokenizer "$T/tokenizer.json" --out "$OUT/random-init" --seed 1 >/dev/null
+    for s in w8a16 w8a8; do "$BIN" --threads "$TH" -q quantize "$T" --out "$OUT/rtn-$s" --scheme "$s" --data "$DATA" --eval-tokens 0 >/dev/null; done
+    acc "random init, the teacher's config" "$OUT/random-init"
+    acc "teacher" "$T"
+    acc "teacher, W8A16" "$OUT/rtn-w8a16"
+    acc "teacher, W8A8 dynamic" "$OUT/rtn-w8a8"
+    QS=${QS:-runs/quickstart}
+    for st in 00-prune 01-distill 02-quantize; do [ -d "$QS/$st/model" ] && acc "quickstart $st" "$QS/$st/model"; done
     ;;
   throughput)  # Training tokens/s of the teacher config: shrink vs PyTorch eager (Debian python3-torch).
     "$BIN" --threads "$TH" --json train --config recipes/configs/teacher.json --tokenizer "$T/tokenizer.json" --data "$DATA" \
