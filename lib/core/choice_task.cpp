@@ -228,6 +228,10 @@ Result<ChoiceTaskBuildResult> choice_task_build(const ChoiceTaskBuildOptions& o,
     out += '\n';
     r.items++;
   }
+  SHRINK_CHECK(r.items > 0, StatusCode::kInvalidInput,
+               "%s: no document has %lld distinct endings of similar length among the others; "
+               "expected fewer --choices or more documents",
+               o.data.c_str(), (long long)o.choices - 1);
   SHRINK_RETURN_IF_ERROR(write_file_atomic(out_path, out));
   return r;
 }

@@ -190,4 +190,13 @@ TEST(ChoiceTask, BuildCutsRealDocumentsAndIsDeterministic) {
   auto few = choice_task_build(o, out2);
   ASSERT_FALSE(few.is_ok());
   EXPECT_NE(few.status().message().find("expected at least --choices"), std::string::npos);
+  // Ten copies of one document: no distinct distractor exists, so no item can be made.
+  std::string same;
+  for (int i = 0; i < 10; ++i) same += "one two three four five six seven eight\n\n";
+  write(data, same);
+  o.min_words = 8;
+  auto none = choice_task_build(o, out2);
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_NE(none.status().message().find("distinct endings"), std::string::npos)
+      << none.status().message();
 }
