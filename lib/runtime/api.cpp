@@ -18,15 +18,14 @@ namespace shrink::runtime {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-// log-softmax normalizer of one row of logits, in double: max + log(sum exp(x - max)).
+}  // namespace
+
 double log_sum_exp(const float* x, int64_t V) {
   const float mx = *std::max_element(x, x + V);
   double z = 0;
   for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - double(mx));
   return double(mx) + std::log(z);
 }
-
-}  // namespace
 
 Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
                                  const TokenSource& src) {
@@ -128,6 +127,14 @@ double bernoulli_stderr(double p, int64_t n) {
 }
 }  // namespace
 
+int64_t choice_task_positions(const std::vector<core::ChoiceItem>& items) {
+  int64_t n = 0;
+  for (const core::ChoiceItem& it : items) {
+    for (const auto& c : it.choices) n = std::max<int64_t>(n, int64_t(it.context.size() + c.size()));
+  }
+  return n;
+}
+
 Result<std::vector<core::ChoiceItem>> choice_task_for(const std::string& model_dir,
                                                       const std::string& tokenizer,
                                                       const std::string& task_path,
@@ -193,16 +200,14 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
       chunks.push_back({int(k - i), ctx[k].data(), int64_t(ctx[k].size())});
     }
     SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/false, logits));
-    // The context's last row predicts every choice's first token.
-    std::vector<std::vector<float>> last(j - i);
-    std::vector<double> last_lse(j - i);
+    // The context's last row predicts every choice's first token: each log-likelihood starts
+    // there.
     size_t most = 0;
     for (size_t k = i; k < j; ++k) {
       const float* x = logits.data() + (k - i) * size_t(V);
-      last[k - i].assign(x, x + V);
-      last_lse[k - i] = log_sum_exp(x, V);
+      const double lse = log_sum_exp(x, V);
+      for (const auto& ch : items[k].choices) r.loglik[k].push_back(double(x[ch[0]]) - lse);
       most = std::max(most, items[k].choices.size());
-      r.loglik[k].assign(items[k].choices.size(), 0.0);
     }
     for (size_t c = 0; c < most; ++c) {
       chunks.clear();
@@ -217,13 +222,12 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
       size_t row = 0;
       for (size_t k : who) {
         const auto& ch = items[k].choices[c];
-        double ll = double(last[k - i][size_t(ch[0])]) - last_lse[k - i];
+        double& ll = r.loglik[k][c];
         for (size_t t = 1; t < ch.size(); ++t, ++row) {
           const float* x = logits.data() + row * size_t(V);
           ll += double(x[ch[t]]) - log_sum_exp(x, V);
         }
         ++row;  // the choice's last row predicts nothing scored
-        r.loglik[k][c] = ll;
         SHRINK_RETURN_IF_ERROR(e.truncate(int(k - i), int64_t(ctx[k].size())));
       }
     }

@@ -62,6 +62,11 @@ struct ChoiceResult {
   std::vector<std::vector<double>> loglik;  // per item and choice
   double seconds = 0;
 };
+/// log(sum_v exp(x[v])) of one row of V logits, in double: the log-softmax normalizer that
+/// perplexity, score_choices and verify subtract.
+double log_sum_exp(const float* x, int64_t V);
+/// Positions an engine needs to score every item unshortened: the longest context + choice.
+int64_t choice_task_positions(const std::vector<core::ChoiceItem>& items);
 /// Loads a task file for MODEL_DIR: text items are tokenized with `tokenizer` (a tokenizer.json),
 /// else MODEL_DIR's tokenizer.json when it has one; id items need neither.
 Result<std::vector<core::ChoiceItem>> choice_task_for(const std::string& model_dir,

@@ -14,11 +14,7 @@ namespace {
 // log-softmax of one row in double.
 void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
   out.resize(size_t(n));
-  double mx = x[0];
-  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, double(x[i]));
-  double z = 0;
-  for (int64_t i = 0; i < n; ++i) z += std::exp(double(x[i]) - mx);
-  const double lz = mx + std::log(z);
+  const double lz = log_sum_exp(x, n);
   for (int64_t i = 0; i < n; ++i) out[size_t(i)] = double(x[i]) - lz;
 }
 
@@ -117,12 +113,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
     SHRINK_ASSIGN_OR_RETURN(core::ModelConfig rc, core::config_load(reference_dir));
     SHRINK_ASSIGN_OR_RETURN(items, choice_task_for(reference_dir, o.source.tokenizer, o.task,
                                                    rc.vocab_size));
-    for (const core::ChoiceItem& it : items) {
-      for (const auto& c : it.choices) {
-        task_len = std::max<int64_t>(task_len, int64_t(it.context.size() + c.size()));
-      }
-    }
-    task_len = std::min<int64_t>(task_len, rc.max_position_embeddings);
+    task_len = std::min<int64_t>(choice_task_positions(items), rc.max_position_embeddings);
   }
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_len});

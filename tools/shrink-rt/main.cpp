@@ -239,7 +239,10 @@ Status eval_task(const EvalOpts& o, const core::ModelConfig& cfg, Globals& g) {
   SHRINK_CHECK(o.batch >= 1, StatusCode::kInvalidInput, "--batch %lld: expected >= 1",
                (long long)o.batch);
   runtime::EngineOptions eo = engine_opts(g);
-  eo.max_seq_len = o.seq_len ? o.seq_len : std::min<int64_t>(2048, cfg.max_position_embeddings);
+  // Sized to the task's longest item (longer contexts than the model's positions are cut).
+  eo.max_seq_len = o.seq_len ? o.seq_len
+                             : std::min<int64_t>(runtime::choice_task_positions(items),
+                                                 cfg.max_position_embeddings);
   eo.max_batch = int(o.batch);
   SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o.model, eo));
   const bool prog_on = !g.json && !g.quiet && core::Progress::stderr_is_tty();
