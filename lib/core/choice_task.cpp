@@ -37,22 +37,106 @@ Status ids_from(const json& j, int64_t vocab, const std::string& where, std::vec
   return Status::ok();
 }
 
+// Code points of UTF-8 text: Python's len(), which lm-eval's acc_norm divides by.
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// Splits per-choice token sequences (each its conditioning tokens, then its scored tokens) into
+// the item's shared context (their common prefix, within every choice's conditioning part) and
+// each choice's rest, of which the first `given` tokens condition and the others are scored.
+Status split_shared(const std::vector<std::vector<int32_t>>& seqs, const std::vector<size_t>& n_ctx,
+                    const std::string& at, ChoiceItem& it) {
+  size_t L = *std::min_element(n_ctx.begin(), n_ctx.end());
+  for (const auto& s : seqs) {
+    size_t k = 0;
+    while (k < L && k < s.size() && s[k] == seqs[0][k]) ++k;
+    L = k;
+  }
+  SHRINK_CHECK(L >= 1, StatusCode::kInvalidInput,
+               "%s: the choices' contexts share no first token and the tokenizer adds no BOS, so "
+               "nothing predicts the first token; expected contexts with a common start",
+               at.c_str());
+  it.context.assign(seqs[0].begin(), seqs[0].begin() + long(L));
+  for (size_t c = 0; c < seqs.size(); ++c) {
+    SHRINK_CHECK(seqs[c].size() > n_ctx[c], StatusCode::kInvalidInput,
+                 "%s: choice %zu has no tokens of its own; expected a non-empty continuation",
+                 at.c_str(), c);
+    it.choices.emplace_back(seqs[c].begin() + long(L), seqs[c].end());
+    it.given.push_back(int64_t(n_ctx[c] - L));
+  }
+  if (std::all_of(it.given.begin(), it.given.end(), [](int64_t g) { return g == 0; }))
+    it.given.clear();
+  return Status::ok();
+}
+
+// lm-eval: whitespace that ends the context belongs to the continuation. Returns the context's
+// tokens (with the document prefix) and the tokens of context + continuation.
+void encode_pair(const Tokenizer& tok, std::string ctx, const std::string& cont,
+                 std::vector<int32_t>& ctx_ids, std::vector<int32_t>& whole) {
+  size_t keep = ctx.size();
+  while (keep > 0 && is_space(ctx[keep - 1])) --keep;
+  const std::string moved = ctx.substr(keep);
+  ctx.resize(keep);
+  ctx_ids = tok.document_prefix();
+  const std::vector<int32_t> c = tok.encode(ctx, false);
+  ctx_ids.insert(ctx_ids.end(), c.begin(), c.end());
+  whole = tok.document_prefix();
+  const std::vector<int32_t> w = tok.encode(ctx + moved + cont, false);
+  whole.insert(whole.end(), w.begin(), w.end());
+}
+
+Result<std::vector<std::string>> strings_from(const json& j, const char* key,
+                                              const std::string& at) {
+  SHRINK_CHECK(j.contains(key) && j[key].is_array(), StatusCode::kInvalidInput,
+               "%s: expected \"%s\", an array of strings", at.c_str(), key);
+  std::vector<std::string> out;
+  for (size_t c = 0; c < j[key].size(); ++c) {
+    SHRINK_CHECK(j[key][c].is_string(), StatusCode::kInvalidInput, "%s: %s[%zu]: expected a string",
+                 at.c_str(), key, c);
+    out.push_back(j[key][c].get<std::string>());
+  }
+  return out;
+}
+
 Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const std::string& at,
                       ChoiceItem& it) {
   SHRINK_CHECK(j.is_object(), StatusCode::kInvalidInput, "%s: expected a JSON object", at.c_str());
   SHRINK_CHECK(j.contains("label") && j["label"].is_number_integer(), StatusCode::kInvalidInput,
                "%s: expected an integer \"label\" (the index of the right choice)", at.c_str());
   it.label = j["label"].get<int64_t>();
-  const bool text = j.contains("context") || j.contains("choices");
-  const bool ids = j.contains("context_ids") || j.contains("choices_ids");
-  SHRINK_CHECK(text != ids, StatusCode::kInvalidInput,
-               "%s: expected either \"context\" and \"choices\" (text) or \"context_ids\" and "
-               "\"choices_ids\" (token ids)",
+  // Four layouts: a shared context and a continuation per choice, or (as Winogrande's partial
+  // scoring) a context per choice and a shared continuation; each in text or in token ids.
+  const char* keys[4][2] = {{"context", "choices"},
+                            {"context_ids", "choices_ids"},
+                            {"contexts", "continuation"},
+                            {"contexts_ids", "continuation_ids"}};
+  int layout = -1, seen = 0;
+  for (int k = 0; k < 4; ++k) {
+    if (j.contains(keys[k][0]) || j.contains(keys[k][1])) layout = k, ++seen;
+  }
+  SHRINK_CHECK(seen == 1, StatusCode::kInvalidInput,
+               "%s: expected exactly one of: \"context\" and \"choices\" (text), \"context_ids\" "
+               "and \"choices_ids\" (token ids), \"contexts\" and \"continuation\" (a context per "
+               "choice), \"contexts_ids\" and \"continuation_ids\"",
                at.c_str());
-  if (ids) {
-    SHRINK_CHECK(j.contains("context_ids") && j.contains("choices_ids"), StatusCode::kInvalidInput,
-                 "%s: expected both \"context_ids\" and \"choices_ids\"", at.c_str());
-    SHRINK_RETURN_IF_ERROR(ids_from(j["context_ids"], vocab, at + ": context_ids", it.context));
+  SHRINK_CHECK(j.contains(keys[layout][0]) && j.contains(keys[layout][1]),
+               StatusCode::kInvalidInput, "%s: expected both \"%s\" and \"%s\"", at.c_str(),
+               keys[layout][0], keys[layout][1]);
+  const bool ids = layout == 1 || layout == 3;
+  SHRINK_CHECK(ids || tok != nullptr, StatusCode::kInvalidInput,
+               "%s: a text item needs a tokenizer, and the model has no tokenizer.json (give "
+               "--tokenizer, or write the item in token ids)",
+               at.c_str());
+  std::vector<std::vector<int32_t>> seqs;  // per choice: conditioning tokens, then scored ones
+  std::vector<size_t> n_ctx;
+  if (layout == 1) {
+    std::vector<int32_t> ctx;
+    SHRINK_RETURN_IF_ERROR(ids_from(j["context_ids"], vocab, at + ": context_ids", ctx));
+    SHRINK_CHECK(!ctx.empty(), StatusCode::kInvalidInput,
+                 "%s: the context has no tokens; expected at least one", at.c_str());
     const json& cs = j["choices_ids"];
     SHRINK_CHECK(cs.is_array(), StatusCode::kInvalidInput,
                  "%s: \"choices_ids\": expected an array of arrays of token ids", at.c_str());
@@ -61,52 +145,64 @@ Status item_from_json(const json& j, const Tokenizer* tok, int64_t vocab, const 
       SHRINK_RETURN_IF_ERROR(
           ids_from(cs[c], vocab, strfmt("%s: choices_ids[%zu]", at.c_str(), c), ch));
       it.norm_length.push_back(double(ch.size()));
-      it.choices.push_back(std::move(ch));
+      seqs.push_back(ctx);
+      seqs.back().insert(seqs.back().end(), ch.begin(), ch.end());
+      n_ctx.push_back(ctx.size());
+    }
+  } else if (layout == 3) {
+    std::vector<int32_t> cont;
+    SHRINK_RETURN_IF_ERROR(ids_from(j["continuation_ids"], vocab, at + ": continuation_ids", cont));
+    const json& cs = j["contexts_ids"];
+    SHRINK_CHECK(cs.is_array(), StatusCode::kInvalidInput,
+                 "%s: \"contexts_ids\": expected an array of arrays of token ids", at.c_str());
+    for (size_t c = 0; c < cs.size(); ++c) {
+      std::vector<int32_t> ctx;
+      SHRINK_RETURN_IF_ERROR(
+          ids_from(cs[c], vocab, strfmt("%s: contexts_ids[%zu]", at.c_str(), c), ctx));
+      SHRINK_CHECK(!ctx.empty(), StatusCode::kInvalidInput,
+                   "%s: contexts_ids[%zu] has no tokens; expected at least one", at.c_str(), c);
+      n_ctx.push_back(ctx.size());
+      ctx.insert(ctx.end(), cont.begin(), cont.end());
+      seqs.push_back(std::move(ctx));
+      it.norm_length.push_back(double(cont.size()));
+    }
+  } else if (layout == 0) {
+    SHRINK_CHECK(j["context"].is_string(), StatusCode::kInvalidInput,
+                 "%s: expected a string \"context\"", at.c_str());
+    SHRINK_ASSIGN_OR_RETURN(std::vector<std::string> choices, strings_from(j, "choices", at));
+    for (const std::string& choice : choices) {
+      std::vector<int32_t> ctx, whole;
+      encode_pair(*tok, j["context"].get<std::string>(), choice, ctx, whole);
+      SHRINK_CHECK(!ctx.empty(), StatusCode::kInvalidInput,
+                   "%s: the context is empty and the tokenizer adds no BOS, so the first token "
+                   "of a choice has nothing to be predicted from",
+                   at.c_str());
+      // lm-eval scores context + whole[len(context):]: a merge across the boundary is scored
+      // as the model would see it, after the context's own tokens.
+      const size_t n0 = std::min(ctx.size(), whole.size());
+      n_ctx.push_back(ctx.size());
+      ctx.insert(ctx.end(), whole.begin() + long(n0), whole.end());
+      seqs.push_back(std::move(ctx));
+      it.norm_length.push_back(double(std::max<int64_t>(1, code_points(choice))));
     }
   } else {
-    SHRINK_CHECK(tok != nullptr, StatusCode::kInvalidInput,
-                 "%s: a text item needs a tokenizer, and the model has no tokenizer.json (give "
-                 "--tokenizer, or write the item as \"context_ids\"/\"choices_ids\")",
-                 at.c_str());
-    SHRINK_CHECK(j.contains("context") && j["context"].is_string(), StatusCode::kInvalidInput,
-                 "%s: expected a string \"context\"", at.c_str());
-    SHRINK_CHECK(j.contains("choices") && j["choices"].is_array(), StatusCode::kInvalidInput,
-                 "%s: expected \"choices\", an array of strings", at.c_str());
-    std::string ctx = j["context"].get<std::string>();
-    // lm-eval: whitespace that ends the context belongs to the continuation.
-    size_t keep = ctx.size();
-    while (keep > 0 && is_space(ctx[keep - 1])) --keep;
-    const std::string moved = ctx.substr(keep);
-    ctx.resize(keep);
-    it.context = tok->document_prefix();
-    const std::vector<int32_t> c_ids = tok->encode(ctx, false);
-    it.context.insert(it.context.end(), c_ids.begin(), c_ids.end());
-    SHRINK_CHECK(!it.context.empty(), StatusCode::kInvalidInput,
-                 "%s: the context is empty and the tokenizer adds no BOS, so the first token of a "
-                 "choice has nothing to be predicted from",
-                 at.c_str());
-    const json& cs = j["choices"];
-    for (size_t c = 0; c < cs.size(); ++c) {
-      SHRINK_CHECK(cs[c].is_string(), StatusCode::kInvalidInput,
-                   "%s: choices[%zu]: expected a string", at.c_str(), c);
-      const std::string choice = cs[c].get<std::string>();
-      std::vector<int32_t> whole = tok->document_prefix();
-      const std::vector<int32_t> w = tok->encode(ctx + moved + choice, false);
-      whole.insert(whole.end(), w.begin(), w.end());
-      const size_t n0 = std::min(it.context.size(), whole.size());
-      it.choices.emplace_back(whole.begin() + long(n0), whole.end());
-      it.norm_length.push_back(double(std::max<size_t>(1, choice.size())));
+    SHRINK_CHECK(j["continuation"].is_string(), StatusCode::kInvalidInput,
+                 "%s: expected a string \"continuation\"", at.c_str());
+    const std::string cont = j["continuation"].get<std::string>();
+    SHRINK_ASSIGN_OR_RETURN(std::vector<std::string> contexts, strings_from(j, "contexts", at));
+    for (const std::string& context : contexts) {
+      std::vector<int32_t> ctx, whole;
+      encode_pair(*tok, context, cont, ctx, whole);
+      const size_t n0 = std::min(ctx.size(), whole.size());
+      n_ctx.push_back(ctx.size());
+      ctx.insert(ctx.end(), whole.begin() + long(n0), whole.end());
+      seqs.push_back(std::move(ctx));
+      it.norm_length.push_back(double(std::max<int64_t>(1, code_points(cont))));
     }
   }
-  SHRINK_CHECK(it.context.size() >= 1, StatusCode::kInvalidInput,
-               "%s: the context has no tokens; expected at least one", at.c_str());
-  SHRINK_CHECK(it.choices.size() >= 2, StatusCode::kInvalidInput,
-               "%s: %zu choice(s); expected at least 2", at.c_str(), it.choices.size());
-  for (size_t c = 0; c < it.choices.size(); ++c) {
-    SHRINK_CHECK(!it.choices[c].empty(), StatusCode::kInvalidInput,
-                 "%s: choice %zu has no tokens of its own; expected a non-empty continuation",
-                 at.c_str(), c);
-  }
+  SHRINK_CHECK(seqs.size() >= 2, StatusCode::kInvalidInput,
+               "%s: %zu choice(s); expected at least 2", at.c_str(), seqs.size());
+  SHRINK_RETURN_IF_ERROR(split_shared(seqs, n_ctx, at, it));
   SHRINK_CHECK(it.label >= 0 && it.label < int64_t(it.choices.size()), StatusCode::kInvalidInput,
                "%s: label %lld is not a choice index; expected 0..%zu", at.c_str(),
                (long long)it.label, it.choices.size() - 1);

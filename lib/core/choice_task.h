@@ -6,11 +6,16 @@
 //   {"context": "text", "choices": ["text", ...], "label": 0}
 // or, for checkpoints without a tokenizer, the same in token ids:
 //   {"context_ids": [1, 2], "choices_ids": [[3], [4, 5]], "label": 1}
+// or a context per choice and one continuation, scored after each (lm-eval's "partial
+// evaluation" of Winogrande: the choice is which context makes the continuation likeliest):
+//   {"contexts": ["text", ...], "continuation": "text", "label": 0}
+//   {"contexts_ids": [[1, 2], [1, 3]], "continuation_ids": [4, 5], "label": 0}
 // Tokenization follows lm-eval's loglikelihood requests: whitespace at the end of the context
 // moves to the front of the choice, the context is encoded with the tokenizer's document
 // prefix (e.g. a BOS), and a choice's tokens are those of context + choice beyond the context's
 // (so a merge across the boundary is scored as the model would see it). Each choice keeps its
-// length in bytes for acc_norm (lm-eval's length normalization); id items use the token count.
+// length in characters (code points, Python's len) for acc_norm, as lm-eval normalizes; id items
+// use the token count.
 //
 // choice_task_build makes such a task from a text corpus (by default the held-out split of the
 // built-in fortunes), in the way HellaSwag was built from captions: each document of 8 to 80
@@ -29,9 +34,12 @@
 namespace shrink::core {
 
 struct ChoiceItem {
-  std::vector<int32_t> context;               // never empty
+  std::vector<int32_t> context;               // shared by every choice; never empty
   std::vector<std::vector<int32_t>> choices;  // >= 2, none empty
-  std::vector<double> norm_length;            // per choice: bytes (text) or tokens (ids)
+  // Per choice (or empty: all 0): how many of its leading tokens are its own context, which
+  // conditions but is not scored. Each choice keeps at least one scored token.
+  std::vector<int64_t> given;
+  std::vector<double> norm_length;  // per choice: bytes (text) or tokens (ids)
   int64_t label = 0;
 };
 
@@ -56,5 +64,36 @@ struct ChoiceTaskBuildResult {
 /// Writes the task as JSONL to `out_path` (atomically).
 Result<ChoiceTaskBuildResult> choice_task_build(const ChoiceTaskBuildOptions& o,
                                                 const std::string& out_path);
+
+/// Standard benchmarks in their published layouts, written as task files with lm-eval's
+/// zero-shot prompts (lm-evaluation-harness v0.4 task configs):
+///   hellaswag  {"activity_label", "ctx_a", "ctx_b", "endings", "label"} (rowanz/hellaswag and
+///              the HF dataset): "{label}: {ctx_a} {Ctx_b}", lm-eval's bracket clean-up, endings
+///   arc        {"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"} (AI2) or
+///              {"question", "choices": {"text": [], "label": []}, "answerKey"} (HF ai2_arc):
+///              "Question: {question}\nAnswer:", the choices' texts
+///   openbookqa the same layouts with "question_stem" (HF) or question.stem: "{stem}"
+///   piqa       {"goal", "sol1", "sol2"} with "label" or a labels file (one 0/1 per line, as
+///              the official valid-labels.lst): "Question: {goal}\nAnswer:", [sol1, sol2]
+///   winogrande {"sentence" with one "_", "option1", "option2", "answer": "1"|"2"}: partial
+///              scoring, a context per option (the sentence up to the blank, the option filled
+///              in) and the rest of the sentence as the continuation
+///   mmlu       {"question", "choices": [..], "answer": 0..3 or "A".."D", "subject"?} (HF
+///              cais/mmlu): lm-eval's description line for the subject, the question, the
+///              lettered choices and "Answer:"; the choices are the letters
+/// Python's str.capitalize, strip and len are applied to ASCII (HellaSwag's context).
+struct ChoiceTaskConvertOptions {
+  std::string format;     // one of choice_task_formats()
+  std::string in;         // JSONL, one record per line
+  std::string labels;     // piqa only: a file of one label per line, for records without "label"
+  int64_t max_items = 0;  // 0 = all
+};
+struct ChoiceTaskConvertResult {
+  int64_t items = 0;
+};
+const std::vector<std::string>& choice_task_formats();
+/// Writes the task as JSONL to `out_path` (atomically). Errors name `in`'s line and the field.
+Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptions& o,
+                                                    const std::string& out_path);
 
 }  // namespace shrink::core

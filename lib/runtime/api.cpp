@@ -17,7 +17,9 @@ namespace shrink::runtime {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 }  // namespace
 
 double log_sum_exp(const float* x, int64_t V) {
@@ -29,8 +31,8 @@ double log_sum_exp(const float* x, int64_t V) {
 
 Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
                                  const TokenSource& src) {
-  SHRINK_CHECK(core::path_exists(src.data), StatusCode::kNotFound,
-               "%s: no such file or directory", src.data.c_str());
+  SHRINK_CHECK(core::path_exists(src.data), StatusCode::kNotFound, "%s: no such file or directory",
+               src.data.c_str());
   LoadedTokens out;
   if (core::dataset_is_tokens(src.data)) {
     const bool dir = core::is_directory(src.data);
@@ -49,18 +51,22 @@ Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_siz
     to.val_fraction = src.val_fraction;
     to.seed = src.seed;
     to.max_tokens = src.max_tokens;
-    const std::string tok_path = src.tokenizer.empty() ? model_dir + "/tokenizer.json" : src.tokenizer;
+    const std::string tok_path =
+        src.tokenizer.empty() ? model_dir + "/tokenizer.json" : src.tokenizer;
     SHRINK_CHECK(core::path_exists(tok_path), StatusCode::kInvalidInput,
                  "%s: not found; text data needs a tokenizer. Pass --tokenizer PATH, or give "
-                 "token shards from `shrink data prepare`", tok_path.c_str());
+                 "token shards from `shrink data prepare`",
+                 tok_path.c_str());
     SHRINK_ASSIGN_OR_RETURN(core::Tokenizer tok, core::Tokenizer::load(tok_path));
     SHRINK_ASSIGN_OR_RETURN(auto reader, core::TextReader::open(src.data));
-    SHRINK_ASSIGN_OR_RETURN(uint64_t got, core::tokenize_stream(*reader, tok, to,
-        [&](const std::vector<int32_t>& t) { out.tokens.insert(out.tokens.end(), t.begin(), t.end()); }));
+    SHRINK_ASSIGN_OR_RETURN(
+        uint64_t got, core::tokenize_stream(*reader, tok, to, [&](const std::vector<int32_t>& t) {
+          out.tokens.insert(out.tokens.end(), t.begin(), t.end());
+        }));
     (void)got;
-    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
-                      (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") +
-                      ")";
+    out.description =
+        src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
+        (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") + ")";
   }
   for (size_t i = 0; i < out.tokens.size(); ++i) {
     SHRINK_CHECK(out.tokens[i] >= 0 && out.tokens[i] < vocab_size, StatusCode::kInvalidInput,
@@ -130,7 +136,8 @@ double bernoulli_stderr(double p, int64_t n) {
 int64_t choice_task_positions(const std::vector<core::ChoiceItem>& items) {
   int64_t n = 0;
   for (const core::ChoiceItem& it : items) {
-    for (const auto& c : it.choices) n = std::max<int64_t>(n, int64_t(it.context.size() + c.size()));
+    for (const auto& c : it.choices)
+      n = std::max<int64_t>(n, int64_t(it.context.size() + c.size()));
   }
   return n;
 }
@@ -159,10 +166,19 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
     const core::ChoiceItem& it = items[i];
     SHRINK_CHECK(!it.context.empty() && it.choices.size() >= 2 &&
                      it.norm_length.size() == it.choices.size() && it.label >= 0 &&
-                     it.label < int64_t(it.choices.size()),
+                     it.label < int64_t(it.choices.size()) &&
+                     (it.given.empty() || it.given.size() == it.choices.size()),
                  StatusCode::kInvalidInput,
                  "item %zu: expected a context, at least 2 choices with a length each, and a "
-                 "label among them", i + 1);
+                 "label among them",
+                 i + 1);
+    for (size_t c = 0; c < it.given.size(); ++c) {
+      SHRINK_CHECK(it.given[c] >= 0 && it.given[c] < int64_t(it.choices[c].size()),
+                   StatusCode::kInvalidInput,
+                   "item %zu: choice %zu has %lld given tokens of %zu; expected at least one "
+                   "scored token",
+                   i + 1, c, (long long)it.given[c], it.choices[c].size());
+    }
     int64_t longest = 0;
     std::vector<const std::vector<int32_t>*> seqs = {&it.context};
     for (double len : it.norm_length) {
@@ -184,7 +200,8 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
     }
     SHRINK_CHECK(longest < max_seq, StatusCode::kInvalidInput,
                  "item %zu: a choice of %lld tokens leaves no room for context in the engine's "
-                 "%lld positions", i + 1, (long long)longest, (long long)max_seq);
+                 "%lld positions",
+                 i + 1, (long long)longest, (long long)max_seq);
     const int64_t keep = std::min<int64_t>(int64_t(it.context.size()), max_seq - longest);
     if (keep < int64_t(it.context.size())) r.truncated++;
     ctx[i].assign(it.context.end() - keep, it.context.end());
@@ -206,7 +223,10 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
     for (size_t k = i; k < j; ++k) {
       const float* x = logits.data() + (k - i) * size_t(V);
       const double lse = log_sum_exp(x, V);
-      for (const auto& ch : items[k].choices) r.loglik[k].push_back(double(x[ch[0]]) - lse);
+      for (size_t c = 0; c < items[k].choices.size(); ++c) {
+        const bool scored = items[k].given.empty() || items[k].given[c] == 0;
+        r.loglik[k].push_back(scored ? double(x[items[k].choices[c][0]]) - lse : 0.0);
+      }
       most = std::max(most, items[k].choices.size());
     }
     for (size_t c = 0; c < most; ++c) {
@@ -223,7 +243,9 @@ Result<ChoiceResult> score_choices(Engine& e, const std::vector<core::ChoiceItem
       for (size_t k : who) {
         const auto& ch = items[k].choices[c];
         double& ll = r.loglik[k][c];
+        const size_t first = items[k].given.empty() ? 0 : size_t(items[k].given[c]);
         for (size_t t = 1; t < ch.size(); ++t, ++row) {
+          if (t < first) continue;  // the choice's own context
           const float* x = logits.data() + row * size_t(V);
           ll += double(x[ch[t]]) - log_sum_exp(x, V);
         }
@@ -267,7 +289,8 @@ Status check_request(const std::vector<int32_t>& prompt, const GenerateOptions& 
   SHRINK_CHECK(int64_t(prompt.size()) + opts.max_new_tokens <= max_seq + 1,
                StatusCode::kInvalidInput,
                "prompt (%zu tokens) + --max-new-tokens %lld exceeds the maximum sequence length "
-               "%lld", prompt.size(), (long long)opts.max_new_tokens, (long long)max_seq);
+               "%lld",
+               prompt.size(), (long long)opts.max_new_tokens, (long long)max_seq);
   for (int32_t id : prompt) {
     SHRINK_CHECK(id >= 0 && id < V, StatusCode::kInvalidInput,
                  "prompt token %d is outside the vocabulary (vocab_size %lld)", id, (long long)V);
@@ -278,9 +301,9 @@ Status check_request(const std::vector<int32_t>& prompt, const GenerateOptions& 
 
 Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
                                 const GenerateOptions& opts) {
-  SHRINK_CHECK(opts.sampling.temperature >= 0 && opts.sampling.top_p > 0 &&
-                   opts.sampling.top_p <= 1,
-               StatusCode::kInvalidInput, "sampling: expected temperature >= 0 and 0 < top-p <= 1");
+  SHRINK_CHECK(
+      opts.sampling.temperature >= 0 && opts.sampling.top_p > 0 && opts.sampling.top_p <= 1,
+      StatusCode::kInvalidInput, "sampling: expected temperature >= 0 and 0 < top-p <= 1");
   SHRINK_RETURN_IF_ERROR(check_request(prompt, opts, e.config().vocab_size, e.max_seq_len()));
   GenerateResult r;
   r.ids = prompt;
@@ -302,7 +325,8 @@ Result<GenerateResult> generate(Engine& e, const std::vector<int32_t>& prompt,
   for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
     const int32_t next = best[0];
     r.ids.push_back(next);
-    if (opts.stop_at_eos && std::find(opts.eos.begin(), opts.eos.end(), next) != opts.eos.end()) break;
+    if (opts.stop_at_eos && std::find(opts.eos.begin(), opts.eos.end(), next) != opts.eos.end())
+      break;
     if (step + 1 == opts.max_new_tokens) break;
     SHRINK_RETURN_IF_ERROR(step_fwd({{0, &r.ids.back(), 1}}));
   }
@@ -321,7 +345,8 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
   const int64_t V = target.config().vocab_size;
   SHRINK_CHECK(draft.config().vocab_size == V, StatusCode::kInvalidInput,
                "the draft model has vocab_size %lld but the target has %lld: speculative decoding "
-               "needs the same vocabulary", (long long)draft.config().vocab_size, (long long)V);
+               "needs the same vocabulary",
+               (long long)draft.config().vocab_size, (long long)V);
   SHRINK_RETURN_IF_ERROR(
       check_request(prompt, opts, V, std::min(target.max_seq_len(), draft.max_seq_len())));
   GenerateResult r;
@@ -334,7 +359,8 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
   std::vector<int32_t> best, next;
   SHRINK_RETURN_IF_ERROR(target.forward_argmax({{0, prompt.data(), int64_t(prompt.size())}}, best));
   if (prompt.size() > 1) {  // the draft's cache lags the target's by the tokens in `pending`
-    SHRINK_RETURN_IF_ERROR(draft.forward_argmax({{0, prompt.data(), int64_t(prompt.size()) - 1}}, next));
+    SHRINK_RETURN_IF_ERROR(
+        draft.forward_argmax({{0, prompt.data(), int64_t(prompt.size()) - 1}}, next));
   }
   r.prefill_seconds = since(t0);
   auto t1 = Clock::now();
@@ -359,7 +385,8 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
     }
     // Target: score the last token and every proposal in one forward.
     const int64_t target_base = target.length(0);
-    SHRINK_RETURN_IF_ERROR(target.forward({{0, chunk.data(), int64_t(chunk.size())}}, true, logits));
+    SHRINK_RETURN_IF_ERROR(
+        target.forward({{0, chunk.data(), int64_t(chunk.size())}}, true, logits));
     int64_t n = 0;
     while (n < ke && core::argmax(logits.data() + n * V, V) == chunk[size_t(n + 1)]) ++n;
     const int32_t own = core::argmax(logits.data() + n * V, V);

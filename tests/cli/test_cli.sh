@@ -98,6 +98,13 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "make-task with one choice exits 2" 2 "$SHRINK" data make-task --out "$T/t1.jsonl" --choices 1
   expect_grep "the choices error names the range" "$T/err" "expected 2..16"
   [ ! -e "$T/t1.jsonl" ] && ok "a failed make-task writes nothing" || bad "a failed make-task left a file"
+  printf '%s\n' '{"qID": "a-1", "sentence": "The cup fell off the shelf because _ was unsteady.", "option1": "the cup", "option2": "the shelf", "answer": "2"}' >"$T/wino.jsonl"
+  expect_rc "data convert-task winogrande" 0 "$SHRINK" data convert-task "$T/wino.jsonl" --format winogrande --out "$T/wino-task.jsonl"
+  expect_grep "convert-task writes a context per option" "$T/wino-task.jsonl" '"contexts":\["The cup fell off the shelf because the cup ","The cup fell off the shelf because the shelf "\]'
+  printf '%s\n' '{"sentence": "x _ y", "option1": "a", "option2": "b", "answer": ""}' >>"$T/wino.jsonl"
+  expect_rc "convert-task of an unlabelled record exits 2" 2 "$SHRINK" data convert-task "$T/wino.jsonl" --format winogrande --out "$T/wino2.jsonl"
+  expect_grep "the convert error names file:line and the field" "$T/err" 'wino.jsonl:2: "answer" is empty'
+  [ ! -e "$T/wino2.jsonl" ] && ok "a failed convert-task writes nothing" || bad "a failed convert-task left a file"
   expect_rc "convert to bfloat16" 0 "$SHRINK" convert "$T/rand" --dtype bf16 --out "$T/rand-bf16"
   expect_grep "convert writes bfloat16" "$T/rand-bf16/config.json" '"bfloat16"'
   expect_rc "eval the bfloat16 copy" 0 "$SHRINK" --json eval "$T/rand-bf16" --data "$T/shards" --seq-len 64

@@ -82,6 +82,47 @@ TEST(ChoiceTask, TextItemsTokenizeAsLmEvalAndIdItemsAsGiven) {
   EXPECT_TRUE(choice_task_load(f, nullptr, 10).is_ok());
 }
 
+TEST(ChoiceTask, ContextPerChoiceItemsScoreTheContinuationAfterEach) {
+  const Tokenizer tok = small_bpe();
+  const std::string f = tmp("partial.jsonl");
+  write(f,
+        "{\"contexts\": [\"the cat \", \"the mat \"], \"continuation\": \"sat on the hat\", "
+        "\"label\": 1}\n"
+        "{\"contexts_ids\": [[3, 4, 5], [3, 6]], \"continuation_ids\": [7, 8], \"label\": 0}\n");
+  auto items = choice_task_load(f, &tok, tok.vocab_size());
+  ASSERT_TRUE(items.is_ok()) << items.status().message();
+  // Text: each choice is its own context's tokens beyond the shared start (given, not scored),
+  // then the continuation's, exactly as context + continuation tokenizes.
+  const ChoiceItem& a = (*items)[0];
+  ASSERT_EQ(a.given.size(), 2u);
+  for (int c = 0; c < 2; ++c) {
+    std::vector<int32_t> ctx = tok.document_prefix(), whole = tok.document_prefix();
+    for (int32_t t : tok.encode(c == 0 ? "the cat" : "the mat", false)) ctx.push_back(t);
+    for (int32_t t :
+         tok.encode(c == 0 ? "the cat sat on the hat" : "the mat sat on the hat", false))
+      whole.push_back(t);
+    std::vector<int32_t> joined = a.context;
+    joined.insert(joined.end(), a.choices[size_t(c)].begin(), a.choices[size_t(c)].end());
+    EXPECT_EQ(joined, whole);
+    EXPECT_EQ(int64_t(a.context.size()) + a.given[size_t(c)], int64_t(ctx.size()));
+    EXPECT_GT(a.given[size_t(c)], 0);  // "cat" and "mat" differ
+  }
+  EXPECT_EQ(a.norm_length, (std::vector<double>{14, 14}));  // the continuation's characters
+  // Ids: the common start is the shared context.
+  const ChoiceItem& b = (*items)[1];
+  EXPECT_EQ(b.context, (std::vector<int32_t>{3}));
+  EXPECT_EQ(b.choices[0], (std::vector<int32_t>{4, 5, 7, 8}));
+  EXPECT_EQ(b.choices[1], (std::vector<int32_t>{6, 7, 8}));
+  EXPECT_EQ(b.given, (std::vector<int64_t>{2, 1}));
+  EXPECT_EQ(b.norm_length, (std::vector<double>{2, 2}));
+  // acc_norm's lengths are characters (Python's len), not bytes.
+  write(f, "{\"context\": \"a \", \"choices\": [\"caf\u00e9\", \"cafe\"], \"label\": 0}\n");
+  auto u = choice_task_load(f, &tok, tok.vocab_size());
+  ASSERT_TRUE(u.is_ok()) << u.status().message();
+  EXPECT_EQ((*u)[0].norm_length, (std::vector<double>{4, 4}));
+  EXPECT_TRUE((*u)[0].given.empty());
+}
+
 TEST(ChoiceTask, BadFilesNameTheLineAndWhatWasExpected) {
   const Tokenizer tok = small_bpe();
   const std::string f = tmp("bad.jsonl");
@@ -104,7 +145,12 @@ TEST(ChoiceTask, BadFilesNameTheLineAndWhatWasExpected) {
       {"{\"context_ids\": [1], \"choices_ids\": [[2], [\"x\"]], \"label\": 0}",
        "expected an integer token id"},
       {"{\"context\": \"a\", \"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 0}",
-       "expected either"},
+       "expected exactly one of"},
+      {"{\"contexts_ids\": [[1], [2]], \"label\": 0}", "expected both \"contexts_ids\""},
+      {"{\"contexts_ids\": [[1, 2], [3, 2]], \"continuation_ids\": [4], \"label\": 0}",
+       "share no first token"},
+      {"{\"contexts_ids\": [[1], [1, 2]], \"continuation_ids\": [], \"label\": 0}",
+       "choice 0 has no tokens of its own"},
       {"{\"context\": \"a\", \"choices\": [\"b\", 3], \"label\": 0}",
        "choices[1]: expected a string"},
   };
@@ -168,7 +214,9 @@ TEST(ChoiceTask, BuildCutsRealDocumentsAndIsDeterministic) {
     EXPECT_EQ(ch[size_t(label)][0], ' ');  // cut at a word boundary, the space goes with the end
     for (size_t c = 0; c < ch.size(); ++c) {
       EXPECT_TRUE(endings.count(ch[c])) << ch[c];
-      if (int64_t(c) != label) EXPECT_NE(ch[c], ch[size_t(label)]);
+      if (int64_t(c) != label) {
+        EXPECT_NE(ch[c], ch[size_t(label)]);
+      }
     }
     labels.insert(label);
     ++n;
@@ -199,4 +247,200 @@ TEST(ChoiceTask, BuildCutsRealDocumentsAndIsDeterministic) {
   ASSERT_FALSE(none.is_ok());
   EXPECT_NE(none.status().message().find("distinct endings"), std::string::npos)
       << none.status().message();
+}
+
+namespace {
+
+// Converts `records` (one JSON object per line) and returns the task file's lines.
+std::vector<nlohmann::json> convert(const std::string& format, const std::string& records,
+                                    const std::string& labels = "") {
+  const std::string in = tmp(format + "_in.jsonl"), out = tmp(format + "_out.jsonl");
+  write(in, records);
+  ChoiceTaskConvertOptions o;
+  o.format = format;
+  o.in = in;
+  if (!labels.empty()) {
+    o.labels = tmp(format + "_labels.lst");
+    write(o.labels, labels);
+  }
+  auto r = choice_task_convert(o, out);
+  EXPECT_TRUE(r.is_ok()) << r.status().message();
+  std::vector<nlohmann::json> lines;
+  if (!r.is_ok()) return lines;
+  std::istringstream s(read_file(out).take_or_throw());
+  for (std::string line; std::getline(s, line);) lines.push_back(nlohmann::json::parse(line));
+  EXPECT_EQ(int64_t(lines.size()), r->items);
+  return lines;
+}
+
+}  // namespace
+
+// Records in each benchmark's published layout become lm-eval's zero-shot requests: the
+// expected strings are those lm-evaluation-harness builds from the same records.
+TEST(ChoiceTask, ConvertsStandardBenchmarksWithLmEvalPrompts) {
+  using nlohmann::json;
+  // HellaSwag (rowanz/hellaswag's README example, and a WikiHow item with bracket tags).
+  auto h = convert(
+      "hellaswag",
+      "{\"ind\": 24, \"activity_label\": \"Roof shingle removal\", \"ctx_a\": \"A man is sitting "
+      "on a roof.\", \"ctx_b\": \"he\", \"ctx\": \"A man is sitting on a roof. he\", \"split\": "
+      "\"val\", \"split_type\": \"indomain\", \"label\": 3, \"endings\": [\"is using wrap to wrap "
+      "a pair of skis.\", \"is ripping level tiles off.\", \"is holding a rubik's cube.\", "
+      "\"starts pulling up roofing on a roof.\"], \"source_id\": \"activitynet~v_-JhWjGDPHMY\"}\n"
+      "{\"ind\": 7, \"activity_label\": \"Baking\", \"ctx_a\": \"[header] How to bake bread "
+      "[title] Heat the oven.\", \"ctx_b\": \"Then MIX the flour\", \"label\": \"1\", "
+      "\"endings\": [\"[step] and wait.\", \"with  water [substeps] slowly.\"]}\n");
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0]["context"], "Roof shingle removal: A man is sitting on a roof. He ");
+  EXPECT_EQ(h[0]["choices"][3], "starts pulling up roofing on a roof.");
+  EXPECT_EQ(h[0]["label"], 3);
+  EXPECT_EQ(h[0]["id"], 24);
+  // capitalize() lower-cases the rest; " [title]" becomes ". ", tags go, double spaces close.
+  EXPECT_EQ(h[1]["context"], "Baking: How to bake bread. Heat the oven. Then mix the flour ");
+  // As in Python, a tag at the start leaves its following space (re.sub runs after strip).
+  EXPECT_EQ(h[1]["choices"], json({" and wait.", "with water slowly."}));
+  EXPECT_EQ(h[1]["label"], 1);
+
+  // ARC, in AI2's layout and in the HF layout (labels "1".."4" occur in both).
+  auto a = convert("arc",
+                   "{\"id\": \"Mercury_7\", \"question\": {\"stem\": \"Which is a metal?\", "
+                   "\"choices\": [{\"text\": \"wood\", \"label\": \"A\"}, {\"text\": \"iron\", "
+                   "\"label\": \"B\"}]}, \"answerKey\": \"B\"}\n"
+                   "{\"id\": \"x\", \"question\": \"Which is wet?\", \"choices\": {\"text\": "
+                   "[\"sand\", \"rain\", \"salt\"], \"label\": [\"1\", \"2\", \"3\"]}, "
+                   "\"answerKey\": \"2\"}\n");
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[0]["context"], "Question: Which is a metal?\nAnswer: ");
+  EXPECT_EQ(a[0]["choices"], json({"wood", "iron"}));
+  EXPECT_EQ(a[0]["label"], 1);
+  EXPECT_EQ(a[0]["id"], "Mercury_7");
+  EXPECT_EQ(a[1]["context"], "Question: Which is wet?\nAnswer: ");
+  EXPECT_EQ(a[1]["label"], 1);
+
+  // OpenBookQA: the stem alone.
+  auto ob = convert("openbookqa",
+                    "{\"id\": \"7-980\", \"question_stem\": \"The sun is responsible for\", "
+                    "\"choices\": {\"text\": [\"puppies\", \"plants sprouting\"], \"label\": "
+                    "[\"A\", \"B\"]}, \"answerKey\": \"B\"}\n");
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0]["context"], "The sun is responsible for ");
+  EXPECT_EQ(ob[0]["label"], 1);
+
+  // PIQA, with the labels in a separate file as the official release has them.
+  auto p = convert("piqa",
+                   "{\"goal\": \"How do I open a jar?\", \"sol1\": \"Twist the lid.\", \"sol2\": "
+                   "\"Freeze it.\"}\n{\"goal\": \"Dry a shirt\", \"sol1\": \"Wet it\", \"sol2\": "
+                   "\"Hang it\"}\n",
+                   "0\n1\n");
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0]["context"], "Question: How do I open a jar?\nAnswer: ");
+  EXPECT_EQ(p[0]["choices"], json({"Twist the lid.", "Freeze it."}));
+  EXPECT_EQ(p[0]["label"], 0);
+  EXPECT_EQ(p[1]["label"], 1);
+
+  // Winogrande: a context per option, the rest of the sentence scored after each.
+  auto w = convert("winogrande",
+                   "{\"qID\": \"3D5G8J4N5CI2K40F4RZLF9OG2CKVTH-2\", \"sentence\": \"Kyle doesn't "
+                   "wear leg warmers to bed, while Logan almost always does. _ is more likely to "
+                   "live in a colder climate.\", \"option1\": \"Kyle\", \"option2\": \"Logan\", "
+                   "\"answer\": \"2\"}\n");
+  ASSERT_EQ(w.size(), 1u);
+  const std::string pre = "Kyle doesn't wear leg warmers to bed, while Logan almost always does. ";
+  EXPECT_EQ(w[0]["contexts"], json({pre + "Kyle ", pre + "Logan "}));
+  EXPECT_EQ(w[0]["continuation"], "is more likely to live in a colder climate.");
+  EXPECT_EQ(w[0]["label"], 1);
+
+  // MMLU (HF cais/mmlu): the description line, lettered choices; the choices are the letters.
+  auto m = convert("mmlu",
+                   "{\"question\": \" What is 2 + 2? \", \"subject\": \"elementary_mathematics\", "
+                   "\"choices\": [\"3\", \"4\", \"5\", \"22\"], \"answer\": 1}\n"
+                   "{\"question\": \"Pick C\", \"choices\": [\"a\", \"b\", \"c\"], \"answer\": "
+                   "\"C\"}\n");
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0]["context"],
+            "The following are multiple choice questions (with answers) about elementary "
+            "mathematics.\n\nWhat is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer: ");
+  EXPECT_EQ(m[0]["choices"], json({"A", "B", "C", "D"}));
+  EXPECT_EQ(m[0]["label"], 1);
+  EXPECT_EQ(m[1]["context"], "Pick C\nA. a\nB. b\nC. c\nAnswer: ");
+  EXPECT_EQ(m[1]["label"], 2);
+
+  // Every converted file loads as a task.
+  const Tokenizer tok = small_bpe();
+  for (const char* fmt : {"hellaswag", "arc", "openbookqa", "piqa", "winogrande", "mmlu"}) {
+    auto items = choice_task_load(tmp(std::string(fmt) + "_out.jsonl"), &tok, tok.vocab_size());
+    EXPECT_TRUE(items.is_ok()) << fmt << ": " << items.status().message();
+  }
+}
+
+TEST(ChoiceTask, ConvertRefusesBadRecordsNamingTheLineAndField) {
+  const std::string in = tmp("conv_bad.jsonl"), out = tmp("conv_bad_out.jsonl");
+  struct Case {
+    std::string format, record, want;
+  };
+  const std::string hs_ok =
+      "{\"activity_label\": \"A\", \"ctx_a\": \"b\", \"ctx_b\": \"c\", \"endings\": [\"d\", "
+      "\"e\"], \"label\": 0}";
+  const std::vector<Case> cases = {
+      {"hellaswag", "{\"activity_label\": \"A\", \"ctx_a\": \"b\", \"endings\": [\"d\"]}",
+       "no \"ctx_b\""},
+      {"hellaswag",
+       "{\"activity_label\": \"A\", \"ctx_a\": \"b\", \"ctx_b\": \"c\", \"endings\": [\"d\", "
+       "\"e\"], \"label\": \"\"}",
+       "\"label\" is empty: expected the labelled split"},
+      {"hellaswag",
+       "{\"activity_label\": \"A\", \"ctx_a\": \"b\", \"ctx_b\": \"c\", \"endings\": [\"d\", 4], "
+       "\"label\": 0}",
+       "\"endings\"[1]: expected a string"},
+      {"hellaswag",
+       "{\"activity_label\": \"A\", \"ctx_a\": \"b\", \"ctx_b\": \"c\", \"endings\": [\"d\", "
+       "\"e\"], \"label\": 5}",
+       "label 5 is not a choice index"},
+      {"arc",
+       "{\"question\": \"q\", \"choices\": {\"text\": [\"a\", \"b\"], \"label\": [\"A\", \"B\"]}, "
+       "\"answerKey\": \"E\"}",
+       "\"answerKey\" \"E\" is not one of the choices' labels"},
+      {"winogrande",
+       "{\"sentence\": \"no blank\", \"option1\": \"a\", \"option2\": \"b\", "
+       "\"answer\": \"1\"}",
+       "has no \"_\""},
+      {"winogrande",
+       "{\"sentence\": \"a _ b\", \"option1\": \"a\", \"option2\": \"b\", "
+       "\"answer\": \"\"}",
+       "\"answer\" is empty"},
+      {"piqa", "{\"goal\": \"g\", \"sol1\": \"a\", \"sol2\": \"b\"}", "give --labels"},
+      {"mmlu", "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"x\"}",
+       "\"answer\": expected an integer"},
+      {"hellaswag", "[1, 2]", "not a JSON object"},
+  };
+  for (const Case& c : cases) {
+    // A good first line (hellaswag's) is used only for hellaswag; the bad record is line 2.
+    const std::string first = c.format == "hellaswag" ? hs_ok + "\n" : "\n";
+    write(in, first + c.record + "\n");
+    ChoiceTaskConvertOptions o;
+    o.format = c.format;
+    o.in = in;
+    auto r = choice_task_convert(o, out);
+    ASSERT_FALSE(r.is_ok()) << c.record;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput);
+    EXPECT_NE(r.status().message().find(in + ":2: "), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find(c.want), std::string::npos) << r.status().message();
+    EXPECT_FALSE(std::filesystem::exists(out));  // nothing is written
+  }
+  ChoiceTaskConvertOptions o;
+  o.format = "squad";
+  o.in = in;
+  EXPECT_NE(choice_task_convert(o, out).status().message().find("expected one of hellaswag"),
+            std::string::npos);
+  o.format = "arc";
+  o.labels = in;
+  EXPECT_NE(choice_task_convert(o, out).status().message().find("--labels is for piqa"),
+            std::string::npos);
+  // A labels file with a different count is refused.
+  o.format = "piqa";
+  write(in, "{\"goal\": \"g\", \"sol1\": \"a\", \"sol2\": \"b\"}\n");
+  o.labels = tmp("conv_bad.lst");
+  write(o.labels, "0\n1\n");
+  EXPECT_NE(choice_task_convert(o, out).status().message().find("2 labels for 1 records"),
+            std::string::npos);
 }

@@ -99,6 +99,45 @@ TEST(Choice, LoglikelihoodsEqualFullForwardsAtAnyBatch) {
   EXPECT_NEAR(r1->acc_stderr, std::sqrt(r1->acc * (1 - r1->acc) / 10.0), 1e-12);
 }
 
+// Winogrande-style items: each choice's first `given` tokens are its own context; only the
+// rest is scored, after the shared context and those tokens.
+TEST(Choice, GivenTokensConditionButAreNotScored) {
+  const std::string model = test::fixture("llama_gqa_llama3rope");
+  EngineOptions eo;
+  eo.max_seq_len = 32;
+  eo.max_batch = 3;
+  auto e = Engine::load(model, eo).take_or_throw();
+  const int64_t V = e->config().vocab_size;
+  auto items = random_items(7, V, 11);
+  for (size_t k = 0; k < items.size(); ++k) {
+    auto& it = items[k];
+    for (auto& c : it.choices) {
+      // Every other item gives some choices a context of their own (0..3 tokens).
+      const int64_t g = k % 2 ? int64_t(c.size() % 4) : 0;
+      for (int64_t t = 0; t < g; ++t) c.insert(c.begin(), int32_t((k * 7 + size_t(t)) % size_t(V)));
+      it.given.push_back(g);
+    }
+  }
+  auto r = runtime::score_choices(*e, items);
+  ASSERT_TRUE(r.is_ok()) << r.status().message();
+  for (size_t k = 0; k < items.size(); ++k) {
+    for (size_t c = 0; c < items[k].choices.size(); ++c) {
+      const auto& ch = items[k].choices[c];
+      const long g = long(items[k].given[c]);
+      std::vector<int32_t> ctx = items[k].context;
+      ctx.insert(ctx.end(), ch.begin(), ch.begin() + g);
+      const double want = loglik_by_hand(*e, ctx, std::vector<int32_t>(ch.begin() + g, ch.end()));
+      EXPECT_NEAR(r->loglik[k][c], want, 1e-4) << "item " << k << " choice " << c;
+    }
+  }
+  // A choice must keep a scored token.
+  items[1].given[0] = int64_t(items[1].choices[0].size());
+  auto bad = runtime::score_choices(*e, items);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("expected at least one scored token"), std::string::npos)
+      << bad.status().message();
+}
+
 TEST(Choice, LongContextsAreCutFromTheLeftAndOverlongChoicesRefused) {
   const std::string model = test::fixture("llama_gqa_llama3rope");
   EngineOptions eo;

@@ -1,6 +1,7 @@
 // `shrink data prepare --data PATH --tokenizer T --out DIR`: stream-tokenize a corpus into
 // train/val token shards (deterministic document-level split). `shrink data make-task`: a
-// multiple-choice task from a corpus (core/choice_task.h). `shrink data stats`: token counts.
+// multiple-choice task from a corpus (core/choice_task.h); `data convert-task`: one from a standard
+// benchmark's published records. `shrink data stats`: token counts.
 #include <cstdio>
 
 #include "core/choice_task.h"
@@ -45,9 +46,12 @@ void register_data(CLI::App& app, Globals& g) {
       core::PrepareStats s = core::dataset_prepare(o->data, tk, o->out, o->p).take_or_throw();
       prog.finish();
       if (g.json) {
-        print_json({{"out", o->out}, {"train_tokens", s.train_tokens},
-                    {"val_tokens", s.val_tokens}, {"documents", s.documents},
-                    {"bytes", s.bytes}, {"shards", s.shards}});
+        print_json({{"out", o->out},
+                    {"train_tokens", s.train_tokens},
+                    {"val_tokens", s.val_tokens},
+                    {"documents", s.documents},
+                    {"bytes", s.bytes},
+                    {"shards", s.shards}});
       } else {
         std::printf("wrote %s: %llu train + %llu val tokens from %llu documents (%s)\n",
                     o->out.c_str(), (unsigned long long)s.train_tokens,
@@ -92,14 +96,47 @@ void register_data(CLI::App& app, Globals& g) {
     g.exit_code = run_guarded("data make-task", g, false, [&] {
       core::ChoiceTaskBuildResult r = core::choice_task_build(to->b, to->out).take_or_throw();
       if (g.json) {
-        print_json({{"out", to->out}, {"items", r.items}, {"documents", r.documents},
-                    {"choices", to->b.choices}, {"split", to->b.split}});
+        print_json({{"out", to->out},
+                    {"items", r.items},
+                    {"documents", r.documents},
+                    {"choices", to->b.choices},
+                    {"split", to->b.split}});
       } else {
-        std::printf("wrote %s: %lld items with %lld choices each, from %lld %s documents of "
-                    "%lld..%lld words\n",
-                    to->out.c_str(), (long long)r.items, (long long)to->b.choices,
-                    (long long)r.documents, to->b.split.c_str(), (long long)to->b.min_words,
-                    (long long)to->b.max_words);
+        std::printf(
+            "wrote %s: %lld items with %lld choices each, from %lld %s documents of "
+            "%lld..%lld words\n",
+            to->out.c_str(), (long long)r.items, (long long)to->b.choices, (long long)r.documents,
+            to->b.split.c_str(), (long long)to->b.min_words, (long long)to->b.max_words);
+      }
+      return 0;
+    });
+  });
+
+  struct ConvOpts {
+    std::string out;
+    core::ChoiceTaskConvertOptions c;
+  };
+  auto co = std::make_shared<ConvOpts>();
+  CLI::App* conv = data->add_subcommand(
+      "convert-task",
+      "Convert a standard benchmark (hellaswag, arc, openbookqa, piqa, winogrande, mmlu) from its "
+      "published JSONL layout into a task file with lm-eval's zero-shot prompts");
+  conv->add_option("in", co->c.in, "The benchmark's JSONL (one record per line)")->required();
+  conv->add_option("--format", co->c.format, "hellaswag, arc, openbookqa, piqa, winogrande or mmlu")
+      ->required();
+  conv->add_option("--out", co->out, "Output .jsonl")->required();
+  conv->add_option("--labels", co->c.labels,
+                   "piqa: a labels file (one 0/1 per line, as valid-labels.lst)");
+  conv->add_option("--max-items", co->c.max_items, "At most this many items (0: all)")
+      ->capture_default_str();
+  conv->callback([co, &g] {
+    g.exit_code = run_guarded("data convert-task", g, false, [&] {
+      core::ChoiceTaskConvertResult r = core::choice_task_convert(co->c, co->out).take_or_throw();
+      if (g.json) {
+        print_json({{"out", co->out}, {"items", r.items}, {"format", co->c.format}});
+      } else {
+        std::printf("wrote %s: %lld %s items\n", co->out.c_str(), (long long)r.items,
+                    co->c.format.c_str());
       }
       return 0;
     });
@@ -122,17 +159,21 @@ void register_data(CLI::App& app, Globals& g) {
       auto va = core::TokenDataset::open(so->dir, core::Split::kVal).take_or_throw();
       core::UnigramBaseline u = core::unigram_baseline(tr, va, so->seq_len, tr.vocab_size());
       if (g.json) {
-        print_json({{"train_tokens", tr.size()}, {"val_tokens", va.size()},
+        print_json({{"train_tokens", tr.size()},
+                    {"val_tokens", va.size()},
                     {"vocab_size", tr.vocab_size()},
                     {"distinct_train_tokens", u.distinct_train_tokens},
-                    {"unigram_val_perplexity", u.perplexity}, {"unigram_val_nll", u.mean_nll},
-                    {"tokens_scored", u.tokens_scored}, {"seq_len", so->seq_len}});
+                    {"unigram_val_perplexity", u.perplexity},
+                    {"unigram_val_nll", u.mean_nll},
+                    {"tokens_scored", u.tokens_scored},
+                    {"seq_len", so->seq_len}});
       } else {
-        std::printf("%s: %llu train + %llu val tokens, vocab %d (%d used in train); unigram "
-                    "baseline on val: perplexity %.2f (%llu tokens scored, seq-len %lld)\n",
-                    so->dir.c_str(), (unsigned long long)tr.size(), (unsigned long long)va.size(),
-                    tr.vocab_size(), u.distinct_train_tokens, u.perplexity,
-                    (unsigned long long)u.tokens_scored, (long long)so->seq_len);
+        std::printf(
+            "%s: %llu train + %llu val tokens, vocab %d (%d used in train); unigram "
+            "baseline on val: perplexity %.2f (%llu tokens scored, seq-len %lld)\n",
+            so->dir.c_str(), (unsigned long long)tr.size(), (unsigned long long)va.size(),
+            tr.vocab_size(), u.distinct_train_tokens, u.perplexity,
+            (unsigned long long)u.tokens_scored, (long long)so->seq_len);
       }
       return 0;
     });
