@@ -271,6 +271,39 @@ void gemm_w8a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64
                           const int8_t* B, int64_t ldb, const float* scale, int64_t group,
                           float* C, int64_t ldc);
 
+// ---- W4A16 GEMM: float activations x 4-bit weights, dequantised in registers ----------------
+/// As W8A16 with Bq[n, k] = s4_value(B + n*ldb, k): each row of B is ceil(K / 32) blocks of 16
+/// bytes, byte j of a block holding its value j (+ 8) in the low nibble and value j + 16 (+ 8) in
+/// the high nibble, so one 16-byte load and two masks give 32 values in order (compressed-
+/// tensors' pack-quantized order, two neighbours per byte, needs a shuffle instead). Padding
+/// holds 8 (zero). ldb >= 16 * ceil(K / 32) bytes; group is K or a multiple of 32.
+inline int64_t s4_row_bytes(int64_t K) { return (K + 31) / 32 * 16; }
+inline int s4_value(const uint8_t* row, int64_t k) {
+  const uint8_t b = row[k / 32 * 16 + (k & 15)];
+  return ((k & 16) ? (b >> 4) : (b & 15)) - 8;
+}
+/// One row of q (values in [-8, 7]) into that layout (s4_row_bytes(K) bytes).
+inline void s4_pack_row(const int8_t* q, int64_t K, uint8_t* row) {
+  for (int64_t i = 0; i < s4_row_bytes(K); ++i) row[i] = 0x88;
+  for (int64_t k = 0; k < K; ++k) {
+    uint8_t& b = row[k / 32 * 16 + (k & 15)];
+    const uint8_t v = uint8_t(q[k] + 8);
+    b = (k & 16) ? uint8_t((b & 0x0F) | (v << 4)) : uint8_t((b & 0xF0) | v);
+  }
+}
+using GemmW4a16NtFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                               const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                               float* C, int64_t ldc);
+void gemm_w4a16_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                       const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                       int64_t ldc);
+void gemm_w4a16_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                        float* C, int64_t ldc);
+void gemm_w4a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                          const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                          float* C, int64_t ldc);
+
 // ---- W8A8 GEMM: int8 x int8 -> int32 per group, float epilogue --------------------------------
 /// C[m, n] = a_scale[m] * sum_g b_scale[n*G + g] * float(dot_g(A[m], B[n])), with dot_g the exact
 /// int32 dot product over group g (group as in W8A16). Values must lie in [-127, 127]
@@ -343,6 +376,7 @@ struct KernelTable {
   QuantizeS8Fn quantize_s8;
   RmsnormQuantS8Fn rmsnorm_quant_s8;
   GemmBf16wF32NtFn gemm_bf16w_f32_nt;
+  GemmW4a16NtFn gemm_w4a16_nt;
 };
 
 /// The table for a level (which must be supported: see isa_supported).

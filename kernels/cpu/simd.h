@@ -76,7 +76,16 @@ inline vf vload_s8(const int8_t* p) {
 inline vf vload_s8_n(const int8_t* p, int64_t n) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(vmask(n), p)));
 }
-/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
+/// A block of 32 4-bit values (16 bytes: byte j holds value j + 8 in its low nibble and value
+/// j + 16, + 8, in its high nibble) -> 32 / kW float vectors of q, in order.
+inline void vload_s4_block(const uint8_t* p, vf* out) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+  const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight);
+  const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
+  out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+  out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+}/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
 inline vf vload_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
@@ -159,7 +168,16 @@ inline vf vload_s8_n(const int8_t* p, int64_t n) {
   std::memcpy(buf, p, size_t(n < 8 ? n : 8));
   return vload_s8(buf);
 }
-inline vf vload_bf16(const uint16_t* p) {
+inline void vload_s4_block(const uint8_t* p, vf* out) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+  const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight);
+  const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
+  out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+  out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+  out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+  out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}inline vf vload_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(
       _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
@@ -188,6 +206,9 @@ inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
   for (int64_t i = 0; i < n && i < 8; ++i) p[i] = int8_t(t[i]);
 }
 #endif
+
+/// Vectors per block of 32 4-bit values (vload_s4_block).
+constexpr int kS4Vecs = 32 / kW;
 
 /// exp(x) for float lanes: x = n*ln2 + r, |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
 /// (truncation error r^7/7! < 4e-8 relative), times 2^n built from the exponent bits. Inputs are

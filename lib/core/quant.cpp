@@ -29,7 +29,7 @@ json quant_config_to_json(const QuantScheme& s) {
             {"observer", nullptr}, {"observer_kwargs", json::object()}};
   }
   return {{"quant_method", "compressed-tensors"},
-          {"format", "int-quantized"},
+          {"format", s.bits == 4 ? "pack-quantized" : "int-quantized"},
           {"quantization_status", "compressed"},
           {"global_compression_ratio", nullptr},
           {"kv_cache_scheme", nullptr},
@@ -50,8 +50,9 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
     return bad("quant_method '" + method + "' is not supported; expected compressed-tensors");
   }
   std::string format = j.value("format", "");
-  if (format != "int-quantized" && format != "naive-quantized") {
-    return bad("format '" + format + "' is not supported; expected int-quantized");
+  if (format != "int-quantized" && format != "naive-quantized" && format != "pack-quantized") {
+    return bad("format '" + format + "' is not supported; expected int-quantized or "
+               "pack-quantized");
   }
   if (!j.contains("config_groups") || !j["config_groups"].is_object() ||
       j["config_groups"].size() != 1) {
@@ -62,8 +63,9 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
   if (!g.contains("weights") || !g["weights"].is_object()) return bad("config_groups: no weights");
   const json& w = g["weights"];
   s.bits = w.value("num_bits", 8);
-  if (s.bits != 8) {
-    return bad("weights.num_bits " + std::to_string(s.bits) + " is not supported; expected 8");
+  if (s.bits != (format == "pack-quantized" ? 4 : 8)) {
+    return bad("weights.num_bits " + std::to_string(s.bits) + " with format '" + format +
+               "' is not supported; expected 8 (int-quantized) or 4 (pack-quantized)");
   }
   if (w.value("type", "int") != "int" || !w.value("symmetric", true)) {
     return bad("weights: only symmetric int quantization is supported");
@@ -99,9 +101,12 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
 }
 
 Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& in_features) {
-  if (s.bits != 8) {
-    return invalid_input("bits " + std::to_string(s.bits) + " is not supported; expected 8 "
-                         "(int8; a 4-bit group-wise scheme is planned)");
+  if (s.bits != 8 && s.bits != 4) {
+    return invalid_input("bits " + std::to_string(s.bits) + " is not supported; expected 8 or 4");
+  }
+  if (s.bits == 4 && s.activations != "none") {
+    return invalid_input("4-bit weights run with float activations (W4A16); activations '" +
+                         s.activations + "' would need int4 x int8 kernels");
   }
   if (s.weight_strategy == "group") {
     if (s.group_size != 32 && s.group_size != 64 && s.group_size != 128) {
@@ -256,6 +261,30 @@ double observer_entropy(const AbsHistogram& h) {
     }
   }
   return std::min(h.max(), double(best_i) * h.bin_width());
+}
+
+void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out) {
+  const int64_t bytes = int4_packed_cols(cols) * 4;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* o = out + r * bytes;
+    for (int64_t j = 0; j < bytes; ++j) {
+      const int64_t k = 2 * j;
+      const int lo = k < cols ? q[r * cols + k] + 8 : 8;
+      const int hi = k + 1 < cols ? q[r * cols + k + 1] + 8 : 8;
+      o[j] = uint8_t(lo | (hi << 4));
+    }
+  }
+}
+
+void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q) {
+  const int64_t bytes = int4_packed_cols(cols) * 4;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* p = packed + r * bytes;
+    for (int64_t k = 0; k < cols; ++k) {
+      const uint8_t b = p[k / 2];
+      q[r * cols + k] = int8_t(((k & 1) ? (b >> 4) : (b & 15)) - 8);
+    }
+  }
 }
 
 }  // namespace shrink::core

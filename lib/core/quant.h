@@ -33,6 +33,19 @@
 namespace shrink::core {
 
 constexpr int kQMax = 127;
+/// 4-bit weights (W4A16, compressed-tensors "pack-quantized"): scale = max|w| / 7 per group,
+/// q = clamp(round_half_even(w / scale), -8, 7), so round-to-nearest gives [-7, 7] and GPTQ's
+/// error feedback may use -8. Stored as q + 8 in nibbles, eight per little-endian int32 word, the
+/// k-th value of a row in bits 4 (k % 8) of word k / 8 (so byte j holds values 2j and 2j + 1).
+constexpr int kQMax4 = 7;
+constexpr int kQMin4 = -8;
+
+/// Pack int4 values q [rows, cols] (each in [-8, 7]) into `out`, rows * int4_packed_cols(cols)
+/// int32 words as bytes (padding nibbles hold 8, i.e. zero).
+inline int64_t int4_packed_cols(int64_t cols) { return (cols + 7) / 8; }
+void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out);
+/// The inverse: bytes of rows * int4_packed_cols(cols) words -> q [rows, cols].
+void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q);
 
 /// round-half-to-even (the default FP rounding mode), then clamp to [-127, 127].
 inline int8_t quantize_value(float x, float inv_scale) {
@@ -42,7 +55,7 @@ inline int8_t quantize_value(float x, float inv_scale) {
 }
 
 struct QuantScheme {
-  int bits = 8;
+  int bits = 8;  // 8, or 4 (weights only: W4A16, format pack-quantized)
   std::string weight_strategy = "channel";  // channel | group
   int64_t group_size = 0;                    // for group
   std::string activations = "none";          // none (W8A16) | static (per tensor) | dynamic (per token)
@@ -51,12 +64,12 @@ struct QuantScheme {
   bool is_w8a8() const { return activations != "none"; }
 };
 
-/// The `quantization_config` object of config.json for a scheme (compressed-tensors,
-/// format "int-quantized", quantization_status "compressed").
+/// The `quantization_config` object of config.json for a scheme (compressed-tensors, format
+/// "int-quantized", or "pack-quantized" for 4 bits; quantization_status "compressed").
 nlohmann::json quant_config_to_json(const QuantScheme& s);
 /// Parse it back; errors name the offending field.
 Result<QuantScheme> quant_config_from_json(const nlohmann::json& j);
-/// Check a scheme against layer widths (group size divides every K, bits == 8).
+/// Check a scheme against layer widths (group size divides every K; 4 bits only for weights).
 Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& in_features);
 
 /// A histogram of |x| over [0, max) with `bins` bins; grows by merging bins when a larger

@@ -25,10 +25,12 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/fs.h"
+#include "core/quant.h"
 
 namespace shrink::core {
 
@@ -445,6 +447,78 @@ bool is_plain_file_name(const std::string& s) {
 
 }  // namespace
 
+namespace {
+constexpr size_t kUnpacked = std::numeric_limits<size_t>::max();
+}  // namespace
+
+struct Checkpoint::Unpacked {
+  TensorInfo info;  // the presented I8 [out, in]
+  size_t file = 0;
+  const TensorInfo* packed = nullptr;
+  std::once_flag once;
+  std::vector<int8_t> data;
+};
+
+Checkpoint::Checkpoint() = default;
+Checkpoint::~Checkpoint() = default;
+Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
+Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
+
+Status Checkpoint::present_packed() {
+  std::vector<std::string> packed;
+  for (const auto& kv : map_) {
+    const std::string& n = kv.first;
+    if (n.size() > 14 && n.compare(n.size() - 14, 14, ".weight_packed") == 0) packed.push_back(n);
+  }
+  for (const std::string& pn : packed) {
+    const std::string base = pn.substr(0, pn.size() - 7);  // "<m>.weight"
+    const std::string sn = base + "_shape";
+    const auto [fi, pt] = map_.at(pn);
+    auto sit = map_.find(sn);
+    if (sit == map_.end()) {
+      return invalid_input(dir_ + ": tensor '" + pn + "' has no '" + sn +
+                           "'; expected the unpacked [out, in] beside a packed weight");
+    }
+    const TensorInfo* st = sit->second.second;
+    const uint8_t* sd = files_[sit->second.first]->data(*st);
+    if ((st->dtype != DType::kI64 && st->dtype != DType::kI32) || st->numel() != 2) {
+      return invalid_input(dir_ + ": tensor '" + sn + "' is " + dtype_name(st->dtype) + " " +
+                           shape_str(st->shape) + "; expected I64 or I32 [2] = [out, in]");
+    }
+    int64_t dims[2];
+    for (int i = 0; i < 2; ++i) {
+      if (st->dtype == DType::kI64) {
+        std::memcpy(&dims[i], sd + 8 * i, 8);
+      } else {
+        int32_t v;
+        std::memcpy(&v, sd + 4 * i, 4);
+        dims[i] = v;
+      }
+    }
+    const std::vector<int64_t> want = {dims[0], dims[1] > 0 ? int4_packed_cols(dims[1]) : 0};
+    if (dims[0] <= 0 || dims[1] <= 0 || pt->dtype != DType::kI32 || pt->shape != want) {
+      return invalid_input(dir_ + ": tensor '" + pn + "' is " + dtype_name(pt->dtype) + " " +
+                           shape_str(pt->shape) + " for weight_shape [" +
+                           std::to_string(dims[0]) + ", " + std::to_string(dims[1]) +
+                           "]; expected I32 " + shape_str(want) +
+                           " (4-bit values, eight per int32)");
+    }
+    if (map_.count(base)) {
+      return invalid_input(dir_ + ": tensor '" + base + "' is stored both packed ('" + pn +
+                           "') and unpacked; expected one of them");
+    }
+    auto u = std::make_unique<Unpacked>();
+    u->info = {base, DType::kI8, {dims[0], dims[1]}, 0, uint64_t(dims[0] * dims[1])};
+    u->file = fi;
+    u->packed = pt;
+    map_[base] = {kUnpacked, &u->info};
+    unpacked_[base] = std::move(u);
+    map_.erase(pn);
+    map_.erase(sn);
+  }
+  return Status::ok();
+}
+
 Result<Checkpoint> Checkpoint::open(const std::string& dir) {
   if (!is_directory(dir)) {
     if (path_exists(dir)) {
@@ -466,6 +540,7 @@ Result<Checkpoint> Checkpoint::open(const std::string& dir) {
     SHRINK_ASSIGN_OR_RETURN(auto f, SafetensorsFile::open(single_path));
     for (const TensorInfo& t : f->tensors()) ck.map_[t.name] = {0, &t};
     ck.files_.push_back(std::move(f));
+    SHRINK_RETURN_IF_ERROR(ck.present_packed());
     return ck;
   }
 
@@ -544,6 +619,7 @@ Result<Checkpoint> Checkpoint::open(const std::string& dir) {
                            "' is not listed in weight_map");
     }
   }
+  SHRINK_RETURN_IF_ERROR(ck.present_packed());
   return ck;
 }
 
@@ -561,12 +637,22 @@ const TensorInfo* Checkpoint::find(std::string_view name) const {
 
 const uint8_t* Checkpoint::data(const TensorInfo& t) const {
   auto it = map_.find(t.name);
-  return it == map_.end() ? nullptr : files_[it->second.first]->data(*it->second.second);
+  if (it == map_.end()) return nullptr;
+  if (it->second.first != kUnpacked) return files_[it->second.first]->data(*it->second.second);
+  Unpacked& u = *unpacked_.find(t.name)->second;
+  std::call_once(u.once, [&] {
+    u.data.resize(size_t(u.info.nbytes));
+    int4_unpack(files_[u.file]->data(*u.packed), u.info.shape[0], u.info.shape[1], u.data.data());
+  });
+  return reinterpret_cast<const uint8_t*>(u.data.data());
 }
 
 std::string Checkpoint::file_of(std::string_view name) const {
   auto it = map_.find(name);
-  return it == map_.end() ? std::string() : basename_of(files_[it->second.first]->path());
+  if (it == map_.end()) return std::string();
+  const size_t f = it->second.first != kUnpacked ? it->second.first
+                                                 : unpacked_.find(name)->second->file;
+  return basename_of(files_[f]->path());
 }
 
 const std::map<std::string, std::string>& Checkpoint::metadata() const {
@@ -574,9 +660,11 @@ const std::map<std::string, std::string>& Checkpoint::metadata() const {
   return files_.empty() ? kEmpty : files_[0]->metadata();
 }
 
-uint64_t Checkpoint::total_bytes() const {
+uint64_t Checkpoint::total_bytes() const {  // as stored (packed weights at 4 bits)
   uint64_t n = 0;
-  for (const auto& kv : map_) n += kv.second.second->nbytes;
+  for (const auto& f : files_) {
+    for (const TensorInfo& t : f->tensors()) n += t.nbytes;
+  }
   return n;
 }
 

@@ -89,8 +89,16 @@ Status safetensors_write(const std::string& path, const std::vector<TensorView>&
 
 /// A model's weights: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json` ({"metadata": {...}, "weight_map": {name: file}}).
+/// 4-bit weights in compressed-tensors' pack-quantized layout (`<m>.weight_packed` I32
+/// [out, ceil(in / 8)] with `<m>.weight_shape` [2] = [out, in]) are presented as the int8 tensor
+/// `<m>.weight` [out, in] with values in [-8, 7], unpacked on first access, so that every reader
+/// of int8 checkpoints reads them; the two stored tensors are not listed.
 class Checkpoint {
  public:
+  Checkpoint();
+  ~Checkpoint();
+  Checkpoint(Checkpoint&&) noexcept;
+  Checkpoint& operator=(Checkpoint&&) noexcept;
   /// Open the checkpoint in a model directory. The index (if present) is validated against the
   /// shards: every mapped tensor exists in the named file, no tensor is in two files.
   static Result<Checkpoint> open(const std::string& dir);
@@ -107,9 +115,13 @@ class Checkpoint {
   size_t num_files() const { return files_.size(); }
 
  private:
+  Status present_packed();
+  struct Unpacked;
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  // name -> (file index, info); file index kUnpacked for a presented 4-bit weight.
   std::map<std::string, std::pair<size_t, const TensorInfo*>, std::less<>> map_;
+  std::map<std::string, std::unique_ptr<Unpacked>, std::less<>> unpacked_;
 };
 
 /// Write weights into directory `dir` (which must exist): a single `model.safetensors`, or,

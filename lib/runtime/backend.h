@@ -52,6 +52,8 @@ struct LinearDesc {
   std::vector<float> w;            // kF32: [out, in] (unless w_borrowed)
   const float* w_borrowed = nullptr;  // kF32: weights owned elsewhere (tied lm_head = embedding)
   std::vector<int8_t> q;           // int8: [out, in]
+  int bits = 8;                    // kW8A16: 4 when every q is in [-8, 7] (W4A16); a backend
+                                   // may keep such weights at 4 bits or run them as int8
   std::vector<float> scale;        // int8: [out, groups], groups = ceil(in / group)
   int64_t group = 0;               // int8: inputs per scale (== in for per-channel)
   ActQuant act = ActQuant::kNone;  // kW8A8 only

@@ -25,7 +25,7 @@ namespace shrink::runtime {
 const char* linear_kind_name(LinearKind k) {
   switch (k) {
     case LinearKind::kF32: return "f32";
-    case LinearKind::kW8A16: return "w8a16";
+    case LinearKind::kW8A16: return "w8a16";  // (4-bit weights: LinearDesc::bits)
     case LinearKind::kW8A8: return "w8a8";
   }
   return "?";
@@ -78,6 +78,8 @@ class CpuLinear : public Linear {
   const float* wp = nullptr;  // w.data() or borrowed
   std::vector<uint16_t> wb;   // bf16 storage (float_weights = bf16); then w/wp are unused
   std::vector<int8_t> q;
+  std::vector<uint8_t> q4;    // W4A16: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
+  int64_t ld4 = 0;
   std::vector<float> scale;
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
   int64_t group = 0;
@@ -168,6 +170,22 @@ class CpuBackend : public Backend {
       }
     }
     l->weight_bytes = uint64_t(d.out * d.in) + uint64_t(d.out * G) * 4;
+    if (d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in)) {
+      // Keep 4-bit weights at 4 bits (kernels.h's blocks of 32): decode reads half the bytes
+      // of W8A16.
+      l->ld4 = kc::s4_row_bytes(d.in);
+      l->q4.resize(size_t(d.out * l->ld4));
+      for (int64_t n = 0; n < d.out; ++n) {
+        const int8_t* q = l->q.data() + n * d.in;
+        for (int64_t k = 0; k < d.in; ++k) {
+          SHRINK_CHECK(q[k] >= -8 && q[k] <= 7, StatusCode::kInternal,
+                       "%s: a 4-bit weight holds %d", d.name.c_str(), int(q[k]));
+        }
+        kc::s4_pack_row(q, d.in, l->q4.data() + n * l->ld4);
+      }
+      l->q = {};
+      l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * 4;
+    }
     return std::unique_ptr<Linear>(std::move(l));
   }
 
@@ -212,6 +230,10 @@ class CpuBackend : public Backend {
         }
         break;
       case LinearKind::kW8A16: {
+        if (!l.q4.empty()) {
+          linear_w4a16(l, x, M, y, ldy, big);
+          break;
+        }
         if (big) {
           // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
           // then the library's fp32 GEMM.
@@ -272,6 +294,32 @@ class CpuBackend : public Backend {
         for (int64_t n = 0; n < N; ++n) yr[n] += l.bias[size_t(n)];
       }
     }
+  }
+
+  // 4-bit weights: the GEMVs up to kGemvMaxM rows; prefill dequantizes once into float (N*K,
+  // against M*N*K for the product) for the library's fp32 GEMM, as W8A16 does.
+  void linear_w4a16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
+                    bool big) {
+    const int64_t N = l.out, K = l.in, G = (K + l.group - 1) / l.group;
+    if (big) {
+      deq_.resize(size_t(N * K));
+      kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) {
+          const uint8_t* p = l.q4.data() + n * l.ld4;
+          float* d = deq_.data() + n * K;
+          for (int64_t g = 0; g < G; ++g) {
+            const float s = l.scale[size_t(n * G + g)];
+            const int64_t k1 = std::min(K, (g + 1) * l.group);
+            for (int64_t k = g * l.group; k < k1; ++k) d[k] = float(kc::s4_value(p, k)) * s;
+          }
+        }
+      });
+      if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
+    }
+    kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+      k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
+                       l.scale.data() + b * G, l.group, y + b, ldy);
+    });
   }
 
   // bf16 weights: see CpuBackendOptions::float_weights.

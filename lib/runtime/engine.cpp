@@ -59,14 +59,18 @@ class CheckpointSource : public TensorSource {
 // on its own. Linear weights come as I8 + weight_scale when int8 is requested.
 class RandomSource : public TensorSource {
  public:
-  RandomSource(const core::ModelConfig& c, bool int8, uint64_t seed) : int8_(int8), seed_(seed) {
+  // bits 8 or 4 when int8 (4: values in [-8, 7], as a W4A16 checkpoint presents them); group
+  // 0 = one scale per output channel.
+  RandomSource(const core::ModelConfig& c, bool int8, uint64_t seed, int bits = 8,
+               int64_t group = 0)
+      : int8_(int8), seed_(seed), bits_(bits) {
     for (const core::TensorSpec& s : core::expected_tensors(c)) {
       specs_[s.name] = s;
       if (int8 && core::tensor_role_is_linear(s.role) && s.shape.size() == 2) {
         std::string m = s.name.substr(0, s.name.size() - 7);  // strip ".weight"
         core::TensorSpec sc = s;
         sc.name = m + ".weight_scale";
-        sc.shape = {s.shape[0], 1};
+        sc.shape = {s.shape[0], group > 0 ? (s.shape[1] + group - 1) / group : 1};
         specs_[sc.name] = sc;
       }
     }
@@ -88,14 +92,16 @@ class RandomSource : public TensorSource {
     if (is_q) {
       buf.resize(size_t(n));
       int8_t* p = reinterpret_cast<int8_t*>(buf.data());
-      for (int64_t i = 0; i < n; ++i) p[i] = int8_t(int64_t(mix(h + uint64_t(i)) % 255) - 127);
+      const uint64_t levels = bits_ == 4 ? 16 : 255;
+      const int64_t low = bits_ == 4 ? 8 : 127;
+      for (int64_t i = 0; i < n; ++i) p[i] = int8_t(int64_t(mix(h + uint64_t(i)) % levels) - low);
       *out = {core::DType::kI8, s.shape, buf.data()};
       return true;
     }
     buf.resize(size_t(n) * 4);
     float* p = reinterpret_cast<float*>(buf.data());
     for (int64_t i = 0; i < n; ++i) {
-      if (is_scale) p[i] = a / 127.0f;
+      if (is_scale) p[i] = a / (bits_ == 4 ? 7.0f : 127.0f);
       else if (is_norm) p[i] = 1.0f;
       else if (is_bias) p[i] = 0.0f;
       else p[i] = (float(mix(h + uint64_t(i)) >> 40) / float(1ull << 24) * 2.0f - 1.0f) * a;
@@ -120,6 +126,7 @@ class RandomSource : public TensorSource {
   }
   bool int8_;
   uint64_t seed_;
+  int bits_;
   std::map<std::string, core::TensorSpec> specs_;
   std::map<std::string, std::vector<uint8_t>> bufs_;
 };
@@ -265,6 +272,16 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     d.kind = scheme.act == ActQuant::kNone ? LinearKind::kW8A16 : LinearKind::kW8A8;
     d.q.assign(reinterpret_cast<const int8_t*>(w.data),
                reinterpret_cast<const int8_t*>(w.data) + out * in);
+    if (scheme.bits == 4) {
+      for (size_t i = 0; i < d.q.size(); ++i) {
+        SHRINK_CHECK(d.q[i] >= core::kQMin4 && d.q[i] <= core::kQMax4, StatusCode::kInvalidInput,
+                     "%s: %s.weight[%zu, %zu] is %d; expected a 4-bit value in [-8, 7] "
+                     "(config.json says pack-quantized)",
+                     src.origin().c_str(), module.c_str(), i / size_t(in), i % size_t(in),
+                     int(d.q[i]));
+      }
+      d.bits = 4;
+    }
     SrcTensor sc;
     SHRINK_CHECK(src.find(module + ".weight_scale", &sc), StatusCode::kInvalidInput,
                  "%s: missing %s.weight_scale", src.origin().c_str(), module.c_str());
@@ -322,7 +339,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   bool fusable = true;
   for (const LinearDesc& d : ds) {
     fusable &= d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
-               d.input_scale == ds[0].input_scale;
+               d.input_scale == ds[0].input_scale && d.bits == ds[0].bits;
   }
   if (!fusable) {
     for (LinearDesc& d : ds) {
@@ -563,13 +580,22 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
     scheme.quantized = true;
     scheme.strategy = WeightStrategy::kChannel;
     scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
+  } else if (dtype == "w4a16") {  // as `shrink quantize --scheme w4a16` writes: groups of
+    scheme.quantized = true;        // 128, or the largest of 64 and 32 that divides every K
+    scheme.bits = 4;
+    scheme.strategy = WeightStrategy::kGroup;
+    scheme.group_size = 128;
+    while (scheme.group_size > 32 && (cfg.hidden_size % scheme.group_size != 0 ||
+                                      cfg.intermediate_size % scheme.group_size != 0))
+      scheme.group_size /= 2;
   } else {
     SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
-                 "--dtype '%s' is not supported; expected f32, w8a16 or w8a8", dtype.c_str());
+                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16 or w8a8",
+                 dtype.c_str());
   }
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model"));
   impl->scheme = scheme;
-  RandomSource src(cfg, scheme.quantized, seed);
+  RandomSource src(cfg, scheme.quantized, seed, scheme.bits, scheme.group_size);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

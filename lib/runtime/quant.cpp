@@ -10,12 +10,14 @@ namespace {
 
 using nlohmann::json;
 
-Status check_int8_args(const json& a, const std::string& where, bool weights) {
+Status check_int8_args(const json& a, const std::string& where, int64_t bits) {
   SHRINK_CHECK(a.is_object(), StatusCode::kInvalidInput, "%s: expected an object", where.c_str());
   auto num_bits = a.value("num_bits", int64_t(8));
-  SHRINK_CHECK(num_bits == 8, StatusCode::kInvalidInput,
-               "%s.num_bits: %lld is not supported; expected 8", where.c_str(),
-               (long long)num_bits);
+  SHRINK_CHECK(num_bits == bits, StatusCode::kInvalidInput,
+               "%s.num_bits: %lld is not supported here; expected %lld%s", where.c_str(),
+               (long long)num_bits, (long long)bits,
+               bits == 4 ? " (format pack-quantized)" : " (format int-quantized; 4-bit weights "
+                                                        "are format pack-quantized)");
   std::string type = a.contains("type") && a["type"].is_string() ? a["type"].get<std::string>() : "int";
   SHRINK_CHECK(type == "int", StatusCode::kInvalidInput,
                "%s.type: '%s' is not supported; expected 'int'", where.c_str(), type.c_str());
@@ -23,7 +25,6 @@ Status check_int8_args(const json& a, const std::string& where, bool weights) {
   SHRINK_CHECK(sym, StatusCode::kInvalidInput,
                "%s.symmetric: false is not supported; expected true (zero points are not used)",
                where.c_str());
-  (void)weights;
   return Status::ok();
 }
 
@@ -42,9 +43,12 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
                at.c_str(), method.c_str());
   std::string format = q.contains("format") && q["format"].is_string()
                            ? q["format"].get<std::string>() : "int-quantized";
-  SHRINK_CHECK(format == "int-quantized", StatusCode::kInvalidInput,
-               "%s.format: '%s' is not supported; expected 'int-quantized'", at.c_str(),
-               format.c_str());
+  SHRINK_CHECK(format == "int-quantized" || format == "pack-quantized",
+               StatusCode::kInvalidInput,
+               "%s.format: '%s' is not supported; expected 'int-quantized' (8-bit) or "
+               "'pack-quantized' (4-bit weights)",
+               at.c_str(), format.c_str());
+  s.bits = format == "pack-quantized" ? 4 : 8;
   SHRINK_CHECK(q.contains("config_groups") && q["config_groups"].is_object() &&
                    q["config_groups"].size() == 1,
                StatusCode::kInvalidInput,
@@ -66,7 +70,7 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
   SHRINK_CHECK(g.contains("weights") && g["weights"].is_object(), StatusCode::kInvalidInput,
                "%s.weights: missing; expected the int8 weight arguments", gat.c_str());
   const json& w = g["weights"];
-  SHRINK_RETURN_IF_ERROR(check_int8_args(w, gat + ".weights", true));
+  SHRINK_RETURN_IF_ERROR(check_int8_args(w, gat + ".weights", s.bits));
   SHRINK_CHECK(!(w.contains("dynamic") && w["dynamic"].is_boolean() && w["dynamic"].get<bool>()),
                StatusCode::kInvalidInput, "%s.weights.dynamic: true is not supported",
                gat.c_str());
@@ -90,7 +94,11 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
   }
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
-    SHRINK_RETURN_IF_ERROR(check_int8_args(a, gat + ".input_activations", false));
+    SHRINK_CHECK(s.bits == 8, StatusCode::kInvalidInput,
+                 "%s.input_activations: 4-bit weights run with float activations (W4A16); "
+                 "expected null",
+                 gat.c_str());
+    SHRINK_RETURN_IF_ERROR(check_int8_args(a, gat + ".input_activations", 8));
     std::string as = a.contains("strategy") && a["strategy"].is_string()
                          ? a["strategy"].get<std::string>() : "";
     bool dyn = a.contains("dynamic") && a["dynamic"].is_boolean() && a["dynamic"].get<bool>();
@@ -117,7 +125,7 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
 
 std::string quant_scheme_name(const QuantScheme& s) {
   if (!s.quantized) return "f32";
-  std::string n = s.act == ActQuant::kNone     ? "w8a16"
+  std::string n = s.act == ActQuant::kNone     ? (s.bits == 4 ? "w4a16" : "w8a16")
                   : s.act == ActQuant::kStatic ? "w8a8-static"
                                                : "w8a8-dynamic";
   if (s.strategy == WeightStrategy::kGroup) n += "/g" + std::to_string(s.group_size);
@@ -126,7 +134,7 @@ std::string quant_scheme_name(const QuantScheme& s) {
 }
 
 nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
-  json w = {{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"dynamic", false},
+  json w = {{"num_bits", s.bits}, {"type", "int"}, {"symmetric", true}, {"dynamic", false},
             {"strategy", s.strategy == WeightStrategy::kGroup    ? "group"
                          : s.strategy == WeightStrategy::kTensor ? "tensor"
                                                                  : "channel"},
@@ -138,7 +146,7 @@ nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
     a = {{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "token"}, {"dynamic", true}};
   }
   return {{"quant_method", "compressed-tensors"},
-          {"format", "int-quantized"},
+          {"format", s.bits == 4 ? "pack-quantized" : "int-quantized"},
           {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", w}, {"input_activations", a}}}}},
           {"ignore", s.ignore}};
 }

@@ -13,7 +13,10 @@
 // "input_activations": null | {...}}}, "ignore": [...]}. A linear whose weight is stored as a
 // float dtype (lm_head, ignored modules) runs in float.
 //
-// Why validate here: an unsupported scheme (4 bits, asymmetric, fp8, several config groups)
+// 4-bit weights (format "pack-quantized", num_bits 4, float activations): <m>.weight_packed I32
+// [out, ceil(in / 8)] and <m>.weight_shape [2], which core::Checkpoint presents as an I8
+// <m>.weight with values in [-8, 7]; the CPU backend keeps them at 4 bits (LinearDesc::bits).
+// Why validate here: an unsupported scheme (3 bits, asymmetric, fp8, several config groups)
 // must fail with kInvalidInput naming the field, never run with wrong numbers.
 // Tested in tests/runtime/test_engine.cpp (quantized dirs written by tests/runtime/util.h,
 // malformed configs).
@@ -35,7 +38,8 @@ struct QuantScheme {
   bool quantized = false;  // false: a float model
   WeightStrategy strategy = WeightStrategy::kChannel;
   int64_t group_size = 0;  // kGroup only
-  ActQuant act = ActQuant::kNone;  // kNone = W8A16
+  ActQuant act = ActQuant::kNone;  // kNone = W8A16 (or W4A16)
+  int bits = 8;                    // weights: 8, or 4 (format pack-quantized, W4A16 only)
   std::vector<std::string> ignore;  // module names or "re:<regex>"
 };
 
@@ -43,7 +47,7 @@ struct QuantScheme {
 /// config path) prefixes errors, which name the field, the value and what is supported.
 Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::string& origin);
 
-/// "f32", "w8a16", "w8a8-static", "w8a8-dynamic", with "/g128" for group-wise weights.
+/// "f32", "w8a16", "w4a16", "w8a8-static", "w8a8-dynamic", with "/g128" for group-wise weights.
 std::string quant_scheme_name(const QuantScheme& s);
 
 /// The quantization_config JSON for a scheme (what a quantizer writes into config.json).

@@ -3,6 +3,8 @@
 // distributions (uniform, Gaussian, Gaussian plus outliers).
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <random>
 
 #include "core/quant.h"
@@ -39,7 +41,37 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   }
   auto j4 = j;
   j4["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
-  EXPECT_NE(quant_config_from_json(j4).status().message().find("num_bits 4 is not supported"), std::string::npos);
+  // 4 bits must come with the pack-quantized format, and round-trip with it.
+  EXPECT_NE(quant_config_from_json(j4).status().message().find(
+                "num_bits 4 with format 'int-quantized' is not supported"),
+            std::string::npos);
+  QuantScheme w4;
+  w4.bits = 4;
+  w4.weight_strategy = "group";
+  w4.group_size = 128;
+  const nlohmann::json j4p = quant_config_to_json(w4);
+  EXPECT_EQ(j4p["format"], "pack-quantized");
+  auto back4 = quant_config_from_json(j4p);
+  ASSERT_TRUE(back4.is_ok()) << back4.status().message();
+  EXPECT_EQ(back4->bits, 4);
+  EXPECT_EQ(back4->group_size, 128);
+  EXPECT_TRUE(quant_scheme_validate(w4, {256}).is_ok());
+  w4.activations = "dynamic";
+  EXPECT_NE(quant_scheme_validate(w4, {256}).message().find("float activations (W4A16)"),
+            std::string::npos);
+  // Packing: eight values per int32 word, value k in bits 4 (k % 8), stored as q + 8.
+  const std::vector<int8_t> q = {-8, -1, 0, 7, 3, -3, 1, 2, 5};  // 9 values: two words
+  std::vector<uint8_t> packed(8);
+  int4_pack(q.data(), 1, 9, packed.data());
+  uint32_t w0, w1;
+  std::memcpy(&w0, packed.data(), 4);
+  std::memcpy(&w1, packed.data() + 4, 4);
+  for (int k = 0; k < 8; ++k) EXPECT_EQ(int((w0 >> (4 * k)) & 15) - 8, q[size_t(k)]) << k;
+  EXPECT_EQ(int(w1 & 15) - 8, 5);
+  EXPECT_EQ(w1 >> 4, 0x8888888u);  // padding: zeros
+  std::vector<int8_t> back_q(9);
+  int4_unpack(packed.data(), 1, 9, back_q.data());
+  EXPECT_EQ(back_q, q);
   QuantScheme bits5;
   bits5.bits = 5;
   EXPECT_EQ(quant_scheme_validate(bits5, {64}).code(), StatusCode::kInvalidInput);

@@ -402,6 +402,56 @@ TEST(Kernels, GemmF32AndW8a16MatchRef) {
   }
 }
 
+// 4-bit weights: the packed layout round-trips, the reference equals W8A16's on the same values,
+// and every ISA matches the reference (and a row's result does not depend on M).
+TEST(Kernels, GemmW4a16MatchesRefAndW8a16) {
+  const KernelTable& ref = kernels_for(Isa::kRef);
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (int64_t K : {1, 31, 32, 33, 64, 100, 130, 256}) {
+    for (int64_t N : {1, 3, 17, 40}) {
+      std::vector<int8_t> q(size_t(N * K));
+      std::mt19937 rng(uint32_t(K * 131 + N));
+      for (auto& v : q) v = int8_t(int(rng() % 16) - 8);
+      const int64_t ldb = s4_row_bytes(K) + 16;  // a row stride beyond the packed bytes
+      std::vector<uint8_t> p(size_t(N * ldb), 0xAB);
+      for (int64_t n = 0; n < N; ++n) s4_pack_row(q.data() + n * K, K, p.data() + n * ldb);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t k = 0; k < K; ++k) ASSERT_EQ(s4_value(p.data() + n * ldb, k), q[size_t(n * K + k)]);
+      }
+      std::vector<int64_t> groups = {K};
+      if (K % 32 == 0 && K > 32) groups.push_back(32);
+      for (int64_t group : groups) {
+        const int64_t G = (K + group - 1) / group;
+        auto s = randn(static_cast<size_t>(N * G), 25, 0.05f);
+        for (int64_t M : {1, 2, 5, 8, 9, 64, 65, 130}) {
+          const int64_t lda = K + 3, ldc = N + 2;
+          const std::string tag = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                  " K=" + std::to_string(K) + " g=" + std::to_string(group);
+          auto A = randn(static_cast<size_t>(M * lda), 26);
+          std::vector<float> r8(size_t(M * ldc)), r4(size_t(M * ldc));
+          ref.gemm_w8a16_nt(M, N, K, A.data(), lda, q.data(), K, s.data(), group, r8.data(), ldc);
+          ref.gemm_w4a16_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, r4.data(), ldc);
+          EXPECT_EQ(r4, r8) << "ref w4a16 != ref w8a16 on the same values, " << tag;
+          for (Isa isa : isas) {
+            const KernelTable& k = kernels_for(isa);
+            std::vector<float> c(size_t(M * ldc));
+            k.gemm_w4a16_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c.data(), ldc);
+            expect_close(c, r4, 2e-5f, 0.2f, std::string("gemm_w4a16 ") + isa_name(isa) + " " + tag);
+            if (M >= 2) {  // rows 0 and 1 as in a batch of two
+              std::vector<float> c2(size_t(2 * ldc));
+              k.gemm_w4a16_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(), ldc);
+              EXPECT_TRUE(std::equal(c2.begin(), c2.begin() + N, c.begin()) &&
+                          std::equal(c2.begin() + ldc, c2.begin() + ldc + N, c.begin() + ldc))
+                  << "gemm_w4a16 rows differ between M=2 and " << tag << " " << isa_name(isa);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, QuantizeAndS8GemmAreBitExact) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   for (Isa isa : vector_isas()) {
