@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|spec|task|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|spec|task|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -56,6 +56,20 @@ case "$WHAT" in
       run "$name" "${args[@]}"
       run "$name-gptq" "${args[@]}" --method gptq
       run "$name-gptq-ao" "${args[@]}" --method gptq --act-order
+    done
+    ;;
+  w4)  # 4-bit weights (W4A16, pack-quantized): round-to-nearest against GPTQ, groups of 64 and 32,
+       # next to W8A16; then each one's multiple-choice accuracy (tasks/fortunes-cloze.jsonl).
+    RT=${SHRINK_RT_BIN:-build/bin/shrink-rt}
+    run w8a16 --scheme w8a16
+    for g in 64 32; do
+      run "w4a16-g$g" --scheme w4a16 --group-size $g
+      run "w4a16-g$g-gptq" --scheme w4a16 --group-size $g --method gptq
+      run "w4a16-g$g-gptq-ao" --scheme w4a16 --group-size $g --method gptq --act-order
+    done
+    for m in w8a16 w4a16-g64 w4a16-g64-gptq w4a16-g64-gptq-ao w4a16-g32 w4a16-g32-gptq w4a16-g32-gptq-ao; do
+      "$RT" --threads "$TH" --json eval "$OUT/q-$m" --task tasks/fortunes-cloze.jsonl \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-30s acc %.4f acc_norm %.4f' % ('$m', d['acc'], d['acc_norm']))"
     done
     ;;
   spec)  # Speculative decoding on the teacher: a distilled 2-layer draft and a W8A8 draft, against plain greedy.

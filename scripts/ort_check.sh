@@ -2,7 +2,8 @@
 # ONNX Runtime peer check of the ONNX export (the ctest `ort_check`): for each HF fixture (Llama
 # GQA + llama3 RoPE, Qwen2 bias + tied, Mistral MQA + linear RoPE with an 8-token sliding window,
 # Llama MHA sharded f16) in float, plus int8 variants of the Llama fixture (W8A16 per channel and
-# per group, W8A8 static, W8A8 dynamic per token), export_peer exports the model and records
+# per group, W8A8 static, W8A8 dynamic per token, W4A16 per group of 32: its 4-bit values go to
+# ONNX as int8 DequantizeLinear inputs), export_peer exports the model and records
 # shrink-rt's logits and 32 greedy ids; scripts/ort_check.mjs runs the exported graph in
 # onnxruntime-node and compares (float logits within tolerance, greedy ids equal, KV cache used).
 # Usage: scripts/ort_check.sh EXPORT_PEER FIXTURES_HF_DIR WORK_DIR
@@ -31,7 +32,8 @@ src=$FIX/llama_gqa_llama3rope
 "$PEER" quantize "$src" "$WORK/models/w8a16_g16" none 16
 "$PEER" quantize "$src" "$WORK/models/w8a8_static" static 0 0.02
 "$PEER" quantize "$src" "$WORK/models/w8a8_dynamic" dynamic
-for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic; do
+"$PEER" quantize "$src" "$WORK/models/w4a16_g32" none4 32
+for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32; do
   "$PEER" case "$WORK/models/$q" "$WORK/llama_gqa-$q" >/dev/null
   cases+=("$WORK/llama_gqa-$q")
 done

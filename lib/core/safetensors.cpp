@@ -647,6 +647,11 @@ const uint8_t* Checkpoint::data(const TensorInfo& t) const {
   return reinterpret_cast<const uint8_t*>(u.data.data());
 }
 
+const TensorInfo* Checkpoint::packed_of(std::string_view name) const {
+  auto it = unpacked_.find(name);
+  return it == unpacked_.end() ? nullptr : it->second->packed;
+}
+
 std::string Checkpoint::file_of(std::string_view name) const {
   auto it = map_.find(name);
   if (it == map_.end()) return std::string();

@@ -107,6 +107,8 @@ class Checkpoint {
   std::vector<std::string> names() const;
   const TensorInfo* find(std::string_view name) const;
   const uint8_t* data(const TensorInfo& t) const;
+  /// For a weight presented from 4-bit packing: the stored `<m>.weight_packed`; else null.
+  const TensorInfo* packed_of(std::string_view name) const;
   /// The file (basename) that holds a tensor.
   std::string file_of(std::string_view name) const;
   /// __metadata__ of the single file, or the first shard's.

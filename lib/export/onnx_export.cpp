@@ -563,7 +563,10 @@ uint64_t estimate_bytes(const core::ModelConfig& c, const core::Checkpoint& ck) 
 
 std::string scheme_name(const core::QuantScheme* s) {
   if (!s) return "f32";
-  std::string n = s->activations == "none" ? "w8a16" : "w8a8-" + s->activations;
+  // 4-bit weights export as int8 DequantizeLinear inputs holding values in [-8, 7] (opset 17
+  // has no int4 type): the same numbers, stored at 8 bits.
+  std::string n = s->activations == "none" ? (s->bits == 4 ? "w4a16" : "w8a16")
+                                           : "w8a8-" + s->activations;
   if (s->weight_strategy == "group") n += "/g" + std::to_string(s->group_size);
   return n;
 }

@@ -1,6 +1,8 @@
 // compressed-tensors int8 scheme parsing and the reference weight quantizer (see quant.h).
 #include "runtime/quant.h"
 
+#include "core/quant.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -151,22 +153,34 @@ nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
           {"ignore", s.ignore}};
 }
 
-void quant_weight_s8(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
-                     float* scale) {
+namespace {
+void quant_weight_sym(const float* w, int64_t out, int64_t in, int64_t group, float qmax,
+                      float qmin, int8_t* q, float* scale) {
   const int64_t G = (in + group - 1) / group;
   for (int64_t o = 0; o < out; ++o) {
     for (int64_t g = 0; g < G; ++g) {
       const int64_t k0 = g * group, k1 = std::min(in, k0 + group);
       float amax = 0;
       for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(w[o * in + k]));
-      const float s = amax > 0 ? amax / 127.0f : 1.0f;
+      const float s = amax > 0 ? amax / qmax : 1.0f;
       scale[o * G + g] = s;
       for (int64_t k = k0; k < k1; ++k) {
         float v = std::nearbyint(w[o * in + k] / s);
-        q[o * in + k] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
+        q[o * in + k] = int8_t(std::min(qmax, std::max(qmin, v)));
       }
     }
   }
+}
+}  // namespace
+
+void quant_weight_s8(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
+                     float* scale) {
+  quant_weight_sym(w, out, in, group, 127.0f, -127.0f, q, scale);
+}
+
+void quant_weight_s4(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
+                     float* scale) {
+  quant_weight_sym(w, out, in, group, float(core::kQMax4), float(core::kQMin4), q, scale);
 }
 
 }  // namespace shrink::runtime

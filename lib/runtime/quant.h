@@ -58,5 +58,8 @@ nlohmann::json quant_scheme_to_json(const QuantScheme& s);
 /// q = clamp(round_half_even(w / scale), -127, 127). scale is [out, ceil(in / group)].
 void quant_weight_s8(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
                      float* scale);
+/// The same with 4 bits (core/quant.h): scale = max|w| / 7, q clamped to [-8, 7].
+void quant_weight_s4(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
+                     float* scale);
 
 }  // namespace shrink::runtime

@@ -18,8 +18,10 @@
 namespace shrink::train {
 
 /// Symmetric int8 weights: q [out, in] int8 and scale [out, 1] (group_size 0) or
-/// [out, in / group_size] float32, with scale = max|w| / 127 over the channel or group.
-std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t group_size);
+/// [out, in / group_size] float32, with scale = max|w| / 127 over the channel or group. With
+/// bits 4: scale = max|w| / 7 and q in [-8, 7] (core/quant.h), held in int8.
+std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t group_size,
+                                                        int bits = 8);
 /// q * scale as float32 [out, in].
 torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale);
 /// GPTQ (Frantar et al. 2023) for the same int8 format as quantize_weight. With H = X^T X over
@@ -35,6 +37,7 @@ struct GptqOptions {
   int64_t block_size = 128;  // a multiple of group_size
   double damp = 0.01;        // fraction of mean(diag H) added to the diagonal
   bool act_order = false;
+  int bits = 8;              // 8, or 4 (q in [-8, 7])
 };
 std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
                                                       const GptqOptions& o);

@@ -27,14 +27,20 @@ namespace {
 
 // ---- Tensor ops -------------------------------------------------------------------------------------
 
-std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t gs) {
+namespace {
+int qmax_of(int bits) { return bits == 4 ? core::kQMax4 : core::kQMax; }
+int qmin_of(int bits) { return bits == 4 ? core::kQMin4 : -core::kQMax; }
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t gs,
+                                                        int bits) {
   auto wf = w.detach().to(torch::kFloat32);
   const int64_t out = wf.size(0), in = wf.size(1);
   auto view = gs > 0 ? wf.reshape({out, in / gs, gs}) : wf.reshape({out, 1, in});
   auto amax = view.abs().amax(-1);  // [out, groups]
-  auto scale = torch::where(amax > 0, amax / float(core::kQMax), torch::ones_like(amax));
+  auto scale = torch::where(amax > 0, amax / float(qmax_of(bits)), torch::ones_like(amax));
   auto inv = 1.0f / scale;  // x * (1/scale): the runtime's arithmetic
-  auto q = torch::round(view * inv.unsqueeze(-1)).clamp(-core::kQMax, core::kQMax);
+  auto q = torch::round(view * inv.unsqueeze(-1)).clamp(qmin_of(bits), qmax_of(bits));
   return {q.reshape({out, in}).to(torch::kInt8), scale.contiguous()};
 }
 
@@ -68,7 +74,7 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
   }
   auto U = obs_inverse_factor(Hd, o.damp);
   // S: the scale of every column (in the processing order); `scale` as stored.
-  torch::Tensor scale = quantize_weight(w, gs).second;  // [rows, groups], float32
+  torch::Tensor scale = quantize_weight(w, gs, o.bits).second;  // [rows, groups], float32
   const bool lazy = gs > 0 && !o.act_order;
   auto S = scale.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
   if (o.act_order) S = S.index_select(1, perm);
@@ -82,13 +88,13 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
       const int64_t j = i1 + i;
       if (lazy && j % gs == 0) {  // the group's scale from its weights as updated so far
         auto amax = W1.index({Slice(), Slice(i, i + gs)}).abs().amax(1).to(torch::kFloat32);
-        auto s = torch::where(amax > 0, amax / float(core::kQMax), torch::ones_like(amax));
+        auto s = torch::where(amax > 0, amax / float(qmax_of(o.bits)), torch::ones_like(amax));
         scale.index_put_({Slice(), j / gs}, s);
         S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat64).unsqueeze(1).expand({rows, gs}));
       }
       auto col = W1.index({Slice(), i});
       auto s = S.index({Slice(), j});
-      auto q = torch::round(col * (1.0 / s)).clamp(-core::kQMax, core::kQMax);
+      auto q = torch::round(col * (1.0 / s)).clamp(qmin_of(o.bits), qmax_of(o.bits));
       Q.index_put_({Slice(), j}, q);
       auto err = (col - q * s) / U1[i][i];
       W1.index({Slice(), Slice(i, None)}).sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
@@ -243,11 +249,12 @@ void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantS
 void quantize_validate(const QuantizeOptions& o) {
   if (o.model.empty()) bad("a model directory is required");
   if (o.out.empty()) bad("--out is required");
-  if (o.scheme != "w8a8" && o.scheme != "w8a16") {
-    bad("--scheme '" + o.scheme + "': expected w8a8 or w8a16");
+  if (o.scheme != "w8a8" && o.scheme != "w8a16" && o.scheme != "w4a16") {
+    bad("--scheme '" + o.scheme + "': expected w8a8, w8a16 or w4a16");
   }
-  if (o.bits != 8) {
-    bad("--bits " + std::to_string(o.bits) + " is not supported; expected 8 (int8)");
+  if (o.bits != 8 && !(o.bits == 4 && o.scheme == "w4a16")) {
+    bad("--bits " + std::to_string(o.bits) + " is not supported with --scheme " + o.scheme +
+        "; expected 8 (4-bit weights: --scheme w4a16)");
   }
   if (o.scheme == "w8a8" && o.activations != "dynamic" && o.activations != "static") {
     bad("--activations '" + o.activations + "': expected dynamic (per token) or static (per tensor)");
@@ -258,7 +265,8 @@ void quantize_validate(const QuantizeOptions& o) {
   }
   if (!(o.percentile > 50 && o.percentile <= 100)) bad("--percentile must be in (50, 100]");
   if (o.group_size != 0 && o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
-    bad("--group-size " + std::to_string(o.group_size) + ": expected 32, 64 or 128 (0: per channel)");
+    bad("--group-size " + std::to_string(o.group_size) + ": expected 32, 64 or 128 (0: per channel" +
+        (o.scheme == "w4a16" ? "; w4a16 picks 128, 64 or 32 by default)" : ")"));
   }
   if (o.group_size != 0 && o.scheme == "w8a8") {
     bad("--group-size applies to w8a16; w8a8 uses one scale per output channel");
@@ -277,7 +285,8 @@ void quantize_validate(const QuantizeOptions& o) {
   if (o.method != "rtn" && o.method != "gptq") {
     bad("--method '" + o.method + "': expected rtn (round to nearest) or gptq");
   }
-  if (o.block_size < 1 || (o.group_size > 0 && o.block_size % o.group_size != 0)) {
+  if (o.block_size < 1 || (o.group_size > 0 && o.block_size % o.group_size != 0) ||
+      (o.scheme == "w4a16" && o.block_size % 128 != 0)) {
     bad("--block-size " + std::to_string(o.block_size) + ": expected a positive multiple of --group-size (" +
         std::to_string(o.group_size) + ")");
   }
@@ -409,9 +418,19 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
                                 : fs::exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json"
                                                                           : "";
   core::QuantScheme scheme;
-  scheme.weight_strategy = o.group_size > 0 ? "group" : "channel";
-  scheme.group_size = o.group_size;
-  scheme.activations = o.scheme == "w8a16" ? "none" : o.activations;
+  const int bits = o.scheme == "w4a16" ? 4 : 8;
+  // 4-bit weights need groups: by default the largest of 128, 64 and 32 that divides every K.
+  int64_t group_size = o.group_size;
+  if (bits == 4 && group_size == 0) {
+    group_size = 128;
+    while (group_size > 32 && (cfg.hidden_size % group_size || cfg.q_dim() % group_size ||
+                               cfg.intermediate_size % group_size))
+      group_size /= 2;
+  }
+  scheme.bits = bits;
+  scheme.weight_strategy = group_size > 0 ? "group" : "channel";
+  scheme.group_size = group_size;
+  scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
   scheme.observer = o.observer;
   {
     std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
@@ -460,7 +479,8 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   std::vector<double> alphas(size_t(cfg.num_layers), -1.0);
   const bool gptq = o.method == "gptq";
   GptqOptions gopt;
-  gopt.group_size = o.group_size;
+  gopt.group_size = group_size;
+  gopt.bits = bits;
   gopt.block_size = o.block_size;
   gopt.damp = o.damp;
   gopt.act_order = o.act_order;
@@ -505,12 +525,12 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
           float_w[mod] = w.clone();
           std::pair<torch::Tensor, torch::Tensor> q;
           if (!gptq) {
-            q = quantize_weight(w, o.group_size);
+            q = quantize_weight(w, group_size, bits);
           } else {
             const torch::Tensor& H = ct.stats.at(h).xtx;
             auto g = gptq_quantize(w, H, gopt);
             if (final) {  // the report compares with round-to-nearest
-              const auto r = quantize_weight(w, o.group_size);
+              const auto r = quantize_weight(w, group_size, bits);
               const double e0 = layer_output_error(w, torch::zeros_like(w), H);
               const double er = layer_output_error(w, dequantize_weight(r.first, r.second), H);
               const double eg = layer_output_error(w, dequantize_weight(g.first, g.second), H);
@@ -574,10 +594,12 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   nlohmann::json report = {{"scheme", o.scheme},
                            {"activations", scheme.activations},
                            {"weights", scheme.weight_strategy},
-                           {"group_size", o.group_size},
+                           {"group_size", group_size},
+                           {"bits", bits},
                            {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
                            {"smoothquant", o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
-                           {"rounding", "half-to-even, clamp [-127, 127]"},
+                           {"rounding", bits == 4 ? "half-to-even, clamp [-8, 7]"
+                                                  : "half-to-even, clamp [-127, 127]"},
                            {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
   report["method"] = o.method;
@@ -673,7 +695,21 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
     const std::string mod = s.name.size() > 7 ? s.name.substr(0, s.name.size() - 7) : s.name;
     if (quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0) {
-      add(s.name, core::DType::kI8, qw[mod].first);
+      if (bits == 4) {  // compressed-tensors pack-quantized: eight values per int32
+        auto q = qw[mod].first.contiguous();
+        const int64_t out = q.size(0), in = q.size(1), words = core::int4_packed_cols(in);
+        bufs.emplace_back(size_t(out * words * 4));
+        core::int4_pack(q.data_ptr<int8_t>(), out, in, bufs.back().data());
+        views.push_back({mod + ".weight_packed", core::DType::kI32, {out, words},
+                         bufs.back().data(), bufs.back().size()});
+        bytes_after += bufs.back().size();
+        bufs.emplace_back(16);
+        const int64_t shape[2] = {out, in};
+        std::memcpy(bufs.back().data(), shape, 16);
+        views.push_back({mod + ".weight_shape", core::DType::kI64, {2}, bufs.back().data(), 16});
+      } else {
+        add(s.name, core::DType::kI8, qw[mod].first);
+      }
       add(mod + ".weight_scale", core::DType::kF32, qw[mod].second);
       if (stat) add(mod + ".input_scale", core::DType::kF32, torch::tensor({tap->input_scales.at(group_head(mod))}));
     } else {

@@ -25,7 +25,7 @@ int threads() {
   return t && std::atoi(t) > 0 ? std::atoi(t) : 1;
 }
 
-void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false) {
+void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false, int bits = 8) {
   const int64_t M = state.range(0);
   const int64_t N = state.range(2), K = state.range(3);
   runtime::CpuBackendOptions bo;
@@ -48,12 +48,14 @@ void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false) {
     for (float& v : d.w) v = u(rng) * 0.02f;
   } else {
     d.q.resize(size_t(N * K));
-    for (int8_t& v : d.q) v = int8_t(int(rng() % 255) - 127);
-    d.scale.assign(size_t(N), 0.02f / 127.f);
-    d.group = K;
+    for (int8_t& v : d.q) v = bits == 4 ? int8_t(int(rng() % 16) - 8) : int8_t(int(rng() % 255) - 127);
+    d.bits = bits;
+    d.group = bits == 4 ? 128 : K;  // W4A16: groups of 128, as `shrink quantize --scheme w4a16`
+    d.scale.assign(size_t(N * (K / d.group)), 0.02f / 127.f);
     if (kind == LinearKind::kW8A8) d.act = runtime::ActQuant::kDynamic;
   }
-  const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * (bf16 ? 2 : 4) : uint64_t(N * K);
+  const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * (bf16 ? 2 : 4)
+                         : uint64_t(N * K) * uint64_t(bits) / 8;
   const size_t copies = state.range(1) ? size_t((512ull << 20) / bytes) : 1;
   std::vector<std::unique_ptr<runtime::Linear>> lins;
   for (size_t c = 0; c < copies; ++c) {
@@ -98,5 +100,6 @@ BENCHMARK_CAPTURE(bench_linear, f32, LinearKind::kF32)->Apply(linear_args);
 BENCHMARK_CAPTURE(bench_linear, bf16, LinearKind::kF32, true)->Apply(linear_args);
 BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Apply(linear_args);
 BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Apply(linear_args);
+BENCHMARK_CAPTURE(bench_linear, w4a16, LinearKind::kW8A16, false, 4)->Apply(linear_args);
 
 BENCHMARK_MAIN();

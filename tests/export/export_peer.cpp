@@ -1,6 +1,6 @@
 // export_peer: the C++ half of the ONNX Runtime peer check (scripts/ort_check.sh runs it, then
 // scripts/ort_check.mjs). It needs no LibTorch, so the check runs in any SHRINK_WITH_ONNX build:
-//   export_peer quantize SRC DST none|static|dynamic [GROUP] [INPUT_SCALE]
+//   export_peer quantize SRC DST none|none4|static|dynamic [GROUP] [INPUT_SCALE]
 //       int8 variant of a float model dir (tests/export/util.h; what `shrink quantize` writes)
 //   export_peer window SRC DST W      a float copy with a Mistral sliding window of W
 //   export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]
@@ -39,7 +39,7 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: export_peer quantize SRC DST none|static|dynamic [GROUP] [INPUT_SCALE]\n"
+               "usage: export_peer quantize SRC DST none|none4|static|dynamic [GROUP] [INPUT_SCALE]\n"
                "       export_peer window SRC DST W\n"
                "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
   return 2;
@@ -85,6 +85,10 @@ int main(int argc, char** argv) {
     if (a.size() >= 4 && a[0] == "quantize") {
       test::QuantSpec q;
       q.activations = a[3];
+      if (q.activations == "none4") {  // 4-bit weights (W4A16)
+        q.activations = "none";
+        q.bits = 4;
+      }
       if (q.activations != "none" && q.activations != "static" && q.activations != "dynamic")
         return usage();
       if (a.size() >= 5) q.group_size = std::stoll(a[4]);

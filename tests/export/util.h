@@ -25,6 +25,7 @@ struct QuantSpec {
   std::string activations = "none";  // none (W8A16) | static | dynamic
   int64_t group_size = 0;            // 0: per output channel
   float input_scale = 0.02f;         // static only: small enough that some inputs clip
+  int bits = 8;                      // 4: W4A16 in the pack-quantized layout (activations none)
 };
 
 /// Quantize every linear weight of the float model in `src` except lm_head into `dst`.
@@ -64,20 +65,36 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
         float amax = 0;
         for (int64_t k = g * group; k < (g + 1) * group; ++k)
           amax = std::max(amax, std::fabs(w[size_t(o * in + k)]));
-        const float scale = amax > 0 ? amax / 127.0f : 1.0f;
+        const float scale = amax > 0 ? amax / (q.bits == 4 ? 7.0f : 127.0f) : 1.0f;
         sc[size_t(o * G + g)] = scale;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k)
-          qw[size_t(o * in + k)] = core::quantize_value(w[size_t(o * in + k)], 1.0f / scale);
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+          if (q.bits == 4) {
+            const float r = std::nearbyint(w[size_t(o * in + k)] * (1.0f / scale));
+            qw[size_t(o * in + k)] = int8_t(std::min(7.0f, std::max(-8.0f, r)));
+          } else {
+            qw[size_t(o * in + k)] = core::quantize_value(w[size_t(o * in + k)], 1.0f / scale);
+          }
+        }
       }
     }
     const std::string m = s.name.substr(0, s.name.size() - std::string(".weight").size());
-    keep(bytes(qw.data(), qw.size()), s.name, core::DType::kI8, s.shape);
+    if (q.bits == 4) {
+      std::vector<uint8_t> packed(size_t(out * core::int4_packed_cols(in) * 4));
+      core::int4_pack(qw.data(), out, in, packed.data());
+      keep(std::move(packed), m + ".weight_packed", core::DType::kI32,
+           {out, core::int4_packed_cols(in)});
+      const int64_t shape[2] = {out, in};
+      keep(bytes(shape, 16), m + ".weight_shape", core::DType::kI64, {2});
+    } else {
+      keep(bytes(qw.data(), qw.size()), s.name, core::DType::kI8, s.shape);
+    }
     keep(bytes(sc.data(), sc.size() * 4), m + ".weight_scale", core::DType::kF32, {out, G});
     if (q.activations == "static") {
       keep(bytes(&q.input_scale, 4), m + ".input_scale", core::DType::kF32, {1});
     }
   }
   core::QuantScheme scheme;
+  scheme.bits = q.bits;
   scheme.weight_strategy = q.group_size > 0 ? "group" : "channel";
   scheme.group_size = q.group_size;
   scheme.activations = q.activations;

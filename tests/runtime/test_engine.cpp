@@ -525,6 +525,53 @@ TEST(Int8, W8a16EqualsDequantisedFloatModel) {
   }
 }
 
+// 4-bit weights (pack-quantized on disk, 4-bit blocks in the CPU backend) compute what the
+// float model with the dequantized weights computes, at every ISA, in prefill and decode.
+TEST(Int8, W4a16EqualsDequantisedFloatModel) {
+  for (int64_t group : {int64_t(0), int64_t(32)}) {
+    const std::string q = test::temp_dir("w4a16_" + std::to_string(group)), f = q + "_deq";
+    runtime::QuantScheme s = scheme(runtime::ActQuant::kNone, group);
+    s.bits = 4;
+    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, s, 0, f);
+    {  // the checkpoint presents the packed weight as the I8 tensor readers expect
+      auto ck = core::Checkpoint::open(q).take_or_throw();
+      EXPECT_EQ(ck.find("model.layers.0.mlp.down_proj.weight_packed"), nullptr);
+      const core::TensorInfo* t = ck.find("model.layers.0.mlp.down_proj.weight");
+      ASSERT_NE(t, nullptr);
+      EXPECT_EQ(t->dtype, core::DType::kI8);
+      const int8_t* v = reinterpret_cast<const int8_t*>(ck.data(*t));
+      EXPECT_TRUE(std::all_of(v, v + t->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
+      EXPECT_TRUE(std::any_of(v, v + t->numel(), [](int8_t x) { return x == 7 || x == -7; }));
+    }
+    auto ef = load(f);
+    ASSERT_TRUE(ef);
+    const auto lf = run(*ef, 0, kSeq);
+    for (const char* isa : {"ref", "avx2", "avx512"}) {
+      EngineOptions o;
+      o.isa = isa;
+      auto eq = Engine::load(q, o);
+      if (!eq.is_ok()) continue;  // an ISA this CPU lacks
+      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()),
+                group ? "w4a16/g32" : "w4a16");
+      EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << group << " " << isa;
+      (*eq)->reset_all();
+      ef->reset_all();
+      EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << group << " " << isa;
+    }
+    // 4 bits on disk: the packed file is smaller than the int8 one would be.
+    const std::string q8 = q + "_w8";
+    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q8,
+                       scheme(runtime::ActQuant::kNone, group), 0);
+    EXPECT_LT(fs::file_size(q + "/model.safetensors"), fs::file_size(q8 + "/model.safetensors"));
+    auto e4 = load(q), e8 = load(q8);
+    ASSERT_TRUE(e4 && e8);
+    EXPECT_LT(e4->weight_bytes(), e8->weight_bytes());
+    fs::remove_all(q);
+    fs::remove_all(q8);
+    fs::remove_all(f);
+  }
+}
+
 TEST(Int8, W8a8CloseToFloatAndDecodeEqualsFull) {
   struct C { runtime::ActQuant act; int64_t group; };
   for (C c : {C{runtime::ActQuant::kDynamic, 0}, C{runtime::ActQuant::kStatic, 0},
@@ -554,7 +601,7 @@ TEST(Int8, RandomShapesBuildInEveryFormat) {
   core::ModelConfig c = runtime::bench_shape("smollm-135m").take_or_throw();
   c.num_layers = 2;
   c.vocab_size = 512;
-  for (const char* dt : {"f32", "w8a16", "w8a8"}) {
+  for (const char* dt : {"f32", "w8a16", "w4a16", "w8a8"}) {
     auto e = Engine::create_random(c, dt, 1, EngineOptions{});
     ASSERT_TRUE(e.is_ok()) << e.status().message();
     auto l = run(**e, 0, {1, 2, 3}, false);

@@ -14,6 +14,7 @@
 #include "core/fs.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
+#include "core/quant.h"
 #include "runtime/quant.h"
 
 namespace shrink::test {
@@ -70,10 +71,23 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     const int64_t G = (in + group - 1) / group;
     std::vector<int8_t> q(size_t(out * in));
     std::vector<float> sc(size_t(out * G));
-    runtime::quant_weight_s8(w.data(), out, in, group, q.data(), sc.data());
     const std::string m = s.name.substr(0, s.name.size() - 7);
-    bufs.emplace_back(reinterpret_cast<uint8_t*>(q.data()), reinterpret_cast<uint8_t*>(q.data()) + q.size());
-    views.push_back({s.name, core::DType::kI8, s.shape, bufs.back().data(), bufs.back().size()});
+    if (scheme.bits == 4) {  // compressed-tensors pack-quantized: weight_packed + weight_shape
+      runtime::quant_weight_s4(w.data(), out, in, group, q.data(), sc.data());
+      bufs.emplace_back(size_t(out * core::int4_packed_cols(in) * 4));
+      core::int4_pack(q.data(), out, in, bufs.back().data());
+      views.push_back({m + ".weight_packed", core::DType::kI32, {out, core::int4_packed_cols(in)},
+                       bufs.back().data(), bufs.back().size()});
+      const int64_t shape[2] = {out, in};
+      bufs.emplace_back(reinterpret_cast<const uint8_t*>(shape),
+                        reinterpret_cast<const uint8_t*>(shape) + 16);
+      views.push_back({m + ".weight_shape", core::DType::kI64, {2}, bufs.back().data(), 16});
+    } else {
+      runtime::quant_weight_s8(w.data(), out, in, group, q.data(), sc.data());
+      bufs.emplace_back(reinterpret_cast<uint8_t*>(q.data()),
+                        reinterpret_cast<uint8_t*>(q.data()) + q.size());
+      views.push_back({s.name, core::DType::kI8, s.shape, bufs.back().data(), bufs.back().size()});
+    }
     bufs.emplace_back(reinterpret_cast<uint8_t*>(sc.data()),
                       reinterpret_cast<uint8_t*>(sc.data()) + sc.size() * 4);
     views.push_back({m + ".weight_scale", core::DType::kF32, {out, G}, bufs.back().data(),

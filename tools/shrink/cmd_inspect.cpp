@@ -74,20 +74,24 @@ void register_inspect(CLI::App& app, Globals& g) {
       for (const core::TensorSpec& s : core::expected_tensors(c)) {
         const core::TensorInfo* t = ck.find(s.name);
         uint64_t z = count_zeros(ck, *t);
+        // 4-bit weights are read as I8 but stored packed: report what is stored.
+        const core::TensorInfo* packed = ck.packed_of(s.name);
+        const std::string dt = packed ? "I4" : core::dtype_name(t->dtype);
+        const uint64_t nbytes = packed ? packed->nbytes : t->nbytes;
         Row& r = by_module[core::tensor_role_name(s.role)];
         r.tensors++;
         r.params += uint64_t(t->numel());
-        r.bytes += t->nbytes;
+        r.bytes += nbytes;
         r.zeros += z;
-        r.dtypes[core::dtype_name(t->dtype)]++;
+        r.dtypes[dt]++;
         total_params += uint64_t(t->numel());
-        total_bytes += t->nbytes;
+        total_bytes += nbytes;
         total_zeros += z;
-        dtype_bytes[core::dtype_name(t->dtype)] += t->nbytes;
+        dtype_bytes[dt] += nbytes;
         tensors.push_back({{"name", s.name},
                            {"shape", t->shape},
-                           {"dtype", core::dtype_name(t->dtype)},
-                           {"bytes", t->nbytes},
+                           {"dtype", dt},
+                           {"bytes", nbytes},
                            {"file", ck.file_of(s.name)},
                            {"sparsity", t->numel() ? double(z) / double(t->numel()) : 0.0}});
       }
