@@ -277,7 +277,9 @@ void gemm_w8a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64
 /// the high nibble, so one 16-byte load and two masks give 32 values in order (compressed-
 /// tensors' pack-quantized order, two neighbours per byte, needs a shuffle instead). Padding
 /// holds 8 (zero). ldb >= 16 * ceil(K / 32) bytes; group is K or a multiple of 32.
-inline int64_t s4_row_bytes(int64_t K) { return (K + 31) / 32 * 16; }
+inline int64_t s4_row_bytes(int64_t K) {
+  return (K + 31) / 32 * 16;
+}
 inline int s4_value(const uint8_t* row, int64_t k) {
   const uint8_t b = row[k / 32 * 16 + (k & 15)];
   return ((k & 16) ? (b >> 4) : (b & 15)) - 8;
@@ -298,8 +300,8 @@ void gemm_w4a16_nt_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_t 
                        const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
                        int64_t ldc);
 void gemm_w4a16_nt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                        const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
-                        float* C, int64_t ldc);
+                        const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                        int64_t ldc);
 void gemm_w4a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                           const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
                           float* C, int64_t ldc);

@@ -85,7 +85,7 @@ inline void vload_s4_block(const uint8_t* p, vf* out) {
   const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
   out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
   out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
-}/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
+}  /// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
 inline vf vload_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
@@ -177,7 +177,8 @@ inline void vload_s4_block(const uint8_t* p, vf* out) {
   out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
   out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
   out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-}inline vf vload_bf16(const uint16_t* p) {
+}
+inline vf vload_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(
       _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }

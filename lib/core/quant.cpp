@@ -51,7 +51,8 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
   }
   std::string format = j.value("format", "");
   if (format != "int-quantized" && format != "naive-quantized" && format != "pack-quantized") {
-    return bad("format '" + format + "' is not supported; expected int-quantized or "
+    return bad("format '" + format +
+               "' is not supported; expected int-quantized or "
                "pack-quantized");
   }
   if (!j.contains("config_groups") || !j["config_groups"].is_object() ||

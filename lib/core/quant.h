@@ -42,7 +42,9 @@ constexpr int kQMin4 = -8;
 
 /// Pack int4 values q [rows, cols] (each in [-8, 7]) into `out`, rows * int4_packed_cols(cols)
 /// int32 words as bytes (padding nibbles hold 8, i.e. zero).
-inline int64_t int4_packed_cols(int64_t cols) { return (cols + 7) / 8; }
+inline int64_t int4_packed_cols(int64_t cols) {
+  return (cols + 7) / 8;
+}
 void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out);
 /// The inverse: bytes of rows * int4_packed_cols(cols) words -> q [rows, cols].
 void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q);
@@ -55,7 +57,7 @@ inline int8_t quantize_value(float x, float inv_scale) {
 }
 
 struct QuantScheme {
-  int bits = 8;  // 8, or 4 (weights only: W4A16, format pack-quantized)
+  int bits = 8;                             // 8, or 4 (weights only: W4A16, format pack-quantized)
   std::string weight_strategy = "channel";  // channel | group
   int64_t group_size = 0;                    // for group
   std::string activations = "none";          // none (W8A16) | static (per tensor) | dynamic (per token)

@@ -498,9 +498,8 @@ Status Checkpoint::present_packed() {
     const std::vector<int64_t> want = {dims[0], dims[1] > 0 ? int4_packed_cols(dims[1]) : 0};
     if (dims[0] <= 0 || dims[1] <= 0 || pt->dtype != DType::kI32 || pt->shape != want) {
       return invalid_input(dir_ + ": tensor '" + pn + "' is " + dtype_name(pt->dtype) + " " +
-                           shape_str(pt->shape) + " for weight_shape [" +
-                           std::to_string(dims[0]) + ", " + std::to_string(dims[1]) +
-                           "]; expected I32 " + shape_str(want) +
+                           shape_str(pt->shape) + " for weight_shape [" + std::to_string(dims[0]) +
+                           ", " + std::to_string(dims[1]) + "]; expected I32 " + shape_str(want) +
                            " (4-bit values, eight per int32)");
     }
     if (map_.count(base)) {
@@ -655,8 +654,8 @@ const TensorInfo* Checkpoint::packed_of(std::string_view name) const {
 std::string Checkpoint::file_of(std::string_view name) const {
   auto it = map_.find(name);
   if (it == map_.end()) return std::string();
-  const size_t f = it->second.first != kUnpacked ? it->second.first
-                                                 : unpacked_.find(name)->second->file;
+  const size_t f =
+      it->second.first != kUnpacked ? it->second.first : unpacked_.find(name)->second->file;
   return basename_of(files_[f]->path());
 }
 

@@ -565,8 +565,8 @@ std::string scheme_name(const core::QuantScheme* s) {
   if (!s) return "f32";
   // 4-bit weights export as int8 DequantizeLinear inputs holding values in [-8, 7] (opset 17
   // has no int4 type): the same numbers, stored at 8 bits.
-  std::string n = s->activations == "none" ? (s->bits == 4 ? "w4a16" : "w8a16")
-                                           : "w8a8-" + s->activations;
+  std::string n =
+      s->activations == "none" ? (s->bits == 4 ? "w4a16" : "w8a16") : "w8a8-" + s->activations;
   if (s->weight_strategy == "group") n += "/g" + std::to_string(s->group_size);
   return n;
 }

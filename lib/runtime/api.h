@@ -53,7 +53,8 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
 /// Multiple-choice accuracy (core/choice_task.h), as lm-evaluation-harness scores HellaSwag-style
 /// tasks: each choice's log-likelihood given the context (sum of log-softmax over its scored
 /// tokens, in double; a choice's own context, `ChoiceItem::given`, conditions only); acc takes the
-/// highest, acc_norm the highest per character of the choice (per token for id items). Standard errors are sqrt(p (1 - p) / (n - 1)), as lm-eval reports them.
+/// highest, acc_norm the highest per character of the choice (per token for id items). Standard
+/// errors are sqrt(p (1 - p) / (n - 1)), as lm-eval reports them.
 struct ChoiceResult {
   int64_t items = 0;
   int64_t truncated = 0;  // contexts cut from the left to fit max_seq_len (lm-eval does too)

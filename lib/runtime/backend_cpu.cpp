@@ -25,7 +25,8 @@ namespace shrink::runtime {
 const char* linear_kind_name(LinearKind k) {
   switch (k) {
     case LinearKind::kF32: return "f32";
-    case LinearKind::kW8A16: return "w8a16";  // (4-bit weights: LinearDesc::bits)
+    case LinearKind::kW8A16:
+      return "w8a16";  // (4-bit weights: LinearDesc::bits)
     case LinearKind::kW8A8: return "w8a8";
   }
   return "?";
@@ -78,7 +79,7 @@ class CpuLinear : public Linear {
   const float* wp = nullptr;  // w.data() or borrowed
   std::vector<uint16_t> wb;   // bf16 storage (float_weights = bf16); then w/wp are unused
   std::vector<int8_t> q;
-  std::vector<uint8_t> q4;    // W4A16: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
+  std::vector<uint8_t> q4;  // W4A16: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
   int64_t ld4 = 0;
   std::vector<float> scale;
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
@@ -317,8 +318,8 @@ class CpuBackend : public Backend {
       if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
     }
     kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
-      k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
-                       l.scale.data() + b * G, l.group, y + b, ldy);
+      k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4, l.scale.data() + b * G,
+                       l.group, y + b, ldy);
     });
   }
 

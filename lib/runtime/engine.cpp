@@ -101,7 +101,8 @@ class RandomSource : public TensorSource {
     buf.resize(size_t(n) * 4);
     float* p = reinterpret_cast<float*>(buf.data());
     for (int64_t i = 0; i < n; ++i) {
-      if (is_scale) p[i] = a / (bits_ == 4 ? 7.0f : 127.0f);
+      if (is_scale)
+        p[i] = a / (bits_ == 4 ? 7.0f : 127.0f);
       else if (is_norm) p[i] = 1.0f;
       else if (is_bias) p[i] = 0.0f;
       else p[i] = (float(mix(h + uint64_t(i)) >> 40) / float(1ull << 24) * 2.0f - 1.0f) * a;
@@ -581,7 +582,7 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
     scheme.strategy = WeightStrategy::kChannel;
     scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
   } else if (dtype == "w4a16") {  // as `shrink quantize --scheme w4a16` writes: groups of
-    scheme.quantized = true;        // 128, or the largest of 64 and 32 that divides every K
+    scheme.quantized = true;      // 128, or the largest of 64 and 32 that divides every K
     scheme.bits = 4;
     scheme.strategy = WeightStrategy::kGroup;
     scheme.group_size = 128;

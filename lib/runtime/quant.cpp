@@ -1,10 +1,10 @@
 // compressed-tensors int8 scheme parsing and the reference weight quantizer (see quant.h).
 #include "runtime/quant.h"
 
-#include "core/quant.h"
-
 #include <algorithm>
 #include <cmath>
+
+#include "core/quant.h"
 
 namespace shrink::runtime {
 
@@ -18,8 +18,9 @@ Status check_int8_args(const json& a, const std::string& where, int64_t bits) {
   SHRINK_CHECK(num_bits == bits, StatusCode::kInvalidInput,
                "%s.num_bits: %lld is not supported here; expected %lld%s", where.c_str(),
                (long long)num_bits, (long long)bits,
-               bits == 4 ? " (format pack-quantized)" : " (format int-quantized; 4-bit weights "
-                                                        "are format pack-quantized)");
+               bits == 4 ? " (format pack-quantized)"
+                         : " (format int-quantized; 4-bit weights "
+                           "are format pack-quantized)");
   std::string type = a.contains("type") && a["type"].is_string() ? a["type"].get<std::string>() : "int";
   SHRINK_CHECK(type == "int", StatusCode::kInvalidInput,
                "%s.type: '%s' is not supported; expected 'int'", where.c_str(), type.c_str());
@@ -45,8 +46,7 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
                at.c_str(), method.c_str());
   std::string format = q.contains("format") && q["format"].is_string()
                            ? q["format"].get<std::string>() : "int-quantized";
-  SHRINK_CHECK(format == "int-quantized" || format == "pack-quantized",
-               StatusCode::kInvalidInput,
+  SHRINK_CHECK(format == "int-quantized" || format == "pack-quantized", StatusCode::kInvalidInput,
                "%s.format: '%s' is not supported; expected 'int-quantized' (8-bit) or "
                "'pack-quantized' (4-bit weights)",
                at.c_str(), format.c_str());
@@ -136,11 +136,15 @@ std::string quant_scheme_name(const QuantScheme& s) {
 }
 
 nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
-  json w = {{"num_bits", s.bits}, {"type", "int"}, {"symmetric", true}, {"dynamic", false},
-            {"strategy", s.strategy == WeightStrategy::kGroup    ? "group"
-                         : s.strategy == WeightStrategy::kTensor ? "tensor"
-                                                                 : "channel"},
-            {"group_size", s.strategy == WeightStrategy::kGroup ? json(s.group_size) : json(nullptr)}};
+  json w = {
+      {"num_bits", s.bits},
+      {"type", "int"},
+      {"symmetric", true},
+      {"dynamic", false},
+      {"strategy", s.strategy == WeightStrategy::kGroup    ? "group"
+                   : s.strategy == WeightStrategy::kTensor ? "tensor"
+                                                           : "channel"},
+      {"group_size", s.strategy == WeightStrategy::kGroup ? json(s.group_size) : json(nullptr)}};
   json a = nullptr;
   if (s.act == ActQuant::kStatic) {
     a = {{"num_bits", 8}, {"type", "int"}, {"symmetric", true}, {"strategy", "tensor"}, {"dynamic", false}};
@@ -149,7 +153,8 @@ nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
   }
   return {{"quant_method", "compressed-tensors"},
           {"format", s.bits == 4 ? "pack-quantized" : "int-quantized"},
-          {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", w}, {"input_activations", a}}}}},
+          {"config_groups",
+           {{"group_0", {{"targets", {"Linear"}}, {"weights", w}, {"input_activations", a}}}}},
           {"ignore", s.ignore}};
 }
 

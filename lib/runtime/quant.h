@@ -38,8 +38,8 @@ struct QuantScheme {
   bool quantized = false;  // false: a float model
   WeightStrategy strategy = WeightStrategy::kChannel;
   int64_t group_size = 0;  // kGroup only
-  ActQuant act = ActQuant::kNone;  // kNone = W8A16 (or W4A16)
-  int bits = 8;                    // weights: 8, or 4 (format pack-quantized, W4A16 only)
+  ActQuant act = ActQuant::kNone;   // kNone = W8A16 (or W4A16)
+  int bits = 8;                     // weights: 8, or 4 (format pack-quantized, W4A16 only)
   std::vector<std::string> ignore;  // module names or "re:<regex>"
 };
 

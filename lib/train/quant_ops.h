@@ -37,7 +37,7 @@ struct GptqOptions {
   int64_t block_size = 128;  // a multiple of group_size
   double damp = 0.01;        // fraction of mean(diag H) added to the diagonal
   bool act_order = false;
-  int bits = 8;              // 8, or 4 (q in [-8, 7])
+  int bits = 8;  // 8, or 4 (q in [-8, 7])
 };
 std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
                                                       const GptqOptions& o);

@@ -28,8 +28,12 @@ namespace {
 // ---- Tensor ops -------------------------------------------------------------------------------------
 
 namespace {
-int qmax_of(int bits) { return bits == 4 ? core::kQMax4 : core::kQMax; }
-int qmin_of(int bits) { return bits == 4 ? core::kQMin4 : -core::kQMax; }
+int qmax_of(int bits) {
+  return bits == 4 ? core::kQMax4 : core::kQMax;
+}
+int qmin_of(int bits) {
+  return bits == 4 ? core::kQMin4 : -core::kQMax;
+}
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t gs,
@@ -265,7 +269,8 @@ void quantize_validate(const QuantizeOptions& o) {
   }
   if (!(o.percentile > 50 && o.percentile <= 100)) bad("--percentile must be in (50, 100]");
   if (o.group_size != 0 && o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
-    bad("--group-size " + std::to_string(o.group_size) + ": expected 32, 64 or 128 (0: per channel" +
+    bad("--group-size " + std::to_string(o.group_size) +
+        ": expected 32, 64 or 128 (0: per channel" +
         (o.scheme == "w4a16" ? "; w4a16 picks 128, 64 or 32 by default)" : ")"));
   }
   if (o.group_size != 0 && o.scheme == "w8a8") {
@@ -591,16 +596,17 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   const double calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (act) m->set_tap(tap.get());
 
-  nlohmann::json report = {{"scheme", o.scheme},
-                           {"activations", scheme.activations},
-                           {"weights", scheme.weight_strategy},
-                           {"group_size", group_size},
-                           {"bits", bits},
-                           {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
-                           {"smoothquant", o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
-                           {"rounding", bits == 4 ? "half-to-even, clamp [-8, 7]"
-                                                  : "half-to-even, clamp [-127, 127]"},
-                           {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
+  nlohmann::json report = {
+      {"scheme", o.scheme},
+      {"activations", scheme.activations},
+      {"weights", scheme.weight_strategy},
+      {"group_size", group_size},
+      {"bits", bits},
+      {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
+      {"smoothquant",
+       o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
+      {"rounding", bits == 4 ? "half-to-even, clamp [-8, 7]" : "half-to-even, clamp [-127, 127]"},
+      {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
   report["method"] = o.method;
   if (gptq) {
@@ -700,8 +706,11 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         const int64_t out = q.size(0), in = q.size(1), words = core::int4_packed_cols(in);
         bufs.emplace_back(size_t(out * words * 4));
         core::int4_pack(q.data_ptr<int8_t>(), out, in, bufs.back().data());
-        views.push_back({mod + ".weight_packed", core::DType::kI32, {out, words},
-                         bufs.back().data(), bufs.back().size()});
+        views.push_back({mod + ".weight_packed",
+                         core::DType::kI32,
+                         {out, words},
+                         bufs.back().data(),
+                         bufs.back().size()});
         bytes_after += bufs.back().size();
         bufs.emplace_back(16);
         const int64_t shape[2] = {out, in};

@@ -48,14 +48,15 @@ void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false, i
     for (float& v : d.w) v = u(rng) * 0.02f;
   } else {
     d.q.resize(size_t(N * K));
-    for (int8_t& v : d.q) v = bits == 4 ? int8_t(int(rng() % 16) - 8) : int8_t(int(rng() % 255) - 127);
+    for (int8_t& v : d.q)
+      v = bits == 4 ? int8_t(int(rng() % 16) - 8) : int8_t(int(rng() % 255) - 127);
     d.bits = bits;
     d.group = bits == 4 ? 128 : K;  // W4A16: groups of 128, as `shrink quantize --scheme w4a16`
     d.scale.assign(size_t(N * (K / d.group)), 0.02f / 127.f);
     if (kind == LinearKind::kW8A8) d.act = runtime::ActQuant::kDynamic;
   }
   const uint64_t bytes = kind == LinearKind::kF32 ? uint64_t(N * K) * (bf16 ? 2 : 4)
-                         : uint64_t(N * K) * uint64_t(bits) / 8;
+                                                  : uint64_t(N * K) * uint64_t(bits) / 8;
   const size_t copies = state.range(1) ? size_t((512ull << 20) / bytes) : 1;
   std::vector<std::unique_ptr<runtime::Linear>> lins;
   for (size_t c = 0; c < copies; ++c) {

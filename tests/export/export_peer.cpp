@@ -38,10 +38,11 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: export_peer quantize SRC DST none|none4|static|dynamic [GROUP] [INPUT_SCALE]\n"
-               "       export_peer window SRC DST W\n"
-               "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
+  std::fprintf(
+      stderr,
+      "usage: export_peer quantize SRC DST none|none4|static|dynamic [GROUP] [INPUT_SCALE]\n"
+      "       export_peer window SRC DST W\n"
+      "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
   return 2;
 }
 

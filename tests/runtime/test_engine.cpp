@@ -551,8 +551,7 @@ TEST(Int8, W4a16EqualsDequantisedFloatModel) {
       o.isa = isa;
       auto eq = Engine::load(q, o);
       if (!eq.is_ok()) continue;  // an ISA this CPU lacks
-      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()),
-                group ? "w4a16/g32" : "w4a16");
+      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()), group ? "w4a16/g32" : "w4a16");
       EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << group << " " << isa;
       (*eq)->reset_all();
       ef->reset_all();

@@ -417,7 +417,8 @@ TEST(Kernels, GemmW4a16MatchesRefAndW8a16) {
       std::vector<uint8_t> p(size_t(N * ldb), 0xAB);
       for (int64_t n = 0; n < N; ++n) s4_pack_row(q.data() + n * K, K, p.data() + n * ldb);
       for (int64_t n = 0; n < N; ++n) {
-        for (int64_t k = 0; k < K; ++k) ASSERT_EQ(s4_value(p.data() + n * ldb, k), q[size_t(n * K + k)]);
+        for (int64_t k = 0; k < K; ++k)
+          ASSERT_EQ(s4_value(p.data() + n * ldb, k), q[size_t(n * K + k)]);
       }
       std::vector<int64_t> groups = {K};
       if (K % 32 == 0 && K > 32) groups.push_back(32);
@@ -437,10 +438,12 @@ TEST(Kernels, GemmW4a16MatchesRefAndW8a16) {
             const KernelTable& k = kernels_for(isa);
             std::vector<float> c(size_t(M * ldc));
             k.gemm_w4a16_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c.data(), ldc);
-            expect_close(c, r4, 2e-5f, 0.2f, std::string("gemm_w4a16 ") + isa_name(isa) + " " + tag);
+            expect_close(c, r4, 2e-5f, 0.2f,
+                         std::string("gemm_w4a16 ") + isa_name(isa) + " " + tag);
             if (M >= 2) {  // rows 0 and 1 as in a batch of two
               std::vector<float> c2(size_t(2 * ldc));
-              k.gemm_w4a16_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(), ldc);
+              k.gemm_w4a16_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(),
+                              ldc);
               EXPECT_TRUE(std::equal(c2.begin(), c2.begin() + N, c.begin()) &&
                           std::equal(c2.begin() + ldc, c2.begin() + ldc + N, c.begin() + ldc))
                   << "gemm_w4a16 rows differ between M=2 and " << tag << " " << isa_name(isa);

@@ -13,8 +13,8 @@
 
 #include "core/fs.h"
 #include "core/model_config.h"
-#include "core/safetensors.h"
 #include "core/quant.h"
+#include "core/safetensors.h"
 #include "runtime/quant.h"
 
 namespace shrink::test {
@@ -76,8 +76,11 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
       runtime::quant_weight_s4(w.data(), out, in, group, q.data(), sc.data());
       bufs.emplace_back(size_t(out * core::int4_packed_cols(in) * 4));
       core::int4_pack(q.data(), out, in, bufs.back().data());
-      views.push_back({m + ".weight_packed", core::DType::kI32, {out, core::int4_packed_cols(in)},
-                       bufs.back().data(), bufs.back().size()});
+      views.push_back({m + ".weight_packed",
+                       core::DType::kI32,
+                       {out, core::int4_packed_cols(in)},
+                       bufs.back().data(),
+                       bufs.back().size()});
       const int64_t shape[2] = {out, in};
       bufs.emplace_back(reinterpret_cast<const uint8_t*>(shape),
                         reinterpret_cast<const uint8_t*>(shape) + 16);

@@ -161,11 +161,12 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
     int64_t group;
     const char* sq;
   };
-  for (Case cs : {Case{"w8a16", "dynamic", "minmax", 0, ""}, Case{"w8a16", "dynamic", "minmax", 32, ""},
-                  Case{"w8a8", "dynamic", "minmax", 0, ""}, Case{"w8a8", "static", "entropy", 0, ""},
-                  Case{"w8a8", "static", "mse", 0, "auto"}, Case{"w8a16", "gptq", "minmax", 32, ""},
-                  Case{"w8a8", "gptq", "mse", 0, "0.5"}, Case{"w4a16", "dynamic", "minmax", 32, ""},
-                  Case{"w4a16", "gptq", "minmax", 32, ""}}) {
+  for (Case cs :
+       {Case{"w8a16", "dynamic", "minmax", 0, ""}, Case{"w8a16", "dynamic", "minmax", 32, ""},
+        Case{"w8a8", "dynamic", "minmax", 0, ""}, Case{"w8a8", "static", "entropy", 0, ""},
+        Case{"w8a8", "static", "mse", 0, "auto"}, Case{"w8a16", "gptq", "minmax", 32, ""},
+        Case{"w8a8", "gptq", "mse", 0, "0.5"}, Case{"w4a16", "dynamic", "minmax", 32, ""},
+        Case{"w4a16", "gptq", "minmax", 32, ""}}) {
     QuantizeOptions o;
     o.model = dir + "/run/model";
     o.out = dir + "/q";
