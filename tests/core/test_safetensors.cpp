@@ -20,6 +20,7 @@
 
 #include "core/dtype.h"
 #include "core/fs.h"
+#include "core/quant.h"
 #include "core/safetensors.h"
 
 namespace shrink::core {
@@ -843,6 +844,60 @@ TEST(SafetensorsCheckpointTest, MalformedShardIsReported) {
   Status st = open_status(dir.path());
   EXPECT_EQ(st.code(), StatusCode::kInvalidInput) << st.message();
   expect_message_has(st, {"model-00002-of-00002.safetensors"});
+}
+
+// compressed-tensors pack-quantized 4-bit weights: presented as the I8 `.weight` readers expect
+// (the packed and shape tensors hidden, the file named, the stored bytes counted), and malformed
+// packings refused naming the tensor.
+TEST(SafetensorsCheckpointTest, PackedFourBitWeightsArePresentedAsInt8) {
+  const std::vector<int8_t> q = {-8, 7, 0, 1, -1, 2, 3, -4, 5, -5, 6,   // row 0 (11 values)
+                                 4,  -2, -3, 0, 0, 7, -8, 1, 1, 2, -7};  // row 1
+  std::vector<uint8_t> packed(2 * 2 * 4);  // 2 rows of ceil(11 / 8) = 2 words
+  int4_pack(q.data(), 2, 11, packed.data());
+  const int64_t shape[2] = {2, 11};
+  const float other = 1.5f;
+  auto write = [&](const std::string& dir, std::vector<int64_t> pshape, bool with_shape,
+                   bool with_plain) {
+    std::vector<TensorView> v = {{"m.weight_packed", DType::kI32, pshape, packed.data(),
+                                  uint64_t(pshape[0] * pshape[1] * 4)},
+                                 {"other", DType::kF32, {1}, &other, 4}};
+    if (with_shape) v.push_back({"m.weight_shape", DType::kI64, {2}, shape, 16});
+    if (with_plain) v.push_back({"m.weight", DType::kI8, {2, 11}, q.data(), 22});
+    ASSERT_TRUE(checkpoint_write(dir, v).is_ok());
+  };
+  {
+    TmpDir d;
+    write(d.path(), {2, 2}, true, false);
+    auto ck = Checkpoint::open(d.path());
+    ASSERT_TRUE(ck.is_ok()) << ck.status().message();
+    EXPECT_EQ(ck->names(), (std::vector<std::string>{"m.weight", "other"}));
+    const TensorInfo* t = ck->find("m.weight");
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->dtype, DType::kI8);
+    EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 11}));
+    const int8_t* v = reinterpret_cast<const int8_t*>(ck->data(*t));
+    EXPECT_EQ(std::vector<int8_t>(v, v + 22), q);
+    EXPECT_EQ(ck->data(*t), ck->data(*t));  // unpacked once
+    ASSERT_NE(ck->packed_of("m.weight"), nullptr);
+    EXPECT_EQ(ck->packed_of("other"), nullptr);
+    EXPECT_EQ(ck->file_of("m.weight"), "model.safetensors");
+    EXPECT_EQ(ck->total_bytes(), 16u + 16u + 4u);  // as stored
+  }
+  struct Bad {
+    std::vector<int64_t> pshape;
+    bool with_shape, with_plain;
+    std::string want;
+  };
+  for (const Bad& b : {Bad{{2, 2}, false, false, "'m.weight_packed' has no 'm.weight_shape'"},
+                       Bad{{4, 1}, true, false, "expected I32 [2,2]"},  // same bytes
+                       Bad{{2, 2}, true, true, "stored both packed"}}) {
+    TmpDir d;
+    write(d.path(), b.pshape, b.with_shape, b.with_plain);
+    auto ck = Checkpoint::open(d.path());
+    ASSERT_FALSE(ck.is_ok()) << b.want;
+    EXPECT_EQ(ck.status().code(), StatusCode::kInvalidInput);
+    EXPECT_NE(ck.status().message().find(b.want), std::string::npos) << ck.status().message();
+  }
 }
 
 TEST(SafetensorsCheckpointTest, MissingCheckpoint) {
