@@ -144,6 +144,13 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "quantize w8a8 static entropy" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q8" --scheme w8a8 --activations static --observer entropy --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
   expect_grep "quantize reports KL" "$T/out" '"kl_vs_float"'
   expect_rc "the int8 model evaluates" 0 "$SHRINK" eval "$T/q8" --data "$T/shards" --seq-len 64
+  expect_rc "quantize w4a16" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q4" --scheme w4a16 --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
+  expect_grep "w4a16 picks groups of 32 (K = 352 here)" "$T/q4/config.json" '"group_size": *32'
+  expect_grep "w4a16 writes pack-quantized" "$T/q4/config.json" '"pack-quantized"'
+  expect_rc "inspect the w4a16 model" 0 "$SHRINK" inspect "$T/q4"
+  expect_grep "inspect reports 4-bit weights" "$T/out" "I4"
+  if grep -aq 'weight_packed' "$T/q4/model.safetensors"; then ok "w4a16 stores weight_packed"; else bad "no weight_packed in the w4a16 file"; fi
+  expect_rc "the w4a16 model evaluates" 0 "$SHRINK" eval "$T/q4" --data "$T/shards" --seq-len 64
   expect_rc "quantize --bits 5 exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --bits 5
   expect_grep "the bits error names the value" "$T/err" "bits 5 is not supported"
   expect_rc "quantize with an unknown observer exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --activations static --observer vibes
