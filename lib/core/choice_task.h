@@ -87,6 +87,11 @@ struct ChoiceTaskConvertOptions {
   std::string in;         // JSONL, one record per line
   std::string labels;     // piqa only: a file of one label per line, for records without "label"
   int64_t max_items = 0;  // 0 = all
+  // k-shot: the first `fewshot` records of `fewshot_from` (of the same subject for MMLU: lm-eval's
+  // first_n sampler over MMLU's dev split), each as its query, " ", its right choice and "\n\n",
+  // before the query. Not for winogrande.
+  int64_t fewshot = 0;
+  std::string fewshot_from;
 };
 struct ChoiceTaskConvertResult {
   int64_t items = 0;

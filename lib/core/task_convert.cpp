@@ -3,6 +3,7 @@
 // prompts, so that `eval --task` and `verify --task` score them as lm-eval does. See
 // choice_task.h; tested in tests/core/test_choice_task.cpp.
 #include <algorithm>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -111,28 +112,45 @@ class Record {
 
 const char* kUnlabeled = "expected the labelled split (test splits are usually unlabelled)";
 
-json choice_item(const std::string& context, const std::vector<std::string>& choices, int64_t label,
-                 const Record& r) {
-  if (choices.size() < 2) r.fail(strfmt("%zu choice(s); expected at least 2", choices.size()));
-  if (label < 0 || label >= int64_t(choices.size()))
-    r.fail(strfmt("label %lld is not a choice index; expected 0..%zu", (long long)label,
-                  choices.size() - 1));
-  // The context ends with lm-eval's target delimiter (" "), which the loader moves to the front
-  // of each choice, so the choices' lengths for acc_norm are lm-eval's.
-  return {{"context", context + " "}, {"choices", choices}, {"label", label}};
+// One multiple-choice document as lm-eval renders it: the task's description (MMLU's subject
+// line), the query (doc_to_text) and the choices (doc_to_choice).
+struct Doc {
+  std::string description, query;
+  std::vector<std::string> choices;
+  int64_t label = 0;
+  std::string group;  // MMLU's subject: few-shot examples come from the same one
+};
+
+Doc checked(Doc d, const Record& r) {
+  if (d.choices.size() < 2) r.fail(strfmt("%zu choice(s); expected at least 2", d.choices.size()));
+  if (d.label < 0 || d.label >= int64_t(d.choices.size()))
+    r.fail(strfmt("label %lld is not a choice index; expected 0..%zu", (long long)d.label,
+                  d.choices.size() - 1));
+  return d;
 }
 
-json hellaswag(const Record& r) {
+// lm-eval's request: description, then each few-shot example as its query, the target delimiter
+// (" ") and its right choice, then the fewshot delimiter ("\n\n"), then the query. The context
+// ends with the target delimiter, which the loader moves to the front of each choice, so the
+// choices' lengths for acc_norm are lm-eval's.
+json choice_item(const Doc& d, const std::vector<const Doc*>& shots) {
+  std::string ctx = d.description;
+  for (const Doc* e : shots) ctx += e->query + " " + e->choices[size_t(e->label)] + "\n\n";
+  return {{"context", ctx + d.query + " "}, {"choices", d.choices}, {"label", d.label}};
+}
+
+Doc hellaswag(const Record& r) {
   const std::string ctx = r.str("ctx_a") + " " + py_capitalize(r.str("ctx_b"));
   std::vector<std::string> endings = r.strs(r.get("endings"), "\"endings\"");
   for (auto& e : endings) e = hellaswag_preprocess(e);
-  return choice_item(hellaswag_preprocess(r.str("activity_label") + ": " + ctx), endings,
-                     r.index(r.get("label"), "\"label\"", kUnlabeled), r);
+  return checked({"", hellaswag_preprocess(r.str("activity_label") + ": " + ctx), endings,
+                  r.index(r.get("label"), "\"label\"", kUnlabeled)},
+                 r);
 }
 
 // ARC and OpenBookQA: the AI2 layout nests the stem and choices in "question"; the HF layout has
 // them side by side, with "choices" as parallel "text" and "label" arrays.
-json arc_like(const Record& r, bool obqa) {
+Doc arc_like(const Record& r, bool obqa) {
   std::string stem;
   std::vector<std::string> texts, labels;
   if (r.has("question") && r.get("question").is_object()) {
@@ -165,10 +183,10 @@ json arc_like(const Record& r, bool obqa) {
   for (size_t i = 0; i < labels.size(); ++i)
     if (labels[i] == key) label = int64_t(i);
   if (label < 0) r.fail("\"answerKey\" \"" + key + "\" is not one of the choices' labels");
-  return choice_item(obqa ? stem : "Question: " + stem + "\nAnswer:", texts, label, r);
+  return checked({"", obqa ? stem : "Question: " + stem + "\nAnswer:", texts, label}, r);
 }
 
-json piqa(const Record& r, const std::vector<std::string>& labels, size_t record) {
+Doc piqa(const Record& r, const std::vector<std::string>& labels, size_t record) {
   int64_t label;
   if (r.has("label")) {
     label = r.index(r.get("label"), "\"label\"", kUnlabeled);
@@ -180,8 +198,8 @@ json piqa(const Record& r, const std::vector<std::string>& labels, size_t record
                  labels.size(), record + 1));
     label = r.index(json(labels[record]), strfmt("labels file line %zu", record + 1), kUnlabeled);
   }
-  return choice_item("Question: " + r.str("goal") + "\nAnswer:", {r.str("sol1"), r.str("sol2")},
-                     label, r);
+  return checked(
+      {"", "Question: " + r.str("goal") + "\nAnswer:", {r.str("sol1"), r.str("sol2")}, label}, r);
 }
 
 json winogrande(const Record& r) {
@@ -197,16 +215,16 @@ json winogrande(const Record& r) {
           {"label", answer - 1}};
 }
 
-json mmlu(const Record& r) {
+Doc mmlu(const Record& r) {
   const std::vector<std::string> choices = r.strs(r.get("choices"), "\"choices\"");
   if (choices.size() < 2 || choices.size() > 26)
     r.fail(strfmt("%zu choices; expected 2..26", choices.size()));
-  std::string ctx;
+  std::string desc;
   if (r.has("subject")) {
-    ctx = "The following are multiple choice questions (with answers) about " +
-          py_replace(r.str("subject"), "_", " ") + ".\n\n";
+    desc = "The following are multiple choice questions (with answers) about " +
+           py_replace(r.str("subject"), "_", " ") + ".\n\n";
   }
-  ctx += py_strip(r.str("question"));
+  std::string ctx = py_strip(r.str("question"));
   std::vector<std::string> letters;
   for (size_t i = 0; i < choices.size(); ++i) {
     letters.push_back(std::string(1, char('A' + i)));
@@ -221,7 +239,7 @@ json mmlu(const Record& r) {
   } else {
     label = r.index(a, "\"answer\"", kUnlabeled);
   }
-  return choice_item(ctx, letters, label, r);
+  return checked({desc, ctx, letters, label, r.has("subject") ? r.str("subject") : ""}, r);
 }
 
 Result<std::vector<std::string>> lines_of(const std::string& path) {
@@ -254,43 +272,84 @@ Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptio
                "their own",
                o.format.c_str());
   SHRINK_CHECK(o.max_items >= 0, StatusCode::kInvalidInput, "--max-items must be >= 0");
+  SHRINK_CHECK(o.fewshot >= 0, StatusCode::kInvalidInput, "--fewshot must be >= 0");
+  SHRINK_CHECK(o.fewshot == 0 || !o.fewshot_from.empty(), StatusCode::kInvalidInput,
+               "--fewshot %lld needs --fewshot-from FILE (e.g. MMLU's dev split)",
+               (long long)o.fewshot);
+  SHRINK_CHECK(o.fewshot == 0 || o.format != "winogrande", StatusCode::kInvalidInput,
+               "--fewshot: winogrande is scored zero-shot here (partial scoring)");
   SHRINK_ASSIGN_OR_RETURN(std::vector<std::string> lines, lines_of(o.in));
   std::vector<std::string> labels;
   if (!o.labels.empty()) {
     SHRINK_ASSIGN_OR_RETURN(labels, lines_of(o.labels));
     while (!labels.empty() && py_strip(labels.back()).empty()) labels.pop_back();
   }
+  // Each non-blank line of a file as a record, in order.
+  auto for_records = [&](const std::string& path, const std::vector<std::string>& ls,
+                         const std::function<bool(const Record&, size_t)>& f) {
+    size_t record = 0;
+    for (size_t ln = 0; ln < ls.size(); ++ln) {
+      if (py_strip(ls[ln]).empty()) continue;
+      const std::string at = strfmt("%s:%zu", path.c_str(), ln + 1);
+      const json j = json::parse(ls[ln], nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object()) {
+        throw Error(StatusCode::kInvalidInput,
+                    at + ": not a JSON object; expected one " + o.format + " record per line");
+      }
+      if (!f(Record(j, at), record++)) break;
+    }
+    return record;
+  };
+  auto doc_of = [&](const Record& r, const std::vector<std::string>& ls, size_t record) {
+    if (o.format == "hellaswag") return hellaswag(r);
+    if (o.format == "arc") return arc_like(r, false);
+    if (o.format == "openbookqa") return arc_like(r, true);
+    if (o.format == "piqa") return piqa(r, ls, record);
+    return mmlu(r);
+  };
   ChoiceTaskConvertResult res;
   std::string out;
-  size_t record = 0;
+  size_t records = 0;
   try {
-    for (size_t ln = 0; ln < lines.size(); ++ln) {
-      if (o.max_items > 0 && res.items >= o.max_items) break;
-      if (py_strip(lines[ln]).empty()) continue;
-      const std::string at = strfmt("%s:%zu", o.in.c_str(), ln + 1);
-      const json j = json::parse(lines[ln], nullptr, /*allow_exceptions=*/false);
-      SHRINK_CHECK(!j.is_discarded() && j.is_object(), StatusCode::kInvalidInput,
-                   "%s: not a JSON object; expected one %s record per line", at.c_str(),
-                   o.format.c_str());
-      const Record r(j, at);
+    std::vector<Doc> pool;  // few-shot examples, in file order
+    if (o.fewshot > 0) {
+      SHRINK_ASSIGN_OR_RETURN(std::vector<std::string> fl, lines_of(o.fewshot_from));
+      for_records(o.fewshot_from, fl, [&](const Record& r, size_t) {
+        pool.push_back(doc_of(r, {}, 0));
+        return true;
+      });
+    }
+    records = for_records(o.in, lines, [&](const Record& r, size_t record) {
+      if (o.max_items > 0 && res.items >= o.max_items) return false;
       json item;
-      if (o.format == "hellaswag") item = hellaswag(r);
-      if (o.format == "arc") item = arc_like(r, false);
-      if (o.format == "openbookqa") item = arc_like(r, true);
-      if (o.format == "piqa") item = piqa(r, labels, record);
-      if (o.format == "winogrande") item = winogrande(r);
-      if (o.format == "mmlu") item = mmlu(r);
+      if (o.format == "winogrande") {
+        item = winogrande(r);
+      } else {
+        const Doc d = doc_of(r, labels, record);
+        // lm-eval's first_n sampler, as MMLU uses it: the first examples of the few-shot split
+        // (of the same subject for MMLU).
+        std::vector<const Doc*> shots;
+        for (const Doc& e : pool) {
+          if (int64_t(shots.size()) < o.fewshot && e.group == d.group) shots.push_back(&e);
+        }
+        if (int64_t(shots.size()) < o.fewshot) {
+          r.fail(strfmt("%zu few-shot examples%s in %s; expected --fewshot %lld", shots.size(),
+                        d.group.empty() ? "" : (" of subject " + d.group).c_str(),
+                        o.fewshot_from.c_str(), (long long)o.fewshot));
+        }
+        item = choice_item(d, shots);
+      }
       for (const char* id : {"ind", "id", "qID"}) {
         if (r.has(id)) {
-          item["id"] = j[id];
+          item["id"] = r.get(id);
           break;
         }
       }
       out += item.dump(-1, ' ', false, json::error_handler_t::replace);
       out += '\n';
       res.items++;
-      record++;
-    }
+      return true;
+    });
   } catch (const Error& e) {
     return Status(e.code(), e.what());
   }
@@ -298,10 +357,10 @@ Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptio
                "%s: no records; expected one %s record "
                "per line",
                o.in.c_str(), o.format.c_str());
-  SHRINK_CHECK(labels.empty() || o.max_items > 0 || labels.size() == record,
+  SHRINK_CHECK(labels.empty() || o.max_items > 0 || labels.size() == records,
                StatusCode::kInvalidInput,
                "%s has %zu labels for %zu records; expected one per record", o.labels.c_str(),
-               labels.size(), record);
+               labels.size(), records);
   SHRINK_RETURN_IF_ERROR(write_file_atomic(out_path, out));
   return res;
 }

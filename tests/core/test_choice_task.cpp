@@ -365,6 +365,47 @@ TEST(ChoiceTask, ConvertsStandardBenchmarksWithLmEvalPrompts) {
   EXPECT_EQ(m[1]["context"], "Pick C\nA. a\nB. b\nC. c\nAnswer: ");
   EXPECT_EQ(m[1]["label"], 2);
 
+  // MMLU 5-shot as lm-eval builds it: the first examples of the dev split of the same subject,
+  // each with its answer, after the description line.
+  {
+    const std::string dev = tmp("mmlu_dev.jsonl"), test = tmp("mmlu_test.jsonl"),
+                      out = tmp("mmlu_5shot.jsonl");
+    write(dev,
+          "{\"question\": \"1 + 1?\", \"subject\": \"math\", \"choices\": [\"2\", \"3\"], "
+          "\"answer\": 0}\n"
+          "{\"question\": \"Capital of France?\", \"subject\": \"geo\", \"choices\": "
+          "[\"Rome\", \"Paris\"], \"answer\": 1}\n"
+          "{\"question\": \"2 + 2?\", \"subject\": \"math\", \"choices\": [\"5\", \"4\"], "
+          "\"answer\": 1}\n"
+          "{\"question\": \"3 + 3?\", \"subject\": \"math\", \"choices\": [\"6\", \"7\"], "
+          "\"answer\": 0}\n");
+    write(test,
+          "{\"question\": \"4 + 4?\", \"subject\": \"math\", \"choices\": [\"9\", \"8\"], "
+          "\"answer\": 1}\n");
+    ChoiceTaskConvertOptions o;
+    o.format = "mmlu";
+    o.in = test;
+    o.fewshot = 2;
+    o.fewshot_from = dev;
+    auto r = choice_task_convert(o, out);
+    ASSERT_TRUE(r.is_ok()) << r.status().message();
+    const json j = json::parse(read_file(out).take_or_throw());
+    EXPECT_EQ(j["context"],
+              "The following are multiple choice questions (with answers) about math.\n\n"
+              "1 + 1?\nA. 2\nB. 3\nAnswer: A\n\n"
+              "2 + 2?\nA. 5\nB. 4\nAnswer: B\n\n"
+              "4 + 4?\nA. 9\nB. 8\nAnswer: ");
+    EXPECT_EQ(j["label"], 1);
+    o.fewshot = 4;  // only three math examples
+    auto few = choice_task_convert(o, out);
+    ASSERT_FALSE(few.is_ok());
+    EXPECT_NE(few.status().message().find("3 few-shot examples of subject math"), std::string::npos)
+        << few.status().message();
+    EXPECT_NE(few.status().message().find(test + ":1"), std::string::npos);
+    o.fewshot_from.clear();
+    EXPECT_NE(choice_task_convert(o, out).status().message().find("needs --fewshot-from"),
+              std::string::npos);
+  }
   // Every converted file loads as a task.
   const Tokenizer tok = small_bpe();
   for (const char* fmt : {"hellaswag", "arc", "openbookqa", "piqa", "winogrande", "mmlu"}) {

@@ -129,6 +129,12 @@ void register_data(CLI::App& app, Globals& g) {
                    "piqa: a labels file (one 0/1 per line, as valid-labels.lst)");
   conv->add_option("--max-items", co->c.max_items, "At most this many items (0: all)")
       ->capture_default_str();
+  conv->add_option("--fewshot", co->c.fewshot,
+                   "Examples before each query: the first K records of --fewshot-from (of the "
+                   "same subject for mmlu, as lm-eval's first_n sampler over MMLU's dev split)")
+      ->capture_default_str();
+  conv->add_option("--fewshot-from", co->c.fewshot_from,
+                   "Records (same format) the few-shot examples come from, e.g. MMLU's dev split");
   conv->callback([co, &g] {
     g.exit_code = run_guarded("data convert-task", g, false, [&] {
       core::ChoiceTaskConvertResult r = core::choice_task_convert(co->c, co->out).take_or_throw();
