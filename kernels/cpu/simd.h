@@ -76,17 +76,27 @@ inline vf vload_s8(const int8_t* p) {
 inline vf vload_s8_n(const int8_t* p, int64_t n) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(vmask(n), p)));
 }
-/// A block of 32 4-bit values (16 bytes: byte j holds value j + 8 in its low nibble and value
-/// j + 16, + 8, in its high nibble) -> 32 / kW float vectors of the values, in order. AVX-512:
-/// each byte widened to a lane, then a 16-entry table lookup per nibble (vpermps reads only an
-/// index's low 4 bits, so the high nibble needs a shift but no mask), 5 instructions per 32.
-inline void vload_s4_block(const uint8_t* p, vf* out) {
+/// 4-bit weights (16 bytes per block of 32: byte j holds value j + 8 in its low nibble and value
+/// j + 16, + 8, in its high nibble), dequantized to q * scale in registers. AVX-512: the group's
+/// 16 possible weights sit in one register (S4Group), and each byte widened to a lane picks two
+/// of them by `vpermps` (which reads only an index's low 4 bits, so the high nibble needs a
+/// shift but no mask): 4 instructions per 32 weights, the scale included.
+struct S4Group {
+  vf lut;
+};
+inline S4Group s4_group(float scale) {
+  const __m512 q = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f,
+                                  3.f, 4.f, 5.f, 6.f, 7.f);
+  return {_mm512_mul_ps(q, _mm512_set1_ps(scale))};
+}
+inline void vload_s4_block(const uint8_t* p, const S4Group& g, vf* out) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f,
-                                    3.f, 4.f, 5.f, 6.f, 7.f);
-  out[0] = _mm512_permutexvar_ps(b, lut);
-  out[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut);
-}/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
+  out[0] = _mm512_permutexvar_ps(b, g.lut);
+  out[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), g.lut);
+}
+/// The same without a scale: q itself.
+inline void vload_s4_block(const uint8_t* p, vf* out) { vload_s4_block(p, s4_group(1.0f), out); }
+/// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
 inline vf vload_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
@@ -169,6 +179,10 @@ inline vf vload_s8_n(const int8_t* p, int64_t n) {
   std::memcpy(buf, p, size_t(n < 8 ? n : 8));
   return vload_s8(buf);
 }
+struct S4Group {
+  vf scale;
+};
+inline S4Group s4_group(float scale) { return {_mm256_set1_ps(scale)}; }
 inline void vload_s4_block(const uint8_t* p, vf* out) {
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   const __m128i m = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
@@ -178,7 +192,12 @@ inline void vload_s4_block(const uint8_t* p, vf* out) {
   out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
   out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
   out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-}inline vf vload_bf16(const uint16_t* p) {
+}
+inline void vload_s4_block(const uint8_t* p, const S4Group& g, vf* out) {
+  vload_s4_block(p, out);
+  for (int j = 0; j < 4; ++j) out[j] = _mm256_mul_ps(out[j], g.scale);
+}
+inline vf vload_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(
       _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
@@ -208,7 +227,7 @@ inline void vstore_s8_n(int8_t* p, vf v, int64_t n) {
 }
 #endif
 
-/// Vectors per block of 32 4-bit values (vload_s4_block).
+/// Vectors per block of 32 4-bit weights (vload_s4_block).
 constexpr int kS4Vecs = 32 / kW;
 
 /// exp(x) for float lanes: x = n*ln2 + r, |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
