@@ -84,18 +84,25 @@ inline vf vload_s8_n(const int8_t* p, int64_t n) {
 struct S4Group {
   vf lut;
 };
+inline vf s4_values() {
+  return _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f,
+                        5.f, 6.f, 7.f);
+}
 inline S4Group s4_group(float scale) {
-  const __m512 q = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f,
-                                  3.f, 4.f, 5.f, 6.f, 7.f);
-  return {_mm512_mul_ps(q, _mm512_set1_ps(scale))};
+  return {_mm512_mul_ps(s4_values(), _mm512_set1_ps(scale))};
+}
+inline void s4_lookup(const uint8_t* p, vf lut, vf* out) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  out[0] = _mm512_permutexvar_ps(b, lut);
+  out[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut);
 }
 inline void vload_s4_block(const uint8_t* p, const S4Group& g, vf* out) {
-  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  out[0] = _mm512_permutexvar_ps(b, g.lut);
-  out[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), g.lut);
+  s4_lookup(p, g.lut, out);
 }
 /// The same without a scale: q itself.
-inline void vload_s4_block(const uint8_t* p, vf* out) { vload_s4_block(p, s4_group(1.0f), out); }
+inline void vload_s4_block(const uint8_t* p, vf* out) {
+  s4_lookup(p, s4_values(), out);
+}
 /// kW bf16 (raw bit patterns) -> float: the 16 bits become the top half of a float (exact).
 inline vf vload_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(

@@ -264,6 +264,14 @@ double observer_entropy(const AbsHistogram& h) {
   return std::min(h.max(), double(best_i) * h.bin_width());
 }
 
+int64_t int4_default_group(const std::vector<int64_t>& in_features) {
+  int64_t g = 128;
+  while (g > 32 &&
+         std::any_of(in_features.begin(), in_features.end(), [&](int64_t k) { return k % g != 0; }))
+    g /= 2;
+  return g;
+}
+
 void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out) {
   const int64_t bytes = int4_packed_cols(cols) * 4;
   for (int64_t r = 0; r < rows; ++r) {

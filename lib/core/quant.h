@@ -71,6 +71,9 @@ struct QuantScheme {
 nlohmann::json quant_config_to_json(const QuantScheme& s);
 /// Parse it back; errors name the offending field.
 Result<QuantScheme> quant_config_from_json(const nlohmann::json& j);
+/// The group size a 4-bit scheme takes when none is given: the largest of 128, 64 and 32 that
+/// divides every input width (32 when none does).
+int64_t int4_default_group(const std::vector<int64_t>& in_features);
 /// Check a scheme against layer widths (group size divides every K; 4 bits only for weights).
 Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& in_features);
 

@@ -264,9 +264,11 @@ const std::vector<std::string>& choice_task_formats() {
 Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptions& o,
                                                     const std::string& out_path) {
   const auto& fs = choice_task_formats();
-  SHRINK_CHECK(std::find(fs.begin(), fs.end(), o.format) != fs.end(), StatusCode::kInvalidInput,
-               "--format %s: expected one of hellaswag, arc, openbookqa, piqa, winogrande, mmlu",
-               o.format.c_str());
+  if (std::find(fs.begin(), fs.end(), o.format) == fs.end()) {
+    std::string names;
+    for (const std::string& f : fs) names += (names.empty() ? "" : ", ") + f;
+    return invalid_input("--format " + o.format + ": expected one of " + names);
+  }
   SHRINK_CHECK(o.labels.empty() || o.format == "piqa", StatusCode::kInvalidInput,
                "--labels is for piqa (its labels come in a separate file); %s records carry "
                "their own",

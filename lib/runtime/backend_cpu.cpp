@@ -176,13 +176,8 @@ class CpuBackend : public Backend {
       // of W8A16.
       l->ld4 = kc::s4_row_bytes(d.in);
       l->q4.resize(size_t(d.out * l->ld4));
-      for (int64_t n = 0; n < d.out; ++n) {
-        const int8_t* q = l->q.data() + n * d.in;
-        for (int64_t k = 0; k < d.in; ++k) {
-          SHRINK_CHECK(q[k] >= -8 && q[k] <= 7, StatusCode::kInternal,
-                       "%s: a 4-bit weight holds %d", d.name.c_str(), int(q[k]));
-        }
-        kc::s4_pack_row(q, d.in, l->q4.data() + n * l->ld4);
+      for (int64_t n = 0; n < d.out; ++n) {  // values in [-8, 7]: the engine checked them
+        kc::s4_pack_row(l->q.data() + n * d.in, d.in, l->q4.data() + n * l->ld4);
       }
       l->q = {};
       l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * 4;
@@ -231,32 +226,35 @@ class CpuBackend : public Backend {
         }
         break;
       case LinearKind::kW8A16: {
-        if (!l.q4.empty()) {
-          linear_w4a16(l, x, M, y, ldy, big);
-          break;
-        }
+        const int64_t G = (K + l.group - 1) / l.group;
+        const bool four = !l.q4.empty();
         if (big) {
           // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
           // then the library's fp32 GEMM.
-          const int64_t G = (K + l.group - 1) / l.group;
           deq_.resize(size_t(N * K));
           kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
             for (int64_t n = b; n < e; ++n) {
-              const int8_t* q = l.q.data() + n * K;
+              const int8_t* q = four ? nullptr : l.q.data() + n * K;
+              const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
               float* d = deq_.data() + n * K;
               for (int64_t g = 0; g < G; ++g) {
                 const float s = l.scale[size_t(n * G + g)];
                 const int64_t k1 = std::min(K, (g + 1) * l.group);
-                for (int64_t k = g * l.group; k < k1; ++k) d[k] = float(q[k]) * s;
+                for (int64_t k = g * l.group; k < k1; ++k)
+                  d[k] = float(four ? kc::s4_value(p4, k) : q[k]) * s;
               }
             }
           });
           if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
         }
         kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
-          const int64_t G = (K + l.group - 1) / l.group;
-          k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
-                           l.group, y + b, ldy);
+          if (four) {
+            k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
+                             l.scale.data() + b * G, l.group, y + b, ldy);
+          } else {
+            k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
+                             l.group, y + b, ldy);
+          }
         });
         break;
       }
@@ -295,32 +293,6 @@ class CpuBackend : public Backend {
         for (int64_t n = 0; n < N; ++n) yr[n] += l.bias[size_t(n)];
       }
     }
-  }
-
-  // 4-bit weights: the GEMVs up to kGemvMaxM rows; prefill dequantizes once into float (N*K,
-  // against M*N*K for the product) for the library's fp32 GEMM, as W8A16 does.
-  void linear_w4a16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
-                    bool big) {
-    const int64_t N = l.out, K = l.in, G = (K + l.group - 1) / l.group;
-    if (big) {
-      deq_.resize(size_t(N * K));
-      kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) {
-          const uint8_t* p = l.q4.data() + n * l.ld4;
-          float* d = deq_.data() + n * K;
-          for (int64_t g = 0; g < G; ++g) {
-            const float s = l.scale[size_t(n * G + g)];
-            const int64_t k1 = std::min(K, (g + 1) * l.group);
-            for (int64_t k = g * l.group; k < k1; ++k) d[k] = float(kc::s4_value(p, k)) * s;
-          }
-        }
-      });
-      if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
-    }
-    kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
-      k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4, l.scale.data() + b * G,
-                       l.group, y + b, ldy);
-    });
   }
 
   // bf16 weights: see CpuBackendOptions::float_weights.

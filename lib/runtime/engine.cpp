@@ -581,14 +581,12 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
     scheme.quantized = true;
     scheme.strategy = WeightStrategy::kChannel;
     scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
-  } else if (dtype == "w4a16") {  // as `shrink quantize --scheme w4a16` writes: groups of
-    scheme.quantized = true;      // 128, or the largest of 64 and 32 that divides every K
+  } else if (dtype == "w4a16") {  // the groups `shrink quantize --scheme w4a16` picks
+    scheme.quantized = true;
     scheme.bits = 4;
     scheme.strategy = WeightStrategy::kGroup;
-    scheme.group_size = 128;
-    while (scheme.group_size > 32 && (cfg.hidden_size % scheme.group_size != 0 ||
-                                      cfg.intermediate_size % scheme.group_size != 0))
-      scheme.group_size /= 2;
+    scheme.group_size =
+        core::int4_default_group({cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size});
   } else {
     SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
                  "--dtype '%s' is not supported; expected f32, w8a16, w4a16 or w8a8",

@@ -424,23 +424,16 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
                                                                           : "";
   core::QuantScheme scheme;
   const int bits = o.scheme == "w4a16" ? 4 : 8;
+  const std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
   // 4-bit weights need groups: by default the largest of 128, 64 and 32 that divides every K.
-  int64_t group_size = o.group_size;
-  if (bits == 4 && group_size == 0) {
-    group_size = 128;
-    while (group_size > 32 && (cfg.hidden_size % group_size || cfg.q_dim() % group_size ||
-                               cfg.intermediate_size % group_size))
-      group_size /= 2;
-  }
+  const int64_t group_size =
+      bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
   scheme.bits = bits;
   scheme.weight_strategy = group_size > 0 ? "group" : "channel";
   scheme.group_size = group_size;
   scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
   scheme.observer = o.observer;
-  {
-    std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
-    throw_if_error(core::quant_scheme_validate(scheme, ks));
-  }
+  throw_if_error(core::quant_scheme_validate(scheme, ks));
   const bool act = scheme.activations != "none";
   const bool stat = scheme.activations == "static";
 
