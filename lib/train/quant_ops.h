@@ -44,6 +44,39 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
 /// ||X (w - wq)^T||^2 = sum over rows of e H e^T, given H = X^T X (float64).
 double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H);
 
+/// q = round(w / scale) clamped to the bits' range, for a given scale [out, groups] (float32):
+/// quantize_weight with the scale chosen elsewhere (AWQ's clipped scales).
+torch::Tensor quantize_with_scale(const torch::Tensor& w, const torch::Tensor& scale, int bits);
+
+/// AWQ (Lin et al. 2024), activation-aware weight quantization, for one input group (the
+/// linears `ws` that read the same input, e.g. q/k/v). Input channel j is scaled by s_j before
+/// rounding (W * s, the input divided by s is folded into the op before), so channels that carry
+/// large activations lose less. Candidates, as AutoAWQ: s = mx^r / wm^(1 - r) ("duo") and
+/// s = mx^r ("plain") for r = 0, 1/grid, .., (grid - 1)/grid, normalized by sqrt(max s * min s),
+/// where mx is the mean |x| of each input channel and wm the mean over output rows of
+/// |w| / max|w| of its group. The objective is the group's linear outputs on the calibration
+/// inputs, sum over ws of ||X (W - Q(W s) / s)^T||^2 through H = X^T X (AutoAWQ runs the
+/// attention or MLP block instead). r = 0 is round-to-nearest, so the result is never worse than
+/// RTN on this objective.
+struct AwqScale {
+  torch::Tensor s;     // [in] float32 (all ones if r = 0 won)
+  double ratio = 0;    // the winning r
+  bool duo = false;    // the winning form
+  double err = 0;      // the objective at the winner
+  double err_rtn = 0;  // the objective at r = 0 (round to nearest)
+};
+/// With tied > 1 the input channels are [kv heads, tied, head_dim] and each factor is shared by
+/// the tied heads (o_proj's input under GQA, whose factors fold into v_proj's rows).
+AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Tensor& x_mean,
+                          const torch::Tensor& H, int64_t group_size, int bits, int grid = 20,
+                          int64_t tied = 1, int64_t head_dim = 0);
+/// AWQ's clipping search for one linear: per output row and group, the clipping ratio c in 1,
+/// 0.95, .., 0.55 (grid 20, shrink up to 0.45) whose scale c max|w| / qmax gives the least
+/// output error of the group's columns, e_g H_gg e_g^T. Returns the scale [out, groups]
+/// (float32); c = 1 is quantize_weight's scale.
+torch::Tensor awq_clip_scale(const torch::Tensor& w, const torch::Tensor& H, int64_t group_size,
+                             int bits, int grid = 20);
+
 /// Fake-quant x [..., K]: per token (scale = max|x_t| / 127) or with a fixed per-tensor scale.
 torch::Tensor fake_quant_per_token(const torch::Tensor& x);
 torch::Tensor fake_quant_static(const torch::Tensor& x, float scale);
@@ -62,6 +95,12 @@ struct FakeQuantTap : LinearTap {
 /// groups ("qkv", "o", "gate_up", "down"). Float outputs are unchanged up to rounding.
 void smoothquant_layer(DecoderLayerImpl& layer, const std::map<std::string, torch::Tensor>& act_max,
                        double alpha, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
+
+/// Divide one decoder layer's linear inputs by per-channel factors and multiply the reading
+/// weights' columns by them, folded as SmoothQuant folds (same groups; "o" is [n_kv_heads *
+/// head_dim], one factor per KV group and channel). Float outputs are unchanged up to rounding.
+void scale_layer_inputs(DecoderLayerImpl& layer, const std::map<std::string, torch::Tensor>& s,
+                        int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
 
 /// Fill a model built from a quantized config with the dequantized weights of `ckpt` and install
 /// the fake-quant activation tap (model_load calls this for int8 directories).

@@ -117,6 +117,104 @@ double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const
   return (e.matmul(H.to(torch::kFloat64)) * e).sum().item<double>();
 }
 
+torch::Tensor quantize_with_scale(const torch::Tensor& w, const torch::Tensor& scale, int bits) {
+  auto wf = w.detach().to(torch::kFloat32);
+  const int64_t out = wf.size(0), in = wf.size(1), groups = scale.size(1);
+  auto inv = 1.0f / scale.to(torch::kFloat32);
+  auto q = torch::round(wf.reshape({out, groups, in / groups}) * inv.unsqueeze(-1))
+               .clamp(qmin_of(bits), qmax_of(bits));
+  return q.reshape({out, in}).to(torch::kInt8);
+}
+
+namespace {
+
+// ||X e^T||^2 = sum of e H e^T for e = w - wq, in float32 (H given as float32): the candidates'
+// errors differ far above float32's rounding, and float64 GEMMs were most of the search's time.
+double output_error_f32(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H32) {
+  auto e = w.to(torch::kFloat32) - wq.to(torch::kFloat32);
+  return (e.matmul(H32) * e).sum(1).to(torch::kFloat64).sum().item<double>();
+}
+
+}  // namespace
+
+AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Tensor& x_mean,
+                          const torch::Tensor& H, int64_t gs, int bits, int grid, int64_t tied,
+                          int64_t head_dim) {
+  torch::NoGradGuard ng;
+  auto H32 = H.to(torch::kFloat32);
+  const int64_t in = x_mean.size(0);
+  auto mx = x_mean.to(torch::kFloat64);
+  // wm: per input channel, the mean over every output row of |w| / max|w| of its group.
+  auto wcat = torch::cat(ws, 0).detach().to(torch::kFloat64);
+  const int64_t g = gs > 0 ? gs : in;
+  auto wv = wcat.abs().reshape({wcat.size(0), in / g, g});
+  auto wm = (wv / wv.amax(-1, true).clamp_min(1e-12)).reshape({wcat.size(0), in}).mean(0);
+  if (tied > 1) {  // channels [kv, tied, head_dim]: average over the tied heads
+    auto tie = [&](const torch::Tensor& v) {
+      const std::vector<int64_t> shape = {in / (tied * head_dim), tied, head_dim};
+      return v.reshape(shape).mean(1, true).expand(shape).reshape({in}).contiguous();
+    };
+    mx = tie(mx);
+    wm = tie(wm);
+  }
+  AwqScale best;
+  best.s = torch::ones({in}, torch::kFloat32);
+  best.err = INFINITY;
+  for (bool duo : {false, true}) {
+    for (int k = 0; k < grid; ++k) {
+      const double r = double(k) / grid;
+      auto s = mx.pow(r);
+      if (duo) s = s / (wm.pow(1.0 - r) + 1e-4);
+      s = s.clamp_min(1e-4);
+      s = s / (s.max() * s.min()).sqrt();
+      auto s32 = s.to(torch::kFloat32);
+      double err = 0;
+      for (const auto& w : ws) {
+        auto wf = w.detach().to(torch::kFloat32);
+        auto [q, sc] = quantize_weight(wf * s32.unsqueeze(0), gs, bits);
+        err += output_error_f32(wf, dequantize_weight(q, sc) / s32.unsqueeze(0), H32);
+      }
+      if (!duo && k == 0) best.err_rtn = err;  // s = 1: round to nearest
+      if (err < best.err) {
+        best.err = err;
+        best.ratio = r;
+        best.duo = duo;
+        best.s = s32;
+      }
+    }
+  }
+  return best;
+}
+
+torch::Tensor awq_clip_scale(const torch::Tensor& w, const torch::Tensor& H, int64_t gs, int bits,
+                             int grid) {
+  torch::NoGradGuard ng;
+  using torch::indexing::Slice;
+  auto wf = w.detach().to(torch::kFloat32);
+  auto H32 = H.to(torch::kFloat32);
+  const int64_t out = wf.size(0), in = wf.size(1), g = gs > 0 ? gs : in, groups = in / g;
+  auto wv = wf.reshape({out, groups, g});
+  auto amax = wv.abs().amax(-1);  // [out, groups]
+  auto best_scale = torch::where(amax > 0, amax / float(qmax_of(bits)), torch::ones_like(amax));
+  auto best_err = torch::full({out, groups}, INFINITY, torch::kFloat64);
+  for (int k = 0; k < grid / 2; ++k) {  // c = 1, 0.95, .., 0.55
+    const float c = 1.0f - float(k) / float(grid);
+    auto scale = torch::where(amax > 0, amax * c / float(qmax_of(bits)), torch::ones_like(amax));
+    auto q = quantize_with_scale(wf, scale, bits);
+    auto e = (wf - dequantize_weight(q, scale)).reshape({out, groups, g});
+    auto err = torch::empty({out, groups}, torch::kFloat64);
+    for (int64_t j = 0; j < groups; ++j) {
+      auto ej = e.select(1, j);
+      auto Hj = H32.index({Slice(j * g, (j + 1) * g), Slice(j * g, (j + 1) * g)});
+      err.select(1, j).copy_((ej.matmul(Hj) * ej).sum(1));
+    }
+    auto better = err < best_err;
+    best_err = torch::where(better, err, best_err);
+    best_scale = torch::where(better, scale, best_scale);
+  }
+  return best_scale.contiguous();
+}
+
 torch::Tensor fake_quant_per_token(const torch::Tensor& x) {
   auto xf = x.to(torch::kFloat32);
   auto amax = xf.abs().amax(-1, /*keepdim=*/true);
@@ -156,41 +254,54 @@ torch::Tensor smooth_factor(const torch::Tensor& a, const torch::Tensor& b, doub
 
 }  // namespace
 
+void scale_layer_inputs(DecoderLayerImpl& L, const std::map<std::string, torch::Tensor>& s,
+                        int64_t nh, int64_t nkv, int64_t hd) {
+  torch::NoGradGuard ng;
+  auto& at = *L.self_attn;
+  auto& mlp = *L.mlp;
+  {  // q/k/v: fold 1/s into input_layernorm.
+    const auto& f = s.at("qkv");
+    L.input_layernorm->weight.div_(f);
+    for (auto* lin : {&at.q_proj, &at.k_proj, &at.v_proj}) (*lin)->weight.mul_(f.unsqueeze(0));
+  }
+  {  // gate/up: fold into post_attention_layernorm.
+    const auto& f = s.at("gate_up");
+    L.post_attention_layernorm->weight.div_(f);
+    mlp.gate_proj->weight.mul_(f.unsqueeze(0));
+    mlp.up_proj->weight.mul_(f.unsqueeze(0));
+  }
+  {  // o_proj input = attention output; channel (h, d) comes from v channel (h / rep, d), so one
+     // factor per (kv group, d), shared by the group's query heads, folds into v_proj rows.
+    const int64_t rep = nh / nkv;
+    auto f = s.at("o").reshape({nkv, hd});
+    at.v_proj->weight.div_(f.reshape({nkv * hd, 1}));
+    if (at.v_proj->bias.defined()) at.v_proj->bias.div_(f.reshape({nkv * hd}));
+    auto fx = f.unsqueeze(1).expand({nkv, rep, hd}).reshape({nh * hd});
+    at.o_proj->weight.mul_(fx.unsqueeze(0));
+  }
+  {  // down_proj input = silu(gate) * up: fold 1/s into up_proj rows.
+    const auto& f = s.at("down");
+    mlp.up_proj->weight.div_(f.unsqueeze(1));
+    mlp.down_proj->weight.mul_(f.unsqueeze(0));
+  }
+}
+
 void smoothquant_layer(DecoderLayerImpl& L, const std::map<std::string, torch::Tensor>& act_max,
                        double alpha, int64_t nh, int64_t nkv, int64_t hd) {
   torch::NoGradGuard ng;
   auto& at = *L.self_attn;
   auto& mlp = *L.mlp;
-  {  // q/k/v: fold 1/s into input_layernorm.
-    auto b = torch::cat({at.q_proj->weight, at.k_proj->weight, at.v_proj->weight}, 0).abs().amax(0);
-    auto s = smooth_factor(act_max.at("qkv"), b, alpha);
-    L.input_layernorm->weight.div_(s);
-    for (auto* lin : {&at.q_proj, &at.k_proj, &at.v_proj}) (*lin)->weight.mul_(s.unsqueeze(0));
-  }
-  {  // gate/up: fold into post_attention_layernorm.
-    auto b = torch::cat({mlp.gate_proj->weight, mlp.up_proj->weight}, 0).abs().amax(0);
-    auto s = smooth_factor(act_max.at("gate_up"), b, alpha);
-    L.post_attention_layernorm->weight.div_(s);
-    mlp.gate_proj->weight.mul_(s.unsqueeze(0));
-    mlp.up_proj->weight.mul_(s.unsqueeze(0));
-  }
-  {  // o_proj input = attention output; channel (h, d) comes from v channel (h / rep, d), so one
-     // factor per (kv group, d), shared by the group's query heads, folds into v_proj rows.
-    const int64_t rep = nh / nkv;
-    auto a = act_max.at("o").reshape({nkv, rep, hd}).amax(1);
-    auto b = at.o_proj->weight.abs().amax(0).reshape({nkv, rep, hd}).amax(1);
-    auto s = smooth_factor(a, b, alpha);  // [nkv, hd]
-    at.v_proj->weight.div_(s.reshape({nkv * hd, 1}));
-    if (at.v_proj->bias.defined()) at.v_proj->bias.div_(s.reshape({nkv * hd}));
-    auto sx = s.unsqueeze(1).expand({nkv, rep, hd}).reshape({nh * hd});
-    at.o_proj->weight.mul_(sx.unsqueeze(0));
-  }
-  {  // down_proj input = silu(gate) * up: fold 1/s into up_proj rows.
-    auto b = mlp.down_proj->weight.abs().amax(0);
-    auto s = smooth_factor(act_max.at("down"), b, alpha);
-    mlp.up_proj->weight.div_(s.unsqueeze(1));
-    mlp.down_proj->weight.mul_(s.unsqueeze(0));
-  }
+  const int64_t rep = nh / nkv;
+  std::map<std::string, torch::Tensor> s;
+  auto bq = torch::cat({at.q_proj->weight, at.k_proj->weight, at.v_proj->weight}, 0).abs().amax(0);
+  s["qkv"] = smooth_factor(act_max.at("qkv"), bq, alpha);
+  auto bg = torch::cat({mlp.gate_proj->weight, mlp.up_proj->weight}, 0).abs().amax(0);
+  s["gate_up"] = smooth_factor(act_max.at("gate_up"), bg, alpha);
+  auto ao = act_max.at("o").reshape({nkv, rep, hd}).amax(1);
+  auto bo = at.o_proj->weight.abs().amax(0).reshape({nkv, rep, hd}).amax(1);
+  s["o"] = smooth_factor(ao, bo, alpha).reshape({nkv * hd});
+  s["down"] = smooth_factor(act_max.at("down"), mlp.down_proj->weight.abs().amax(0), alpha);
+  scale_layer_inputs(L, s, nh, nkv, hd);
 }
 
 namespace {
@@ -288,7 +399,8 @@ void quantize_validate(const QuantizeOptions& o) {
     if (!(a >= 0 && a <= 1)) bad("--smoothquant '" + o.smoothquant + "': expected alpha in [0, 1] or auto");
   }
   if (o.method != "rtn" && o.method != "gptq") {
-    bad("--method '" + o.method + "': expected rtn (round to nearest) or gptq");
+    bad("--method '" + o.method +
+        "': expected rtn (round to nearest) or gptq; AWQ is --awq, with either");
   }
   if (o.block_size < 1 || (o.group_size > 0 && o.block_size % o.group_size != 0) ||
       (o.scheme == "w4a16" && o.block_size % 128 != 0)) {
@@ -297,6 +409,13 @@ void quantize_validate(const QuantizeOptions& o) {
   }
   if (!(o.damp >= 0 && o.damp <= 1)) bad("--damp must be in [0, 1]");
   if (o.act_order && o.method != "gptq") bad("--act-order applies to --method gptq");
+  if (o.awq && o.scheme == "w8a8") {
+    bad("--awq is for weight-only schemes (w8a16, w4a16); w8a8 moves activation outliers with "
+        "--smoothquant");
+  }
+  if (o.awq && !o.smoothquant.empty())
+    bad("--awq and --smoothquant both rescale input channels; pick one");
+  if (!o.awq_clip && !o.awq) bad("--awq-no-clip applies to --awq");
   try {
     std::regex r1(o.targets);
     if (!o.ignore.empty()) std::regex r2(o.ignore);
@@ -316,7 +435,9 @@ struct GroupStats {
   torch::Tensor act_max;  // per input channel
   core::AbsHistogram hist{2048};
   double max = 0, ema = -1;
-  torch::Tensor xtx;  // sum of x x^T (float64), for GPTQ
+  torch::Tensor xtx;      // sum of x x^T (float64), for GPTQ and AWQ
+  torch::Tensor abs_sum;  // sum of |x| per input channel (float64), for AWQ
+  int64_t rows = 0;
 };
 
 // Collects per-input-group channel maxima and |x| histograms.
@@ -324,6 +445,7 @@ struct CalibTap : LinearTap {
   std::set<std::string> wanted;  // group-head module names
   bool histograms = false;
   bool hessian = false;
+  bool means = false;
   std::map<std::string, GroupStats> stats;
   void on_input(const std::string& module, const torch::Tensor& x) override {
     if (!wanted.count(module)) return;  // only group heads are in `wanted`
@@ -340,6 +462,11 @@ struct CalibTap : LinearTap {
       // float64 GEMM was most of GPTQ's time.
       auto add = f.t().matmul(f).to(torch::kFloat64);
       g.xtx = g.xtx.defined() ? g.xtx.add_(add) : add;
+    }
+    if (means) {
+      auto s = f.abs().sum(0).to(torch::kFloat64);
+      g.abs_sum = g.abs_sum.defined() ? g.abs_sum.add_(s) : s;
+      g.rows += f.size(0);
     }
   }
 };
@@ -483,6 +610,10 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   gopt.damp = o.damp;
   gopt.act_order = o.act_order;
   nlohmann::json gptq_modules = nlohmann::json::array();
+  nlohmann::json awq_layers = nlohmann::json::array();
+  // Summed ||X dW^T||^2 over the quantized linears: the scale search's round to nearest and its
+  // winners (float coordinates); with clipping, the scaled weights unclipped and clipped.
+  double awq_err_rtn = 0, awq_err_scaled = 0, awq_err_noclip = 0, awq_err_clip = 0;
   double err_rtn = 0, err_gptq = 0;  // summed ||X dW^T||^2 over the quantized modules
   torch::Tensor X = m->model->embed_tokens(ids);
   core::Progress prog("quantize " + o.scheme, uint64_t(cfg.num_layers), "layers", o.progress);
@@ -507,10 +638,10 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     // fake-quant tap state in `tap` for the layer's groups.
     auto quantize_layer = [&](const torch::Tensor& x, bool final) {
       CalibTap ct;
-      if (stat || gptq) {
+      if (stat || gptq || o.awq) {
         ct.wanted.insert(lheads.begin(), lheads.end());
         ct.histograms = stat && (o.observer == "percentile" || o.observer == "mse" || o.observer == "entropy");
-        ct.hessian = gptq;
+        ct.hessian = gptq || o.awq;
         run_layer(layer, &ct, x);
       }
       if (stat) {
@@ -522,7 +653,13 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
           torch::Tensor& w = *params.find(mod + ".weight");
           float_w[mod] = w.clone();
           std::pair<torch::Tensor, torch::Tensor> q;
-          if (!gptq) {
+          const bool clip = o.awq && o.awq_clip && !gptq &&
+                            mod.find("q_proj") == std::string::npos &&
+                            mod.find("k_proj") == std::string::npos;  // as AutoAWQ: not q/k
+          if (clip) {
+            auto sc = awq_clip_scale(w, ct.stats.at(h).xtx, group_size, bits);
+            q = {quantize_with_scale(w, sc, bits), sc};
+          } else if (!gptq) {
             q = quantize_weight(w, group_size, bits);
           } else {
             const torch::Tensor& H = ct.stats.at(h).xtx;
@@ -539,6 +676,12 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
               err_gptq += eg;
             }
             q = g;
+          }
+          if (final && clip) {
+            const auto& H = ct.stats.at(h).xtx;
+            const auto r = quantize_weight(w, group_size, bits);
+            awq_err_noclip += layer_output_error(w, dequantize_weight(r.first, r.second), H);
+            awq_err_clip += layer_output_error(w, dequantize_weight(q.first, q.second), H);
           }
           w.copy_(dequantize_weight(q.first, q.second));
           qw[mod] = q;
@@ -581,6 +724,40 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       smoothquant_layer(layer, amax, alpha, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
       alphas[size_t(i)] = alpha;
     }
+    if (o.awq && !lheads.empty()) {
+      // AWQ: per input group, search the channel scales on the float layer's inputs, then fold
+      // them in; groups not quantized keep s = 1.
+      CalibTap ct;
+      ct.wanted.insert(lheads.begin(), lheads.end());
+      ct.hessian = ct.means = true;
+      run_layer(layer, &ct, X);
+      const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, rep = nh / nkv;
+      std::map<std::string, torch::Tensor> sc = {{"qkv", torch::ones({cfg.hidden_size})},
+                                                 {"o", torch::ones({nkv * hd})},
+                                                 {"gate_up", torch::ones({cfg.hidden_size})},
+                                                 {"down", torch::ones({cfg.intermediate_size})}};
+      nlohmann::json lj = {{"layer", i}};
+      for (const auto& h : lheads) {
+        const GroupStats& g = ct.stats.at(h);
+        const std::string grp = short_group(h);
+        auto xm = g.abs_sum / double(std::max<int64_t>(g.rows, 1));
+        std::vector<torch::Tensor> ws;
+        for (const auto& mod : group_modules(h)) ws.push_back(*params.find(mod + ".weight"));
+        // o_proj's factors fold into v_proj rows, so the query heads of a KV group share them.
+        AwqScale a =
+            awq_search_scale(ws, xm, g.xtx, group_size, bits, 20, grp == "o" ? rep : 1, hd);
+        sc[grp] = grp == "o"
+                      ? a.s.reshape({nkv, rep, hd}).select(1, 0).reshape({nkv * hd}).contiguous()
+                      : a.s;
+        awq_err_rtn += a.err_rtn;
+        awq_err_scaled += a.err;
+        lj[grp] = {{"ratio", a.ratio},
+                   {"form", a.duo ? "duo" : "plain"},
+                   {"search_error_vs_rtn", a.err_rtn > 0 ? a.err / a.err_rtn : 1.0}};
+      }
+      scale_layer_inputs(layer, sc, nh, nkv, hd);
+      awq_layers.push_back(lj);
+    }
     if (!lheads.empty()) quantize_layer(X, true);
     X = run_layer(layer, act ? tap.get() : nullptr, X);  // the quantized layer feeds the next
     prog.update(uint64_t(i + 1));
@@ -602,6 +779,18 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
   report["method"] = o.method;
+  if (o.awq) {
+    // Output error of the quantized linears on the calibration inputs: with the searched scales
+    // against round to nearest, and clipped against not (v_proj and up_proj rows change scale
+    // with the next group's factors, so the two ratios are in different coordinates).
+    report["awq"] = {{"clip", o.awq_clip && !gptq},
+                     {"grid", 20},
+                     {"scale_error_ratio", awq_err_rtn > 0 ? awq_err_scaled / awq_err_rtn : 0.0},
+                     {"layers", awq_layers}};
+    if (o.awq_clip && !gptq) {
+      report["awq"]["clip_error_ratio"] = awq_err_noclip > 0 ? awq_err_clip / awq_err_noclip : 0.0;
+    }
+  }
   if (gptq) {
     // Output error of each quantized linear on its calibration inputs, relative to its output's
     // energy, for round-to-nearest and for GPTQ (the same scales per channel).
@@ -734,9 +923,10 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", core::read_file(tokenizer).take_or_throw()));
   }
   throw_if_error(core::copy_model_sidecars(o.model, dir.path()));
-  nlohmann::json prov = {{"stage", "quantize"}, {"from", o.model}, {"scheme", o.scheme},
-                         {"activations", scheme.activations}, {"observer", o.observer},
-                         {"smoothquant", o.smoothquant}, {"method", o.method}};
+  nlohmann::json prov = {{"stage", "quantize"},    {"from", o.model},
+                         {"scheme", o.scheme},     {"activations", scheme.activations},
+                         {"observer", o.observer}, {"smoothquant", o.smoothquant},
+                         {"method", o.method},     {"awq", o.awq}};
   throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());

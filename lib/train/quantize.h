@@ -13,6 +13,11 @@
 //           (o_proj input; s shared by the query heads of a KV group) and into up_proj rows
 //           (down_proj input, valid because SwiGLU multiplies by up). `auto` picks alpha per
 //           layer from a grid by the layer's output error on the calibration data.
+//   AWQ (optional, --awq, weight-only) scales each input channel by s before rounding, so the
+//           channels that carry large activations lose less, and folds 1/s where SmoothQuant
+//           folds; s is searched per input group on the calibration data (quant_ops.h). With
+//           rtn it also searches each group's clipping range; with gptq, GPTQ then rounds the
+//           scaled weights.
 //
 // Why this way: calibration streams layer by layer, and layer i is calibrated on the outputs of
 // the already-quantized layers 0..i-1 (fake-quant), so static scales see the activations the
@@ -43,6 +48,10 @@ struct QuantizeOptions {
   int64_t block_size = 128;           // gptq: columns per block (a multiple of group_size)
   double damp = 0.01;                 // gptq: fraction of mean(diag H) added to the diagonal
   bool act_order = false;             // gptq: columns by decreasing activation energy
+  // AWQ (weight-only schemes): activation-aware channel scales searched per input group and
+  // folded into the op before; with rtn also AWQ's per-group clipping search.
+  bool awq = false;
+  bool awq_clip = true;
   std::string targets = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)";
   std::string ignore;                 // regex of modules kept in float
   // Calibration and evaluation data.

@@ -151,6 +151,11 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_grep "inspect reports 4-bit weights" "$T/out" "I4"
   if grep -aq 'weight_packed' "$T/q4/model.safetensors"; then ok "w4a16 stores weight_packed"; else bad "no weight_packed in the w4a16 file"; fi
   expect_rc "the w4a16 model evaluates" 0 "$SHRINK" eval "$T/q4" --data "$T/shards" --seq-len 64
+  expect_rc "quantize w4a16 --awq" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q4awq" --scheme w4a16 --awq --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
+  expect_grep "--awq reports its scale search" "$T/out" '"scale_error_ratio"'
+  expect_rc "the AWQ model verifies in the runtime" 0 "$SHRINK" verify "$T/q4awq" --reference "$T/rand" --data "$T/shards" --max-tokens 1024 --no-bench
+  expect_rc "quantize w8a8 --awq exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --awq
+  expect_grep "--awq with w8a8 says why" "$T/err" 'weight-only schemes'
   expect_rc "quantize --bits 5 exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --bits 5
   expect_grep "the bits error names the value" "$T/err" "bits 5 is not supported"
   expect_rc "quantize with an unknown observer exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --activations static --observer vibes

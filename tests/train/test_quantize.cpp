@@ -106,6 +106,68 @@ TEST(QuantOps, GptqReconstructsBetterThanRoundToNearest) {
   EXPECT_THROW(gptq_quantize(w, H, b), Error);
 }
 
+// AWQ on inputs with a few salient channels (large mean |x|): the searched scales protect them,
+// lowering the output error below round-to-nearest's (r = 0, which is in the grid, so never
+// above it), at 4 and 8 bits, per group and per channel. The clipping search lowers the error of
+// every (row, group) against unclipped scales and shrinks by at most 0.55.
+TEST(QuantOps, AwqScalesAndClippingBeatRoundToNearest) {
+  torch::manual_seed(6);
+  auto x = torch::randn({4096, 128}, torch::kFloat64);
+  for (int64_t j : {3, 40, 77, 100}) x.index({torch::indexing::Slice(), j}).mul_(25);
+  auto H = x.t().matmul(x);
+  auto xm = x.abs().mean(0).to(torch::kFloat32);
+  std::vector<torch::Tensor> ws = {torch::randn({48, 128}), torch::randn({32, 128}) * 0.5};
+  for (int bits : {4, 8}) {
+    for (int64_t gs : {0, 32}) {
+      const std::string what = std::to_string(bits) + " bits, group " + std::to_string(gs);
+      AwqScale a = awq_search_scale(ws, xm, H, gs, bits);
+      double rtn = 0, got = 0;
+      for (const auto& w : ws) {
+        auto [q, sc] = quantize_weight(w, gs, bits);
+        rtn += layer_output_error(w, dequantize_weight(q, sc), H);
+        auto [qs, ss] = quantize_weight(w * a.s.unsqueeze(0), gs, bits);
+        got += layer_output_error(w, dequantize_weight(qs, ss) / a.s.unsqueeze(0), H);
+      }
+      EXPECT_NEAR(a.err_rtn, rtn, 1e-4 * rtn) << what;
+      EXPECT_NEAR(a.err, got, 1e-4 * got) << what;  // the reported error is the scales' error
+      EXPECT_GT(a.ratio, 0) << what;
+      EXPECT_LT(got, 0.8 * rtn) << what;
+      EXPECT_GT(a.s[40].item<float>(), a.s.median().item<float>()) << what;  // salient: scaled up
+    }
+  }
+  // Clipping: per (row, group) never worse than c = 1, and better overall at 4 bits.
+  auto w = torch::randn({48, 128});
+  w.index_put_({0, 5}, 9.0);  // a row with one outlier weight, where clipping pays
+  for (int64_t gs : {0, 32}) {
+    auto s1 = quantize_weight(w, gs, 4).second;
+    auto sc = awq_clip_scale(w, H, gs, 4);
+    ASSERT_EQ(sc.sizes(), s1.sizes());
+    EXPECT_TRUE(torch::all(sc <= s1 * (1 + 1e-6)).item<bool>());
+    EXPECT_TRUE(torch::all(sc >= s1 * 0.55 * (1 - 1e-6)).item<bool>());
+    auto q = quantize_with_scale(w, sc, 4);
+    EXPECT_GE(q.min().item<int>(), -8);
+    EXPECT_LE(q.max().item<int>(), 7);
+    const int64_t g = gs ? gs : 128;
+    auto e1 = (w - dequantize_weight(quantize_with_scale(w, s1, 4), s1)).reshape({48, 128 / g, g});
+    auto e2 = (w - dequantize_weight(q, sc)).reshape({48, 128 / g, g});
+    for (int64_t j = 0; j < 128 / g; ++j) {
+      using torch::indexing::Slice;
+      auto Hj = H.index({Slice(j * g, (j + 1) * g), Slice(j * g, (j + 1) * g)}).to(torch::kFloat32);
+      auto r1 = (e1.select(1, j).matmul(Hj) * e1.select(1, j)).sum(1);
+      auto r2 = (e2.select(1, j).matmul(Hj) * e2.select(1, j)).sum(1);
+      EXPECT_TRUE(torch::all(r2 <= r1 * (1 + 1e-5)).item<bool>()) << gs;
+    }
+    EXPECT_LT(layer_output_error(w, dequantize_weight(q, sc), H),
+              0.95 * layer_output_error(w, dequantize_weight(quantize_with_scale(w, s1, 4), s1), H))
+        << gs;
+  }
+  // Tied heads (o_proj's input under GQA): channels [kv 2, tied 2, head_dim 32] share factors.
+  AwqScale t = awq_search_scale(ws, xm, H, 32, 4, 20, 2, 32);
+  auto ts = t.s.reshape({2, 2, 32});
+  EXPECT_TRUE(torch::equal(ts.select(1, 0), ts.select(1, 1)));
+  EXPECT_LE(t.err, t.err_rtn);
+}
+
 TEST(QuantOps, SmoothQuantLeavesFloatOutputsUnchanged) {
   for (bool bias : {false, true}) {
     core::ModelConfig c = test::micro_config(64);
@@ -163,16 +225,19 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
   };
   for (Case cs :
        {Case{"w8a16", "dynamic", "minmax", 0, ""}, Case{"w8a16", "dynamic", "minmax", 32, ""},
-        Case{"w8a8", "dynamic", "minmax", 0, ""}, Case{"w8a8", "static", "entropy", 0, ""},
-        Case{"w8a8", "static", "mse", 0, "auto"}, Case{"w8a16", "gptq", "minmax", 32, ""},
-        Case{"w8a8", "gptq", "mse", 0, "0.5"}, Case{"w4a16", "dynamic", "minmax", 32, ""},
-        Case{"w4a16", "gptq", "minmax", 32, ""}}) {
+        Case{"w4a16", "awq", "minmax", 32, ""}, Case{"w4a16", "awq-gptq", "minmax", 32, ""},
+        Case{"w8a16", "awq", "minmax", 0, ""}, Case{"w8a8", "dynamic", "minmax", 0, ""},
+        Case{"w8a8", "static", "entropy", 0, ""}, Case{"w8a8", "static", "mse", 0, "auto"},
+        Case{"w8a16", "gptq", "minmax", 32, ""}, Case{"w8a8", "gptq", "mse", 0, "0.5"},
+        Case{"w4a16", "dynamic", "minmax", 32, ""}, Case{"w4a16", "gptq", "minmax", 32, ""}}) {
     QuantizeOptions o;
     o.model = dir + "/run/model";
     o.out = dir + "/q";
     o.scheme = cs.scheme;
-    const bool gptq = std::string(cs.acts) == "gptq";  // w8a8 + gptq: static activations
-    o.activations = gptq ? "static" : cs.acts;
+    const bool awq = std::string(cs.acts).rfind("awq", 0) == 0;
+    const bool gptq = std::string(cs.acts) == "gptq" || std::string(cs.acts) == "awq-gptq";
+    o.activations = gptq ? "static" : awq ? "dynamic" : cs.acts;  // w8a8 + gptq: static
+    o.awq = awq;
     o.method = gptq ? "gptq" : "rtn";
     o.act_order = gptq && cs.group == 0;
     o.observer = cs.observer;
@@ -203,10 +268,21 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
       EXPECT_EQ(r.report["gptq"]["modules"].size(), 2u * 7u) << what;
       EXPECT_LT(r.report["gptq"]["output_error_ratio"].get<double>(), 1.0) << what;
     }
+    const bool four = std::string(cs.scheme) == "w4a16";
+    if (awq) {  // scales searched per input group of each layer, clipped unless GPTQ rounds
+      ASSERT_TRUE(r.report.contains("awq")) << what;
+      const auto& a = r.report["awq"];
+      EXPECT_EQ(a["layers"].size(), 2u) << what;
+      EXPECT_EQ(a["layers"][1].size(), 5u) << what;  // layer, qkv, o, gate_up, down
+      EXPECT_LE(a["scale_error_ratio"].get<double>(), 1.0) << what;
+      EXPECT_EQ(a["clip"].get<bool>(), !gptq) << what;
+      if (!gptq) {  // at 8 bits per channel clipping may find nothing better than c = 1
+        EXPECT_LE(a["clip_error_ratio"].get<double>(), four ? 0.99 : 1.0) << what;
+      }
+    }
     EXPECT_EQ(ck.find("model.embed_tokens.weight")->dtype, core::DType::kF32) << what;
     auto cfg = core::config_load(o.out).take_or_throw();
     ASSERT_TRUE(cfg.has_quantization()) << what;
-    const bool four = std::string(cs.scheme) == "w4a16";
     EXPECT_EQ(cfg.raw["quantization_config"]["format"], four ? "pack-quantized" : "int-quantized");
     if (four) {  // stored packed, eight values per int32, and read back as I8 in [-8, 7]
       auto f = core::SafetensorsFile::open(o.out + "/model.safetensors").take_or_throw();
@@ -272,7 +348,18 @@ TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
   expect_bad(o, "--group-size 48");
   o = {};
   o.method = "awq";
-  expect_bad(o, "--method 'awq': expected rtn (round to nearest) or gptq");
+  expect_bad(o, "--method 'awq': expected rtn (round to nearest) or gptq; AWQ is --awq");
+  o = {};
+  o.awq = true;  // the default scheme is w8a8
+  expect_bad(o, "--awq is for weight-only schemes");
+  o = {};
+  o.scheme = "w4a16";
+  o.awq = true;
+  o.smoothquant = "auto";
+  expect_bad(o, "--awq and --smoothquant both rescale");
+  o = {};
+  o.awq_clip = false;
+  expect_bad(o, "--awq-no-clip applies to --awq");
   o = {};
   o.scheme = "w8a16";
   o.method = "gptq";

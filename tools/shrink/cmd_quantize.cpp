@@ -40,6 +40,14 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_option("--damp", o->damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
       ->capture_default_str();
   sub->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing activation energy");
+  sub->add_flag(
+      "--awq", o->awq,
+      "w8a16/w4a16: activation-aware channel scales (AWQ) searched on the calibration data, "
+      "folded into the preceding norm or linear; with rtn also AWQ's clipping search");
+  o->awq_clip = true;
+  sub->add_flag_function(
+      "--awq-no-clip", [o](int64_t n) { o->awq_clip = n == 0; },
+      "--awq without the clipping search");
   sub->add_option("--targets", o->targets, "Regex over module names to quantize")
       ->capture_default_str();
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
