@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|awq|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|spec|task|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|awq|spec|task|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -68,6 +68,27 @@ case "$WHAT" in
       run "w4a16-g$g-gptq-ao" --scheme w4a16 --group-size $g --method gptq --act-order
     done
     for m in w8a16 w4a16-g64 w4a16-g64-gptq w4a16-g64-gptq-ao w4a16-g32 w4a16-g32-gptq w4a16-g32-gptq-ao; do
+      "$RT" --threads "$TH" --json eval "$OUT/q-$m" --task tasks/fortunes-cloze.jsonl \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-30s acc %.4f acc_norm %.4f' % ('$m', d['acc'], d['acc_norm']))"
+    done
+    ;;
+  awq)  # AWQ (activation-aware scales, clipping) against round-to-nearest and GPTQ, 4-bit groups
+        # of 64 and 32 and 8-bit per channel; then each one's multiple-choice accuracy.
+    RT=${SHRINK_RT_BIN:-build/bin/shrink-rt}
+    runs=()
+    for g in 64 32; do
+      run "w4a16-g$g" --scheme w4a16 --group-size $g
+      run "w4a16-g$g-awq-noclip" --scheme w4a16 --group-size $g --awq --awq-no-clip
+      run "w4a16-g$g-awq" --scheme w4a16 --group-size $g --awq
+      run "w4a16-g$g-gptq" --scheme w4a16 --group-size $g --method gptq
+      run "w4a16-g$g-awq-gptq" --scheme w4a16 --group-size $g --awq --method gptq
+      runs+=("w4a16-g$g" "w4a16-g$g-awq-noclip" "w4a16-g$g-awq" "w4a16-g$g-gptq" "w4a16-g$g-awq-gptq")
+    done
+    run w8a16 --scheme w8a16
+    run w8a16-awq --scheme w8a16 --awq
+    runs+=(w8a16 w8a16-awq)
+    for m in "${runs[@]}"; do
+      python3 -c "import json; a=json.load(open('$OUT/q-$m.json')).get('awq'); print('%-30s' % '$m', 'scale error ratio %.4f' % a['scale_error_ratio'] if a else '', 'clip error ratio %.4f' % a['clip_error_ratio'] if a and 'clip_error_ratio' in a else '')"
       "$RT" --threads "$TH" --json eval "$OUT/q-$m" --task tasks/fortunes-cloze.jsonl \
         | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-30s acc %.4f acc_norm %.4f' % ('$m', d['acc'], d['acc_norm']))"
     done
