@@ -33,7 +33,8 @@ src=$FIX/llama_gqa_llama3rope
 "$PEER" quantize "$src" "$WORK/models/w8a8_static" static 0 0.02
 "$PEER" quantize "$src" "$WORK/models/w8a8_dynamic" dynamic
 "$PEER" quantize "$src" "$WORK/models/w4a16_g32" none4 32
-for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32; do
+"$PEER" quantize "$src" "$WORK/models/w4a16_asym_g32" none4asym 32
+for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32 w4a16_asym_g32; do
   "$PEER" case "$WORK/models/$q" "$WORK/llama_gqa-$q" >/dev/null
   cases+=("$WORK/llama_gqa-$q")
 done

@@ -582,6 +582,17 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
                               " elements, expected one float");
         }
       }
+      if (!qs.symmetric) {  // 4-bit zero points, [out, groups] as presented (unpacked)
+        const TensorInfo* zp = ckpt.find(mod + ".weight_zero_point");
+        expected.insert(mod + ".weight_zero_point");
+        if (!zp)
+          missing.push_back(mod + ".weight_zero_point (symmetric: false needs zero points)");
+        else if (zp->shape != want_scale || zp->dtype != DType::kI8) {
+          bad_shape.push_back(mod + ".weight_zero_point is " + dtype_name(zp->dtype) + " " +
+                              shape_str(zp->shape) + ", expected I8 " + shape_str(want_scale) +
+                              " (or I32 packed along the outputs)");
+        }
+      }
       for (const char* zp : {".weight_zero_point", ".input_zero_point"}) {
         if (ckpt.find(mod + zp)) expected.insert(mod + zp);  // symmetric: zeros, ignored
       }

@@ -11,7 +11,7 @@ using json = nlohmann::json;
 json quant_config_to_json(const QuantScheme& s) {
   json weights = {{"num_bits", s.bits},
                   {"type", "int"},
-                  {"symmetric", true},
+                  {"symmetric", s.symmetric},
                   {"strategy", s.weight_strategy},
                   {"group_size", s.weight_strategy == "group" ? json(s.group_size) : json(nullptr)},
                   {"dynamic", false},
@@ -68,8 +68,12 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
     return bad("weights.num_bits " + std::to_string(s.bits) + " with format '" + format +
                "' is not supported; expected 8 (int-quantized) or 4 (pack-quantized)");
   }
-  if (w.value("type", "int") != "int" || !w.value("symmetric", true)) {
-    return bad("weights: only symmetric int quantization is supported");
+  if (w.value("type", "int") != "int") return bad("weights: only int quantization is supported");
+  s.symmetric = w.value("symmetric", true);
+  if (!s.symmetric && s.bits != 4) {
+    return bad(
+        "weights.symmetric false with 8 bits is not supported; expected true (zero points "
+        "are supported for 4-bit weights only)");
   }
   s.weight_strategy = w.value("strategy", "channel");
   if (s.weight_strategy == "group") {
@@ -108,6 +112,11 @@ Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& i
   if (s.bits == 4 && s.activations != "none") {
     return invalid_input("4-bit weights run with float activations (W4A16); activations '" +
                          s.activations + "' would need int4 x int8 kernels");
+  }
+  if (!s.symmetric && s.bits != 4) {
+    return invalid_input(
+        "asymmetric weights (zero points) need 4 bits (W4A16); 8-bit weights "
+        "are symmetric");
   }
   if (s.weight_strategy == "group") {
     if (s.group_size != 32 && s.group_size != 64 && s.group_size != 128) {
@@ -292,6 +301,33 @@ void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q) {
     for (int64_t k = 0; k < cols; ++k) {
       const uint8_t b = p[k / 2];
       q[r * cols + k] = int8_t(((k & 1) ? (b >> 4) : (b & 15)) - 8);
+    }
+  }
+}
+
+void int4_pack_rows(const int8_t* v, int64_t rows, int64_t cols, uint8_t* out) {
+  const int64_t words = int4_packed_cols(rows);
+  for (int64_t w = 0; w < words; ++w) {
+    for (int64_t c = 0; c < cols; ++c) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = w * 8 + i;
+        const uint32_t nib = r < rows ? uint32_t(v[r * cols + c] + 8) : 8u;
+        word |= (nib & 15u) << (4 * i);
+      }
+      uint8_t* o = out + (w * cols + c) * 4;  // little-endian int32
+      for (int b = 0; b < 4; ++b) o[b] = uint8_t(word >> (8 * b));
+    }
+  }
+}
+
+void int4_unpack_rows(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* v) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint8_t* p = packed + ((r / 8) * cols + c) * 4;
+      const uint32_t word =
+          uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+      v[r * cols + c] = int8_t(int((word >> (4 * (r % 8))) & 15u) - 8);
     }
   }
 }

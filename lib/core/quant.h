@@ -37,6 +37,11 @@ constexpr int kQMax = 127;
 /// q = clamp(round_half_even(w / scale), -8, 7), so round-to-nearest gives [-7, 7] and GPTQ's
 /// error feedback may use -8. Stored as q + 8 in nibbles, eight per little-endian int32 word, the
 /// k-th value of a row in bits 4 (k % 8) of word k / 8 (so byte j holds values 2j and 2j + 1).
+/// Asymmetric 4-bit (compressed-tensors W4A16_ASYM, `symmetric: false`): per group,
+/// lo = min(w, 0), hi = max(w, 0), scale = (hi - lo) / 15, zero point
+/// zp = clamp(round(-8 - lo / scale), -8, 7), q = clamp(round(w / scale + zp), -8, 7) and
+/// w^ = (q - zp) * scale; q packs as above and the zero points [out, groups] pack along the
+/// output dimension (int4_pack_rows).
 constexpr int kQMax4 = 7;
 constexpr int kQMin4 = -8;
 
@@ -49,6 +54,13 @@ void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out);
 /// The inverse: bytes of rows * int4_packed_cols(cols) words -> q [rows, cols].
 void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q);
 
+/// Pack int4 values v [rows, cols] (each in [-8, 7]) along the rows, as compressed-tensors
+/// packs zero points: out [int4_packed_cols(rows), cols] int32 words as bytes, value (r, c) in
+/// bits 4 (r % 8) of word (r / 8, c), stored as v + 8 (padding nibbles hold 8).
+void int4_pack_rows(const int8_t* v, int64_t rows, int64_t cols, uint8_t* out);
+/// The inverse: bytes of int4_packed_cols(rows) * cols words -> v [rows, cols].
+void int4_unpack_rows(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* v);
+
 /// round-half-to-even (the default FP rounding mode), then clamp to [-127, 127].
 inline int8_t quantize_value(float x, float inv_scale) {
   float r = std::nearbyint(x * inv_scale);
@@ -60,6 +72,7 @@ struct QuantScheme {
   int bits = 8;                             // 8, or 4 (weights only: W4A16, format pack-quantized)
   std::string weight_strategy = "channel";  // channel | group
   int64_t group_size = 0;                    // for group
+  bool symmetric = true;                     // false: 4-bit weights with zero points (see kQMax4)
   std::string activations = "none";          // none (W8A16) | static (per tensor) | dynamic (per token)
   std::string observer = "minmax";           // static activations: minmax|ema|percentile|mse|entropy
   std::vector<std::string> ignore;           // module names left in float (e.g. lm_head)

@@ -60,8 +60,9 @@ Result<ModelStats> model_stats(const std::string& dir) {
     auto q = quant_config_from_json(c.raw["quantization_config"]);
     if (q.is_ok()) {
       s.quantization = q->activations == "none"
-                           ? (q->bits == 4 ? "w4a16-" : "w8a16-") + q->weight_strategy
-                       : "w8a8-" + q->activations;
+                           ? (q->bits == 4 ? (q->symmetric ? "w4a16-" : "w4a16-asym-") : "w8a16-") +
+                                 q->weight_strategy
+                           : "w8a8-" + q->activations;
       if (q->weight_strategy == "group") s.quantization += std::to_string(q->group_size);
     } else {
       s.quantization = "unknown";

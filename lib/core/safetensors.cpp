@@ -455,6 +455,7 @@ struct Checkpoint::Unpacked {
   TensorInfo info;  // the presented I8 [out, in]
   size_t file = 0;
   const TensorInfo* packed = nullptr;
+  bool along_rows = false;  // zero points: packed along dim 0 (int4_unpack_rows)
   std::once_flag once;
   std::vector<int8_t> data;
 };
@@ -514,6 +515,27 @@ Status Checkpoint::present_packed() {
     unpacked_[base] = std::move(u);
     map_.erase(pn);
     map_.erase(sn);
+    // Zero points packed along the rows: I32 [ceil(out / 8), groups]. Stored unpacked (I8)
+    // they are left as they are.
+    const std::string zn = base + "_zero_point";
+    auto zit = map_.find(zn);
+    if (zit != map_.end() && zit->second.second->dtype == DType::kI32) {
+      const TensorInfo* zt = zit->second.second;
+      if (zt->shape.size() != 2 || zt->shape[0] != int4_packed_cols(dims[0]) || zt->shape[1] <= 0) {
+        return invalid_input(dir_ + ": tensor '" + zn + "' is I32 " + shape_str(zt->shape) +
+                             " for weight_shape [" + std::to_string(dims[0]) + ", " +
+                             std::to_string(dims[1]) + "]; expected I32 [" +
+                             std::to_string(int4_packed_cols(dims[0])) +
+                             ", groups] (4-bit zero points, eight per int32 along the outputs)");
+      }
+      auto z = std::make_unique<Unpacked>();
+      z->info = {zn, DType::kI8, {dims[0], zt->shape[1]}, 0, uint64_t(dims[0] * zt->shape[1])};
+      z->file = zit->second.first;
+      z->packed = zt;
+      z->along_rows = true;
+      map_[zn] = {kUnpacked, &z->info};
+      unpacked_[zn] = std::move(z);
+    }
   }
   return Status::ok();
 }
@@ -641,7 +663,11 @@ const uint8_t* Checkpoint::data(const TensorInfo& t) const {
   Unpacked& u = *unpacked_.find(t.name)->second;
   std::call_once(u.once, [&] {
     u.data.resize(size_t(u.info.nbytes));
-    int4_unpack(files_[u.file]->data(*u.packed), u.info.shape[0], u.info.shape[1], u.data.data());
+    const uint8_t* p = files_[u.file]->data(*u.packed);
+    if (u.along_rows)
+      int4_unpack_rows(p, u.info.shape[0], u.info.shape[1], u.data.data());
+    else
+      int4_unpack(p, u.info.shape[0], u.info.shape[1], u.data.data());
   });
   return reinterpret_cast<const uint8_t*>(u.data.data());
 }

@@ -92,7 +92,10 @@ Status safetensors_write(const std::string& path, const std::vector<TensorView>&
 /// 4-bit weights in compressed-tensors' pack-quantized layout (`<m>.weight_packed` I32
 /// [out, ceil(in / 8)] with `<m>.weight_shape` [2] = [out, in]) are presented as the int8 tensor
 /// `<m>.weight` [out, in] with values in [-8, 7], unpacked on first access, so that every reader
-/// of int8 checkpoints reads them; the two stored tensors are not listed.
+/// of int8 checkpoints reads them; the two stored tensors are not listed. An asymmetric
+/// scheme's zero points stored packed beside them (`<m>.weight_zero_point` I32
+/// [ceil(out / 8), groups], packed along the output dimension) are presented the same way, as
+/// I8 [out, groups] with values in [-8, 7].
 class Checkpoint {
  public:
   Checkpoint();

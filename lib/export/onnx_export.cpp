@@ -295,6 +295,20 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
   std::vector<int8_t> qt(size_t(out * in));
   for (int64_t o = 0; o < out; ++o)
     for (int64_t k = 0; k < in; ++k) qt[size_t(k * out + o)] = q[o * in + k];
+  if (!scheme_->symmetric) {
+    // 4-bit zero points fold into the stored values: (q - zp) is in [-15, 15], an int8 with the
+    // same scales, so the graph is the symmetric one.
+    const core::TensorInfo& zt = tensor(module + ".weight_zero_point");
+    const int64_t g = scheme_->weight_strategy == "group" ? scheme_->group_size : in;
+    expect_shape(zt, {out, in / g});
+    if (zt.dtype != core::DType::kI8) {
+      fail(StatusCode::kInvalidInput,
+           ck_.dir() + ": " + zt.name + " is " + core::dtype_name(zt.dtype) + ", expected I8");
+    }
+    const int8_t* z = reinterpret_cast<const int8_t*>(ck_.data(zt));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < in; ++k) qt[size_t(k * out + o)] -= z[o * (in / g) + k / g];
+  }
   std::string wq = b_.init(onnx_weight_name(module), onnx::TensorProto::INT8, {in, out}, qt.data(),
                            qt.size());
   const core::TensorInfo& st = tensor(module + ".weight_scale");
@@ -565,8 +579,9 @@ std::string scheme_name(const core::QuantScheme* s) {
   if (!s) return "f32";
   // 4-bit weights export as int8 DequantizeLinear inputs holding values in [-8, 7] (opset 17
   // has no int4 type): the same numbers, stored at 8 bits.
-  std::string n =
-      s->activations == "none" ? (s->bits == 4 ? "w4a16" : "w8a16") : "w8a8-" + s->activations;
+  std::string n = s->activations == "none"
+                      ? (s->bits == 4 ? (s->symmetric ? "w4a16" : "w4a16-asym") : "w8a16")
+                      : "w8a8-" + s->activations;
   if (s->weight_strategy == "group") n += "/g" + std::to_string(s->group_size);
   return n;
 }

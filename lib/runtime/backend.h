@@ -55,11 +55,28 @@ struct LinearDesc {
   int bits = 8;                    // kW8A16: 4 when every q is in [-8, 7] (W4A16); a backend
                                    // may keep such weights at 4 bits or run them as int8
   std::vector<float> scale;        // int8: [out, groups], groups = ceil(in / group)
+  std::vector<int8_t> zp;          // 4-bit asymmetric: [out, groups] in [-8, 7], so that
+                                   // w = (q - zp) * scale; empty when symmetric
   int64_t group = 0;               // int8: inputs per scale (== in for per-channel)
   ActQuant act = ActQuant::kNone;  // kW8A8 only
   float input_scale = 0;           // kW8A8 + kStatic
   std::vector<float> bias;         // [out] or empty
 };
+
+/// Fold 4-bit zero points into the values, q - zp (in [-15, 15]), which then run as int8 with the
+/// same scales (bits 8, zp empty): for backends without zero-point kernels. Exact.
+inline void linear_desc_fold_zero_points(LinearDesc& d) {
+  if (d.zp.empty()) return;
+  const int64_t G = (d.in + d.group - 1) / d.group;
+  for (int64_t n = 0; n < d.out; ++n) {
+    for (int64_t k = 0; k < d.in; ++k) {
+      int8_t& q = d.q[size_t(n * d.in + k)];
+      q = int8_t(q - d.zp[size_t(n * G + k / d.group)]);
+    }
+  }
+  d.zp = {};
+  d.bits = 8;
+}
 
 /// A prepared linear layer (backend-specific layout).
 class Linear {

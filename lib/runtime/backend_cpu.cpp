@@ -82,6 +82,7 @@ class CpuLinear : public Linear {
   std::vector<uint8_t> q4;  // W4A16: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
   int64_t ld4 = 0;
   std::vector<float> scale;
+  std::vector<float> zs;      // W4A16 asymmetric: zp * scale [out, groups] (else empty)
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
   int64_t group = 0;
   ActQuant act = ActQuant::kNone;
@@ -152,8 +153,12 @@ class CpuBackend : public Backend {
     }
     const int64_t G = (d.in + d.group - 1) / d.group;
     SHRINK_CHECK(d.group > 0 && int64_t(d.q.size()) == d.out * d.in &&
-                     int64_t(d.scale.size()) == d.out * G,
+                     int64_t(d.scale.size()) == d.out * G &&
+                     (d.zp.empty() || int64_t(d.zp.size()) == d.out * G),
                  StatusCode::kInternal, "%s: inconsistent int8 weights", d.name.c_str());
+    const bool keep4 =
+        d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in);
+    if (!keep4) linear_desc_fold_zero_points(d);
     l->q = std::move(d.q);
     l->scale = std::move(d.scale);
     l->group = d.group;
@@ -171,16 +176,21 @@ class CpuBackend : public Backend {
       }
     }
     l->weight_bytes = uint64_t(d.out * d.in) + uint64_t(d.out * G) * 4;
-    if (d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in)) {
+    if (keep4) {
       // Keep 4-bit weights at 4 bits (kernels.h's blocks of 32): decode reads half the bytes
-      // of W8A16.
+      // of W8A16. Zero points: sum_k (q - zp) s x = sum_k q s x - sum_g zp s (sum_{k in g} x),
+      // the symmetric kernel plus one small correction per group (linear()).
+      if (!d.zp.empty()) {
+        l->zs.resize(size_t(d.out * G));
+        for (size_t i = 0; i < l->zs.size(); ++i) l->zs[i] = float(d.zp[i]) * l->scale[i];
+      }
       l->ld4 = kc::s4_row_bytes(d.in);
       l->q4.resize(size_t(d.out * l->ld4));
       for (int64_t n = 0; n < d.out; ++n) {  // values in [-8, 7]: the engine checked them
         kc::s4_pack_row(l->q.data() + n * d.in, d.in, l->q4.data() + n * l->ld4);
       }
       l->q = {};
-      l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * 4;
+      l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * (l->zs.empty() ? 4 : 8);
     }
     return std::unique_ptr<Linear>(std::move(l));
   }
@@ -239,18 +249,43 @@ class CpuBackend : public Backend {
               float* d = deq_.data() + n * K;
               for (int64_t g = 0; g < G; ++g) {
                 const float s = l.scale[size_t(n * G + g)];
+                const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
                 const int64_t k1 = std::min(K, (g + 1) * l.group);
                 for (int64_t k = g * l.group; k < k1; ++k)
-                  d[k] = float(four ? kc::s4_value(p4, k) : q[k]) * s;
+                  d[k] = float(four ? kc::s4_value(p4, k) : q[k]) * s - z;
               }
             }
           });
           if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
         }
+        if (!l.zs.empty()) {  // the per-group sums of x, for the zero-point correction
+          xsum_.resize(size_t(M * G));
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t g = 0; g < G; ++g) {
+              const float* xr = x + m * K + g * l.group;
+              const int64_t n = std::min(l.group, K - g * l.group);
+              float s = 0;
+              for (int64_t k = 0; k < n; ++k) s += xr[k];
+              xsum_[size_t(m * G + g)] = s;
+            }
+          }
+        }
         kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
           if (four) {
             k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
                              l.scale.data() + b * G, l.group, y + b, ldy);
+            if (!l.zs.empty()) {
+              for (int64_t m = 0; m < M; ++m) {
+                const float* xs = xsum_.data() + m * G;
+                float* yr = y + m * ldy;
+                for (int64_t n = b; n < e; ++n) {
+                  const float* z = l.zs.data() + n * G;
+                  float c = 0;
+                  for (int64_t g = 0; g < G; ++g) c += z[g] * xs[g];
+                  yr[n] -= c;
+                }
+              }
+            }
           } else {
             k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
                              l.group, y + b, ldy);
@@ -507,7 +542,7 @@ class CpuBackend : public Backend {
   bool bf16_ = false;
   std::vector<uint16_t> xb_;
   // Scratch reused across calls (the engine calls ops from one thread).
-  std::vector<float> deq_, sx_;
+  std::vector<float> deq_, sx_, xsum_;
   std::vector<int8_t> qx_;
   std::vector<int32_t> acc_;
   std::vector<float> part_o_, part_ml_;  // split-K attention partials

@@ -156,6 +156,7 @@ class CudaBackend : public Backend {
   }
 
   Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
+    linear_desc_fold_zero_points(d);  // 4-bit asymmetric runs as int8 q - zp, like 4-bit
     auto l = std::make_unique<CudaLinear>();
     l->out = d.out;
     l->in = d.in;

@@ -61,8 +61,9 @@ class RandomSource : public TensorSource {
  public:
   // bits 8 or 4 when int8 (4: values in [-8, 7], as a W4A16 checkpoint presents them); group
   // 0 = one scale per output channel.
+  // asym: 4-bit zero points too (I8 [out, groups], uniform in [-8, 7]).
   RandomSource(const core::ModelConfig& c, bool int8, uint64_t seed, int bits = 8,
-               int64_t group = 0)
+               int64_t group = 0, bool asym = false)
       : int8_(int8), seed_(seed), bits_(bits) {
     for (const core::TensorSpec& s : core::expected_tensors(c)) {
       specs_[s.name] = s;
@@ -72,6 +73,10 @@ class RandomSource : public TensorSource {
         sc.name = m + ".weight_scale";
         sc.shape = {s.shape[0], group > 0 ? (s.shape[1] + group - 1) / group : 1};
         specs_[sc.name] = sc;
+        if (asym) {
+          sc.name = m + ".weight_zero_point";
+          specs_[sc.name] = sc;
+        }
       }
     }
   }
@@ -188,6 +193,21 @@ Status check_quantized(const core::ModelConfig& c, const QuantScheme& s, TensorS
           problems.push_back(m + ".weight_scale has " + core::dtype_name(sc.dtype) + " shape " +
                              shape_str(sc.shape) + ", expected a float tensor of shape " +
                              (s.strategy == WeightStrategy::kTensor ? "[1]" : shape_str(want)));
+        }
+      }
+      if (!s.symmetric) {
+        SrcTensor zt;
+        const int64_t G = s.strategy == WeightStrategy::kGroup
+                              ? (spec.shape[1] + s.group_size - 1) / s.group_size
+                              : 1;
+        const std::vector<int64_t> want = {spec.shape[0], G};
+        if (!src.find(m + ".weight_zero_point", &zt)) {
+          problems.push_back("missing " + m +
+                             ".weight_zero_point (symmetric: false needs zero points)");
+        } else if (zt.dtype != core::DType::kI8 || zt.shape != want) {
+          problems.push_back(m + ".weight_zero_point has " + core::dtype_name(zt.dtype) +
+                             " shape " + shape_str(zt.shape) + ", expected I8 " + shape_str(want) +
+                             " (I32 packed along the outputs on disk)");
         }
       }
       if (s.act == ActQuant::kStatic) {
@@ -311,6 +331,37 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
                    module.c_str());
     }
     src.release(module + ".weight_scale");
+    if (scheme.symmetric) {  // stored zero points must be zeros (compressed-tensors may write them)
+      SrcTensor zt;
+      if (src.find(module + ".weight_zero_point", &zt)) {
+        const bool zero =
+            core::dtype_size(zt.dtype) > 0 &&
+            std::all_of(zt.data, zt.data + zt.numel() * int64_t(core::dtype_size(zt.dtype)),
+                        [](uint8_t b) { return b == 0; });
+        SHRINK_CHECK(zero, StatusCode::kInvalidInput,
+                     "%s: %s.weight_zero_point holds non-zero zero points, but config.json says "
+                     "symmetric: true; expected zeros, or symmetric: false (4-bit weights)",
+                     src.origin().c_str(), module.c_str());
+        src.release(module + ".weight_zero_point");
+      }
+    } else {  // 4-bit zero points (check_quantized checked the shape)
+      SrcTensor zt;
+      SHRINK_CHECK(src.find(module + ".weight_zero_point", &zt) && zt.dtype == core::DType::kI8 &&
+                       zt.numel() == int64_t(d.scale.size()),
+                   StatusCode::kInvalidInput,
+                   "%s: %s.weight_zero_point: expected I8 [%lld, %lld] (symmetric: false)",
+                   src.origin().c_str(), module.c_str(), (long long)out,
+                   (long long)(int64_t(d.scale.size()) / out));
+      const int8_t* z = reinterpret_cast<const int8_t*>(zt.data);
+      d.zp.assign(z, z + zt.numel());
+      for (size_t i = 0; i < d.zp.size(); ++i) {
+        SHRINK_CHECK(d.zp[i] >= core::kQMin4 && d.zp[i] <= core::kQMax4, StatusCode::kInvalidInput,
+                     "%s: %s.weight_zero_point[%zu, %zu] is %d; expected a 4-bit value in [-8, 7]",
+                     src.origin().c_str(), module.c_str(), i / size_t(d.scale.size() / size_t(out)),
+                     i % size_t(d.scale.size() / size_t(out)), int(d.zp[i]));
+      }
+      src.release(module + ".weight_zero_point");
+    }
   } else {
     d.kind = LinearKind::kF32;
     d.w = to_f32(w);
@@ -340,7 +391,8 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   bool fusable = true;
   for (const LinearDesc& d : ds) {
     fusable &= d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
-               d.input_scale == ds[0].input_scale && d.bits == ds[0].bits;
+               d.input_scale == ds[0].input_scale && d.bits == ds[0].bits &&
+               d.zp.empty() == ds[0].zp.empty();
   }
   if (!fusable) {
     for (LinearDesc& d : ds) {
@@ -357,6 +409,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
     f.w.insert(f.w.end(), ds[i].w.begin(), ds[i].w.end());
     f.q.insert(f.q.end(), ds[i].q.begin(), ds[i].q.end());
     f.scale.insert(f.scale.end(), ds[i].scale.begin(), ds[i].scale.end());
+    f.zp.insert(f.zp.end(), ds[i].zp.begin(), ds[i].zp.end());
     f.bias.insert(f.bias.end(), ds[i].bias.begin(), ds[i].bias.end());
     ds[i] = LinearDesc();
   }
@@ -581,20 +634,21 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
     scheme.quantized = true;
     scheme.strategy = WeightStrategy::kChannel;
     scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
-  } else if (dtype == "w4a16") {  // the groups `shrink quantize --scheme w4a16` picks
+  } else if (dtype == "w4a16" || dtype == "w4a16-asym") {  // the groups `shrink quantize` picks
     scheme.quantized = true;
     scheme.bits = 4;
+    scheme.symmetric = dtype == "w4a16";
     scheme.strategy = WeightStrategy::kGroup;
     scheme.group_size =
         core::int4_default_group({cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size});
   } else {
     SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
-                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16 or w8a8",
+                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16, w4a16-asym or w8a8",
                  dtype.c_str());
   }
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model"));
   impl->scheme = scheme;
-  RandomSource src(cfg, scheme.quantized, seed, scheme.bits, scheme.group_size);
+  RandomSource src(cfg, scheme.quantized, seed, scheme.bits, scheme.group_size, !scheme.symmetric);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

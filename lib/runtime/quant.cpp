@@ -12,7 +12,8 @@ namespace {
 
 using nlohmann::json;
 
-Status check_int8_args(const json& a, const std::string& where, int64_t bits) {
+Status check_int8_args(const json& a, const std::string& where, int64_t bits,
+                       bool* symmetric = nullptr) {
   SHRINK_CHECK(a.is_object(), StatusCode::kInvalidInput, "%s: expected an object", where.c_str());
   auto num_bits = a.value("num_bits", int64_t(8));
   SHRINK_CHECK(num_bits == bits, StatusCode::kInvalidInput,
@@ -24,10 +25,15 @@ Status check_int8_args(const json& a, const std::string& where, int64_t bits) {
   std::string type = a.contains("type") && a["type"].is_string() ? a["type"].get<std::string>() : "int";
   SHRINK_CHECK(type == "int", StatusCode::kInvalidInput,
                "%s.type: '%s' is not supported; expected 'int'", where.c_str(), type.c_str());
-  bool sym = !a.contains("symmetric") || (a["symmetric"].is_boolean() && a["symmetric"].get<bool>());
-  SHRINK_CHECK(sym, StatusCode::kInvalidInput,
-               "%s.symmetric: false is not supported; expected true (zero points are not used)",
+  SHRINK_CHECK(!a.contains("symmetric") || a["symmetric"].is_boolean(), StatusCode::kInvalidInput,
+               "%s.symmetric: %s; expected true or false", where.c_str(),
+               a["symmetric"].dump().c_str());
+  const bool sym = !a.contains("symmetric") || a["symmetric"].get<bool>();
+  SHRINK_CHECK(sym || (symmetric && bits == 4), StatusCode::kInvalidInput,
+               "%s.symmetric: false is not supported here; expected true (zero points are "
+               "supported for 4-bit weights only)",
                where.c_str());
+  if (symmetric) *symmetric = sym;
   return Status::ok();
 }
 
@@ -72,7 +78,7 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
   SHRINK_CHECK(g.contains("weights") && g["weights"].is_object(), StatusCode::kInvalidInput,
                "%s.weights: missing; expected the int8 weight arguments", gat.c_str());
   const json& w = g["weights"];
-  SHRINK_RETURN_IF_ERROR(check_int8_args(w, gat + ".weights", s.bits));
+  SHRINK_RETURN_IF_ERROR(check_int8_args(w, gat + ".weights", s.bits, &s.symmetric));
   SHRINK_CHECK(!(w.contains("dynamic") && w["dynamic"].is_boolean() && w["dynamic"].get<bool>()),
                StatusCode::kInvalidInput, "%s.weights.dynamic: true is not supported",
                gat.c_str());
@@ -127,7 +133,8 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
 
 std::string quant_scheme_name(const QuantScheme& s) {
   if (!s.quantized) return "f32";
-  std::string n = s.act == ActQuant::kNone     ? (s.bits == 4 ? "w4a16" : "w8a16")
+  std::string n = s.act == ActQuant::kNone
+                      ? (s.bits == 4 ? (s.symmetric ? "w4a16" : "w4a16-asym") : "w8a16")
                   : s.act == ActQuant::kStatic ? "w8a8-static"
                                                : "w8a8-dynamic";
   if (s.strategy == WeightStrategy::kGroup) n += "/g" + std::to_string(s.group_size);
@@ -139,7 +146,7 @@ nlohmann::json quant_scheme_to_json(const QuantScheme& s) {
   json w = {
       {"num_bits", s.bits},
       {"type", "int"},
-      {"symmetric", true},
+      {"symmetric", s.symmetric},
       {"dynamic", false},
       {"strategy", s.strategy == WeightStrategy::kGroup    ? "group"
                    : s.strategy == WeightStrategy::kTensor ? "tensor"
@@ -186,6 +193,31 @@ void quant_weight_s8(const float* w, int64_t out, int64_t in, int64_t group, int
 void quant_weight_s4(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
                      float* scale) {
   quant_weight_sym(w, out, in, group, float(core::kQMax4), float(core::kQMin4), q, scale);
+}
+
+void quant_weight_u4(const float* w, int64_t out, int64_t in, int64_t group, int8_t* q,
+                     float* scale, int8_t* zp) {
+  const int64_t G = (in + group - 1) / group;
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t k0 = g * group, k1 = std::min(in, k0 + group);
+      float lo = 0, hi = 0;  // the range always holds 0, so zero is exact
+      for (int64_t k = k0; k < k1; ++k) {
+        lo = std::min(lo, w[o * in + k]);
+        hi = std::max(hi, w[o * in + k]);
+      }
+      const float s = hi > lo ? (hi - lo) / float(core::kQMax4 - core::kQMin4) : 1.0f;
+      const float z =
+          std::min(float(core::kQMax4),
+                   std::max(float(core::kQMin4), std::nearbyint(float(core::kQMin4) - lo / s)));
+      scale[o * G + g] = s;
+      zp[o * G + g] = int8_t(z);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = std::nearbyint(w[o * in + k] / s + z);
+        q[o * in + k] = int8_t(std::min(float(core::kQMax4), std::max(float(core::kQMin4), v)));
+      }
+    }
+  }
 }
 
 }  // namespace shrink::runtime

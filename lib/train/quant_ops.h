@@ -22,8 +22,28 @@ namespace shrink::train {
 /// bits 4: scale = max|w| / 7 and q in [-8, 7] (core/quant.h), held in int8.
 std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, int64_t group_size,
                                                         int bits = 8);
-/// q * scale as float32 [out, in].
-torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale);
+/// q * scale as float32 [out, in]; with zero points zp [out, groups] (int8), (q - zp) * scale.
+torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale,
+                                const torch::Tensor& zp = {});
+
+/// Quantized weights: q [out, in] int8, scale [out, groups] float32 and, for asymmetric 4-bit
+/// weights, zp [out, groups] int8 in [-8, 7] (undefined when symmetric).
+struct QWeight {
+  torch::Tensor q, scale, zp;
+  torch::Tensor dequantize() const { return dequantize_weight(q, scale, zp); }
+};
+/// The scale (and zero point, asym) of every group, from its range: symmetric as
+/// quantize_weight; asymmetric 4-bit as core/quant.h (lo = min(w, 0), hi = max(w, 0),
+/// scale = (hi - lo) / 15, zp = clamp(round(-8 - lo / scale), -8, 7)). `clip` multiplies the
+/// range (AWQ's clipping search); [out, groups] each.
+std::pair<torch::Tensor, torch::Tensor> weight_qparams(const torch::Tensor& w, int64_t group_size,
+                                                       int bits, bool asym,
+                                                       const torch::Tensor& clip = {});
+/// q = clamp(round(w / scale + zp), qmin, qmax) for given parameters (zp undefined: 0).
+torch::Tensor quantize_with_params(const torch::Tensor& w, const torch::Tensor& scale,
+                                   const torch::Tensor& zp, int bits);
+/// Round to nearest with weight_qparams' parameters (asym: 4 bits only).
+QWeight rtn_quantize(const torch::Tensor& w, int64_t group_size, int bits, bool asym);
 /// GPTQ (Frantar et al. 2023) for the same int8 format as quantize_weight. With H = X^T X over
 /// the calibration inputs, columns are quantized left to right (or by decreasing H_jj with
 /// act_order) in blocks of block_size, and each column's rounding error is spread over the
@@ -38,9 +58,9 @@ struct GptqOptions {
   double damp = 0.01;        // fraction of mean(diag H) added to the diagonal
   bool act_order = false;
   int bits = 8;  // 8, or 4 (q in [-8, 7])
+  bool asym = false;  // 4 bits with zero points (ranges as weight_qparams)
 };
-std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
-                                                      const GptqOptions& o);
+QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const GptqOptions& o);
 /// ||X (w - wq)^T||^2 = sum over rows of e H e^T, given H = X^T X (float64).
 double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H);
 
@@ -67,15 +87,20 @@ struct AwqScale {
 };
 /// With tied > 1 the input channels are [kv heads, tied, head_dim] and each factor is shared by
 /// the tied heads (o_proj's input under GQA, whose factors fold into v_proj's rows).
+/// With asym, candidates are rounded with zero points (asymmetric 4-bit).
 AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Tensor& x_mean,
                           const torch::Tensor& H, int64_t group_size, int bits, int grid = 20,
-                          int64_t tied = 1, int64_t head_dim = 0);
+                          int64_t tied = 1, int64_t head_dim = 0, bool asym = false);
 /// AWQ's clipping search for one linear: per output row and group, the clipping ratio c in 1,
 /// 0.95, .., 0.55 (grid 20, shrink up to 0.45) whose scale c max|w| / qmax gives the least
 /// output error of the group's columns, e_g H_gg e_g^T. Returns the scale [out, groups]
 /// (float32); c = 1 is quantize_weight's scale.
 torch::Tensor awq_clip_scale(const torch::Tensor& w, const torch::Tensor& H, int64_t group_size,
                              int bits, int grid = 20);
+/// The same search for symmetric or asymmetric weights (asym: both ends of the range shrink by
+/// c, as AutoAWQ's zero-point clipping): the quantized weights at the best c per (row, group).
+QWeight awq_clip_quantize(const torch::Tensor& w, const torch::Tensor& H, int64_t group_size,
+                          int bits, bool asym, int grid = 20);
 
 /// Fake-quant x [..., K]: per token (scale = max|x_t| / 127) or with a fixed per-tensor scale.
 torch::Tensor fake_quant_per_token(const torch::Tensor& x);

@@ -48,14 +48,59 @@ std::pair<torch::Tensor, torch::Tensor> quantize_weight(const torch::Tensor& w, 
   return {q.reshape({out, in}).to(torch::kInt8), scale.contiguous()};
 }
 
-torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale) {
+torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& scale,
+                                const torch::Tensor& zp) {
   const int64_t out = q.size(0), in = q.size(1), groups = scale.size(1);
   auto v = q.to(torch::kFloat32).reshape({out, groups, in / groups});
+  if (zp.defined()) v = v - zp.to(torch::kFloat32).unsqueeze(-1);
   return (v * scale.to(torch::kFloat32).unsqueeze(-1)).reshape({out, in});
 }
 
-std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, const torch::Tensor& H,
-                                                      const GptqOptions& o) {
+std::pair<torch::Tensor, torch::Tensor> weight_qparams(const torch::Tensor& w, int64_t gs, int bits,
+                                                       bool asym, const torch::Tensor& clip) {
+  auto wf = w.detach().to(torch::kFloat32);
+  const int64_t out = wf.size(0), in = wf.size(1);
+  auto view = gs > 0 ? wf.reshape({out, in / gs, gs}) : wf.reshape({out, 1, in});
+  if (!asym) {
+    auto amax = view.abs().amax(-1);  // [out, groups]
+    if (clip.defined()) amax = amax * clip;
+    return {
+        torch::where(amax > 0, amax / float(qmax_of(bits)), torch::ones_like(amax)).contiguous(),
+        torch::Tensor()};
+  }
+  if (bits != 4) throw Error(StatusCode::kInternal, "asymmetric weights need 4 bits");
+  auto lo = view.amin(-1).clamp_max(0.0), hi = view.amax(-1).clamp_min(0.0);
+  if (clip.defined()) {
+    lo = lo * clip;
+    hi = hi * clip;
+  }
+  auto range = hi - lo;
+  auto scale =
+      torch::where(range > 0, range / float(core::kQMax4 - core::kQMin4), torch::ones_like(range));
+  auto zp = torch::round(float(core::kQMin4) - lo / scale).clamp(core::kQMin4, core::kQMax4);
+  return {scale.contiguous(), zp.to(torch::kInt8).contiguous()};
+}
+
+torch::Tensor quantize_with_params(const torch::Tensor& w, const torch::Tensor& scale,
+                                   const torch::Tensor& zp, int bits) {
+  auto wf = w.detach().to(torch::kFloat32);
+  const int64_t out = wf.size(0), in = wf.size(1), groups = scale.size(1);
+  auto inv = 1.0f / scale.to(torch::kFloat32);
+  auto v = wf.reshape({out, groups, in / groups}) * inv.unsqueeze(-1);
+  if (zp.defined()) v = v + zp.to(torch::kFloat32).unsqueeze(-1);
+  return torch::round(v).clamp(qmin_of(bits), qmax_of(bits)).reshape({out, in}).to(torch::kInt8);
+}
+
+QWeight rtn_quantize(const torch::Tensor& w, int64_t gs, int bits, bool asym) {
+  if (!asym) {
+    auto [q, s] = quantize_weight(w, gs, bits);
+    return {q, s, torch::Tensor()};
+  }
+  auto [s, z] = weight_qparams(w, gs, bits, true);
+  return {quantize_with_params(w, s, z, bits), s, z};
+}
+
+QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const GptqOptions& o) {
   using torch::indexing::Slice;
   using torch::indexing::None;
   torch::NoGradGuard ng;
@@ -77,11 +122,17 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
     Hd = Hd.index_select(0, perm).index_select(1, perm);
   }
   auto U = obs_inverse_factor(Hd, o.damp);
-  // S: the scale of every column (in the processing order); `scale` as stored.
-  torch::Tensor scale = quantize_weight(w, gs, o.bits).second;  // [rows, groups], float32
+  // S (Z): the scale (zero point) of every column (in the processing order); `scale` (`zp`) as
+  // stored.
+  auto [scale, zp] = weight_qparams(w, gs, o.bits, o.asym);  // [rows, groups]
   const bool lazy = gs > 0 && !o.act_order;
   auto S = scale.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
-  if (o.act_order) S = S.index_select(1, perm);
+  torch::Tensor Z;
+  if (o.asym) Z = zp.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
+  if (o.act_order) {
+    S = S.index_select(1, perm);
+    if (o.asym) Z = Z.index_select(1, perm);
+  }
   auto Q = torch::empty({rows, cols}, torch::kFloat64);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), cnt = i2 - i1;
@@ -91,16 +142,27 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
     for (int64_t i = 0; i < cnt; ++i) {
       const int64_t j = i1 + i;
       if (lazy && j % gs == 0) {  // the group's scale from its weights as updated so far
-        auto amax = W1.index({Slice(), Slice(i, i + gs)}).abs().amax(1).to(torch::kFloat32);
-        auto s = torch::where(amax > 0, amax / float(qmax_of(o.bits)), torch::ones_like(amax));
-        scale.index_put_({Slice(), j / gs}, s);
-        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat64).unsqueeze(1).expand({rows, gs}));
+        auto [s, z] = weight_qparams(W1.index({Slice(), Slice(i, i + gs)}), 0, o.bits, o.asym);
+        scale.index_put_({Slice(), j / gs}, s.squeeze(1));
+        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat64).expand({rows, gs}));
+        if (o.asym) {
+          zp.index_put_({Slice(), j / gs}, z.squeeze(1));
+          Z.index({Slice(), Slice(j, j + gs)}).copy_(z.to(torch::kFloat64).expand({rows, gs}));
+        }
       }
       auto col = W1.index({Slice(), i});
       auto s = S.index({Slice(), j});
-      auto q = torch::round(col * (1.0 / s)).clamp(qmin_of(o.bits), qmax_of(o.bits));
+      torch::Tensor q, deq;
+      if (o.asym) {
+        auto z = Z.index({Slice(), j});
+        q = torch::round(col * (1.0 / s) + z).clamp(qmin_of(o.bits), qmax_of(o.bits));
+        deq = (q - z) * s;
+      } else {
+        q = torch::round(col * (1.0 / s)).clamp(qmin_of(o.bits), qmax_of(o.bits));
+        deq = q * s;
+      }
       Q.index_put_({Slice(), j}, q);
-      auto err = (col - q * s) / U1[i][i];
+      auto err = (col - deq) / U1[i][i];
       W1.index({Slice(), Slice(i, None)}).sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
       Err1.index_put_({Slice(), i}, err);
     }
@@ -109,7 +171,7 @@ std::pair<torch::Tensor, torch::Tensor> gptq_quantize(const torch::Tensor& w, co
     }
   }
   if (o.act_order) Q = Q.index_select(1, inv);
-  return {Q.to(torch::kInt8), scale.contiguous()};
+  return {Q.to(torch::kInt8), scale.contiguous(), o.asym ? zp.contiguous() : torch::Tensor()};
 }
 
 double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H) {
@@ -118,12 +180,7 @@ double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const
 }
 
 torch::Tensor quantize_with_scale(const torch::Tensor& w, const torch::Tensor& scale, int bits) {
-  auto wf = w.detach().to(torch::kFloat32);
-  const int64_t out = wf.size(0), in = wf.size(1), groups = scale.size(1);
-  auto inv = 1.0f / scale.to(torch::kFloat32);
-  auto q = torch::round(wf.reshape({out, groups, in / groups}) * inv.unsqueeze(-1))
-               .clamp(qmin_of(bits), qmax_of(bits));
-  return q.reshape({out, in}).to(torch::kInt8);
+  return quantize_with_params(w, scale, torch::Tensor(), bits);
 }
 
 namespace {
@@ -139,7 +196,7 @@ double output_error_f32(const torch::Tensor& w, const torch::Tensor& wq, const t
 
 AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Tensor& x_mean,
                           const torch::Tensor& H, int64_t gs, int bits, int grid, int64_t tied,
-                          int64_t head_dim) {
+                          int64_t head_dim, bool asym) {
   torch::NoGradGuard ng;
   auto H32 = H.to(torch::kFloat32);
   const int64_t in = x_mean.size(0);
@@ -171,8 +228,8 @@ AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Ten
       double err = 0;
       for (const auto& w : ws) {
         auto wf = w.detach().to(torch::kFloat32);
-        auto [q, sc] = quantize_weight(wf * s32.unsqueeze(0), gs, bits);
-        err += output_error_f32(wf, dequantize_weight(q, sc) / s32.unsqueeze(0), H32);
+        auto q = rtn_quantize(wf * s32.unsqueeze(0), gs, bits, asym);
+        err += output_error_f32(wf, q.dequantize() / s32.unsqueeze(0), H32);
       }
       if (!duo && k == 0) best.err_rtn = err;  // s = 1: round to nearest
       if (err < best.err) {
@@ -188,20 +245,23 @@ AwqScale awq_search_scale(const std::vector<torch::Tensor>& ws, const torch::Ten
 
 torch::Tensor awq_clip_scale(const torch::Tensor& w, const torch::Tensor& H, int64_t gs, int bits,
                              int grid) {
+  return awq_clip_quantize(w, H, gs, bits, false, grid).scale;
+}
+
+QWeight awq_clip_quantize(const torch::Tensor& w, const torch::Tensor& H, int64_t gs, int bits,
+                          bool asym, int grid) {
   torch::NoGradGuard ng;
   using torch::indexing::Slice;
   auto wf = w.detach().to(torch::kFloat32);
   auto H32 = H.to(torch::kFloat32);
   const int64_t out = wf.size(0), in = wf.size(1), g = gs > 0 ? gs : in, groups = in / g;
-  auto wv = wf.reshape({out, groups, g});
-  auto amax = wv.abs().amax(-1);  // [out, groups]
-  auto best_scale = torch::where(amax > 0, amax / float(qmax_of(bits)), torch::ones_like(amax));
+  auto [best_scale, best_zp] = weight_qparams(wf, gs, bits, asym);
   auto best_err = torch::full({out, groups}, INFINITY, torch::kFloat64);
   for (int k = 0; k < grid / 2; ++k) {  // c = 1, 0.95, .., 0.55
     const float c = 1.0f - float(k) / float(grid);
-    auto scale = torch::where(amax > 0, amax * c / float(qmax_of(bits)), torch::ones_like(amax));
-    auto q = quantize_with_scale(wf, scale, bits);
-    auto e = (wf - dequantize_weight(q, scale)).reshape({out, groups, g});
+    auto [scale, zp] = weight_qparams(wf, gs, bits, asym, torch::full({1}, c));
+    auto q = quantize_with_params(wf, scale, zp, bits);
+    auto e = (wf - dequantize_weight(q, scale, zp)).reshape({out, groups, g});
     auto err = torch::empty({out, groups}, torch::kFloat64);
     for (int64_t j = 0; j < groups; ++j) {
       auto ej = e.select(1, j);
@@ -211,8 +271,11 @@ torch::Tensor awq_clip_scale(const torch::Tensor& w, const torch::Tensor& H, int
     auto better = err < best_err;
     best_err = torch::where(better, err, best_err);
     best_scale = torch::where(better, scale, best_scale);
+    if (asym) best_zp = torch::where(better, zp, best_zp);
   }
-  return best_scale.contiguous();
+  best_scale = best_scale.contiguous();
+  if (asym) best_zp = best_zp.contiguous();
+  return {quantize_with_params(wf, best_scale, best_zp, bits), best_scale, best_zp};
 }
 
 torch::Tensor fake_quant_per_token(const torch::Tensor& x) {
@@ -344,7 +407,9 @@ void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantS
     if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
     if (t->dtype == core::DType::kI8) {
       const std::string mod = p.key().substr(0, p.key().size() - 7);
-      p.value().copy_(dequantize_weight(tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale")));
+      p.value().copy_(dequantize_weight(
+          tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale"),
+          s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point")));
       tap->modules.insert(group_head(mod));
       if (s.activations == "static") {
         tap->input_scales[group_head(mod)] = tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();
@@ -416,6 +481,9 @@ void quantize_validate(const QuantizeOptions& o) {
   if (o.awq && !o.smoothquant.empty())
     bad("--awq and --smoothquant both rescale input channels; pick one");
   if (!o.awq_clip && !o.awq) bad("--awq-no-clip applies to --awq");
+  if (o.asym && o.scheme != "w4a16") {
+    bad("--asym (zero points) is for --scheme w4a16; 8-bit weights are symmetric");
+  }
   try {
     std::regex r1(o.targets);
     if (!o.ignore.empty()) std::regex r2(o.ignore);
@@ -556,6 +624,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   const int64_t group_size =
       bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
   scheme.bits = bits;
+  scheme.symmetric = !o.asym;
   scheme.weight_strategy = group_size > 0 ? "group" : "channel";
   scheme.group_size = group_size;
   scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
@@ -598,7 +667,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   auto [cos, sin] = m->rope_tables(0, o.calib_len);
   auto params = m->named_parameters();
   std::map<std::string, torch::Tensor> float_w;               // smoothed float weights
-  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> qw;  // module -> (q, scale)
+  std::map<std::string, QWeight> qw;                          // module -> quantized weights
   auto tap = std::make_shared<FakeQuantTap>();
   tap->mode = act ? scheme.activations : "dynamic";
   std::vector<double> alphas(size_t(cfg.num_layers), -1.0);
@@ -606,6 +675,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   GptqOptions gopt;
   gopt.group_size = group_size;
   gopt.bits = bits;
+  gopt.asym = o.asym;
   gopt.block_size = o.block_size;
   gopt.damp = o.damp;
   gopt.act_order = o.act_order;
@@ -652,23 +722,22 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         for (const auto& mod : group_modules(h)) {
           torch::Tensor& w = *params.find(mod + ".weight");
           float_w[mod] = w.clone();
-          std::pair<torch::Tensor, torch::Tensor> q;
+          QWeight q;
           const bool clip = o.awq && o.awq_clip && !gptq &&
                             mod.find("q_proj") == std::string::npos &&
                             mod.find("k_proj") == std::string::npos;  // as AutoAWQ: not q/k
           if (clip) {
-            auto sc = awq_clip_scale(w, ct.stats.at(h).xtx, group_size, bits);
-            q = {quantize_with_scale(w, sc, bits), sc};
+            q = awq_clip_quantize(w, ct.stats.at(h).xtx, group_size, bits, o.asym);
           } else if (!gptq) {
-            q = quantize_weight(w, group_size, bits);
+            q = rtn_quantize(w, group_size, bits, o.asym);
           } else {
             const torch::Tensor& H = ct.stats.at(h).xtx;
-            auto g = gptq_quantize(w, H, gopt);
+            QWeight g = gptq_quantize(w, H, gopt);
             if (final) {  // the report compares with round-to-nearest
-              const auto r = quantize_weight(w, group_size, bits);
+              const QWeight r = rtn_quantize(w, group_size, bits, o.asym);
               const double e0 = layer_output_error(w, torch::zeros_like(w), H);
-              const double er = layer_output_error(w, dequantize_weight(r.first, r.second), H);
-              const double eg = layer_output_error(w, dequantize_weight(g.first, g.second), H);
+              const double er = layer_output_error(w, r.dequantize(), H);
+              const double eg = layer_output_error(w, g.dequantize(), H);
               gptq_modules.push_back({{"module", mod},
                                       {"rel_error_rtn", e0 > 0 ? er / e0 : 0.0},
                                       {"rel_error_gptq", e0 > 0 ? eg / e0 : 0.0}});
@@ -679,11 +748,11 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
           }
           if (final && clip) {
             const auto& H = ct.stats.at(h).xtx;
-            const auto r = quantize_weight(w, group_size, bits);
-            awq_err_noclip += layer_output_error(w, dequantize_weight(r.first, r.second), H);
-            awq_err_clip += layer_output_error(w, dequantize_weight(q.first, q.second), H);
+            const QWeight r = rtn_quantize(w, group_size, bits, o.asym);
+            awq_err_noclip += layer_output_error(w, r.dequantize(), H);
+            awq_err_clip += layer_output_error(w, q.dequantize(), H);
           }
-          w.copy_(dequantize_weight(q.first, q.second));
+          w.copy_(q.dequantize());
           qw[mod] = q;
         }
       }
@@ -745,7 +814,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         for (const auto& mod : group_modules(h)) ws.push_back(*params.find(mod + ".weight"));
         // o_proj's factors fold into v_proj rows, so the query heads of a KV group share them.
         AwqScale a =
-            awq_search_scale(ws, xm, g.xtx, group_size, bits, 20, grp == "o" ? rep : 1, hd);
+            awq_search_scale(ws, xm, g.xtx, group_size, bits, 20, grp == "o" ? rep : 1, hd, o.asym);
         sc[grp] = grp == "o"
                       ? a.s.reshape({nkv, rep, hd}).select(1, 0).reshape({nkv * hd}).contiguous()
                       : a.s;
@@ -772,10 +841,13 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       {"weights", scheme.weight_strategy},
       {"group_size", group_size},
       {"bits", bits},
+      {"symmetric", !o.asym},
       {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
       {"smoothquant",
        o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
-      {"rounding", bits == 4 ? "half-to-even, clamp [-8, 7]" : "half-to-even, clamp [-127, 127]"},
+      {"rounding", bits == 4 ? (o.asym ? "half-to-even, q = clamp(w / scale + zp, -8, 7)"
+                                       : "half-to-even, clamp [-8, 7]")
+                             : "half-to-even, clamp [-127, 127]"},
       {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
   report["method"] = o.method;
@@ -812,7 +884,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     for (size_t k = 0; k < heads.size(); ++k) {
       const std::string& h = heads[k];
       for (const auto& mod : group_modules(h)) {
-        params.find(mod + ".weight")->copy_(dequantize_weight(qw[mod].first, qw[mod].second));
+        params.find(mod + ".weight")->copy_(qw[mod].dequantize());
       }
       one->modules = {h};
       m->set_tap(act ? one.get() : nullptr);
@@ -831,7 +903,8 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     for (const auto& h : heads) {
       for (const auto& mod : group_modules(h)) {
         if (kept_float.count(h)) params.find(mod + ".weight")->copy_(float_w[mod]);
-        else params.find(mod + ".weight")->copy_(dequantize_weight(qw[mod].first, qw[mod].second));
+        else
+          params.find(mod + ".weight")->copy_(qw[mod].dequantize());
       }
     }
     for (const auto& h : kept_float) tap->modules.erase(h);
@@ -884,7 +957,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     const std::string mod = s.name.size() > 7 ? s.name.substr(0, s.name.size() - 7) : s.name;
     if (quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0) {
       if (bits == 4) {  // compressed-tensors pack-quantized: eight values per int32
-        auto q = qw[mod].first.contiguous();
+        auto q = qw[mod].q.contiguous();
         const int64_t out = q.size(0), in = q.size(1), words = core::int4_packed_cols(in);
         bufs.emplace_back(size_t(out * words * 4));
         core::int4_pack(q.data_ptr<int8_t>(), out, in, bufs.back().data());
@@ -898,10 +971,22 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         const int64_t shape[2] = {out, in};
         std::memcpy(bufs.back().data(), shape, 16);
         views.push_back({mod + ".weight_shape", core::DType::kI64, {2}, bufs.back().data(), 16});
+        if (o.asym) {  // zero points packed along the outputs: I32 [ceil(out / 8), groups]
+          auto z = qw[mod].zp.contiguous();
+          const int64_t G = z.size(1), zw = core::int4_packed_cols(out);
+          bufs.emplace_back(size_t(zw * G * 4));
+          core::int4_pack_rows(z.data_ptr<int8_t>(), out, G, bufs.back().data());
+          views.push_back({mod + ".weight_zero_point",
+                           core::DType::kI32,
+                           {zw, G},
+                           bufs.back().data(),
+                           bufs.back().size()});
+          bytes_after += bufs.back().size();
+        }
       } else {
-        add(s.name, core::DType::kI8, qw[mod].first);
+        add(s.name, core::DType::kI8, qw[mod].q);
       }
-      add(mod + ".weight_scale", core::DType::kF32, qw[mod].second);
+      add(mod + ".weight_scale", core::DType::kF32, qw[mod].scale);
       if (stat) add(mod + ".input_scale", core::DType::kF32, torch::tensor({tap->input_scales.at(group_head(mod))}));
     } else {
       add(s.name, fdt, *params.find(s.name));
@@ -926,7 +1011,8 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   nlohmann::json prov = {{"stage", "quantize"},    {"from", o.model},
                          {"scheme", o.scheme},     {"activations", scheme.activations},
                          {"observer", o.observer}, {"smoothquant", o.smoothquant},
-                         {"method", o.method},     {"awq", o.awq}};
+                         {"method", o.method},     {"awq", o.awq},
+                         {"asym", o.asym}};
   throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());

@@ -52,6 +52,9 @@ struct QuantizeOptions {
   // folded into the op before; with rtn also AWQ's per-group clipping search.
   bool awq = false;
   bool awq_clip = true;
+  // w4a16 only: asymmetric 4-bit weights (a zero point per group, compressed-tensors
+  // W4A16_ASYM); every rounding method above supports it.
+  bool asym = false;
   std::string targets = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)";
   std::string ignore;                 // regex of modules kept in float
   // Calibration and evaluation data.

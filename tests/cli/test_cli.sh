@@ -154,6 +154,13 @@ if [ -d /usr/share/games/fortunes ]; then
   expect_rc "quantize w4a16 --awq" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q4awq" --scheme w4a16 --awq --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
   expect_grep "--awq reports its scale search" "$T/out" '"scale_error_ratio"'
   expect_rc "the AWQ model verifies in the runtime" 0 "$SHRINK" verify "$T/q4awq" --reference "$T/rand" --data "$T/shards" --max-tokens 1024 --no-bench
+  expect_rc "quantize w4a16 --asym --awq" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q4asym" --scheme w4a16 --asym --awq --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
+  expect_grep "--asym writes symmetric: false" "$T/q4asym/config.json" '"symmetric": *false'
+  if grep -aq 'weight_zero_point' "$T/q4asym/model.safetensors"; then ok "w4a16 --asym stores zero points"; else bad "no weight_zero_point in the --asym file"; fi
+  expect_rc "the asymmetric model verifies in the runtime" 0 "$SHRINK" --json verify "$T/q4asym" --reference "$T/rand" --data "$T/shards" --max-tokens 1024 --no-bench
+  expect_grep "the runtime names the asymmetric scheme" "$T/out" 'w4a16-asym/g32'
+  expect_rc "quantize w8a16 --asym exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --scheme w8a16 --asym
+  expect_grep "--asym with w8a16 says why" "$T/err" 'is for --scheme w4a16'
   expect_rc "quantize w8a8 --awq exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --awq
   expect_grep "--awq with w8a8 says why" "$T/err" 'weight-only schemes'
   expect_rc "quantize --bits 5 exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --bits 5

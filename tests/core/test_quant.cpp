@@ -71,6 +71,42 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   std::vector<int8_t> back_q(9);
   int4_unpack(packed.data(), 1, 9, back_q.data());
   EXPECT_EQ(back_q, q);
+  // Zero points pack along the rows (compressed-tensors' packed_dim 0): value (r, c) in bits
+  // 4 (r % 8) of word (r / 8, c).
+  {
+    const int64_t rows = 10, cols = 3;  // two words per column, the second padded
+    std::vector<int8_t> z(size_t(rows * cols));
+    for (size_t i = 0; i < z.size(); ++i) z[i] = int8_t(int(i * 5 % 16) - 8);
+    std::vector<uint8_t> pz(size_t(int4_packed_cols(rows) * cols * 4));
+    int4_pack_rows(z.data(), rows, cols, pz.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        uint32_t w;
+        std::memcpy(&w, pz.data() + ((r / 8) * cols + c) * 4, 4);
+        EXPECT_EQ(int((w >> (4 * (r % 8))) & 15) - 8, z[size_t(r * cols + c)]) << r << " " << c;
+      }
+    }
+    std::vector<int8_t> zb(z.size());
+    int4_unpack_rows(pz.data(), rows, cols, zb.data());
+    EXPECT_EQ(zb, z);
+  }
+  // Asymmetric 4-bit weights round-trip as symmetric: false; 8-bit asymmetric is refused.
+  QuantScheme a4 = w4;
+  a4.activations = "none";
+  a4.symmetric = false;
+  const nlohmann::json ja = quant_config_to_json(a4);
+  EXPECT_EQ(ja["config_groups"]["group_0"]["weights"]["symmetric"], false);
+  auto backa = quant_config_from_json(ja);
+  ASSERT_TRUE(backa.is_ok()) << backa.status().message();
+  EXPECT_FALSE(backa->symmetric);
+  EXPECT_TRUE(quant_scheme_validate(*backa, {256}).is_ok());
+  auto j8a = j;
+  j8a["config_groups"]["group_0"]["weights"]["symmetric"] = false;
+  EXPECT_NE(quant_config_from_json(j8a).status().message().find("symmetric false with 8 bits"),
+            std::string::npos);
+  QuantScheme a8;
+  a8.symmetric = false;
+  EXPECT_NE(quant_scheme_validate(a8, {64}).message().find("need 4 bits"), std::string::npos);
   QuantScheme bits5;
   bits5.bits = 5;
   EXPECT_EQ(quant_scheme_validate(bits5, {64}).code(), StatusCode::kInvalidInput);

@@ -245,6 +245,8 @@ struct LinCase {
   runtime::ActQuant act;
   std::string wt;
   double tol;
+  int bits = 8;       // 4: values in [-8, 7] (W4A16), which the CPU keeps at 4 bits
+  bool asym = false;  // 4 bits with zero points (the CPU corrects, the GPU folds q - zp)
 };
 
 void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias) {
@@ -263,7 +265,15 @@ void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias)
     } else {
       d.q.resize(size_t(N * K));
       d.scale.resize(size_t(N * G));
-      runtime::quant_weight_s8(w.data(), N, K, group, d.q.data(), d.scale.data());
+      if (lc.asym) {
+        d.zp.resize(size_t(N * G));
+        runtime::quant_weight_u4(w.data(), N, K, group, d.q.data(), d.scale.data(), d.zp.data());
+      } else if (lc.bits == 4) {
+        runtime::quant_weight_s4(w.data(), N, K, group, d.q.data(), d.scale.data());
+      } else {
+        runtime::quant_weight_s8(w.data(), N, K, group, d.q.data(), d.scale.data());
+      }
+      d.bits = lc.bits;
       d.group = group;
       d.act = lc.act;
       d.input_scale = 0.02f;
@@ -279,8 +289,9 @@ void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias)
   p.cpu->linear(*lcpu, x.cp(), M, y.cp(), ldy);
   p.gpu->linear(*lgpu, x.gp(), M, y.gp(), ldy);
   char what[160];
-  std::snprintf(what, sizeof what, "linear %s%s%s w=%s M=%lld N=%lld K=%lld group=%lld bias=%d",
+  std::snprintf(what, sizeof what, "linear %s%s%s%s w=%s M=%lld N=%lld K=%lld group=%lld bias=%d",
                 runtime::linear_kind_name(lc.kind),
+                lc.bits == 4 ? (lc.asym ? "-4bit-asym" : "-4bit") : "",
                 lc.act == runtime::ActQuant::kStatic ? "-static" : "",
                 lc.act == runtime::ActQuant::kDynamic ? "-dynamic" : "", lc.wt.c_str(),
                 (long long)M, (long long)N, (long long)K, (long long)lc.group, int(bias));
@@ -313,6 +324,8 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
       {LinearKind::kW8A16, 0, ActQuant::kNone, "f32", 1e-5},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5},
       {LinearKind::kW8A16, 0, ActQuant::kNone, "f16", 1e-2},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true},
       {LinearKind::kW8A8, 0, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 32, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 0, ActQuant::kStatic, "f16", 1e-5},

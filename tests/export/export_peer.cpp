@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
     if (a.size() >= 4 && a[0] == "quantize") {
       test::QuantSpec q;
       q.activations = a[3];
-      if (q.activations == "none4") {  // 4-bit weights (W4A16)
+      if (q.activations == "none4" || q.activations == "none4asym") {  // 4-bit weights (W4A16)
+        q.asym = q.activations == "none4asym";
         q.activations = "none";
         q.bits = 4;
       }

@@ -272,7 +272,18 @@ TEST_P(OnnxExportInt8, StructureAndInitializers) {
     EXPECT_EQ(t->data_type(), onnx::TensorProto::INT8);
     const core::TensorInfo* wi = ck.find(s.name);
     const int8_t* q = reinterpret_cast<const int8_t*>(ck.data(*wi));
-    EXPECT_EQ(t->raw_data(), as_bytes(transpose(q, out, in))) << mod;
+    std::vector<int8_t> qv(q, q + out * in);
+    if (qc.spec.asym) {  // zero points fold into the int8 values: q - zp
+      const core::TensorInfo* zi = ck.find(mod + ".weight_zero_point");
+      ASSERT_NE(zi, nullptr) << mod;
+      const int8_t* z = reinterpret_cast<const int8_t*>(ck.data(*zi));
+      const int64_t G = in / qc.spec.group_size;
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t k = 0; k < in; ++k)
+          qv[size_t(o * in + k)] -= z[o * G + k / qc.spec.group_size];
+      EXPECT_TRUE(std::any_of(qv.begin(), qv.end(), [](int8_t v) { return v < -8 || v > 7; }));
+    }
+    EXPECT_EQ(t->raw_data(), as_bytes(transpose(qv.data(), out, in))) << mod;
     std::vector<float> sc = ckpt_f32(ck, mod + ".weight_scale");
     if (group) {
       const int64_t G = in / qc.spec.group_size;
@@ -308,7 +319,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(QuantCase{"w8a16", {"none", 0, 0.02f}, "w8a16"},
                       QuantCase{"w8a16_g16", {"none", 16, 0.02f}, "w8a16/g16"},
                       QuantCase{"static", {"static", 0, 0.02f}, "w8a8-static"},
-                      QuantCase{"dynamic", {"dynamic", 0, 0.02f}, "w8a8-dynamic"}),
+                      QuantCase{"dynamic", {"dynamic", 0, 0.02f}, "w8a8-dynamic"},
+                      QuantCase{"w4a16_g16", {"none", 16, 0.02f, 4}, "w4a16/g16"},
+                      QuantCase{"w4a16_asym_g16", {"none", 16, 0.02f, 4, true}, "w4a16-asym/g16"}),
     [](const ::testing::TestParamInfo<QuantCase>& i) { return std::string(i.param.name); });
 
 TEST(OnnxExport, ExternalDataIsAlignedAndHoldsTheSameBytes) {

@@ -26,6 +26,7 @@ struct QuantSpec {
   int64_t group_size = 0;            // 0: per output channel
   float input_scale = 0.02f;         // static only: small enough that some inputs clip
   int bits = 8;                      // 4: W4A16 in the pack-quantized layout (activations none)
+  bool asym = false;                 // 4 bits with zero points (W4A16 asymmetric)
 };
 
 /// Quantize every linear weight of the float model in `src` except lm_head into `dst`.
@@ -60,8 +61,25 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
     const int64_t G = in / group;
     std::vector<int8_t> qw(size_t(out * in));
     std::vector<float> sc(size_t(out * G));
+    std::vector<int8_t> zp(size_t(out * G), 0);
     for (int64_t o = 0; o < out; ++o) {
       for (int64_t g = 0; g < G; ++g) {
+        if (q.asym) {  // core/quant.h: [min(w, 0), max(w, 0)] onto [-8, 7] with a zero point
+          float lo = 0, hi = 0;
+          for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+            lo = std::min(lo, w[size_t(o * in + k)]);
+            hi = std::max(hi, w[size_t(o * in + k)]);
+          }
+          const float scale = hi > lo ? (hi - lo) / 15.0f : 1.0f;
+          const float z = std::min(7.0f, std::max(-8.0f, std::nearbyint(-8.0f - lo / scale)));
+          sc[size_t(o * G + g)] = scale;
+          zp[size_t(o * G + g)] = int8_t(z);
+          for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+            const float r = std::nearbyint(w[size_t(o * in + k)] * (1.0f / scale) + z);
+            qw[size_t(o * in + k)] = int8_t(std::min(7.0f, std::max(-8.0f, r)));
+          }
+          continue;
+        }
         float amax = 0;
         for (int64_t k = g * group; k < (g + 1) * group; ++k)
           amax = std::max(amax, std::fabs(w[size_t(o * in + k)]));
@@ -85,6 +103,12 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
            {out, core::int4_packed_cols(in)});
       const int64_t shape[2] = {out, in};
       keep(bytes(shape, 16), m + ".weight_shape", core::DType::kI64, {2});
+      if (q.asym) {  // packed along the outputs: I32 [ceil(out / 8), G]
+        std::vector<uint8_t> pz(size_t(core::int4_packed_cols(out) * G * 4));
+        core::int4_pack_rows(zp.data(), out, G, pz.data());
+        keep(std::move(pz), m + ".weight_zero_point", core::DType::kI32,
+             {core::int4_packed_cols(out), G});
+      }
     } else {
       keep(bytes(qw.data(), qw.size()), s.name, core::DType::kI8, s.shape);
     }
@@ -95,6 +119,7 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
   }
   core::QuantScheme scheme;
   scheme.bits = q.bits;
+  scheme.symmetric = !q.asym;
   scheme.weight_strategy = q.group_size > 0 ? "group" : "channel";
   scheme.group_size = q.group_size;
   scheme.activations = q.activations;

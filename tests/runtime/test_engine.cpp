@@ -527,48 +527,102 @@ TEST(Int8, W8a16EqualsDequantisedFloatModel) {
 
 // 4-bit weights (pack-quantized on disk, 4-bit blocks in the CPU backend) compute what the
 // float model with the dequantized weights computes, at every ISA, in prefill and decode.
+// Asymmetric 4 bits (zero points packed along the outputs) likewise, in the kernels' path
+// (sum of q s x minus the zero-point correction) and the prefill library path (dequantized
+// with zero points), which a run longer than kGemvMaxMW8A16 rows takes.
 TEST(Int8, W4a16EqualsDequantisedFloatModel) {
-  for (int64_t group : {int64_t(0), int64_t(32)}) {
-    const std::string q = test::temp_dir("w4a16_" + std::to_string(group)), f = q + "_deq";
-    runtime::QuantScheme s = scheme(runtime::ActQuant::kNone, group);
-    s.bits = 4;
-    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, s, 0, f);
-    {  // the checkpoint presents the packed weight as the I8 tensor readers expect
-      auto ck = core::Checkpoint::open(q).take_or_throw();
-      EXPECT_EQ(ck.find("model.layers.0.mlp.down_proj.weight_packed"), nullptr);
-      const core::TensorInfo* t = ck.find("model.layers.0.mlp.down_proj.weight");
-      ASSERT_NE(t, nullptr);
-      EXPECT_EQ(t->dtype, core::DType::kI8);
-      const int8_t* v = reinterpret_cast<const int8_t*>(ck.data(*t));
-      EXPECT_TRUE(std::all_of(v, v + t->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
-      EXPECT_TRUE(std::any_of(v, v + t->numel(), [](int8_t x) { return x == 7 || x == -7; }));
-    }
-    auto ef = load(f);
-    ASSERT_TRUE(ef);
-    const auto lf = run(*ef, 0, kSeq);
-    for (const char* isa : {"ref", "avx2", "avx512"}) {
-      EngineOptions o;
-      o.isa = isa;
-      auto eq = Engine::load(q, o);
-      if (!eq.is_ok()) continue;  // an ISA this CPU lacks
-      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()), group ? "w4a16/g32" : "w4a16");
-      EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << group << " " << isa;
-      (*eq)->reset_all();
+  std::vector<int32_t> long_seq;
+  for (int i = 0; i < 80; ++i) long_seq.push_back((i * 7 + 3) % 50);
+  for (bool sym : {true, false})
+    for (int64_t group : {int64_t(0), int64_t(32)}) {
+      const std::string q = test::temp_dir("w4a16_" + std::to_string(group)), f = q + "_deq";
+      runtime::QuantScheme s = scheme(runtime::ActQuant::kNone, group);
+      s.bits = 4;
+      s.symmetric = sym;
+      const std::string what =
+          std::string(sym ? "sym" : "asym") + " group " + std::to_string(group);
+      test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, s, 0, f);
+      {  // the checkpoint presents the packed weight as the I8 tensor readers expect
+        auto ck = core::Checkpoint::open(q).take_or_throw();
+        EXPECT_EQ(ck.find("model.layers.0.mlp.down_proj.weight_packed"), nullptr);
+        const core::TensorInfo* t = ck.find("model.layers.0.mlp.down_proj.weight");
+        ASSERT_NE(t, nullptr);
+        EXPECT_EQ(t->dtype, core::DType::kI8);
+        const int8_t* v = reinterpret_cast<const int8_t*>(ck.data(*t));
+        EXPECT_TRUE(std::all_of(v, v + t->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
+        EXPECT_TRUE(std::any_of(v, v + t->numel(), [](int8_t x) { return x == 7 || x == -7; }));
+        const core::TensorInfo* z = ck.find("model.layers.0.mlp.down_proj.weight_zero_point");
+        if (sym) {
+          EXPECT_EQ(z, nullptr);
+        } else {  // packed I32 [ceil(out / 8), G] on disk, presented as I8 [out, G]
+          ASSERT_NE(z, nullptr);
+          EXPECT_EQ(z->dtype, core::DType::kI8);
+          EXPECT_EQ(z->shape, (std::vector<int64_t>{t->shape[0], group ? t->shape[1] / group : 1}));
+          const int8_t* zv = reinterpret_cast<const int8_t*>(ck.data(*z));
+          EXPECT_TRUE(std::any_of(zv, zv + z->numel(), [](int8_t x) { return x != 0; }));
+          EXPECT_TRUE(core::checkpoint_check(core::config_load(q).take_or_throw(), ck).is_ok());
+        }
+      }
+      auto ef = load(f);
+      ASSERT_TRUE(ef);
+      const auto lf = run(*ef, 0, kSeq);
       ef->reset_all();
-      EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << group << " " << isa;
+      const auto lf_long = run(*ef, 0, long_seq);
+      for (const char* isa : {"ref", "avx2", "avx512"}) {
+        EngineOptions o;
+        o.isa = isa;
+        auto eq = Engine::load(q, o);
+        if (!eq.is_ok()) continue;  // an ISA this CPU lacks
+        EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()),
+                  std::string(sym ? "w4a16" : "w4a16-asym") + (group ? "/g32" : ""));
+        EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << what << " " << isa;
+        (*eq)->reset_all();
+        ef->reset_all();
+        EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << what << " " << isa;
+        (*eq)->reset_all();
+        EXPECT_LE(max_rel_diff(run(**eq, 0, long_seq), lf_long), 1e-4f) << what << " " << isa;
+      }
+      if (!sym) {
+        // The config must say what the checkpoint holds: zero points under `symmetric: true`
+        // would be silently dropped, and `symmetric: false` needs them.
+        auto flip = [&](const std::string& dir, bool to) {
+          core::ModelConfig c = core::config_load(dir).take_or_throw();
+          c.raw["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] = to;
+          ASSERT_TRUE(
+              core::write_file_atomic(dir + "/config.json", core::config_to_json(c)).is_ok());
+        };
+        flip(q, true);
+        auto bad = Engine::load(q, EngineOptions{});
+        ASSERT_FALSE(bad.is_ok());
+        EXPECT_NE(bad.status().message().find("weight_zero_point"), std::string::npos)
+            << bad.status().message();
+        const std::string qs = q + "_sym";
+        s.symmetric = true;
+        test::quantize_dir(test::fixture("llama_gqa_llama3rope"), qs, s, 0);
+        flip(qs, false);
+        auto missing = Engine::load(qs, EngineOptions{});
+        ASSERT_FALSE(missing.is_ok());
+        EXPECT_NE(missing.status().message().find(
+                      "missing model.layers.0.self_attn.q_proj.weight_zero_point"),
+                  std::string::npos)
+            << missing.status().message();
+        fs::remove_all(qs);
+        fs::remove_all(q);
+        fs::remove_all(f);
+        continue;
+      }
+      // 4 bits on disk: the packed file is smaller than the int8 one would be.
+      const std::string q8 = q + "_w8";
+      test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q8,
+                         scheme(runtime::ActQuant::kNone, group), 0);
+      EXPECT_LT(fs::file_size(q + "/model.safetensors"), fs::file_size(q8 + "/model.safetensors"));
+      auto e4 = load(q), e8 = load(q8);
+      ASSERT_TRUE(e4 && e8);
+      EXPECT_LT(e4->weight_bytes(), e8->weight_bytes());
+      fs::remove_all(q);
+      fs::remove_all(q8);
+      fs::remove_all(f);
     }
-    // 4 bits on disk: the packed file is smaller than the int8 one would be.
-    const std::string q8 = q + "_w8";
-    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q8,
-                       scheme(runtime::ActQuant::kNone, group), 0);
-    EXPECT_LT(fs::file_size(q + "/model.safetensors"), fs::file_size(q8 + "/model.safetensors"));
-    auto e4 = load(q), e8 = load(q8);
-    ASSERT_TRUE(e4 && e8);
-    EXPECT_LT(e4->weight_bytes(), e8->weight_bytes());
-    fs::remove_all(q);
-    fs::remove_all(q8);
-    fs::remove_all(f);
-  }
 }
 
 TEST(Int8, W8a8CloseToFloatAndDecodeEqualsFull) {
@@ -600,7 +654,7 @@ TEST(Int8, RandomShapesBuildInEveryFormat) {
   core::ModelConfig c = runtime::bench_shape("smollm-135m").take_or_throw();
   c.num_layers = 2;
   c.vocab_size = 512;
-  for (const char* dt : {"f32", "w8a16", "w4a16", "w8a8"}) {
+  for (const char* dt : {"f32", "w8a16", "w4a16", "w4a16-asym", "w8a8"}) {
     auto e = Engine::create_random(c, dt, 1, EngineOptions{});
     ASSERT_TRUE(e.is_ok()) << e.status().message();
     auto l = run(**e, 0, {1, 2, 3}, false);

@@ -71,9 +71,21 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     const int64_t G = (in + group - 1) / group;
     std::vector<int8_t> q(size_t(out * in));
     std::vector<float> sc(size_t(out * G));
+    std::vector<int8_t> zp(size_t(out * G), 0);
     const std::string m = s.name.substr(0, s.name.size() - 7);
     if (scheme.bits == 4) {  // compressed-tensors pack-quantized: weight_packed + weight_shape
-      runtime::quant_weight_s4(w.data(), out, in, group, q.data(), sc.data());
+      if (scheme.symmetric) {
+        runtime::quant_weight_s4(w.data(), out, in, group, q.data(), sc.data());
+      } else {  // + weight_zero_point packed along the outputs
+        runtime::quant_weight_u4(w.data(), out, in, group, q.data(), sc.data(), zp.data());
+        bufs.emplace_back(size_t(core::int4_packed_cols(out) * G * 4));
+        core::int4_pack_rows(zp.data(), out, G, bufs.back().data());
+        views.push_back({m + ".weight_zero_point",
+                         core::DType::kI32,
+                         {core::int4_packed_cols(out), G},
+                         bufs.back().data(),
+                         bufs.back().size()});
+      }
       bufs.emplace_back(size_t(out * core::int4_packed_cols(in) * 4));
       core::int4_pack(q.data(), out, in, bufs.back().data());
       views.push_back({m + ".weight_packed",
@@ -103,7 +115,8 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     std::vector<float> dq(size_t(out * in));
     for (int64_t o = 0; o < out; ++o)
       for (int64_t k = 0; k < in; ++k)
-        dq[size_t(o * in + k)] = float(q[size_t(o * in + k)]) * sc[size_t(o * G + k / group)];
+        dq[size_t(o * in + k)] = float(q[size_t(o * in + k)] - zp[size_t(o * G + k / group)]) *
+                                 sc[size_t(o * G + k / group)];
     bufs.emplace_back(reinterpret_cast<uint8_t*>(dq.data()),
                       reinterpret_cast<uint8_t*>(dq.data()) + dq.size() * 4);
     deq_views.push_back({s.name, core::DType::kF32, s.shape, bufs.back().data(), bufs.back().size()});

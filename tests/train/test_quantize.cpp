@@ -41,6 +41,31 @@ TEST(QuantOps, RoundTripErrorIsAtMostHalfAStep) {
     auto step = scale.repeat_interleave(gs ? gs : 64, 1);
     EXPECT_TRUE(torch::all(err <= step * 0.5 + 1e-7).item<bool>()) << gs;
   }
+  // Asymmetric 4 bits: the range [min(w, 0), max(w, 0)] maps onto [-8, 7] with a zero point,
+  // zero is exact, the error is at most half a step, and on one-signed groups (as after a ReLU
+  // or a shift) the step is about half the symmetric one.
+  for (int64_t gs : {0, 32}) {
+    auto wa = w.clone();
+    wa.index_put_({0}, wa[0].abs() + 0.5);  // row 0 all positive
+    QWeight a = rtn_quantize(wa, gs, 4, true);
+    ASSERT_TRUE(a.zp.defined());
+    EXPECT_EQ(a.zp.sizes(), a.scale.sizes());
+    EXPECT_GE(a.q.min().item<int>(), -8);
+    EXPECT_LE(a.q.max().item<int>(), 7);
+    EXPECT_GE(a.zp.min().item<int>(), -8);
+    EXPECT_LE(a.zp.max().item<int>(), 7);
+    auto err = (a.dequantize() - wa).abs();
+    auto step = a.scale.repeat_interleave(gs ? gs : 64, 1);
+    EXPECT_TRUE(torch::all(err <= step * 0.5 + 1e-6).item<bool>()) << gs;
+    EXPECT_EQ(a.zp[0][0].item<int>(), -8);  // all positive: lo = 0 sits at -8
+    auto sym = quantize_weight(wa, gs, 4).second;
+    EXPECT_LT(a.scale[0][0].item<float>(), 0.5f * sym[0][0].item<float>() * 1.0001f);
+    auto z = torch::zeros({2, 64});
+    z.index_put_({1, 3}, -1.0);
+    QWeight az = rtn_quantize(z, gs, 4, true);
+    EXPECT_TRUE(torch::equal(az.dequantize().index({0}), torch::zeros({64})));
+    EXPECT_EQ(az.dequantize()[1][3].item<float>(), -1.0f);
+  }
   auto x = torch::randn({3, 5, 40}) * 7;
   auto xq = fake_quant_per_token(x);
   auto s = x.abs().amax(-1, true) / 127;
@@ -69,7 +94,8 @@ TEST(QuantOps, GptqReconstructsBetterThanRoundToNearest) {
       o.group_size = gs;
       o.block_size = 32;  // two blocks: the lazy cross-block update is exercised
       o.act_order = act_order;
-      auto [q, s] = gptq_quantize(w, H, o);
+      QWeight g = gptq_quantize(w, H, o);
+      const torch::Tensor &q = g.q, &s = g.scale;
       const std::string what = "group " + std::to_string(gs) + (act_order ? " act_order" : "");
       ASSERT_EQ(q.scalar_type(), torch::kInt8) << what;
       EXPECT_EQ(q.sizes(), w.sizes()) << what;
@@ -89,16 +115,36 @@ TEST(QuantOps, GptqReconstructsBetterThanRoundToNearest) {
     o.group_size = 32;
     o.block_size = 32;
     o.bits = 4;
-    auto [q, s] = gptq_quantize(w, H, o);
-    EXPECT_GE(q.min().item<int>(), -8);
-    EXPECT_LE(q.max().item<int>(), 7);
-    EXPECT_LT(layer_output_error(w, dequantize_weight(q, s), H),
+    QWeight g = gptq_quantize(w, H, o);
+    EXPECT_GE(g.q.min().item<int>(), -8);
+    EXPECT_LE(g.q.max().item<int>(), 7);
+    EXPECT_FALSE(g.zp.defined());
+    EXPECT_LT(layer_output_error(w, g.dequantize(), H),
               0.7 * layer_output_error(w, dequantize_weight(qr, sr), H));
+    // Asymmetric 4 bits: zero points in range, and again below round-to-nearest (asymmetric).
+    o.asym = true;
+    QWeight ga = gptq_quantize(w, H, o);
+    ASSERT_TRUE(ga.zp.defined());
+    EXPECT_EQ(ga.zp.sizes(), ga.scale.sizes());
+    EXPECT_GE(ga.zp.min().item<int>(), -8);
+    EXPECT_LE(ga.zp.max().item<int>(), 7);
+    EXPECT_GE(ga.q.min().item<int>(), -8);
+    EXPECT_LE(ga.q.max().item<int>(), 7);
+    EXPECT_LT(layer_output_error(w, ga.dequantize(), H),
+              0.7 * layer_output_error(w, rtn_quantize(w, 32, 4, true).dequantize(), H));
   }
   // A diagonal H: every column is independent, so GPTQ is round-to-nearest exactly.
   auto Hd = torch::diag(torch::rand({64}, torch::kFloat64) + 0.5);
-  auto [qd, sd] = gptq_quantize(w, Hd, GptqOptions{});
-  EXPECT_TRUE(torch::equal(qd, quantize_weight(w, 0).first));
+  EXPECT_TRUE(torch::equal(gptq_quantize(w, Hd, GptqOptions{}).q, quantize_weight(w, 0).first));
+  {
+    GptqOptions a;
+    a.bits = 4;
+    a.asym = true;
+    QWeight gd = gptq_quantize(w, Hd, a);
+    QWeight rd = rtn_quantize(w, 0, 4, true);
+    EXPECT_TRUE(torch::equal(gd.q, rd.q));
+    EXPECT_TRUE(torch::equal(gd.zp, rd.zp));
+  }
   // Block sizes that do not hold whole groups are refused.
   GptqOptions b;
   b.group_size = 32;
@@ -160,6 +206,16 @@ TEST(QuantOps, AwqScalesAndClippingBeatRoundToNearest) {
     EXPECT_LT(layer_output_error(w, dequantize_weight(q, sc), H),
               0.95 * layer_output_error(w, dequantize_weight(quantize_with_scale(w, s1, 4), s1), H))
         << gs;
+  }
+  // Asymmetric: the clipping search shrinks both ends and never loses to c = 1; the scale search
+  // beats asymmetric round to nearest.
+  {
+    QWeight r = rtn_quantize(w, 32, 4, true);
+    QWeight c = awq_clip_quantize(w, H, 32, 4, true);
+    EXPECT_TRUE(torch::all(c.scale <= r.scale * (1 + 1e-6)).item<bool>());
+    EXPECT_LT(layer_output_error(w, c.dequantize(), H), layer_output_error(w, r.dequantize(), H));
+    AwqScale a = awq_search_scale(ws, xm, H, 32, 4, 20, 1, 0, true);
+    EXPECT_LT(a.err, 0.8 * a.err_rtn);
   }
   // Tied heads (o_proj's input under GQA): channels [kv 2, tied 2, head_dim 32] share factors.
   AwqScale t = awq_search_scale(ws, xm, H, 32, 4, 20, 2, 32);
@@ -229,15 +285,20 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
         Case{"w8a16", "awq", "minmax", 0, ""}, Case{"w8a8", "dynamic", "minmax", 0, ""},
         Case{"w8a8", "static", "entropy", 0, ""}, Case{"w8a8", "static", "mse", 0, "auto"},
         Case{"w8a16", "gptq", "minmax", 32, ""}, Case{"w8a8", "gptq", "mse", 0, "0.5"},
-        Case{"w4a16", "dynamic", "minmax", 32, ""}, Case{"w4a16", "gptq", "minmax", 32, ""}}) {
+        Case{"w4a16", "dynamic", "minmax", 32, ""}, Case{"w4a16", "gptq", "minmax", 32, ""},
+        Case{"w4a16", "asym", "minmax", 32, ""}, Case{"w4a16", "asym-awq", "minmax", 32, ""},
+        Case{"w4a16", "asym-gptq", "minmax", 32, ""}}) {
     QuantizeOptions o;
     o.model = dir + "/run/model";
     o.out = dir + "/q";
     o.scheme = cs.scheme;
-    const bool awq = std::string(cs.acts).rfind("awq", 0) == 0;
-    const bool gptq = std::string(cs.acts) == "gptq" || std::string(cs.acts) == "awq-gptq";
-    o.activations = gptq ? "static" : awq ? "dynamic" : cs.acts;  // w8a8 + gptq: static
+    const std::string acts = cs.acts;
+    const bool asym = acts.rfind("asym", 0) == 0;
+    const bool awq = acts.find("awq") != std::string::npos;
+    const bool gptq = acts.find("gptq") != std::string::npos;
+    o.activations = gptq ? "static" : (awq || asym) ? "dynamic" : cs.acts;  // w8a8 + gptq: static
     o.awq = awq;
+    o.asym = asym;
     o.method = gptq ? "gptq" : "rtn";
     o.act_order = gptq && cs.group == 0;
     o.observer = cs.observer;
@@ -294,6 +355,22 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
       const int8_t* v = reinterpret_cast<const int8_t*>(ck.data(*w));
       EXPECT_TRUE(std::all_of(v, v + w->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
       EXPECT_EQ(r.report["bits"], 4);
+      EXPECT_EQ(r.report["symmetric"], !asym);
+      EXPECT_EQ(cfg.raw["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"],
+                !asym);
+      const core::TensorInfo* zs = f->find("model.layers.0.mlp.down_proj.weight_zero_point");
+      EXPECT_EQ(zs != nullptr, asym) << what;
+      if (asym) {  // I32 [ceil(out / 8), groups] on disk, I8 [out, groups] in [-8, 7] read back
+        EXPECT_EQ(zs->dtype, core::DType::kI32);
+        EXPECT_EQ(zs->shape, (std::vector<int64_t>{32 / 8, 64 / 32}));
+        const core::TensorInfo* z = ck.find("model.layers.0.mlp.down_proj.weight_zero_point");
+        ASSERT_TRUE(z) << what;
+        EXPECT_EQ(z->dtype, core::DType::kI8);
+        EXPECT_EQ(z->shape, (std::vector<int64_t>{32, 2}));
+        const int8_t* zv = reinterpret_cast<const int8_t*>(ck.data(*z));
+        EXPECT_TRUE(std::all_of(zv, zv + z->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
+        EXPECT_TRUE(core::checkpoint_check(cfg, ck).is_ok()) << what;
+      }
     }
     // Loading back and evaluating reproduces the quantizer's fake-quant perplexity exactly
     // (same arithmetic), and stays close to float (a trained micro model, 8-bit).
@@ -360,6 +437,10 @@ TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
   o = {};
   o.awq_clip = false;
   expect_bad(o, "--awq-no-clip applies to --awq");
+  o = {};
+  o.scheme = "w8a16";
+  o.asym = true;
+  expect_bad(o, "--asym (zero points) is for --scheme w4a16");
   o = {};
   o.scheme = "w8a16";
   o.method = "gptq";

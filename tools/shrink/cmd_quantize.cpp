@@ -48,6 +48,9 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_flag_function(
       "--awq-no-clip", [o](int64_t n) { o->awq_clip = n == 0; },
       "--awq without the clipping search");
+  sub->add_flag("--asym", o->asym,
+                "w4a16: asymmetric 4-bit weights, a zero point per group (compressed-tensors "
+                "W4A16_ASYM); with rtn, gptq and --awq");
   sub->add_option("--targets", o->targets, "Regex over module names to quantize")
       ->capture_default_str();
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
