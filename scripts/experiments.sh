@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|awq|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|awq|asym|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|awq|spec|task|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|awq|asym|spec|task|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -72,6 +72,17 @@ case "$WHAT" in
         | python3 -c "import json,sys; d=json.load(sys.stdin); print('%-30s acc %.4f acc_norm %.4f' % ('$m', d['acc'], d['acc_norm']))"
     done
     ;;
+  asym)  # Asymmetric 4-bit weights (zero points, --asym) against symmetric, for round to nearest,
+         # AWQ (scales + clipping), GPTQ and AWQ + GPTQ, groups of 64 and 32.
+    for g in 64 32; do
+      for z in "" "-asym"; do
+        a=(--scheme w4a16 --group-size $g ${z:+--asym})
+        run "w4a16-g$g$z" "${a[@]}"
+        run "w4a16-g$g$z-awq" "${a[@]}" --awq
+        run "w4a16-g$g$z-gptq" "${a[@]}" --method gptq
+        run "w4a16-g$g$z-awq-gptq" "${a[@]}" --awq --method gptq
+      done
+    done ;;
   awq)  # AWQ (activation-aware scales, clipping) against round-to-nearest and GPTQ, 4-bit groups
         # of 64 and 32 and 8-bit per channel; then each one's multiple-choice accuracy.
     RT=${SHRINK_RT_BIN:-build/bin/shrink-rt}
