@@ -100,6 +100,10 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
     return invalid_input(gat + ".weights.strategy: '" + strategy +
                          "' is not supported; expected 'channel', 'group' or 'tensor'");
   }
+  SHRINK_CHECK(s.symmetric || s.strategy != WeightStrategy::kTensor, StatusCode::kInvalidInput,
+               "%s.weights: symmetric false with strategy 'tensor' is not supported; expected "
+               "'channel' or 'group' (a zero point per channel or group)",
+               gat.c_str());
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
     SHRINK_CHECK(s.bits == 8, StatusCode::kInvalidInput,

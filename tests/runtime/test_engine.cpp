@@ -747,6 +747,22 @@ TEST(BadModels, FailWithClearMessages) {
     j["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
   });
   expect_invalid(d, "num_bits: 4 is not supported");
+  patch_config(d, [](nlohmann::json& j) {  // zero points: 4-bit weights only, never per tensor
+    runtime::QuantScheme s;
+    s.quantized = true;
+    s.symmetric = false;
+    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+  });
+  expect_invalid(d, "weights.symmetric: false is not supported here");
+  patch_config(d, [](nlohmann::json& j) {
+    runtime::QuantScheme s;
+    s.quantized = true;
+    s.bits = 4;
+    s.symmetric = false;
+    s.strategy = runtime::WeightStrategy::kTensor;
+    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+  });
+  expect_invalid(d, "symmetric false with strategy 'tensor' is not supported");
   patch_config(d, [](nlohmann::json& j) { j["quantization_config"]["quant_method"] = "gptq"; });
   expect_invalid(d, "quant_method: 'gptq'");
   // A quantized config over float weights, and an int8 dir missing its scales / input scales.
