@@ -34,7 +34,9 @@ src=$FIX/llama_gqa_llama3rope
 "$PEER" quantize "$src" "$WORK/models/w8a8_dynamic" dynamic
 "$PEER" quantize "$src" "$WORK/models/w4a16_g32" none4 32
 "$PEER" quantize "$src" "$WORK/models/w4a16_asym_g32" none4asym 32
-for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32 w4a16_asym_g32; do
+"$PEER" quantize "$src" "$WORK/models/w4a16_asym_g32_gidx" none4asym-gidx 32
+"$PEER" quantize "$src" "$WORK/models/w8a16_g16_gidx" none-gidx 16
+for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32 w4a16_asym_g32 w4a16_asym_g32_gidx w8a16_g16_gidx; do
   "$PEER" case "$WORK/models/$q" "$WORK/llama_gqa-$q" >/dev/null
   cases+=("$WORK/llama_gqa-$q")
 done

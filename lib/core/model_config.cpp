@@ -593,6 +593,14 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
                               " (or I32 packed along the outputs)");
         }
       }
+      if (const TensorInfo* gi = ckpt.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups
+        expected.insert(mod + ".weight_g_idx");
+        if ((gi->dtype != DType::kI32 && gi->dtype != DType::kI64) ||
+            gi->shape != std::vector<int64_t>{in}) {
+          bad_shape.push_back(mod + ".weight_g_idx is " + dtype_name(gi->dtype) + " " +
+                              shape_str(gi->shape) + ", expected I32 [" + std::to_string(in) + "]");
+        }
+      }
       for (const char* zp : {".weight_zero_point", ".input_zero_point"}) {
         if (ckpt.find(mod + zp)) expected.insert(mod + zp);  // symmetric: zeros, ignored
       }

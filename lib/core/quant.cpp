@@ -305,6 +305,39 @@ void int4_unpack(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* q) {
   }
 }
 
+Result<std::vector<int32_t>> group_order_from_g_idx(const std::vector<int64_t>& g_idx,
+                                                    int64_t group, const std::string& where) {
+  const int64_t in = int64_t(g_idx.size());
+  if (group <= 0) return invalid_input(where + ": g_idx needs group-wise weights (strategy group)");
+  const int64_t G = (in + group - 1) / group;
+  std::vector<int64_t> count(size_t(G), 0);
+  bool identity = true;
+  for (int64_t k = 0; k < in; ++k) {
+    const int64_t g = g_idx[size_t(k)];
+    if (g < 0 || g >= G) {
+      return invalid_input(where + "[" + std::to_string(k) + "] is " + std::to_string(g) +
+                           "; expected a group index in [0, " + std::to_string(G) + ")");
+    }
+    count[size_t(g)]++;
+    identity &= g == k / group;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t want = std::min(group, in - g * group);
+    if (count[size_t(g)] != want) {
+      return invalid_input(where + ": group " + std::to_string(g) + " has " +
+                           std::to_string(count[size_t(g)]) + " columns; expected " +
+                           std::to_string(want) + " (group_size " + std::to_string(group) + ")");
+    }
+  }
+  std::vector<int32_t> order;
+  if (identity) return order;
+  order.resize(size_t(in));
+  std::vector<int64_t> pos(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) pos[size_t(g)] = g * group;
+  for (int64_t k = 0; k < in; ++k) order[size_t(pos[size_t(g_idx[size_t(k)])]++)] = int32_t(k);
+  return order;
+}
+
 void int4_pack_rows(const int8_t* v, int64_t rows, int64_t cols, uint8_t* out) {
   const int64_t words = int4_packed_cols(rows);
   for (int64_t w = 0; w < words; ++w) {

@@ -61,6 +61,15 @@ void int4_pack_rows(const int8_t* v, int64_t rows, int64_t cols, uint8_t* out);
 /// The inverse: bytes of int4_packed_cols(rows) * cols words -> v [rows, cols].
 void int4_unpack_rows(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* v);
 
+/// GPTQ's activation order with groups (compressed-tensors `weight_g_idx`, llm-compressor's
+/// `actorder: group`): g_idx[k] is the group of input column k, and the columns of each group
+/// need not be contiguous. Validates it (every group in [0, ceil(in / group)), each holding as
+/// many columns as a contiguous grouping would) and returns the column order that makes the
+/// groups contiguous (columns of group 0 first, each group's in increasing order), or an empty
+/// vector when g_idx is already the contiguous grouping. `where` names the tensor in errors.
+Result<std::vector<int32_t>> group_order_from_g_idx(const std::vector<int64_t>& g_idx,
+                                                    int64_t group, const std::string& where);
+
 /// round-half-to-even (the default FP rounding mode), then clamp to [-127, 127].
 inline int8_t quantize_value(float x, float inv_scale) {
   float r = std::nearbyint(x * inv_scale);

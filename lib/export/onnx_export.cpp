@@ -295,9 +295,42 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
   std::vector<int8_t> qt(size_t(out * in));
   for (int64_t o = 0; o < out; ++o)
     for (int64_t k = 0; k < in; ++k) qt[size_t(k * out + o)] = q[o * in + k];
+  // GPTQ act-order groups (weight_g_idx): the rows of W^T go in group order, so the groups are
+  // contiguous for the dequantization below, and a Gather puts them back afterwards.
+  std::vector<int32_t> order;
+  if (const core::TensorInfo* gi = ck_.find(module + ".weight_g_idx")) {
+    if ((gi->dtype != core::DType::kI32 && gi->dtype != core::DType::kI64) || gi->numel() != in) {
+      fail(StatusCode::kInvalidInput, ck_.dir() + ": " + gi->name + " is " +
+                                          core::dtype_name(gi->dtype) + ", expected I32 [" +
+                                          std::to_string(in) + "]");
+    }
+    std::vector<int64_t> g(static_cast<size_t>(in));
+    const uint8_t* p = ck_.data(*gi);
+    for (int64_t k = 0; k < in; ++k) {
+      if (gi->dtype == core::DType::kI32) {
+        int32_t v;
+        std::memcpy(&v, p + 4 * k, 4);
+        g[size_t(k)] = v;
+      } else {
+        std::memcpy(&g[size_t(k)], p + 8 * k, 8);
+      }
+    }
+    const int64_t gs = scheme_->weight_strategy == "group" ? scheme_->group_size : in;
+    Result<std::vector<int32_t>> o =
+        core::group_order_from_g_idx(g, gs, ck_.dir() + ": " + gi->name);
+    if (!o.is_ok()) fail(o.status().code(), o.status().message());
+    order = std::move(o).value();
+    if (!order.empty()) {
+      std::vector<int8_t> qg(qt.size());
+      for (int64_t j = 0; j < in; ++j)
+        std::memcpy(qg.data() + j * out, qt.data() + int64_t(order[size_t(j)]) * out, size_t(out));
+      qt = std::move(qg);
+    }
+  }
   if (!scheme_->symmetric) {
     // 4-bit zero points fold into the stored values: (q - zp) is in [-15, 15], an int8 with the
-    // same scales, so the graph is the symmetric one.
+    // same scales, so the graph is the symmetric one. Row j of qt is in group j / g (after the
+    // act-order reordering above).
     const core::TensorInfo& zt = tensor(module + ".weight_zero_point");
     const int64_t g = scheme_->weight_strategy == "group" ? scheme_->group_size : in;
     expect_shape(zt, {out, in / g});
@@ -307,8 +340,15 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
     }
     const int8_t* z = reinterpret_cast<const int8_t*>(ck_.data(zt));
     for (int64_t o = 0; o < out; ++o)
-      for (int64_t k = 0; k < in; ++k) qt[size_t(k * out + o)] -= z[o * (in / g) + k / g];
+      for (int64_t j = 0; j < in; ++j) qt[size_t(j * out + o)] -= z[o * (in / g) + j / g];
   }
+  auto unorder = [&](const std::string& w) {
+    if (order.empty()) return w;
+    std::vector<int64_t> inv(static_cast<size_t>(in));
+    for (int64_t j = 0; j < in; ++j) inv[size_t(order[size_t(j)])] = j;
+    return b_.op("Gather", {w, b_.i64(inv)}, module + "/w_deq_input_order",
+                 [](onnx::NodeProto* n) { attr_int(n, "axis", 0); });
+  };
   std::string wq = b_.init(onnx_weight_name(module), onnx::TensorProto::INT8, {in, out}, qt.data(),
                            qt.size());
   const core::TensorInfo& st = tensor(module + ".weight_scale");
@@ -335,7 +375,7 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
                            [](onnx::NodeProto* n) { attr_int(n, "to", onnx::TensorProto::FLOAT); });
     std::string w3 = b_.op("Reshape", {wf, b_.i64({G, g, out})}, module + "/w_groups");
     std::string d3 = b_.op("Mul", {w3, sc}, module + "/w_deq_groups");
-    return b_.op("Reshape", {d3, b_.i64({in, out})}, module + "/w_deq");
+    return unorder(b_.op("Reshape", {d3, b_.i64({in, out})}, module + "/w_deq"));
   }
   if (st.numel() != out || !(st.shape == std::vector<int64_t>{out, 1} ||
                              st.shape == std::vector<int64_t>{out})) {

@@ -83,6 +83,7 @@ class CpuLinear : public Linear {
   int64_t ld4 = 0;
   std::vector<float> scale;
   std::vector<float> zs;      // W4A16 asymmetric: zp * scale [out, groups] (else empty)
+  std::vector<int32_t> perm;  // g_idx: the kernels read x[perm] (LinearDesc::perm)
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
   int64_t group = 0;
   ActQuant act = ActQuant::kNone;
@@ -160,6 +161,7 @@ class CpuBackend : public Backend {
         d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in);
     if (!keep4) linear_desc_fold_zero_points(d);
     l->q = std::move(d.q);
+    l->perm = std::move(d.perm);
     l->scale = std::move(d.scale);
     l->group = d.group;
     l->act = d.act;
@@ -219,6 +221,15 @@ class CpuBackend : public Backend {
   void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
     const CpuLinear& l = static_cast<const CpuLinear&>(base);
     const int64_t N = l.out, K = l.in;
+    if (!l.perm.empty()) {  // act-order groups: gather the inputs into q's column order
+      xp_.resize(size_t(M * K));
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xr = x + m * K;
+        float* o = xp_.data() + m * K;
+        for (int64_t j = 0; j < K; ++j) o[j] = xr[l.perm[size_t(j)]];
+      }
+      x = xp_.data();
+    }
     const int64_t gemv_max = l.kind == LinearKind::kW8A16  ? kc::kGemvMaxMW8A16
                              : l.kind == LinearKind::kW8A8 ? kc::kGemvMaxMW8A8
                                                            : kc::kGemvMaxMFloat;
@@ -542,7 +553,7 @@ class CpuBackend : public Backend {
   bool bf16_ = false;
   std::vector<uint16_t> xb_;
   // Scratch reused across calls (the engine calls ops from one thread).
-  std::vector<float> deq_, sx_, xsum_;
+  std::vector<float> deq_, sx_, xsum_, xp_;
   std::vector<int8_t> qx_;
   std::vector<int32_t> acc_;
   std::vector<float> part_o_, part_ml_;  // split-K attention partials

@@ -157,6 +157,8 @@ class CudaBackend : public Backend {
 
   Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
     linear_desc_fold_zero_points(d);  // 4-bit asymmetric runs as int8 q - zp, like 4-bit
+    // g_idx (act-order groups): no input permutation here yet, so such layers run in float.
+    if (!d.perm.empty()) linear_desc_to_float(d);
     auto l = std::make_unique<CudaLinear>();
     l->out = d.out;
     l->in = d.in;

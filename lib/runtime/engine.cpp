@@ -174,7 +174,8 @@ Status check_quantized(const core::ModelConfig& c, const QuantScheme& s, TensorS
     const bool linear_w = core::tensor_role_is_linear(spec.role) && ends_with(spec.name, ".weight");
     if (t.dtype == core::DType::kI8 && linear_w) {
       const std::string m = spec.name.substr(0, spec.name.size() - 7);
-      for (const char* suf : {".weight_scale", ".weight_zero_point", ".input_scale"}) {
+      for (const char* suf :
+           {".weight_scale", ".weight_zero_point", ".weight_g_idx", ".input_scale"}) {
         known.insert(m + suf);
       }
       SrcTensor sc;
@@ -362,6 +363,34 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
       }
       src.release(module + ".weight_zero_point");
     }
+    SrcTensor gi;
+    if (src.find(module + ".weight_g_idx", &gi)) {  // GPTQ act-order groups
+      SHRINK_CHECK(
+          (gi.dtype == core::DType::kI32 || gi.dtype == core::DType::kI64) && gi.numel() == in,
+          StatusCode::kInvalidInput, "%s: %s.weight_g_idx: expected I32 or I64 [%lld]",
+          src.origin().c_str(), module.c_str(), (long long)in);
+      std::vector<int64_t> g(static_cast<size_t>(in));
+      for (int64_t k = 0; k < in; ++k) {
+        if (gi.dtype == core::DType::kI32) {
+          int32_t v;
+          std::memcpy(&v, gi.data + 4 * k, 4);
+          g[size_t(k)] = v;
+        } else {
+          std::memcpy(&g[size_t(k)], gi.data + 8 * k, 8);
+        }
+      }
+      SHRINK_ASSIGN_OR_RETURN(
+          d.perm,
+          core::group_order_from_g_idx(g, d.group, src.origin() + ": " + module + ".weight_g_idx"));
+      if (!d.perm.empty()) {  // q's columns in group order
+        std::vector<int8_t> qp(d.q.size());
+        for (int64_t n = 0; n < out; ++n)
+          for (int64_t j = 0; j < in; ++j)
+            qp[size_t(n * in + j)] = d.q[size_t(n * in + d.perm[size_t(j)])];
+        d.q = std::move(qp);
+      }
+      src.release(module + ".weight_g_idx");
+    }
   } else {
     d.kind = LinearKind::kF32;
     d.w = to_f32(w);
@@ -392,7 +421,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   for (const LinearDesc& d : ds) {
     fusable &= d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
                d.input_scale == ds[0].input_scale && d.bits == ds[0].bits &&
-               d.zp.empty() == ds[0].zp.empty();
+               d.zp.empty() == ds[0].zp.empty() && d.perm == ds[0].perm;
   }
   if (!fusable) {
     for (LinearDesc& d : ds) {

@@ -378,6 +378,11 @@ torch::Tensor tensor_from(const core::Checkpoint& ck, const std::string& name) {
     std::memcpy(out.data_ptr(), ck.data(*t), size_t(t->nbytes));
     return out;
   }
+  if (t->dtype == core::DType::kI32 || t->dtype == core::DType::kI64) {  // g_idx
+    auto out = torch::empty(shape, t->dtype == core::DType::kI32 ? torch::kInt32 : torch::kInt64);
+    std::memcpy(out.data_ptr(), ck.data(*t), size_t(t->nbytes));
+    return out;
+  }
   auto out = torch::empty(shape, torch::kFloat32);
   core::convert_to_f32(t->dtype, ck.data(*t), out.data_ptr<float>(), t->numel());
   return out;
@@ -407,9 +412,25 @@ void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantS
     if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
     if (t->dtype == core::DType::kI8) {
       const std::string mod = p.key().substr(0, p.key().size() - 7);
-      p.value().copy_(dequantize_weight(
-          tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale"),
-          s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point")));
+      torch::Tensor q = tensor_from(ck, p.key()), order;
+      if (ck.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups: dequantize in group order
+        auto g = tensor_from(ck, mod + ".weight_g_idx").to(torch::kInt64).contiguous();
+        const int64_t* gp = g.data_ptr<int64_t>();
+        auto o =
+            core::group_order_from_g_idx(std::vector<int64_t>(gp, gp + g.numel()),
+                                         s.weight_strategy == "group" ? s.group_size : q.size(1),
+                                         ck.dir() + ": " + mod + ".weight_g_idx");
+        if (!o.is_ok()) throw Error(o.status().code(), o.status().message());
+        if (!o->empty()) {
+          order = torch::tensor(std::vector<int64_t>(o->begin(), o->end()), torch::kInt64);
+          q = q.index_select(1, order);
+        }
+      }
+      auto w = dequantize_weight(
+          q, tensor_from(ck, mod + ".weight_scale"),
+          s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point"));
+      if (order.defined()) w = w.index_select(1, torch::argsort(order));
+      p.value().copy_(w);
       tap->modules.insert(group_head(mod));
       if (s.activations == "static") {
         tap->input_scales[group_head(mod)] = tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();

@@ -247,6 +247,7 @@ struct LinCase {
   double tol;
   int bits = 8;       // 4: values in [-8, 7] (W4A16), which the CPU keeps at 4 bits
   bool asym = false;  // 4 bits with zero points (the CPU corrects, the GPU folds q - zp)
+  bool perm = false;  // act-order groups (LinearDesc::perm; the GPU runs such layers in float)
 };
 
 void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias) {
@@ -274,6 +275,11 @@ void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias)
         runtime::quant_weight_s8(w.data(), N, K, group, d.q.data(), d.scale.data());
       }
       d.bits = lc.bits;
+      if (lc.perm) {
+        d.perm.resize(size_t(K));
+        // A permutation: 7 is coprime with every K below (64, 100, 512).
+        for (int64_t j = 0; j < K; ++j) d.perm[size_t(j)] = int32_t((j * 7 + 3) % K);
+      }
       d.group = group;
       d.act = lc.act;
       d.input_scale = 0.02f;
@@ -326,6 +332,8 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
       {LinearKind::kW8A16, 0, ActQuant::kNone, "f16", 1e-2},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 8, false, true},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true, true},
       {LinearKind::kW8A8, 0, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 32, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 0, ActQuant::kStatic, "f16", 1e-5},

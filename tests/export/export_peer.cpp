@@ -38,11 +38,11 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 }
 
 int usage() {
-  std::fprintf(
-      stderr,
-      "usage: export_peer quantize SRC DST none|none4|static|dynamic [GROUP] [INPUT_SCALE]\n"
-      "       export_peer window SRC DST W\n"
-      "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
+  std::fprintf(stderr,
+               "usage: export_peer quantize SRC DST none|none4|none4asym|static|dynamic[-gidx] "
+               "[GROUP] [INPUT_SCALE]\n"
+               "       export_peer window SRC DST W\n"
+               "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
   return 2;
 }
 
@@ -86,6 +86,11 @@ int main(int argc, char** argv) {
     if (a.size() >= 4 && a[0] == "quantize") {
       test::QuantSpec q;
       q.activations = a[3];
+      if (q.activations.size() > 5 &&
+          q.activations.compare(q.activations.size() - 5, 5, "-gidx") == 0) {
+        q.act_order_groups = true;  // act-order groups (weight_g_idx)
+        q.activations.resize(q.activations.size() - 5);
+      }
       if (q.activations == "none4" || q.activations == "none4asym") {  // 4-bit weights (W4A16)
         q.asym = q.activations == "none4asym";
         q.activations = "none";

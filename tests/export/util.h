@@ -27,6 +27,7 @@ struct QuantSpec {
   float input_scale = 0.02f;         // static only: small enough that some inputs clip
   int bits = 8;                      // 4: W4A16 in the pack-quantized layout (activations none)
   bool asym = false;                 // 4 bits with zero points (W4A16 asymmetric)
+  bool act_order_groups = false;     // groups of scattered columns, stored as weight_g_idx
 };
 
 /// Quantize every linear weight of the float model in `src` except lm_head into `dst`.
@@ -62,6 +63,20 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
     std::vector<int8_t> qw(size_t(out * in));
     std::vector<float> sc(size_t(out * G));
     std::vector<int8_t> zp(size_t(out * G), 0);
+    // Act-order groups: group g holds columns perm[g * group, (g + 1) * group); quantize the
+    // columns in that order, then store q in the input order with g_idx.
+    std::vector<int32_t> perm(static_cast<size_t>(in));
+    for (int64_t k = 0; k < in; ++k) perm[size_t(k)] = int32_t(k);
+    if (q.act_order_groups) {
+      std::stable_sort(perm.begin(), perm.end(), [](int32_t a, int32_t b) {
+        return (uint32_t(a) * 2654435761u) % 1009u < (uint32_t(b) * 2654435761u) % 1009u;
+      });
+      std::vector<float> wp(w.size());
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t j = 0; j < in; ++j)
+          wp[size_t(o * in + j)] = w[size_t(o * in + perm[size_t(j)])];
+      w = std::move(wp);
+    }
     for (int64_t o = 0; o < out; ++o) {
       for (int64_t g = 0; g < G; ++g) {
         if (q.asym) {  // core/quant.h: [min(w, 0), max(w, 0)] onto [-8, 7] with a zero point
@@ -96,6 +111,17 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
       }
     }
     const std::string m = s.name.substr(0, s.name.size() - std::string(".weight").size());
+    if (q.act_order_groups) {
+      std::vector<int8_t> qi(qw.size());
+      std::vector<int32_t> g_idx(static_cast<size_t>(in));
+      for (int64_t j = 0; j < in; ++j) {
+        g_idx[size_t(perm[size_t(j)])] = int32_t(j / group);
+        for (int64_t o = 0; o < out; ++o)
+          qi[size_t(o * in + perm[size_t(j)])] = qw[size_t(o * in + j)];
+      }
+      qw = std::move(qi);
+      keep(bytes(g_idx.data(), g_idx.size() * 4), m + ".weight_g_idx", core::DType::kI32, {in});
+    }
     if (q.bits == 4) {
       std::vector<uint8_t> packed(size_t(out * core::int4_packed_cols(in) * 4));
       core::int4_pack(qw.data(), out, in, packed.data());

@@ -44,9 +44,12 @@ inline std::vector<float> tensor_f32(const core::SafetensorsFile& f, const std::
 /// I8 weights + F32 weight_scale (+ a fixed input_scale for static activations). When
 /// `dequant_dst` is given, also write the float model whose linear weights are exactly
 /// q * scale (the fake-quant reference of W8A16).
+/// With `act_order_groups` (group-wise schemes), each group holds a scattered set of input
+/// columns, written as `weight_g_idx` I32 [in] as GPTQ's act-order groups are (llm-compressor's
+/// `actorder: group`).
 inline void quantize_dir(const std::string& src, const std::string& dst,
                          const runtime::QuantScheme& scheme, float input_scale = 0.05f,
-                         const std::string& dequant_dst = "") {
+                         const std::string& dequant_dst = "", bool act_order_groups = false) {
   core::ModelConfig cfg = core::config_load(src).take_or_throw();
   core::Checkpoint ck = core::Checkpoint::open(src).take_or_throw();
   std::vector<std::vector<uint8_t>> bufs;
@@ -73,6 +76,27 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     std::vector<float> sc(size_t(out * G));
     std::vector<int8_t> zp(size_t(out * G), 0);
     const std::string m = s.name.substr(0, s.name.size() - 7);
+    // perm[j]: the input column at position j of the grouped order (identity unless
+    // act_order_groups); quantize the columns in that order, then store q in the input order.
+    std::vector<int32_t> perm(static_cast<size_t>(in));
+    for (int64_t k = 0; k < in; ++k) perm[size_t(k)] = int32_t(k);
+    if (act_order_groups) {
+      std::stable_sort(perm.begin(), perm.end(), [](int32_t a, int32_t b) {
+        return (uint32_t(a) * 2654435761u) % 1009u < (uint32_t(b) * 2654435761u) % 1009u;
+      });
+      std::vector<float> wp(w.size());
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t j = 0; j < in; ++j)
+          wp[size_t(o * in + j)] = w[size_t(o * in + perm[size_t(j)])];
+      w = std::move(wp);  // quantized below in grouped order, un-permuted after
+    }
+    auto input_order = [&]() {  // q as stored: column perm[j] holds grouped column j
+      std::vector<int8_t> qi(q.size());
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t j = 0; j < in; ++j)
+          qi[size_t(o * in + perm[size_t(j)])] = q[size_t(o * in + j)];
+      return qi;
+    };
     if (scheme.bits == 4) {  // compressed-tensors pack-quantized: weight_packed + weight_shape
       if (scheme.symmetric) {
         runtime::quant_weight_s4(w.data(), out, in, group, q.data(), sc.data());
@@ -87,7 +111,7 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
                          bufs.back().size()});
       }
       bufs.emplace_back(size_t(out * core::int4_packed_cols(in) * 4));
-      core::int4_pack(q.data(), out, in, bufs.back().data());
+      core::int4_pack(input_order().data(), out, in, bufs.back().data());
       views.push_back({m + ".weight_packed",
                        core::DType::kI32,
                        {out, core::int4_packed_cols(in)},
@@ -99,14 +123,23 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
       views.push_back({m + ".weight_shape", core::DType::kI64, {2}, bufs.back().data(), 16});
     } else {
       runtime::quant_weight_s8(w.data(), out, in, group, q.data(), sc.data());
-      bufs.emplace_back(reinterpret_cast<uint8_t*>(q.data()),
-                        reinterpret_cast<uint8_t*>(q.data()) + q.size());
+      const std::vector<int8_t> qi = input_order();
+      bufs.emplace_back(reinterpret_cast<const uint8_t*>(qi.data()),
+                        reinterpret_cast<const uint8_t*>(qi.data()) + qi.size());
       views.push_back({s.name, core::DType::kI8, s.shape, bufs.back().data(), bufs.back().size()});
     }
     bufs.emplace_back(reinterpret_cast<uint8_t*>(sc.data()),
                       reinterpret_cast<uint8_t*>(sc.data()) + sc.size() * 4);
     views.push_back({m + ".weight_scale", core::DType::kF32, {out, G}, bufs.back().data(),
                      bufs.back().size()});
+    if (act_order_groups) {
+      std::vector<int32_t> g_idx(static_cast<size_t>(in));
+      for (int64_t j = 0; j < in; ++j) g_idx[size_t(perm[size_t(j)])] = int32_t(j / group);
+      bufs.emplace_back(reinterpret_cast<uint8_t*>(g_idx.data()),
+                        reinterpret_cast<uint8_t*>(g_idx.data()) + g_idx.size() * 4);
+      views.push_back(
+          {m + ".weight_g_idx", core::DType::kI32, {in}, bufs.back().data(), bufs.back().size()});
+    }
     if (scheme.act == runtime::ActQuant::kStatic) {
       bufs.emplace_back(reinterpret_cast<uint8_t*>(&input_scale),
                         reinterpret_cast<uint8_t*>(&input_scale) + 4);
@@ -115,8 +148,9 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     std::vector<float> dq(size_t(out * in));
     for (int64_t o = 0; o < out; ++o)
       for (int64_t k = 0; k < in; ++k)
-        dq[size_t(o * in + k)] = float(q[size_t(o * in + k)] - zp[size_t(o * G + k / group)]) *
-                                 sc[size_t(o * G + k / group)];
+        dq[size_t(o * in + perm[size_t(k)])] =
+            float(q[size_t(o * in + k)] - zp[size_t(o * G + k / group)]) *
+            sc[size_t(o * G + k / group)];
     bufs.emplace_back(reinterpret_cast<uint8_t*>(dq.data()),
                       reinterpret_cast<uint8_t*>(dq.data()) + dq.size() * 4);
     deq_views.push_back({s.name, core::DType::kF32, s.shape, bufs.back().data(), bufs.back().size()});

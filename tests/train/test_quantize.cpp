@@ -388,6 +388,73 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
   fs::remove_all(dir);
 }
 
+// GPTQ act-order groups (weight_g_idx, llm-compressor's `actorder: group`): a model whose
+// groups are scattered input columns loads with each weight (q - zp) * scale of its column's
+// group, in the input order.
+TEST(Quantize, ActOrderGroupsLoadAsTheirDequantizedWeights) {
+  const std::string dir = test::temp_dir("gidx_load");
+  core::ModelConfig c = test::micro_config(64);
+  CausalLM m = model_create(c, 5);
+  model_save(m, dir + "/f");
+  auto ck = core::Checkpoint::open(dir + "/f").take_or_throw();
+  std::vector<std::vector<uint8_t>> bufs;
+  bufs.reserve(1024);
+  std::vector<core::TensorView> views;
+  auto keep = [&](const std::string& name, core::DType dt, const torch::Tensor& t) {
+    auto ct = t.contiguous();
+    const uint8_t* p = static_cast<const uint8_t*>(ct.data_ptr());
+    bufs.emplace_back(p, p + ct.nbytes());
+    views.push_back({name, dt, std::vector<int64_t>(ct.sizes().begin(), ct.sizes().end()),
+                     bufs.back().data(), bufs.back().size()});
+  };
+  std::map<std::string, torch::Tensor> want, naive;
+  for (const core::TensorSpec& s : core::expected_tensors(c)) {
+    const core::TensorInfo* t = ck.find(s.name);
+    auto w = torch::empty(s.shape, torch::kFloat32);
+    core::convert_to_f32(t->dtype, ck.data(*t), w.data_ptr<float>(), t->numel());
+    if (!core::tensor_role_is_linear(s.role) || s.role == core::TensorRole::kLmHead) {
+      keep(s.name, core::DType::kF32, w);
+      continue;
+    }
+    const std::string mod = s.name.substr(0, s.name.size() - 7);
+    const int64_t in = w.size(1);
+    auto perm = torch::randperm(in, torch::TensorOptions().dtype(torch::kInt64));
+    QWeight qg = rtn_quantize(w.index_select(1, perm), 32, 8, false);  // groups in perm order
+    auto inv = torch::argsort(perm);
+    keep(s.name, core::DType::kI8, qg.q.index_select(1, inv));
+    keep(mod + ".weight_scale", core::DType::kF32, qg.scale);
+    keep(mod + ".weight_g_idx", core::DType::kI32,
+         (torch::arange(in, torch::kInt64) / 32).index_select(0, inv).to(torch::kInt32));
+    want[s.name] = qg.dequantize().index_select(1, inv);
+    // What ignoring g_idx would load (contiguous groups): differs where there are two groups.
+    if (in > 32) naive[s.name] = dequantize_weight(qg.q.index_select(1, inv), qg.scale);
+  }
+  core::QuantScheme qs;
+  qs.weight_strategy = "group";
+  qs.group_size = 32;
+  qs.activations = "none";
+  qs.ignore = {"lm_head"};
+  core::ModelConfig qc = c;
+  qc.raw["quantization_config"] = core::quant_config_to_json(qs);
+  fs::create_directories(dir + "/q");
+  ASSERT_TRUE(core::checkpoint_write(dir + "/q", views).is_ok());
+  ASSERT_TRUE(core::write_file_atomic(dir + "/q/config.json", core::config_to_json(qc)).is_ok());
+  ASSERT_TRUE(
+      core::checkpoint_check(qc, core::Checkpoint::open(dir + "/q").take_or_throw()).is_ok());
+  CausalLM l = model_load(dir + "/q");
+  size_t checked = 0;
+  for (auto& p : l->named_parameters()) {
+    auto it = want.find(p.key());
+    if (it == want.end()) continue;
+    EXPECT_TRUE(torch::allclose(p.value(), it->second, 0, 1e-7)) << p.key();
+    if (naive.count(p.key())) EXPECT_FALSE(torch::allclose(p.value(), naive[p.key()], 0, 1e-7));
+    ++checked;
+  }
+  EXPECT_EQ(checked, want.size());
+  EXPECT_EQ(naive.size(), 2u);  // down_proj of each layer (K = 64)
+  fs::remove_all(dir);
+}
+
 TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
   auto expect_bad = [](QuantizeOptions o, const std::string& needle) {
     o.model = "m";
