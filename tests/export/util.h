@@ -30,6 +30,17 @@ struct QuantSpec {
   bool act_order_groups = false;     // groups of scattered columns, stored as weight_g_idx
 };
 
+/// A fixed scattering of `in` input columns for act-order group tests: position j of the
+/// grouped order holds input column order[j] (a deterministic shuffle).
+inline std::vector<int32_t> act_order_test_order(int64_t in) {
+  std::vector<int32_t> order(static_cast<size_t>(in));
+  for (int64_t k = 0; k < in; ++k) order[size_t(k)] = int32_t(k);
+  std::stable_sort(order.begin(), order.end(), [](int32_t a, int32_t b) {
+    return (uint32_t(a) * 2654435761u) % 1009u < (uint32_t(b) * 2654435761u) % 1009u;
+  });
+  return order;
+}
+
 /// Quantize every linear weight of the float model in `src` except lm_head into `dst`.
 inline void quantize_model(const std::string& src, const std::string& dst, const QuantSpec& q) {
   core::ModelConfig cfg = core::config_load(src).take_or_throw();
@@ -68,9 +79,7 @@ inline void quantize_model(const std::string& src, const std::string& dst, const
     std::vector<int32_t> perm(static_cast<size_t>(in));
     for (int64_t k = 0; k < in; ++k) perm[size_t(k)] = int32_t(k);
     if (q.act_order_groups) {
-      std::stable_sort(perm.begin(), perm.end(), [](int32_t a, int32_t b) {
-        return (uint32_t(a) * 2654435761u) % 1009u < (uint32_t(b) * 2654435761u) % 1009u;
-      });
+      perm = act_order_test_order(in);
       std::vector<float> wp(w.size());
       for (int64_t o = 0; o < out; ++o)
         for (int64_t j = 0; j < in; ++j)

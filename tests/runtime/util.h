@@ -16,6 +16,7 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 #include "runtime/quant.h"
+#include "tests/export/util.h"  // act_order_test_order
 
 namespace shrink::test {
 
@@ -81,9 +82,7 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
     std::vector<int32_t> perm(static_cast<size_t>(in));
     for (int64_t k = 0; k < in; ++k) perm[size_t(k)] = int32_t(k);
     if (act_order_groups) {
-      std::stable_sort(perm.begin(), perm.end(), [](int32_t a, int32_t b) {
-        return (uint32_t(a) * 2654435761u) % 1009u < (uint32_t(b) * 2654435761u) % 1009u;
-      });
+      perm = act_order_test_order(in);
       std::vector<float> wp(w.size());
       for (int64_t o = 0; o < out; ++o)
         for (int64_t j = 0; j < in; ++j)
