@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The measurements quoted in the README and the issue notes, on the committed default teacher.
-# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|awq|asym|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
+# Usage: scripts/experiments.sh kd|prune|quant|gptq|w4|awq|asym|actorder|spec|task|throughput [OUT_DIR]   (default OUT_DIR /tmp/shrink-exp)
 # Every run is seeded; threads come from $SHRINK_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|awq|asym|spec|task|throughput [OUT_DIR]}
+WHAT=${1:?usage: experiments.sh kd|prune|quant|gptq|w4|awq|asym|actorder|spec|task|throughput [OUT_DIR]}
 OUT=${2:-/tmp/shrink-exp}
 BIN=${SHRINK_BIN:-build/bin/shrink}
 TH=${SHRINK_THREADS:-2}
@@ -81,6 +81,15 @@ case "$WHAT" in
         run "w4a16-g$g$z-awq" "${a[@]}" --awq
         run "w4a16-g$g$z-gptq" "${a[@]}" --method gptq
         run "w4a16-g$g$z-awq-gptq" "${a[@]}" --awq --method gptq
+      done
+    done ;;
+  actorder)  # GPTQ act-order: static groups (scales fixed up front) against groups formed in the
+             # activation order (--act-order-groups, weight_g_idx), 4-bit groups of 64 and 32.
+    for g in 64 32; do
+      for z in "" "-asym"; do
+        a=(--scheme w4a16 --group-size $g ${z:+--asym} --method gptq --act-order)
+        run "w4a16-g$g$z-gptq-ao" "${a[@]}"
+        run "w4a16-g$g$z-gptq-aog" "${a[@]}" --act-order-groups
       done
     done ;;
   awq)  # AWQ (activation-aware scales, clipping) against round-to-nearest and GPTQ, 4-bit groups

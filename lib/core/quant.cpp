@@ -15,7 +15,7 @@ json quant_config_to_json(const QuantScheme& s) {
                   {"strategy", s.weight_strategy},
                   {"group_size", s.weight_strategy == "group" ? json(s.group_size) : json(nullptr)},
                   {"dynamic", false},
-                  {"actorder", nullptr},
+                  {"actorder", s.actorder.empty() ? json(nullptr) : json(s.actorder)},
                   {"observer", "minmax"},
                   {"observer_kwargs", json::object()}};
   json acts = nullptr;
@@ -75,6 +75,7 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
         "weights.symmetric false with 8 bits is not supported; expected true (zero points "
         "are supported for 4-bit weights only)");
   }
+  if (w.contains("actorder") && w["actorder"].is_string()) s.actorder = w["actorder"];
   s.weight_strategy = w.value("strategy", "channel");
   if (s.weight_strategy == "group") {
     if (!w.contains("group_size") || !w["group_size"].is_number_integer()) {

@@ -82,6 +82,7 @@ struct QuantScheme {
   std::string weight_strategy = "channel";  // channel | group
   int64_t group_size = 0;                    // for group
   bool symmetric = true;                     // false: 4-bit weights with zero points (see kQMax4)
+  std::string actorder;                      // GPTQ's: "" (none), static, group (weight_g_idx)
   std::string activations = "none";          // none (W8A16) | static (per tensor) | dynamic (per token)
   std::string observer = "minmax";           // static activations: minmax|ema|percentile|mse|entropy
   std::vector<std::string> ignore;           // module names left in float (e.g. lm_head)

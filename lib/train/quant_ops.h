@@ -28,9 +28,11 @@ torch::Tensor dequantize_weight(const torch::Tensor& q, const torch::Tensor& sca
 
 /// Quantized weights: q [out, in] int8, scale [out, groups] float32 and, for asymmetric 4-bit
 /// weights, zp [out, groups] int8 in [-8, 7] (undefined when symmetric).
+/// g_idx [in] (int32, GPTQ act-order groups): the group of each input column, when the groups
+/// are not contiguous (undefined otherwise).
 struct QWeight {
-  torch::Tensor q, scale, zp;
-  torch::Tensor dequantize() const { return dequantize_weight(q, scale, zp); }
+  torch::Tensor q, scale, zp, g_idx;
+  torch::Tensor dequantize() const;
 };
 /// The scale (and zero point, asym) of every group, from its range: symmetric as
 /// quantize_weight; asymmetric 4-bit as core/quant.h (lo = min(w, 0), hi = max(w, 0),
@@ -57,6 +59,10 @@ struct GptqOptions {
   int64_t block_size = 128;  // a multiple of group_size
   double damp = 0.01;        // fraction of mean(diag H) added to the diagonal
   bool act_order = false;
+  // With act_order: groups of group_size consecutive columns in the activation order, each
+  // scaled from its weights as updated when it starts (llm-compressor's actorder: group), so
+  // QWeight::g_idx maps columns to groups. Without: static groups in the original order.
+  bool act_order_groups = false;
   int bits = 8;  // 8, or 4 (q in [-8, 7])
   bool asym = false;  // 4 bits with zero points (ranges as weight_qparams)
 };

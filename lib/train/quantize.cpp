@@ -91,6 +91,14 @@ torch::Tensor quantize_with_params(const torch::Tensor& w, const torch::Tensor& 
   return torch::round(v).clamp(qmin_of(bits), qmax_of(bits)).reshape({out, in}).to(torch::kInt8);
 }
 
+torch::Tensor QWeight::dequantize() const {
+  if (!g_idx.defined()) return dequantize_weight(q, scale, zp);
+  // Columns sorted by group are contiguous groups; dequantize there and put them back.
+  auto order = std::get<1>(g_idx.to(torch::kInt64).sort(/*stable=*/true, 0, false));
+  return dequantize_weight(q.index_select(1, order), scale, zp)
+      .index_select(1, torch::argsort(order));
+}
+
 QWeight rtn_quantize(const torch::Tensor& w, int64_t gs, int bits, bool asym) {
   if (!asym) {
     auto [q, s] = quantize_weight(w, gs, bits);
@@ -125,7 +133,7 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
   // S (Z): the scale (zero point) of every column (in the processing order); `scale` (`zp`) as
   // stored.
   auto [scale, zp] = weight_qparams(w, gs, o.bits, o.asym);  // [rows, groups]
-  const bool lazy = gs > 0 && !o.act_order;
+  const bool lazy = gs > 0 && (!o.act_order || o.act_order_groups);
   auto S = scale.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
   torch::Tensor Z;
   if (o.asym) Z = zp.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
@@ -171,7 +179,15 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
     }
   }
   if (o.act_order) Q = Q.index_select(1, inv);
-  return {Q.to(torch::kInt8), scale.contiguous(), o.asym ? zp.contiguous() : torch::Tensor()};
+  QWeight r{Q.to(torch::kInt8), scale.contiguous(), o.asym ? zp.contiguous() : torch::Tensor(),
+            torch::Tensor()};
+  if (o.act_order && o.act_order_groups && gs > 0) {  // column perm[i] is in group i / gs
+    r.g_idx = torch::div(torch::arange(cols, torch::kInt64), gs, "floor")
+                  .index_select(0, inv)
+                  .to(torch::kInt32)
+                  .contiguous();
+  }
+  return r;
 }
 
 double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H) {
@@ -495,6 +511,12 @@ void quantize_validate(const QuantizeOptions& o) {
   }
   if (!(o.damp >= 0 && o.damp <= 1)) bad("--damp must be in [0, 1]");
   if (o.act_order && o.method != "gptq") bad("--act-order applies to --method gptq");
+  if (o.act_order_groups && !o.act_order) {
+    bad("--act-order-groups needs --act-order (it chooses how act-order forms its groups)");
+  }
+  if (o.act_order_groups && o.group_size == 0 && o.scheme != "w4a16") {
+    bad("--act-order-groups needs group-wise weights (--group-size 32, 64 or 128, or w4a16)");
+  }
   if (o.awq && o.scheme == "w8a8") {
     bad("--awq is for weight-only schemes (w8a16, w4a16); w8a8 moves activation outliers with "
         "--smoothquant");
@@ -646,6 +668,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
   scheme.bits = bits;
   scheme.symmetric = !o.asym;
+  scheme.actorder = o.act_order ? (o.act_order_groups ? "group" : "static") : "";
   scheme.weight_strategy = group_size > 0 ? "group" : "channel";
   scheme.group_size = group_size;
   scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
@@ -700,6 +723,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   gopt.block_size = o.block_size;
   gopt.damp = o.damp;
   gopt.act_order = o.act_order;
+  gopt.act_order_groups = o.act_order_groups;
   nlohmann::json gptq_modules = nlohmann::json::array();
   nlohmann::json awq_layers = nlohmann::json::array();
   // Summed ||X dW^T||^2 over the quantized linears: the scale search's round to nearest and its
@@ -890,6 +914,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     report["gptq"] = {{"block_size", o.block_size},
                       {"damp", o.damp},
                       {"act_order", o.act_order},
+                      {"act_order_groups", o.act_order_groups},
                       {"output_error_ratio", err_rtn > 0 ? err_gptq / err_rtn : 0.0},
                       {"modules", gptq_modules}};
   }
@@ -954,9 +979,9 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   auto add = [&](const std::string& name, core::DType dt, const torch::Tensor& t) {
     auto c = t.contiguous();
     std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
-    if (dt == core::DType::kI8) {
-      bufs.emplace_back(size_t(c.numel()));
-      std::memcpy(bufs.back().data(), c.data_ptr(), size_t(c.numel()));
+    if (dt == core::DType::kI8 || dt == core::DType::kI32) {
+      bufs.emplace_back(size_t(c.nbytes()));
+      std::memcpy(bufs.back().data(), c.data_ptr(), size_t(c.nbytes()));
     } else {
       auto f = c.to(torch::kFloat32).contiguous();
       bufs.emplace_back(size_t(f.numel()) * core::dtype_size(dt));
@@ -1008,6 +1033,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
         add(s.name, core::DType::kI8, qw[mod].q);
       }
       add(mod + ".weight_scale", core::DType::kF32, qw[mod].scale);
+      if (qw[mod].g_idx.defined()) add(mod + ".weight_g_idx", core::DType::kI32, qw[mod].g_idx);
       if (stat) add(mod + ".input_scale", core::DType::kF32, torch::tensor({tap->input_scales.at(group_head(mod))}));
     } else {
       add(s.name, fdt, *params.find(s.name));

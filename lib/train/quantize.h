@@ -48,6 +48,7 @@ struct QuantizeOptions {
   int64_t block_size = 128;           // gptq: columns per block (a multiple of group_size)
   double damp = 0.01;                 // gptq: fraction of mean(diag H) added to the diagonal
   bool act_order = false;             // gptq: columns by decreasing activation energy
+  bool act_order_groups = false;      // gptq + act_order: groups in that order (weight_g_idx)
   // AWQ (weight-only schemes): activation-aware channel scales searched per input group and
   // folded into the op before; with rtn also AWQ's per-group clipping search.
   bool awq = false;

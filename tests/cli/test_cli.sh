@@ -159,6 +159,10 @@ if [ -d /usr/share/games/fortunes ]; then
   if grep -aq 'weight_zero_point' "$T/q4asym/model.safetensors"; then ok "w4a16 --asym stores zero points"; else bad "no weight_zero_point in the --asym file"; fi
   expect_rc "the asymmetric model verifies in the runtime" 0 "$SHRINK" --json verify "$T/q4asym" --reference "$T/rand" --data "$T/shards" --max-tokens 1024 --no-bench
   expect_grep "the runtime names the asymmetric scheme" "$T/out" 'w4a16-asym/g32'
+  expect_rc "quantize w4a16 gptq --act-order-groups" 0 "$SHRINK" --json quantize "$T/rand" --out "$T/q4g" --scheme w4a16 --method gptq --act-order --act-order-groups --data "$T/shards" --calib-samples 4 --calib-len 64 --eval-tokens 1024 --eval-seq-len 64
+  if grep -aq 'weight_g_idx' "$T/q4g/model.safetensors"; then ok "--act-order-groups stores weight_g_idx"; else bad "no weight_g_idx in the --act-order-groups file"; fi
+  expect_grep "--act-order-groups writes actorder: group" "$T/q4g/config.json" '"actorder": *"group"'
+  expect_rc "the act-order-groups model verifies in the runtime" 0 "$SHRINK" verify "$T/q4g" --reference "$T/rand" --data "$T/shards" --max-tokens 1024 --no-bench
   expect_rc "quantize w8a16 --asym exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --scheme w8a16 --asym
   expect_grep "--asym with w8a16 says why" "$T/err" 'is for --scheme w4a16'
   expect_rc "quantize w8a8 --awq exits 2" 2 "$SHRINK" quantize "$T/rand" --out "$T/x" --awq

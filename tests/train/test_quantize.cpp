@@ -133,6 +133,36 @@ TEST(QuantOps, GptqReconstructsBetterThanRoundToNearest) {
     EXPECT_LT(layer_output_error(w, ga.dequantize(), H),
               0.7 * layer_output_error(w, rtn_quantize(w, 32, 4, true).dequantize(), H));
   }
+  // Act-order groups: groups of 32 consecutive columns in the activation order, so g_idx maps
+  // each column to a group holding exactly 32 columns; below round-to-nearest, and dequantize()
+  // puts each column's scale back in the input order.
+  for (bool asym : {false, true}) {
+    GptqOptions o;
+    o.group_size = 32;
+    o.block_size = 32;
+    o.bits = 4;
+    o.asym = asym;
+    o.act_order = true;
+    o.act_order_groups = true;
+    QWeight g = gptq_quantize(w, H, o);
+    ASSERT_TRUE(g.g_idx.defined());
+    EXPECT_EQ(g.g_idx.numel(), 64);
+    EXPECT_TRUE(torch::equal(torch::bincount(g.g_idx.to(torch::kInt64)),
+                             torch::full({2}, 32, torch::kInt64)));
+    EXPECT_FALSE(
+        torch::equal(g.g_idx, torch::div(torch::arange(64), 32, "floor").to(torch::kInt32)))
+        << "the outlier channel 5 leads the activation order";
+    EXPECT_EQ(g.g_idx[5].item<int>(), 0);
+    auto manual = torch::empty({48, 64});
+    for (int64_t k = 0; k < 64; ++k) {
+      const int64_t gi = g.g_idx[k].item<int>();
+      auto z = asym ? g.zp.select(1, gi).to(torch::kFloat32) : torch::zeros({48});
+      manual.select(1, k).copy_((g.q.select(1, k).to(torch::kFloat32) - z) * g.scale.select(1, gi));
+    }
+    EXPECT_TRUE(torch::allclose(g.dequantize(), manual, 0, 1e-7));
+    EXPECT_LT(layer_output_error(w, g.dequantize(), H),
+              0.7 * layer_output_error(w, rtn_quantize(w, 32, 4, asym).dequantize(), H));
+  }
   // A diagonal H: every column is independent, so GPTQ is round-to-nearest exactly.
   auto Hd = torch::diag(torch::rand({64}, torch::kFloat64) + 0.5);
   EXPECT_TRUE(torch::equal(gptq_quantize(w, Hd, GptqOptions{}).q, quantize_weight(w, 0).first));
@@ -287,7 +317,8 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
         Case{"w8a16", "gptq", "minmax", 32, ""}, Case{"w8a8", "gptq", "mse", 0, "0.5"},
         Case{"w4a16", "dynamic", "minmax", 32, ""}, Case{"w4a16", "gptq", "minmax", 32, ""},
         Case{"w4a16", "asym", "minmax", 32, ""}, Case{"w4a16", "asym-awq", "minmax", 32, ""},
-        Case{"w4a16", "asym-gptq", "minmax", 32, ""}}) {
+        Case{"w4a16", "asym-gptq", "minmax", 32, ""},
+        Case{"w4a16", "gptq-groups", "minmax", 32, ""}}) {
     QuantizeOptions o;
     o.model = dir + "/run/model";
     o.out = dir + "/q";
@@ -300,7 +331,9 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
     o.awq = awq;
     o.asym = asym;
     o.method = gptq ? "gptq" : "rtn";
-    o.act_order = gptq && cs.group == 0;
+    const bool groups = acts.find("groups") != std::string::npos;
+    o.act_order = gptq && (cs.group == 0 || groups);
+    o.act_order_groups = groups;
     o.observer = cs.observer;
     o.group_size = cs.group;
     o.smoothquant = cs.sq;
@@ -371,6 +404,10 @@ TEST(Quantize, Int8DirectoriesSaveAndLoadBack) {
         EXPECT_TRUE(std::all_of(zv, zv + z->numel(), [](int8_t x) { return x >= -8 && x <= 7; }));
         EXPECT_TRUE(core::checkpoint_check(cfg, ck).is_ok()) << what;
       }
+      EXPECT_EQ(ck.find("model.layers.0.mlp.down_proj.weight_g_idx") != nullptr, groups) << what;
+      EXPECT_EQ(cfg.raw["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"],
+                groups ? nlohmann::json("group") : nlohmann::json(nullptr))
+          << what;
     }
     // Loading back and evaluating reproduces the quantizer's fake-quant perplexity exactly
     // (same arithmetic), and stays close to float (a trained micro model, 8-bit).
@@ -508,6 +545,10 @@ TEST(Quantize, BadOptionsAreRejectedWithClearErrors) {
   o.scheme = "w8a16";
   o.asym = true;
   expect_bad(o, "--asym (zero points) is for --scheme w4a16");
+  o = {};
+  o.method = "gptq";
+  o.act_order_groups = true;
+  expect_bad(o, "--act-order-groups needs --act-order");
   o = {};
   o.scheme = "w8a16";
   o.method = "gptq";

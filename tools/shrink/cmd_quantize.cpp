@@ -40,6 +40,9 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_option("--damp", o->damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
       ->capture_default_str();
   sub->add_flag("--act-order", o->act_order, "gptq: quantize columns by decreasing activation energy");
+  sub->add_flag("--act-order-groups", o->act_order_groups,
+                "gptq --act-order: form the groups in that order, scaled as they start, stored as "
+                "weight_g_idx (llm-compressor's actorder: group); default: static groups");
   sub->add_flag(
       "--awq", o->awq,
       "w8a16/w4a16: activation-aware channel scales (AWQ) searched on the calibration data, "
