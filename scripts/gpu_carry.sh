@@ -43,34 +43,6 @@ if command -v node >/dev/null; then
     || [ $? -eq 77 ] || { echo "gpu_carry.sh: tokenizer_check failed" >&2; exit 1; }
   rm -f .carry/gpu_inputs/tokenizers/samples.jsonl
 fi
-# Structured-pruned models: the default teacher to half its parameters (budget) and with only
-# its hidden size halved (so q_dim != hidden and config.json carries head_dim), and Qwen2
-# (q/k/v biases, tied) and Mistral (sliding window) models trained briefly from configs, then
-# pruned in heads (whole KV groups), hidden, MLP and depth.
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-P=.carry/gpu_inputs/pruned
-mkdir -p "$P"
-"$SHRINK" -q data prepare --tokenizer models/teacher/tokenizer.json --out "$W/data" > /dev/null
-prune() {  # NAME MODEL_DIR PRUNE_ARGS...
-  local name=$1 model=$2
-  shift 2
-  "$SHRINK" -q --threads 2 prune "$model" --out "$P/$name" --method structured --data "$W/data" \
-    --calib-samples 8 --calib-len 128 --eval-tokens 0 "$@" > /dev/null
-  "$SHRINK" -q --json generate "$P/$name" --prompt-ids 5,42,7,100,9,300 --max-new-tokens 16 --ids \
-    --ignore-eos > "$P/$name/reference.json"
-}
-prune llama_half models/teacher --target-params 0.5
-prune llama_hidden models/teacher --keep-hidden 0.5
-common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
-  "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 512,
-  "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu"'
-echo "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", \"tie_word_embeddings\": true, $common}" > "$W/qwen2.json"
-echo "{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", \"sliding_window\": 64, \"tie_word_embeddings\": false, $common}" > "$W/mistral.json"
-for a in qwen2 mistral; do
-  "$SHRINK" -q init --out "$W/$a" --config "$W/$a.json" --seed 3 > /dev/null
-  "$SHRINK" -q --threads 2 train --model "$W/$a" --data "$W/data" --out "$W/${a}_t" --steps 150 \
-    --seq-len 128 --batch 8 --lr 3e-3 > /dev/null
-  prune "$a" "$W/${a}_t/model" --keep-heads 0.5 --keep-hidden 0.75 --keep-mlp 0.5 --keep-layers 0.75
-done
+# Structured-pruned models with shrink's greedy ids (see the script).
+scripts/pruned_models.sh .carry/gpu_inputs/pruned
 du -sh .carry

@@ -43,11 +43,13 @@ fi
 # npm peers, installed into .npm-ort/: ONNX Runtime for the export check (ctest ort_check,
 # scripts/ort_check.mjs; onnxruntime-node ships its CPU library, so --ignore-scripts, i.e. no
 # download at install time, is enough) and Hugging Face's Tokenizers.js for the tokenizer check
-# (ctest tokenizer_peer_check, scripts/tokenizer_check.mjs). Node comes from Debian (nodejs +
-# npm) when missing. Optional: without them those checks are skipped (exit 77), so a failure
-# here only warns.
+# (ctest tokenizer_peer_check, scripts/tokenizer_check.mjs), and Transformers.js (on the same
+# onnxruntime-node) for the loader check of pruned models (ctest transformers_js_check). Node
+# comes from Debian (nodejs + npm) when missing. Optional: without them those checks are
+# skipped (exit 77), so a failure here only warns.
 ORT_NODE_VERSION=1.30.0
 HF_TOKENIZERS_VERSION=0.2.0
+HF_TRANSFORMERS_VERSION=4.3.2
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   step "installing nodejs npm (for the ONNX Runtime and Tokenizers.js peer checks)"
   SUDO=""
@@ -57,11 +59,13 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 if command -v npm >/dev/null && \
    { ! grep -qs "\"version\": \"$ORT_NODE_VERSION\"" .npm-ort/node_modules/onnxruntime-node/package.json ||
-     ! grep -qs "\"version\": \"$HF_TOKENIZERS_VERSION\"" .npm-ort/node_modules/@huggingface/tokenizers/package.json; }; then
-  step "installing onnxruntime-node $ORT_NODE_VERSION and @huggingface/tokenizers $HF_TOKENIZERS_VERSION into .npm-ort/"
+     ! grep -qs "\"version\": \"$HF_TOKENIZERS_VERSION\"" .npm-ort/node_modules/@huggingface/tokenizers/package.json ||
+     ! grep -qs "\"version\": \"$HF_TRANSFORMERS_VERSION\"" .npm-ort/node_modules/@huggingface/transformers/package.json; }; then
+  step "installing onnxruntime-node $ORT_NODE_VERSION, @huggingface/tokenizers $HF_TOKENIZERS_VERSION and @huggingface/transformers $HF_TRANSFORMERS_VERSION into .npm-ort/"
   npm install --prefix .npm-ort --ignore-scripts --no-audit --no-fund \
-    "onnxruntime-node@$ORT_NODE_VERSION" "@huggingface/tokenizers@$HF_TOKENIZERS_VERSION" >/dev/null 2>&1 \
-    || echo "setup.sh: warning: npm install into .npm-ort failed; ort_check and tokenizer_peer_check will skip" >&2
+    "onnxruntime-node@$ORT_NODE_VERSION" "@huggingface/tokenizers@$HF_TOKENIZERS_VERSION" \
+    "@huggingface/transformers@$HF_TRANSFORMERS_VERSION" >/dev/null 2>&1 \
+    || echo "setup.sh: warning: npm install into .npm-ort failed; ort_check, tokenizer_peer_check and transformers_js_check will skip" >&2
 fi
 
 JOBS=${SHRINK_BUILD_JOBS:-$(nproc)}
