@@ -525,6 +525,38 @@ TEST(Int8, W8a16EqualsDequantisedFloatModel) {
   }
 }
 
+namespace {
+
+// The quantized model in q computes what the float model ef computes (logits within 1e-4) at
+// every ISA this CPU has: a prompt, then one decode step after a reset, then a run long enough
+// for the prefill path; when scheme_name is given, the engine must name its scheme so.
+void expect_matches_float_at_every_isa(const std::string& q, Engine& ef,
+                                       const std::vector<int32_t>& long_seq,
+                                       const std::string& what,
+                                       const std::string& scheme_name = "") {
+  ef.reset_all();
+  const auto lf = run(ef, 0, kSeq);
+  ef.reset_all();
+  const auto lf_long = run(ef, 0, long_seq);
+  for (const char* isa : {"ref", "avx2", "avx512"}) {
+    EngineOptions o;
+    o.isa = isa;
+    auto eq = Engine::load(q, o);
+    if (!eq.is_ok()) continue;  // an ISA this CPU lacks
+    if (!scheme_name.empty()) {
+      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()), scheme_name) << what;
+    }
+    EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << what << " " << isa;
+    (*eq)->reset_all();
+    ef.reset_all();
+    EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(ef, 0, {4})), 1e-4f) << what << " " << isa;
+    (*eq)->reset_all();
+    EXPECT_LE(max_rel_diff(run(**eq, 0, long_seq), lf_long), 1e-4f) << what << " " << isa;
+  }
+}
+
+}  // namespace
+
 // 4-bit weights (pack-quantized on disk, 4-bit blocks in the CPU backend) compute what the
 // float model with the dequantized weights computes, at every ISA, in prefill and decode.
 // Asymmetric 4 bits (zero points packed along the outputs) likewise, in the kernels' path
@@ -565,23 +597,9 @@ TEST(Int8, W4a16EqualsDequantisedFloatModel) {
       }
       auto ef = load(f);
       ASSERT_TRUE(ef);
-      const auto lf = run(*ef, 0, kSeq);
-      ef->reset_all();
-      const auto lf_long = run(*ef, 0, long_seq);
-      for (const char* isa : {"ref", "avx2", "avx512"}) {
-        EngineOptions o;
-        o.isa = isa;
-        auto eq = Engine::load(q, o);
-        if (!eq.is_ok()) continue;  // an ISA this CPU lacks
-        EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()),
-                  std::string(sym ? "w4a16" : "w4a16-asym") + (group ? "/g32" : ""));
-        EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << what << " " << isa;
-        (*eq)->reset_all();
-        ef->reset_all();
-        EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << what << " " << isa;
-        (*eq)->reset_all();
-        EXPECT_LE(max_rel_diff(run(**eq, 0, long_seq), lf_long), 1e-4f) << what << " " << isa;
-      }
+      expect_matches_float_at_every_isa(
+          q, *ef, long_seq, what,
+          std::string(sym ? "w4a16" : "w4a16-asym") + (group ? "/g32" : ""));
       if (!sym) {
         // The config must say what the checkpoint holds: zero points under `symmetric: true`
         // would be silently dropped, and `symmetric: false` needs them.
@@ -650,21 +668,7 @@ TEST(Int8, ActOrderGroupsEqualDequantisedFloatModel) {
     }
     auto ef = load(f);
     ASSERT_TRUE(ef);
-    const auto lf = run(*ef, 0, kSeq);
-    ef->reset_all();
-    const auto lf_long = run(*ef, 0, long_seq);
-    for (const char* isa : {"ref", "avx2", "avx512"}) {
-      EngineOptions o;
-      o.isa = isa;
-      auto eq = Engine::load(q, o);
-      if (!eq.is_ok()) continue;  // an ISA this CPU lacks
-      EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << what << " " << isa;
-      (*eq)->reset_all();
-      ef->reset_all();
-      EXPECT_LE(max_abs_diff(run(**eq, 0, {4}), run(*ef, 0, {4})), 1e-4f) << what << " " << isa;
-      (*eq)->reset_all();
-      EXPECT_LE(max_rel_diff(run(**eq, 0, long_seq), lf_long), 1e-4f) << what << " " << isa;
-    }
+    expect_matches_float_at_every_isa(q, *ef, long_seq, what);
     if (c.bits == 8) {  // a g_idx whose groups do not hold group_size columns each is refused
       auto ck = core::Checkpoint::open(q).take_or_throw();
       std::vector<core::TensorView> v;
