@@ -122,6 +122,15 @@ __global__ void bias_kernel(float* __restrict__ y, int64_t M, int64_t N, int64_t
   }
 }
 
+__global__ void gather_cols_kernel(const float* __restrict__ x, int64_t M, int64_t K,
+                                   const int32_t* __restrict__ perm, float* __restrict__ y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M * K;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = i / K, j = i - m * K;
+    y[i] = x[m * K + perm[j]];
+  }
+}
+
 // One block per row; ties go to the lowest index (core::argmax).
 __global__ void argmax_kernel(const float* __restrict__ x, int64_t n, int32_t* __restrict__ out) {
   __shared__ float sv[32];
@@ -216,6 +225,11 @@ void epilogue_s32(const int32_t* acc, int64_t M, int64_t N, const float* sw, con
 
 void bias_add(float* y, int64_t M, int64_t N, int64_t ldy, const float* bias, cudaStream_t s) {
   bias_kernel<<<grid_for(M * N, 256), 256, 0, s>>>(y, M, N, ldy, bias);
+}
+
+void gather_cols(const float* x, int64_t M, int64_t K, const int32_t* perm, float* y,
+                 cudaStream_t s) {
+  if (M * K > 0) gather_cols_kernel<<<grid_for(M * K, 256), 256, 0, s>>>(x, M, K, perm, y);
 }
 
 void argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* out, cudaStream_t s) {

@@ -49,6 +49,9 @@ void epilogue_s32(const int32_t* acc, int64_t M, int64_t N, const float* sw, con
                   const float* bias, float* y, int64_t ldy, cudaStream_t s);
 /// y[m, n] += bias[n].
 void bias_add(float* y, int64_t M, int64_t N, int64_t ldy, const float* bias, cudaStream_t s);
+/// y[m, j] = x[m, perm[j]] for [M, K] rows (GPTQ act-order groups: inputs into q's order).
+void gather_cols(const float* x, int64_t M, int64_t K, const int32_t* perm, float* y,
+                 cudaStream_t s);
 /// out[r] = the lowest index of the maximum of x[r, 0:n] (core::argmax).
 void argmax_rows(const float* x, int64_t rows, int64_t n, int32_t* out, cudaStream_t s);
 

@@ -68,6 +68,7 @@ class CudaLinear : public Linear {
     if (own_w) cudaFree(w);
     cudaFree(scale);
     cudaFree(bias);
+    cudaFree(perm);
   }
   kc::WType wt = kc::WType::kF32;
   void* w = nullptr;
@@ -77,6 +78,7 @@ class CudaLinear : public Linear {
   ActQuant act = ActQuant::kNone;
   float input_scale = 0;
   float* bias = nullptr;
+  int32_t* perm = nullptr;  // [in]: act-order groups, q's column j reads input perm[j]
 };
 
 // A device scratch buffer that only grows.
@@ -90,7 +92,7 @@ class CudaBackend : public Backend {
   CudaBackend() = default;
   ~CudaBackend() override {
     graph_reset();
-    for (Buf* b : {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &amax_, &stage_}) {
+    for (Buf* b : {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &amax_, &stage_, &xperm_}) {
       cudaFree(b->p);
     }
     for (Buf& b : adhoc_) cudaFree(b.p);
@@ -157,8 +159,6 @@ class CudaBackend : public Backend {
 
   Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
     linear_desc_fold_zero_points(d);  // 4-bit asymmetric runs as int8 q - zp, like 4-bit
-    // g_idx (act-order groups): no input permutation here yet, so such layers run in float.
-    if (!d.perm.empty()) linear_desc_to_float(d);
     auto l = std::make_unique<CudaLinear>();
     l->out = d.out;
     l->in = d.in;
@@ -209,6 +209,12 @@ class CudaBackend : public Backend {
     l->input_scale = d.input_scale;
     SHRINK_ASSIGN_OR_RETURN(l->w, upload(d.q.data(), size_t(NK)));
     SHRINK_ASSIGN_OR_RETURN(l->scale, upload(d.scale.data(), d.scale.size() * 4));
+    if (!d.perm.empty()) {  // act-order groups: linear() gathers the inputs into q's order
+      SHRINK_CHECK(int64_t(d.perm.size()) == d.in, StatusCode::kInternal,
+                   "%s: act-order permutation has %zu entries, expected %lld", d.name.c_str(),
+                   d.perm.size(), (long long)d.in);
+      SHRINK_ASSIGN_OR_RETURN(l->perm, upload(d.perm.data(), d.perm.size() * 4));
+    }
     if (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) want_q_ = true;
     l->weight_bytes = uint64_t(NK) + uint64_t(d.out * G) * 4;
     return std::unique_ptr<Linear>(std::move(l));
@@ -451,6 +457,12 @@ class CudaBackend : public Backend {
   void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
     const CudaLinear& l = static_cast<const CudaLinear&>(base);
     const int64_t N = l.out, K = l.in;
+    if (l.perm) {  // act-order groups: the inputs in q's column order (one pass over M x K)
+      auto xp = grow(xperm_, size_t(M * K) * 4);
+      if (!xp.is_ok()) return;
+      kc::gather_cols(x, M, K, l.perm, static_cast<float*>(xp.value()), stream_);
+      x = static_cast<const float*>(xp.value());
+    }
     kc::GemvArgs g;
     g.M = M;
     g.N = N;
@@ -725,7 +737,7 @@ class CudaBackend : public Backend {
           *d_tiles_ = nullptr;
   const core::SampleRow* d_sample_ = nullptr;
   // Scratch.
-  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, amax_, stage_;
+  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, amax_, stage_, xperm_;
   static constexpr int kAdhoc = 4;
   Buf adhoc_[kAdhoc];
   unsigned adhoc_next_ = 0;

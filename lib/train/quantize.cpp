@@ -668,7 +668,8 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
       bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
   scheme.bits = bits;
   scheme.symmetric = !o.asym;
-  scheme.actorder = o.act_order ? (o.act_order_groups ? "group" : "static") : "";
+  // Per channel (a 4-bit width no group size divides) there are no groups to reorder.
+  scheme.actorder = o.act_order ? (o.act_order_groups && group_size > 0 ? "group" : "static") : "";
   scheme.weight_strategy = group_size > 0 ? "group" : "channel";
   scheme.group_size = group_size;
   scheme.activations = o.scheme == "w8a8" ? o.activations : "none";

@@ -247,7 +247,7 @@ struct LinCase {
   double tol;
   int bits = 8;       // 4: values in [-8, 7] (W4A16), which the CPU keeps at 4 bits
   bool asym = false;  // 4 bits with zero points (the CPU corrects, the GPU folds q - zp)
-  bool perm = false;  // act-order groups (LinearDesc::perm; the GPU runs such layers in float)
+  bool perm = false;  // act-order groups (LinearDesc::perm; both backends gather the inputs)
 };
 
 void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias) {
@@ -295,12 +295,12 @@ void check_linear(const LinCase& lc, int64_t M, int64_t N, int64_t K, bool bias)
   p.cpu->linear(*lcpu, x.cp(), M, y.cp(), ldy);
   p.gpu->linear(*lgpu, x.gp(), M, y.gp(), ldy);
   char what[160];
-  std::snprintf(what, sizeof what, "linear %s%s%s%s w=%s M=%lld N=%lld K=%lld group=%lld bias=%d",
-                runtime::linear_kind_name(lc.kind),
-                lc.bits == 4 ? (lc.asym ? "-4bit-asym" : "-4bit") : "",
-                lc.act == runtime::ActQuant::kStatic ? "-static" : "",
-                lc.act == runtime::ActQuant::kDynamic ? "-dynamic" : "", lc.wt.c_str(),
-                (long long)M, (long long)N, (long long)K, (long long)lc.group, int(bias));
+  std::snprintf(
+      what, sizeof what, "linear %s%s%s%s%s w=%s M=%lld N=%lld K=%lld group=%lld bias=%d",
+      runtime::linear_kind_name(lc.kind), lc.bits == 4 ? (lc.asym ? "-4bit-asym" : "-4bit") : "",
+      lc.act == runtime::ActQuant::kStatic ? "-static" : "",
+      lc.act == runtime::ActQuant::kDynamic ? "-dynamic" : "", lc.perm ? "-perm" : "",
+      lc.wt.c_str(), (long long)M, (long long)N, (long long)K, (long long)lc.group, int(bias));
   expect_close(p, y, lc.tol, what);
   // Through the fused producer: rmsnorm writes the forms the linear reads.
   if (lc.kind == runtime::LinearKind::kW8A8 || lc.wt != "f32") {
@@ -334,6 +334,8 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 8, false, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true, true},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f16", 1e-2, 8, false, true},
+      {LinearKind::kW8A8, 32, ActQuant::kDynamic, "f16", 1e-5, 8, false, true},
       {LinearKind::kW8A8, 0, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 32, ActQuant::kDynamic, "f16", 1e-5},
       {LinearKind::kW8A8, 0, ActQuant::kStatic, "f16", 1e-5},
@@ -422,12 +424,22 @@ INSTANTIATE_TEST_SUITE_P(HfFixtures, CudaFixture,
 
 TEST(CudaEngine, Int8ModelsGreedyMatchCpu) {
   SKIP_WITHOUT_GPU();
-  struct C { runtime::ActQuant act; int64_t group; const char* name; };
-  for (C c : {C{runtime::ActQuant::kNone, 0, "w8a16"}, C{runtime::ActQuant::kNone, 32, "w8a16g32"},
-              C{runtime::ActQuant::kDynamic, 0, "w8a8dyn"}, C{runtime::ActQuant::kStatic, 0, "w8a8st"},
-              C{runtime::ActQuant::kDynamic, 32, "w8a8g32"}}) {
+  // gidx: GPTQ act-order groups (weight_g_idx), whose inputs both backends gather.
+  struct C {
+    runtime::ActQuant act;
+    int64_t group;
+    const char* name;
+    bool gidx = false;
+  };
+  for (C c :
+       {C{runtime::ActQuant::kNone, 0, "w8a16"}, C{runtime::ActQuant::kNone, 32, "w8a16g32"},
+        C{runtime::ActQuant::kDynamic, 0, "w8a8dyn"}, C{runtime::ActQuant::kStatic, 0, "w8a8st"},
+        C{runtime::ActQuant::kDynamic, 32, "w8a8g32"},
+        C{runtime::ActQuant::kNone, 32, "w8a16g32gidx", true},
+        C{runtime::ActQuant::kDynamic, 32, "w8a8g32gidx", true}}) {
     const std::string q = test::temp_dir(std::string("cuda_") + c.name);
-    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(c.act, c.group), 0.05f);
+    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(c.act, c.group), 0.05f, "",
+                       c.gidx);
     auto cpu = load(q, "cpu");
     auto gpu = load(q, "cuda", "f32");
     ASSERT_TRUE(cpu && gpu);
