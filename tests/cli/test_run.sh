@@ -62,6 +62,22 @@ expect_grep "unknown stage with a suggestion" "$T/err" "unknown stage 'quantise'
 expect_grep "nothing was run" "$T/err" "nothing was run"
 [ ! -e runs ] && ok "a bad recipe writes nothing" || bad "a bad recipe wrote output"
 
+# Keys that depend on each other are judged in their stage's context: group-size, asym and awq
+# need scheme w4a16, awq-no-clip needs awq; the same keys under w8a8 are mistakes, each at its
+# own line:col.
+cat >ctx.yaml <<'Y'
+version: 1
+teacher: teacher-trained
+data: {train: shards}
+stages:
+  - quantize: {awq-no-clip: true, group-size: 32, asym: true, awq: true, scheme: w4a16}
+  - quantize: {scheme: w8a8, asym: true}
+Y
+expect_rc "dependent keys: only the w8a8 stage is wrong" 2 "$SHRINK" run ctx.yaml --dry-run
+expect_grep "asym under w8a8 is reported at its line:col" "$T/err" "ctx.yaml:6:30: stages\[1\].quantize.asym"
+n=$(grep -c '^ctx.yaml:[0-9]*:[0-9]*: ' "$T/err")
+[ "$n" = 1 ] && ok "the w4a16 stage's dependent keys validate" || { bad "$n problems reported, want 1"; cat "$T/err"; }
+
 # A tiny valid recipe.
 cat >tiny.yaml <<'Y'
 version: 1

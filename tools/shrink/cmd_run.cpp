@@ -282,6 +282,7 @@ void register_run(CLI::App& app, Globals& g) {
         const auto& reserved = kRunnerKeys.at(s.type);
         Inputs ph{"MODEL", "TEACHER", "DATA", "DATA", "DATA", ""};
         bool any_bad = false;
+        std::vector<const core::RecipeValue*> cand;  // keys that exist, with a value of their type
         for (const auto& p : s.params) {
           if (std::find(reserved.begin(), reserved.end(), p.key) != reserved.end()) {
             issues.push_back(where(p.line, p.col) + sw + "." + p.key + ": set by the runner (from "
@@ -304,13 +305,35 @@ void register_run(CLI::App& app, Globals& g) {
             any_bad = true;
             continue;
           }
-          core::RecipeStage one = s;
-          one.params = {p};
-          std::string err;
-          if (run_cli(stage_args(one, ph, "OUT", keys), true, &err) != 0) {
-            issues.push_back(where(p.line, p.col) + sw + "." + p.key + ": " + err);
-            any_bad = true;
+          cand.push_back(&p);
+        }
+        // Each value, checked by the command: alone first, then together with every key found
+        // valid so far, until nothing changes, so that a key which only makes sense with another
+        // (group-size with scheme: w4a16, awq-no-clip with awq: true) is judged in its stage's
+        // context while a bad value still gets its own line:col.
+        std::vector<bool> ok(cand.size(), false);
+        std::vector<std::string> errs(cand.size());
+        for (bool grew = true; grew;) {
+          grew = false;
+          for (size_t j = 0; j < cand.size(); ++j) {
+            if (ok[j]) continue;
+            core::RecipeStage one = s;
+            one.params.clear();
+            for (size_t k = 0; k < cand.size(); ++k) {
+              if (ok[k]) one.params.push_back(*cand[k]);
+            }
+            one.params.push_back(*cand[j]);
+            if (run_cli(stage_args(one, ph, "OUT", keys), true, &errs[j]) == 0) {
+              ok[j] = true;
+              grew = true;
+            }
           }
+        }
+        for (size_t j = 0; j < cand.size(); ++j) {
+          if (ok[j]) continue;
+          issues.push_back(where(cand[j]->line, cand[j]->col) + sw + "." + cand[j]->key + ": " +
+                           errs[j]);
+          any_bad = true;
         }
         if (!any_bad && s.type != "report") {  // combinations (each key alone was fine)
           std::string err;
