@@ -81,28 +81,6 @@ inline void linear_desc_fold_zero_points(LinearDesc& d) {
   d.bits = 8;
 }
 
-/// Dequantize an int8 linear into float weights in the input's order (kF32): for backends
-/// without an input permutation (LinearDesc::perm). Exact up to float rounding of q * scale.
-inline void linear_desc_to_float(LinearDesc& d) {
-  if (d.kind == LinearKind::kF32) return;
-  const int64_t G = (d.in + d.group - 1) / d.group;
-  d.w.assign(size_t(d.out * d.in), 0.0f);
-  for (int64_t n = 0; n < d.out; ++n) {
-    for (int64_t j = 0; j < d.in; ++j) {
-      const size_t g = size_t(n * G + j / d.group);
-      const float z = d.zp.empty() ? 0.0f : float(d.zp[g]);
-      const int64_t k = d.perm.empty() ? j : d.perm[size_t(j)];
-      d.w[size_t(n * d.in + k)] = (float(d.q[size_t(n * d.in + j)]) - z) * d.scale[g];
-    }
-  }
-  d.kind = LinearKind::kF32;
-  d.q = {};
-  d.scale = {};
-  d.zp = {};
-  d.perm = {};
-  d.bits = 8;
-}
-
 /// A prepared linear layer (backend-specific layout).
 class Linear {
  public:
