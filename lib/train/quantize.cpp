@@ -428,25 +428,20 @@ void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantS
     if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
     if (t->dtype == core::DType::kI8) {
       const std::string mod = p.key().substr(0, p.key().size() - 7);
-      torch::Tensor q = tensor_from(ck, p.key()), order;
-      if (ck.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups: dequantize in group order
+      QWeight qw{tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale"),
+                 s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point"),
+                 torch::Tensor()};
+      if (ck.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups: validated, then kept
         auto g = tensor_from(ck, mod + ".weight_g_idx").to(torch::kInt64).contiguous();
         const int64_t* gp = g.data_ptr<int64_t>();
         auto o =
             core::group_order_from_g_idx(std::vector<int64_t>(gp, gp + g.numel()),
-                                         s.weight_strategy == "group" ? s.group_size : q.size(1),
+                                         s.weight_strategy == "group" ? s.group_size : qw.q.size(1),
                                          ck.dir() + ": " + mod + ".weight_g_idx");
         if (!o.is_ok()) throw Error(o.status().code(), o.status().message());
-        if (!o->empty()) {
-          order = torch::tensor(std::vector<int64_t>(o->begin(), o->end()), torch::kInt64);
-          q = q.index_select(1, order);
-        }
+        if (!o->empty()) qw.g_idx = g;  // not the contiguous grouping
       }
-      auto w = dequantize_weight(
-          q, tensor_from(ck, mod + ".weight_scale"),
-          s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point"));
-      if (order.defined()) w = w.index_select(1, torch::argsort(order));
-      p.value().copy_(w);
+      p.value().copy_(qw.dequantize());
       tap->modules.insert(group_head(mod));
       if (s.activations == "static") {
         tap->input_scales[group_head(mod)] = tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();

@@ -335,7 +335,7 @@ void register_run(CLI::App& app, Globals& g) {
                            errs[j]);
           any_bad = true;
         }
-        if (!any_bad && s.type != "report") {  // combinations (each key alone was fine)
+        if (!any_bad && s.type != "report") {  // the whole stage (each key was fine in context)
           std::string err;
           if (run_cli(stage_args(s, ph, "OUT", keys), true, &err) != 0) {
             issues.push_back(where(s.line, s.col) + sw + ": " + err);
