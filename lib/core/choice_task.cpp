@@ -1,6 +1,7 @@
 // Multiple-choice task files: loading and tokenizing (lm-eval's loglikelihood rules) and building
 // a HellaSwag-style task from a corpus. See choice_task.h.
 #include "core/choice_task.h"
+#include "core/json_util.h"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
@@ -220,6 +221,7 @@ Result<std::vector<ChoiceItem>> choice_task_load(const std::string& path, const 
   for (int64_t ln = 1; std::getline(in, line); ++ln) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string at = strfmt("%s:%lld", path.c_str(), (long long)ln);
+    SHRINK_RETURN_IF_ERROR(json_check_depth(line, at));
     const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
     SHRINK_CHECK(!j.is_discarded(), StatusCode::kInvalidInput,
                  "%s: not valid JSON; expected one object per line", at.c_str());

@@ -11,6 +11,7 @@
 // shard. JSON goes through nlohmann::json's non-throwing parse; nothing here throws.
 // Tested in tests/core/test_dataset.cpp.
 #include "core/dataset.h"
+#include "core/json_util.h"
 
 #include <cmath>
 #include <algorithm>
@@ -204,7 +205,9 @@ class FileTextReader : public TextReader {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (all_space(line)) continue;
       const std::string& path = inputs_[file_].path;
-      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      json j = json_check_depth(line, path).is_ok()
+                   ? json::parse(line, nullptr, /*allow_exceptions=*/false)
+                   : json(json::value_t::discarded);
       if (j.is_discarded())
         return invalid_input(
             strfmt("%s:%llu: not valid JSON; expected one object per line "
@@ -316,8 +319,12 @@ Result<ShardHeader> shard_parse_header(const std::string& path, const std::strin
   SHRINK_CHECK(data_offset % kShardAlign == 0, StatusCode::kInvalidInput,
                "%s: token data offset %llu is not a multiple of %llu", path.c_str(),
                (unsigned long long)data_offset, (unsigned long long)kShardAlign);
-  json j = json::parse(text, nullptr, false);
-  SHRINK_CHECK(!j.is_discarded() && j.is_object(), StatusCode::kInvalidInput,
+  auto parsed = json_parse_untrusted(text, path + ": shard header");
+  if (!parsed.is_ok()) {
+    return invalid_input(parsed.status().message() + " (the shard header is not a JSON object)");
+  }
+  const json j = std::move(parsed.value());
+  SHRINK_CHECK(j.is_object(), StatusCode::kInvalidInput,
                "%s: shard header is not a JSON object", path.c_str());
   auto get = [&](const char* key) -> const json* {
     auto it = j.find(key);

@@ -7,7 +7,9 @@
 #include <set>
 #include <sstream>
 
+#include "core/checked_math.h"
 #include "core/fs.h"
+#include "core/json_util.h"
 #include "core/quant.h"
 
 namespace shrink::core {
@@ -27,39 +29,45 @@ namespace {
 
 const char* kSupported = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
 
-std::string type_of(const json& v) {
-  if (v.is_null()) return "null";
-  if (v.is_boolean()) return "a boolean";
-  if (v.is_number_integer()) return "an integer";
-  if (v.is_number()) return "a number";
-  if (v.is_string()) return "a string";
-  if (v.is_array()) return "an array";
-  return "an object";
-}
+// Upper bounds on config.json dimensions: far above any released model (Llama 3.1 405B has
+// hidden 16384, 126 layers, 128 heads, head_dim 128, vocab 128256; Llama 4 a 10M context), and
+// low enough that products of them (tensor sizes, a whole KV cache in bytes) fit in int64.
+constexpr int64_t kMaxVocab = int64_t(1) << 24;            // = the tokenizer's id space
+constexpr int64_t kMaxConfigTokenId = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxHidden = int64_t(1) << 17;
+constexpr int64_t kMaxIntermediate = int64_t(1) << 20;
+constexpr int64_t kMaxLayers = int64_t(1) << 12;
+constexpr int64_t kMaxHeads = int64_t(1) << 12;
+constexpr int64_t kMaxHeadDim = int64_t(1) << 12;
+constexpr int64_t kMaxPositions = int64_t(1) << 28;
+
+std::string type_of(const json& v) { return json_type_name(v); }
 
 // Field readers: absent -> keep default (or error if required); wrong type -> error.
 class Reader {
  public:
   Reader(const json& j, std::string origin) : j_(j), origin_(std::move(origin)) {}
 
-  Status int_field(const char* key, int64_t* out, bool required, int64_t min_value) {
+  /// An integer field in [min_value, max_value]; an integral float (4096.0) counts, 1e300
+  /// does not.
+  Status int_field(const char* key, int64_t* out, bool required, int64_t min_value,
+                   int64_t max_value) {
     auto it = j_.find(key);
+    const std::string range =
+        "[" + std::to_string(min_value) + ", " + std::to_string(max_value) + "]";
     if (it == j_.end() || it->is_null()) {
-      if (required) return invalid_input(where(key) + "missing; expected an integer >= " +
-                                         std::to_string(min_value));
+      if (required) return invalid_input(where(key) + "missing; expected an integer in " + range);
       return Status::ok();
     }
-    if (!it->is_number_integer() &&
-        !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>())) {
-      return invalid_input(where(key) + "expected an integer, got " + type_of(*it) + " " +
-                           it->dump());
+    const std::optional<int64_t> v = json_as_int64(*it);
+    if (!v) {
+      return invalid_input(where(key) + "expected an integer in " + range + ", got " +
+                           json_brief(*it));
     }
-    int64_t v = it->is_number_integer() ? it->get<int64_t>() : int64_t(it->get<double>());
-    if (v < min_value) {
-      return invalid_input(where(key) + std::to_string(v) + " is out of range; expected >= " +
-                           std::to_string(min_value));
+    if (*v < min_value || *v > max_value) {
+      return invalid_input(where(key) + std::to_string(*v) + " is out of range; expected " + range);
     }
-    *out = v;
+    *out = *v;
     return Status::ok();
   }
 
@@ -67,12 +75,11 @@ class Reader {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null()) return Status::ok();
     if (!it->is_number()) {
-      return invalid_input(where(key) + "expected a number, got " + type_of(*it) + " " +
-                           it->dump());
+      return invalid_input(where(key) + "expected a number, got " + json_brief(*it));
     }
     double v = it->get<double>();
     if (positive && !(v > 0)) {
-      return invalid_input(where(key) + it->dump() + " is out of range; expected > 0");
+      return invalid_input(where(key) + json_brief(*it) + " is out of range; expected > 0");
     }
     *out = v;
     return Status::ok();
@@ -82,8 +89,7 @@ class Reader {
     auto it = j_.find(key);
     if (it == j_.end() || it->is_null()) return Status::ok();
     if (!it->is_boolean()) {
-      return invalid_input(where(key) + "expected true or false, got " + type_of(*it) + " " +
-                           it->dump());
+      return invalid_input(where(key) + "expected true or false, got " + json_brief(*it));
     }
     *out = it->get<bool>();
     return Status::ok();
@@ -98,11 +104,12 @@ class Reader {
       if (v->empty()) return Status::ok();
       v = &(*v)[0];
     }
-    if (!v->is_number_integer() || v->get<int64_t>() < 0) {
-      return invalid_input(where(key) + "expected a token id (integer >= 0), got " +
-                           it->dump());
+    const std::optional<int64_t> id = v->is_number_integer() ? json_as_int64(*v) : std::nullopt;
+    if (!id || *id < 0 || *id > kMaxConfigTokenId) {
+      return invalid_input(where(key) + "expected a token id (integer in [0, " +
+                           std::to_string(kMaxConfigTokenId) + "]), got " + json_brief(*it));
     }
-    *out = v->get<int64_t>();
+    *out = *id;
     return Status::ok();
   }
 
@@ -161,10 +168,10 @@ Status parse_rope(const json& j, const std::string& origin, ModelConfig* c) {
   if (s.type == RopeType::kLlama3) {
     SHRINK_RETURN_IF_ERROR(r.num_field(*params, "low_freq_factor", &s.low_freq_factor, true));
     SHRINK_RETURN_IF_ERROR(r.num_field(*params, "high_freq_factor", &s.high_freq_factor, true));
-    double omax = double(s.original_max_position_embeddings);
-    SHRINK_RETURN_IF_ERROR(
-        r.num_field(*params, "original_max_position_embeddings", &omax, true));
-    s.original_max_position_embeddings = int64_t(omax);
+    Reader pr(*params, origin + ": " + pkey);
+    SHRINK_RETURN_IF_ERROR(pr.int_field("original_max_position_embeddings",
+                                        &s.original_max_position_embeddings, false, 1,
+                                        kMaxPositions));
     if (!(s.high_freq_factor > s.low_freq_factor)) {
       return invalid_input(r.where(pkey) + "llama3 needs high_freq_factor > low_freq_factor");
     }
@@ -175,15 +182,9 @@ Status parse_rope(const json& j, const std::string& origin, ModelConfig* c) {
 }  // namespace
 
 Result<ModelConfig> config_from_json(const std::string& text, const std::string& origin) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    return invalid_input(origin + ": invalid JSON: " + e.what());
-  }
+  SHRINK_ASSIGN_OR_RETURN(json j, json_parse_untrusted(text, origin));
   if (!j.is_object()) return invalid_input(origin + ": expected a JSON object at the top level");
   ModelConfig c;
-  c.raw = j;
   Reader r(j, origin);
 
   // Architecture: "architectures"[0], else model_type.
@@ -212,15 +213,16 @@ Result<ModelConfig> config_from_json(const std::string& text, const std::string&
                          kSupported);
   }
 
-  SHRINK_RETURN_IF_ERROR(r.int_field("vocab_size", &c.vocab_size, true, 1));
-  SHRINK_RETURN_IF_ERROR(r.int_field("hidden_size", &c.hidden_size, true, 1));
-  SHRINK_RETURN_IF_ERROR(r.int_field("intermediate_size", &c.intermediate_size, true, 1));
-  SHRINK_RETURN_IF_ERROR(r.int_field("num_hidden_layers", &c.num_layers, true, 1));
-  SHRINK_RETURN_IF_ERROR(r.int_field("num_attention_heads", &c.num_heads, true, 1));
+  SHRINK_RETURN_IF_ERROR(r.int_field("vocab_size", &c.vocab_size, true, 1, kMaxVocab));
+  SHRINK_RETURN_IF_ERROR(r.int_field("hidden_size", &c.hidden_size, true, 1, kMaxHidden));
+  SHRINK_RETURN_IF_ERROR(r.int_field("intermediate_size", &c.intermediate_size, true, 1,
+                                     kMaxIntermediate));
+  SHRINK_RETURN_IF_ERROR(r.int_field("num_hidden_layers", &c.num_layers, true, 1, kMaxLayers));
+  SHRINK_RETURN_IF_ERROR(r.int_field("num_attention_heads", &c.num_heads, true, 1, kMaxHeads));
   c.num_kv_heads = c.num_heads;
-  SHRINK_RETURN_IF_ERROR(r.int_field("num_key_value_heads", &c.num_kv_heads, false, 1));
+  SHRINK_RETURN_IF_ERROR(r.int_field("num_key_value_heads", &c.num_kv_heads, false, 1, kMaxHeads));
   c.head_dim = 0;
-  SHRINK_RETURN_IF_ERROR(r.int_field("head_dim", &c.head_dim, false, 1));
+  SHRINK_RETURN_IF_ERROR(r.int_field("head_dim", &c.head_dim, false, 1, kMaxHeadDim));
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_heads != 0) {
       return invalid_input(r.where("num_attention_heads") + std::to_string(c.num_heads) +
@@ -230,7 +232,8 @@ Result<ModelConfig> config_from_json(const std::string& text, const std::string&
     c.head_dim = c.hidden_size / c.num_heads;
   }
   SHRINK_RETURN_IF_ERROR(
-      r.int_field("max_position_embeddings", &c.max_position_embeddings, false, 1));
+      r.int_field("max_position_embeddings", &c.max_position_embeddings, false, 1,
+                  kMaxPositions));
   SHRINK_RETURN_IF_ERROR(r.num_field(j, "rms_norm_eps", &c.rms_norm_eps, true));
   SHRINK_RETURN_IF_ERROR(parse_rope(j, origin, &c));
   SHRINK_RETURN_IF_ERROR(r.bool_field("tie_word_embeddings", &c.tie_word_embeddings));
@@ -242,7 +245,7 @@ Result<ModelConfig> config_from_json(const std::string& text, const std::string&
 
   if (j.contains("hidden_act") && !j["hidden_act"].is_null()) {
     if (!j["hidden_act"].is_string() || j["hidden_act"].get<std::string>() != "silu") {
-      return invalid_input(r.where("hidden_act") + j["hidden_act"].dump() +
+      return invalid_input(r.where("hidden_act") + json_brief(j["hidden_act"]) +
                            " is not supported; expected \"silu\" (SwiGLU)");
     }
   }
@@ -275,13 +278,14 @@ Result<ModelConfig> config_from_json(const std::string& text, const std::string&
     }
   } else if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
     int64_t w = 0;
-    SHRINK_RETURN_IF_ERROR(r.int_field("sliding_window", &w, false, 1));
+    SHRINK_RETURN_IF_ERROR(r.int_field("sliding_window", &w, false, 1, kMaxPositions));
     if (c.arch == Arch::kLlama) {
       return invalid_input(r.where("sliding_window") + "is not a Llama field; expected null");
     }
     if (w < c.max_position_embeddings) c.sliding_window = w;
   }
   SHRINK_RETURN_IF_ERROR(config_validate(c, origin));
+  c.raw = std::move(j);  // depth-capped by json_parse_untrusted, so safe to keep and copy
   return c;
 }
 
@@ -298,6 +302,33 @@ Result<ModelConfig> config_load(const std::string& model_dir) {
 
 Status config_validate(const ModelConfig& c, const std::string& origin) {
   auto bad = [&](const std::string& m) { return invalid_input(origin + ": " + m); };
+  // The same bounds as config.json's fields, for configs built in code (presets, pruning).
+  struct Bound {
+    const char* name;
+    int64_t value, max;
+  };
+  for (const Bound& b : {Bound{"vocab_size", c.vocab_size, kMaxVocab},
+                         Bound{"hidden_size", c.hidden_size, kMaxHidden},
+                         Bound{"intermediate_size", c.intermediate_size, kMaxIntermediate},
+                         Bound{"num_hidden_layers", c.num_layers, kMaxLayers},
+                         Bound{"num_attention_heads", c.num_heads, kMaxHeads},
+                         Bound{"num_key_value_heads", c.num_kv_heads, kMaxHeads},
+                         Bound{"head_dim", c.head_dim, kMaxHeadDim},
+                         Bound{"max_position_embeddings", c.max_position_embeddings,
+                               kMaxPositions}}) {
+    if (b.value < 1 || b.value > b.max) {
+      return bad(std::string(b.name) + " " + std::to_string(b.value) +
+                 " is out of range; expected [1, " + std::to_string(b.max) + "]");
+    }
+  }
+  // Every weight, and one token's K and V over the whole context and all layers in f32, must
+  // have a byte size that fits in int64 (the bounds above keep each factor small, not products).
+  for (auto n : {checked_mul({c.vocab_size, c.hidden_size, 4}),
+                 checked_mul({c.q_dim(), c.hidden_size, 4}),
+                 checked_mul({c.intermediate_size, c.hidden_size, 4}),
+                 checked_mul({c.num_layers, c.max_position_embeddings, c.kv_dim(), 2 * 4})}) {
+    if (!n) return bad("the sizes overflow 64 bits; expected a model of realistic size");
+  }
   if (c.num_heads % c.num_kv_heads != 0) {
     return bad("num_key_value_heads " + std::to_string(c.num_kv_heads) +
                " must divide num_attention_heads " + std::to_string(c.num_heads));
@@ -305,10 +336,6 @@ Status config_validate(const ModelConfig& c, const std::string& origin) {
   if (c.head_dim % 2 != 0) {
     return bad("head_dim " + std::to_string(c.head_dim) + " must be even for RoPE");
   }
-  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.num_layers <= 0) {
-    return bad("sizes must be positive");
-  }
-  if (c.vocab_size > (int64_t(1) << 31) - 1) return bad("vocab_size exceeds int32");
   if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) {
     return bad("rms_norm_eps " + std::to_string(c.rms_norm_eps) + " must be in (0, 1)");
   }
@@ -528,23 +555,33 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }  // namespace
 
 Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
+  if (!c.has_quantization()) return checkpoint_check(c, ckpt, nullptr);
+  auto r = quant_config_from_json(c.raw["quantization_config"]);
+  if (!r.is_ok()) return r.status().with_context(ckpt.dir() + "/config.json");
+  const QuantScheme& qs = r.value();
+  QuantLayout q;
+  q.strategy = qs.weight_strategy;
+  q.group_size = qs.group_size;
+  q.symmetric = qs.symmetric;
+  q.static_input = qs.activations == "static";
+  q.ignore = qs.ignore;
+  return checkpoint_check(c, ckpt, &q);
+}
+
+Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt, const QuantLayout* q) {
   std::vector<std::string> missing, bad_shape, bad_dtype, unexpected;
   std::set<std::string> expected;
-  // Quantized models (compressed-tensors int-quantized): the block linears not in `ignore`
-  // carry an I8 weight, a float weight_scale [out, 1] (channel) or [out, in / group], and for
-  // static activations an input_scale [1].
-  QuantScheme qs;
-  const bool quantized = c.has_quantization();
-  if (quantized) {
-    auto r = quant_config_from_json(c.raw["quantization_config"]);
-    if (!r.is_ok()) return r.status().with_context(ckpt.dir() + "/config.json");
-    qs = r.value();
+  if (q && q->strategy == "group" && q->group_size <= 0) {
+    return invalid_input(ckpt.dir() + "/config.json: quantization_config: group size " +
+                         std::to_string(q->group_size) + "; expected a positive integer");
   }
-  auto is_quantized_weight = [&](const std::string& name) {
-    if (!quantized || name.rfind("model.layers.", 0) != 0) return false;
-    if (name.size() < 12 || name.compare(name.size() - 12, 12, "_proj.weight") != 0) return false;
-    std::string mod = name.substr(0, name.size() - 7);
-    return std::find(qs.ignore.begin(), qs.ignore.end(), mod) == qs.ignore.end();
+  auto is_quantized_linear = [&](const TensorSpec& s) {
+    if (!q || s.layer < 0 || !tensor_role_is_linear(s.role) ||
+        s.name.compare(s.name.size() - 7, 7, ".weight") != 0) {
+      return false;
+    }
+    const std::string mod = s.name.substr(0, s.name.size() - 7);
+    return std::find(q->ignore.begin(), q->ignore.end(), mod) == q->ignore.end();
   };
   for (const TensorSpec& s : expected_tensors(c)) {
     expected.insert(s.name);
@@ -557,52 +594,65 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt) {
       bad_shape.push_back(s.name + " has shape " + shape_str(t->shape) + ", expected " +
                           shape_str(s.shape));
     }
-    if (is_quantized_weight(s.name)) {
-      if (t->dtype != DType::kI8) {
-        bad_dtype.push_back(s.name + " is " + dtype_name(t->dtype) + ", expected I8 (quantized)");
-      }
+    if (is_quantized_linear(s)) {
       const std::string mod = s.name.substr(0, s.name.size() - 7);
-      const int64_t out = s.shape[0], in = s.shape[1];
-      std::vector<int64_t> want_scale = {out, qs.weight_strategy == "group" && qs.group_size > 0
-                                                  ? in / qs.group_size
-                                                  : 1};
-      const TensorInfo* sc = ckpt.find(mod + ".weight_scale");
-      expected.insert(mod + ".weight_scale");
-      if (!sc) missing.push_back(mod + ".weight_scale");
-      else if (sc->shape != want_scale || !dtype_is_float(sc->dtype)) {
-        bad_shape.push_back(mod + ".weight_scale is " + dtype_name(sc->dtype) + " " +
-                            shape_str(sc->shape) + ", expected float " + shape_str(want_scale));
+      // Its side tensors (zero points under symmetric: true are zeros, and ignored).
+      for (const char* suf : {".weight_scale", ".weight_zero_point", ".weight_g_idx",
+                              ".input_scale", ".input_zero_point"}) {
+        expected.insert(mod + suf);
       }
-      if (qs.activations == "static") {
+      if (dtype_is_float(t->dtype)) continue;  // a float linear in a quantized model: runs in float
+      if (t->dtype != DType::kI8) {
+        bad_dtype.push_back(s.name + " is " + dtype_name(t->dtype) +
+                            ", expected I8 (quantized) or a float dtype");
+        continue;
+      }
+      const int64_t out = s.shape[0], in = s.shape[1];
+      // Scales: one per output channel, per group of inputs (the last group may be partial,
+      // so ceil), or one for the tensor.
+      const int64_t groups = q->strategy == "group" ? in / q->group_size + (in % q->group_size != 0)
+                                                    : 1;
+      const std::vector<int64_t> want_scale =
+          q->strategy == "tensor" ? std::vector<int64_t>{1} : std::vector<int64_t>{out, groups};
+      const TensorInfo* sc = ckpt.find(mod + ".weight_scale");
+      if (!sc) {
+        missing.push_back(mod + ".weight_scale (an I8 weight needs a scale)");
+      } else {
+        const bool shape_ok =
+            q->strategy == "tensor" ? sc->numel() == 1
+                                    : sc->shape == want_scale ||
+                                          (q->strategy == "channel" &&
+                                           sc->shape == std::vector<int64_t>{out});
+        if (!shape_ok || !dtype_is_float(sc->dtype)) {
+          bad_shape.push_back(mod + ".weight_scale is " + dtype_name(sc->dtype) + " " +
+                              shape_str(sc->shape) + ", expected float " + shape_str(want_scale));
+        }
+      }
+      if (q->static_input) {
         const TensorInfo* is = ckpt.find(mod + ".input_scale");
-        expected.insert(mod + ".input_scale");
-        if (!is) missing.push_back(mod + ".input_scale");
+        if (!is) missing.push_back(mod + ".input_scale (static activation quantization)");
         else if (is->numel() != 1 || !dtype_is_float(is->dtype)) {
           bad_shape.push_back(mod + ".input_scale has " + std::to_string(is->numel()) +
                               " elements, expected one float");
         }
       }
-      if (!qs.symmetric) {  // 4-bit zero points, [out, groups] as presented (unpacked)
+      if (!q->symmetric) {  // 4-bit zero points, [out, groups] as presented (unpacked)
         const TensorInfo* zp = ckpt.find(mod + ".weight_zero_point");
-        expected.insert(mod + ".weight_zero_point");
+        const std::vector<int64_t> want_zp = {out, groups};
         if (!zp)
           missing.push_back(mod + ".weight_zero_point (symmetric: false needs zero points)");
-        else if (zp->shape != want_scale || zp->dtype != DType::kI8) {
+        else if (zp->shape != want_zp || zp->dtype != DType::kI8) {
           bad_shape.push_back(mod + ".weight_zero_point is " + dtype_name(zp->dtype) + " " +
-                              shape_str(zp->shape) + ", expected I8 " + shape_str(want_scale) +
+                              shape_str(zp->shape) + ", expected I8 " + shape_str(want_zp) +
                               " (or I32 packed along the outputs)");
         }
       }
       if (const TensorInfo* gi = ckpt.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups
-        expected.insert(mod + ".weight_g_idx");
         if ((gi->dtype != DType::kI32 && gi->dtype != DType::kI64) ||
             gi->shape != std::vector<int64_t>{in}) {
           bad_shape.push_back(mod + ".weight_g_idx is " + dtype_name(gi->dtype) + " " +
                               shape_str(gi->shape) + ", expected I32 [" + std::to_string(in) + "]");
         }
-      }
-      for (const char* zp : {".weight_zero_point", ".input_zero_point"}) {
-        if (ckpt.find(mod + zp)) expected.insert(mod + zp);  // symmetric: zeros, ignored
       }
     } else if (!dtype_is_float(t->dtype)) {
       bad_dtype.push_back(s.name + " is " + dtype_name(t->dtype) +
@@ -639,13 +689,13 @@ namespace {
 /// Appends the ids of an eos_token_id value (an integer or a list of them) to `out`.
 Status append_ids(const json& v, const std::string& where, std::vector<int64_t>* out) {
   auto one = [&](const json& x) -> Status {
-    if (!x.is_number_integer() || x.get<int64_t>() < 0) {
-      return invalid_input(where + "expected a token id (integer >= 0) or a list of them, got " +
-                           v.dump());
+    const std::optional<int64_t> id = x.is_number_integer() ? json_as_int64(x) : std::nullopt;
+    if (!id || *id < 0 || *id > kMaxConfigTokenId) {
+      return invalid_input(where + "expected a token id (integer in [0, " +
+                           std::to_string(kMaxConfigTokenId) + "]) or a list of them, got " +
+                           json_brief(x));
     }
-    if (std::find(out->begin(), out->end(), x.get<int64_t>()) == out->end()) {
-      out->push_back(x.get<int64_t>());
-    }
+    if (std::find(out->begin(), out->end(), *id) == out->end()) out->push_back(*id);
     return Status::ok();
   };
   if (v.is_null()) return Status::ok();
@@ -667,9 +717,9 @@ Result<std::vector<int64_t>> stop_token_ids(const std::string& model_dir, const 
   const std::string gen = model_dir + "/generation_config.json";
   if (!model_dir.empty() && path_exists(gen)) {
     SHRINK_ASSIGN_OR_RETURN(std::string text, read_file(gen));
-    json g = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (g.is_discarded() || !g.is_object()) {
-      return invalid_input(gen + ": not a JSON object");
+    SHRINK_ASSIGN_OR_RETURN(json g, json_parse_untrusted(text, gen));
+    if (!g.is_object()) {
+      return invalid_input(gen + ": " + json_type_name(g) + " at the top level; expected an object");
     }
     if (g.contains("eos_token_id")) {
       SHRINK_RETURN_IF_ERROR(append_ids(g["eos_token_id"], gen + ": field 'eos_token_id': ", &ids));

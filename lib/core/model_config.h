@@ -118,9 +118,26 @@ struct TensorSpec {
 /// The tensors a float checkpoint of this config must hold, in HF order.
 std::vector<TensorSpec> expected_tensors(const ModelConfig& c);
 
-/// Check a checkpoint against the config: every expected tensor present with the right shape
-/// and a float dtype; no unexpected tensors (a tied lm_head.weight copy is tolerated). The error
-/// lists all missing, unexpected and mis-shaped tensors by name.
+/// How the linears of a quantized checkpoint (compressed-tensors) are stored, as far as their
+/// tensors' shapes go. Readers with their own scheme type (the runtime's) fill it in.
+struct QuantLayout {
+  std::string strategy = "channel";  // weight scales: channel [out, 1] | group | tensor [1]
+  int64_t group_size = 0;            // group: scales [out, ceil(in / group_size)]
+  bool symmetric = true;             // false: I8 zero points shaped like the scales
+  bool static_input = false;         // W8A8 static: one float input_scale per linear
+  std::vector<std::string> ignore;   // modules kept in float
+};
+
+/// The one validator of checkpoints against their config, which every reader (shrink inspect,
+/// convert, the LibTorch loader, the ONNX exporter, the runtime) calls before reading weights:
+/// every expected tensor present with the right shape and a float dtype; the block linears of a
+/// quantized model (not in `ignore`) either float (they then run in float) or I8 with a float
+/// weight_scale of the layout's shape, I8 zero points when asymmetric, an input_scale when
+/// static and an optional I32/I64 weight_g_idx [in]; no unexpected tensors (a tied
+/// lm_head.weight copy and rotary caches are tolerated). The error lists every problem by name.
+/// This overload reads the layout from config.json's quantization_config.
 Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt);
+/// The same with the layout given (nullptr: a float checkpoint).
+Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt, const QuantLayout* q);
 
 }  // namespace shrink::core

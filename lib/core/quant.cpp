@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "core/json_util.h"
+
 namespace shrink::core {
 
 using json = nlohmann::json;
@@ -43,13 +45,14 @@ json quant_config_to_json(const QuantScheme& s) {
 }
 
 Result<QuantScheme> quant_config_from_json(const json& j) {
-  auto bad = [](const std::string& m) { return invalid_input("quantization_config: " + m); };
-  if (!j.is_object()) return bad("expected an object");
-  std::string method = j.value("quant_method", "");
+  const std::string at = "quantization_config";
+  auto bad = [&](const std::string& m) { return invalid_input(at + ": " + m); };
+  if (!j.is_object()) return bad("expected an object, got " + json_brief(j));
+  SHRINK_ASSIGN_OR_RETURN(std::string method, json_string_or(j, "quant_method", "", at));
   if (method != "compressed-tensors") {
     return bad("quant_method '" + method + "' is not supported; expected compressed-tensors");
   }
-  std::string format = j.value("format", "");
+  SHRINK_ASSIGN_OR_RETURN(std::string format, json_string_or(j, "format", "", at));
   if (format != "int-quantized" && format != "naive-quantized" && format != "pack-quantized") {
     return bad("format '" + format +
                "' is not supported; expected int-quantized or "
@@ -60,38 +63,47 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
     return bad("expected exactly one entry in config_groups");
   }
   const json& g = j["config_groups"].begin().value();
+  const std::string gat = at + ".config_groups." + j["config_groups"].begin().key();
   QuantScheme s;
-  if (!g.contains("weights") || !g["weights"].is_object()) return bad("config_groups: no weights");
+  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) {
+    return bad("config_groups: no weights");
+  }
   const json& w = g["weights"];
-  s.bits = w.value("num_bits", 8);
+  const std::string wat = gat + ".weights";
+  SHRINK_ASSIGN_OR_RETURN(int64_t bits, json_int_or(w, "num_bits", 8, 1, 64, wat));
+  s.bits = int(bits);
   if (s.bits != (format == "pack-quantized" ? 4 : 8)) {
     return bad("weights.num_bits " + std::to_string(s.bits) + " with format '" + format +
                "' is not supported; expected 8 (int-quantized) or 4 (pack-quantized)");
   }
-  if (w.value("type", "int") != "int") return bad("weights: only int quantization is supported");
-  s.symmetric = w.value("symmetric", true);
+  SHRINK_ASSIGN_OR_RETURN(std::string type, json_string_or(w, "type", "int", wat));
+  if (type != "int") return bad("weights: only int quantization is supported");
+  SHRINK_ASSIGN_OR_RETURN(s.symmetric, json_bool_or(w, "symmetric", true, wat));
   if (!s.symmetric && s.bits != 4) {
     return bad(
         "weights.symmetric false with 8 bits is not supported; expected true (zero points "
         "are supported for 4-bit weights only)");
   }
   if (w.contains("actorder") && w["actorder"].is_string()) s.actorder = w["actorder"];
-  s.weight_strategy = w.value("strategy", "channel");
+  SHRINK_ASSIGN_OR_RETURN(s.weight_strategy, json_string_or(w, "strategy", "channel", wat));
   if (s.weight_strategy == "group") {
     if (!w.contains("group_size") || !w["group_size"].is_number_integer()) {
       return bad("weights.strategy group needs an integer group_size");
     }
-    s.group_size = w["group_size"].get<int64_t>();
+    SHRINK_ASSIGN_OR_RETURN(s.group_size,
+                            json_int_or(w, "group_size", 0, 1, int64_t(1) << 30, wat));
   } else if (s.weight_strategy != "channel") {
     return bad("weights.strategy '" + s.weight_strategy + "' is not supported; expected channel or group");
   }
   if (g.contains("input_activations") && !g["input_activations"].is_null()) {
     const json& a = g["input_activations"];
-    if (a.value("num_bits", 8) != 8 || a.value("type", "int") != "int") {
-      return bad("input_activations: only int8 is supported");
-    }
-    std::string st = a.value("strategy", "tensor");
-    bool dyn = a.value("dynamic", false);
+    const std::string aat = gat + ".input_activations";
+    if (!a.is_object()) return bad("input_activations: expected an object, got " + json_brief(a));
+    SHRINK_ASSIGN_OR_RETURN(int64_t abits, json_int_or(a, "num_bits", 8, 1, 64, aat));
+    SHRINK_ASSIGN_OR_RETURN(std::string atype, json_string_or(a, "type", "int", aat));
+    if (abits != 8 || atype != "int") return bad("input_activations: only int8 is supported");
+    SHRINK_ASSIGN_OR_RETURN(std::string st, json_string_or(a, "strategy", "tensor", aat));
+    SHRINK_ASSIGN_OR_RETURN(bool dyn, json_bool_or(a, "dynamic", false, aat));
     if (st == "tensor" && !dyn) s.activations = "static";
     else if (st == "token" && dyn) s.activations = "dynamic";
     else return bad("input_activations: strategy '" + st + "' with dynamic " + (dyn ? "true" : "false") +

@@ -48,7 +48,7 @@ constexpr int kQMin4 = -8;
 /// Pack int4 values q [rows, cols] (each in [-8, 7]) into `out`, rows * int4_packed_cols(cols)
 /// int32 words as bytes (padding nibbles hold 8, i.e. zero).
 inline int64_t int4_packed_cols(int64_t cols) {
-  return (cols + 7) / 8;
+  return cols / 8 + (cols % 8 != 0);  // ceil(cols / 8) without overflow near INT64_MAX
 }
 void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out);
 /// The inverse: bytes of rows * int4_packed_cols(cols) words -> q [rows, cols].

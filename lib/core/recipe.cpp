@@ -71,8 +71,24 @@ struct Parser {
   }
 };
 
+// "--set teacher.x: 'teacher' is a value (recipe.yaml:3:10), not a mapping; ..." for an
+// override whose path goes through the scalar `node` at parts[i] (the root when i == 0).
+std::string not_a_mapping(const std::string& path, const std::vector<std::string>& parts, size_t i,
+                          const YAML::Node& node, const std::string& file) {
+  std::string parent;
+  for (size_t k = 0; k < i; ++k) parent += (k ? "." : "") + parts[k];
+  const YAML::Mark m = node.Mark();
+  const std::string at = m.line >= 0 ? " (" + file + ":" + std::to_string(m.line + 1) + ":" +
+                                           std::to_string(m.column + 1) + ")"
+                                     : "";
+  return "--set " + path + ": '" + (parent.empty() ? "the recipe" : parent) + "' is a value" + at +
+         ", not a mapping; cannot set '" + parts[i] + "' inside it (expected PATH to name keys " +
+         "of mappings, e.g. stages.2.quantize.scheme)";
+}
+
 // Apply one "a.b.2.c=value" override to the YAML tree.
-void apply_override(YAML::Node root, const std::string& spec, std::vector<std::string>* issues) {
+void apply_override(YAML::Node root, const std::string& spec, const std::string& file,
+                    std::vector<std::string>* issues) {
   size_t eq = spec.find('=');
   if (eq == std::string::npos || eq == 0) {
     issues->push_back("--set '" + spec + "': expected PATH=VALUE, e.g. stages.2.quantize.scheme=w8a16");
@@ -105,14 +121,21 @@ void apply_override(YAML::Node root, const std::string& spec, std::vector<std::s
         return;
       }
       chain.push_back(cur[idx]);
-    } else {
+    } else if (cur.IsMap()) {
       if (!cur[p] || cur[p].IsNull()) cur[p] = YAML::Node(YAML::NodeType::Map);
       chain.push_back(cur[p]);
+    } else {
+      issues->push_back(not_a_mapping(path, parts, i, cur, file));
+      return;
     }
   }
   YAML::Node last = chain.back();
   if (last.IsSequence()) {
     issues->push_back("--set " + path + ": cannot set a list entry; name a key inside it");
+    return;
+  }
+  if (!last.IsMap()) {
+    issues->push_back(not_a_mapping(path, parts, parts.size() - 1, last, file));
     return;
   }
   last[parts.back()] = spec.substr(eq + 1);
@@ -152,8 +175,10 @@ std::string closest_word(const std::string& word, const std::vector<std::string>
   return best_d <= std::max<size_t>(2, word.size() / 3) ? best : std::string();
 }
 
-Recipe recipe_parse(const std::string& path, const std::string& text,
-                    const std::vector<std::string>& overrides, std::vector<std::string>* issues) {
+namespace {
+Recipe recipe_parse_unguarded(const std::string& path, const std::string& text,
+                              const std::vector<std::string>& overrides,
+                              std::vector<std::string>* issues) {
   Recipe r;
   r.path = path;
   r.text = text;
@@ -169,7 +194,7 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
     issues->push_back(path + ":1:1: a recipe is a mapping with version, teacher, data and stages");
     return r;
   }
-  for (const auto& o : overrides) apply_override(root, o, issues);
+  for (const auto& o : overrides) apply_override(root, o, path, issues);
   for (auto it = root.begin(); it != root.end(); ++it) {
     std::string k = it->first.Scalar();
     if (std::find(kTopKeys.begin(), kTopKeys.end(), k) == kTopKeys.end()) {
@@ -283,6 +308,26 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
       }
     }
   }
+  return r;
+}
+}  // namespace
+
+Recipe recipe_parse(const std::string& path, const std::string& text,
+                    const std::vector<std::string>& overrides, std::vector<std::string>* issues) {
+  // Every yaml-cpp use above checks node kinds first; this catches what a check may have missed,
+  // so that a recipe can never end the process with a raw yaml-cpp exception.
+  try {
+    return recipe_parse_unguarded(path, text, overrides, issues);
+  } catch (const YAML::Exception& e) {
+    const int line = e.mark.line >= 0 ? e.mark.line + 1 : 1;
+    const int col = e.mark.column >= 0 ? e.mark.column + 1 : 1;
+    issues->push_back(recipe_where(path, line, col) + "cannot read the recipe: " + e.msg);
+  } catch (const std::exception& e) {
+    issues->push_back(path + ":1:1: cannot read the recipe: " + e.what());
+  }
+  Recipe r;
+  r.path = path;
+  r.text = text;
   return r;
 }
 

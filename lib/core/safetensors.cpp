@@ -30,6 +30,7 @@
 #include <set>
 
 #include "core/fs.h"
+#include "core/json_util.h"
 #include "core/quant.h"
 
 namespace shrink::core {
@@ -92,6 +93,7 @@ Result<json> parse_json_strict(const char* begin, const char* end, const std::st
     return invalid_input(what + ": not valid JSON: NUL byte at offset " +
                          std::to_string(static_cast<const char*>(nul) - begin));
   }
+  SHRINK_RETURN_IF_ERROR(json_check_depth(std::string_view(begin, size_t(end - begin)), what));
   std::vector<std::set<std::string>> open_objects;
   std::string dup;
   int dup_depth = 0;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/choice_task.h"
+#include "core/json_util.h"
 #include "core/fs.h"
 
 namespace shrink::core {
@@ -293,7 +294,9 @@ Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptio
     for (size_t ln = 0; ln < ls.size(); ++ln) {
       if (py_strip(ls[ln]).empty()) continue;
       const std::string at = strfmt("%s:%zu", path.c_str(), ln + 1);
-      const json j = json::parse(ls[ln], nullptr, /*allow_exceptions=*/false);
+      const json j = json_check_depth(ls[ln], at).is_ok()
+                         ? json::parse(ls[ln], nullptr, /*allow_exceptions=*/false)
+                         : json(json::value_t::discarded);
       if (j.is_discarded() || !j.is_object()) {
         throw Error(StatusCode::kInvalidInput,
                     at + ": not a JSON object; expected one " + o.format + " record per line");

@@ -24,6 +24,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "core/json_util.h"
 #include "core/unicode_nfc.h"
 #include "core/utf8.h"
 #include "core/unicode_tables.h"
@@ -202,36 +203,9 @@ Status field_error(const std::string& origin, const std::string& field, const st
   return invalid_input(origin + ": " + field + ": " + msg);
 }
 
-const char* json_type_name(const Json& j) {
+const char* json_kind(const Json& j) {
   return j.type_name();
 }
-
-/// Collects the first parse error of a JSON document (position and reason).
-struct ParseErrorSax : nlohmann::json_sax<Json> {
-  std::string message;
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override { return true; }
-  bool key(string_t&) override { return true; }
-  bool end_object() override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
-  bool parse_error(std::size_t, const std::string&,
-                   const nlohmann::detail::exception& ex) override {
-    message = ex.what();
-    // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> drop the tag.
-    const size_t tag_end = message.find("] ");
-    if (message.rfind("[json.exception", 0) == 0 && tag_end != std::string::npos) {
-      message = message.substr(tag_end + 2);
-    }
-    return false;
-  }
-};
 
 /// Reads an optional bool field; a missing or null field keeps `*out`.
 Status read_bool(const Json& obj, const char* key, const std::string& origin,
@@ -240,7 +214,7 @@ Status read_bool(const Json& obj, const char* key, const std::string& origin,
   if (it == obj.end() || it->is_null()) return Status::ok();
   if (!it->is_boolean()) {
     return field_error(origin, path + "." + key,
-                       std::string(json_type_name(*it)) + " is not a boolean");
+                       std::string(json_kind(*it)) + " is not a boolean");
   }
   *out = it->get<bool>();
   return Status::ok();
@@ -825,16 +799,17 @@ Result<Tokenizer> Tokenizer::load(const std::string& path) {
 
 namespace {
 
-Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl& impl) {
+Status parse_model(const Json& model, const std::string& origin, int64_t n_added,
+                   Tokenizer::Impl& impl) {
   if (!model.is_object()) {
-    return field_error(origin, "model", std::string(json_type_name(model)) + " is not an object");
+    return field_error(origin, "model", std::string(json_kind(model)) + " is not an object");
   }
   auto type_it = model.find("type");
   if (type_it != model.end()) {
     if (!type_it->is_string() || type_it->get<std::string>() != "BPE") {
       return field_error(
           origin, "model.type",
-          squote(type_it->is_string() ? type_it->get<std::string>() : type_it->dump()) +
+          squote(type_it->is_string() ? type_it->get<std::string>() : json_brief(*type_it)) +
               " is not supported; expected 'BPE'");
     }
   }
@@ -843,12 +818,13 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
   if (vit == model.end() || !vit->is_object()) {
     return field_error(origin, "model.vocab", "missing or not an object of token -> id");
   }
+  const int64_t id_bound = int64_t(vit->size()) + n_added;
   std::vector<std::string> by_id;
   for (auto it = vit->begin(); it != vit->end(); ++it) {
     const std::string& tok = it.key();
     if (!it->is_number_integer()) {
       return field_error(origin, "model.vocab[" + squote(tok) + "]",
-                         std::string(json_type_name(*it)) + " is not an integer id");
+                         std::string(json_kind(*it)) + " is not an integer id");
     }
     const int64_t id = it->get<int64_t>();
     if (id < 0 || id > kMaxTokenId) {
@@ -858,6 +834,15 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
     }
     if (tok.empty()) {
       return field_error(origin, "model.vocab", "the empty string is not a valid token");
+    }
+    // Ids are dense in real tokenizers; the gaps may hold only added tokens. A sparse id such
+    // as 16777215 in a small vocabulary would otherwise size by_id by the id, not the input.
+    if (id >= id_bound) {
+      return field_error(origin, "model.vocab[" + squote(tok) + "]",
+                         strfmt("id %lld is beyond the vocabulary; expected ids below %lld (%zu "
+                                "model.vocab entries plus the added tokens)",
+                                static_cast<long long>(id), static_cast<long long>(id_bound),
+                                vit->size()));
     }
     if (size_t(id) >= by_id.size()) by_id.resize(size_t(id) + 1);
     if (!by_id[size_t(id)].empty()) {
@@ -893,7 +878,7 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
     } else {
       return field_error(
           origin, field,
-          m.dump() + " is not a pair; expected \"left right\" or [\"left\", \"right\"]");
+          json_brief(m) + " is not a pair; expected \"left right\" or [\"left\", \"right\"]");
     }
   }
   SHRINK_RETURN_IF_ERROR(impl.set_merges(std::move(merges), origin));
@@ -903,7 +888,7 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
   if (dit != model.end() && !dit->is_null()) {
     if (!dit->is_number() || dit->get<double>() != 0.0) {
       return field_error(origin, "model.dropout",
-                         dit->dump() + " is not supported; expected null (deterministic BPE)");
+                         json_brief(*dit) + " is not supported; expected null (deterministic BPE)");
     }
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
@@ -911,7 +896,7 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
     if (it != model.end() && !it->is_null() &&
         !(it->is_string() && it->get<std::string>().empty())) {
       return field_error(origin, std::string("model.") + key,
-                         it->dump() + " is not supported; expected null");
+                         json_brief(*it) + " is not supported; expected null");
     }
   }
   SHRINK_RETURN_IF_ERROR(read_bool(model, "byte_fallback", origin, "model", &impl.byte_fallback));
@@ -921,7 +906,7 @@ Status parse_model(const Json& model, const std::string& origin, Tokenizer::Impl
   if (uit != model.end() && !uit->is_null()) {
     if (!uit->is_string()) {
       return field_error(origin, "model.unk_token",
-                         std::string(json_type_name(*uit)) + " is not a string");
+                         std::string(json_kind(*uit)) + " is not a string");
     }
     impl.unk_token = uit->get<std::string>();
     auto it = impl.vocab.find(*impl.unk_token);
@@ -935,13 +920,13 @@ Status parse_added_tokens(const Json& root, const std::string& origin, Tokenizer
   if (ait == root.end() || ait->is_null()) return Status::ok();
   if (!ait->is_array()) {
     return field_error(origin, "added_tokens",
-                       std::string(json_type_name(*ait)) + " is not an array");
+                       std::string(json_kind(*ait)) + " is not an array");
   }
   for (size_t k = 0; k < ait->size(); ++k) {
     const Json& t = (*ait)[k];
     const std::string field = strfmt("added_tokens[%zu]", k);
     if (!t.is_object()) {
-      return field_error(origin, field, std::string(json_type_name(t)) + " is not an object");
+      return field_error(origin, field, std::string(json_kind(t)) + " is not an object");
     }
     AddedToken tok;
     auto id = t.find("id");
@@ -973,7 +958,7 @@ Status read_string(const Json& obj, const char* key, const std::string& origin,
   if (it == obj.end() || it->is_null()) return Status::ok();
   if (!it->is_string()) {
     return field_error(origin, path + "." + key,
-                       std::string(json_type_name(*it)) + " is not a string");
+                       std::string(json_kind(*it)) + " is not a string");
   }
   *out = it->get<std::string>();
   return Status::ok();
@@ -1008,7 +993,7 @@ Status string_pattern(const Json& j, const std::string& origin, const std::strin
   auto it = j.find("pattern");
   if (it == j.end() || !it->is_object() || !it->contains("String") || !(*it)["String"].is_string()) {
     return field_error(origin, path + ".pattern",
-                       (it == j.end() ? std::string("missing") : it->dump()) +
+                       (it == j.end() ? std::string("missing") : json_brief(*it)) +
                            " is not supported; expected {\"String\": ...}");
   }
   *out = (*it)["String"].get<std::string>();
@@ -1037,7 +1022,7 @@ Status parse_normalizer(const Json& root, const std::string& origin, Tokenizer::
       SHRINK_RETURN_IF_ERROR(read_string(*j, "content", origin, path, &n.to));
     } else {
       return field_error(origin, path + ".type",
-                         squote(t.empty() ? j->dump() : t) +
+                         squote(t.empty() ? json_brief(*j) : t) +
                              " is not supported; expected null, 'NFC', 'Prepend', 'Replace' or a "
                              "'Sequence' of those");
     }
@@ -1093,7 +1078,7 @@ Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenize
         p.regex = SplitRegex::kQwen2;
       } else {
         return field_error(origin, path + ".pattern",
-                           (pat == j->end() ? std::string("missing") : pat->dump()) +
+                           (pat == j->end() ? std::string("missing") : json_brief(*pat)) +
                                " is not supported; expected the {\"Regex\": ...} of GPT-2, "
                                "Llama 3 or Qwen2");
       }
@@ -1136,7 +1121,7 @@ Status parse_pre_tokenizer(const Json& root, const std::string& origin, Tokenize
       SHRINK_RETURN_IF_ERROR(read_bool(*j, "split", origin, path, &p.split));
     } else {
       return field_error(origin, path + ".type",
-                         squote(t.empty() ? j->dump() : t) +
+                         squote(t.empty() ? json_brief(*j) : t) +
                              " is not supported; expected null, 'ByteLevel', 'Split', 'Digits', "
                              "'Metaspace' or a 'Sequence' of those");
     }
@@ -1192,7 +1177,7 @@ Status parse_decoder(const Json& root, const std::string& origin, Tokenizer::Imp
       d.drop_first = scheme != "never";
     } else {
       return field_error(origin, path + ".type",
-                         squote(t.empty() ? j->dump() : t) +
+                         squote(t.empty() ? json_brief(*j) : t) +
                              " is not supported; expected null, 'ByteLevel', 'Metaspace', "
                              "'Replace', 'ByteFallback', 'Fuse', 'Strip' or a 'Sequence' of those");
     }
@@ -1220,7 +1205,7 @@ Status parse_template(const Json& pp, const std::string& origin, const std::stri
     }
     if (!item.is_object() || !item.contains("SpecialToken")) {
       return field_error(origin, field,
-                         item.dump() +
+                         json_brief(item) +
                              " is not a template piece; expected "
                              "{\"SpecialToken\": {...}} or {\"Sequence\": {...}}");
     }
@@ -1241,7 +1226,7 @@ Status parse_template(const Json& pp, const std::string& origin, const std::stri
     for (const Json& v : (*def)["ids"]) {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId) {
         return field_error(origin, path + ".special_tokens[" + squote(name) + "].ids",
-                           v.dump() + " is not a valid token id");
+                           json_brief(v) + " is not a valid token id");
       }
       ti.ids.push_back(int32_t(v.get<int64_t>()));
     }
@@ -1259,7 +1244,7 @@ Status parse_post_processor(const Json& root, const std::string& origin, Tokeniz
   if (type == "ByteLevel") return Status::ok();  // offsets only; adds no tokens
   auto refuse = [&](const std::string& field, const std::string& t, const Json& j) {
     return field_error(origin, field,
-                       squote(t.empty() ? j.dump() : t) +
+                       squote(t.empty() ? json_brief(j) : t) +
                            " is not supported; expected null, 'ByteLevel', 'TemplateProcessing' "
                            "or a 'Sequence' of those");
   };
@@ -1288,15 +1273,9 @@ Status parse_post_processor(const Json& root, const std::string& origin, Tokeniz
 }  // namespace
 
 Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::string& origin) {
-  Json root = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
-    ParseErrorSax sax;
-    (void)Json::sax_parse(json_text, &sax);
-    return invalid_input(origin + ": not valid JSON: " +
-                         (sax.message.empty() ? std::string("parse error") : sax.message));
-  }
+  SHRINK_ASSIGN_OR_RETURN(Json root, json_parse_untrusted(json_text, origin));
   if (!root.is_object()) {
-    return invalid_input(origin + ": " + json_type_name(root) +
+    return invalid_input(origin + ": " + json_kind(root) +
                          " at the top level; expected a tokenizer.json object");
   }
   Tokenizer tok;
@@ -1304,7 +1283,9 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
 
   auto model = root.find("model");
   if (model == root.end()) return field_error(origin, "model", "missing");
-  SHRINK_RETURN_IF_ERROR(parse_model(*model, origin, impl));
+  auto added = root.find("added_tokens");
+  const int64_t n_added = added != root.end() && added->is_array() ? int64_t(added->size()) : 0;
+  SHRINK_RETURN_IF_ERROR(parse_model(*model, origin, n_added, impl));
   SHRINK_RETURN_IF_ERROR(parse_added_tokens(root, origin, impl));
 
   SHRINK_RETURN_IF_ERROR(parse_normalizer(root, origin, impl));

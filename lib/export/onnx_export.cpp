@@ -55,6 +55,7 @@ class ExternalWriter {
     const uint64_t at = offset_;
     if (n && std::fwrite(data, 1, n, f_) != n) write_error();
     offset_ += n;
+    core::test_kill_after_bytes(pad + n);  // fault injection (core/fs.h); a no-op normally
     return at;
   }
   void close() {
@@ -646,7 +647,7 @@ OnnxExportResult onnx_export(const std::string& model_dir, const std::string& ou
     scheme = std::make_unique<core::QuantScheme>(s.value());
   }
   core::Checkpoint ck = core::Checkpoint::open(model_dir).take_or_throw();
-  if (!scheme) throw_if_error(core::checkpoint_check(cfg, ck));
+  throw_if_error(core::checkpoint_check(cfg, ck));  // the one validator, quantized or not
 
   const uint64_t est = estimate_bytes(cfg, ck);
   bool external = opts.external_data == ExternalData::kAlways ||

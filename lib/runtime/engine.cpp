@@ -2,11 +2,14 @@
 // fusion), the random-weight models, and the forward pass written against runtime::Backend.
 #include "runtime/engine.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
 
+#include "core/checked_math.h"
 #include "core/dtype.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
@@ -153,88 +156,40 @@ std::vector<float> to_f32(const SrcTensor& t) {
   return v;
 }
 
-// Validate a quantized checkpoint: every expected tensor present with the right shape; linear
-// weights either float or I8 (+ weight_scale of a consistent shape, + input_scale when static);
-// nothing unexpected. All problems are collected into one message, like core::checkpoint_check.
-Status check_quantized(const core::ModelConfig& c, const QuantScheme& s, TensorSource& src) {
-  std::vector<std::string> problems;
-  std::set<std::string> known;
-  for (const core::TensorSpec& spec : core::expected_tensors(c)) {
-    known.insert(spec.name);
-    SrcTensor t;
-    if (!src.find(spec.name, &t)) {
-      problems.push_back("missing " + spec.name);
-      continue;
-    }
-    if (t.shape != spec.shape) {
-      problems.push_back(spec.name + " has shape " + shape_str(t.shape) + ", expected " +
-                         shape_str(spec.shape));
-      continue;
-    }
-    const bool linear_w = core::tensor_role_is_linear(spec.role) && ends_with(spec.name, ".weight");
-    if (t.dtype == core::DType::kI8 && linear_w) {
-      const std::string m = spec.name.substr(0, spec.name.size() - 7);
-      for (const char* suf :
-           {".weight_scale", ".weight_zero_point", ".weight_g_idx", ".input_scale"}) {
-        known.insert(m + suf);
-      }
-      SrcTensor sc;
-      if (!src.find(m + ".weight_scale", &sc)) {
-        problems.push_back("missing " + m + ".weight_scale (I8 weight needs a scale)");
-      } else {
-        const int64_t out = spec.shape[0], in = spec.shape[1];
-        std::vector<int64_t> want;
-        if (s.strategy == WeightStrategy::kChannel) want = {out, 1};
-        if (s.strategy == WeightStrategy::kGroup) want = {out, (in + s.group_size - 1) / s.group_size};
-        bool ok = core::dtype_is_float(sc.dtype) &&
-                  (s.strategy == WeightStrategy::kTensor ? sc.numel() == 1
-                   : sc.shape == want || (s.strategy == WeightStrategy::kChannel &&
-                                          sc.shape == std::vector<int64_t>{out}));
-        if (!ok) {
-          problems.push_back(m + ".weight_scale has " + core::dtype_name(sc.dtype) + " shape " +
-                             shape_str(sc.shape) + ", expected a float tensor of shape " +
-                             (s.strategy == WeightStrategy::kTensor ? "[1]" : shape_str(want)));
-        }
-      }
-      if (!s.symmetric) {
-        SrcTensor zt;
-        const int64_t G = s.strategy == WeightStrategy::kGroup
-                              ? (spec.shape[1] + s.group_size - 1) / s.group_size
-                              : 1;
-        const std::vector<int64_t> want = {spec.shape[0], G};
-        if (!src.find(m + ".weight_zero_point", &zt)) {
-          problems.push_back("missing " + m +
-                             ".weight_zero_point (symmetric: false needs zero points)");
-        } else if (zt.dtype != core::DType::kI8 || zt.shape != want) {
-          problems.push_back(m + ".weight_zero_point has " + core::dtype_name(zt.dtype) +
-                             " shape " + shape_str(zt.shape) + ", expected I8 " + shape_str(want) +
-                             " (I32 packed along the outputs on disk)");
-        }
-      }
-      if (s.act == ActQuant::kStatic) {
-        SrcTensor is;
-        if (!src.find(m + ".input_scale", &is)) {
-          problems.push_back("missing " + m + ".input_scale (static activation quantization)");
-        } else if (!core::dtype_is_float(is.dtype) || is.numel() != 1) {
-          problems.push_back(m + ".input_scale has shape " + shape_str(is.shape) +
-                             ", expected one float");
-        }
-      }
-    } else if (!core::dtype_is_float(t.dtype)) {
-      problems.push_back(spec.name + " has dtype " + core::dtype_name(t.dtype) +
-                         (linear_w ? ", expected a float dtype or I8" : ", expected a float dtype"));
-    }
+// The KV cache (K and V, every layer, every batch slot, the whole context, f32 at most) must
+// have a size that fits in int64 and in the machine's memory: refuse it here with the numbers,
+// rather than overflow a product or die in an allocation.
+Status check_kv_cache_size(const core::ModelConfig& c, const EngineOptions& opts, int64_t max_seq,
+                           const std::string& origin) {
+  const std::optional<int64_t> bytes =
+      core::checked_mul({int64_t(opts.max_batch), max_seq, c.kv_dim(), c.num_layers, 2, 4});
+  SHRINK_CHECK(bytes.has_value(), StatusCode::kInvalidInput,
+               "%s: a KV cache for %d sequences of %lld tokens overflows 64 bits; expected a "
+               "smaller context (--ctx) or batch",
+               origin.c_str(), opts.max_batch, (long long)max_seq);
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page > 0) {
+    const double ram = double(pages) * double(page);
+    SHRINK_CHECK(double(*bytes) <= ram, StatusCode::kInvalidInput,
+                 "%s: a KV cache for %d sequences of %lld tokens takes %.1f GiB (f32), more than "
+                 "this machine's %.1f GiB of memory; expected a smaller context (--ctx) or batch",
+                 origin.c_str(), opts.max_batch, (long long)max_seq, double(*bytes) / (1 << 30),
+                 ram / (1 << 30));
   }
-  if (c.tie_word_embeddings) known.insert("lm_head.weight");
-  for (const std::string& n : src.names()) {
-    if (!known.count(n)) problems.push_back("unexpected tensor " + n);
-  }
-  if (problems.empty()) return Status::ok();
-  std::string msg = src.origin() + ": checkpoint does not match config.json (" +
-                    quant_scheme_name(s) + "): ";
-  for (size_t i = 0; i < problems.size() && i < 20; ++i) msg += (i ? "; " : "") + problems[i];
-  if (problems.size() > 20) msg += "; ... (" + std::to_string(problems.size()) + " problems)";
-  return invalid_input(msg);
+  return Status::ok();
+}
+
+// The checkpoint's layout for core::checkpoint_check, the one validator every reader calls.
+core::QuantLayout quant_layout(const QuantScheme& s) {
+  core::QuantLayout q;
+  q.strategy = s.strategy == WeightStrategy::kGroup    ? "group"
+               : s.strategy == WeightStrategy::kTensor ? "tensor"
+                                                       : "channel";
+  q.group_size = s.group_size;
+  q.symmetric = s.symmetric;
+  q.static_input = s.act == ActQuant::kStatic;
+  q.ignore = s.ignore;
+  return q;
 }
 
 }  // namespace
@@ -345,7 +300,7 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
                      src.origin().c_str(), module.c_str());
         src.release(module + ".weight_zero_point");
       }
-    } else {  // 4-bit zero points (check_quantized checked the shape)
+    } else {  // 4-bit zero points (core::checkpoint_check checked the shape)
       SrcTensor zt;
       SHRINK_CHECK(src.find(module + ".weight_zero_point", &zt) && zt.dtype == core::DType::kI8 &&
                        zt.numel() == int64_t(d.scale.size()),
@@ -609,6 +564,7 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                        : std::min<int64_t>(cfg.max_position_embeddings, 4096);
   SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
                (long long)impl->max_seq);
+  SHRINK_RETURN_IF_ERROR(check_kv_cache_size(cfg, opts, impl->max_seq, origin));
   SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16" || opts.kv_cache == "int8",
                StatusCode::kInvalidInput, "--kv-cache '%s': expected f32, f16 or int8",
                opts.kv_cache.c_str());
@@ -644,11 +600,10 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
   const std::string origin = model_dir + "/config.json";
   SHRINK_ASSIGN_OR_RETURN(QuantScheme scheme, quant_scheme_parse(cfg, origin));
   SHRINK_ASSIGN_OR_RETURN(core::Checkpoint ckpt, core::Checkpoint::open(model_dir));
-  if (!scheme.quantized) {
-    SHRINK_RETURN_IF_ERROR(core::checkpoint_check(cfg, ckpt));
-  }
+  const core::QuantLayout layout = quant_layout(scheme);
+  SHRINK_RETURN_IF_ERROR(
+      core::checkpoint_check(cfg, ckpt, scheme.quantized ? &layout : nullptr));
   CheckpointSource src(std::move(ckpt));
-  if (scheme.quantized) SHRINK_RETURN_IF_ERROR(check_quantized(cfg, scheme, src));
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin));
   impl->scheme = scheme;
   SHRINK_RETURN_IF_ERROR(impl->build(src));

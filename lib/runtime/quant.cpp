@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/json_util.h"
 #include "core/quant.h"
 
 namespace shrink::runtime {
@@ -15,7 +16,7 @@ using nlohmann::json;
 Status check_int8_args(const json& a, const std::string& where, int64_t bits,
                        bool* symmetric = nullptr) {
   SHRINK_CHECK(a.is_object(), StatusCode::kInvalidInput, "%s: expected an object", where.c_str());
-  auto num_bits = a.value("num_bits", int64_t(8));
+  SHRINK_ASSIGN_OR_RETURN(int64_t num_bits, core::json_int_or(a, "num_bits", 8, 1, 64, where));
   SHRINK_CHECK(num_bits == bits, StatusCode::kInvalidInput,
                "%s.num_bits: %lld is not supported here; expected %lld%s", where.c_str(),
                (long long)num_bits, (long long)bits,
@@ -25,10 +26,7 @@ Status check_int8_args(const json& a, const std::string& where, int64_t bits,
   std::string type = a.contains("type") && a["type"].is_string() ? a["type"].get<std::string>() : "int";
   SHRINK_CHECK(type == "int", StatusCode::kInvalidInput,
                "%s.type: '%s' is not supported; expected 'int'", where.c_str(), type.c_str());
-  SHRINK_CHECK(!a.contains("symmetric") || a["symmetric"].is_boolean(), StatusCode::kInvalidInput,
-               "%s.symmetric: %s; expected true or false", where.c_str(),
-               a["symmetric"].dump().c_str());
-  const bool sym = !a.contains("symmetric") || a["symmetric"].get<bool>();
+  SHRINK_ASSIGN_OR_RETURN(const bool sym, core::json_bool_or(a, "symmetric", true, where));
   SHRINK_CHECK(sym || (symmetric && bits == 4), StatusCode::kInvalidInput,
                "%s.symmetric: false is not supported here; expected true (zero points are "
                "supported for 4-bit weights only)",
@@ -73,7 +71,7 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
     }
     SHRINK_CHECK(linear, StatusCode::kInvalidInput,
                  "%s.targets: %s is not supported; expected [\"Linear\"]", gat.c_str(),
-                 g["targets"].dump().c_str());
+                 core::json_brief(g["targets"]).c_str());
   }
   SHRINK_CHECK(g.contains("weights") && g["weights"].is_object(), StatusCode::kInvalidInput,
                "%s.weights: missing; expected the int8 weight arguments", gat.c_str());
@@ -90,12 +88,13 @@ Result<QuantScheme> quant_scheme_parse(const core::ModelConfig& cfg, const std::
     s.strategy = WeightStrategy::kTensor;
   } else if (strategy == "group") {
     s.strategy = WeightStrategy::kGroup;
-    SHRINK_CHECK(w.contains("group_size") && w["group_size"].is_number_integer() &&
-                     w["group_size"].get<int64_t>() > 0,
+    SHRINK_CHECK(w.contains("group_size") && w["group_size"].is_number_integer(),
                  StatusCode::kInvalidInput,
                  "%s.weights.group_size: %s; expected a positive integer for strategy 'group'",
-                 gat.c_str(), w.contains("group_size") ? w["group_size"].dump().c_str() : "missing");
-    s.group_size = w["group_size"].get<int64_t>();
+                 gat.c_str(),
+                 w.contains("group_size") ? core::json_brief(w["group_size"]).c_str() : "missing");
+    SHRINK_ASSIGN_OR_RETURN(s.group_size, core::json_int_or(w, "group_size", 0, 1,
+                                                            int64_t(1) << 30, gat + ".weights"));
   } else {
     return invalid_input(gat + ".weights.strategy: '" + strategy +
                          "' is not supported; expected 'channel', 'group' or 'tensor'");

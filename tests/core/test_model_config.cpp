@@ -87,13 +87,13 @@ TEST(ModelConfig, RoundTripPreservesUnknownKeys) {
 }
 
 TEST(ModelConfig, ErrorsNameTheField) {
-  expect_error("{not json", "invalid JSON");
+  expect_error("{not json", "not valid JSON: parse error at line 1, column 3");
   expect_error("[1,2]", "expected a JSON object");
   expect_error(with("architectures", R"(["GPT2LMHeadModel"])"),
                "architecture 'GPT2LMHeadModel' is not supported; expected one of "
                "LlamaForCausalLM");
   expect_error(with("hidden_size", "<erase>"), "field 'hidden_size': missing");
-  expect_error(with("hidden_size", R"("64")"), "field 'hidden_size': expected an integer, got a string");
+  expect_error(with("hidden_size", R"("64")"), "field 'hidden_size': expected an integer in [1, 131072], got \"64\"");
   expect_error(with("num_hidden_layers", "0"), "field 'num_hidden_layers': 0 is out of range");
   expect_error(with("num_key_value_heads", "3"), "num_key_value_heads 3 must divide");
   expect_error(with("rms_norm_eps", "-1"), "field 'rms_norm_eps'");
@@ -218,4 +218,66 @@ TEST(Sampler, GreedyTopKTopPAndDeterminism) {
   for (int i = 0; i < 4000; ++i) count[size_t(f.sample(logits.data(), 5))]++;
   EXPECT_LT(count[3], 120);
   EXPECT_GT(count[1], 900);
+}
+
+// ---- Hardening (issue 25): untrusted config.json --------------------------------------------
+
+// One unknown field nested 200,000 arrays deep: before the depth cap, copying config.json into
+// ModelConfig::raw (and dumping it into messages) recursed once per level and overflowed the
+// stack (`shrink inspect` and `shrink-rt eval` died with SIGSEGV).
+TEST(ModelConfigHardening, DeeplyNestedFieldIsRefusedWithItsPosition) {
+  std::string text = kLlama;
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  text.insert(1, "\n\"x\": " + deep + ",");
+  expect_error(text, "cfg.json:2:");
+  expect_error(text, "JSON nested deeper than 64 levels");
+  // 64 levels are fine (an unknown field is kept as it is).
+  std::string ok = kLlama;
+  ok.insert(1, "\"x\": " + std::string(63, '[') + std::string(63, ']') + ",");
+  EXPECT_TRUE(config_from_json(ok, "cfg.json").is_ok());
+}
+
+TEST(ModelConfigHardening, HugeOrFractionalNumbersAreRangeCheckedBeforeAnyCast) {
+  // 1e300 looks integral (floor(x) == x) but has no int64 value: casting it was undefined.
+  expect_error(with("hidden_size", "1e300"), "field 'hidden_size': expected an integer in");
+  expect_error(with("max_position_embeddings", "-1e300"), "field 'max_position_embeddings'");
+  expect_error(with("hidden_size", "64.5"), "field 'hidden_size'");
+  EXPECT_EQ(config_from_json(with("hidden_size", "64.0"), "cfg.json").take_or_throw().hidden_size,
+            64);
+  expect_error(with("rope_scaling", R"({"rope_type": "llama3", "factor": 8.0,
+      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 1e300})"),
+               "field 'original_max_position_embeddings': expected an integer in [1, 268435456]");
+  expect_error(with("bos_token_id", "1e300"), "field 'bos_token_id'");
+  expect_error(with("eos_token_id", "18446744073709551615"), "field 'eos_token_id'");
+}
+
+TEST(ModelConfigHardening, DimensionsAreBoundedAndProductsChecked) {
+  expect_error(with("vocab_size", "16777217"), "field 'vocab_size': 16777217 is out of range");
+  expect_error(with("num_hidden_layers", "100000"), "field 'num_hidden_layers'");
+  expect_error(with("max_position_embeddings", "9007199254740992"),
+               "field 'max_position_embeddings'");
+  // Each factor in bounds, the KV cache of the whole context in bytes (layers 4096 x positions
+  // 2^28 x kv_dim 2^24 x 8) is not: refused instead of overflowing int64.
+  nlohmann::json j = nlohmann::json::parse(kLlama);
+  j["num_hidden_layers"] = 4096;
+  j["max_position_embeddings"] = 1 << 28;
+  j["num_attention_heads"] = 4096;
+  j["num_key_value_heads"] = 4096;
+  j["head_dim"] = 4096;
+  expect_error(j.dump(), "the sizes overflow 64 bits");
+  // Configs built in code go through the same bounds.
+  ModelConfig c = config_from_json(kLlama, "cfg.json").take_or_throw();
+  c.num_kv_heads = 0;
+  EXPECT_FALSE(config_validate(c).is_ok());  // was a division by zero
+}
+
+TEST(ModelConfigHardening, ErrorsDescribeValuesInsteadOfDumpingThem) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (int i = 0; i < 50000; ++i) arr.push_back(i);
+  auto r = config_from_json(with("hidden_act", arr.dump()), "cfg.json");
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("an array of 50000 items"), std::string::npos)
+      << r.status().message().substr(0, 200);
+  EXPECT_LT(r.status().message().size(), 300u);
 }

@@ -900,6 +900,49 @@ TEST(SafetensorsCheckpointTest, PackedFourBitWeightsArePresentedAsInt8) {
   }
 }
 
+// A huge weight_shape (issue 25): int4_packed_cols(INT64_MAX) computed (cols + 7) / 8 and
+// overflowed before the shape check; the sanitizer build (scripts/sanitize.sh) runs this too.
+TEST(SafetensorsCheckpointTest, HugePackedWeightShapeIsRefusedWithoutOverflow) {
+  EXPECT_EQ(int4_packed_cols(std::numeric_limits<int64_t>::max()),
+            std::numeric_limits<int64_t>::max() / 8 + 1);
+  EXPECT_EQ(int4_packed_cols(0), 0);
+  EXPECT_EQ(int4_packed_cols(8), 1);
+  EXPECT_EQ(int4_packed_cols(9), 2);
+  const int32_t packed[4] = {0, 0, 0, 0};
+  for (int64_t cols : {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max() - 3,
+                       int64_t(-1)}) {
+    const int64_t shape[2] = {2, cols};
+    TmpDir d;
+    ASSERT_TRUE(checkpoint_write(d.path(), {{"m.weight_packed", DType::kI32, {2, 2}, packed, 16},
+                                            {"m.weight_shape", DType::kI64, {2}, shape, 16}})
+                    .is_ok());
+    auto ck = Checkpoint::open(d.path());
+    ASSERT_FALSE(ck.is_ok());
+    EXPECT_EQ(ck.status().code(), StatusCode::kInvalidInput);
+    EXPECT_NE(ck.status().message().find("m.weight_packed"), std::string::npos)
+        << ck.status().message();
+  }
+}
+
+// A header nested deeper than kJsonMaxDepth is refused before nlohmann builds it.
+TEST(SafetensorsMalformedTest, DeeplyNestedHeader) {
+  TmpDir d;
+  const std::string header =
+      "{\"__metadata__\": {\"x\": \"" + std::string(10, 'a') + "\"}, \"t\": " +
+      std::string(100000, '[') + std::string(100000, ']') + "}";
+  std::string bytes(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(&bytes[0], &n, 8);
+  bytes += header;
+  const std::string path = d.file("deep.safetensors");
+  std::ofstream(path, std::ios::binary) << bytes;
+  auto f = SafetensorsFile::open(path);
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(f.status().message().find("nested deeper than 64 levels"), std::string::npos)
+      << f.status().message().substr(0, 300);
+}
+
 TEST(SafetensorsCheckpointTest, MissingCheckpoint) {
   TmpDir dir;
   Status st = open_status(dir.path());

@@ -621,7 +621,7 @@ TEST(Int8, W4a16EqualsDequantisedFloatModel) {
         auto missing = Engine::load(qs, EngineOptions{});
         ASSERT_FALSE(missing.is_ok());
         EXPECT_NE(missing.status().message().find(
-                      "missing model.layers.0.self_attn.q_proj.weight_zero_point"),
+                      "model.layers.0.self_attn.q_proj.weight_zero_point (symmetric: false needs zero points)"),
                   std::string::npos)
             << missing.status().message();
         fs::remove_all(qs);
@@ -861,8 +861,8 @@ TEST(BadModels, FailWithClearMessages) {
     const std::string q2 = test::temp_dir("noscale2");
     fs::copy(q + "/config.json", q2 + "/config.json");
     ASSERT_TRUE(core::checkpoint_write(q2, v).is_ok());
-    expect_invalid(q2, "missing model.layers.1.self_attn.k_proj.weight_scale");
-    expect_invalid(q2, "missing model.layers.0.mlp.up_proj.input_scale");
+    expect_invalid(q2, "model.layers.1.self_attn.k_proj.weight_scale (an I8 weight needs a scale)");
+    expect_invalid(q2, "model.layers.0.mlp.up_proj.input_scale (static activation quantization)");
   }
   // Out-of-vocabulary tokens and over-long sequences are errors, not crashes.
   auto e = load(test::fixture("llama_gqa_llama3rope"), [] { EngineOptions o; o.max_seq_len = 8; return o; }());

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/fs.h"
+#include "core/json_util.h"
 #include "core/report.h"
 #include "tools/shrink/cli.h"
 
@@ -39,8 +40,10 @@ void register_compare(CLI::App& app, Globals& g) {
         if (std::filesystem::is_directory(path)) path += "/report.json";
         auto text = core::read_file(path);
         if (!text.is_ok()) throw Error(text.status());
-        auto j = nlohmann::json::parse(text.value(), nullptr, false);
-        if (j.is_discarded() || j.value("schema", "") != core::kReportSchema) {
+        auto parsed = core::json_parse_untrusted(text.value(), path);
+        if (!parsed.is_ok()) throw Error(parsed.status());
+        nlohmann::json j = std::move(parsed.value());
+        if (!j.is_object() || !j.contains("schema") || j["schema"] != core::kReportSchema) {
           throw Error(StatusCode::kInvalidInput, path + ": not a shrink report (expected schema " +
                                                      std::string(core::kReportSchema) + ")");
         }

@@ -31,6 +31,7 @@
 #include <map>
 
 #include "core/dataset.h"
+#include "core/json_util.h"
 #include "core/fs.h"
 #include "core/progress.h"
 #include "core/recipe.h"
@@ -212,8 +213,8 @@ json read_json(const std::string& path) {
   if (!fs::exists(path)) return nullptr;
   auto t = core::read_file(path);
   if (!t.is_ok()) return nullptr;
-  auto j = json::parse(t.value(), nullptr, false);
-  return j.is_discarded() ? json(nullptr) : j;
+  auto j = core::json_parse_untrusted(t.value(), path);
+  return j.is_ok() ? j.value() : json(nullptr);
 }
 
 struct RunOpts {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/dataset.h"
+#include "core/json_util.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
 #include "tools/shrink/cli.h"
@@ -99,7 +100,9 @@ void register_tokenizer(CLI::App& app, Globals& g) {
         std::string line;
         for (int64_t n = 1; std::getline(in, line); ++n) {
           if (line.empty()) continue;
-          nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+          nlohmann::json j = core::json_check_depth(line, c->jsonl).is_ok()
+                                 ? nlohmann::json::parse(line, nullptr, false)
+                                 : nlohmann::json(nlohmann::json::value_t::discarded);
           if (j.is_discarded() || !j.is_object() || !j.contains("text") || !j["text"].is_string()) {
             throw Error(StatusCode::kInvalidInput, c->jsonl + ":" + std::to_string(n) +
                                                        ": expected a JSON object with a string "
