@@ -3,18 +3,36 @@
 //
 // Atomicity is against interruption of this process, not power loss: files are written to a
 // sibling and rename()d, but not fsync()ed (checkpoints are large and the cost buys little on the
-// machines this runs on). AtomicDir::commit() has a short window, between moving the old
-// directory aside and renaming the new one in, where final_path does not exist; it tries to move
-// the old one back if the second rename fails. Tested in tests/core/test_fs.cpp.
+// machines this runs on). AtomicDir::commit() swaps an existing final_path with the new directory
+// in one renameat2(RENAME_EXCHANGE), so a kill at any point leaves a complete directory there (a
+// resumable checkpoint stays resumable). Where the exchange is unsupported (EINVAL: some network
+// and FUSE file systems), it falls back to moving the old directory aside first, with a short
+// window where final_path does not exist; it tries to move the old one back if the second rename
+// fails.
+//
+// Stale temporaries: a killed process leaves "<final>.tmp-<pid>-<n>" behind, and pids alone
+// cannot tell a dead owner from a live one (pid reuse, containers, other machines). So the owner
+// holds a flock() on the directory, which the kernel drops when the process dies however it dies;
+// create() takes the lock of each sibling temporary to learn whether its owner is gone. A lock
+// taken between another process's mkdir() and its flock() would wrongly look free, so an empty
+// directory younger than 10 s is left alone (its owner locks it before writing anything). Where
+// flock() fails (some network file systems), nothing is deleted.
+// Tested in tests/core/test_fs.cpp; kills and full disks in tests/cli/test_faults.sh.
 #include "core/fs.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 namespace shrink::core {
@@ -29,18 +47,88 @@ Status errno_status(int err, const std::string& what, const std::string& path) {
   return io_error(msg);
 }
 
+// A test hook's count from the environment (0 = unset).
+uint64_t env_count(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoull(v, nullptr, 10) : 0;
+}
+
+uint64_t kill_after_bytes() {
+  static const uint64_t n = env_count("SHRINK_TEST_KILL_AFTER_BYTES");
+  return n;
+}
+
+void test_kill_in_commit() {
+  static const uint64_t n = env_count("SHRINK_TEST_KILL_IN_COMMIT");
+  static std::atomic<uint64_t> commits{0};
+  if (n && ++commits == n) ::raise(SIGKILL);
+}
+
 Status write_all(int fd, const void* data, size_t size, const std::string& path) {
   const auto* p = static_cast<const uint8_t*>(data);
+  // Small writes while the kill hook is armed, so that it lands inside a file.
+  const size_t max_write = kill_after_bytes() ? size_t(4096) : size;
   while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
+    const ssize_t n = ::write(fd, p, std::min(size, max_write));
     if (n < 0) {
       if (errno == EINTR) continue;
       return errno_status(errno, "write", path);
     }
+    test_kill_after_bytes(uint64_t(n));
     p += n;
     size -= size_t(n);
   }
   return Status::ok();
+}
+
+// flock() the directory `path` without blocking: the descriptor holding the lock, or -1 when it
+// is held elsewhere (*busy = true) or flock is unsupported here (*busy = false).
+int dir_lock(const std::string& path, bool* busy) {
+  *busy = false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    *busy = errno == EWOULDBLOCK;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// `name` is `prefix` + "<pid>-<n>" (digits only: a user's "model.tmp-backup" is not ours).
+bool is_temporary_name(const std::string& name, const std::string& prefix) {
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::string rest = name.substr(prefix.size());
+  const size_t dash = rest.find('-');
+  if (dash == 0 || dash == std::string::npos || dash + 1 == rest.size()) return false;
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (i != dash && (rest[i] < '0' || rest[i] > '9')) return false;
+  }
+  return true;
+}
+
+// Delete the "<fin>.tmp-<pid>-<n>" siblings whose owners died (see the file comment).
+void sweep_stale_temporaries(const std::string& fin) {
+  const fsys::path fp(fin);
+  const fsys::path parent = fp.has_parent_path() ? fp.parent_path() : fsys::path(".");
+  const std::string prefix = fp.filename().string() + ".tmp-";
+  std::error_code ec;
+  std::vector<fsys::path> stale;
+  for (fsys::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!is_temporary_name(name, prefix)) continue;
+    struct stat st;
+    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    bool busy = false;
+    const int fd = dir_lock(it->path().string(), &busy);
+    if (fd < 0) continue;  // alive, or no way to tell
+    std::error_code ec2;
+    const bool empty = fsys::is_empty(it->path(), ec2);
+    const bool young = std::time(nullptr) - st.st_ctime < 10;
+    if (!ec2 && !(empty && young)) stale.push_back(it->path());
+    ::close(fd);
+  }
+  for (const fsys::path& p : stale) fsys::remove_all(p, ec);  // best effort
 }
 
 std::string strip_trailing_slashes(std::string p) {
@@ -107,6 +195,12 @@ Status write_file_atomic_spans(const std::string& path, const std::vector<ByteSp
   return Status::ok();
 }
 
+void test_kill_after_bytes(uint64_t n) {
+  static std::atomic<uint64_t> written{0};
+  const uint64_t limit = kill_after_bytes();
+  if (limit && (written += n) >= limit) ::raise(SIGKILL);
+}
+
 Status write_file_atomic(const std::string& path, const std::string& content) {
   return write_file_atomic_spans(path, {ByteSpan{content.data(), content.size()}});
 }
@@ -132,6 +226,7 @@ Result<AtomicDir> AtomicDir::create(const std::string& final_path) {
     fsys::create_directories(parent, ec);
     if (ec) return io_error(parent.string() + ": cannot create directory: " + ec.message());
   }
+  sweep_stale_temporaries(fin);
   static std::atomic<uint64_t> counter{0};
   const std::string tmp =
       fin + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
@@ -141,16 +236,27 @@ Result<AtomicDir> AtomicDir::create(const std::string& final_path) {
     return io_error(
         tmp + ": cannot create directory: " + (ec ? ec.message() : std::string("already exists")));
   }
-  return AtomicDir(tmp, fin);
+  bool busy = false;
+  return AtomicDir(tmp, fin, dir_lock(tmp, &busy));
 }
 
 AtomicDir::AtomicDir(AtomicDir&& o) noexcept
-    : tmp_(std::move(o.tmp_)), final_(std::move(o.final_)), committed_(o.committed_) {
+    : tmp_(std::move(o.tmp_)),
+      final_(std::move(o.final_)),
+      lock_fd_(o.lock_fd_),
+      committed_(o.committed_) {
   o.tmp_.clear();
+  o.lock_fd_ = -1;
   o.committed_ = true;  // the moved-from object owns nothing
 }
 
+void AtomicDir::unlock() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
+}
+
 AtomicDir::~AtomicDir() {
+  unlock();
   if (committed_ || tmp_.empty()) return;
   std::error_code ec;
   fsys::remove_all(tmp_, ec);
@@ -170,10 +276,23 @@ Status AtomicDir::commit() {
                            ": exists and is not a directory; refusing to replace it with the "
                            "output directory (remove it or choose another path)");
     }
+#ifdef RENAME_EXCHANGE
+    if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_EXCHANGE) == 0) {
+      committed_ = true;
+      unlock();
+      test_kill_in_commit();
+      fsys::remove_all(tmp_, ec);  // now the old directory; a leftover is swept later
+      return Status::ok();
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+      return errno_status(errno, "exchange " + tmp_ + " with", final_);
+    }
+#endif
     fsys::remove_all(old, ec);
     ec.clear();
     fsys::rename(final_, old, ec);
     if (ec) return io_error(final_ + ": cannot move the old directory aside: " + ec.message());
+    test_kill_in_commit();
   }
   fsys::rename(tmp_, final_, ec);
   if (ec) {
@@ -185,6 +304,8 @@ Status AtomicDir::commit() {
     return io_error(final_ + ": cannot rename " + tmp_ + " into place: " + why);
   }
   committed_ = true;
+  unlock();
+  if (!had_old) test_kill_in_commit();
   if (had_old) fsys::remove_all(old, ec);  // the new directory is in place; a leftover is harmless
   return Status::ok();
 }

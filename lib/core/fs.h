@@ -2,11 +2,14 @@
 //
 // Why: a failed or interrupted command must never leave a half-written output. Files are written
 // to a temporary sibling and renamed; a model directory is built in "<dir>.tmp-<pid>-<n>" and
-// renamed into place by commit(), replacing an older directory of the same name only then.
-// Tested in tests/core/test_fs.cpp.
+// renamed into place by commit(), replacing an older directory of the same name only then (in one
+// atomic exchange where the file system supports it). A process killed mid-write (kill -9, OOM)
+// leaves its "<dir>.tmp-*" behind; the next AtomicDir for the same path deletes it. The test hooks
+// at the end inject such kills. Tested in tests/core/test_fs.cpp and tests/cli/test_faults.sh.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -28,7 +31,10 @@ Status write_file_atomic_spans(const std::string& path, const std::vector<ByteSp
 bool path_exists(const std::string& path);
 bool is_directory(const std::string& path);
 
-/// A directory that appears at `final_path` only when commit() succeeds.
+/// A directory that appears at `final_path` only when commit() succeeds. The temporary directory
+/// is flock()ed while its owner lives; create() deletes each "<final_path>.tmp-<pid>-<n>"
+/// sibling whose lock it can take (its owner died before committing), except an empty one younger
+/// than 10 s (a directory another process has just made and not yet locked).
 class AtomicDir {
  public:
   /// Create the temporary sibling directory (parents of final_path are created).
@@ -40,13 +46,28 @@ class AtomicDir {
   /// Where to write files now.
   const std::string& path() const { return tmp_; }
   const std::string& final_path() const { return final_; }
-  /// Rename into place. An existing final_path is moved aside and deleted after the rename.
+  /// Rename into place. An existing final_path is swapped out in one renameat2(RENAME_EXCHANGE)
+  /// and then deleted, so final_path always names a complete directory; where the file system
+  /// lacks the exchange, it is moved aside first (a short window with no final_path).
   Status commit();
 
  private:
-  AtomicDir(std::string tmp, std::string fin) : tmp_(std::move(tmp)), final_(std::move(fin)) {}
+  AtomicDir(std::string tmp, std::string fin, int lock_fd)
+      : tmp_(std::move(tmp)), final_(std::move(fin)), lock_fd_(lock_fd) {}
+  void unlock();
   std::string tmp_, final_;
+  int lock_fd_ = -1;  // an open, flock()ed descriptor of tmp_ (-1 where flock is unsupported)
   bool committed_ = false;
 };
+
+/// Fault-injection hooks for tests/cli/test_faults.sh (the model of SHRINK_TEST_KILL_STEP in
+/// lib/train/trainer.cpp). Each raises SIGKILL on this process, as `kill -9` or the OOM killer
+/// would, at a chosen point; each is a no-op unless its variable is set.
+///  - SHRINK_TEST_KILL_AFTER_BYTES=N: once N bytes of output have been written. Every writer of
+///    model outputs counts its bytes here: the atomic file writers above (in 4 KiB writes while
+///    the hook is armed, so the kill lands inside a file) and the ONNX external-data writer.
+///  - SHRINK_TEST_KILL_IN_COMMIT=N: inside the Nth AtomicDir::commit() of the process, right after
+///    its first rename (the point where an interrupted commit leaves the most behind).
+void test_kill_after_bytes(uint64_t n);
 
 }  // namespace shrink::core

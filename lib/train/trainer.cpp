@@ -154,6 +154,15 @@ struct State {
   std::string dtype;  // the dtype outputs are saved in (the checkpoint itself is float32)
   core::SequencePacker::Cursor cursor;
   double best_val = INFINITY;
+  // Where the student came from, kept across --resume so that the final model's provenance
+  // (shrink.json) is byte-identical to an uninterrupted run's.
+  std::string student_init;
+  // The metrics.jsonl window in progress (sums since the last logged step, over all ranks), so
+  // that a resumed run logs the same figures as an uninterrupted one.
+  struct LogWindow {
+    double loss = 0, kd = 0, ce = 0, hidden = 0;
+    int64_t steps = 0;
+  } window;
 };
 
 void save_checkpoint(CausalLM& m, torch::optim::AdamW& opt, const State& st,
@@ -172,7 +181,13 @@ void save_checkpoint(CausalLM& m, torch::optim::AdamW& opt, const State& st,
                       {"epoch", st.cursor.epoch},
                       {"index", st.cursor.index},
                       {"best_val_loss", std::isfinite(st.best_val) ? nlohmann::json(st.best_val)
-                                                                   : nlohmann::json(nullptr)}};
+                                                                   : nlohmann::json(nullptr)},
+                      {"student_init", st.student_init},
+                      {"log_window", {{"steps", st.window.steps},
+                                      {"loss", st.window.loss},
+                                      {"kd", st.window.kd},
+                                      {"ce", st.window.ce},
+                                      {"hidden", st.window.hidden}}}};
   throw_if_error(core::write_file_atomic(dir.path() + "/state.json", j.dump(2) + "\n"));
   throw_if_error(dir.commit());
 }
@@ -427,6 +442,7 @@ TrainResult train_run(const TrainOptions& o) {
 
   State st;
   st.dtype = cfg.dtype;
+  st.student_init = student_source;
   if (resuming) {
     torch::load(opt, ckpt + "/optimizer.pt");
     auto j = nlohmann::json::parse(core::read_file(ckpt + "/state.json").take_or_throw());
@@ -437,6 +453,14 @@ TrainResult train_run(const TrainOptions& o) {
     st.cursor.epoch = j.at("epoch").get<uint64_t>();
     st.cursor.index = j.at("index").get<uint64_t>();
     if (j["best_val_loss"].is_number()) st.best_val = j["best_val_loss"].get<double>();
+    // Older checkpoints lack the field: "checkpoint", as they always said.
+    st.student_init = j.value("student_init", student_source);
+    student_source = st.student_init;
+    if (j.contains("log_window") && j["log_window"].is_object()) {  // older checkpoints lack it
+      const auto& w = j["log_window"];
+      st.window = {w.at("loss").get<double>(), w.at("kd").get<double>(), w.at("ce").get<double>(),
+                   w.at("hidden").get<double>(), w.at("steps").get<int64_t>()};
+    }
     packer.set_cursor(st.cursor);
     if (lead) metrics_truncate(o.out + "/metrics.jsonl", st.step);
   } else if (lead && fs::exists(o.out + "/metrics.jsonl")) {
@@ -519,10 +543,13 @@ TrainResult train_run(const TrainOptions& o) {
   const int64_t L = o.seq_len;
   std::vector<int32_t> buf(size_t(micro * (L + 1)));
   std::vector<uint64_t> win_ids(static_cast<size_t>(micro));
-  double kd_window = 0, ce_window = 0, hid_window = 0;
+  // The metrics window: per-rank sums since the last logged step. A resumed run's rank 0 starts
+  // from the checkpoint's sums over all ranks (the log all-reduce adds the rest).
+  double kd_window = lead ? st.window.kd : 0, ce_window = lead ? st.window.ce : 0;
+  double hid_window = lead ? st.window.hidden : 0;
   core::Progress prog("train", uint64_t(o.steps), "steps", o.progress && lead);
-  double loss_window = 0;
-  int64_t window_steps = 0;
+  double loss_window = lead ? st.window.loss : 0;
+  int64_t window_steps = st.window.steps;
   auto t_start = Clock::now();
   auto t_window = t_start;
   const int64_t first_step = st.step;
@@ -659,6 +686,9 @@ TrainResult train_run(const TrainOptions& o) {
         (o.stop_after && st.step == o.stop_after)) {
       // Rank 0 writes it (weights and optimizer state are the same on every rank); every rank
       // resumes from it.
+      auto w = sum_over_ranks({loss_window, kd_window, ce_window, hid_window},
+                              "the loss all-reduce for the checkpoint");
+      st.window = {w[0], w[1], w[2], w[3], window_steps};
       if (lead) save_checkpoint(m, opt, st, o.out, tokenizer, proj ? &proj : nullptr);
     }
     if (o.stop_after && st.step == o.stop_after && !last) {

@@ -1,9 +1,11 @@
 // Tests for core/fs.h: whole-file reads, atomic writes (no temporary left behind), and AtomicDir
 // (nothing at the final path until commit, replacement of an existing directory, cleanup of an
-// uncommitted one, moves).
+// uncommitted one, moves, removal of a killed process's leftovers). Kills themselves are in
+// tests/cli/test_faults.sh.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/fs.h"
@@ -146,6 +148,32 @@ TEST_F(FsTest, AtomicDirMoveTransfersOwnership) {
   EXPECT_FALSE(path_exists(tmp));  // the new owner cleaned up
   ASSERT_TRUE(b->commit().is_ok());
   EXPECT_TRUE(is_directory(p("m")));
+}
+
+// A process killed before commit() leaves "<final>.tmp-<pid>-<n>"; the next AtomicDir for the
+// same path deletes it, but never a live one's (locked), a just-made empty one (it may not be
+// locked yet) or a name that is not ours.
+TEST_F(FsTest, AtomicDirSweepsStaleTemporaries) {
+  fsys::create_directories(p("model.tmp-999999-0"));
+  ASSERT_TRUE(write_file_atomic(p("model.tmp-999999-0/model.safetensors"), "partial").is_ok());
+  fsys::create_directories(p("model.tmp-999999-1"));  // empty and young: left alone
+  fsys::create_directories(p("model.tmp-backup"));    // not a temporary name
+  ASSERT_TRUE(write_file_atomic(p("model.tmp-backup/keep"), "x").is_ok());
+  fsys::create_directories(p("other.tmp-999999-0"));  // another output's
+  ASSERT_TRUE(write_file_atomic(p("other.tmp-999999-0/x"), "x").is_ok());
+  auto live = AtomicDir::create(p("model"));
+  ASSERT_TRUE(live.is_ok());
+  ASSERT_TRUE(write_file_atomic(live->path() + "/w", "in flight").is_ok());
+  auto ad = AtomicDir::create(p("model"));
+  ASSERT_TRUE(ad.is_ok());
+  const std::string live_name = fsys::path(live->path()).filename();
+  const std::string ad_name = fsys::path(ad->path()).filename();
+  std::vector<std::string> want = {ad_name, live_name, "model.tmp-999999-1", "model.tmp-backup",
+                                   "other.tmp-999999-0"};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(listing(), want);
+  ASSERT_TRUE(ad->commit().is_ok());
+  EXPECT_TRUE(is_directory(live->path()));  // a commit does not sweep either
 }
 
 TEST_F(FsTest, AtomicDirRejectsUnusablePaths) {

@@ -2,6 +2,7 @@
 // design: parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..."
 // and exit 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the
 // kernels' ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
+#include <csignal>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -505,6 +506,9 @@ void register_verify(CLI::App& app, Globals& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A report written past the file-size limit (ulimit -f) fails with EFBIG and is reported,
+  // instead of killing the process with SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"shrink-rt: the standalone shrink inference runtime (CPU, CUDA): bench, eval, generate.\n"
                "Exit codes: 0 ok, 1 failure, 2 bad input or usage, 3 verification gate failed."};
   namespace kc = shrink::kernels::cpu;

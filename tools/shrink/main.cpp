@@ -1,5 +1,6 @@
 // `shrink`: the command-line front end. Thin by design: parse, validate, call lib/, print.
 // Subcommands register themselves (cmd_<name>.cpp). Exit codes follow ARCHITECTURE.md.
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -105,6 +106,9 @@ int run_cli(const std::vector<std::string>& args, bool validate_only, std::strin
 
 int main(int argc, char** argv) {
   using namespace shrink::cli;
+  // A write past the file-size limit (ulimit -f) must fail with EFBIG, so that the command reports
+  // it, exits 1 and removes its temporary output, instead of dying of SIGXFSZ with a core dump.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{
       "shrink: distill, prune and quantize Llama-family LLMs (Llama, Mistral, Qwen2), "
       "then run and verify them.\nExit codes: 0 ok, 1 failure, 2 bad input or usage, "
