@@ -21,7 +21,8 @@
 //
 // onnxruntime-node is found in $SHRINK_ORT_NODE_DIR, else <repo>/.npm-ort (scripts/setup.sh
 // installs it there: npm install --ignore-scripts; its CPU library ships in the package).
-// Run by scripts/ort_check.sh (the ctest `ort_check`); exit 77 if the package is missing.
+// Run by scripts/ort_check.sh (the ctest `ort_check`); exit 77 if the package is missing, which
+// the wrapper turns into a failure unless SHRINK_SKIP_NPM_PEERS=1 (scripts/npm_peers.sh).
 import { createRequire } from 'node:module';
 import { readFileSync, existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';

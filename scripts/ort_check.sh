@@ -7,16 +7,16 @@
 # shrink-rt's logits and 32 greedy ids; scripts/ort_check.mjs runs the exported graph in
 # onnxruntime-node and compares (float logits within tolerance, greedy ids equal, KV cache used).
 # Usage: scripts/ort_check.sh EXPORT_PEER FIXTURES_HF_DIR WORK_DIR
-# Exit 77 (ctest: skipped) when node or onnxruntime-node is missing; 0 pass; 1 fail.
+# 0 pass; 1 fail, also when node or onnxruntime-node is missing; 77 (ctest: skipped) instead
+# when SHRINK_SKIP_NPM_PEERS=1 (scripts/npm_peers.sh).
 set -euo pipefail
 PEER=$1 FIX=$2 WORK=$3
 HERE=$(cd "$(dirname "$0")" && pwd)
-command -v node >/dev/null || { echo "ort_check: node not found; skipping"; exit 77; }
+. "$HERE/npm_peers.sh"
+command -v node >/dev/null || npm_peer_missing ort_check "node not found"
 ORT_DIR=${SHRINK_ORT_NODE_DIR:-$HERE/../.npm-ort}
-[ -d "$ORT_DIR/node_modules/onnxruntime-node" ] || {
-  echo "ort_check: onnxruntime-node not installed in $ORT_DIR (scripts/setup.sh installs it); skipping"
-  exit 77
-}
+[ -d "$ORT_DIR/node_modules/onnxruntime-node" ] ||
+  npm_peer_missing ort_check "onnxruntime-node not installed in $ORT_DIR"
 rm -rf "$WORK"
 mkdir -p "$WORK/models"
 cases=()
@@ -40,4 +40,4 @@ for q in w8a16 w8a16_g16 w8a8_static w8a8_dynamic w4a16_g32 w4a16_asym_g32 w4a16
   "$PEER" case "$WORK/models/$q" "$WORK/llama_gqa-$q" >/dev/null
   cases+=("$WORK/llama_gqa-$q")
 done
-exec node "$HERE/ort_check.mjs" --threads 1 "${cases[@]}"
+npm_peer_run ort_check "$HERE/ort_check.mjs" --threads 1 "${cases[@]}"

@@ -30,7 +30,8 @@
 // them, with sp_split added: Metaspace with split true and the Metaspace decoder).
 // Usage: node scripts/tokenizer_check.mjs --shrink BIN --work DIR [--base tokenizer.json]
 //        [--docs N] [--json OUT]
-// Exit 0 pass, 1 mismatch, 77 when the npm package is missing (ctest: skipped).
+// Exit 0 pass, 1 mismatch, 77 when the npm package is missing (tokenizer_check.sh turns that
+// into a failure unless SHRINK_SKIP_NPM_PEERS=1: scripts/npm_peers.sh).
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync, readdirSync, statSync, lstatSync } from 'node:fs';

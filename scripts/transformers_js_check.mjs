@@ -10,7 +10,8 @@
 // (AutoModelForCausalLM: Llama/Qwen2/Mistral, its KV-cache shapes from num_key_value_heads and
 // head_dim or hidden_size / num_attention_heads) and runs the graph in ONNX Runtime through its
 // own generate(); the class must be the config's architecture and the greedy ids must equal
-// shrink's. Exit 0 when every DIR passes, 1 otherwise, 77 when the package is missing.
+// shrink's. Exit 0 when every DIR passes, 1 otherwise, 77 when the package is missing (a failure
+// of the ctest unless SHRINK_SKIP_NPM_PEERS=1: scripts/npm_peers.sh).
 //
 // @huggingface/transformers is found in $SHRINK_ORT_NODE_DIR, else <repo>/.npm-ort
 // (scripts/setup.sh installs it there). Nothing is downloaded: remote models are disabled.

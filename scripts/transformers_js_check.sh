@@ -6,16 +6,16 @@
 # `shrink export --format onnx`; scripts/transformers_js_check.mjs loads them with
 # AutoModelForCausalLM and checks the class and the greedy ids against shrink's.
 # Usage: scripts/transformers_js_check.sh SHRINK WORK_DIR [TRAIN_STEPS (default 100)]
-# Exit 77 (ctest: skipped) when node or @huggingface/transformers is missing; 0 pass; 1 fail.
+# 0 pass; 1 fail, also when node or @huggingface/transformers is missing; 77 (ctest: skipped)
+# instead when SHRINK_SKIP_NPM_PEERS=1 (scripts/npm_peers.sh).
 set -euo pipefail
 SHRINK=$(realpath "$1") WORK=$2 STEPS=${3:-100}
 HERE=$(cd "$(dirname "$0")" && pwd)
-command -v node >/dev/null || { echo "transformers_js_check: node not found; skipping"; exit 77; }
+. "$HERE/npm_peers.sh"
+command -v node >/dev/null || npm_peer_missing transformers_js_check "node not found"
 NPM_DIR=${SHRINK_ORT_NODE_DIR:-$HERE/../.npm-ort}
-[ -d "$NPM_DIR/node_modules/@huggingface/transformers" ] || {
-  echo "transformers_js_check: @huggingface/transformers not installed in $NPM_DIR (scripts/setup.sh installs it); skipping"
-  exit 77
-}
+[ -d "$NPM_DIR/node_modules/@huggingface/transformers" ] ||
+  npm_peer_missing transformers_js_check "@huggingface/transformers not installed in $NPM_DIR"
 rm -rf "$WORK"
 mkdir -p "$WORK/onnx"
 SHRINK_BIN=$SHRINK "$HERE/pruned_models.sh" "$WORK/pruned" "$STEPS"
@@ -34,4 +34,4 @@ for m in "$P"/*/; do
   cp "$m/reference.json" "$WORK/onnx/$n/"
   dirs+=("$WORK/onnx/$n")
 done
-exec node "$HERE/transformers_js_check.mjs" --threads 2 "${dirs[@]}"
+npm_peer_run transformers_js_check "$HERE/transformers_js_check.mjs" --threads 2 "${dirs[@]}"

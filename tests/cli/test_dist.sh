@@ -17,7 +17,10 @@ pass=0; fail=0
 ok()  { pass=$((pass+1)); echo "ok   - $1"; }
 bad() { fail=$((fail+1)); echo "FAIL - $1"; }
 expect_grep() { if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi; }
-[ -d /usr/share/games/fortunes ] || { echo "SKIP: no fortunes corpus"; exit 77; }
+[ -d /usr/share/games/fortunes ] || {
+  echo "FAIL - the default corpus /usr/share/games/fortunes is missing: run scripts/setup.sh (Debian package fortunes)"
+  exit 1
+}
 TEACHER=$REPO/models/teacher
 cd "$T"
 "$SHRINK" data prepare --tokenizer "$TEACHER/tokenizer.json" --out shards --max-tokens 60000 >/dev/null \

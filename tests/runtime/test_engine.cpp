@@ -3,7 +3,8 @@
 //    checkpoints it wrote (tests/fixtures/hf: GQA + llama3 RoPE, Qwen2 bias + tied + bf16,
 //    Mistral MQA + linear RoPE, sharded f16), with the tolerance of tests/train/test_model.cpp;
 //  - KV-cache decode == full-sequence forward; a mixed-length batch == separate runs;
-//    1 thread == 2 threads bit for bit; every ISA level agrees;
+//    1 thread == 2 threads bit for bit; every ISA level agrees (a level the CPU lacks is a
+//    visible skip, EngineIsa.AgreesWithRef/<isa>);
 //  - int8 models (written by util.h's quantizer): W8A16 == the dequantised float model, W8A8
 //    close to it, every scheme's decode == full forward; perplexity on a token file;
 //  - malformed and unsupported models fail with kInvalidInput and a message naming the problem.
@@ -109,7 +110,9 @@ INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture,
 
 TEST(Stories260K, PretrainedCheckpointMatchesTransformers) {
   const std::string dir = std::string(SHRINK_SHARED_DIR) + "/models/stories260K";
-  if (!fs::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is not present";
+  if (!fs::exists(dir + "/model.safetensors")) {
+    GTEST_SKIP() << dir << " is not present (a clone without ../shared): not tested here";
+  }
   auto ref = core::SafetensorsFile::open(test::fixture("stories260K") + "/reference.safetensors")
                  .take_or_throw();
   auto shape = ref->find("input_ids")->shape;
@@ -411,21 +414,30 @@ TEST(Engine, ThreadCountDoesNotChangeResults) {
   EXPECT_LE(max_abs_diff(run(*e1, 0, kSeq), run(*e2, 0, kSeq)), 1e-5f);
 }
 
-TEST(Engine, EveryIsaLevelAgrees) {
+// One test per ISA level, so that a level the CPU lacks shows as skipped, with the reason.
+class EngineIsa : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(EngineIsa, AgreesWithRef) {
+  const char* isa = GetParam();
+  kernels::cpu::Isa i;
+  ASSERT_TRUE(kernels::cpu::isa_from_name(isa, &i));
+  if (!kernels::cpu::isa_supported(i)) {
+    GTEST_SKIP() << "CPU lacks " << isa << ": the engine on its kernels is not tested here";
+  }
   auto base = load(test::fixture("llama_gqa_llama3rope"), [] { EngineOptions o; o.isa = "ref"; return o; }());
   ASSERT_TRUE(base);
   auto want = run(*base, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5));
-  for (const char* isa : {"avx2", "avx512", "avx512vnni"}) {
-    kernels::cpu::Isa i;
-    ASSERT_TRUE(kernels::cpu::isa_from_name(isa, &i));
-    if (!kernels::cpu::isa_supported(i)) continue;
-    EngineOptions o;
-    o.isa = isa;
-    auto e = load(test::fixture("llama_gqa_llama3rope"), o);
-    ASSERT_TRUE(e);
-    EXPECT_LE(max_abs_diff(run(*e, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5)), want), 1e-4f) << isa;
-  }
+  EngineOptions o;
+  o.isa = isa;
+  auto e = load(test::fixture("llama_gqa_llama3rope"), o);
+  ASSERT_TRUE(e);
+  EXPECT_LE(max_abs_diff(run(*e, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 5)), want), 1e-4f) << isa;
 }
+
+INSTANTIATE_TEST_SUITE_P(Cpu, EngineIsa, ::testing::Values("avx2", "avx512", "avx512vnni"),
+                         [](const ::testing::TestParamInfo<const char*>& p) {
+                           return std::string(p.param);
+                         });
 
 TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
   // Tied (Qwen2 fixture: the head is the embedding) and untied heads.

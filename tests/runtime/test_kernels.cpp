@@ -2,11 +2,13 @@
 // shapes that includes odd sizes (tails shorter than a vector, single rows/columns, groups that
 // do not divide K). int8 GEMMs and activation quantization must match bit for bit (exact int32
 // dot products, same float epilogue); float kernels within a relative tolerance that covers
-// summation order (float lanes vs. the reference's double accumulation).
+// summation order (float lanes vs. the reference's double accumulation). A level the CPU lacks
+// is reported as a skipped KernelsIsa.VariantsTestedAgainstRef/<isa>, not dropped silently.
 #include <gtest/gtest.h>
 
 #include <cstring>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -77,6 +79,26 @@ TEST(Kernels, ReportsIsa) {
               isa_name(isa_active()), gemm_library_name());
   if (vector_isas().empty()) GTEST_SKIP() << "no vector ISA on this CPU: only ref is tested";
 }
+
+// One test per vector ISA, so that what this machine could not test shows in the report: the
+// Kernels.* sweeps below loop over vector_isas(), which leaves out the levels the CPU lacks, and
+// a CI machine without AVX-512 would otherwise pass them without a word about those variants.
+class KernelsIsa : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(KernelsIsa, VariantsTestedAgainstRef) {
+  Isa isa;
+  ASSERT_TRUE(isa_from_name(GetParam(), &isa)) << GetParam();
+  if (!isa_supported(isa)) {
+    GTEST_SKIP() << "CPU lacks " << GetParam() << ": its kernels are not tested here";
+  }
+  const std::vector<Isa> v = vector_isas();  // the level is in every sweep below
+  EXPECT_NE(std::find(v.begin(), v.end(), isa), v.end()) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(Cpu, KernelsIsa, ::testing::Values("avx2", "avx512", "avx512vnni"),
+                         [](const ::testing::TestParamInfo<const char*>& p) {
+                           return std::string(p.param);
+                         });
 
 TEST(Kernels, RmsnormRopeSiluMatchRef) {
   const KernelTable& ref = kernels_for(Isa::kRef);
