@@ -60,6 +60,37 @@ sed -i 's/"intermediate_size": 96/"intermediate_size": 95/' "$T/shape/config.jso
 expect_rc "shape mismatch exits 2" 2 "$SHRINK" inspect "$T/shape"
 expect_grep "shape mismatch names the tensor" "$T/err" "model.layers.0.mlp.down_proj.weight has shape"
 expect_rc "missing model dir exits 2" 2 "$SHRINK" inspect "$T/nope"
+# The review's inputs (issue 25): one unknown config field nested 200,000 arrays deep (was a
+# SIGSEGV, exit 139, in inspect and in shrink-rt eval), an integral-looking 1e300, and --set
+# through a scalar recipe value (was exit 1 with a raw yaml-cpp message).
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/deep"
+python3 - "$T/deep/config.json" <<'PY'
+import sys
+p = sys.argv[1]
+t = open(p).read().rstrip()
+open(p, "w").write(t[:-1] + ', "x": ' + "[" * 200000 + "]" * 200000 + "}\n")
+PY
+expect_rc "config nested 200,000 deep exits 2" 2 "$SHRINK" inspect "$T/deep"
+expect_grep "deep config names file:line:col" "$T/err" "config.json:[0-9]*:[0-9]*: JSON nested deeper than 64 levels"
+RT_BIN="$(dirname "$SHRINK")/shrink-rt"
+if [ -x "$RT_BIN" ]; then
+  expect_rc "shrink-rt eval on the deep config exits 2" 2 "$RT_BIN" eval "$T/deep" --data "$FIX"
+  expect_grep "shrink-rt names the depth" "$T/err" "nested deeper than 64 levels"
+else
+  skip "shrink-rt is not built beside $SHRINK: the deep-config check of shrink-rt eval"
+fi
+cp -r "$FIX/hf/llama_gqa_llama3rope" "$T/huge"
+sed -i 's/"hidden_size": 64/"hidden_size": 1e300/' "$T/huge/config.json"
+expect_rc "hidden_size 1e300 exits 2" 2 "$SHRINK" inspect "$T/huge"
+expect_grep "1e300 is named" "$T/err" "field 'hidden_size': expected an integer in"
+cat >"$T/set.yaml" <<'YAML'
+version: 1
+teacher: models/teacher
+stages:
+  - eval: {}
+YAML
+expect_rc "--set through a scalar exits 2" 2 "$SHRINK" run "$T/set.yaml" --set teacher.x=1 --dry-run
+expect_grep "--set error names file:line:col" "$T/err" "'teacher' is a value ($T/set.yaml:2:10), not a mapping"
 md5_before=$(md5sum "$T/trunc/model.safetensors")
 "$SHRINK" eval "$T/trunc" --data "$FIX" >/dev/null 2>&1
 [ "$(md5sum "$T/trunc/model.safetensors")" = "$md5_before" ] && ok "inputs are never modified" || bad "input modified"
