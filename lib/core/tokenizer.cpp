@@ -1228,7 +1228,17 @@ Status parse_template(const Json& pp, const std::string& origin, const std::stri
         return field_error(origin, path + ".special_tokens[" + squote(name) + "].ids",
                            json_brief(v) + " is not a valid token id");
       }
-      ti.ids.push_back(int32_t(v.get<int64_t>()));
+      // The template's ids are emitted as they are: each must be a token of this tokenizer (the
+      // fuzzer found ids past the vocabulary here, which encode() then handed to the model).
+      const int32_t id = int32_t(v.get<int64_t>());
+      const bool in_vocab = size_t(id) < impl.id_to_vocab.size() && !impl.id_to_vocab[id].empty();
+      if (!in_vocab && !impl.added_by_id.count(id)) {
+        return field_error(origin, path + ".special_tokens[" + squote(name) + "].ids",
+                           strfmt("%d is not a token of this tokenizer; expected an id in "
+                                  "model.vocab or added_tokens",
+                                  id));
+      }
+      ti.ids.push_back(id);
     }
     items.push_back(std::move(ti));
   }

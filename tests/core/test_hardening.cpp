@@ -217,3 +217,37 @@ TEST(CheckpointValidator, GroupScalesCoverAPartialLastGroup) {
       << bad.message();
   std::filesystem::remove_all(dir);
 }
+
+// Found by the fuzz campaign (tests/fuzz/regressions/tokenizer/found_template_special_id_past_vocab):
+// a TemplateProcessing special token whose id is in no vocabulary; encode(text, true) emitted it,
+// past vocab_size(), for the model's embedding lookup to meet.
+TEST(TokenizerUntrusted, TemplateIdsMustBeTokens) {
+  json vocab = json::object();
+  for (int b = 0; b < 4; ++b) vocab[std::string(1, char('a' + b))] = b;
+  json doc = {{"version", "1.0"},
+              {"added_tokens", {{{"id", 4}, {"content", "<s>"}, {"special", true},
+                                 {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                                 {"normalized", false}}}},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", nullptr},
+              {"decoder", nullptr},
+              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}}};
+  auto with_template_id = [&](int id) {
+    json d = doc;
+    d["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                    {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {id}}, {"tokens", {"<s>"}}}}}}};
+    return Tokenizer::from_json(d.dump(), "tok.json");
+  };
+  auto ok = with_template_id(4);
+  ASSERT_TRUE(ok.is_ok()) << ok.status().message();
+  EXPECT_EQ(ok.value().encode("ab", true).front(), 4);
+  auto bad = with_template_id(855);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("post_processor.special_tokens['<s>'].ids: 855 is not a "
+                                        "token of this tokenizer"),
+            std::string::npos)
+      << bad.status().message();
+}
