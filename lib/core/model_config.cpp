@@ -41,8 +41,6 @@ constexpr int64_t kMaxHeads = int64_t(1) << 12;
 constexpr int64_t kMaxHeadDim = int64_t(1) << 12;
 constexpr int64_t kMaxPositions = int64_t(1) << 28;
 
-std::string type_of(const json& v) { return json_type_name(v); }
-
 // Field readers: absent -> keep default (or error if required); wrong type -> error.
 class Reader {
  public:
@@ -135,7 +133,7 @@ Status parse_rope(const json& j, const std::string& origin, ModelConfig* c) {
                          ? "rope_parameters"
                          : "rope_scaling";
   if (!params->is_object()) {
-    return invalid_input(r.where(pkey) + "expected an object, got " + type_of(*params));
+    return invalid_input(r.where(pkey) + "expected an object, got " + json_type_name(*params));
   }
   if (params->contains("rope_theta")) {
     SHRINK_RETURN_IF_ERROR(r.num_field(*params, "rope_theta", &c->rope_theta, true)
