@@ -11,19 +11,7 @@ set -u
 SHRINK=$1; FIX=$2; SHARED=$3
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 export SHRINK_THREADS=2
-pass=0; fail=0; skipped=0
-ok()   { pass=$((pass+1)); echo "ok   - $1"; }
-bad()  { fail=$((fail+1)); echo "FAIL - $1"; }
-skip() { skipped=$((skipped+1)); echo "SKIP: $1"; }
-# expect_rc NAME RC CMD...: run CMD, check its exit code, keep stdout/stderr in $T/out, $T/err.
-expect_rc() {
-  local name=$1 want=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | head -20; fi
-}
-expect_grep() {  # NAME FILE PATTERN
-  if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi
-}
+source "$(dirname "$0")/lib.sh"
 
 expect_rc "help lists subcommands" 0 "$SHRINK" --help
 for c in inspect eval generate tokenizer data init train distill prune convert quantize; do expect_grep "help mentions $c" "$T/out" "$c"; done
@@ -241,7 +229,7 @@ elif [ "$rc" = 0 ] && [ -n "$(find "$T/onnx" -name '*.onnx')" ]; then
   ok "export to ONNX (rc 0)"
   inputs_unchanged "export onnx"
 else
-  bad "export to ONNX: rc $rc, want 0 and an .onnx file"; sed 's/^/    /' "$T/err" | head -20
+  bad "export to ONNX: rc $rc, want 0 and an .onnx file"; show_err
 fi
 expect_rc "eval with a bad --seq-len exits 2" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --seq-len 1 --data "$FIX"
 

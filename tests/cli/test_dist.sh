@@ -13,10 +13,7 @@ set -u
 SHRINK=$1
 REPO=$2
 T=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass+1)); echo "ok   - $1"; }
-bad() { fail=$((fail+1)); echo "FAIL - $1"; }
-expect_grep() { if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi; }
+source "$(dirname "$0")/lib.sh"
 [ -d /usr/share/games/fortunes ] || {
   echo "FAIL - the default corpus /usr/share/games/fortunes is missing: run scripts/setup.sh (Debian package fortunes)"
   exit 1

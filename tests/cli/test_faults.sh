@@ -31,16 +31,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM  # a ctest timeout still unmounts the tmpfs (through the EXIT trap)
 export SHRINK_THREADS=1 OMP_WAIT_POLICY=passive
 unset SHRINK_TEST_KILL_AFTER_BYTES SHRINK_TEST_KILL_IN_COMMIT SHRINK_TEST_KILL_STEP SHRINK_TEST_KILL_RANK
-pass=0; fail=0
-ok()  { pass=$((pass+1)); echo "ok   - $1"; }
-bad() { fail=$((fail+1)); echo "FAIL - $1"; }
-show_err() { sed 's/^/    /' "$T/err" | tail -8; }
-# expect_rc NAME RC CMD...: run CMD, check its exit code; stdout/stderr in $T/out, $T/err.
-expect_rc() {
-  local name=$1 want=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; show_err; fi
-}
+source "$(dirname "$0")/lib.sh"
+ERR_LINES=8  # a stage fails with its error last, after its progress lines
 hashes() { find "$@" -type f -print0 | sort -z | xargs -0 sha256sum; }
 # Timing and memory figures differ between any two runs; everything else must not.
 normalize() {

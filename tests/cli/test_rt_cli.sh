@@ -13,18 +13,7 @@ set -u
 RT=$1; FIX=$2; SHRINK=${3:-}; SHRINK_REQUIRED=${4:-}
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 export SHRINK_THREADS=1
-pass=0; fail=0; skipped=0
-ok()   { pass=$((pass+1)); echo "ok   - $1"; }
-bad()  { fail=$((fail+1)); echo "FAIL - $1"; }
-skip() { skipped=$((skipped+1)); echo "SKIP: $1"; }
-expect_rc() {
-  local name=$1 want=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | head -20; fi
-}
-expect_grep() {  # NAME FILE PATTERN
-  if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi
-}
+source "$(dirname "$0")/lib.sh"
 # lt NAME OUT ARGS...: run the LibTorch shrink with ARGS, stdout to OUT; a failure is reported
 # with its stderr (the comparison that follows then fails too).
 lt() {

@@ -11,15 +11,7 @@ SHRINK=$1
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 export SHRINK_THREADS=1
-pass=0; fail=0
-ok()  { pass=$((pass+1)); echo "ok   - $1"; }
-bad() { fail=$((fail+1)); echo "FAIL - $1"; }
-expect_rc() {
-  local name=$1 want=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" = "$want" ]; then ok "$name (rc $rc)"; else bad "$name: rc $rc, want $want"; sed 's/^/    /' "$T/err" | tail -20; fi
-}
-expect_grep() { if grep -q -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in $2"; sed 's/^/    /' "$2" | head -20; fi; }
+source "$(dirname "$0")/lib.sh"
 [ -d /usr/share/games/fortunes ] || {
   echo "FAIL - the default corpus /usr/share/games/fortunes is missing: run scripts/setup.sh (Debian package fortunes)"
   exit 1
