@@ -13,8 +13,8 @@
 // Tested in tests/cuda/test_backend.cpp (GQA, MQA, sliding window, odd lengths, head_dim 16..128).
 #include <cfloat>
 
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

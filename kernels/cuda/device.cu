@@ -1,5 +1,5 @@
 // CUDA device discovery and the saxpy smoke kernel. See device.h.
-#include "cuda/device.h"
+#include "kernels/cuda/device.h"
 
 #include <cuda_runtime.h>
 

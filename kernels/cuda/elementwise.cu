@@ -7,8 +7,8 @@
 // CPU backend.
 #include <cfloat>
 
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

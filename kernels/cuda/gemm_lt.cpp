@@ -1,5 +1,5 @@
 // cuBLASLt plans and calls (see gemm_lt.h).
-#include "cuda/gemm_lt.h"
+#include "kernels/cuda/gemm_lt.h"
 
 #include <cublasLt.h>
 

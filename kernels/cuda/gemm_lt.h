@@ -20,7 +20,7 @@
 #include <tuple>
 
 #include "core/status.h"
-#include "cuda/ops.h"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

@@ -14,8 +14,8 @@
 //          as the CPU reference; per group, float(group dot) * s_w[g] summed, then * s_x.
 // Odd shapes (K not a multiple of VEC, unaligned pointers, M > 16) go to gemv_generic, one warp
 // per output. Tested in tests/cuda/test_backend.cpp against the CPU backend over odd shapes.
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

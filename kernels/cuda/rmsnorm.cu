@@ -5,8 +5,8 @@
 // so the row is read from memory once. The sum of squares is accumulated in double like the
 // CPU reference (kernels/cpu/rmsnorm/rmsnorm_ref.cpp), so both backends normalise identically
 // up to the order of float additions. Tested in tests/cuda/test_backend.cpp.
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

@@ -4,8 +4,8 @@
 // positions advance). Each rotated value is two separate float products and a sum, like the CPU
 // reference (kernels/cpu/rope/rope_ref.cpp): __fmul_rn/__fadd_rn keep nvcc from contracting
 // them into an FMA, so both backends produce the same bits. Tested in tests/cuda/test_backend.cpp.
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

@@ -14,8 +14,8 @@
 #include <cfloat>
 
 #include "core/sample_select.h"
-#include "cuda/common.cuh"
-#include "cuda/ops.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::cuda {
 

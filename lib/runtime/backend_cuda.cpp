@@ -40,9 +40,9 @@
 
 #include <cuda_runtime.h>
 
-#include "cuda/device.h"
-#include "cuda/gemm_lt.h"
-#include "cuda/ops.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm_lt.h"
+#include "kernels/cuda/ops.h"
 
 namespace shrink::runtime {
 

@@ -20,7 +20,7 @@
 #include <random>
 
 #include "core/sampling.h"
-#include "cuda/device.h"
+#include "kernels/cuda/device.h"
 #include "runtime/api.h"
 #include "runtime/backend.h"
 #include "runtime/engine.h"

@@ -1,7 +1,7 @@
 // GPU tests: skipped (GTEST_SKIP) when no CUDA device is present, as on CI machines.
 #include <gtest/gtest.h>
 
-#include "cuda/device.h"
+#include "kernels/cuda/device.h"
 
 using namespace shrink;
 
