@@ -67,4 +67,10 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+/// Two packed 16-bit values widened to float (exact).
+__device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }
+__device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) {
+  return __bfloat1622float2(v);
+}
+
 }  // namespace shrink::cuda

@@ -2,6 +2,8 @@
 // vpmaddwd (exact: |a*b + c*d| <= 2*127^2 fits easily; vpmaddubsw would saturate int16), 16 k
 // per step, 4x4 tiles of accumulators, per-group horizontal sums, then the reference's float
 // epilogue. Bit-identical to gemm_s8s8_f32_nt_ref; tested in test_kernels.cpp.
+// How C is cut into tiles and decode blocks is gemm_s8s8_simd.inc, shared with the VNNI variant;
+// this file holds the AVX2 integer micro-kernels it calls.
 #include <immintrin.h>
 
 #include <vector>
@@ -20,7 +22,8 @@ inline int32_t hsum_i32(__m256i v) {
 
 template <int MB, int NB>
 void tile(int64_t K, const int8_t* A, int64_t lda, const float* a_scale, const int8_t* B,
-          int64_t ldb, const float* b_scale, int64_t G, int64_t group, float* C, int64_t ldc) {
+          int64_t ldb, const float* b_scale, const int32_t* /*b_comp*/, int64_t G, int64_t group,
+          float* C, int64_t ldc) {
   float tot[MB][NB] = {};
   for (int64_t g = 0; g < G; ++g) {
     const int64_t k0 = g * group, k1 = k0 + group < K ? k0 + group : K;
@@ -51,18 +54,6 @@ void tile(int64_t K, const int8_t* A, int64_t lda, const float* a_scale, const i
     for (int j = 0; j < NB; ++j) C[i * ldc + j] = tot[i][j] * a_scale[i];
 }
 
-template <int MB>
-void row_tile(int64_t nb, int64_t K, const int8_t* A, int64_t lda, const float* as,
-              const int8_t* B, int64_t ldb, const float* bs, int64_t G, int64_t group, float* C,
-              int64_t ldc) {
-  switch (nb) {
-    case 4: tile<MB, 4>(K, A, lda, as, B, ldb, bs, G, group, C, ldc); break;
-    case 3: tile<MB, 3>(K, A, lda, as, B, ldb, bs, G, group, C, ldc); break;
-    case 2: tile<MB, 2>(K, A, lda, as, B, ldb, bs, G, group, C, ldc); break;
-    default: tile<MB, 1>(K, A, lda, as, B, ldb, bs, G, group, C, ldc); break;
-  }
-}
-
 // 1 <= M <= kGemvMaxM (decode, batched decode, speculative verification), 8 rows of A at a time
 // (see for_gemv_blocks): one weight row after another,
 // a single sequential stream (4-row tiles interleave four short streams that the hardware
@@ -71,8 +62,8 @@ void row_tile(int64_t nb, int64_t K, const int8_t* A, int64_t lda, const float* 
 // zero-padded to a multiple of 16) so the inner loop widens only the weights.
 template <int MR>
 void gemv_multi(int64_t N, int64_t K, const int16_t* Aw, int64_t K16, const float* a_scale,
-                const int8_t* B, int64_t ldb, const float* b_scale, int64_t G, int64_t group,
-                float* C, int64_t ldc) {
+                const int8_t* B, int64_t ldb, const float* b_scale, const int32_t* /*b_comp*/,
+                int64_t G, int64_t group, float* C, int64_t ldc) {
   for (int64_t n = 0; n < N; ++n) {
     const int8_t* b = B + n * ldb;
     float tot[MR] = {};
@@ -101,6 +92,11 @@ void gemv_multi(int64_t N, int64_t K, const int16_t* Aw, int64_t K16, const floa
 }
 
 }  // namespace
+}  // namespace shrink::kernels::cpu
+
+#include "kernels/cpu/gemm_s8s8/gemm_s8s8_simd.inc"
+
+namespace shrink::kernels::cpu {
 
 void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
                            const float* a_scale, const int8_t* B, int64_t ldb,
@@ -113,39 +109,10 @@ void gemm_s8s8_f32_nt_avx2(int64_t M, int64_t N, int64_t K, const int8_t* A, int
     aw.assign(size_t(M * K16), 0);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) aw[size_t(m * K16 + k)] = A[m * lda + k];
-    for_gemv_blocks(M, N, [&](int64_t m0, int64_t mr, int64_t n0, int64_t nb) {
-      const int16_t* a = aw.data() + m0 * K16;
-      const float* as = a_scale + m0;
-      const int8_t* b = B + n0 * ldb;
-      const float* bs = b_scale + n0 * G;
-      float* c = C + m0 * ldc + n0;
-      with_rows(mr, [&](auto R) {
-        gemv_multi<decltype(R)::value>(nb, K, a, K16, as, b, ldb, bs, G, group, c, ldc);
-      });
-    });
+    gemv_blocks(M, N, K, aw.data(), K16, a_scale, B, ldb, b_scale, nullptr, G, group, C, ldc);
     return;
   }
-  constexpr int64_t kPanel = 128;
-  for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
-    const int64_t p1 = p0 + kPanel < N ? p0 + kPanel : N;
-    for (int64_t m = 0; m < M; m += 4) {
-      const int64_t mb = M - m < 4 ? M - m : 4;
-      for (int64_t n = p0; n < p1; n += 4) {
-        const int64_t nb = p1 - n < 4 ? p1 - n : 4;
-        const int8_t* a = A + m * lda;
-        const int8_t* b = B + n * ldb;
-        const float* as = a_scale + m;
-        const float* bs = b_scale + n * G;
-        float* c = C + m * ldc + n;
-        switch (mb) {
-          case 4: row_tile<4>(nb, K, a, lda, as, b, ldb, bs, G, group, c, ldc); break;
-          case 3: row_tile<3>(nb, K, a, lda, as, b, ldb, bs, G, group, c, ldc); break;
-          case 2: row_tile<2>(nb, K, a, lda, as, b, ldb, bs, G, group, c, ldc); break;
-          default: row_tile<1>(nb, K, a, lda, as, b, ldb, bs, G, group, c, ldc); break;
-        }
-      }
-    }
-  }
+  gemm_tiles(M, N, K, A, lda, a_scale, B, ldb, b_scale, nullptr, G, group, C, ldc);
 }
 
 }  // namespace shrink::kernels::cpu

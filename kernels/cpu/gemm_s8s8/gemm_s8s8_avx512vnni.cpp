@@ -8,6 +8,8 @@
 // stream from memory as one sequential stream. The 4-row tiles over rows of K bytes interleave
 // four short streams that the hardware prefetcher keeps restarting: at K = 2048 they read
 // 12.6 GB/s from DRAM on this machine, one row at a time 21.7 (the f32 GEMV: 21.0).
+// How C is cut into tiles and decode blocks is gemm_s8s8_simd.inc, shared with the AVX2 variant;
+// this file holds the VNNI integer micro-kernels it calls.
 #include <immintrin.h>
 
 #include "kernels/cpu/kernels.h"
@@ -48,18 +50,6 @@ void tile(int64_t K, const int8_t* A, int64_t lda, const float* a_scale, const i
   }
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NB; ++j) C[i * ldc + j] = tot[i][j] * a_scale[i];
-}
-
-template <int MB>
-void row_tile(int64_t nb, int64_t K, const int8_t* A, int64_t lda, const float* as,
-              const int8_t* B, int64_t ldb, const float* bs, const int32_t* bc, int64_t G,
-              int64_t group, float* C, int64_t ldc) {
-  switch (nb) {
-    case 4: tile<MB, 4>(K, A, lda, as, B, ldb, bs, bc, G, group, C, ldc); break;
-    case 3: tile<MB, 3>(K, A, lda, as, B, ldb, bs, bc, G, group, C, ldc); break;
-    case 2: tile<MB, 2>(K, A, lda, as, B, ldb, bs, bc, G, group, C, ldc); break;
-    default: tile<MB, 1>(K, A, lda, as, B, ldb, bs, bc, G, group, C, ldc); break;
-  }
 }
 
 // M = 1: per row and group, two accumulators over alternate 64-byte blocks (half the vpdpbusd
@@ -135,6 +125,11 @@ void gemv_multi(int64_t N, int64_t K, const int8_t* A, int64_t lda, const float*
 }
 
 }  // namespace
+}  // namespace shrink::kernels::cpu
+
+#include "kernels/cpu/gemm_s8s8/gemm_s8s8_simd.inc"
+
+namespace shrink::kernels::cpu {
 
 void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* A, int64_t lda,
                                  const float* a_scale, const int8_t* B, int64_t ldb,
@@ -146,41 +141,10 @@ void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* 
     return;
   }
   if (M <= kGemvMaxM) {
-    for_gemv_blocks(M, N, [&](int64_t m0, int64_t mr, int64_t n0, int64_t nb) {
-      const int8_t* a = A + m0 * lda;
-      const float* as = a_scale + m0;
-      const int8_t* b = B + n0 * ldb;
-      const float* bs = b_scale + n0 * G;
-      const int32_t* bc = b_comp + n0 * G;
-      float* c = C + m0 * ldc + n0;
-      with_rows(mr, [&](auto R) {
-        gemv_multi<decltype(R)::value>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc);
-      });
-    });
+    gemv_blocks(M, N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc);
     return;
   }
-  constexpr int64_t kPanel = 128;
-  for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
-    const int64_t p1 = p0 + kPanel < N ? p0 + kPanel : N;
-    for (int64_t m = 0; m < M; m += 4) {
-      const int64_t mb = M - m < 4 ? M - m : 4;
-      for (int64_t n = p0; n < p1; n += 4) {
-        const int64_t nb = p1 - n < 4 ? p1 - n : 4;
-        const int8_t* a = A + m * lda;
-        const int8_t* b = B + n * ldb;
-        const float* as = a_scale + m;
-        const float* bs = b_scale + n * G;
-        const int32_t* bc = b_comp + n * G;
-        float* c = C + m * ldc + n;
-        switch (mb) {
-          case 4: row_tile<4>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-          case 3: row_tile<3>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-          case 2: row_tile<2>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-          default: row_tile<1>(nb, K, a, lda, as, b, ldb, bs, bc, G, group, c, ldc); break;
-        }
-      }
-    }
-  }
+  gemm_tiles(M, N, K, A, lda, a_scale, B, ldb, b_scale, b_comp, G, group, C, ldc);
 }
 
 }  // namespace shrink::kernels::cpu
