@@ -176,15 +176,16 @@ class Backend {
     rmsnorm(x, w, y, rows, n, eps);
   }
   /// Greedy tokens: argmax (lowest index on ties, core::argmax) of each of `rows` rows of n
-  /// floats, kept by the backend until argmax_fetch copies them to the host.
+  /// floats, kept by the backend until token_ids_fetch copies them to the host.
   virtual void argmax_rows(const float* x, int64_t rows, int64_t n);
   /// Sampled tokens: row r of the `rows` rows of n floats with parameters and draw p[r]
-  /// (host; greedy rows take the argmax), kept like argmax_rows' until argmax_fetch. The
+  /// (host; greedy rows take the argmax), kept like argmax_rows' until token_ids_fetch. The
   /// default copies each row to the host and runs core::sample_pick, the pick that
   /// core::Sampler (and so `shrink generate`) makes; a device backend samples in place, with
   /// the same cuts over the same fixed-point masses (core::sample_select).
   virtual void sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p);
-  virtual void argmax_fetch(int32_t* host, int64_t rows);
+  /// Copy the first `rows` token ids of the last argmax_rows or sample_rows to the host.
+  virtual void token_ids_fetch(int32_t* host, int64_t rows);
 
   // ---- per-forward hooks (defaults: nothing) ----
   /// The host-side row data of one forward, given before its first op; the arrays stay valid
@@ -215,7 +216,7 @@ class Backend {
   virtual Status take_error() { return Status::ok(); }
 
  private:
-  std::vector<int32_t> argmax_;
+  std::vector<int32_t> token_ids_;      // the default argmax_rows/sample_rows' picks
   std::vector<float> host_row_;         // the default argmax_rows/sample_rows: one row on the host
   core::SampleScratch sample_scratch_;  // ... and sample_pick's buffers, kept between steps
 };

@@ -34,34 +34,248 @@ const char* linear_kind_name(LinearKind k) {
 
 void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {
   host_row_.resize(size_t(n));
-  argmax_.resize(size_t(rows));
+  token_ids_.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {
     to_host(x + r * n, n, host_row_.data());
-    argmax_[size_t(r)] = core::argmax(host_row_.data(), n);
+    token_ids_[size_t(r)] = core::argmax(host_row_.data(), n);
   }
 }
 
 void Backend::sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) {
   host_row_.resize(size_t(n));
-  argmax_.resize(size_t(rows));
+  token_ids_.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {
     to_host(x + r * n, n, host_row_.data());
-    argmax_[size_t(r)] = core::sample_pick(host_row_.data(), n, p[r], sample_scratch_);
+    token_ids_[size_t(r)] = core::sample_pick(host_row_.data(), n, p[r], sample_scratch_);
   }
 }
 
-void Backend::argmax_fetch(int32_t* host, int64_t rows) {
-  for (int64_t r = 0; r < rows && r < int64_t(argmax_.size()); ++r) host[r] = argmax_[size_t(r)];
+void Backend::token_ids_fetch(int32_t* host, int64_t rows) {
+  for (int64_t r = 0; r < rows && r < int64_t(token_ids_.size()); ++r) {
+    host[r] = token_ids_[size_t(r)];
+  }
 }
 
 namespace {
 
-namespace kc = shrink::kernels::cpu;
+namespace cpu_kernels = shrink::kernels::cpu;
 
 // Attention: runs of at least this many rows (one slot, consecutive positions) take the blocked
 // kernel, in tasks of about kBlockRowsTimesHeads query rows (block rows x heads per KV head).
 constexpr int64_t kBlockRunMin = 16;
 constexpr int64_t kBlockRowsTimesHeads = 128;
+
+// ---- attention (CpuBackend::attention), in steps ----
+
+// One attention call's query side: rows of q (n_heads heads of head_dim floats at stride ldq) at
+// their placements, and the keys each row sees.
+struct AttentionQuery {
+  const float* q;
+  int64_t ldq;
+  RowPlacement at;
+  int64_t n_heads, n_kv_heads, head_dim, window;
+  float scale;  // 1 / sqrt(head_dim)
+  int64_t per_kv() const { return n_heads / n_kv_heads; }  // query heads per KV head
+  // The first key position a row at position p attends to: p - window + 1 for a sliding window.
+  int64_t key_lo(int64_t p) const { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; }
+};
+
+// One layer's KV cache as the attention kernels read it, from a (slot, position, KV head) on:
+// the one place that dispatches on the cache's storage (floats, f16 bit patterns, or int8 with
+// one scale per (slot, position, KV head)).
+class KvCacheReader {
+ public:
+  KvCacheReader(const cpu_kernels::KernelTable& k, const KvLayer& c, int64_t n_kv_heads,
+                int64_t head_dim)
+      : k_(k), c_(c), n_kv_heads_(n_kv_heads), d_(head_dim), max_seq_(c.slot_stride / c.kv_dim) {}
+
+  // The blocked kernel: M query rows (d floats each) of one KV head group against the keys
+  // [lo[m], hi[m]) of one slot.
+  void block(int64_t slot, int64_t kvh, const float* q, int64_t M, const int64_t* lo,
+             const int64_t* hi, float scale, float* out, float* scratch) const {
+    const int64_t base = offset(slot, 0, kvh);
+    if (c_.storage == KvStorage::kF16) {
+      k_.attention_block_f16kv(q, M, d_, lo, hi, f16(c_.k) + base, f16(c_.v) + base, c_.kv_dim,
+                               scale, out, scratch);
+    } else if (c_.storage == KvStorage::kInt8) {
+      const int64_t so = scale_offset(slot, 0, kvh);
+      k_.attention_block_s8kv(q, M, d_, lo, hi, s8(c_.k) + base, s8(c_.v) + base, c_.kv_dim,
+                              c_.k_scale + so, c_.v_scale + so, n_kv_heads_, scale, out,
+                              scratch);
+    } else {
+      k_.attention_block_f32(q, M, d_, lo, hi, c_.k + base, c_.v + base, c_.kv_dim, scale, out,
+                             scratch);
+    }
+  }
+
+  // The split-K partial: G query heads of one KV head against the n keys from position pos0 of
+  // one slot: the unnormalised output o [G, d], the score maximum m [G] and the sum l [G] of
+  // exp(score - m), which attention_merge_f32 combines exactly.
+  void partial(int64_t slot, int64_t pos0, int64_t kvh, const float* q, int64_t G, int64_t n,
+               float scale, float* o, float* m, float* l, float* scratch) const {
+    const int64_t base = offset(slot, pos0, kvh);
+    if (c_.storage == KvStorage::kF16) {
+      k_.attention_partial_f16kv(q, G, d_, f16(c_.k) + base, f16(c_.v) + base, c_.kv_dim, n,
+                                 scale, o, m, l, scratch);
+    } else if (c_.storage == KvStorage::kInt8) {
+      const int64_t so = scale_offset(slot, pos0, kvh);
+      k_.attention_partial_s8kv(q, G, d_, s8(c_.k) + base, s8(c_.v) + base, c_.kv_dim,
+                                c_.k_scale + so, c_.v_scale + so, n_kv_heads_, n, scale, o, m, l,
+                                scratch);
+    } else {
+      k_.attention_partial_f32(q, G, d_, c_.k + base, c_.v + base, c_.kv_dim, n, scale, o, m, l,
+                               scratch);
+    }
+  }
+
+ private:
+  int64_t offset(int64_t slot, int64_t pos, int64_t kvh) const {
+    return slot * c_.slot_stride + pos * c_.kv_dim + kvh * d_;
+  }
+  // The int8 scales: consecutive positions are n_kv_heads apart.
+  int64_t scale_offset(int64_t slot, int64_t pos, int64_t kvh) const {
+    return (slot * max_seq_ + pos) * n_kv_heads_ + kvh;
+  }
+  static const uint16_t* f16(const float* p) { return reinterpret_cast<const uint16_t*>(p); }
+  static const int8_t* s8(const float* p) { return reinterpret_cast<const int8_t*>(p); }
+
+  const cpu_kernels::KernelTable& k_;
+  const KvLayer& c_;
+  int64_t n_kv_heads_, d_, max_seq_;
+};
+
+// Which rows take which path. Runs of kBlockRunMin or more rows of one slot at consecutive
+// positions (a prefill chunk) go through the blocked kernel, cut into blocks of bq rows so that
+// a task (one block and one KV head group) holds about kBlockRowsTimesHeads query rows; the other
+// rows (decode) go through split-K partials.
+struct AttentionWork {
+  struct Block {
+    int64_t row, n;  // first row and row count, in one run
+  };
+  std::vector<Block> blocks;
+  std::vector<int64_t> single;  // rows outside long runs
+};
+
+AttentionWork attention_work_split(int64_t rows, const RowPlacement& at, int64_t per_kv) {
+  AttentionWork w;
+  const int64_t bq = std::max<int64_t>(8, kBlockRowsTimesHeads / per_kv);
+  for (int64_t r0 = 0; r0 < rows;) {
+    int64_t r1 = r0 + 1;
+    while (r1 < rows && at.slot[r1] == at.slot[r0] && at.pos[r1] == at.pos[r1 - 1] + 1) ++r1;
+    if (r1 - r0 >= kBlockRunMin) {
+      for (int64_t b = r0; b < r1; b += bq) w.blocks.push_back({b, std::min(bq, r1 - b)});
+    } else {
+      for (int64_t r = r0; r < r1; ++r) w.single.push_back(r);
+    }
+    r0 = r1;
+  }
+  return w;
+}
+
+// The blocked path: one task per (block, KV head) gathers the block's rows of the group's per_kv
+// query heads into one matrix of M = rows * per_kv query rows, runs the blocked kernel over it and
+// scatters the result into out.
+void attention_blocks(const AttentionQuery& aq, const KvCacheReader& kv,
+                      const std::vector<AttentionWork::Block>& blocks, float* out) {
+  const int64_t per_kv = aq.per_kv(), d = aq.head_dim, n_kv_heads = aq.n_kv_heads;
+  const RowPlacement& at = aq.at;
+  // Causal blocks late in a run cost more than early ones: order the tasks 0, n-1, 1, n-2,
+  // ... so that each thread's contiguous share holds a mix (work per task is fixed, so
+  // results do not depend on the split).
+  const int64_t nb = int64_t(blocks.size());
+  cpu_kernels::parallel_for(nb * n_kv_heads, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> qb, ob, scratch;
+    std::vector<int64_t> lo, hi;
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t z = t / n_kv_heads, kvh = t % n_kv_heads;
+      const AttentionWork::Block& blk = blocks[size_t(z % 2 ? nb - 1 - z / 2 : z / 2)];
+      const int64_t M = blk.n * per_kv;
+      qb.resize(size_t(M * d));
+      ob.resize(size_t(M * d));
+      lo.resize(size_t(M));
+      hi.resize(size_t(M));
+      scratch.resize(size_t(cpu_kernels::attention_block_scratch(M, d)));
+      for (int64_t hh = 0; hh < per_kv; ++hh) {
+        const int64_t h = kvh * per_kv + hh;
+        for (int64_t i = 0; i < blk.n; ++i) {
+          const int64_t r = blk.row + i, m = hh * blk.n + i;
+          std::memcpy(&qb[size_t(m * d)], aq.q + r * aq.ldq + h * d, size_t(d) * 4);
+          lo[size_t(m)] = aq.key_lo(at.pos[r]);
+          hi[size_t(m)] = at.pos[r] + 1;
+        }
+      }
+      kv.block(at.slot[blk.row], kvh, qb.data(), M, lo.data(), hi.data(), aq.scale, ob.data(),
+               scratch.data());
+      for (int64_t hh = 0; hh < per_kv; ++hh) {
+        const int64_t h = kvh * per_kv + hh;
+        for (int64_t i = 0; i < blk.n; ++i) {
+          std::memcpy(out + (blk.row + i) * aq.n_heads * d + h * d,
+                      &ob[size_t((hh * blk.n + i) * d)], size_t(d) * 4);
+        }
+      }
+    }
+  });
+}
+
+// The split-K tasks of the decode rows: one per (row, KV head, chunk of keys). Chunk lengths
+// depend on the row's key count only, so results do not depend on the thread count or the
+// batch.
+struct SplitKPlan {
+  struct Chunk {
+    int64_t r, kvh, j0, n;  // row, KV head, first key position, key count
+  };
+  std::vector<Chunk> chunks;
+  std::vector<int64_t> first;  // per (single row, KV head): its first chunk; then the end
+  int64_t max_chunk = 1;       // the longest chunk (sizes the kernels' scratch)
+};
+
+SplitKPlan split_k_plan(const AttentionQuery& aq, const std::vector<int64_t>& single) {
+  SplitKPlan p;
+  for (int64_t r : single) {
+    const int64_t lo = aq.key_lo(aq.at.pos[r]), n = aq.at.pos[r] + 1 - lo;
+    const int64_t len = cpu_kernels::attention_split_chunk(n);
+    p.max_chunk = std::max(p.max_chunk, std::min(len, n));
+    for (int64_t kvh = 0; kvh < aq.n_kv_heads; ++kvh) {
+      p.first.push_back(int64_t(p.chunks.size()));
+      for (int64_t j = 0; j < n; j += len)
+        p.chunks.push_back({r, kvh, lo + j, std::min(len, n - j)});
+    }
+  }
+  p.first.push_back(int64_t(p.chunks.size()));
+  return p;
+}
+
+// The decode path: the split-K partials, each reading its chunk of K and V once for the group's
+// per_kv query heads, then one merge per (row, KV head) into out. part_o and part_ml are the
+// partials' scratch, kept between calls.
+void attention_split_k(const AttentionQuery& aq, const KvCacheReader& kv,
+                       const std::vector<int64_t>& single, std::vector<float>& part_o,
+                       std::vector<float>& part_ml, float* out) {
+  const SplitKPlan plan = split_k_plan(aq, single);
+  const int64_t G = aq.per_kv(), d = aq.head_dim, n_kv_heads = aq.n_kv_heads;
+  const int64_t T = int64_t(plan.chunks.size());
+  part_o.resize(size_t(T * G * d));
+  part_ml.resize(size_t(2 * T * G));
+  float* po = part_o.data();
+  float* pm = part_ml.data();
+  float* pl = pm + T * G;
+  cpu_kernels::parallel_for(T, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(size_t(cpu_kernels::attention_partial_scratch(G, plan.max_chunk)));
+    for (int64_t t = b; t < e; ++t) {
+      const SplitKPlan::Chunk& ch = plan.chunks[size_t(t)];
+      kv.partial(aq.at.slot[ch.r], ch.j0, ch.kvh, aq.q + ch.r * aq.ldq + ch.kvh * G * d, G, ch.n,
+                 aq.scale, po + t * G * d, pm + t * G, pl + t * G, scratch.data());
+    }
+  });
+  cpu_kernels::parallel_for(int64_t(single.size()) * n_kv_heads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t r = single[size_t(i / n_kv_heads)], kvh = i % n_kv_heads;
+      const int64_t f = plan.first[size_t(i)], C = plan.first[size_t(i) + 1] - f;
+      cpu_kernels::attention_merge_f32(C, G, d, po + f * G * d, pm + f * G, pl + f * G,
+                                       out + r * aq.n_heads * d + kvh * G * d);
+    }
+  });
+}
 
 class CpuTensor : public DeviceTensor {
  public:
@@ -97,16 +311,16 @@ constexpr int64_t kColAlign = 16;
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(kc::Isa isa, int threads, bool bf16)
-      : k_(kc::kernels_for(isa)), threads_(threads), bf16_(bf16) {
-    kc::threads_set(threads);
+  CpuBackend(cpu_kernels::Isa isa, int threads, bool bf16)
+      : k_(cpu_kernels::kernels_for(isa)), threads_(threads), bf16_(bf16) {
+    cpu_kernels::threads_set(threads);
   }
 
   std::string describe() const override {
-    return std::string("cpu ") + kc::isa_name(k_.isa) + (bf16_ ? ", bf16 weights" : "") +
-           ", gemm " + kc::gemm_library_name() +
+    return std::string("cpu ") + cpu_kernels::isa_name(k_.isa) + (bf16_ ? ", bf16 weights" : "") +
+           ", gemm " + cpu_kernels::gemm_library_name() +
            ", " + std::to_string(threads_) + (threads_ == 1 ? " thread" : " threads") +
-           (kc::threads_have_openmp() ? "" : " (no OpenMP)");
+           (cpu_kernels::threads_have_openmp() ? "" : " (no OpenMP)");
   }
 
   std::unique_ptr<DeviceTensor> tensor_zeros(int64_t n) override {
@@ -143,7 +357,7 @@ class CpuBackend : public Backend {
         l->wb.resize(size_t(d.out * d.in));
         const float* src = l->wp;
         uint16_t* dst = l->wb.data();
-        kc::parallel_for(d.out * d.in, 4096, [&](int64_t b, int64_t e) {
+        cpu_kernels::parallel_for(d.out * d.in, 4096, [&](int64_t b, int64_t e) {
           for (int64_t i = b; i < e; ++i) dst[i] = core::f32_to_bf16(src[i]);
         });
         l->w = {};
@@ -186,10 +400,10 @@ class CpuBackend : public Backend {
         l->zs.resize(size_t(d.out * G));
         for (size_t i = 0; i < l->zs.size(); ++i) l->zs[i] = float(d.zp[i]) * l->scale[i];
       }
-      l->ld4 = kc::s4_row_bytes(d.in);
+      l->ld4 = cpu_kernels::s4_row_bytes(d.in);
       l->q4.resize(size_t(d.out * l->ld4));
       for (int64_t n = 0; n < d.out; ++n) {  // values in [-8, 7]: the engine checked them
-        kc::s4_pack_row(l->q.data() + n * d.in, d.in, l->q4.data() + n * l->ld4);
+        cpu_kernels::s4_pack_row(l->q.data() + n * d.in, d.in, l->q4.data() + n * l->ld4);
       }
       l->q = {};
       l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * (l->zs.empty() ? 4 : 8);
@@ -213,7 +427,7 @@ class CpuBackend : public Backend {
 
   void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                float eps) override {
-    kc::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+    cpu_kernels::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
       k_.rmsnorm_f32(x + b * n, w, y + b * n, e - b, n, eps);
     });
   }
@@ -230,18 +444,18 @@ class CpuBackend : public Backend {
       }
       x = xp_.data();
     }
-    const int64_t gemv_max = l.kind == LinearKind::kW8A16  ? kc::kGemvMaxMW8A16
-                             : l.kind == LinearKind::kW8A8 ? kc::kGemvMaxMW8A8
-                                                           : kc::kGemvMaxMFloat;
-    const bool big = M > gemv_max && kc::gemm_library_available();
+    const int64_t gemv_max = l.kind == LinearKind::kW8A16  ? cpu_kernels::kGemvMaxMW8A16
+                             : l.kind == LinearKind::kW8A8 ? cpu_kernels::kGemvMaxMW8A8
+                                                           : cpu_kernels::kGemvMaxMFloat;
+    const bool big = M > gemv_max && cpu_kernels::gemm_library_available();
     switch (l.kind) {
       case LinearKind::kF32:
         if (!l.wb.empty()) {
           linear_bf16(l, x, M, y, ldy, big);
           break;
         }
-        if (!(big && kc::gemm_f32_nt_library(M, N, K, x, K, l.wp, K, y, ldy))) {
-          kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+        if (!(big && cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, l.wp, K, y, ldy))) {
+          cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
             k_.gemm_f32_nt(M, e - b, K, x, K, l.wp + b * K, K, y + b, ldy);
           });
         }
@@ -253,7 +467,7 @@ class CpuBackend : public Backend {
           // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
           // then the library's fp32 GEMM.
           deq_.resize(size_t(N * K));
-          kc::parallel_for(N, 1, [&](int64_t b, int64_t e) {
+          cpu_kernels::parallel_for(N, 1, [&](int64_t b, int64_t e) {
             for (int64_t n = b; n < e; ++n) {
               const int8_t* q = four ? nullptr : l.q.data() + n * K;
               const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
@@ -263,11 +477,11 @@ class CpuBackend : public Backend {
                 const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
                 const int64_t k1 = std::min(K, (g + 1) * l.group);
                 for (int64_t k = g * l.group; k < k1; ++k)
-                  d[k] = float(four ? kc::s4_value(p4, k) : q[k]) * s - z;
+                  d[k] = float(four ? cpu_kernels::s4_value(p4, k) : q[k]) * s - z;
               }
             }
           });
-          if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
+          if (cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
         }
         if (!l.zs.empty()) {  // the per-group sums of x, for the zero-point correction
           xsum_.resize(size_t(M * G));
@@ -281,7 +495,7 @@ class CpuBackend : public Backend {
             }
           }
         }
-        kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+        cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
           if (four) {
             k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
                              l.scale.data() + b * G, l.group, y + b, ldy);
@@ -308,14 +522,15 @@ class CpuBackend : public Backend {
         qx_.resize(size_t(M * K));
         sx_.resize(size_t(M));
         const float* in_scale = l.act == ActQuant::kStatic ? &l.input_scale : nullptr;
-        kc::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+        cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
           k_.quantize_s8(x + b * K, e - b, K, K, in_scale, qx_.data() + b * K, K, sx_.data() + b);
         });
         if (big && l.group == K) {
           acc_.resize(size_t(M * N));
-          if (kc::gemm_s8s8_s32_nt_library(M, N, K, qx_.data(), K, l.q.data(), K, acc_.data(), N)) {
+          if (cpu_kernels::gemm_s8s8_s32_nt_library(M, N, K, qx_.data(), K, l.q.data(), K,
+                                                    acc_.data(), N)) {
             // The reference epilogue for one group: (0 + float(dot) * b_scale) * a_scale.
-            kc::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+            cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
               for (int64_t m = b; m < e; ++m) {
                 for (int64_t n = 0; n < N; ++n) {
                   y[m * ldy + n] = float(acc_[size_t(m * N + n)]) * l.scale[size_t(n)] * sx_[size_t(m)];
@@ -325,7 +540,7 @@ class CpuBackend : public Backend {
             break;
           }
         }
-        kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+        cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
           const int64_t G = (K + l.group - 1) / l.group;
           k_.gemm_s8s8_f32_nt(M, e - b, K, qx_.data(), K, sx_.data(), l.q.data() + b * K, K,
                               l.scale.data() + b * G, l.group, l.comp.data() + b * G, y + b, ldy);
@@ -345,21 +560,21 @@ class CpuBackend : public Backend {
   void linear_bf16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
                    bool big) {
     const int64_t N = l.out, K = l.in;
-    if (big && kc::gemm_bf16_native()) {
+    if (big && cpu_kernels::gemm_bf16_native()) {
       xb_.resize(size_t(M * K));
-      kc::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
+      cpu_kernels::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = core::f32_to_bf16(x[i]);
       });
-      if (kc::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wb.data(), K, y, ldy)) return;
+      if (cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wb.data(), K, y, ldy)) return;
     }
     if (big) {  // widen once (N*K), then the library's fp32 GEMM (M*N*K)
       deq_.resize(size_t(N * K));
-      kc::parallel_for(N * K, 4096, [&](int64_t b, int64_t e) {
+      cpu_kernels::parallel_for(N * K, 4096, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) deq_[size_t(i)] = core::bf16_to_f32(l.wb[size_t(i)]);
       });
-      if (kc::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
+      if (cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) return;
     }
-    kc::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+    cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
       k_.gemm_bf16w_f32_nt(M, e - b, K, x, K, l.wb.data() + b * K, K, y + b, ldy);
     });
   }
@@ -403,152 +618,22 @@ class CpuBackend : public Backend {
   void attention(const float* q, int64_t ldq, int64_t rows, const RowPlacement& at,
                  const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                  int64_t window, float* out) override {
-    const int64_t per_kv = n_heads / n_kv_heads, d = head_dim;
     const float scale = float(1.0 / std::sqrt(double(head_dim)));
-    auto key_lo = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; };
-    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(c.k);  // KvStorage::kF16
-    const uint16_t* v16 = reinterpret_cast<const uint16_t*>(c.v);
-    const int8_t* k8 = reinterpret_cast<const int8_t*>(c.k);  // KvStorage::kInt8
-    const int8_t* v8 = reinterpret_cast<const int8_t*>(c.v);
-    const int64_t max_seq = c.slot_stride / c.kv_dim;
-    // The int8 scales of (slot, position, KV head); consecutive positions are n_kv_heads apart.
-    auto scale_at = [&](int64_t slot, int64_t pos, int64_t kvh) {
-      return (slot * max_seq + pos) * n_kv_heads + kvh;
-    };
-    // Runs of kBlockRunMin or more rows of one slot at consecutive positions (a prefill chunk)
-    // go through the blocked kernel, bq query rows of one KV head group per task; the
-    // other rows (decode) through split-K partials (below).
-    std::vector<int64_t> single;  // rows outside long runs
-    struct Block {
-      int64_t row, n;  // first row and row count, in one run
-    };
-    std::vector<Block> blocks;
-    const int64_t bq = std::max<int64_t>(8, kBlockRowsTimesHeads / per_kv);
-    for (int64_t r0 = 0; r0 < rows;) {
-      int64_t r1 = r0 + 1;
-      while (r1 < rows && at.slot[r1] == at.slot[r0] && at.pos[r1] == at.pos[r1 - 1] + 1) ++r1;
-      if (r1 - r0 >= kBlockRunMin) {
-        for (int64_t b = r0; b < r1; b += bq) blocks.push_back({b, std::min(bq, r1 - b)});
-      } else {
-        for (int64_t r = r0; r < r1; ++r) single.push_back(r);
-      }
-      r0 = r1;
-    }
-    if (!blocks.empty()) {
-      // Causal blocks late in a run cost more than early ones: order the tasks 0, n-1, 1, n-2,
-      // ... so that each thread's contiguous share holds a mix (work per task is fixed, so
-      // results do not depend on the split).
-      const int64_t nb = int64_t(blocks.size());
-      kc::parallel_for(nb * n_kv_heads, 1, [&](int64_t b, int64_t e) {
-        std::vector<float> qb, ob, scratch;
-        std::vector<int64_t> lo, hi;
-        for (int64_t t = b; t < e; ++t) {
-          const int64_t z = t / n_kv_heads, kvh = t % n_kv_heads;
-          const Block& blk = blocks[size_t(z % 2 ? nb - 1 - z / 2 : z / 2)];
-          const int64_t M = blk.n * per_kv;
-          qb.resize(size_t(M * d));
-          ob.resize(size_t(M * d));
-          lo.resize(size_t(M));
-          hi.resize(size_t(M));
-          scratch.resize(size_t(kc::attention_block_scratch(M, d)));
-          for (int64_t hh = 0; hh < per_kv; ++hh) {
-            const int64_t h = kvh * per_kv + hh;
-            for (int64_t i = 0; i < blk.n; ++i) {
-              const int64_t r = blk.row + i, m = hh * blk.n + i;
-              std::memcpy(&qb[size_t(m * d)], q + r * ldq + h * d, size_t(d) * 4);
-              lo[size_t(m)] = key_lo(at.pos[r]);
-              hi[size_t(m)] = at.pos[r] + 1;
-            }
-          }
-          const int64_t base = int64_t(at.slot[blk.row]) * c.slot_stride + kvh * d;
-          if (c.storage == KvStorage::kF16) {
-            k_.attention_block_f16kv(qb.data(), M, d, lo.data(), hi.data(), k16 + base, v16 + base,
-                                     c.kv_dim, scale, ob.data(), scratch.data());
-          } else if (c.storage == KvStorage::kInt8) {
-            const int64_t so = scale_at(at.slot[blk.row], 0, kvh);
-            k_.attention_block_s8kv(qb.data(), M, d, lo.data(), hi.data(), k8 + base, v8 + base,
-                                    c.kv_dim, c.k_scale + so, c.v_scale + so, n_kv_heads, scale,
-                                    ob.data(), scratch.data());
-          } else {
-            k_.attention_block_f32(qb.data(), M, d, lo.data(), hi.data(), c.k + base, c.v + base,
-                                   c.kv_dim, scale, ob.data(), scratch.data());
-          }
-          for (int64_t hh = 0; hh < per_kv; ++hh) {
-            const int64_t h = kvh * per_kv + hh;
-            for (int64_t i = 0; i < blk.n; ++i) {
-              std::memcpy(out + (blk.row + i) * n_heads * d + h * d,
-                          &ob[size_t((hh * blk.n + i) * d)], size_t(d) * 4);
-            }
-          }
-        }
-      });
-    }
-    if (single.empty()) return;
-    // Decode rows: split-K, one task per (row, KV head, chunk of keys) reading K and V once for
-    // the group's per_kv query heads, then one merge per (row, KV head). Chunk lengths depend on
-    // the row's key count only, so results do not depend on the thread count or the batch.
-    struct Chunk {
-      int64_t r, kvh, j0, n;
-    };
-    std::vector<Chunk> chunks;
-    std::vector<int64_t> first;  // per (single row, KV head): its first chunk; then the end
-    int64_t max_chunk = 1;
-    for (int64_t r : single) {
-      const int64_t lo = key_lo(at.pos[r]), n = at.pos[r] + 1 - lo;
-      const int64_t len = kc::attention_split_chunk(n);
-      max_chunk = std::max(max_chunk, std::min(len, n));
-      for (int64_t kvh = 0; kvh < n_kv_heads; ++kvh) {
-        first.push_back(int64_t(chunks.size()));
-        for (int64_t j = 0; j < n; j += len)
-          chunks.push_back({r, kvh, lo + j, std::min(len, n - j)});
-      }
-    }
-    first.push_back(int64_t(chunks.size()));
-    const int64_t G = per_kv, T = int64_t(chunks.size());
-    part_o_.resize(size_t(T * G * d));
-    part_ml_.resize(size_t(2 * T * G));
-    float* po = part_o_.data();
-    float* pm = part_ml_.data();
-    float* pl = pm + T * G;
-    kc::parallel_for(T, 1, [&](int64_t b, int64_t e) {
-      std::vector<float> scratch(size_t(kc::attention_partial_scratch(G, max_chunk)));
-      for (int64_t t = b; t < e; ++t) {
-        const Chunk& ch = chunks[size_t(t)];
-        const int64_t base =
-            int64_t(at.slot[ch.r]) * c.slot_stride + ch.j0 * c.kv_dim + ch.kvh * d;
-        const float* qg = q + ch.r * ldq + ch.kvh * G * d;
-        if (c.storage == KvStorage::kF16) {
-          k_.attention_partial_f16kv(qg, G, d, k16 + base, v16 + base, c.kv_dim, ch.n, scale,
-                                     po + t * G * d, pm + t * G, pl + t * G, scratch.data());
-        } else if (c.storage == KvStorage::kInt8) {
-          const int64_t so = scale_at(at.slot[ch.r], ch.j0, ch.kvh);
-          k_.attention_partial_s8kv(qg, G, d, k8 + base, v8 + base, c.kv_dim, c.k_scale + so,
-                                    c.v_scale + so, n_kv_heads, ch.n, scale, po + t * G * d,
-                                    pm + t * G, pl + t * G, scratch.data());
-        } else {
-          k_.attention_partial_f32(qg, G, d, c.k + base, c.v + base, c.kv_dim, ch.n, scale,
-                                   po + t * G * d, pm + t * G, pl + t * G, scratch.data());
-        }
-      }
-    });
-    kc::parallel_for(int64_t(single.size()) * n_kv_heads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t r = single[size_t(i / n_kv_heads)], kvh = i % n_kv_heads;
-        const int64_t f = first[size_t(i)], C = first[size_t(i) + 1] - f;
-        kc::attention_merge_f32(C, G, d, po + f * G * d, pm + f * G, pl + f * G,
-                                out + r * n_heads * d + kvh * G * d);
-      }
-    });
+    const AttentionQuery aq{q, ldq, at, n_heads, n_kv_heads, head_dim, window, scale};
+    const KvCacheReader kv(k_, c, n_kv_heads, head_dim);
+    const AttentionWork work = attention_work_split(rows, at, aq.per_kv());
+    if (!work.blocks.empty()) attention_blocks(aq, kv, work.blocks, out);
+    if (!work.single.empty()) attention_split_k(aq, kv, work.single, part_o_, part_ml_, out);
   }
 
   void silu_mul(const float* g, int64_t rows, int64_t n, float* y) override {
-    kc::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+    cpu_kernels::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) k_.silu_mul_f32(g + r * 2 * n, g + r * 2 * n + n, y + r * n, n);
     });
   }
 
  private:
-  const kc::KernelTable& k_;
+  const cpu_kernels::KernelTable& k_;
   int threads_;
   bool bf16_ = false;
   std::vector<uint16_t> xb_;
@@ -564,14 +649,14 @@ class CpuBackend : public Backend {
 Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opts) {
   SHRINK_CHECK(opts.threads >= 1, StatusCode::kInvalidInput, "--threads %d: expected >= 1",
                opts.threads);
-  kc::Isa isa = kc::isa_active();
+  cpu_kernels::Isa isa = cpu_kernels::isa_active();
   if (!opts.isa.empty()) {
-    SHRINK_CHECK(kc::isa_from_name(opts.isa, &isa), StatusCode::kInvalidInput,
+    SHRINK_CHECK(cpu_kernels::isa_from_name(opts.isa, &isa), StatusCode::kInvalidInput,
                  "isa '%s' is unknown; expected one of ref, avx2, avx512, avx512vnni",
                  opts.isa.c_str());
-    SHRINK_CHECK(kc::isa_supported(isa), StatusCode::kInvalidInput,
+    SHRINK_CHECK(cpu_kernels::isa_supported(isa), StatusCode::kInvalidInput,
                  "isa '%s' is not supported by this CPU/build (best: %s)", opts.isa.c_str(),
-                 kc::isa_name(kc::isa_best()));
+                 cpu_kernels::isa_name(cpu_kernels::isa_best()));
   }
   SHRINK_CHECK(opts.float_weights == "f32" || opts.float_weights == "bf16" ||
                    opts.float_weights.empty(),

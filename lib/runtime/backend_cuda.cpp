@@ -15,9 +15,9 @@
 //     first (prefill is compute-bound, that pass costs N*K against M*N*K); W8A8 per-channel
 //     runs CUDA_R_8I x CUDA_R_8I -> int32 with CUBLAS_COMPUTE_32I and a dequant epilogue
 //     kernel; group-wise W8A8 and shapes cuBLASLt rejects run the GEMV 16 rows at a time.
-// Fusion: rmsnorm / add_rmsnorm / silu_mul write, besides their float rows, the forms the next
+// Fusion: rmsnorm / add_rmsnorm / silu_mul write, besides their float rows, the copies the next
 // linear needs (the 16-bit copy for cuBLASLt, the int8 row + per-token scale for dynamic W8A8);
-// linear() uses them when its input is that buffer ("forms_"), so quantisation costs no extra
+// linear() uses them when its input is that buffer (InputCopies), so quantisation costs no extra
 // pass. rope_kv_write is one kernel; attention is split-K for decode, tiled for prefill.
 // Per forward, step_begin uploads ids/slots/positions/picks/attention tiles in one copy; ops
 // receiving those host arrays use the device copies. Decode steps are recorded once per
@@ -48,7 +48,7 @@ namespace shrink::runtime {
 
 namespace {
 
-namespace kc = shrink::cuda;
+namespace cuda_kernels = shrink::cuda;
 
 class CudaTensor : public DeviceTensor {
  public:
@@ -70,7 +70,7 @@ class CudaLinear : public Linear {
     cudaFree(bias);
     cudaFree(perm);
   }
-  kc::WType wt = kc::WType::kF32;
+  cuda_kernels::WType wt = cuda_kernels::WType::kF32;
   void* w = nullptr;
   bool own_w = true;
   float* scale = nullptr;  // int8: [out, G]
@@ -92,7 +92,8 @@ class CudaBackend : public Backend {
   CudaBackend() = default;
   ~CudaBackend() override {
     graph_reset();
-    for (Buf* b : {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &amax_, &stage_, &xperm_}) {
+    for (Buf* b :
+         {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &token_ids_, &stage_, &xperm_}) {
       cudaFree(b->p);
     }
     for (Buf& b : adhoc_) cudaFree(b.p);
@@ -102,36 +103,36 @@ class CudaBackend : public Backend {
   }
 
   Status init(const CudaBackendOptions& o) {
-    SHRINK_CHECK(kc::device_count() > o.device, StatusCode::kInvalidInput,
+    SHRINK_CHECK(cuda_kernels::device_count() > o.device, StatusCode::kInvalidInput,
                  "--device cuda: no CUDA device %d is present (found %d)", o.device,
-                 kc::device_count());
+                 cuda_kernels::device_count());
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaSetDevice(o.device), "cudaSetDevice"));
     if (o.float_weights == "f16") {
-      float_wt_ = kc::WType::kF16;
+      float_wt_ = cuda_kernels::WType::kF16;
     } else if (o.float_weights == "bf16") {
-      float_wt_ = kc::WType::kBF16;
+      float_wt_ = cuda_kernels::WType::kBF16;
     } else if (o.float_weights == "f32") {
-      float_wt_ = kc::WType::kF32;
+      float_wt_ = cuda_kernels::WType::kF32;
     } else {
       return invalid_input("float weights '" + o.float_weights +
                            "' are not supported on cuda; expected f16, bf16 or f32");
     }
-    gemv_rows_float_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 4;
-    gemv_rows_int8_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 16;
-    gemv_rows_float_ = std::min<int>(gemv_rows_float_, int(kc::kGemvMaxRows));
-    gemv_rows_int8_ = std::min<int>(gemv_rows_int8_, int(kc::kGemvMaxRows));
+    gemv_max_rows_float_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 4;
+    gemv_max_rows_int8_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 16;
+    gemv_max_rows_float_ = std::min<int>(gemv_max_rows_float_, int(cuda_kernels::kGemvMaxRows));
+    gemv_max_rows_int8_ = std::min<int>(gemv_max_rows_int8_, int(cuda_kernels::kGemvMaxRows));
     graphs_on_ = o.graphs;
-    summary_ = kc::device_summary(o.device);
+    summary_ = cuda_kernels::device_summary(o.device);
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                                    "cudaStreamCreate"));
-    SHRINK_ASSIGN_OR_RETURN(lt_, kc::GemmLt::create(size_t(32) << 20));
+    SHRINK_ASSIGN_OR_RETURN(lt_, cuda_kernels::GemmLt::create(size_t(32) << 20));
     return Status::ok();
   }
 
   std::string describe() const override {
-    return "cuda " + summary_ + ", " + kc::wtype_name(float_wt_) + " weights, " + lt_->version() +
-           ", gemv <= " + std::to_string(gemv_rows_float_) + "/" +
-           std::to_string(gemv_rows_int8_) + " rows (float/int8), graphs " +
+    return "cuda " + summary_ + ", " + cuda_kernels::wtype_name(float_wt_) + " weights, " +
+           lt_->version() + ", gemv <= " + std::to_string(gemv_max_rows_float_) + "/" +
+           std::to_string(gemv_max_rows_int8_) + " rows (float/int8), graphs " +
            (graphs_on_ ? "on" : "off");
   }
 
@@ -177,7 +178,7 @@ class CudaBackend : public Backend {
                      d.name.c_str(), d.w.size(), (long long)d.out, (long long)d.in);
       }
       l->wt = float_wt_;
-      if (float_wt_ == kc::WType::kF32) {
+      if (float_wt_ == cuda_kernels::WType::kF32) {
         if (src_dev) {
           l->w = const_cast<float*>(src_dev);
           l->own_w = false;
@@ -191,11 +192,11 @@ class CudaBackend : public Backend {
           src_dev = static_cast<const float*>(st);
         }
         SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&l->w, size_t(NK) * 2), "cudaMalloc"));
-        kc::convert_f32(src_dev, NK, l->w, float_wt_, stream_);
+        cuda_kernels::convert_f32(src_dev, NK, l->w, float_wt_, stream_);
         SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamSynchronize(stream_), "convert weights"));
       }
       d.w = std::vector<float>();
-      l->weight_bytes = uint64_t(NK) * uint64_t(kc::wtype_bytes(float_wt_));
+      l->weight_bytes = uint64_t(NK) * uint64_t(cuda_kernels::wtype_bytes(float_wt_));
       return std::unique_ptr<Linear>(std::move(l));
     }
     SHRINK_CHECK(d.group > 0, StatusCode::kInternal, "%s: int8 group size %lld", d.name.c_str(),
@@ -203,7 +204,7 @@ class CudaBackend : public Backend {
     const int64_t G = (d.in + d.group - 1) / d.group;
     SHRINK_CHECK(int64_t(d.q.size()) == NK && int64_t(d.scale.size()) == d.out * G,
                  StatusCode::kInternal, "%s: inconsistent int8 weights", d.name.c_str());
-    l->wt = kc::WType::kS8;
+    l->wt = cuda_kernels::WType::kS8;
     l->group = d.group;
     l->act = d.act;
     l->input_scale = d.input_scale;
@@ -230,9 +231,9 @@ class CudaBackend : public Backend {
       int64_t e = r + 1;
       while (e < s.rows && s.slot[e] == s.slot[r] && s.pos[e] == s.pos[e - 1] + 1) ++e;
       if (e - r > 1) all_single_ = false;
-      for (int64_t t = r; t < e; t += kc::kAttnTileRows) {
+      for (int64_t t = r; t < e; t += cuda_kernels::kAttnTileRows) {
         tiles_.push_back(int32_t(t));
-        tiles_.push_back(int32_t(std::min<int64_t>(kc::kAttnTileRows, e - t)));
+        tiles_.push_back(int32_t(std::min<int64_t>(cuda_kernels::kAttnTileRows, e - t)));
       }
       r = e;
     }
@@ -264,8 +265,8 @@ class CudaBackend : public Backend {
     d_pick_ = d + 3 * s.rows;
     d_tiles_ = d + 3 * s.rows + s.picks;
     d_sample_ = s.sample ? reinterpret_cast<const core::SampleRow*>(d + sample_at) : nullptr;
-    // The argmax output, sized before any recording.
-    (void)grow(amax_, size_t(std::max<int64_t>(s.picks, 1)) * 4);
+    // The token ids output (argmax_rows, sample_rows), sized before any recording.
+    (void)grow(token_ids_, size_t(std::max<int64_t>(s.picks, 1)) * 4);
   }
 
   bool graph_replay(uint64_t key) override {
@@ -298,7 +299,7 @@ class CudaBackend : public Backend {
         graphs_on_ = false;
       }
       err_ = Status::ok();  // nothing ran; the engine reruns the step eagerly
-      forms_ = Forms();
+      input_copies_ = InputCopies();
       return false;
     }
     cudaGraphExec_t exec = nullptr;
@@ -325,19 +326,19 @@ class CudaBackend : public Backend {
   // ---- ops -----------------------------------------------------------------------------------
   void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
              float* out) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     const int32_t* d = dev_ints(ids, rows);
     if (!d) return;
-    kc::embed_f32(table, dim, d, rows, out, stream_);
+    cuda_kernels::embed_f32(table, dim, d, rows, out, stream_);
     launched("embed");
   }
 
   void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
                    float* dst) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     const int32_t* d = dev_ints(idx, rows);
     if (!d) return;
-    kc::gather_rows_f32(src, dim, d, rows, dst, stream_);
+    cuda_kernels::gather_rows_f32(src, dim, d, rows, dst, stream_);
     launched("gather_rows");
   }
 
@@ -352,57 +353,58 @@ class CudaBackend : public Backend {
   }
 
   void add(float* x, const float* y, int64_t n) override {
-    forms_ = Forms();
-    kc::add_f32(x, y, n, stream_);
+    input_copies_ = InputCopies();
+    cuda_kernels::add_f32(x, y, n, stream_);
     launched("add");
   }
 
   void silu_mul(const float* g, int64_t rows, int64_t n, float* y) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     void* yh = nullptr;
     int8_t* yq = nullptr;
     float* ys = nullptr;
-    if (!forms_buffers(rows, n, &yh, &yq, &ys)) return;
-    kc::silu_mul_f32(g, rows, n, y, yh, half_type(), yq, ys, stream_);
-    if (launched("silu_mul")) forms_ = {y, rows, n, yh != nullptr, yq != nullptr};
+    if (!input_copy_buffers(rows, n, &yh, &yq, &ys)) return;
+    cuda_kernels::silu_mul_f32(g, rows, n, y, yh, half_type(), yq, ys, stream_);
+    if (launched("silu_mul")) input_copies_ = {y, rows, n, yh != nullptr, yq != nullptr};
   }
 
   void rope(float* x, int64_t rows, int64_t ldx, int64_t heads, int64_t head_dim,
             const RowPlacement& at, const float* cos, const float* sin) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     const int32_t* pos = dev_ints(at.pos, rows);
     if (!pos) return;
-    kc::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin, nullptr,
-                    nullptr, 0, stream_);
+    cuda_kernels::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin,
+                              nullptr, nullptr, 0, stream_);
     launched("rope");
   }
 
   void kv_write(const float* k, const float* v, int64_t ld, int64_t rows, const RowPlacement& at,
                 const KvLayer& c) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     const int32_t* slot = dev_ints(at.slot, rows);
     const int32_t* pos = dev_ints(at.pos, rows);
     if (!slot || !pos) return;
-    kc::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim, stream_);
+    cuda_kernels::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim,
+                               stream_);
     launched("kv_write");
   }
 
   void rope_kv_write(float* qkv, int64_t rows, int64_t ld, int64_t n_heads, int64_t n_kv_heads,
                      int64_t head_dim, const RowPlacement& at, const float* cos, const float* sin,
                      const KvLayer& c) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     const int32_t* slot = dev_ints(at.slot, rows);
     const int32_t* pos = dev_ints(at.pos, rows);
     if (!slot || !pos) return;
-    kc::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot, pos, cos,
-                    sin, c.k, c.v, c.slot_stride, stream_);
+    cuda_kernels::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot,
+                              pos, cos, sin, c.k, c.v, c.slot_stride, stream_);
     launched("rope_kv_write");
   }
 
   void attention(const float* q, int64_t ldq, int64_t rows, const RowPlacement& at,
                  const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                  int64_t window, float* out) override {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     if (head_dim > 256) {  // the prefill kernel's register tile
       if (err_.is_ok()) {
         err_ = invalid_input("cuda attention: head_dim " + std::to_string(head_dim) +
@@ -410,7 +412,7 @@ class CudaBackend : public Backend {
       }
       return;
     }
-    kc::AttentionArgs a;
+    cuda_kernels::AttentionArgs a;
     a.q = q;
     a.ldq = ldq;
     a.rows = rows;
@@ -443,13 +445,14 @@ class CudaBackend : public Backend {
     a.out = out;
     const int64_t max_seq = c.slot_stride / c.kv_dim;
     if (all_single_) {
-      const int64_t need = kc::attention_decode_scratch(rows, int(n_heads), int(head_dim), max_seq);
+      const int64_t need =
+          cuda_kernels::attention_decode_scratch(rows, int(n_heads), int(head_dim), max_seq);
       auto part = grow(part_, size_t(need) * 4);
       if (!part.is_ok()) return;
-      kc::attention_decode(a, max_seq, static_cast<float*>(part.value()), stream_);
+      cuda_kernels::attention_decode(a, max_seq, static_cast<float*>(part.value()), stream_);
       launched("attention (decode)");
     } else {
-      kc::attention_prefill(a, d_tiles_, int64_t(tiles_.size() / 2), stream_);
+      cuda_kernels::attention_prefill(a, d_tiles_, int64_t(tiles_.size() / 2), stream_);
       launched("attention (prefill)");
     }
   }
@@ -460,10 +463,10 @@ class CudaBackend : public Backend {
     if (l.perm) {  // act-order groups: the inputs in q's column order (one pass over M x K)
       auto xp = grow(xperm_, size_t(M * K) * 4);
       if (!xp.is_ok()) return;
-      kc::gather_cols(x, M, K, l.perm, static_cast<float*>(xp.value()), stream_);
+      cuda_kernels::gather_cols(x, M, K, l.perm, static_cast<float*>(xp.value()), stream_);
       x = static_cast<const float*>(xp.value());
     }
-    kc::GemvArgs g;
+    cuda_kernels::GemvArgs g;
     g.M = M;
     g.N = N;
     g.K = K;
@@ -482,82 +485,81 @@ class CudaBackend : public Backend {
         // W8A16 up to 4x the GEMV rows (decode batches) runs the GEMV in chunks: it reads the
         // int8 weights once per chunk, 1 byte per weight per 16 rows, where the cuBLASLt path
         // below would write and read back a 16-bit dequantised copy (5 bytes per weight).
-        if (M <= (int8 ? 4 * gemv_rows_int8_ : gemv_rows_float_)) {
-          gemv_rows(g);
+        if (M <= (int8 ? 4 * gemv_max_rows_int8_ : gemv_max_rows_float_)) {
+          gemv_in_chunks(g);
           break;
         }
         // cuBLASLt: x (and, for W8A16, the dequantised weights) in the GEMM's input type.
-        const kc::WType t = float_wt_;
+        const cuda_kernels::WType t = float_wt_;
         const void* xin = x;
-        if (t != kc::WType::kF32) {
+        if (t != cuda_kernels::WType::kF32) {
           xin = half_of(x, M, K);
           if (!xin) return;
         }
         const void* w = l.w;
         if (int8) {
-          auto wd = grow(wdq_, size_t(N * K) * size_t(kc::wtype_bytes(t)));
+          auto wd = grow(wdq_, size_t(N * K) * size_t(cuda_kernels::wtype_bytes(t)));
           if (!wd.is_ok()) return;
-          kc::dequant_s8(static_cast<const int8_t*>(l.w), l.scale, N, K, l.group, wd.value(), t,
-                         stream_);
+          cuda_kernels::dequant_s8(static_cast<const int8_t*>(l.w), l.scale, N, K, l.group,
+                                   wd.value(), t, stream_);
           w = wd.value();
         }
         if (!lt_->gemm_float(t, M, N, K, xin, w, y, ldy, stream_).is_ok()) {
-          g.wt = int8 ? kc::WType::kS8 : l.wt;
-          gemv_rows(g);  // cuBLASLt has no algorithm: the GEMV, 16 rows at a time
+          g.wt = int8 ? cuda_kernels::WType::kS8 : l.wt;
+          gemv_in_chunks(g);  // cuBLASLt has no algorithm: the GEMV, 16 rows at a time
           break;
         }
-        if (l.bias) kc::bias_add(y, M, N, ldy, l.bias, stream_);
+        if (l.bias) cuda_kernels::bias_add(y, M, N, ldy, l.bias, stream_);
         break;
       }
       case LinearKind::kW8A8: {
         const int8_t* xq = nullptr;
         const float* xs = nullptr;
-        if (l.act == ActQuant::kDynamic && forms_.q && forms_.src == x && forms_.rows == M &&
-            forms_.n == K) {
+        if (l.act == ActQuant::kDynamic && input_copies_.has_s8 && input_copies_.of(x, M, K)) {
           xq = static_cast<const int8_t*>(xq_.p);
           xs = static_cast<const float*>(xs_.p);
         } else {
-          forms_ = Forms();  // the scratch below is about to be overwritten
+          input_copies_ = InputCopies();  // the scratch below is about to be overwritten
           auto q = grow(xq_, size_t(M * K));
           auto s = grow(xs_, size_t(M) * 4);
           if (!q.is_ok() || !s.is_ok()) return;
           xq = static_cast<const int8_t*>(q.value());
           xs = static_cast<const float*>(s.value());
-          kc::quantize_s8(x, M, K, K, l.act == ActQuant::kStatic ? l.input_scale : 0.0f,
-                          const_cast<int8_t*>(xq), const_cast<float*>(xs), stream_);
+          cuda_kernels::quantize_s8(x, M, K, K, l.act == ActQuant::kStatic ? l.input_scale : 0.0f,
+                                    const_cast<int8_t*>(xq), const_cast<float*>(xs), stream_);
         }
         g.x = nullptr;
         g.xq = xq;
         g.xs = xs;
-        if (M > gemv_rows_int8_ && l.group >= K && K % 4 == 0) {
+        if (M > gemv_max_rows_int8_ && l.group >= K && K % 4 == 0) {
           auto acc = grow(acc_, size_t(M * N) * 4);
           if (!acc.is_ok()) return;
           int32_t* a = static_cast<int32_t*>(acc.value());
           if (lt_->gemm_s8(M, N, K, xq, static_cast<const int8_t*>(l.w), a, stream_).is_ok()) {
-            kc::epilogue_s32(a, M, N, l.scale, xs, l.bias, y, ldy, stream_);
+            cuda_kernels::epilogue_s32(a, M, N, l.scale, xs, l.bias, y, ldy, stream_);
             break;
           }
         }
-        gemv_rows(g);
+        gemv_in_chunks(g);
         break;
       }
     }
     launched("linear");
-    // The output may overwrite the buffer whose forms are recorded.
-    if (forms_.src && y < forms_.src + forms_.rows * forms_.n && forms_.src < y + M * ldy) {
-      forms_ = Forms();
+    // The output may overwrite the buffer whose copies are recorded.
+    if (input_copies_.overlapped_by(y, M * ldy)) {
+      input_copies_ = InputCopies();
     }
   }
 
   void argmax_rows(const float* x, int64_t rows, int64_t n) override {
-    auto out = grow(amax_, size_t(rows) * 4);
+    auto out = grow(token_ids_, size_t(rows) * 4);
     if (!out.is_ok()) return;
-    kc::argmax_rows(x, rows, n, static_cast<int32_t*>(out.value()), stream_);
+    cuda_kernels::argmax_rows(x, rows, n, static_cast<int32_t*>(out.value()), stream_);
     launched("argmax");
   }
 
   void sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) override {
-    auto out = grow(amax_, size_t(rows) * 4);
+    auto out = grow(token_ids_, size_t(rows) * 4);
     if (!out.is_ok()) return;
     const core::SampleRow* dp = nullptr;
     if (p == step_.sample && rows <= step_.picks) {
@@ -570,25 +572,37 @@ class CudaBackend : public Backend {
           adhoc_upload(p, size_t(rows) * sizeof(core::SampleRow)));
       if (!dp) return;
     }
-    kc::sample_rows(x, rows, n, n, dp, static_cast<int32_t*>(out.value()), stream_);
+    cuda_kernels::sample_rows(x, rows, n, n, dp, static_cast<int32_t*>(out.value()), stream_);
     launched("sample");
   }
 
-  void argmax_fetch(int32_t* host, int64_t rows) override {
-    check(cudaMemcpyAsync(host, amax_.p, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream_),
+  void token_ids_fetch(int32_t* host, int64_t rows) override {
+    check(cudaMemcpyAsync(host, token_ids_.p, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream_),
           "download");
     check(cudaStreamSynchronize(stream_), "synchronize");
   }
 
  private:
-  struct Forms {
+  // The copies of one float activation buffer (src, rows x n) that the fused rmsnorm/silu_mul
+  // kernels wrote alongside it in the next linear's input types: a 16-bit copy in xh_ (for
+  // cuBLASLt) and int8 rows with per-row scales in xq_/xs_ (for dynamic W8A8).
+  struct InputCopies {
     const float* src = nullptr;
     int64_t rows = 0, n = 0;
-    bool h = false, q = false;
+    bool has_half = false, has_s8 = false;
+    // Whether these are copies of x as rows x n.
+    bool of(const float* x, int64_t x_rows, int64_t x_n) const {
+      return src == x && rows == x_rows && n == x_n;
+    }
+    // Whether y (y_floats from y on) overlaps src, so that writing y makes the copies stale.
+    bool overlapped_by(const float* y, int64_t y_floats) const {
+      return src && y < src + rows * n && src < y + y_floats;
+    }
   };
 
-  kc::WType half_type() const {
-    return float_wt_ == kc::WType::kBF16 ? kc::WType::kBF16 : kc::WType::kF16;
+  cuda_kernels::WType half_type() const {
+    return float_wt_ == cuda_kernels::WType::kBF16 ? cuda_kernels::WType::kBF16
+                                                   : cuda_kernels::WType::kF16;
   }
 
   Status cuda_ok(cudaError_t e, const char* what) {
@@ -665,10 +679,12 @@ class CudaBackend : public Backend {
     return d.value();
   }
 
-  // Which forms the next linear may want: the 16-bit copy when cuBLASLt with 16-bit inputs
-  // will run (rows above the GEMV limit), the int8 row when the model has dynamic W8A8 layers.
-  bool forms_buffers(int64_t rows, int64_t n, void** yh, int8_t** yq, float** ys) {
-    if (float_wt_ != kc::WType::kF32 && rows > std::min(gemv_rows_float_, gemv_rows_int8_)) {
+  // The buffers of the input copies the next linear may want: the 16-bit copy when cuBLASLt
+  // with 16-bit inputs will run (rows above the GEMV limit), the int8 row when the model has
+  // dynamic W8A8 layers.
+  bool input_copy_buffers(int64_t rows, int64_t n, void** yh, int8_t** yq, float** ys) {
+    if (float_wt_ != cuda_kernels::WType::kF32 &&
+        rows > std::min(gemv_max_rows_float_, gemv_max_rows_int8_)) {
       auto h = grow(xh_, size_t(rows * n) * 2);
       if (!h.is_ok()) return false;
       *yh = h.value();
@@ -685,48 +701,48 @@ class CudaBackend : public Backend {
 
   void norm(float* x, const float* d, const float* w, float* y, int64_t rows, int64_t n,
             float eps) {
-    forms_ = Forms();
+    input_copies_ = InputCopies();
     void* yh = nullptr;
     int8_t* yq = nullptr;
     float* ys = nullptr;
-    if (!forms_buffers(rows, n, &yh, &yq, &ys)) return;
-    kc::rmsnorm_f32(x, d, w, y, rows, n, eps, yh, half_type(), yq, ys, stream_);
-    if (launched("rmsnorm")) forms_ = {y, rows, n, yh != nullptr, yq != nullptr};
+    if (!input_copy_buffers(rows, n, &yh, &yq, &ys)) return;
+    cuda_kernels::rmsnorm_f32(x, d, w, y, rows, n, eps, yh, half_type(), yq, ys, stream_);
+    if (launched("rmsnorm")) input_copies_ = {y, rows, n, yh != nullptr, yq != nullptr};
   }
 
-  // The 16-bit copy of x for cuBLASLt: the recorded form, else a conversion.
+  // The 16-bit copy of x for cuBLASLt: the recorded copy, else a conversion.
   const void* half_of(const float* x, int64_t M, int64_t K) {
-    if (forms_.h && forms_.src == x && forms_.rows == M && forms_.n == K) return xh_.p;
+    if (input_copies_.has_half && input_copies_.of(x, M, K)) return xh_.p;
     auto h = grow(xh_, size_t(M * K) * 2);
     if (!h.is_ok()) return nullptr;
-    forms_.h = false;  // the copy in xh_ no longer belongs to the recorded buffer
-    kc::convert_f32(x, M * K, h.value(), half_type(), stream_);
+    input_copies_.has_half = false;  // the copy in xh_ no longer belongs to the recorded buffer
+    cuda_kernels::convert_f32(x, M * K, h.value(), half_type(), stream_);
     return h.value();
   }
 
-  // The GEMV over any M, at most kGemvMaxRows rows per launch.
-  void gemv_rows(kc::GemvArgs g) {
+  // The GEMV over any M, in launches of at most kGemvMaxRows rows.
+  void gemv_in_chunks(cuda_kernels::GemvArgs g) {
     const int64_t M = g.M;
-    for (int64_t m0 = 0; m0 < M; m0 += kc::kGemvMaxRows) {
-      kc::GemvArgs c = g;
-      c.M = std::min<int64_t>(kc::kGemvMaxRows, M - m0);
+    for (int64_t m0 = 0; m0 < M; m0 += cuda_kernels::kGemvMaxRows) {
+      cuda_kernels::GemvArgs c = g;
+      c.M = std::min<int64_t>(cuda_kernels::kGemvMaxRows, M - m0);
       if (g.x) c.x = g.x + m0 * g.K;
       if (g.xq) c.xq = g.xq + m0 * g.K;
       if (g.xs) c.xs = g.xs + m0;
       c.y = g.y + m0 * g.ldy;
-      kc::gemv(c, stream_);
+      cuda_kernels::gemv(c, stream_);
     }
   }
 
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<kc::GemmLt> lt_;
+  std::unique_ptr<cuda_kernels::GemmLt> lt_;
   std::string summary_;
-  kc::WType float_wt_ = kc::WType::kF16;
-  int gemv_rows_float_ = 4, gemv_rows_int8_ = 16;
+  cuda_kernels::WType float_wt_ = cuda_kernels::WType::kF16;
+  int gemv_max_rows_float_ = 4, gemv_max_rows_int8_ = 16;
   bool graphs_on_ = true;
   bool want_q_ = false;
   Status err_;
-  Forms forms_;
+  InputCopies input_copies_;
   // Step arrays.
   StepRows step_;
   std::vector<int32_t> tiles_;
@@ -737,7 +753,7 @@ class CudaBackend : public Backend {
           *d_tiles_ = nullptr;
   const core::SampleRow* d_sample_ = nullptr;
   // Scratch.
-  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, amax_, stage_, xperm_;
+  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, token_ids_, stage_, xperm_;
   static constexpr int kAdhoc = 4;
   Buf adhoc_[kAdhoc];
   unsigned adhoc_next_ = 0;

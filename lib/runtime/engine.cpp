@@ -807,7 +807,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   SHRINK_RETURN_IF_ERROR(be.take_error());
   if (next_out) {
     next_out->resize(size_t(R));
-    be.argmax_fetch(next_out->data(), R);
+    be.token_ids_fetch(next_out->data(), R);
   } else {
     logits_out->resize(size_t(R * V));
     be.to_host(m.logits->data(), R * V, logits_out->data());

@@ -134,9 +134,9 @@ TEST(CudaOps, SiluMulAddArgmax) {
   auto t = both(p, v);
   std::vector<int32_t> gc(3), gg(3);
   p.cpu->argmax_rows(t.cp(), 3, 50001);
-  p.cpu->argmax_fetch(gc.data(), 3);
+  p.cpu->token_ids_fetch(gc.data(), 3);
   p.gpu->argmax_rows(t.gp(), 3, 50001);
-  p.gpu->argmax_fetch(gg.data(), 3);
+  p.gpu->token_ids_fetch(gg.data(), 3);
   EXPECT_EQ(gg, gc);
   EXPECT_EQ(gg[1], 777);
 }
@@ -167,7 +167,7 @@ TEST(CudaOps, SampleRowsEqualTheSelectionReference) {
     auto t = p.gpu->tensor_from_host(std::vector<float>(x));
     std::vector<int32_t> got(rows.size());
     p.gpu->sample_rows(t->data(), int64_t(rows.size()), n, rows.data());
-    p.gpu->argmax_fetch(got.data(), int64_t(rows.size()));
+    p.gpu->token_ids_fetch(got.data(), int64_t(rows.size()));
     ASSERT_TRUE(p.gpu->take_error().is_ok());
     std::vector<std::pair<float, int32_t>> scratch;
     for (size_t r = 0; r < rows.size(); ++r) {
