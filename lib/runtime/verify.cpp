@@ -9,17 +9,6 @@
 
 namespace shrink::runtime {
 
-namespace {
-
-// log-softmax of one row in double.
-void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
-  out.resize(size_t(n));
-  const double lz = log_sum_exp(x, n);
-  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = double(x[i]) - lz;
-}
-
-}  // namespace
-
 VerifyResult::Dist distribution(std::vector<double>& v) {
   VerifyResult::Dist d;
   if (v.empty()) return d;
@@ -97,8 +86,26 @@ nlohmann::json VerifyResult::to_json() const {
   return j;
 }
 
-Result<VerifyResult> verify(const std::string& compact_dir, const std::string& reference_dir,
-                            const VerifyOptions& o) {
+namespace {
+
+// log-softmax of one row in double.
+void log_softmax(const float* x, int64_t n, std::vector<double>& out) {
+  out.resize(size_t(n));
+  const double lz = log_sum_exp(x, n);
+  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = double(x[i]) - lz;
+}
+
+// The mean of v and, in *stderr_mean, its standard error (the values taken as independent).
+double mean_with_stderr(const std::vector<double>& v, double* stderr_mean) {
+  double sum = 0, ss = 0;
+  for (double x : v) sum += x;
+  const double m = sum / double(v.size());
+  for (double x : v) ss += (x - m) * (x - m);
+  *stderr_mean = v.size() > 1 ? std::sqrt(ss / double(v.size() - 1) / double(v.size())) : 0.0;
+  return m;
+}
+
+Status verify_options_check(const VerifyOptions& o) {
   SHRINK_CHECK(o.seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
                (long long)o.seq_len);
   SHRINK_CHECK(o.min_top1 <= 1, StatusCode::kInvalidInput,
@@ -106,130 +113,173 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   SHRINK_CHECK(o.max_acc_drop < 0 || !o.task.empty(), StatusCode::kInvalidInput,
                "--max-acc-drop %g gates a task's accuracy; expected --task FILE with it",
                o.max_acc_drop);
-  // The task first: its longest item sizes the engines (up to the model's positions).
+  return Status::ok();
+}
+
+// The multiple-choice task's items (none without --task) and the positions its longest item
+// needs, at most the reference model's: loaded before the engines, which it sizes.
+struct TaskItems {
   std::vector<core::ChoiceItem> items;
-  int64_t task_len = 0;
-  if (!o.task.empty()) {
-    SHRINK_ASSIGN_OR_RETURN(core::ModelConfig rc, core::config_load(reference_dir));
-    SHRINK_ASSIGN_OR_RETURN(items, choice_task_for(reference_dir, o.source.tokenizer, o.task,
+  int64_t positions = 0;
+};
+
+Result<TaskItems> task_items_load(const std::string& reference_dir, const VerifyOptions& o) {
+  TaskItems t;
+  if (o.task.empty()) return t;
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig rc, core::config_load(reference_dir));
+  SHRINK_ASSIGN_OR_RETURN(t.items, choice_task_for(reference_dir, o.source.tokenizer, o.task,
                                                    rc.vocab_size));
-    task_len = std::min<int64_t>(choice_task_positions(items), rc.max_position_embeddings);
-  }
+  t.positions = std::min<int64_t>(choice_task_positions(t.items), rc.max_position_embeddings);
+  return t;
+}
+
+struct EnginePair {
+  std::unique_ptr<Engine> reference, compact;
+};
+
+// Both engines, sized for the longest of the evaluation windows, the benchmark and the task.
+// The reference keeps an f32 lm_head and KV cache: it is what it is; only the compact model's
+// head and cache may shrink. Both must share a vocabulary, since their distributions are compared.
+Result<EnginePair> engines_load(const std::string& compact_dir, const std::string& reference_dir,
+                                const VerifyOptions& o, int64_t task_positions) {
   EngineOptions eo = o.engine;
-  eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_len});
+  eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_positions});
   eo.max_batch = o.task.empty() ? 1 : 8;  // task items run 8 at a time
   EngineOptions ref_eo = eo;
-  ref_eo.lm_head = "f32";  // the reference is what it is; only the compact model's head may shrink
-  ref_eo.kv_cache = "f32";  // ... and its cache
-  SHRINK_ASSIGN_OR_RETURN(auto ref, Engine::load(reference_dir, ref_eo));
-  SHRINK_ASSIGN_OR_RETURN(auto cmp, Engine::load(compact_dir, eo));
-  const int64_t V = ref->config().vocab_size;
-  SHRINK_CHECK(cmp->config().vocab_size == V, StatusCode::kInvalidInput,
+  ref_eo.lm_head = "f32";
+  ref_eo.kv_cache = "f32";
+  EnginePair e;
+  SHRINK_ASSIGN_OR_RETURN(e.reference, Engine::load(reference_dir, ref_eo));
+  SHRINK_ASSIGN_OR_RETURN(e.compact, Engine::load(compact_dir, eo));
+  const int64_t V = e.reference->config().vocab_size;
+  SHRINK_CHECK(e.compact->config().vocab_size == V, StatusCode::kInvalidInput,
                "%s has vocab_size %lld but the reference has %lld: verification compares token "
                "distributions and needs the same vocabulary",
-               compact_dir.c_str(), (long long)cmp->config().vocab_size, (long long)V);
-  SHRINK_ASSIGN_OR_RETURN(LoadedTokens data, tokens_load(reference_dir, V, o.source));
-  VerifyResult r;
-  r.engine_reference = ref->describe();
-  r.engine_compact = cmp->describe();
-  double nll_r = 0, nll_c = 0, agree = 0;
-  std::vector<double> kls, dps, lns;  // per scored token: KL, delta-p, ln(p_reference / p_compact)
+               compact_dir.c_str(), (long long)e.compact->config().vocab_size, (long long)V);
+  return e;
+}
+
+// Per scored token (each position's prediction of the next token), what the accuracy
+// statistics are made of.
+struct TokenScores {
+  double nll_reference = 0, nll_compact = 0, agree = 0;
+  std::vector<double> kls, dps, lns;  // KL, delta-p, ln(p_reference / p_compact)
+  uint64_t n = 0;
+};
+
+// Scores one position: pr and pc are both models' log-probabilities over the V tokens, next
+// the actual next token.
+void token_score(const std::vector<double>& pr, const std::vector<double>& pc, int32_t next,
+                 TokenScores& s) {
+  s.nll_reference -= pr[size_t(next)];
+  s.nll_compact -= pc[size_t(next)];
+  s.lns.push_back(pr[size_t(next)] - pc[size_t(next)]);  // its mean is ln(ppl_c / ppl_r)
+  s.dps.push_back(std::exp(pc[size_t(next)]) - std::exp(pr[size_t(next)]));
+  size_t ar = 0, ac = 0;
+  double k = 0;
+  for (size_t v = 0; v < pr.size(); ++v) {
+    k += std::exp(pr[v]) * (pr[v] - pc[v]);
+    if (pr[v] > pr[ar]) ar = v;
+    if (pc[v] > pc[ac]) ac = v;
+  }
+  s.kls.push_back(std::max(k, 0.0));  // rounding can leave -1e-17 where the rows are equal
+  s.agree += ar == ac;
+  s.n++;
+}
+
+// Both models over the same evaluation windows (core::eval_windows), every position scored.
+Result<TokenScores> tokens_score(Engine& ref, Engine& cmp, const std::vector<int32_t>& tokens,
+                                 int64_t seq_len) {
+  const int64_t V = ref.config().vocab_size;
+  TokenScores s;
   std::vector<float> lr, lc;
   std::vector<double> pr, pc;
-  for (const core::EvalWindow& w : core::eval_windows(data.tokens.size(), o.seq_len)) {
-    const int32_t* t = data.tokens.data() + w.start;
-    ref->reset_all();
-    cmp->reset_all();
-    SHRINK_RETURN_IF_ERROR(ref->forward({{0, t, w.len}}, true, lr));
-    SHRINK_RETURN_IF_ERROR(cmp->forward({{0, t, w.len}}, true, lc));
+  for (const core::EvalWindow& w : core::eval_windows(tokens.size(), seq_len)) {
+    const int32_t* t = tokens.data() + w.start;
+    ref.reset_all();
+    cmp.reset_all();
+    SHRINK_RETURN_IF_ERROR(ref.forward({{0, t, w.len}}, true, lr));
+    SHRINK_RETURN_IF_ERROR(cmp.forward({{0, t, w.len}}, true, lc));
     for (int64_t i = 0; i + 1 < w.len; ++i) {
       log_softmax(lr.data() + i * V, V, pr);
       log_softmax(lc.data() + i * V, V, pc);
-      const int32_t next = t[i + 1];
-      nll_r -= pr[size_t(next)];
-      nll_c -= pc[size_t(next)];
-      lns.push_back(pr[size_t(next)] - pc[size_t(next)]);  // its mean is ln(ppl_c / ppl_r)
-      dps.push_back(std::exp(pc[size_t(next)]) - std::exp(pr[size_t(next)]));
-      size_t ar = 0, ac = 0;
-      double k = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        k += std::exp(pr[size_t(v)]) * (pr[size_t(v)] - pc[size_t(v)]);
-        if (pr[size_t(v)] > pr[ar]) ar = size_t(v);
-        if (pc[size_t(v)] > pc[ac]) ac = size_t(v);
-      }
-      kls.push_back(std::max(k, 0.0));  // rounding can leave -1e-17 where the rows are equal
-      agree += ar == ac;
-      r.tokens_scored++;
+      token_score(pr, pc, t[i + 1], s);
     }
   }
-  SHRINK_CHECK(r.tokens_scored > 0, StatusCode::kInvalidInput,
-               "%s: too few tokens to score (need at least 2)", data.description.c_str());
-  const double n = double(r.tokens_scored);
-  r.ppl_reference = std::exp(nll_r / n);
-  r.ppl_compact = std::exp(nll_c / n);
+  return s;
+}
+
+// Perplexities, KL, top-1 agreement and delta-p: means, standard errors (tokens taken as
+// independent), the perplexity ratio's 95% interval and the percentiles.
+void accuracy_summarize(TokenScores& s, VerifyResult& r) {
+  const double n = double(s.n);
+  r.tokens_scored = s.n;
+  r.ppl_reference = std::exp(s.nll_reference / n);
+  r.ppl_compact = std::exp(s.nll_compact / n);
   r.ppl_increase = r.ppl_compact / r.ppl_reference - 1.0;
-  r.top1_agreement = agree / n;
-  // Means and their standard errors (tokens taken as independent); the ratio's 95% interval.
-  auto mean_of = [](const std::vector<double>& v, double* stderr_mean) {
-    double sum = 0, ss = 0;
-    for (double x : v) sum += x;
-    const double m = sum / double(v.size());
-    for (double x : v) ss += (x - m) * (x - m);
-    *stderr_mean = v.size() > 1 ? std::sqrt(ss / double(v.size() - 1) / double(v.size())) : 0.0;
-    return m;
-  };
-  r.kl = mean_of(kls, &r.kl_stderr);
+  r.top1_agreement = s.agree / n;
+  r.kl = mean_with_stderr(s.kls, &r.kl_stderr);
   r.top1_stderr = std::sqrt(r.top1_agreement * (1 - r.top1_agreement) / n);
-  r.ln_ppl_ratio = mean_of(lns, &r.ln_ppl_ratio_stderr);
+  r.ln_ppl_ratio = mean_with_stderr(s.lns, &r.ln_ppl_ratio_stderr);
   r.ppl_increase_lo = std::exp(r.ln_ppl_ratio - 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
   r.ppl_increase_hi = std::exp(r.ln_ppl_ratio + 1.96 * r.ln_ppl_ratio_stderr) - 1.0;
   double sum = 0, sq = 0;
-  for (double x : dps) {
+  for (double x : s.dps) {
     sum += x;
     sq += x * x;
   }
   r.delta_p_mean = sum / n;
   r.delta_p_rms = std::sqrt(sq / n);
-  r.kl_dist = distribution(kls);
-  r.delta_p = distribution(dps);
-  if (!o.task.empty()) {
-    SHRINK_ASSIGN_OR_RETURN(ChoiceResult tr, score_choices(*ref, items));
-    SHRINK_ASSIGN_OR_RETURN(ChoiceResult tc, score_choices(*cmp, items));
-    VerifyResult::Task t;
-    t.path = o.task;
-    t.items = tr.items;
-    t.acc_reference = tr.acc;
-    t.acc_compact = tc.acc;
-    t.acc_norm_reference = tr.acc_norm;
-    t.acc_norm_compact = tc.acc_norm;
-    t.acc_norm_stderr_reference = tr.acc_norm_stderr;
-    t.acc_norm_stderr_compact = tc.acc_norm_stderr;
-    std::vector<double> drop;  // per item: right for the reference minus right for the compact
-    double same = 0;
-    for (size_t k = 0; k < items.size(); ++k) {
-      same += tr.pred_norm[k] == tc.pred_norm[k];
-      const int64_t label = items[k].label;
-      drop.push_back(double(tr.pred_norm[k] == label) - double(tc.pred_norm[k] == label));
-    }
-    t.agreement = same / double(items.size());
-    t.acc_norm_drop = mean_of(drop, &t.acc_norm_drop_stderr);
-    r.task = t;
+  r.kl_dist = distribution(s.kls);
+  r.delta_p = distribution(s.dps);
+}
+
+// Both models' accuracy on the task's items, how often they pick the same choice, and the
+// paired accuracy drop with its standard error.
+Result<VerifyResult::Task> task_compare(Engine& ref, Engine& cmp,
+                                        const std::vector<core::ChoiceItem>& items,
+                                        const std::string& path) {
+  SHRINK_ASSIGN_OR_RETURN(ChoiceResult tr, score_choices(ref, items));
+  SHRINK_ASSIGN_OR_RETURN(ChoiceResult tc, score_choices(cmp, items));
+  VerifyResult::Task t;
+  t.path = path;
+  t.items = tr.items;
+  t.acc_reference = tr.acc;
+  t.acc_compact = tc.acc;
+  t.acc_norm_reference = tr.acc_norm;
+  t.acc_norm_compact = tc.acc_norm;
+  t.acc_norm_stderr_reference = tr.acc_norm_stderr;
+  t.acc_norm_stderr_compact = tc.acc_norm_stderr;
+  std::vector<double> drop;  // per item: right for the reference minus right for the compact
+  double same = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    same += tr.pred_norm[k] == tc.pred_norm[k];
+    const int64_t label = items[k].label;
+    drop.push_back(double(tr.pred_norm[k] == label) - double(tc.pred_norm[k] == label));
   }
-  r.bytes_reference = ref->weight_bytes();
-  r.bytes_compact = cmp->weight_bytes();
-  if (o.bench) {
-    BenchOptions bo;
-    bo.prompt_len = o.bench_prompt_len;
-    bo.gen_len = o.bench_gen_len;
-    ref->reset_all();
-    cmp->reset_all();
-    SHRINK_ASSIGN_OR_RETURN(r.bench_reference, bench(*ref, bo));
-    SHRINK_ASSIGN_OR_RETURN(r.bench_compact, bench(*cmp, bo));
-    r.decode_speedup = r.bench_compact.decode_tokens_per_second /
-                       std::max(1e-12, r.bench_reference.decode_tokens_per_second);
-    r.prefill_speedup = r.bench_compact.prefill_tokens_per_second /
-                        std::max(1e-12, r.bench_reference.prefill_tokens_per_second);
-  }
+  t.agreement = same / double(items.size());
+  t.acc_norm_drop = mean_with_stderr(drop, &t.acc_norm_drop_stderr);
+  return t;
+}
+
+// Both models through the same benchmark, and the compact model's speed-ups.
+Status speed_compare(Engine& ref, Engine& cmp, const VerifyOptions& o, VerifyResult& r) {
+  BenchOptions bo;
+  bo.prompt_len = o.bench_prompt_len;
+  bo.gen_len = o.bench_gen_len;
+  ref.reset_all();
+  cmp.reset_all();
+  SHRINK_ASSIGN_OR_RETURN(r.bench_reference, bench(ref, bo));
+  SHRINK_ASSIGN_OR_RETURN(r.bench_compact, bench(cmp, bo));
+  r.decode_speedup = r.bench_compact.decode_tokens_per_second /
+                     std::max(1e-12, r.bench_reference.decode_tokens_per_second);
+  r.prefill_speedup = r.bench_compact.prefill_tokens_per_second /
+                      std::max(1e-12, r.bench_reference.prefill_tokens_per_second);
+  return Status::ok();
+}
+
+// The gates: passed, and a verdict that names every failed gate with its value and limit.
+void verdict_decide(const VerifyOptions& o, VerifyResult& r) {
   std::string failed;
   auto fail = [&](const std::string& why) { failed += (failed.empty() ? "" : "; ") + why; };
   if (o.max_ppl_increase >= 0 && r.ppl_increase > o.max_ppl_increase) {
@@ -252,6 +302,34 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   }
   r.passed = failed.empty();
   r.verdict = r.passed ? "pass" : "fail: " + failed;
+}
+
+}  // namespace
+
+Result<VerifyResult> verify(const std::string& compact_dir, const std::string& reference_dir,
+                            const VerifyOptions& o) {
+  SHRINK_RETURN_IF_ERROR(verify_options_check(o));
+  SHRINK_ASSIGN_OR_RETURN(TaskItems task, task_items_load(reference_dir, o));
+  SHRINK_ASSIGN_OR_RETURN(EnginePair engines,
+                          engines_load(compact_dir, reference_dir, o, task.positions));
+  Engine& ref = *engines.reference;
+  Engine& cmp = *engines.compact;
+  const int64_t V = ref.config().vocab_size;
+  SHRINK_ASSIGN_OR_RETURN(LoadedTokens data, tokens_load(reference_dir, V, o.source));
+  VerifyResult r;
+  r.engine_reference = ref.describe();
+  r.engine_compact = cmp.describe();
+  SHRINK_ASSIGN_OR_RETURN(TokenScores scores, tokens_score(ref, cmp, data.tokens, o.seq_len));
+  SHRINK_CHECK(scores.n > 0, StatusCode::kInvalidInput,
+               "%s: too few tokens to score (need at least 2)", data.description.c_str());
+  accuracy_summarize(scores, r);
+  if (!o.task.empty()) {
+    SHRINK_ASSIGN_OR_RETURN(r.task, task_compare(ref, cmp, task.items, o.task));
+  }
+  r.bytes_reference = ref.weight_bytes();
+  r.bytes_compact = cmp.weight_bytes();
+  if (o.bench) SHRINK_RETURN_IF_ERROR(speed_compare(ref, cmp, o, r));
+  verdict_decide(o, r);
   return r;
 }
 
