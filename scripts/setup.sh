@@ -16,6 +16,7 @@ PACKAGES=(
   libdnnl-dev                                 # oneDNN: CPU GEMMs of the runtime
   libonnx-dev libprotobuf-dev protobuf-compiler
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
+  libxxhash-dev                               # content hashes of the recipe runner's stage cache
   libgtest-dev libgmock-dev libbenchmark-dev
   fortunes                                    # the built-in default corpus
   clang libclang-rt-14-dev libfuzzer-14-dev   # scripts/fuzz.sh: clang, libFuzzer, ASan/UBSan

@@ -25,6 +25,7 @@
 #include <unordered_map>
 
 #include "core/json_util.h"
+#include "core/token_pair.h"
 #include "core/unicode_nfc.h"
 #include "core/utf8.h"
 #include "core/unicode_tables.h"
@@ -182,18 +183,6 @@ bool is_ascii_word(char c) {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-struct PairHash {
-  size_t operator()(uint64_t k) const {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    return size_t(k);
-  }
-};
-inline uint64_t pair_key(int32_t a, int32_t b) {
-  return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
-}
 
 std::string squote(const std::string& s) {
   return "'" + s + "'";

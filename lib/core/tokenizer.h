@@ -109,17 +109,4 @@ std::string byte_level_encode(std::string_view bytes);
 /// not valid UTF-8 or holds a code point outside the byte map.
 bool byte_level_decode(std::string_view text, std::string& bytes);
 
-struct BpeTrainOptions {
-  int32_t vocab_size = 4096;  // including the 256 byte tokens and the special tokens
-  std::vector<std::string> special_tokens = {"<|endoftext|>"};  // ids 0.. in this order
-  int32_t min_frequency = 2;  // stop merging when the best pair is rarer than this
-  /// Called every few merges with (merges done, merges wanted); may be empty.
-  std::function<void(int64_t, int64_t)> progress;
-};
-
-/// Train a byte-level BPE on documents pulled from `next_doc` (returns false at the end).
-/// Deterministic: ties between pair counts break by the pair's byte strings.
-Result<Tokenizer> bpe_train(const std::function<bool(std::string&)>& next_doc,
-                            const BpeTrainOptions& opts);
-
 }  // namespace shrink::core

@@ -10,7 +10,7 @@
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/progress.h"
-#include "core/report.h"
+#include "pipeline/report.h"
 
 namespace shrink::train {
 
@@ -216,7 +216,7 @@ TeacherCache TeacherCache::open_or_build(const std::string& dir, CausalLM& teach
   }
   const uint64_t n_windows = data.size() >= 2 ? (data.size() - 1) / uint64_t(L) : 0;
   nlohmann::json key = {{"format", "shrink-teacher-topk-1"},
-                        {"teacher", core::model_fingerprint(teacher_dir)},
+                        {"teacher", pipeline::model_fingerprint(teacher_dir)},
                         {"data", data_key},
                         {"data_tokens", data.size()},
                         {"seq_len", L},

@@ -1,6 +1,7 @@
 // Holes that a review of the parsers found (issue 25), each with the input that showed it:
 // untrusted JSON depth and values (json_util), checked size arithmetic, a sparse tokenizer id,
-// `--set` through a scalar recipe value, and the one checkpoint validator's group-scale shape.
+// and the one checkpoint validator's group-scale shape (`--set` through a scalar recipe value is
+// in tests/pipeline/test_recipe.cpp).
 // Every test here failed (or crashed) before its fix.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,9 +16,6 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
-#ifdef SHRINK_HAVE_YAML
-#include "core/recipe.h"
-#endif
 
 using namespace shrink;
 using namespace shrink::core;
@@ -145,28 +143,6 @@ TEST(TokenizerUntrusted, SparseVocabIdIsRefused) {
   auto ok = Tokenizer::from_json(doc.dump(), "tok.json");
   EXPECT_TRUE(ok.is_ok()) << ok.status().message();
 }
-
-#ifdef SHRINK_HAVE_YAML
-// `--set teacher.x=1` indexed the scalar `teacher` and yaml-cpp's exception escaped (exit 1 with
-// a raw message); now it is an issue that names the value's file:line:col.
-TEST(RecipeUntrusted, SetThroughAScalarNamesTheValue) {
-  const std::string text = "version: 1\nteacher: models/teacher\nstages:\n  - eval: {}\n";
-  for (auto [spec, want] :
-       {std::pair<std::string, std::string>{"teacher.x=1",
-                                            "--set teacher.x: 'teacher' is a value (r.yaml:2:10), "
-                                            "not a mapping; cannot set 'x' inside it"},
-        {"version.a.b=2", "--set version.a.b: 'version' is a value (r.yaml:1:10)"},
-        {"stages.0.eval.x.y=1", ""}}) {
-    std::vector<std::string> issues;
-    EXPECT_NO_THROW(recipe_parse("r.yaml", text, {spec}, &issues)) << spec;
-    if (want.empty()) continue;
-    ASSERT_FALSE(issues.empty()) << spec;
-    bool found = false;
-    for (const auto& i : issues) found |= i.find(want) != std::string::npos;
-    EXPECT_TRUE(found) << spec << ": " << issues[0];
-  }
-}
-#endif
 
 // core::checkpoint_check (floor) and the runtime's own check (ceil) disagreed on the scale shape
 // when the last group is partial; now there is one validator, and it takes ceil(in / group).

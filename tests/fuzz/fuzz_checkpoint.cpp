@@ -9,7 +9,7 @@
 // ones included.
 // Built as a libFuzzer target by scripts/fuzz.sh and as a corpus replay ctest in every build.
 #include "core/model_config.h"
-#include "core/report.h"
+#include "pipeline/report.h"
 #include "core/safetensors.h"
 #include "fuzz_util.h"
 
@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (Status st = core::checkpoint_check(cfg.value(), c); !st.is_ok()) {
     fuzz::note_rejected("checkpoint_check", st.message());
   }
-  auto stats = core::model_stats(dir);
-  if (stats.is_ok()) (void)core::model_stats_json(stats.value()).dump();
+  auto stats = pipeline::model_stats(dir);
+  if (stats.is_ok()) (void)pipeline::model_stats_json(stats.value()).dump();
   return 0;
 }

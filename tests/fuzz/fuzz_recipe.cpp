@@ -6,7 +6,7 @@
 // problem as an issue string; an issue-free recipe has version 1. Only built when
 // yaml-cpp is found (shrink_core defines SHRINK_HAVE_YAML).
 // Built as a libFuzzer target by scripts/fuzz.sh and as a corpus replay ctest in every build.
-#include "core/recipe.h"
+#include "pipeline/recipe.h"
 #include "fuzz_util.h"
 
 using namespace shrink;
@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto [text, set_lines] = fuzz::split_once(in, "\n#%set\n");
   const std::vector<std::string> overrides = fuzz::lines_of(set_lines);
   std::vector<std::string> issues;
-  const core::Recipe r = core::recipe_parse("recipe.yaml", std::string(text), overrides, &issues);
+  const pipeline::Recipe r = pipeline::recipe_parse("recipe.yaml", std::string(text), overrides, &issues);
   for (const std::string& i : issues) {
     FUZZ_CHECK(!i.empty(), "an empty issue");
     fuzz::note_rejected("recipe", i);
@@ -24,10 +24,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (issues.empty()) {
     FUZZ_CHECK(r.version == 1, "no issues but version %d", r.version);
   }
-  for (const core::RecipeStage& s : r.stages) {
-    for (const core::RecipeValue& v : s.params) FUZZ_CHECK(s.find(v.key) != nullptr, "lost key");
-    (void)core::recipe_where(r.path, s.line, s.col);
-    (void)core::closest_word(s.type, core::recipe_stage_types());
+  for (const pipeline::RecipeStage& s : r.stages) {
+    for (const pipeline::RecipeValue& v : s.params) FUZZ_CHECK(s.find(v.key) != nullptr, "lost key");
+    (void)pipeline::recipe_where(r.path, s.line, s.col);
+    (void)pipeline::closest_word(s.type, pipeline::recipe_stage_types());
   }
   return 0;
 }

@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "core/choice_task.h"
+#include "pipeline/task_convert.h"
 #include "fuzz_util.h"
 
 using namespace shrink;
@@ -53,7 +54,7 @@ void load_task(const std::string& path) {
 }
 
 // "#FORMAT fewshot=2 max=3" -> options; false when the header names no known format.
-bool parse_header(std::string_view header, core::ChoiceTaskConvertOptions* o) {
+bool parse_header(std::string_view header, pipeline::ChoiceTaskConvertOptions* o) {
   std::vector<std::string> words;
   size_t pos = 1;
   while (pos < header.size()) {
@@ -63,7 +64,7 @@ bool parse_header(std::string_view header, core::ChoiceTaskConvertOptions* o) {
     pos = sp + 1;
   }
   if (words.empty()) return false;
-  const auto& formats = core::choice_task_formats();
+  const auto& formats = pipeline::choice_task_formats();
   if (std::find(formats.begin(), formats.end(), words[0]) == formats.end()) return false;
   o->format = words[0];
   for (size_t i = 1; i < words.size(); ++i) {
@@ -82,7 +83,7 @@ bool parse_header(std::string_view header, core::ChoiceTaskConvertOptions* o) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view in(reinterpret_cast<const char*>(data), size);
-  core::ChoiceTaskConvertOptions o;
+  pipeline::ChoiceTaskConvertOptions o;
   const size_t nl = in.find('\n');
   if (in.empty() || in[0] != '#' || nl == std::string_view::npos ||
       !parse_header(in.substr(0, nl), &o)) {
@@ -95,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (has_labels) o.labels = fuzz::write_temp("labels.txt", labels);
   if (o.fewshot > 0) o.fewshot_from = o.in;
   const std::string out = fuzz::temp_dir() + "/converted.jsonl";
-  auto r = core::choice_task_convert(o, out);
+  auto r = pipeline::choice_task_convert(o, out);
   if (!r.is_ok()) {
     fuzz::note_rejected("convert-task", r.status().message());
     FUZZ_CHECK(!r.status().message().empty(), "an error without a message");

@@ -6,7 +6,7 @@
 
 #include "core/fs.h"
 #include "core/json_util.h"
-#include "core/report.h"
+#include "pipeline/report.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
@@ -43,9 +43,9 @@ void register_compare(CLI::App& app, Globals& g) {
         auto parsed = core::json_parse_untrusted(text.value(), path);
         if (!parsed.is_ok()) throw Error(parsed.status());
         nlohmann::json j = std::move(parsed.value());
-        if (!j.is_object() || !j.contains("schema") || j["schema"] != core::kReportSchema) {
+        if (!j.is_object() || !j.contains("schema") || j["schema"] != pipeline::kReportSchema) {
           throw Error(StatusCode::kInvalidInput, path + ": not a shrink report (expected schema " +
-                                                     std::string(core::kReportSchema) + ")");
+                                                     std::string(pipeline::kReportSchema) + ")");
         }
         // The verify stage's task accuracy (verify --task): the compact model's for the run,
         // the reference's for the teacher.
@@ -77,7 +77,7 @@ void register_compare(CLI::App& app, Globals& g) {
         xs.push_back(r.model.value("bytes", 0.0) / 1048576.0);
         ys.push_back(r.acc.is_null() ? 1e300 : r.acc.value("perplexity", 1e300));
       }
-      auto front = core::pareto_front(xs, ys);
+      auto front = pipeline::pareto_front(xs, ys);
       if (o->format == "json") {
         nlohmann::json out = nlohmann::json::array();
         for (size_t i = 0; i < rows.size(); ++i) {
@@ -116,13 +116,13 @@ void register_compare(CLI::App& app, Globals& g) {
         }
       }
       if (!o->plot.empty()) {
-        std::vector<core::PlotPoint> pts;
+        std::vector<pipeline::PlotPoint> pts;
         for (size_t i = 0; i < rows.size(); ++i) {
           if (ys[i] >= 1e299) continue;
           pts.push_back({rows[i].name, xs[i], ys[i], rows[i].teacher, bool(front[i])});
         }
         throw_if_error(core::write_file_atomic(
-            o->plot, core::plot_svg(pts, "runs: size vs perplexity", "model size (MiB)", "perplexity")));
+            o->plot, pipeline::plot_svg(pts, "runs: size vs perplexity", "model size (MiB)", "perplexity")));
       }
       return 0;
     });

@@ -8,6 +8,7 @@
 #include "core/dataset.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
+#include "pipeline/task_convert.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
@@ -114,7 +115,7 @@ void register_data(CLI::App& app, Globals& g) {
 
   struct ConvOpts {
     std::string out;
-    core::ChoiceTaskConvertOptions c;
+    pipeline::ChoiceTaskConvertOptions c;
   };
   auto co = std::make_shared<ConvOpts>();
   CLI::App* conv = data->add_subcommand(
@@ -137,7 +138,7 @@ void register_data(CLI::App& app, Globals& g) {
                    "Records (same format) the few-shot examples come from, e.g. MMLU's dev split");
   conv->callback([co, &g] {
     g.exit_code = run_guarded("data convert-task", g, false, [&] {
-      core::ChoiceTaskConvertResult r = core::choice_task_convert(co->c, co->out).take_or_throw();
+      pipeline::ChoiceTaskConvertResult r = pipeline::choice_task_convert(co->c, co->out).take_or_throw();
       if (g.json) {
         print_json({{"out", co->out}, {"items", r.items}, {"format", co->c.format}});
       } else {

@@ -10,6 +10,7 @@
 #include "core/json_util.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
+#include "pipeline/tokenizer_train.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
@@ -20,7 +21,7 @@ void register_tokenizer(CLI::App& app, Globals& g) {
 
   struct TrainOpts {
     std::string data = core::kDefaultCorpus, out;
-    core::BpeTrainOptions bpe;
+    pipeline::BpeTrainOptions bpe;
     uint64_t max_bytes = 0;
   };
   auto t = std::make_shared<TrainOpts>();
@@ -62,7 +63,7 @@ void register_tokenizer(CLI::App& app, Globals& g) {
       core::Progress merge_prog("merges", 0, "merges", g.progress());
       t->bpe.progress = [&](int64_t done, int64_t want) { merge_prog.update(uint64_t(done)); };
       auto t0 = std::chrono::steady_clock::now();
-      core::Tokenizer tk = core::bpe_train(next, t->bpe).take_or_throw();
+      core::Tokenizer tk = pipeline::bpe_train(next, t->bpe).take_or_throw();
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       merge_prog.finish();
       throw_if_error(tk.save(t->out));

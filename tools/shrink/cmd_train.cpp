@@ -8,7 +8,7 @@
 #include <cstdlib>
 
 #include "core/dataset.h"
-#include "core/launch.h"
+#include "pipeline/launch.h"
 #include "train/trainer.h"
 #include "tools/shrink/cli.h"
 
@@ -137,12 +137,12 @@ int run_training(const char* name, const char* verb, const train::TrainOptions& 
   if (!launch || g.validate_only) return train_in_process(name, verb, o, g);
   return run_guarded(name, g, false, [&] {
     train::train_validate(o);
-    core::LaunchOptions lo;
+    pipeline::LaunchOptions lo;
     lo.nproc = o.nproc;
     if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
     const int per_rank = std::max(1, g.threads / o.nproc);
     std::string err;
-    int rc = core::launch_local(
+    int rc = pipeline::launch_local(
         lo,
         [&](int rank) {
           Globals wg = g;

@@ -1,11 +1,11 @@
 // Recipe YAML -> structs (the only yaml-cpp user). See recipe.h.
-#include "core/recipe.h"
+#include "pipeline/recipe.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 
-namespace shrink::core {
+namespace shrink::pipeline {
 
 namespace {
 
@@ -331,4 +331,4 @@ Recipe recipe_parse(const std::string& path, const std::string& text,
   return r;
 }
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

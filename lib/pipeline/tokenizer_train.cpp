@@ -16,29 +16,21 @@
 #include <utility>
 #include <vector>
 
+#include "core/token_pair.h"
 #include "core/tokenizer.h"
+#include "pipeline/tokenizer_train.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
+
+using core::PairHash;
+using core::pair_key;
+using core::pair_left;
+using core::pair_right;
+using core::Tokenizer;
+using core::byte_level_encode;
+using core::pretokenize_gpt2;
 
 namespace {
-
-struct PairHash {
-  size_t operator()(uint64_t k) const {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    return size_t(k);
-  }
-};
-inline uint64_t pair_key(int32_t a, int32_t b) {
-  return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
-}
-inline int32_t pair_left(uint64_t k) {
-  return int32_t(k >> 32);
-}
-inline int32_t pair_right(uint64_t k) {
-  return int32_t(k & 0xFFFFFFFFu);
-}
 
 struct Word {
   std::vector<int32_t> syms;
@@ -246,4 +238,4 @@ Result<Tokenizer> bpe_train(const std::function<bool(std::string&)>& next_doc,
   return Tokenizer::from_vocab_merges(std::move(key), merges, special_ids);
 }
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

@@ -1,5 +1,5 @@
 // Local worker launcher and torchrun-variable parsing (see launch.h).
-#include "core/launch.h"
+#include "pipeline/launch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-namespace shrink::core {
+namespace shrink::pipeline {
 
 namespace {
 
@@ -193,4 +193,4 @@ int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, st
   return code;
 }
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

@@ -1,5 +1,7 @@
-// Multiple-choice task files: lm-eval's tokenization rules, errors that name the line, and the
-// HellaSwag-style builder (every item is a real document cut in two; deterministic by seed).
+// Multiple-choice task files: lm-eval's tokenization rules, errors that name the line, the
+// HellaSwag-style builder (every item is a real document cut in two; deterministic by seed), and
+// the conversion of published benchmarks (pipeline/task_convert.h). Here rather than in
+// tests/core because the task tests tokenize with a BPE trained by pipeline::bpe_train.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -12,9 +14,12 @@
 
 #include "core/choice_task.h"
 #include "core/fs.h"
+#include "pipeline/task_convert.h"
+#include "pipeline/tokenizer_train.h"
 
 using namespace shrink;
 using namespace shrink::core;
+using namespace shrink::pipeline;
 
 namespace {
 

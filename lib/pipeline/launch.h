@@ -16,7 +16,7 @@
 
 #include "core/status.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
 
 /// The torchrun-style variables of one worker, read from the environment. `world_size` is 1
 /// (and `active` false) when WORLD_SIZE is unset.
@@ -48,4 +48,4 @@ struct LaunchOptions {
 int launch_local(const LaunchOptions& opts, const std::function<int(int rank)>& body,
                  std::string* error);
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

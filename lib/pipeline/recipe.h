@@ -26,7 +26,7 @@
 
 #include "core/status.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
 
 struct RecipeValue {
   std::string key;
@@ -67,4 +67,4 @@ std::string recipe_where(const std::string& path, int line, int col);
 /// The candidate closest to `word` by edit distance (empty when none is close enough).
 std::string closest_word(const std::string& word, const std::vector<std::string>& candidates);
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

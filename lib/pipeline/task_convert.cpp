@@ -1,7 +1,9 @@
 // Standard multiple-choice benchmarks (HellaSwag, ARC, OpenBookQA, PIQA, Winogrande, MMLU) in
 // their published JSONL layouts, converted to task files with lm-evaluation-harness's zero-shot
 // prompts, so that `eval --task` and `verify --task` score them as lm-eval does. See
-// choice_task.h; tested in tests/core/test_choice_task.cpp.
+// task_convert.h; tested in tests/core/test_choice_task.cpp.
+#include "pipeline/task_convert.h"
+
 #include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -11,7 +13,11 @@
 #include "core/json_util.h"
 #include "core/fs.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
+
+using core::json_check_depth;
+using core::read_file;
+using core::write_file_atomic;
 
 using nlohmann::json;
 
@@ -370,4 +376,4 @@ Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptio
   return res;
 }
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

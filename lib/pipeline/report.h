@@ -11,8 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "pipeline/content_hash.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
 
 constexpr const char* kReportSchema = "shrink-report/1";
 
@@ -27,10 +28,11 @@ struct ModelStats {
 Result<ModelStats> model_stats(const std::string& model_dir);
 nlohmann::json model_stats_json(const ModelStats& s);
 
-/// A content hash of a model directory (config.json and every .safetensors file, 8 bytes at a
-/// time), as 16 hex digits: the cache key of anything derived from a model (the teacher top-k
+/// A content hash of a model directory (config.json and every .safetensors file, XXH3 through
+/// ContentHasher), as 16 hex digits: the cache key of anything derived from a model (the teacher top-k
 /// cache, recipe stage hashes).
-std::string model_fingerprint(const std::string& model_dir);
+/// `hasher`: a ContentHasher whose cache spares re-reading unchanged files (nullptr: none).
+std::string model_fingerprint(const std::string& model_dir, ContentHasher* hasher = nullptr);
 
 /// Indices on the Pareto front when both coordinates are minimized.
 std::vector<bool> pareto_front(const std::vector<double>& x, const std::vector<double>& y);
@@ -48,4 +50,4 @@ std::string plot_svg(const std::vector<PlotPoint>& points, const std::string& ti
 /// report.md from a report.json document.
 std::string report_markdown(const nlohmann::json& report);
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline

@@ -1,5 +1,5 @@
 // Model statistics, Pareto fronts, Markdown tables and SVG plots; see report.h.
-#include "core/report.h"
+#include "pipeline/report.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,8 +11,18 @@
 #include "core/model_config.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
+#include "pipeline/content_hash.h"
 
-namespace shrink::core {
+namespace shrink::pipeline {
+
+using core::Checkpoint;
+using core::MappedFile;
+using core::ModelConfig;
+using core::TensorInfo;
+using core::config_load;
+using core::dtype_is_float;
+using core::dtype_size;
+using core::quant_config_from_json;
 
 namespace fs = std::filesystem;
 
@@ -79,34 +89,23 @@ nlohmann::json model_stats_json(const ModelStats& s) {
           {"heads", s.heads},           {"kv_heads", s.kv_heads}};
 }
 
-std::string model_fingerprint(const std::string& dir) {
+std::string model_fingerprint(const std::string& dir, ContentHasher* cached) {
   std::vector<std::string> files;
-  for (auto& e : fs::directory_iterator(dir)) {
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir, ec)) {
     std::string n = e.path().filename().string();
     if (n == "config.json" || e.path().extension() == ".safetensors") files.push_back(n);
   }
   std::sort(files.begin(), files.end());
-  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a basis; words mixed FNV-style plus a shift
-  auto mix = [&h](const uint8_t* p, uint64_t n) {
-    uint64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i, 8);
-      h = (h ^ w) * 0x100000001b3ULL;
-      h ^= h >> 29;
-    }
-    for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-    h ^= n;
-  };
+  ContentHasher uncached;
+  ContentHasher& hasher = cached ? *cached : uncached;
+  std::string key;
   for (const auto& f : files) {
-    mix(reinterpret_cast<const uint8_t*>(f.data()), f.size());
-    auto mf = MappedFile::open(dir + "/" + f);
-    if (!mf.is_ok()) continue;  // unreadable files change nothing; loading reports them
-    mix(mf.value()->data(), mf.value()->size());
+    auto h = hasher.hash(dir + "/" + f);
+    if (!h.is_ok()) continue;  // unreadable files change nothing; loading reports them
+    key += f + "=" + h.value() + ";";
   }
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
-  return b;
+  return content_hash_of(key);
 }
 
 std::vector<bool> pareto_front(const std::vector<double>& x, const std::vector<double>& y) {
@@ -277,4 +276,4 @@ std::string report_markdown(const nlohmann::json& r) {
   return o.str();
 }
 
-}  // namespace shrink::core
+}  // namespace shrink::pipeline
