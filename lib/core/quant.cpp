@@ -44,78 +44,172 @@ json quant_config_to_json(const QuantScheme& s) {
               {"output_activations", nullptr}}}}}};
 }
 
-Result<QuantScheme> quant_config_from_json(const json& j) {
-  const std::string at = "quantization_config";
-  auto bad = [&](const std::string& m) { return invalid_input(at + ": " + m); };
-  if (!j.is_object()) return bad("expected an object, got " + json_brief(j));
-  SHRINK_ASSIGN_OR_RETURN(std::string method, json_string_or(j, "quant_method", "", at));
+namespace {
+
+// The int arguments of `weights` or `input_activations` at `where`: num_bits must be `bits`
+// (the format's), type int, and symmetric unless `asym_ok` (4-bit weights take zero points).
+Result<bool> int_args_symmetric(const json& a, const std::string& where, int64_t bits,
+                                bool asym_ok) {
+  if (!a.is_object()) return invalid_input(where + ": expected an object, got " + json_brief(a));
+  SHRINK_ASSIGN_OR_RETURN(const int64_t num_bits, json_int_or(a, "num_bits", 8, 1, 64, where));
+  if (num_bits != bits) {
+    return invalid_input(where + ".num_bits: " + std::to_string(num_bits) +
+                         " is not supported here; expected " + std::to_string(bits) +
+                         (bits == 4 ? " (format pack-quantized)"
+                                    : " (format int-quantized; 4-bit weights are format "
+                                      "pack-quantized)"));
+  }
+  SHRINK_ASSIGN_OR_RETURN(const std::string type, json_string_or(a, "type", "int", where));
+  if (type != "int") {
+    return invalid_input(where + ".type: '" + type + "' is not supported; expected 'int'");
+  }
+  SHRINK_ASSIGN_OR_RETURN(const bool sym, json_bool_or(a, "symmetric", true, where));
+  if (!sym && !asym_ok) {
+    return invalid_input(where +
+                         ".symmetric: false is not supported here; expected true (zero points "
+                         "are supported for 4-bit weights only)");
+  }
+  return sym;
+}
+
+// quant_method and format: the weight bits the format stores.
+Result<int> weight_bits_of_format(const json& q, const std::string& at) {
+  SHRINK_ASSIGN_OR_RETURN(const std::string method, json_string_or(q, "quant_method", "", at));
   if (method != "compressed-tensors") {
-    return bad("quant_method '" + method + "' is not supported; expected compressed-tensors");
+    return invalid_input(at + ".quant_method: '" + method +
+                         "' is not supported; expected 'compressed-tensors'");
   }
-  SHRINK_ASSIGN_OR_RETURN(std::string format, json_string_or(j, "format", "", at));
-  if (format != "int-quantized" && format != "naive-quantized" && format != "pack-quantized") {
-    return bad("format '" + format +
-               "' is not supported; expected int-quantized or "
-               "pack-quantized");
+  SHRINK_ASSIGN_OR_RETURN(const std::string format,
+                          json_string_or(q, "format", "int-quantized", at));
+  if (format == "pack-quantized") return 4;
+  if (format == "int-quantized" || format == "naive-quantized") return 8;
+  return invalid_input(at + ".format: '" + format +
+                       "' is not supported; expected 'int-quantized' (8-bit) or "
+                       "'pack-quantized' (4-bit weights)");
+}
+
+// config_groups: exactly one group, targeting Linear; its path is written to *gat.
+Result<const json*> the_config_group(const json& q, const std::string& at, std::string* gat) {
+  const json* groups = q.contains("config_groups") ? &q["config_groups"] : nullptr;
+  if (!groups || !groups->is_object() || groups->size() != 1) {
+    return invalid_input(at +
+                         ".config_groups: expected exactly one group (mixed schemes are not "
+                         "supported)");
   }
-  if (!j.contains("config_groups") || !j["config_groups"].is_object() ||
-      j["config_groups"].size() != 1) {
-    return bad("expected exactly one entry in config_groups");
+  *gat = at + ".config_groups." + groups->begin().key();
+  const json& g = groups->begin().value();
+  if (!g.is_object()) return invalid_input(*gat + ": expected an object, got " + json_brief(g));
+  if (g.contains("targets")) {
+    const json& t = g["targets"];
+    const bool linear = t.is_array() && std::any_of(t.begin(), t.end(), [](const json& x) {
+                          return x.is_string() && x.get<std::string>() == "Linear";
+                        });
+    if (!linear) {
+      return invalid_input(*gat + ".targets: " + json_brief(t) +
+                           " is not supported; expected [\"Linear\"]");
+    }
   }
-  const json& g = j["config_groups"].begin().value();
-  const std::string gat = at + ".config_groups." + j["config_groups"].begin().key();
-  QuantScheme s;
-  if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) {
-    return bad("config_groups: no weights");
+  return &g;
+}
+
+// The group's `weights`: symmetry, strategy (and group size) and GPTQ's actorder.
+Status read_weights(const json& g, const std::string& gat, QuantScheme* s) {
+  const std::string wat = gat + ".weights";
+  if (!g.contains("weights") || !g["weights"].is_object()) {
+    return invalid_input(wat + ": missing; expected the int weight arguments");
   }
   const json& w = g["weights"];
-  const std::string wat = gat + ".weights";
-  SHRINK_ASSIGN_OR_RETURN(int64_t bits, json_int_or(w, "num_bits", 8, 1, 64, wat));
-  s.bits = int(bits);
-  if (s.bits != (format == "pack-quantized" ? 4 : 8)) {
-    return bad("weights.num_bits " + std::to_string(s.bits) + " with format '" + format +
-               "' is not supported; expected 8 (int-quantized) or 4 (pack-quantized)");
-  }
-  SHRINK_ASSIGN_OR_RETURN(std::string type, json_string_or(w, "type", "int", wat));
-  if (type != "int") return bad("weights: only int quantization is supported");
-  SHRINK_ASSIGN_OR_RETURN(s.symmetric, json_bool_or(w, "symmetric", true, wat));
-  if (!s.symmetric && s.bits != 4) {
-    return bad(
-        "weights.symmetric false with 8 bits is not supported; expected true (zero points "
-        "are supported for 4-bit weights only)");
-  }
-  if (w.contains("actorder") && w["actorder"].is_string()) s.actorder = w["actorder"];
-  SHRINK_ASSIGN_OR_RETURN(s.weight_strategy, json_string_or(w, "strategy", "channel", wat));
-  if (s.weight_strategy == "group") {
+  SHRINK_ASSIGN_OR_RETURN(s->symmetric, int_args_symmetric(w, wat, s->bits, s->bits == 4));
+  SHRINK_ASSIGN_OR_RETURN(const bool dynamic, json_bool_or(w, "dynamic", false, wat));
+  if (dynamic) return invalid_input(wat + ".dynamic: true is not supported");
+  if (w.contains("actorder") && w["actorder"].is_string()) s->actorder = w["actorder"];
+  SHRINK_ASSIGN_OR_RETURN(s->weight_strategy, json_string_or(w, "strategy", "channel", wat));
+  if (s->weight_strategy == "group") {
     if (!w.contains("group_size") || !w["group_size"].is_number_integer()) {
-      return bad("weights.strategy group needs an integer group_size");
+      const std::string got = w.contains("group_size") ? json_brief(w["group_size"]) : "missing";
+      return invalid_input(wat + ".group_size: " + got +
+                           "; expected a positive integer for strategy 'group'");
     }
-    SHRINK_ASSIGN_OR_RETURN(s.group_size,
+    SHRINK_ASSIGN_OR_RETURN(s->group_size,
                             json_int_or(w, "group_size", 0, 1, int64_t(1) << 30, wat));
-  } else if (s.weight_strategy != "channel") {
-    return bad("weights.strategy '" + s.weight_strategy + "' is not supported; expected channel or group");
+  } else if (s->weight_strategy != "channel" && s->weight_strategy != "tensor") {
+    return invalid_input(wat + ".strategy: '" + s->weight_strategy +
+                         "' is not supported; expected 'channel', 'group' or 'tensor'");
   }
-  if (g.contains("input_activations") && !g["input_activations"].is_null()) {
-    const json& a = g["input_activations"];
-    const std::string aat = gat + ".input_activations";
-    if (!a.is_object()) return bad("input_activations: expected an object, got " + json_brief(a));
-    SHRINK_ASSIGN_OR_RETURN(int64_t abits, json_int_or(a, "num_bits", 8, 1, 64, aat));
-    SHRINK_ASSIGN_OR_RETURN(std::string atype, json_string_or(a, "type", "int", aat));
-    if (abits != 8 || atype != "int") return bad("input_activations: only int8 is supported");
-    SHRINK_ASSIGN_OR_RETURN(std::string st, json_string_or(a, "strategy", "tensor", aat));
-    SHRINK_ASSIGN_OR_RETURN(bool dyn, json_bool_or(a, "dynamic", false, aat));
-    if (st == "tensor" && !dyn) s.activations = "static";
-    else if (st == "token" && dyn) s.activations = "dynamic";
-    else return bad("input_activations: strategy '" + st + "' with dynamic " + (dyn ? "true" : "false") +
-                    " is not supported; expected tensor/static or token/dynamic");
-    if (a.contains("observer") && a["observer"].is_string()) s.observer = a["observer"];
+  if (!s->symmetric && s->weight_strategy == "tensor") {
+    return invalid_input(wat +
+                         ": symmetric false with strategy 'tensor' is not supported; expected "
+                         "'channel' or 'group' (a zero point per channel or group)");
   }
-  if (j.contains("ignore") && j["ignore"].is_array()) {
-    for (const auto& x : j["ignore"]) {
-      if (x.is_string()) s.ignore.push_back(x.get<std::string>());
-    }
+  return Status::ok();
+}
+
+// The group's `input_activations`: none (null), static per tensor or dynamic per token.
+Status read_input_activations(const json& g, const std::string& gat, QuantScheme* s) {
+  if (!g.contains("input_activations") || g["input_activations"].is_null()) return Status::ok();
+  const json& a = g["input_activations"];
+  const std::string aat = gat + ".input_activations";
+  if (s->bits != 8) {
+    return invalid_input(aat + ": 4-bit weights run with float activations (W4A16); expected null");
   }
+  SHRINK_RETURN_IF_ERROR(int_args_symmetric(a, aat, 8, false).status());
+  SHRINK_ASSIGN_OR_RETURN(const std::string st, json_string_or(a, "strategy", "tensor", aat));
+  SHRINK_ASSIGN_OR_RETURN(const bool dyn, json_bool_or(a, "dynamic", false, aat));
+  if (st == "tensor" && !dyn) {
+    s->activations = "static";
+  } else if (st == "token" && dyn) {
+    s->activations = "dynamic";
+  } else {
+    return invalid_input(aat + ": strategy '" + st + "' with dynamic " + (dyn ? "true" : "false") +
+                         " is not supported; expected tensor/static or token/dynamic");
+  }
+  if (a.contains("observer") && a["observer"].is_string()) s->observer = a["observer"];
+  return Status::ok();
+}
+
+// `ignore`: the module names (or "re:<regex>") kept in float.
+Result<std::vector<std::string>> read_ignore(const json& q, const std::string& at) {
+  std::vector<std::string> ignore;
+  if (!q.contains("ignore") || q["ignore"].is_null()) return ignore;
+  if (!q["ignore"].is_array()) {
+    return invalid_input(at + ".ignore: expected a list of module names, got " +
+                         json_brief(q["ignore"]));
+  }
+  for (const json& x : q["ignore"]) {
+    if (x.is_string()) ignore.push_back(x.get<std::string>());
+  }
+  return ignore;
+}
+
+}  // namespace
+
+Result<QuantScheme> quant_config_from_json(const json& j) {
+  const std::string at = "quantization_config";
+  if (!j.is_object()) return invalid_input(at + ": expected an object, got " + json_brief(j));
+  QuantScheme s;
+  SHRINK_ASSIGN_OR_RETURN(s.bits, weight_bits_of_format(j, at));
+  std::string gat;
+  SHRINK_ASSIGN_OR_RETURN(const json* g, the_config_group(j, at, &gat));
+  SHRINK_RETURN_IF_ERROR(read_weights(*g, gat, &s));
+  SHRINK_RETURN_IF_ERROR(read_input_activations(*g, gat, &s));
+  SHRINK_ASSIGN_OR_RETURN(s.ignore, read_ignore(j, at));
   return s;
+}
+
+std::string quant_scheme_name(const QuantScheme& s) {
+  std::string n = s.activations != "none" ? "w8a8-" + s.activations
+                  : s.bits == 4           ? (s.symmetric ? "w4a16" : "w4a16-asym")
+                                          : "w8a16";
+  if (s.weight_strategy == "group") n += "/g" + std::to_string(s.group_size);
+  if (s.weight_strategy == "tensor") n += "/tensor";
+  return n;
+}
+
+Status quant_scheme_check_channel_or_group(const QuantScheme& s) {
+  if (s.weight_strategy == "channel" || s.weight_strategy == "group") return Status::ok();
+  return invalid_input("quantization_config: weights.strategy '" + s.weight_strategy +
+                       "' is not supported here; expected 'channel' or 'group' (per-tensor "
+                       "scales are read by the runtime only)");
 }
 
 Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& in_features) {

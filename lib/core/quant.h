@@ -3,7 +3,15 @@
 // clamping rules, and the activation-range observers over histograms.
 //
 // Arithmetic (the one definition every backend follows):
-//   q = clamp(round_half_even(x / scale), -127, 127),  x^ = q * scale
+//   q = clamp(round_half_even(x * (1 / scale)), -127, 127),  x^ = q * scale
+// Weights multiply by the reciprocal of the scale, computed once per row or group, rather than
+// dividing each value: that is how `shrink quantize` computes them (train::quantize_weight, a
+// broadcast multiply by 1 / scale), and every other weight quantizer (quantize_value below,
+// runtime::quant_weight_s8 and so the runtime's int8 lm_head, tests/export/util.h) does the
+// same so that all of them write the same int8 values. x * (1 / scale) can differ from
+// x / scale in the last bit, which moves a value lying on a rounding boundary by one step.
+// Activations are quantized in the runtime's kernels by an IEEE division, x / scale
+// (kernels/cpu/quantize, kernels/cuda/common.cuh), which every SIMD variant reproduces exactly.
 // Symmetric int8 uses [-127, 127], not [-128, 127]: the range is symmetric so that -x
 // quantizes to -q, and every value is also valid for loaders that assume [-128, 127].
 // Weights: one scale per output channel (max|w_row| / 127) or per group of `group_size`
@@ -34,12 +42,13 @@ namespace shrink::core {
 
 constexpr int kQMax = 127;
 /// 4-bit weights (W4A16, compressed-tensors "pack-quantized"): scale = max|w| / 7 per group,
-/// q = clamp(round_half_even(w / scale), -8, 7), so round-to-nearest gives [-7, 7] and GPTQ's
-/// error feedback may use -8. Stored as q + 8 in nibbles, eight per little-endian int32 word, the
-/// k-th value of a row in bits 4 (k % 8) of word k / 8 (so byte j holds values 2j and 2j + 1).
+/// q = clamp(round_half_even(w * (1 / scale)), -8, 7), so round-to-nearest gives [-7, 7] and
+/// GPTQ's error feedback may use -8. Stored as q + 8 in nibbles, eight per little-endian int32
+/// word, the k-th value of a row in bits 4 (k % 8) of word k / 8 (so byte j holds values 2j and
+/// 2j + 1).
 /// Asymmetric 4-bit (compressed-tensors W4A16_ASYM, `symmetric: false`): per group,
 /// lo = min(w, 0), hi = max(w, 0), scale = (hi - lo) / 15, zero point
-/// zp = clamp(round(-8 - lo / scale), -8, 7), q = clamp(round(w / scale + zp), -8, 7) and
+/// zp = clamp(round(-8 - lo / scale), -8, 7), q = clamp(round(w * (1 / scale) + zp), -8, 7) and
 /// w^ = (q - zp) * scale; q packs as above and the zero points [out, groups] pack along the
 /// output dimension (int4_pack_rows).
 constexpr int kQMax4 = 7;
@@ -77,23 +86,37 @@ inline int8_t quantize_value(float x, float inv_scale) {
   return int8_t(r);
 }
 
+/// A quantization scheme: what `shrink quantize` writes and every reader of a quantized model
+/// directory (the runtime, the LibTorch loader, the ONNX exporter, shrink inspect) reads, through
+/// the one parser below.
 struct QuantScheme {
   int bits = 8;                             // 8, or 4 (weights only: W4A16, format pack-quantized)
-  std::string weight_strategy = "channel";  // channel | group
+  std::string weight_strategy = "channel";  // channel | group | tensor (one scale; runtime only)
   int64_t group_size = 0;                    // for group
   bool symmetric = true;                     // false: 4-bit weights with zero points (see kQMax4)
   std::string actorder;                      // GPTQ's: "" (none), static, group (weight_g_idx)
   std::string activations = "none";          // none (W8A16) | static (per tensor) | dynamic (per token)
   std::string observer = "minmax";           // static activations: minmax|ema|percentile|mse|entropy
-  std::vector<std::string> ignore;           // module names left in float (e.g. lm_head)
-  bool is_w8a8() const { return activations != "none"; }
+  std::vector<std::string> ignore;           // module names (or "re:<regex>") left in float
 };
 
 /// The `quantization_config` object of config.json for a scheme (compressed-tensors, format
 /// "int-quantized", or "pack-quantized" for 4 bits; quantization_status "compressed").
 nlohmann::json quant_config_to_json(const QuantScheme& s);
-/// Parse it back; errors name the offending field.
+/// Parse and validate it: compressed-tensors with one config group targeting Linear, int
+/// weights of 8 bits (int-quantized, naive-quantized; format defaults to int-quantized) or 4
+/// (pack-quantized), zero points for 4-bit weights only, and int8 input activations (static per
+/// tensor or dynamic per token, 8-bit weights only). An unsupported scheme (3 bits, asymmetric
+/// 8-bit, fp8, several config groups) must fail with kInvalidInput, never run with wrong numbers:
+/// errors name the field from "quantization_config", the value and what is supported.
 Result<QuantScheme> quant_config_from_json(const nlohmann::json& j);
+/// "w8a16", "w4a16", "w4a16-asym", "w8a8-static" or "w8a8-dynamic", with "/g<size>" for
+/// group-wise and "/tensor" for per-tensor weight scales, as runtime::Engine::describe() and the
+/// ONNX exporter name a scheme.
+std::string quant_scheme_name(const QuantScheme& s);
+/// The ahead-of-time readers (the LibTorch loader, the ONNX exporter) take one weight scale per
+/// channel or group; a per-tensor scheme, which the runtime reads, is kInvalidInput there.
+Status quant_scheme_check_channel_or_group(const QuantScheme& s);
 /// The group size a 4-bit scheme takes when none is given: the largest of 128, 64 and 32 that
 /// divides every input width (32 when none does).
 int64_t int4_default_group(const std::vector<int64_t>& in_features);

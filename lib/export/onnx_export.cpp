@@ -616,15 +616,10 @@ uint64_t estimate_bytes(const core::ModelConfig& c, const core::Checkpoint& ck) 
   return n;
 }
 
+// 4-bit weights export as int8 DequantizeLinear inputs holding values in [-8, 7] (opset 17 has
+// no int4 type): the same numbers, stored at 8 bits, so the scheme keeps its name.
 std::string scheme_name(const core::QuantScheme* s) {
-  if (!s) return "f32";
-  // 4-bit weights export as int8 DequantizeLinear inputs holding values in [-8, 7] (opset 17
-  // has no int4 type): the same numbers, stored at 8 bits.
-  std::string n = s->activations == "none"
-                      ? (s->bits == 4 ? (s->symmetric ? "w4a16" : "w4a16-asym") : "w8a16")
-                      : "w8a8-" + s->activations;
-  if (s->weight_strategy == "group") n += "/g" + std::to_string(s->group_size);
-  return n;
+  return s ? core::quant_scheme_name(*s) : "f32";
 }
 
 }  // namespace
@@ -643,7 +638,8 @@ OnnxExportResult onnx_export(const std::string& model_dir, const std::string& ou
   std::unique_ptr<core::QuantScheme> scheme;
   if (cfg.has_quantization()) {
     Result<core::QuantScheme> s = core::quant_config_from_json(cfg.raw["quantization_config"]);
-    if (!s.is_ok()) fail(s.status().code(), model_dir + "/config.json: " + s.status().message());
+    const Status st = s.is_ok() ? core::quant_scheme_check_channel_or_group(*s) : s.status();
+    if (!st.is_ok()) fail(st.code(), model_dir + "/config.json: " + st.message());
     scheme = std::make_unique<core::QuantScheme>(s.value());
   }
   core::Checkpoint ck = core::Checkpoint::open(model_dir).take_or_throw();

@@ -1,4 +1,4 @@
-// perplexity / generate / bench / tokens_load (see api.h).
+// perplexity / generate / bench (see api.h).
 #include "runtime/api.h"
 
 #include <sys/resource.h>
@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 
 #include "core/dataset.h"
 #include "core/fs.h"
@@ -27,53 +26,6 @@ double log_sum_exp(const float* x, int64_t V) {
   double z = 0;
   for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - double(mx));
   return double(mx) + std::log(z);
-}
-
-Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
-                                 const TokenSource& src) {
-  SHRINK_CHECK(core::path_exists(src.data), StatusCode::kNotFound, "%s: no such file or directory",
-               src.data.c_str());
-  LoadedTokens out;
-  if (core::dataset_is_tokens(src.data)) {
-    const bool dir = core::is_directory(src.data);
-    const std::string split = src.split == "auto" ? (dir ? "val" : "all") : src.split;
-    SHRINK_ASSIGN_OR_RETURN(core::Split s, core::split_from_name(split));
-    SHRINK_ASSIGN_OR_RETURN(core::TokenDataset ds, core::TokenDataset::open(src.data, s));
-    uint64_t n = ds.size();
-    if (src.max_tokens) n = std::min<uint64_t>(n, src.max_tokens);
-    out.tokens.resize(n);
-    if (n) ds.read(0, n, out.tokens.data());
-    out.description = src.data + " (token shards, split " + split + ")";
-  } else {
-    const std::string split = src.split == "auto" ? "all" : src.split;
-    core::TokenizeOptions to;
-    SHRINK_ASSIGN_OR_RETURN(to.split, core::split_from_name(split));
-    to.val_fraction = src.val_fraction;
-    to.seed = src.seed;
-    to.max_tokens = src.max_tokens;
-    const std::string tok_path =
-        src.tokenizer.empty() ? model_dir + "/tokenizer.json" : src.tokenizer;
-    SHRINK_CHECK(core::path_exists(tok_path), StatusCode::kInvalidInput,
-                 "%s: not found; text data needs a tokenizer. Pass --tokenizer PATH, or give "
-                 "token shards from `shrink data prepare`",
-                 tok_path.c_str());
-    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer tok, core::Tokenizer::load(tok_path));
-    SHRINK_ASSIGN_OR_RETURN(auto reader, core::TextReader::open(src.data));
-    SHRINK_ASSIGN_OR_RETURN(
-        uint64_t got, core::tokenize_stream(*reader, tok, to, [&](const std::vector<int32_t>& t) {
-          out.tokens.insert(out.tokens.end(), t.begin(), t.end());
-        }));
-    (void)got;
-    out.description =
-        src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
-        (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") + ")";
-  }
-  for (size_t i = 0; i < out.tokens.size(); ++i) {
-    SHRINK_CHECK(out.tokens[i] >= 0 && out.tokens[i] < vocab_size, StatusCode::kInvalidInput,
-                 "%s: token %d at position %zu is outside the model's vocabulary (vocab_size %lld)",
-                 src.data.c_str(), out.tokens[i], i, (long long)vocab_size);
-  }
-  return out;
 }
 
 Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,

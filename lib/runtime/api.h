@@ -1,9 +1,7 @@
 // What shrink-rt does with an engine: perplexity (the definition of `shrink eval`, through
 // core::eval_windows), generation (that of `shrink generate`: prefill, then one token at a time,
-// core::Sampler, stop at EOS), and the throughput benchmark. Token loading repeats the rules of
-// train::tokens_load (token shards: split "auto" = val for directories, all for a .tok file;
-// text: the model's tokenizer.json, split all), which live in lib/train and so cannot be
-// called from here. TODO(#6): move tokens_load into lib/core so both sides share one copy.
+// core::Sampler, stop at EOS), and the throughput benchmark. Tokens come from core::tokens_load
+// (core/tokens.h), the loader `shrink eval` uses too.
 // Tested in tests/runtime/test_engine.cpp and tests/cli/test_rt_cli.sh.
 #pragma once
 
@@ -19,22 +17,6 @@
 #include "runtime/engine.h"
 
 namespace shrink::runtime {
-
-struct TokenSource {
-  std::string data;
-  std::string tokenizer;       // empty = <model_dir>/tokenizer.json
-  std::string split = "auto";  // train | val | all | auto
-  double val_fraction = 0.05;
-  uint64_t seed = 0;
-  uint64_t max_tokens = 0;  // 0 = all
-};
-struct LoadedTokens {
-  std::vector<int32_t> tokens;
-  std::string description;
-};
-/// Tokens from shards or text, every id checked against vocab_size.
-Result<LoadedTokens> tokens_load(const std::string& model_dir, int64_t vocab_size,
-                                 const TokenSource& src);
 
 struct PerplexityResult {
   double perplexity = 0, mean_nll = 0;

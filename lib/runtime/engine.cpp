@@ -62,15 +62,17 @@ class CheckpointSource : public TensorSource {
 // on its own. Linear weights come as I8 + weight_scale when int8 is requested.
 class RandomSource : public TensorSource {
  public:
-  // bits 8 or 4 when int8 (4: values in [-8, 7], as a W4A16 checkpoint presents them); group
-  // 0 = one scale per output channel.
-  // asym: 4-bit zero points too (I8 [out, groups], uniform in [-8, 7]).
-  RandomSource(const core::ModelConfig& c, bool int8, uint64_t seed, int bits = 8,
-               int64_t group = 0, bool asym = false)
-      : int8_(int8), seed_(seed), bits_(bits) {
+  // A float model without a scheme; else int8 linears of scheme->bits (4: values in [-8, 7], as
+  // a W4A16 checkpoint presents them), one scale per output channel or per group, and for
+  // asymmetric schemes 4-bit zero points too (I8 [out, groups], uniform in [-8, 7]).
+  RandomSource(const core::ModelConfig& c, const std::optional<core::QuantScheme>& scheme,
+               uint64_t seed)
+      : int8_(scheme.has_value()), seed_(seed), bits_(scheme ? scheme->bits : 8) {
+    const int64_t group = scheme && scheme->weight_strategy == "group" ? scheme->group_size : 0;
+    const bool asym = scheme && !scheme->symmetric;
     for (const core::TensorSpec& s : core::expected_tensors(c)) {
       specs_[s.name] = s;
-      if (int8 && core::tensor_role_is_linear(s.role) && s.shape.size() == 2) {
+      if (int8_ && core::tensor_role_is_linear(s.role) && s.shape.size() == 2) {
         std::string m = s.name.substr(0, s.name.size() - 7);  // strip ".weight"
         core::TensorSpec sc = s;
         sc.name = m + ".weight_scale";
@@ -179,19 +181,6 @@ Status check_kv_cache_size(const core::ModelConfig& c, const EngineOptions& opts
   return Status::ok();
 }
 
-// The checkpoint's layout for core::checkpoint_check, the one validator every reader calls.
-core::QuantLayout quant_layout(const QuantScheme& s) {
-  core::QuantLayout q;
-  q.strategy = s.strategy == WeightStrategy::kGroup    ? "group"
-               : s.strategy == WeightStrategy::kTensor ? "tensor"
-                                                       : "channel";
-  q.group_size = s.group_size;
-  q.symmetric = s.symmetric;
-  q.static_input = s.act == ActQuant::kStatic;
-  q.ignore = s.ignore;
-  return q;
-}
-
 }  // namespace
 
 // ---- the engine ------------------------------------------------------------------------------
@@ -208,7 +197,7 @@ struct LayerW {
 
 struct Engine::Impl {
   core::ModelConfig cfg;
-  QuantScheme scheme;
+  std::optional<core::QuantScheme> scheme;  // nullopt: a float model
   EngineOptions opts;
   int64_t max_seq = 0;
   std::unique_ptr<Backend> be;
@@ -243,13 +232,14 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
   SHRINK_CHECK(src.find(module + ".weight", &w), StatusCode::kInvalidInput, "%s: missing %s.weight",
                src.origin().c_str(), module.c_str());
   if (w.dtype == core::DType::kI8) {
-    SHRINK_CHECK(scheme.quantized, StatusCode::kInvalidInput,
+    SHRINK_CHECK(scheme.has_value(), StatusCode::kInvalidInput,
                  "%s: %s.weight is I8 but config.json has no quantization_config",
                  src.origin().c_str(), module.c_str());
-    d.kind = scheme.act == ActQuant::kNone ? LinearKind::kW8A16 : LinearKind::kW8A8;
+    d.act = act_quant_of(*scheme);
+    d.kind = d.act == ActQuant::kNone ? LinearKind::kW8A16 : LinearKind::kW8A8;
     d.q.assign(reinterpret_cast<const int8_t*>(w.data),
                reinterpret_cast<const int8_t*>(w.data) + out * in);
-    if (scheme.bits == 4) {
+    if (scheme->bits == 4) {
       for (size_t i = 0; i < d.q.size(); ++i) {
         SHRINK_CHECK(d.q[i] >= core::kQMin4 && d.q[i] <= core::kQMax4, StatusCode::kInvalidInput,
                      "%s: %s.weight[%zu, %zu] is %d; expected a 4-bit value in [-8, 7] "
@@ -263,16 +253,15 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     SHRINK_CHECK(src.find(module + ".weight_scale", &sc), StatusCode::kInvalidInput,
                  "%s: missing %s.weight_scale", src.origin().c_str(), module.c_str());
     std::vector<float> s = to_f32(sc);
-    if (scheme.strategy == WeightStrategy::kGroup) {
-      d.group = scheme.group_size;
+    if (scheme->weight_strategy == "group") {
+      d.group = scheme->group_size;
       d.scale = std::move(s);
     } else {
       d.group = in;
-      d.scale = scheme.strategy == WeightStrategy::kTensor ? std::vector<float>(size_t(out), s[0])
-                                                          : std::move(s);
+      d.scale = scheme->weight_strategy == "tensor" ? std::vector<float>(size_t(out), s[0])
+                                                    : std::move(s);
     }
-    d.act = scheme.act;
-    if (scheme.act == ActQuant::kStatic) {
+    if (d.act == ActQuant::kStatic) {
       SrcTensor is;
       SHRINK_CHECK(src.find(module + ".input_scale", &is), StatusCode::kInvalidInput,
                    "%s: missing %s.input_scale", src.origin().c_str(), module.c_str());
@@ -287,7 +276,7 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
                    module.c_str());
     }
     src.release(module + ".weight_scale");
-    if (scheme.symmetric) {  // stored zero points must be zeros (compressed-tensors may write them)
+    if (scheme->symmetric) {  // stored zero points must be zeros (compressed-tensors writes some)
       SrcTensor zt;
       if (src.find(module + ".weight_zero_point", &zt)) {
         const bool zero =
@@ -405,20 +394,12 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
 
 namespace {
 
-// Per-output-channel symmetric int8 of a float [out, in] matrix: scale = max|w| / 127, round
-// half to even, clamp to [-127, 127] (core/quant.h), the scheme `shrink quantize` writes.
+// Per-output-channel symmetric int8 of a float [out, in] matrix (quant_weight_s8), the scheme
+// `shrink quantize` writes.
 void desc_quantize_w8a16(LinearDesc& d, const float* w) {
   d.q.resize(size_t(d.out * d.in));
   d.scale.resize(size_t(d.out));
-  for (int64_t r = 0; r < d.out; ++r) {
-    const float* row = w + r * d.in;
-    float amax = 0;
-    for (int64_t i = 0; i < d.in; ++i) amax = std::max(amax, std::fabs(row[i]));
-    const float s = amax > 0 ? amax / float(core::kQMax) : 1.0f;
-    const float inv = 1.0f / s;
-    for (int64_t i = 0; i < d.in; ++i) d.q[size_t(r * d.in + i)] = core::quantize_value(row[i], inv);
-    d.scale[size_t(r)] = s;
-  }
+  quant_weight_s8(w, d.out, d.in, d.in, d.q.data(), d.scale.data());
   d.kind = LinearKind::kW8A16;
   d.group = d.in;
   d.w.clear();
@@ -589,6 +570,36 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   return impl;
 }
 
+// config.json's quantization scheme (nullopt: a float model); errors name the file.
+Result<std::optional<core::QuantScheme>> scheme_of_config(const core::ModelConfig& cfg,
+                                                          const std::string& origin) {
+  if (!cfg.has_quantization()) return std::optional<core::QuantScheme>();
+  Result<core::QuantScheme> s = core::quant_config_from_json(cfg.raw["quantization_config"]);
+  if (!s.is_ok()) return s.status().with_context(origin);
+  return std::optional<core::QuantScheme>(std::move(s).value());
+}
+
+// The scheme of a random model's --dtype: f32 (none), w8a16 or w8a8 (dynamic) per channel, or
+// w4a16[-asym] with the groups `shrink quantize` picks.
+Result<std::optional<core::QuantScheme>> scheme_of_dtype(const core::ModelConfig& cfg,
+                                                         const std::string& dtype) {
+  core::QuantScheme s;
+  if (dtype == "w8a16" || dtype == "w8a8") {
+    s.activations = dtype == "w8a8" ? "dynamic" : "none";
+  } else if (dtype == "w4a16" || dtype == "w4a16-asym") {
+    s.bits = 4;
+    s.symmetric = dtype == "w4a16";
+    s.weight_strategy = "group";
+    s.group_size = core::int4_default_group({cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size});
+  } else {
+    SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
+                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16, w4a16-asym or w8a8",
+                 dtype.c_str());
+    return std::optional<core::QuantScheme>();
+  }
+  return std::optional<core::QuantScheme>(std::move(s));
+}
+
 }  // namespace
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -598,14 +609,12 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
                                              const EngineOptions& opts) {
   SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(model_dir));
   const std::string origin = model_dir + "/config.json";
-  SHRINK_ASSIGN_OR_RETURN(QuantScheme scheme, quant_scheme_parse(cfg, origin));
+  SHRINK_ASSIGN_OR_RETURN(std::optional<core::QuantScheme> scheme, scheme_of_config(cfg, origin));
   SHRINK_ASSIGN_OR_RETURN(core::Checkpoint ckpt, core::Checkpoint::open(model_dir));
-  const core::QuantLayout layout = quant_layout(scheme);
-  SHRINK_RETURN_IF_ERROR(
-      core::checkpoint_check(cfg, ckpt, scheme.quantized ? &layout : nullptr));
+  SHRINK_RETURN_IF_ERROR(core::checkpoint_check(cfg, ckpt));
   CheckpointSource src(std::move(ckpt));
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin));
-  impl->scheme = scheme;
+  impl->scheme = std::move(scheme);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -613,37 +622,22 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
 Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& cfg,
                                                       const std::string& dtype, uint64_t seed,
                                                       const EngineOptions& opts) {
-  QuantScheme scheme;
-  if (dtype == "w8a16" || dtype == "w8a8") {
-    scheme.quantized = true;
-    scheme.strategy = WeightStrategy::kChannel;
-    scheme.act = dtype == "w8a8" ? ActQuant::kDynamic : ActQuant::kNone;
-  } else if (dtype == "w4a16" || dtype == "w4a16-asym") {  // the groups `shrink quantize` picks
-    scheme.quantized = true;
-    scheme.bits = 4;
-    scheme.symmetric = dtype == "w4a16";
-    scheme.strategy = WeightStrategy::kGroup;
-    scheme.group_size =
-        core::int4_default_group({cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size});
-  } else {
-    SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
-                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16, w4a16-asym or w8a8",
-                 dtype.c_str());
-  }
+  SHRINK_ASSIGN_OR_RETURN(std::optional<core::QuantScheme> scheme, scheme_of_dtype(cfg, dtype));
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model"));
   impl->scheme = scheme;
-  RandomSource src(cfg, scheme.quantized, seed, scheme.bits, scheme.group_size, !scheme.symmetric);
+  RandomSource src(cfg, scheme, seed);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
 const core::ModelConfig& Engine::config() const { return impl_->cfg; }
-const QuantScheme& Engine::scheme() const { return impl_->scheme; }
+const std::optional<core::QuantScheme>& Engine::scheme() const { return impl_->scheme; }
 int64_t Engine::max_seq_len() const { return impl_->max_seq; }
 int Engine::max_batch() const { return impl_->opts.max_batch; }
 uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
 std::string Engine::describe() const {
-  return std::string(core::arch_name(impl_->cfg.arch)) + ", " + quant_scheme_name(impl_->scheme) +
+  const std::string scheme = impl_->scheme ? core::quant_scheme_name(*impl_->scheme) : "f32";
+  return std::string(core::arch_name(impl_->cfg.arch)) + ", " + scheme +
          (impl_->opts.kv_cache == "f32" ? "" : ", " + impl_->opts.kv_cache + " kv cache") + ", " +
          impl_->be->describe();
 }

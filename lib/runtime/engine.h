@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -79,7 +80,8 @@ class Engine {
   ~Engine();
 
   const core::ModelConfig& config() const;
-  const QuantScheme& scheme() const;
+  /// The quantization scheme of config.json; nullopt for a float model.
+  const std::optional<core::QuantScheme>& scheme() const;
   int64_t max_seq_len() const;
   int max_batch() const;
   /// "LlamaForCausalLM, w8a8-dynamic, cpu avx512vnni, gemm onednn 2.6.3, 1 thread".

@@ -315,7 +315,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
   Engine& ref = *engines.reference;
   Engine& cmp = *engines.compact;
   const int64_t V = ref.config().vocab_size;
-  SHRINK_ASSIGN_OR_RETURN(LoadedTokens data, tokens_load(reference_dir, V, o.source));
+  SHRINK_ASSIGN_OR_RETURN(core::LoadedTokens data, core::tokens_load(reference_dir, V, o.source));
   VerifyResult r;
   r.engine_reference = ref.describe();
   r.engine_compact = cmp.describe();

@@ -21,12 +21,13 @@
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "core/tokens.h"
 #include "runtime/api.h"
 
 namespace shrink::runtime {
 
 struct VerifyOptions {
-  TokenSource source;            // evaluation data (tokenized with the reference's tokenizer)
+  core::TokenSource source;      // evaluation data (tokenized with the reference's tokenizer)
   int64_t seq_len = 256;
   double max_ppl_increase = -1;  // e.g. 0.05 = at most +5% perplexity; < 0: no gate
   double min_speedup = -1;       // compact decode tok/s / reference decode tok/s; < 0: no gate

@@ -1,5 +1,5 @@
-// Implementation of the LibTorch-free entry points in api.h: environment (threads, BLAS), token
-// loading, perplexity, generation and random init.
+// Implementation of the LibTorch-free entry points in api.h: environment (threads, BLAS),
+// perplexity, generation and random init.
 //
 // Perplexity follows core::eval_windows exactly (the shared definition with the runtime):
 // non-overlapping windows of seq_len tokens, each scoring len-1 next-token predictions, NLL
@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 
 #include "core/fs.h"
 #include "core/progress.h"
@@ -22,7 +21,6 @@
 
 namespace shrink::train {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 EnvInfo env_init(int threads) {
@@ -67,54 +65,6 @@ core::Tokenizer tokenizer_for(const std::string& model_dir, const std::string& o
 
 }  // namespace
 
-LoadedTokens tokens_load(const std::string& model_dir, const TokenSource& src, bool progress) {
-  core::ModelConfig cfg = core::config_load(model_dir).take_or_throw();
-  if (!core::path_exists(src.data)) {
-    throw Error(StatusCode::kNotFound, src.data + ": no such file or directory");
-  }
-  LoadedTokens out;
-  if (core::dataset_is_tokens(src.data)) {
-    bool dir = fs::is_directory(src.data);
-    std::string split = src.split == "auto" ? (dir ? "val" : "all") : src.split;
-    core::Split s = core::split_from_name(split).take_or_throw();
-    core::TokenDataset ds = core::TokenDataset::open(src.data, s).take_or_throw();
-    uint64_t n = ds.size();
-    if (src.max_tokens) n = std::min<uint64_t>(n, src.max_tokens);
-    out.tokens.resize(n);
-    if (n) ds.read(0, n, out.tokens.data());
-    out.split = split;
-    out.description = src.data + " (token shards, split " + split + ")";
-  } else {
-    std::string split = src.split == "auto" ? "all" : src.split;
-    core::TokenizeOptions to;
-    to.split = core::split_from_name(split).take_or_throw();
-    to.val_fraction = src.val_fraction;
-    to.seed = src.seed;
-    to.max_tokens = src.max_tokens;
-    core::Tokenizer tok = tokenizer_for(model_dir, src.tokenizer, "text data");
-    auto reader = core::TextReader::open(src.data).take_or_throw();
-    core::Progress prog("tokenize", reader->bytes_total(), "B", progress);
-    core::tokenize_stream(*reader, tok, to, [&](const std::vector<int32_t>& t) {
-      out.tokens.insert(out.tokens.end(), t.begin(), t.end());
-      prog.update(reader->bytes_read());
-    }).take_or_throw();
-    prog.finish();
-    out.split = split;
-    out.description = src.data + " (text, split " + split + ", tokenizer " + tok.fingerprint() +
-                      (tok.document_prefix().empty() ? "" : ", its template's BOS at each document start") +
-                      ")";
-  }
-  for (size_t i = 0; i < out.tokens.size(); ++i) {
-    if (out.tokens[i] < 0 || out.tokens[i] >= cfg.vocab_size) {
-      throw Error(StatusCode::kInvalidInput,
-                  src.data + ": token " + std::to_string(out.tokens[i]) + " at position " +
-                      std::to_string(i) + " is outside the model's vocabulary (vocab_size " +
-                      std::to_string(cfg.vocab_size) + ")");
-    }
-  }
-  return out;
-}
-
 EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts) {
   core::ModelConfig cfg = core::config_load(model_dir).take_or_throw();
   int64_t seq_len = opts.seq_len ? opts.seq_len : std::min<int64_t>(512, cfg.max_position_embeddings);
@@ -127,7 +77,8 @@ EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts
   }
   CausalLM model = model_load(model_dir);
   model->eval();
-  LoadedTokens data = tokens_load(model_dir, opts.source, opts.progress);
+  core::LoadedTokens data =
+      core::tokens_load(model_dir, cfg.vocab_size, opts.source, opts.progress).take_or_throw();
   std::vector<core::EvalWindow> windows = core::eval_windows(data.tokens.size(), seq_len);
   if (windows.empty()) {
     throw Error(StatusCode::kInvalidInput,

@@ -13,6 +13,7 @@
 #include "core/dataset.h"
 #include "core/model_config.h"
 #include "core/sampling.h"
+#include "core/tokens.h"
 
 namespace shrink::train {
 
@@ -26,25 +27,8 @@ EnvInfo env_init(int threads);
 /// A warning line for a reference (unoptimized) BLAS, empty otherwise.
 std::string env_blas_warning(const EnvInfo& e);
 
-/// Tokens for evaluation or calibration: from a token shard file/dir, or from text (a file, a
-/// directory, .jsonl, fortune files) tokenized with the model's tokenizer.
-struct TokenSource {
-  std::string data;            // path
-  std::string tokenizer;       // tokenizer.json; empty = <model_dir>/tokenizer.json
-  std::string split = "auto";  // train|val|all|auto (auto: val for shard dirs, all otherwise)
-  double val_fraction = 0.05;
-  uint64_t seed = 0;
-  uint64_t max_tokens = 0;  // 0 = all
-};
-struct LoadedTokens {
-  std::vector<int32_t> tokens;
-  std::string description;  // "fortunes (text, split all, tokenizer <fp>)"
-  std::string split;
-};
-LoadedTokens tokens_load(const std::string& model_dir, const TokenSource& src, bool progress);
-
 struct EvalOptions {
-  TokenSource source;
+  core::TokenSource source;  // core/tokens.h
   int64_t seq_len = 0;  // 0 = min(512, max_position_embeddings)
   int64_t batch = 8;    // windows per forward pass
   bool progress = false;

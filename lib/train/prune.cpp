@@ -373,12 +373,13 @@ struct StatsTap : LinearTap {
 };
 
 std::vector<int32_t> calibration_tokens(const PruneOptions& o, int64_t* n_seq) {
-  TokenSource src;
+  core::TokenSource src;
   src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
   src.tokenizer = o.tokenizer;
   src.split = "train";  // calibrate on training data; perplexity is measured on val
   src.max_tokens = uint64_t(o.calib_samples * o.calib_len);
-  LoadedTokens t = tokens_load(o.model, src, o.progress);
+  const int64_t vocab_size = core::config_load(o.model).take_or_throw().vocab_size;
+  core::LoadedTokens t = core::tokens_load(o.model, vocab_size, src, o.progress).take_or_throw();
   *n_seq = int64_t(t.tokens.size()) / o.calib_len;
   if (*n_seq < 1) {
     bad(src.data + ": " + std::to_string(t.tokens.size()) + " calibration tokens are fewer than "
@@ -502,12 +503,12 @@ PruneResult prune_run(const PruneOptions& o) {
   // Validation tokens for before/after perplexity (the val split; same definition as eval).
   std::vector<int32_t> val;
   if (o.eval_tokens > 0) {
-    TokenSource src;
+    core::TokenSource src;
     src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
     src.tokenizer = o.tokenizer;
     src.split = "val";
     src.max_tokens = o.eval_tokens;
-    val = tokens_load(o.model, src, false).tokens;
+    val = core::tokens_load(o.model, cfg.vocab_size, src).take_or_throw().tokens;
   }
   const int64_t params_before = m->num_parameters();
   const double nll_before = val_nll(m, val, o.eval_seq_len);

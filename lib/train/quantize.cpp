@@ -420,6 +420,7 @@ std::string group_head(const std::string& module) {
 }  // namespace
 
 void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantScheme& s) {
+  throw_if_error(core::quant_scheme_check_channel_or_group(s));
   torch::NoGradGuard ng;
   auto tap = std::make_shared<FakeQuantTap>();
   tap->mode = s.activations;
@@ -675,12 +676,12 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
 
   // Data: calibration from the train split, evaluation from val (as `shrink eval`).
   auto load = [&](const std::string& split, uint64_t max) {
-    TokenSource src;
+    core::TokenSource src;
     src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
     src.tokenizer = o.tokenizer;
     src.split = split;
     src.max_tokens = max;
-    return tokens_load(o.model, src, false).tokens;
+    return core::tokens_load(o.model, cfg.vocab_size, src).take_or_throw().tokens;
   };
   std::vector<int32_t> calib = load("train", uint64_t(o.calib_samples * o.calib_len));
   const int64_t N = int64_t(calib.size()) / o.calib_len;

@@ -42,7 +42,7 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   j4["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
   // 4 bits must come with the pack-quantized format, and round-trip with it.
   EXPECT_NE(quant_config_from_json(j4).status().message().find(
-                "num_bits 4 with format 'int-quantized' is not supported"),
+                "weights.num_bits: 4 is not supported here; expected 8 (format int-quantized"),
             std::string::npos);
   QuantScheme w4;
   w4.bits = 4;
@@ -102,7 +102,8 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   EXPECT_TRUE(quant_scheme_validate(*backa, {256}).is_ok());
   auto j8a = j;
   j8a["config_groups"]["group_0"]["weights"]["symmetric"] = false;
-  EXPECT_NE(quant_config_from_json(j8a).status().message().find("symmetric false with 8 bits"),
+  EXPECT_NE(quant_config_from_json(j8a).status().message().find(
+                "weights.symmetric: false is not supported here"),
             std::string::npos);
   QuantScheme a8;
   a8.symmetric = false;
@@ -119,6 +120,48 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   EXPECT_NE(quant_scheme_validate(g, {128, 96}).message().find("does not divide the input width K = 96"),
             std::string::npos);
   EXPECT_TRUE(quant_scheme_validate(g, {128, 192}).is_ok());
+}
+
+// The runtime reads the same configs through the same parser: per-tensor weight scales (which
+// only the runtime runs), a missing format (int-quantized), and the scheme's name as the
+// engine's describe() and the ONNX exporter print it; unsupported groups and targets are errors.
+TEST(Quant, OneParserForEveryReader) {
+  QuantScheme t;
+  t.weight_strategy = "tensor";
+  t.activations = "dynamic";
+  nlohmann::json j = quant_config_to_json(t);
+  j.erase("format");
+  auto back = quant_config_from_json(j);
+  ASSERT_TRUE(back.is_ok()) << back.status().message();
+  EXPECT_EQ(back->weight_strategy, "tensor");
+  EXPECT_EQ(back->bits, 8);
+  EXPECT_EQ(quant_scheme_name(*back), "w8a8-dynamic/tensor");
+  EXPECT_NE(quant_scheme_check_channel_or_group(*back).message().find("per-tensor scales"),
+            std::string::npos);
+  QuantScheme g4;
+  g4.bits = 4;
+  g4.symmetric = false;
+  g4.weight_strategy = "group";
+  g4.group_size = 32;
+  EXPECT_EQ(quant_scheme_name(g4), "w4a16-asym/g32");
+  EXPECT_TRUE(quant_scheme_check_channel_or_group(g4).is_ok());
+  EXPECT_EQ(quant_scheme_name(QuantScheme{}), "w8a16");
+  auto expect_error = [](nlohmann::json bad, const std::string& want) {
+    auto r = quant_config_from_json(bad);
+    ASSERT_FALSE(r.is_ok()) << want;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput);
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  };
+  nlohmann::json two = quant_config_to_json(QuantScheme{});
+  two["config_groups"]["group_1"] = two["config_groups"]["group_0"];
+  expect_error(two, "quantization_config.config_groups: expected exactly one group");
+  nlohmann::json emb = quant_config_to_json(QuantScheme{});
+  emb["config_groups"]["group_0"]["targets"] = {"Embedding"};
+  expect_error(emb, "targets: an array of 1 item is not supported; expected [\"Linear\"]");
+  nlohmann::json act4 = quant_config_to_json(g4);
+  act4["config_groups"]["group_0"]["input_activations"] =
+      quant_config_to_json(t)["config_groups"]["group_0"]["input_activations"];
+  expect_error(act4, "4-bit weights run with float activations (W4A16); expected null");
 }
 
 TEST(Quant, ObserversOnHandMadeDistributions) {

@@ -384,12 +384,13 @@ std::vector<float> logits_all(runtime::Engine& e, const std::vector<int32_t>& id
 
 const std::vector<int32_t> kPrompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4};
 
-runtime::QuantScheme scheme(runtime::ActQuant act, int64_t group = 0) {
-  runtime::QuantScheme s;
-  s.quantized = true;
-  s.act = act;
+core::QuantScheme scheme(runtime::ActQuant act, int64_t group = 0) {
+  core::QuantScheme s;
+  s.activations = act == runtime::ActQuant::kStatic    ? "static"
+                  : act == runtime::ActQuant::kDynamic ? "dynamic"
+                                                       : "none";
   if (group) {
-    s.strategy = runtime::WeightStrategy::kGroup;
+    s.weight_strategy = "group";
     s.group_size = group;
   }
   return s;

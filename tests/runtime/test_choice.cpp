@@ -213,9 +213,8 @@ TEST(Verify, TaskAccuracyOfBothModelsAndItsGate) {
   // The compact model: W8A8 with static activation scales. Its numbers are score_choices' on
   // each engine.
   const std::string q = test::temp_dir("verify_task_w8a8");
-  runtime::QuantScheme qs;
-  qs.quantized = true;
-  qs.act = runtime::ActQuant::kStatic;
+  core::QuantScheme qs;
+  qs.activations = "static";
   test::quantize_dir(model, q, qs, 0.05f);
   auto r = runtime::verify(q, model, o);
   ASSERT_TRUE(r.is_ok()) << r.status().message();

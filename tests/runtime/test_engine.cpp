@@ -19,6 +19,7 @@
 
 #include "core/dataset.h"
 #include "core/sampling.h"
+#include "core/tokens.h"
 #include "kernels/cpu/isa.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
@@ -508,12 +509,12 @@ TEST(Engine, Bf16WeightsOnCpu) {
 // ---- int8 ---------------------------------------------------------------------------------------
 
 namespace {
-runtime::QuantScheme scheme(runtime::ActQuant act, int64_t group = 0) {
-  runtime::QuantScheme s;
-  s.quantized = true;
-  s.act = act;
+// activations: none (W8A16), static or dynamic; group 0: one scale per output channel.
+core::QuantScheme scheme(const std::string& activations, int64_t group = 0) {
+  core::QuantScheme s;
+  s.activations = activations;
   if (group) {
-    s.strategy = runtime::WeightStrategy::kGroup;
+    s.weight_strategy = "group";
     s.group_size = group;
   }
   return s;
@@ -523,10 +524,10 @@ runtime::QuantScheme scheme(runtime::ActQuant act, int64_t group = 0) {
 TEST(Int8, W8a16EqualsDequantisedFloatModel) {
   for (int64_t group : {int64_t(0), int64_t(32)}) {
     const std::string q = test::temp_dir("w8a16_" + std::to_string(group)), f = q + "_deq";
-    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(runtime::ActQuant::kNone, group), 0, f);
+    test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme("none", group), 0, f);
     auto eq = load(q), ef = load(f);
     ASSERT_TRUE(eq && ef);
-    EXPECT_EQ(eq->scheme().act, runtime::ActQuant::kNone);
+    EXPECT_EQ(eq->scheme()->activations, "none");
     // x . (q * s) vs s * (x . q): float rounding only.
     EXPECT_LE(max_abs_diff(run(*eq, 0, kSeq), run(*ef, 0, kSeq)), 1e-4f) << group;
     eq->reset_all();
@@ -556,7 +557,7 @@ void expect_matches_float_at_every_isa(const std::string& q, Engine& ef,
     auto eq = Engine::load(q, o);
     if (!eq.is_ok()) continue;  // an ISA this CPU lacks
     if (!scheme_name.empty()) {
-      EXPECT_EQ(runtime::quant_scheme_name((*eq)->scheme()), scheme_name) << what;
+      EXPECT_EQ(core::quant_scheme_name(*(*eq)->scheme()), scheme_name) << what;
     }
     EXPECT_LE(max_abs_diff(run(**eq, 0, kSeq), lf), 1e-4f) << what << " " << isa;
     (*eq)->reset_all();
@@ -580,7 +581,7 @@ TEST(Int8, W4a16EqualsDequantisedFloatModel) {
   for (bool sym : {true, false})
     for (int64_t group : {int64_t(0), int64_t(32)}) {
       const std::string q = test::temp_dir("w4a16_" + std::to_string(group)), f = q + "_deq";
-      runtime::QuantScheme s = scheme(runtime::ActQuant::kNone, group);
+      core::QuantScheme s = scheme("none", group);
       s.bits = 4;
       s.symmetric = sym;
       const std::string what =
@@ -644,7 +645,7 @@ TEST(Int8, W4a16EqualsDequantisedFloatModel) {
       // 4 bits on disk: the packed file is smaller than the int8 one would be.
       const std::string q8 = q + "_w8";
       test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q8,
-                         scheme(runtime::ActQuant::kNone, group), 0);
+                         scheme("none", group), 0);
       EXPECT_LT(fs::file_size(q + "/model.safetensors"), fs::file_size(q8 + "/model.safetensors"));
       auto e4 = load(q), e8 = load(q8);
       ASSERT_TRUE(e4 && e8);
@@ -668,7 +669,7 @@ TEST(Int8, ActOrderGroupsEqualDequantisedFloatModel) {
   };
   for (C c : {C{8, true}, C{4, true}, C{4, false}}) {
     const std::string q = test::temp_dir("gidx"), f = q + "_deq";
-    runtime::QuantScheme s = scheme(runtime::ActQuant::kNone, 32);
+    core::QuantScheme s = scheme("none", 32);
     s.bits = c.bits;
     s.symmetric = c.sym;
     const std::string what = std::to_string(c.bits) + (c.sym ? " bits" : " bits asym");
@@ -713,16 +714,16 @@ TEST(Int8, ActOrderGroupsEqualDequantisedFloatModel) {
 }
 
 TEST(Int8, W8a8CloseToFloatAndDecodeEqualsFull) {
-  struct C { runtime::ActQuant act; int64_t group; };
-  for (C c : {C{runtime::ActQuant::kDynamic, 0}, C{runtime::ActQuant::kStatic, 0},
-              C{runtime::ActQuant::kDynamic, 16}}) {
+  struct C { const char* activations; int64_t group; };
+  for (C c : {C{"dynamic", 0}, C{"static", 0}, C{"dynamic", 16}}) {
     const std::string q = test::temp_dir("w8a8"), f = q + "_deq";
-    test::quantize_dir(test::fixture("qwen2_bias_tied_bf16"), q, scheme(c.act, c.group), 0.05f, f);
+    test::quantize_dir(test::fixture("qwen2_bias_tied_bf16"), q, scheme(c.activations, c.group),
+                       0.05f, f);
     auto eq = load(q), ef = load(f);
     ASSERT_TRUE(eq && ef);
     auto lq = run(*eq, 0, kSeq), lf = run(*ef, 0, kSeq);
     // Activation rounding (8 bits) moves logits by a few percent of their range here.
-    EXPECT_LE(max_rel_diff(lq, lf), 0.1f) << runtime::quant_scheme_name(eq->scheme());
+    EXPECT_LE(max_rel_diff(lq, lf), 0.1f) << core::quant_scheme_name(*eq->scheme());
     eq->reset_all();
     std::vector<float> inc = run(*eq, 0, std::vector<int32_t>(kSeq.begin(), kSeq.begin() + 9));
     for (size_t t = 9; t < kSeq.size(); ++t) {
@@ -731,7 +732,7 @@ TEST(Int8, W8a8CloseToFloatAndDecodeEqualsFull) {
     }
     // Per-token quantization makes every row independent of the batch, so decode and prefill
     // quantize identically; only the int32 -> float epilogue order differs (library vs ours).
-    EXPECT_LE(max_abs_diff(inc, lq), 1e-4f) << runtime::quant_scheme_name(eq->scheme());
+    EXPECT_LE(max_abs_diff(inc, lq), 1e-4f) << core::quant_scheme_name(*eq->scheme());
     fs::remove_all(q);
     fs::remove_all(f);
   }
@@ -766,9 +767,9 @@ TEST(Perplexity, MatchesAHandComputedDefinition) {
   o.max_seq_len = 16;
   auto e = load(test::fixture("llama_gqa_llama3rope"), o);
   ASSERT_TRUE(e);
-  runtime::TokenSource src;
+  core::TokenSource src;
   src.data = dir;
-  auto data = runtime::tokens_load(test::fixture("llama_gqa_llama3rope"), 300, src);
+  auto data = core::tokens_load(test::fixture("llama_gqa_llama3rope"), 300, src);
   ASSERT_TRUE(data.is_ok()) << data.status().message();
   ASSERT_EQ(data->tokens, toks);
   auto r = runtime::perplexity(*e, toks.data(), toks.size(), 16, 2);
@@ -828,40 +829,35 @@ TEST(BadModels, FailWithClearMessages) {
   expect_invalid(d, "GPT2LMHeadModel");
   d = copy_fixture("llama_gqa_llama3rope", "q4");
   patch_config(d, [](nlohmann::json& j) {
-    runtime::QuantScheme s;
-    s.quantized = true;
-    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+    j["quantization_config"] = core::quant_config_to_json(core::QuantScheme{});
     j["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
   });
   expect_invalid(d, "num_bits: 4 is not supported");
   patch_config(d, [](nlohmann::json& j) {  // zero points: 4-bit weights only, never per tensor
-    runtime::QuantScheme s;
-    s.quantized = true;
+    core::QuantScheme s;
     s.symmetric = false;
-    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+    j["quantization_config"] = core::quant_config_to_json(s);
   });
   expect_invalid(d, "weights.symmetric: false is not supported here");
   patch_config(d, [](nlohmann::json& j) {
-    runtime::QuantScheme s;
-    s.quantized = true;
+    core::QuantScheme s;
     s.bits = 4;
     s.symmetric = false;
-    s.strategy = runtime::WeightStrategy::kTensor;
-    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+    s.weight_strategy = "tensor";
+    j["quantization_config"] = core::quant_config_to_json(s);
   });
   expect_invalid(d, "symmetric false with strategy 'tensor' is not supported");
   patch_config(d, [](nlohmann::json& j) { j["quantization_config"]["quant_method"] = "gptq"; });
   expect_invalid(d, "quant_method: 'gptq'");
   // A quantized config over float weights, and an int8 dir missing its scales / input scales.
   patch_config(d, [](nlohmann::json& j) {
-    runtime::QuantScheme s;
-    s.quantized = true;
-    s.act = runtime::ActQuant::kStatic;
-    j["quantization_config"] = runtime::quant_scheme_to_json(s);
+    core::QuantScheme s;
+    s.activations = "static";
+    j["quantization_config"] = core::quant_config_to_json(s);
   });
   EXPECT_TRUE(Engine::load(d, EngineOptions{}).is_ok());  // float weights in a quantized dir run in float
   const std::string q = test::temp_dir("noscale");
-  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(runtime::ActQuant::kStatic));
+  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme("static"));
   {
     auto ck = core::Checkpoint::open(q).take_or_throw();
     std::vector<core::TensorView> v;

@@ -49,7 +49,7 @@ inline std::vector<float> tensor_f32(const core::SafetensorsFile& f, const std::
 /// columns, written as `weight_g_idx` I32 [in] as GPTQ's act-order groups are (llm-compressor's
 /// `actorder: group`).
 inline void quantize_dir(const std::string& src, const std::string& dst,
-                         const runtime::QuantScheme& scheme, float input_scale = 0.05f,
+                         const core::QuantScheme& scheme, float input_scale = 0.05f,
                          const std::string& dequant_dst = "", bool act_order_groups = false) {
   core::ModelConfig cfg = core::config_load(src).take_or_throw();
   core::Checkpoint ck = core::Checkpoint::open(src).take_or_throw();
@@ -71,7 +71,7 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
       continue;
     }
     const int64_t out = s.shape[0], in = s.shape[1];
-    const int64_t group = scheme.strategy == runtime::WeightStrategy::kGroup ? scheme.group_size : in;
+    const int64_t group = scheme.weight_strategy == "group" ? scheme.group_size : in;
     const int64_t G = (in + group - 1) / group;
     std::vector<int8_t> q(size_t(out * in));
     std::vector<float> sc(size_t(out * G));
@@ -139,7 +139,7 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
       views.push_back(
           {m + ".weight_g_idx", core::DType::kI32, {in}, bufs.back().data(), bufs.back().size()});
     }
-    if (scheme.act == runtime::ActQuant::kStatic) {
+    if (scheme.activations == "static") {
       bufs.emplace_back(reinterpret_cast<uint8_t*>(&input_scale),
                         reinterpret_cast<uint8_t*>(&input_scale) + 4);
       views.push_back({m + ".input_scale", core::DType::kF32, {1}, bufs.back().data(), 4});
@@ -156,10 +156,9 @@ inline void quantize_dir(const std::string& src, const std::string& dst,
   }
   ASSERT_EQ(bufs.size() < 4096, true);  // reserve() keeps the views' pointers valid
   core::ModelConfig qc = cfg;
-  runtime::QuantScheme s2 = scheme;
-  s2.quantized = true;
+  core::QuantScheme s2 = scheme;
   s2.ignore = {"lm_head"};
-  qc.raw["quantization_config"] = runtime::quant_scheme_to_json(s2);
+  qc.raw["quantization_config"] = core::quant_config_to_json(s2);
   std::filesystem::create_directories(dst);
   ASSERT_TRUE(core::checkpoint_write(dst, views).is_ok());
   ASSERT_TRUE(core::write_file_atomic(dst + "/config.json", core::config_to_json(qc)).is_ok());

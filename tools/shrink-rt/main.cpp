@@ -15,6 +15,7 @@
 #include "core/fs.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "core/tokens.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/gemm_library.h"
 #include "kernels/cpu/isa.h"
@@ -230,7 +231,7 @@ void register_bench(CLI::App& app, Globals& g) {
 
 struct EvalOpts {
   std::string model, task;
-  runtime::TokenSource src;
+  core::TokenSource src;
   int64_t seq_len = 0, batch = 4;
 };
 
@@ -310,8 +311,8 @@ void register_eval(CLI::App& app, Globals& g) {
       eo.max_seq_len = seq_len;
       eo.max_batch = int(o->batch);
       SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
-      SHRINK_ASSIGN_OR_RETURN(runtime::LoadedTokens data,
-                              runtime::tokens_load(o->model, cfg.vocab_size, o->src));
+      SHRINK_ASSIGN_OR_RETURN(core::LoadedTokens data,
+                              core::tokens_load(o->model, cfg.vocab_size, o->src));
       const bool prog_on = !g.json && !g.quiet && core::Progress::stderr_is_tty();
       core::Progress prog("eval", data.tokens.size(), "tok", prog_on);
       SHRINK_ASSIGN_OR_RETURN(
