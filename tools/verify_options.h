@@ -1,14 +1,26 @@
 // The options of `shrink-rt verify` and `shrink verify` (one definition, so a recipe's verify
-// stage takes exactly the runtime's options): data, windows, gates and the benchmark.
+// stage takes exactly the runtime's options): the two models, data, windows, gates and the
+// benchmark; and the JSON both print.
 #pragma once
 
 #include <CLI/CLI.hpp>
+
+#include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "core/dataset.h"
 #include "runtime/verify.h"
 
 namespace shrink::cli {
 
+/// What `verify` reads: the compact model, its reference, and the runtime's options.
+struct VerifyArgs {
+  std::string compact, reference;
+  runtime::VerifyOptions v;
+};
+
+/// The data, windows, gates and benchmark options of `verify`.
 inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
   v.source.data = core::kDefaultCorpus;
   v.source.max_tokens = 16384;
@@ -29,6 +41,24 @@ inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
   sub->add_option("--prompt-len", v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
   sub->add_option("--gen-len", v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
   sub->add_flag("--no-bench", [&v](int64_t) { v.bench = false; }, "Skip the speed comparison");
+}
+
+/// The two model directories, then add_verify_options.
+inline void add_verify_options(CLI::App* sub, VerifyArgs& a) {
+  sub->add_option("compact", a.compact, "Compact model directory")->required();
+  sub->add_option("--reference", a.reference, "Reference (teacher) model directory")->required();
+  add_verify_options(sub, a.v);
+}
+
+/// The verdict `r` of `a` as JSON (runtime::VerifyResult::to_json), with the two model
+/// directories and the threads it ran on.
+inline nlohmann::json verify_json(const runtime::VerifyResult& r, const VerifyArgs& a,
+                                  int threads) {
+  nlohmann::json j = r.to_json();
+  j["compact"] = a.compact;
+  j["reference"] = a.reference;
+  j["threads"] = threads;
+  return j;
 }
 
 }  // namespace shrink::cli

@@ -2,12 +2,10 @@
 // design: parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..."
 // and exit 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the
 // kernels' ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
-#include <csignal>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -22,6 +20,9 @@
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "runtime/verify.h"
+#include "tools/cli_main.h"
+#include "tools/eval_options.h"
+#include "tools/generate_options.h"
 #include "tools/verify_options.h"
 
 using namespace shrink;
@@ -57,26 +58,6 @@ int run_guarded(const char* name, Globals& g, const std::function<Status()>& bod
 }
 
 void print_json(const json& j) { std::cout << j.dump(2) << std::endl; }
-
-Result<std::vector<int32_t>> parse_ids(const std::string& s, const char* flag) {
-  std::vector<int32_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
-    SHRINK_CHECK(a != std::string::npos, StatusCode::kInvalidInput,
-                 "%s '%s': empty item; expected comma-separated integers like 1,2,3", flag,
-                 s.c_str());
-    item = item.substr(a, b - a + 1);
-    char* end = nullptr;
-    long v = std::strtol(item.c_str(), &end, 10);
-    SHRINK_CHECK(*end == '\0' && v >= 0 && v <= INT32_MAX, StatusCode::kInvalidInput,
-                 "%s: '%s' is not a non-negative integer", flag, item.c_str());
-    ids.push_back(int32_t(v));
-  }
-  SHRINK_CHECK(!ids.empty(), StatusCode::kInvalidInput, "%s: empty list", flag);
-  return ids;
-}
 
 runtime::EngineOptions engine_opts(const Globals& g) {
   runtime::EngineOptions o;
@@ -137,7 +118,7 @@ void register_bench(CLI::App& app, Globals& g) {
       SHRINK_CHECK(o->format == "md" || o->format == "csv" || o->format == "json",
                    StatusCode::kInvalidInput, "--format '%s': expected md, csv or json",
                    o->format.c_str());
-      SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> batches, parse_ids(o->batches, "--batch"));
+      SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> batches, cli::ids_parse(o->batches, "--batch"));
       int max_b = 1;
       for (int32_t b : batches) {
         SHRINK_CHECK(b >= 1, StatusCode::kInvalidInput, "--batch: %d; expected >= 1", b);
@@ -276,25 +257,12 @@ Status eval_task(const EvalOpts& o, const core::ModelConfig& cfg, Globals& g) {
 void register_eval(CLI::App& app, Globals& g) {
   using Opts = EvalOpts;
   auto o = std::make_shared<Opts>();
-  o->src.data = core::kDefaultCorpus;
   CLI::App* sub = app.add_subcommand(
       "eval", "Perplexity over non-overlapping windows of --seq-len tokens (the definition of "
               "`shrink eval`: each window scores len-1 predictions; BOS only where the tokenizer's "
               "template adds one), or with --task the accuracy on a multiple-choice task");
   sub->add_option("model", o->model, "Model directory")->required();
-  sub->add_option("--data", o->src.data, "Text file, directory, .jsonl, fortune files, or token shards")
-      ->capture_default_str();
-  sub->add_option("--seq-len", o->seq_len, "Window length (0: min(512, max positions))")
-      ->capture_default_str();
-  sub->add_option("--max-tokens", o->src.max_tokens, "Use at most this many tokens (0: all)")
-      ->capture_default_str();
-  sub->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
-  sub->add_option("--split", o->src.split, "train, val, all or auto")->capture_default_str();
-  sub->add_option("--val-fraction", o->src.val_fraction, "Validation fraction of text data")
-      ->capture_default_str();
-  sub->add_option("--split-seed", o->src.seed, "Seed of the document-level split")
-      ->capture_default_str();
-  sub->add_option("--tokenizer", o->src.tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  cli::add_eval_options(sub, o->src, o->seq_len, o->batch);
   sub->add_option("--task", o->task,
                   "Multiple-choice task (.jsonl, e.g. from `shrink data make-task`): report its "
                   "accuracy instead of perplexity");
@@ -321,22 +289,13 @@ void register_eval(CLI::App& app, Globals& g) {
                               [&](uint64_t d) { prog.update(d); }));
       prog.finish();
       if (g.json) {
-        print_json({{"model", o->model}, {"engine", e->describe()}, {"data", data.description},
-                    {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll}, {"tokens", r.tokens},
-                    {"tokens_scored", r.tokens_scored}, {"windows", r.windows},
-                    {"seq_len", r.seq_len},
-                    {"window_policy", "non-overlapping; each window scores len-1 tokens"},
-                    {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second},
-                    {"threads", g.threads}});
+        json j = cli::perplexity_json(r, data.description);
+        j["model"] = o->model;
+        j["engine"] = e->describe();
+        j["threads"] = g.threads;
+        print_json(j);
       } else {
-        std::printf("perplexity  %.4f\n", r.perplexity);
-        std::printf("mean NLL    %.5f nats over %llu predicted tokens\n", r.mean_nll,
-                    (unsigned long long)r.tokens_scored);
-        std::printf("windows     %llu non-overlapping windows of up to %lld tokens (each scores "
-                    "len-1 predictions; BOS only where the tokenizer's template adds one)\n",
-                    (unsigned long long)r.windows, (long long)r.seq_len);
-        std::printf("data        %s, %llu tokens\n", data.description.c_str(),
-                    (unsigned long long)r.tokens);
+        cli::perplexity_print(r, data.description);
         std::printf("engine      %s\n", e->describe().c_str());
         std::printf("speed       %.0f tokens/s (%.2f s)\n", r.tokens_per_second, r.seconds);
       }
@@ -349,27 +308,14 @@ void register_eval(CLI::App& app, Globals& g) {
 
 void register_generate(CLI::App& app, Globals& g) {
   struct Opts {
-    std::string model, prompt, prompt_ids, tokenizer, draft;
-    bool ids = false, ignore_eos = false;
+    cli::GenerateArgs a;
+    std::string draft;
     int64_t draft_tokens = 4;
     runtime::GenerateOptions o;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* sub = app.add_subcommand("generate", "Generate a continuation of a prompt");
-  sub->add_option("model", o->model, "Model directory")->required();
-  auto* p = sub->add_option("--prompt", o->prompt, "Prompt text (needs a tokenizer)");
-  auto* pi = sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids, e.g. 1,2,3");
-  p->excludes(pi);
-  sub->add_option("--max-new-tokens", o->o.max_new_tokens, "Tokens to generate")->capture_default_str();
-  sub->add_option("--temperature", o->o.sampling.temperature, "Sampling temperature (0: greedy)")
-      ->capture_default_str();
-  sub->add_option("--top-p", o->o.sampling.top_p, "Nucleus sampling mass (1: off)")->capture_default_str();
-  sub->add_option("--top-k", o->o.sampling.top_k, "Keep the k most likely tokens (0: off)")
-      ->capture_default_str();
-  sub->add_option("--seed", o->o.seed, "Sampling seed")->capture_default_str();
-  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json instead of MODEL_DIR's");
-  sub->add_flag("--ids", o->ids, "Print token ids (prompt and continuation) instead of text");
-  sub->add_flag("--ignore-eos", o->ignore_eos, "Do not stop at the end-of-sequence token");
+  cli::add_generate_options(sub, o->a, o->o);
   sub->add_option("--draft", o->draft,
                   "Speculative decoding (greedy): a smaller model with the same vocabulary (e.g. a "
                   "distilled student) proposes tokens that the model verifies in one forward");
@@ -377,12 +323,13 @@ void register_generate(CLI::App& app, Globals& g) {
       ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("generate", g, [&]() -> Status {
-      SHRINK_CHECK(!o->prompt.empty() || !o->prompt_ids.empty(), StatusCode::kInvalidInput,
+      SHRINK_CHECK(!o->a.prompt.empty() || !o->a.prompt_ids.empty(), StatusCode::kInvalidInput,
                    "give --prompt TEXT or --prompt-ids 1,2,3");
-      SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->model));
-      const std::string tok_path = o->tokenizer.empty() ? o->model + "/tokenizer.json" : o->tokenizer;
+      SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(o->a.model));
+      const std::string tok_path =
+          o->a.tokenizer.empty() ? o->a.model + "/tokenizer.json" : o->a.tokenizer;
       std::unique_ptr<core::Tokenizer> tok;
-      if (o->prompt_ids.empty() || core::path_exists(tok_path)) {
+      if (o->a.prompt_ids.empty() || core::path_exists(tok_path)) {
         SHRINK_CHECK(core::path_exists(tok_path), StatusCode::kInvalidInput,
                      "%s: not found; --prompt needs a tokenizer. Pass --tokenizer PATH or give "
                      "--prompt-ids", tok_path.c_str());
@@ -390,18 +337,18 @@ void register_generate(CLI::App& app, Globals& g) {
         tok = std::make_unique<core::Tokenizer>(std::move(t));
       }
       std::vector<int32_t> prompt;
-      if (!o->prompt_ids.empty()) {
-        SHRINK_ASSIGN_OR_RETURN(prompt, parse_ids(o->prompt_ids, "--prompt-ids"));
+      if (!o->a.prompt_ids.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(prompt, cli::ids_parse(o->a.prompt_ids, "--prompt-ids"));
       } else {
-        prompt = tok->encode(o->prompt, true);
+        prompt = tok->encode(o->a.prompt, true);
       }
       SHRINK_CHECK(!prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
-      o->o.stop_at_eos = !o->ignore_eos;
+      o->o.stop_at_eos = !o->a.ignore_eos;
       SHRINK_ASSIGN_OR_RETURN(
-          o->o.eos, core::stop_token_ids(o->model, cfg, tok && tok->eos_id() ? *tok->eos_id() : -1));
+          o->o.eos, core::stop_token_ids(o->a.model, cfg, tok && tok->eos_id() ? *tok->eos_id() : -1));
       runtime::EngineOptions eo = engine_opts(g);
       eo.max_seq_len = int64_t(prompt.size()) + std::max<int64_t>(o->o.max_new_tokens, 1);
-      SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->model, eo));
+      SHRINK_ASSIGN_OR_RETURN(auto e, runtime::Engine::load(o->a.model, eo));
       std::unique_ptr<runtime::Engine> draft;
       runtime::GenerateResult r;
       if (!o->draft.empty()) {
@@ -429,7 +376,7 @@ void register_generate(CLI::App& app, Globals& g) {
                               {"tokens_per_round", r.rounds ? double(fresh.size() - 1) / double(r.rounds) : 0.0}};
         }
         print_json(j);
-      } else if (o->ids || !tok) {
+      } else if (o->a.ids || !tok) {
         for (size_t i = 0; i < r.ids.size(); ++i) std::printf("%s%d", i ? "," : "", r.ids[i]);
         std::printf("\n");
       } else {
@@ -448,28 +395,18 @@ void register_generate(CLI::App& app, Globals& g) {
 // ---- verify ----------------------------------------------------------------------------------
 
 void register_verify(CLI::App& app, Globals& g) {
-  struct Opts {
-    std::string compact, reference;
-    runtime::VerifyOptions v;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<cli::VerifyArgs>();
   CLI::App* sub = app.add_subcommand(
       "verify", "Check a compact model against its reference: perplexity of both, top-1 "
                 "agreement and KL, both speeds; exit 3 when a gate fails");
-  sub->add_option("compact", o->compact, "Compact model directory")->required();
-  sub->add_option("--reference", o->reference, "Reference (teacher) model directory")->required();
-  shrink::cli::add_verify_options(sub, o->v);
+  cli::add_verify_options(sub, *o);
   sub->callback([o, &g] {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, [&]() -> Status {
       o->v.engine = engine_opts(g);
       SHRINK_ASSIGN_OR_RETURN(runtime::VerifyResult r, runtime::verify(o->compact, o->reference, o->v));
       if (g.json) {
-        json j = r.to_json();
-        j["compact"] = o->compact;
-        j["reference"] = o->reference;
-        j["threads"] = g.threads;
-        print_json(j);
+        print_json(cli::verify_json(r, *o, g.threads));
       } else {
         std::printf("| | reference | compact |\n|---|---:|---:|\n");
         std::printf("| engine | %s | %s |\n", r.engine_reference.c_str(), r.engine_compact.c_str());
@@ -507,9 +444,6 @@ void register_verify(CLI::App& app, Globals& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // A report written past the file-size limit (ulimit -f) fails with EFBIG and is reported,
-  // instead of killing the process with SIGXFSZ.
-  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"shrink-rt: the standalone shrink inference runtime (CPU, CUDA): bench, eval, generate.\n"
                "Exit codes: 0 ok, 1 failure, 2 bad input or usage, 3 verification gate failed."};
   namespace kc = shrink::kernels::cpu;
@@ -517,9 +451,7 @@ int main(int argc, char** argv) {
                                         kc::isa_name(kc::isa_active()) + ", gemm " +
                                         kc::gemm_library_name() + ")");
   Globals g;
-  app.add_option("--threads", g.threads, "Threads (default: $SHRINK_THREADS, else all cores)");
-  app.add_flag("--json", g.json, "Machine-readable JSON on stdout; no progress output");
-  app.add_flag("-q,--quiet", g.quiet, "No progress output");
+  cli::add_global_options(app, g.threads, g.json, g.quiet);
   app.add_option("--isa", g.isa, "Kernel ISA level: ref, avx2, avx512, avx512vnni (default: best)");
   app.add_option("--device", g.device, "Backend: cpu or cuda")->capture_default_str();
   app.add_option("--lm-head", g.lm_head,
@@ -546,11 +478,5 @@ int main(int argc, char** argv) {
   register_eval(app, g);
   register_generate(app, g);
   register_verify(app, g);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
-  return g.exit_code;
+  return cli::parse_and_run(app, argc, argv, g.exit_code);
 }

@@ -11,17 +11,11 @@
 namespace shrink::cli {
 
 void register_verify(CLI::App& app, Globals& g) {
-  struct Opts {
-    std::string compact, reference;
-    runtime::VerifyOptions v;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<VerifyArgs>();
   CLI::App* sub = app.add_subcommand(
       "verify", "Check a compact model against its reference in the runtime (as shrink-rt "
                 "verify): perplexity, top-1 agreement, KL, speeds; exit 3 when a gate fails");
-  sub->add_option("compact", o->compact, "Compact model directory")->required();
-  sub->add_option("--reference", o->reference, "Reference (teacher) model directory")->required();
-  add_verify_options(sub, o->v);
+  add_verify_options(sub, *o);
   sub->add_option("--lm-head", o->v.engine.lm_head,
                   "The compact model's float lm_head in the runtime: f32 or int8 (per-channel, "
                   "quantized at load)")
@@ -42,11 +36,7 @@ void register_verify(CLI::App& app, Globals& g) {
       o->v.engine.threads = g.threads;
       runtime::VerifyResult r = runtime::verify(o->compact, o->reference, o->v).take_or_throw();
       if (g.json) {
-        nlohmann::json j = r.to_json();
-        j["compact"] = o->compact;
-        j["reference"] = o->reference;
-        j["threads"] = g.threads;
-        print_json(j);
+        print_json(verify_json(r, *o, g.threads));
       } else {
         std::printf("perplexity %.4f (reference %.4f, %+.2f%%, 95%% interval [%+.2f%%, %+.2f%%]), top-1 "
                     "agreement %.4f, KL %.5f (p99 %.5f, max %.5f); decode %.1f tok/s (%.2fx): %s\n",

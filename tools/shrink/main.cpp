@@ -1,6 +1,5 @@
 // `shrink`: the command-line front end. Thin by design: parse, validate, call lib/, print.
 // Subcommands register themselves (cmd_<name>.cpp). Exit codes follow ARCHITECTURE.md.
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -9,6 +8,7 @@
 #include "core/status.h"
 #include "core/threads.h"
 #include "train/api.h"
+#include "tools/cli_main.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
@@ -55,10 +55,7 @@ namespace shrink::cli {
 
 void build_app(CLI::App& app, Globals& g) {
   app.set_version_flag("--version", std::string("shrink ") + SHRINK_VERSION);
-  app.add_option("--threads", g.threads,
-                 "Threads for compute (default: $SHRINK_THREADS, else all cores)");
-  app.add_flag("--json", g.json, "Machine-readable JSON on stdout; no progress output");
-  app.add_flag("-q,--quiet", g.quiet, "No progress output");
+  add_global_options(app, g.threads, g.json, g.quiet);
   app.add_option_function<std::string>(
          "--json-out",
          [&g](const std::string& path) {
@@ -106,20 +103,11 @@ int run_cli(const std::vector<std::string>& args, bool validate_only, std::strin
 
 int main(int argc, char** argv) {
   using namespace shrink::cli;
-  // A write past the file-size limit (ulimit -f) must fail with EFBIG, so that the command reports
-  // it, exits 1 and removes its temporary output, instead of dying of SIGXFSZ with a core dump.
-  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{
       "shrink: distill, prune and quantize Llama-family LLMs (Llama, Mistral, Qwen2), "
       "then run and verify them.\nExit codes: 0 ok, 1 failure, 2 bad input or usage, "
       "3 verification gate failed."};
   Globals g;
   build_app(app, g);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
-  return g.exit_code;
+  return parse_and_run(app, argc, argv, g.exit_code);
 }

@@ -1,0 +1,36 @@
+// What the `shrink` and `shrink-rt` command lines share around their subcommands: the global
+// options every command reads (threads, JSON, quiet) and the end of main() (parse, run, map to
+// the exit codes of ARCHITECTURE.md). One definition, so the two tools take the same global
+// flags and exit alike; tests/cli/test_cli.sh and test_rt_cli.sh check both.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+
+namespace shrink::cli {
+
+/// --threads, --json and -q/--quiet.
+inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& quiet) {
+  app.add_option("--threads", threads,
+                 "Threads for compute (default: $SHRINK_THREADS, else all cores)");
+  app.add_flag("--json", json, "Machine-readable JSON on stdout; no progress output");
+  app.add_flag("-q,--quiet", quiet, "No progress output");
+}
+
+/// Parse argv, which runs the chosen subcommand's callback, and return its exit code (read from
+/// `exit_code` after the callback set it): 0 after --help or --version, 2 for a usage error.
+/// SIGXFSZ is ignored first, so that a write past the file-size limit (ulimit -f) fails with
+/// EFBIG and the command reports it, exits 1 and removes its temporary output, instead of dying
+/// of the signal with a core dump.
+inline int parse_and_run(CLI::App& app, int argc, char** argv, const int& exit_code) {
+  std::signal(SIGXFSZ, SIG_IGN);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return exit_code;
+}
+
+}  // namespace shrink::cli
