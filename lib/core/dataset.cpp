@@ -205,9 +205,7 @@ class FileTextReader : public TextReader {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (all_space(line)) continue;
       const std::string& path = inputs_[file_].path;
-      json j = json_check_depth(line, path).is_ok()
-                   ? json::parse(line, nullptr, /*allow_exceptions=*/false)
-                   : json(json::value_t::discarded);
+      json j = json_parse_line(line);
       if (j.is_discarded())
         return invalid_input(
             strfmt("%s:%llu: not valid JSON; expected one object per line "

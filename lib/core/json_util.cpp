@@ -40,6 +40,11 @@ Status json_check_depth(std::string_view text, const std::string& what, int max_
   return Status::ok();
 }
 
+json json_parse_line(std::string_view line) {
+  if (!json_check_depth(line, "").is_ok()) return json(json::value_t::discarded);
+  return json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+}
+
 Result<json> json_parse_untrusted(std::string_view text, const std::string& what) {
   // nlohmann's lexer would stop at a NUL byte and ignore what follows; JSON allows none.
   if (const void* nul = std::memchr(text.data(), '\0', text.size())) {

@@ -34,6 +34,11 @@ Status json_check_depth(std::string_view text, const std::string& what,
 /// errors (message "<what>: not valid JSON: parse error at line L, column C: ..."). Never throws.
 Result<nlohmann::json> json_parse_untrusted(std::string_view text, const std::string& what);
 
+/// One line of a JSONL file, parsed as untrusted input: the value, or a discarded value
+/// (is_discarded()) when the line is not JSON or nests deeper than kJsonMaxDepth. The JSONL
+/// readers report "file:line: expected ..." themselves, in the terms of their own format.
+nlohmann::json json_parse_line(std::string_view line);
+
 /// "null", "a boolean", "an integer", "a number", "a string", "an array" or "an object".
 const char* json_type_name(const nlohmann::json& v);
 

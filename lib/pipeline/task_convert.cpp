@@ -15,7 +15,6 @@
 
 namespace shrink::pipeline {
 
-using core::json_check_depth;
 using core::read_file;
 using core::write_file_atomic;
 
@@ -300,9 +299,7 @@ Result<ChoiceTaskConvertResult> choice_task_convert(const ChoiceTaskConvertOptio
     for (size_t ln = 0; ln < ls.size(); ++ln) {
       if (py_strip(ls[ln]).empty()) continue;
       const std::string at = strfmt("%s:%zu", path.c_str(), ln + 1);
-      const json j = json_check_depth(ls[ln], at).is_ok()
-                         ? json::parse(ls[ln], nullptr, /*allow_exceptions=*/false)
-                         : json(json::value_t::discarded);
+      const json j = core::json_parse_line(ls[ln]);
       if (j.is_discarded() || !j.is_object()) {
         throw Error(StatusCode::kInvalidInput,
                     at + ": not a JSON object; expected one " + o.format + " record per line");

@@ -21,6 +21,18 @@ using namespace shrink;
 using namespace shrink::core;
 using nlohmann::json;
 
+// The JSONL readers (text corpora, benchmark records, tokenizer corpora) share one line parser.
+TEST(JsonUntrusted, JsonlLineParserDiscardsBadAndTooDeepLines) {
+  const json ok = json_parse_line(R"({"text": "a", "n": [1, 2]})");
+  ASSERT_TRUE(ok.is_object());
+  EXPECT_EQ(ok["text"], "a");
+  EXPECT_EQ(ok["n"][1], 2);
+  EXPECT_TRUE(json_parse_line("{\"text\": ").is_discarded());
+  EXPECT_TRUE(json_parse_line(std::string(kJsonMaxDepth, '[') + std::string(kJsonMaxDepth, ']')).is_array());
+  const std::string deep(200000, '[');  // would overflow the stack of a recursive parser
+  EXPECT_TRUE(json_parse_line(deep + std::string(200000, ']')).is_discarded());
+}
+
 TEST(JsonUntrusted, DepthIsCappedAtParseTimeWithLineAndColumn) {
   EXPECT_TRUE(json_check_depth("[[[]]]", "x", 3).is_ok());
   Status s = json_check_depth("{\"a\":\n [[[1]]]}", "f.json", 3);
