@@ -487,6 +487,332 @@ int64_t model_bytes(CausalLM& m, const std::string& dtype) {
 
 // ---- Driver --------------------------------------------------------------------------------------
 
+namespace {
+
+// Validation tokens for before/after perplexity (the val split; same definition as eval).
+std::vector<int32_t> validation_tokens(const PruneOptions& o, int64_t vocab_size) {
+  if (o.eval_tokens == 0) return {};
+  core::TokenSource src;
+  src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
+  src.tokenizer = o.tokenizer;
+  src.split = "val";
+  src.max_tokens = o.eval_tokens;
+  return core::tokens_load(o.model, vocab_size, src).take_or_throw().tokens;
+}
+
+// What unstructured pruning removes: the matrices of the modules that --targets matches and
+// --ignore does not, each at its --sparsity-map sparsity (else --sparsity), in the N:M --pattern
+// when one is given.
+struct PruneTargets {
+  explicit PruneTargets(const PruneOptions& o)
+      : nm(o.method == "structured" ? NMPattern{} : nm_parse(o.pattern)),
+        sparsity(o.sparsity),
+        targets(make_regex(o.targets, "--targets")),
+        has_ignore(!o.ignore.empty()),
+        ignore(has_ignore ? make_regex(o.ignore, "--ignore") : std::regex()),
+        map(parse_sparsity_map(o.sparsity_map)) {}
+  bool has(const std::string& mod) const {
+    return std::regex_match(mod, targets) && !(has_ignore && std::regex_match(mod, ignore));
+  }
+  double sparsity_of(const std::string& mod) const {
+    for (auto& [re, s] : map) {
+      if (std::regex_search(mod, re)) return s;
+    }
+    return sparsity;
+  }
+  NMPattern nm;
+  double sparsity;
+  std::regex targets;
+  bool has_ignore;
+  std::regex ignore;
+  std::vector<std::pair<std::regex, double>> map;
+};
+
+// Magnitude pruning of the target matrices: each by its own threshold, or all under one
+// (--scope global, unstructured).
+void prune_magnitude(const PruneOptions& o, const PruneTargets& pt, CausalLM& m) {
+  auto params = m->named_parameters();
+  std::vector<std::pair<std::string, torch::Tensor>> mats;
+  for (auto& p : params) {
+    std::string mod = p.key().substr(0, p.key().rfind('.'));
+    if (p.value().dim() == 2 && p.key().size() > 7 &&
+        p.key().compare(p.key().size() - 7, 7, ".weight") == 0 && pt.has(mod)) {
+      mats.emplace_back(mod, p.value());
+    }
+  }
+  if (mats.empty()) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
+  if (o.scope == "global" && !pt.nm.on()) {
+    std::vector<torch::Tensor> flat;
+    for (auto& [mod, w] : mats) flat.push_back(w.abs().reshape({-1}));
+    auto all = torch::cat(flat).unsqueeze(0);
+    auto keep = drop_lowest_rows(all, round_count(o.sparsity, all.size(1))).reshape({-1});
+    int64_t off = 0;
+    for (auto& [mod, w] : mats) {
+      w.mul_(keep.narrow(0, off, w.numel()).reshape(w.sizes()).to(w.scalar_type()));
+      off += w.numel();
+    }
+  } else {
+    for (auto& [mod, w] : mats) {
+      w.mul_(mask_magnitude(w, pt.sparsity_of(mod), pt.nm).to(w.scalar_type()));
+    }
+  }
+}
+
+// The calibration sequences and the hidden states entering the current decoder layer.
+struct CalibState {
+  torch::Tensor ids;  // [N, calib_len] int64
+  torch::Tensor X;    // [N, calib_len, H]
+  torch::Tensor cos, sin;
+  int64_t n() const { return ids.size(0); }
+};
+
+CalibState calib_start(const PruneOptions& o, CausalLM& m) {
+  CalibState c;
+  int64_t N = 0;
+  std::vector<int32_t> calib = calibration_tokens(o, &N);
+  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+  std::tie(c.cos, c.sin) = m->rope_tables(0, o.calib_len);
+  c.X = m->model->embed_tokens(c.ids);
+  return c;
+}
+
+// The calibration hidden states through one decoder layer, 8 sequences at a time:
+// each_batch(x, y) gets a batch's input (a view of c.X) and the layer's output for it.
+template <typename F>
+void layer_over_batches(DecoderLayerImpl& layer, const CalibState& c, F&& each_batch) {
+  const int64_t N = c.n();
+  for (int64_t b = 0; b < N; b += 8) {
+    auto x = c.X.narrow(0, b, std::min<int64_t>(8, N - b));
+    each_batch(x, layer.forward(x, c.cos, c.sin, 0, nullptr, nullptr));
+  }
+}
+
+// The target matrices of decoder layer i, by module name.
+std::vector<std::pair<std::string, torch::Tensor>> layer_targets(DecoderLayerImpl& layer,
+                                                                 int64_t i,
+                                                                 const PruneTargets& pt) {
+  std::vector<std::pair<std::string, torch::Tensor>> mats;
+  for (auto& p : layer.named_parameters()) {
+    std::string mod =
+        "model.layers." + std::to_string(i) + "." + p.key().substr(0, p.key().rfind('.'));
+    if (p.value().dim() == 2 && pt.has(mod)) mats.emplace_back(mod, p.value());
+  }
+  return mats;
+}
+
+// Prune one layer's target matrices by the statistics of their inputs on the calibration states:
+// Wanda's column norms or SparseGPT's Hessians, through the tap.
+void layer_prune(const PruneOptions& o, const PruneTargets& pt, DecoderLayerImpl& layer,
+                 std::vector<std::pair<std::string, torch::Tensor>>& mats,
+                 const CalibState& c, StatsTap& tap) {
+  tap.wanted.clear();
+  tap.stats.clear();
+  for (auto& [mod, w] : mats) tap.wanted.insert(input_group(mod));
+  if (!mats.empty()) {
+    layer_over_batches(layer, c, [&](const torch::Tensor&, const torch::Tensor&) {
+      tap.last_ptr = nullptr;
+    });
+    for (auto& [mod, w] : mats) {
+      const torch::Tensor& st = tap.stats.at(input_group(mod));
+      if (o.method == "wanda") {
+        w.mul_(mask_wanda(w, st, pt.sparsity_of(mod), pt.nm).to(w.scalar_type()));
+      } else {
+        sparsegpt_prune_(w, st, pt.sparsity_of(mod), pt.nm, o.block_size, o.damp);
+      }
+    }
+  }
+  tap.wanted.clear();
+}
+
+// Wanda or SparseGPT, layer by layer: each layer is pruned on the calibration states that the
+// pruned layers before it produce. Returns the calibration's report.
+nlohmann::json prune_calibrated(const PruneOptions& o, const PruneTargets& pt, CausalLM& m) {
+  const int64_t num_layers = m->config().num_layers;
+  CalibState c = calib_start(o, m);
+  StatsTap tap;
+  tap.hessian = o.method == "sparsegpt";
+  m->set_tap(&tap);
+  core::Progress prog("prune " + o.method, uint64_t(num_layers), "layers", o.progress);
+  int64_t matched = 0;
+  for (int64_t i = 0; i < num_layers; ++i) {
+    DecoderLayerImpl& layer = *m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+    auto mats = layer_targets(layer, i, pt);
+    matched += int64_t(mats.size());
+    layer_prune(o, pt, layer, mats, c, tap);
+    // The pruned layer's outputs are the next layer's inputs.
+    layer_over_batches(layer, c, [](torch::Tensor& x, const torch::Tensor& y) { x.copy_(y); });
+    prog.update(uint64_t(i + 1));
+  }
+  prog.finish();
+  m->set_tap(nullptr);
+  if (matched == 0) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
+  return {{"sequences", c.n()}, {"seq_len", o.calib_len}};
+}
+
+// Structured importance from one streaming pass: Minitron's activation importance through the
+// tap, and Block Influence (1 - cos(layer input, layer output), averaged over tokens) per layer.
+struct Importance {
+  ImportanceTap tap;
+  std::vector<double> bi;
+};
+
+Importance importance_measure(const PruneOptions& o, CausalLM& m, const CalibState& c) {
+  const core::ModelConfig cfg = m->config();
+  Importance imp;
+  imp.tap.heads = cfg.num_heads;
+  imp.tap.head_dim = cfg.head_dim;
+  m->set_tap(&imp.tap);
+  imp.bi.assign(size_t(cfg.num_layers), 0.0);
+  core::Progress prog("importance", uint64_t(cfg.num_layers), "layers", o.progress);
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    DecoderLayerImpl& layer = *m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+    double& bi = imp.bi[size_t(i)];
+    layer_over_batches(layer, c, [&](torch::Tensor& x, const torch::Tensor& y) {
+      auto cs = torch::nn::functional::cosine_similarity(
+          x.reshape({-1, x.size(-1)}), y.reshape({-1, y.size(-1)}),
+          torch::nn::functional::CosineSimilarityFuncOptions().dim(-1));
+      bi += (1.0 - cs).sum().item<double>();
+      x.copy_(y);
+    });
+    bi /= double(c.n() * o.calib_len);
+    prog.update(uint64_t(i + 1));
+  }
+  prog.finish();
+  imp.tap.on_input("lm_head", m->model->norm(c.X));
+  m->set_tap(nullptr);
+  return imp;
+}
+
+// The structured-pruned model's sizes.
+struct StructuredSizes {
+  int64_t layers = 0, kv_groups = 0, mlp = 0, hidden = 0;
+  double budget_ratio = 0;  // with --target-params: the MLP/hidden ratio that meets it
+};
+
+// From the keep ratios, or the widest uniform MLP/hidden ratio that meets --target-params.
+StructuredSizes structured_sizes(const PruneOptions& o, const core::ModelConfig& cfg,
+                                 int64_t params_before) {
+  StructuredSizes s;
+  s.layers = std::max<int64_t>(1, std::llround(o.keep_layers * double(cfg.num_layers)));
+  s.kv_groups = std::max<int64_t>(1, std::llround(o.keep_heads * double(cfg.num_kv_heads)));
+  s.mlp = round_width(o.keep_mlp, cfg.intermediate_size, o.channel_multiple);
+  s.hidden = round_width(o.keep_hidden, cfg.hidden_size, o.channel_multiple);
+  if (o.target_params > 0) {
+    const double budget = o.target_params * double(params_before);
+    double lo = 0.0, hi = 1.0;
+    for (int it = 0; it < 40; ++it) {
+      double r = 0.5 * (lo + hi);
+      int64_t n = structured_param_count(cfg, s.layers, s.kv_groups,
+                                         round_width(r, cfg.intermediate_size, o.channel_multiple),
+                                         round_width(r, cfg.hidden_size, o.channel_multiple));
+      (double(n) <= budget ? lo : hi) = r;
+    }
+    s.mlp = round_width(lo, cfg.intermediate_size, o.channel_multiple);
+    s.hidden = round_width(lo, cfg.hidden_size, o.channel_multiple);
+    if (double(structured_param_count(cfg, s.layers, s.kv_groups, s.mlp, s.hidden)) >
+            budget * 1.0001 ||
+        lo <= 0) {
+      bad("--target-params " + std::to_string(o.target_params) + " cannot be met by shrinking the "
+          "MLP and hidden widths alone; also lower --keep-heads or --keep-layers");
+    }
+    s.budget_ratio = lo;
+  }
+  return s;
+}
+
+// Depth importance per layer (only when layers are dropped): Block Influence, or how much the
+// calibration NLL rises without the layer (--depth-metric ppl).
+std::vector<double> depth_scores(const PruneOptions& o, CausalLM& m, const CalibState& c,
+                                 const std::vector<double>& bi, int64_t keep_layers) {
+  const int64_t num_layers = m->config().num_layers;
+  std::vector<double> score(static_cast<size_t>(num_layers));
+  if (keep_layers >= num_layers) return score;
+  if (o.depth_metric == "bi") return bi;
+  double base = calib_nll_skipping(m, c.ids, -1);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    score[size_t(i)] = calib_nll_skipping(m, c.ids, i) - base;
+  }
+  return score;
+}
+
+// What the smaller model keeps: the most important layers, hidden channels, and per layer KV
+// groups (whole GQA groups) and MLP channels, each in their original order.
+StructuredPlan structured_plan(const core::ModelConfig& cfg, const Importance& imp,
+                               const std::vector<double>& depth, const StructuredSizes& s) {
+  StructuredPlan plan;
+  plan.layers = top_sorted(torch::tensor(depth, torch::kFloat64), s.layers);
+  plan.hidden = top_sorted(imp.tap.hidden, s.hidden);
+  const int64_t rep = cfg.num_heads / cfg.num_kv_heads;
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    auto g = imp.tap.head[size_t(i)].reshape({cfg.num_kv_heads, rep}).sum(1);
+    plan.kv_groups.push_back(top_sorted(g, s.kv_groups));
+    plan.mlp_channels.push_back(top_sorted(imp.tap.mlp[size_t(i)], s.mlp));
+  }
+  return plan;
+}
+
+// Structured pruning: measure importance, size the smaller model, choose what it keeps, build
+// it. Adds the structure and the calibration to the report.
+CausalLM prune_structured(const PruneOptions& o, CausalLM& m, int64_t params_before,
+                          nlohmann::json& report) {
+  const core::ModelConfig cfg = m->config();
+  const CalibState c = calib_start(o, m);
+  const Importance imp = importance_measure(o, m, c);
+  const StructuredSizes sizes = structured_sizes(o, cfg, params_before);
+  if (o.target_params > 0) report["budget_ratio"] = sizes.budget_ratio;
+  const std::vector<double> depth = depth_scores(o, m, c, imp.bi, sizes.layers);
+  const StructuredPlan plan = structured_plan(cfg, imp, depth, sizes);
+  CausalLM out = structured_apply(m, plan);
+  const int64_t rep = cfg.num_heads / cfg.num_kv_heads;
+  report["structured"] = {{"layers_kept", plan.layers},
+                          {"num_hidden_layers", sizes.layers},
+                          {"num_key_value_heads", sizes.kv_groups},
+                          {"num_attention_heads", sizes.kv_groups * rep},
+                          {"intermediate_size", sizes.mlp},
+                          {"hidden_size", sizes.hidden},
+                          {"block_influence", imp.bi},
+                          {"depth_metric", o.depth_metric}};
+  report["calibration"] = {{"sequences", c.n()}, {"seq_len", o.calib_len}};
+  return out;
+}
+
+// The pruned model and prune.json, written atomically to --out.
+void pruned_write(const PruneOptions& o, CausalLM& out, const nlohmann::json& report) {
+  const std::string model_tokenizer = o.model + "/tokenizer.json";
+  const std::string tokenizer =
+      !o.tokenizer.empty() ? o.tokenizer : (fs::exists(model_tokenizer) ? model_tokenizer : "");
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  SaveOptions so;
+  so.tokenizer_json = tokenizer;
+  so.provenance = {{"stage", "prune"}, {"method", o.method}, {"from", o.model}};
+  if (o.method != "structured") {
+    so.provenance["sparsity"] = report.at("sparsity").at("targeted_sparsity");
+  }
+  model_write(out, dir.path(), so);
+  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+}
+
+// What pruning removed: parameters and bytes, and (unstructured) the sparsity per module, overall
+// and in nonzero parameters.
+void report_removed(const PruneOptions& o, const PruneTargets& pt, CausalLM& m, CausalLM& out,
+                    int64_t params_before, nlohmann::json& report) {
+  const std::string dtype = m->config().dtype;
+  report["params_before"] = params_before;
+  report["params_after"] = out->num_parameters();
+  report["bytes_before"] = model_bytes(m, dtype);
+  report["bytes_after"] = model_bytes(out, dtype);
+  if (o.method == "structured") return;
+  report["sparsity"] = sparsity_report(out, pt.targets);
+  report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
+  report["target_sparsity"] = o.sparsity;
+  int64_t nnz = 0;
+  for (auto& p : out->parameters()) nnz += (p != 0).sum().item<int64_t>();
+  report["nonzero_params_after"] = nnz;
+}
+
+}  // namespace
+
 PruneResult prune_run(const PruneOptions& o) {
   prune_validate(o);
   auto t0 = std::chrono::steady_clock::now();
@@ -494,219 +820,23 @@ PruneResult prune_run(const PruneOptions& o) {
   torch::manual_seed(o.seed);
   CausalLM m = model_load(o.model);
   m->eval();
-  const core::ModelConfig cfg = m->config();
-  const std::string tokenizer =
-      !o.tokenizer.empty() ? o.tokenizer
-                           : (fs::exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json" : "");
-  const NMPattern nm = o.method == "structured" ? NMPattern{} : nm_parse(o.pattern);
-
-  // Validation tokens for before/after perplexity (the val split; same definition as eval).
-  std::vector<int32_t> val;
-  if (o.eval_tokens > 0) {
-    core::TokenSource src;
-    src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
-    src.tokenizer = o.tokenizer;
-    src.split = "val";
-    src.max_tokens = o.eval_tokens;
-    val = core::tokens_load(o.model, cfg.vocab_size, src).take_or_throw().tokens;
-  }
+  const std::vector<int32_t> val = validation_tokens(o, m->config().vocab_size);
   const int64_t params_before = m->num_parameters();
   const double nll_before = val_nll(m, val, o.eval_seq_len);
 
   nlohmann::json report = {{"method", o.method}, {"model", o.model}};
-  CausalLM out{nullptr};
-  const std::regex targets = make_regex(o.targets, "--targets");
-  const bool has_ignore = !o.ignore.empty();
-  const std::regex ignore = has_ignore ? make_regex(o.ignore, "--ignore") : std::regex();
-  auto map = parse_sparsity_map(o.sparsity_map);
-  auto target_sparsity = [&](const std::string& mod) -> double {
-    for (auto& [re, s] : map) {
-      if (std::regex_search(mod, re)) return s;
-    }
-    return o.sparsity;
-  };
-  auto is_target = [&](const std::string& mod) {
-    return std::regex_match(mod, targets) && !(has_ignore && std::regex_match(mod, ignore));
-  };
-
+  const PruneTargets pt(o);
+  CausalLM out = m;  // the unstructured methods prune in place
   if (o.method == "magnitude") {
-    auto params = m->named_parameters();
-    std::vector<std::pair<std::string, torch::Tensor>> mats;
-    for (auto& p : params) {
-      std::string mod = p.key().substr(0, p.key().rfind('.'));
-      if (p.value().dim() == 2 && p.key().size() > 7 &&
-          p.key().compare(p.key().size() - 7, 7, ".weight") == 0 && is_target(mod)) {
-        mats.emplace_back(mod, p.value());
-      }
-    }
-    if (mats.empty()) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
-    if (o.scope == "global" && !nm.on()) {
-      std::vector<torch::Tensor> flat;
-      for (auto& [mod, w] : mats) flat.push_back(w.abs().reshape({-1}));
-      auto all = torch::cat(flat).unsqueeze(0);
-      auto keep = drop_lowest_rows(all, round_count(o.sparsity, all.size(1))).reshape({-1});
-      int64_t off = 0;
-      for (auto& [mod, w] : mats) {
-        w.mul_(keep.narrow(0, off, w.numel()).reshape(w.sizes()).to(w.scalar_type()));
-        off += w.numel();
-      }
-    } else {
-      for (auto& [mod, w] : mats) {
-        w.mul_(mask_magnitude(w, target_sparsity(mod), nm).to(w.scalar_type()));
-      }
-    }
-    out = m;
+    prune_magnitude(o, pt, m);
   } else if (o.method == "wanda" || o.method == "sparsegpt") {
-    int64_t N = 0;
-    std::vector<int32_t> calib = calibration_tokens(o, &N);
-    auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-    auto [cos, sin] = m->rope_tables(0, o.calib_len);
-    torch::Tensor X = m->model->embed_tokens(ids);  // [N, L, H]: the current layer's input
-    StatsTap tap;
-    tap.hessian = o.method == "sparsegpt";
-    m->set_tap(&tap);
-    core::Progress prog("prune " + o.method, uint64_t(cfg.num_layers), "layers", o.progress);
-    int64_t matched = 0;
-    for (int64_t i = 0; i < cfg.num_layers; ++i) {
-      auto layer = m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
-      std::vector<std::pair<std::string, torch::Tensor>> mats;
-      for (auto& p : layer->named_parameters()) {
-        std::string mod = "model.layers." + std::to_string(i) + "." + p.key().substr(0, p.key().rfind('.'));
-        if (p.value().dim() == 2 && is_target(mod)) mats.emplace_back(mod, p.value());
-      }
-      matched += int64_t(mats.size());
-      tap.wanted.clear();
-      tap.stats.clear();
-      for (auto& [mod, w] : mats) tap.wanted.insert(input_group(mod));
-      if (!mats.empty()) {
-        for (int64_t b = 0; b < N; b += 8) {
-          layer->forward(X.narrow(0, b, std::min<int64_t>(8, N - b)), cos, sin, 0, nullptr, nullptr);
-          tap.last_ptr = nullptr;
-        }
-        for (auto& [mod, w] : mats) {
-          const torch::Tensor& st = tap.stats.at(input_group(mod));
-          if (o.method == "wanda") {
-            w.mul_(mask_wanda(w, st, target_sparsity(mod), nm).to(w.scalar_type()));
-          } else {
-            sparsegpt_prune_(w, st, target_sparsity(mod), nm, o.block_size, o.damp);
-          }
-        }
-      }
-      tap.wanted.clear();
-      // The pruned layer's outputs are the next layer's inputs.
-      for (int64_t b = 0; b < N; b += 8) {
-        X.narrow(0, b, std::min<int64_t>(8, N - b))
-            .copy_(layer->forward(X.narrow(0, b, std::min<int64_t>(8, N - b)), cos, sin, 0, nullptr, nullptr));
-      }
-      prog.update(uint64_t(i + 1));
-    }
-    prog.finish();
-    m->set_tap(nullptr);
-    if (matched == 0) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
-    report["calibration"] = {{"sequences", N}, {"seq_len", o.calib_len}};
-    out = m;
-  } else {  // structured
-    int64_t N = 0;
-    std::vector<int32_t> calib = calibration_tokens(o, &N);
-    auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-    auto [cos, sin] = m->rope_tables(0, o.calib_len);
-    ImportanceTap tap;
-    tap.heads = cfg.num_heads;
-    tap.head_dim = cfg.head_dim;
-    m->set_tap(&tap);
-    // One streaming pass: activation importance through the tap, and Block Influence
-    // (1 - cos(layer input, layer output), averaged over tokens) per layer.
-    std::vector<double> bi(size_t(cfg.num_layers), 0.0);
-    torch::Tensor X = m->model->embed_tokens(ids);
-    core::Progress prog("importance", uint64_t(cfg.num_layers), "layers", o.progress);
-    for (int64_t i = 0; i < cfg.num_layers; ++i) {
-      auto layer = m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
-      for (int64_t b = 0; b < N; b += 8) {
-        auto xin = X.narrow(0, b, std::min<int64_t>(8, N - b));
-        auto y = layer->forward(xin, cos, sin, 0, nullptr, nullptr);
-        auto c = torch::nn::functional::cosine_similarity(
-            xin.reshape({-1, xin.size(-1)}), y.reshape({-1, y.size(-1)}),
-            torch::nn::functional::CosineSimilarityFuncOptions().dim(-1));
-        bi[size_t(i)] += (1.0 - c).sum().item<double>();
-        xin.copy_(y);
-      }
-      bi[size_t(i)] /= double(N * o.calib_len);
-      prog.update(uint64_t(i + 1));
-    }
-    prog.finish();
-    tap.on_input("lm_head", m->model->norm(X));
-    m->set_tap(nullptr);
-
-    // Sizes: from the ratios, or the widest uniform MLP/hidden ratio that meets the budget.
-    int64_t L2 = std::max<int64_t>(1, std::llround(o.keep_layers * double(cfg.num_layers)));
-    int64_t G2 = std::max<int64_t>(1, std::llround(o.keep_heads * double(cfg.num_kv_heads)));
-    int64_t I2 = round_width(o.keep_mlp, cfg.intermediate_size, o.channel_multiple);
-    int64_t H2 = round_width(o.keep_hidden, cfg.hidden_size, o.channel_multiple);
-    if (o.target_params > 0) {
-      const double budget = o.target_params * double(params_before);
-      double lo = 0.0, hi = 1.0;
-      for (int it = 0; it < 40; ++it) {
-        double r = 0.5 * (lo + hi);
-        int64_t n = structured_param_count(cfg, L2, G2,
-                                           round_width(r, cfg.intermediate_size, o.channel_multiple),
-                                           round_width(r, cfg.hidden_size, o.channel_multiple));
-        (double(n) <= budget ? lo : hi) = r;
-      }
-      I2 = round_width(lo, cfg.intermediate_size, o.channel_multiple);
-      H2 = round_width(lo, cfg.hidden_size, o.channel_multiple);
-      if (double(structured_param_count(cfg, L2, G2, I2, H2)) > budget * 1.0001 || lo <= 0) {
-        bad("--target-params " + std::to_string(o.target_params) + " cannot be met by shrinking the "
-            "MLP and hidden widths alone; also lower --keep-heads or --keep-layers");
-      }
-      report["budget_ratio"] = lo;
-    }
-    // Depth importance.
-    std::vector<double> depth_score(size_t(cfg.num_layers));
-    if (L2 < cfg.num_layers) {
-      if (o.depth_metric == "bi") {
-        depth_score = bi;
-      } else {
-        double base = calib_nll_skipping(m, ids, -1);
-        for (int64_t i = 0; i < cfg.num_layers; ++i) {
-          depth_score[size_t(i)] = calib_nll_skipping(m, ids, i) - base;
-        }
-      }
-    }
-    StructuredPlan plan;
-    plan.layers = top_sorted(torch::tensor(depth_score, torch::kFloat64), L2);
-    plan.hidden = top_sorted(tap.hidden, H2);
-    const int64_t rep = cfg.num_heads / cfg.num_kv_heads;
-    for (int64_t i = 0; i < cfg.num_layers; ++i) {
-      auto g = tap.head[size_t(i)].reshape({cfg.num_kv_heads, rep}).sum(1);
-      plan.kv_groups.push_back(top_sorted(g, G2));
-      plan.mlp_channels.push_back(top_sorted(tap.mlp[size_t(i)], I2));
-    }
-    out = structured_apply(m, plan);
-    report["structured"] = {{"layers_kept", plan.layers},
-                            {"num_hidden_layers", L2},
-                            {"num_key_value_heads", G2},
-                            {"num_attention_heads", G2 * rep},
-                            {"intermediate_size", I2},
-                            {"hidden_size", H2},
-                            {"block_influence", bi},
-                            {"depth_metric", o.depth_metric}};
-    report["calibration"] = {{"sequences", N}, {"seq_len", o.calib_len}};
+    report["calibration"] = prune_calibrated(o, pt, m);
+  } else {
+    out = prune_structured(o, m, params_before, report);
   }
 
   const double nll_after = val_nll(out, val, o.eval_seq_len);
-  const std::string dtype = cfg.dtype;
-  report["params_before"] = params_before;
-  report["params_after"] = out->num_parameters();
-  report["bytes_before"] = model_bytes(m, dtype);
-  report["bytes_after"] = model_bytes(out, dtype);
-  if (o.method != "structured") {
-    report["sparsity"] = sparsity_report(out, targets);
-    report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
-    report["target_sparsity"] = o.sparsity;
-    int64_t nnz = 0;
-    for (auto& p : out->parameters()) nnz += (p != 0).sum().item<int64_t>();
-    report["nonzero_params_after"] = nnz;
-  }
+  report_removed(o, pt, m, out, params_before, report);
   if (!val.empty()) {
     report["val_tokens"] = val.size();
     report["val_seq_len"] = o.eval_seq_len;
@@ -714,15 +844,7 @@ PruneResult prune_run(const PruneOptions& o) {
     report["perplexity_after"] = std::exp(nll_after);
   }
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  auto dir = core::AtomicDir::create(o.out).take_or_throw();
-  SaveOptions so;
-  so.tokenizer_json = tokenizer;
-  so.provenance = {{"stage", "prune"}, {"method", o.method}, {"from", o.model}};
-  if (o.method != "structured") so.provenance["sparsity"] = report["sparsity"]["targeted_sparsity"];
-  model_write(out, dir.path(), so);
-  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
-  throw_if_error(dir.commit());
+  pruned_write(o, out, report);
   return {report};
 }
 

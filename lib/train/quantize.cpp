@@ -641,22 +641,21 @@ double peak_rss_mb() {
   return double(u.ru_maxrss) / 1024.0;
 }
 
-}  // namespace
-
-QuantizeResult quantize_run(const QuantizeOptions& o) {
-  quantize_validate(o);
-  auto t0 = std::chrono::steady_clock::now();
-  torch::NoGradGuard ng;
-  core::ModelConfig cfg0 = core::config_load(o.model).take_or_throw();
-  if (cfg0.has_quantization()) bad(o.model + ": the model is already quantized");
-  CausalLM m = model_load(o.model);
-  CausalLM ref = model_load(o.model);  // the float model, for KL and sensitivity
-  m->eval();
-  const core::ModelConfig cfg = m->config();
-  const std::string tokenizer = !o.tokenizer.empty() ? o.tokenizer
-                                : fs::exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json"
-                                                                          : "";
+// The quantization format resolved for this model: the scheme that config.json records, and the
+// GPTQ settings.
+struct QuantSetup {
   core::QuantScheme scheme;
+  int bits = 8;
+  int64_t group_size = 0;  // 0: per output channel
+  bool act = false;        // activations are quantized (w8a8)...
+  bool stat = false;       // ...with static per-tensor scales
+  bool gptq = false;
+  GptqOptions gopt;
+};
+
+QuantSetup quant_setup(const QuantizeOptions& o, const core::ModelConfig& cfg) {
+  QuantSetup s;
+  core::QuantScheme& scheme = s.scheme;
   const int bits = o.scheme == "w4a16" ? 4 : 8;
   const std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
   // 4-bit weights need groups: by default the largest of 128, 64 and 32 that divides every K.
@@ -671,31 +670,54 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
   scheme.observer = o.observer;
   throw_if_error(core::quant_scheme_validate(scheme, ks));
-  const bool act = scheme.activations != "none";
-  const bool stat = scheme.activations == "static";
+  s.bits = bits;
+  s.group_size = group_size;
+  s.act = scheme.activations != "none";
+  s.stat = scheme.activations == "static";
+  s.gptq = o.method == "gptq";
+  s.gopt.group_size = group_size;
+  s.gopt.bits = bits;
+  s.gopt.asym = o.asym;
+  s.gopt.block_size = o.block_size;
+  s.gopt.damp = o.damp;
+  s.gopt.act_order = o.act_order;
+  s.gopt.act_order_groups = o.act_order_groups;
+  return s;
+}
 
-  // Data: calibration from the train split, evaluation from val (as `shrink eval`).
-  auto load = [&](const std::string& split, uint64_t max) {
-    core::TokenSource src;
-    src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
-    src.tokenizer = o.tokenizer;
-    src.split = split;
-    src.max_tokens = max;
-    return core::tokens_load(o.model, cfg.vocab_size, src).take_or_throw().tokens;
-  };
-  std::vector<int32_t> calib = load("train", uint64_t(o.calib_samples * o.calib_len));
+// Tokens of one split of the data: calibration from train, evaluation from val (as `shrink eval`).
+std::vector<int32_t> split_tokens(const QuantizeOptions& o, int64_t vocab_size,
+                                  const std::string& split, uint64_t max) {
+  core::TokenSource src;
+  src.data = o.data.empty() ? core::kDefaultCorpus : o.data;
+  src.tokenizer = o.tokenizer;
+  src.split = split;
+  src.max_tokens = max;
+  return core::tokens_load(o.model, vocab_size, src).take_or_throw().tokens;
+}
+
+// The calibration sequences: ids [N, calib_len] int64.
+torch::Tensor calibration_ids(const QuantizeOptions& o, int64_t vocab_size) {
+  std::vector<int32_t> calib =
+      split_tokens(o, vocab_size, "train", uint64_t(o.calib_samples * o.calib_len));
   const int64_t N = int64_t(calib.size()) / o.calib_len;
   if (N < 1) bad("too little calibration data for one sequence of --calib-len " + std::to_string(o.calib_len));
   calib.resize(size_t(N * o.calib_len));
-  std::vector<int32_t> val = o.eval_tokens ? load("val", o.eval_tokens) : std::vector<int32_t>{};
+  return torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+}
 
-  // Which input groups are quantized (by the group's first module name).
+// Each input group by its first module, within a decoder layer.
+constexpr const char* kGroupHeads[] = {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                       "mlp.down_proj"};
+
+// The quantized input groups (--targets minus --ignore) by their heads, in layer order.
+std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layers) {
   const std::regex targets(o.targets);
   const bool has_ignore = !o.ignore.empty();
   const std::regex ignore = has_ignore ? std::regex(o.ignore) : std::regex();
-  std::vector<std::string> heads;  // all quantized group heads, in layer order
-  for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    for (const char* g : {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"}) {
+  std::vector<std::string> heads;
+  for (int64_t i = 0; i < num_layers; ++i) {
+    for (const char* g : kGroupHeads) {
       std::string head = "model.layers." + std::to_string(i) + "." + g;
       if (std::regex_match(head, targets) && !(has_ignore && std::regex_match(head, ignore))) {
         heads.push_back(head);
@@ -703,363 +725,504 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
     }
   }
   if (heads.empty()) bad("--targets '" + o.targets + "' selects no linear layer");
+  return heads;
+}
 
-  auto ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-  auto [cos, sin] = m->rope_tables(0, o.calib_len);
-  auto params = m->named_parameters();
-  std::map<std::string, torch::Tensor> float_w;               // smoothed float weights
-  std::map<std::string, QWeight> qw;                          // module -> quantized weights
-  auto tap = std::make_shared<FakeQuantTap>();
-  tap->mode = act ? scheme.activations : "dynamic";
-  std::vector<double> alphas(size_t(cfg.num_layers), -1.0);
-  const bool gptq = o.method == "gptq";
-  GptqOptions gopt;
-  gopt.group_size = group_size;
-  gopt.bits = bits;
-  gopt.asym = o.asym;
-  gopt.block_size = o.block_size;
-  gopt.damp = o.damp;
-  gopt.act_order = o.act_order;
-  gopt.act_order_groups = o.act_order_groups;
+// The working set of quantize_run: the options and resolved format, the model being quantized
+// (its parameters by name, RoPE tables for the calibration length) and what quantization has
+// produced so far.
+struct Quant {
+  Quant(const QuantizeOptions& o, const QuantSetup& s, CausalLM& m)
+      : o(o), s(s), m(m), params(m->named_parameters()),
+        alphas(size_t(m->config().num_layers), -1.0) {
+    std::tie(cos, sin) = m->rope_tables(0, o.calib_len);
+    tap->mode = s.act ? s.scheme.activations : "dynamic";
+  }
+  const QuantizeOptions& o;
+  const QuantSetup& s;
+  CausalLM& m;
+  torch::OrderedDict<std::string, torch::Tensor> params;
+  torch::Tensor cos, sin;
+
+  std::map<std::string, torch::Tensor> float_w;  // module -> float weights (after smoothing)
+  std::map<std::string, QWeight> qw;             // module -> quantized weights
+  // Quantized groups and static input scales: the fake-quant activations of the model.
+  std::shared_ptr<FakeQuantTap> tap = std::make_shared<FakeQuantTap>();
+  std::vector<double> alphas;  // SmoothQuant's alpha per layer (-1: not smoothed)
   nlohmann::json gptq_modules = nlohmann::json::array();
   nlohmann::json awq_layers = nlohmann::json::array();
   // Summed ||X dW^T||^2 over the quantized linears: the scale search's round to nearest and its
   // winners (float coordinates); with clipping, the scaled weights unclipped and clipped.
   double awq_err_rtn = 0, awq_err_scaled = 0, awq_err_noclip = 0, awq_err_clip = 0;
   double err_rtn = 0, err_gptq = 0;  // summed ||X dW^T||^2 over the quantized modules
-  torch::Tensor X = m->model->embed_tokens(ids);
-  core::Progress prog("quantize " + o.scheme, uint64_t(cfg.num_layers), "layers", o.progress);
-  auto run_layer = [&](DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
+
+  torch::Tensor& weight(const std::string& mod) { return *params.find(mod + ".weight"); }
+  // The layer's outputs for inputs x, 8 sequences at a time, its linear inputs seen by `t`.
+  torch::Tensor layer_forward(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
     m->set_tap(t);
     std::vector<torch::Tensor> outs;
     for (int64_t b = 0; b < x.size(0); b += 8) {
-      outs.push_back(layer.forward(x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b)), cos, sin, 0,
-                                   nullptr, nullptr));
+      outs.push_back(layer.forward(x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b)), cos, sin,
+                                   0, nullptr, nullptr));
     }
     m->set_tap(nullptr);
     return torch::cat(outs, 0);
-  };
-  for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    auto& layer = *m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
-    const std::string pre = "model.layers." + std::to_string(i) + ".";
-    std::vector<std::string> lheads;
+  }
+};
+
+// One decoder layer of the model being quantized.
+struct QuantLayer {
+  DecoderLayerImpl& layer;
+  int64_t index;
+  std::string pre;                 // "model.layers.<index>."
+  std::vector<std::string> heads;  // its quantized groups
+};
+
+// Quantize one module's weights in place (w becomes the dequantized weights; the quantized form
+// is kept). The final pass also adds GPTQ's and AWQ clipping's output errors, and round to
+// nearest's, for the report. `stats` are the module's input group's.
+void module_quantize(Quant& q, const std::string& mod,
+                     const std::map<std::string, GroupStats>& stats, const std::string& head,
+                     bool final) {
+  const QuantSetup& s = q.s;
+  const bool asym = q.o.asym;
+  torch::Tensor& w = q.weight(mod);
+  q.float_w[mod] = w.clone();
+  QWeight qw;
+  const bool clip = q.o.awq && q.o.awq_clip && !s.gptq &&
+                    mod.find("q_proj") == std::string::npos &&
+                    mod.find("k_proj") == std::string::npos;  // as AutoAWQ: not q/k
+  if (clip) {
+    qw = awq_clip_quantize(w, stats.at(head).xtx, s.group_size, s.bits, asym);
+  } else if (!s.gptq) {
+    qw = rtn_quantize(w, s.group_size, s.bits, asym);
+  } else {
+    const torch::Tensor& H = stats.at(head).xtx;
+    QWeight g = gptq_quantize(w, H, s.gopt);
+    if (final) {  // the report compares with round-to-nearest
+      const QWeight r = rtn_quantize(w, s.group_size, s.bits, asym);
+      const double e0 = layer_output_error(w, torch::zeros_like(w), H);
+      const double er = layer_output_error(w, r.dequantize(), H);
+      const double eg = layer_output_error(w, g.dequantize(), H);
+      q.gptq_modules.push_back({{"module", mod},
+                                {"rel_error_rtn", e0 > 0 ? er / e0 : 0.0},
+                                {"rel_error_gptq", e0 > 0 ? eg / e0 : 0.0}});
+      q.err_rtn += er;
+      q.err_gptq += eg;
+    }
+    qw = g;
+  }
+  if (final && clip) {
+    const auto& H = stats.at(head).xtx;
+    const QWeight r = rtn_quantize(w, s.group_size, s.bits, asym);
+    q.awq_err_noclip += layer_output_error(w, r.dequantize(), H);
+    q.awq_err_clip += layer_output_error(w, qw.dequantize(), H);
+  }
+  w.copy_(qw.dequantize());
+  q.qw[mod] = qw;
+}
+
+// Quantize the layer's groups on input x: their input statistics where the method needs them,
+// static activation scales, then each module's weights; q.tap then fake-quantizes the groups.
+void layer_quantize(Quant& q, const QuantLayer& l, const torch::Tensor& x, bool final) {
+  const QuantSetup& s = q.s;
+  const QuantizeOptions& o = q.o;
+  CalibTap ct;
+  if (s.stat || s.gptq || o.awq) {
+    ct.wanted.insert(l.heads.begin(), l.heads.end());
+    ct.histograms = s.stat && (o.observer == "percentile" || o.observer == "mse" ||
+                               o.observer == "entropy");
+    ct.hessian = s.gptq || o.awq;
+    q.layer_forward(l.layer, &ct, x);
+  }
+  if (s.stat) {
+    for (const auto& h : l.heads) q.tap->input_scales[h] = float(observe(ct.stats.at(h), o));
+  }
+  for (const auto& h : l.heads) {
+    q.tap->modules.insert(h);
+    for (const auto& mod : group_modules(h)) module_quantize(q, mod, ct.stats, h, final);
+  }
+}
+
+// SmoothQuant: move the layer's activation outliers into its weights with alpha (--smoothquant,
+// or with auto the grid point whose quantized layer is closest to the float layer's outputs).
+void layer_smooth(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
+  const core::ModelConfig& cfg = q.m->config();
+  CalibTap ct;
+  for (const char* g : kGroupHeads) ct.wanted.insert(l.pre + g);
+  q.layer_forward(l.layer, &ct, X);
+  std::map<std::string, torch::Tensor> amax = {
+      {"qkv", ct.stats[l.pre + "self_attn.q_proj"].act_max},
+      {"o", ct.stats[l.pre + "self_attn.o_proj"].act_max},
+      {"gate_up", ct.stats[l.pre + "mlp.gate_proj"].act_max},
+      {"down", ct.stats[l.pre + "mlp.down_proj"].act_max}};
+  double alpha = 0.5;
+  if (q.o.smoothquant == "auto") {
+    // Grid search on the layer's output error against the float layer.
+    auto xs = X.narrow(0, 0, std::min<int64_t>(X.size(0), 16));
+    auto y_ref = q.layer_forward(l.layer, nullptr, xs);
+    std::vector<torch::Tensor> saved;
+    for (auto& p : l.layer.parameters()) saved.push_back(p.clone());
+    double best = INFINITY;
+    for (double a : {0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}) {
+      smoothquant_layer(l.layer, amax, a, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+      layer_quantize(q, l, xs, false);
+      double err = (q.layer_forward(l.layer, q.tap.get(), xs) - y_ref).pow(2).mean().item<double>();
+      if (err < best) {
+        best = err;
+        alpha = a;
+      }
+      size_t k = 0;
+      for (auto& p : l.layer.parameters()) p.copy_(saved[k++]);
+    }
+  } else {
+    alpha = std::stod(q.o.smoothquant);
+  }
+  smoothquant_layer(l.layer, amax, alpha, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+  q.alphas[size_t(l.index)] = alpha;
+}
+
+// AWQ: per input group, search the channel scales on the float layer's inputs, then fold them
+// in; groups not quantized keep s = 1.
+void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
+  const core::ModelConfig& cfg = q.m->config();
+  CalibTap ct;
+  ct.wanted.insert(l.heads.begin(), l.heads.end());
+  ct.hessian = ct.means = true;
+  q.layer_forward(l.layer, &ct, X);
+  const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, rep = nh / nkv;
+  std::map<std::string, torch::Tensor> sc = {{"qkv", torch::ones({cfg.hidden_size})},
+                                             {"o", torch::ones({nkv * hd})},
+                                             {"gate_up", torch::ones({cfg.hidden_size})},
+                                             {"down", torch::ones({cfg.intermediate_size})}};
+  nlohmann::json lj = {{"layer", l.index}};
+  for (const auto& h : l.heads) {
+    const GroupStats& g = ct.stats.at(h);
+    const std::string grp = short_group(h);
+    auto xm = g.abs_sum / double(std::max<int64_t>(g.rows, 1));
+    std::vector<torch::Tensor> ws;
+    for (const auto& mod : group_modules(h)) ws.push_back(q.weight(mod));
+    // o_proj's factors fold into v_proj rows, so the query heads of a KV group share them.
+    AwqScale a = awq_search_scale(ws, xm, g.xtx, q.s.group_size, q.s.bits, 20,
+                                  grp == "o" ? rep : 1, hd, q.o.asym);
+    sc[grp] = grp == "o"
+                  ? a.s.reshape({nkv, rep, hd}).select(1, 0).reshape({nkv * hd}).contiguous()
+                  : a.s;
+    q.awq_err_rtn += a.err_rtn;
+    q.awq_err_scaled += a.err;
+    lj[grp] = {{"ratio", a.ratio},
+               {"form", a.duo ? "duo" : "plain"},
+               {"search_error_vs_rtn", a.err_rtn > 0 ? a.err / a.err_rtn : 1.0}};
+  }
+  scale_layer_inputs(l.layer, sc, nh, nkv, hd);
+  q.awq_layers.push_back(lj);
+}
+
+// Layer by layer: the calibration states enter layer i, which is smoothed (SmoothQuant) or
+// rescaled (AWQ), then quantized; the quantized layer's outputs feed layer i+1.
+void layers_quantize(Quant& q, const std::vector<std::string>& heads, const torch::Tensor& ids) {
+  const QuantizeOptions& o = q.o;
+  const int64_t num_layers = q.m->config().num_layers;
+  torch::Tensor X = q.m->model->embed_tokens(ids);
+  core::Progress prog("quantize " + o.scheme, uint64_t(num_layers), "layers", o.progress);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    QuantLayer l{*q.m->model->layers->ptr<DecoderLayerImpl>(size_t(i)), i,
+                 "model.layers." + std::to_string(i) + ".", {}};
     for (const auto& h : heads) {
-      if (h.rfind(pre, 0) == 0) lheads.push_back(h);
+      if (h.rfind(l.pre, 0) == 0) l.heads.push_back(h);
     }
-    // Quantize this layer's weights (and calibrate static scales) on input x; returns the
-    // fake-quant tap state in `tap` for the layer's groups.
-    auto quantize_layer = [&](const torch::Tensor& x, bool final) {
-      CalibTap ct;
-      if (stat || gptq || o.awq) {
-        ct.wanted.insert(lheads.begin(), lheads.end());
-        ct.histograms = stat && (o.observer == "percentile" || o.observer == "mse" || o.observer == "entropy");
-        ct.hessian = gptq || o.awq;
-        run_layer(layer, &ct, x);
-      }
-      if (stat) {
-        for (const auto& h : lheads) tap->input_scales[h] = float(observe(ct.stats.at(h), o));
-      }
-      for (const auto& h : lheads) {
-        tap->modules.insert(h);
-        for (const auto& mod : group_modules(h)) {
-          torch::Tensor& w = *params.find(mod + ".weight");
-          float_w[mod] = w.clone();
-          QWeight q;
-          const bool clip = o.awq && o.awq_clip && !gptq &&
-                            mod.find("q_proj") == std::string::npos &&
-                            mod.find("k_proj") == std::string::npos;  // as AutoAWQ: not q/k
-          if (clip) {
-            q = awq_clip_quantize(w, ct.stats.at(h).xtx, group_size, bits, o.asym);
-          } else if (!gptq) {
-            q = rtn_quantize(w, group_size, bits, o.asym);
-          } else {
-            const torch::Tensor& H = ct.stats.at(h).xtx;
-            QWeight g = gptq_quantize(w, H, gopt);
-            if (final) {  // the report compares with round-to-nearest
-              const QWeight r = rtn_quantize(w, group_size, bits, o.asym);
-              const double e0 = layer_output_error(w, torch::zeros_like(w), H);
-              const double er = layer_output_error(w, r.dequantize(), H);
-              const double eg = layer_output_error(w, g.dequantize(), H);
-              gptq_modules.push_back({{"module", mod},
-                                      {"rel_error_rtn", e0 > 0 ? er / e0 : 0.0},
-                                      {"rel_error_gptq", e0 > 0 ? eg / e0 : 0.0}});
-              err_rtn += er;
-              err_gptq += eg;
-            }
-            q = g;
-          }
-          if (final && clip) {
-            const auto& H = ct.stats.at(h).xtx;
-            const QWeight r = rtn_quantize(w, group_size, bits, o.asym);
-            awq_err_noclip += layer_output_error(w, r.dequantize(), H);
-            awq_err_clip += layer_output_error(w, q.dequantize(), H);
-          }
-          w.copy_(q.dequantize());
-          qw[mod] = q;
-        }
-      }
-    };
-    if (!o.smoothquant.empty() && !lheads.empty()) {
-      CalibTap ct;
-      for (const char* g : {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"}) {
-        ct.wanted.insert(pre + g);
-      }
-      run_layer(layer, &ct, X);
-      std::map<std::string, torch::Tensor> amax = {
-          {"qkv", ct.stats[pre + "self_attn.q_proj"].act_max},
-          {"o", ct.stats[pre + "self_attn.o_proj"].act_max},
-          {"gate_up", ct.stats[pre + "mlp.gate_proj"].act_max},
-          {"down", ct.stats[pre + "mlp.down_proj"].act_max}};
-      double alpha = 0.5;
-      if (o.smoothquant == "auto") {
-        // Grid search on the layer's output error against the float layer.
-        auto xs = X.narrow(0, 0, std::min<int64_t>(N, 16));
-        auto y_ref = run_layer(layer, nullptr, xs);
-        std::vector<torch::Tensor> saved;
-        for (auto& p : layer.parameters()) saved.push_back(p.clone());
-        double best = INFINITY;
-        for (double a : {0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}) {
-          smoothquant_layer(layer, amax, a, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-          quantize_layer(xs, false);
-          double err = (run_layer(layer, tap.get(), xs) - y_ref).pow(2).mean().item<double>();
-          if (err < best) {
-            best = err;
-            alpha = a;
-          }
-          size_t k = 0;
-          for (auto& p : layer.parameters()) p.copy_(saved[k++]);
-        }
-      } else {
-        alpha = std::stod(o.smoothquant);
-      }
-      smoothquant_layer(layer, amax, alpha, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-      alphas[size_t(i)] = alpha;
-    }
-    if (o.awq && !lheads.empty()) {
-      // AWQ: per input group, search the channel scales on the float layer's inputs, then fold
-      // them in; groups not quantized keep s = 1.
-      CalibTap ct;
-      ct.wanted.insert(lheads.begin(), lheads.end());
-      ct.hessian = ct.means = true;
-      run_layer(layer, &ct, X);
-      const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, rep = nh / nkv;
-      std::map<std::string, torch::Tensor> sc = {{"qkv", torch::ones({cfg.hidden_size})},
-                                                 {"o", torch::ones({nkv * hd})},
-                                                 {"gate_up", torch::ones({cfg.hidden_size})},
-                                                 {"down", torch::ones({cfg.intermediate_size})}};
-      nlohmann::json lj = {{"layer", i}};
-      for (const auto& h : lheads) {
-        const GroupStats& g = ct.stats.at(h);
-        const std::string grp = short_group(h);
-        auto xm = g.abs_sum / double(std::max<int64_t>(g.rows, 1));
-        std::vector<torch::Tensor> ws;
-        for (const auto& mod : group_modules(h)) ws.push_back(*params.find(mod + ".weight"));
-        // o_proj's factors fold into v_proj rows, so the query heads of a KV group share them.
-        AwqScale a =
-            awq_search_scale(ws, xm, g.xtx, group_size, bits, 20, grp == "o" ? rep : 1, hd, o.asym);
-        sc[grp] = grp == "o"
-                      ? a.s.reshape({nkv, rep, hd}).select(1, 0).reshape({nkv * hd}).contiguous()
-                      : a.s;
-        awq_err_rtn += a.err_rtn;
-        awq_err_scaled += a.err;
-        lj[grp] = {{"ratio", a.ratio},
-                   {"form", a.duo ? "duo" : "plain"},
-                   {"search_error_vs_rtn", a.err_rtn > 0 ? a.err / a.err_rtn : 1.0}};
-      }
-      scale_layer_inputs(layer, sc, nh, nkv, hd);
-      awq_layers.push_back(lj);
-    }
-    if (!lheads.empty()) quantize_layer(X, true);
-    X = run_layer(layer, act ? tap.get() : nullptr, X);  // the quantized layer feeds the next
+    if (!o.smoothquant.empty() && !l.heads.empty()) layer_smooth(q, l, X);
+    if (o.awq && !l.heads.empty()) layer_awq(q, l, X);
+    if (!l.heads.empty()) layer_quantize(q, l, X, true);
+    // The quantized layer feeds the next.
+    X = q.layer_forward(l.layer, q.s.act ? q.tap.get() : nullptr, X);
     prog.update(uint64_t(i + 1));
   }
   prog.finish();
-  const double calib_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (act) m->set_tap(tap.get());
+}
 
+// quantize.json's account of the format and of the calibration.
+nlohmann::json quant_report(const Quant& q, int64_t sequences, double calib_seconds) {
+  const QuantizeOptions& o = q.o;
+  const QuantSetup& s = q.s;
   nlohmann::json report = {
       {"scheme", o.scheme},
-      {"activations", scheme.activations},
-      {"weights", scheme.weight_strategy},
-      {"group_size", group_size},
-      {"bits", bits},
+      {"activations", s.scheme.activations},
+      {"weights", s.scheme.weight_strategy},
+      {"group_size", s.group_size},
+      {"bits", s.bits},
       {"symmetric", !o.asym},
-      {"observer", stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
+      {"observer", s.stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
       {"smoothquant",
        o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
-      {"rounding", bits == 4 ? (o.asym ? "half-to-even, q = clamp(w / scale + zp, -8, 7)"
-                                       : "half-to-even, clamp [-8, 7]")
-                             : "half-to-even, clamp [-127, 127]"},
-      {"calibration", {{"sequences", N}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
-  if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = alphas;
+      {"rounding", s.bits == 4 ? (o.asym ? "half-to-even, q = clamp(w / scale + zp, -8, 7)"
+                                         : "half-to-even, clamp [-8, 7]")
+                               : "half-to-even, clamp [-127, 127]"},
+      {"calibration",
+       {{"sequences", sequences}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
+  if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = q.alphas;
   report["method"] = o.method;
   if (o.awq) {
     // Output error of the quantized linears on the calibration inputs: with the searched scales
     // against round to nearest, and clipped against not (v_proj and up_proj rows change scale
     // with the next group's factors, so the two ratios are in different coordinates).
-    report["awq"] = {{"clip", o.awq_clip && !gptq},
+    report["awq"] = {{"clip", o.awq_clip && !s.gptq},
                      {"grid", 20},
-                     {"scale_error_ratio", awq_err_rtn > 0 ? awq_err_scaled / awq_err_rtn : 0.0},
-                     {"layers", awq_layers}};
-    if (o.awq_clip && !gptq) {
-      report["awq"]["clip_error_ratio"] = awq_err_noclip > 0 ? awq_err_clip / awq_err_noclip : 0.0;
+                     {"scale_error_ratio",
+                      q.awq_err_rtn > 0 ? q.awq_err_scaled / q.awq_err_rtn : 0.0},
+                     {"layers", q.awq_layers}};
+    if (o.awq_clip && !s.gptq) {
+      report["awq"]["clip_error_ratio"] =
+          q.awq_err_noclip > 0 ? q.awq_err_clip / q.awq_err_noclip : 0.0;
     }
   }
-  if (gptq) {
+  if (s.gptq) {
     // Output error of each quantized linear on its calibration inputs, relative to its output's
     // energy, for round-to-nearest and for GPTQ (the same scales per channel).
     report["gptq"] = {{"block_size", o.block_size},
                       {"damp", o.damp},
                       {"act_order", o.act_order},
                       {"act_order_groups", o.act_order_groups},
-                      {"output_error_ratio", err_rtn > 0 ? err_gptq / err_rtn : 0.0},
-                      {"modules", gptq_modules}};
+                      {"output_error_ratio", q.err_rtn > 0 ? q.err_gptq / q.err_rtn : 0.0},
+                      {"modules", q.gptq_modules}};
   }
+  return report;
+}
 
-  // Sensitivity: one input group at a time in int8, the rest in float.
+// The weights of group `h`'s modules: quantized (dequantized) or float.
+void group_weights_set(Quant& q, const std::string& h, bool quantized) {
+  for (const auto& mod : group_modules(h)) {
+    q.weight(mod).copy_(quantized ? q.qw[mod].dequantize() : q.float_w[mod]);
+  }
+}
+
+// Sensitivity (--sensitivity): each input group alone quantized, the rest float, by its KL to
+// the float model on validation tokens; most sensitive first.
+std::vector<std::pair<double, std::string>> sensitivity_measure(
+    Quant& q, CausalLM& ref, const std::vector<std::string>& heads) {
+  const QuantizeOptions& o = q.o;
+  std::vector<int32_t> sv = split_tokens(o, q.m->config().vocab_size, "val", o.sensitivity_tokens);
+  for (auto& [mod, w] : q.float_w) q.weight(mod).copy_(w);
+  auto one = std::make_shared<FakeQuantTap>(*q.tap);
+  std::vector<std::pair<double, std::string>> sens;
+  core::Progress sp("sensitivity", heads.size(), "groups", o.progress);
+  for (size_t k = 0; k < heads.size(); ++k) {
+    const std::string& h = heads[k];
+    group_weights_set(q, h, true);
+    one->modules = {h};
+    q.m->set_tap(q.s.act ? one.get() : nullptr);
+    EvalStats e = evaluate(q.m, ref, sv, o.eval_seq_len);
+    sens.emplace_back(e.kl, h);
+    group_weights_set(q, h, false);
+    sp.update(k + 1);
+  }
+  sp.finish();
+  std::sort(sens.rbegin(), sens.rend());
+  return sens;
+}
+
+// The --keep-float most sensitive groups stay float, the others quantized: the model is left
+// mixed so. Returns the groups kept float.
+std::set<std::string> sensitivity_keep_float(Quant& q, CausalLM& ref,
+                                             const std::vector<std::string>& heads,
+                                             nlohmann::json& report) {
+  const auto sens = sensitivity_measure(q, ref, heads);
+  nlohmann::json sj = nlohmann::json::array();
+  for (auto& [kl, h] : sens) sj.push_back({{"group", h}, {"kl", kl}});
+  report["sensitivity"] = sj;
   std::set<std::string> kept_float;
-  if (o.sensitivity) {
-    std::vector<int32_t> sv = load("val", o.sensitivity_tokens);
-    for (auto& [mod, w] : float_w) params.find(mod + ".weight")->copy_(w);
-    auto one = std::make_shared<FakeQuantTap>(*tap);
-    std::vector<std::pair<double, std::string>> sens;
-    core::Progress sp("sensitivity", heads.size(), "groups", o.progress);
-    for (size_t k = 0; k < heads.size(); ++k) {
-      const std::string& h = heads[k];
-      for (const auto& mod : group_modules(h)) {
-        params.find(mod + ".weight")->copy_(qw[mod].dequantize());
-      }
-      one->modules = {h};
-      m->set_tap(act ? one.get() : nullptr);
-      EvalStats e = evaluate(m, ref, sv, o.eval_seq_len);
-      sens.emplace_back(e.kl, h);
-      for (const auto& mod : group_modules(h)) params.find(mod + ".weight")->copy_(float_w[mod]);
-      sp.update(k + 1);
-    }
-    sp.finish();
-    std::sort(sens.rbegin(), sens.rend());
-    nlohmann::json sj = nlohmann::json::array();
-    for (auto& [kl, h] : sens) sj.push_back({{"group", h}, {"kl", kl}});
-    report["sensitivity"] = sj;
-    for (int64_t k = 0; k < o.keep_float && k < int64_t(sens.size()); ++k) kept_float.insert(sens[size_t(k)].second);
-    // Back to the mixed model: int8 everywhere except the kept groups.
-    for (const auto& h : heads) {
-      for (const auto& mod : group_modules(h)) {
-        if (kept_float.count(h)) params.find(mod + ".weight")->copy_(float_w[mod]);
-        else
-          params.find(mod + ".weight")->copy_(qw[mod].dequantize());
-      }
-    }
-    for (const auto& h : kept_float) tap->modules.erase(h);
-    m->set_tap(act ? tap.get() : nullptr);
-    report["kept_float"] = std::vector<std::string>(kept_float.begin(), kept_float.end());
+  for (int64_t k = 0; k < q.o.keep_float && k < int64_t(sens.size()); ++k) {
+    kept_float.insert(sens[size_t(k)].second);
   }
+  // Back to the mixed model: quantized everywhere except the kept groups.
+  for (const auto& h : heads) group_weights_set(q, h, !kept_float.count(h));
+  for (const auto& h : kept_float) q.tap->modules.erase(h);
+  q.m->set_tap(q.s.act ? q.tap.get() : nullptr);
+  report["kept_float"] = std::vector<std::string>(kept_float.begin(), kept_float.end());
+  return kept_float;
+}
 
-  // Accuracy against the float model.
-  if (!val.empty()) {
-    EvalStats ef = evaluate(ref, ref, val, o.eval_seq_len);
-    EvalStats eq = evaluate(m, ref, val, o.eval_seq_len);
-    report["val_tokens"] = val.size();
-    report["perplexity_float"] = std::exp(ef.nll);
-    report["perplexity_quant"] = std::exp(eq.nll);
-    report["perplexity_change"] = std::exp(eq.nll) / std::exp(ef.nll) - 1.0;
-    report["kl_vs_float"] = eq.kl;
-    report["top1_agreement"] = eq.top1;
+// Accuracy against the float model on the validation tokens.
+void accuracy_report(CausalLM& m, CausalLM& ref, const std::vector<int32_t>& val, int64_t seq_len,
+                     nlohmann::json& report) {
+  EvalStats ef = evaluate(ref, ref, val, seq_len);
+  EvalStats eq = evaluate(m, ref, val, seq_len);
+  report["val_tokens"] = val.size();
+  report["perplexity_float"] = std::exp(ef.nll);
+  report["perplexity_quant"] = std::exp(eq.nll);
+  report["perplexity_change"] = std::exp(eq.nll) / std::exp(ef.nll) - 1.0;
+  report["kl_vs_float"] = eq.kl;
+  report["top1_agreement"] = eq.top1;
+}
+
+// The modules written quantized: the quantized groups' but for those kept float, which the
+// scheme names as ignored (with lm_head, never quantized).
+struct ModuleSplit {
+  std::set<std::string> quantized;
+  std::vector<std::string> ignore = {"lm_head"};
+};
+
+ModuleSplit modules_split(const std::vector<std::string>& heads,
+                          const std::set<std::string>& kept_float) {
+  ModuleSplit split;
+  for (const auto& h : heads) {
+    for (const auto& mod : group_modules(h)) {
+      if (kept_float.count(h)) split.ignore.push_back(mod);
+      else split.quantized.insert(mod);
+    }
   }
+  return split;
+}
 
-  // Write the compressed-tensors directory.
-  scheme.ignore = {"lm_head"};
+// The dtype the model's float tensors are written in.
+core::DType float_dtype(const core::ModelConfig& cfg) {
+  const char* name = cfg.dtype == "float32" ? "F32" : cfg.dtype == "float16" ? "F16" : "BF16";
+  return core::dtype_from_name(name).value();
+}
+
+// The tensors of a compressed-tensors checkpoint, with the buffers behind their views.
+struct TensorSet {
   std::vector<std::vector<uint8_t>> bufs;
   std::vector<core::TensorView> views;
-  core::DType fdt = core::dtype_from_name(cfg.dtype == "float32" ? "F32" : cfg.dtype == "float16" ? "F16" : "BF16").value();
-  uint64_t bytes_after = 0;
-  auto add = [&](const std::string& name, core::DType dt, const torch::Tensor& t) {
+  uint64_t bytes = 0;  // what the weights take (shape records aside)
+  // A new buffer of n bytes holding tensor `name`.
+  uint8_t* add_buffer(const std::string& name, core::DType dt, std::vector<int64_t> shape,
+                      size_t n, bool counted = true) {
+    bufs.emplace_back(n);
+    views.push_back({name, dt, std::move(shape), bufs.back().data(), bufs.back().size()});
+    if (counted) bytes += bufs.back().size();
+    return bufs.back().data();
+  }
+  // Tensor t as dtype dt: int8/int32 as they are, otherwise converted from float32.
+  void add(const std::string& name, core::DType dt, const torch::Tensor& t) {
     auto c = t.contiguous();
     std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
     if (dt == core::DType::kI8 || dt == core::DType::kI32) {
-      bufs.emplace_back(size_t(c.nbytes()));
-      std::memcpy(bufs.back().data(), c.data_ptr(), size_t(c.nbytes()));
+      const size_t n = size_t(c.nbytes());
+      std::memcpy(add_buffer(name, dt, shape, n), c.data_ptr(), n);
     } else {
       auto f = c.to(torch::kFloat32).contiguous();
-      bufs.emplace_back(size_t(f.numel()) * core::dtype_size(dt));
-      core::convert_from_f32(f.data_ptr<float>(), dt, bufs.back().data(), f.numel());
+      uint8_t* out = add_buffer(name, dt, shape, size_t(f.numel()) * core::dtype_size(dt));
+      core::convert_from_f32(f.data_ptr<float>(), dt, out, f.numel());
     }
-    views.push_back({name, dt, shape, bufs.back().data(), bufs.back().size()});
-    bytes_after += bufs.back().size();
-  };
-  std::set<std::string> quantized_mods;
-  for (const auto& h : heads) {
-    if (kept_float.count(h)) continue;
-    for (const auto& mod : group_modules(h)) quantized_mods.insert(mod);
   }
-  for (const auto& h : heads) {
-    if (!kept_float.count(h)) continue;
-    for (const auto& mod : group_modules(h)) scheme.ignore.push_back(mod);
+};
+
+// compressed-tensors pack-quantized 4-bit weights: eight values per int32, the original shape,
+// and (asym) the zero points packed along the outputs: I32 [ceil(out / 8), groups].
+void int4_weights_add(TensorSet& ts, const std::string& mod, const QWeight& qw, bool asym) {
+  auto q = qw.q.contiguous();
+  const int64_t out = q.size(0), in = q.size(1), words = core::int4_packed_cols(in);
+  core::int4_pack(q.data_ptr<int8_t>(), out, in,
+                  ts.add_buffer(mod + ".weight_packed", core::DType::kI32, {out, words},
+                                size_t(out * words * 4)));
+  const int64_t shape[2] = {out, in};
+  std::memcpy(ts.add_buffer(mod + ".weight_shape", core::DType::kI64, {2}, 16, false), shape, 16);
+  if (asym) {
+    auto z = qw.zp.contiguous();
+    const int64_t G = z.size(1), zw = core::int4_packed_cols(out);
+    core::int4_pack_rows(z.data_ptr<int8_t>(), out, G,
+                         ts.add_buffer(mod + ".weight_zero_point", core::DType::kI32, {zw, G},
+                                       size_t(zw * G * 4)));
   }
+}
+
+// Every tensor of the quantized model: the quantized modules' weights with their scales (and
+// g_idx, input scales), the rest in the model's float dtype.
+TensorSet quantized_tensors(Quant& q, const std::set<std::string>& quantized_mods) {
+  const core::ModelConfig& cfg = q.m->config();
+  const core::DType fdt = float_dtype(cfg);
+  TensorSet ts;
   for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
     const std::string mod = s.name.size() > 7 ? s.name.substr(0, s.name.size() - 7) : s.name;
-    if (quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0) {
-      if (bits == 4) {  // compressed-tensors pack-quantized: eight values per int32
-        auto q = qw[mod].q.contiguous();
-        const int64_t out = q.size(0), in = q.size(1), words = core::int4_packed_cols(in);
-        bufs.emplace_back(size_t(out * words * 4));
-        core::int4_pack(q.data_ptr<int8_t>(), out, in, bufs.back().data());
-        views.push_back({mod + ".weight_packed",
-                         core::DType::kI32,
-                         {out, words},
-                         bufs.back().data(),
-                         bufs.back().size()});
-        bytes_after += bufs.back().size();
-        bufs.emplace_back(16);
-        const int64_t shape[2] = {out, in};
-        std::memcpy(bufs.back().data(), shape, 16);
-        views.push_back({mod + ".weight_shape", core::DType::kI64, {2}, bufs.back().data(), 16});
-        if (o.asym) {  // zero points packed along the outputs: I32 [ceil(out / 8), groups]
-          auto z = qw[mod].zp.contiguous();
-          const int64_t G = z.size(1), zw = core::int4_packed_cols(out);
-          bufs.emplace_back(size_t(zw * G * 4));
-          core::int4_pack_rows(z.data_ptr<int8_t>(), out, G, bufs.back().data());
-          views.push_back({mod + ".weight_zero_point",
-                           core::DType::kI32,
-                           {zw, G},
-                           bufs.back().data(),
-                           bufs.back().size()});
-          bytes_after += bufs.back().size();
-        }
-      } else {
-        add(s.name, core::DType::kI8, qw[mod].q);
-      }
-      add(mod + ".weight_scale", core::DType::kF32, qw[mod].scale);
-      if (qw[mod].g_idx.defined()) add(mod + ".weight_g_idx", core::DType::kI32, qw[mod].g_idx);
-      if (stat) add(mod + ".input_scale", core::DType::kF32, torch::tensor({tap->input_scales.at(group_head(mod))}));
+    if (!(quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0)) {
+      ts.add(s.name, fdt, *q.params.find(s.name));
+      continue;
+    }
+    const QWeight& qw = q.qw[mod];
+    if (q.s.bits == 4) {
+      int4_weights_add(ts, mod, qw, q.o.asym);
     } else {
-      add(s.name, fdt, *params.find(s.name));
+      ts.add(s.name, core::DType::kI8, qw.q);
+    }
+    ts.add(mod + ".weight_scale", core::DType::kF32, qw.scale);
+    if (qw.g_idx.defined()) ts.add(mod + ".weight_g_idx", core::DType::kI32, qw.g_idx);
+    if (q.s.stat) {
+      ts.add(mod + ".input_scale", core::DType::kF32,
+             torch::tensor({q.tap->input_scales.at(group_head(mod))}));
     }
   }
-  const uint64_t bytes_before = uint64_t(ref->num_parameters()) * core::dtype_size(fdt);
-  report["bytes_before"] = bytes_before;
-  report["bytes_after"] = bytes_after;
-  report["quantized_modules"] = quantized_mods.size();
-  report["peak_rss_mb"] = peak_rss_mb();
-  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return ts;
+}
 
-  core::ModelConfig qc = cfg;
+// The compressed-tensors model directory, written atomically: weights, config.json with its
+// quantization_config, the tokenizer and sidecars, provenance and quantize.json.
+void quantized_write(const Quant& q, const std::vector<std::string>& ignore, const TensorSet& ts,
+                     const nlohmann::json& report) {
+  const QuantizeOptions& o = q.o;
+  const std::string model_tokenizer = o.model + "/tokenizer.json";
+  const std::string tokenizer =
+      !o.tokenizer.empty() ? o.tokenizer : (fs::exists(model_tokenizer) ? model_tokenizer : "");
+  core::QuantScheme scheme = q.s.scheme;
+  scheme.ignore = ignore;
+  core::ModelConfig qc = q.m->config();
   qc.raw["quantization_config"] = core::quant_config_to_json(scheme);
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
-  throw_if_error(core::checkpoint_write(dir.path(), views, {{"format", "pt"}}));
+  throw_if_error(core::checkpoint_write(dir.path(), ts.views, {{"format", "pt"}}));
   throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(qc)));
   if (!tokenizer.empty()) {
     throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", core::read_file(tokenizer).take_or_throw()));
   }
   throw_if_error(core::copy_model_sidecars(o.model, dir.path()));
   nlohmann::json prov = {{"stage", "quantize"},    {"from", o.model},
-                         {"scheme", o.scheme},     {"activations", scheme.activations},
+                         {"scheme", o.scheme},     {"activations", q.s.scheme.activations},
                          {"observer", o.observer}, {"smoothquant", o.smoothquant},
                          {"method", o.method},     {"awq", o.awq},
                          {"asym", o.asym}};
   throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());
+}
+
+}  // namespace
+
+QuantizeResult quantize_run(const QuantizeOptions& o) {
+  quantize_validate(o);
+  auto t0 = std::chrono::steady_clock::now();
+  auto seconds_since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  torch::NoGradGuard ng;
+  core::ModelConfig cfg0 = core::config_load(o.model).take_or_throw();
+  if (cfg0.has_quantization()) bad(o.model + ": the model is already quantized");
+  CausalLM m = model_load(o.model);
+  CausalLM ref = model_load(o.model);  // the float model, for KL and sensitivity
+  m->eval();
+  const core::ModelConfig cfg = m->config();
+  const QuantSetup setup = quant_setup(o, cfg);
+  const torch::Tensor ids = calibration_ids(o, cfg.vocab_size);
+  const std::vector<int32_t> val = o.eval_tokens
+                                       ? split_tokens(o, cfg.vocab_size, "val", o.eval_tokens)
+                                       : std::vector<int32_t>{};
+  const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
+
+  Quant q(o, setup, m);
+  layers_quantize(q, heads, ids);
+  const double calib_seconds = seconds_since_start();
+  if (setup.act) m->set_tap(q.tap.get());
+  nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
+  std::set<std::string> kept_float;
+  if (o.sensitivity) kept_float = sensitivity_keep_float(q, ref, heads, report);
+  if (!val.empty()) accuracy_report(m, ref, val, o.eval_seq_len, report);
+
+  const ModuleSplit mods = modules_split(heads, kept_float);
+  const TensorSet ts = quantized_tensors(q, mods.quantized);
+  report["bytes_before"] = uint64_t(ref->num_parameters()) * core::dtype_size(float_dtype(cfg));
+  report["bytes_after"] = ts.bytes;
+  report["quantized_modules"] = mods.quantized.size();
+  report["peak_rss_mb"] = peak_rss_mb();
+  report["seconds"] = seconds_since_start();
+  quantized_write(q, mods.ignore, ts, report);
   return {report};
 }
 

@@ -1,5 +1,8 @@
 // Trainer implementation (see trainer.h): data preparation, AdamW with parameter groups, the
 // learning-rate schedule, accumulation, clipping, validation, checkpoints and exact resume.
+// train_run reads as its steps (join the ranks, build the models, open the data, ... the step
+// loop, the outputs); each step is a function of the section above it, the run's state in small
+// structs (Ranks, Models, TrainData, State, Run).
 #include "train/trainer.h"
 
 #include <ATen/autocast_mode.h>
@@ -265,170 +268,288 @@ void maybe_die(int rank, int64_t step) {
   if (kill_rank == rank && kill_step == step) ::raise(SIGKILL);
 }
 
-}  // namespace
+// ---- The steps of train_run ------------------------------------------------------------------
 
-TrainResult train_run(const TrainOptions& o) {
-  train_validate(o);
-  // Data parallel: join the group the environment describes (WORLD_SIZE > 1).
+bool distilling(const TrainOptions& o) { return !o.teacher.empty(); }
+
+// This process's place in the data-parallel group: rank 0 of 1 when there is none.
+struct Ranks {
+  std::unique_ptr<DistGroup> group;
+  int rank = 0, world = 1;
+  bool lead() const { return rank == 0; }
+  // Sum a few doubles over ranks (validation sums, logged loss windows).
+  std::vector<double> sum(std::vector<double> v, const char* what) const {
+    if (!group) return v;
+    auto t = torch::from_blob(v.data(), {int64_t(v.size())}, torch::kFloat64).clone();
+    group->allreduce_sum(t, what);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = t[int64_t(i)].item<double>();
+    return v;
+  }
+  // Rank 0 runs `make(progress)` first, since it writes what the others then read (token shards,
+  // the teacher cache); the others follow, without a progress bar.
+  template <typename F>
+  void lead_first(bool progress, const char* waiting, F&& make) const {
+    if (lead()) make(progress);
+    // Tokenizing a corpus or building the cache may take hours: the others wait up to a day.
+    if (group) group->barrier(waiting, 24 * 3600.0);
+    if (!lead()) make(false);
+  }
+};
+
+// Data parallel: join the group the environment describes (WORLD_SIZE > 1).
+Ranks ranks_join(const TrainOptions& o) {
   const pipeline::DistEnv denv = pipeline::dist_env_read().take_or_throw();
   if (o.nproc > 1 && denv.world_size != o.nproc) {
     bad("--nproc " + std::to_string(o.nproc) + " but WORLD_SIZE=" +
         std::to_string(denv.world_size) + " in the environment: the launcher sets WORLD_SIZE; "
         "under torchrun or a hand launch leave --nproc out");
   }
-  std::unique_ptr<DistGroup> group;
-  if (denv.active && denv.world_size > 1) group = DistGroup::join(denv, o.dist_timeout);
-  const int rank = group ? group->rank() : 0, world = group ? group->size() : 1;
-  const bool lead = rank == 0;
-  // Sum a few doubles over ranks (validation sums, logged loss windows).
-  auto sum_over_ranks = [&](std::vector<double> v, const char* what) {
-    if (!group) return v;
-    auto t = torch::from_blob(v.data(), {int64_t(v.size())}, torch::kFloat64).clone();
-    group->allreduce_sum(t, what);
-    for (size_t i = 0; i < v.size(); ++i) v[i] = t[int64_t(i)].item<double>();
-    return v;
-  };
+  Ranks ranks;
+  if (denv.active && denv.world_size > 1) ranks.group = DistGroup::join(denv, o.dist_timeout);
+  if (ranks.group) {
+    ranks.rank = ranks.group->rank();
+    ranks.world = ranks.group->size();
+  }
+  return ranks;
+}
+
+// Where the run starts: from <out>/checkpoint when --resume finds one, else afresh.
+struct Start {
+  std::string ckpt;
+  bool resuming = false;
+};
+
+Start start_find(const TrainOptions& o) {
   fs::create_directories(o.out);
-  const std::string ckpt = o.out + "/checkpoint";
-  const bool resuming = o.resume && fs::exists(ckpt + "/state.json");
-  if (o.resume && !resuming && o.config.empty() && o.model.empty() && o.student_layers.empty()) {
-    bad("--resume: no checkpoint at " + ckpt + " and no --config/--model (or --student-layers) "
+  Start s;
+  s.ckpt = o.out + "/checkpoint";
+  s.resuming = o.resume && fs::exists(s.ckpt + "/state.json");
+  if (o.resume && !s.resuming && o.config.empty() && o.model.empty() && o.student_layers.empty()) {
+    bad("--resume: no checkpoint at " + s.ckpt + " and no --config/--model (or --student-layers) "
         "to start from");
   }
+  return s;
+}
 
-  // Teacher (distillation): eval mode, no gradients, never in the optimizer.
-  const bool distill = !o.teacher.empty();
+// The run's models: the student (the model trained) and, when distilling, the frozen teacher.
+struct Models {
+  CausalLM student{nullptr};
   CausalLM teacher{nullptr};
-  std::string tokenizer = o.tokenizer;
-  std::vector<int64_t> keep;
-  if (distill) {
-    teacher = model_load(o.teacher);
-    teacher->eval();
-    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
-    if (tokenizer.empty() && fs::exists(o.teacher + "/tokenizer.json")) {
-      tokenizer = o.teacher + "/tokenizer.json";
-    }
-    if (!o.student_layers.empty()) {
-      keep = parse_layer_list(o.student_layers, teacher->config().num_layers);
-      throw_if_error(core::config_keep_layers(teacher->config(), keep)
-                         .status()
-                         .with_context("--student-layers " + o.student_layers));
-    }
-  }
+  std::vector<int64_t> keep;   // --student-layers: the teacher's layers the student is made of
+  std::string student_source;  // where the student came from (provenance)
+  std::string tokenizer;       // tokenizer.json for text data and the outputs; "" when none
+};
 
-  // Model (the student when distilling) and tokenizer.
+// The first model directory that has a tokenizer.json gives the run's tokenizer.
+void tokenizer_default(std::string& tokenizer, const std::string& model_dir) {
+  if (tokenizer.empty() && fs::exists(model_dir + "/tokenizer.json")) {
+    tokenizer = model_dir + "/tokenizer.json";
+  }
+}
+
+// Teacher (distillation): eval mode, no gradients, never in the optimizer.
+void teacher_load(const TrainOptions& o, Models& ms) {
+  ms.teacher = model_load(o.teacher);
+  ms.teacher->eval();
+  for (auto& p : ms.teacher->parameters()) p.set_requires_grad(false);
+  tokenizer_default(ms.tokenizer, o.teacher);
+  if (!o.student_layers.empty()) {
+    ms.keep = parse_layer_list(o.student_layers, ms.teacher->config().num_layers);
+    throw_if_error(core::config_keep_layers(ms.teacher->config(), ms.keep)
+                       .status()
+                       .with_context("--student-layers " + o.student_layers));
+  }
+}
+
+// The student: the checkpoint's, teacher layers, a model directory, or a new seeded model from a
+// config.
+void student_build(const TrainOptions& o, const Start& start, Models& ms) {
   torch::manual_seed(o.seed);
-  CausalLM m{nullptr};
-  std::string student_source;
-  if (resuming) {
-    student_source = "checkpoint";
-    m = model_load(ckpt);
-    if (tokenizer.empty() && fs::exists(ckpt + "/tokenizer.json")) tokenizer = ckpt + "/tokenizer.json";
-  } else if (!keep.empty()) {
-    m = student_from_layers(teacher, keep);
-    student_source = "teacher layers " + o.student_layers;
+  if (start.resuming) {
+    ms.student_source = "checkpoint";
+    ms.student = model_load(start.ckpt);
+    tokenizer_default(ms.tokenizer, start.ckpt);
+  } else if (!ms.keep.empty()) {
+    ms.student = student_from_layers(ms.teacher, ms.keep);
+    ms.student_source = "teacher layers " + o.student_layers;
   } else if (!o.model.empty()) {
-    m = model_load(o.model);
-    student_source = o.model;
-    if (tokenizer.empty() && fs::exists(o.model + "/tokenizer.json")) {
-      tokenizer = o.model + "/tokenizer.json";
-    }
+    ms.student = model_load(o.model);
+    ms.student_source = o.model;
+    tokenizer_default(ms.tokenizer, o.model);
   } else {
     core::ModelConfig c =
         core::config_from_json(core::read_file(o.config).take_or_throw(), o.config).take_or_throw();
-    m = model_create(c, o.seed);
-    student_source = o.config;
+    ms.student = model_create(c, o.seed);
+    ms.student_source = o.config;
   }
+}
+
+Models models_build(const TrainOptions& o, const Ranks& ranks, const Start& start) {
+  Models ms;
+  ms.tokenizer = o.tokenizer;
+  if (distilling(o)) teacher_load(o, ms);
+  student_build(o, start, ms);
   // Every rank starts from rank 0's weights (identical by seed already; this also covers
   // machines whose copies of the inputs differ).
-  if (group) group->broadcast(m->parameters());
-  const core::ModelConfig& cfg = m->config();
-  if (distill && cfg.vocab_size != teacher->config().vocab_size) {
+  if (ranks.group) ranks.group->broadcast(ms.student->parameters());
+  const core::ModelConfig& cfg = ms.student->config();
+  if (distilling(o) && cfg.vocab_size != ms.teacher->config().vocab_size) {
     bad("the student's vocab_size is " + std::to_string(cfg.vocab_size) + " but the teacher's is " +
-        std::to_string(teacher->config().vocab_size) +
+        std::to_string(ms.teacher->config().vocab_size) +
         ": logit distillation needs the same vocabulary (and tokenizer)");
   }
+  return ms;
+}
+
+// Masks that keep the student's zero weights at zero (--masks; gradual pruning needs them).
+SparsityMasks masks_initial(const TrainOptions& o, CausalLM& m) {
   SparsityMasks masks;
   const bool gradual = o.prune_final > 0;
   if (o.masks != "off") masks = masks_from_zeros(m, o.masks == "on" || gradual ? 0.0 : 0.01);
-  // Gradual pruning: the targeted matrices, re-masked by magnitude on the cubic schedule.
-  std::vector<torch::Tensor> prune_mats;
-  const NMPattern prune_nm = gradual ? nm_parse(o.prune_pattern) : NMPattern{};
-  if (gradual) {
+  return masks;
+}
+
+double masked_fraction(const SparsityMasks& masks) {
+  return double(masks.masked) / double(std::max<int64_t>(1, masks.total));
+}
+
+// Gradual pruning (--prune-final): the targeted matrices, re-masked by magnitude on the cubic
+// schedule. What is pruned is fixed here; when, by after_step.
+class GradualPruning {
+ public:
+  GradualPruning(const TrainOptions& o, CausalLM& m) : o_(o), on_(o.prune_final > 0) {
+    if (!on_) return;
+    nm_ = nm_parse(o.prune_pattern);
     std::regex re(o.prune_targets);
     for (auto& p : m->named_parameters()) {
       std::string mod = p.key().substr(0, p.key().rfind('.'));
-      if (p.value().dim() == 2 && std::regex_match(mod, re)) prune_mats.push_back(p.value());
+      if (p.value().dim() == 2 && std::regex_match(mod, re)) mats_.push_back(p.value());
     }
-    if (prune_mats.empty()) bad("--prune-targets '" + o.prune_targets + "' matches no matrix");
+    if (mats_.empty()) bad("--prune-targets '" + o.prune_targets + "' matches no matrix");
   }
-  auto gradual_step = [&](int64_t step) {  // after optimizer step `step` (1-based)
-    if (!gradual || step < o.prune_start || step > o.prune_end) return;
-    if ((step - o.prune_start) % o.prune_every != 0 && step != o.prune_end) return;
-    double s = sparsity_at(o.prune_initial, o.prune_final, o.prune_start, o.prune_end, step);
+
+  // After optimizer step `step` (1-based): new masks when the schedule is due.
+  void after_step(int64_t step, SparsityMasks& masks) {
+    if (!on_ || step < o_.prune_start || step > o_.prune_end) return;
+    if ((step - o_.prune_start) % o_.prune_every != 0 && step != o_.prune_end) return;
+    double s = sparsity_at(o_.prune_initial, o_.prune_final, o_.prune_start, o_.prune_end, step);
     torch::NoGradGuard ng;
     masks.entries.clear();
     masks.masked = masks.total = 0;
-    for (auto& w : prune_mats) {
+    for (auto& w : mats_) {
       // N:M applies once the schedule reaches its end; before, unstructured magnitude.
-      auto keep = (prune_nm.on() && step == o.prune_end)
-                      ? mask_magnitude(w, s, prune_nm)
-                      : mask_magnitude(w, s, NMPattern{});
+      auto keep = (nm_.on() && step == o_.prune_end) ? mask_magnitude(w, s, nm_)
+                                                     : mask_magnitude(w, s, NMPattern{});
       auto mk = keep.to(torch::kFloat32);
       w.mul_(mk);
       masks.entries.emplace_back(w, mk);
       masks.masked += keep.numel() - keep.sum().item<int64_t>();
       masks.total += keep.numel();
     }
-  };
-
-  // Hidden-state loss: index pairs and the learned projections (student width -> teacher).
-  std::vector<std::pair<int64_t, int64_t>> hmap;
-  HiddenProjection proj{nullptr};
-  if (distill && o.hidden_loss != "none") {
-    hmap = hidden_layer_map(o.hidden_map, cfg.num_layers, teacher->config().num_layers, keep);
-    torch::manual_seed(o.seed + 1);
-    proj = HiddenProjection(int64_t(hmap.size()), cfg.hidden_size, teacher->config().hidden_size);
-    if (group) group->broadcast(proj->parameters());
   }
 
-  // Data.
-  // Text is tokenized once, by rank 0; the others then find its shards (for multi-machine runs,
-  // --out on a shared filesystem or token shards on every machine).
-  std::string data_dir;
-  if (lead) data_dir = prepare_data(o, tokenizer, o.progress);
-  if (group) group->barrier("waiting for rank 0 to tokenize the data", 24 * 3600.0);
-  if (!lead) data_dir = prepare_data(o, tokenizer, false);
-  core::TokenDataset train_ds = core::TokenDataset::open(data_dir, core::Split::kTrain).take_or_throw();
-  core::TokenDataset val_ds = core::TokenDataset::open(data_dir, core::Split::kVal).take_or_throw();
-  if (train_ds.vocab_size() > cfg.vocab_size) {
-    bad(data_dir + ": tokens use a vocabulary of " + std::to_string(train_ds.vocab_size()) +
+ private:
+  const TrainOptions& o_;
+  bool on_;
+  NMPattern nm_;
+  std::vector<torch::Tensor> mats_;
+};
+
+// Hidden-state loss (--hidden-loss): index pairs and the learned projections (student width ->
+// teacher).
+struct HiddenLoss {
+  std::vector<std::pair<int64_t, int64_t>> map;
+  HiddenProjection proj{nullptr};
+  bool on() const { return bool(proj); }
+};
+
+HiddenLoss hidden_loss_create(const TrainOptions& o, const Models& ms, const Ranks& ranks) {
+  HiddenLoss hl;
+  if (!distilling(o) || o.hidden_loss == "none") return hl;
+  const core::ModelConfig& cfg = ms.student->config();
+  const core::ModelConfig& tcfg = ms.teacher->config();
+  hl.map = hidden_layer_map(o.hidden_map, cfg.num_layers, tcfg.num_layers, ms.keep);
+  torch::manual_seed(o.seed + 1);
+  hl.proj = HiddenProjection(int64_t(hl.map.size()), cfg.hidden_size, tcfg.hidden_size);
+  if (ranks.group) ranks.group->broadcast(hl.proj->parameters());
+  return hl;
+}
+
+// Mean over the mapped pairs of the distance between projected student and teacher states.
+torch::Tensor hidden_term(const TrainOptions& o, HiddenLoss& hl, const ForwardOutput& student,
+                          const ForwardOutput& teacher) {
+  torch::Tensor h = torch::zeros({}, torch::kFloat32);
+  for (size_t i = 0; i < hl.map.size(); ++i) {
+    auto hs = hl.proj->forward(int64_t(i), student.hidden_states[size_t(hl.map[i].first)]);
+    const auto& ht = teacher.hidden_states[size_t(hl.map[i].second)];
+    h = h + (o.hidden_loss == "mse" ? hidden_mse(hs, ht) : hidden_cosine(hs, ht));
+  }
+  return h / double(hl.map.size());
+}
+
+// A resumed run's hidden-state projections, as the interrupted run saved them.
+void projection_restore(const std::string& ckpt, HiddenLoss& hl) {
+  if (!hl.on() || hl.proj->identity()) return;
+  if (!fs::exists(ckpt + "/projection.pt")) {
+    bad(ckpt + ": no projection.pt for the hidden-state loss; resume with the same "
+               "--hidden-loss options as the interrupted run");
+  }
+  torch::load(hl.proj, ckpt + "/projection.pt");
+}
+
+// The parameters training updates: the student's, then the hidden-state projections'.
+std::vector<torch::Tensor> trainable_parameters(CausalLM& m, const HiddenLoss& hl) {
+  std::vector<torch::Tensor> all = m->parameters();
+  if (hl.on()) {
+    for (auto& p : hl.proj->parameters()) all.push_back(p);
+  }
+  return all;
+}
+
+// The run's tokens: training shards read through the seeded packer, and the validation tokens.
+// Filled in place, as the packer points at `train`.
+struct TrainData {
+  TrainData() = default;
+  TrainData(const TrainData&) = delete;
+  TrainData& operator=(const TrainData&) = delete;
+  std::string dir;
+  core::TokenDataset train;
+  std::optional<core::SequencePacker> packer;
+  std::vector<int32_t> val_tokens;
+};
+
+// Text is tokenized once, by rank 0; the others then find its shards (for multi-machine runs,
+// --out on a shared filesystem or token shards on every machine).
+void data_open(const TrainOptions& o, const Ranks& ranks, const Models& ms, TrainData& d) {
+  ranks.lead_first(o.progress, "waiting for rank 0 to tokenize the data",
+                   [&](bool progress) { d.dir = prepare_data(o, ms.tokenizer, progress); });
+  d.train = core::TokenDataset::open(d.dir, core::Split::kTrain).take_or_throw();
+  core::TokenDataset val = core::TokenDataset::open(d.dir, core::Split::kVal).take_or_throw();
+  const core::ModelConfig& cfg = ms.student->config();
+  if (d.train.vocab_size() > cfg.vocab_size) {
+    bad(d.dir + ": tokens use a vocabulary of " + std::to_string(d.train.vocab_size()) +
         " but the model's vocab_size is " + std::to_string(cfg.vocab_size));
   }
-  core::SequencePacker packer(&train_ds, o.seq_len, o.seed, /*shuffle=*/true);
-  if (packer.windows_per_epoch() == 0) {
-    bad(data_dir + ": " + std::to_string(train_ds.size()) + " training tokens are too few for one " +
+  d.packer.emplace(&d.train, o.seq_len, o.seed, /*shuffle=*/true);
+  if (d.packer->windows_per_epoch() == 0) {
+    bad(d.dir + ": " + std::to_string(d.train.size()) + " training tokens are too few for one " +
         "window of --seq-len " + std::to_string(o.seq_len));
   }
-  uint64_t n_val = val_ds.size();
+  uint64_t n_val = val.size();
   if (o.eval_tokens) n_val = std::min<uint64_t>(n_val, o.eval_tokens);
-  std::vector<int32_t> val_tokens(n_val);
-  if (n_val) val_ds.read(0, n_val, val_tokens.data());
+  d.val_tokens.resize(n_val);
+  if (n_val) val.read(0, n_val, d.val_tokens.data());
+}
 
-  // Optimizer: decoupled weight decay on the matrices only (unless --decay-all).
+// AdamW: decoupled weight decay on the matrices only (unless --decay-all), and on the
+// hidden-state projections.
+torch::optim::AdamW optimizer_create(const TrainOptions& o, CausalLM& m, const HiddenLoss& hl) {
   std::vector<torch::Tensor> decay, no_wd;
   for (auto& p : m->named_parameters()) {
     (o.decay_all || !no_decay(p.key()) ? decay : no_wd).push_back(p.value());
   }
-  if (proj) {
-    if (resuming && !proj->identity()) {
-      if (!fs::exists(ckpt + "/projection.pt")) {
-        bad(ckpt + ": no projection.pt for the hidden-state loss; resume with the same "
-                   "--hidden-loss options as the interrupted run");
-      }
-      torch::load(proj, ckpt + "/projection.pt");
-    }
-    for (auto& p : proj->parameters()) decay.push_back(p);
+  if (hl.on()) {
+    for (auto& p : hl.proj->parameters()) decay.push_back(p);
   }
   auto opts = torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps);
   std::vector<torch::optim::OptimizerParamGroup> groups;
@@ -438,293 +559,401 @@ TrainResult train_run(const TrainOptions& o) {
     groups.emplace_back(no_wd, std::make_unique<torch::optim::AdamWOptions>(
                                   torch::optim::AdamWOptions(opts).weight_decay(0.0)));
   }
-  torch::optim::AdamW opt(groups, opts);
+  return torch::optim::AdamW(groups, opts);
+}
 
+State state_initial(const std::string& dtype, const std::string& student_init) {
   State st;
-  st.dtype = cfg.dtype;
-  st.student_init = student_source;
-  if (resuming) {
-    torch::load(opt, ckpt + "/optimizer.pt");
-    auto j = nlohmann::json::parse(core::read_file(ckpt + "/state.json").take_or_throw());
-    st.step = j.at("step").get<int64_t>();
-    // A resumed run saves in the dtype the interrupted run would have used, not the
-    // checkpoint's float32 (older checkpoints lack the field: float32).
-    st.dtype = j.value("dtype", cfg.dtype);
-    st.cursor.epoch = j.at("epoch").get<uint64_t>();
-    st.cursor.index = j.at("index").get<uint64_t>();
-    if (j["best_val_loss"].is_number()) st.best_val = j["best_val_loss"].get<double>();
-    // Older checkpoints lack the field: "checkpoint", as they always said.
-    st.student_init = j.value("student_init", student_source);
-    student_source = st.student_init;
-    if (j.contains("log_window") && j["log_window"].is_object()) {  // older checkpoints lack it
-      const auto& w = j["log_window"];
-      st.window = {w.at("loss").get<double>(), w.at("kd").get<double>(), w.at("ce").get<double>(),
-                   w.at("hidden").get<double>(), w.at("steps").get<int64_t>()};
-    }
-    packer.set_cursor(st.cursor);
-    if (lead) metrics_truncate(o.out + "/metrics.jsonl", st.step);
-  } else if (lead && fs::exists(o.out + "/metrics.jsonl")) {
-    fs::remove(o.out + "/metrics.jsonl");
-  }
-  std::ofstream metrics;
-  if (lead) metrics.open(o.out + "/metrics.jsonl", std::ios::app);
+  st.dtype = dtype;
+  st.student_init = student_init;
+  return st;
+}
 
-  // Validation is split over the ranks by whole windows and the sums are all-reduced, so every
-  // rank gets the same figure as one process would.
-  const auto [val_first, val_count] = eval_shard(val_tokens.size(), o.seq_len, rank, world);
+// A resumed run goes on where its checkpoint left off: the optimizer's moments, the step, the
+// data cursor, the best validation loss, the open log window and the student's provenance.
+void state_resume(const std::string& ckpt, torch::optim::AdamW& opt, State& st) {
+  torch::load(opt, ckpt + "/optimizer.pt");
+  auto j = nlohmann::json::parse(core::read_file(ckpt + "/state.json").take_or_throw());
+  st.step = j.at("step").get<int64_t>();
+  // A resumed run saves in the dtype the interrupted run would have used, not the
+  // checkpoint's float32 (older checkpoints lack the field: float32).
+  st.dtype = j.value("dtype", st.dtype);
+  st.cursor.epoch = j.at("epoch").get<uint64_t>();
+  st.cursor.index = j.at("index").get<uint64_t>();
+  if (j["best_val_loss"].is_number()) st.best_val = j["best_val_loss"].get<double>();
+  // Older checkpoints lack the field: "checkpoint", as they always said.
+  st.student_init = j.value("student_init", st.student_init);
+  if (j.contains("log_window") && j["log_window"].is_object()) {  // older checkpoints lack it
+    const auto& w = j["log_window"];
+    st.window = {w.at("loss").get<double>(), w.at("kd").get<double>(), w.at("ce").get<double>(),
+                 w.at("hidden").get<double>(), w.at("steps").get<int64_t>()};
+  }
+}
+
+// <out>/metrics.jsonl, written by rank 0. A resumed run keeps the lines of the steps it has done
+// (and rewrites what came after); a new run starts a new file.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& out, bool lead, bool resuming, int64_t step) : lead_(lead) {
+    const std::string path = out + "/metrics.jsonl";
+    if (resuming) {
+      if (lead) metrics_truncate(path, step);
+    } else if (lead && fs::exists(path)) {
+      fs::remove(path);
+    }
+    if (lead) file_.open(path, std::ios::app);
+  }
+  void write(const nlohmann::json& line) {
+    if (lead_) file_ << line.dump() << "\n";
+    file_.flush();
+  }
+
+ private:
+  bool lead_;
+  std::ofstream file_;
+};
+
+// Validation split over the ranks by whole windows, the sums all-reduced, so that every rank gets
+// the same figure as one process would.
+class ShardedEval {
+ public:
+  ShardedEval(const Ranks& ranks, const std::vector<int32_t>& tokens, int64_t seq_len)
+      : ranks_(ranks), tokens_(tokens), seq_len_(seq_len) {
+    std::tie(first_, count_) = eval_shard(tokens.size(), seq_len, ranks.rank, ranks.world);
+  }
+  // Too few tokens to validate on.
+  bool empty() const { return tokens_.size() < 2; }
+  // Mean NLL per predicted token.
+  double nll(CausalLM& m) const {
+    return mean([&](const int32_t* t, uint64_t n) {
+      return nll_over_windows(m, t, n, seq_len_, 8);
+    }, "the validation all-reduce");
+  }
+  // Mean forward KL(teacher || student) at T=1 per predicted token.
+  double kl(CausalLM& student, CausalLM& teacher) const {
+    return mean([&](const int32_t* t, uint64_t n) {
+      return kl_over_windows(student, teacher, t, n, seq_len_);
+    }, "the validation KL all-reduce");
+  }
+
+ private:
   // Mean over every rank's shard of `sum_fn(tokens, n)` -> {sum, count}.
-  auto sharded_mean = [&](const auto& sum_fn, const char* what) -> double {
+  template <typename F>
+  double mean(const F& sum_fn, const char* what) const {
     double sum = 0, n = 0;
-    if (val_count >= 2) {
-      auto [s_, n_] = sum_fn(val_tokens.data() + val_first, val_count);
+    if (count_ >= 2) {
+      auto [s_, n_] = sum_fn(tokens_.data() + first_, count_);
       sum = s_;
       n = double(n_);
     }
-    auto v = sum_over_ranks({sum, n}, what);
+    auto v = ranks_.sum({sum, n}, what);
     return v[1] > 0 ? v[0] / v[1] : NAN;
-  };
-  auto sharded_nll = [&](CausalLM& model) -> double {
-    return sharded_mean([&](const int32_t* t, uint64_t n) {
-      return nll_over_windows(model, t, n, o.seq_len, 8);
-    }, "the validation all-reduce");
-  };
-  auto evaluate = [&]() -> double {
-    if (val_tokens.size() < 2) return NAN;
-    return sharded_nll(m);
-  };
-  auto sharded_kl = [&]() -> double {
-    return sharded_mean([&](const int32_t* t, uint64_t n) {
-      return kl_over_windows(m, teacher, t, n, o.seq_len);
-    }, "the validation KL all-reduce");
-  };
+  }
+  const Ranks& ranks_;
+  const std::vector<int32_t>& tokens_;
+  int64_t seq_len_;
+  uint64_t first_ = 0, count_ = 0;
+};
 
-  // Teacher top-k cache: built once over every training window, reused by later runs.
+// Teacher top-k cache (--teacher-cache): built once over every training window, reused by later
+// runs. Rank 0 builds it; the others open what it wrote.
+std::optional<TeacherCache> teacher_cache_open(const TrainOptions& o, const Ranks& ranks,
+                                               Models& ms, const TrainData& d) {
   std::optional<TeacherCache> cache;
-  TrainResult r;
-  if (distill && !o.teacher_cache.empty()) {
-    // Rank 0 builds it; the others open what it wrote.
-    auto open_cache = [&](bool progress) {
-      cache = TeacherCache::open_or_build(o.teacher_cache, teacher, o.teacher, train_ds,
-                                          data_key(data_dir, train_ds), o.seq_len, o.cache_topk,
-                                          progress);
-    };
-    if (lead) open_cache(o.progress);
-    if (group) group->barrier("waiting for rank 0 to build the teacher cache", 24 * 3600.0);
-    if (!lead) open_cache(false);
-    r.cache_bytes = cache->bytes();
-    r.cache_build_seconds = cache->build_seconds();
-  }
-  if (distill && val_tokens.size() >= 2) r.teacher_val_loss = sharded_nll(teacher);
-  if (!masks.empty()) {
-    masks.mask_weights();
-    r.student_sparsity = double(masks.masked) / double(std::max<int64_t>(1, masks.total));
-  }
-  const bool want_hidden = bool(proj);
-  // Gradient all-reduce over the student's (and the projections') parameters.
-  std::unique_ptr<GradReducer> reducer;
-  if (group) {
-    std::vector<torch::Tensor> trainable = m->parameters();
-    if (proj) {
-      for (auto& p : proj->parameters()) trainable.push_back(p);
-    }
-    reducer = std::make_unique<GradReducer>(group.get(), trainable,
-                                            int64_t(o.bucket_mb * 1024 * 1024));
-    r.grad_bytes_per_step = reducer->grad_bytes();
-    r.ring_bytes_per_step = reducer->ring_bytes_sent();
-    r.buckets = reducer->buckets();
-  }
-  r.rank = rank;
-  r.world_size = world;
+  if (!distilling(o) || o.teacher_cache.empty()) return cache;
+  ranks.lead_first(o.progress, "waiting for rank 0 to build the teacher cache", [&](bool progress) {
+    cache = TeacherCache::open_or_build(o.teacher_cache, ms.teacher, o.teacher, d.train,
+                                        data_key(d.dir, d.train), o.seq_len, o.cache_topk,
+                                        progress);
+  });
+  return cache;
+}
 
-  r.parameters = m->num_parameters();
-  r.train_tokens = train_ds.size();
-  r.val_tokens = val_tokens.size();
-  const int64_t micro = o.batch / o.grad_accum;
+// Gradient all-reduce over the student's (and the projections') parameters.
+std::unique_ptr<GradReducer> grad_reducer_create(const TrainOptions& o, const Ranks& ranks,
+                                                 CausalLM& m, const HiddenLoss& hl) {
+  if (!ranks.group) return nullptr;
+  return std::make_unique<GradReducer>(ranks.group.get(), trainable_parameters(m, hl),
+                                       int64_t(o.bucket_mb * 1024 * 1024));
+}
+
+// The parts of a run as train_run sets them up, for the steps of the training loop.
+struct Run {
+  const TrainOptions& o;
+  const Ranks& ranks;
+  Models& ms;
+  HiddenLoss& hidden;
+  const std::optional<TeacherCache>& cache;
+  GradReducer* reducer;  // data parallel only
+  TrainData& data;
+  torch::optim::AdamW& opt;
+  SparsityMasks& masks;
+  GradualPruning& pruning;
+  const ShardedEval& val;
+  MetricsLog& metrics;
+};
+
+// What the run is (ranks, sizes, the teacher cache, the gradient all-reduce), before its steps.
+void result_describe(const Run& run, TrainResult& r) {
+  if (run.cache) {
+    r.cache_bytes = run.cache->bytes();
+    r.cache_build_seconds = run.cache->build_seconds();
+  }
+  if (!run.masks.empty()) r.student_sparsity = masked_fraction(run.masks);
+  if (run.reducer) {
+    r.grad_bytes_per_step = run.reducer->grad_bytes();
+    r.ring_bytes_per_step = run.reducer->ring_bytes_sent();
+    r.buckets = run.reducer->buckets();
+  }
+  r.rank = run.ranks.rank;
+  r.world_size = run.ranks.world;
+  r.parameters = run.ms.student->num_parameters();
+  r.train_tokens = run.data.train.size();
+  r.val_tokens = run.data.val_tokens.size();
+}
+
+// Buffers for this rank's micro-batch: `size` windows of seq_len + 1 tokens, and the windows'
+// numbers (the teacher cache's keys).
+struct MicroBatch {
+  explicit MicroBatch(const TrainOptions& o)
+      : size(o.batch / o.grad_accum),
+        tokens(size_t(size * (o.seq_len + 1))),
+        windows(static_cast<size_t>(size)) {}
+  int64_t size;
+  std::vector<int32_t> tokens;
+  std::vector<uint64_t> windows;
+};
+
+// loss = alpha * KD + (1 - alpha) * CE (+ hidden_weight * the hidden-state term), KD against the
+// teacher's logits or its cached top-k. Adds the KD and hidden terms / grad_accum to the window.
+torch::Tensor distill_loss(const Run& run, const MicroBatch& b, const torch::Tensor& inputs,
+                           const ForwardOutput& sout, const torch::Tensor& ce,
+                           State::LogWindow& w) {
+  const TrainOptions& o = run.o;
+  torch::Tensor kd;
+  ForwardOutput to;
+  if (run.cache) {
+    auto [ids, vals] = run.cache->lookup(b.windows);
+    kd = kd_topk_forward_kl(sout.logits, ids, vals, o.temperature);
+  } else {
+    {
+      torch::NoGradGuard ng;
+      to = run.ms.teacher->forward(inputs, run.hidden.on());
+    }
+    kd = o.kd_loss == "reverse" ? kd_reverse_kl(sout.logits, to.logits, o.temperature)
+                                : kd_forward_kl(sout.logits, to.logits, o.temperature);
+  }
+  torch::Tensor loss = o.alpha * kd + (1.0 - o.alpha) * ce;
+  w.kd += kd.item<double>() / double(o.grad_accum);
+  if (run.hidden.on()) {
+    torch::Tensor h = hidden_term(o, run.hidden, sout, to);
+    loss = loss + o.hidden_weight * h;
+    w.hidden += h.item<double>() / double(o.grad_accum);
+  }
+  return loss;
+}
+
+// Forward and backward of one micro-batch: this rank's disjoint slice of the global micro-batch
+// of world * size windows. `last` (the step's last micro-batch) has the gradients all-reduced
+// during backward. Adds the CE / grad_accum to the window; returns the loss / grad_accum.
+double micro_step(const Run& run, MicroBatch& b, bool last, State::LogWindow& w) {
+  const TrainOptions& o = run.o;
   const int64_t L = o.seq_len;
-  std::vector<int32_t> buf(size_t(micro * (L + 1)));
-  std::vector<uint64_t> win_ids(static_cast<size_t>(micro));
+  run.data.packer->next_batch_slice(b.size * run.ranks.world, b.size * run.ranks.rank, b.size,
+                                    b.tokens.data(), b.windows.data());
+  auto seq = torch::from_blob(b.tokens.data(), {b.size, L + 1}, torch::kInt32).to(torch::kLong);
+  auto inputs = seq.narrow(1, 0, L), targets = seq.narrow(1, 1, L);
+  if (o.bf16) {
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  }
+  ForwardOutput sout = run.ms.student->forward(inputs, run.hidden.on());
+  auto ce = torch::nn::functional::cross_entropy(
+      sout.logits.reshape({-1, run.ms.student->config().vocab_size}), targets.reshape({-1}));
+  torch::Tensor loss = distilling(o) ? distill_loss(run, b, inputs, sout, ce, w) : ce;
+  if (o.bf16) {
+    at::autocast::set_cpu_enabled(false);
+    at::autocast::clear_cache();
+  }
+  if (run.reducer && last) run.reducer->arm();
+  (loss / double(o.grad_accum)).backward();
+  if (run.reducer && last) run.reducer->finish();
+  w.ce += ce.item<double>() / double(o.grad_accum);
+  return loss.item<double>() / double(o.grad_accum);
+}
+
+// One optimizer step at learning rate `lr`: grad_accum micro-batches, then the clipped update
+// with the masks held. Returns the step's mean loss.
+double train_step(const Run& run, double lr, MicroBatch& b, State::LogWindow& w) {
+  const TrainOptions& o = run.o;
+  for (auto& g : run.opt.param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+  }
+  run.opt.zero_grad();
+  double step_loss = 0;
+  for (int64_t a = 0; a < o.grad_accum; ++a) {
+    step_loss += micro_step(run, b, a == o.grad_accum - 1, w);
+  }
+  run.masks.mask_grads();
+  if (o.clip > 0) {
+    torch::nn::utils::clip_grad_norm_(trainable_parameters(run.ms.student, run.hidden), o.clip);
+  }
+  run.opt.step();
+  run.masks.mask_weights();
+  return step_loss;
+}
+
+// A metrics line for the log window: its mean losses over the global batch and the tokens per
+// second since the last line. The window starts again; returns its mean loss.
+double log_window(const Run& run, int64_t step, double lr, State::LogWindow& w,
+                  Clock::time_point& t_window) {
+  const TrainOptions& o = run.o;
+  const int world = run.ranks.world;
+  if (run.ranks.group) {  // the logged figures are over the global batch
+    auto v = run.ranks.sum({w.loss, w.kd, w.ce, w.hidden}, "the loss all-reduce");
+    w.loss = v[0] / world;
+    w.kd = v[1] / world;
+    w.ce = v[2] / world;
+    w.hidden = v[3] / world;
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - t_window).count();
+  double tps = secs > 0 ? double(w.steps * o.batch * world * o.seq_len) / secs : 0.0;
+  const double loss = w.loss / double(w.steps);
+  nlohmann::json line = {{"step", step}, {"loss", loss}, {"lr", lr}, {"tokens_per_second", tps}};
+  if (distilling(o)) {
+    line["kd"] = w.kd / double(w.steps);
+    line["ce"] = w.ce / double(w.steps);
+    if (run.hidden.on()) line["hidden"] = w.hidden / double(w.steps);
+  }
+  if (run.reducer) {
+    line["comm_wait_s"] = run.reducer->wait_seconds();
+    line["buckets_overlapped"] = run.reducer->overlapped_last();
+  }
+  run.metrics.write(line);
+  w = State::LogWindow{};
+  t_window = Clock::now();
+  return loss;
+}
+
+// Validation (and, distilling, the KL to the teacher) after st.step; a new best model is saved
+// to <out>/best.
+void validate_step(const Run& run, State& st, TrainResult& r) {
+  const TrainOptions& o = run.o;
+  const bool distill = distilling(o);
+  CausalLM& m = run.ms.student;
+  const double v = run.val.empty() ? NAN : run.val.nll(m);
+  if (distill && std::isfinite(v)) r.val_kl = run.val.kl(m, run.ms.teacher);
+  m->train();
+  if (!std::isfinite(v)) return;
+  nlohmann::json line = {{"step", st.step}, {"val_loss", v}, {"val_perplexity", std::exp(v)}};
+  if (distill) line["val_kl"] = r.val_kl;
+  run.metrics.write(line);
+  r.val_loss = v;
+  r.val_perplexity = std::exp(v);
+  if (v < st.best_val) {
+    st.best_val = v;
+    SaveOptions so;
+    so.dtype = st.dtype;
+    so.tokenizer_json = run.ms.tokenizer;
+    so.provenance = {{"stage", distill ? "distill" : "train"}, {"step", st.step},
+                     {"val_loss", v}};
+    if (run.ranks.lead()) model_save(m, o.out + "/best", so);
+  }
+}
+
+// Rank 0 writes the checkpoint (weights and optimizer state are the same on every rank); every
+// rank resumes from it. It holds the open log window's sums over all ranks.
+void checkpoint_step(const Run& run, const State::LogWindow& w, State& st) {
+  auto s = run.ranks.sum({w.loss, w.kd, w.ce, w.hidden}, "the loss all-reduce for the checkpoint");
+  st.window = {s[0], s[1], s[2], s[3], w.steps};
+  if (run.ranks.lead()) {
+    save_checkpoint(run.ms.student, run.opt, st, run.o.out, run.ms.tokenizer,
+                    run.hidden.on() ? &run.hidden.proj : nullptr);
+  }
+}
+
+// The optimizer steps from st.step to --steps, each followed by what its number makes due: the
+// pruning schedule, a metrics line, validation, a checkpoint. Returns false when --stop-after
+// ended the run.
+bool train_loop(const Run& run, State& st, TrainResult& r) {
+  const TrainOptions& o = run.o;
+  MicroBatch batch(o);
   // The metrics window: per-rank sums since the last logged step. A resumed run's rank 0 starts
   // from the checkpoint's sums over all ranks (the log all-reduce adds the rest).
-  double kd_window = lead ? st.window.kd : 0, ce_window = lead ? st.window.ce : 0;
-  double hid_window = lead ? st.window.hidden : 0;
-  core::Progress prog("train", uint64_t(o.steps), "steps", o.progress && lead);
-  double loss_window = lead ? st.window.loss : 0;
-  int64_t window_steps = st.window.steps;
-  auto t_start = Clock::now();
+  State::LogWindow window = st.window;
+  if (!run.ranks.lead()) window.loss = window.kd = window.ce = window.hidden = 0;
+  core::Progress prog("train", uint64_t(o.steps), "steps", o.progress && run.ranks.lead());
+  const auto t_start = Clock::now();
   auto t_window = t_start;
   const int64_t first_step = st.step;
-  m->train();
+  run.ms.student->train();
   for (int64_t step = st.step; step < o.steps; ++step) {
     const double lr = lr_at(o, step);
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    opt.zero_grad();
-    double step_loss = 0;
-    for (int64_t a = 0; a < o.grad_accum; ++a) {
-      // This rank's disjoint slice of the global micro-batch of world * micro windows.
-      packer.next_batch_slice(micro * world, micro * rank, micro, buf.data(), win_ids.data());
-      auto seq = torch::from_blob(buf.data(), {micro, L + 1}, torch::kInt32).to(torch::kLong);
-      auto inputs = seq.narrow(1, 0, L), targets = seq.narrow(1, 1, L);
-      if (o.bf16) {
-        at::autocast::set_cpu_enabled(true);
-        at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-      }
-      ForwardOutput sout = m->forward(inputs, want_hidden);
-      auto ce = torch::nn::functional::cross_entropy(sout.logits.reshape({-1, cfg.vocab_size}),
-                                                     targets.reshape({-1}));
-      torch::Tensor loss = ce;
-      if (distill) {
-        torch::Tensor kd;
-        ForwardOutput to;
-        if (cache) {
-          auto [ids, vals] = cache->lookup(win_ids);
-          kd = kd_topk_forward_kl(sout.logits, ids, vals, o.temperature);
-        } else {
-          {
-            torch::NoGradGuard ng;
-            to = teacher->forward(inputs, want_hidden);
-          }
-          kd = o.kd_loss == "reverse" ? kd_reverse_kl(sout.logits, to.logits, o.temperature)
-                                      : kd_forward_kl(sout.logits, to.logits, o.temperature);
-        }
-        loss = o.alpha * kd + (1.0 - o.alpha) * ce;
-        kd_window += kd.item<double>() / double(o.grad_accum);
-        if (want_hidden) {
-          torch::Tensor h = torch::zeros({}, torch::kFloat32);
-          for (size_t i = 0; i < hmap.size(); ++i) {
-            auto hs = proj->forward(int64_t(i), sout.hidden_states[size_t(hmap[i].first)]);
-            const auto& ht = to.hidden_states[size_t(hmap[i].second)];
-            h = h + (o.hidden_loss == "mse" ? hidden_mse(hs, ht) : hidden_cosine(hs, ht));
-          }
-          h = h / double(hmap.size());
-          loss = loss + o.hidden_weight * h;
-          hid_window += h.item<double>() / double(o.grad_accum);
-        }
-      }
-      if (o.bf16) {
-        at::autocast::set_cpu_enabled(false);
-        at::autocast::clear_cache();
-      }
-      if (reducer && a == o.grad_accum - 1) reducer->arm();
-      (loss / double(o.grad_accum)).backward();
-      if (reducer && a == o.grad_accum - 1) reducer->finish();
-      step_loss += loss.item<double>() / double(o.grad_accum);
-      ce_window += ce.item<double>() / double(o.grad_accum);
-    }
-    masks.mask_grads();
-    if (o.clip > 0) {
-      std::vector<torch::Tensor> all = m->parameters();
-      if (proj) {
-        for (auto& p : proj->parameters()) all.push_back(p);
-      }
-      torch::nn::utils::clip_grad_norm_(all, o.clip);
-    }
-    opt.step();
-    masks.mask_weights();
-    gradual_step(step + 1);
+    const double step_loss = train_step(run, lr, batch, window);
+    run.pruning.after_step(step + 1, run.masks);
     st.step = step + 1;
-    maybe_die(rank, st.step);
-    st.cursor = packer.cursor();
-    loss_window += step_loss;
-    window_steps++;
+    maybe_die(run.ranks.rank, st.step);
+    st.cursor = run.data.packer->cursor();
+    window.loss += step_loss;
+    window.steps++;
     const bool last = st.step == o.steps;
     if (st.step % o.log_every == 0 || last) {
-      if (group) {  // the logged figures are over the global batch
-        auto v = sum_over_ranks({loss_window, kd_window, ce_window, hid_window},
-                                "the loss all-reduce");
-        loss_window = v[0] / world;
-        kd_window = v[1] / world;
-        ce_window = v[2] / world;
-        hid_window = v[3] / world;
-      }
-      double secs = std::chrono::duration<double>(Clock::now() - t_window).count();
-      double tps = secs > 0 ? double(window_steps * o.batch * world * L) / secs : 0.0;
-      r.final_loss = loss_window / double(window_steps);
-      nlohmann::json line = {{"step", st.step}, {"loss", r.final_loss}, {"lr", lr},
-                             {"tokens_per_second", tps}};
-      if (distill) {
-        line["kd"] = kd_window / double(window_steps);
-        line["ce"] = ce_window / double(window_steps);
-        if (want_hidden) line["hidden"] = hid_window / double(window_steps);
-      }
-      if (reducer) {
-        line["comm_wait_s"] = reducer->wait_seconds();
-        line["buckets_overlapped"] = reducer->overlapped_last();
-      }
-      if (lead) metrics << line.dump() << "\n";
-      kd_window = ce_window = hid_window = 0;
-      metrics.flush();
-      loss_window = 0;
-      window_steps = 0;
-      t_window = Clock::now();
+      r.final_loss = log_window(run, st.step, lr, window, t_window);
     }
     char extra[96];
     std::snprintf(extra, sizeof extra, "loss %.4f  lr %.2e", step_loss, lr);
     prog.update(uint64_t(st.step), extra);
-    if ((o.eval_every && st.step % o.eval_every == 0) || last) {
-      double v = evaluate();
-      if (distill && std::isfinite(v)) r.val_kl = sharded_kl();
-      m->train();
-      if (std::isfinite(v)) {
-        nlohmann::json line = {{"step", st.step}, {"val_loss", v}, {"val_perplexity", std::exp(v)}};
-        if (distill) line["val_kl"] = r.val_kl;
-        if (lead) metrics << line.dump() << "\n";
-        metrics.flush();
-        r.val_loss = v;
-        r.val_perplexity = std::exp(v);
-        if (v < st.best_val) {
-          st.best_val = v;
-          SaveOptions so;
-          so.dtype = st.dtype;
-          so.tokenizer_json = tokenizer;
-          so.provenance = {{"stage", distill ? "distill" : "train"}, {"step", st.step},
-                           {"val_loss", v}};
-          if (lead) model_save(m, o.out + "/best", so);
-        }
-      }
+    if ((o.eval_every && st.step % o.eval_every == 0) || last) validate_step(run, st, r);
+    const bool stop = o.stop_after && st.step == o.stop_after;
+    if ((o.save_every && st.step % o.save_every == 0) || last || stop) {
+      checkpoint_step(run, window, st);
     }
-    if ((o.save_every && st.step % o.save_every == 0) || last ||
-        (o.stop_after && st.step == o.stop_after)) {
-      // Rank 0 writes it (weights and optimizer state are the same on every rank); every rank
-      // resumes from it.
-      auto w = sum_over_ranks({loss_window, kd_window, ce_window, hid_window},
-                              "the loss all-reduce for the checkpoint");
-      st.window = {w[0], w[1], w[2], w[3], window_steps};
-      if (lead) save_checkpoint(m, opt, st, o.out, tokenizer, proj ? &proj : nullptr);
-    }
-    if (o.stop_after && st.step == o.stop_after && !last) {
-      r.steps = st.step;
-      return r;  // as if killed right after this checkpoint
-    }
+    if (stop && !last) return false;  // as if killed right after this checkpoint
   }
   prog.finish();
-  r.steps = st.step;
-  r.best_val_loss = st.best_val;
-  if (!masks.empty()) {
-    r.student_sparsity = double(masks.masked) / double(std::max<int64_t>(1, masks.total));
-  }
   r.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  r.tokens_per_second =
-      r.seconds > 0 ? double(st.step - first_step) * double(o.batch * world * L) / r.seconds : 0.0;
-  if (reducer) {
-    r.comm_wait_seconds = reducer->wait_seconds();
-    r.buckets_overlapped = reducer->overlapped_last();
+  r.tokens_per_second = r.seconds > 0 ? double(st.step - first_step) *
+                                            double(o.batch * run.ranks.world * o.seq_len) /
+                                            r.seconds
+                                      : 0.0;
+  return true;
+}
+
+// What the finished run reached: the best validation loss, the sparsity kept, the last step's
+// all-reduce figures.
+void result_finish(const Run& run, const State& st, TrainResult& r) {
+  r.best_val_loss = st.best_val;
+  if (!run.masks.empty()) r.student_sparsity = masked_fraction(run.masks);
+  if (run.reducer) {
+    r.comm_wait_seconds = run.reducer->wait_seconds();
+    r.buckets_overlapped = run.reducer->overlapped_last();
   }
-  if (!lead) return r;  // rank 0 writes the outputs
+}
+
+// The final model, in <out>/model.
+void model_final_save(const Run& run, const State& st, const TrainResult& r) {
+  const TrainOptions& o = run.o;
   SaveOptions so;
   so.dtype = st.dtype;
-  so.tokenizer_json = tokenizer;
-  so.provenance = {{"stage", distill ? "distill" : "train"}, {"steps", st.step}, {"seed", o.seed},
-                   {"val_loss", r.val_loss}, {"data", o.data}};
-  if (distill) {
+  so.tokenizer_json = run.ms.tokenizer;
+  so.provenance = {{"stage", distilling(o) ? "distill" : "train"}, {"steps", st.step},
+                   {"seed", o.seed}, {"val_loss", r.val_loss}, {"data", o.data}};
+  if (distilling(o)) {
     so.provenance["teacher"] = o.teacher;
-    so.provenance["student_init"] = student_source;
+    so.provenance["student_init"] = run.ms.student_source;
     so.provenance["temperature"] = o.temperature;
     so.provenance["alpha"] = o.alpha;
     so.provenance["kd_loss"] = o.kd_loss;
     so.provenance["hidden_loss"] = o.hidden_loss;
   }
-  if (!masks.empty()) so.provenance["sparsity_kept"] = r.student_sparsity;
-  model_save(m, o.out + "/model", so);
+  if (!run.masks.empty()) so.provenance["sparsity_kept"] = r.student_sparsity;
+  model_save(run.ms.student, o.out + "/model", so);
+}
+
+// The run's summary: <out>/train.json, or distill.json.
+void summary_write(const Run& run, const TrainResult& r) {
+  const TrainOptions& o = run.o;
+  const bool distill = distilling(o);
   nlohmann::json summary = {{"steps", r.steps}, {"final_loss", r.final_loss},
                             {"val_loss", r.val_loss}, {"val_perplexity", r.val_perplexity},
                             {"best_val_loss", r.best_val_loss},
@@ -735,12 +964,13 @@ TrainResult train_run(const TrainOptions& o) {
     summary["val_kl"] = r.val_kl;
     summary["teacher_val_loss"] = r.teacher_val_loss;
     summary["teacher_val_perplexity"] = std::exp(r.teacher_val_loss);
-    summary["student_init"] = student_source;
+    summary["student_init"] = run.ms.student_source;
     summary["teacher_cache_bytes"] = r.cache_bytes;
     summary["teacher_cache_build_seconds"] = r.cache_build_seconds;
   }
-  if (!masks.empty()) summary["sparsity_kept"] = r.student_sparsity;
-  if (group) {
+  if (!run.masks.empty()) summary["sparsity_kept"] = r.student_sparsity;
+  if (run.ranks.group) {
+    const int world = run.ranks.world;
     summary["data_parallel"] = {{"world_size", world},
                                 {"batch_per_rank", o.batch},
                                 {"global_batch", o.batch * world},
@@ -752,6 +982,47 @@ TrainResult train_run(const TrainOptions& o) {
   }
   throw_if_error(core::write_file_atomic(o.out + (distill ? "/distill.json" : "/train.json"),
                                          summary.dump(2) + "\n"));
+}
+
+}  // namespace
+
+TrainResult train_run(const TrainOptions& o) {
+  train_validate(o);
+  const Ranks ranks = ranks_join(o);
+  const Start start = start_find(o);
+  Models ms = models_build(o, ranks, start);
+  SparsityMasks masks = masks_initial(o, ms.student);
+  GradualPruning pruning(o, ms.student);
+  HiddenLoss hidden = hidden_loss_create(o, ms, ranks);
+  TrainData data;
+  data_open(o, ranks, ms, data);
+  if (start.resuming) projection_restore(start.ckpt, hidden);
+  torch::optim::AdamW opt = optimizer_create(o, ms.student, hidden);
+  State st = state_initial(ms.student->config().dtype, ms.student_source);
+  if (start.resuming) {
+    state_resume(start.ckpt, opt, st);
+    ms.student_source = st.student_init;
+    data.packer->set_cursor(st.cursor);
+  }
+  MetricsLog metrics(o.out, ranks.lead(), start.resuming, st.step);
+  const ShardedEval val(ranks, data.val_tokens, o.seq_len);
+
+  TrainResult r;
+  const std::optional<TeacherCache> cache = teacher_cache_open(o, ranks, ms, data);
+  if (distilling(o) && !val.empty()) r.teacher_val_loss = val.nll(ms.teacher);
+  if (!masks.empty()) masks.mask_weights();
+  const std::unique_ptr<GradReducer> reducer = grad_reducer_create(o, ranks, ms.student, hidden);
+  const Run run{o, ranks, ms, hidden, cache, reducer.get(), data, opt, masks, pruning, val,
+                metrics};
+  result_describe(run, r);
+
+  const bool finished = train_loop(run, st, r);
+  r.steps = st.step;
+  if (!finished) return r;  // --stop-after: as if killed right after that checkpoint
+  result_finish(run, st, r);
+  if (!ranks.lead()) return r;  // rank 0 writes the outputs
+  model_final_save(run, st, r);
+  summary_write(run, r);
   return r;
 }
 
