@@ -1,11 +1,10 @@
-// Helpers for the runtime tests: temporary directories, reading the HF fixtures' reference
-// files, and a small quantizer that turns a float model directory into a compressed-tensors
-// int8 directory (the layout of lib/runtime/quant.h), so the int8 tests do not depend on the
-// quantization issue's tooling.
+// Helpers for the runtime tests: temporary directories (tests/util.h), reading the HF
+// fixtures' reference files, and a small quantizer that turns a float model directory into a
+// compressed-tensors int8 directory (the layout of lib/runtime/quant.h), so the int8 tests do
+// not depend on the quantization issue's tooling.
 #pragma once
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -17,16 +16,9 @@
 #include "core/safetensors.h"
 #include "runtime/quant.h"
 #include "tests/export/util.h"  // act_order_test_order
+#include "tests/util.h"         // temp_dir
 
 namespace shrink::test {
-
-inline std::string temp_dir(const std::string& name) {
-  auto p = std::filesystem::path(::testing::TempDir()) /
-           ("shrink_rt_" + name + "_" + std::to_string(getpid()));
-  std::filesystem::remove_all(p);
-  std::filesystem::create_directories(p);
-  return p.string();
-}
 
 inline std::string fixture(const std::string& name) {
   return std::string(SHRINK_FIXTURES_DIR) + "/hf/" + name;

@@ -5,9 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
-#include <sstream>
 
 #include "core/fs.h"
 #include "core/safetensors.h"
@@ -47,29 +45,6 @@ torch::Tensor rows(const std::vector<std::vector<double>>& r) {
   return t;
 }
 
-std::vector<std::pair<int64_t, double>> metric(const std::string& path, const char* key) {
-  std::vector<std::pair<int64_t, double>> v;
-  std::stringstream ss(core::read_file(path).take_or_throw());
-  std::string line;
-  while (std::getline(ss, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains(key)) v.emplace_back(j["step"].get<int64_t>(), j[key].get<double>());
-  }
-  return v;
-}
-
-void expect_same_weights(const std::string& a, const std::string& b) {
-  auto ca = core::Checkpoint::open(a).take_or_throw();
-  auto cb = core::Checkpoint::open(b).take_or_throw();
-  ASSERT_EQ(ca.names(), cb.names());
-  for (const std::string& n : ca.names()) {
-    const core::TensorInfo* ta = ca.find(n);
-    const core::TensorInfo* tb = cb.find(n);
-    ASSERT_EQ(ta->nbytes, tb->nbytes);
-    EXPECT_EQ(0, std::memcmp(ca.data(*ta), cb.data(*tb), ta->nbytes)) << n;
-  }
-}
-
 // A 4-layer micro teacher trained briefly on the pattern data (so it has something to teach).
 struct Fixture {
   std::string dir;
@@ -82,38 +57,20 @@ Fixture make_teacher(const std::string& name) {
   core::ModelConfig c = test::micro_config(64);
   c.num_layers = 4;
   EXPECT_TRUE(core::write_file_atomic(f.dir + "/teacher.json", core::config_to_json(c)).is_ok());
-  TrainOptions o;
+  TrainOptions o = test::short_run(f.dir, f.dir + "/teacher_run", /*steps=*/40, /*warmup=*/3,
+                                   /*every=*/0, /*seed=*/3);
   o.config = f.dir + "/teacher.json";
-  o.data = f.dir + "/data";
-  o.out = f.dir + "/teacher_run";
-  o.steps = 40;
-  o.seq_len = 32;
-  o.batch = 4;
-  o.lr = 3e-3;
-  o.warmup = 3;
-  o.eval_every = 0;
-  o.save_every = 0;
-  o.seed = 3;
   train_run(o);
   f.teacher = f.dir + "/teacher_run/model";
   return f;
 }
 
 TrainOptions distill_opts(const Fixture& f, const std::string& out) {
-  TrainOptions o;
+  TrainOptions o =
+      test::short_run(f.dir, out, /*steps=*/8, /*warmup=*/2, /*every=*/4, /*seed=*/11);
   o.teacher = f.teacher;
-  o.data = f.dir + "/data";
-  o.out = out;
-  o.steps = 8;
-  o.seq_len = 32;
-  o.batch = 4;
   o.grad_accum = 2;
-  o.lr = 3e-3;
-  o.warmup = 2;
-  o.eval_every = 4;
-  o.save_every = 4;
   o.log_every = 1;
-  o.seed = 11;
   o.temperature = 2.0;
   return o;
 }
@@ -265,7 +222,7 @@ TEST(Distill, ShortRunLowersTheKdLossAndKeepsTheTeacherIntact) {
   o.eval_every = 25;
   o.alpha = 1.0;
   TrainResult r = distill_run(o);
-  auto kd = metric(f.dir + "/s/metrics.jsonl", "kd");
+  auto kd = test::metric_series(f.dir + "/s/metrics.jsonl", {"kd"});
   ASSERT_EQ(kd.size(), 50u);
   double first = (kd[0].second + kd[1].second + kd[2].second) / 3;
   double last = (kd[47].second + kd[48].second + kd[49].second) / 3;
@@ -299,8 +256,9 @@ TEST(Distill, StoppedAndResumedRunIsBitwiseIdenticalWithProjection) {
   b.stop_after = 0;
   b.resume = true;
   distill_run(b);
-  expect_same_weights(f.dir + "/a/model", f.dir + "/b/model");
-  EXPECT_EQ(metric(f.dir + "/a/metrics.jsonl", "loss"), metric(f.dir + "/b/metrics.jsonl", "loss"));
+  test::expect_same_weights(f.dir + "/a/model", f.dir + "/b/model");
+  EXPECT_EQ(test::metric_series(f.dir + "/a/metrics.jsonl", {"loss"}),
+            test::metric_series(f.dir + "/b/metrics.jsonl", {"loss"}));
   auto names = core::Checkpoint::open(f.dir + "/a/model").take_or_throw().names();
   for (const auto& n : names) EXPECT_EQ(n.find("proj.maps"), std::string::npos) << n;
   EXPECT_EQ(names.size(), core::expected_tensors(c).size());
@@ -359,7 +317,7 @@ TEST(Distill, TeacherTopkCacheIsBuiltOnceAndMatchesTheTeacher) {
   o.out = f.dir + "/c2";
   TrainResult r2 = distill_run(o);
   EXPECT_EQ(r2.cache_build_seconds, 0.0);  // reused
-  expect_same_weights(f.dir + "/c1/model", f.dir + "/c2/model");
+  test::expect_same_weights(f.dir + "/c1/model", f.dir + "/c2/model");
   // The cached entries are the teacher's top-k logits (to float16 rounding).
   CausalLM teacher = model_load(f.teacher);
   core::TokenDataset ds = core::TokenDataset::open(f.dir + "/data", core::Split::kTrain).take_or_throw();

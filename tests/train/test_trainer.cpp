@@ -4,11 +4,8 @@
 
 #include <cmath>
 #include <filesystem>
-#include <sstream>
 
-#include "core/dataset.h"
 #include "core/fs.h"
-#include "core/safetensors.h"
 #include "train/api.h"
 #include "train/trainer.h"
 #include "tests/train/util.h"
@@ -21,20 +18,11 @@ namespace {
 using test::make_inputs;
 
 train::TrainOptions base(const std::string& dir, const std::string& out) {
-  train::TrainOptions o;
+  train::TrainOptions o =
+      test::short_run(dir, out, /*steps=*/12, /*warmup=*/3, /*every=*/4, /*seed=*/9);
   o.config = dir + "/config.json";
-  o.data = dir + "/data";
-  o.out = out;
-  o.steps = 12;
-  o.seq_len = 32;
-  o.batch = 4;
   o.grad_accum = 2;
-  o.lr = 3e-3;
-  o.warmup = 3;
-  o.eval_every = 4;
-  o.save_every = 4;
   o.log_every = 2;
-  o.seed = 9;
   return o;
 }
 
@@ -90,25 +78,10 @@ TEST(Trainer, StoppedAndResumedRunIsBitwiseIdentical) {
   b.stop_after = 0;
   b.resume = true;
   train::train_run(b);
-  auto ca = core::Checkpoint::open(dir + "/a/model").take_or_throw();
-  auto cb = core::Checkpoint::open(dir + "/b/model").take_or_throw();
-  ASSERT_EQ(ca.names(), cb.names());
-  for (const std::string& n : ca.names()) {
-    const core::TensorInfo* ta = ca.find(n);
-    const core::TensorInfo* tb = cb.find(n);
-    ASSERT_EQ(ta->nbytes, tb->nbytes);
-    EXPECT_EQ(0, std::memcmp(ca.data(*ta), cb.data(*tb), ta->nbytes)) << n;
-  }
+  test::expect_same_weights(dir + "/a/model", dir + "/b/model");
   // The losses logged by the resumed run equal the uninterrupted run's, step by step.
   auto losses = [](const std::string& path) {
-    std::vector<std::pair<int64_t, double>> v;
-    std::stringstream ss(core::read_file(path).take_or_throw());
-    std::string line;
-    while (std::getline(ss, line)) {
-      auto j = nlohmann::json::parse(line);
-      v.emplace_back(j["step"].get<int64_t>(), j.value("loss", j.value("val_loss", 0.0)));
-    }
-    return v;
+    return test::metric_series(path, {"loss", "val_loss"});
   };
   EXPECT_EQ(losses(dir + "/a/metrics.jsonl"), losses(dir + "/b/metrics.jsonl"));
   fs::remove_all(dir);

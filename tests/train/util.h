@@ -1,30 +1,29 @@
-// Helpers shared by the LibTorch tests: a unique temporary directory and a very small Llama
-// config (2 layers, hidden 32, GQA 4/2) that trains and evaluates in milliseconds.
+// Helpers shared by the LibTorch tests: a very small Llama config (2 layers, hidden 32, GQA 4/2)
+// that trains and evaluates in milliseconds, a learnable token stream, the options of a short
+// training run on it, and what the trainer's tests compare (weights, metrics.jsonl series).
+// Temporary directories come from tests/util.h.
 #pragma once
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <string>
-
+#include <cstring>
+#include <initializer_list>
 #include <random>
+#include <sstream>
+#include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/dataset.h"
 #include "core/fs.h"
 #include "core/model_config.h"
+#include "core/safetensors.h"
+#include "tests/util.h"
+#include "train/trainer.h"
 
 namespace shrink::test {
-
-/// A fresh, empty directory under the GoogleTest temp dir.
-inline std::string temp_dir(const std::string& name) {
-  auto p = std::filesystem::path(::testing::TempDir()) /
-           ("shrink_" + name + "_" + std::to_string(getpid()));
-  std::filesystem::remove_all(p);
-  std::filesystem::create_directories(p);
-  return p.string();
-}
 
 inline core::ModelConfig micro_config(int64_t vocab) {
   core::ModelConfig c = core::config_preset("tiny", vocab).take_or_throw();
@@ -53,6 +52,57 @@ inline void make_inputs(const std::string& dir) {
     ASSERT_TRUE(w.finish().is_ok());
   }
   ASSERT_TRUE(core::write_file_atomic(dir + "/data/dataset.json", "{}").is_ok());
+}
+
+/// A short run on make_inputs' data in `dir`, writing to `out` (the model still to be given):
+/// `steps` steps of 4 windows of 32 tokens at lr 3e-3 after `warmup` steps, validation and a
+/// checkpoint every `every` steps (0: only at the end), seeded by `seed`.
+inline train::TrainOptions short_run(const std::string& dir, const std::string& out,
+                                     int64_t steps, int64_t warmup, int64_t every,
+                                     uint64_t seed) {
+  train::TrainOptions o;
+  o.data = dir + "/data";
+  o.out = out;
+  o.steps = steps;
+  o.seq_len = 32;
+  o.batch = 4;
+  o.lr = 3e-3;
+  o.warmup = warmup;
+  o.eval_every = every;
+  o.save_every = every;
+  o.seed = seed;
+  return o;
+}
+
+/// (step, value) for each line of a metrics.jsonl that has one of `keys` (the first it has).
+inline std::vector<std::pair<int64_t, double>> metric_series(
+    const std::string& path, std::initializer_list<const char*> keys) {
+  std::vector<std::pair<int64_t, double>> v;
+  std::stringstream ss(core::read_file(path).take_or_throw());
+  std::string line;
+  while (std::getline(ss, line)) {
+    auto j = nlohmann::json::parse(line);
+    for (const char* key : keys) {
+      if (j.contains(key)) {
+        v.emplace_back(j["step"].get<int64_t>(), j[key].get<double>());
+        break;
+      }
+    }
+  }
+  return v;
+}
+
+/// The model directories a and b hold the same tensors, byte for byte.
+inline void expect_same_weights(const std::string& a, const std::string& b) {
+  auto ca = core::Checkpoint::open(a).take_or_throw();
+  auto cb = core::Checkpoint::open(b).take_or_throw();
+  ASSERT_EQ(ca.names(), cb.names());
+  for (const std::string& n : ca.names()) {
+    const core::TensorInfo* ta = ca.find(n);
+    const core::TensorInfo* tb = cb.find(n);
+    ASSERT_EQ(ta->nbytes, tb->nbytes);
+    EXPECT_EQ(0, std::memcmp(ca.data(*ta), cb.data(*tb), ta->nbytes)) << n;
+  }
 }
 
 }  // namespace shrink::test
