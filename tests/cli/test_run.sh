@@ -118,6 +118,10 @@ n=$(awk -F'|' '$3 ~ /teacher|prune|distill|quantize/ && $11 ~ /^ 0\.[0-9]+ $/' r
 [ "$n" -ge 4 ] && ok "every model row has a task accuracy ($n rows)" || bad "only $n model rows have a task accuracy"
 expect_rc "a second rerun skips everything" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
 n=$(grep -c '"status":"skipped"' "$T/out"); [ "$n" = 5 ] && ok "5 stages skipped" || bad "$n stages skipped"
+# Stage keys hash contents: touching the data (new mtimes, same bytes) re-hashes it and still skips.
+touch shards/* task.jsonl
+expect_rc "a rerun after touching the data" 0 "$SHRINK" run tiny.yaml --metrics-tokens 1024
+n=$(grep -c '"status":"skipped"' "$T/out"); [ "$n" = 5 ] && ok "same contents: 5 stages skipped" || bad "$n stages skipped after touch"
 expect_rc "a failing gate exits 3" 3 "$SHRINK" run tiny.yaml --metrics-tokens 1024 --set stages.3.verify.min-speedup=1000
 expect_grep "only the changed stage reruns" "$T/out" '"index":2,"status":"skipped"'
 cp run/report.json a.json
