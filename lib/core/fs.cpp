@@ -81,6 +81,27 @@ Status write_all(int fd, const void* data, size_t size, const std::string& path)
   return Status::ok();
 }
 
+}  // namespace
+
+Status pwrite_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  const size_t max_write = kill_after_bytes() ? size_t(4096) : size;
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, p, std::min(size, max_write), off_t(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_status(errno, "write", path);
+    }
+    test_kill_after_bytes(uint64_t(n));
+    p += n;
+    size -= size_t(n);
+    offset += uint64_t(n);
+  }
+  return Status::ok();
+}
+
+namespace {
+
 // flock() the directory `path` without blocking: the descriptor holding the lock, or -1 when it
 // is held elsewhere (*busy = true) or flock is unsupported here (*busy = false).
 int dir_lock(const std::string& path, bool* busy) {

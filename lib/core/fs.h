@@ -28,6 +28,9 @@ struct ByteSpan {
 /// Write the concatenation of `chunks` via "<path>.tmp-<pid>" and rename(), without first
 /// copying them into one buffer (checkpoint writers stream tensors straight from their memory).
 Status write_file_atomic_spans(const std::string& path, const std::vector<ByteSpan>& chunks);
+/// pwrite() all of `size` bytes at `offset`, retrying short writes and EINTR; counts toward the
+/// SHRINK_TEST_KILL_AFTER_BYTES hook. Threads may write disjoint ranges of one descriptor at once.
+Status pwrite_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& path);
 bool path_exists(const std::string& path);
 bool is_directory(const std::string& path);
 

@@ -267,8 +267,10 @@ Result<std::string> json_quote(const std::string& s) {
   }
 }
 
-Status write_one_file(const std::string& path, const std::vector<TensorView>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+// The 8-byte length and the JSON header of a file holding `tensors` in this order (data offsets
+// from the end of the header, which is padded so that data starts 8-byte aligned).
+Result<std::string> file_prefix(const std::string& path, const std::vector<TensorView>& tensors,
+                                const std::map<std::string, std::string>& metadata) {
   std::string header = "{";
   bool first = true;
   if (!metadata.empty()) {
@@ -295,16 +297,64 @@ Status write_one_file(const std::string& path, const std::vector<TensorView>& te
   }
   header += "}";
   header.append((8 - header.size() % 8) % 8, ' ');  // data section starts 8-byte aligned
-
-  uint8_t len[8];
+  std::string prefix(8, '\0');
   const uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(n >> (8 * i));
+  for (int i = 0; i < 8; ++i) prefix[size_t(i)] = char(uint8_t(n >> (8 * i)));
+  return prefix + header;
+}
+
+Status write_one_file(const std::string& path, const std::vector<TensorView>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  SHRINK_ASSIGN_OR_RETURN(std::string prefix, file_prefix(path, tensors, metadata));
   std::vector<ByteSpan> chunks;
-  chunks.reserve(tensors.size() + 2);
-  chunks.push_back({len, 8});
-  chunks.push_back({header.data(), header.size()});
+  chunks.reserve(tensors.size() + 1);
+  chunks.push_back({prefix.data(), prefix.size()});
   for (const TensorView& t : tensors) chunks.push_back({t.data, size_t(t.nbytes)});
   return write_file_atomic_spans(path, chunks);
+}
+
+// Which tensors go to which file: one file when max_shard_bytes is 0 or the total fits; else
+// greedily, a shard filled until the next tensor would push it past the limit (a tensor larger
+// than the limit gets a shard of its own), as Hugging Face shards.
+std::vector<std::vector<size_t>> shard_layout(const std::vector<TensorView>& tensors,
+                                              uint64_t max_shard_bytes) {
+  uint64_t total = 0;
+  for (const TensorView& t : tensors) total += t.nbytes;
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t cur = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const bool split = max_shard_bytes > 0 && total > max_shard_bytes;
+    if (split && !shards.back().empty() && cur + tensors[i].nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(i);
+    cur += tensors[i].nbytes;
+  }
+  return shards;
+}
+
+std::string shard_file_name(size_t i, size_t n) {
+  return n == 1 ? std::string(kSingleName) : strfmt("model-%05zu-of-%05zu.safetensors", i + 1, n);
+}
+
+// The index as transformers writes it: keys sorted, 2-space indent, a final newline.
+Result<std::string> index_text(const std::string& index_path, uint64_t total,
+                               const json& weight_map) {
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  try {
+    return index.dump(2) + "\n";
+  } catch (const std::exception& e) {
+    return invalid_input(index_path + ": cannot serialize the index: " + e.what());
+  }
+}
+
+// A single-file checkpoint: a stale index would take precedence over the file just written.
+Status stale_index_remove(const std::string& index_path) {
+  if (path_exists(index_path) && ::unlink(index_path.c_str()) != 0) {
+    return io_error(index_path + ": cannot remove the stale index: " + std::strerror(errno));
+  }
+  return Status::ok();
 }
 
 }  // namespace
@@ -706,46 +756,132 @@ Status checkpoint_write(const std::string& dir, const std::vector<TensorView>& t
   if (!is_directory(dir)) return not_found(dir + ": output directory does not exist");
   Status st = validate_views(tensors);
   if (!st.is_ok()) return st.with_context(dir);
-  uint64_t total = 0;
-  for (const TensorView& t : tensors) total += t.nbytes;
   const std::string index_path = dir + "/" + kIndexName;
-
-  if (max_shard_bytes == 0 || total <= max_shard_bytes) {
+  const std::vector<std::vector<size_t>> layout = shard_layout(tensors, max_shard_bytes);
+  if (layout.size() == 1) {
     SHRINK_RETURN_IF_ERROR(write_one_file(dir + "/" + kSingleName, tensors, metadata));
-    // A stale index would take precedence over the file just written.
-    if (path_exists(index_path) && ::unlink(index_path.c_str()) != 0) {
-      return io_error(index_path + ": cannot remove the stale index: " + std::strerror(errno));
-    }
-    return Status::ok();
+    return stale_index_remove(index_path);
   }
-
-  // Greedy: fill a shard until the next tensor would push it past the limit. A tensor larger
-  // than the limit gets a shard of its own.
-  std::vector<std::vector<TensorView>> shards(1);
-  uint64_t cur = 0;
-  for (const TensorView& t : tensors) {
-    if (!shards.back().empty() && cur + t.nbytes > max_shard_bytes) {
-      shards.emplace_back();
-      cur = 0;
+  uint64_t total = 0;
+  json weight_map = json::object();
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const std::string name = shard_file_name(i, layout.size());
+    std::vector<TensorView> shard;
+    for (size_t k : layout[i]) {
+      shard.push_back(tensors[k]);
+      weight_map[tensors[k].name] = name;
+      total += tensors[k].nbytes;
     }
-    shards.back().push_back(t);
-    cur += t.nbytes;
+    SHRINK_RETURN_IF_ERROR(write_one_file(dir + "/" + name, shard, metadata));
+  }
+  // Written last, so the index only ever names shards that exist.
+  SHRINK_ASSIGN_OR_RETURN(std::string text, index_text(index_path, total, weight_map));
+  return write_file_atomic(index_path, text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CheckpointWriter
+
+struct CheckpointWriter::Shard {
+  std::string name, tmp;
+  int fd = -1;
+};
+
+Result<std::unique_ptr<CheckpointWriter>> CheckpointWriter::create(
+    const std::string& dir, std::vector<TensorView> plan,
+    const std::map<std::string, std::string>& metadata, uint64_t max_shard_bytes) {
+  if (!is_directory(dir)) return not_found(dir + ": output directory does not exist");
+  for (TensorView& t : plan) t.data = &t;  // validate_views wants data; none is read here
+  Status st = validate_views(plan);
+  if (!st.is_ok()) return st.with_context(dir);
+  std::unique_ptr<CheckpointWriter> w(new CheckpointWriter());
+  w->dir_ = dir;
+  const std::vector<std::vector<size_t>> layout = shard_layout(plan, max_shard_bytes);
+  for (size_t i = 0; i < layout.size(); ++i) {
+    auto shard = std::make_unique<Shard>();
+    shard->name = shard_file_name(i, layout.size());
+    shard->tmp = dir + "/." + shard->name + ".tmp-" + std::to_string(::getpid());
+    std::vector<TensorView> views;
+    for (size_t k : layout[i]) views.push_back(plan[k]);
+    SHRINK_ASSIGN_OR_RETURN(std::string prefix, file_prefix(dir + "/" + shard->name, views, metadata));
+    shard->fd = ::open(shard->tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (shard->fd < 0) return io_error(shard->tmp + ": cannot create: " + std::strerror(errno));
+    w->shards_.push_back(std::move(shard));
+    SHRINK_RETURN_IF_ERROR(pwrite_all(w->shards_.back()->fd, prefix.data(), prefix.size(), 0,
+                                      w->shards_.back()->tmp));
+    uint64_t offset = prefix.size();
+    for (size_t k : layout[i]) {
+      w->slots_[plan[k].name] = Slot{i, offset, plan[k].nbytes, false};
+      offset += plan[k].nbytes;
+      w->total_ += plan[k].nbytes;
+    }
+    // The full size now: a tensor written last leaves no hole, and a full disk shows up early.
+    if (::ftruncate(w->shards_.back()->fd, off_t(offset)) != 0) {
+      return io_error(w->shards_.back()->tmp + ": cannot size: " + std::strerror(errno));
+    }
+  }
+  return w;
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (!finished_) abandon();
+}
+
+void CheckpointWriter::abandon() {
+  for (auto& s : shards_) {
+    if (s->fd >= 0) ::close(s->fd);
+    s->fd = -1;
+    ::unlink(s->tmp.c_str());
+  }
+}
+
+Status CheckpointWriter::write(const std::string& name, const void* data, uint64_t nbytes,
+                               uint64_t offset) {
+  size_t shard = 0;
+  uint64_t at = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = slots_.find(name);
+    if (it == slots_.end()) return internal_error(dir_ + ": tensor '" + name + "' is not in the plan");
+    Slot& slot = it->second;
+    if (offset > slot.nbytes || nbytes > slot.nbytes - offset || nbytes > slot.nbytes - slot.done) {
+      return internal_error(strfmt("%s: tensor '%s': %llu bytes at %llu after %llu written; the "
+                                   "plan has %llu", dir_.c_str(), name.c_str(),
+                                   (unsigned long long)nbytes, (unsigned long long)offset,
+                                   (unsigned long long)slot.done, (unsigned long long)slot.nbytes));
+    }
+    slot.done += nbytes;
+    shard = slot.shard;
+    at = slot.offset + offset;
+  }
+  SHRINK_RETURN_IF_ERROR(pwrite_all(shards_[shard]->fd, data, size_t(nbytes), at, shards_[shard]->tmp));
+  bytes_written_ += nbytes;
+  return Status::ok();
+}
+
+Status CheckpointWriter::finish() {
+  for (const auto& [name, slot] : slots_) {
+    if (slot.done != slot.nbytes) {
+      return internal_error(strfmt("%s: tensor '%s' has %llu of its %llu bytes written", dir_.c_str(),
+                                   name.c_str(), (unsigned long long)slot.done,
+                                   (unsigned long long)slot.nbytes));
+    }
   }
   json weight_map = json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
-    const std::string name = strfmt("model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-    SHRINK_RETURN_IF_ERROR(write_one_file(dir + "/" + name, shards[i], metadata));
-    for (const TensorView& t : shards[i]) weight_map[t.name] = name;
+  for (const auto& [name, slot] : slots_) weight_map[name] = shards_[slot.shard]->name;
+  for (auto& s : shards_) {
+    const int fd = s->fd;
+    s->fd = -1;
+    if (::close(fd) != 0) return io_error(s->tmp + ": cannot close: " + std::strerror(errno));
+    const std::string path = dir_ + "/" + s->name;
+    if (::rename(s->tmp.c_str(), path.c_str()) != 0) {
+      return io_error("cannot rename " + s->tmp + " to " + path + ": " + std::strerror(errno));
+    }
   }
-  // Written last, so the index only ever names shards that exist. Keys sorted, 2-space indent
-  // and a final newline, as transformers writes it.
-  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
-  std::string text;
-  try {
-    text = index.dump(2) + "\n";
-  } catch (const std::exception& e) {
-    return invalid_input(index_path + ": cannot serialize the index: " + e.what());
-  }
+  finished_ = true;
+  const std::string index_path = dir_ + "/" + kIndexName;
+  if (shards_.size() == 1) return stale_index_remove(index_path);
+  SHRINK_ASSIGN_OR_RETURN(std::string text, index_text(index_path, total_, weight_map));
   return write_file_atomic(index_path, text);
 }
 

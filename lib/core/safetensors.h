@@ -12,9 +12,11 @@
 // Tested in tests/core/test_safetensors.cpp (round trips and a corpus of malformed files).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -135,5 +137,52 @@ class Checkpoint {
 Status checkpoint_write(const std::string& dir, const std::vector<TensorView>& tensors,
                         const std::map<std::string, std::string>& metadata = {},
                         uint64_t max_shard_bytes = 0);
+
+/// HF's default shard size when saving (transformers' max_shard_size "5GB").
+constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000ULL;
+
+/// Writes a checkpoint tensor by tensor, so that a stage holds only the tensors it is working
+/// on. The layout (shards, headers, offsets) is fixed up front from the tensors' names, dtypes
+/// and shapes (TensorView::data is ignored there); each tensor's bytes are then written when they
+/// exist, in any order and from any thread, with pwrite at its offset. The files are byte for
+/// byte those checkpoint_write makes from the same list. Shards are written as
+/// "<dir>/.<file>.tmp-<pid>" and renamed by finish(), the index last; an unfinished writer
+/// removes its temporary files. Tested in tests/core/test_safetensors.cpp.
+class CheckpointWriter {
+ public:
+  static Result<std::unique_ptr<CheckpointWriter>> create(
+      const std::string& dir, std::vector<TensorView> plan,
+      const std::map<std::string, std::string>& metadata = {}, uint64_t max_shard_bytes = 0);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  /// `nbytes` bytes of the planned tensor `name`, from byte `offset` of its data: all of it at
+  /// once, or in disjoint parts (a large embedding row block by row block). Thread-safe.
+  Status write(const std::string& name, const void* data, uint64_t nbytes, uint64_t offset = 0);
+  /// Every planned tensor written: close, rename the shards into place, write (or remove a stale)
+  /// index.
+  Status finish();
+  uint64_t bytes_written() const { return bytes_written_; }
+
+ private:
+  struct Shard;
+  struct Slot {
+    size_t shard = 0;
+    uint64_t offset = 0;  // in the shard file
+    uint64_t nbytes = 0;
+    uint64_t done = 0;  // bytes written so far
+  };
+  CheckpointWriter() = default;
+  void abandon();
+
+  std::string dir_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::map<std::string, Slot> slots_;
+  std::mutex mu_;
+  std::atomic<uint64_t> bytes_written_{0};
+  uint64_t total_ = 0;
+  bool finished_ = false;
+};
 
 }  // namespace shrink::core

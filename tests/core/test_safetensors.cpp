@@ -17,6 +17,7 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "core/dtype.h"
 #include "core/fs.h"
@@ -740,6 +741,67 @@ TEST(SafetensorsCheckpointTest, WriteValidatesBeforeWritingAnything) {
   expect_message_has(st, {"model.layers.0.weight", "duplicate"});
   EXPECT_TRUE(fsys::is_empty(dir.path()));
   EXPECT_EQ(checkpoint_write(dir.file("missing"), {}).code(), StatusCode::kNotFound);
+}
+
+// The streaming writer: tensors arrive in any order and from several threads, and the files are
+// byte for byte those of checkpoint_write (which writes sequentially from a complete list).
+TEST(SafetensorsCheckpointTest, StreamingWriterEqualsCheckpointWriteInAnyOrder) {
+  auto tensors = make_model_tensors(7, 100);
+  tensors[3].bytes = random_bytes(1000, 3);  // an oversized tensor: a shard of its own
+  tensors[3].shape = {500};
+  for (uint64_t max_shard : {uint64_t(0), uint64_t(250)}) {
+    TmpDir ref, out;
+    ASSERT_TRUE(checkpoint_write(ref.path(), views_of(tensors), {{"format", "pt"}}, max_shard).is_ok());
+    auto w = CheckpointWriter::create(out.path(), views_of(tensors), {{"format", "pt"}}, max_shard);
+    ASSERT_TRUE(w.is_ok()) << w.status().message();
+    std::vector<std::thread> threads;
+    std::vector<Status> results(tensors.size());
+    for (size_t k = 0; k < tensors.size(); ++k) {  // last tensor first, two at a time
+      const size_t i = tensors.size() - 1 - k;
+      threads.emplace_back([&, i] {
+        results[i] = w.value()->write(tensors[i].name, tensors[i].bytes.data(), tensors[i].bytes.size());
+      });
+      if (threads.size() == 2) {
+        for (auto& t : threads) t.join();
+        threads.clear();
+      }
+    }
+    for (auto& t : threads) t.join();
+    for (const Status& r : results) ASSERT_TRUE(r.is_ok()) << r.message();
+    ASSERT_TRUE(w.value()->finish().is_ok());
+    EXPECT_EQ(w.value()->bytes_written(), 1600u);
+    std::vector<std::string> files;
+    for (const auto& e : fsys::directory_iterator(ref.path())) files.push_back(e.path().filename().string());
+    EXPECT_EQ(files.size(), max_shard ? 6u : 1u);  // {0,1} {2} {3} {4,5} {6} + index
+    for (const auto& f : files) EXPECT_EQ(slurp(out.file(f)), slurp(ref.file(f))) << f;
+    size_t n_out = 0;
+    for (const auto& e : fsys::directory_iterator(out.path())) n_out += e.is_regular_file();
+    EXPECT_EQ(n_out, files.size());  // no temporary file left
+  }
+}
+
+TEST(SafetensorsCheckpointTest, StreamingWriterRefusesWhatIsNotPlannedAndCleansUp) {
+  TmpDir dir;
+  const auto tensors = make_model_tensors(3, 100);
+  {
+    auto w = CheckpointWriter::create(dir.path(), views_of(tensors), {}, 150);
+    ASSERT_TRUE(w.is_ok());
+    const std::string bytes(100, 'x');
+    expect_message_has(w.value()->write("nope", bytes.data(), 100), {"'nope' is not in the plan"});
+    expect_message_has(w.value()->write(tensors[0].name, bytes.data(), 10, 95),
+                       {"10 bytes at 95 after 0 written; the plan has 100"});
+    ASSERT_TRUE(w.value()->write(tensors[0].name, bytes.data(), 60, 40).is_ok());  // in two parts
+    ASSERT_TRUE(w.value()->write(tensors[0].name, bytes.data(), 40, 0).is_ok());
+    expect_message_has(w.value()->write(tensors[0].name, bytes.data(), 1), {"after 100 written"});
+    ASSERT_TRUE(w.value()->write(tensors[1].name, bytes.data(), 50).is_ok());
+    expect_message_has(w.value()->finish(), {"'model.layers.1.weight' has 50 of its 100 bytes written"});
+  }
+  EXPECT_TRUE(fsys::is_empty(dir.path()));  // the unfinished writer removed its shards
+  auto dup = tensors;
+  dup[2].name = dup[0].name;
+  expect_message_has(CheckpointWriter::create(dir.path(), views_of(dup)).status(), {"duplicate"});
+  EXPECT_EQ(CheckpointWriter::create(dir.file("missing"), views_of(tensors)).status().code(),
+            StatusCode::kNotFound);
 }
 
 // Write a 2-shard checkpoint and then replace its index with `index` text.
