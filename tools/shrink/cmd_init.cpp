@@ -1,19 +1,42 @@
-// `shrink init --out DIR (--preset NAME | --config config.json) [--tokenizer T]`: a randomly
-// initialized model directory (seeded), the starting point for `shrink train`.
+// `shrink init --out DIR (--preset NAME | --config config.json) [--tokenizer T] [--streaming]`: a
+// randomly initialized model directory (seeded), the starting point for `shrink train`. With
+// --streaming, written tensor by tensor without building the model (pipeline/random_model.h), for
+// models larger than memory (scripts/scale_check.sh).
 #include <cstdio>
 
 #include "core/fs.h"
 #include "core/model_config.h"
+#include "core/progress.h"
+#include "core/threads.h"
 #include "core/tokenizer.h"
+#include "pipeline/random_model.h"
 #include "train/api.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
 
+namespace {
+
+void random_model_stream(const core::ModelConfig& c, const std::string& out,
+                         const train::InitOptions& init, const Globals& g) {
+  pipeline::RandomModelOptions r;
+  r.seed = init.seed;
+  r.dtype = init.dtype;
+  r.tokenizer = init.tokenizer;
+  r.threads = core::threads_resolve(g.threads).take_or_throw();
+  core::Progress bar("init", 0, "B", !g.quiet && core::Progress::stderr_is_tty());
+  r.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, core::human_bytes(double(total)) + " in all"); };
+  throw_if_error(pipeline::random_model_write(c, out, r));
+  bar.finish();
+}
+
+}  // namespace
+
 void register_init(CLI::App& app, Globals& g) {
   struct Opts {
     std::string out, preset = "tiny", config, tokenizer;
     int64_t vocab_size = 0;
+    bool streaming = false;
     train::InitOptions init;
   };
   auto o = std::make_shared<Opts>();
@@ -27,6 +50,10 @@ void register_init(CLI::App& app, Globals& g) {
   sub->add_option("--vocab-size", o->vocab_size, "Vocabulary size (default: the tokenizer's)");
   sub->add_option("--seed", o->init.seed, "Initialization seed")->capture_default_str();
   sub->add_option("--dtype", o->init.dtype, "float32, float16 or bfloat16")->capture_default_str();
+  sub->add_flag("--streaming", o->streaming,
+                "Write tensor by tensor without building the model (memory: a few MiB per thread, "
+                "for models larger than memory); N(0, 0.02) weights from another generator than "
+                "the default's, so the values differ");
   sub->callback([o, &g] {
     g.exit_code = run_guarded("init", g, true, [&] {
       core::ModelConfig c;
@@ -46,7 +73,11 @@ void register_init(CLI::App& app, Globals& g) {
         c = core::config_preset(o->preset, vocab).take_or_throw();
       }
       o->init.tokenizer = o->tokenizer;
-      train::model_init(c, o->out, o->init);
+      if (o->streaming) {
+        random_model_stream(c, o->out, o->init, g);
+      } else {
+        train::model_init(c, o->out, o->init);
+      }
       if (g.json) {
         print_json({{"out", o->out}, {"config", nlohmann::json::parse(core::config_to_json(c))}});
       } else {
