@@ -357,7 +357,7 @@ std::vector<PlannedStage> plan_stages(const Recipe& r, const Inputs& in, const s
   std::string cur = in.teacher;
   for (size_t i = 0; i < r.stages.size(); ++i) {
     const RecipeStage& s = r.stages[i];
-    char nn[8];
+    char nn[24];
     std::snprintf(nn, sizeof nn, "%02zu", i);
     PlannedStage p;
     p.dir = out + "/" + nn + "-" + s.type;

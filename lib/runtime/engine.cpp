@@ -142,16 +142,6 @@ class RandomSource : public TensorSource {
   std::map<std::string, std::vector<uint8_t>> bufs_;
 };
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-
 std::vector<float> to_f32(const SrcTensor& t) {
   std::vector<float> v(size_t(t.numel()));
   core::convert_to_f32(t.dtype, t.data, v.data(), t.numel());

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "pipeline/content_hash.h"
+#include "tests/util.h"
 
 namespace shrink::pipeline {
 namespace {
@@ -17,9 +18,7 @@ namespace fs = std::filesystem;
 class ContentHashTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) / ("shrink_hash_" + std::to_string(::getpid()))).string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = test::temp_dir("hash");
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string path(const std::string& name) const { return dir_ + "/" + name; }

@@ -13,6 +13,7 @@
 
 #include "core/status.h"
 #include "pipeline/runner.h"
+#include "tests/util.h"
 
 namespace shrink::pipeline {
 namespace {
@@ -60,9 +61,7 @@ class FakeCommands : public StageCommands {
 class RunnerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) / ("shrink_runner_" + std::to_string(::getpid()))).string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = test::temp_dir("runner");
     write("corpus.txt", "the cat sat on the mat\n");
     write("task.jsonl", "{}\n");
     write("recipe.yaml", "version: 1\nteacher: " + std::string(SHRINK_FIXTURES_DIR) +
