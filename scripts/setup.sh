@@ -19,6 +19,7 @@ PACKAGES=(
   libxxhash-dev                               # content hashes of the recipe runner's stage cache
   libgtest-dev libgmock-dev libbenchmark-dev
   fortunes                                    # the built-in default corpus
+  time                                        # GNU time: scripts/scale_check.sh measures peak RSS
   clang libclang-rt-14-dev libfuzzer-14-dev   # scripts/fuzz.sh: clang, libFuzzer, ASan/UBSan
 )
 
