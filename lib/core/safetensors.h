@@ -112,6 +112,12 @@ class Checkpoint {
   std::vector<std::string> names() const;
   const TensorInfo* find(std::string_view name) const;
   const uint8_t* data(const TensorInfo& t) const;
+  /// Drops bytes [offset, offset + n) of a tensor's data from this process's resident memory
+  /// (madvise MADV_DONTNEED on the whole pages inside the range): the mapping stays valid and
+  /// pages read again come back from the page cache or the file. For streaming readers, whose
+  /// RSS would otherwise grow to the size of everything they have read. No-op for a presented
+  /// 4-bit weight (heap memory).
+  void release(const TensorInfo& t, uint64_t offset, uint64_t n) const;
   /// For a weight presented from 4-bit packing: the stored `<m>.weight_packed`; else null.
   const TensorInfo* packed_of(std::string_view name) const;
   /// The file (basename) that holds a tensor.

@@ -1,26 +1,171 @@
 // `shrink convert MODEL_DIR --dtype float32|float16|bfloat16 --out DIR [--max-shard-mb N]`:
 // rewrites a model's floating-point weights in another dtype (and optionally resharded), with
 // config.json's dtype updated and the tokenizer and provenance carried along. Written
-// atomically; the input is never modified. No LibTorch: it streams one tensor at a time.
+// atomically; the input is never modified. No LibTorch, and no tensor held whole: the input is
+// memory-mapped, and each tensor is converted in blocks of 1 Mi elements, one per thread, and
+// written in place through core::CheckpointWriter, so memory stays a few MiB per thread whatever
+// the model's size.
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
+#include <thread>
 
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
+#include "core/threads.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
 
 namespace fs = std::filesystem;
 
-void register_convert(CLI::App& app, Globals& g) {
-  struct Opts {
-    std::string model, out, dtype = "bfloat16";
-    uint64_t max_shard_mb = 0;
+namespace {
+
+constexpr int64_t kBlockElements = int64_t(1) << 20;
+
+struct ConvertArgs {
+  std::string model, out, dtype = "bfloat16";
+  uint64_t max_shard_mb = 0;
+};
+
+// The dtype named by --dtype (with its short names), and its config.json spelling.
+core::DType dtype_parse(const std::string& flag, std::string& name) {
+  name = flag;
+  if (name == "f32" || name == "fp32") name = "float32";
+  if (name == "f16" || name == "fp16" || name == "half") name = "float16";
+  if (name == "bf16") name = "bfloat16";
+  if (name == "float32") return core::DType::kF32;
+  if (name == "float16") return core::DType::kF16;
+  if (name == "bfloat16") return core::DType::kBF16;
+  throw Error(StatusCode::kInvalidInput,
+              "--dtype '" + flag + "': expected float32, float16 or bfloat16");
+}
+
+// Float tensors take the new dtype; integer tensors pass through unchanged.
+std::vector<core::TensorView> output_plan(const core::Checkpoint& ck, core::DType dt) {
+  std::vector<core::TensorView> plan;
+  for (const std::string& name : ck.names()) {
+    const core::TensorInfo* t = ck.find(name);
+    const core::DType out = core::dtype_is_float(t->dtype) ? dt : t->dtype;
+    plan.push_back({name, out, t->shape, nullptr, uint64_t(t->numel()) * core::dtype_size(out)});
+  }
+  return plan;
+}
+
+struct Block {
+  size_t tensor;
+  int64_t begin, end;  // elements
+};
+
+std::vector<Block> blocks_of(const std::vector<core::TensorView>& plan) {
+  std::vector<Block> blocks;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    int64_t n = 1;
+    for (int64_t d : plan[i].shape) n *= d;
+    for (int64_t b = 0; b < n; b += kBlockElements) blocks.push_back({i, b, std::min(n, b + kBlockElements)});
+  }
+  return blocks;
+}
+
+// Elements [begin, end) of one tensor, converted and written at their place.
+Status block_convert(const core::Checkpoint& ck, const core::TensorView& out, const Block& blk,
+                     core::CheckpointWriter& w, std::vector<float>& f32, std::vector<uint8_t>& buf) {
+  const core::TensorInfo* t = ck.find(out.name);
+  const int64_t n = blk.end - blk.begin;
+  const size_t in_es = core::dtype_size(t->dtype), out_es = core::dtype_size(out.dtype);
+  const uint8_t* src = ck.data(*t) + uint64_t(blk.begin) * in_es;
+  Status st;
+  if (t->dtype == out.dtype) {
+    st = w.write(out.name, src, uint64_t(n) * out_es, uint64_t(blk.begin) * out_es);
+  } else {
+    f32.resize(size_t(n));
+    buf.resize(size_t(n) * out_es);
+    core::convert_to_f32(t->dtype, src, f32.data(), n);
+    core::convert_from_f32(f32.data(), out.dtype, buf.data(), n);
+    st = w.write(out.name, buf.data(), buf.size(), uint64_t(blk.begin) * out_es);
+  }
+  ck.release(*t, uint64_t(blk.begin) * in_es, uint64_t(n) * in_es);  // read once: keep RSS flat
+  return st;
+}
+
+// Every block, by `threads` workers; the first error stops them.
+void tensors_convert(const core::Checkpoint& ck, const std::vector<core::TensorView>& plan,
+                     core::CheckpointWriter& w, int threads) {
+  const std::vector<Block> blocks = blocks_of(plan);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  Status first_error;
+  auto worker = [&] {
+    std::vector<float> f32;
+    std::vector<uint8_t> buf;
+    for (size_t k; !failed && (k = next++) < blocks.size();) {
+      Status st = block_convert(ck, plan[blocks[k].tensor], blocks[k], w, f32, buf);
+      if (!st.is_ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.exchange(true)) first_error = st;
+      }
+    }
   };
-  auto o = std::make_shared<Opts>();
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  throw_if_error(first_error);
+}
+
+// config.json with the new dtype, and the tokenizer and provenance files as they are.
+void sidecars_write(const std::string& model, const std::string& dir, core::ModelConfig cfg,
+                    const std::string& dtype) {
+  cfg.dtype = dtype;
+  throw_if_error(core::write_file_atomic(dir + "/config.json", core::config_to_json(cfg)));
+  for (const char* extra :
+       {"tokenizer.json", "tokenizer_config.json", "shrink.json", "generation_config.json"}) {
+    const std::string src = model + "/" + extra;
+    if (fs::exists(src)) {
+      throw_if_error(core::write_file_atomic(dir + "/" + extra, core::read_file(src).take_or_throw()));
+    }
+  }
+}
+
+int run_convert(const ConvertArgs& o, const Globals& g) {
+  std::string dname;
+  const core::DType dt = dtype_parse(o.dtype, dname);
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  if (cfg.has_quantization()) {
+    throw Error(StatusCode::kInvalidInput,
+                o.model + ": the model is quantized (quantization_config in config.json); "
+                          "convert works on float models");
+  }
+  const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ck));
+  const std::vector<core::TensorView> plan = output_plan(ck, dt);
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  auto w = core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}}, o.max_shard_mb << 20)
+               .take_or_throw();
+  tensors_convert(ck, plan, *w, core::threads_resolve(g.threads).take_or_throw());
+  throw_if_error(w->finish());
+  sidecars_write(o.model, dir.path(), cfg, dname);
+  throw_if_error(dir.commit());
+  const uint64_t in_bytes = ck.total_bytes(), out_bytes = w->bytes_written();
+  if (g.json) {
+    print_json({{"out", o.out}, {"dtype", dname}, {"bytes_in", in_bytes}, {"bytes_out", out_bytes},
+                {"bytes_read", in_bytes}, {"bytes_written", out_bytes}});
+  } else {
+    std::printf("wrote %s: %zu tensors in %s, %.2f MiB -> %.2f MiB\n", o.out.c_str(), plan.size(),
+                dname.c_str(), double(in_bytes) / 1048576.0, double(out_bytes) / 1048576.0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_convert(CLI::App& app, Globals& g) {
+  auto o = std::make_shared<ConvertArgs>();
   CLI::App* sub = app.add_subcommand(
       "convert", "Rewrite a model's float weights in another dtype (float32, float16, bfloat16)");
   sub->add_option("model", o->model, "Model directory")->required();
@@ -29,70 +174,7 @@ void register_convert(CLI::App& app, Globals& g) {
   sub->add_option("--out", o->out, "Output model directory")->required();
   sub->add_option("--max-shard-mb", o->max_shard_mb, "Shard size in MiB (0: one file)")
       ->capture_default_str();
-  sub->callback([o, &g] {
-    g.exit_code = run_guarded("convert", g, false, [&] {
-      std::string d = o->dtype;
-      if (d == "f32" || d == "fp32") d = "float32";
-      if (d == "f16" || d == "fp16" || d == "half") d = "float16";
-      if (d == "bf16") d = "bfloat16";
-      core::DType dt = d == "float32"   ? core::DType::kF32
-                       : d == "float16" ? core::DType::kF16
-                       : d == "bfloat16"
-                           ? core::DType::kBF16
-                           : throw Error(StatusCode::kInvalidInput,
-                                         "--dtype '" + o->dtype +
-                                             "': expected float32, float16 or bfloat16");
-      core::ModelConfig cfg = core::config_load(o->model).take_or_throw();
-      if (cfg.has_quantization()) {
-        throw Error(StatusCode::kInvalidInput,
-                    o->model + ": the model is quantized (quantization_config in config.json); "
-                               "convert works on float models");
-      }
-      core::Checkpoint ck = core::Checkpoint::open(o->model).take_or_throw();
-      throw_if_error(core::checkpoint_check(cfg, ck));
-      std::vector<std::vector<uint8_t>> bufs;
-      std::vector<core::TensorView> views;
-      uint64_t in_bytes = 0, out_bytes = 0;
-      for (const std::string& name : ck.names()) {
-        const core::TensorInfo* t = ck.find(name);
-        in_bytes += t->nbytes;
-        if (!core::dtype_is_float(t->dtype)) {  // integer tensors pass through unchanged
-          bufs.emplace_back(ck.data(*t), ck.data(*t) + t->nbytes);
-          views.push_back({name, t->dtype, t->shape, bufs.back().data(), bufs.back().size()});
-          out_bytes += t->nbytes;
-          continue;
-        }
-        std::vector<float> f(size_t(t->numel()));
-        core::convert_to_f32(t->dtype, ck.data(*t), f.data(), t->numel());
-        bufs.emplace_back(size_t(t->numel()) * core::dtype_size(dt));
-        core::convert_from_f32(f.data(), dt, bufs.back().data(), t->numel());
-        views.push_back({name, dt, t->shape, bufs.back().data(), bufs.back().size()});
-        out_bytes += bufs.back().size();
-      }
-      auto dir = core::AtomicDir::create(o->out).take_or_throw();
-      throw_if_error(core::checkpoint_write(dir.path(), views, {{"format", "pt"}},
-                                            o->max_shard_mb << 20));
-      cfg.dtype = d;
-      throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(cfg)));
-      for (const char* extra : {"tokenizer.json", "tokenizer_config.json", "shrink.json",
-                                "generation_config.json"}) {
-        std::string src = o->model + "/" + extra;
-        if (fs::exists(src)) {
-          throw_if_error(core::write_file_atomic(dir.path() + "/" + extra,
-                                                 core::read_file(src).take_or_throw()));
-        }
-      }
-      throw_if_error(dir.commit());
-      if (g.json) {
-        print_json({{"out", o->out}, {"dtype", d}, {"bytes_in", in_bytes}, {"bytes_out", out_bytes}});
-      } else {
-        std::printf("wrote %s: %zu tensors in %s, %.2f MiB -> %.2f MiB\n", o->out.c_str(),
-                    views.size(), d.c_str(), double(in_bytes) / 1048576.0,
-                    double(out_bytes) / 1048576.0);
-      }
-      return 0;
-    });
-  });
+  sub->callback([o, &g] { g.exit_code = run_guarded("convert", g, false, [&] { return run_convert(*o, g); }); });
 }
 
 }  // namespace shrink::cli
