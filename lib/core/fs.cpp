@@ -64,27 +64,11 @@ void test_kill_in_commit() {
   if (n && ++commits == n) ::raise(SIGKILL);
 }
 
-Status write_all(int fd, const void* data, size_t size, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  // Small writes while the kill hook is armed, so that it lands inside a file.
-  const size_t max_write = kill_after_bytes() ? size_t(4096) : size;
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, std::min(size, max_write));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_status(errno, "write", path);
-    }
-    test_kill_after_bytes(uint64_t(n));
-    p += n;
-    size -= size_t(n);
-  }
-  return Status::ok();
-}
-
 }  // namespace
 
 Status pwrite_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& path) {
   const auto* p = static_cast<const uint8_t*>(data);
+  // Small writes while the kill hook is armed, so that it lands inside a file.
   const size_t max_write = kill_after_bytes() ? size_t(4096) : size;
   while (size > 0) {
     const ssize_t n = ::pwrite(fd, p, std::min(size, max_write), off_t(offset));
@@ -194,9 +178,11 @@ Status write_file_atomic_spans(const std::string& path, const std::vector<ByteSp
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return errno_status(errno, "create", tmp);
+  uint64_t offset = 0;
   for (const ByteSpan& c : chunks) {
     if (c.size == 0) continue;
-    Status st = write_all(fd, c.data, c.size, tmp);
+    Status st = pwrite_all(fd, c.data, c.size, offset, tmp);
+    offset += c.size;
     if (!st.is_ok()) {
       ::close(fd);
       ::unlink(tmp.c_str());

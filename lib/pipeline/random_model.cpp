@@ -3,15 +3,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/safetensors.h"
+#include "core/tensor_blocks.h"
 
 namespace shrink::pipeline {
 
@@ -47,26 +48,10 @@ bool is_bias(core::TensorRole r) {
          r == core::TensorRole::kVBias || r == core::TensorRole::kOBias;
 }
 
-// One block of work: elements [begin, end) of tensor `tensor`.
-struct Block {
-  size_t tensor;
-  int64_t begin, end;
-};
-
-std::vector<Block> blocks_of(const std::vector<core::TensorView>& plan) {
-  std::vector<Block> blocks;
-  for (size_t t = 0; t < plan.size(); ++t) {
-    int64_t n = 1;
-    for (int64_t d : plan[t].shape) n *= d;
-    for (int64_t b = 0; b < n; b += kBlockElements) blocks.push_back({t, b, std::min(n, b + kBlockElements)});
-  }
-  return blocks;
-}
-
 // The block's values, converted to the checkpoint's dtype, written at their place.
-Status block_write(const Block& blk, const core::TensorSpec& spec, const core::TensorView& view,
-                   uint64_t seed, core::CheckpointWriter& w, std::vector<float>& f32,
-                   std::vector<uint8_t>& bytes) {
+Status block_write(const core::TensorBlock& blk, const core::TensorSpec& spec,
+                   const core::TensorView& view, uint64_t seed, core::CheckpointWriter& w,
+                   std::vector<float>& f32, std::vector<uint8_t>& bytes) {
   const int64_t n = blk.end - blk.begin;
   f32.resize(size_t(n));
   const uint64_t key = mix64(seed ^ mix64(0x5eed0000ULL + blk.tensor));
@@ -81,45 +66,32 @@ Status block_write(const Block& blk, const core::TensorSpec& spec, const core::T
   return w.write(view.name, bytes.data(), bytes.size(), uint64_t(blk.begin) * es);
 }
 
-// Workers take blocks in order; the first error stops them all.
-Status blocks_write(const std::vector<Block>& blocks, const std::vector<core::TensorSpec>& specs,
+// Every block by o.threads workers, with progress reported from a thread of its own.
+Status blocks_write(const std::vector<core::TensorSpec>& specs,
                     const std::vector<core::TensorView>& plan, const RandomModelOptions& o,
                     core::CheckpointWriter& w, uint64_t total) {
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mu;
-  Status first_error;
-  auto worker = [&] {
-    std::vector<float> f32;
-    std::vector<uint8_t> bytes;
-    for (size_t k; !failed && (k = next++) < blocks.size();) {
-      const Block& blk = blocks[k];
-      Status st = block_write(blk, specs[blk.tensor], plan[blk.tensor], o.seed, w, f32, bytes);
-      if (!st.is_ok()) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true)) first_error = st;
-      }
-    }
-  };
-  const int n_threads = std::max(1, o.threads);
-  std::vector<std::thread> pool;
-  for (int t = 1; t < n_threads; ++t) pool.emplace_back(worker);
-  std::thread progress_thread;
+  const std::vector<core::TensorBlock> blocks = core::tensor_blocks(plan, kBlockElements);
+  const int threads = std::max(1, o.threads);
+  std::vector<std::vector<float>> f32(static_cast<size_t>(threads));
+  std::vector<std::vector<uint8_t>> bytes(static_cast<size_t>(threads));
   std::atomic<bool> done{false};
+  std::thread progress_thread;
   if (o.progress) {
     progress_thread = std::thread([&] {
-      while (!done) {
+      for (; !done; std::this_thread::sleep_for(std::chrono::milliseconds(200))) {
         o.progress(w.bytes_written(), total);
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
     });
   }
-  worker();
-  for (auto& t : pool) t.join();
+  Status st = core::parallel_each(blocks.size(), threads, [&](size_t k, int worker) {
+    const core::TensorBlock& blk = blocks[k];
+    return block_write(blk, specs[blk.tensor], plan[blk.tensor], o.seed, w, f32[size_t(worker)],
+                       bytes[size_t(worker)]);
+  });
   done = true;
   if (progress_thread.joinable()) progress_thread.join();
   if (o.progress) o.progress(w.bytes_written(), total);
-  return first_error;
+  return st;
 }
 
 }  // namespace
@@ -150,7 +122,7 @@ Status random_model_write(const core::ModelConfig& config, const std::string& ou
       std::unique_ptr<core::CheckpointWriter> w,
       core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}},
                                      o.max_shard_bytes ? o.max_shard_bytes : core::kDefaultMaxShardBytes));
-  SHRINK_RETURN_IF_ERROR(blocks_write(blocks_of(plan), specs, plan, o, *w, total));
+  SHRINK_RETURN_IF_ERROR(blocks_write(specs, plan, o, *w, total));
   SHRINK_RETURN_IF_ERROR(w->finish());
   SHRINK_RETURN_IF_ERROR(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(c)));
   if (!o.tokenizer.empty()) {

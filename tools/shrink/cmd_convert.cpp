@@ -5,17 +5,14 @@
 // memory-mapped, and each tensor is converted in blocks of 1 Mi elements, one per thread, and
 // written in place through core::CheckpointWriter, so memory stays a few MiB per thread whatever
 // the model's size.
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
-#include <thread>
 
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
+#include "core/tensor_blocks.h"
 #include "core/threads.h"
 #include "tools/shrink/cli.h"
 
@@ -56,24 +53,10 @@ std::vector<core::TensorView> output_plan(const core::Checkpoint& ck, core::DTyp
   return plan;
 }
 
-struct Block {
-  size_t tensor;
-  int64_t begin, end;  // elements
-};
-
-std::vector<Block> blocks_of(const std::vector<core::TensorView>& plan) {
-  std::vector<Block> blocks;
-  for (size_t i = 0; i < plan.size(); ++i) {
-    int64_t n = 1;
-    for (int64_t d : plan[i].shape) n *= d;
-    for (int64_t b = 0; b < n; b += kBlockElements) blocks.push_back({i, b, std::min(n, b + kBlockElements)});
-  }
-  return blocks;
-}
-
 // Elements [begin, end) of one tensor, converted and written at their place.
-Status block_convert(const core::Checkpoint& ck, const core::TensorView& out, const Block& blk,
-                     core::CheckpointWriter& w, std::vector<float>& f32, std::vector<uint8_t>& buf) {
+Status block_convert(const core::Checkpoint& ck, const core::TensorView& out,
+                     const core::TensorBlock& blk, core::CheckpointWriter& w,
+                     std::vector<float>& f32, std::vector<uint8_t>& buf) {
   const core::TensorInfo* t = ck.find(out.name);
   const int64_t n = blk.end - blk.begin;
   const size_t in_es = core::dtype_size(t->dtype), out_es = core::dtype_size(out.dtype);
@@ -92,30 +75,16 @@ Status block_convert(const core::Checkpoint& ck, const core::TensorView& out, co
   return st;
 }
 
-// Every block, by `threads` workers; the first error stops them.
+// Every block, by `threads` workers, each with its own scratch buffers.
 void tensors_convert(const core::Checkpoint& ck, const std::vector<core::TensorView>& plan,
                      core::CheckpointWriter& w, int threads) {
-  const std::vector<Block> blocks = blocks_of(plan);
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mu;
-  Status first_error;
-  auto worker = [&] {
-    std::vector<float> f32;
-    std::vector<uint8_t> buf;
-    for (size_t k; !failed && (k = next++) < blocks.size();) {
-      Status st = block_convert(ck, plan[blocks[k].tensor], blocks[k], w, f32, buf);
-      if (!st.is_ok()) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true)) first_error = st;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-  throw_if_error(first_error);
+  const std::vector<core::TensorBlock> blocks = core::tensor_blocks(plan, kBlockElements);
+  std::vector<std::vector<float>> f32(static_cast<size_t>(threads));
+  std::vector<std::vector<uint8_t>> buf(static_cast<size_t>(threads));
+  throw_if_error(core::parallel_each(blocks.size(), threads, [&](size_t k, int worker) {
+    return block_convert(ck, plan[blocks[k].tensor], blocks[k], w, f32[size_t(worker)],
+                         buf[size_t(worker)]);
+  }));
 }
 
 // config.json with the new dtype, and the tokenizer and provenance files as they are.
