@@ -26,6 +26,7 @@ uint64_t count_zeros(const core::Checkpoint& ck, const core::TensorInfo& t) {
       int64_t m = std::min<int64_t>(int64_t(buf.size()), n - i);
       core::convert_to_f32(t.dtype, p + size_t(i) * es, buf.data(), m);
       for (int64_t k = 0; k < m; ++k) z += buf[size_t(k)] == 0.0f;
+      ck.release(t, uint64_t(i) * es, uint64_t(m) * es);  // read once: memory stays flat
     }
   } else {
     const size_t es = core::dtype_size(t.dtype);
@@ -77,6 +78,7 @@ Tally tensors_tally(const core::ModelConfig& c, const core::Checkpoint& ck) {
   for (const core::TensorSpec& s : core::expected_tensors(c)) {
     const core::TensorInfo* info = ck.find(s.name);
     const uint64_t z = count_zeros(ck, *info);
+    ck.release(*info, 0, info->nbytes);  // integer tensors are counted whole
     const uint64_t n = uint64_t(info->numel());
     // 4-bit weights are read as I8 but stored packed: report what is stored.
     const core::TensorInfo* packed = ck.packed_of(s.name);
