@@ -21,7 +21,7 @@
 // built-in fortunes), in the way HellaSwag was built from captions: each document of 8 to 80
 // words is cut at a word boundary near its middle; the choices are its true ending and the
 // endings of other documents of similar length, in a seeded random order.
-// Tested in tests/core/test_choice_task.cpp.
+// Tested in tests/pipeline/test_choice_task.cpp (the tests need a trained BPE, from lib/pipeline).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Standard multiple-choice benchmarks (HellaSwag, ARC, OpenBookQA, PIQA, Winogrande, MMLU) in
 // their published JSONL layouts, converted to task files with lm-evaluation-harness's zero-shot
 // prompts, so that `eval --task` and `verify --task` score them as lm-eval does. See
-// task_convert.h; tested in tests/core/test_choice_task.cpp.
+// task_convert.h; tested in tests/pipeline/test_choice_task.cpp.
 #include "pipeline/task_convert.h"
 
 #include <algorithm>

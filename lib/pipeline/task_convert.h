@@ -1,7 +1,8 @@
 // Benchmark task conversion: standard multiple-choice benchmarks in their published layouts,
 // converted to shrink task files (core/choice_task.h) with lm-evaluation-harness's prompts.
 // Ahead-of-time only (`shrink data convert-task`), so it lives in lib/pipeline; the runtime only
-// reads task files. Tested in tests/core/test_choice_task.cpp and fuzzed by tests/fuzz/fuzz_task.cpp.
+// reads task files. Tested in tests/pipeline/test_choice_task.cpp and fuzzed by
+// tests/fuzz/fuzz_task.cpp.
 #pragma once
 
 #include <cstdint>

@@ -8,7 +8,7 @@
 // occurrence, and a max-heap with lazy invalidation (an entry is checked against the live count
 // when popped) finds the next pair. Ties break by the pair's byte strings (left, then right,
 // smallest first), so the result does not depend on hash-map order: same input, same tokenizer.
-// Tested in tests/core/test_tokenizer.cpp (determinism, compression, round trip).
+// Tested in tests/pipeline/test_tokenizer_train.cpp (determinism, compression, round trip).
 #include <algorithm>
 #include <queue>
 #include <string>

@@ -1,6 +1,6 @@
 // Tokenizer training (`shrink tokenizer train`): a byte-level BPE trainer that writes GPT-2
 // style tokenizers for core::Tokenizer. Ahead-of-time only, so it lives in lib/pipeline; the
-// runtime only encodes and decodes. Tested in tests/core/test_tokenizer.cpp.
+// runtime only encodes and decodes. Tested in tests/pipeline/test_tokenizer_train.cpp.
 #pragma once
 
 #include <cstdint>
