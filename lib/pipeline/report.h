@@ -1,7 +1,8 @@
 // Reports that runs can be compared by: model statistics read from a model directory, the
 // Pareto front of (size or latency, perplexity), report.md tables and an SVG scatter plot that
 // shrink writes itself (no Python). Report JSON schema: "shrink-report/1" (see README).
-// Tested in tests/core/test_report.cpp.
+// Tested end to end by tests/cli/test_run.sh (report.json/md/svg, compare); model_stats is fuzzed
+// by tests/fuzz/fuzz_checkpoint.cpp.
 #pragma once
 
 #include <cstdint>
