@@ -122,8 +122,7 @@ int run_convert(const ConvertArgs& o, const Globals& g) {
   throw_if_error(dir.commit());
   const uint64_t in_bytes = ck.total_bytes(), out_bytes = w->bytes_written();
   if (g.json) {
-    print_json({{"out", o.out}, {"dtype", dname}, {"bytes_in", in_bytes}, {"bytes_out", out_bytes},
-                {"bytes_read", in_bytes}, {"bytes_written", out_bytes}});
+    print_json({{"out", o.out}, {"dtype", dname}, {"bytes_in", in_bytes}, {"bytes_out", out_bytes}});
   } else {
     std::printf("wrote %s: %zu tensors in %s, %.2f MiB -> %.2f MiB\n", o.out.c_str(), plan.size(),
                 dname.c_str(), double(in_bytes) / 1048576.0, double(out_bytes) / 1048576.0);
