@@ -388,6 +388,77 @@ int64_t int4_default_group(const std::vector<int64_t>& in_features) {
   return g;
 }
 
+namespace {
+
+// Round half to even for |v| <= 2^22, as nearbyint under the default rounding mode: adding
+// 1.5 * 2^23 leaves no fraction bits, so the addition itself rounds. Exact here (the scaled
+// weights lie within a few steps of [-127, 127]) and, unlike nearbyint without SSE4.1, it
+// vectorizes.
+inline float round_small(float v) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+// Symmetric: one group's scale and values.
+float rtn_group_symmetric(const float* w, int64_t n, int qmin, int qmax, int8_t* q) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(w[k]));
+  const float scale = amax > 0.f ? amax / float(qmax) : 1.f;
+  const float inv = 1.f / scale;
+  for (int64_t k = 0; k < n; ++k) {
+    const float r = round_small(w[k] * inv);
+    q[k] = int8_t(std::min(std::max(r, float(qmin)), float(qmax)));
+  }
+  return scale;
+}
+
+// Asymmetric 4-bit: one group's scale, zero point and values.
+float rtn_group_asymmetric(const float* w, int64_t n, int8_t* q, int8_t* zp) {
+  float lo = 0.f, hi = 0.f;  // min(w, 0) and max(w, 0)
+  for (int64_t k = 0; k < n; ++k) {
+    lo = std::min(lo, w[k]);
+    hi = std::max(hi, w[k]);
+  }
+  const float range = hi - lo;
+  const float scale = range > 0.f ? range / float(kQMax4 - kQMin4) : 1.f;
+  const float z = std::min(std::max(std::nearbyint(float(kQMin4) - lo / scale), float(kQMin4)),
+                           float(kQMax4));
+  *zp = int8_t(z);
+  const float inv = 1.f / scale;
+  for (int64_t k = 0; k < n; ++k) {
+    const float r = round_small(w[k] * inv + z);
+    q[k] = int8_t(std::min(std::max(r, float(kQMin4)), float(kQMax4)));
+  }
+  return scale;
+}
+
+}  // namespace
+
+Status rtn_quantize_rows(const float* w, int64_t rows, int64_t cols, int64_t group, int bits,
+                         bool asym, int8_t* q, float* scale, int8_t* zp) {
+  if (bits != 8 && bits != 4) return invalid_input("rtn: bits must be 8 or 4");
+  if (asym && bits != 4) return invalid_input("rtn: asymmetric weights need 4 bits");
+  const int64_t gs = group > 0 ? group : cols;
+  if (gs <= 0 || cols % gs != 0) return invalid_input("rtn: group size does not divide the inputs");
+  const int64_t groups = cols / gs;
+  const int qmax = bits == 4 ? kQMax4 : kQMax, qmin = bits == 4 ? kQMin4 : -kQMax;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* wr = w + r * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!std::isfinite(wr[c])) {
+        return invalid_input("non-finite weight " + std::to_string(wr[c]) + " at row " +
+                               std::to_string(r) + ", column " + std::to_string(c));
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t at = r * cols + g * gs;
+      scale[r * groups + g] = asym ? rtn_group_asymmetric(w + at, gs, q + at, zp + r * groups + g)
+                                   : rtn_group_symmetric(w + at, gs, qmin, qmax, q + at);
+    }
+  }
+  return Status::ok();
+}
+
 void int4_pack(const int8_t* q, int64_t rows, int64_t cols, uint8_t* out) {
   const int64_t bytes = int4_packed_cols(cols) * 4;
   for (int64_t r = 0; r < rows; ++r) {

@@ -70,6 +70,19 @@ void int4_pack_rows(const int8_t* v, int64_t rows, int64_t cols, uint8_t* out);
 /// The inverse: bytes of int4_packed_cols(rows) * cols words -> v [rows, cols].
 void int4_unpack_rows(const uint8_t* packed, int64_t rows, int64_t cols, int8_t* v);
 
+/// Round-to-nearest weight quantization of `rows` rows of `cols` float32 weights w, one scale
+/// per row (group = 0) or per `group` consecutive inputs, the arithmetic of the LibTorch
+/// quantizer (train::quantize_weight, train::weight_qparams), which the model-free path of
+/// `shrink quantize` must reproduce bit for bit:
+///   symmetric:  scale = max|w| / qmax (1 where max|w| is 0), q = clamp(round(w * (1 / scale)))
+///   asymmetric (4 bits, see kQMax4): scale = (hi - lo) / 15, zp = clamp(round(-8 - lo / scale)),
+///               q = clamp(round(w * (1 / scale) + zp))
+/// with qmax / clamp range 127 / [-127, 127] for 8 bits and 7 / [-8, 7] for 4. Writes q [rows,
+/// cols], scale [rows, groups] and, asymmetric, zp [rows, groups]. A non-finite weight fails
+/// (kInvalidInput) naming its row and column within the block.
+Status rtn_quantize_rows(const float* w, int64_t rows, int64_t cols, int64_t group, int bits,
+                         bool asym, int8_t* q, float* scale, int8_t* zp);
+
 /// GPTQ's activation order with groups (compressed-tensors `weight_g_idx`, llm-compressor's
 /// `actorder: group`): g_idx[k] is the group of input column k, and the columns of each group
 /// need not be contiguous. Validates it (every group in [0, ceil(in / group)), each holding as

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <thread>
 
+#include "core/dtype.h"
+
 namespace shrink::core {
 
 std::vector<TensorBlock> tensor_blocks(const std::vector<TensorView>& tensors,
@@ -19,6 +21,26 @@ std::vector<TensorBlock> tensor_blocks(const std::vector<TensorView>& tensors,
     }
   }
   return blocks;
+}
+
+Status block_convert_write(const Checkpoint& ck, const TensorInfo& src, const std::string& name,
+                           DType dt, int64_t begin, int64_t end, CheckpointWriter& w,
+                           ConvertScratch& s) {
+  const int64_t n = end - begin;
+  const size_t in_es = dtype_size(src.dtype), out_es = dtype_size(dt);
+  const uint8_t* from = ck.data(src) + uint64_t(begin) * in_es;
+  Status st;
+  if (src.dtype == dt) {
+    st = w.write(name, from, uint64_t(n) * out_es, uint64_t(begin) * out_es);
+  } else {
+    s.f32.resize(size_t(n));
+    s.out.resize(size_t(n) * out_es);
+    convert_to_f32(src.dtype, from, s.f32.data(), n);
+    convert_from_f32(s.f32.data(), dt, s.out.data(), n);
+    st = w.write(name, s.out.data(), s.out.size(), uint64_t(begin) * out_es);
+  }
+  ck.release(src, uint64_t(begin) * in_es, uint64_t(n) * in_es);  // read once: keep RSS flat
+  return st;
 }
 
 Status parallel_each(size_t n, int threads, const std::function<Status(size_t k, int worker)>& fn) {

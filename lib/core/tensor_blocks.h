@@ -23,6 +23,19 @@ struct TensorBlock {
 std::vector<TensorBlock> tensor_blocks(const std::vector<TensorView>& tensors,
                                        int64_t block_elements);
 
+/// One worker's scratch buffers for block_convert_write.
+struct ConvertScratch {
+  std::vector<float> f32;
+  std::vector<uint8_t> out;
+};
+
+/// Elements [begin, end) of checkpoint tensor `src`, in dtype `dt` (converted through float32
+/// where it differs), written at their place in tensor `name` of `w`. The input pages read are
+/// then released (Checkpoint::release), so a pass over a whole model keeps its RSS flat.
+Status block_convert_write(const Checkpoint& ck, const TensorInfo& src, const std::string& name,
+                           DType dt, int64_t begin, int64_t end, CheckpointWriter& w,
+                           ConvertScratch& s);
+
 /// Calls fn(k, worker) once for every k in [0, n), on `threads` threads (this one included;
 /// `worker` in [0, threads) names the thread, for its scratch buffers). After the first error no
 /// new k starts, and that error is returned.

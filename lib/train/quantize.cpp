@@ -2,8 +2,6 @@
 // driver (quantize.h). See the headers for the design.
 #include "train/quantize.h"
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -16,6 +14,7 @@
 #include "train/api.h"
 #include "train/distill.h"
 #include "train/quant_ops.h"
+#include "train/quantize_common.h"
 
 namespace shrink::train {
 
@@ -587,22 +586,6 @@ double observe(const GroupStats& g, const QuantizeOptions& o) {
   return t > 0 ? t / double(core::kQMax) : 1.0;
 }
 
-std::string short_group(const std::string& head) {
-  for (auto [a, b] : {std::pair{"q_proj", "qkv"}, {"o_proj", "o"}, {"gate_proj", "gate_up"}, {"down_proj", "down"}}) {
-    size_t p = head.rfind(a);
-    if (p != std::string::npos && p + std::strlen(a) == head.size()) return b;
-  }
-  return head;
-}
-
-std::vector<std::string> group_modules(const std::string& head) {
-  std::string base = head.substr(0, head.rfind('.') + 1);
-  std::string g = short_group(head);
-  if (g == "qkv") return {base + "q_proj", base + "k_proj", base + "v_proj"};
-  if (g == "gate_up") return {base + "gate_proj", base + "up_proj"};
-  return {head};
-}
-
 struct EvalStats {
   double nll = 0, kl = 0, top1 = 0;
   uint64_t n = 0;
@@ -635,12 +618,6 @@ EvalStats evaluate(CausalLM& m, CausalLM& ref, const std::vector<int32_t>& token
   return s;
 }
 
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
-}
-
 // The quantization format resolved for this model: the scheme that config.json records, and the
 // GPTQ settings.
 struct QuantSetup {
@@ -655,28 +632,14 @@ struct QuantSetup {
 
 QuantSetup quant_setup(const QuantizeOptions& o, const core::ModelConfig& cfg) {
   QuantSetup s;
-  core::QuantScheme& scheme = s.scheme;
-  const int bits = o.scheme == "w4a16" ? 4 : 8;
-  const std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
-  // 4-bit weights need groups: by default the largest of 128, 64 and 32 that divides every K.
-  const int64_t group_size =
-      bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
-  scheme.bits = bits;
-  scheme.symmetric = !o.asym;
-  // Per channel (a 4-bit width no group size divides) there are no groups to reorder.
-  scheme.actorder = o.act_order ? (o.act_order_groups && group_size > 0 ? "group" : "static") : "";
-  scheme.weight_strategy = group_size > 0 ? "group" : "channel";
-  scheme.group_size = group_size;
-  scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
-  scheme.observer = o.observer;
-  throw_if_error(core::quant_scheme_validate(scheme, ks));
-  s.bits = bits;
-  s.group_size = group_size;
-  s.act = scheme.activations != "none";
-  s.stat = scheme.activations == "static";
+  s.scheme = quant_scheme_for(o, cfg);
+  s.bits = s.scheme.bits;
+  s.group_size = s.scheme.group_size;
+  s.act = s.scheme.activations != "none";
+  s.stat = s.scheme.activations == "static";
   s.gptq = o.method == "gptq";
-  s.gopt.group_size = group_size;
-  s.gopt.bits = bits;
+  s.gopt.group_size = s.group_size;
+  s.gopt.bits = s.bits;
   s.gopt.asym = o.asym;
   s.gopt.block_size = o.block_size;
   s.gopt.damp = o.damp;
@@ -704,28 +667,6 @@ torch::Tensor calibration_ids(const QuantizeOptions& o, int64_t vocab_size) {
   if (N < 1) bad("too little calibration data for one sequence of --calib-len " + std::to_string(o.calib_len));
   calib.resize(size_t(N * o.calib_len));
   return torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-}
-
-// Each input group by its first module, within a decoder layer.
-constexpr const char* kGroupHeads[] = {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj",
-                                       "mlp.down_proj"};
-
-// The quantized input groups (--targets minus --ignore) by their heads, in layer order.
-std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layers) {
-  const std::regex targets(o.targets);
-  const bool has_ignore = !o.ignore.empty();
-  const std::regex ignore = has_ignore ? std::regex(o.ignore) : std::regex();
-  std::vector<std::string> heads;
-  for (int64_t i = 0; i < num_layers; ++i) {
-    for (const char* g : kGroupHeads) {
-      std::string head = "model.layers." + std::to_string(i) + "." + g;
-      if (std::regex_match(head, targets) && !(has_ignore && std::regex_match(head, ignore))) {
-        heads.push_back(head);
-      }
-    }
-  }
-  if (heads.empty()) bad("--targets '" + o.targets + "' selects no linear layer");
-  return heads;
 }
 
 // The working set of quantize_run: the options and resolved format, the model being quantized
@@ -945,23 +886,10 @@ void layers_quantize(Quant& q, const std::vector<std::string>& heads, const torc
 nlohmann::json quant_report(const Quant& q, int64_t sequences, double calib_seconds) {
   const QuantizeOptions& o = q.o;
   const QuantSetup& s = q.s;
-  nlohmann::json report = {
-      {"scheme", o.scheme},
-      {"activations", s.scheme.activations},
-      {"weights", s.scheme.weight_strategy},
-      {"group_size", s.group_size},
-      {"bits", s.bits},
-      {"symmetric", !o.asym},
-      {"observer", s.stat ? nlohmann::json(o.observer) : nlohmann::json(nullptr)},
-      {"smoothquant",
-       o.smoothquant.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.smoothquant)},
-      {"rounding", s.bits == 4 ? (o.asym ? "half-to-even, q = clamp(w / scale + zp, -8, 7)"
-                                         : "half-to-even, clamp [-8, 7]")
-                               : "half-to-even, clamp [-127, 127]"},
-      {"calibration",
-       {{"sequences", sequences}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}}}};
+  nlohmann::json report = quant_format_report(o, s.scheme);
+  report["calibration"] = {
+      {"sequences", sequences}, {"seq_len", o.calib_len}, {"seconds", calib_seconds}};
   if (!o.smoothquant.empty()) report["smoothquant_alpha_per_layer"] = q.alphas;
-  report["method"] = o.method;
   if (o.awq) {
     // Output error of the quantized linears on the calibration inputs: with the searched scales
     // against round to nearest, and clipped against not (v_proj and up_proj rows change scale
@@ -1055,31 +983,6 @@ void accuracy_report(CausalLM& m, CausalLM& ref, const std::vector<int32_t>& val
   report["top1_agreement"] = eq.top1;
 }
 
-// The modules written quantized: the quantized groups' but for those kept float, which the
-// scheme names as ignored (with lm_head, never quantized).
-struct ModuleSplit {
-  std::set<std::string> quantized;
-  std::vector<std::string> ignore = {"lm_head"};
-};
-
-ModuleSplit modules_split(const std::vector<std::string>& heads,
-                          const std::set<std::string>& kept_float) {
-  ModuleSplit split;
-  for (const auto& h : heads) {
-    for (const auto& mod : group_modules(h)) {
-      if (kept_float.count(h)) split.ignore.push_back(mod);
-      else split.quantized.insert(mod);
-    }
-  }
-  return split;
-}
-
-// The dtype the model's float tensors are written in.
-core::DType float_dtype(const core::ModelConfig& cfg) {
-  const char* name = cfg.dtype == "float32" ? "F32" : cfg.dtype == "float16" ? "F16" : "BF16";
-  return core::dtype_from_name(name).value();
-}
-
 // The tensors of a compressed-tensors checkpoint, with the buffers behind their views.
 struct TensorSet {
   std::vector<std::vector<uint8_t>> bufs;
@@ -1159,35 +1062,29 @@ TensorSet quantized_tensors(Quant& q, const std::set<std::string>& quantized_mod
 // quantization_config, the tokenizer and sidecars, provenance and quantize.json.
 void quantized_write(const Quant& q, const std::vector<std::string>& ignore, const TensorSet& ts,
                      const nlohmann::json& report) {
-  const QuantizeOptions& o = q.o;
-  const std::string model_tokenizer = o.model + "/tokenizer.json";
-  const std::string tokenizer =
-      !o.tokenizer.empty() ? o.tokenizer : (fs::exists(model_tokenizer) ? model_tokenizer : "");
-  core::QuantScheme scheme = q.s.scheme;
-  scheme.ignore = ignore;
-  core::ModelConfig qc = q.m->config();
-  qc.raw["quantization_config"] = core::quant_config_to_json(scheme);
-  auto dir = core::AtomicDir::create(o.out).take_or_throw();
-  throw_if_error(core::checkpoint_write(dir.path(), ts.views, {{"format", "pt"}}));
-  throw_if_error(core::write_file_atomic(dir.path() + "/config.json", core::config_to_json(qc)));
-  if (!tokenizer.empty()) {
-    throw_if_error(core::write_file_atomic(dir.path() + "/tokenizer.json", core::read_file(tokenizer).take_or_throw()));
-  }
-  throw_if_error(core::copy_model_sidecars(o.model, dir.path()));
-  nlohmann::json prov = {{"stage", "quantize"},    {"from", o.model},
-                         {"scheme", o.scheme},     {"activations", q.s.scheme.activations},
-                         {"observer", o.observer}, {"smoothquant", o.smoothquant},
-                         {"method", o.method},     {"awq", o.awq},
-                         {"asym", o.asym}};
-  throw_if_error(core::write_file_atomic(dir.path() + "/shrink.json", prov.dump(2) + "\n"));
+  auto dir = core::AtomicDir::create(q.o.out).take_or_throw();
+  throw_if_error(core::checkpoint_write(dir.path(), ts.views, {{"format", "pt"}},
+                                        core::kDefaultMaxShardBytes));
+  quantized_sidecars_write(q.o, q.s.scheme, ignore, q.m->config(), dir.path());
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());
 }
 
 }  // namespace
 
+void accuracy_report_dirs(const QuantizeOptions& o, const std::string& quant_dir,
+                          nlohmann::json& report) {
+  torch::NoGradGuard ng;
+  CausalLM m = model_load(quant_dir);
+  CausalLM ref = model_load(o.model);
+  const std::vector<int32_t> val =
+      split_tokens(o, m->config().vocab_size, "val", o.eval_tokens);
+  accuracy_report(m, ref, val, o.eval_seq_len, report);
+}
+
 QuantizeResult quantize_run(const QuantizeOptions& o) {
   quantize_validate(o);
+  if (quantize_is_model_free(o)) return quantize_model_free(o);
   auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

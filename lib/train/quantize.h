@@ -71,6 +71,12 @@ struct QuantizeOptions {
   int64_t keep_float = 0;
   uint64_t sensitivity_tokens = 8192;
   bool progress = false;
+  // Round to nearest without SmoothQuant, AWQ, static activations or sensitivity needs no model:
+  // it runs tensor by tensor from the memory-mapped input on `threads` threads (the model-free
+  // path). load_model forces the LibTorch path (the reference the tests compare it with).
+  bool load_model = false;
+  int threads = 1;
+  int64_t block_elements = int64_t(1) << 20;  // model-free: weights per unit of work and thread
 };
 
 struct QuantizeResult {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "core/fs.h"
@@ -489,6 +490,142 @@ TEST(Quantize, ActOrderGroupsLoadAsTheirDequantizedWeights) {
   }
   EXPECT_EQ(checked, want.size());
   EXPECT_EQ(naive.size(), 2u);  // down_proj of each layer (K = 64)
+  fs::remove_all(dir);
+}
+
+namespace {
+
+// A copy of model directory `from` in bfloat16 (config.json's dtype too), written into `to`.
+void bf16_copy(const std::string& from, const std::string& to) {
+  fs::create_directories(to);
+  core::ModelConfig cfg = core::config_load(from).take_or_throw();
+  cfg.dtype = "bfloat16";
+  ASSERT_TRUE(core::write_file_atomic(to + "/config.json", core::config_to_json(cfg)).is_ok());
+  auto ck = core::Checkpoint::open(from).take_or_throw();
+  std::vector<std::vector<uint8_t>> bufs;
+  std::vector<core::TensorView> views;
+  for (const std::string& name : ck.names()) {
+    const core::TensorInfo* t = ck.find(name);
+    std::vector<float> f(size_t(t->numel()));
+    core::convert_to_f32(t->dtype, ck.data(*t), f.data(), t->numel());
+    bufs.emplace_back(f.size() * 2);
+    core::convert_from_f32(f.data(), core::DType::kBF16, bufs.back().data(), t->numel());
+    views.push_back({name, core::DType::kBF16, t->shape, bufs.back().data(), bufs.back().size()});
+  }
+  ASSERT_TRUE(core::checkpoint_write(to, views, {{"format", "pt"}}).is_ok());
+}
+
+}  // namespace
+
+// Round to nearest runs model-free (tensor by tensor from the memory-mapped input, no LibTorch
+// model) and must write what the LibTorch path writes, byte for byte: every scheme it takes, f32
+// and bf16 inputs, modules left float by --ignore, work cut into 8-row blocks on two threads.
+// With an evaluation, both report the same accuracy.
+TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
+  env_init(2);
+  std::string dir = test::temp_dir("quant_free");
+  test::make_inputs(dir);
+  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 7);
+  t.config = dir + "/config.json";
+  train_run(t);
+  bf16_copy(dir + "/run/model", dir + "/bf16");
+  struct Case {
+    const char* model;
+    const char* scheme;
+    int64_t group;
+    bool asym;
+    const char* ignore;
+  };
+  int compared = 0;
+  for (Case cs : {Case{"run/model", "w8a16", 0, false, ""}, Case{"run/model", "w8a16", 32, false, ""},
+                  Case{"run/model", "w8a8", 0, false, ""}, Case{"run/model", "w4a16", 0, false, ""},
+                  Case{"run/model", "w4a16", 32, true, ""}, Case{"bf16", "w4a16", 0, true, ""},
+                  Case{"bf16", "w8a16", 0, false, R"(.*layers\.1\.mlp.*)"},
+                  Case{"bf16", "w8a8", 0, false, ""}}) {
+    const std::string what = std::string(cs.model) + "/" + cs.scheme + "/g" +
+                             std::to_string(cs.group) + (cs.asym ? "/asym" : "") + "/" + cs.ignore;
+    QuantizeOptions o;
+    o.model = dir + "/" + cs.model;
+    o.scheme = cs.scheme;
+    o.group_size = cs.group;
+    o.asym = cs.asym;
+    o.ignore = cs.ignore;
+    o.data = dir + "/data";
+    o.calib_samples = 2;
+    o.calib_len = 32;
+    o.eval_tokens = compared == 0 || compared == 5 ? 1024 : 0;
+    o.eval_seq_len = 32;
+    o.out = dir + "/torch";
+    o.load_model = true;
+    QuantizeResult ref = quantize_run(o);
+    o.out = dir + "/free";
+    o.load_model = false;
+    o.threads = 2;
+    o.block_elements = 100;  // 8 rows per block: blocks meet inside tensors and packed words
+    QuantizeResult got = quantize_run(o);
+    EXPECT_TRUE(got.report["model_free"].get<bool>()) << what;
+    EXPECT_FALSE(ref.report.contains("model_free")) << what;
+    for (const char* f : {"model.safetensors", "config.json", "shrink.json"}) {
+      EXPECT_EQ(core::read_file(dir + "/free/" + f).take_or_throw(),
+                core::read_file(dir + "/torch/" + f).take_or_throw())
+          << what << ": " << f;
+    }
+    for (const char* k : {"bytes_before", "bytes_after", "quantized_modules", "scheme", "bits",
+                          "group_size", "weights", "activations", "rounding"}) {
+      EXPECT_EQ(got.report[k], ref.report[k]) << what << ": " << k;
+    }
+    EXPECT_EQ(got.report["bytes_read"].get<uint64_t>(),
+              core::Checkpoint::open(o.model).take_or_throw().total_bytes())
+        << what;
+    if (o.eval_tokens) {
+      EXPECT_DOUBLE_EQ(got.report["perplexity_quant"].get<double>(),
+                       ref.report["perplexity_quant"].get<double>()) << what;
+      EXPECT_DOUBLE_EQ(got.report["kl_vs_float"].get<double>(),
+                       ref.report["kl_vs_float"].get<double>()) << what;
+      EXPECT_GT(got.report["kl_vs_float"].get<double>(), 0.0) << what;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 8);
+  fs::remove_all(dir);
+}
+
+// A weight that is not a number fails model-free quantization with kInvalidInput naming the
+// tensor and where in it, and nothing is written.
+TEST(Quantize, ModelFreeRejectsANonFiniteWeightByName) {
+  env_init(1);
+  std::string dir = test::temp_dir("quant_nan");
+  test::make_inputs(dir);
+  InitOptions io;
+  io.seed = 3;
+  model_init(core::config_load(dir).take_or_throw(), dir + "/model", io);
+  // Patch row 3, column 5 of that weight to NaN in the file (header size + data offset).
+  const std::string file = dir + "/model/model.safetensors";
+  std::string bytes = core::read_file(file).take_or_throw();
+  uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  auto j = nlohmann::json::parse(bytes.substr(8, header));
+  const auto& e = j["model.layers.1.self_attn.k_proj.weight"];
+  const int64_t cols = e["shape"][1].get<int64_t>();
+  const uint64_t pos = 8 + header + e["data_offsets"][0].get<uint64_t>() + uint64_t(3 * cols + 5) * 4;
+  const float nan = std::nanf("");
+  std::memcpy(bytes.data() + pos, &nan, 4);
+  ASSERT_TRUE(core::write_file_atomic(file, bytes).is_ok());
+  QuantizeOptions o;
+  o.model = dir + "/model";
+  o.out = dir + "/q";
+  o.scheme = "w8a16";
+  o.eval_tokens = 0;
+  try {
+    quantize_run(o);
+    FAIL() << "a NaN weight was quantized";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.code(), StatusCode::kInvalidInput);
+    const std::string msg = err.what();
+    EXPECT_NE(msg.find("model.layers.1.self_attn.k_proj.weight: non-finite weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("row 3, column 5"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(fs::exists(o.out));
   fs::remove_all(dir);
 }
 

@@ -53,37 +53,15 @@ std::vector<core::TensorView> output_plan(const core::Checkpoint& ck, core::DTyp
   return plan;
 }
 
-// Elements [begin, end) of one tensor, converted and written at their place.
-Status block_convert(const core::Checkpoint& ck, const core::TensorView& out,
-                     const core::TensorBlock& blk, core::CheckpointWriter& w,
-                     std::vector<float>& f32, std::vector<uint8_t>& buf) {
-  const core::TensorInfo* t = ck.find(out.name);
-  const int64_t n = blk.end - blk.begin;
-  const size_t in_es = core::dtype_size(t->dtype), out_es = core::dtype_size(out.dtype);
-  const uint8_t* src = ck.data(*t) + uint64_t(blk.begin) * in_es;
-  Status st;
-  if (t->dtype == out.dtype) {
-    st = w.write(out.name, src, uint64_t(n) * out_es, uint64_t(blk.begin) * out_es);
-  } else {
-    f32.resize(size_t(n));
-    buf.resize(size_t(n) * out_es);
-    core::convert_to_f32(t->dtype, src, f32.data(), n);
-    core::convert_from_f32(f32.data(), out.dtype, buf.data(), n);
-    st = w.write(out.name, buf.data(), buf.size(), uint64_t(blk.begin) * out_es);
-  }
-  ck.release(*t, uint64_t(blk.begin) * in_es, uint64_t(n) * in_es);  // read once: keep RSS flat
-  return st;
-}
-
 // Every block, by `threads` workers, each with its own scratch buffers.
 void tensors_convert(const core::Checkpoint& ck, const std::vector<core::TensorView>& plan,
                      core::CheckpointWriter& w, int threads) {
   const std::vector<core::TensorBlock> blocks = core::tensor_blocks(plan, kBlockElements);
-  std::vector<std::vector<float>> f32(static_cast<size_t>(threads));
-  std::vector<std::vector<uint8_t>> buf(static_cast<size_t>(threads));
+  std::vector<core::ConvertScratch> scratch(static_cast<size_t>(threads));
   throw_if_error(core::parallel_each(blocks.size(), threads, [&](size_t k, int worker) {
-    return block_convert(ck, plan[blocks[k].tensor], blocks[k], w, f32[size_t(worker)],
-                         buf[size_t(worker)]);
+    const core::TensorView& out = plan[blocks[k].tensor];
+    return core::block_convert_write(ck, *ck.find(out.name), out.name, out.dtype, blocks[k].begin,
+                                     blocks[k].end, w, scratch[size_t(worker)]);
   }));
 }
 

@@ -57,6 +57,9 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_option("--targets", o->targets, "Regex over module names to quantize")
       ->capture_default_str();
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
+  sub->add_flag("--load-model", o->load_model,
+                "Round to nearest through the LibTorch model (the reference path; by default such "
+                "schemes run model-free, tensor by tensor, in bounded memory)");
   sub->add_option("--data", o->data, "Calibration/validation data (text or token shards)");
   sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json for text data");
   sub->add_option("--calib-samples", o->calib_samples, "Calibration sequences")->capture_default_str();
@@ -76,6 +79,7 @@ void register_quantize(CLI::App& app, Globals& g) {
       train::quantize_validate(*o);
       if (g.validate_only) return 0;
       o->progress = g.progress();
+      o->threads = g.threads;
       train::QuantizeResult r = train::quantize_run(*o);
       const auto& j = r.report;
       if (g.json) {

@@ -1,0 +1,76 @@
+// What the two paths of `shrink quantize` share: the LibTorch path (quantize.cpp: calibration,
+// GPTQ, SmoothQuant, AWQ, static activations, sensitivity) and the model-free path
+// (quantize_model_free.cpp: round to nearest, tensor by tensor from the memory-mapped input).
+// The format they write (scheme, module selection, config.json, provenance, quantize.json's
+// header) is defined once here, so their outputs are the same bytes (tested in
+// tests/train/test_quantize.cpp). No LibTorch in this header.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/model_config.h"
+#include "core/quant.h"
+#include "train/quantize.h"
+
+namespace shrink::train {
+
+/// Each input group of a decoder layer by its first module.
+constexpr const char* kGroupHeads[] = {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                       "mlp.down_proj"};
+
+/// The scheme config.json records for these options on this model (4-bit groups default to the
+/// largest of 128, 64, 32 dividing every input width); validated against the model's widths.
+core::QuantScheme quant_scheme_for(const QuantizeOptions& o, const core::ModelConfig& cfg);
+
+/// The quantized input groups (--targets minus --ignore) by their heads, in layer order.
+std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layers);
+/// "qkv", "o", "gate_up" or "down" for a group head.
+std::string short_group(const std::string& head);
+/// The modules of the input group headed by `head` (q/k/v, gate/up, or the head alone).
+std::vector<std::string> group_modules(const std::string& head);
+
+/// The modules written quantized: the quantized groups' but for those kept float, which the
+/// scheme names as ignored (with lm_head, never quantized).
+struct ModuleSplit {
+  std::set<std::string> quantized;
+  std::vector<std::string> ignore = {"lm_head"};
+};
+ModuleSplit modules_split(const std::vector<std::string>& heads,
+                          const std::set<std::string>& kept_float);
+
+/// The dtype the model's float tensors are written in (config.json's).
+core::DType float_dtype(const core::ModelConfig& cfg);
+
+/// quantize.json's account of the format: scheme, activations, weights, group size, bits,
+/// symmetry, observer, SmoothQuant and rounding, and the method.
+nlohmann::json quant_format_report(const QuantizeOptions& o, const core::QuantScheme& s);
+
+/// Everything of the quantized directory `dir` but its weights and quantize.json: config.json
+/// with its quantization_config (the scheme with `ignore`), the tokenizer, the model's other
+/// sidecars, and the provenance in shrink.json.
+void quantized_sidecars_write(const QuantizeOptions& o, core::QuantScheme scheme,
+                              const std::vector<std::string>& ignore, core::ModelConfig cfg,
+                              const std::string& dir);
+
+/// This process's peak resident memory so far, MiB.
+double peak_rss_mb();
+
+/// True when the options need no calibration and no model: round to nearest, no SmoothQuant or
+/// AWQ, no static activation scales, no sensitivity analysis, and --load-model not given.
+bool quantize_is_model_free(const QuantizeOptions& o);
+/// The model-free path (quantize_model_free.cpp).
+QuantizeResult quantize_model_free(const QuantizeOptions& o);
+
+/// In quantize.cpp (LibTorch): perplexity, KL and top-1 agreement of the quantized model in
+/// `quant_dir` against the float model o.model on o.eval_tokens validation tokens, into
+/// `report`.
+void accuracy_report_dirs(const QuantizeOptions& o, const std::string& quant_dir,
+                          nlohmann::json& report);
+
+}  // namespace shrink::train
