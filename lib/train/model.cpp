@@ -10,6 +10,7 @@
 #include "core/dataset.h"
 #include "core/fs.h"
 #include "core/safetensors.h"
+#include "train/model_files.h"
 #include "train/quant_ops.h"
 
 namespace shrink::train {
@@ -257,7 +258,6 @@ void model_save(CausalLM& m, const std::string& out_dir, const SaveOptions& opts
 
 void model_write(CausalLM& m, const std::string& dir_path, const SaveOptions& opts) {
   core::ModelConfig cfg = m->config();
-  cfg.raw.erase("quantization_config");  // written as float: `shrink quantize` writes int8
   std::string dtype_str = opts.dtype.empty() ? cfg.dtype : opts.dtype;
   core::DType dt = dtype_for(dtype_str);
   cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
@@ -277,18 +277,7 @@ void model_write(CausalLM& m, const std::string& dir_path, const SaveOptions& op
   }
   throw_if_error(core::checkpoint_write(dir_path, views, {{"format", "pt"}},
                                         opts.max_shard_bytes));
-  throw_if_error(core::write_file_atomic(dir_path + "/config.json", core::config_to_json(cfg)));
-  if (!opts.tokenizer_json.empty()) {
-    fs::path src(opts.tokenizer_json);
-    std::string text = core::read_file(src.string()).take_or_throw();
-    throw_if_error(core::write_file_atomic(dir_path + "/tokenizer.json", text));
-    // tokenizer_config.json, generation_config.json (stop ids), ... from the same directory.
-    throw_if_error(core::copy_model_sidecars(src.parent_path().string(), dir_path));
-  }
-  nlohmann::json prov = opts.provenance;
-  prov["shrink_version"] = SHRINK_VERSION;
-  prov["parameters"] = m->num_parameters();
-  throw_if_error(core::write_file_atomic(dir_path + "/shrink.json", prov.dump(2) + "\n"));
+  model_sidecars_write(cfg, dir_path, opts.tokenizer_json, opts.provenance, m->num_parameters());
 }
 
 std::pair<double, uint64_t> nll_over_windows(CausalLM& m, const int32_t* tokens, uint64_t n,

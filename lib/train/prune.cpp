@@ -297,6 +297,20 @@ std::regex make_regex(const std::string& re, const char* flag) {
 
 }  // namespace
 
+int64_t prune_count(double s, int64_t n) { return round_count(s, n); }
+
+PruneTargets::PruneTargets(const PruneOptions& o)
+    : nm(o.method == "structured" ? NMPattern{} : nm_parse(o.pattern)),
+      sparsity(o.sparsity),
+      targets(make_regex(o.targets, "--targets")),
+      has_ignore(!o.ignore.empty()),
+      ignore(has_ignore ? make_regex(o.ignore, "--ignore") : std::regex()),
+      map(parse_sparsity_map(o.sparsity_map)) {}
+
+bool prune_is_model_free(const PruneOptions& o) {
+  return !o.load_model && o.method == "magnitude" && (o.scope == "layer" || !o.pattern.empty());
+}
+
 void prune_validate(const PruneOptions& o) {
   if (o.model.empty()) bad("a model directory is required");
   if (o.out.empty()) bad("--out is required");
@@ -499,34 +513,6 @@ std::vector<int32_t> validation_tokens(const PruneOptions& o, int64_t vocab_size
   src.max_tokens = o.eval_tokens;
   return core::tokens_load(o.model, vocab_size, src).take_or_throw().tokens;
 }
-
-// What unstructured pruning removes: the matrices of the modules that --targets matches and
-// --ignore does not, each at its --sparsity-map sparsity (else --sparsity), in the N:M --pattern
-// when one is given.
-struct PruneTargets {
-  explicit PruneTargets(const PruneOptions& o)
-      : nm(o.method == "structured" ? NMPattern{} : nm_parse(o.pattern)),
-        sparsity(o.sparsity),
-        targets(make_regex(o.targets, "--targets")),
-        has_ignore(!o.ignore.empty()),
-        ignore(has_ignore ? make_regex(o.ignore, "--ignore") : std::regex()),
-        map(parse_sparsity_map(o.sparsity_map)) {}
-  bool has(const std::string& mod) const {
-    return std::regex_match(mod, targets) && !(has_ignore && std::regex_match(mod, ignore));
-  }
-  double sparsity_of(const std::string& mod) const {
-    for (auto& [re, s] : map) {
-      if (std::regex_search(mod, re)) return s;
-    }
-    return sparsity;
-  }
-  NMPattern nm;
-  double sparsity;
-  std::regex targets;
-  bool has_ignore;
-  std::regex ignore;
-  std::vector<std::pair<std::regex, double>> map;
-};
 
 // Magnitude pruning of the target matrices: each by its own threshold, or all under one
 // (--scope global, unstructured).
@@ -813,8 +799,23 @@ void report_removed(const PruneOptions& o, const PruneTargets& pt, CausalLM& m, 
 
 }  // namespace
 
+void prune_eval_dirs(const PruneOptions& o, const std::string& pruned_dir, nlohmann::json& report) {
+  torch::NoGradGuard ng;
+  CausalLM m = model_load(o.model);
+  const std::vector<int32_t> val = validation_tokens(o, m->config().vocab_size);
+  if (val.empty()) return;
+  const double nll_before = val_nll(m, val, o.eval_seq_len);
+  m = model_load(pruned_dir);
+  const double nll_after = val_nll(m, val, o.eval_seq_len);
+  report["val_tokens"] = val.size();
+  report["val_seq_len"] = o.eval_seq_len;
+  report["perplexity_before"] = std::exp(nll_before);
+  report["perplexity_after"] = std::exp(nll_after);
+}
+
 PruneResult prune_run(const PruneOptions& o) {
   prune_validate(o);
+  if (prune_is_model_free(o)) return prune_model_free(o);
   auto t0 = std::chrono::steady_clock::now();
   torch::NoGradGuard ng;
   torch::manual_seed(o.seed);

@@ -50,6 +50,11 @@ struct PruneOptions {
   int64_t eval_seq_len = 256;
   uint64_t seed = 0;
   bool progress = false;
+  // Magnitude pruning per matrix (or N:M) needs no model: it runs tensor by tensor from the
+  // memory-mapped input on `threads` threads (the model-free path). load_model forces the
+  // LibTorch path.
+  bool load_model = false;
+  int threads = 1;
 };
 
 struct PruneResult {

@@ -19,15 +19,9 @@
 #include <vector>
 
 #include "train/model.h"
+#include "train/prune_common.h"
 
 namespace shrink::train {
-
-struct NMPattern {
-  int64_t n = 0, m = 0;  // keep n of every m; m == 0: unstructured
-  bool on() const { return m > 0; }
-};
-/// Parse "2:4"; empty gives an off pattern. Throws kInvalidInput naming the problem.
-NMPattern nm_parse(const std::string& s);
 
 /// Keep-mask from scores [out, in]: per row the lowest round(s * in) are dropped, or N:M.
 torch::Tensor mask_rows(const torch::Tensor& scores, double sparsity, NMPattern nm);

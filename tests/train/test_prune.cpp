@@ -4,10 +4,12 @@
 // configs reload; gradual pruning during distillation; bad options.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
 #include "core/fs.h"
+#include "core/safetensors.h"
 #include "train/api.h"
 #include "train/distill.h"
 #include "train/prune.h"
@@ -208,6 +210,134 @@ TEST(Prune, UnstructuredMethodsWriteReloadableModelsAndReports) {
   PruneResult r = prune_run(g);
   EXPECT_EQ(r.report["sparsity"]["targeted_zeros"].get<int64_t>(),
             std::llround(0.6 * r.report["sparsity"]["targeted_params"].get<double>()));
+  fs::remove_all(dir);
+}
+
+// The model-free kernel on hand-made values: exactly round(s * n) of the smallest magnitudes go,
+// ties at the threshold in index order; N:M drops the M - N smallest of each group.
+TEST(PruneOps, ModelFreeMagnitudeOnHandMadeMatricesWithTies) {
+  // 2 x 4, sparsity 0.375 -> 3 zeros. |w| sorted: 0.1, 0.2, 0.2, 0.2, ... -> 0.1 and the first
+  // two 0.2s in index order (positions 1 and 3; position 6 keeps its 0.2).
+  std::vector<float> w = {0.5f, -0.2f, 0.1f, 0.2f, 0.9f, -0.7f, 0.2f, 0.3f};
+  ASSERT_TRUE(magnitude_prune_matrix(w.data(), 2, 4, 0.375, NMPattern{}).is_ok());
+  EXPECT_EQ(w, (std::vector<float>{0.5f, 0.f, 0.f, 0.f, 0.9f, -0.7f, 0.2f, 0.3f}));
+  // 2:4 on rows: keep the two largest |w| of each group of four.
+  std::vector<float> v = {0.5f, -0.2f, 0.1f, 0.3f, -0.05f, 0.4f, 0.4f, -0.6f};
+  ASSERT_TRUE(magnitude_prune_matrix(v.data(), 2, 4, 0.0, NMPattern{2, 4}).is_ok());
+  EXPECT_EQ(v, (std::vector<float>{0.5f, 0.f, 0.f, 0.3f, 0.f, 0.f, 0.4f, -0.6f}));
+  std::vector<float> bad = {1.f, std::nanf(""), 0.f, 2.f};
+  Status st = magnitude_prune_matrix(bad.data(), 2, 2, 0.5, NMPattern{});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidInput);
+  EXPECT_NE(st.message().find("row 0, column 1"), std::string::npos) << st.message();
+}
+
+namespace {
+
+// Tensors of `a` and `b` (pruned from `src`) equal, or zeroing the same multiset of |src| values
+// with every other value as in src.
+void expect_same_up_to_ties(const std::string& src, const std::string& a, const std::string& b,
+                            const std::string& what) {
+  auto cs = core::Checkpoint::open(src).take_or_throw();
+  auto ca = core::Checkpoint::open(a).take_or_throw();
+  auto cb = core::Checkpoint::open(b).take_or_throw();
+  int differing = 0;
+  for (const std::string& name : cs.names()) {
+    const core::TensorInfo *ts = cs.find(name), *ta = ca.find(name), *tb = cb.find(name);
+    ASSERT_TRUE(ta && tb) << what << ": " << name;
+    const int64_t n = ts->numel();
+    const size_t un = static_cast<size_t>(n);
+    std::vector<float> vs(un), va(un), vb(un);
+    core::convert_to_f32(ts->dtype, cs.data(*ts), vs.data(), n);
+    core::convert_to_f32(ta->dtype, ca.data(*ta), va.data(), n);
+    core::convert_to_f32(tb->dtype, cb.data(*tb), vb.data(), n);
+    if (va == vb) continue;
+    ++differing;
+    std::vector<float> za, zb;
+    for (int64_t i = 0; i < n; ++i) {
+      for (auto [v, z] : {std::pair{&va, &za}, std::pair{&vb, &zb}}) {
+        const float x = (*v)[size_t(i)];
+        if (x == 0.f && vs[size_t(i)] != 0.f) z->push_back(std::fabs(vs[size_t(i)]));
+        else EXPECT_EQ(x, vs[size_t(i)]) << what << ": " << name << "[" << i << "]";
+      }
+    }
+    std::sort(za.begin(), za.end());
+    std::sort(zb.begin(), zb.end());
+    EXPECT_EQ(za, zb) << what << ": " << name;
+  }
+  EXPECT_LT(differing, int(cs.names().size())) << what;
+}
+
+}  // namespace
+
+// Magnitude pruning per matrix and N:M runs model-free (tensor by tensor, no LibTorch model) and
+// writes what the LibTorch path writes, byte for byte (no ties at the thresholds of these f32
+// and bf16 models' matrices), with the same report.
+TEST(Prune, ModelFreeMagnitudeWritesTheLibTorchPathsBytes) {
+  env_init(2);
+  std::string dir = test::temp_dir("prune_free");
+  test::make_inputs(dir);
+  CausalLM m = model_create(test::micro_config(64), 3);
+  model_save(m, dir + "/model");
+  SaveOptions bf;
+  bf.dtype = "bfloat16";
+  model_save(m, dir + "/bf16", bf);
+  struct Case {
+    const char* model;
+    double sparsity;
+    const char* pattern;
+    const char* map;
+    const char* ignore;
+  };
+  int compared = 0;
+  for (Case cs : {Case{"model", 0.5, "", "", ""}, Case{"model", 0.0, "2:4", "", ""},
+                  Case{"model", 0.3, "", R"(mlp=0.6,q_proj=0.1)", R"(.*layers\.0\.self_attn\.o_proj)"},
+                  Case{"bf16", 0.5, "", "", ""}, Case{"bf16", 0.0, "4:8", "", ""}}) {
+    const std::string what = std::string(cs.model) + "/" + std::to_string(cs.sparsity) + "/" +
+                             cs.pattern + "/" + cs.map + "/" + cs.ignore;
+    PruneOptions o;
+    o.model = dir + "/" + cs.model;
+    o.sparsity = cs.sparsity;
+    o.pattern = cs.pattern;
+    o.sparsity_map = cs.map;
+    o.ignore = cs.ignore;
+    o.data = dir + "/data";
+    o.eval_tokens = compared == 0 ? 512 : 0;
+    o.eval_seq_len = 32;
+    o.out = dir + "/torch";
+    o.load_model = true;
+    PruneResult ref = prune_run(o);
+    o.out = dir + "/free";
+    o.load_model = false;
+    o.threads = 2;
+    PruneResult got = prune_run(o);
+    EXPECT_TRUE(got.report["model_free"].get<bool>()) << what;
+    EXPECT_FALSE(ref.report.contains("model_free")) << what;
+    // f32: the same bytes. bf16 matrices hold equal magnitudes, and the LibTorch path's topk
+    // breaks ties at the threshold its own way: there, each matrix must zero the same multiset
+    // of source magnitudes and keep every other weight as it was.
+    const bool ties = std::string(cs.model) == "bf16";
+    for (const char* f : {ties ? "config.json" : "model.safetensors", "config.json", "shrink.json"}) {
+      EXPECT_TRUE(core::read_file(dir + "/free/" + f).take_or_throw() ==
+                  core::read_file(dir + "/torch/" + f).take_or_throw())
+          << what << ": " << f << " differs";
+    }
+    if (ties) expect_same_up_to_ties(o.model, dir + "/free", dir + "/torch", what);
+    for (const char* k : {"sparsity", "nonzero_params_after", "params_before", "params_after",
+                          "bytes_before", "bytes_after", "pattern", "target_sparsity"}) {
+      EXPECT_EQ(got.report[k], ref.report[k]) << what << ": " << k;
+    }
+    EXPECT_GT(got.report["sparsity"]["targeted_zeros"].get<int64_t>(), 0) << what;
+    if (o.eval_tokens) {
+      EXPECT_DOUBLE_EQ(got.report["perplexity_before"].get<double>(),
+                       ref.report["perplexity_before"].get<double>());
+      EXPECT_DOUBLE_EQ(got.report["perplexity_after"].get<double>(),
+                       ref.report["perplexity_after"].get<double>());
+      EXPECT_NE(got.report["perplexity_after"].get<double>(),
+                got.report["perplexity_before"].get<double>());
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 5);
   fs::remove_all(dir);
 }
 

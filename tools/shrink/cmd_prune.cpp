@@ -56,11 +56,15 @@ void register_prune(CLI::App& app, Globals& g) {
       ->capture_default_str();
   sub->add_option("--eval-seq-len", o->eval_seq_len, "Validation window length")->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed")->capture_default_str();
+  sub->add_flag("--load-model", o->load_model,
+                "magnitude: prune through the LibTorch model (the reference path; by default "
+                "per-matrix and N:M magnitude pruning run model-free, tensor by tensor)");
   sub->callback([o, &g] {
     g.exit_code = run_guarded("prune", g, true, [&] {
       train::prune_validate(*o);
       if (g.validate_only) return 0;
       o->progress = g.progress();
+      o->threads = g.threads;
       train::PruneResult r = train::prune_run(*o);
       const auto& j = r.report;
       if (g.json) {

@@ -1,0 +1,304 @@
+// The model-free path of `shrink prune`: magnitude pruning per matrix (or N:M) needs neither
+// calibration nor a model, so it runs tensor by tensor, as `shrink quantize`'s round to nearest
+// does (quantize_model_free.cpp). The input stays memory-mapped; the output's layout is fixed
+// up front (core::CheckpointWriter, sharded at 5 GB). Each target matrix is one job (its
+// threshold needs all of it: memory is two float32 copies of the largest matrix per thread);
+// the other tensors are converted in blocks. No LibTorch model or full-model copy is made, and
+// the bytes written equal the LibTorch path's wherever no two weights of a matrix tie at the
+// threshold (tests/train/test_prune.cpp compares them).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <regex>
+
+#include "core/dataset.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "core/safetensors.h"
+#include "core/tensor_blocks.h"
+#include "train/model_files.h"
+#include "train/prune_common.h"
+#include "train/quantize_common.h"
+
+namespace shrink::train {
+
+Status magnitude_prune_matrix(float* w, int64_t rows, int64_t cols, double sparsity, NMPattern nm) {
+  const int64_t n = rows * cols;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(w[i])) {
+      return invalid_input("non-finite weight " + std::to_string(w[i]) + " at row " +
+                           std::to_string(i / cols) + ", column " + std::to_string(i % cols));
+    }
+  }
+  if (nm.on()) {
+    if (cols % nm.m != 0) {
+      return invalid_input("pattern " + std::to_string(nm.n) + ":" + std::to_string(nm.m) +
+                           " needs input widths divisible by " + std::to_string(nm.m) +
+                           ", but a matrix has " + std::to_string(cols));
+    }
+    std::vector<int64_t> order(size_t(nm.m));
+    for (int64_t g = 0; g < n; g += nm.m) {
+      float* v = w + g;
+      for (int64_t k = 0; k < nm.m; ++k) order[size_t(k)] = k;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return std::fabs(v[a]) < std::fabs(v[b]); });
+      for (int64_t k = 0; k < nm.m - nm.n; ++k) v[order[size_t(k)]] *= 0.f;
+    }
+    return Status::ok();
+  }
+  const int64_t k = prune_count(sparsity, n);
+  if (k == 0) return Status::ok();
+  std::vector<float> mag(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) mag[size_t(i)] = std::fabs(w[i]);
+  std::nth_element(mag.begin(), mag.begin() + (k - 1), mag.end());
+  const float t = mag[size_t(k - 1)];  // the k-th smallest magnitude
+  int64_t below = 0;
+  for (int64_t i = 0; i < n; ++i) below += std::fabs(w[i]) < t;
+  int64_t at_threshold = k - below;  // ties at t: the lowest indices go
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(w[i]);
+    if (a < t) {
+      w[i] *= 0.f;
+    } else if (a == t && at_threshold > 0) {
+      w[i] *= 0.f;
+      --at_threshold;
+    }
+  }
+  return Status::ok();
+}
+
+namespace {
+
+// A target matrix: its float source, its output tensor and the sparsity it gets.
+struct PruneMatrix {
+  std::string module;
+  const core::TensorInfo* src = nullptr;
+  size_t out = 0;  // in the plan
+  int64_t rows = 0, cols = 0;
+  double sparsity = 0;
+};
+
+// A unit of work: a whole target matrix, or elements [begin, end) of another tensor.
+struct PruneJob {
+  const PruneMatrix* matrix = nullptr;
+  const core::TensorInfo* source = nullptr;
+  size_t out = 0;
+  int64_t begin = 0, end = 0;
+};
+
+struct PrunePlan {
+  std::vector<core::TensorView> tensors;
+  std::vector<PruneMatrix> matrices;
+  std::vector<PruneJob> jobs;
+  std::vector<std::string> reported;  // the 2-D tensors' modules that --targets matches
+  uint64_t bytes_to_read = 0;
+};
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+PrunePlan prune_plan(const core::ModelConfig& cfg, const core::Checkpoint& ck, const PruneTargets& pt,
+                     core::DType dt, int64_t block) {
+  PrunePlan p;
+  const std::vector<core::TensorSpec> specs = core::expected_tensors(cfg);
+  p.matrices.reserve(specs.size());  // jobs point into it
+  for (const core::TensorSpec& s : specs) {
+    const core::TensorInfo* src = ck.find(s.name);
+    const int64_t n = numel_of(s.shape);
+    p.tensors.push_back({s.name, dt, s.shape, nullptr, uint64_t(n) * core::dtype_size(dt)});
+    p.bytes_to_read += src->nbytes;
+    const bool weight = s.name.size() > 7 && s.name.compare(s.name.size() - 7, 7, ".weight") == 0;
+    const std::string mod = s.name.substr(0, s.name.rfind('.'));
+    if (s.shape.size() == 2 && std::regex_match(mod, pt.targets)) p.reported.push_back(mod);
+    if (s.shape.size() == 2 && weight && pt.has(mod)) {
+      p.matrices.push_back({mod, src, p.tensors.size() - 1, s.shape[0], s.shape[1], pt.sparsity_of(mod)});
+      p.jobs.push_back({&p.matrices.back(), nullptr, p.tensors.size() - 1, 0, n});
+      continue;
+    }
+    for (int64_t b = 0; b < n; b += block) {
+      p.jobs.push_back({nullptr, src, p.tensors.size() - 1, b, std::min(n, b + block)});
+    }
+  }
+  return p;
+}
+
+// Nonzero values among n floats of dtype dt: a float is zero when every bit but the sign is.
+int64_t nonzeros(const uint8_t* data, core::DType dt, int64_t n) {
+  int64_t nz = 0;
+  if (core::dtype_size(dt) == 4) {
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t b;
+      std::memcpy(&b, data + 4 * i, 4);
+      nz += (b & 0x7fffffffu) != 0;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t b;
+      std::memcpy(&b, data + 2 * i, 2);
+      nz += (b & 0x7fffu) != 0;
+    }
+  }
+  return nz;
+}
+
+struct PruneScratch {
+  std::vector<float> w;
+  std::vector<uint8_t> out;
+  core::ConvertScratch convert;
+};
+
+// What the workers count: zeros per target matrix and nonzeros overall, as the LibTorch path's
+// report counts them on its float32 parameters.
+struct PruneCounts {
+  std::mutex mu;
+  std::map<std::string, int64_t> zeros;  // per module
+  int64_t nonzero = 0;
+  uint64_t read = 0;
+};
+
+// A whole target matrix: widened, pruned, counted, narrowed to the output dtype and written.
+Status matrix_prune(const core::Checkpoint& ck, const PruneMatrix& mx, NMPattern nm,
+                    const core::TensorView& out, core::CheckpointWriter& w, PruneScratch& b,
+                    PruneCounts& counts) {
+  const int64_t n = mx.rows * mx.cols;
+  b.w.resize(size_t(n));
+  core::convert_to_f32(mx.src->dtype, ck.data(*mx.src), b.w.data(), n);
+  ck.release(*mx.src, 0, mx.src->nbytes);
+  Status st = magnitude_prune_matrix(b.w.data(), mx.rows, mx.cols, mx.sparsity, nm);
+  if (!st.is_ok()) return invalid_input(mx.module + ".weight: " + st.message());
+  int64_t zeros = 0;
+  for (float v : b.w) zeros += v == 0.f;
+  b.out.resize(size_t(out.nbytes));
+  core::convert_from_f32(b.w.data(), out.dtype, b.out.data(), n);
+  {
+    std::lock_guard<std::mutex> lock(counts.mu);
+    counts.zeros[mx.module] = zeros;
+    counts.nonzero += n - zeros;
+  }
+  return w.write(out.name, b.out.data(), b.out.size());
+}
+
+void prune_jobs_run(const core::Checkpoint& ck, const PrunePlan& p, const PruneTargets& pt,
+                    core::CheckpointWriter& w, const PruneOptions& o, PruneCounts& counts) {
+  const int threads = std::max(1, o.threads);
+  std::vector<PruneScratch> scratch(static_cast<size_t>(threads));
+  core::Progress prog("prune magnitude", p.bytes_to_read >> 20, "MiB", o.progress);
+  throw_if_error(core::parallel_each(p.jobs.size(), threads, [&](size_t k, int worker) {
+    const PruneJob& j = p.jobs[k];
+    PruneScratch& b = scratch[size_t(worker)];
+    const core::TensorView& out = p.tensors[j.out];
+    Status st;
+    uint64_t bytes = 0;
+    if (j.matrix) {
+      st = matrix_prune(ck, *j.matrix, pt.nm, out, w, b, counts);
+      bytes = j.matrix->src->nbytes;
+    } else {
+      const size_t es = core::dtype_size(j.source->dtype);
+      const int64_t nz = nonzeros(ck.data(*j.source) + uint64_t(j.begin) * es, j.source->dtype,
+                                  j.end - j.begin);
+      st = core::block_convert_write(ck, *j.source, out.name, out.dtype, j.begin, j.end, w,
+                                     b.convert);
+      bytes = uint64_t(j.end - j.begin) * es;
+      std::lock_guard<std::mutex> lock(counts.mu);
+      counts.nonzero += nz;
+    }
+    std::lock_guard<std::mutex> lock(counts.mu);
+    counts.read += bytes;
+    prog.update(counts.read >> 20);
+    return st;
+  }));
+  prog.finish();
+}
+
+// prune.json's sparsity account, as sparsity_report (prune.cpp) gives it: every 2-D module that
+// --targets matches (those --ignore keeps included), its fraction of zeros, and the totals.
+nlohmann::json sparsity_account(const PrunePlan& p, const core::Checkpoint& ck,
+                                const PruneCounts& counts) {
+  nlohmann::json per = nlohmann::json::object();
+  int64_t zeros = 0, total = 0;
+  for (const std::string& mod : p.reported) {
+    const core::TensorInfo* t = ck.find(mod + ".weight");
+    const int64_t n = t->numel();
+    auto it = counts.zeros.find(mod);
+    // A module --targets matches but --ignore keeps: its zeros are those it came with.
+    const int64_t z = it != counts.zeros.end()
+                          ? it->second
+                          : n - nonzeros(ck.data(*t), t->dtype, n);
+    per[mod] = double(z) / double(n);
+    zeros += z;
+    total += n;
+  }
+  return {{"per_module", per}, {"targeted_sparsity", total ? double(zeros) / double(total) : 0.0},
+          {"targeted_zeros", zeros}, {"targeted_params", total}};
+}
+
+// The tokenizer the pruned model carries: --tokenizer, else the model's own.
+std::string tokenizer_of(const PruneOptions& o) {
+  const std::string own = o.model + "/tokenizer.json";
+  return !o.tokenizer.empty() ? o.tokenizer : (std::filesystem::exists(own) ? own : "");
+}
+
+}  // namespace
+
+PruneResult prune_model_free(const PruneOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  if (cfg.has_quantization()) {
+    throw Error(StatusCode::kInvalidInput,
+                o.model + ": the model is quantized (quantization_config in config.json); prune "
+                          "works on float models");
+  }
+  const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ck));
+  const PruneTargets pt(o);
+  const core::DType dt = float_dtype(cfg);
+  const PrunePlan plan = prune_plan(cfg, ck, pt, dt, int64_t(1) << 20);
+  if (plan.matrices.empty()) {
+    throw Error(StatusCode::kInvalidInput,
+                "--targets '" + o.targets + "' matches no linear layer of " + o.model);
+  }
+
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  auto w = core::CheckpointWriter::create(dir.path(), plan.tensors, {{"format", "pt"}},
+                                          core::kDefaultMaxShardBytes)
+               .take_or_throw();
+  PruneCounts counts;
+  prune_jobs_run(ck, plan, pt, *w, o, counts);
+  throw_if_error(w->finish());
+
+  const int64_t params = config_parameters(cfg);
+  const int64_t per = dt == core::DType::kF32 ? 4 : 2;
+  nlohmann::json report = {{"method", o.method}, {"model", o.model}, {"model_free", true},
+                           {"threads", std::max(1, o.threads)}};
+  report["params_before"] = params;
+  report["params_after"] = params;
+  report["bytes_before"] = params * per;
+  report["bytes_after"] = params * per;
+  report["sparsity"] = sparsity_account(plan, ck, counts);
+  report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
+  report["target_sparsity"] = o.sparsity;
+  report["nonzero_params_after"] = counts.nonzero;
+  report["bytes_read"] = plan.bytes_to_read;
+  report["bytes_written"] = w->bytes_written();
+  core::ModelConfig out_cfg = cfg;
+  out_cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
+  model_sidecars_write(out_cfg, dir.path(), tokenizer_of(o),
+                       {{"stage", "prune"}, {"method", o.method}, {"from", o.model},
+                        {"sparsity", report["sparsity"]["targeted_sparsity"]}},
+                       params);
+  if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
+  report["peak_rss_mb"] = peak_rss_mb();
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
+}
+
+}  // namespace shrink::train
