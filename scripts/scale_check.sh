@@ -12,9 +12,11 @@
 #                     vocab 128256 (8.0B parameters, 16 GB in bf16)
 #           tiny      a 4-layer model for a quick run of the script itself (the default)
 #   --layers N        the shape with N decoder layers (peak memory against depth: 2 and 8)
-#   --stages          a subset of: inspect convert eval quantize-w8a16-rtn quantize-w4a16-gptq
-#                     quantize-w8a8-sq-gptq prune-magnitude prune-wanda prune-sparsegpt-2of4
-#                     prune-structured export-onnx verify (default: all, in this order)
+#   --stages          a subset of: inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn
+#                     quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-wanda
+#                     prune-sparsegpt-2of4 prune-structured export-onnx verify disk-bound
+#                     (default: all, in this order). disk-bound times `dd` reading the model's
+#                     weights and writing as many bytes (fdatasync): the speed of this disk.
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
 # Calibration: CALIB_SAMPLES x CALIB_LEN tokens (default 128 x 2048) of the fortunes corpus
 # tokenized with the default teacher's tokenizer (ids below every shape's vocabulary).
@@ -39,7 +41,7 @@ done
 SHRINK=$REPO/build/bin/shrink
 [ -x "$SHRINK" ] || { echo "scale_check.sh: $SHRINK not found; run scripts/setup.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "scale_check.sh: /usr/bin/time not found (apt install time)" >&2; exit 1; }
-ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-wanda prune-sparsegpt-2of4 prune-structured export-onnx verify"
+ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-wanda prune-sparsegpt-2of4 prune-structured export-onnx verify disk-bound"
 stages=${stages:-$ALL_STAGES}
 stages=${stages//,/ }
 for s in $stages; do
@@ -116,6 +118,7 @@ for s in $stages; do
     convert) run "$s" "$SHRINK" "${global[@]}" convert "$M" --dtype float16 --out "$out/$s" ;;
     eval) run "$s" "$SHRINK" "${global[@]}" eval "$M" --data "$D" --max-tokens 4096 --seq-len 512 --batch 1 ;;
     quantize-w8a16-rtn) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w8a16 --method rtn "${calib[@]}" ;;
+    quantize-w4a16-rtn) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method rtn "${calib[@]}" ;;
     quantize-w4a16-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method gptq "${calib[@]}" ;;
     quantize-w8a8-sq-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w8a8 --smoothquant 0.5 --method gptq "${calib[@]}" ;;
     prune-magnitude) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method magnitude --sparsity 0.5 "${calib[@]}" ;;
@@ -123,6 +126,12 @@ for s in $stages; do
     prune-sparsegpt-2of4) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method sparsegpt --pattern 2:4 "${calib[@]}" ;;
     prune-structured) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method structured --target-params 0.5 "${calib[@]}" ;;
     export-onnx) run "$s" "$SHRINK" "${global[@]}" export "$M" --format onnx --out "$out/$s" ;;
+    disk-bound)
+      # Read every weight file once (from the page cache if it holds them, as the stages above
+      # may have left it) and write as many bytes to this disk, flushed.
+      mkdir -p "$out/$s"
+      run "$s" bash -c 'cat "$1"/*.safetensors | dd of="$2/bytes" bs=16M iflag=fullblock oflag=direct conv=fdatasync status=none' _ "$M" "$out/$s"
+      rm -rf "${out:?}/$s" ;;
     verify)
       q=$out/quantize-w8a16-rtn
       [ -f "$q/config.json" ] || run quantize-w8a16-rtn "$SHRINK" "${global[@]}" quantize "$M" --out "$q" --scheme w8a16 --method rtn "${calib[@]}"
