@@ -131,27 +131,90 @@ DecoderImpl::DecoderImpl(const core::ModelConfig& c) {
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
+namespace {
+
+torch::Tensor inv_freq_tensor(const core::ModelConfig& c) {
+  std::vector<double> f = core::rope_inv_freq(c);
+  std::vector<float> ff(f.begin(), f.end());
+  return torch::tensor(ff, torch::kFloat32);
+}
+
+// As transformers: angles = position (float32) x inv_freq (float32), duplicated for both halves,
+// cos/sin in float32.
+std::pair<torch::Tensor, torch::Tensor> rope_from(const torch::Tensor& inv_freq, int64_t start,
+                                                  int64_t len) {
+  auto pos = torch::arange(start, start + len, torch::kFloat32).unsqueeze(1);
+  auto ang = pos * inv_freq.unsqueeze(0);
+  auto emb = torch::cat({ang, ang}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+}  // namespace
+
 CausalLMImpl::CausalLMImpl(core::ModelConfig c) : config_(std::move(c)) {
   model = register_module("model", Decoder(config_));
   if (!config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", make_linear(config_.hidden_size, config_.vocab_size, false));
   }
-  std::vector<double> f = core::rope_inv_freq(config_);
-  std::vector<float> ff(f.begin(), f.end());
-  inv_freq_ = register_buffer("inv_freq", torch::tensor(ff, torch::kFloat32));
+  inv_freq_ = register_buffer("inv_freq", inv_freq_tensor(config_));
 }
 
 torch::Tensor CausalLMImpl::lm_head_weight() {
   return lm_head ? lm_head->weight : model->embed_tokens->weight;
 }
 
+
 std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::rope_tables(int64_t start, int64_t len) {
-  // As transformers: angles = position (float32) x inv_freq (float32), duplicated for both
-  // halves, cos/sin in float32.
-  auto pos = torch::arange(start, start + len, torch::kFloat32).unsqueeze(1);
-  auto ang = pos * inv_freq_.unsqueeze(0);
-  auto emb = torch::cat({ang, ang}, -1);
-  return {emb.cos(), emb.sin()};
+  return rope_from(inv_freq_, start, len);
+}
+
+std::pair<torch::Tensor, torch::Tensor> rope_tables_for(const core::ModelConfig& c, int64_t start,
+                                                        int64_t len) {
+  return rope_from(inv_freq_tensor(c), start, len);
+}
+
+DecoderLayer layer_load(const core::ModelConfig& c, const core::Checkpoint& ck, int64_t i) {
+  DecoderLayer layer(c);
+  const std::string pre = "model.layers." + std::to_string(i) + ".";
+  layer->self_attn->prefix = pre + "self_attn.";
+  layer->mlp->prefix = pre + "mlp.";
+  torch::NoGradGuard ng;
+  for (auto& p : layer->named_parameters()) {
+    const std::string name = pre + p.key();
+    const core::TensorInfo* t = ck.find(name);
+    if (!t) throw Error(StatusCode::kInvalidInput, ck.dir() + ": missing tensor " + name);
+    if (t->numel() != p.value().numel() || !core::dtype_is_float(t->dtype)) {
+      throw Error(StatusCode::kInvalidInput,
+                  ck.dir() + ": tensor '" + name + "' is not a float tensor of " +
+                      std::to_string(p.value().numel()) + " elements");
+    }
+    core::convert_to_f32(t->dtype, ck.data(*t), p.value().data_ptr<float>(), t->numel());
+    ck.release(*t, 0, t->nbytes);
+  }
+  return layer;
+}
+
+torch::Tensor embed_rows(const core::ModelConfig& c, const core::Checkpoint& ck,
+                         const torch::Tensor& ids) {
+  const core::TensorInfo* t = ck.find("model.embed_tokens.weight");
+  if (!t) throw Error(StatusCode::kInvalidInput, ck.dir() + ": missing model.embed_tokens.weight");
+  const int64_t H = c.hidden_size;
+  auto flat = ids.reshape({-1}).to(torch::kInt64).contiguous();
+  auto out = torch::empty({flat.numel(), H}, torch::kFloat32);
+  const size_t es = core::dtype_size(t->dtype);
+  const int64_t* id = flat.data_ptr<int64_t>();
+  for (int64_t r = 0; r < flat.numel(); ++r) {
+    if (id[r] < 0 || id[r] >= c.vocab_size) {
+      throw Error(StatusCode::kInvalidInput, "token id " + std::to_string(id[r]) +
+                                                 " is outside the vocabulary of " +
+                                                 std::to_string(c.vocab_size));
+    }
+    core::convert_to_f32(t->dtype, ck.data(*t) + uint64_t(id[r] * H) * es,
+                         out.data_ptr<float>() + r * H, H);
+  }
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(H);
+  return out.reshape(shape);
 }
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, bool want_hidden,

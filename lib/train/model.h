@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "core/safetensors.h"
 
 namespace shrink::train {
 
@@ -132,6 +133,22 @@ class CausalLMImpl : public torch::nn::Module {
   LinearTap* tap_ = nullptr;
 };
 TORCH_MODULE(CausalLM);
+
+/// cos/sin tables [len, head_dim] for positions [start, start + len) of a model of config c:
+/// what CausalLMImpl::rope_tables gives, without a model.
+std::pair<torch::Tensor, torch::Tensor> rope_tables_for(const core::ModelConfig& c, int64_t start,
+                                                        int64_t len);
+
+/// Decoder layer i alone, its weights read as float32 from a float checkpoint (and the pages
+/// read released): for the streaming stages, which hold one layer at a time. Its attention and
+/// MLP carry their module prefixes ("model.layers.<i>.self_attn."), as CausalLMImpl::set_tap
+/// gives them, so taps see the full module names.
+DecoderLayer layer_load(const core::ModelConfig& c, const core::Checkpoint& ck, int64_t i);
+
+/// The embedding of ids [N, T] (int64), [N, T, H] float32 as embed_tokens gives it, gathered
+/// row by row from the checkpoint's table without loading it whole.
+torch::Tensor embed_rows(const core::ModelConfig& c, const core::Checkpoint& ck,
+                         const torch::Tensor& ids);
 
 /// Fresh model with transformers' default init: normal(0, initializer_range) for linear and
 /// embedding weights (initializer_range from config.json, else 0.02), ones for norms, zeros

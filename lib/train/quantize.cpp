@@ -14,7 +14,9 @@
 #include "train/api.h"
 #include "train/distill.h"
 #include "train/quant_ops.h"
+#include "train/model_files.h"
 #include "train/quantize_common.h"
+#include "core/tensor_blocks.h"
 
 namespace shrink::train {
 
@@ -673,15 +675,21 @@ torch::Tensor calibration_ids(const QuantizeOptions& o, int64_t vocab_size) {
 // (its parameters by name, RoPE tables for the calibration length) and what quantization has
 // produced so far.
 struct Quant {
-  Quant(const QuantizeOptions& o, const QuantSetup& s, CausalLM& m)
-      : o(o), s(s), m(m), params(m->named_parameters()),
-        alphas(size_t(m->config().num_layers), -1.0) {
-    std::tie(cos, sin) = m->rope_tables(0, o.calib_len);
+  // Whole model: m holds every layer and params every parameter by its full name. Streaming: m
+  // is null and params are the parameters of the layer in hand (Quant::hold).
+  Quant(const QuantizeOptions& o, const QuantSetup& s, const core::ModelConfig& cfg, CausalLM m)
+      : o(o), s(s), cfg(cfg), m(std::move(m)), alphas(size_t(cfg.num_layers), -1.0) {
+    if (this->m) {
+      params = this->m->named_parameters();
+      this->m->set_tap(nullptr);  // also names every layer's modules for the taps
+    }
+    std::tie(cos, sin) = rope_tables_for(cfg, 0, o.calib_len);
     tap->mode = s.act ? s.scheme.activations : "dynamic";
   }
   const QuantizeOptions& o;
   const QuantSetup& s;
-  CausalLM& m;
+  const core::ModelConfig cfg;
+  CausalLM m{nullptr};
   torch::OrderedDict<std::string, torch::Tensor> params;
   torch::Tensor cos, sin;
 
@@ -698,15 +706,23 @@ struct Quant {
   double err_rtn = 0, err_gptq = 0;  // summed ||X dW^T||^2 over the quantized modules
 
   torch::Tensor& weight(const std::string& mod) { return *params.find(mod + ".weight"); }
+  // Streaming: layer i (as layer_load gives it) becomes the parameters in hand.
+  void hold(DecoderLayerImpl& layer, int64_t i) {
+    params = {};
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    for (auto& p : layer.named_parameters()) params.insert(pre + p.key(), p.value());
+  }
   // The layer's outputs for inputs x, 8 sequences at a time, its linear inputs seen by `t`.
   torch::Tensor layer_forward(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
-    m->set_tap(t);
+    layer.self_attn->tap = t;
+    layer.mlp->tap = t;
     std::vector<torch::Tensor> outs;
     for (int64_t b = 0; b < x.size(0); b += 8) {
       outs.push_back(layer.forward(x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b)), cos, sin,
                                    0, nullptr, nullptr));
     }
-    m->set_tap(nullptr);
+    layer.self_attn->tap = nullptr;
+    layer.mlp->tap = nullptr;
     return torch::cat(outs, 0);
   }
 };
@@ -788,7 +804,7 @@ void layer_quantize(Quant& q, const QuantLayer& l, const torch::Tensor& x, bool 
 // SmoothQuant: move the layer's activation outliers into its weights with alpha (--smoothquant,
 // or with auto the grid point whose quantized layer is closest to the float layer's outputs).
 void layer_smooth(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
-  const core::ModelConfig& cfg = q.m->config();
+  const core::ModelConfig& cfg = q.cfg;
   CalibTap ct;
   for (const char* g : kGroupHeads) ct.wanted.insert(l.pre + g);
   q.layer_forward(l.layer, &ct, X);
@@ -826,7 +842,7 @@ void layer_smooth(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
 // AWQ: per input group, search the channel scales on the float layer's inputs, then fold them
 // in; groups not quantized keep s = 1.
 void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
-  const core::ModelConfig& cfg = q.m->config();
+  const core::ModelConfig& cfg = q.cfg;
   CalibTap ct;
   ct.wanted.insert(l.heads.begin(), l.heads.end());
   ct.hessian = ct.means = true;
@@ -859,24 +875,33 @@ void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
   q.awq_layers.push_back(lj);
 }
 
+// Layer l on the calibration states X entering it: smoothed (SmoothQuant) or rescaled (AWQ),
+// then quantized. Returns the quantized layer's outputs, which enter the next layer.
+torch::Tensor layer_step(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
+  const QuantizeOptions& o = q.o;
+  if (!o.smoothquant.empty() && !l.heads.empty()) layer_smooth(q, l, X);
+  if (o.awq && !l.heads.empty()) layer_awq(q, l, X);
+  if (!l.heads.empty()) layer_quantize(q, l, X, true);
+  return q.layer_forward(l.layer, q.s.act ? q.tap.get() : nullptr, X);
+}
+
+// Decoder layer i of `layer`, with its quantized groups among `heads`.
+QuantLayer quant_layer(DecoderLayerImpl& layer, int64_t i, const std::vector<std::string>& heads) {
+  QuantLayer l{layer, i, "model.layers." + std::to_string(i) + ".", {}};
+  for (const auto& h : heads) {
+    if (h.rfind(l.pre, 0) == 0) l.heads.push_back(h);
+  }
+  return l;
+}
+
 // Layer by layer: the calibration states enter layer i, which is smoothed (SmoothQuant) or
 // rescaled (AWQ), then quantized; the quantized layer's outputs feed layer i+1.
 void layers_quantize(Quant& q, const std::vector<std::string>& heads, const torch::Tensor& ids) {
-  const QuantizeOptions& o = q.o;
-  const int64_t num_layers = q.m->config().num_layers;
+  const int64_t num_layers = q.cfg.num_layers;
   torch::Tensor X = q.m->model->embed_tokens(ids);
-  core::Progress prog("quantize " + o.scheme, uint64_t(num_layers), "layers", o.progress);
+  core::Progress prog("quantize " + q.o.scheme, uint64_t(num_layers), "layers", q.o.progress);
   for (int64_t i = 0; i < num_layers; ++i) {
-    QuantLayer l{*q.m->model->layers->ptr<DecoderLayerImpl>(size_t(i)), i,
-                 "model.layers." + std::to_string(i) + ".", {}};
-    for (const auto& h : heads) {
-      if (h.rfind(l.pre, 0) == 0) l.heads.push_back(h);
-    }
-    if (!o.smoothquant.empty() && !l.heads.empty()) layer_smooth(q, l, X);
-    if (o.awq && !l.heads.empty()) layer_awq(q, l, X);
-    if (!l.heads.empty()) layer_quantize(q, l, X, true);
-    // The quantized layer feeds the next.
-    X = q.layer_forward(l.layer, q.s.act ? q.tap.get() : nullptr, X);
+    X = layer_step(q, quant_layer(*q.m->model->layers->ptr<DecoderLayerImpl>(size_t(i)), i, heads), X);
     prog.update(uint64_t(i + 1));
   }
   prog.finish();
@@ -929,7 +954,7 @@ void group_weights_set(Quant& q, const std::string& h, bool quantized) {
 std::vector<std::pair<double, std::string>> sensitivity_measure(
     Quant& q, CausalLM& ref, const std::vector<std::string>& heads) {
   const QuantizeOptions& o = q.o;
-  std::vector<int32_t> sv = split_tokens(o, q.m->config().vocab_size, "val", o.sensitivity_tokens);
+  std::vector<int32_t> sv = split_tokens(o, q.cfg.vocab_size, "val", o.sensitivity_tokens);
   for (auto& [mod, w] : q.float_w) q.weight(mod).copy_(w);
   auto one = std::make_shared<FakeQuantTap>(*q.tap);
   std::vector<std::pair<double, std::string>> sens;
@@ -1030,30 +1055,35 @@ void int4_weights_add(TensorSet& ts, const std::string& mod, const QWeight& qw, 
   }
 }
 
-// Every tensor of the quantized model: the quantized modules' weights with their scales (and
-// g_idx, input scales), the rest in the model's float dtype.
+// The tensors of one expected tensor `spec` of the quantized model: a quantized module's weights
+// with their scales (and g_idx, input scales), else the tensor in the model's float dtype.
+void spec_tensors_add(TensorSet& ts, Quant& q, const core::TensorSpec& spec,
+                      const std::set<std::string>& quantized_mods) {
+  const std::string& name = spec.name;
+  const std::string mod = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
+  if (!(quantized_mods.count(mod) && name.compare(name.size() - 7, 7, ".weight") == 0)) {
+    ts.add(name, float_dtype(q.cfg), *q.params.find(name));
+    return;
+  }
+  const QWeight& qw = q.qw[mod];
+  if (q.s.bits == 4) {
+    int4_weights_add(ts, mod, qw, q.o.asym);
+  } else {
+    ts.add(name, core::DType::kI8, qw.q);
+  }
+  ts.add(mod + ".weight_scale", core::DType::kF32, qw.scale);
+  if (qw.g_idx.defined()) ts.add(mod + ".weight_g_idx", core::DType::kI32, qw.g_idx);
+  if (q.s.stat) {
+    ts.add(mod + ".input_scale", core::DType::kF32,
+           torch::tensor({q.tap->input_scales.at(group_head(mod))}));
+  }
+}
+
+// Every tensor of the quantized model (whole-model path).
 TensorSet quantized_tensors(Quant& q, const std::set<std::string>& quantized_mods) {
-  const core::ModelConfig& cfg = q.m->config();
-  const core::DType fdt = float_dtype(cfg);
   TensorSet ts;
-  for (const core::TensorSpec& s : core::expected_tensors(cfg)) {
-    const std::string mod = s.name.size() > 7 ? s.name.substr(0, s.name.size() - 7) : s.name;
-    if (!(quantized_mods.count(mod) && s.name.compare(s.name.size() - 7, 7, ".weight") == 0)) {
-      ts.add(s.name, fdt, *q.params.find(s.name));
-      continue;
-    }
-    const QWeight& qw = q.qw[mod];
-    if (q.s.bits == 4) {
-      int4_weights_add(ts, mod, qw, q.o.asym);
-    } else {
-      ts.add(s.name, core::DType::kI8, qw.q);
-    }
-    ts.add(mod + ".weight_scale", core::DType::kF32, qw.scale);
-    if (qw.g_idx.defined()) ts.add(mod + ".weight_g_idx", core::DType::kI32, qw.g_idx);
-    if (q.s.stat) {
-      ts.add(mod + ".input_scale", core::DType::kF32,
-             torch::tensor({q.tap->input_scales.at(group_head(mod))}));
-    }
+  for (const core::TensorSpec& spec : core::expected_tensors(q.cfg)) {
+    spec_tensors_add(ts, q, spec, quantized_mods);
   }
   return ts;
 }
@@ -1065,9 +1095,122 @@ void quantized_write(const Quant& q, const std::vector<std::string>& ignore, con
   auto dir = core::AtomicDir::create(q.o.out).take_or_throw();
   throw_if_error(core::checkpoint_write(dir.path(), ts.views, {{"format", "pt"}},
                                         core::kDefaultMaxShardBytes));
-  quantized_sidecars_write(q.o, q.s.scheme, ignore, q.m->config(), dir.path());
+  quantized_sidecars_write(q.o, q.s.scheme, ignore, q.cfg, dir.path());
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());
+}
+
+// ---- Streaming calibration ------------------------------------------------------------------------
+// Only decoder layer i is in memory (layer_load, float32): the calibration states pass through
+// it, it is smoothed, scaled and quantized exactly as in the whole-model path (layer_step), its
+// tensors are written through the CheckpointWriter and it is freed; its quantized outputs feed
+// layer i + 1. The embedding rows of the calibration tokens come straight from the checkpoint,
+// and the tensors outside the layers are converted block by block.
+
+// Layer i's tensors of the quantized model, written at their planned places.
+void layer_tensors_write(Quant& q, const std::vector<core::TensorSpec>& specs, int64_t i,
+                         const std::set<std::string>& quantized, core::CheckpointWriter& w) {
+  TensorSet ts;
+  for (const core::TensorSpec& spec : specs) {
+    if (spec.layer == i) spec_tensors_add(ts, q, spec, quantized);
+  }
+  for (const core::TensorView& v : ts.views) throw_if_error(w.write(v.name, v.data, v.nbytes));
+}
+
+// The quantized forms and float copies of layer i's modules, once written.
+void layer_forget(Quant& q, int64_t i) {
+  const std::string pre = "model.layers." + std::to_string(i) + ".";
+  for (auto it = q.qw.begin(); it != q.qw.end();) it = it->first.rfind(pre, 0) == 0 ? q.qw.erase(it) : std::next(it);
+  for (auto it = q.float_w.begin(); it != q.float_w.end();) {
+    it = it->first.rfind(pre, 0) == 0 ? q.float_w.erase(it) : std::next(it);
+  }
+  q.params = {};
+}
+
+// Every layer in turn, from the checkpoint to the writer; the seconds each took.
+std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::string>& heads,
+                                              const torch::Tensor& ids, const core::Checkpoint& ck,
+                                              const std::set<std::string>& quantized,
+                                              core::CheckpointWriter& w) {
+  const std::vector<core::TensorSpec> specs = core::expected_tensors(q.cfg);
+  const int64_t num_layers = q.cfg.num_layers;
+  std::vector<double> seconds;
+  torch::Tensor X = embed_rows(q.cfg, ck, ids);
+  core::Progress prog("quantize " + q.o.scheme, uint64_t(num_layers), "layers", q.o.progress);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    DecoderLayer layer = layer_load(q.cfg, ck, i);
+    layer->eval();
+    q.hold(*layer, i);
+    X = layer_step(q, quant_layer(*layer, i, heads), X);
+    layer_tensors_write(q, specs, i, quantized, w);
+    layer_forget(q, i);
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    prog.update(uint64_t(i + 1));
+  }
+  prog.finish();
+  return seconds;
+}
+
+// The tensors outside the decoder layers (embedding, final norm, lm_head), as they are in the
+// checkpoint, in the model's float dtype.
+void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& cfg,
+                         core::CheckpointWriter& w, int threads) {
+  std::vector<core::TensorView> outer;
+  for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
+    if (spec.layer < 0) outer.push_back({spec.name, float_dtype(cfg), spec.shape, nullptr, 0});
+  }
+  const std::vector<core::TensorBlock> blocks = core::tensor_blocks(outer, int64_t(1) << 20);
+  std::vector<core::ConvertScratch> scratch(size_t(std::max(1, threads)));
+  throw_if_error(core::parallel_each(blocks.size(), std::max(1, threads), [&](size_t k, int worker) {
+    const core::TensorView& out = outer[blocks[k].tensor];
+    return core::block_convert_write(ck, *ck.find(out.name), out.name, out.dtype, blocks[k].begin,
+                                     blocks[k].end, w, scratch[size_t(worker)]);
+  }));
+}
+
+QuantizeResult quantize_streaming(const QuantizeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds_since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  torch::NoGradGuard ng;
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  if (cfg.has_quantization()) bad(o.model + ": the model is already quantized");
+  const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ck));
+  const QuantSetup setup = quant_setup(o, cfg);
+  const torch::Tensor ids = calibration_ids(o, cfg.vocab_size);
+  const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
+  const ModuleSplit mods = modules_split(heads, {});
+  const std::vector<core::TensorView> plan = quantized_plan(cfg, setup.scheme, mods.quantized);
+
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  auto w = core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}},
+                                          core::kDefaultMaxShardBytes)
+               .take_or_throw();
+  Quant q(o, setup, cfg, CausalLM(nullptr));
+  const std::vector<double> layer_seconds =
+      layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w);
+  outer_tensors_write(ck, cfg, *w, o.threads);
+  const double calib_seconds = seconds_since_start();
+  throw_if_error(w->finish());
+  quantized_sidecars_write(o, setup.scheme, mods.ignore, cfg, dir.path());
+
+  nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
+  report["streaming"] = true;
+  report["layer_seconds"] = layer_seconds;
+  report["bytes_before"] = uint64_t(config_parameters(cfg)) * core::dtype_size(float_dtype(cfg));
+  report["bytes_after"] = quantized_plan_bytes(plan);
+  report["bytes_read"] = ck.total_bytes();
+  report["bytes_written"] = w->bytes_written();
+  report["quantized_modules"] = mods.quantized.size();
+  if (o.eval_tokens) accuracy_report_dirs(o, dir.path(), report);
+  report["peak_rss_mb"] = peak_rss_mb();
+  report["seconds"] = seconds_since_start();
+  throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
 }
 
 }  // namespace
@@ -1085,6 +1228,7 @@ void accuracy_report_dirs(const QuantizeOptions& o, const std::string& quant_dir
 QuantizeResult quantize_run(const QuantizeOptions& o) {
   quantize_validate(o);
   if (quantize_is_model_free(o)) return quantize_model_free(o);
+  if (!o.load_model && !o.sensitivity) return quantize_streaming(o);
   auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -1103,7 +1247,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
                                        : std::vector<int32_t>{};
   const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
 
-  Quant q(o, setup, m);
+  Quant q(o, setup, cfg, m);
   layers_quantize(q, heads, ids);
   const double calib_seconds = seconds_since_start();
   if (setup.act) m->set_tap(q.tap.get());

@@ -84,6 +84,52 @@ core::DType float_dtype(const core::ModelConfig& cfg) {
   return core::dtype_from_name(name).value();
 }
 
+std::vector<core::TensorView> quantized_plan(const core::ModelConfig& cfg,
+                                             const core::QuantScheme& s,
+                                             const std::set<std::string>& quantized) {
+  std::vector<core::TensorView> plan;
+  auto add = [&](const std::string& name, core::DType dt, std::vector<int64_t> shape) {
+    uint64_t n = core::dtype_size(dt);
+    for (int64_t d : shape) n *= uint64_t(d);
+    plan.push_back({name, dt, std::move(shape), nullptr, n});
+  };
+  const core::DType fdt = float_dtype(cfg);
+  for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
+    const std::string& name = spec.name;
+    const bool weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+    const std::string mod = weight ? name.substr(0, name.size() - 7) : name;
+    if (!(weight && quantized.count(mod))) {
+      add(name, fdt, spec.shape);
+      continue;
+    }
+    const int64_t rows = spec.shape[0], cols = spec.shape[1];
+    const int64_t groups = s.group_size > 0 ? cols / s.group_size : 1;
+    if (s.bits == 4) {
+      add(mod + ".weight_packed", core::DType::kI32, {rows, core::int4_packed_cols(cols)});
+      add(mod + ".weight_shape", core::DType::kI64, {2});
+      if (!s.symmetric) {
+        add(mod + ".weight_zero_point", core::DType::kI32, {core::int4_packed_cols(rows), groups});
+      }
+    } else {
+      add(name, core::DType::kI8, {rows, cols});
+    }
+    add(mod + ".weight_scale", core::DType::kF32, {rows, groups});
+    if (s.actorder == "group") add(mod + ".weight_g_idx", core::DType::kI32, {cols});
+    if (s.activations == "static") add(mod + ".input_scale", core::DType::kF32, {1});
+  }
+  return plan;
+}
+
+uint64_t quantized_plan_bytes(const std::vector<core::TensorView>& plan) {
+  uint64_t n = 0;
+  for (const core::TensorView& t : plan) {
+    const bool shape_record = t.name.size() > 13 &&
+                              t.name.compare(t.name.size() - 13, 13, ".weight_shape") == 0;
+    if (!shape_record) n += t.nbytes;
+  }
+  return n;
+}
+
 nlohmann::json quant_format_report(const QuantizeOptions& o, const core::QuantScheme& s) {
   const bool stat = s.activations == "static";
   return {{"scheme", o.scheme},

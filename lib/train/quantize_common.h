@@ -16,6 +16,7 @@
 #include "core/dtype.h"
 #include "core/model_config.h"
 #include "core/quant.h"
+#include "core/safetensors.h"
 #include "train/quantize.h"
 
 namespace shrink::train {
@@ -46,6 +47,17 @@ ModuleSplit modules_split(const std::vector<std::string>& heads,
 
 /// The dtype the model's float tensors are written in (config.json's).
 core::DType float_dtype(const core::ModelConfig& cfg);
+
+/// The tensors of the quantized checkpoint in the order the LibTorch path writes them (data left
+/// null), for writers that fix the layout up front: per quantized module its int8 weight, or the
+/// 4-bit packed weight, shape record and (asymmetric) packed zero points; then its scales, its
+/// g_idx (act-order groups) and its static input scale; every other tensor in config.json's
+/// float dtype.
+std::vector<core::TensorView> quantized_plan(const core::ModelConfig& cfg,
+                                             const core::QuantScheme& s,
+                                             const std::set<std::string>& quantized);
+/// What a plan's weights take: every tensor but the 4-bit shape records.
+uint64_t quantized_plan_bytes(const std::vector<core::TensorView>& plan);
 
 /// quantize.json's account of the format: scheme, activations, weights, group size, bits,
 /// symmetry, observer, SmoothQuant and rounding, and the method.

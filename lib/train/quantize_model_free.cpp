@@ -9,6 +9,7 @@
 // The bytes written equal the LibTorch path's (tests/train/test_quantize.cpp compares them).
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <mutex>
 
 #include "core/dataset.h"
@@ -49,32 +50,6 @@ struct ModelFreePlan {
   uint64_t bytes_to_read = 0;
 };
 
-void plan_add(ModelFreePlan& p, const std::string& name, core::DType dt, std::vector<int64_t> shape,
-              bool counted = true) {
-  uint64_t n = core::dtype_size(dt);
-  for (int64_t d : shape) n *= uint64_t(d);
-  p.tensors.push_back({name, dt, std::move(shape), nullptr, n});
-  if (counted) p.bytes_after += n;
-}
-
-// A quantized weight's tensors, as quantized_tensors (quantize.cpp) lays them out: int8 weights
-// or 4-bit packed ones with their shape record and (asymmetric) packed zero points, then the
-// scales.
-void quant_target_plan(ModelFreePlan& p, const QuantTarget& t, const core::QuantScheme& s) {
-  if (s.bits == 4) {
-    plan_add(p, t.module + ".weight_packed", core::DType::kI32,
-             {t.rows, core::int4_packed_cols(t.cols)});
-    plan_add(p, t.module + ".weight_shape", core::DType::kI64, {2}, false);
-    if (!s.symmetric) {
-      plan_add(p, t.module + ".weight_zero_point", core::DType::kI32,
-               {core::int4_packed_cols(t.rows), t.groups});
-    }
-  } else {
-    plan_add(p, t.module + ".weight", core::DType::kI8, {t.rows, t.cols});
-  }
-  plan_add(p, t.module + ".weight_scale", core::DType::kF32, {t.rows, t.groups});
-}
-
 // Rows per job: about `block` weights, a multiple of 8 so that packed zero points (eight rows per
 // int32 word) split at word boundaries.
 int64_t rows_per_job(int64_t cols, int64_t block) {
@@ -86,6 +61,10 @@ ModelFreePlan model_free_plan(const core::ModelConfig& cfg, const core::Checkpoi
                               const core::QuantScheme& s, const std::set<std::string>& quantized,
                               int64_t block) {
   ModelFreePlan p;
+  p.tensors = quantized_plan(cfg, s, quantized);
+  p.bytes_after = quantized_plan_bytes(p.tensors);
+  std::map<std::string, size_t> index;
+  for (size_t k = 0; k < p.tensors.size(); ++k) index[p.tensors[k].name] = k;
   const core::DType fdt = float_dtype(cfg);
   const std::vector<core::TensorSpec> specs = core::expected_tensors(cfg);
   p.targets.reserve(specs.size());  // jobs point into it
@@ -95,23 +74,20 @@ ModelFreePlan model_free_plan(const core::ModelConfig& cfg, const core::Checkpoi
     for (int64_t d : spec.shape) numel *= d;
     p.bytes_before += uint64_t(numel) * core::dtype_size(fdt);
     p.bytes_to_read += src->nbytes;
-    const bool is_weight = spec.name.size() > 7 &&
-                           spec.name.compare(spec.name.size() - 7, 7, ".weight") == 0;
-    const std::string mod = is_weight ? spec.name.substr(0, spec.name.size() - 7) : spec.name;
-    if (!(is_weight && quantized.count(mod))) {
-      plan_add(p, spec.name, fdt, spec.shape);
+    const std::string mod = spec.name.substr(0, spec.name.rfind('.'));
+    auto out = index.find(spec.name);
+    if (!(quantized.count(mod) && spec.name.size() > 7 &&
+          spec.name.compare(spec.name.size() - 7, 7, ".weight") == 0)) {
       for (int64_t b = 0; b < numel; b += block) {
-        p.jobs.push_back({nullptr, src, p.tensors.size() - 1, b, std::min(numel, b + block)});
+        p.jobs.push_back({nullptr, src, out->second, b, std::min(numel, b + block)});
       }
       continue;
     }
-    QuantTarget t{mod, src, spec.shape[0], spec.shape[1],
-                  s.group_size > 0 ? spec.shape[1] / s.group_size : 1};
-    p.targets.push_back(t);
-    quant_target_plan(p, p.targets.back(), s);
-    const int64_t step = rows_per_job(t.cols, block);
-    for (int64_t r = 0; r < t.rows; r += step) {
-      p.jobs.push_back({&p.targets.back(), nullptr, 0, r, std::min(t.rows, r + step)});
+    p.targets.push_back({mod, src, spec.shape[0], spec.shape[1],
+                         s.group_size > 0 ? spec.shape[1] / s.group_size : 1});
+    const int64_t step = rows_per_job(p.targets.back().cols, block);
+    for (int64_t r = 0; r < p.targets.back().rows; r += step) {
+      p.jobs.push_back({&p.targets.back(), nullptr, 0, r, std::min(p.targets.back().rows, r + step)});
     }
   }
   return p;

@@ -590,6 +590,83 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
   fs::remove_all(dir);
 }
 
+// Calibrated methods stream layer by layer (only layer i in memory, from the memory-mapped
+// checkpoint) and must write what the whole-model path writes, byte for byte, with the same
+// calibration report: GPTQ (act-order groups too), SmoothQuant with an auto alpha and static
+// observers, AWQ with and without zero points; f32 and bf16 inputs.
+TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
+  env_init(2);
+  std::string dir = test::temp_dir("quant_stream");
+  test::make_inputs(dir);
+  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 11);
+  t.config = dir + "/config.json";
+  train_run(t);
+  bf16_copy(dir + "/run/model", dir + "/bf16");
+  struct Case {
+    const char* model;
+    const char* scheme;
+    const char* method;
+    const char* acts;
+    const char* observer;
+    const char* sq;
+    bool awq, asym, groups;
+  };
+  int compared = 0;
+  for (Case cs : {Case{"run/model", "w4a16", "gptq", "dynamic", "minmax", "", false, false, false},
+                  Case{"run/model", "w4a16", "gptq", "dynamic", "minmax", "", false, true, true},
+                  Case{"run/model", "w8a8", "rtn", "static", "entropy", "auto", false, false, false},
+                  Case{"bf16", "w8a8", "gptq", "static", "mse", "0.5", false, false, false},
+                  Case{"run/model", "w4a16", "rtn", "dynamic", "minmax", "", true, true, false},
+                  Case{"bf16", "w8a16", "gptq", "dynamic", "minmax", "", true, false, false}}) {
+    const std::string what = std::string(cs.model) + "/" + cs.scheme + "/" + cs.method + "/" +
+                             cs.acts + "/" + cs.sq + (cs.awq ? "/awq" : "") + (cs.asym ? "/asym" : "") +
+                             (cs.groups ? "/groups" : "");
+    QuantizeOptions o;
+    o.model = dir + "/" + cs.model;
+    o.scheme = cs.scheme;
+    o.method = cs.method;
+    o.activations = cs.acts;
+    o.observer = cs.observer;
+    o.smoothquant = cs.sq;
+    o.awq = cs.awq;
+    o.asym = cs.asym;
+    o.act_order = o.act_order_groups = cs.groups;
+    o.group_size = std::string(cs.scheme) == "w8a8" ? 0 : 32;
+    o.data = dir + "/data";
+    o.calib_samples = 6;
+    o.calib_len = 32;
+    o.eval_tokens = compared == 0 ? 1024 : 0;
+    o.eval_seq_len = 32;
+    o.out = dir + "/whole";
+    o.load_model = true;
+    QuantizeResult ref = quantize_run(o);
+    o.out = dir + "/stream";
+    o.load_model = false;
+    o.threads = 2;
+    QuantizeResult got = quantize_run(o);
+    EXPECT_TRUE(got.report["streaming"].get<bool>()) << what;
+    EXPECT_EQ(got.report["layer_seconds"].size(), 2u) << what;
+    for (const char* f : {"model.safetensors", "config.json", "shrink.json"}) {
+      EXPECT_TRUE(core::read_file(dir + "/stream/" + f).take_or_throw() ==
+                  core::read_file(dir + "/whole/" + f).take_or_throw())
+          << what << ": " << f << " differs";
+    }
+    for (const char* k : {"bytes_before", "bytes_after", "quantized_modules", "gptq", "awq",
+                          "smoothquant_alpha_per_layer", "calibration/sequences"}) {
+      const nlohmann::json::json_pointer ptr(std::string("/") + k);
+      EXPECT_EQ(got.report.value(ptr, nlohmann::json()), ref.report.value(ptr, nlohmann::json()))
+          << what << ": " << k;
+    }
+    if (o.eval_tokens) {
+      EXPECT_DOUBLE_EQ(got.report["perplexity_quant"].get<double>(),
+                       ref.report["perplexity_quant"].get<double>()) << what;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 6);
+  fs::remove_all(dir);
+}
+
 // A weight that is not a number fails model-free quantization with kInvalidInput naming the
 // tensor and where in it, and nothing is written.
 TEST(Quantize, ModelFreeRejectsANonFiniteWeightByName) {
