@@ -15,7 +15,9 @@
 #include "core/fs.h"
 #include "core/progress.h"
 #include "train/api.h"
+#include "core/tensor_blocks.h"
 #include "train/prune_ops.h"
+#include "train/quantize_common.h"
 
 namespace shrink::train {
 
@@ -610,6 +612,115 @@ void layer_prune(const PruneOptions& o, const PruneTargets& pt, DecoderLayerImpl
   tap.wanted.clear();
 }
 
+// ---- Streaming Wanda and SparseGPT ----------------------------------------------------------------
+// Only decoder layer i is in memory (layer_load, float32): the calibration states pass through it
+// with the tap observing its linear inputs, it is pruned exactly as prune_calibrated prunes it
+// (layer_prune), its outputs (computed with the pruned layer) become the next layer's inputs, and
+// its tensors are written through the CheckpointWriter and freed.
+
+// Layer i's tensors in the output dtype, written at their planned places, with the zeros of its
+// 2-D modules that --targets matches and the nonzeros of every tensor counted.
+void layer_write(DecoderLayerImpl& layer, int64_t i, const std::vector<core::TensorSpec>& specs,
+                 const PruneTargets& pt, core::DType dt, core::CheckpointWriter& w,
+                 PruneCounts& counts) {
+  const std::string pre = "model.layers." + std::to_string(i) + ".";
+  auto params = layer.named_parameters();
+  std::vector<uint8_t> buf;
+  for (const core::TensorSpec& spec : specs) {
+    if (spec.layer != i) continue;
+    torch::Tensor p = params.find(spec.name.substr(pre.size()))->contiguous();
+    const int64_t n = p.numel(), zeros = (p == 0).sum().item<int64_t>();
+    const std::string mod = spec.name.substr(0, spec.name.rfind('.'));
+    if (spec.shape.size() == 2 && std::regex_match(mod, pt.targets)) counts.zeros[mod] = zeros;
+    counts.nonzero += n - zeros;
+    buf.resize(size_t(n) * core::dtype_size(dt));
+    core::convert_from_f32(p.data_ptr<float>(), dt, buf.data(), n);
+    throw_if_error(w.write(spec.name, buf.data(), buf.size()));
+  }
+}
+
+// The tensors outside the decoder layers, converted as they are, their nonzeros counted.
+void outer_write(const core::Checkpoint& ck, const std::vector<core::TensorSpec>& specs,
+                 core::DType dt, core::CheckpointWriter& w, PruneCounts& counts) {
+  core::ConvertScratch scratch;
+  for (const core::TensorSpec& spec : specs) {
+    if (spec.layer >= 0) continue;
+    const core::TensorInfo* t = ck.find(spec.name);
+    counts.nonzero += float_nonzeros(ck.data(*t), t->dtype, t->numel());
+    for (int64_t b = 0; b < t->numel(); b += int64_t(1) << 20) {
+      throw_if_error(core::block_convert_write(ck, *t, spec.name, dt, b,
+                                               std::min(t->numel(), b + (int64_t(1) << 20)), w,
+                                               scratch));
+    }
+  }
+}
+
+PruneResult prune_calibrated_streaming(const PruneOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  torch::NoGradGuard ng;
+  torch::manual_seed(o.seed);
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  if (cfg.has_quantization()) {
+    bad(o.model + ": the model is quantized (quantization_config in config.json); prune works on "
+                  "float models");
+  }
+  const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ck));
+  const PruneTargets pt(o);
+  const core::DType dt = float_dtype(cfg);
+  const std::vector<core::TensorSpec> specs = core::expected_tensors(cfg);
+  std::vector<core::TensorView> plan;
+  std::vector<std::string> reported;
+  for (const core::TensorSpec& spec : specs) {
+    uint64_t n = core::dtype_size(dt);
+    for (int64_t d : spec.shape) n *= uint64_t(d);
+    plan.push_back({spec.name, dt, spec.shape, nullptr, n});
+    const std::string mod = spec.name.substr(0, spec.name.rfind('.'));
+    if (spec.shape.size() == 2 && std::regex_match(mod, pt.targets)) reported.push_back(mod);
+  }
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  auto w = core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}},
+                                          core::kDefaultMaxShardBytes)
+               .take_or_throw();
+
+  CalibState c;
+  int64_t N = 0;
+  std::vector<int32_t> calib = calibration_tokens(o, &N);
+  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+  std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
+  c.X = embed_rows(cfg, ck, c.ids);
+  StatsTap tap;
+  tap.hessian = o.method == "sparsegpt";
+  PruneCounts counts;
+  std::vector<double> layer_seconds;
+  int64_t matched = 0;
+  core::Progress prog("prune " + o.method, uint64_t(cfg.num_layers), "layers", o.progress);
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    const auto l0 = std::chrono::steady_clock::now();
+    DecoderLayer layer = layer_load(cfg, ck, i);
+    layer->eval();
+    layer->self_attn->tap = layer->mlp->tap = &tap;
+    auto mats = layer_targets(*layer, i, pt);
+    matched += int64_t(mats.size());
+    layer_prune(o, pt, *layer, mats, c, tap);
+    layer->self_attn->tap = layer->mlp->tap = nullptr;
+    layer_over_batches(*layer, c, [](torch::Tensor& x, const torch::Tensor& y) { x.copy_(y); });
+    layer_write(*layer, i, specs, pt, dt, *w, counts);
+    layer_seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count());
+    prog.update(uint64_t(i + 1));
+  }
+  prog.finish();
+  if (matched == 0) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
+  outer_write(ck, specs, dt, *w, counts);
+  nlohmann::json report = {{"method", o.method},
+                           {"model", o.model},
+                           {"streaming", true},
+                           {"calibration", {{"sequences", c.n()}, {"seq_len", o.calib_len}}},
+                           {"layer_seconds", layer_seconds}};
+  return prune_output_finish(o, cfg, ck, *w, dir, counts, reported, std::move(report), t0);
+}
+
 // Wanda or SparseGPT, layer by layer: each layer is pruned on the calibration states that the
 // pruned layers before it produce. Returns the calibration's report.
 nlohmann::json prune_calibrated(const PruneOptions& o, const PruneTargets& pt, CausalLM& m) {
@@ -816,6 +927,9 @@ void prune_eval_dirs(const PruneOptions& o, const std::string& pruned_dir, nlohm
 PruneResult prune_run(const PruneOptions& o) {
   prune_validate(o);
   if (prune_is_model_free(o)) return prune_model_free(o);
+  if (!o.load_model && (o.method == "wanda" || o.method == "sparsegpt")) {
+    return prune_calibrated_streaming(o);
+  }
   auto t0 = std::chrono::steady_clock::now();
   torch::NoGradGuard ng;
   torch::manual_seed(o.seed);

@@ -4,7 +4,10 @@
 // input). No LibTorch in this header.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <utility>
@@ -12,6 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
+#include "core/fs.h"
+#include "core/model_config.h"
+#include "core/safetensors.h"
 #include "train/prune.h"
 
 namespace shrink::train {
@@ -55,6 +62,28 @@ int64_t prune_count(double s, int64_t n);
 /// negative one, as the LibTorch path's mask multiply gives). A non-finite weight fails
 /// (kInvalidInput, naming its row and column).
 Status magnitude_prune_matrix(float* w, int64_t rows, int64_t cols, double sparsity, NMPattern nm);
+
+/// What the writers of a pruned checkpoint count: zeros per module and nonzeros overall, as the
+/// LibTorch path's report counts them on its float32 parameters.
+struct PruneCounts {
+  std::mutex mu;
+  std::map<std::string, int64_t> zeros;  // per module
+  int64_t nonzero = 0;
+  uint64_t read = 0;
+};
+
+/// Nonzero values among n floats of dtype dt (a float is zero when every bit but the sign is).
+int64_t float_nonzeros(const uint8_t* data, core::DType dt, int64_t n);
+
+/// Finish a streamed pruning: the writer's shards, prune.json's account (parameters, bytes, the
+/// sparsity of every 2-D module in `reported` from `counts`, or from the input for those not
+/// counted, nonzeros, bytes read and written), config.json, tokenizer and provenance, the
+/// evaluation if asked; then commit `dir`.
+PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& cfg,
+                                const core::Checkpoint& ck, core::CheckpointWriter& w,
+                                core::AtomicDir& dir, const PruneCounts& counts,
+                                const std::vector<std::string>& reported, nlohmann::json report,
+                                std::chrono::steady_clock::time_point t0);
 
 /// True when the options need no calibration and no model: magnitude pruning per matrix (or N:M),
 /// and --load-model not given.

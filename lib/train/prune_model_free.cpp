@@ -129,8 +129,9 @@ PrunePlan prune_plan(const core::ModelConfig& cfg, const core::Checkpoint& ck, c
   return p;
 }
 
-// Nonzero values among n floats of dtype dt: a float is zero when every bit but the sign is.
-int64_t nonzeros(const uint8_t* data, core::DType dt, int64_t n) {
+}  // namespace
+
+int64_t float_nonzeros(const uint8_t* data, core::DType dt, int64_t n) {
   int64_t nz = 0;
   if (core::dtype_size(dt) == 4) {
     for (int64_t i = 0; i < n; ++i) {
@@ -148,20 +149,14 @@ int64_t nonzeros(const uint8_t* data, core::DType dt, int64_t n) {
   return nz;
 }
 
+namespace {
+
 struct PruneScratch {
   std::vector<float> w;
   std::vector<uint8_t> out;
   core::ConvertScratch convert;
 };
 
-// What the workers count: zeros per target matrix and nonzeros overall, as the LibTorch path's
-// report counts them on its float32 parameters.
-struct PruneCounts {
-  std::mutex mu;
-  std::map<std::string, int64_t> zeros;  // per module
-  int64_t nonzero = 0;
-  uint64_t read = 0;
-};
 
 // A whole target matrix: widened, pruned, counted, narrowed to the output dtype and written.
 Status matrix_prune(const core::Checkpoint& ck, const PruneMatrix& mx, NMPattern nm,
@@ -201,7 +196,7 @@ void prune_jobs_run(const core::Checkpoint& ck, const PrunePlan& p, const PruneT
       bytes = j.matrix->src->nbytes;
     } else {
       const size_t es = core::dtype_size(j.source->dtype);
-      const int64_t nz = nonzeros(ck.data(*j.source) + uint64_t(j.begin) * es, j.source->dtype,
+      const int64_t nz = float_nonzeros(ck.data(*j.source) + uint64_t(j.begin) * es, j.source->dtype,
                                   j.end - j.begin);
       st = core::block_convert_write(ck, *j.source, out.name, out.dtype, j.begin, j.end, w,
                                      b.convert);
@@ -219,18 +214,18 @@ void prune_jobs_run(const core::Checkpoint& ck, const PrunePlan& p, const PruneT
 
 // prune.json's sparsity account, as sparsity_report (prune.cpp) gives it: every 2-D module that
 // --targets matches (those --ignore keeps included), its fraction of zeros, and the totals.
-nlohmann::json sparsity_account(const PrunePlan& p, const core::Checkpoint& ck,
-                                const PruneCounts& counts) {
+nlohmann::json sparsity_account(const std::vector<std::string>& reported,
+                                const core::Checkpoint& ck, const PruneCounts& counts) {
   nlohmann::json per = nlohmann::json::object();
   int64_t zeros = 0, total = 0;
-  for (const std::string& mod : p.reported) {
+  for (const std::string& mod : reported) {
     const core::TensorInfo* t = ck.find(mod + ".weight");
     const int64_t n = t->numel();
     auto it = counts.zeros.find(mod);
     // A module --targets matches but --ignore keeps: its zeros are those it came with.
     const int64_t z = it != counts.zeros.end()
                           ? it->second
-                          : n - nonzeros(ck.data(*t), t->dtype, n);
+                          : n - float_nonzeros(ck.data(*t), t->dtype, n);
     per[mod] = double(z) / double(n);
     zeros += z;
     total += n;
@@ -246,6 +241,39 @@ std::string tokenizer_of(const PruneOptions& o) {
 }
 
 }  // namespace
+
+PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& cfg,
+                                const core::Checkpoint& ck, core::CheckpointWriter& w,
+                                core::AtomicDir& dir, const PruneCounts& counts,
+                                const std::vector<std::string>& reported, nlohmann::json report,
+                                std::chrono::steady_clock::time_point t0) {
+  throw_if_error(w.finish());
+  const core::DType dt = float_dtype(cfg);
+  const int64_t params = config_parameters(cfg);
+  const int64_t per = dt == core::DType::kF32 ? 4 : 2;
+  report["params_before"] = params;
+  report["params_after"] = params;
+  report["bytes_before"] = params * per;
+  report["bytes_after"] = params * per;
+  report["sparsity"] = sparsity_account(reported, ck, counts);
+  report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
+  report["target_sparsity"] = o.sparsity;
+  report["nonzero_params_after"] = counts.nonzero;
+  report["bytes_read"] = ck.total_bytes();
+  report["bytes_written"] = w.bytes_written();
+  core::ModelConfig out_cfg = cfg;
+  out_cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
+  model_sidecars_write(out_cfg, dir.path(), tokenizer_of(o),
+                       {{"stage", "prune"}, {"method", o.method}, {"from", o.model},
+                        {"sparsity", report["sparsity"]["targeted_sparsity"]}},
+                       params);
+  if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
+  report["peak_rss_mb"] = peak_rss_mb();
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
+}
 
 PruneResult prune_model_free(const PruneOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -271,34 +299,10 @@ PruneResult prune_model_free(const PruneOptions& o) {
                .take_or_throw();
   PruneCounts counts;
   prune_jobs_run(ck, plan, pt, *w, o, counts);
-  throw_if_error(w->finish());
 
-  const int64_t params = config_parameters(cfg);
-  const int64_t per = dt == core::DType::kF32 ? 4 : 2;
   nlohmann::json report = {{"method", o.method}, {"model", o.model}, {"model_free", true},
                            {"threads", std::max(1, o.threads)}};
-  report["params_before"] = params;
-  report["params_after"] = params;
-  report["bytes_before"] = params * per;
-  report["bytes_after"] = params * per;
-  report["sparsity"] = sparsity_account(plan, ck, counts);
-  report["pattern"] = o.pattern.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.pattern);
-  report["target_sparsity"] = o.sparsity;
-  report["nonzero_params_after"] = counts.nonzero;
-  report["bytes_read"] = plan.bytes_to_read;
-  report["bytes_written"] = w->bytes_written();
-  core::ModelConfig out_cfg = cfg;
-  out_cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
-  model_sidecars_write(out_cfg, dir.path(), tokenizer_of(o),
-                       {{"stage", "prune"}, {"method", o.method}, {"from", o.model},
-                        {"sparsity", report["sparsity"]["targeted_sparsity"]}},
-                       params);
-  if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
-  report["peak_rss_mb"] = peak_rss_mb();
-  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
-  throw_if_error(dir.commit());
-  return {report};
+  return prune_output_finish(o, cfg, ck, *w, dir, counts, plan.reported, std::move(report), t0);
 }
 
 }  // namespace shrink::train

@@ -341,6 +341,74 @@ TEST(Prune, ModelFreeMagnitudeWritesTheLibTorchPathsBytes) {
   fs::remove_all(dir);
 }
 
+// Wanda and SparseGPT stream layer by layer (only layer i in memory, from the memory-mapped
+// checkpoint) and must write what the whole-model path writes, byte for byte, with the same
+// report: unstructured and N:M, a sparsity map with --ignore, f32 and bf16 inputs.
+TEST(Prune, StreamingCalibrationEqualsTheWholeModelPath) {
+  env_init(2);
+  std::string dir = test::temp_dir("prune_stream");
+  test::make_inputs(dir);
+  CausalLM m = model_create(test::micro_config(64), 5);
+  model_save(m, dir + "/model");
+  SaveOptions bf;
+  bf.dtype = "bfloat16";
+  model_save(m, dir + "/bf16", bf);
+  struct Case {
+    const char* model;
+    const char* method;
+    double sparsity;
+    const char* pattern;
+    const char* map;
+    const char* ignore;
+  };
+  int compared = 0;
+  for (Case cs : {Case{"model", "sparsegpt", 0.5, "", "", ""},
+                  Case{"model", "wanda", 0.0, "2:4", "", ""},
+                  Case{"bf16", "sparsegpt", 0.0, "2:4", "", ""},
+                  Case{"bf16", "wanda", 0.4, "", R"(mlp=0.6)", R"(.*layers\.1\.self_attn\.q_proj)"}}) {
+    const std::string what = std::string(cs.model) + "/" + cs.method + "/" +
+                             std::to_string(cs.sparsity) + "/" + cs.pattern + "/" + cs.map;
+    PruneOptions o;
+    o.model = dir + "/" + cs.model;
+    o.method = cs.method;
+    o.sparsity = cs.sparsity;
+    o.pattern = cs.pattern;
+    o.sparsity_map = cs.map;
+    o.ignore = cs.ignore;
+    o.data = dir + "/data";
+    o.calib_samples = 6;
+    o.calib_len = 32;
+    o.block_size = 16;
+    o.eval_tokens = compared == 0 ? 512 : 0;
+    o.eval_seq_len = 32;
+    o.out = dir + "/whole";
+    o.load_model = true;
+    PruneResult ref = prune_run(o);
+    o.out = dir + "/stream";
+    o.load_model = false;
+    PruneResult got = prune_run(o);
+    EXPECT_TRUE(got.report["streaming"].get<bool>()) << what;
+    EXPECT_EQ(got.report["layer_seconds"].size(), 2u) << what;
+    for (const char* f : {"model.safetensors", "config.json", "shrink.json"}) {
+      EXPECT_TRUE(core::read_file(dir + "/stream/" + f).take_or_throw() ==
+                  core::read_file(dir + "/whole/" + f).take_or_throw())
+          << what << ": " << f << " differs";
+    }
+    for (const char* k : {"sparsity", "nonzero_params_after", "params_before", "bytes_before",
+                          "calibration", "pattern"}) {
+      EXPECT_EQ(got.report[k], ref.report[k]) << what << ": " << k;
+    }
+    EXPECT_GT(got.report["sparsity"]["targeted_zeros"].get<int64_t>(), 0) << what;
+    if (o.eval_tokens) {
+      EXPECT_DOUBLE_EQ(got.report["perplexity_after"].get<double>(),
+                       ref.report["perplexity_after"].get<double>()) << what;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 4);
+  fs::remove_all(dir);
+}
+
 TEST(Prune, BadOptionsAreRejectedWithClearErrors) {
   auto expect_bad = [](PruneOptions o, const std::string& needle) {
     o.model = o.model.empty() ? "m" : o.model;
