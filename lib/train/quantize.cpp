@@ -753,7 +753,7 @@ void module_quantize(Quant& q, const std::string& mod,
   const QuantSetup& s = q.s;
   const bool asym = q.o.asym;
   torch::Tensor& w = q.weight(mod);
-  q.float_w[mod] = w.clone();
+  if (q.m) q.float_w[mod] = w.clone();  // for --sensitivity (whole-model path only)
   QWeight qw;
   const bool clip = q.o.awq && q.o.awq_clip && !s.gptq &&
                     mod.find("q_proj") == std::string::npos &&
