@@ -18,6 +18,7 @@
 #                     (default: all, in this order). disk-bound times `dd` reading the model's
 #                     weights and writing as many bytes (fdatasync): the speed of this disk.
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
+# KEEP_OUTPUTS=0 removes each stage's output after it is measured.
 # Calibration: CALIB_SAMPLES x CALIB_LEN tokens (default 128 x 2048) of the fortunes corpus
 # tokenized with the default teacher's tokenizer (ids below every shape's vocabulary).
 # Needs a built tree (scripts/setup.sh) and GNU time (Debian's `time`, which setup.sh installs).
@@ -138,6 +139,9 @@ for s in $stages; do
       run "$s" "$SHRINK" "${global[@]}" verify "$q" --reference "$M" --data "$D" --max-tokens 4096 --seq-len 512 \
         --prompt-len 64 --gen-len 16 ;;
   esac
+  # KEEP_OUTPUTS=0: drop each stage's output once measured (an 8B shape's outputs outgrow a disk),
+  # but for the W8A16 model that verify reads.
+  if [ "${KEEP_OUTPUTS:-1}" = 0 ] && [ "$s" != quantize-w8a16-rtn ]; then rm -rf "${out:?}/$s"; fi
 done
 
 n_layers=$(grep -o '"num_hidden_layers": [0-9]*' "$out/config.json" | grep -o '[0-9]*$')

@@ -25,6 +25,12 @@
 // uses the stored int8 weights times their scales and the same round-half-even / [-127, 127]
 // activation rounding as the runtime, so the accuracy measured here is the runtime's. The
 // public API has no LibTorch types. Tested in tests/train/test_quantize.cpp.
+//
+// Three paths write the same bytes (tested): round to nearest without calibration is model-free
+// (quantize_model_free.cpp: tensor by tensor from the memory-mapped input, no LibTorch model);
+// calibrated methods stream (quantize_streaming: only decoder layer i in memory, built from the
+// checkpoint, written as soon as it is quantized); --sensitivity, which revisits every layer,
+// and --load-model build the whole model (the reference path).
 #pragma once
 
 #include <cstdint>
