@@ -101,8 +101,15 @@ torch::Tensor obs_inverse_factor(torch::Tensor H, double damp, torch::Tensor* de
   H.diagonal().masked_fill_(d, 1.0);
   H.diagonal().add_(damp * H.diagonal().mean().item<double>());
   if (dead) *dead = d;
-  auto Hinv = torch::cholesky_inverse(torch::linalg::cholesky(H));
-  return torch::linalg::cholesky(Hinv).t().contiguous();
+  // Each in x in intermediate is dropped as soon as the next exists, so that at most two are
+  // alive at once (on a down_proj of the 8B shape each takes 1.5 GiB).
+  auto L = torch::linalg::cholesky(H);
+  H = torch::Tensor();
+  auto Hinv = torch::cholesky_inverse(L);
+  L = torch::Tensor();
+  auto Lu = torch::linalg::cholesky(Hinv);
+  Hinv = torch::Tensor();
+  return Lu.t().contiguous();
 }
 
 torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsity, NMPattern nm,
@@ -600,13 +607,17 @@ void layer_prune(const PruneOptions& o, const PruneTargets& pt, DecoderLayerImpl
     layer_over_batches(layer, c, [&](const torch::Tensor&, const torch::Tensor&) {
       tap.last_ptr = nullptr;
     });
-    for (auto& [mod, w] : mats) {
-      const torch::Tensor& st = tap.stats.at(input_group(mod));
+    for (size_t k = 0; k < mats.size(); ++k) {
+      auto& [mod, w] = mats[k];
+      const std::string group = input_group(mod);
+      const torch::Tensor& st = tap.stats.at(group);
       if (o.method == "wanda") {
         w.mul_(mask_wanda(w, st, pt.sparsity_of(mod), pt.nm).to(w.scalar_type()));
       } else {
         sparsegpt_prune_(w, st, pt.sparsity_of(mod), pt.nm, o.block_size, o.damp);
       }
+      // The group's statistics (SparseGPT: an in x in float64 Hessian) once its last module is done.
+      if (k + 1 == mats.size() || input_group(mats[k + 1].first) != group) tap.stats.erase(group);
     }
   }
   tap.wanted.clear();

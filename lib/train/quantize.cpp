@@ -810,6 +810,7 @@ void layer_quantize(Quant& q, const QuantLayer& l, const torch::Tensor& x, bool 
   for (const auto& h : l.heads) {
     q.tap->modules.insert(h);
     for (const auto& mod : group_modules(h)) module_quantize(q, mod, ct.stats, h, final);
+    ct.stats.erase(h);  // its Hessian (in x in float64) is no longer needed
   }
 }
 
