@@ -22,6 +22,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -315,6 +316,98 @@ Status AtomicDir::commit() {
   if (!had_old) test_kill_in_commit();
   if (had_old) fsys::remove_all(old, ec);  // the new directory is in place; a leftover is harmless
   return Status::ok();
+}
+
+Result<uint64_t> bytes_parse(const std::string& text) {
+  auto bad = [&] {
+    return Status(StatusCode::kInvalidInput,
+                  "size '" + text + "': expected a number of bytes with an optional K, M, G or T "
+                  "(powers of 1024), such as 4G or 512M");
+  };
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return bad();
+  }
+  std::string unit = text.substr(used);
+  // "GiB" / "GB" / "G", "B" / "".
+  if (unit.size() == 3 && (unit.compare(1, 2, "iB") == 0 || unit.compare(1, 2, "ib") == 0)) {
+    unit.resize(1);
+  } else if (unit.size() == 2 && (unit[1] == 'B' || unit[1] == 'b')) {
+    unit.resize(1);
+  } else if (unit == "B" || unit == "b") {
+    unit.clear();
+  }
+  double mul = 1;
+  if (unit == "k" || unit == "K") mul = 1024.0;
+  else if (unit == "m" || unit == "M") mul = 1024.0 * 1024;
+  else if (unit == "g" || unit == "G") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "T") mul = 1024.0 * 1024 * 1024 * 1024;
+  else if (!unit.empty()) return bad();
+  const double bytes = v * mul;
+  if (!(bytes >= 0) || bytes > 1.8e19) return bad();
+  return uint64_t(bytes);
+}
+
+Result<ScratchBuffer> ScratchBuffer::create(uint64_t bytes, bool spill, const std::string& dir) {
+  ScratchBuffer b;
+  b.size_ = bytes;
+  if (bytes == 0) return b;
+  if (!spill) {
+    b.data_ = static_cast<uint8_t*>(std::malloc(bytes));
+    if (!b.data_) return Status(StatusCode::kIoError, "cannot allocate " + std::to_string(bytes) + " bytes");
+    return b;
+  }
+  std::string path = (dir.empty() ? std::string("/tmp") : dir) + "/.shrink-spill-XXXXXX";
+  int fd = mkstemp(path.data());
+  if (fd < 0) return Status(StatusCode::kIoError, path + ": cannot create a spill file: " + std::strerror(errno));
+  unlink(path.c_str());
+  if (ftruncate(fd, off_t(bytes)) != 0) {
+    const int e = errno;
+    close(fd);
+    return Status(StatusCode::kIoError, "cannot size a spill file of " + std::to_string(bytes) +
+                                            " bytes in " + dir + ": " + std::strerror(e));
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return Status(StatusCode::kIoError, std::string("cannot map a spill file: ") + std::strerror(errno));
+  b.data_ = static_cast<uint8_t*>(p);
+  b.mapped_ = true;
+  return b;
+}
+
+ScratchBuffer::ScratchBuffer(ScratchBuffer&& o) noexcept
+    : data_(o.data_), size_(o.size_), mapped_(o.mapped_) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+ScratchBuffer& ScratchBuffer::operator=(ScratchBuffer&& o) noexcept {
+  if (this != &o) {
+    this->~ScratchBuffer();
+    data_ = o.data_;
+    size_ = o.size_;
+    mapped_ = o.mapped_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+ScratchBuffer::~ScratchBuffer() {
+  if (!data_) return;
+  if (mapped_) munmap(data_, size_);
+  else std::free(data_);
+  data_ = nullptr;
+}
+
+void ScratchBuffer::release(uint64_t offset, uint64_t n) {
+  if (!mapped_ || n == 0) return;
+  const uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
+  const uint64_t begin = (offset + page - 1) / page * page, end = (offset + n) / page * page;
+  if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);
 }
 
 }  // namespace shrink::core

@@ -63,6 +63,37 @@ class AtomicDir {
   bool committed_ = false;
 };
 
+/// A size as users write it: "4G", "512M", "1.5GiB", "64k", "1000000" (bytes); K, M, G and T are
+/// powers of 1024, with or without "iB"/"B". kInvalidInput names the text and what is expected.
+Result<uint64_t> bytes_parse(const std::string& text);
+
+/// Scratch memory of `bytes` bytes: on the heap, or (spilled) a shared mapping of an unlinked
+/// temporary file in `dir`, whose pages the kernel writes back and drops under memory pressure,
+/// and which release() drops from this process's resident memory at once. For buffers larger
+/// than a stage's memory budget (the calibration states of --max-memory); the file disappears
+/// with the buffer, or with the process.
+class ScratchBuffer {
+ public:
+  static Result<ScratchBuffer> create(uint64_t bytes, bool spill, const std::string& dir);
+  ScratchBuffer() = default;
+  ScratchBuffer(ScratchBuffer&& o) noexcept;
+  ScratchBuffer& operator=(ScratchBuffer&& o) noexcept;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer();
+  uint8_t* data() { return data_; }
+  uint64_t size() const { return size_; }
+  bool spilled() const { return mapped_; }
+  /// Spilled: drop bytes [offset, offset + n) from resident memory (they stay in the file and the
+  /// page cache; reading them again brings them back). On the heap: nothing.
+  void release(uint64_t offset, uint64_t n);
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  bool mapped_ = false;
+};
+
 /// Fault-injection hooks for tests/cli/test_faults.sh (the model of SHRINK_TEST_KILL_STEP in
 /// lib/train/trainer.cpp). Each raises SIGKILL on this process, as `kill -9` or the OOM killer
 /// would, at a chosen point; each is a no-op unless its variable is set.

@@ -195,12 +195,18 @@ DecoderLayer layer_load(const core::ModelConfig& c, const core::Checkpoint& ck, 
 }
 
 torch::Tensor embed_rows(const core::ModelConfig& c, const core::Checkpoint& ck,
-                         const torch::Tensor& ids) {
+                         const torch::Tensor& ids, torch::Tensor out) {
   const core::TensorInfo* t = ck.find("model.embed_tokens.weight");
   if (!t) throw Error(StatusCode::kInvalidInput, ck.dir() + ": missing model.embed_tokens.weight");
   const int64_t H = c.hidden_size;
   auto flat = ids.reshape({-1}).to(torch::kInt64).contiguous();
-  auto out = torch::empty({flat.numel(), H}, torch::kFloat32);
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(H);
+  if (!out.defined()) out = torch::empty(shape, torch::kFloat32);
+  if (!out.is_contiguous() || out.scalar_type() != torch::kFloat32 ||
+      out.numel() != flat.numel() * H) {
+    throw Error(StatusCode::kInternal, "embed_rows: the output is not a contiguous float32 [N, T, H]");
+  }
   const size_t es = core::dtype_size(t->dtype);
   const int64_t* id = flat.data_ptr<int64_t>();
   for (int64_t r = 0; r < flat.numel(); ++r) {
@@ -212,8 +218,6 @@ torch::Tensor embed_rows(const core::ModelConfig& c, const core::Checkpoint& ck,
     core::convert_to_f32(t->dtype, ck.data(*t) + uint64_t(id[r] * H) * es,
                          out.data_ptr<float>() + r * H, H);
   }
-  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
-  shape.push_back(H);
   return out.reshape(shape);
 }
 

@@ -146,9 +146,10 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables_for(const core::ModelConfig&
 DecoderLayer layer_load(const core::ModelConfig& c, const core::Checkpoint& ck, int64_t i);
 
 /// The embedding of ids [N, T] (int64), [N, T, H] float32 as embed_tokens gives it, gathered
-/// row by row from the checkpoint's table without loading it whole.
+/// row by row from the checkpoint's table without loading it whole; into `out` when given (a
+/// contiguous float32 [N, T, H], such as a spilled buffer), else a new tensor.
 torch::Tensor embed_rows(const core::ModelConfig& c, const core::Checkpoint& ck,
-                         const torch::Tensor& ids);
+                         const torch::Tensor& ids, torch::Tensor out = {});
 
 /// Fresh model with transformers' default init: normal(0, initializer_range) for linear and
 /// embedding weights (initializer_range from config.json, else 0.02), ones for norms, zeros

@@ -355,6 +355,7 @@ void prune_validate(const PruneOptions& o) {
     if (o.channel_multiple < 1) bad("--channel-multiple must be >= 1");
   }
   if (o.calib_samples < 1 || o.calib_len < 2) bad("--calib-samples must be >= 1 and --calib-len >= 2");
+  if (auto mm = core::bytes_parse(o.max_memory); !mm.is_ok()) bad("--max-memory: " + mm.status().message());
 }
 
 // ---- Calibration ------------------------------------------------------------------------------------
@@ -558,6 +559,9 @@ struct CalibState {
   torch::Tensor ids;  // [N, calib_len] int64
   torch::Tensor X;    // [N, calib_len, H]
   torch::Tensor cos, sin;
+  // Streaming: X's buffer, spilled to a file beyond --max-memory; each batch is then dropped
+  // from resident memory once used.
+  core::ScratchBuffer* states = nullptr;
   int64_t n() const { return ids.size(0); }
 };
 
@@ -579,6 +583,9 @@ void layer_over_batches(DecoderLayerImpl& layer, const CalibState& c, F&& each_b
   for (int64_t b = 0; b < N; b += 8) {
     auto x = c.X.narrow(0, b, std::min<int64_t>(8, N - b));
     each_batch(x, layer.forward(x, c.cos, c.sin, 0, nullptr, nullptr));
+    if (c.states && c.states->spilled()) {
+      c.states->release(uint64_t(b) * uint64_t(x.nbytes() / x.size(0)), uint64_t(x.nbytes()));
+    }
   }
 }
 
@@ -699,7 +706,16 @@ PruneResult prune_calibrated_streaming(const PruneOptions& o) {
   std::vector<int32_t> calib = calibration_tokens(o, &N);
   c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
   std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
-  c.X = embed_rows(cfg, ck, c.ids);
+  const uint64_t states_bytes = uint64_t(N * o.calib_len * cfg.hidden_size) * 4;
+  const std::string spill_dir = fs::path(o.out).parent_path().string();
+  core::ScratchBuffer states =
+      core::ScratchBuffer::create(states_bytes,
+                                  states_bytes > core::bytes_parse(o.max_memory).take_or_throw(),
+                                  spill_dir.empty() ? "." : spill_dir)
+          .take_or_throw();
+  c.states = &states;
+  c.X = embed_rows(cfg, ck, c.ids,
+                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
   StatsTap tap;
   tap.hessian = o.method == "sparsegpt";
   PruneCounts counts;
@@ -727,7 +743,11 @@ PruneResult prune_calibrated_streaming(const PruneOptions& o) {
   nlohmann::json report = {{"method", o.method},
                            {"model", o.model},
                            {"streaming", true},
-                           {"calibration", {{"sequences", c.n()}, {"seq_len", o.calib_len}}},
+                           {"calibration",
+                            {{"sequences", c.n()},
+                             {"seq_len", o.calib_len},
+                             {"states_bytes", states.size()},
+                             {"states_spilled", states.spilled()}}},
                            {"layer_seconds", layer_seconds}};
   return prune_output_finish(o, cfg, ck, *w, dir, counts, reported, std::move(report), t0);
 }

@@ -60,6 +60,8 @@ struct PruneOptions {
   // LibTorch path.
   bool load_model = false;
   int threads = 1;
+  // Budget for the calibration states of the layer-by-layer path (see QuantizeOptions).
+  std::string max_memory = "4G";
 };
 
 struct PruneResult {

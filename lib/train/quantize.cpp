@@ -531,6 +531,7 @@ void quantize_validate(const QuantizeOptions& o) {
     bad(std::string("--targets/--ignore: bad regex: ") + e.what());
   }
   if (o.calib_samples < 1 || o.calib_len < 2) bad("--calib-samples must be >= 1 and --calib-len >= 2");
+  if (auto m = core::bytes_parse(o.max_memory); !m.is_ok()) bad("--max-memory: " + m.status().message());
   if (o.keep_float < 0) bad("--keep-float must be >= 0");
   if (o.keep_float > 0 && !o.sensitivity) bad("--keep-float needs --sensitivity (it keeps the most sensitive modules)");
 }
@@ -712,18 +713,45 @@ struct Quant {
     const std::string pre = "model.layers." + std::to_string(i) + ".";
     for (auto& p : layer.named_parameters()) params.insert(pre + p.key(), p.value());
   }
-  // The layer's outputs for inputs x, 8 sequences at a time, its linear inputs seen by `t`.
-  torch::Tensor layer_forward(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
+  // The calibration states' buffer (streaming; null otherwise): spilled to a file beyond
+  // --max-memory, and then each batch is dropped from resident memory once used.
+  core::ScratchBuffer* states = nullptr;
+  void release(const torch::Tensor& batch) {
+    if (!states || !states->spilled()) return;
+    const uint8_t* p = static_cast<const uint8_t*>(batch.data_ptr());
+    if (p >= states->data() && p < states->data() + states->size()) {
+      states->release(uint64_t(p - states->data()), uint64_t(batch.nbytes()));
+    }
+  }
+  // x through the layer, 8 sequences at a time, its linear inputs seen by `t`; each batch's
+  // output goes to each(b, y).
+  template <typename F>
+  void layer_batches(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x, F&& each) {
     layer.self_attn->tap = t;
     layer.mlp->tap = t;
-    std::vector<torch::Tensor> outs;
     for (int64_t b = 0; b < x.size(0); b += 8) {
-      outs.push_back(layer.forward(x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b)), cos, sin,
-                                   0, nullptr, nullptr));
+      auto xb = x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b));
+      each(b, layer.forward(xb, cos, sin, 0, nullptr, nullptr));
+      release(xb);
     }
     layer.self_attn->tap = nullptr;
     layer.mlp->tap = nullptr;
+  }
+  // The layer's outputs for inputs x (a few sequences: SmoothQuant's alpha search).
+  torch::Tensor layer_forward(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
+    std::vector<torch::Tensor> outs;
+    layer_batches(layer, t, x, [&](int64_t, torch::Tensor y) { outs.push_back(std::move(y)); });
     return torch::cat(outs, 0);
+  }
+  // Only what `t` sees of the layer's inputs (the outputs are not kept).
+  void layer_observe(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x) {
+    layer_batches(layer, t, x, [](int64_t, const torch::Tensor&) {});
+  }
+  // x replaced by the layer's outputs, batch by batch (a sequence's output depends on it alone).
+  void layer_forward_inplace(DecoderLayerImpl& layer, LinearTap* t, torch::Tensor& x) {
+    layer_batches(layer, t, x, [&](int64_t b, const torch::Tensor& y) {
+      x.narrow(0, b, y.size(0)).copy_(y);
+    });
   }
 };
 
@@ -802,7 +830,7 @@ void layer_quantize(Quant& q, const QuantLayer& l, const torch::Tensor& x, bool 
     ct.histograms = s.stat && (o.observer == "percentile" || o.observer == "mse" ||
                                o.observer == "entropy");
     ct.hessian = s.gptq || o.awq;
-    q.layer_forward(l.layer, &ct, x);
+    q.layer_observe(l.layer, &ct, x);
   }
   if (s.stat) {
     for (const auto& h : l.heads) q.tap->input_scales[h] = float(observe(ct.stats.at(h), o));
@@ -820,7 +848,7 @@ void layer_smooth(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
   const core::ModelConfig& cfg = q.cfg;
   CalibTap ct;
   for (const char* g : kGroupHeads) ct.wanted.insert(l.pre + g);
-  q.layer_forward(l.layer, &ct, X);
+  q.layer_observe(l.layer, &ct, X);
   std::map<std::string, torch::Tensor> amax = {
       {"qkv", ct.stats[l.pre + "self_attn.q_proj"].act_max},
       {"o", ct.stats[l.pre + "self_attn.o_proj"].act_max},
@@ -859,7 +887,7 @@ void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
   CalibTap ct;
   ct.wanted.insert(l.heads.begin(), l.heads.end());
   ct.hessian = ct.means = true;
-  q.layer_forward(l.layer, &ct, X);
+  q.layer_observe(l.layer, &ct, X);
   const int64_t nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim, rep = nh / nkv;
   std::map<std::string, torch::Tensor> sc = {{"qkv", torch::ones({cfg.hidden_size})},
                                              {"o", torch::ones({nkv * hd})},
@@ -889,13 +917,13 @@ void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
 }
 
 // Layer l on the calibration states X entering it: smoothed (SmoothQuant) or rescaled (AWQ),
-// then quantized. Returns the quantized layer's outputs, which enter the next layer.
-torch::Tensor layer_step(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
+// then quantized. X then holds the quantized layer's outputs, which enter the next layer.
+void layer_step(Quant& q, const QuantLayer& l, torch::Tensor& X) {
   const QuantizeOptions& o = q.o;
   if (!o.smoothquant.empty() && !l.heads.empty()) layer_smooth(q, l, X);
   if (o.awq && !l.heads.empty()) layer_awq(q, l, X);
   if (!l.heads.empty()) layer_quantize(q, l, X, true);
-  return q.layer_forward(l.layer, q.s.act ? q.tap.get() : nullptr, X);
+  q.layer_forward_inplace(l.layer, q.s.act ? q.tap.get() : nullptr, X);
 }
 
 // Decoder layer i of `layer`, with its quantized groups among `heads`.
@@ -914,7 +942,7 @@ void layers_quantize(Quant& q, const std::vector<std::string>& heads, const torc
   torch::Tensor X = q.m->model->embed_tokens(ids);
   core::Progress prog("quantize " + q.o.scheme, uint64_t(num_layers), "layers", q.o.progress);
   for (int64_t i = 0; i < num_layers; ++i) {
-    X = layer_step(q, quant_layer(*q.m->model->layers->ptr<DecoderLayerImpl>(size_t(i)), i, heads), X);
+    layer_step(q, quant_layer(*q.m->model->layers->ptr<DecoderLayerImpl>(size_t(i)), i, heads), X);
     prog.update(uint64_t(i + 1));
   }
   prog.finish();
@@ -1150,14 +1178,16 @@ std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::s
   const std::vector<core::TensorSpec> specs = core::expected_tensors(q.cfg);
   const int64_t num_layers = q.cfg.num_layers;
   std::vector<double> seconds;
-  torch::Tensor X = embed_rows(q.cfg, ck, ids);
+  torch::Tensor X = torch::from_blob(q.states->data(), {ids.size(0), ids.size(1), q.cfg.hidden_size},
+                                     torch::kFloat32);
+  embed_rows(q.cfg, ck, ids, X);
   core::Progress prog("quantize " + q.o.scheme, uint64_t(num_layers), "layers", q.o.progress);
   for (int64_t i = 0; i < num_layers; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     DecoderLayer layer = layer_load(q.cfg, ck, i);
     layer->eval();
     q.hold(*layer, i);
-    X = layer_step(q, quant_layer(*layer, i, heads), X);
+    layer_step(q, quant_layer(*layer, i, heads), X);
     layer_tensors_write(q, specs, i, quantized, w);
     layer_forget(q, i);
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -1184,6 +1214,15 @@ void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& cf
   }));
 }
 
+// The buffer of the calibration states [samples, calib_len, hidden] float32: in memory within
+// --max-memory, else a temporary file beside --out.
+core::ScratchBuffer calibration_states(const QuantizeOptions& o, int64_t samples, int64_t hidden) {
+  const uint64_t bytes = uint64_t(samples * o.calib_len * hidden) * 4;
+  const uint64_t budget = core::bytes_parse(o.max_memory).take_or_throw();
+  const std::string dir = fs::path(o.out).parent_path().string();
+  return core::ScratchBuffer::create(bytes, bytes > budget, dir.empty() ? "." : dir).take_or_throw();
+}
+
 QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
@@ -1205,6 +1244,8 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
                                           core::kDefaultMaxShardBytes)
                .take_or_throw();
   Quant q(o, setup, cfg, CausalLM(nullptr));
+  core::ScratchBuffer states = calibration_states(o, ids.size(0), cfg.hidden_size);
+  q.states = &states;
   const std::vector<double> layer_seconds =
       layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w);
   outer_tensors_write(ck, cfg, *w, o.threads);
@@ -1215,6 +1256,8 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
   report["streaming"] = true;
   report["layer_seconds"] = layer_seconds;
+  report["calibration"]["states_bytes"] = states.size();
+  report["calibration"]["states_spilled"] = states.spilled();
   report["bytes_before"] = uint64_t(config_parameters(cfg)) * core::dtype_size(float_dtype(cfg));
   report["bytes_after"] = quantized_plan_bytes(plan);
   report["bytes_read"] = ck.total_bytes();

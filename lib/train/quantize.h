@@ -83,6 +83,10 @@ struct QuantizeOptions {
   bool load_model = false;
   int threads = 1;
   int64_t block_elements = int64_t(1) << 20;  // model-free: weights per unit of work and thread
+  // Budget for the calibration states (samples x tokens x hidden, float32) of the layer-by-layer
+  // path: beyond it they live in a temporary file next to --out (the kernel pages them in and
+  // out) instead of memory. Same results either way.
+  std::string max_memory = "4G";
 };
 
 struct QuantizeResult {

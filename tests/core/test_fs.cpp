@@ -183,3 +183,46 @@ TEST_F(FsTest, AtomicDirRejectsUnusablePaths) {
 
 }  // namespace
 }  // namespace shrink::core
+
+namespace shrink::core {
+namespace {
+
+// Sizes as users write them (--max-memory): powers of 1024, optional iB/B, clear errors.
+TEST(BytesParse, SuffixesArePowersOf1024AndJunkIsRefused) {
+  EXPECT_EQ(bytes_parse("4G").value(), uint64_t(4) << 30);
+  EXPECT_EQ(bytes_parse("512M").value(), uint64_t(512) << 20);
+  EXPECT_EQ(bytes_parse("1.5GiB").value(), uint64_t(3) << 29);
+  EXPECT_EQ(bytes_parse("64k").value(), uint64_t(65536));
+  EXPECT_EQ(bytes_parse("2TB").value(), uint64_t(2) << 40);
+  EXPECT_EQ(bytes_parse("100").value(), uint64_t(100));
+  EXPECT_EQ(bytes_parse("100B").value(), uint64_t(100));
+  for (const char* bad : {"", "G", "4X", "4GG", "-1G", "four", "4 G", "nan"}) {
+    auto r = bytes_parse(bad);
+    ASSERT_FALSE(r.is_ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput) << bad;
+    EXPECT_NE(r.status().message().find("expected a number of bytes"), std::string::npos) << bad;
+  }
+}
+
+// A spilled buffer is a file mapping: what is written reads back after its pages are released,
+// and the file leaves no name behind.
+TEST(ScratchBuffer, SpilledPagesReadBackAfterRelease) {
+  const std::string dir = fsys::temp_directory_path() / ("shrink_spill_" + std::to_string(getpid()));
+  fsys::create_directories(dir);
+  const uint64_t n = uint64_t(3) << 20;
+  for (bool spill : {false, true}) {
+    ScratchBuffer b = ScratchBuffer::create(n, spill, dir).take_or_throw();
+    ASSERT_EQ(b.size(), n);
+    EXPECT_EQ(b.spilled(), spill);
+    for (uint64_t i = 0; i < n; ++i) b.data()[i] = uint8_t(i * 131 + 7);
+    b.release(0, n);
+    uint64_t wrong = 0;
+    for (uint64_t i = 0; i < n; ++i) wrong += b.data()[i] != uint8_t(i * 131 + 7);
+    EXPECT_EQ(wrong, 0u) << spill;
+  }
+  EXPECT_TRUE(fsys::is_empty(dir));
+  fsys::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace shrink::core

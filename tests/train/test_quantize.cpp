@@ -593,7 +593,8 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
 // Calibrated methods stream layer by layer (only layer i in memory, from the memory-mapped
 // checkpoint) and must write what the whole-model path writes, byte for byte, with the same
 // calibration report: GPTQ (act-order groups too), SmoothQuant with an auto alpha and static
-// observers, AWQ with and without zero points; f32 and bf16 inputs.
+// observers, AWQ with and without zero points; f32 and bf16 inputs; the calibration states in
+// memory or spilled to a file under a tiny --max-memory.
 TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
   env_init(2);
   std::string dir = test::temp_dir("quant_stream");
@@ -643,8 +644,11 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
     o.out = dir + "/stream";
     o.load_model = false;
     o.threads = 2;
+    o.max_memory = compared % 2 ? "1k" : "4G";  // odd cases: the states spill to a file
     QuantizeResult got = quantize_run(o);
     EXPECT_TRUE(got.report["streaming"].get<bool>()) << what;
+    EXPECT_EQ(got.report["calibration"]["states_spilled"].get<bool>(), compared % 2 == 1) << what;
+    EXPECT_EQ(got.report["calibration"]["states_bytes"].get<uint64_t>(), 6u * 32u * 32u * 4u) << what;
     EXPECT_EQ(got.report["layer_seconds"].size(), 2u) << what;
     for (const char* f : {"model.safetensors", "config.json", "shrink.json"}) {
       EXPECT_TRUE(core::read_file(dir + "/stream/" + f).take_or_throw() ==
@@ -652,7 +656,8 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
           << what << ": " << f << " differs";
     }
     for (const char* k : {"bytes_before", "bytes_after", "quantized_modules", "gptq", "awq",
-                          "smoothquant_alpha_per_layer", "calibration/sequences"}) {
+                          "smoothquant_alpha_per_layer", "calibration/sequences",
+                          "calibration/seq_len"}) {
       const nlohmann::json::json_pointer ptr(std::string("/") + k);
       EXPECT_EQ(got.report.value(ptr, nlohmann::json()), ref.report.value(ptr, nlohmann::json()))
           << what << ": " << k;

@@ -56,6 +56,11 @@ void register_prune(CLI::App& app, Globals& g) {
       ->capture_default_str();
   sub->add_option("--eval-seq-len", o->eval_seq_len, "Validation window length")->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed")->capture_default_str();
+  sub->add_option("--max-memory", o->max_memory,
+                  "Budget for the calibration states (samples x tokens x hidden, float32) of the "
+                  "layer-by-layer path, such as 4G or 512M; beyond it they spill to a temporary "
+                  "file beside --out (same results)")
+      ->capture_default_str();
   sub->add_flag("--load-model", o->load_model,
                 "magnitude: prune through the LibTorch model (the reference path; by default "
                 "per-matrix and N:M magnitude pruning run model-free, tensor by tensor)");
