@@ -43,6 +43,20 @@ Status block_convert_write(const Checkpoint& ck, const TensorInfo& src, const st
   return st;
 }
 
+Status tensors_convert_write(const Checkpoint& ck, const std::vector<TensorView>& plan,
+                             CheckpointWriter& w, int threads, int64_t block_elements) {
+  threads = std::max(1, threads);
+  const std::vector<TensorBlock> blocks = tensor_blocks(plan, block_elements);
+  std::vector<ConvertScratch> scratch(static_cast<size_t>(threads));
+  return parallel_each(blocks.size(), threads, [&](size_t k, int worker) {
+    const TensorView& out = plan[blocks[k].tensor];
+    const TensorInfo* src = ck.find(out.name);
+    if (!src) return Status(StatusCode::kInvalidInput, ck.dir() + ": missing tensor " + out.name);
+    return block_convert_write(ck, *src, out.name, out.dtype, blocks[k].begin, blocks[k].end, w,
+                               scratch[size_t(worker)]);
+  });
+}
+
 Status parallel_each(size_t n, int threads, const std::function<Status(size_t k, int worker)>& fn) {
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};

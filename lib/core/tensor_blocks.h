@@ -36,6 +36,12 @@ Status block_convert_write(const Checkpoint& ck, const TensorInfo& src, const st
                            DType dt, int64_t begin, int64_t end, CheckpointWriter& w,
                            ConvertScratch& s);
 
+/// Every tensor of `plan` (names as in `ck`, dtypes as planned) converted and written through
+/// `w`, in blocks of `block_elements` on `threads` workers (block_convert_write each).
+Status tensors_convert_write(const Checkpoint& ck, const std::vector<TensorView>& plan,
+                             CheckpointWriter& w, int threads,
+                             int64_t block_elements = int64_t(1) << 20);
+
 /// Calls fn(k, worker) once for every k in [0, n), on `threads` threads (this one included;
 /// `worker` in [0, threads) names the thread, for its scratch buffers). After the first error no
 /// new k starts, and that error is returned.

@@ -659,18 +659,15 @@ void layer_write(DecoderLayerImpl& layer, int64_t i, const std::vector<core::Ten
 
 // The tensors outside the decoder layers, converted as they are, their nonzeros counted.
 void outer_write(const core::Checkpoint& ck, const std::vector<core::TensorSpec>& specs,
-                 core::DType dt, core::CheckpointWriter& w, PruneCounts& counts) {
-  core::ConvertScratch scratch;
+                 core::DType dt, core::CheckpointWriter& w, PruneCounts& counts, int threads) {
+  std::vector<core::TensorView> outer;
   for (const core::TensorSpec& spec : specs) {
     if (spec.layer >= 0) continue;
     const core::TensorInfo* t = ck.find(spec.name);
     counts.nonzero += float_nonzeros(ck.data(*t), t->dtype, t->numel());
-    for (int64_t b = 0; b < t->numel(); b += int64_t(1) << 20) {
-      throw_if_error(core::block_convert_write(ck, *t, spec.name, dt, b,
-                                               std::min(t->numel(), b + (int64_t(1) << 20)), w,
-                                               scratch));
-    }
+    outer.push_back({spec.name, dt, spec.shape, nullptr, 0});
   }
+  throw_if_error(core::tensors_convert_write(ck, outer, w, threads));
 }
 
 PruneResult prune_calibrated_streaming(const PruneOptions& o) {
@@ -706,13 +703,8 @@ PruneResult prune_calibrated_streaming(const PruneOptions& o) {
   std::vector<int32_t> calib = calibration_tokens(o, &N);
   c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
   std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
-  const uint64_t states_bytes = uint64_t(N * o.calib_len * cfg.hidden_size) * 4;
-  const std::string spill_dir = fs::path(o.out).parent_path().string();
-  core::ScratchBuffer states =
-      core::ScratchBuffer::create(states_bytes,
-                                  states_bytes > core::bytes_parse(o.max_memory).take_or_throw(),
-                                  spill_dir.empty() ? "." : spill_dir)
-          .take_or_throw();
+  core::ScratchBuffer states = calibration_states(
+      o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
   c.states = &states;
   c.X = embed_rows(cfg, ck, c.ids,
                    torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
@@ -739,7 +731,7 @@ PruneResult prune_calibrated_streaming(const PruneOptions& o) {
   }
   prog.finish();
   if (matched == 0) bad("--targets '" + o.targets + "' matches no linear layer of " + o.model);
-  outer_write(ck, specs, dt, *w, counts);
+  outer_write(ck, specs, dt, *w, counts, o.threads);
   nlohmann::json report = {{"method", o.method},
                            {"model", o.model},
                            {"streaming", true},

@@ -1205,22 +1205,7 @@ void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& cf
   for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
     if (spec.layer < 0) outer.push_back({spec.name, float_dtype(cfg), spec.shape, nullptr, 0});
   }
-  const std::vector<core::TensorBlock> blocks = core::tensor_blocks(outer, int64_t(1) << 20);
-  std::vector<core::ConvertScratch> scratch(size_t(std::max(1, threads)));
-  throw_if_error(core::parallel_each(blocks.size(), std::max(1, threads), [&](size_t k, int worker) {
-    const core::TensorView& out = outer[blocks[k].tensor];
-    return core::block_convert_write(ck, *ck.find(out.name), out.name, out.dtype, blocks[k].begin,
-                                     blocks[k].end, w, scratch[size_t(worker)]);
-  }));
-}
-
-// The buffer of the calibration states [samples, calib_len, hidden] float32: in memory within
-// --max-memory, else a temporary file beside --out.
-core::ScratchBuffer calibration_states(const QuantizeOptions& o, int64_t samples, int64_t hidden) {
-  const uint64_t bytes = uint64_t(samples * o.calib_len * hidden) * 4;
-  const uint64_t budget = core::bytes_parse(o.max_memory).take_or_throw();
-  const std::string dir = fs::path(o.out).parent_path().string();
-  return core::ScratchBuffer::create(bytes, bytes > budget, dir.empty() ? "." : dir).take_or_throw();
+  throw_if_error(core::tensors_convert_write(ck, outer, w, threads));
 }
 
 QuantizeResult quantize_streaming(const QuantizeOptions& o) {
@@ -1244,7 +1229,8 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
                                           core::kDefaultMaxShardBytes)
                .take_or_throw();
   Quant q(o, setup, cfg, CausalLM(nullptr));
-  core::ScratchBuffer states = calibration_states(o, ids.size(0), cfg.hidden_size);
+  core::ScratchBuffer states = calibration_states(
+      o.out, o.max_memory, uint64_t(ids.size(0) * o.calib_len * cfg.hidden_size) * 4);
   q.states = &states;
   const std::vector<double> layer_seconds =
       layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w);

@@ -169,6 +169,13 @@ void quantized_sidecars_write(const QuantizeOptions& o, core::QuantScheme scheme
   throw_if_error(core::write_file_atomic(dir + "/shrink.json", prov.dump(2) + "\n"));
 }
 
+core::ScratchBuffer calibration_states(const std::string& out, const std::string& max_memory,
+                                       uint64_t bytes) {
+  const uint64_t budget = core::bytes_parse(max_memory).take_or_throw();
+  const std::string dir = fs::path(out).parent_path().string();
+  return core::ScratchBuffer::create(bytes, bytes > budget, dir.empty() ? "." : dir).take_or_throw();
+}
+
 double peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
+#include "core/fs.h"
 #include "core/model_config.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
@@ -69,6 +70,11 @@ nlohmann::json quant_format_report(const QuantizeOptions& o, const core::QuantSc
 void quantized_sidecars_write(const QuantizeOptions& o, core::QuantScheme scheme,
                               const std::vector<std::string>& ignore, core::ModelConfig cfg,
                               const std::string& dir);
+
+/// The buffer of a layer-by-layer path's calibration states (`bytes`): in memory within
+/// --max-memory, else an unlinked temporary file beside `out` (core::ScratchBuffer).
+core::ScratchBuffer calibration_states(const std::string& out, const std::string& max_memory,
+                                       uint64_t bytes);
 
 /// This process's peak resident memory so far, MiB.
 double peak_rss_mb();

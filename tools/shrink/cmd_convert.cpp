@@ -53,18 +53,6 @@ std::vector<core::TensorView> output_plan(const core::Checkpoint& ck, core::DTyp
   return plan;
 }
 
-// Every block, by `threads` workers, each with its own scratch buffers.
-void tensors_convert(const core::Checkpoint& ck, const std::vector<core::TensorView>& plan,
-                     core::CheckpointWriter& w, int threads) {
-  const std::vector<core::TensorBlock> blocks = core::tensor_blocks(plan, kBlockElements);
-  std::vector<core::ConvertScratch> scratch(static_cast<size_t>(threads));
-  throw_if_error(core::parallel_each(blocks.size(), threads, [&](size_t k, int worker) {
-    const core::TensorView& out = plan[blocks[k].tensor];
-    return core::block_convert_write(ck, *ck.find(out.name), out.name, out.dtype, blocks[k].begin,
-                                     blocks[k].end, w, scratch[size_t(worker)]);
-  }));
-}
-
 // config.json with the new dtype, and the tokenizer and provenance files as they are.
 void sidecars_write(const std::string& model, const std::string& dir, core::ModelConfig cfg,
                     const std::string& dtype) {
@@ -94,7 +82,9 @@ int run_convert(const ConvertArgs& o, const Globals& g) {
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
   auto w = core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}}, o.max_shard_mb << 20)
                .take_or_throw();
-  tensors_convert(ck, plan, *w, core::threads_resolve(g.threads).take_or_throw());
+  throw_if_error(core::tensors_convert_write(ck, plan, *w,
+                                             core::threads_resolve(g.threads).take_or_throw(),
+                                             kBlockElements));
   throw_if_error(w->finish());
   sidecars_write(o.model, dir.path(), cfg, dname);
   throw_if_error(dir.commit());
