@@ -9,6 +9,7 @@
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -48,15 +49,24 @@ class ExternalWriter {
     if (f_) std::fclose(f_);
   }
   uint64_t append(const void* data, uint64_t n) {
+    const uint64_t at = begin();
+    write(data, n);
+    return at;
+  }
+  /// Pad to the next aligned offset, where the next tensor starts; returns it.
+  uint64_t begin() {
     static const char zeros[kExternalAlign] = {};
     const uint64_t pad = (kExternalAlign - offset_ % kExternalAlign) % kExternalAlign;
     if (pad && std::fwrite(zeros, 1, pad, f_) != pad) write_error();
     offset_ += pad;
-    const uint64_t at = offset_;
+    core::test_kill_after_bytes(pad);  // fault injection (core/fs.h); a no-op normally
+    return offset_;
+  }
+  /// Append n bytes of the current tensor.
+  void write(const void* data, uint64_t n) {
     if (n && std::fwrite(data, 1, n, f_) != n) write_error();
     offset_ += n;
-    core::test_kill_after_bytes(pad + n);  // fault injection (core/fs.h); a no-op normally
-    return at;
+    core::test_kill_after_bytes(n);
   }
   void close() {
     if (f_ && std::fclose(f_) != 0) {
@@ -92,6 +102,25 @@ void attr_ints(onnx::NodeProto* n, const char* name, const std::vector<int64_t>&
 
 // Builds the graph: unique value names, nodes, initializers (inline or external), and
 // deduplicated small constants.
+// dst [cols, rows] (row stride ld, default rows) = src [rows, cols]^T, in tiles that stay in
+// cache.
+template <typename T>
+void transpose(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld = 0) {
+  constexpr int64_t kTile = 64;
+  if (ld == 0) ld = rows;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) dst[c * ld + r] = src[r * cols + c];
+    }
+  }
+}
+
+// Large float weights are converted and written in pieces of about this size.
+constexpr uint64_t kPieceBytes = uint64_t(16) << 20;
+
 class Builder {
  public:
   Builder(onnx::GraphProto* g, ExternalWriter* ext) : g_(g), ext_(ext) {}
@@ -127,12 +156,32 @@ class Builder {
   /// An initializer from raw little-endian bytes.
   std::string init(const std::string& name, onnx::TensorProto::DataType dt,
                    const std::vector<int64_t>& dims, const void* data, uint64_t nbytes) {
+    return init_filled(name, dt, dims, nbytes, nbytes,
+                       [data](uint64_t off, uint64_t n, uint8_t* dst) {
+                         std::memcpy(dst, static_cast<const uint8_t*>(data) + off, n);
+                       });
+  }
+  /// Writes bytes [offset, offset + n) of a tensor into dst.
+  using Fill = std::function<void(uint64_t offset, uint64_t n, uint8_t* dst)>;
+  /// An initializer of nbytes produced in pieces of at most `piece` bytes by `fill`: into the
+  /// external data file through one piece-sized buffer, or (inline) straight into the proto's
+  /// raw_data, so that no second copy of the whole tensor is ever made.
+  std::string init_filled(const std::string& name, onnx::TensorProto::DataType dt,
+                          const std::vector<int64_t>& dims, uint64_t nbytes, uint64_t piece,
+                          const Fill& fill) {
     onnx::TensorProto* t = g_->add_initializer();
     t->set_name(name);
     t->set_data_type(dt);
     for (int64_t d : dims) t->add_dims(d);
+    piece = std::max<uint64_t>(1, std::min(piece, nbytes));
     if (ext_ && nbytes >= kExternalMinBytes) {
-      const uint64_t off = ext_->append(data, nbytes);
+      const uint64_t off = ext_->begin();
+      std::vector<uint8_t> buf(static_cast<size_t>(piece));
+      for (uint64_t o = 0; o < nbytes; o += piece) {
+        const uint64_t n = std::min(piece, nbytes - o);
+        fill(o, n, buf.data());
+        ext_->write(buf.data(), n);
+      }
       t->set_data_location(onnx::TensorProto::EXTERNAL);
       auto kv = [&](const char* k, const std::string& v) {
         auto* e = t->add_external_data();
@@ -143,7 +192,11 @@ class Builder {
       kv("offset", std::to_string(off));
       kv("length", std::to_string(nbytes));
     } else {
-      t->set_raw_data(data, nbytes);
+      std::string* raw = t->mutable_raw_data();
+      raw->resize(size_t(nbytes));
+      for (uint64_t o = 0; o < nbytes; o += piece) {
+        fill(o, std::min(piece, nbytes - o), reinterpret_cast<uint8_t*>(raw->data()) + o);
+      }
     }
     bytes_ += nbytes;
     return name;
@@ -225,13 +278,61 @@ class DecoderExport {
     if (!t) fail(StatusCode::kInvalidInput, ck_.dir() + ": missing tensor " + name);
     return *t;
   }
-  std::vector<float> f32(const core::TensorInfo& t) const {
+  // Float tensor t as a float32 initializer of the same layout, converted piece by piece.
+  std::string init_float(const std::string& name, const core::TensorInfo& t) {
+    expect_float(t);
+    const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = t.numel() / std::max<int64_t>(1, cols);
+    const uint64_t es = core::dtype_size(t.dtype), row_bytes = uint64_t(cols) * 4;
+    const uint64_t piece = std::max<uint64_t>(1, kPieceBytes / row_bytes) * row_bytes;
+    const uint8_t* src = ck_.data(t);
+    std::string r = b_.init_filled(name, onnx::TensorProto::FLOAT, t.shape, uint64_t(rows) * row_bytes,
+                                   piece, [&](uint64_t off, uint64_t n, uint8_t* dst) {
+                                     core::convert_to_f32(t.dtype, src + off / 4 * es,
+                                                          reinterpret_cast<float*>(dst), int64_t(n / 4));
+                                     ck_.release(t, off / 4 * es, n / 4 * es);
+                                   });
+    ck_.release(t, 0, t.nbytes);
+    return r;
+  }
+  // Float weight t [out, in] as the float32 initializer W^T [in, out], converted and transposed
+  // a band of W's columns at a time.
+  std::string init_transposed(const std::string& name, const core::TensorInfo& t, int64_t out,
+                              int64_t in) {
+    expect_float(t);
+    const uint64_t es = core::dtype_size(t.dtype), row_bytes = uint64_t(out) * 4;
+    const int64_t band = std::max<int64_t>(1, int64_t(kPieceBytes / row_bytes));
+    const uint8_t* src = ck_.data(t);
+    std::vector<float> tile;
+    std::string r = b_.init_filled(
+        name, onnx::TensorProto::FLOAT, {in, out}, uint64_t(in) * row_bytes, uint64_t(band) * row_bytes,
+        [&](uint64_t off, uint64_t n, uint8_t* dst) {
+          const int64_t k0 = int64_t(off / row_bytes), kc = int64_t(n / row_bytes);
+          float* d = reinterpret_cast<float*>(dst);  // [kc, out]
+          constexpr int64_t kRows = 64;  // rows of W converted together, then transposed
+          tile.resize(size_t(kRows * kc));
+          for (int64_t o0 = 0; o0 < out; o0 += kRows) {
+            const int64_t oc = std::min(kRows, out - o0);
+            for (int64_t o = 0; o < oc; ++o) {
+              core::convert_to_f32(t.dtype, src + (uint64_t(o0 + o) * uint64_t(in) + uint64_t(k0)) * es,
+                                   tile.data() + o * kc, kc);
+            }
+            transpose(tile.data(), oc, kc, d + o0, out);
+          }
+        });
+    ck_.release(t, 0, t.nbytes);
+    return r;
+  }
+  void expect_float(const core::TensorInfo& t) const {
     if (!core::dtype_is_float(t.dtype)) {
       fail(StatusCode::kInvalidInput, ck_.dir() + ": " + t.name + " is " +
                                           core::dtype_name(t.dtype) + "; expected a float dtype");
     }
+  }
+  std::vector<float> f32(const core::TensorInfo& t) const {
+    expect_float(t);
     std::vector<float> v(size_t(t.numel()));
     core::convert_to_f32(t.dtype, ck_.data(t), v.data(), t.numel());
+    ck_.release(t, 0, t.nbytes);  // read once: its pages need not stay resident
     return v;
   }
   void expect_shape(const core::TensorInfo& t, const std::vector<int64_t>& shape) const {
@@ -283,10 +384,7 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
   const core::TensorInfo& t = tensor(module + ".weight");
   expect_shape(t, {out, in});
   if (t.dtype != core::DType::kI8) {
-    std::vector<float> w = f32(t), wt(w.size());
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t k = 0; k < in; ++k) wt[size_t(k * out + o)] = w[size_t(o * in + k)];
-    return b_.init_f32(onnx_weight_name(module), {in, out}, wt);
+    return init_transposed(onnx_weight_name(module), t, out, in);
   }
   if (!scheme_) {
     fail(StatusCode::kInvalidInput, ck_.dir() + ": " + module +
@@ -294,8 +392,8 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
   }
   const int8_t* q = reinterpret_cast<const int8_t*>(ck_.data(t));
   std::vector<int8_t> qt(size_t(out * in));
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t k = 0; k < in; ++k) qt[size_t(k * out + o)] = q[o * in + k];
+  transpose(q, out, in, qt.data());
+  ck_.release(t, 0, t.nbytes);
   // GPTQ act-order groups (weight_g_idx): the rows of W^T go in group order, so the groups are
   // contiguous for the dequantization below, and a Gather puts them back afterwards.
   std::vector<int32_t> order;
@@ -592,7 +690,7 @@ void DecoderExport::build() {
   }
   const core::TensorInfo& et = tensor("model.embed_tokens.weight");
   expect_shape(et, {c_.vocab_size, c_.hidden_size});
-  std::string emb = b_.init_f32("model.embed_tokens.weight", et.shape, f32(et));
+  std::string emb = init_float("model.embed_tokens.weight", et);
   std::string h = b_.op("Gather", {emb, "input_ids"}, "embed");
   for (int64_t i = 0; i < c_.num_layers; ++i) layer(i, h);
   h = rmsnorm(h, "model.norm.weight");
@@ -604,6 +702,16 @@ void DecoderExport::build() {
   } else {
     std::string y = linear(h, "lm_head", c_.vocab_size, c_.hidden_size, false);
     b_.op_to("Identity", {y}, "logits");
+  }
+}
+
+// onnx::checker on a model in memory or on a written file (`what` names it in the error).
+template <typename ModelOrPath>
+void checker_run(const ModelOrPath& m, const std::string& what) {
+  try {
+    onnx::checker::check_model(m);
+  } catch (const std::exception& e) {
+    fail(StatusCode::kInternal, std::string("onnx::checker rejected ") + what + ": " + e.what());
   }
 }
 
@@ -718,6 +826,10 @@ OnnxExportResult onnx_export(const std::string& model_dir, const std::string& ou
     } catch (const std::exception& e) {
       fail(StatusCode::kInternal, std::string("ONNX shape inference rejected the graph: ") + e.what());
     }
+    // A single-file model is checked where it is, in memory: checking the written file would
+    // parse a second copy of every weight. With external data the file is small, and checking
+    // it also checks the data locations (below).
+    if (!external) checker_run(model, path);
   }
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -727,13 +839,7 @@ OnnxExportResult onnx_export(const std::string& model_dir, const std::string& ou
     f.close();
     if (!f) fail(StatusCode::kIoError, path + ": write failed");
   }
-  if (opts.validate) {
-    try {
-      onnx::checker::check_model(path);
-    } catch (const std::exception& e) {
-      fail(StatusCode::kInternal, std::string("onnx::checker rejected ") + path + ": " + e.what());
-    }
-  }
+  if (opts.validate && external) checker_run(path, path);
   res.files.push_back("model.onnx");
   if (external) res.files.push_back(kDataFile);
   return res;

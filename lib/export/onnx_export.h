@@ -48,8 +48,12 @@
 // so the weights are never held in memory twice.
 //
 // Validation: ONNX shape inference in strict mode (errors throw; inferred value_info is kept in
-// the file), then onnx::checker::check_model on the written file (which also checks the
-// external data locations).
+// the file), then onnx::checker::check_model: on the model in memory for a single file (parsing
+// the written file again would hold every weight twice), on the written file with external data
+// (which also checks the data locations).
+// Memory: a single file holds its initializers in the protobuf until written (at most
+// external_threshold_bytes); with external data each weight is converted, appended and dropped,
+// and the input's pages are released once read, so peak memory is about one weight matrix.
 // Tested in tests/export/test_export.cpp (structure, node counts, checker, initializer round
 // trip bit for bit, external data) and against ONNX Runtime by scripts/ort_check.mjs.
 #pragma once

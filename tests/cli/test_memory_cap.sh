@@ -2,7 +2,8 @@
 # Memory cap (issue 27): a model made for the test, 8 layers whose float32 weights (~700 MiB) are
 # about 1.4 times a memory cap of 512 MiB, while one layer (~84 MiB) fits well under it. The stages
 # that stream must complete under the cap, and their outputs must be whole: model-free
-# round-to-nearest quantization and magnitude pruning, convert, inspect, and the calibrated ones
+# round-to-nearest quantization and magnitude pruning, convert, inspect, ONNX export with external
+# data, and the calibrated ones
 # that hold one layer at a time (Wanda here) on token shards of the default corpus. GPTQ and
 # SparseGPT also hold one layer at a time, but their float64 Hessian working set (several in x in
 # copies per input group) needs more than this cap on this model (peak RSS 1,052 and 896 MiB
@@ -72,6 +73,9 @@ expect_grep "Wanda reports each layer's time" "$T/out" '"layer_seconds"'
 expect_grep "Wanda zeroes half the targeted weights" "$T/out" '"targeted_sparsity": 0.5'
 expect_capped "convert to bfloat16" "$SHRINK" --threads 2 convert "$M" --dtype bf16 --out "$T/c"
 expect_capped "inspect" "$SHRINK" inspect "$M"
+expect_capped "export onnx (external data)" "$SHRINK" --threads 2 export "$M" --format onnx --external-data always --out "$T/o"
+size=$(du -sm "$T/o/model.onnx.data" 2>/dev/null | cut -f1)
+if [ "${size:-0}" -gt $((CAP >> 20)) ]; then ok "the exported weights ($size MiB) exceed the cap too"; else bad "the exported weights are $size MiB"; fi
 # The outputs are whole: the runtime-free inspect reads every tensor of each.
 for d in q8 q4 p c w; do
   expect_rc "inspect $d after the capped run" 0 "$SHRINK" -q inspect "$T/$d"
