@@ -5,6 +5,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <malloc.h>
 
 #include <csignal>
 
@@ -23,7 +24,14 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
 /// SIGXFSZ is ignored first, so that a write past the file-size limit (ulimit -f) fails with
 /// EFBIG and the command reports it, exits 1 and removes its temporary output, instead of dying
 /// of the signal with a core dump.
+/// The allocator keeps blocks up to 64 MiB on its heap and trims it only past 128 MiB free:
+/// glibc's defaults hand every activation tensor above its (adaptive) mmap threshold back to the
+/// kernel when freed and take it again on the next forward, so a layer-by-layer pass spent a
+/// third of its time in page faults (`shrink eval` on the default teacher: 955k minor faults and
+/// 17.2 s, 101k and 8.2 s with these settings; peak RSS +5%).
 inline int parse_and_run(CLI::App& app, int argc, char** argv, const int& exit_code) {
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
   std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);

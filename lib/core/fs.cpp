@@ -21,6 +21,7 @@
 #include "core/fs.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -408,6 +409,12 @@ void ScratchBuffer::release(uint64_t offset, uint64_t n) {
   const uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
   const uint64_t begin = (offset + page - 1) / page * page, end = (offset + n) / page * page;
   if (end > begin) madvise(data_ + begin, end - begin, MADV_DONTNEED);
+}
+
+double peak_rss_mib() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
 }  // namespace shrink::core

@@ -63,6 +63,9 @@ class AtomicDir {
   bool committed_ = false;
 };
 
+/// This process's peak resident memory so far (getrusage), MiB.
+double peak_rss_mib();
+
 /// A size as users write it: "4G", "512M", "1.5GiB", "64k", "1000000" (bytes); K, M, G and T are
 /// powers of 1024, with or without "iB"/"B". kInvalidInput names the text and what is expected.
 Result<uint64_t> bytes_parse(const std::string& text);

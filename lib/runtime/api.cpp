@@ -368,12 +368,6 @@ Result<GenerateResult> generate_speculative(Engine& target, Engine& draft,
   return r;
 }
 
-double peak_rss_mib() {
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
-}
-
 Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   SHRINK_CHECK(o.prompt_len >= 1 && o.gen_len >= 1 && o.batch >= 1, StatusCode::kInvalidInput,
                "bench: expected --prompt-len >= 1, --gen-len >= 1, --batch >= 1");
@@ -443,7 +437,7 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   r.latency_p99_ms = pct(0.99);
   r.decode_tokens_per_second = double(o.batch * o.gen_len) / total;
   r.weight_gb_per_second = double(r.weight_bytes) * double(o.gen_len) / total / 1e9;
-  r.peak_rss_mib = peak_rss_mib();
+  r.peak_rss_mib = core::peak_rss_mib();
   e.reset_all();
   return r;
 }

@@ -118,8 +118,6 @@ struct BenchResult {
 /// batch, max_seq_len >= prompt_len + gen_len (+ warmup).
 Result<BenchResult> bench(Engine& e, const BenchOptions& opts);
 
-/// Peak resident set size of this process (MiB), from getrusage.
-double peak_rss_mib();
 
 /// Named shapes for random-weight speed work: "smollm-135m", "llama-1b". Errors list them.
 Result<core::ModelConfig> bench_shape(const std::string& name);

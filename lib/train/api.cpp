@@ -3,7 +3,8 @@
 //
 // Perplexity follows core::eval_windows exactly (the shared definition with the runtime):
 // non-overlapping windows of seq_len tokens, each scoring len-1 next-token predictions, NLL
-// summed in double. Generation prefills the prompt once and then decodes one token at a time
+// summed in double; by default the model streams layer by layer (train/streamed.h), with
+// --load-model the whole model is loaded (nll_over_windows). Generation prefills the prompt once and then decodes one token at a time
 // through the KV cache; the token choice is core::Sampler, the same as in the runtime.
 #include "train/api.h"
 
@@ -18,6 +19,7 @@
 #include "core/progress.h"
 #include "core/tokenizer.h"
 #include "train/model.h"
+#include "train/streamed.h"
 
 namespace shrink::train {
 
@@ -75,8 +77,6 @@ EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts
   if (opts.batch < 1) {
     throw Error(StatusCode::kInvalidInput, "--batch " + std::to_string(opts.batch) + ": expected >= 1");
   }
-  CausalLM model = model_load(model_dir);
-  model->eval();
   core::LoadedTokens data =
       core::tokens_load(model_dir, cfg.vocab_size, opts.source, opts.progress).take_or_throw();
   std::vector<core::EvalWindow> windows = core::eval_windows(data.tokens.size(), seq_len);
@@ -90,14 +90,33 @@ EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts
   r.tokens = data.tokens.size();
   r.windows = windows.size();
   r.data_description = data.description;
-  core::Progress prog("eval", r.tokens, "tok", opts.progress);
   auto t0 = Clock::now();
-  auto [nll_sum, scored] = nll_over_windows(
-      model, data.tokens.data(), data.tokens.size(), seq_len, opts.batch,
-      [&](uint64_t done) { prog.update(done); });
-  r.tokens_scored = scored;
+  double nll_sum = 0;
+  if (opts.load_model) {
+    CausalLM model = model_load(model_dir);
+    model->eval();
+    core::Progress prog("eval", r.tokens, "tok", opts.progress);
+    auto [sum, scored] = nll_over_windows(model, data.tokens.data(), data.tokens.size(), seq_len,
+                                          opts.batch, [&](uint64_t done) { prog.update(done); });
+    prog.finish();
+    nll_sum = sum;
+    r.tokens_scored = scored;
+  } else {
+    core::Progress prog("eval", uint64_t(cfg.num_layers), "layers", opts.progress);
+    StreamedEvalOptions so;
+    so.seq_len = seq_len;
+    so.batch = opts.batch;
+    so.max_memory = opts.max_memory;
+    so.progress = [&](int64_t done, int64_t) { prog.update(uint64_t(done)); };
+    const StreamedEval e = nll_streamed(model_dir, data.tokens.data(), data.tokens.size(), so);
+    prog.finish();
+    nll_sum = e.nll_sum;
+    r.tokens_scored = e.scored;
+    r.streamed = true;
+    r.states_bytes = e.states_bytes;
+    r.states_spilled = e.states_spilled;
+  }
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  prog.finish();
   r.mean_nll = nll_sum / double(r.tokens_scored);
   r.perplexity = std::exp(r.mean_nll);
   r.tokens_per_second = r.seconds > 0 ? double(r.tokens) / r.seconds : 0.0;

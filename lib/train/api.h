@@ -32,6 +32,10 @@ struct EvalOptions {
   int64_t seq_len = 0;  // 0 = min(512, max_position_embeddings)
   int64_t batch = 8;    // windows per forward pass
   bool progress = false;
+  /// Load the whole model into LibTorch (the reference path) instead of streaming it layer by
+  /// layer (train/streamed.h), which holds one layer and the windows' hidden states.
+  bool load_model = false;
+  std::string max_memory = "4G";  // budget of the streamed hidden states; beyond it they spill
 };
 struct EvalResult {
   double perplexity = 0, mean_nll = 0;
@@ -41,6 +45,9 @@ struct EvalResult {
   int64_t seq_len = 0;
   double seconds = 0, tokens_per_second = 0;
   std::string data_description;
+  bool streamed = false;
+  uint64_t states_bytes = 0;  // streamed: the hidden states of every window
+  bool states_spilled = false;
 };
 /// Perplexity over non-overlapping windows (core::eval_windows): exp(mean NLL) over every
 /// predicted token. No BOS is inserted.

@@ -17,6 +17,7 @@
 #include "train/api.h"
 #include "core/tensor_blocks.h"
 #include "train/prune_ops.h"
+#include "train/streamed.h"
 #include "train/quantize_common.h"
 
 namespace shrink::train {
@@ -934,13 +935,19 @@ void report_removed(const PruneOptions& o, const PruneTargets& pt, CausalLM& m, 
 }  // namespace
 
 void prune_eval_dirs(const PruneOptions& o, const std::string& pruned_dir, nlohmann::json& report) {
-  torch::NoGradGuard ng;
-  CausalLM m = model_load(o.model);
-  const std::vector<int32_t> val = validation_tokens(o, m->config().vocab_size);
-  if (val.empty()) return;
-  const double nll_before = val_nll(m, val, o.eval_seq_len);
-  m = model_load(pruned_dir);
-  const double nll_after = val_nll(m, val, o.eval_seq_len);
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  const std::vector<int32_t> val = validation_tokens(o, cfg.vocab_size);
+  if (val.size() < 2) return;
+  StreamedEvalOptions so;
+  so.seq_len = o.eval_seq_len;
+  so.max_memory = o.max_memory;
+  so.spill_dir = fs::path(o.out).parent_path().string();
+  auto nll = [&](const std::string& dir) {
+    const StreamedEval e = nll_streamed(dir, val.data(), val.size(), so);
+    return e.nll_sum / double(e.scored);
+  };
+  const double nll_before = nll(o.model);
+  const double nll_after = nll(pruned_dir);
   report["val_tokens"] = val.size();
   report["val_seq_len"] = o.eval_seq_len;
   report["perplexity_before"] = std::exp(nll_before);

@@ -268,7 +268,7 @@ PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& 
                         {"sparsity", report["sparsity"]["targeted_sparsity"]}},
                        params);
   if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
-  report["peak_rss_mb"] = peak_rss_mb();
+  report["peak_rss_mb"] = core::peak_rss_mib();
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());

@@ -136,5 +136,12 @@ void scale_layer_inputs(DecoderLayerImpl& layer, const std::map<std::string, tor
 /// Fill a model built from a quantized config with the dequantized weights of `ckpt` and install
 /// the fake-quant activation tap (model_load calls this for int8 directories).
 void quant_load_into(CausalLM& m, const core::Checkpoint& ckpt, const core::QuantScheme& s);
+/// The fake-quant tap of scheme s, with no modules yet (quant_param_load adds them).
+std::shared_ptr<FakeQuantTap> fake_quant_tap_for(const core::QuantScheme& s);
+/// Parameter `name` of a quantized checkpoint into dst (float32, its shape): an int8 weight
+/// dequantized (scales, zero points, act-order groups), registering its input group with the tap
+/// (and its static input scale); any other tensor converted. The pages read are released.
+void quant_param_load(const core::Checkpoint& ck, const core::QuantScheme& s, const std::string& name,
+                      torch::Tensor& dst, FakeQuantTap& tap);
 
 }  // namespace shrink::train

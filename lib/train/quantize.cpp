@@ -14,6 +14,7 @@
 #include "train/api.h"
 #include "train/distill.h"
 #include "train/quant_ops.h"
+#include "train/streamed.h"
 #include "train/model_files.h"
 #include "train/quantize_common.h"
 #include "core/tensor_blocks.h"
@@ -420,38 +421,48 @@ std::string group_head(const std::string& module) {
 
 }  // namespace
 
-void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantScheme& s) {
+std::shared_ptr<FakeQuantTap> fake_quant_tap_for(const core::QuantScheme& s) {
   throw_if_error(core::quant_scheme_check_channel_or_group(s));
-  torch::NoGradGuard ng;
   auto tap = std::make_shared<FakeQuantTap>();
   tap->mode = s.activations;
-  for (auto& p : m->named_parameters()) {
-    const core::TensorInfo* t = ck.find(p.key());
-    if (!t) throw Error(StatusCode::kInternal, "parameter " + p.key() + " has no tensor");
-    if (t->dtype == core::DType::kI8) {
-      const std::string mod = p.key().substr(0, p.key().size() - 7);
-      QWeight qw{tensor_from(ck, p.key()), tensor_from(ck, mod + ".weight_scale"),
-                 s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point"),
-                 torch::Tensor()};
-      if (ck.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups: validated, then kept
-        auto g = tensor_from(ck, mod + ".weight_g_idx").to(torch::kInt64).contiguous();
-        const int64_t* gp = g.data_ptr<int64_t>();
-        auto o =
-            core::group_order_from_g_idx(std::vector<int64_t>(gp, gp + g.numel()),
-                                         s.weight_strategy == "group" ? s.group_size : qw.q.size(1),
-                                         ck.dir() + ": " + mod + ".weight_g_idx");
-        if (!o.is_ok()) throw Error(o.status().code(), o.status().message());
-        if (!o->empty()) qw.g_idx = g;  // not the contiguous grouping
-      }
-      p.value().copy_(qw.dequantize());
-      tap->modules.insert(group_head(mod));
-      if (s.activations == "static") {
-        tap->input_scales[group_head(mod)] = tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();
-      }
-    } else {
-      p.value().copy_(tensor_from(ck, p.key()).reshape(p.value().sizes()));
-    }
+  return tap;
+}
+
+void quant_param_load(const core::Checkpoint& ck, const core::QuantScheme& s, const std::string& name,
+                      torch::Tensor& dst, FakeQuantTap& tap) {
+  torch::NoGradGuard ng;
+  const core::TensorInfo* t = ck.find(name);
+  if (!t) throw Error(StatusCode::kInvalidInput, ck.dir() + ": missing tensor " + name);
+  if (t->dtype != core::DType::kI8) {
+    dst.copy_(tensor_from(ck, name).reshape(dst.sizes()));
+    ck.release(*t, 0, t->nbytes);
+    return;
   }
+  const std::string mod = name.substr(0, name.size() - 7);
+  QWeight qw{tensor_from(ck, name), tensor_from(ck, mod + ".weight_scale"),
+             s.symmetric ? torch::Tensor() : tensor_from(ck, mod + ".weight_zero_point"),
+             torch::Tensor()};
+  if (ck.find(mod + ".weight_g_idx")) {  // GPTQ act-order groups: validated, then kept
+    auto g = tensor_from(ck, mod + ".weight_g_idx").to(torch::kInt64).contiguous();
+    const int64_t* gp = g.data_ptr<int64_t>();
+    auto o = core::group_order_from_g_idx(std::vector<int64_t>(gp, gp + g.numel()),
+                                          s.weight_strategy == "group" ? s.group_size : qw.q.size(1),
+                                          ck.dir() + ": " + mod + ".weight_g_idx");
+    if (!o.is_ok()) throw Error(o.status().code(), o.status().message());
+    if (!o->empty()) qw.g_idx = g;  // not the contiguous grouping
+  }
+  dst.copy_(qw.dequantize());
+  ck.release(*t, 0, t->nbytes);
+  tap.modules.insert(group_head(mod));
+  if (s.activations == "static") {
+    tap.input_scales[group_head(mod)] =
+        tensor_from(ck, mod + ".input_scale").reshape({-1})[0].item<float>();
+  }
+}
+
+void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantScheme& s) {
+  std::shared_ptr<FakeQuantTap> tap = fake_quant_tap_for(s);
+  for (auto& p : m->named_parameters()) quant_param_load(ck, s, p.key(), p.value(), *tap);
   if (s.activations != "none") {
     m->owned_tap = tap;
     m->set_tap(tap.get());
@@ -1250,7 +1261,7 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   report["bytes_written"] = w->bytes_written();
   report["quantized_modules"] = mods.quantized.size();
   if (o.eval_tokens) accuracy_report_dirs(o, dir.path(), report);
-  report["peak_rss_mb"] = peak_rss_mb();
+  report["peak_rss_mb"] = core::peak_rss_mib();
   report["seconds"] = seconds_since_start();
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());
@@ -1261,12 +1272,21 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
 
 void accuracy_report_dirs(const QuantizeOptions& o, const std::string& quant_dir,
                           nlohmann::json& report) {
-  torch::NoGradGuard ng;
-  CausalLM m = model_load(quant_dir);
-  CausalLM ref = model_load(o.model);
-  const std::vector<int32_t> val =
-      split_tokens(o, m->config().vocab_size, "val", o.eval_tokens);
-  accuracy_report(m, ref, val, o.eval_seq_len, report);
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  const std::vector<int32_t> val = split_tokens(o, cfg.vocab_size, "val", o.eval_tokens);
+  if (val.size() < 2) return;
+  StreamedEvalOptions so;
+  so.seq_len = o.eval_seq_len;
+  so.max_memory = o.max_memory;
+  so.spill_dir = fs::path(o.out).parent_path().string();
+  const StreamedEval e = compare_streamed(quant_dir, o.model, val.data(), val.size(), so);
+  const double n = double(e.scored);
+  report["val_tokens"] = val.size();
+  report["perplexity_float"] = std::exp(e.ref_nll_sum / n);
+  report["perplexity_quant"] = std::exp(e.nll_sum / n);
+  report["perplexity_change"] = std::exp(e.nll_sum / n) / std::exp(e.ref_nll_sum / n) - 1.0;
+  report["kl_vs_float"] = e.kl_sum / n;
+  report["top1_agreement"] = double(e.top1_same) / n;
 }
 
 QuantizeResult quantize_run(const QuantizeOptions& o) {
@@ -1305,7 +1325,7 @@ QuantizeResult quantize_run(const QuantizeOptions& o) {
   report["bytes_before"] = uint64_t(ref->num_parameters()) * core::dtype_size(float_dtype(cfg));
   report["bytes_after"] = ts.bytes;
   report["quantized_modules"] = mods.quantized.size();
-  report["peak_rss_mb"] = peak_rss_mb();
+  report["peak_rss_mb"] = core::peak_rss_mib();
   report["seconds"] = seconds_since_start();
   quantized_write(q, mods.ignore, ts, report);
   return {report};

@@ -176,12 +176,6 @@ core::ScratchBuffer calibration_states(const std::string& out, const std::string
   return core::ScratchBuffer::create(bytes, bytes > budget, dir.empty() ? "." : dir).take_or_throw();
 }
 
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
-}
-
 bool quantize_is_model_free(const QuantizeOptions& o) {
   return !o.load_model && o.method == "rtn" && !o.awq && o.smoothquant.empty() &&
          !(o.scheme == "w8a8" && o.activations == "static") && !o.sensitivity;

@@ -76,8 +76,6 @@ void quantized_sidecars_write(const QuantizeOptions& o, core::QuantScheme scheme
 core::ScratchBuffer calibration_states(const std::string& out, const std::string& max_memory,
                                        uint64_t bytes);
 
-/// This process's peak resident memory so far, MiB.
-double peak_rss_mb();
 
 /// True when the options need no calibration and no model: round to nearest, no SmoothQuant or
 /// AWQ, no static activation scales, no sensitivity analysis, and --load-model not given.

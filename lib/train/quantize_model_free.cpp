@@ -208,7 +208,7 @@ QuantizeResult quantize_model_free(const QuantizeOptions& o) {
   report["quantize_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (o.eval_tokens) accuracy_report_dirs(o, dir.path(), report);
-  report["peak_rss_mb"] = peak_rss_mb();
+  report["peak_rss_mb"] = core::peak_rss_mib();
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   throw_if_error(core::write_file_atomic(dir.path() + "/quantize.json", report.dump(2) + "\n"));
   throw_if_error(dir.commit());

@@ -14,6 +14,7 @@
 #include "core/safetensors.h"
 #include "train/api.h"
 #include "train/model.h"
+#include "train/streamed.h"
 
 namespace fs = std::filesystem;
 using namespace shrink;
@@ -307,6 +308,38 @@ TEST_P(HfFixture, LogitsHiddenStatesAndGreedyMatchTransformers) {
   g.stop_at_eos = false;
   train::GenerateResult r = train::generate(dir, g);
   EXPECT_EQ(std::vector<int64_t>(r.ids.begin(), r.ids.end()), want);
+}
+
+// The layer-by-layer evaluation (train/streamed.h, what `shrink eval` runs) against the NLL of
+// transformers' own logits for each input row: log-sum-exp minus the next token's logit, summed
+// over the row's predictions. lm_head blocks of 5 rows make the vocabulary split unevenly.
+TEST_P(HfFixture, StreamedNllMatchesTransformersLogits) {
+  std::string dir = std::string(SHRINK_FIXTURES_DIR) + "/hf/" + GetParam();
+  Reference ref = load_reference(dir);
+  const auto shape = ref.shape("input_ids");
+  const std::vector<int64_t> ids = ref.ids("input_ids");
+  const std::vector<float> logits = ref.f32("logits");
+  const int64_t B = shape[0], T = shape[1], V = int64_t(logits.size()) / (B * T);
+  ASSERT_GE(T, 2);
+  for (int64_t b = 0; b < B; ++b) {
+    double want = 0;
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      const float* l = logits.data() + (b * T + t) * V;
+      double mx = l[0], sum = 0;
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(l[v]));
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(l[v]) - mx);
+      want += mx + std::log(sum) - double(l[ids[size_t(b * T + t + 1)]]);
+    }
+    std::vector<int32_t> row(ids.begin() + b * T, ids.begin() + (b + 1) * T);
+    train::StreamedEvalOptions o;
+    o.seq_len = T;
+    o.batch = 1;
+    o.head_block = 5;
+    const train::StreamedEval got = train::nll_streamed(dir, row.data(), row.size(), o);
+    EXPECT_EQ(got.scored, uint64_t(T - 1));
+    EXPECT_NEAR(got.nll_sum, want, 1e-5 * std::abs(want) + 1e-5) << GetParam() << " row " << b;
+    EXPECT_GT(want, 0.1) << GetParam();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture,

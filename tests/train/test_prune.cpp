@@ -327,13 +327,14 @@ TEST(Prune, ModelFreeMagnitudeWritesTheLibTorchPathsBytes) {
       EXPECT_EQ(got.report[k], ref.report[k]) << what << ": " << k;
     }
     EXPECT_GT(got.report["sparsity"]["targeted_zeros"].get<int64_t>(), 0) << what;
-    if (o.eval_tokens) {
-      EXPECT_DOUBLE_EQ(got.report["perplexity_before"].get<double>(),
-                       ref.report["perplexity_before"].get<double>());
-      EXPECT_DOUBLE_EQ(got.report["perplexity_after"].get<double>(),
-                       ref.report["perplexity_after"].get<double>());
-      EXPECT_NE(got.report["perplexity_after"].get<double>(),
-                got.report["perplexity_before"].get<double>());
+    if (o.eval_tokens) {  // streamed evaluation against the loaded models': float rounding
+      for (const char* k : {"perplexity_before", "perplexity_after"}) {
+        EXPECT_NEAR(got.report[k].get<double>(), ref.report[k].get<double>(),
+                    1e-6 * ref.report[k].get<double>()) << what << ": " << k;
+      }
+      EXPECT_GT(std::abs(got.report["perplexity_after"].get<double>() -
+                         got.report["perplexity_before"].get<double>()),
+                1e-4 * got.report["perplexity_before"].get<double>());
     }
     ++compared;
   }
@@ -404,8 +405,9 @@ TEST(Prune, StreamingCalibrationEqualsTheWholeModelPath) {
     EXPECT_GT(got.report["sparsity"]["targeted_zeros"].get<int64_t>(), 0) << what;
     EXPECT_EQ(got.report["calibration"]["sequences"], ref.report["calibration"]["sequences"]);
     if (o.eval_tokens) {
-      EXPECT_DOUBLE_EQ(got.report["perplexity_after"].get<double>(),
-                       ref.report["perplexity_after"].get<double>()) << what;
+      EXPECT_NEAR(got.report["perplexity_after"].get<double>(),
+                  ref.report["perplexity_after"].get<double>(),
+                  1e-6 * ref.report["perplexity_after"].get<double>()) << what;
     }
     ++compared;
   }

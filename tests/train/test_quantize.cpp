@@ -496,6 +496,24 @@ TEST(Quantize, ActOrderGroupsLoadAsTheirDequantizedWeights) {
 namespace {
 
 // A copy of model directory `from` in bfloat16 (config.json's dtype too), written into `to`.
+// The accuracy report of a streamed quantize (compare_streamed: both models layer by layer,
+// log-sum-exp over lm_head blocks in float64) against the whole-model path's (both models
+// loaded, float32 log_softmax): the same figures to float rounding.
+void expect_same_accuracy_report(const nlohmann::json& got, const nlohmann::json& want,
+                                 const std::string& what) {
+  for (const char* k : {"perplexity_float", "perplexity_quant"}) {
+    EXPECT_NEAR(got[k].get<double>(), want[k].get<double>(), 1e-6 * want[k].get<double>())
+        << what << ": " << k;
+  }
+  const double kl = want["kl_vs_float"].get<double>();
+  EXPECT_GT(kl, 0.0) << what;
+  EXPECT_NEAR(got["kl_vs_float"].get<double>(), kl, 1e-3 * kl + 1e-8) << what;
+  // An argmax may flip where two logits tie to rounding: at most one prediction in a thousand.
+  EXPECT_NEAR(got["top1_agreement"].get<double>(), want["top1_agreement"].get<double>(), 1e-3)
+      << what;
+  EXPECT_EQ(got["val_tokens"], want["val_tokens"]) << what;
+}
+
 void bf16_copy(const std::string& from, const std::string& to) {
   fs::create_directories(to);
   core::ModelConfig cfg = core::config_load(from).take_or_throw();
@@ -577,13 +595,7 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
     EXPECT_EQ(got.report["bytes_read"].get<uint64_t>(),
               core::Checkpoint::open(o.model).take_or_throw().total_bytes())
         << what;
-    if (o.eval_tokens) {
-      EXPECT_DOUBLE_EQ(got.report["perplexity_quant"].get<double>(),
-                       ref.report["perplexity_quant"].get<double>()) << what;
-      EXPECT_DOUBLE_EQ(got.report["kl_vs_float"].get<double>(),
-                       ref.report["kl_vs_float"].get<double>()) << what;
-      EXPECT_GT(got.report["kl_vs_float"].get<double>(), 0.0) << what;
-    }
+    if (o.eval_tokens) expect_same_accuracy_report(got.report, ref.report, what);
     ++compared;
   }
   EXPECT_EQ(compared, 8);
@@ -662,10 +674,7 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
       EXPECT_EQ(got.report.value(ptr, nlohmann::json()), ref.report.value(ptr, nlohmann::json()))
           << what << ": " << k;
     }
-    if (o.eval_tokens) {
-      EXPECT_DOUBLE_EQ(got.report["perplexity_quant"].get<double>(),
-                       ref.report["perplexity_quant"].get<double>()) << what;
-    }
+    if (o.eval_tokens) expect_same_accuracy_report(got.report, ref.report, what);
     ++compared;
   }
   EXPECT_EQ(compared, 6);

@@ -1,6 +1,7 @@
 // `shrink eval MODEL_DIR --data PATH`: perplexity, mean NLL and tokens/s (LibTorch, float32).
 #include <cstdio>
 
+#include "core/fs.h"
 #include "train/api.h"
 #include "tools/eval_options.h"
 #include "tools/shrink/cli.h"
@@ -20,6 +21,13 @@ void register_eval(CLI::App& app, Globals& g) {
       "post-processor adds one)");
   sub->add_option("model", o->model, "Model directory (config.json + safetensors)")->required();
   add_eval_options(sub, o->e.source, o->e.seq_len, o->e.batch);
+  sub->add_flag("--load-model", o->e.load_model,
+                "Load the whole model (float32) instead of streaming it layer by layer (the "
+                "reference path; the results agree to float rounding)");
+  sub->add_option("--max-memory", o->e.max_memory,
+                  "Budget for the streamed hidden states (tokens x hidden x 4 bytes); beyond it "
+                  "they spill to a temporary file in $TMPDIR")
+      ->capture_default_str();
   sub->callback([o, &g] {
     g.exit_code = run_guarded("eval", g, true, [&] {
       if (o->e.seq_len < 0 || o->e.seq_len == 1) {
@@ -33,6 +41,12 @@ void register_eval(CLI::App& app, Globals& g) {
         nlohmann::json j = perplexity_json(r, r.data_description);
         j["model"] = o->model;
         j["threads"] = g.threads;
+        j["streamed"] = r.streamed;
+        if (r.streamed) {
+          j["states_bytes"] = r.states_bytes;
+          j["states_spilled"] = r.states_spilled;
+        }
+        j["peak_rss_mb"] = core::peak_rss_mib();
         print_json(j);
       } else {
         perplexity_print(r, r.data_description);

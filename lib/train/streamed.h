@@ -1,0 +1,93 @@
+// Evaluation without the whole model: a model directory read one decoder layer at a time
+// (LayerStream), every evaluation window passed through layer i before layer i + 1 is read, and
+// the logits taken over the vocabulary a block of lm_head rows at a time, so that neither the
+// model in float32 nor the [tokens, vocab] logits are ever held whole. `shrink eval` and the
+// accuracy reports of quantize and prune run this way; the whole-model path (nll_over_windows
+// on a loaded CausalLM) stays as the reference, and tests compare the two.
+//
+// Memory: one decoder layer in float32, the windows' hidden states (tokens x hidden, float32; in
+// memory up to --max-memory, else in an unlinked temporary file whose pages leave resident
+// memory once used, core::ScratchBuffer), one block of lm_head rows (about 32 MiB) and its
+// logits for one batch of windows.
+// Arithmetic: each layer runs on the same batches of windows as the whole-model path, so the
+// hidden states are those of CausalLMImpl::forward; the log-sum-exp over the vocabulary is
+// combined block by block in float64 instead of one float32 log_softmax, so NLL and KL agree with
+// the whole-model path to float rounding (tests/train/test_streamed.cpp: relative 1e-5).
+// This header includes LibTorch: only lib/train and its tests may include it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/model_config.h"
+#include "core/quant.h"
+#include "core/safetensors.h"
+#include "train/model.h"
+
+namespace shrink::train {
+
+struct FakeQuantTap;
+
+/// A model directory (float, or compressed-tensors int8 / 4-bit, which model_load would
+/// dequantize) read layer by layer from its memory-mapped checkpoint.
+class LayerStream {
+ public:
+  /// Validates config and checkpoint (core::checkpoint_check); throws shrink::Error.
+  explicit LayerStream(const std::string& dir);
+  const core::ModelConfig& config() const { return cfg_; }
+  /// Decoder layer i in float32 (dequantized, with the fake-quant activations of a W8A8
+  /// checkpoint installed), in eval mode.
+  DecoderLayer layer(int64_t i) const;
+  /// The embedding of ids [N, T] into out (contiguous float32 [N, T, H]).
+  void embed(const torch::Tensor& ids, torch::Tensor out) const;
+  /// The final RMSNorm of h.
+  torch::Tensor final_norm(const torch::Tensor& h) const;
+  /// Rows [r0, r0 + n) of the lm_head (the embedding when tied), float32 [n, H].
+  torch::Tensor head_rows(int64_t r0, int64_t n) const;
+
+ private:
+  void param_load(const std::string& name, torch::Tensor& dst) const;
+  core::ModelConfig cfg_;
+  core::Checkpoint ck_;
+  std::optional<core::QuantScheme> scheme_;
+  std::shared_ptr<FakeQuantTap> tap_;
+  mutable RMSNorm norm_{nullptr};
+  std::string head_name_;
+};
+
+struct StreamedEvalOptions {
+  int64_t seq_len = 512;  // window length (core::eval_windows)
+  int64_t batch = 8;      // windows per forward, as nll_over_windows batches them
+  std::string max_memory = "4G";  // budget of the hidden states; beyond it they spill
+  std::string spill_dir;          // where a spill file goes (empty: $TMPDIR, else /tmp)
+  int64_t head_block = 0;  // lm_head rows per block (0: about 32 MiB of them)
+  /// Called after each layer with (layers done, layers in all).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+struct StreamedEval {
+  double nll_sum = 0;  // of the model, nats over every prediction
+  uint64_t scored = 0;
+  // With a reference (compare_streamed):
+  double ref_nll_sum = 0;
+  double kl_sum = 0;      // sum over predictions of KL(reference || model)
+  uint64_t top1_same = 0;  // predictions where both argmaxes agree
+  uint64_t states_bytes = 0;
+  bool states_spilled = false;
+};
+
+/// NLL of the model over the windows of tokens (what nll_over_windows gives), layer by layer.
+StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, uint64_t n,
+                          const StreamedEvalOptions& o);
+
+/// The model against a reference of the same architecture and vocabulary: both NLLs,
+/// KL(reference || model) and top-1 agreement per prediction (what quantize's accuracy report
+/// measured on two loaded models), with the two models' layers streamed side by side.
+StreamedEval compare_streamed(const std::string& model_dir, const std::string& reference_dir,
+                              const int32_t* tokens, uint64_t n, const StreamedEvalOptions& o);
+
+}  // namespace shrink::train
