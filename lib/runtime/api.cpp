@@ -28,8 +28,13 @@ double log_sum_exp(const float* x, int64_t V) {
   return double(mx) + std::log(z);
 }
 
+int64_t logit_rows_per_forward(int64_t vocab) {
+  return std::max<int64_t>(16, (int64_t(64) << 20) / (4 * std::max<int64_t>(1, vocab)));
+}
+
 Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,
-                                    int64_t batch, const std::function<void(uint64_t)>& progress) {
+                                    int64_t batch, const std::function<void(uint64_t)>& progress,
+                                    int64_t logit_rows) {
   SHRINK_CHECK(seq_len >= 2, StatusCode::kInvalidInput, "--seq-len %lld: expected >= 2",
                (long long)seq_len);
   SHRINK_CHECK(batch >= 1 && batch <= e.max_batch(), StatusCode::kInternal,
@@ -42,6 +47,8 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
   SHRINK_CHECK(!windows.empty(), StatusCode::kInvalidInput,
                "only %llu tokens; perplexity needs at least 2", (unsigned long long)n);
   const int64_t V = e.config().vocab_size;
+  const int64_t cap = logit_rows > 0 ? logit_rows : logit_rows_per_forward(V);
+  const size_t per = size_t(std::clamp<int64_t>(cap / seq_len, 1, batch));  // windows per pass
   PerplexityResult r;
   r.seq_len = seq_len;
   r.tokens = n;
@@ -50,25 +57,36 @@ Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n
   uint64_t done = 0;
   std::vector<float> logits;
   auto t0 = Clock::now();
-  for (size_t i = 0; i < windows.size(); i += size_t(batch)) {
-    const size_t j = std::min(windows.size(), i + size_t(batch));
-    std::vector<SeqChunk> chunks;
+  for (size_t i = 0; i < windows.size(); i += per) {
+    const size_t j = std::min(windows.size(), i + per);
     e.reset_all();
-    for (size_t w = i; w < j; ++w) {
-      chunks.push_back({int(w - i), tokens + windows[w].start, windows[w].len});
-    }
-    SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/true, logits));
-    int64_t row = 0;
-    for (size_t w = i; w < j; ++w) {
-      const int32_t* tk = tokens + windows[w].start;
-      for (int64_t t = 0; t < windows[w].len; ++t, ++row) {
-        if (t + 1 >= windows[w].len) continue;  // the last position predicts nothing scored
-        const float* x = logits.data() + row * V;
-        nll -= double(x[tk[t + 1]]) - log_sum_exp(x, V);
-        r.tokens_scored++;
+    // Positions [p0, p0 + step) of every window of the pass: the whole windows unless one
+    // window alone exceeds the cap, which is then prefilled a chunk at a time.
+    const int64_t step = std::max<int64_t>(1, std::min<int64_t>(seq_len, cap / int64_t(j - i)));
+    for (int64_t p0 = 0; p0 < seq_len; p0 += step) {
+      std::vector<SeqChunk> chunks;
+      std::vector<size_t> of;
+      for (size_t w = i; w < j; ++w) {
+        if (windows[w].len <= p0) continue;
+        chunks.push_back({int(w - i), tokens + windows[w].start + p0,
+                          std::min(step, windows[w].len - p0)});
+        of.push_back(w);
       }
-      done += uint64_t(windows[w].len);
+      if (chunks.empty()) break;
+      SHRINK_RETURN_IF_ERROR(e.forward(chunks, /*all_logits=*/true, logits));
+      int64_t row = 0;
+      for (size_t k = 0; k < chunks.size(); ++k) {
+        const core::EvalWindow& w = windows[of[k]];
+        const int32_t* tk = tokens + w.start;
+        for (int64_t t = p0; t < p0 + chunks[k].n; ++t, ++row) {
+          if (t + 1 >= w.len) continue;  // the last position predicts nothing scored
+          const float* x = logits.data() + row * V;
+          nll -= double(x[tk[t + 1]]) - log_sum_exp(x, V);
+          r.tokens_scored++;
+        }
+      }
     }
+    for (size_t w = i; w < j; ++w) done += uint64_t(windows[w].len);
     if (progress) progress(done);
   }
   e.reset_all();

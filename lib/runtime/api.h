@@ -26,11 +26,19 @@ struct PerplexityResult {
 };
 /// exp(mean NLL) over the windows of core::eval_windows(n, seq_len); each window is one
 /// sequence (positions 0..len-1, no BOS added), scoring len-1 predictions; NLL summed in
-/// double; `batch` windows run per forward pass (the engine needs max_batch >= batch and
+/// double; up to `batch` windows run per forward pass (the engine needs max_batch >= batch and
 /// max_seq_len >= seq_len). Log-softmax per row: x_t - max - log(sum exp(x - max)), in double.
+/// The logits of one forward stay within `logit_rows` rows (0: logit_rows_per_forward): fewer
+/// windows per pass, and a window longer than that is prefilled in chunks through the KV cache.
 Result<PerplexityResult> perplexity(Engine& e, const int32_t* tokens, uint64_t n, int64_t seq_len,
                                     int64_t batch,
-                                    const std::function<void(uint64_t)>& progress = nullptr);
+                                    const std::function<void(uint64_t)>& progress = nullptr,
+                                    int64_t logit_rows = 0);
+
+/// Positions per forward pass where every position's logits are read (perplexity, verify):
+/// [rows, vocab] float32 within about 64 MiB, at least 16 rows (a 128k vocabulary: 130 rows,
+/// where a window of 512 positions would hold 262 MB of logits, and the engine's copy as much).
+int64_t logit_rows_per_forward(int64_t vocab);
 
 /// Multiple-choice accuracy (core/choice_task.h), as lm-evaluation-harness scores HellaSwag-style
 /// tasks: each choice's log-likelihood given the context (sum of log-softmax over its scored

@@ -49,8 +49,13 @@ struct LinearDesc {
   std::string name;  // for messages
   int64_t out = 0, in = 0;
   LinearKind kind = LinearKind::kF32;
-  std::vector<float> w;            // kF32: [out, in] (unless w_borrowed)
+  std::vector<float> w;            // kF32: [out, in] (unless w_borrowed, wb or wb_borrowed)
   const float* w_borrowed = nullptr;  // kF32: weights owned elsewhere (tied lm_head = embedding)
+  /// kF32 stored as bfloat16 bit patterns [out, in], for a backend whose float_weights_bf16():
+  /// a bf16 checkpoint's weights as they are (no float32 copy is made), or owned elsewhere
+  /// (wb_borrowed: a tied lm_head reading the bf16 embedding).
+  std::vector<uint16_t> wb;
+  const uint16_t* wb_borrowed = nullptr;
   std::vector<int8_t> q;           // int8: [out, in]
   int bits = 8;                    // kW8A16: 4 when every q is in [-8, 7] (W4A16); a backend
                                    // may keep such weights at 4 bits or run them as int8
@@ -128,10 +133,18 @@ class Backend {
   /// Repack a linear layer (takes the host buffers).
   virtual Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) = 0;
 
+  /// Whether float weights are kept as bfloat16 (LinearDesc::wb, embed_bf16): the engine then
+  /// hands a bf16 checkpoint's weights over as they are stored.
+  virtual bool float_weights_bf16() const { return false; }
+
   // ---- ops (rows are tokens; ld* are row strides in floats) ----
   /// out[r, :] = table[ids[r], :]; ids on the host.
   virtual void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
                      float* out) = 0;
+  /// The same from a table of bfloat16 bit patterns, widened to float32 (exact). Only called
+  /// where float_weights_bf16(); the default runs on the host (the CPU backend's memory).
+  virtual void embed_bf16(const uint16_t* table, int64_t dim, const int32_t* ids, int64_t rows,
+                          float* out);
   /// Copy rows src[idx[r]] -> dst[r] (idx on the host), dim floats each.
   virtual void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
                            float* dst) = 0;
@@ -224,11 +237,14 @@ class Backend {
 struct CpuBackendOptions {
   int threads = 1;
   std::string isa;  // "" = best supported; else ref|avx2|avx512|avx512vnni (at most the best)
-  /// Storage of float linear weights: "f32" (default, exact) or "bf16" (round to nearest even;
-  /// half the bytes per decode step). bf16 decode GEMVs widen the weights in registers and
-  /// compute in fp32; prefill uses oneDNN's bf16 matmul (bf16 activations, fp32 accumulation)
-  /// where the CPU has AVX512_BF16, else widens the weights and uses the fp32 GEMM.
+  /// Storage of float linear weights and the embedding: "f32" (exact) or "bf16" (round to
+  /// nearest even; half the bytes per decode step, and a bf16 checkpoint's weights exactly as
+  /// stored). bf16 decode GEMVs widen the weights in registers and compute in fp32.
   std::string float_weights = "f32";
+  /// bf16 weights in prefill: oneDNN's bf16 matmul (bf16 activations, fp32 accumulation) where
+  /// the CPU has AVX512_BF16 (faster, activations rounded); false, or without AVX512_BF16: the
+  /// weights widened a panel at a time into the fp32 GEMM (exact).
+  bool bf16_gemm = true;
 };
 /// The CPU backend (kernels/cpu). Errors: kInvalidInput for an unknown or unsupported ISA.
 Result<std::unique_ptr<Backend>> backend_cpu_create(const CpuBackendOptions& opts);

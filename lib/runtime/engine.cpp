@@ -36,6 +36,8 @@ class TensorSource {
   virtual ~TensorSource() = default;
   virtual bool find(const std::string& name, SrcTensor* out) = 0;
   virtual void release(const std::string& /*name*/) {}
+  /// Bytes [offset, offset + n) of the tensor's data, once read.
+  virtual void release(const std::string& /*name*/, uint64_t /*offset*/, uint64_t /*n*/) {}
   virtual std::vector<std::string> names() const = 0;
   virtual std::string origin() const = 0;
 };
@@ -48,6 +50,14 @@ class CheckpointSource : public TensorSource {
     if (!t) return false;
     *out = {t->dtype, t->shape, c_.data(*t)};
     return true;
+  }
+  // The tensor's pages leave resident memory once its copy is made (they stay mapped): without
+  // this the whole checkpoint stayed resident beside the engine's copy until load returned.
+  void release(const std::string& name) override {
+    if (const core::TensorInfo* t = c_.find(name)) c_.release(*t, 0, t->nbytes);
+  }
+  void release(const std::string& name, uint64_t offset, uint64_t n) override {
+    if (const core::TensorInfo* t = c_.find(name)) c_.release(*t, offset, n);
   }
   std::vector<std::string> names() const override { return c_.names(); }
   std::string origin() const override { return c_.dir(); }
@@ -142,6 +152,18 @@ class RandomSource : public TensorSource {
   std::map<std::string, std::vector<uint8_t>> bufs_;
 };
 
+// n bytes of tensor `name` (data t) into dst, 64 MiB at a time, each piece's source pages released
+// once copied: a large tensor (an embedding, an untied head) is never resident twice.
+void copy_releasing(TensorSource& src, const std::string& name, const SrcTensor& t, void* dst,
+                    uint64_t n) {
+  constexpr uint64_t kPiece = uint64_t(64) << 20;
+  for (uint64_t off = 0; off < n; off += kPiece) {
+    const uint64_t m = std::min(kPiece, n - off);
+    std::memcpy(static_cast<uint8_t*>(dst) + off, t.data + off, m);
+    src.release(name, off, m);
+  }
+}
+
 std::vector<float> to_f32(const SrcTensor& t) {
   std::vector<float> v(size_t(t.numel()));
   core::convert_to_f32(t.dtype, t.data, v.data(), t.numel());
@@ -192,6 +214,7 @@ struct Engine::Impl {
   int64_t max_seq = 0;
   std::unique_ptr<Backend> be;
   std::unique_ptr<DeviceTensor> embed, final_norm, rope_cos, rope_sin;
+  bool embed_bf16 = false;  // embed holds bf16 bit patterns, two to a float
   std::unique_ptr<Linear> lm_head;
   std::vector<LayerW> layers;
   std::vector<int64_t> lengths;  // per slot
@@ -327,7 +350,12 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     }
   } else {
     d.kind = LinearKind::kF32;
-    d.w = to_f32(w);
+    if (be->float_weights_bf16() && w.dtype == core::DType::kBF16) {
+      d.wb.resize(size_t(w.numel()));  // as stored: no float32 copy
+      copy_releasing(src, module + ".weight", w, d.wb.data(), d.wb.size() * 2);
+    } else {
+      d.w = to_f32(w);
+    }
   }
   src.release(module + ".weight");
   if (bias) {
@@ -353,7 +381,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   }
   bool fusable = true;
   for (const LinearDesc& d : ds) {
-    fusable &= d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
+    fusable &= d.wb.empty() == ds[0].wb.empty() && d.kind == ds[0].kind && d.group == ds[0].group && d.act == ds[0].act &&
                d.input_scale == ds[0].input_scale && d.bits == ds[0].bits &&
                d.zp.empty() == ds[0].zp.empty() && d.perm == ds[0].perm;
   }
@@ -370,6 +398,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   for (size_t i = 1; i < ds.size(); ++i) {
     f.out += ds[i].out;
     f.w.insert(f.w.end(), ds[i].w.begin(), ds[i].w.end());
+    f.wb.insert(f.wb.end(), ds[i].wb.begin(), ds[i].wb.end());
     f.q.insert(f.q.end(), ds[i].q.begin(), ds[i].q.end());
     f.scale.insert(f.scale.end(), ds[i].scale.begin(), ds[i].scale.end());
     f.zp.insert(f.zp.end(), ds[i].zp.begin(), ds[i].zp.end());
@@ -413,11 +442,17 @@ Status Engine::Impl::build(TensorSource& src) {
     SrcTensor e;
     SHRINK_CHECK(src.find("model.embed_tokens.weight", &e), StatusCode::kInvalidInput,
                  "%s: missing model.embed_tokens.weight", src.origin().c_str());
-    auto ev = to_f32(e);
-    if (head_int8 && c.tie_word_embeddings) embed_host = ev;
-    embed = be->tensor_from_host(std::move(ev));
+    if (head_int8 && c.tie_word_embeddings) embed_host = to_f32(e);
+    embed_bf16 = be->float_weights_bf16() && e.dtype == core::DType::kBF16;
+    if (embed_bf16) {  // as stored, two bf16 values to a float of backend memory
+      std::vector<float> packed(size_t((e.numel() + 1) / 2), 0.0f);
+      copy_releasing(src, "model.embed_tokens.weight", e, packed.data(), uint64_t(e.numel()) * 2);
+      embed = be->tensor_from_host(std::move(packed));
+    } else {
+      embed = be->tensor_from_host(to_f32(e));
+    }
     src.release("model.embed_tokens.weight");
-    weight_bytes += uint64_t(H) * 4;  // one embedding row per token
+    weight_bytes += uint64_t(H) * (embed_bf16 ? 2 : 4);  // one embedding row per token
   }
   auto vec = [&](const std::string& n) -> Result<std::unique_ptr<DeviceTensor>> {
     SrcTensor t;
@@ -467,8 +502,13 @@ Status Engine::Impl::build(TensorSource& src) {
     d.name = "lm_head (tied)";
     d.out = c.vocab_size;
     d.in = H;
-    d.w_borrowed = embed->data();
+    if (embed_bf16) {
+      d.wb_borrowed = reinterpret_cast<const uint16_t*>(embed->data());
+    } else {
+      d.w_borrowed = embed->data();
+    }
     if (head_int8) {
+      d.wb_borrowed = nullptr;
       d.name = "lm_head (tied, int8)";
       desc_quantize_w8a16(d, embed_host.data());
       embed_host = {};
@@ -519,9 +559,10 @@ bool Engine::Impl::ensure_rows(int64_t rows) {
 
 namespace {
 
+// stored_bf16: the checkpoint's float tensors are bfloat16 (what float_weights "auto" keeps).
 Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                                   const EngineOptions& opts,
-                                                  const std::string& origin) {
+                                                  const std::string& origin, bool stored_bf16) {
   auto impl = std::make_unique<Engine::Impl>();
   impl->cfg = cfg;
   impl->opts = opts;
@@ -555,7 +596,14 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   CpuBackendOptions bo;
   bo.threads = opts.threads;
   bo.isa = opts.isa;
-  if (!opts.float_weights.empty()) bo.float_weights = opts.float_weights;
+  if (opts.float_weights.empty() || opts.float_weights == "auto") {
+    // As stored: a bf16 checkpoint keeps its float weights in bf16 (exact, half the bytes of
+    // float32, and no float32 copy of the model), computed in fp32.
+    bo.float_weights = stored_bf16 ? "bf16" : "f32";
+    bo.bf16_gemm = false;
+  } else {
+    bo.float_weights = opts.float_weights;
+  }
   SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cpu_create(bo));
   return impl;
 }
@@ -602,8 +650,10 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
   SHRINK_ASSIGN_OR_RETURN(std::optional<core::QuantScheme> scheme, scheme_of_config(cfg, origin));
   SHRINK_ASSIGN_OR_RETURN(core::Checkpoint ckpt, core::Checkpoint::open(model_dir));
   SHRINK_RETURN_IF_ERROR(core::checkpoint_check(cfg, ckpt));
+  const core::TensorInfo* embedding = ckpt.find("model.embed_tokens.weight");
+  const bool stored_bf16 = embedding && embedding->dtype == core::DType::kBF16;
   CheckpointSource src(std::move(ckpt));
-  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin));
+  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin, stored_bf16));
   impl->scheme = std::move(scheme);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
@@ -613,7 +663,7 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
                                                       const std::string& dtype, uint64_t seed,
                                                       const EngineOptions& opts) {
   SHRINK_ASSIGN_OR_RETURN(std::optional<core::QuantScheme> scheme, scheme_of_dtype(cfg, dtype));
-  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model"));
+  SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model", false));
   impl->scheme = scheme;
   RandomSource src(cfg, scheme, seed);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
@@ -742,7 +792,11 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   step.sample = next_out ? sample : nullptr;
   be.step_begin(step);
   auto ops = [&] {
-    be.embed(m.embed->data(), H, ids.data(), M, x);
+    if (m.embed_bf16) {
+      be.embed_bf16(reinterpret_cast<const uint16_t*>(m.embed->data()), H, ids.data(), M, x);
+    } else {
+      be.embed(m.embed->data(), H, ids.data(), M, x);
+    }
     for (size_t l = 0; l < m.layers.size(); ++l) {
       LayerW& L = m.layers[l];
       if (l == 0) be.rmsnorm(x, L.attn_norm->data(), xn, M, H, eps);

@@ -40,7 +40,11 @@ struct EngineOptions {
   int64_t max_seq_len = 0;  // 0 = min(max_position_embeddings, 4096)
   int max_batch = 1;        // KV-cache slots
   std::string device = "cpu";  // cpu | cuda
-  std::string float_weights;   // cuda: f16 (default) | bf16 | f32; cpu: f32 (default) | bf16
+  /// cuda: f16 (default) | bf16 | f32. cpu: auto (default, also ""): as stored, so a bfloat16
+  /// checkpoint keeps bf16 weights and embedding (exact, half the memory of float32, no float32
+  /// copy) computed in fp32, anything else f32 | f32 | bf16 (rounded, with oneDNN's bf16 matmul
+  /// for prefill where the CPU has AVX512_BF16).
+  std::string float_weights;
   int gemv_max_rows = 0;       // cuda: see CudaBackendOptions
   bool graphs = true;          // cuda: record decode steps in CUDA graphs
   /// Storage of a float lm_head (tied or not): "f32" keeps it exact; "int8" quantizes it at

@@ -191,6 +191,7 @@ void token_score(const std::vector<double>& pr, const std::vector<double>& pc, i
 Result<TokenScores> tokens_score(Engine& ref, Engine& cmp, const std::vector<int32_t>& tokens,
                                  int64_t seq_len) {
   const int64_t V = ref.config().vocab_size;
+  const int64_t step = logit_rows_per_forward(V);
   TokenScores s;
   std::vector<float> lr, lc;
   std::vector<double> pr, pc;
@@ -198,12 +199,17 @@ Result<TokenScores> tokens_score(Engine& ref, Engine& cmp, const std::vector<int
     const int32_t* t = tokens.data() + w.start;
     ref.reset_all();
     cmp.reset_all();
-    SHRINK_RETURN_IF_ERROR(ref.forward({{0, t, w.len}}, true, lr));
-    SHRINK_RETURN_IF_ERROR(cmp.forward({{0, t, w.len}}, true, lc));
-    for (int64_t i = 0; i + 1 < w.len; ++i) {
-      log_softmax(lr.data() + i * V, V, pr);
-      log_softmax(lc.data() + i * V, V, pc);
-      token_score(pr, pc, t[i + 1], s);
+    // A chunk of positions at a time through the KV cache, so that the logits of a long window
+    // of a large vocabulary are never held whole (logit_rows_per_forward).
+    for (int64_t p0 = 0; p0 < w.len; p0 += step) {
+      const int64_t n = std::min(step, w.len - p0);
+      SHRINK_RETURN_IF_ERROR(ref.forward({{0, t + p0, n}}, true, lr));
+      SHRINK_RETURN_IF_ERROR(cmp.forward({{0, t + p0, n}}, true, lc));
+      for (int64_t i = 0; i < n && p0 + i + 1 < w.len; ++i) {
+        log_softmax(lr.data() + i * V, V, pr);
+        log_softmax(lc.data() + i * V, V, pc);
+        token_score(pr, pc, t[p0 + i + 1], s);
+      }
     }
   }
   return s;

@@ -444,9 +444,10 @@ TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
   // Tied (Qwen2 fixture: the head is the embedding) and untied heads.
   for (const char* name : {"qwen2_bias_tied_bf16", "llama_gqa_llama3rope"}) {
     SCOPED_TRACE(name);
-    EngineOptions oq;
+    EngineOptions of, oq;
+    of.float_weights = oq.float_weights = "f32";  // the head in f32 against int8
     oq.lm_head = "int8";
-    auto ef = load(test::fixture(name));
+    auto ef = load(test::fixture(name), of);
     auto eq = load(test::fixture(name), oq);
     ASSERT_TRUE(ef && eq);
     const int64_t V = ef->config().vocab_size, H = ef->config().hidden_size;
@@ -472,14 +473,41 @@ TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
   EXPECT_NE(r.status().message().find("--lm-head 'int4': expected f32 or int8"), std::string::npos);
 }
 
+// By default the CPU engine keeps a bf16 checkpoint as stored: its linears, embedding and tied
+// head in bf16 (no float32 copy; the embedding and linears take half the bytes), computed in fp32,
+// so the logits equal the float32 engine's to float rounding (summation order only), prefill and
+// decode. A float32 checkpoint stays float32.
+TEST(Engine, AutoKeepsABf16CheckpointAsStored) {
+  EngineOptions of;
+  of.float_weights = "f32";
+  auto ef = load(test::fixture("qwen2_bias_tied_bf16"), of);
+  auto ea = load(test::fixture("qwen2_bias_tied_bf16"));
+  ASSERT_TRUE(ef && ea);
+  EXPECT_NE(ea->describe().find("bf16 weights (fp32 arithmetic)"), std::string::npos) << ea->describe();
+  EXPECT_EQ(ef->describe().find("bf16"), std::string::npos) << ef->describe();
+  EXPECT_LT(ea->weight_bytes(), ef->weight_bytes() * 6 / 10);  // linears, head and embedding halve
+  auto lf = run(*ef, 0, kSeq), la = run(*ea, 0, kSeq);  // 20 rows: the library GEMM path
+  EXPECT_LT(max_rel_diff(la, lf), 1e-5f);
+  EXPECT_GT(max_abs_diff(la, std::vector<float>(la.size(), 0.0f)), 0.1f);
+  ea->reset_all();
+  std::vector<float> last;
+  for (int32_t t : kSeq) last = run(*ea, 0, {t});  // one row at a time: the bf16 GEMV
+  const int64_t V = ea->config().vocab_size;
+  EXPECT_LT(max_rel_diff(last, std::vector<float>(lf.end() - V, lf.end())), 1e-5f);
+  auto f32_model = load(test::fixture("llama_gqa_llama3rope"));  // stored in float32
+  ASSERT_TRUE(f32_model);
+  EXPECT_EQ(f32_model->describe().find("bf16"), std::string::npos) << f32_model->describe();
+}
+
 TEST(Engine, Bf16WeightsOnCpu) {
   // The Qwen2 fixture is stored in bf16, so bf16 storage holds its exact weights: decode steps
   // (the GEMV widens them in registers and computes in fp32) equal the f32-storage engine bit
   // for bit. Prefill-sized products may take oneDNN's bf16 matmul (bf16 activations), so the
   // full sequence agrees to bf16 precision (8 significant bits).
-  EngineOptions ob;
+  EngineOptions of, ob;
+  of.float_weights = "f32";
   ob.float_weights = "bf16";
-  auto ef = load(test::fixture("qwen2_bias_tied_bf16"));
+  auto ef = load(test::fixture("qwen2_bias_tied_bf16"), of);
   auto eb = load(test::fixture("qwen2_bias_tied_bf16"), ob);
   ASSERT_TRUE(ef && eb);
   EXPECT_NE(eb->describe().find("bf16 weights"), std::string::npos) << eb->describe();
@@ -790,6 +818,14 @@ TEST(Perplexity, MatchesAHandComputedDefinition) {
     }
   }
   EXPECT_NEAR(r->mean_nll, nll / 42, 1e-6);
+  // With at most 5 logit rows per pass (a large vocabulary's bound, made small): one window per
+  // pass, prefilled 5 positions at a time through the KV cache; the same predictions scored.
+  auto c = runtime::perplexity(*e, toks.data(), toks.size(), 16, 2, nullptr, 5);
+  ASSERT_TRUE(c.is_ok()) << c.status().message();
+  EXPECT_EQ(c->tokens_scored, 42u);
+  EXPECT_NEAR(c->mean_nll, nll / 42, 1e-6);
+  EXPECT_EQ(runtime::logit_rows_per_forward(128256), 130);
+  EXPECT_EQ(runtime::logit_rows_per_forward(300), 55924);
   fs::remove_all(dir);
 }
 
