@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <regex>
 #include <set>
@@ -18,6 +19,8 @@
 #include "core/tensor_blocks.h"
 #include "train/prune_ops.h"
 #include "train/streamed.h"
+#include "train/model_files.h"
+#include "train/prune_common.h"
 #include "train/quantize_common.h"
 
 namespace shrink::train {
@@ -182,8 +185,8 @@ int64_t structured_param_count(const core::ModelConfig& c, int64_t layers, int64
   return n;
 }
 
-CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan) {
-  const core::ModelConfig& c = m->config();
+std::pair<core::ModelConfig, std::vector<TensorSlice>> structured_slices(const core::ModelConfig& c,
+                                                                         const StructuredPlan& plan) {
   core::ModelConfig nc = core::config_keep_layers(c, plan.layers).take_or_throw();
   const int64_t groups = int64_t(plan.kv_groups.at(size_t(plan.layers[0])).size());
   const int64_t mlp = int64_t(plan.mlp_channels.at(size_t(plan.layers[0])).size());
@@ -202,26 +205,10 @@ CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan) {
   nc.hidden_size = Hn;
   nc.rms_norm_eps = c.rms_norm_eps * double(H) / double(Hn);
   throw_if_error(core::config_validate(nc, "pruned config"));
-  CausalLM out(nc);
-  auto src = m->named_parameters();
-  auto dst = out->named_parameters();
-  auto idx = [](const std::vector<int64_t>& v) {
-    return torch::tensor(v, torch::kLong);
-  };
-  auto hid = idx(plan.hidden);
+  const std::vector<int64_t>& hid = plan.hidden;
   const double norm_scale = std::sqrt(double(H) / double(Hn));
-  torch::NoGradGuard ng;
-  auto set = [&](const std::string& name, const torch::Tensor& value) {
-    torch::Tensor* d = dst.find(name);
-    if (!d || !d->sizes().equals(value.sizes())) {
-      throw Error(StatusCode::kInternal, "structured_apply: shape mismatch for " + name);
-    }
-    d->copy_(value);
-  };
-  auto get = [&](const std::string& name) -> torch::Tensor { return *src.find(name); };
-  set("model.embed_tokens.weight", get("model.embed_tokens.weight").index_select(1, hid));
-  set("model.norm.weight", get("model.norm.weight").index_select(0, hid) * norm_scale);
-  if (!c.tie_word_embeddings) set("lm_head.weight", get("lm_head.weight").index_select(1, hid));
+  std::vector<TensorSlice> out;
+  out.push_back({"model.embed_tokens.weight", "model.embed_tokens.weight", {}, hid, 1.0});
   for (size_t j = 0; j < plan.layers.size(); ++j) {
     const int64_t l = plan.layers[j];
     const std::string s = "model.layers." + std::to_string(l) + ".";
@@ -233,26 +220,49 @@ CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan) {
       }
       for (int64_t e = 0; e < hd; ++e) kvrows.push_back(g * hd + e);
     }
-    auto qi = idx(qrows), kvi = idx(kvrows), ch = idx(plan.mlp_channels[size_t(l)]);
-    auto rows_cols = [&](const torch::Tensor& w, const torch::Tensor& r, const torch::Tensor& cidx) {
-      return w.index_select(0, r).index_select(1, cidx);
+    const std::vector<int64_t>& ch = plan.mlp_channels[size_t(l)];
+    auto add = [&](const std::string& n, std::vector<int64_t> rows, std::vector<int64_t> cols,
+                   double scale = 1.0) {
+      out.push_back({s + n, d + n, std::move(rows), std::move(cols), scale});
     };
-    set(d + "self_attn.q_proj.weight", rows_cols(get(s + "self_attn.q_proj.weight"), qi, hid));
-    set(d + "self_attn.k_proj.weight", rows_cols(get(s + "self_attn.k_proj.weight"), kvi, hid));
-    set(d + "self_attn.v_proj.weight", rows_cols(get(s + "self_attn.v_proj.weight"), kvi, hid));
-    set(d + "self_attn.o_proj.weight", rows_cols(get(s + "self_attn.o_proj.weight"), hid, qi));
+    add("self_attn.q_proj.weight", qrows, hid);
+    add("self_attn.k_proj.weight", kvrows, hid);
+    add("self_attn.v_proj.weight", kvrows, hid);
+    add("self_attn.o_proj.weight", hid, qrows);
     if (c.qkv_bias) {
-      set(d + "self_attn.q_proj.bias", get(s + "self_attn.q_proj.bias").index_select(0, qi));
-      set(d + "self_attn.k_proj.bias", get(s + "self_attn.k_proj.bias").index_select(0, kvi));
-      set(d + "self_attn.v_proj.bias", get(s + "self_attn.v_proj.bias").index_select(0, kvi));
+      add("self_attn.q_proj.bias", qrows, {});
+      add("self_attn.k_proj.bias", kvrows, {});
+      add("self_attn.v_proj.bias", kvrows, {});
     }
-    if (c.o_bias) set(d + "self_attn.o_proj.bias", get(s + "self_attn.o_proj.bias").index_select(0, hid));
-    set(d + "mlp.gate_proj.weight", rows_cols(get(s + "mlp.gate_proj.weight"), ch, hid));
-    set(d + "mlp.up_proj.weight", rows_cols(get(s + "mlp.up_proj.weight"), ch, hid));
-    set(d + "mlp.down_proj.weight", rows_cols(get(s + "mlp.down_proj.weight"), hid, ch));
+    if (c.o_bias) add("self_attn.o_proj.bias", hid, {});
+    add("mlp.gate_proj.weight", ch, hid);
+    add("mlp.up_proj.weight", ch, hid);
+    add("mlp.down_proj.weight", hid, ch);
     for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight"}) {
-      set(d + n, get(s + n).index_select(0, hid) * norm_scale);
+      add(n, hid, {}, norm_scale);
     }
+  }
+  out.push_back({"model.norm.weight", "model.norm.weight", hid, {}, norm_scale});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", "lm_head.weight", {}, hid, 1.0});
+  return {nc, out};
+}
+
+CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan) {
+  auto [nc, slices] = structured_slices(m->config(), plan);
+  CausalLM out(nc);
+  auto src = m->named_parameters();
+  auto dst = out->named_parameters();
+  torch::NoGradGuard ng;
+  for (const TensorSlice& sl : slices) {
+    torch::Tensor t = *src.find(sl.from);
+    if (!sl.rows.empty()) t = t.index_select(0, torch::tensor(sl.rows, torch::kLong));
+    if (!sl.cols.empty()) t = t.index_select(1, torch::tensor(sl.cols, torch::kLong));
+    if (sl.scale != 1.0) t = t * sl.scale;
+    torch::Tensor* d = dst.find(sl.to);
+    if (!d || !d->sizes().equals(t.sizes())) {
+      throw Error(StatusCode::kInternal, "structured_apply: shape mismatch for " + sl.to);
+    }
+    d->copy_(t);
   }
   return out;
 }
@@ -777,31 +787,49 @@ struct Importance {
   std::vector<double> bi;
 };
 
-Importance importance_measure(const PruneOptions& o, CausalLM& m, const CalibState& c) {
-  const core::ModelConfig cfg = m->config();
+// Layer i of the model being measured (a loaded model's, or one read from the checkpoint).
+using LayerAt = std::function<DecoderLayer(int64_t)>;
+
+Importance importance_measure(const PruneOptions& o, const core::ModelConfig& cfg,
+                              const LayerAt& layer_at, RMSNorm& final_norm, const CalibState& c) {
   Importance imp;
   imp.tap.heads = cfg.num_heads;
   imp.tap.head_dim = cfg.head_dim;
-  m->set_tap(&imp.tap);
   imp.bi.assign(size_t(cfg.num_layers), 0.0);
   core::Progress prog("importance", uint64_t(cfg.num_layers), "layers", o.progress);
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    DecoderLayerImpl& layer = *m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+    DecoderLayer layer = layer_at(i);
+    layer->self_attn->tap = layer->mlp->tap = &imp.tap;
     double& bi = imp.bi[size_t(i)];
-    layer_over_batches(layer, c, [&](torch::Tensor& x, const torch::Tensor& y) {
+    layer_over_batches(*layer, c, [&](torch::Tensor& x, const torch::Tensor& y) {
       auto cs = torch::nn::functional::cosine_similarity(
           x.reshape({-1, x.size(-1)}), y.reshape({-1, y.size(-1)}),
           torch::nn::functional::CosineSimilarityFuncOptions().dim(-1));
       bi += (1.0 - cs).sum().item<double>();
       x.copy_(y);
     });
+    layer->self_attn->tap = layer->mlp->tap = nullptr;
     bi /= double(c.n() * o.calib_len);
     prog.update(uint64_t(i + 1));
   }
   prog.finish();
-  imp.tap.on_input("lm_head", m->model->norm(c.X));
-  m->set_tap(nullptr);
+  // The lm_head's inputs, 8 sequences at a time (as the layers see them).
+  for (int64_t b = 0; b < c.n(); b += 8) {
+    imp.tap.on_input("lm_head", final_norm(c.X.narrow(0, b, std::min<int64_t>(8, c.n() - b))));
+  }
   return imp;
+}
+
+Importance importance_measure(const PruneOptions& o, CausalLM& m, const CalibState& c) {
+  return importance_measure(
+      o, m->config(),
+      [&](int64_t i) {
+        auto l = m->model->layers->ptr<DecoderLayerImpl>(size_t(i));
+        l->self_attn->prefix = "model.layers." + std::to_string(i) + ".self_attn.";
+        l->mlp->prefix = "model.layers." + std::to_string(i) + ".mlp.";
+        return DecoderLayer(l);
+      },
+      m->model->norm, c);
 }
 
 // The structured-pruned model's sizes.
@@ -897,14 +925,147 @@ CausalLM prune_structured(const PruneOptions& o, CausalLM& m, int64_t params_bef
   return out;
 }
 
+// ---- Streaming structured pruning ------------------------------------------------------------------
+// Importance from one pass with only decoder layer i in memory (layer_load), the states running
+// through the unpruned layers as they do on a loaded model; then the smaller model written tensor
+// by tensor, each one's kept rows and columns read from the checkpoint a block at a time.
+
+// Tensor slice sl of the checkpoint, converted to dt and written as sl.to, a block of kept rows
+// (about 16 MiB of float32) at a time; the source pages released once read.
+void slice_write(const core::Checkpoint& ck, const TensorSlice& sl, core::DType dt,
+                 core::CheckpointWriter& w) {
+  const core::TensorInfo* t = ck.find(sl.from);
+  if (!t || t->shape.empty() || t->shape.size() > 2 || !core::dtype_is_float(t->dtype)) {
+    throw Error(StatusCode::kInvalidInput, ck.dir() + ": " + sl.from + ": expected a float tensor of 1 or 2 dimensions");
+  }
+  const int64_t R = t->shape[0], C = t->shape.size() == 2 ? t->shape[1] : 1;
+  const int64_t out_rows = sl.rows.empty() ? R : int64_t(sl.rows.size());
+  const int64_t out_cols = sl.cols.empty() ? C : int64_t(sl.cols.size());
+  const uint64_t es = core::dtype_size(t->dtype), os = core::dtype_size(dt);
+  const int64_t block = std::max<int64_t>(1, (int64_t(16) << 20) / (4 * std::max(C, out_cols)));
+  const float scale = float(sl.scale);
+  std::vector<float> row(static_cast<size_t>(C)), out(static_cast<size_t>(std::min(block, out_rows) * out_cols));
+  std::vector<uint8_t> bytes;
+  for (int64_t j0 = 0; j0 < out_rows; j0 += block) {
+    const int64_t n = std::min(block, out_rows - j0);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t src = sl.rows.empty() ? j0 + r : sl.rows[size_t(j0 + r)];
+      core::convert_to_f32(t->dtype, ck.data(*t) + uint64_t(src * C) * es, row.data(), C);
+      float* o = out.data() + r * out_cols;
+      for (int64_t k = 0; k < out_cols; ++k) o[k] = row[size_t(sl.cols.empty() ? k : sl.cols[size_t(k)])];
+      if (sl.scale != 1.0) {
+        for (int64_t k = 0; k < out_cols; ++k) o[k] *= scale;
+      }
+    }
+    bytes.resize(size_t(n * out_cols) * os);
+    core::convert_from_f32(out.data(), dt, bytes.data(), n * out_cols);
+    throw_if_error(w.write(sl.to, bytes.data(), bytes.size(), uint64_t(j0 * out_cols) * os));
+  }
+  ck.release(*t, 0, t->nbytes);
+}
+
+PruneResult prune_structured_streaming(const PruneOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  torch::NoGradGuard ng;
+  torch::manual_seed(o.seed);
+  const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
+  if (cfg.has_quantization()) {
+    bad(o.model + ": the model is quantized (quantization_config in config.json); prune works on "
+                  "float models");
+  }
+  const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
+  throw_if_error(core::checkpoint_check(cfg, ck));
+  const int64_t params_before = config_parameters(cfg);
+  const StructuredSizes sizes = structured_sizes(o, cfg, params_before);
+
+  CalibState c;
+  int64_t N = 0;
+  std::vector<int32_t> calib = calibration_tokens(o, &N);
+  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+  std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
+  core::ScratchBuffer states = calibration_states(
+      o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
+  c.states = &states;
+  c.X = embed_rows(cfg, ck, c.ids,
+                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
+  RMSNorm norm(cfg.hidden_size, cfg.rms_norm_eps);
+  {
+    const core::TensorInfo* t = ck.find("model.norm.weight");
+    core::convert_to_f32(t->dtype, ck.data(*t), norm->weight.data_ptr<float>(), t->numel());
+  }
+  std::vector<double> layer_seconds;
+  auto last = std::chrono::steady_clock::now();
+  const Importance imp = importance_measure(
+      o, cfg,
+      [&](int64_t i) {
+        const auto now = std::chrono::steady_clock::now();
+        if (i > 0) layer_seconds.push_back(std::chrono::duration<double>(now - last).count());
+        last = now;
+        DecoderLayer l = layer_load(cfg, ck, i);
+        l->eval();
+        return l;
+      },
+      norm, c);
+  layer_seconds.push_back(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
+  const std::vector<double> depth =
+      sizes.layers < cfg.num_layers ? imp.bi : std::vector<double>(size_t(cfg.num_layers), 0.0);
+  const StructuredPlan plan = structured_plan(cfg, imp, depth, sizes);
+  auto [nc, slices] = structured_slices(cfg, plan);
+
+  const core::DType dt = float_dtype(cfg);
+  nc.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
+  std::vector<core::TensorView> views;
+  for (const core::TensorSpec& spec : core::expected_tensors(nc)) {
+    uint64_t n = core::dtype_size(dt);
+    for (int64_t d : spec.shape) n *= uint64_t(d);
+    views.push_back({spec.name, dt, spec.shape, nullptr, n});
+  }
+  auto dir = core::AtomicDir::create(o.out).take_or_throw();
+  auto w = core::CheckpointWriter::create(dir.path(), views, {{"format", "pt"}},
+                                          core::kDefaultMaxShardBytes)
+               .take_or_throw();
+  for (const TensorSlice& sl : slices) slice_write(ck, sl, dt, *w);
+  throw_if_error(w->finish());
+  const int64_t params_after = config_parameters(nc);
+  const int64_t per = dt == core::DType::kF32 ? 4 : 2;
+  const int64_t rep = cfg.num_heads / cfg.num_kv_heads;
+  nlohmann::json report = {{"method", o.method}, {"model", o.model}, {"streaming", true}};
+  if (o.target_params > 0) report["budget_ratio"] = sizes.budget_ratio;
+  report["structured"] = {{"layers_kept", plan.layers},
+                          {"num_hidden_layers", sizes.layers},
+                          {"num_key_value_heads", sizes.kv_groups},
+                          {"num_attention_heads", sizes.kv_groups * rep},
+                          {"intermediate_size", sizes.mlp},
+                          {"hidden_size", sizes.hidden},
+                          {"block_influence", imp.bi},
+                          {"depth_metric", o.depth_metric}};
+  report["calibration"] = {{"sequences", c.n()},
+                           {"seq_len", o.calib_len},
+                           {"states_bytes", states.size()},
+                           {"states_spilled", states.spilled()}};
+  report["layer_seconds"] = layer_seconds;
+  report["params_before"] = params_before;
+  report["params_after"] = params_after;
+  report["bytes_before"] = params_before * per;
+  report["bytes_after"] = params_after * per;
+  report["bytes_read"] = ck.total_bytes();
+  report["bytes_written"] = w->bytes_written();
+  model_sidecars_write(nc, dir.path(), prune_tokenizer(o),
+                       {{"stage", "prune"}, {"method", o.method}, {"from", o.model}}, params_after);
+  if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
+  report["peak_rss_mb"] = core::peak_rss_mib();
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
+  throw_if_error(dir.commit());
+  return {report};
+}
+
 // The pruned model and prune.json, written atomically to --out.
 void pruned_write(const PruneOptions& o, CausalLM& out, const nlohmann::json& report) {
-  const std::string model_tokenizer = o.model + "/tokenizer.json";
-  const std::string tokenizer =
-      !o.tokenizer.empty() ? o.tokenizer : (fs::exists(model_tokenizer) ? model_tokenizer : "");
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
   SaveOptions so;
-  so.tokenizer_json = tokenizer;
+  so.tokenizer_json = prune_tokenizer(o);
   so.provenance = {{"stage", "prune"}, {"method", o.method}, {"from", o.model}};
   if (o.method != "structured") {
     so.provenance["sparsity"] = report.at("sparsity").at("targeted_sparsity");
@@ -959,6 +1120,9 @@ PruneResult prune_run(const PruneOptions& o) {
   if (prune_is_model_free(o)) return prune_model_free(o);
   if (!o.load_model && (o.method == "wanda" || o.method == "sparsegpt")) {
     return prune_calibrated_streaming(o);
+  }
+  if (!o.load_model && o.method == "structured" && o.depth_metric != "ppl") {
+    return prune_structured_streaming(o);
   }
   auto t0 = std::chrono::steady_clock::now();
   torch::NoGradGuard ng;

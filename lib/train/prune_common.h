@@ -88,6 +88,8 @@ PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& 
 /// True when the options need no calibration and no model: magnitude pruning per matrix (or N:M),
 /// and --load-model not given.
 bool prune_is_model_free(const PruneOptions& o);
+/// The tokenizer.json a pruned model carries: --tokenizer, else the model's own (empty: none).
+std::string prune_tokenizer(const PruneOptions& o);
 /// The model-free path (prune_model_free.cpp).
 PruneResult prune_model_free(const PruneOptions& o);
 

@@ -234,13 +234,12 @@ nlohmann::json sparsity_account(const std::vector<std::string>& reported,
           {"targeted_zeros", zeros}, {"targeted_params", total}};
 }
 
-// The tokenizer the pruned model carries: --tokenizer, else the model's own.
-std::string tokenizer_of(const PruneOptions& o) {
+}  // namespace
+
+std::string prune_tokenizer(const PruneOptions& o) {
   const std::string own = o.model + "/tokenizer.json";
   return !o.tokenizer.empty() ? o.tokenizer : (std::filesystem::exists(own) ? own : "");
 }
-
-}  // namespace
 
 PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& cfg,
                                 const core::Checkpoint& ck, core::CheckpointWriter& w,
@@ -263,7 +262,7 @@ PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& 
   report["bytes_written"] = w.bytes_written();
   core::ModelConfig out_cfg = cfg;
   out_cfg.dtype = dt == core::DType::kF32 ? "float32" : dt == core::DType::kF16 ? "float16" : "bfloat16";
-  model_sidecars_write(out_cfg, dir.path(), tokenizer_of(o),
+  model_sidecars_write(out_cfg, dir.path(), prune_tokenizer(o),
                        {{"stage", "prune"}, {"method", o.method}, {"from", o.model},
                         {"sparsity", report["sparsity"]["targeted_sparsity"]}},
                        params);

@@ -50,8 +50,19 @@ struct StructuredPlan {
   std::vector<std::vector<int64_t>> mlp_channels;  // per original layer
   std::vector<int64_t> hidden;                     // kept hidden channels (all layers)
 };
-/// Build the smaller model. Norm weights are scaled by sqrt(H/H') and rms_norm_eps by H/H'
-/// (exact when the removed hidden channels are zero).
+/// One tensor of the smaller model: tensor `from` of the original with the rows and columns it
+/// keeps (empty: all; a 1-D tensor has rows only), times `scale`.
+struct TensorSlice {
+  std::string from, to;
+  std::vector<int64_t> rows, cols;
+  double scale = 1.0;
+};
+/// The smaller model's config and how each of its tensors comes from the original. Norm weights
+/// are scaled by sqrt(H/H') and rms_norm_eps by H/H' (exact when the removed hidden channels are
+/// zero).
+std::pair<core::ModelConfig, std::vector<TensorSlice>> structured_slices(const core::ModelConfig& c,
+                                                                         const StructuredPlan& plan);
+/// Build the smaller model (structured_slices applied to a loaded model).
 CausalLM structured_apply(CausalLM& m, const StructuredPlan& plan);
 /// Parameters of the model that a plan with these sizes would make (for budget search).
 int64_t structured_param_count(const core::ModelConfig& c, int64_t layers, int64_t kv_groups,

@@ -415,6 +415,91 @@ TEST(Prune, StreamingCalibrationEqualsTheWholeModelPath) {
   fs::remove_all(dir);
 }
 
+// Structured pruning streams too: importance measured with one layer in memory, the smaller model
+// written slice by slice from the checkpoint. Same bytes and report as the whole-model path:
+// widths by keep ratios, widths from --target-params with half the layers dropped (Block
+// Influence), a bf16 input with spilled states; --depth-metric ppl keeps the whole-model path.
+TEST(Prune, StructuredStreamingEqualsTheWholeModelPath) {
+  env_init(2);
+  std::string dir = test::temp_dir("prune_struct_stream");
+  test::make_inputs(dir);
+  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 9);
+  t.config = dir + "/config.json";
+  train_run(t);
+  CausalLM m = model_load(dir + "/run/model");
+  SaveOptions bf;
+  bf.dtype = "bfloat16";
+  model_save(m, dir + "/bf16", bf);
+  struct Case {
+    const char* model;
+    double heads, mlp, hidden, layers, target;
+    const char* max_memory;
+  };
+  int compared = 0;
+  for (Case cs : {Case{"run/model", 0.5, 0.5, 0.75, 1.0, 0.0, "4G"},
+                  Case{"run/model", 1.0, 1.0, 1.0, 0.5, 0.6, "4G"},
+                  Case{"bf16", 0.5, 0.75, 1.0, 1.0, 0.0, "1k"}}) {
+    const std::string what = std::string(cs.model) + " heads " + std::to_string(cs.heads) +
+                             " layers " + std::to_string(cs.layers) + " target " +
+                             std::to_string(cs.target);
+    PruneOptions o;
+    o.model = dir + "/" + cs.model;
+    o.method = "structured";
+    o.keep_heads = cs.heads;
+    o.keep_mlp = cs.mlp;
+    o.keep_hidden = cs.hidden;
+    o.keep_layers = cs.layers;
+    o.target_params = cs.target;
+    o.channel_multiple = 8;
+    o.data = dir + "/data";
+    o.calib_samples = 5;
+    o.calib_len = 32;
+    o.eval_tokens = compared == 0 ? 512 : 0;
+    o.eval_seq_len = 32;
+    o.out = dir + "/whole";
+    o.load_model = true;
+    PruneResult ref = prune_run(o);
+    o.out = dir + "/stream";
+    o.load_model = false;
+    o.max_memory = cs.max_memory;
+    PruneResult got = prune_run(o);
+    EXPECT_TRUE(got.report["streaming"].get<bool>()) << what;
+    EXPECT_EQ(got.report["calibration"]["states_spilled"].get<bool>(),
+              std::string(cs.max_memory) == "1k") << what;
+    for (const char* f : {"model.safetensors", "config.json", "shrink.json"}) {
+      EXPECT_TRUE(core::read_file(dir + "/stream/" + f).take_or_throw() ==
+                  core::read_file(dir + "/whole/" + f).take_or_throw())
+          << what << ": " << f << " differs";
+    }
+    for (const char* k : {"structured", "params_before", "params_after", "bytes_before",
+                          "bytes_after", "budget_ratio"}) {
+      EXPECT_EQ(got.report.value(k, nlohmann::json()), ref.report.value(k, nlohmann::json()))
+          << what << ": " << k;
+    }
+    EXPECT_LT(got.report["params_after"].get<int64_t>(), got.report["params_before"].get<int64_t>())
+        << what;
+    if (o.eval_tokens) {
+      EXPECT_NEAR(got.report["perplexity_after"].get<double>(),
+                  ref.report["perplexity_after"].get<double>(),
+                  1e-6 * ref.report["perplexity_after"].get<double>()) << what;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 3);
+  PruneOptions o;
+  o.model = dir + "/run/model";
+  o.method = "structured";
+  o.keep_layers = 0.5;
+  o.depth_metric = "ppl";
+  o.data = dir + "/data";
+  o.calib_samples = 4;
+  o.calib_len = 32;
+  o.eval_tokens = 0;
+  o.out = dir + "/ppl";
+  EXPECT_FALSE(prune_run(o).report.contains("streaming"));
+  fs::remove_all(dir);
+}
+
 TEST(Prune, BadOptionsAreRejectedWithClearErrors) {
   auto expect_bad = [](PruneOptions o, const std::string& needle) {
     o.model = o.model.empty() ? "m" : o.model;
