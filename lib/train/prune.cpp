@@ -100,7 +100,7 @@ torch::Tensor mask_wanda(const torch::Tensor& w, const torch::Tensor& col_sq_sum
 }
 
 torch::Tensor obs_inverse_factor(torch::Tensor H, double damp, torch::Tensor* dead) {
-  H = H.to(torch::kFloat64).clone();
+  H = H.to(torch::kFloat32).clone();
   auto d = H.diagonal() == 0;  // inputs that never fire: independent columns
   H.diagonal().masked_fill_(d, 1.0);
   H.diagonal().add_(damp * H.diagonal().mean().item<double>());
@@ -125,7 +125,7 @@ torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsit
         " needs the input width (" + std::to_string(cols) + ") and --block-size (" +
         std::to_string(block_size) + ") divisible by " + std::to_string(nm.m));
   }
-  auto W = w.to(torch::kFloat64).clone();
+  auto W = w.to(torch::kFloat32).clone();
   torch::Tensor dead;
   auto U = obs_inverse_factor(H, damp, &dead);
   // Inputs that never fire: their weights cannot matter to the output; prune them for free.
@@ -167,7 +167,7 @@ torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsit
     }
   }
   auto keep = pruned.logical_not();
-  w.copy_((W * keep.to(torch::kFloat64)).to(w.scalar_type()));
+  w.copy_((W * keep.to(torch::kFloat32)).to(w.scalar_type()));
   return keep;
 }
 
@@ -399,8 +399,11 @@ struct StatsTap : LinearTap {
     if (g == last_group && x.data_ptr() == last_ptr) return;  // q/k/v: same tensor, once
     last_group = g;
     last_ptr = x.data_ptr();
-    auto f = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
-    torch::Tensor add = hessian ? f.t().matmul(f) : f.pow(2).sum(0);
+    // SparseGPT's Hessian in float32 (its reference keeps it so; float64 products took most of
+    // the time and twice the memory), Wanda's column sums of squares in float64.
+    auto f = x.reshape({-1, x.size(-1)});
+    torch::Tensor add = hessian ? f.to(torch::kFloat32).t().matmul(f.to(torch::kFloat32))
+                                : f.to(torch::kFloat64).pow(2).sum(0);
     auto it = stats.find(g);
     if (it == stats.end()) stats.emplace(g, add);
     else it->second.add_(add);
@@ -960,6 +963,7 @@ void slice_write(const core::Checkpoint& ck, const TensorSlice& sl, core::DType 
     bytes.resize(size_t(n * out_cols) * os);
     core::convert_from_f32(out.data(), dt, bytes.data(), n * out_cols);
     throw_if_error(w.write(sl.to, bytes.data(), bytes.size(), uint64_t(j0 * out_cols) * os));
+    if (sl.rows.empty()) ck.release(*t, uint64_t(j0 * C) * es, uint64_t(n * C) * es);  // read in order
   }
   ck.release(*t, 0, t->nbytes);
 }

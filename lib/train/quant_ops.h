@@ -67,7 +67,7 @@ struct GptqOptions {
   bool asym = false;  // 4 bits with zero points (ranges as weight_qparams)
 };
 QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const GptqOptions& o);
-/// ||X (w - wq)^T||^2 = sum over rows of e H e^T, given H = X^T X (float64).
+/// ||X (w - wq)^T||^2 = sum over rows of e H e^T, given H = X^T X (computed in float64).
 double layer_output_error(const torch::Tensor& w, const torch::Tensor& wq, const torch::Tensor& H);
 
 /// q = round(w / scale) clamped to the bits' range, for a given scale [out, groups] (float32):

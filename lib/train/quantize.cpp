@@ -122,8 +122,8 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
   if (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols) {
     throw Error(StatusCode::kInternal, "GPTQ: Hessian shape does not match the weight's input width");
   }
-  auto W = w.detach().to(torch::kFloat64).clone();
-  auto Hd = H.to(torch::kFloat64);
+  auto W = w.detach().to(torch::kFloat32).clone();
+  auto Hd = H.to(torch::kFloat32);
   torch::Tensor perm, inv;
   if (o.act_order) {
     perm = std::get<1>(Hd.diagonal().sort(/*stable=*/true, 0, /*descending=*/true));
@@ -136,14 +136,14 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
   // stored.
   auto [scale, zp] = weight_qparams(w, gs, o.bits, o.asym);  // [rows, groups]
   const bool lazy = gs > 0 && (!o.act_order || o.act_order_groups);
-  auto S = scale.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
+  auto S = scale.to(torch::kFloat32).repeat_interleave(gs > 0 ? gs : cols, 1);
   torch::Tensor Z;
-  if (o.asym) Z = zp.to(torch::kFloat64).repeat_interleave(gs > 0 ? gs : cols, 1);
+  if (o.asym) Z = zp.to(torch::kFloat32).repeat_interleave(gs > 0 ? gs : cols, 1);
   if (o.act_order) {
     S = S.index_select(1, perm);
     if (o.asym) Z = Z.index_select(1, perm);
   }
-  auto Q = torch::empty({rows, cols}, torch::kFloat64);
+  auto Q = torch::empty({rows, cols}, torch::kFloat32);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), cnt = i2 - i1;
     auto W1 = W.index({Slice(), Slice(i1, i2)}).clone();
@@ -154,10 +154,10 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
       if (lazy && j % gs == 0) {  // the group's scale from its weights as updated so far
         auto [s, z] = weight_qparams(W1.index({Slice(), Slice(i, i + gs)}), 0, o.bits, o.asym);
         scale.index_put_({Slice(), j / gs}, s.squeeze(1));
-        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat64).expand({rows, gs}));
+        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat32).expand({rows, gs}));
         if (o.asym) {
           zp.index_put_({Slice(), j / gs}, z.squeeze(1));
-          Z.index({Slice(), Slice(j, j + gs)}).copy_(z.to(torch::kFloat64).expand({rows, gs}));
+          Z.index({Slice(), Slice(j, j + gs)}).copy_(z.to(torch::kFloat32).expand({rows, gs}));
         }
       }
       auto col = W1.index({Slice(), i});
@@ -555,7 +555,7 @@ struct GroupStats {
   torch::Tensor act_max;  // per input channel
   core::AbsHistogram hist{2048};
   double max = 0, ema = -1;
-  torch::Tensor xtx;      // sum of x x^T (float64), for GPTQ and AWQ
+  torch::Tensor xtx;      // sum of x x^T (float32), for GPTQ and AWQ
   torch::Tensor abs_sum;  // sum of |x| per input channel (float64), for AWQ
   int64_t rows = 0;
 };
@@ -578,9 +578,9 @@ struct CalibTap : LinearTap {
     g.ema = g.ema < 0 ? bm : g.ema + 0.01 * (bm - g.ema);
     if (histograms) g.hist.add(f.data_ptr<float>(), f.numel());
     if (hessian) {
-      // float32 products over one batch of tokens, summed across batches in float64: the
-      // float64 GEMM was most of GPTQ's time.
-      auto add = f.t().matmul(f).to(torch::kFloat64);
+      // float32, as GPTQ's reference and llm-compressor keep it: float64 products were most of
+      // GPTQ's time, and a float64 Hessian of the 8B shape's down_proj inputs takes 1.5 GiB.
+      auto add = f.t().matmul(f);
       g.xtx = g.xtx.defined() ? g.xtx.add_(add) : add;
     }
     if (means) {
@@ -849,7 +849,7 @@ void layer_quantize(Quant& q, const QuantLayer& l, const torch::Tensor& x, bool 
   for (const auto& h : l.heads) {
     q.tap->modules.insert(h);
     for (const auto& mod : group_modules(h)) module_quantize(q, mod, ct.stats, h, final);
-    ct.stats.erase(h);  // its Hessian (in x in float64) is no longer needed
+    ct.stats.erase(h);  // its Hessian (in x in float32) is no longer needed
   }
 }
 

@@ -255,15 +255,15 @@ Plan plan_for(uint64_t n, const StreamedEvalOptions& o) {
   return p;
 }
 
-void layers_through(const std::vector<std::pair<const LayerStream*, Hidden*>>& models,
-                    const StreamedEvalOptions& o) {
-  const int64_t L = models.front().first->config().num_layers;
-  for (auto& [m, h] : models) h->embed();
+// Every window embedded, through each layer in turn, then the final norm.
+void layers_through(const LayerStream& m, Hidden& h, const StreamedEvalOptions& o) {
+  const int64_t L = m.config().num_layers;
+  h.embed();
   for (int64_t i = 0; i < L; ++i) {
-    for (auto& [m, h] : models) h->layer(i);
+    h.layer(i);
     if (o.progress) o.progress(i + 1, L);
   }
-  for (auto& [m, h] : models) h->final_norm();
+  h.final_norm();
 }
 
 }  // namespace
@@ -347,7 +347,7 @@ StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, u
   const Plan p = plan_for(n, o);
   const LayerStream m(model_dir);
   Hidden h(m, p.batches, p.windows, tokens, o);
-  layers_through({{&m, &h}}, o);
+  layers_through(m, h, o);
   uint64_t rows = 0;
   for (const Batch& b : p.batches) rows += uint64_t(b.B * (b.T - 1));
   RowStats rs(rows);
@@ -395,7 +395,7 @@ StreamedEval compare_streamed(const std::string& model_dir, const std::string& r
   r.kl_sum = head_kl(m, h, rs, ref, hr, rr, p.batches, o);
   r.scored = rows;
   r.states_bytes = h.buffer().size() + hr.buffer().size();
-  r.states_spilled = h.buffer().spilled();
+  r.states_spilled = h.buffer().spilled() || hr.buffer().spilled();
   return r;
 }
 
