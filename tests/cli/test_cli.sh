@@ -117,6 +117,19 @@ expect_rc "eval on the default corpus" 0 "$SHRINK" --json eval "$T/rand" --max-t
 expect_grep "eval reports perplexity" "$T/out" '"perplexity"'
 ppl=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.')
 awk -v p="$ppl" 'BEGIN{exit !(p > 300 && p < 900)}' && ok "random-init perplexity $ppl ~ vocab 512" || bad "random-init perplexity $ppl"
+expect_grep "eval streams the model layer by layer" "$T/out" '"streamed": true'
+# Its hidden states spilled to a file under a tiny --max-memory, and the whole-model path: the
+# same perplexity (to float rounding; the NLL sums are printed to 4 decimals).
+expect_rc "eval with spilled states" 0 "$SHRINK" --json eval "$T/rand" --max-tokens 4096 --seq-len 128 --max-memory 1k
+expect_grep "eval reports the spill" "$T/out" '"states_spilled": true'
+ppl_spill=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.')
+expect_rc "eval --load-model" 0 "$SHRINK" --json eval "$T/rand" --max-tokens 4096 --seq-len 128 --load-model
+ppl_whole=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.')
+awk -v a="$ppl" -v b="$ppl_spill" -v c="$ppl_whole" 'BEGIN{d1=a-b; d2=a-c; if (d1<0) d1=-d1; if (d2<0) d2=-d2; exit !(d1 <= 1e-6*a && d2 <= 1e-5*a)}' \
+  && ok "streamed, spilled and whole-model perplexity agree ($ppl, $ppl_spill, $ppl_whole)" \
+  || bad "perplexities differ: streamed $ppl, spilled $ppl_spill, whole model $ppl_whole"
+expect_rc "eval --max-memory with a bad size exits 2" 2 "$SHRINK" eval "$T/rand" --max-memory 4Q
+expect_grep "the bad --max-memory is named" "$T/err" "\-\-max-memory: size '4Q'"
 expect_rc "generate text" 0 "$SHRINK" generate "$T/rand" --prompt "Hello" --max-new-tokens 5 --temperature 0.8 --seed 3
 expect_rc "data prepare" 0 "$SHRINK" data prepare --tokenizer "$T/tok.json" --out "$T/shards" --max-tokens 20000
 expect_rc "eval on shards" 0 "$SHRINK" eval "$T/rand" --data "$T/shards" --seq-len 64

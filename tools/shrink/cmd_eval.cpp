@@ -34,6 +34,9 @@ void register_eval(CLI::App& app, Globals& g) {
         throw Error(StatusCode::kInvalidInput, "--seq-len " + std::to_string(o->e.seq_len) +
                                                    ": expected >= 2 (or 0 for the default)");
       }
+      if (auto m = core::bytes_parse(o->e.max_memory); !m.is_ok()) {
+        throw Error(StatusCode::kInvalidInput, "--max-memory: " + m.status().message());
+      }
       if (g.validate_only) return 0;
       o->e.progress = g.progress();
       train::EvalResult r = train::eval_perplexity(o->model, o->e);
