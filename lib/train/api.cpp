@@ -115,6 +115,7 @@ EvalResult eval_perplexity(const std::string& model_dir, const EvalOptions& opts
     r.streamed = true;
     r.states_bytes = e.states_bytes;
     r.states_spilled = e.states_spilled;
+    r.bytes_read = e.bytes_read;
   }
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   r.mean_nll = nll_sum / double(r.tokens_scored);

@@ -48,6 +48,7 @@ struct EvalResult {
   bool streamed = false;
   uint64_t states_bytes = 0;  // streamed: the hidden states of every window
   bool states_spilled = false;
+  uint64_t bytes_read = 0;  // streamed: the checkpoint's tensor data, read once
 };
 /// Perplexity over non-overlapping windows (core::eval_windows): exp(mean NLL) over every
 /// predicted token. No BOS is inserted.

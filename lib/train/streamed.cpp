@@ -357,6 +357,7 @@ StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, u
   r.scored = rows;
   r.states_bytes = h.buffer().size();
   r.states_spilled = h.buffer().spilled();
+  r.bytes_read = m.bytes();
   return r;
 }
 
@@ -396,6 +397,7 @@ StreamedEval compare_streamed(const std::string& model_dir, const std::string& r
   r.scored = rows;
   r.states_bytes = h.buffer().size() + hr.buffer().size();
   r.states_spilled = h.buffer().spilled() || hr.buffer().spilled();
+  r.bytes_read = m.bytes() + ref.bytes();
   return r;
 }
 

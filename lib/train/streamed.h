@@ -39,6 +39,8 @@ class LayerStream {
   /// Validates config and checkpoint (core::checkpoint_check); throws shrink::Error.
   explicit LayerStream(const std::string& dir);
   const core::ModelConfig& config() const { return cfg_; }
+  /// Bytes of tensor data in the checkpoint (what a full pass reads).
+  uint64_t bytes() const { return ck_.total_bytes(); }
   /// Decoder layer i in float32 (dequantized, with the fake-quant activations of a W8A8
   /// checkpoint installed), in eval mode.
   DecoderLayer layer(int64_t i) const;
@@ -78,6 +80,7 @@ struct StreamedEval {
   uint64_t top1_same = 0;  // predictions where both argmaxes agree
   uint64_t states_bytes = 0;
   bool states_spilled = false;
+  uint64_t bytes_read = 0;  // of the checkpoints' tensor data
 };
 
 /// NLL of the model over the windows of tokens (what nll_over_windows gives), layer by layer.

@@ -118,6 +118,7 @@ expect_grep "eval reports perplexity" "$T/out" '"perplexity"'
 ppl=$(grep '"perplexity"' "$T/out" | tr -dc '0-9.')
 awk -v p="$ppl" 'BEGIN{exit !(p > 300 && p < 900)}' && ok "random-init perplexity $ppl ~ vocab 512" || bad "random-init perplexity $ppl"
 expect_grep "eval streams the model layer by layer" "$T/out" '"streamed": true'
+expect_grep "eval reports the bytes it read" "$T/out" '"bytes_read": [1-9]'
 # Its hidden states spilled to a file under a tiny --max-memory, and the whole-model path: the
 # same perplexity (to float rounding; the NLL sums are printed to 4 decimals).
 expect_rc "eval with spilled states" 0 "$SHRINK" --json eval "$T/rand" --max-tokens 4096 --seq-len 128 --max-memory 1k

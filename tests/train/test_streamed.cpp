@@ -110,6 +110,8 @@ TEST(Streamed, HeadBlocksAndSpilledStates) {
   const StreamedEval one_block = nll_streamed(model, data.tokens.data(), data.tokens.size(), o);
   EXPECT_FALSE(one_block.states_spilled);
   EXPECT_EQ(one_block.states_bytes, 700u * 32u * 4u);
+  EXPECT_EQ(one_block.bytes_read, core::Checkpoint::open(model).take_or_throw().total_bytes());
+  EXPECT_GT(one_block.bytes_read, 0u);
   o.head_block = 7;
   const StreamedEval blocks = nll_streamed(model, data.tokens.data(), data.tokens.size(), o);
   EXPECT_EQ(blocks.scored, one_block.scored);

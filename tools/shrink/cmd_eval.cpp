@@ -48,6 +48,7 @@ void register_eval(CLI::App& app, Globals& g) {
         if (r.streamed) {
           j["states_bytes"] = r.states_bytes;
           j["states_spilled"] = r.states_spilled;
+          j["bytes_read"] = r.bytes_read;
         }
         j["peak_rss_mb"] = core::peak_rss_mib();
         print_json(j);
