@@ -589,6 +589,22 @@ CalibState calib_start(const PruneOptions& o, CausalLM& m) {
   return c;
 }
 
+// The same without a model: the embedding rows gathered from the checkpoint into `states`, a
+// buffer that spills beyond --max-memory (the streaming stages).
+CalibState calib_start(const PruneOptions& o, const core::ModelConfig& cfg,
+                       const core::Checkpoint& ck, core::ScratchBuffer& states) {
+  CalibState c;
+  int64_t N = 0;
+  std::vector<int32_t> calib = calibration_tokens(o, &N);
+  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
+  std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
+  states = calibration_states(o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
+  c.states = &states;
+  c.X = embed_rows(cfg, ck, c.ids,
+                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
+  return c;
+}
+
 // The calibration hidden states through one decoder layer, 8 sequences at a time:
 // each_batch(x, y) gets a batch's input (a view of c.X) and the layer's output for it.
 template <typename F>
@@ -712,16 +728,8 @@ PruneResult prune_calibrated_streaming(const PruneOptions& o) {
                                           core::kDefaultMaxShardBytes)
                .take_or_throw();
 
-  CalibState c;
-  int64_t N = 0;
-  std::vector<int32_t> calib = calibration_tokens(o, &N);
-  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-  std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
-  core::ScratchBuffer states = calibration_states(
-      o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
-  c.states = &states;
-  c.X = embed_rows(cfg, ck, c.ids,
-                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
+  core::ScratchBuffer states;
+  const CalibState c = calib_start(o, cfg, ck, states);
   StatsTap tap;
   tap.hessian = o.method == "sparsegpt";
   PruneCounts counts;
@@ -982,16 +990,8 @@ PruneResult prune_structured_streaming(const PruneOptions& o) {
   const int64_t params_before = config_parameters(cfg);
   const StructuredSizes sizes = structured_sizes(o, cfg, params_before);
 
-  CalibState c;
-  int64_t N = 0;
-  std::vector<int32_t> calib = calibration_tokens(o, &N);
-  c.ids = torch::from_blob(calib.data(), {N, o.calib_len}, torch::kInt32).to(torch::kLong);
-  std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
-  core::ScratchBuffer states = calibration_states(
-      o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
-  c.states = &states;
-  c.X = embed_rows(cfg, ck, c.ids,
-                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
+  core::ScratchBuffer states;
+  const CalibState c = calib_start(o, cfg, ck, states);
   RMSNorm norm(cfg.hidden_size, cfg.rms_norm_eps);
   {
     const core::TensorInfo* t = ck.find("model.norm.weight");
@@ -1057,12 +1057,7 @@ PruneResult prune_structured_streaming(const PruneOptions& o) {
   report["bytes_written"] = w->bytes_written();
   model_sidecars_write(nc, dir.path(), prune_tokenizer(o),
                        {{"stage", "prune"}, {"method", o.method}, {"from", o.model}}, params_after);
-  if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
-  report["peak_rss_mb"] = core::peak_rss_mib();
-  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  throw_if_error(core::write_file_atomic(dir.path() + "/prune.json", report.dump(2) + "\n"));
-  throw_if_error(dir.commit());
-  return {report};
+  return prune_report_commit(o, dir, std::move(report), t0);
 }
 
 // The pruned model and prune.json, written atomically to --out.

@@ -88,6 +88,10 @@ PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& 
 /// True when the options need no calibration and no model: magnitude pruning per matrix (or N:M),
 /// and --load-model not given.
 bool prune_is_model_free(const PruneOptions& o);
+/// The end of a streamed prune: perplexity before and after (with --eval-tokens), peak RSS and
+/// time into the report, prune.json written, the output directory committed.
+PruneResult prune_report_commit(const PruneOptions& o, core::AtomicDir& dir, nlohmann::json report,
+                                std::chrono::steady_clock::time_point t0);
 /// The tokenizer.json a pruned model carries: --tokenizer, else the model's own (empty: none).
 std::string prune_tokenizer(const PruneOptions& o);
 /// The model-free path (prune_model_free.cpp).

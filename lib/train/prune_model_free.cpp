@@ -266,6 +266,11 @@ PruneResult prune_output_finish(const PruneOptions& o, const core::ModelConfig& 
                        {{"stage", "prune"}, {"method", o.method}, {"from", o.model},
                         {"sparsity", report["sparsity"]["targeted_sparsity"]}},
                        params);
+  return prune_report_commit(o, dir, std::move(report), t0);
+}
+
+PruneResult prune_report_commit(const PruneOptions& o, core::AtomicDir& dir, nlohmann::json report,
+                                std::chrono::steady_clock::time_point t0) {
   if (o.eval_tokens) prune_eval_dirs(o, dir.path(), report);
   report["peak_rss_mb"] = core::peak_rss_mib();
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
