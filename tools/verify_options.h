@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/dataset.h"
+#include "core/fs.h"
 #include "runtime/verify.h"
 
 namespace shrink::cli {
@@ -40,6 +41,10 @@ inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
                   "Gate: highest allowed drop of the task's acc_norm (0.02 = 2 points)");
   sub->add_option("--prompt-len", v.bench_prompt_len, "Benchmark prompt length")->capture_default_str();
   sub->add_option("--gen-len", v.bench_gen_len, "Benchmark generated tokens")->capture_default_str();
+  sub->add_option("--max-memory", v.max_memory,
+                  "Budget for the compact model's logits, kept for the reference's pass (one "
+                  "model is loaded at a time); beyond it they spill to a temporary file in $TMPDIR")
+      ->capture_default_str();
   sub->add_flag("--no-bench", [&v](int64_t) { v.bench = false; }, "Skip the speed comparison");
 }
 
@@ -58,6 +63,7 @@ inline nlohmann::json verify_json(const runtime::VerifyResult& r, const VerifyAr
   j["compact"] = a.compact;
   j["reference"] = a.reference;
   j["threads"] = threads;
+  j["peak_rss_mb"] = core::peak_rss_mib();
   return j;
 }
 

@@ -3,8 +3,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "core/dataset.h"
+#include "core/fs.h"
 #include "core/model_config.h"
 
 namespace shrink::runtime {
@@ -68,6 +74,8 @@ nlohmann::json VerifyResult::to_json() const {
           {"prefill_speedup", prefill_speedup},
           {"weight_bytes_reference", bytes_reference},
           {"weight_bytes_compact", bytes_compact},
+          {"logits_bytes", logits_bytes},
+          {"logits_spilled", logits_spilled},
           {"passed", passed},
           {"verdict", verdict}};
   if (task) {
@@ -113,6 +121,9 @@ Status verify_options_check(const VerifyOptions& o) {
   SHRINK_CHECK(o.max_acc_drop < 0 || !o.task.empty(), StatusCode::kInvalidInput,
                "--max-acc-drop %g gates a task's accuracy; expected --task FILE with it",
                o.max_acc_drop);
+  if (auto m = core::bytes_parse(o.max_memory); !m.is_ok()) {
+    return Status(StatusCode::kInvalidInput, "--max-memory: " + m.status().message());
+  }
   return Status::ok();
 }
 
@@ -133,30 +144,82 @@ Result<TaskItems> task_items_load(const std::string& reference_dir, const Verify
   return t;
 }
 
-struct EnginePair {
-  std::unique_ptr<Engine> reference, compact;
-};
-
-// Both engines, sized for the longest of the evaluation windows, the benchmark and the task.
-// The reference keeps an f32 lm_head and KV cache: it is what it is; only the compact model's
-// head and cache may shrink. Both must share a vocabulary, since their distributions are compared.
-Result<EnginePair> engines_load(const std::string& compact_dir, const std::string& reference_dir,
-                                const VerifyOptions& o, int64_t task_positions) {
+// The engine options of both models, sized for the longest of the evaluation windows, the
+// benchmark and the task. The reference keeps an f32 lm_head and KV cache: it is what it is; only
+// the compact model's head and cache may shrink.
+EngineOptions engine_options(const VerifyOptions& o, int64_t task_positions, bool reference) {
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_positions});
   eo.max_batch = o.task.empty() ? 1 : 8;  // task items run 8 at a time
-  EngineOptions ref_eo = eo;
-  ref_eo.lm_head = "f32";
-  ref_eo.kv_cache = "f32";
-  EnginePair e;
-  SHRINK_ASSIGN_OR_RETURN(e.reference, Engine::load(reference_dir, ref_eo));
-  SHRINK_ASSIGN_OR_RETURN(e.compact, Engine::load(compact_dir, eo));
-  const int64_t V = e.reference->config().vocab_size;
-  SHRINK_CHECK(e.compact->config().vocab_size == V, StatusCode::kInvalidInput,
+  if (reference) {
+    eo.lm_head = "f32";
+    eo.kv_cache = "f32";
+  }
+  return eo;
+}
+
+// Both models must share a vocabulary, since their distributions are compared: checked from the
+// configs before either model is loaded. Returns the vocabulary size.
+Result<int64_t> vocab_check(const std::string& compact_dir, const std::string& reference_dir) {
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig rc, core::config_load(reference_dir));
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cc, core::config_load(compact_dir));
+  SHRINK_CHECK(cc.vocab_size == rc.vocab_size, StatusCode::kInvalidInput,
                "%s has vocab_size %lld but the reference has %lld: verification compares token "
                "distributions and needs the same vocabulary",
-               compact_dir.c_str(), (long long)e.compact->config().vocab_size, (long long)V);
-  return e;
+               compact_dir.c_str(), (long long)cc.vocab_size, (long long)rc.vocab_size);
+  return rc.vocab_size;
+}
+
+// The compact model's logits of every scored position, kept from its pass for the reference's:
+// one model is loaded at a time, so verification needs the memory of the larger model, not of
+// both. Within the --max-memory budget they are memory; beyond it an unlinked temporary file in
+// $TMPDIR whose pages leave resident memory once written and again once read.
+class LogitStore {
+ public:
+  static Result<LogitStore> create(uint64_t rows, int64_t vocab, const std::string& max_memory) {
+    SHRINK_ASSIGN_OR_RETURN(uint64_t budget, core::bytes_parse(max_memory));
+    LogitStore s;
+    s.vocab_ = vocab;
+    const uint64_t bytes = rows * uint64_t(vocab) * sizeof(float);
+    const char* tmp = std::getenv("TMPDIR");
+    SHRINK_ASSIGN_OR_RETURN(s.buf_, core::ScratchBuffer::create(bytes, bytes > budget,
+                                                                tmp && *tmp ? tmp : "/tmp"));
+    return s;
+  }
+  float* row(uint64_t r) { return reinterpret_cast<float*>(buf_.data()) + r * uint64_t(vocab_); }
+  // Rows [r0, r0 + n) are no longer needed in resident memory (written, or read for the last time).
+  void release(uint64_t r0, uint64_t n) {
+    buf_.release(r0 * uint64_t(vocab_) * sizeof(float), n * uint64_t(vocab_) * sizeof(float));
+  }
+  uint64_t bytes() const { return buf_.size(); }
+  bool spilled() const { return buf_.spilled(); }
+
+ private:
+  core::ScratchBuffer buf_;
+  int64_t vocab_ = 0;
+};
+
+// The positions scored over the evaluation windows: each window predicts len - 1 next tokens.
+uint64_t scored_positions(uint64_t tokens, int64_t seq_len) {
+  uint64_t n = 0;
+  for (const core::EvalWindow& w : core::eval_windows(tokens, seq_len)) n += uint64_t(w.len - 1);
+  return n;
+}
+
+// What one model's pass leaves for the comparison once the model is gone.
+struct ModelPass {
+  std::optional<ChoiceResult> task;
+  BenchResult bench;
+  uint64_t weight_bytes = 0;
+  std::string engine;
+};
+
+// Gives the allocator's freed pages back to the system, so that the next model's pages are not
+// counted on top of the last one's.
+void memory_return() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 // Per scored token (each position's prediction of the next token), what the accuracy
@@ -187,31 +250,55 @@ void token_score(const std::vector<double>& pr, const std::vector<double>& pc, i
   s.n++;
 }
 
-// Both models over the same evaluation windows (core::eval_windows), every position scored.
-Result<TokenScores> tokens_score(Engine& ref, Engine& cmp, const std::vector<int32_t>& tokens,
-                                 int64_t seq_len) {
-  const int64_t V = ref.config().vocab_size;
+// Runs `e` over the evaluation windows (core::eval_windows) a chunk of positions at a time
+// through the KV cache, so that the logits of a long window of a large vocabulary are never held
+// whole (logit_rows_per_forward), and calls scored(logits of position i, i's next token) for
+// every scored position in order.
+template <typename Scored>
+Status windows_run(Engine& e, const std::vector<int32_t>& tokens, int64_t seq_len, Scored scored) {
+  const int64_t V = e.config().vocab_size;
   const int64_t step = logit_rows_per_forward(V);
-  TokenScores s;
-  std::vector<float> lr, lc;
-  std::vector<double> pr, pc;
+  std::vector<float> logits;
   for (const core::EvalWindow& w : core::eval_windows(tokens.size(), seq_len)) {
     const int32_t* t = tokens.data() + w.start;
-    ref.reset_all();
-    cmp.reset_all();
-    // A chunk of positions at a time through the KV cache, so that the logits of a long window
-    // of a large vocabulary are never held whole (logit_rows_per_forward).
+    e.reset_all();
     for (int64_t p0 = 0; p0 < w.len; p0 += step) {
       const int64_t n = std::min(step, w.len - p0);
-      SHRINK_RETURN_IF_ERROR(ref.forward({{0, t + p0, n}}, true, lr));
-      SHRINK_RETURN_IF_ERROR(cmp.forward({{0, t + p0, n}}, true, lc));
+      SHRINK_RETURN_IF_ERROR(e.forward({{0, t + p0, n}}, true, logits));
       for (int64_t i = 0; i < n && p0 + i + 1 < w.len; ++i) {
-        log_softmax(lr.data() + i * V, V, pr);
-        log_softmax(lc.data() + i * V, V, pc);
-        token_score(pr, pc, t[p0 + i + 1], s);
+        SHRINK_RETURN_IF_ERROR(scored(logits.data() + i * V, t[p0 + i + 1]));
       }
     }
   }
+  return Status::ok();
+}
+
+// The compact model's pass: its logits of every scored position into `store`.
+Status logits_record(Engine& cmp, const std::vector<int32_t>& tokens, int64_t seq_len,
+                     LogitStore& store) {
+  const int64_t V = cmp.config().vocab_size;
+  uint64_t r = 0;
+  return windows_run(cmp, tokens, seq_len, [&](const float* logits, int32_t) {
+    std::copy(logits, logits + V, store.row(r));
+    store.release(r++, 1);
+    return Status::ok();
+  });
+}
+
+// The reference's pass: each scored position against the compact model's stored logits.
+Result<TokenScores> tokens_score(Engine& ref, const std::vector<int32_t>& tokens, int64_t seq_len,
+                                 LogitStore& store) {
+  const int64_t V = ref.config().vocab_size;
+  TokenScores s;
+  std::vector<double> pr, pc;
+  uint64_t r = 0;
+  SHRINK_RETURN_IF_ERROR(windows_run(ref, tokens, seq_len, [&](const float* logits, int32_t next) {
+    log_softmax(logits, V, pr);
+    log_softmax(store.row(r), V, pc);
+    store.release(r++, 1);
+    token_score(pr, pc, next, s);
+    return Status::ok();
+  }));
   return s;
 }
 
@@ -240,13 +327,10 @@ void accuracy_summarize(TokenScores& s, VerifyResult& r) {
   r.delta_p = distribution(s.dps);
 }
 
-// Both models' accuracy on the task's items, how often they pick the same choice, and the
-// paired accuracy drop with its standard error.
-Result<VerifyResult::Task> task_compare(Engine& ref, Engine& cmp,
-                                        const std::vector<core::ChoiceItem>& items,
-                                        const std::string& path) {
-  SHRINK_ASSIGN_OR_RETURN(ChoiceResult tr, score_choices(ref, items));
-  SHRINK_ASSIGN_OR_RETURN(ChoiceResult tc, score_choices(cmp, items));
+// Both models' accuracy on the task's items (scored in each model's pass), how often they pick
+// the same choice, and the paired accuracy drop with its standard error.
+VerifyResult::Task task_compare(const ChoiceResult& tr, const ChoiceResult& tc,
+                                const std::vector<core::ChoiceItem>& items, const std::string& path) {
   VerifyResult::Task t;
   t.path = path;
   t.items = tr.items;
@@ -268,20 +352,40 @@ Result<VerifyResult::Task> task_compare(Engine& ref, Engine& cmp,
   return t;
 }
 
-// Both models through the same benchmark, and the compact model's speed-ups.
-Status speed_compare(Engine& ref, Engine& cmp, const VerifyOptions& o, VerifyResult& r) {
-  BenchOptions bo;
-  bo.prompt_len = o.bench_prompt_len;
-  bo.gen_len = o.bench_gen_len;
-  ref.reset_all();
-  cmp.reset_all();
-  SHRINK_ASSIGN_OR_RETURN(r.bench_reference, bench(ref, bo));
-  SHRINK_ASSIGN_OR_RETURN(r.bench_compact, bench(cmp, bo));
+// One model's task scores, benchmark (the same for both models) and description, while loaded.
+Result<ModelPass> model_pass_finish(Engine& e, const VerifyOptions& o, const TaskItems& task) {
+  ModelPass p;
+  if (!o.task.empty()) {
+    SHRINK_ASSIGN_OR_RETURN(ChoiceResult c, score_choices(e, task.items));
+    p.task = std::move(c);
+  }
+  if (o.bench) {
+    BenchOptions bo;
+    bo.prompt_len = o.bench_prompt_len;
+    bo.gen_len = o.bench_gen_len;
+    e.reset_all();
+    SHRINK_ASSIGN_OR_RETURN(p.bench, bench(e, bo));
+  }
+  p.weight_bytes = e.weight_bytes();
+  p.engine = e.describe();
+  return p;
+}
+
+// The comparison of the two passes: task, speeds and the engines each model ran on.
+void passes_compare(const ModelPass& ref, const ModelPass& cmp, const VerifyOptions& o,
+                    const TaskItems& task, VerifyResult& r) {
+  if (ref.task && cmp.task) r.task = task_compare(*ref.task, *cmp.task, task.items, o.task);
+  r.engine_reference = ref.engine;
+  r.engine_compact = cmp.engine;
+  r.bytes_reference = ref.weight_bytes;
+  r.bytes_compact = cmp.weight_bytes;
+  if (!o.bench) return;
+  r.bench_reference = ref.bench;
+  r.bench_compact = cmp.bench;
   r.decode_speedup = r.bench_compact.decode_tokens_per_second /
                      std::max(1e-12, r.bench_reference.decode_tokens_per_second);
   r.prefill_speedup = r.bench_compact.prefill_tokens_per_second /
                       std::max(1e-12, r.bench_reference.prefill_tokens_per_second);
-  return Status::ok();
 }
 
 // The gates: passed, and a verdict that names every failed gate with its value and limit.
@@ -315,26 +419,33 @@ void verdict_decide(const VerifyOptions& o, VerifyResult& r) {
 Result<VerifyResult> verify(const std::string& compact_dir, const std::string& reference_dir,
                             const VerifyOptions& o) {
   SHRINK_RETURN_IF_ERROR(verify_options_check(o));
+  SHRINK_ASSIGN_OR_RETURN(const int64_t V, vocab_check(compact_dir, reference_dir));
   SHRINK_ASSIGN_OR_RETURN(TaskItems task, task_items_load(reference_dir, o));
-  SHRINK_ASSIGN_OR_RETURN(EnginePair engines,
-                          engines_load(compact_dir, reference_dir, o, task.positions));
-  Engine& ref = *engines.reference;
-  Engine& cmp = *engines.compact;
-  const int64_t V = ref.config().vocab_size;
   SHRINK_ASSIGN_OR_RETURN(core::LoadedTokens data, core::tokens_load(reference_dir, V, o.source));
-  VerifyResult r;
-  r.engine_reference = ref.describe();
-  r.engine_compact = cmp.describe();
-  SHRINK_ASSIGN_OR_RETURN(TokenScores scores, tokens_score(ref, cmp, data.tokens, o.seq_len));
-  SHRINK_CHECK(scores.n > 0, StatusCode::kInvalidInput,
+  const uint64_t positions = scored_positions(data.tokens.size(), o.seq_len);
+  SHRINK_CHECK(positions > 0, StatusCode::kInvalidInput,
                "%s: too few tokens to score (need at least 2)", data.description.c_str());
-  accuracy_summarize(scores, r);
-  if (!o.task.empty()) {
-    SHRINK_ASSIGN_OR_RETURN(r.task, task_compare(ref, cmp, task.items, o.task));
+  SHRINK_ASSIGN_OR_RETURN(LogitStore store, LogitStore::create(positions, V, o.max_memory));
+  VerifyResult r;
+  r.logits_bytes = store.bytes();
+  r.logits_spilled = store.spilled();
+  ModelPass cmp_pass, ref_pass;
+  TokenScores scores;
+  {  // the compact model first: a fault in the new model shows before the reference's pass
+    SHRINK_ASSIGN_OR_RETURN(std::unique_ptr<Engine> cmp,
+                            Engine::load(compact_dir, engine_options(o, task.positions, false)));
+    SHRINK_RETURN_IF_ERROR(logits_record(*cmp, data.tokens, o.seq_len, store));
+    SHRINK_ASSIGN_OR_RETURN(cmp_pass, model_pass_finish(*cmp, o, task));
   }
-  r.bytes_reference = ref.weight_bytes();
-  r.bytes_compact = cmp.weight_bytes();
-  if (o.bench) SHRINK_RETURN_IF_ERROR(speed_compare(ref, cmp, o, r));
+  memory_return();
+  {
+    SHRINK_ASSIGN_OR_RETURN(std::unique_ptr<Engine> ref,
+                            Engine::load(reference_dir, engine_options(o, task.positions, true)));
+    SHRINK_ASSIGN_OR_RETURN(scores, tokens_score(*ref, data.tokens, o.seq_len, store));
+    SHRINK_ASSIGN_OR_RETURN(ref_pass, model_pass_finish(*ref, o, task));
+  }
+  accuracy_summarize(scores, r);
+  passes_compare(ref_pass, cmp_pass, o, task, r);
   verdict_decide(o, r);
   return r;
 }

@@ -1,4 +1,6 @@
-// Verification of a compact model against its reference (the teacher) in the runtime: the
+// Verification of a compact model against its reference (the teacher) in the runtime, one model
+// loaded at a time (the compact model's logits are kept for the reference's pass, spilled to a
+// temporary file beyond a budget), so that it needs the memory of the larger model only: the
 // perplexity of both, top-1 agreement and mean KL(reference || compact) per predicted token over
 // the same evaluation windows (core::eval_windows), and both models' speeds from the same
 // benchmark. Beyond the means, the distribution over scored tokens as llama.cpp's
@@ -37,6 +39,9 @@ struct VerifyOptions {
   double max_acc_drop = -1;      // task acc_norm, reference minus compact; < 0: no gate
   int64_t bench_prompt_len = 128, bench_gen_len = 32;
   bool bench = true;
+  // Budget for the compact model's logits, kept for the reference's pass (scored positions x
+  // vocab x 4 bytes); beyond it they spill to a temporary file in $TMPDIR (else /tmp).
+  std::string max_memory = "512M";
   EngineOptions engine;
 };
 
@@ -67,6 +72,8 @@ struct VerifyResult {
   BenchResult bench_reference, bench_compact;
   double decode_speedup = 0, prefill_speedup = 0;
   uint64_t bytes_reference = 0, bytes_compact = 0;  // weight bytes read per decode step
+  uint64_t logits_bytes = 0;  // the compact model's stored logits
+  bool logits_spilled = false;  // ... in a temporary file (beyond VerifyOptions::max_memory)
   std::string engine_reference, engine_compact;   // Engine::describe(): how each model ran
   bool passed = true;
   std::string verdict;  // "pass", or which gates failed

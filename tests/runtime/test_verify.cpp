@@ -1,7 +1,8 @@
 // Verification statistics (runtime::verify): nearest-rank percentiles; the KL and delta-p
 // distributions, standard errors and the perplexity interval against a hand computation on a
 // real pair of models (a fixture against itself with its lm_head quantized to int8); a model
-// against itself scores exactly zero everywhere; the KL and top-1 gates.
+// against itself scores exactly zero everywhere; the KL and top-1 gates; the compact model's
+// logits spilled to a file give the same statistics as kept in memory.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -131,6 +132,28 @@ TEST(Verify, StatisticsMatchAHandComputation) {
   EXPECT_EQ(j["kl_stats"]["p99"].get<double>(), r->kl_dist.p99);
   EXPECT_EQ(j["delta_p"]["rms"].get<double>(), r->delta_p_rms);
   EXPECT_EQ(j["perplexity_increase_ci95"].size(), 2u);
+
+  // One model at a time: the compact model's logits were kept in memory (65 positions x 300 x 4
+  // bytes); under a 1 KiB budget they spill to a file and every statistic is the same, bit for bit.
+  EXPECT_EQ(r->logits_bytes, 65u * 300u * 4u);
+  EXPECT_FALSE(r->logits_spilled);
+  {
+    runtime::VerifyOptions os = o;
+    os.max_memory = "1K";
+    auto sp = runtime::verify(model, model, os);
+    ASSERT_TRUE(sp.is_ok()) << sp.status().message();
+    EXPECT_TRUE(sp->logits_spilled);
+    EXPECT_EQ(sp->to_json().dump(), [&] {
+      nlohmann::json j = r->to_json();
+      j["logits_spilled"] = true;
+      return j.dump();
+    }());
+    os.max_memory = "lots";
+    auto bad_budget = runtime::verify(model, model, os);
+    ASSERT_FALSE(bad_budget.is_ok());
+    EXPECT_NE(bad_budget.status().message().find("--max-memory"), std::string::npos)
+        << bad_budget.status().message();
+  }
 
   // Gates: a KL ceiling below the measured mean and a top-1 floor above the agreement fail.
   o.max_kl = kl * 0.5;

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "core/dataset.h"
+#include "core/fs.h"
 #include "runtime/verify.h"
 #include "tools/shrink/cli.h"
 #include "tools/verify_options.h"
@@ -31,6 +32,9 @@ void register_verify(CLI::App& app, Globals& g) {
       if (o->v.seq_len < 2) throw Error(StatusCode::kInvalidInput, "--seq-len must be >= 2");
       if (o->v.bench_prompt_len < 1 || o->v.bench_gen_len < 1) {
         throw Error(StatusCode::kInvalidInput, "--prompt-len and --gen-len must be >= 1");
+      }
+      if (auto m = core::bytes_parse(o->v.max_memory); !m.is_ok()) {
+        throw Error(StatusCode::kInvalidInput, "--max-memory: " + m.status().message());
       }
       if (g.validate_only) return 0;
       o->v.engine.threads = g.threads;
