@@ -47,7 +47,9 @@ fi
 # scripts/ort_check.mjs; onnxruntime-node ships its CPU library, so --ignore-scripts, i.e. no
 # download at install time, is enough) and Hugging Face's Tokenizers.js for the tokenizer check
 # (ctest tokenizer_peer_check, scripts/tokenizer_check.mjs), and Transformers.js (on the same
-# onnxruntime-node) for the loader check of pruned models (ctest transformers_js_check). Node
+# onnxruntime-node) for the loader check of pruned models (ctest transformers_js_check), and
+# node-llama-cpp, whose packages carry llama.cpp's prebuilt CPU libraries (--ignore-scripts: no
+# download or build at install time), for the GGUF check (ctest llamacpp_check). Node
 # comes from Debian (nodejs + npm) when missing. Required: if they cannot be installed, setup
 # fails here, as those ctests would (a broken install must not pass as skipped checks). On a
 # machine without npm access, SHRINK_SKIP_NPM_PEERS=1 installs none of them; the configure below
@@ -56,14 +58,17 @@ export SHRINK_SKIP_NPM_PEERS=${SHRINK_SKIP_NPM_PEERS:-0}
 ORT_NODE_VERSION=1.30.0
 HF_TOKENIZERS_VERSION=0.2.0
 HF_TRANSFORMERS_VERSION=4.3.2
+NODE_LLAMA_CPP_VERSION=3.21.1
 npm_peers_present() {
   grep -qs "\"version\": \"$ORT_NODE_VERSION\"" .npm-ort/node_modules/onnxruntime-node/package.json &&
     grep -qs "\"version\": \"$HF_TOKENIZERS_VERSION\"" .npm-ort/node_modules/@huggingface/tokenizers/package.json &&
-    grep -qs "\"version\": \"$HF_TRANSFORMERS_VERSION\"" .npm-ort/node_modules/@huggingface/transformers/package.json
+    grep -qs "\"version\": \"$HF_TRANSFORMERS_VERSION\"" .npm-ort/node_modules/@huggingface/transformers/package.json &&
+    grep -qs "\"version\": \"$NODE_LLAMA_CPP_VERSION\"" .npm-ort/node_modules/node-llama-cpp/package.json &&
+    [ -f .npm-ort/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node ]
 }
-NPM_HINT="or set SHRINK_SKIP_NPM_PEERS=1 to skip ort_check, tokenizer_peer_check and transformers_js_check"
+NPM_HINT="or set SHRINK_SKIP_NPM_PEERS=1 to skip ort_check, tokenizer_peer_check, transformers_js_check and llamacpp_check"
 if [ "$SHRINK_SKIP_NPM_PEERS" = 1 ]; then
-  step "SHRINK_SKIP_NPM_PEERS=1: no npm peers; ort_check, tokenizer_peer_check and transformers_js_check will be skipped"
+  step "SHRINK_SKIP_NPM_PEERS=1: no npm peers; ort_check, tokenizer_peer_check, transformers_js_check and llamacpp_check will be skipped"
 else
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     step "installing nodejs npm (for the ONNX Runtime, Tokenizers.js and Transformers.js peer checks)"
@@ -76,11 +81,12 @@ else
         --no-install-recommends nodejs npm >/dev/null; } || fail "could not install nodejs npm; $NPM_HINT"
   fi
   if ! npm_peers_present; then
-    step "installing onnxruntime-node $ORT_NODE_VERSION, @huggingface/tokenizers $HF_TOKENIZERS_VERSION and @huggingface/transformers $HF_TRANSFORMERS_VERSION into .npm-ort/"
+    step "installing onnxruntime-node $ORT_NODE_VERSION, @huggingface/tokenizers $HF_TOKENIZERS_VERSION, @huggingface/transformers $HF_TRANSFORMERS_VERSION and node-llama-cpp $NODE_LLAMA_CPP_VERSION (llama.cpp's prebuilt binaries) into .npm-ort/"
     npm_log=$(mktemp)
     npm install --prefix .npm-ort --ignore-scripts --no-audit --no-fund \
       "onnxruntime-node@$ORT_NODE_VERSION" "@huggingface/tokenizers@$HF_TOKENIZERS_VERSION" \
-      "@huggingface/transformers@$HF_TRANSFORMERS_VERSION" >"$npm_log" 2>&1 \
+      "@huggingface/transformers@$HF_TRANSFORMERS_VERSION" "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" \
+      >"$npm_log" 2>&1 \
       || { tail -20 "$npm_log" >&2; rm -f "$npm_log"; fail "npm install into .npm-ort failed; $NPM_HINT"; }
     rm -f "$npm_log"
     npm_peers_present || fail "npm install did not leave the pinned versions in .npm-ort/; $NPM_HINT"

@@ -8,10 +8,15 @@
 //       runs shrink-rt's engine (lib/runtime, 1 thread) on the prompt and writes CASE_DIR/ref.json:
 //       {model, scheme, prompt, vocab, logits: every prompt position (row-major), greedy: the
 //       first `gen` greedy ids (EOS ignored), exactly as `shrink-rt generate --ids` makes them}.
+//   export_peer ref MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]
+//       the same ref.json without the ONNX export (the llama.cpp peer check's reference)
+//   export_peer gguf MODEL_DIR OUT.gguf TYPE
+//       pipeline::gguf_export (as `shrink export --format gguf --type TYPE`); prints its result
 // Exit codes: 0 ok, 2 bad usage/input, 1 failure. Not a user tool: a test driver.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -21,6 +26,7 @@
 
 #include "core/status.h"
 #include "export/onnx_export.h"
+#include "pipeline/gguf_export.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "tests/export/util.h"
@@ -42,13 +48,19 @@ int usage() {
                "usage: export_peer quantize SRC DST none|none4|none4asym|static|dynamic[-gidx] "
                "[GROUP] [INPUT_SCALE]\n"
                "       export_peer window SRC DST W\n"
-               "       export_peer case MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n");
+               "       export_peer case|ref MODEL_DIR CASE_DIR [--prompt 1,2,3] [--gen 32]\n"
+               "       export_peer gguf MODEL_DIR OUT.gguf TYPE\n");
   return 2;
 }
 
 int run_case(const std::string& model, const std::string& case_dir,
-             std::vector<int32_t> prompt, int64_t gen) {
-  exporter::OnnxExportResult r = exporter::onnx_export_dir(model, case_dir + "/onnx");
+             std::vector<int32_t> prompt, int64_t gen, bool onnx) {
+  exporter::OnnxExportResult r;
+  if (onnx) {
+    r = exporter::onnx_export_dir(model, case_dir + "/onnx");
+  } else {
+    std::filesystem::create_directories(case_dir);
+  }
   runtime::EngineOptions eo;
   eo.threads = 1;
   auto engine = runtime::Engine::load(model, eo).take_or_throw();
@@ -73,8 +85,10 @@ int run_case(const std::string& model, const std::string& case_dir,
                       {"logits", logits},
                       {"greedy", std::vector<int32_t>(g.ids.begin() + g.prompt_len, g.ids.end())}};
   throw_if_error(core::write_file_atomic(case_dir + "/ref.json", j.dump()));
-  std::printf("%s: %s, %lld nodes -> %s/onnx\n", model.c_str(), r.scheme.c_str(),
-              (long long)r.nodes, case_dir.c_str());
+  if (onnx) {
+    std::printf("%s: %s, %lld nodes -> %s/onnx\n", model.c_str(), r.scheme.c_str(),
+                (long long)r.nodes, case_dir.c_str());
+  }
   return 0;
 }
 
@@ -107,7 +121,20 @@ int main(int argc, char** argv) {
       test::copy_model(a[1], a[2], std::stoll(a[3]));
       return 0;
     }
-    if (a.size() >= 3 && a[0] == "case") {
+    if (a.size() == 4 && a[0] == "gguf") {
+      pipeline::GgufExportOptions o;
+      o.type = a[3];
+      pipeline::GgufExportResult r = pipeline::gguf_export(a[1], a[2], o).take_or_throw();
+      std::printf("%s\n", nlohmann::json({{"file_type", r.file_type},
+                                          {"exact", r.exact},
+                                          {"requantized", r.requantized},
+                                          {"max_scale_rel_change", r.max_scale_rel_change},
+                                          {"notes", r.notes}})
+                              .dump()
+                              .c_str());
+      return 0;
+    }
+    if (a.size() >= 3 && (a[0] == "case" || a[0] == "ref")) {
       std::vector<int32_t> prompt;
       int64_t gen = 32;
       for (size_t i = 3; i + 1 < a.size(); i += 2) {
@@ -115,7 +142,7 @@ int main(int argc, char** argv) {
         else if (a[i] == "--gen") gen = std::stoll(a[i + 1]);
         else return usage();
       }
-      return run_case(a[1], a[2], prompt, gen);
+      return run_case(a[1], a[2], prompt, gen, a[0] == "case");
     }
     return usage();
   } catch (const Error& e) {
