@@ -64,6 +64,8 @@ add_case llama_gqa-w4a16_g32-q4_0 "$WORK/models/w4a16_g32" auto int "$INT"
 add_case llama_gqa-w4a16_asym_g32-q4_1 "$WORK/models/w4a16_asym_g32" auto int "$INT"
 add_case llama_gqa-w4a16_g32_gidx-q4_0 "$WORK/models/w4a16_g32_gidx" auto int "$REQUANT"
 add_case llama_gqa-float-q8_0 "$src" q8_0 int "$INT"
+add_case llama_gqa-float-q4_0 "$src" q4_0 int "$REQUANT"
+add_case llama_gqa-float-q4_1 "$src" q4_1 int "$REQUANT"
 if [ -n "$TEACHER" ] && [ -f "$TEACHER/config.json" ]; then
   text="Q: How many programmers does it take to change a light bulb? A: None, that is a hardware problem. You will be successful in your work."
   ids=$("$RT" --threads 1 generate "$TEACHER" --prompt "$text" --max-new-tokens 1 --ignore-eos --ids | tail -1)

@@ -114,7 +114,7 @@ void gguf_quantize_q4_1(const float* x, int64_t n, uint8_t* out) {
     for (int j = 0; j < 16; ++j) {
       const uint8_t lo = uint8_t(std::min(15, int(int8_t((x[j] - mn) * id + 0.5f))));
       const uint8_t hi = uint8_t(std::min(15, int(int8_t((x[j + 16] - mn) * id + 0.5f))));
-      out[2 + j] = uint8_t(lo | (hi << 4));
+      out[4 + j] = uint8_t(lo | (hi << 4));
     }
   }
 }

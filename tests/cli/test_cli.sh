@@ -245,6 +245,14 @@ elif [ "$rc" = 0 ] && [ -n "$(find "$T/onnx" -name '*.onnx')" ]; then
 else
   bad "export to ONNX: rc $rc, want 0 and an .onnx file"; show_err
 fi
+expect_rc "export to GGUF (the W4A16 act-order model) exits 0" 0 "$SHRINK" --json export "$T/q4g" --format gguf --out "$T/q4g.gguf"
+expect_grep "the GGUF export says it requantized act-order groups" "$T/out" 'requantized to q4_0'
+inputs_unchanged "export gguf"
+expect_rc "export --format gguf --type q3_k exits 2" 2 "$SHRINK" export "$T/rand" --format gguf --out "$T/x.gguf" --type q3_k
+expect_grep "the GGUF type error lists the types" "$T/err" "expected auto, f32, f16, bf16, q8_0, q4_0 or q4_1"
+if [ -e "$T/x.gguf" ]; then bad "a refused GGUF export left a file"; else ok "a refused GGUF export leaves no file"; fi
+expect_rc "export --format tflite exits 2" 2 "$SHRINK" export "$T/rand" --format tflite --out "$T/x"
+expect_grep "the format error lists the formats" "$T/err" "expected onnx or gguf"
 expect_rc "eval with a bad --seq-len exits 2" 2 "$SHRINK" eval "$FIX/hf/llama_gqa_llama3rope" --seq-len 1 --data "$FIX"
 
 # The reference-BLAS warning: force Debian's reference BLAS in front of LibTorch's.

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# llama.cpp as a peer, from node-llama-cpp's prebuilt binaries (scripts/setup.sh installs them in
+# .npm-ort/): not a ctest (minutes).
+#
+#   scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]
+#     Perplexity in llama.cpp (scripts/llamacpp_ppl.mjs, shrink's window definition) of the same
+#     teacher as GGUF files made three ways: shrink's GPTQ and RTN W4A16 (group 32) exported to
+#     Q4_0 exactly, shrink's W8A16 to Q8_0, and llama.cpp's own quantizer (llama_model_quantize,
+#     what llama-quantize runs: build/bin/llamacpp_quantize) to Q4_0, Q4_K_M and Q8_0 from the
+#     f32 export; beside each shrink checkpoint, its perplexity in shrink-rt on the same windows.
+#
+# Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
+# load is not controlled: run it alone.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BIN=${SHRINK_BIN:-$ROOT/build/bin}
+mode=${1:-}
+shift || true
+teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256
+OUT=${OUT:-$ROOT/runs/llamacpp-bench}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) threads=$2; shift ;;
+    --max-tokens) max_tokens=$2; shift ;;
+    --seq-len) seq_len=$2; shift ;;
+    -*) echo "llamacpp_bench: unknown option $1" >&2; exit 2 ;;
+    *) teacher=$1 ;;
+  esac
+  shift
+done
+NPM_DIR=${SHRINK_ORT_NODE_DIR:-$ROOT/.npm-ort}
+LIBDIR=$NPM_DIR/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+[ -f "$LIBDIR/libllama.v0.4.0.so" ] || { echo "llamacpp_bench: node-llama-cpp's libllama not in $LIBDIR (run scripts/setup.sh)" >&2; exit 1; }
+mkdir -p "$OUT"
+: >"$OUT/results.jsonl"
+
+llama_quantize() {  # IN OUT TYPE
+  LD_LIBRARY_PATH=$LIBDIR "$BIN/llamacpp_quantize" "$LIBDIR/libllama.v0.4.0.so" "$1" "$2" "$3" "$threads" 2>/dev/null
+}
+ppl_llamacpp() {  # GGUF
+  node "$HERE/llamacpp_ppl.mjs" "$1" "$OUT/shards/val-00000.tok" --seq-len "$seq_len" \
+    --max-tokens "$max_tokens" --threads "$threads" | sed 's/.*"perplexity":\([0-9.e+-]*\).*/\1/'
+}
+ppl_shrink_rt() {  # MODEL_DIR
+  "$BIN/shrink-rt" --threads "$threads" --json eval "$1" --data "$OUT/shards" --split val \
+    --max-tokens "$max_tokens" --seq-len "$seq_len" | sed -n 's/^ *"perplexity": \([0-9.e+-]*\),*/\1/p'
+}
+row() {  # NAME SIZE_BYTES PPL_LLAMACPP PPL_SHRINK_RT
+  printf '| %s | %.2f | %s | %s |\n' "$1" "$(echo "$2 / 1048576" | bc -l)" "$3" "${4:--}"
+  echo "{\"file\": \"$1\", \"bytes\": $2, \"ppl_llamacpp\": $3, \"ppl_shrink_rt\": ${4:-null}}" >>"$OUT/results.jsonl"
+}
+
+quality() {
+  local S=$BIN/shrink q=(-q --threads "$threads")
+  echo "==> shards, exports and quantizations of $teacher" >&2
+  rm -rf "$OUT/shards" "$OUT/m"
+  mkdir -p "$OUT/m"
+  "$S" "${q[@]}" data prepare --tokenizer "$teacher/tokenizer.json" --out "$OUT/shards" >/dev/null
+  "$S" "${q[@]}" export "$teacher" --format gguf --type f32 --out "$OUT/m/teacher-f32.gguf" >/dev/null
+  "$S" "${q[@]}" export "$teacher" --format gguf --out "$OUT/m/teacher-auto.gguf" >/dev/null
+  for t in q4_0 q4_k_m q8_0; do llama_quantize "$OUT/m/teacher-f32.gguf" "$OUT/m/llamacpp-$t.gguf" "$t" >/dev/null; done
+  "$S" "${q[@]}" quantize "$teacher" --out "$OUT/m/gptq" --scheme w4a16 --group-size 32 --method gptq --eval-tokens 0 >/dev/null
+  "$S" "${q[@]}" quantize "$teacher" --out "$OUT/m/rtn" --scheme w4a16 --group-size 32 --eval-tokens 0 >/dev/null
+  "$S" "${q[@]}" quantize "$teacher" --out "$OUT/m/w8" --scheme w8a16 --eval-tokens 0 >/dev/null
+  for m in gptq rtn w8; do "$S" "${q[@]}" export "$OUT/m/$m" --format gguf --out "$OUT/m/shrink-$m.gguf" >/dev/null; done
+  echo "==> perplexity ($max_tokens validation tokens in windows of $seq_len, $threads threads)" >&2
+  echo
+  echo "| GGUF file | MiB | perplexity in llama.cpp | the checkpoint in shrink-rt |"
+  echo "| --- | ---: | ---: | ---: |"
+  row "teacher, as stored (shrink export)" "$(stat -c %s "$OUT/m/teacher-auto.gguf")" "$(ppl_llamacpp "$OUT/m/teacher-auto.gguf")" "$(ppl_shrink_rt "$teacher")"
+  row "shrink GPTQ W4A16 g32 -> Q4_0 (exact)" "$(stat -c %s "$OUT/m/shrink-gptq.gguf")" "$(ppl_llamacpp "$OUT/m/shrink-gptq.gguf")" "$(ppl_shrink_rt "$OUT/m/gptq")"
+  row "shrink RTN W4A16 g32 -> Q4_0 (exact)" "$(stat -c %s "$OUT/m/shrink-rtn.gguf")" "$(ppl_llamacpp "$OUT/m/shrink-rtn.gguf")" "$(ppl_shrink_rt "$OUT/m/rtn")"
+  row "llama.cpp Q4_0 (llama_model_quantize)" "$(stat -c %s "$OUT/m/llamacpp-q4_0.gguf")" "$(ppl_llamacpp "$OUT/m/llamacpp-q4_0.gguf")"
+  row "llama.cpp Q4_K_M (llama_model_quantize)" "$(stat -c %s "$OUT/m/llamacpp-q4_k_m.gguf")" "$(ppl_llamacpp "$OUT/m/llamacpp-q4_k_m.gguf")"
+  row "shrink W8A16 -> Q8_0 (exact)" "$(stat -c %s "$OUT/m/shrink-w8.gguf")" "$(ppl_llamacpp "$OUT/m/shrink-w8.gguf")" "$(ppl_shrink_rt "$OUT/m/w8")"
+  row "llama.cpp Q8_0 (llama_model_quantize)" "$(stat -c %s "$OUT/m/llamacpp-q8_0.gguf")" "$(ppl_llamacpp "$OUT/m/llamacpp-q8_0.gguf")"
+}
+
+case "$mode" in
+  quality) quality ;;
+  *) echo "usage: scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]" >&2; exit 2 ;;
+esac
