@@ -9,6 +9,13 @@
 #     what llama-quantize runs: build/bin/llamacpp_quantize) to Q4_0, Q4_K_M and Q8_0 from the
 #     f32 export; beside each shrink checkpoint, its perplexity in shrink-rt on the same windows.
 #
+#   scripts/llamacpp_bench.sh quantize-speed MODEL_DIR [--threads N] [--reps N]
+#     Round-to-nearest quantization of one model by both tools at the same thread count, runs
+#     interleaved, wall seconds (GNU time, process start included), medians: shrink quantize
+#     --scheme w4a16 --group-size 32 and --scheme w8a16 (model-free, from the safetensors) against
+#     llama.cpp's Q4_0 and Q8_0 (llama_model_quantize, from the same weights exported as GGUF in
+#     their stored type, the file llama-quantize starts from).
+#
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
 # load is not controlled: run it alone.
 set -euo pipefail
@@ -17,13 +24,14 @@ ROOT=$(cd "$HERE/.." && pwd)
 BIN=${SHRINK_BIN:-$ROOT/build/bin}
 mode=${1:-}
 shift || true
-teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256
+teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256 reps=3
 OUT=${OUT:-$ROOT/runs/llamacpp-bench}
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=$2; shift ;;
     --max-tokens) max_tokens=$2; shift ;;
     --seq-len) seq_len=$2; shift ;;
+    --reps) reps=$2; shift ;;
     -*) echo "llamacpp_bench: unknown option $1" >&2; exit 2 ;;
     *) teacher=$1 ;;
   esac
@@ -77,7 +85,45 @@ quality() {
   row "llama.cpp Q8_0 (llama_model_quantize)" "$(stat -c %s "$OUT/m/llamacpp-q8_0.gguf")" "$(ppl_llamacpp "$OUT/m/llamacpp-q8_0.gguf")"
 }
 
+wall() {  # CMD...: wall seconds of one run (GNU time), output discarded
+  /usr/bin/time -f %e -o "$OUT/time.txt" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+  cat "$OUT/time.txt"
+}
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+quantize_speed() {
+  local M=$teacher S=$BIN/shrink
+  echo "==> $M as GGUF (stored type) for llama.cpp" >&2
+  "$S" -q --threads "$threads" export "$M" --format gguf --out "$OUT/model.gguf" >/dev/null
+  local -A t
+  for r in $(seq "$reps"); do
+    for k in llama-q4_0 shrink-w4a16 llama-q8_0 shrink-w8a16; do
+      rm -rf "$OUT/q" "$OUT/q.gguf"
+      case "$k" in
+        llama-q4_0) s=$(wall env LD_LIBRARY_PATH="$LIBDIR" "$BIN/llamacpp_quantize" "$LIBDIR/libllama.v0.4.0.so" "$OUT/model.gguf" "$OUT/q.gguf" q4_0 "$threads") ;;
+        llama-q8_0) s=$(wall env LD_LIBRARY_PATH="$LIBDIR" "$BIN/llamacpp_quantize" "$LIBDIR/libllama.v0.4.0.so" "$OUT/model.gguf" "$OUT/q.gguf" q8_0 "$threads") ;;
+        shrink-w4a16) s=$(wall "$S" -q --threads "$threads" quantize "$M" --out "$OUT/q" --scheme w4a16 --group-size 32 --eval-tokens 0) ;;
+        shrink-w8a16) s=$(wall "$S" -q --threads "$threads" quantize "$M" --out "$OUT/q" --scheme w8a16 --eval-tokens 0) ;;
+      esac
+      t[$k]+="$s "
+      echo "rep $r: $k ${s} s" >&2
+      echo "{\"rep\": $r, \"run\": \"$k\", \"seconds\": $s, \"threads\": $threads}" >>"$OUT/results.jsonl"
+    done
+  done
+  rm -rf "$OUT/q" "$OUT/q.gguf" "$OUT/model.gguf"
+  local a b
+  echo
+  echo "| bits | shrink (model-free RTN) s | llama.cpp s | shrink's speed-up |"
+  echo "| --- | ---: | ---: | ---: |"
+  a=$(echo "${t[shrink-w4a16]}" | tr ' ' '\n' | grep . | median); b=$(echo "${t[llama-q4_0]}" | tr ' ' '\n' | grep . | median)
+  printf '| W4A16 group 32 vs Q4_0 | %s (%s) | %s (%s) | %.2fx |\n' "$a" "${t[shrink-w4a16]% }" "$b" "${t[llama-q4_0]% }" "$(echo "$b / $a" | bc -l)"
+  a=$(echo "${t[shrink-w8a16]}" | tr ' ' '\n' | grep . | median); b=$(echo "${t[llama-q8_0]}" | tr ' ' '\n' | grep . | median)
+  printf '| W8A16 per channel vs Q8_0 | %s (%s) | %s (%s) | %.2fx |\n' "$a" "${t[shrink-w8a16]% }" "$b" "${t[llama-q8_0]% }" "$(echo "$b / $a" | bc -l)"
+}
+
 case "$mode" in
   quality) quality ;;
-  *) echo "usage: scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]" >&2; exit 2 ;;
+  quantize-speed) quantize_speed ;;
+  *) echo "usage: scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]" >&2
+     echo "       scripts/llamacpp_bench.sh quantize-speed MODEL_DIR [--threads N] [--reps N]" >&2; exit 2 ;;
 esac
