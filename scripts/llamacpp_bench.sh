@@ -16,6 +16,15 @@
 #     llama.cpp's Q4_0 and Q8_0 (llama_model_quantize, from the same weights exported as GGUF in
 #     their stored type, the file llama-quantize starts from).
 #
+#   scripts/llamacpp_bench.sh speed [smollm-135m|llama-1b] [--threads "1 2"] [--reps N]
+#     shrink-rt bench against llama.cpp (scripts/llamacpp_speed.mjs) on the same random weights
+#     of the shape (shrink init --streaming), batch 1, 64 prompt tokens, 32 decode steps, runs
+#     interleaved, medians of --reps. Each tool as a user gets it by default: shrink-rt on shrink's
+#     f32 and bf16 checkpoints, W8A16 (per channel) and W4A16 (group 32, RTN), with its defaults
+#     (--lm-head auto: an int8 head for the quantized ones); llama.cpp on the f32 and bf16 GGUF
+#     exports and on its own Q8_0 and Q4_0 of the f32 one (llama_model_quantize: its default
+#     choices for the embedding and output tensors).
+#
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
 # load is not controlled: run it alone.
 set -euo pipefail
@@ -25,6 +34,7 @@ BIN=${SHRINK_BIN:-$ROOT/build/bin}
 mode=${1:-}
 shift || true
 teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256 reps=3
+[ "$mode" = speed ] && threads="1 2"
 OUT=${OUT:-$ROOT/runs/llamacpp-bench}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,7 +54,7 @@ mkdir -p "$OUT"
 : >"$OUT/results.jsonl"
 
 llama_quantize() {  # IN OUT TYPE
-  LD_LIBRARY_PATH=$LIBDIR "$BIN/llamacpp_quantize" "$LIBDIR/libllama.v0.4.0.so" "$1" "$2" "$3" "$threads" 2>/dev/null
+  LD_LIBRARY_PATH=$LIBDIR "$BIN/llamacpp_quantize" "$LIBDIR/libllama.v0.4.0.so" "$1" "$2" "$3" 2 2>/dev/null
 }
 ppl_llamacpp() {  # GGUF
   node "$HERE/llamacpp_ppl.mjs" "$1" "$OUT/shards/val-00000.tok" --seq-len "$seq_len" \
@@ -121,9 +131,60 @@ quantize_speed() {
   printf '| W8A16 per channel vs Q8_0 | %s (%s) | %s (%s) | %.2fx |\n' "$a" "${t[shrink-w8a16]% }" "$b" "${t[llama-q8_0]% }" "$(echo "$b / $a" | bc -l)"
 }
 
+shape_config() {  # SHAPE
+  case "$1" in
+    smollm-135m) echo '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "max_position_embeddings": 2048, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": true, "hidden_act": "silu", "torch_dtype": "float32"}' ;;
+    llama-1b) echo '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": true, "hidden_act": "silu", "torch_dtype": "float32"}' ;;
+    *) echo "llamacpp_bench: shape '$1': expected smollm-135m or llama-1b" >&2; exit 2 ;;
+  esac
+}
+
+speed() {
+  local shape=$teacher S=$BIN/shrink
+  [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
+  local W=$OUT/$shape
+  mkdir -p "$W"
+  echo "==> $shape: random weights, checkpoints and GGUF files in $W" >&2
+  shape_config "$shape" >"$W/config.json"
+  rm -rf "$W/f32" "$W/bf16" "$W/w8" "$W/w4"
+  "$S" -q init --streaming --config "$W/config.json" --dtype float32 --out "$W/f32" >/dev/null
+  "$S" -q init --streaming --config "$W/config.json" --dtype bfloat16 --out "$W/bf16" >/dev/null
+  "$S" -q --threads 2 quantize "$W/f32" --out "$W/w8" --scheme w8a16 --eval-tokens 0 >/dev/null
+  "$S" -q --threads 2 quantize "$W/f32" --out "$W/w4" --scheme w4a16 --group-size 32 --eval-tokens 0 >/dev/null
+  for m in f32 bf16; do "$S" -q export "$W/$m" --format gguf --out "$W/$m.gguf" >/dev/null; done
+  llama_quantize "$W/f32.gguf" "$W/w8.gguf" q8_0 >/dev/null
+  llama_quantize "$W/f32.gguf" "$W/w4.gguf" q4_0 >/dev/null
+  echo
+  echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | llama.cpp decode tok/s | decode ratio | shrink-rt prefill tok/s | llama.cpp prefill tok/s | prefill ratio |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  local m th r a b
+  for m in f32 bf16 w8 w4; do
+    for th in $threads; do
+      local rd="" rp="" ld="" lp=""
+      for r in $(seq "$reps"); do
+        a=$("$BIN/shrink-rt" --threads "$th" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
+        rd+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
+        rp+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
+        b=$(node "$HERE/llamacpp_speed.mjs" "$W/$m.gguf" --prompt-len 64 --gen-len 32 --threads "$th")
+        ld+="$(echo "$b" | sed 's/.*"decode_tok_s":\([0-9.e+-]*\).*/\1/') "
+        lp+="$(echo "$b" | sed 's/.*"prefill_tok_s":\([0-9.e+-]*\).*/\1/') "
+        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n'), \"llamacpp\": $b}" >>"$OUT/results.jsonl"
+      done
+      local md mp nd np
+      md=$(echo $rd | tr ' ' '\n' | median); mp=$(echo $rp | tr ' ' '\n' | median)
+      nd=$(echo $ld | tr ' ' '\n' | median); np=$(echo $lp | tr ' ' '\n' | median)
+      local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
+      printf '| %s | %s | %.1f | %.1f | %.2f | %.0f | %.0f | %.2f |\n' "${names[$m]}" "$th" "$md" "$nd" \
+        "$(echo "$md / $nd" | bc -l)" "$mp" "$np" "$(echo "$mp / $np" | bc -l)"
+    done
+  done
+}
+
 case "$mode" in
   quality) quality ;;
+  speed) speed ;;
   quantize-speed) quantize_speed ;;
   *) echo "usage: scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]" >&2
-     echo "       scripts/llamacpp_bench.sh quantize-speed MODEL_DIR [--threads N] [--reps N]" >&2; exit 2 ;;
+     echo "       scripts/llamacpp_bench.sh quantize-speed MODEL_DIR [--threads N] [--reps N]" >&2
+     echo "       scripts/llamacpp_bench.sh speed [smollm-135m|llama-1b] [--threads \"1 2\"] [--reps N]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,11 @@
 #include <CLI/CLI.hpp>
 #include <malloc.h>
 
+#include <unistd.h>
+
 #include <csignal>
+#include <cstdlib>
+#include <string>
 
 namespace shrink::cli {
 
@@ -17,6 +21,33 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
                  "Threads for compute (default: $SHRINK_THREADS, else all cores)");
   app.add_flag("--json", json, "Machine-readable JSON on stdout; no progress output");
   app.add_flag("-q,--quiet", quiet, "No progress output");
+}
+
+/// The spin count OpenMP (libgomp, which LibTorch and the runtime's kernels share) uses unless the
+/// user chose one: its threads spin this many iterations (a few microseconds) waiting for work,
+/// then sleep. libgomp's default (300,000 spins, about a millisecond) is fast on idle cores and
+/// ruinous on busy ones: on this 2-core machine beside two busy processes, `shrink quantize
+/// models/teacher --scheme w4a16 --group-size 32 --method gptq` took 242 s with the default, 52.9 s
+/// with 10,000 and 48.7 s with OMP_WAIT_POLICY=passive (no spinning); idle, 8.96, 8.67 and 9.22 s.
+/// shrink-rt's decode (smollm-135m shape) idle: 63.3, 60.8 and 51.0 tokens/s; loaded: 10.1, 23.5
+/// and 27.9. 10,000 keeps the idle speed and most of the loaded one.
+inline constexpr const char* kGompSpinCount = "10000";
+
+/// libgomp reads its settings when it is loaded, before main(): unless OMP_WAIT_POLICY or
+/// GOMP_SPINCOUNT is set (the user's choice stands), set GOMP_SPINCOUNT=kGompSpinCount and execute
+/// this program again, once (the variable is then set). If the exec fails, run as started.
+inline void openmp_wait_defaults(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (setenv("GOMP_SPINCOUNT", kGompSpinCount, 1) != 0) return;
+  execv("/proc/self/exe", argv);
+}
+
+/// How OpenMP threads wait in this process, for reports: "OMP_WAIT_POLICY=..." or
+/// "GOMP_SPINCOUNT=..." as set, else "libgomp default".
+inline std::string openmp_wait_setting() {
+  if (const char* p = std::getenv("OMP_WAIT_POLICY")) return std::string("OMP_WAIT_POLICY=") + p;
+  if (const char* c = std::getenv("GOMP_SPINCOUNT")) return std::string("GOMP_SPINCOUNT=") + c;
+  return "libgomp default";
 }
 
 /// Parse argv, which runs the chosen subcommand's callback, and return its exit code (read from
@@ -31,7 +62,9 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
 /// 17.2 s, 101k and 8.2 s with these settings; Wanda on memory_cap_e2e's 8-layer model 19.7 s and
 /// 679 MB peak RSS, 15.2 s and 716 MB with them). Returning the free memory before each streamed
 /// layer (malloc_trim) gave the time back (20.2 s), so it is not done.
+/// First of all, openmp_wait_defaults (which may execute the program again).
 inline int parse_and_run(CLI::App& app, int argc, char** argv, const int& exit_code) {
+  openmp_wait_defaults(argv);
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 128 << 20);
   std::signal(SIGXFSZ, SIG_IGN);

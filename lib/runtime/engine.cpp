@@ -431,9 +431,10 @@ void desc_quantize_w8a16(LinearDesc& d, const float* w) {
 Status Engine::Impl::build(TensorSource& src) {
   const core::ModelConfig& c = cfg;
   const int64_t H = c.hidden_size, I = c.intermediate_size;
-  SHRINK_CHECK(opts.lm_head == "f32" || opts.lm_head == "int8", StatusCode::kInvalidInput,
-               "--lm-head '%s': expected f32 or int8", opts.lm_head.c_str());
-  const bool head_int8 = opts.lm_head == "int8";
+  SHRINK_CHECK(opts.lm_head == "auto" || opts.lm_head == "f32" || opts.lm_head == "int8",
+               StatusCode::kInvalidInput, "--lm-head '%s': expected auto, f32 or int8",
+               opts.lm_head.c_str());
+  const bool head_int8 = opts.lm_head == "int8" || (opts.lm_head == "auto" && scheme.has_value());
   const KvStorage kv = opts.kv_cache == "f16"    ? KvStorage::kF16
                        : opts.kv_cache == "int8" ? KvStorage::kInt8
                                                  : KvStorage::kF32;  // checked in impl_create
@@ -678,6 +679,7 @@ uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
 std::string Engine::describe() const {
   const std::string scheme = impl_->scheme ? core::quant_scheme_name(*impl_->scheme) : "f32";
   return std::string(core::arch_name(impl_->cfg.arch)) + ", " + scheme +
+         (impl_->lm_head->kind == LinearKind::kW8A16 ? ", int8 lm_head" : "") +
          (impl_->opts.kv_cache == "f32" ? "" : ", " + impl_->opts.kv_cache + " kv cache") + ", " +
          impl_->be->describe();
 }

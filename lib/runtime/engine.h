@@ -48,11 +48,13 @@ struct EngineOptions {
   int gemv_max_rows = 0;       // cuda: see CudaBackendOptions
   bool graphs = true;          // cuda: record decode steps in CUDA graphs
   /// Storage of a float lm_head (tied or not): "f32" keeps it exact; "int8" quantizes it at
-  /// load to per-channel int8 (W8A16, round half to even), as llama.cpp does for output.weight.
+  /// load to per-channel int8 (W8A16, round half to even), as llama.cpp does for output.weight;
+  /// "auto" (the default) is int8 for a quantized checkpoint (config.json has a
+  /// quantization_config) and f32 for a float one.
   /// For small int8 models the float head is the largest single read of a decode step (the
   /// smollm-135m shape: 113 MB of f32 head against 106 MB of int8 blocks), so it caps the
   /// int8 speed-up. An lm_head that is already int8 in the checkpoint stays as it is.
-  std::string lm_head = "f32";
+  std::string lm_head = "auto";
   /// Storage of the KV cache: "f32", or (cpu) "f16" for half the bytes or "int8" for a quarter:
   /// at long context the cache, not the weights, is most of what a decode step reads (the
   /// smollm-135m shape at 2048 tokens: 94 MB of f32 cache against 129 MB of int8 weights).

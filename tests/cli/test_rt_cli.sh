@@ -64,6 +64,12 @@ expect_rc "no prompt exits 2" 2 "$RT" generate "$FIX/hf/llama_gqa_llama3rope"
 expect_rc "unknown shape exits 2" 2 "$RT" bench --shape gpt-5
 expect_grep "shape error lists shapes" "$T/err" "smollm-135m"
 expect_rc "bad isa exits 2" 2 "$RT" --isa sse9 generate "$FIX/hf/llama_gqa_llama3rope" --prompt-ids 1
+# OpenMP's wait: without a user setting the tools run themselves again with GOMP_SPINCOUNT=10000
+# (tools/cli_main.h); a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT stands.
+expect_rc "bench with no OpenMP setting" 0 env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$RT" --json bench --shape smollm-135m --prompt-len 4 --gen-len 1
+expect_grep "it sets the spin count itself" "$T/out" '"openmp_wait": "GOMP_SPINCOUNT=10000"'
+expect_rc "bench with OMP_WAIT_POLICY=passive" 0 env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=passive "$RT" --json bench --shape smollm-135m --prompt-len 4 --gen-len 1
+expect_grep "the user's wait policy stands" "$T/out" '"openmp_wait": "OMP_WAIT_POLICY=passive"'
 
 # generate: greedy ids equal transformers' on its prompt, and `shrink generate --ids` on another.
 for m in llama_gqa_llama3rope qwen2_bias_tied_bf16 mistral_mqa_linearrope llama_mha_sharded_f16; do

@@ -470,7 +470,31 @@ TEST(Engine, Int8LmHeadQuantizesTheHeadOnly) {
   auto r = Engine::load(test::fixture("llama_gqa_llama3rope"), bad);
   ASSERT_FALSE(r.is_ok());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidInput);
-  EXPECT_NE(r.status().message().find("--lm-head 'int4': expected f32 or int8"), std::string::npos);
+  EXPECT_NE(r.status().message().find("--lm-head 'int4': expected auto, f32 or int8"), std::string::npos);
+}
+
+// --lm-head auto (the default): a float checkpoint keeps its head exact; a quantized one gets the
+// int8 head, the same engine as --lm-head int8 (same weight bytes, same logits bit for bit).
+TEST(Engine, AutoLmHeadIsInt8ForQuantizedCheckpointsOnly) {
+  const std::string src = test::fixture("llama_gqa_llama3rope");
+  EngineOptions def, f32, i8;
+  f32.lm_head = "f32";
+  i8.lm_head = "int8";
+  auto ff = load(src, def), ff32 = load(src, f32);
+  ASSERT_TRUE(ff && ff32);
+  EXPECT_EQ(ff->weight_bytes(), ff32->weight_bytes());
+  EXPECT_EQ(ff->describe().find("int8 lm_head"), std::string::npos) << ff->describe();
+  const std::string q = test::temp_dir("auto_head");
+  core::QuantScheme s;  // W8A16 per channel
+  test::quantize_dir(src, q, s);
+  auto qa = load(q, def), qf = load(q, f32), qi = load(q, i8);
+  ASSERT_TRUE(qa && qf && qi);
+  EXPECT_EQ(qa->weight_bytes(), qi->weight_bytes());
+  EXPECT_LT(qa->weight_bytes(), qf->weight_bytes());
+  EXPECT_NE(qa->describe().find("int8 lm_head"), std::string::npos) << qa->describe();
+  EXPECT_EQ(run(*qa, 0, kSeq), run(*qi, 0, kSeq));
+  EXPECT_NE(run(*qa, 0, kSeq), run(*qf, 0, kSeq));
+  std::filesystem::remove_all(q);
 }
 
 // By default the CPU engine keeps a bf16 checkpoint as stored: its linears, embedding and tied
@@ -553,7 +577,9 @@ TEST(Int8, W8a16EqualsDequantisedFloatModel) {
   for (int64_t group : {int64_t(0), int64_t(32)}) {
     const std::string q = test::temp_dir("w8a16_" + std::to_string(group)), f = q + "_deq";
     test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme("none", group), 0, f);
-    auto eq = load(q), ef = load(f);
+    EngineOptions head_f32;  // the dequantized reference keeps its float head
+    head_f32.lm_head = "f32";
+    auto eq = load(q, head_f32), ef = load(f);
     ASSERT_TRUE(eq && ef);
     EXPECT_EQ(eq->scheme()->activations, "none");
     // x . (q * s) vs s * (x . q): float rounding only.
@@ -582,6 +608,7 @@ void expect_matches_float_at_every_isa(const std::string& q, Engine& ef,
   for (const char* isa : {"ref", "avx2", "avx512"}) {
     EngineOptions o;
     o.isa = isa;
+    o.lm_head = "f32";  // the float reference's head
     auto eq = Engine::load(q, o);
     if (!eq.is_ok()) continue;  // an ISA this CPU lacks
     if (!scheme_name.empty()) {

@@ -40,7 +40,7 @@ struct Globals {
   std::string cpu_weights;
   int cuda_gemv_rows = 0;
   bool no_cuda_graphs = false;
-  std::string lm_head = "f32";
+  std::string lm_head = "auto";
   std::string kv_cache = "f32";
   int exit_code = 0;
 };
@@ -167,6 +167,7 @@ void register_bench(CLI::App& app, Globals& g) {
       const std::string engine = e->describe();
       if (o->format == "json" || g.json) {
         print_json({{"model", what}, {"engine", engine}, {"threads", g.threads},
+                    {"openmp_wait", cli::openmp_wait_setting()},
                     {"device", g.device}, {"dtype", o->dtype},
                     {"sampling", {{"temperature", o->sampling.temperature},
                                   {"top_k", o->sampling.top_k}, {"top_p", o->sampling.top_p}}},
@@ -455,8 +456,9 @@ int main(int argc, char** argv) {
   app.add_option("--isa", g.isa, "Kernel ISA level: ref, avx2, avx512, avx512vnni (default: best)");
   app.add_option("--device", g.device, "Backend: cpu or cuda")->capture_default_str();
   app.add_option("--lm-head", g.lm_head,
-                 "Storage of a float lm_head: f32 (exact) or int8 (per-channel W8A16, quantized at "
-                 "load; verify keeps the reference's head in f32)")
+                 "Storage of a float lm_head: auto (int8 for a quantized checkpoint, f32 for a "
+                 "float one), f32 (exact) or int8 (per-channel W8A16, quantized at load; verify "
+                 "keeps the reference's head in f32)")
       ->capture_default_str();
   app.add_option("--kv-cache", g.kv_cache,
                  "Storage of the KV cache: f32, or (cpu) f16 or int8 (half or a quarter of the "

@@ -18,10 +18,10 @@ void register_verify(CLI::App& app, Globals& g) {
                 "verify): perplexity, top-1 agreement, KL, speeds; exit 3 when a gate fails");
   add_verify_options(sub, *o);
   sub->add_option("--lm-head", o->v.engine.lm_head,
-                  "The compact model's float lm_head in the runtime: f32 or int8 (per-channel, "
-                  "quantized at load)")
+                  "The compact model's float lm_head in the runtime: auto (int8 when the model is "
+                  "quantized), f32 or int8 (per-channel, quantized at load)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "int8"}));
+      ->check(CLI::IsMember({"auto", "f32", "int8"}));
   sub->add_option("--kv-cache", o->v.engine.kv_cache,
                   "The compact model's KV cache in the runtime: f32, or (cpu) f16 or int8")
       ->capture_default_str()
