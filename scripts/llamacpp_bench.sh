@@ -25,6 +25,12 @@
 #     exports and on its own Q8_0 and Q4_0 of the f32 one (llama_model_quantize: its default
 #     choices for the embedding and output tensors).
 #
+#   scripts/llamacpp_bench.sh native [smollm-135m|llama-1b] [--threads "1 2"] [--reps N]
+#     The same models against llama.cpp's own llama-bench built natively from node-llama-cpp's
+#     source bundle (scripts/llamacpp_build.sh; no JavaScript in the loop): prefill of 64 tokens
+#     (pp64) and 32 decode steps after 64 tokens of context (tg32 at depth 64), runs interleaved
+#     with shrink-rt bench --prompt-len 64 --gen-len 32, medians of --reps.
+#
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
 # load is not controlled: run it alone.
 set -euo pipefail
@@ -34,7 +40,7 @@ BIN=${SHRINK_BIN:-$ROOT/build/bin}
 mode=${1:-}
 shift || true
 teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256 reps=3
-[ "$mode" = speed ] && threads="1 2"
+{ [ "$mode" = speed ] || [ "$mode" = native ]; } && threads="1 2"
 OUT=${OUT:-$ROOT/runs/llamacpp-bench}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -139,13 +145,14 @@ shape_config() {  # SHAPE
   esac
 }
 
-speed() {
-  local shape=$teacher S=$BIN/shrink
-  [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
-  local W=$OUT/$shape
+# Random weights of the shape, shrink's checkpoints (f32, bf16, w8 = W8A16, w4 = W4A16 group 32)
+# and the GGUF files llama.cpp runs (f32 and bf16 exports; its own Q8_0 and Q4_0 of the f32 one)
+# in $W.
+models_make() {  # SHAPE
+  local S=$BIN/shrink
+  echo "==> $1: random weights, checkpoints and GGUF files in $W" >&2
   mkdir -p "$W"
-  echo "==> $shape: random weights, checkpoints and GGUF files in $W" >&2
-  shape_config "$shape" >"$W/config.json"
+  shape_config "$1" >"$W/config.json"
   rm -rf "$W/f32" "$W/bf16" "$W/w8" "$W/w4"
   "$S" -q init --streaming --config "$W/config.json" --dtype float32 --out "$W/f32" >/dev/null
   "$S" -q init --streaming --config "$W/config.json" --dtype bfloat16 --out "$W/bf16" >/dev/null
@@ -154,6 +161,54 @@ speed() {
   for m in f32 bf16; do "$S" -q export "$W/$m" --format gguf --out "$W/$m.gguf" >/dev/null; done
   llama_quantize "$W/f32.gguf" "$W/w8.gguf" q8_0 >/dev/null
   llama_quantize "$W/f32.gguf" "$W/w4.gguf" q4_0 >/dev/null
+}
+
+# One table row from the per-rep figures: NAME THREADS "shrink decodes" "peer decodes"
+# "shrink prefills" "peer prefills".
+speed_row() {
+  local md mp nd np
+  md=$(echo $3 | tr ' ' '\n' | median); nd=$(echo $4 | tr ' ' '\n' | median)
+  mp=$(echo $5 | tr ' ' '\n' | median); np=$(echo $6 | tr ' ' '\n' | median)
+  printf '| %s | %s | %.1f | %.1f | %.2f | %.0f | %.0f | %.2f |\n' "$1" "$2" "$md" "$nd" \
+    "$(echo "$md / $nd" | bc -l)" "$mp" "$np" "$(echo "$mp / $np" | bc -l)"
+}
+
+native() {
+  local shape=$teacher
+  [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
+  W=$OUT/$shape
+  local LB=${LLAMACPP_BIN:-$ROOT/build-llamacpp/bin}
+  [ -x "$LB/llama-bench" ] || "$HERE/llamacpp_build.sh" >&2
+  models_make "$shape"
+  local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
+  echo
+  echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | llama-bench tg32@d64 tok/s | decode ratio | shrink-rt prefill tok/s | llama-bench pp64 tok/s | prefill ratio |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  local m th r a b
+  for m in f32 bf16 w8 w4; do
+    for th in $threads; do
+      local rd="" rp="" ld="" lp=""
+      for r in $(seq "$reps"); do
+        a=$("$BIN/shrink-rt" --threads "$th" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
+        rd+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
+        rp+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
+        b=$("$LB/llama-bench" -m "$W/$m.gguf" -t "$th" -r 1 -p 64 -n 0 -o jsonl 2>/dev/null)
+        lp+="$(echo "$b" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/') "
+        b=$("$LB/llama-bench" -m "$W/$m.gguf" -t "$th" -r 1 -p 0 -n 32 -d 64 -o jsonl 2>/dev/null)
+        ld+="$(echo "$b" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/') "
+        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"llama-bench\", \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
+      done
+      speed_row "${names[$m]}" "$th" "$rd" "$ld" "$rp" "$lp"
+    done
+  done
+}
+
+speed() {
+  local shape=$teacher
+  [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
+  W=$OUT/$shape
+  models_make "$shape"
+  local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
   echo
   echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | llama.cpp decode tok/s | decode ratio | shrink-rt prefill tok/s | llama.cpp prefill tok/s | prefill ratio |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -168,14 +223,9 @@ speed() {
         b=$(node "$HERE/llamacpp_speed.mjs" "$W/$m.gguf" --prompt-len 64 --gen-len 32 --threads "$th")
         ld+="$(echo "$b" | sed 's/.*"decode_tok_s":\([0-9.e+-]*\).*/\1/') "
         lp+="$(echo "$b" | sed 's/.*"prefill_tok_s":\([0-9.e+-]*\).*/\1/') "
-        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n'), \"llamacpp\": $b}" >>"$OUT/results.jsonl"
+        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"node-llama-cpp\", \"shrink_rt\": $(echo "$a" | tr -d '\n'), \"llamacpp\": $b}" >>"$OUT/results.jsonl"
       done
-      local md mp nd np
-      md=$(echo $rd | tr ' ' '\n' | median); mp=$(echo $rp | tr ' ' '\n' | median)
-      nd=$(echo $ld | tr ' ' '\n' | median); np=$(echo $lp | tr ' ' '\n' | median)
-      local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
-      printf '| %s | %s | %.1f | %.1f | %.2f | %.0f | %.0f | %.2f |\n' "${names[$m]}" "$th" "$md" "$nd" \
-        "$(echo "$md / $nd" | bc -l)" "$mp" "$np" "$(echo "$mp / $np" | bc -l)"
+      speed_row "${names[$m]}" "$th" "$rd" "$ld" "$rp" "$lp"
     done
   done
 }
@@ -183,8 +233,9 @@ speed() {
 case "$mode" in
   quality) quality ;;
   speed) speed ;;
+  native) native ;;
   quantize-speed) quantize_speed ;;
   *) echo "usage: scripts/llamacpp_bench.sh quality [TEACHER] [--threads N] [--max-tokens N] [--seq-len N]" >&2
      echo "       scripts/llamacpp_bench.sh quantize-speed MODEL_DIR [--threads N] [--reps N]" >&2
-     echo "       scripts/llamacpp_bench.sh speed [smollm-135m|llama-1b] [--threads \"1 2\"] [--reps N]" >&2; exit 2 ;;
+     echo "       scripts/llamacpp_bench.sh speed|native [smollm-135m|llama-1b] [--threads \"1 2\"] [--reps N]" >&2; exit 2 ;;
 esac
