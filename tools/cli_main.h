@@ -26,11 +26,10 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
 /// The spin count OpenMP (libgomp, which LibTorch and the runtime's kernels share) uses unless the
 /// user chose one: its threads spin this many iterations (a few microseconds) waiting for work,
 /// then sleep. libgomp's default (300,000 spins, about a millisecond) is fast on idle cores and
-/// ruinous on busy ones: on this 2-core machine beside two busy processes, `shrink quantize
-/// models/teacher --scheme w4a16 --group-size 32 --method gptq` took 242 s with the default, 52.9 s
-/// with 10,000 and 48.7 s with OMP_WAIT_POLICY=passive (no spinning); idle, 8.96, 8.67 and 9.22 s.
-/// shrink-rt's decode (smollm-135m shape) idle: 63.3, 60.8 and 51.0 tokens/s; loaded: 10.1, 23.5
-/// and 27.9. 10,000 keeps the idle speed and most of the loaded one.
+/// ruinous on busy ones. On this 2-core machine (medians of 3 interleaved runs, README
+/// "Commands"): GPTQ on the teacher beside two busy processes 240.3 s with the default, 57.4 s
+/// with 10,000, 41.6 s passive; idle 7.86, 8.86 and 8.96 s; shrink-rt decode (smollm-135m shape)
+/// idle 63.3, 62.3 and 52.7 tokens/s. 10,000 keeps most of the idle speed and most of the loaded.
 inline constexpr const char* kGompSpinCount = "10000";
 
 /// libgomp reads its settings when it is loaded, before main(): unless OMP_WAIT_POLICY or
