@@ -23,6 +23,18 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
   app.add_flag("-q,--quiet", quiet, "No progress output");
 }
 
+/// Training (train, distill) allocates and frees the same large activation and gradient tensors
+/// every step: keep them on the heap (up to 1 GiB each) and never trim it, so no step gives its
+/// pages back to the kernel and faults them in again. Not for the streaming stages, whose peak
+/// memory is bounded per layer and must not keep freed layers. `shrink distill` of the
+/// quickstart's pruned student (20 steps, seq 256, batch 16, 2 threads): 169.0 s (89.4 s in the
+/// kernel) with parse_and_run's thresholds, 83.9 s (10.0 s) with these, 243.7 s with glibc's
+/// defaults; peak RSS 2.04 -> 2.61 GB.
+inline void allocator_for_training() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);  // never trim (the heap top stays)
+}
+
 /// The spin count OpenMP (libgomp, which LibTorch and the runtime's kernels share) uses unless the
 /// user chose one: its threads spin this many iterations (a few microseconds) waiting for work,
 /// then sleep. libgomp's default (300,000 spins, about a millisecond) is fast on idle cores and

@@ -10,6 +10,7 @@
 #include "core/dataset.h"
 #include "pipeline/launch.h"
 #include "train/trainer.h"
+#include "tools/cli_main.h"
 #include "tools/shrink/cli.h"
 
 namespace shrink::cli {
@@ -124,6 +125,7 @@ int train_in_process(const char* name, const char* verb, const train::TrainOptio
   return run_guarded(name, g, true, [&] {
     train::train_validate(o);
     if (g.validate_only) return 0;
+    allocator_for_training();
     train::TrainOptions w = o;
     w.progress = g.progress();
     train::TrainResult r = train::train_run(w);
