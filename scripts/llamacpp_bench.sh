@@ -173,18 +173,32 @@ speed_row() {
     "$(echo "$md / $nd" | bc -l)" "$mp" "$np" "$(echo "$mp / $np" | bc -l)"
 }
 
-native() {
+# llama.cpp's decode and prefill tokens/s of one GGUF file at a thread count, "DECODE PREFILL":
+# through node-llama-cpp (speed), or llama.cpp's own llama-bench (native; $LB).
+peer_node() {  # GGUF THREADS
+  local b
+  b=$(node "$HERE/llamacpp_speed.mjs" "$1" --prompt-len 64 --gen-len 32 --threads "$2")
+  echo "$(echo "$b" | sed 's/.*"decode_tok_s":\([0-9.e+-]*\).*/\1/') $(echo "$b" | sed 's/.*"prefill_tok_s":\([0-9.e+-]*\).*/\1/')"
+}
+peer_native() {  # GGUF THREADS
+  local pp tg
+  pp=$("$LB/llama-bench" -m "$1" -t "$2" -r 1 -p 64 -n 0 -o jsonl 2>/dev/null)
+  tg=$("$LB/llama-bench" -m "$1" -t "$2" -r 1 -p 0 -n 32 -d 64 -o jsonl 2>/dev/null)
+  echo "$(echo "$tg" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/') $(echo "$pp" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/')"
+}
+
+# shrink-rt bench against PEER_FN on the shape's four weight kinds at every thread count, runs
+# interleaved, medians of $reps; a table with the peer's column names.
+speed_compare() {  # PEER_FN PEER_NAME DECODE_COLUMN PREFILL_COLUMN
   local shape=$teacher
   [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
   W=$OUT/$shape
-  local LB=${LLAMACPP_BIN:-$ROOT/build-llamacpp/bin}
-  [ -x "$LB/llama-bench" ] || "$HERE/llamacpp_build.sh" >&2
   models_make "$shape"
   local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
   echo
-  echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | llama-bench tg32@d64 tok/s | decode ratio | shrink-rt prefill tok/s | llama-bench pp64 tok/s | prefill ratio |"
+  echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | $3 | decode ratio | shrink-rt prefill tok/s | $4 | prefill ratio |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  local m th r a b
+  local m th r a b_dec b_pre
   for m in f32 bf16 w8 w4; do
     for th in $threads; do
       local rd="" rp="" ld="" lp=""
@@ -192,42 +206,24 @@ native() {
         a=$("$BIN/shrink-rt" --threads "$th" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
         rd+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
         rp+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
-        b=$("$LB/llama-bench" -m "$W/$m.gguf" -t "$th" -r 1 -p 64 -n 0 -o jsonl 2>/dev/null)
-        lp+="$(echo "$b" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/') "
-        b=$("$LB/llama-bench" -m "$W/$m.gguf" -t "$th" -r 1 -p 0 -n 32 -d 64 -o jsonl 2>/dev/null)
-        ld+="$(echo "$b" | sed 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/') "
-        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"llama-bench\", \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
+        read -r b_dec b_pre <<<"$("$1" "$W/$m.gguf" "$th")"
+        ld+="$b_dec "
+        lp+="$b_pre "
+        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"$2\", \"peer_decode_tok_s\": $b_dec, \"peer_prefill_tok_s\": $b_pre, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
       done
       speed_row "${names[$m]}" "$th" "$rd" "$ld" "$rp" "$lp"
     done
   done
 }
 
+native() {
+  LB=${LLAMACPP_BIN:-$ROOT/build-llamacpp/bin}
+  [ -x "$LB/llama-bench" ] || "$HERE/llamacpp_build.sh" >&2
+  speed_compare peer_native llama-bench "llama-bench tg32@d64 tok/s" "llama-bench pp64 tok/s"
+}
+
 speed() {
-  local shape=$teacher
-  [ "$shape" = "$ROOT/models/teacher" ] && shape=smollm-135m
-  W=$OUT/$shape
-  models_make "$shape"
-  local -A names=([f32]="f32 / F32" [bf16]="bf16 / BF16" [w8]="W8A16 / Q8_0" [w4]="W4A16 g32 / Q4_0")
-  echo
-  echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | llama.cpp decode tok/s | decode ratio | shrink-rt prefill tok/s | llama.cpp prefill tok/s | prefill ratio |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  local m th r a b
-  for m in f32 bf16 w8 w4; do
-    for th in $threads; do
-      local rd="" rp="" ld="" lp=""
-      for r in $(seq "$reps"); do
-        a=$("$BIN/shrink-rt" --threads "$th" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
-        rd+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
-        rp+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
-        b=$(node "$HERE/llamacpp_speed.mjs" "$W/$m.gguf" --prompt-len 64 --gen-len 32 --threads "$th")
-        ld+="$(echo "$b" | sed 's/.*"decode_tok_s":\([0-9.e+-]*\).*/\1/') "
-        lp+="$(echo "$b" | sed 's/.*"prefill_tok_s":\([0-9.e+-]*\).*/\1/') "
-        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"node-llama-cpp\", \"shrink_rt\": $(echo "$a" | tr -d '\n'), \"llamacpp\": $b}" >>"$OUT/results.jsonl"
-      done
-      speed_row "${names[$m]}" "$th" "$rd" "$ld" "$rp" "$lp"
-    done
-  done
+  speed_compare peer_node node-llama-cpp "llama.cpp decode tok/s" "llama.cpp prefill tok/s"
 }
 
 case "$mode" in

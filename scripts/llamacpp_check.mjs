@@ -15,18 +15,13 @@
 // exit 77 when it is missing (scripts/npm_peers.sh decides whether that fails or skips).
 import fs from "node:fs";
 import path from "node:path";
-import {fileURLToPath, pathToFileURL} from "node:url";
+import {loadNodeLlamaCpp} from "./llamacpp_load.mjs";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const npmDir = process.env.SHRINK_ORT_NODE_DIR || path.join(repo, ".npm-ort");
 let getLlama, LlamaLogLevel;
 try {
-  const pkg = path.join(npmDir, "node_modules", "node-llama-cpp");
-  const main = JSON.parse(fs.readFileSync(path.join(pkg, "package.json"), "utf8")).exports["."];
-  const entry = typeof main === "string" ? main : (main.import || main.default || main.node);
-  ({getLlama, LlamaLogLevel} = await import(pathToFileURL(path.join(pkg, typeof entry === "string" ? entry : entry.default)).href));
+  ({getLlama, LlamaLogLevel} = await loadNodeLlamaCpp());
 } catch (e) {
-  console.error(`llamacpp_check: node-llama-cpp not found under ${npmDir} (run scripts/setup.sh): ${e.message}`);
+  console.error(`llamacpp_check: ${e.message}`);
   process.exit(77);
 }
 

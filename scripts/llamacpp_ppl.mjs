@@ -6,13 +6,9 @@
 //        [--threads N]
 // Prints {"perplexity", "tokens_scored", "windows"} as JSON. Used by scripts/llamacpp_bench.sh.
 import fs from "node:fs";
-import path from "node:path";
-import {fileURLToPath, pathToFileURL} from "node:url";
+import {loadNodeLlamaCpp} from "./llamacpp_load.mjs";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const npmDir = process.env.SHRINK_ORT_NODE_DIR || path.join(repo, ".npm-ort");
-const pkg = path.join(npmDir, "node_modules", "node-llama-cpp");
-const {getLlama, LlamaLogLevel} = await import(pathToFileURL(path.join(pkg, "dist", "index.js")).href);
+const {getLlama, LlamaLogLevel} = await loadNodeLlamaCpp();
 
 const [modelPath, shard, ...rest] = process.argv.slice(2);
 const opt = {seqLen: 256, maxTokens: 4096, threads: 1};

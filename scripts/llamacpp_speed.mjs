@@ -4,12 +4,9 @@
 // Times include node-llama-cpp's per-call overhead (JavaScript promises around each llama_decode),
 // which is small against a decode step of a 100M+ parameter model but not of a tiny one.
 // Usage: node scripts/llamacpp_speed.mjs MODEL.gguf [--prompt-len 64] [--gen-len 32] [--threads N]
-import path from "node:path";
-import {fileURLToPath, pathToFileURL} from "node:url";
+import {loadNodeLlamaCpp} from "./llamacpp_load.mjs";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const npmDir = process.env.SHRINK_ORT_NODE_DIR || path.join(repo, ".npm-ort");
-const {getLlama, LlamaLogLevel} = await import(pathToFileURL(path.join(npmDir, "node_modules", "node-llama-cpp", "dist", "index.js")).href);
+const {getLlama, LlamaLogLevel} = await loadNodeLlamaCpp();
 
 const [modelPath, ...rest] = process.argv.slice(2);
 const opt = {promptLen: 64, genLen: 32, threads: 1};

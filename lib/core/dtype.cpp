@@ -179,6 +179,16 @@ void convert_to_f32(DType src_type, const void* src, float* dst, int64_t n) {
   }
 }
 
+std::vector<int64_t> indices_to_i64(DType src_type, const void* src, int64_t n) {
+  std::vector<int64_t> v(static_cast<size_t>(n), 0);
+  if (src_type == DType::kI32) {
+    for (int64_t i = 0; i < n; ++i) v[size_t(i)] = load<int32_t>(src, i);
+  } else if (src_type == DType::kI64) {
+    for (int64_t i = 0; i < n; ++i) v[size_t(i)] = load<int64_t>(src, i);
+  }
+  return v;
+}
+
 void convert_from_f32(const float* src, DType dst_type, void* dst, int64_t n) {
   switch (dst_type) {
     case DType::kF64:

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 #include <cstring>
 #include <optional>
 #include <string_view>
@@ -44,5 +45,8 @@ uint16_t f32_to_f16(float f);
 void convert_to_f32(DType src_type, const void* src, float* dst, int64_t n);
 /// Convert n float32 values to a float dtype (F32, F16, BF16, F64).
 void convert_from_f32(const float* src, DType dst_type, void* dst, int64_t n);
+/// n little-endian I32 or I64 values (indices such as GPTQ's weight_g_idx) as int64; the caller
+/// checks the dtype (any other gives zeros).
+std::vector<int64_t> indices_to_i64(DType src_type, const void* src, int64_t n);
 
 }  // namespace shrink::core

@@ -403,17 +403,7 @@ std::string DecoderExport::weight(const std::string& module, int64_t out, int64_
                                           core::dtype_name(gi->dtype) + ", expected I32 [" +
                                           std::to_string(in) + "]");
     }
-    std::vector<int64_t> g(static_cast<size_t>(in));
-    const uint8_t* p = ck_.data(*gi);
-    for (int64_t k = 0; k < in; ++k) {
-      if (gi->dtype == core::DType::kI32) {
-        int32_t v;
-        std::memcpy(&v, p + 4 * k, 4);
-        g[size_t(k)] = v;
-      } else {
-        std::memcpy(&g[size_t(k)], p + 8 * k, 8);
-      }
-    }
+    const std::vector<int64_t> g = core::indices_to_i64(gi->dtype, ck_.data(*gi), in);
     const int64_t gs = scheme_->weight_strategy == "group" ? scheme_->group_size : in;
     Result<std::vector<int32_t>> o =
         core::group_order_from_g_idx(g, gs, ck_.dir() + ": " + gi->name);

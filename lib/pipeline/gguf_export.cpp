@@ -309,17 +309,7 @@ Result<bool> blocks_align(const Source& s, const std::string& module, int64_t co
   if (cols % 32 != 0) return false;
   if (q.weight_strategy == "group" && q.group_size % 32 != 0) return false;
   if (const core::TensorInfo* gi = s.ck.find(module + ".weight_g_idx")) {
-    std::vector<int64_t> g(static_cast<size_t>(cols));
-    const uint8_t* p = s.ck.data(*gi);
-    for (int64_t k = 0; k < cols; ++k) {
-      if (gi->dtype == core::DType::kI32) {
-        int32_t v;
-        std::memcpy(&v, p + 4 * k, 4);
-        g[size_t(k)] = v;
-      } else {
-        std::memcpy(&g[size_t(k)], p + 8 * k, 8);
-      }
-    }
+    const std::vector<int64_t> g = core::indices_to_i64(gi->dtype, s.ck.data(*gi), cols);
     SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> order,
                             core::group_order_from_g_idx(g, q.group_size, module + ".weight_g_idx"));
     if (!order.empty()) return false;
@@ -475,8 +465,10 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
   // BOS and EOS: config.json's, else the tokenizer's special tokens; none is written as -1 (no
   // token), since llama.cpp's BPE default (11) would make an ordinary token end generation.
   std::optional<core::Tokenizer> t;
+  std::string text;  // tokenizer.json, read once for the tokenizer and its vocabulary below
   if (fs::exists(path)) {
-    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer loaded, core::Tokenizer::load(path));
+    SHRINK_ASSIGN_OR_RETURN(text, core::read_file(path));
+    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer loaded, core::Tokenizer::from_json(text, path));
     t = std::move(loaded);
   }
   auto special = [&](const std::optional<int64_t>& cfg_id, std::optional<int32_t> tok_id) {
@@ -499,7 +491,6 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
                       " tokens (run token ids)");
     return Status::ok();
   }
-  SHRINK_ASSIGN_OR_RETURN(std::string text, core::read_file(path));
   nlohmann::json tok = nlohmann::json::parse(text, nullptr, false);
   SHRINK_CHECK(!tok.is_discarded() && tok.is_object() && tok.contains("model") &&
                    tok["model"].is_object(),
@@ -604,33 +595,6 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
 
 // ---- tensor data ------------------------------------------------------------------------------
 
-// A checkpoint tensor's values as float, whatever its float dtype.
-float float_at(const core::TensorInfo& t, const uint8_t* p, int64_t i) {
-  switch (t.dtype) {
-    case core::DType::kF32: {
-      float v;
-      std::memcpy(&v, p + 4 * i, 4);
-      return v;
-    }
-    case core::DType::kBF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return core::bf16_to_f32(h);
-    }
-    case core::DType::kF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return core::f16_to_f32(h);
-    }
-    case core::DType::kF64: {
-      double v;
-      std::memcpy(&v, p + 8 * i, 8);
-      return float(v);
-    }
-    default: return 0;
-  }
-}
-
 // The row of the source that lands at row `r` of the file: llama.cpp's RoPE pair order for q/k
 // (its converter's reshape(heads, 2, head_dim / 2).swapaxes(1, 2)).
 int64_t source_row(const Item& it, int64_t r) {
@@ -664,20 +628,12 @@ Result<IntWeights> int_weights(const Source& s, const Item& it) {
                  s.ck.dir().c_str(), it.module.c_str());
   }
   if (const core::TensorInfo* gi = s.ck.find(it.module + ".weight_g_idx")) {
-    const uint8_t* p = s.ck.data(*gi);
+    w.g_idx = core::indices_to_i64(gi->dtype, s.ck.data(*gi), it.cols);
     for (int64_t k = 0; k < it.cols; ++k) {
-      int64_t v;
-      if (gi->dtype == core::DType::kI32) {
-        int32_t v32;
-        std::memcpy(&v32, p + 4 * k, 4);
-        v = v32;
-      } else {
-        std::memcpy(&v, p + 8 * k, 8);
-      }
+      const int64_t v = w.g_idx[size_t(k)];
       SHRINK_CHECK(v >= 0 && v < w.groups, StatusCode::kInvalidInput,
                    "%s.weight_g_idx[%lld] is %lld; expected a group in [0, %lld)",
                    it.module.c_str(), (long long)k, (long long)v, (long long)w.groups);
-      w.g_idx.push_back(v);
     }
   }
   return w;
@@ -700,6 +656,11 @@ class TensorWriter {
     const int64_t chunk = std::max<int64_t>(1, int64_t((uint64_t(16) << 20) / std::max<uint64_t>(1, row_bytes)));
     std::vector<uint8_t> out;
     std::vector<float> x(size_t(it.cols));
+    // A float tensor written in its stored type is copied as it is, bit for bit.
+    const bool as_stored = !iw && ((it.type == GgmlType::kF32 && t->dtype == core::DType::kF32) ||
+                                   (it.type == GgmlType::kF16 && t->dtype == core::DType::kF16) ||
+                                   (it.type == GgmlType::kBF16 && t->dtype == core::DType::kBF16));
+    const size_t src_row_bytes = size_t(t->nbytes / uint64_t(it.rows));
     for (int64_t r0 = 0; r0 < it.rows; r0 += chunk) {
       const int64_t n = std::min(chunk, it.rows - r0);
       out.assign(size_t(row_bytes) * size_t(n), 0);
@@ -708,14 +669,16 @@ class TensorWriter {
         uint8_t* dst = out.data() + size_t(i) * row_bytes;
         if (iw && it.exact) {
           blocks_exact(it, *iw, src, dst);
+        } else if (as_stored) {
+          std::memcpy(dst, s_.ck.data(*t) + size_t(src) * src_row_bytes, src_row_bytes);
         } else {
           if (iw) {
             dequantize_row(it, *iw, src, x.data());
           } else {
-            const uint8_t* p = s_.ck.data(*t);
-            for (int64_t k = 0; k < it.cols; ++k) x[size_t(k)] = float_at(*t, p, src * it.cols + k);
+            core::convert_to_f32(t->dtype, s_.ck.data(*t) + size_t(src) * src_row_bytes, x.data(),
+                                 it.cols);
           }
-          encode_row(it, x.data(), t, src, dst);
+          encode_row(it, x.data(), dst);
         }
       }
       SHRINK_RETURN_IF_ERROR(f_.write(out.data(), out.size()));
@@ -731,12 +694,16 @@ class TensorWriter {
     s_.ck.release(*t, uint64_t(r0) * per, uint64_t(n) * per);
   }
 
-  float scale_at(const IntWeights& w, int64_t row, int64_t g) const {
-    return float_at(*w.scale, s_.ck.data(*w.scale), w.per_tensor ? 0 : row * w.groups + g);
+  // Row `row`'s scales (one per group) as float, and its zero points (null: symmetric).
+  const float* row_scales(const IntWeights& w, int64_t row) {
+    scales_.resize(size_t(w.groups));
+    const int64_t bytes = int64_t(core::dtype_size(w.scale->dtype));
+    core::convert_to_f32(w.scale->dtype, s_.ck.data(*w.scale) + (w.per_tensor ? 0 : row * w.groups * bytes),
+                         scales_.data(), w.groups);
+    return scales_.data();
   }
-  int zp_at(const IntWeights& w, int64_t row, int64_t g) const {
-    if (!w.zp) return 0;
-    return int(reinterpret_cast<const int8_t*>(s_.ck.data(*w.zp))[row * w.groups + g]);
+  const int8_t* row_zps(const IntWeights& w, int64_t row) const {
+    return w.zp ? reinterpret_cast<const int8_t*>(s_.ck.data(*w.zp)) + row * w.groups : nullptr;
   }
   int64_t group_of(const IntWeights& w, int64_t k) const {
     if (w.per_tensor) return 0;
@@ -744,20 +711,24 @@ class TensorWriter {
   }
 
   // x = (q - zp) * scale, column by column.
-  void dequantize_row(const Item& it, const IntWeights& w, int64_t row, float* x) const {
+  void dequantize_row(const Item& it, const IntWeights& w, int64_t row, float* x) {
     const int8_t* q = reinterpret_cast<const int8_t*>(s_.ck.data(*w.q)) + row * it.cols;
+    const float* sc = row_scales(w, row);
+    const int8_t* zp = row_zps(w, row);
     for (int64_t k = 0; k < it.cols; ++k) {
       const int64_t g = group_of(w, k);
-      x[k] = float(int(q[k]) - zp_at(w, row, g)) * scale_at(w, row, g);
+      x[k] = float(int(q[k]) - (zp ? int(zp[g]) : 0)) * sc[g];
     }
   }
 
   // The integer values themselves in the type's blocks: d (and m) from the block's group.
   void blocks_exact(const Item& it, const IntWeights& w, int64_t row, uint8_t* dst) {
     const int8_t* q = reinterpret_cast<const int8_t*>(s_.ck.data(*w.q)) + row * it.cols;
+    const float* sc = row_scales(w, row);
+    const int8_t* zp = row_zps(w, row);
     for (int64_t b = 0; b < it.cols / 32; ++b) {
       const int64_t g = group_of(w, b * 32);
-      const float d = f16_round(scale_at(w, row, g), &r_.max_scale_rel_change);
+      const float d = f16_round(sc[g], &r_.max_scale_rel_change);
       const int8_t* qb = q + b * 32;
       if (it.type == GgmlType::kQ8_0) {
         uint8_t* o = dst + b * 34;
@@ -768,7 +739,7 @@ class TensorWriter {
         put_f16(o, d);
         uint8_t* qs = o + 2;
         if (it.type == GgmlType::kQ4_1) {
-          const float m = -float(8 + zp_at(w, row, g)) * scale_at(w, row, g);
+          const float m = -float(8 + (zp ? int(zp[g]) : 0)) * sc[g];
           put_f16(o + 2, f16_round(m, &r_.max_scale_rel_change));
           qs = o + 4;
         }
@@ -778,23 +749,11 @@ class TensorWriter {
   }
 
   // Floats in the item's type.
-  void encode_row(const Item& it, const float* x, const core::TensorInfo* t, int64_t src_row,
-                  uint8_t* dst) const {
+  void encode_row(const Item& it, const float* x, uint8_t* dst) const {
     switch (it.type) {
-      case GgmlType::kF32: std::memcpy(dst, x, size_t(it.cols) * 4); break;
-      case GgmlType::kF16:
-        for (int64_t k = 0; k < it.cols; ++k) put_f16(dst + 2 * k, x[k]);
-        break;
-      case GgmlType::kBF16:
-        if (t && t->dtype == core::DType::kBF16) {  // as stored, bit for bit
-          std::memcpy(dst, s_.ck.data(*t) + uint64_t(src_row * it.cols) * 2, size_t(it.cols) * 2);
-        } else {
-          for (int64_t k = 0; k < it.cols; ++k) {
-            const uint16_t h = core::f32_to_bf16(x[k]);
-            std::memcpy(dst + 2 * k, &h, 2);
-          }
-        }
-        break;
+      case GgmlType::kF32: core::convert_from_f32(x, core::DType::kF32, dst, it.cols); break;
+      case GgmlType::kF16: core::convert_from_f32(x, core::DType::kF16, dst, it.cols); break;
+      case GgmlType::kBF16: core::convert_from_f32(x, core::DType::kBF16, dst, it.cols); break;
       case GgmlType::kQ8_0: gguf_quantize_q8_0(x, it.cols, dst); break;
       case GgmlType::kQ4_0: gguf_quantize_q4_0(x, it.cols, dst); break;
       case GgmlType::kQ4_1: gguf_quantize_q4_1(x, it.cols, dst); break;
@@ -804,6 +763,7 @@ class TensorWriter {
   const Source& s_;
   OutFile& f_;
   GgufExportResult& r_;
+  std::vector<float> scales_;  // row_scales' buffer
 };
 
 Result<Source> source_open(const std::string& dir) {
@@ -886,5 +846,7 @@ Result<GgufExportResult> gguf_export(const std::string& model_dir, const std::st
   SHRINK_RETURN_IF_ERROR(f.finish());
   return r;
 }
+
+Status gguf_type_check(const std::string& type) { return type_parse(type).status(); }
 
 }  // namespace shrink::pipeline

@@ -80,6 +80,9 @@ struct GgufExportResult {
 
 Result<GgufExportResult> gguf_export(const std::string& model_dir, const std::string& out_path,
                                      const GgufExportOptions& o);
+/// kInvalidInput unless `type` is one of GgufExportOptions::type's values (the CLI checks its
+/// option with it before any work).
+Status gguf_type_check(const std::string& type);
 
 // The block codecs, llama.cpp's reference rules; exposed for tests. `x` and `q` hold n weights,
 // n a multiple of 32; `out` receives n / 32 blocks.

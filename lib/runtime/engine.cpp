@@ -326,16 +326,7 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
           (gi.dtype == core::DType::kI32 || gi.dtype == core::DType::kI64) && gi.numel() == in,
           StatusCode::kInvalidInput, "%s: %s.weight_g_idx: expected I32 or I64 [%lld]",
           src.origin().c_str(), module.c_str(), (long long)in);
-      std::vector<int64_t> g(static_cast<size_t>(in));
-      for (int64_t k = 0; k < in; ++k) {
-        if (gi.dtype == core::DType::kI32) {
-          int32_t v;
-          std::memcpy(&v, gi.data + 4 * k, 4);
-          g[size_t(k)] = v;
-        } else {
-          std::memcpy(&g[size_t(k)], gi.data + 8 * k, 8);
-        }
-      }
+      const std::vector<int64_t> g = core::indices_to_i64(gi.dtype, gi.data, in);
       SHRINK_ASSIGN_OR_RETURN(
           d.perm,
           core::group_order_from_g_idx(g, d.group, src.origin() + ": " + module + ".weight_g_idx"));

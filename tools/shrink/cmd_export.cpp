@@ -7,9 +7,7 @@
 // cache (Optimum names), float or QDQ int8 as the model directory is; see export/onnx_export.h.
 // Built without ONNX (-DSHRINK_WITH_ONNX=OFF) the command exists and fails with exit 2, saying so.
 // Tested by tests/export (library, ONNX Runtime peer check) and tests/cli/test_cli.sh.
-#include <algorithm>
 #include <cstdio>
-#include <iterator>
 
 #include <memory>
 
@@ -31,11 +29,7 @@ struct ExportOpts {
 };
 
 int export_gguf(const ExportOpts& o, Globals& g) {
-  static const char* kTypes[] = {"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"};
-  if (std::find(std::begin(kTypes), std::end(kTypes), o.type) == std::end(kTypes)) {
-    throw Error(StatusCode::kInvalidInput,
-                "--type '" + o.type + "': expected auto, f32, f16, bf16, q8_0, q4_0 or q4_1");
-  }
+  throw_if_error(pipeline::gguf_type_check(o.type));
   if (g.validate_only) return 0;
   auto bar = std::make_shared<core::Progress>("gguf", 0, "tensors", g.progress());
   pipeline::GgufExportOptions go;
