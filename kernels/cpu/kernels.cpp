@@ -11,28 +11,28 @@ const KernelTable kRefTable = {
     attention_partial_f32_ref, attention_block_f16kv_ref, attention_partial_f16kv_ref,
     convert_f32_f16_ref, attention_block_s8kv_ref, attention_partial_s8kv_ref, gemm_f32_nt_ref,
     gemm_w8a16_nt_ref, gemm_s8s8_f32_nt_ref, quantize_s8_ref, rmsnorm_quant_s8_ref,
-    gemm_bf16w_f32_nt_ref, gemm_w4a16_nt_ref};
+    gemm_bf16w_f32_nt_ref, gemm_w4a16_nt_ref, gemm_w4a8_nt_ref};
 #if defined(SHRINK_KERNELS_X86)
 const KernelTable kAvx2Table = {
     Isa::kAvx2, rmsnorm_f32_avx2, rope_f32_avx2, silu_mul_f32_avx2, attention_block_f32_avx2,
     attention_partial_f32_avx2, attention_block_f16kv_avx2, attention_partial_f16kv_avx2,
     convert_f32_f16_avx2, attention_block_s8kv_avx2, attention_partial_s8kv_avx2,
     gemm_f32_nt_avx2, gemm_w8a16_nt_avx2, gemm_s8s8_f32_nt_avx2, quantize_s8_avx2,
-    rmsnorm_quant_s8_avx2, gemm_bf16w_f32_nt_avx2, gemm_w4a16_nt_avx2};
+    rmsnorm_quant_s8_avx2, gemm_bf16w_f32_nt_avx2, gemm_w4a16_nt_avx2, gemm_w4a8_nt_avx2};
 const KernelTable kAvx512Table = {
     Isa::kAvx512, rmsnorm_f32_avx512, rope_f32_avx512, silu_mul_f32_avx512,
     attention_block_f32_avx512, attention_partial_f32_avx512, attention_block_f16kv_avx512,
     attention_partial_f16kv_avx512, convert_f32_f16_avx512, attention_block_s8kv_avx512,
     attention_partial_s8kv_avx512, gemm_f32_nt_avx512, gemm_w8a16_nt_avx512,
     gemm_s8s8_f32_nt_avx2, quantize_s8_avx512, rmsnorm_quant_s8_avx512, gemm_bf16w_f32_nt_avx512,
-    gemm_w4a16_nt_avx512};
+    gemm_w4a16_nt_avx512, gemm_w4a8_nt_avx2};
 const KernelTable kAvx512VnniTable = {
     Isa::kAvx512Vnni, rmsnorm_f32_avx512, rope_f32_avx512, silu_mul_f32_avx512,
     attention_block_f32_avx512, attention_partial_f32_avx512, attention_block_f16kv_avx512,
     attention_partial_f16kv_avx512, convert_f32_f16_avx512, attention_block_s8kv_avx512,
     attention_partial_s8kv_avx512, gemm_f32_nt_avx512, gemm_w8a16_nt_avx512,
     gemm_s8s8_f32_nt_avx512vnni, quantize_s8_avx512, rmsnorm_quant_s8_avx512,
-    gemm_bf16w_f32_nt_avx512, gemm_w4a16_nt_avx512};
+    gemm_bf16w_f32_nt_avx512, gemm_w4a16_nt_avx512, gemm_w4a8_nt_avx512vnni};
 #endif
 
 }  // namespace

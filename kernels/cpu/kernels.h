@@ -306,6 +306,57 @@ void gemm_w4a16_nt_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64
                           const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
                           float* C, int64_t ldc);
 
+// ---- W4A8 GEMM: int8 activations x 4-bit weights -> int32 per 32-block, float epilogue ----
+/// Why: the W4A16 kernel widens every 4-bit weight to float and multiplies in fp32 (16 products
+/// per instruction); int8 activations let vpdpbusd (VNNI) or vpmaddubsw (AVX2) multiply the
+/// 4-bit values as they are unpacked, 64 products per instruction, as llama.cpp's Q4_0 x Q8_0.
+/// Activations are quantized once per call into a packed row (quantize_w4a8_act) laid out for
+/// the weights' 16-byte blocks (s4_row_bytes), so no shuffle is needed at multiply time:
+///   per chunk of kW4a8Chunk = 128 inputs (4 blocks of 32), kW4a8ChunkBytes bytes:
+///   [0, 64)    int8: block j's inputs 0..15 at 16 j (they meet the low nibbles of 64 weight bytes)
+///   [64, 128)  int8: block j's inputs 16..31 at 64 + 16 j (the high nibbles)
+///   [128, 192) int32[16]: lane 4 j = -8 * (sum of block j's int8 inputs), other lanes 0: the
+///              weights are multiplied as stored (q + 8, unsigned), and this removes the + 8
+///   [192, 256) float[16]: lanes 4 j .. 4 j + 3 = block j's activation scale
+/// Inputs past K are 0 (and add 0). The quantization: per row (block == 0: s = max|x_r| / 127)
+/// or per 32 inputs (block == 32: s = max|x_block| / 127, as llama.cpp's Q8_0), s = 1 where
+/// the block is all zero, q = clamp(round_half_even(x / s), -127, 127) (quantize_s8's rule).
+inline constexpr int64_t kW4a8Chunk = 128;
+inline constexpr int64_t kW4a8ChunkBytes = 256;
+inline int64_t w4a8_act_row_bytes(int64_t K) {
+  return (K + kW4a8Chunk - 1) / kW4a8Chunk * kW4a8ChunkBytes;
+}
+/// Quantize `rows` rows of K floats (row r at x + r*ldx) into packed rows (r at P + r*ldp,
+/// ldp >= w4a8_act_row_bytes(K)). block: 0 (per row) or 32. One implementation for every ISA
+/// (O(K) per row, against O(N K) for the product); deterministic.
+void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
+                       uint8_t* P, int64_t ldp);
+/// The int8 value and the scale of input k of a packed row (for the reference and tests).
+inline int w4a8_act_value(const uint8_t* row, int64_t k) {
+  const uint8_t* c = row + k / kW4a8Chunk * kW4a8ChunkBytes;
+  const int64_t j = (k % kW4a8Chunk) / 32, i = k % 32;
+  return int8_t(c[(i < 16 ? 0 : 64) + 16 * j + (i & 15)]);
+}
+float w4a8_act_scale(const uint8_t* row, int64_t k);
+/// C[m, n] = sum_b as[m, b] * ws[n, b] * sum_{k in block b} a[m, k] * q[n, k] over the 32-input
+/// blocks b, with a and as from the packed row m (A + m*lda), q = s4_value(B + n*ldb, k) and
+/// ws[n, b] = scale[n*G + 32 b / group] (group: K, or a multiple of 32). Each block's integer sum
+/// is exact; variants differ from the reference (which sums the float terms in double) by float
+/// rounding and summation order only (~1e-6 relative to sum_b |term_b|). M <= kGemvMaxM runs as
+/// multi-row GEMVs (decode), larger M as register tiles over panels of weight rows (prefill).
+using GemmW4a8NtFn = void (*)(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
+                              const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                              float* C, int64_t ldc);
+void gemm_w4a8_nt_ref(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
+                      const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                      int64_t ldc);
+void gemm_w4a8_nt_avx2(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
+                       const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                       int64_t ldc);
+void gemm_w4a8_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
+                             const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                             float* C, int64_t ldc);
+
 // ---- W8A8 GEMM: int8 x int8 -> int32 per group, float epilogue --------------------------------
 /// C[m, n] = a_scale[m] * sum_g b_scale[n*G + g] * float(dot_g(A[m], B[n])), with dot_g the exact
 /// int32 dot product over group g (group as in W8A16). Values must lie in [-127, 127]
@@ -379,6 +430,7 @@ struct KernelTable {
   RmsnormQuantS8Fn rmsnorm_quant_s8;
   GemmBf16wF32NtFn gemm_bf16w_f32_nt;
   GemmW4a16NtFn gemm_w4a16_nt;
+  GemmW4a8NtFn gemm_w4a8_nt;
 };
 
 /// The table for a level (which must be supported: see isa_supported).

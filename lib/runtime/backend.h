@@ -44,6 +44,13 @@ enum class ActQuant {
   kDynamic,  // per token: max|x_t| / 127
 };
 
+/// Int8 activations chosen at run time for a weight-only linear (kW8A16; EngineOptions::
+/// act_quant): kOff keeps float activations; kRow quantizes each row (token) with one scale,
+/// kBlock32 each 32 inputs (llama.cpp's Q8_0 activations), both symmetric, round half to even.
+/// 4-bit weights then run through gemm_w4a8 (either), 8-bit ones through the W8A8 kernels
+/// (kRow only). A backend without the kernels keeps float activations.
+enum class ActInt8 { kOff, kRow, kBlock32 };
+
 /// One linear layer y = x W^T + b on the host, ready for the backend. Shapes as HF: [out, in].
 struct LinearDesc {
   std::string name;  // for messages
@@ -67,6 +74,7 @@ struct LinearDesc {
                                    // y = q x[perm]. Empty: the identity
   int64_t group = 0;               // int8: inputs per scale (== in for per-channel)
   ActQuant act = ActQuant::kNone;  // kW8A8 only
+  ActInt8 act_int8 = ActInt8::kOff;  // kW8A16 only
   float input_scale = 0;           // kW8A8 + kStatic
   std::vector<float> bias;         // [out] or empty
 };
@@ -92,6 +100,8 @@ class Linear {
   virtual ~Linear() = default;
   int64_t out = 0, in = 0;
   LinearKind kind = LinearKind::kF32;
+  /// The int8 activations this layer runs with (kOff: float, or a kW8A8 scheme's own).
+  ActInt8 act_int8 = ActInt8::kOff;
   /// Bytes of weights streamed per use (what decode reads per token).
   uint64_t weight_bytes = 0;
 };

@@ -303,7 +303,7 @@ class CpuLinear : public Linear {
   std::vector<uint16_t> wb;   // bf16 storage (float_weights = bf16); then w/wp are unused
   const uint16_t* wbp = nullptr;  // wb.data() or borrowed (a tied head on a bf16 embedding)
   std::vector<int8_t> q;
-  std::vector<uint8_t> q4;  // W4A16: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
+  std::vector<uint8_t> q4;  // W4A16/W4A8: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
   int64_t ld4 = 0;
   std::vector<float> scale;
   std::vector<float> zs;      // W4A16 asymmetric: zp * scale [out, groups] (else empty)
@@ -402,6 +402,17 @@ class CpuBackend : public Backend {
     const bool keep4 =
         d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in);
     if (!keep4) linear_desc_fold_zero_points(d);
+    if (keep4) {
+      l->act_int8 = d.act_int8;  // W4A8: gemm_w4a8 (per row or per 32 inputs)
+    } else if (d.kind == LinearKind::kW8A16 && d.act_int8 == ActInt8::kRow &&
+               std::none_of(d.q.begin(), d.q.end(), [](int8_t v) { return v == -128; })) {
+      // 8-bit weights with int8 activations per token: the W8A8 dynamic kernels, whose VNNI
+      // shift trick needs weights in [-127, 127] (-128 keeps float activations).
+      d.kind = LinearKind::kW8A8;
+      d.act = ActQuant::kDynamic;
+      l->kind = d.kind;
+      l->act_int8 = ActInt8::kRow;
+    }
     l->q = std::move(d.q);
     l->perm = std::move(d.perm);
     l->scale = std::move(d.scale);
@@ -491,6 +502,10 @@ class CpuBackend : public Backend {
       case LinearKind::kW8A16: {
         const int64_t G = (K + l.group - 1) / l.group;
         const bool four = !l.q4.empty();
+        if (four && l.act_int8 != ActInt8::kOff) {
+          linear_w4a8(l, x, M, y, ldy);
+          break;
+        }
         if (big) {
           // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
           // then the library's fp32 GEMM.
@@ -511,34 +526,12 @@ class CpuBackend : public Backend {
           });
           if (cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
         }
-        if (!l.zs.empty()) {  // the per-group sums of x, for the zero-point correction
-          xsum_.resize(size_t(M * G));
-          for (int64_t m = 0; m < M; ++m) {
-            for (int64_t g = 0; g < G; ++g) {
-              const float* xr = x + m * K + g * l.group;
-              const int64_t n = std::min(l.group, K - g * l.group);
-              float s = 0;
-              for (int64_t k = 0; k < n; ++k) s += xr[k];
-              xsum_[size_t(m * G + g)] = s;
-            }
-          }
-        }
+        if (!l.zs.empty()) group_sums(l, x, M);
         cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
           if (four) {
             k_.gemm_w4a16_nt(M, e - b, K, x, K, l.q4.data() + b * l.ld4, l.ld4,
                              l.scale.data() + b * G, l.group, y + b, ldy);
-            if (!l.zs.empty()) {
-              for (int64_t m = 0; m < M; ++m) {
-                const float* xs = xsum_.data() + m * G;
-                float* yr = y + m * ldy;
-                for (int64_t n = b; n < e; ++n) {
-                  const float* z = l.zs.data() + n * G;
-                  float c = 0;
-                  for (int64_t g = 0; g < G; ++g) c += z[g] * xs[g];
-                  yr[n] -= c;
-                }
-              }
-            }
+            if (!l.zs.empty()) zero_point_correction(l, M, b, e, y, ldy);
           } else {
             k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
                              l.group, y + b, ldy);
@@ -582,6 +575,57 @@ class CpuBackend : public Backend {
         for (int64_t n = 0; n < N; ++n) yr[n] += l.bias[size_t(n)];
       }
     }
+  }
+
+  // The per-group sums of x (xsum_ [M, G]), for the zero-point correction.
+  void group_sums(const CpuLinear& l, const float* x, int64_t M) {
+    const int64_t K = l.in, G = (K + l.group - 1) / l.group;
+    xsum_.resize(size_t(M * G));
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* xr = x + m * K + g * l.group;
+        const int64_t n = std::min(l.group, K - g * l.group);
+        float s = 0;
+        for (int64_t k = 0; k < n; ++k) s += xr[k];
+        xsum_[size_t(m * G + g)] = s;
+      }
+    }
+  }
+
+  // Asymmetric 4 bits: y[:, b:e] -= sum_g zp * scale * (sum of x over group g).
+  void zero_point_correction(const CpuLinear& l, int64_t M, int64_t b, int64_t e, float* y,
+                             int64_t ldy) const {
+    const int64_t G = (l.in + l.group - 1) / l.group;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xs = xsum_.data() + m * G;
+      float* yr = y + m * ldy;
+      for (int64_t n = b; n < e; ++n) {
+        const float* z = l.zs.data() + n * G;
+        float c = 0;
+        for (int64_t g = 0; g < G; ++g) c += z[g] * xs[g];
+        yr[n] -= c;
+      }
+    }
+  }
+
+  // W4A8: the rows of x quantized to int8 once (quantize_w4a8_act's packed rows, per row or per
+  // 32 inputs), then gemm_w4a8 over slices of the weight rows, decode and prefill alike. The
+  // zero-point term of asymmetric weights uses the float sums of x (as W4A16 does): only the
+  // symmetric part sees the int8 activations.
+  void linear_w4a8(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy) {
+    const int64_t N = l.out, K = l.in, G = (K + l.group - 1) / l.group;
+    const int64_t lda = cpu_kernels::w4a8_act_row_bytes(K);
+    const int64_t block = l.act_int8 == ActInt8::kBlock32 ? 32 : 0;
+    qa_.resize(size_t(M * lda));
+    cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+      cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda);
+    });
+    if (!l.zs.empty()) group_sums(l, x, M);
+    cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
+      k_.gemm_w4a8_nt(M, e - b, K, qa_.data(), lda, l.q4.data() + b * l.ld4, l.ld4,
+                      l.scale.data() + b * G, l.group, y + b, ldy);
+      if (!l.zs.empty()) zero_point_correction(l, M, b, e, y, ldy);
+    });
   }
 
   // bf16 weights: see CpuBackendOptions::float_weights.
@@ -683,6 +727,7 @@ class CpuBackend : public Backend {
   // Scratch reused across calls (the engine calls ops from one thread).
   std::vector<float> deq_, sx_, xsum_, xp_;
   std::vector<int8_t> qx_;
+  std::vector<uint8_t> qa_;  // W4A8: packed int8 activation rows
   std::vector<int32_t> acc_;
   std::vector<float> part_o_, part_ml_;  // split-K attention partials
 };

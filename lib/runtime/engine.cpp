@@ -18,6 +18,11 @@ namespace shrink::runtime {
 
 namespace {
 
+// --act-quant auto: the int8 activations of weight-only 4-bit and 8-bit linears (measured:
+// README "int8 activations").
+constexpr ActInt8 kActAuto4 = ActInt8::kBlock32;
+constexpr ActInt8 kActAuto8 = ActInt8::kOff;
+
 // ---- tensor sources: a checkpoint on disk, or random weights made on demand -----------------
 
 struct SrcTensor {
@@ -219,6 +224,10 @@ struct Engine::Impl {
   std::vector<LayerW> layers;
   std::vector<int64_t> lengths;  // per slot
   uint64_t weight_bytes = 0;
+  // Int8 activations for the weight-only block linears (EngineOptions::act_quant), by weight
+  // bits, and what the backend ran them with (the first linear's choice, for describe()).
+  ActInt8 act4 = ActInt8::kOff, act8 = ActInt8::kOff;
+  ActInt8 act_used = ActInt8::kOff;
   // Activations, grown to the largest batch seen.
   int64_t cap_rows = 0;
   std::unique_ptr<DeviceTensor> x, xn, qkv, att, tmp, gu, act, sel, logits;
@@ -368,6 +377,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   std::vector<LinearDesc> ds;
   for (size_t i = 0; i < modules.size(); ++i) {
     SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias));
+    if (d.kind == LinearKind::kW8A16) d.act_int8 = d.bits == 4 ? act4 : act8;
     ds.push_back(std::move(d));
   }
   bool fusable = true;
@@ -379,6 +389,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   if (!fusable) {
     for (LinearDesc& d : ds) {
       SHRINK_ASSIGN_OR_RETURN(auto l, be->linear_create(std::move(d)));
+      if (act_used == ActInt8::kOff) act_used = l->act_int8;
       weight_bytes += l->weight_bytes;
       dst->push_back(std::move(l));
     }
@@ -397,6 +408,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
     ds[i] = LinearDesc();
   }
   SHRINK_ASSIGN_OR_RETURN(auto l, be->linear_create(std::move(f)));
+  if (act_used == ActInt8::kOff) act_used = l->act_int8;
   weight_bytes += l->weight_bytes;
   dst->push_back(std::move(l));
   return Status::ok();
@@ -552,6 +564,23 @@ bool Engine::Impl::ensure_rows(int64_t rows) {
 namespace {
 
 // stored_bf16: the checkpoint's float tensors are bfloat16 (what float_weights "auto" keeps).
+// EngineOptions::act_quant as (4-bit, 8-bit) choices for the weight-only linears.
+Result<std::pair<ActInt8, ActInt8>> act_int8_choice(const EngineOptions& opts) {
+  const std::string& a = opts.act_quant;
+  SHRINK_CHECK(a == "auto" || a.empty() || a == "none" || a == "int8-row" || a == "int8-block",
+               StatusCode::kInvalidInput,
+               "--act-quant '%s': expected auto, none, int8-row or int8-block", a.c_str());
+  const bool cuda = opts.device == "cuda";
+  SHRINK_CHECK(!cuda || a == "auto" || a.empty() || a == "none", StatusCode::kInvalidInput,
+               "--act-quant %s: int8 activations for weight-only checkpoints run on the cpu "
+               "device only so far (cuda: none)",
+               a.c_str());
+  if (cuda || a == "none") return std::make_pair(ActInt8::kOff, ActInt8::kOff);
+  if (a == "int8-row") return std::make_pair(ActInt8::kRow, ActInt8::kRow);
+  if (a == "int8-block") return std::make_pair(ActInt8::kBlock32, ActInt8::kRow);
+  return std::make_pair(kActAuto4, kActAuto8);
+}
+
 Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                                   const EngineOptions& opts,
                                                   const std::string& origin, bool stored_bf16) {
@@ -575,6 +604,9 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   SHRINK_CHECK(opts.kv_cache == "f32" || opts.device != "cuda", StatusCode::kInvalidInput,
                "--kv-cache %s: only the cpu device has a %s KV cache so far (cuda: f32)",
                opts.kv_cache.c_str(), opts.kv_cache == "f16" ? "16-bit" : "int8");
+  SHRINK_ASSIGN_OR_RETURN(const auto acts, act_int8_choice(opts));
+  impl->act4 = acts.first;
+  impl->act8 = acts.second;
   if (opts.device == "cuda") {
     CudaBackendOptions co;
     if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
@@ -669,7 +701,11 @@ int Engine::max_batch() const { return impl_->opts.max_batch; }
 uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
 std::string Engine::describe() const {
   const std::string scheme = impl_->scheme ? core::quant_scheme_name(*impl_->scheme) : "f32";
+  const ActInt8 act = impl_->act_used;
   return std::string(core::arch_name(impl_->cfg.arch)) + ", " + scheme +
+         (act == ActInt8::kRow       ? ", int8 activations per row"
+          : act == ActInt8::kBlock32 ? ", int8 activations per 32"
+                                     : "") +
          (impl_->lm_head->kind == LinearKind::kW8A16 ? ", int8 lm_head" : "") +
          (impl_->opts.kv_cache == "f32" ? "" : ", " + impl_->opts.kv_cache + " kv cache") + ", " +
          impl_->be->describe();

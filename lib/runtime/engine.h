@@ -55,6 +55,13 @@ struct EngineOptions {
   /// smollm-135m shape: 113 MB of f32 head against 106 MB of int8 blocks), so it caps the
   /// int8 speed-up. An lm_head that is already int8 in the checkpoint stays as it is.
   std::string lm_head = "auto";
+  /// Int8 activations for weight-only checkpoints (W4A16, W8A16) on the cpu device: "none"
+  /// keeps them float; "int8-row" quantizes each token's inputs to a linear with one scale;
+  /// "int8-block" with one scale per 32 inputs for 4-bit weights (llama.cpp's Q8_0 activations;
+  /// 8-bit weights take int8-row, their kernels scale per row); "auto" (the default) is
+  /// kActAuto4 / kActAuto8 (engine.cpp), the measured fast choice, whose accuracy cost the README
+  /// states. Symmetric, round half to even; int8 x 4-bit (8-bit) products in exact int32.
+  std::string act_quant = "auto";
   /// Storage of the KV cache: "f32", or (cpu) "f16" for half the bytes or "int8" for a quarter:
   /// at long context the cache, not the weights, is most of what a decode step reads (the
   /// smollm-135m shape at 2048 tokens: 94 MB of f32 cache against 129 MB of int8 weights).

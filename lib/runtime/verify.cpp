@@ -145,8 +145,8 @@ Result<TaskItems> task_items_load(const std::string& reference_dir, const Verify
 }
 
 // The engine options of both models, sized for the longest of the evaluation windows, the
-// benchmark and the task. The reference keeps an f32 lm_head and KV cache: it is what it is; only
-// the compact model's head and cache may shrink.
+// benchmark and the task. The reference keeps an f32 lm_head, KV cache and float activations: it is what it is;
+// only the compact model's head, cache and activations may shrink.
 EngineOptions engine_options(const VerifyOptions& o, int64_t task_positions, bool reference) {
   EngineOptions eo = o.engine;
   eo.max_seq_len = std::max({o.seq_len, o.bench_prompt_len + o.bench_gen_len, task_positions});
@@ -154,6 +154,7 @@ EngineOptions engine_options(const VerifyOptions& o, int64_t task_positions, boo
   if (reference) {
     eo.lm_head = "f32";
     eo.kv_cache = "f32";
+    eo.act_quant = "none";
   }
   return eo;
 }

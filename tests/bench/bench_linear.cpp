@@ -1,8 +1,8 @@
 // Google Benchmark micro-benchmarks of the CPU backend's linear layers (the GEMM/GEMV behind every
 // projection), through the same Backend::linear the engine calls, so the library choice
 // (the built-in multi-row GEMVs for decode-sized M, oneDNN above) is the real one.
-// Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, bf16, W8A16 and
-// W8A8 (dynamic per token). Counters: GOP/s (2*M*N*K per call) and weight GB/s (bytes of the
+// Shapes: M = 1 (decode GEMV) and M = 512 (prefill GEMM) at K = N = 2048, in f32, bf16, W8A16,
+// W8A8 (dynamic per token), W4A16 and W4A8 (int8 activations per 32, --act-quant int8-block). Counters: GOP/s (2*M*N*K per call) and weight GB/s (bytes of the
 // weights read per call; what bounds decode). The second argument 1 rotates over enough copies
 // of the layer (512 MB in all) that the weights come from DRAM, as in a real decode step; with 0
 // one layer is reused and may sit in the last-level cache. Not a test: run build/bin/bench_linear
@@ -25,7 +25,8 @@ int threads() {
   return t && std::atoi(t) > 0 ? std::atoi(t) : 1;
 }
 
-void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false, int bits = 8) {
+void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false, int bits = 8,
+                  runtime::ActInt8 act_int8 = runtime::ActInt8::kOff, int64_t group4 = 128) {
   const int64_t M = state.range(0);
   const int64_t N = state.range(2), K = state.range(3);
   runtime::CpuBackendOptions bo;
@@ -51,7 +52,8 @@ void bench_linear(benchmark::State& state, LinearKind kind, bool bf16 = false, i
     for (int8_t& v : d.q)
       v = bits == 4 ? int8_t(int(rng() % 16) - 8) : int8_t(int(rng() % 255) - 127);
     d.bits = bits;
-    d.group = bits == 4 ? 128 : K;  // W4A16: groups of 128, as `shrink quantize --scheme w4a16`
+    d.group = bits == 4 ? group4 : K;  // W4A16: groups of 128, as `shrink quantize --scheme w4a16`
+    d.act_int8 = act_int8;
     d.scale.assign(size_t(N * (K / d.group)), 0.02f / 127.f);
     if (kind == LinearKind::kW8A8) d.act = runtime::ActQuant::kDynamic;
   }
@@ -102,5 +104,10 @@ BENCHMARK_CAPTURE(bench_linear, bf16, LinearKind::kF32, true)->Apply(linear_args
 BENCHMARK_CAPTURE(bench_linear, w8a16, LinearKind::kW8A16)->Apply(linear_args);
 BENCHMARK_CAPTURE(bench_linear, w8a8, LinearKind::kW8A8)->Apply(linear_args);
 BENCHMARK_CAPTURE(bench_linear, w4a16, LinearKind::kW8A16, false, 4)->Apply(linear_args);
+// 4-bit in groups of 32 (GPTQ/AWQ's Q4_0 layout): float activations, then int8 per 32 (W4A8).
+BENCHMARK_CAPTURE(bench_linear, w4a16_g32, LinearKind::kW8A16, false, 4, runtime::ActInt8::kOff,
+                  32)->Apply(linear_args);
+BENCHMARK_CAPTURE(bench_linear, w4a8_g32, LinearKind::kW8A16, false, 4,
+                  runtime::ActInt8::kBlock32, 32)->Apply(linear_args);
 
 BENCHMARK_MAIN();

@@ -477,6 +477,120 @@ TEST(Kernels, GemmW4a16MatchesRefAndW8a16) {
   }
 }
 
+// W4A8's activation packing against quantization derived here by hand: per row or per 32
+// inputs, s = max|x| / 127, q = clamp(round_half_even(x / s)), the -8 * sum correction lanes,
+// and zeros past K.
+TEST(Kernels, W4a8ActivationPackingMatchesHandQuantization) {
+  for (int64_t K : {1, 31, 32, 33, 100, 128, 200, 576}) {
+    for (int64_t block : {int64_t(0), int64_t(32)}) {
+      const int64_t rows = 3, ldx = K + 5, ldp = w4a8_act_row_bytes(K) + 64;
+      auto x = randn(size_t(rows * ldx), uint32_t(K + block), 2.0f);
+      for (int64_t k = 0; k < std::min<int64_t>(K, 32); ++k) x[size_t(2 * ldx + k)] = 0;  // a zero block
+      std::vector<uint8_t> P(size_t(rows * ldp), 0xCD);
+      quantize_w4a8_act(x.data(), rows, K, ldx, block, P.data(), ldp);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x.data() + r * ldx;
+        const uint8_t* pr = P.data() + r * ldp;
+        for (int64_t k0 = 0; k0 < K; k0 += 32) {
+          const int64_t b0 = block == 0 ? 0 : k0, b1 = block == 0 ? K : std::min(K, k0 + 32);
+          float amax = 0;
+          for (int64_t k = b0; k < b1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+          const float s = amax > 0 ? amax / 127.0f : 1.0f;
+          ASSERT_EQ(w4a8_act_scale(pr, k0), s) << "K=" << K << " block=" << block << " k0=" << k0;
+          int32_t sum = 0;
+          for (int64_t k = k0; k < std::min(K, k0 + 32); ++k) {
+            const int want = int(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] / s))));
+            ASSERT_EQ(w4a8_act_value(pr, k), want) << "K=" << K << " block=" << block << " k=" << k;
+            sum += want;
+          }
+          int32_t corr;
+          const uint8_t* chunk = pr + k0 / kW4a8Chunk * kW4a8ChunkBytes;
+          std::memcpy(&corr, chunk + 128 + 16 * ((k0 % kW4a8Chunk) / 32), 4);
+          EXPECT_EQ(corr, -8 * sum);
+        }
+        for (int64_t k = K; k < (K + kW4a8Chunk - 1) / kW4a8Chunk * kW4a8Chunk; ++k)
+          ASSERT_EQ(w4a8_act_value(pr, k), 0) << "padding past K=" << K;
+      }
+    }
+  }
+}
+
+// gemm_w4a8: the reference against the float product of the dequantized weights and the
+// original activations (the error is bounded by the activation rounding, half a step per input),
+// every variant against the reference, and a row's result independent of M.
+TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
+  const KernelTable& ref = kernels_for(Isa::kRef);
+  std::vector<Isa> isas = vector_isas();
+  isas.push_back(Isa::kRef);
+  for (int64_t K : {32, 33, 64, 100, 128, 200, 320, 576}) {
+    for (int64_t N : {1, 3, 17, 40}) {
+      std::vector<int8_t> q(size_t(N * K));
+      std::mt19937 rng(uint32_t(K * 7 + N));
+      for (auto& v : q) v = int8_t(int(rng() % 16) - 8);
+      const int64_t ldb = s4_row_bytes(K) + 16;
+      std::vector<uint8_t> p(size_t(N * ldb), 0xAB);
+      for (int64_t n = 0; n < N; ++n) s4_pack_row(q.data() + n * K, K, p.data() + n * ldb);
+      std::vector<int64_t> groups = {K};
+      if (K % 32 == 0 && K > 32) groups.push_back(32);
+      if (K % 64 == 0 && K > 64) groups.push_back(64);
+      if (K % 160 == 0) groups.push_back(160);
+      for (int64_t group : groups) {
+        const int64_t G = (K + group - 1) / group;
+        auto s = randn(size_t(N * G), 27, 0.05f);
+        for (int64_t block : {int64_t(0), int64_t(32)}) {
+          for (int64_t M : {1, 2, 5, 8, 9, 65, 70}) {
+            const int64_t ldx = K + 3, lda = w4a8_act_row_bytes(K), ldc = N + 2;
+            const std::string tag = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                    " K=" + std::to_string(K) + " g=" + std::to_string(group) +
+                                    " block=" + std::to_string(block);
+            auto x = randn(size_t(M * ldx), uint32_t(28 + M));
+            std::vector<uint8_t> A(size_t(M * lda));
+            quantize_w4a8_act(x.data(), M, K, ldx, block, A.data(), lda);
+            std::vector<float> r(size_t(M * ldc));
+            ref.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, r.data(), ldc);
+            std::vector<float> mag(size_t(M * ldc), 0.0f);  // sum of |terms|: the tolerance's scale
+            for (int64_t m = 0; m < M; ++m) {
+              for (int64_t n = 0; n < N; ++n) {
+                double exact = 0, bound = 0, absum = 0;
+                for (int64_t k = 0; k < K; ++k) {
+                  const double w = double(q[size_t(n * K + k)]) * s[size_t(n * G + k / group)];
+                  const double sa = w4a8_act_scale(A.data() + m * lda, k);
+                  exact += w * x[size_t(m * ldx + k)];
+                  bound += std::fabs(w) * sa * 0.5;
+                  absum += std::fabs(w * sa * w4a8_act_value(A.data() + m * lda, k));
+                }
+                mag[size_t(m * ldc + n)] = float(absum);
+                ASSERT_LE(std::fabs(r[size_t(m * ldc + n)] - exact), bound * 1.0001 + 1e-6)
+                    << "ref w4a8 vs the float product, " << tag << " m=" << m << " n=" << n;
+              }
+            }
+            for (Isa isa : isas) {
+              const KernelTable& k = kernels_for(isa);
+              std::vector<float> c(size_t(M * ldc));
+              k.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c.data(), ldc);
+              for (int64_t m = 0; m < M; ++m) {
+                for (int64_t n = 0; n < N; ++n) {
+                  const size_t i = size_t(m * ldc + n);
+                  ASSERT_LE(std::fabs(c[i] - r[i]), 2e-6f * mag[i] + 1e-7f)
+                      << "gemm_w4a8 " << isa_name(isa) << " " << tag << " m=" << m << " n=" << n;
+                }
+              }
+              if (M >= 2 && M <= kGemvMaxM) {  // rows 0 and 1 as in a batch of two
+                std::vector<float> c2(size_t(2 * ldc));
+                k.gemm_w4a8_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(),
+                               ldc);
+                EXPECT_TRUE(std::equal(c2.begin(), c2.begin() + N, c.begin()) &&
+                            std::equal(c2.begin() + ldc, c2.begin() + ldc + N, c.begin() + ldc))
+                    << "gemm_w4a8 rows differ between M=2 and " << tag << " " << isa_name(isa);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, QuantizeAndS8GemmAreBitExact) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   for (Isa isa : vector_isas()) {

@@ -42,6 +42,7 @@ struct Globals {
   bool no_cuda_graphs = false;
   std::string lm_head = "auto";
   std::string kv_cache = "f32";
+  std::string act_quant = "auto";
   int exit_code = 0;
 };
 
@@ -69,6 +70,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.graphs = !g.no_cuda_graphs;
   o.lm_head = g.lm_head;
   o.kv_cache = g.kv_cache;
+  o.act_quant = g.act_quant;
   return o;
 }
 
@@ -460,6 +462,12 @@ int main(int argc, char** argv) {
                  "float one), f32 (exact) or int8 (per-channel W8A16, quantized at load; verify "
                  "keeps the reference's head in f32)")
       ->capture_default_str();
+  app.add_option("--act-quant", g.act_quant,
+                 "cpu: int8 activations for weight-only checkpoints (W4A16, W8A16): auto (int8 "
+                 "per 32 inputs for 4-bit weights, float for 8-bit), none, int8-row (one scale "
+                 "per token) or int8-block (per 32 inputs for 4-bit weights, per row for 8-bit)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "none", "int8-row", "int8-block"}));
   app.add_option("--kv-cache", g.kv_cache,
                  "Storage of the KV cache: f32, or (cpu) f16 or int8 (half or a quarter of the "
                  "bytes decode attention reads; int8: one scale per token and KV head; "

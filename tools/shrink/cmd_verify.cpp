@@ -22,6 +22,11 @@ void register_verify(CLI::App& app, Globals& g) {
                   "quantized), f32 or int8 (per-channel, quantized at load)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "f32", "int8"}));
+  sub->add_option("--act-quant", o->v.engine.act_quant,
+                  "The compact model's activations in the runtime when its weights are "
+                  "weight-only int8/4-bit: auto, none, int8-row or int8-block (as shrink-rt)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "none", "int8-row", "int8-block"}));
   sub->add_option("--kv-cache", o->v.engine.kv_cache,
                   "The compact model's KV cache in the runtime: f32, or (cpu) f16 or int8")
       ->capture_default_str()

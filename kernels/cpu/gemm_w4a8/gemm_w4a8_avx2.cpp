@@ -1,0 +1,52 @@
+// W4A8 GEMM, AVX2 variant (also the AVX-512 level without VNNI): 32 weight bytes (2 blocks) per
+// step; vpmaddubsw multiplies the unsigned nibbles by the int8 activations into int16 pairs
+// (at most 2 * 15 * 127: no saturation) and vpmaddwd by ones sums them into int32 lanes of 4,
+// the lanes of vpdpbusd. The driver is gemm_w4a8_simd.inc. Tested against gemm_w4a8_nt_ref.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace shrink::kernels::cpu {
+namespace {
+
+using vi = __m256i;
+using vf = __m256;
+constexpr int64_t kVB = 32;
+
+inline vi load_w(const uint8_t* p, int64_t nbytes) {
+  if (nbytes >= 32) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  alignas(32) uint8_t buf[32] = {};
+  if (nbytes > 0) std::memcpy(buf, p, size_t(nbytes));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
+}
+inline void unpack(vi w, vi& lo, vi& hi) {
+  const vi m = _mm256_set1_epi8(0x0F);
+  lo = _mm256_and_si256(w, m);
+  hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
+}
+inline vi load_i(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline vi dot(vi acc, vi u, vi s) {
+  const vi p16 = _mm256_maddubs_epi16(u, s);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+inline vf cvt(vi x) { return _mm256_cvtepi32_ps(x); }
+inline vf load_f(const float* p) { return _mm256_loadu_ps(p); }
+inline vf fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf fzero() { return _mm256_setzero_ps(); }
+inline float hsum(vf x) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+inline vf bcast(float s) { return _mm256_set1_ps(s); }
+inline vf expand4(const float* s) {
+  return _mm256_setr_ps(s[0], s[0], s[0], s[0], s[1], s[1], s[1], s[1]);
+}
+
+}  // namespace
+}  // namespace shrink::kernels::cpu
+
+#define KNAME_W4A8 gemm_w4a8_nt_avx2
+#include "kernels/cpu/gemm_w4a8/gemm_w4a8_simd.inc"
