@@ -629,9 +629,10 @@ void expect_matches_float_at_every_isa(const std::string& q, Engine& ef,
 
 // W4A8 (--act-quant int8-row / int8-block on a 4-bit checkpoint): the int8 activations move the
 // logits from the dequantized float model's by at most the activations' rounding (a few percent
-// of the logits' range on this fixture, measured 1.3-2.2%), every ISA computes the same logits
-// (exact int32 block sums; float order only), decode steps equal the prefill's rows, and
-// per-32 scales land closer to the float model than per-row ones.
+// of the logits' range on this fixture, measured 1.3-2.2%); every ISA computes nearly the same
+// logits (exact int32 block sums; an int8 rounding may flip on the float ops' last bits); decode
+// steps equal the prefill's rows (the W4A8 kernels to the bit, the float head's library GEMM to
+// rounding); and per-32 scales land closer to the float model than per-row ones.
 TEST(Int8, W4a8CloseToDequantisedFloatModelAtEveryIsa) {
   std::vector<int32_t> long_seq;  // longer than kGemvMaxM: the prefill tiles
   for (int i = 0; i < 80; ++i) long_seq.push_back((i * 7 + 3) % 50);
@@ -670,7 +671,10 @@ TEST(Int8, W4a8CloseToDequantisedFloatModelAtEveryIsa) {
           if (first.empty()) {
             first = lq;
           } else {
-            EXPECT_LE(max_rel_diff(lq, first), 1e-5f) << what << " " << isa << " vs ref";
+            // The ISAs' float ops (RMSNorm, attention) differ in the last bits, which can flip
+            // an activation's rounding to int8 (one step, 1/127 of its row or block's max):
+            // measured up to 0.35% here, against 1.3-2.2% for int8 against float.
+            EXPECT_LE(max_rel_diff(lq, first), 0.01f) << what << " " << isa << " vs ref";
           }
           // Decode: the last 3 tokens one at a time equal the prefill's last rows.
           (*eq)->reset_all();

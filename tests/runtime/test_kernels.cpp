@@ -517,7 +517,8 @@ TEST(Kernels, W4a8ActivationPackingMatchesHandQuantization) {
 
 // gemm_w4a8: the reference against the float product of the dequantized weights and the
 // original activations (the error is bounded by the activation rounding, half a step per input),
-// every variant against the reference, and a row's result independent of M.
+// every variant against the reference, and a row's result the same bits at every M (decode
+// GEMV, multi-row GEMV, prefill tiles).
 TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   std::vector<Isa> isas = vector_isas();
@@ -575,13 +576,17 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
                       << "gemm_w4a8 " << isa_name(isa) << " " << tag << " m=" << m << " n=" << n;
                 }
               }
-              if (M >= 2 && M <= kGemvMaxM) {  // rows 0 and 1 as in a batch of two
-                std::vector<float> c2(size_t(2 * ldc));
+              if (M >= 2) {  // rows 0 and 1 alone and as a batch of two: the same bits
+                std::vector<float> c1(static_cast<size_t>(ldc)), c2(static_cast<size_t>(2 * ldc));
+                k.gemm_w4a8_nt(1, N, K, A.data() + lda, lda, p.data(), ldb, s.data(), group,
+                               c1.data(), ldc);
                 k.gemm_w4a8_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(),
                                ldc);
                 EXPECT_TRUE(std::equal(c2.begin(), c2.begin() + N, c.begin()) &&
                             std::equal(c2.begin() + ldc, c2.begin() + ldc + N, c.begin() + ldc))
                     << "gemm_w4a8 rows differ between M=2 and " << tag << " " << isa_name(isa);
+                EXPECT_TRUE(std::equal(c1.begin(), c1.begin() + N, c.begin() + ldc))
+                    << "gemm_w4a8 row 1 differs between M=1 and " << tag << " " << isa_name(isa);
               }
             }
           }

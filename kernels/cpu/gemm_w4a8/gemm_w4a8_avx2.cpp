@@ -35,14 +35,17 @@ inline vf load_f(const float* p) { return _mm256_loadu_ps(p); }
 inline vf fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf fzero() { return _mm256_setzero_ps(); }
-inline float hsum(vf x) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+inline __m128 fold(vf x) {
+  return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+}
+inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
+  const __m128 ab = _mm_hadd_ps(fold(a), fold(b)), cd = _mm_hadd_ps(fold(c), fold(d));
+  _mm_storeu_ps(out, _mm_hadd_ps(ab, cd));
 }
 inline vf bcast(float s) { return _mm256_set1_ps(s); }
-inline vf expand4(const float* s) {
-  return _mm256_setr_ps(s[0], s[0], s[0], s[0], s[1], s[1], s[1], s[1]);
+inline vf expand4(const float* s, int64_t n) {
+  const float s1 = n >= 2 ? s[1] : 0.0f;
+  return _mm256_setr_ps(s[0], s[0], s[0], s[0], s1, s1, s1, s1);
 }
 
 }  // namespace

@@ -31,11 +31,20 @@ inline vf load_f(const float* p) { return _mm512_loadu_ps(p); }
 inline vf fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf fzero() { return _mm512_setzero_ps(); }
-inline float hsum(vf x) { return _mm512_reduce_add_ps(x); }
+inline __m128 fold(vf x) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(x),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
+  const __m128 ab = _mm_hadd_ps(fold(a), fold(b)), cd = _mm_hadd_ps(fold(c), fold(d));
+  _mm_storeu_ps(out, _mm_hadd_ps(ab, cd));
+}
 inline vf bcast(float s) { return _mm512_set1_ps(s); }
-inline vf expand4(const float* s) {
+inline vf expand4(const float* s, int64_t n) {
   const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s)));
+  const __m128 v = n >= 4 ? _mm_loadu_ps(s) : _mm_maskz_loadu_ps(__mmask8((1u << n) - 1), s);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
 
 }  // namespace
