@@ -21,7 +21,7 @@ namespace {
 // --act-quant auto: the int8 activations of weight-only 4-bit and 8-bit linears (measured:
 // README "int8 activations").
 constexpr ActInt8 kActAuto4 = ActInt8::kBlock32;
-constexpr ActInt8 kActAuto8 = ActInt8::kOff;
+constexpr ActInt8 kActAuto8 = ActInt8::kRow;
 
 // ---- tensor sources: a checkpoint on disk, or random weights made on demand -----------------
 
