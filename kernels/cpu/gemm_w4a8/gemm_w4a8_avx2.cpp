@@ -53,3 +53,14 @@ inline vf expand4(const float* s, int64_t n) {
 
 #define KNAME_W4A8 gemm_w4a8_nt_avx2
 #include "kernels/cpu/gemm_w4a8/gemm_w4a8_simd.inc"
+
+namespace shrink::kernels::cpu {
+namespace {
+
+void prefill(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda, const uint8_t* B,
+             int64_t ldb, const float* scale, const ScaleMap& sm, float* C, int64_t ldc) {
+  gemm_tiles(M, N, K, A, lda, B, ldb, scale, sm, C, ldc);
+}
+
+}  // namespace
+}  // namespace shrink::kernels::cpu
