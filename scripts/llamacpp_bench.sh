@@ -31,6 +31,11 @@
 #     (pp64) and 32 decode steps after 64 tokens of context (tg32 at depth 64), runs interleaved
 #     with shrink-rt bench --prompt-len 64 --gen-len 32, medians of --reps.
 #
+#   speed and native also take --kinds "f32 bf16 w8 w4" (the weights compared; only those are
+#   made) and --act-quant "auto" (shrink-rt's --act-quant values, each a row of its own for the
+#   quantized kinds, interleaved in the same repetitions): e.g. --kinds "w8 w4" --act-quant
+#   "none auto" compares float and int8 activations against llama.cpp in one run.
+#
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
 # load is not controlled: run it alone.
 set -euo pipefail
@@ -40,6 +45,7 @@ BIN=${SHRINK_BIN:-$ROOT/build/bin}
 mode=${1:-}
 shift || true
 teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256 reps=3
+kinds="f32 bf16 w8 w4" acts="auto"
 { [ "$mode" = speed ] || [ "$mode" = native ]; } && threads="1 2"
 OUT=${OUT:-$ROOT/runs/llamacpp-bench}
 while [ $# -gt 0 ]; do
@@ -48,6 +54,8 @@ while [ $# -gt 0 ]; do
     --max-tokens) max_tokens=$2; shift ;;
     --seq-len) seq_len=$2; shift ;;
     --reps) reps=$2; shift ;;
+    --kinds) kinds=$2; shift ;;
+    --act-quant) acts=$2; shift ;;
     -*) echo "llamacpp_bench: unknown option $1" >&2; exit 2 ;;
     *) teacher=$1 ;;
   esac
@@ -154,13 +162,21 @@ models_make() {  # SHAPE
   mkdir -p "$W"
   shape_config "$1" >"$W/config.json"
   rm -rf "$W/f32" "$W/bf16" "$W/w8" "$W/w4"
+  has() { case " $kinds " in *" $1 "*) return 0 ;; esac; return 1; }
   "$S" -q init --streaming --config "$W/config.json" --dtype float32 --out "$W/f32" >/dev/null
-  "$S" -q init --streaming --config "$W/config.json" --dtype bfloat16 --out "$W/bf16" >/dev/null
-  "$S" -q --threads 2 quantize "$W/f32" --out "$W/w8" --scheme w8a16 --eval-tokens 0 >/dev/null
-  "$S" -q --threads 2 quantize "$W/f32" --out "$W/w4" --scheme w4a16 --group-size 32 --eval-tokens 0 >/dev/null
-  for m in f32 bf16; do "$S" -q export "$W/$m" --format gguf --out "$W/$m.gguf" >/dev/null; done
-  llama_quantize "$W/f32.gguf" "$W/w8.gguf" q8_0 >/dev/null
-  llama_quantize "$W/f32.gguf" "$W/w4.gguf" q4_0 >/dev/null
+  "$S" -q export "$W/f32" --format gguf --out "$W/f32.gguf" >/dev/null
+  if has bf16; then
+    "$S" -q init --streaming --config "$W/config.json" --dtype bfloat16 --out "$W/bf16" >/dev/null
+    "$S" -q export "$W/bf16" --format gguf --out "$W/bf16.gguf" >/dev/null
+  fi
+  if has w8; then
+    "$S" -q --threads 2 quantize "$W/f32" --out "$W/w8" --scheme w8a16 --eval-tokens 0 >/dev/null
+    llama_quantize "$W/f32.gguf" "$W/w8.gguf" q8_0 >/dev/null
+  fi
+  if has w4; then
+    "$S" -q --threads 2 quantize "$W/f32" --out "$W/w4" --scheme w4a16 --group-size 32 --eval-tokens 0 >/dev/null
+    llama_quantize "$W/f32.gguf" "$W/w4.gguf" q4_0 >/dev/null
+  fi
 }
 
 # One table row from the per-rep figures: NAME THREADS "shrink decodes" "peer decodes"
@@ -198,20 +214,30 @@ speed_compare() {  # PEER_FN PEER_NAME DECODE_COLUMN PREFILL_COLUMN
   echo
   echo "| shrink-rt / llama.cpp | threads | shrink-rt decode tok/s | $3 | decode ratio | shrink-rt prefill tok/s | $4 | prefill ratio |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  local m th r a b_dec b_pre
-  for m in f32 bf16 w8 w4; do
+  local m th r a b_dec b_pre aq
+  for m in $kinds; do
+    local m_acts=auto
+    case "$m" in w8|w4) m_acts=$acts ;; esac
     for th in $threads; do
-      local rd="" rp="" ld="" lp=""
+      local -A rd=() rp=()
+      local ld="" lp=""
       for r in $(seq "$reps"); do
-        a=$("$BIN/shrink-rt" --threads "$th" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
-        rd+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
-        rp+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
+        for aq in $m_acts; do
+          a=$("$BIN/shrink-rt" --threads "$th" --act-quant "$aq" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
+          rd[$aq]+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
+          rp[$aq]+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
+          echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"act_quant\": \"$aq\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
+        done
         read -r b_dec b_pre <<<"$("$1" "$W/$m.gguf" "$th")"
         ld+="$b_dec "
         lp+="$b_pre "
-        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"$2\", \"peer_decode_tok_s\": $b_dec, \"peer_prefill_tok_s\": $b_pre, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
+        echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"threads\": $th, \"rep\": $r, \"peer\": \"$2\", \"peer_decode_tok_s\": $b_dec, \"peer_prefill_tok_s\": $b_pre}" >>"$OUT/results.jsonl"
       done
-      speed_row "${names[$m]}" "$th" "$rd" "$ld" "$rp" "$lp"
+      for aq in $m_acts; do
+        local label=${names[$m]}
+        [ "$m_acts" = auto ] || label="${names[$m]}, --act-quant $aq"
+        speed_row "$label" "$th" "${rd[$aq]}" "$ld" "${rp[$aq]}" "$lp"
+      done
     done
   done
 }
