@@ -340,7 +340,9 @@ inline int w4a8_act_value(const uint8_t* row, int64_t k) {
 float w4a8_act_scale(const uint8_t* row, int64_t k);
 /// C[m, n] = sum_b as[m, b] * ws[n, b] * sum_{k in block b} a[m, k] * q[n, k] over the 32-input
 /// blocks b, with a and as from the packed row m (A + m*lda), q = s4_value(B + n*ldb, k) and
-/// ws[n, b] = scale[n*G + 32 b / group] (group: K, or a multiple of 32). Each block's integer sum
+/// ws[n, b] = scale[n*G + 32 b / group] (group: K, or a multiple of 32), the weight scales as
+/// IEEE f16 bit patterns (as Q4_0 stores them: 4.5 bits per weight with groups of 32, where
+/// float32 scales make 5, and decode streams those bytes). Each block's integer sum
 /// is exact; variants differ from the reference (which sums the float terms in double) by float
 /// rounding and summation order only (~1e-6 relative to sum_b |term_b|). M <= kW4a8GemvMaxM runs
 /// as multi-row GEMVs (decode; a row's result does not depend on M there), larger M as a GEMM
@@ -348,16 +350,16 @@ float w4a8_act_scale(const uint8_t* row, int64_t k);
 /// M = 16, 804 against 1409 us; at M = 64, 1628 against 3839).
 inline constexpr int64_t kW4a8GemvMaxM = 8;
 using GemmW4a8NtFn = void (*)(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
-                              const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                              const uint8_t* B, int64_t ldb, const uint16_t* scale, int64_t group,
                               float* C, int64_t ldc);
 void gemm_w4a8_nt_ref(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
-                      const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
-                      int64_t ldc);
+                      const uint8_t* B, int64_t ldb, const uint16_t* scale, int64_t group,
+                      float* C, int64_t ldc);
 void gemm_w4a8_nt_avx2(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
-                       const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
-                       int64_t ldc);
+                       const uint8_t* B, int64_t ldb, const uint16_t* scale, int64_t group,
+                       float* C, int64_t ldc);
 void gemm_w4a8_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
-                             const uint8_t* B, int64_t ldb, const float* scale, int64_t group,
+                             const uint8_t* B, int64_t ldb, const uint16_t* scale, int64_t group,
                              float* C, int64_t ldc);
 
 // ---- W8A8 GEMM: int8 x int8 -> int32 per group, float epilogue --------------------------------

@@ -306,6 +306,7 @@ class CpuLinear : public Linear {
   std::vector<uint8_t> q4;  // W4A16/W4A8: kernels.h's 4-bit blocks, [out, ld4] bytes (q empty)
   int64_t ld4 = 0;
   std::vector<float> scale;
+  std::vector<uint16_t> scale16;  // W4A8: the scales as f16 bits [out, groups] (scale empty)
   std::vector<float> zs;      // W4A16 asymmetric: zp * scale [out, groups] (else empty)
   std::vector<int32_t> perm;  // g_idx: the kernels read x[perm] (LinearDesc::perm)
   std::vector<int32_t> comp;  // 128 * sum of each (row, group) of q
@@ -403,7 +404,13 @@ class CpuBackend : public Backend {
         d.kind == LinearKind::kW8A16 && d.bits == 4 && (d.group % 32 == 0 || d.group == d.in);
     if (!keep4) linear_desc_fold_zero_points(d);
     if (keep4) {
-      l->act_int8 = d.act_int8;  // W4A8: gemm_w4a8 (per row or per 32 inputs)
+      // W4A8: gemm_w4a8 (per row or per 32 inputs), with f16 scales; a scale outside f16's
+      // normal range (a near-zero group) keeps the layer in W4A16 with float32 scales.
+      const bool f16_ok = std::all_of(d.scale.begin(), d.scale.end(), [](float v) {
+        const float a = std::fabs(v);
+        return a == 0.0f || (a >= 6.103515625e-05f && a <= 65504.0f);
+      });
+      if (f16_ok) l->act_int8 = d.act_int8;
     } else if (d.kind == LinearKind::kW8A16 && d.act_int8 == ActInt8::kRow &&
                std::none_of(d.q.begin(), d.q.end(), [](int8_t v) { return v == -128; })) {
       // 8-bit weights with int8 activations per token: the W8A8 dynamic kernels, whose VNNI
@@ -435,17 +442,27 @@ class CpuBackend : public Backend {
       // Keep 4-bit weights at 4 bits (kernels.h's blocks of 32): decode reads half the bytes
       // of W8A16. Zero points: sum_k (q - zp) s x = sum_k q s x - sum_g zp s (sum_{k in g} x),
       // the symmetric kernel plus one small correction per group (linear()).
+      if (l->act_int8 != ActInt8::kOff) {  // W4A8 reads f16 scales (and so do its zero points)
+        l->scale16.resize(l->scale.size());
+        for (size_t i = 0; i < l->scale.size(); ++i) {
+          l->scale16[i] = core::f32_to_f16(l->scale[i]);
+          l->scale[i] = core::f16_to_f32(l->scale16[i]);
+        }
+      }
       if (!d.zp.empty()) {
         l->zs.resize(size_t(d.out * G));
         for (size_t i = 0; i < l->zs.size(); ++i) l->zs[i] = float(d.zp[i]) * l->scale[i];
       }
+      const uint64_t scale_bytes = l->scale16.empty() ? 4 : 2;
+      if (!l->scale16.empty()) l->scale = {};
       l->ld4 = cpu_kernels::s4_row_bytes(d.in);
       l->q4.resize(size_t(d.out * l->ld4));
       for (int64_t n = 0; n < d.out; ++n) {  // values in [-8, 7]: the engine checked them
         cpu_kernels::s4_pack_row(l->q.data() + n * d.in, d.in, l->q4.data() + n * l->ld4);
       }
       l->q = {};
-      l->weight_bytes = uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * (l->zs.empty() ? 4 : 8);
+      l->weight_bytes =
+          uint64_t(d.out * l->ld4) + uint64_t(d.out * G) * (scale_bytes + (l->zs.empty() ? 0 : 4));
     }
     return std::unique_ptr<Linear>(std::move(l));
   }
@@ -609,9 +626,9 @@ class CpuBackend : public Backend {
   }
 
   // W4A8: the rows of x quantized to int8 once (quantize_w4a8_act's packed rows, per row or per
-  // 32 inputs), then gemm_w4a8 over slices of the weight rows, decode and prefill alike. The
-  // zero-point term of asymmetric weights uses the float sums of x (as W4A16 does): only the
-  // symmetric part sees the int8 activations.
+  // 32 inputs), then gemm_w4a8 over slices of the weight rows with the f16 scales, decode and
+  // prefill alike. The zero-point term of asymmetric weights uses the float sums of x (as W4A16
+  // does): only the symmetric part sees the int8 activations.
   void linear_w4a8(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy) {
     const int64_t N = l.out, K = l.in, G = (K + l.group - 1) / l.group;
     const int64_t lda = cpu_kernels::w4a8_act_row_bytes(K);
@@ -623,7 +640,7 @@ class CpuBackend : public Backend {
     if (!l.zs.empty()) group_sums(l, x, M);
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
       k_.gemm_w4a8_nt(M, e - b, K, qa_.data(), lda, l.q4.data() + b * l.ld4, l.ld4,
-                      l.scale.data() + b * G, l.group, y + b, ldy);
+                      l.scale16.data() + b * G, l.group, y + b, ldy);
       if (!l.zs.empty()) zero_point_correction(l, M, b, e, y, ldy);
     });
   }

@@ -523,7 +523,7 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
   const KernelTable& ref = kernels_for(Isa::kRef);
   std::vector<Isa> isas = vector_isas();
   isas.push_back(Isa::kRef);
-  for (int64_t K : {32, 33, 64, 100, 128, 200, 320, 576}) {
+  for (int64_t K : {32, 33, 64, 100, 128, 192, 200, 320, 576}) {  // 192: a half-empty last chunk
     for (int64_t N : {1, 3, 17, 40}) {
       std::vector<int8_t> q(size_t(N * K));
       std::mt19937 rng(uint32_t(K * 7 + N));
@@ -538,6 +538,11 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
       for (int64_t group : groups) {
         const int64_t G = (K + group - 1) / group;
         auto s = randn(size_t(N * G), 27, 0.05f);
+        std::vector<uint16_t> s16(s.size());  // the kernel's f16 scales; s: their exact values
+        for (size_t i = 0; i < s.size(); ++i) {
+          s16[i] = shrink::core::f32_to_f16(s[i]);
+          s[i] = shrink::core::f16_to_f32(s16[i]);
+        }
         for (int64_t block : {int64_t(0), int64_t(32)}) {
           for (int64_t M : {1, 2, 5, 8, 9, 17, 33, 70}) {
             const int64_t ldx = K + 3, lda = w4a8_act_row_bytes(K), ldc = N + 2;
@@ -548,7 +553,7 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
             std::vector<uint8_t> A(size_t(M * lda));
             quantize_w4a8_act(x.data(), M, K, ldx, block, A.data(), lda);
             std::vector<float> r(size_t(M * ldc));
-            ref.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, r.data(), ldc);
+            ref.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s16.data(), group, r.data(), ldc);
             std::vector<float> mag(size_t(M * ldc), 0.0f);  // sum of |terms|: the tolerance's scale
             for (int64_t m = 0; m < M; ++m) {
               for (int64_t n = 0; n < N; ++n) {
@@ -568,7 +573,7 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
             for (Isa isa : isas) {
               const KernelTable& k = kernels_for(isa);
               std::vector<float> c(size_t(M * ldc));
-              k.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c.data(), ldc);
+              k.gemm_w4a8_nt(M, N, K, A.data(), lda, p.data(), ldb, s16.data(), group, c.data(), ldc);
               for (int64_t m = 0; m < M; ++m) {
                 for (int64_t n = 0; n < N; ++n) {
                   const size_t i = size_t(m * ldc + n);
@@ -578,9 +583,9 @@ TEST(Kernels, GemmW4a8MatchesRefAndFloatProduct) {
               }
               if (M >= 2 && M <= kW4a8GemvMaxM) {  // rows 0 and 1 alone and as a batch of two
                 std::vector<float> c1(static_cast<size_t>(ldc)), c2(static_cast<size_t>(2 * ldc));
-                k.gemm_w4a8_nt(1, N, K, A.data() + lda, lda, p.data(), ldb, s.data(), group,
+                k.gemm_w4a8_nt(1, N, K, A.data() + lda, lda, p.data(), ldb, s16.data(), group,
                                c1.data(), ldc);
-                k.gemm_w4a8_nt(2, N, K, A.data(), lda, p.data(), ldb, s.data(), group, c2.data(),
+                k.gemm_w4a8_nt(2, N, K, A.data(), lda, p.data(), ldb, s16.data(), group, c2.data(),
                                ldc);
                 EXPECT_TRUE(std::equal(c2.begin(), c2.begin() + N, c.begin()) &&
                             std::equal(c2.begin() + ldc, c2.begin() + ldc + N, c.begin() + ldc))

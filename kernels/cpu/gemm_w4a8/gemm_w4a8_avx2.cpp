@@ -43,6 +43,11 @@ inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
   _mm_storeu_ps(out, _mm_hadd_ps(ab, cd));
 }
 inline vf bcast(float s) { return _mm256_set1_ps(s); }
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline vf expand4h(const uint16_t* s, int64_t n) {
+  const float s0 = _cvtsh_ss(s[0]), s1 = n >= 2 ? _cvtsh_ss(s[1]) : 0.0f;
+  return _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+}
 inline vf expand4(const float* s, int64_t n) {
   const float s1 = n >= 2 ? s[1] : 0.0f;
   return _mm256_setr_ps(s[0], s[0], s[0], s[0], s1, s1, s1, s1);
@@ -58,7 +63,7 @@ namespace shrink::kernels::cpu {
 namespace {
 
 void prefill(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda, const uint8_t* B,
-             int64_t ldb, const float* scale, const ScaleMap& sm, float* C, int64_t ldc) {
+             int64_t ldb, const uint16_t* scale, const ScaleMap& sm, float* C, int64_t ldc) {
   gemm_tiles(M, N, K, A, lda, B, ldb, scale, sm, C, ldc);
 }
 

@@ -43,6 +43,13 @@ inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
   _mm_storeu_ps(out, _mm_hadd_ps(ab, cd));
 }
 inline vf bcast(float s) { return _mm512_set1_ps(s); }
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+inline vf expand4h(const uint16_t* s, int64_t n) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m128i h = n >= 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))
+                           : _mm_maskz_loadu_epi16(__mmask8((1u << n) - 1), s);
+  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)));
+}
 inline vf expand4(const float* s, int64_t n) {
   const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m128 v = n >= 4 ? _mm_loadu_ps(s) : _mm_maskz_loadu_ps(__mmask8((1u << n) - 1), s);
@@ -133,7 +140,7 @@ void unpack_panel(const uint8_t* B, int64_t ldb, int64_t n0, int64_t rows, int64
 // C[m, n] for 32 rows (two tiles; t1 may be null) x NB weight rows over every block.
 template <int NB>
 void micro(int64_t nblocks, const uint8_t* t0, const uint8_t* t1, const uint8_t* W,
-           int64_t wstride, const float* scale, const ScaleMap& sm, float* out /*[NB][32]*/) {
+           int64_t wstride, const uint16_t* scale, const ScaleMap& sm, float* out /*[NB][32]*/) {
   __m512 f[NB][2];
   for (int j = 0; j < NB; ++j) f[j][0] = f[j][1] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -159,7 +166,7 @@ void micro(int64_t nblocks, const uint8_t* t0, const uint8_t* t1, const uint8_t*
     const __m512 s1 = _mm512_loadu_ps(reinterpret_cast<const float*>(a1 + 576));
     const int64_t g = sm.G == 1 ? 0 : sm.index(b);
     for (int j = 0; j < NB; ++j) {
-      const __m512 ws = _mm512_set1_ps(scale[j * sm.G + g]);
+      const __m512 ws = _mm512_set1_ps(_cvtsh_ss(scale[j * sm.G + g]));
       f[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][0]), _mm512_mul_ps(s0, ws), f[j][0]);
       f[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][1]), _mm512_mul_ps(s1, ws), f[j][1]);
     }
@@ -171,7 +178,7 @@ void micro(int64_t nblocks, const uint8_t* t0, const uint8_t* t1, const uint8_t*
 }
 
 void prefill(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda, const uint8_t* B,
-             int64_t ldb, const float* scale, const ScaleMap& sm, float* C, int64_t ldc) {
+             int64_t ldb, const uint16_t* scale, const ScaleMap& sm, float* C, int64_t ldc) {
   const int64_t nblocks = (K + 31) / 32, tiles = (M + 15) / 16, wstride = nblocks * 32;
   thread_local std::vector<uint8_t> T, W;
   T.resize(size_t(tiles * nblocks * kTileBytes));
@@ -188,7 +195,7 @@ void prefill(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda, con
       for (int64_t j0 = 0; j0 < pn; j0 += 4) {
         const int nb = int(std::min<int64_t>(4, pn - j0));
         const uint8_t* w = W.data() + j0 * wstride;
-        const float* s = scale + (p0 + j0) * sm.G;
+        const uint16_t* s = scale + (p0 + j0) * sm.G;
         switch (nb) {
           case 4: micro<4>(nblocks, t0, t1, w, wstride, s, sm, out); break;
           case 3: micro<3>(nblocks, t0, t1, w, wstride, s, sm, out); break;

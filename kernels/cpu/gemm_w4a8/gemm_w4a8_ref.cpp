@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "kernels/cpu/kernels.h"
 
 namespace shrink::kernels::cpu {
@@ -63,7 +64,7 @@ float w4a8_act_scale(const uint8_t* row, int64_t k) {
 }
 
 void gemm_w4a8_nt_ref(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda,
-                      const uint8_t* B, int64_t ldb, const float* scale, int64_t group, float* C,
+                      const uint8_t* B, int64_t ldb, const uint16_t* scale, int64_t group, float* C,
                       int64_t ldc) {
   const int64_t G = (K + group - 1) / group;
   for (int64_t m = 0; m < M; ++m) {
@@ -75,7 +76,7 @@ void gemm_w4a8_nt_ref(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t
         int32_t dot = 0;
         for (int64_t k = k0; k < std::min(K, k0 + 32); ++k)
           dot += w4a8_act_value(a, k) * s4_value(b, k);
-        const float ws = scale[n * G + k0 / group];
+        const float ws = core::f16_to_f32(scale[n * G + k0 / group]);
         tot += double(dot) * double(ws) * double(w4a8_act_scale(a, k0));
       }
       C[m * ldc + n] = float(tot);
