@@ -85,12 +85,12 @@ constexpr int64_t kPanel = 32;
 // T + (t * nblocks + b) * kTileBytes.
 void pack_tiles(int64_t M, int64_t nblocks, const uint8_t* A, int64_t lda, uint8_t* T) {
   const int64_t tiles = (M + 15) / 16;
+  const __m512i off = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(int32_t(lda)));  // the 16 rows' byte offsets
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t rows = std::min<int64_t>(16, M - t * 16);
     const __mmask16 live = __mmask16((1u << rows) - 1);
-    const __m512i off = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                             12, 13, 14, 15),
-                                           _mm512_set1_epi32(int32_t(lda)));
     const uint8_t* a = A + t * 16 * lda;
     for (int64_t b = 0; b < nblocks; ++b) {
       uint8_t* dst = T + (t * nblocks + b) * kTileBytes;

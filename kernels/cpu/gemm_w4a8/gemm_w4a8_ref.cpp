@@ -3,55 +3,47 @@
 // every value through w4a8_act_value / s4_value, so it checks the packing as well as the SIMD
 // variants' arithmetic. Tested in tests/runtime/test_kernels.cpp.
 #include <algorithm>
-#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/dtype.h"
 #include "kernels/cpu/kernels.h"
 
 namespace shrink::kernels::cpu {
 
-namespace {
-
-// The scale of n values: max|x| / 127, or 1 where all are zero (quantize_s8's rule).
-float absmax_scale(const float* x, int64_t n) {
-  float amax = 0;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  return amax > 0 ? amax / 127.0f : 1.0f;
-}
-
-int8_t quant(float x, float s) {
-  const float v = std::nearbyint(x / s);
-  return int8_t(std::min(127.0f, std::max(-127.0f, v)));
-}
-
-}  // namespace
-
 void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
                        uint8_t* P, int64_t ldp) {
-  const int64_t chunks = (K + kW4a8Chunk - 1) / kW4a8Chunk;
+  const int64_t chunks = (K + kW4a8Chunk - 1) / kW4a8Chunk, nblocks = (K + 31) / 32;
+  // quantize_s8's rule, applied per row or per block of 32 (its rows: the blocks, ldx 32), into
+  // natural order; then laid out for the 4-bit blocks.
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> s;
+  q.resize(size_t(K));
+  s.resize(size_t(nblocks));
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
+    if (block == 0) {
+      quantize_s8_ref(xr, 1, K, K, nullptr, q.data(), K, s.data());
+      std::fill(s.begin() + 1, s.end(), s[0]);
+    } else {
+      quantize_s8_ref(xr, K / 32, 32, 32, nullptr, q.data(), 32, s.data());
+      if (K % 32) {
+        quantize_s8_ref(xr + K / 32 * 32, 1, K % 32, K % 32, nullptr, q.data() + K / 32 * 32,
+                        K % 32, s.data() + K / 32);
+      }
+    }
     uint8_t* pr = P + r * ldp;
     std::memset(pr, 0, size_t(chunks * kW4a8ChunkBytes));
-    const float row_scale = block == 0 ? absmax_scale(xr, K) : 0.0f;
-    for (int64_t c = 0; c < chunks; ++c) {
-      uint8_t* pc = pr + c * kW4a8ChunkBytes;
-      int32_t* corr = reinterpret_cast<int32_t*>(pc + 128);
-      float* sc = reinterpret_cast<float*>(pc + 192);
-      for (int64_t j = 0; j < 4; ++j) {
-        const int64_t k0 = c * kW4a8Chunk + 32 * j;
-        const int64_t n = std::max<int64_t>(0, std::min<int64_t>(32, K - k0));
-        const float s = block == 0 ? row_scale : n > 0 ? absmax_scale(xr + k0, n) : 1.0f;
-        int32_t sum = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const int8_t q = quant(xr[k0 + i], s);
-          pc[(i < 16 ? 0 : 64) + 16 * j + (i & 15)] = uint8_t(q);
-          sum += q;
-        }
-        corr[4 * j] = -8 * sum;
-        for (int l = 0; l < 4; ++l) sc[4 * j + l] = s;
+    for (int64_t b = 0; b < nblocks; ++b) {
+      uint8_t* pc = pr + b / 4 * kW4a8ChunkBytes;
+      const int64_t j = b % 4, k0 = 32 * b, n = std::min<int64_t>(32, K - k0);
+      int32_t sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        pc[(i < 16 ? 0 : 64) + 16 * j + (i & 15)] = uint8_t(q[size_t(k0 + i)]);
+        sum += q[size_t(k0 + i)];
       }
+      reinterpret_cast<int32_t*>(pc + 128)[4 * j] = -8 * sum;
+      for (int l = 0; l < 4; ++l) reinterpret_cast<float*>(pc + 192)[4 * j + l] = s[size_t(b)];
     }
   }
 }
