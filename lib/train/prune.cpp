@@ -4,6 +4,7 @@
 #include "train/prune.h"
 
 #include <chrono>
+#include <limits>
 #include <cmath>
 #include <filesystem>
 #include <cstring>
@@ -328,7 +329,7 @@ PruneTargets::PruneTargets(const PruneOptions& o)
       map(parse_sparsity_map(o.sparsity_map)) {}
 
 bool prune_is_model_free(const PruneOptions& o) {
-  return !o.load_model && o.method == "magnitude" && (o.scope == "layer" || !o.pattern.empty());
+  return !o.load_model && o.method == "magnitude";
 }
 
 void prune_validate(const PruneOptions& o) {
@@ -895,6 +896,105 @@ std::vector<double> depth_scores(const PruneOptions& o, CausalLM& m, const Calib
   return score;
 }
 
+// ---- --depth-metric ppl, streamed ---------------------------------------------------------------
+// The calibration NLL without layer i, for every i, with one decoder layer in memory at a time:
+// the full model's states S run through the layers once; before layer i takes them, a copy T runs
+// through layers i + 1 .. L - 1 and is scored, so the NLL without layer i needs no earlier layer
+// again (L (L + 1) / 2 layer passes, against the whole-model path's L^2). The logits are
+// taken a block of lm_head rows at a time, the log-sum-exp combined in float64 (as
+// nll_streamed), so the scores equal the whole-model path's to float rounding (tested).
+
+// Mean NLL of each next token of c.ids given the last layer's states X [N, T, H].
+double calib_nll_of_states(const LayerStream& ls, const CalibState& c, const torch::Tensor& X) {
+  const int64_t N = c.n(), T = c.ids.size(1), V = ls.config().vocab_size;
+  const int64_t step = std::max<int64_t>(256, (int64_t(32) << 20) / (4 * ls.config().hidden_size));
+  const int64_t rows = N * (T - 1);
+  std::vector<double> mx(size_t(rows), -std::numeric_limits<double>::infinity()), sum(size_t(rows), 0.0),
+      target(size_t(rows), 0.0);
+  const torch::Tensor tgt_all = c.ids.narrow(1, 1, T - 1).reshape({-1});
+  for (int64_t v0 = 0; v0 < V; v0 += step) {
+    const int64_t nv = std::min(step, V - v0);
+    const torch::Tensor W = ls.head_rows(v0, nv);
+    for (int64_t b = 0; b < N; b += 8) {
+      const int64_t nb = std::min<int64_t>(8, N - b);
+      const torch::Tensor h = ls.final_norm(X.narrow(0, b, nb)).narrow(1, 0, T - 1).reshape({-1, X.size(2)});
+      const torch::Tensor logits = torch::matmul(h, W.t());  // [nb * (T - 1), nv]
+      const auto bmax = std::get<0>(logits.max(1));
+      const torch::Tensor bsum = (logits - bmax.unsqueeze(1)).exp().sum(1);
+      const torch::Tensor tgt = tgt_all.narrow(0, b * (T - 1), nb * (T - 1)) - v0;
+      const torch::Tensor in_block = (tgt >= 0).logical_and(tgt < nv);
+      const torch::Tensor tl = logits.gather(1, tgt.clamp(0, nv - 1).unsqueeze(1)).squeeze(1);
+      const float* pm = bmax.data_ptr<float>();
+      const float* ps = bsum.data_ptr<float>();
+      const bool* pi = in_block.data_ptr<bool>();
+      const float* pt = tl.data_ptr<float>();
+      for (int64_t r = 0; r < logits.size(0); ++r) {
+        const size_t k = size_t(b * (T - 1) + r);
+        const double m_new = std::max(mx[k], double(pm[r]));
+        sum[k] = sum[k] * std::exp(mx[k] - m_new) + double(ps[r]) * std::exp(double(pm[r]) - m_new);
+        mx[k] = m_new;
+        if (pi[r]) target[k] = pt[r];
+      }
+    }
+  }
+  double nll = 0;
+  for (size_t k = 0; k < size_t(rows); ++k) nll += mx[k] + std::log(sum[k]) - target[k];
+  return nll / double(rows);
+}
+
+// States [N, T, H] through decoder layer i of the stream, 8 sequences at a time, in place.
+void states_through(const LayerStream& ls, int64_t i, const CalibState& c, const torch::Tensor& X,
+                    core::ScratchBuffer* buf) {
+  DecoderLayer layer = ls.layer(i);
+  CalibState v = c;
+  v.X = X;
+  v.states = buf;
+  layer_over_batches(*layer, v, [](torch::Tensor& x, const torch::Tensor& y) { x.copy_(y); });
+}
+
+// dst = src, 8 sequences at a time; spilled buffers' pages leave resident memory once copied.
+void states_copy(const torch::Tensor& src, core::ScratchBuffer* sb, const torch::Tensor& dst,
+                 core::ScratchBuffer* db) {
+  const int64_t N = src.size(0);
+  const uint64_t per = uint64_t(src.nbytes() / uint64_t(N));
+  for (int64_t b = 0; b < N; b += 8) {
+    const int64_t nb = std::min<int64_t>(8, N - b);
+    dst.narrow(0, b, nb).copy_(src.narrow(0, b, nb));
+    for (core::ScratchBuffer* buf : {sb, db}) {
+      if (buf->spilled()) buf->release(uint64_t(b) * per, uint64_t(nb) * per);
+    }
+  }
+}
+
+// Per layer, how much the calibration NLL rises without it (--depth-metric ppl), streamed.
+std::vector<double> depth_ppl_streamed(const PruneOptions& o, const core::ModelConfig& cfg,
+                                       const core::Checkpoint& ck) {
+  const LayerStream ls(o.model);
+  const int64_t L = cfg.num_layers;
+  core::ScratchBuffer full_buf, skip_buf;
+  const CalibState c = calib_start(o, cfg, ck, full_buf);
+  skip_buf = calibration_states(o.out, o.max_memory, full_buf.size());
+  const torch::Tensor S = c.X;
+  const torch::Tensor T = torch::from_blob(skip_buf.data(), S.sizes(), torch::kFloat32);
+  std::vector<double> without(static_cast<size_t>(L));
+  core::Progress prog("depth ppl", uint64_t(L * (L + 1) / 2), "layer passes", o.progress);
+  uint64_t passes = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    states_copy(S, &full_buf, T, &skip_buf);
+    for (int64_t j = i + 1; j < L; ++j) {
+      states_through(ls, j, c, T, &skip_buf);
+      prog.update(++passes);
+    }
+    without[size_t(i)] = calib_nll_of_states(ls, c, T);
+    states_through(ls, i, c, S, &full_buf);
+    prog.update(++passes);
+  }
+  prog.finish();
+  const double base = calib_nll_of_states(ls, c, S);
+  for (double& v : without) v -= base;
+  return without;
+}
+
 // What the smaller model keeps: the most important layers, hidden channels, and per layer KV
 // groups (whole GQA groups) and MLP channels, each in their original order.
 StructuredPlan structured_plan(const core::ModelConfig& cfg, const Importance& imp,
@@ -931,7 +1031,8 @@ CausalLM prune_structured(const PruneOptions& o, CausalLM& m, int64_t params_bef
                           {"intermediate_size", sizes.mlp},
                           {"hidden_size", sizes.hidden},
                           {"block_influence", imp.bi},
-                          {"depth_metric", o.depth_metric}};
+                          {"depth_metric", o.depth_metric},
+                          {"depth_scores", depth}};
   report["calibration"] = {{"sequences", c.n()}, {"seq_len", o.calib_len}};
   return out;
 }
@@ -990,6 +1091,11 @@ PruneResult prune_structured_streaming(const PruneOptions& o) {
   const int64_t params_before = config_parameters(cfg);
   const StructuredSizes sizes = structured_sizes(o, cfg, params_before);
 
+  // --depth-metric ppl first: its two state buffers are gone before importance's is made.
+  const bool drop_layers = sizes.layers < cfg.num_layers;
+  std::vector<double> depth = drop_layers && o.depth_metric == "ppl"
+                                  ? depth_ppl_streamed(o, cfg, ck)
+                                  : std::vector<double>(size_t(cfg.num_layers), 0.0);
   core::ScratchBuffer states;
   const CalibState c = calib_start(o, cfg, ck, states);
   RMSNorm norm(cfg.hidden_size, cfg.rms_norm_eps);
@@ -1012,8 +1118,7 @@ PruneResult prune_structured_streaming(const PruneOptions& o) {
       norm, c);
   layer_seconds.push_back(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
-  const std::vector<double> depth =
-      sizes.layers < cfg.num_layers ? imp.bi : std::vector<double>(size_t(cfg.num_layers), 0.0);
+  if (drop_layers && o.depth_metric == "bi") depth = imp.bi;
   const StructuredPlan plan = structured_plan(cfg, imp, depth, sizes);
   auto [nc, slices] = structured_slices(cfg, plan);
 
@@ -1043,7 +1148,8 @@ PruneResult prune_structured_streaming(const PruneOptions& o) {
                           {"intermediate_size", sizes.mlp},
                           {"hidden_size", sizes.hidden},
                           {"block_influence", imp.bi},
-                          {"depth_metric", o.depth_metric}};
+                          {"depth_metric", o.depth_metric},
+                          {"depth_scores", depth}};
   report["calibration"] = {{"sequences", c.n()},
                            {"seq_len", o.calib_len},
                            {"states_bytes", states.size()},
@@ -1120,7 +1226,7 @@ PruneResult prune_run(const PruneOptions& o) {
   if (!o.load_model && (o.method == "wanda" || o.method == "sparsegpt")) {
     return prune_calibrated_streaming(o);
   }
-  if (!o.load_model && o.method == "structured" && o.depth_metric != "ppl") {
+  if (!o.load_model && o.method == "structured") {
     return prune_structured_streaming(o);
   }
   auto t0 = std::chrono::steady_clock::now();

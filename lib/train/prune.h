@@ -14,9 +14,10 @@
 // normalized activations at their scale. The public API has no LibTorch types.
 // Tested in tests/train/test_prune.cpp.
 //
-// Three paths: magnitude per matrix or N:M is model-free (prune_model_free.cpp, tensor by
-// tensor); Wanda and SparseGPT stream (only decoder layer i in memory, written once pruned);
-// structured pruning, --scope global and --load-model build the whole model. The streamed and
+// Three paths: magnitude pruning (per matrix, N:M, or --scope global with one threshold found
+// in two counting passes) is model-free (prune_model_free.cpp, tensor by tensor); Wanda,
+// SparseGPT and structured pruning stream (only decoder layer i in memory, written once pruned);
+// --depth-metric ppl and --load-model build the whole model. The streamed and
 // model-free outputs equal the whole-model path's byte for byte (up to ties in bf16 magnitudes).
 #pragma once
 

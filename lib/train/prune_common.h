@@ -63,6 +63,15 @@ int64_t prune_count(double s, int64_t n);
 /// (kInvalidInput, naming its row and column).
 Status magnitude_prune_matrix(float* w, int64_t rows, int64_t cols, double sparsity, NMPattern nm);
 
+/// One threshold over many matrices (--scope global): every |w| < t goes, and of the weights
+/// with |w| == t the first `ties` in index order.
+struct MagnitudeCut {
+  float t = 0;
+  int64_t ties = 0;
+};
+/// Apply a cut to n float32 weights in place (a pruned weight becomes w * 0).
+void magnitude_cut_apply(float* w, int64_t n, MagnitudeCut cut);
+
 /// What the writers of a pruned checkpoint count: zeros per module and nonzeros overall, as the
 /// LibTorch path's report counts them on its float32 parameters.
 struct PruneCounts {

@@ -1,18 +1,21 @@
-// The model-free path of `shrink prune`: magnitude pruning per matrix (or N:M) needs neither
+// The model-free path of `shrink prune`: magnitude pruning (per matrix, N:M or global) needs neither
 // calibration nor a model, so it runs tensor by tensor, as `shrink quantize`'s round to nearest
 // does (quantize_model_free.cpp). The input stays memory-mapped; the output's layout is fixed
 // up front (core::CheckpointWriter, sharded at 5 GB). Each target matrix is one job (its
 // threshold needs all of it: memory is two float32 copies of the largest matrix per thread);
-// the other tensors are converted in blocks. No LibTorch model or full-model copy is made, and
+// the other tensors are converted in blocks. --scope global first finds its one threshold in
+// two counting passes over the matrices (global_cut_find). No LibTorch model or full-model copy is made, and
 // the bytes written equal the LibTorch path's wherever no two weights of a matrix tie at the
 // threshold (tests/train/test_prune.cpp compares them).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <regex>
 
 #include "core/dataset.h"
@@ -58,17 +61,21 @@ Status magnitude_prune_matrix(float* w, int64_t rows, int64_t cols, double spars
   const float t = mag[size_t(k - 1)];  // the k-th smallest magnitude
   int64_t below = 0;
   for (int64_t i = 0; i < n; ++i) below += std::fabs(w[i]) < t;
-  int64_t at_threshold = k - below;  // ties at t: the lowest indices go
+  magnitude_cut_apply(w, n, {t, k - below});  // ties at t: the lowest indices go
+  return Status::ok();
+}
+
+void magnitude_cut_apply(float* w, int64_t n, MagnitudeCut cut) {
+  int64_t ties = cut.ties;
   for (int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(w[i]);
-    if (a < t) {
+    if (a < cut.t) {
       w[i] *= 0.f;
-    } else if (a == t && at_threshold > 0) {
+    } else if (a == cut.t && ties > 0) {
       w[i] *= 0.f;
-      --at_threshold;
+      --ties;
     }
   }
-  return Status::ok();
 }
 
 namespace {
@@ -80,6 +87,7 @@ struct PruneMatrix {
   size_t out = 0;  // in the plan
   int64_t rows = 0, cols = 0;
   double sparsity = 0;
+  std::optional<MagnitudeCut> cut;  // --scope global: the matrix's share of the one threshold
 };
 
 // A unit of work: a whole target matrix, or elements [begin, end) of another tensor.
@@ -118,7 +126,7 @@ PrunePlan prune_plan(const core::ModelConfig& cfg, const core::Checkpoint& ck, c
     const std::string mod = s.name.substr(0, s.name.rfind('.'));
     if (s.shape.size() == 2 && std::regex_match(mod, pt.targets)) p.reported.push_back(mod);
     if (s.shape.size() == 2 && weight && pt.has(mod)) {
-      p.matrices.push_back({mod, src, p.tensors.size() - 1, s.shape[0], s.shape[1], pt.sparsity_of(mod)});
+      p.matrices.push_back({mod, src, p.tensors.size() - 1, s.shape[0], s.shape[1], pt.sparsity_of(mod), std::nullopt});
       p.jobs.push_back({&p.matrices.back(), nullptr, p.tensors.size() - 1, 0, n});
       continue;
     }
@@ -166,8 +174,12 @@ Status matrix_prune(const core::Checkpoint& ck, const PruneMatrix& mx, NMPattern
   b.w.resize(size_t(n));
   core::convert_to_f32(mx.src->dtype, ck.data(*mx.src), b.w.data(), n);
   ck.release(*mx.src, 0, mx.src->nbytes);
-  Status st = magnitude_prune_matrix(b.w.data(), mx.rows, mx.cols, mx.sparsity, nm);
-  if (!st.is_ok()) return invalid_input(mx.module + ".weight: " + st.message());
+  if (mx.cut) {
+    magnitude_cut_apply(b.w.data(), n, *mx.cut);
+  } else {
+    Status st = magnitude_prune_matrix(b.w.data(), mx.rows, mx.cols, mx.sparsity, nm);
+    if (!st.is_ok()) return invalid_input(mx.module + ".weight: " + st.message());
+  }
   int64_t zeros = 0;
   for (float v : b.w) zeros += v == 0.f;
   b.out.resize(size_t(out.nbytes));
@@ -178,6 +190,112 @@ Status matrix_prune(const core::Checkpoint& ck, const PruneMatrix& mx, NMPattern
     counts.nonzero += n - zeros;
   }
   return w.write(out.name, b.out.data(), b.out.size());
+}
+
+// ---- One threshold over every target matrix (--scope global) ----------------------------------
+// The k-th smallest |w| of all target matrices together, found without holding them: |w|'s
+// float32 bits order as the magnitudes do, so a histogram of their high 16 bits (one pass) gives
+// the bin the threshold lies in, and the low 16 bits of the values in that bin (a second pass,
+// kept per matrix) give it exactly, with how many weights of each matrix equal it. Weights equal
+// to the threshold go in the order of the matrices and of their elements (the LibTorch path's
+// topk breaks such ties its own way). Each pass reads each matrix a block at a time, on --threads
+// workers; the source pages are released once read.
+
+constexpr int64_t kCutBlock = int64_t(1) << 20;  // elements widened to float32 at a time
+
+uint32_t magnitude_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b & 0x7fffffffu;
+}
+
+// Calls fn(values, count, first index) for each block of matrix mx widened to float32.
+Status matrix_blocks(const core::Checkpoint& ck, const PruneMatrix& mx, std::vector<float>& buf,
+                     const std::function<void(const float*, int64_t, int64_t)>& fn) {
+  const int64_t n = mx.rows * mx.cols;
+  const uint64_t es = core::dtype_size(mx.src->dtype);
+  buf.resize(size_t(std::min(n, kCutBlock)));
+  for (int64_t b = 0; b < n; b += kCutBlock) {
+    const int64_t len = std::min(kCutBlock, n - b);
+    core::convert_to_f32(mx.src->dtype, ck.data(*mx.src) + uint64_t(b) * es, buf.data(), len);
+    ck.release(*mx.src, uint64_t(b) * es, uint64_t(len) * es);
+    for (int64_t i = 0; i < len; ++i) {
+      if (!std::isfinite(buf[size_t(i)])) {
+        return invalid_input(mx.module + ".weight: non-finite weight " +
+                             std::to_string(buf[size_t(i)]) + " at row " +
+                             std::to_string((b + i) / mx.cols) + ", column " +
+                             std::to_string((b + i) % mx.cols));
+      }
+    }
+    fn(buf.data(), len, b);
+  }
+  return Status::ok();
+}
+
+// Sets every matrix's cut so that exactly prune_count(sparsity, all weights) of them go.
+void global_cut_find(const core::Checkpoint& ck, std::vector<PruneMatrix>& mats, double sparsity,
+                     int threads, core::Progress& prog) {
+  int64_t total = 0;
+  for (const PruneMatrix& mx : mats) total += mx.rows * mx.cols;
+  const int64_t k = prune_count(sparsity, total);
+  threads = std::max(1, threads);
+  std::vector<std::vector<float>> buf(static_cast<size_t>(threads));
+  std::mutex mu;
+  uint64_t read = 0;
+  auto done = [&](const PruneMatrix& mx) {
+    std::lock_guard<std::mutex> lock(mu);
+    read += mx.src->nbytes;
+    prog.update(read >> 20);
+  };
+  // Pass 1: the high 16 bits.
+  std::vector<std::vector<int64_t>> high(size_t(threads), std::vector<int64_t>(65536, 0));
+  throw_if_error(core::parallel_each(mats.size(), threads, [&](size_t j, int worker) {
+    std::vector<int64_t>& h = high[size_t(worker)];
+    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len, int64_t) {
+      for (int64_t i = 0; i < len; ++i) ++h[magnitude_bits(v[i]) >> 16];
+    });
+    done(mats[j]);
+    return st;
+  }));
+  for (PruneMatrix& mx : mats) mx.cut = MagnitudeCut{0.f, 0};  // nothing below 0: none go
+  if (k == 0) return;
+  int64_t below = 0;
+  uint32_t bin = 0;
+  for (;; ++bin) {
+    int64_t c = 0;
+    for (const auto& h : high) c += h[bin];
+    if (below + c >= k) break;
+    below += c;
+  }
+  // Pass 2: the low 16 bits of the values in that bin, per matrix.
+  std::vector<std::vector<uint16_t>> low(mats.size());
+  throw_if_error(core::parallel_each(mats.size(), threads, [&](size_t j, int worker) {
+    std::vector<uint16_t>& l = low[j];
+    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len, int64_t) {
+      for (int64_t i = 0; i < len; ++i) {
+        const uint32_t b = magnitude_bits(v[i]);
+        if ((b >> 16) == bin) l.push_back(uint16_t(b & 0xffffu));
+      }
+    });
+    done(mats[j]);
+    return st;
+  }));
+  std::vector<int64_t> hist(65536, 0);
+  for (const auto& l : low) {
+    for (uint16_t x : l) ++hist[x];
+  }
+  uint32_t lo = 0;
+  for (; below + hist[lo] < k; ++lo) below += hist[lo];
+  const uint32_t bits = (bin << 16) | lo;
+  float t;
+  std::memcpy(&t, &bits, 4);
+  int64_t ties_left = k - below;  // of the weights equal to t, in matrix order
+  for (size_t j = 0; j < mats.size(); ++j) {
+    const int64_t eq = std::count(low[j].begin(), low[j].end(), uint16_t(lo));
+    const int64_t take = std::min(eq, ties_left);
+    mats[j].cut = MagnitudeCut{t, take};
+    ties_left -= take;
+  }
 }
 
 void prune_jobs_run(const core::Checkpoint& ck, const PrunePlan& p, const PruneTargets& pt,
@@ -291,10 +409,17 @@ PruneResult prune_model_free(const PruneOptions& o) {
   throw_if_error(core::checkpoint_check(cfg, ck));
   const PruneTargets pt(o);
   const core::DType dt = float_dtype(cfg);
-  const PrunePlan plan = prune_plan(cfg, ck, pt, dt, int64_t(1) << 20);
+  PrunePlan plan = prune_plan(cfg, ck, pt, dt, int64_t(1) << 20);
   if (plan.matrices.empty()) {
     throw Error(StatusCode::kInvalidInput,
                 "--targets '" + o.targets + "' matches no linear layer of " + o.model);
+  }
+  if (o.scope == "global" && !pt.nm.on()) {
+    uint64_t matrix_bytes = 0;
+    for (const PruneMatrix& mx : plan.matrices) matrix_bytes += 2 * mx.src->nbytes;
+    core::Progress prog("global threshold", matrix_bytes >> 20, "MiB", o.progress);
+    global_cut_find(ck, plan.matrices, o.sparsity, o.threads, prog);
+    prog.finish();
   }
 
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
