@@ -13,8 +13,9 @@
 #           tiny      a 4-layer model for a quick run of the script itself (the default)
 #   --layers N        the shape with N decoder layers (peak memory against depth: 2 and 8)
 #   --stages          a subset of: inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn
-#                     quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-wanda
-#                     prune-sparsegpt-2of4 prune-structured export-onnx verify disk-bound
+#                     quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude
+#                     prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured
+#                     prune-structured-depth-ppl export-onnx verify disk-bound
 #                     (default: all, in this order). disk-bound times `dd` reading the model's
 #                     weights and writing as many bytes (fdatasync): the speed of this disk.
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
@@ -42,7 +43,7 @@ done
 SHRINK=$REPO/build/bin/shrink
 [ -x "$SHRINK" ] || { echo "scale_check.sh: $SHRINK not found; run scripts/setup.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "scale_check.sh: /usr/bin/time not found (apt install time)" >&2; exit 1; }
-ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-wanda prune-sparsegpt-2of4 prune-structured export-onnx verify disk-bound"
+ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured prune-structured-depth-ppl export-onnx verify disk-bound"
 stages=${stages:-$ALL_STAGES}
 stages=${stages//,/ }
 for s in $stages; do
@@ -123,9 +124,11 @@ for s in $stages; do
     quantize-w4a16-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method gptq "${calib[@]}" ;;
     quantize-w8a8-sq-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w8a8 --smoothquant 0.5 --method gptq "${calib[@]}" ;;
     prune-magnitude) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method magnitude --sparsity 0.5 "${calib[@]}" ;;
+    prune-magnitude-global) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method magnitude --scope global --sparsity 0.5 "${calib[@]}" ;;
     prune-wanda) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method wanda --sparsity 0.5 "${calib[@]}" ;;
     prune-sparsegpt-2of4) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method sparsegpt --pattern 2:4 "${calib[@]}" ;;
     prune-structured) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method structured --target-params 0.5 "${calib[@]}" ;;
+    prune-structured-depth-ppl) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method structured --keep-layers 0.5 --depth-metric ppl "${calib[@]}" ;;
     export-onnx) run "$s" "$SHRINK" "${global[@]}" export "$M" --format onnx --out "$out/$s" ;;
     disk-bound)
       # Read every weight file once (from the page cache if it holds them, as the stages above

@@ -708,14 +708,17 @@ const TensorInfo* Checkpoint::find(std::string_view name) const {
   return it == map_.end() ? nullptr : it->second.second;
 }
 
+void pages_release(const void* p, uint64_t n) {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t lo = (begin + page - 1) / page * page, hi = (begin + n) / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 void Checkpoint::release(const TensorInfo& t, uint64_t offset, uint64_t n) const {
   auto it = map_.find(t.name);
   if (it == map_.end() || it->second.first == kUnpacked || offset >= t.nbytes) return;
-  n = std::min(n, t.nbytes - offset);
-  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(data(t)) + offset;
-  const uintptr_t lo = (begin + page - 1) / page * page, hi = (begin + n) / page * page;
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  pages_release(data(t) + offset, std::min(n, t.nbytes - offset));
 }
 
 const uint8_t* Checkpoint::data(const TensorInfo& t) const {

@@ -74,6 +74,11 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+/// Drops the whole pages inside [p, p + n) of a read-only file mapping from this process's
+/// resident memory (madvise MADV_DONTNEED): the mapping stays valid and pages read again come
+/// back from the page cache or the file.
+void pages_release(const void* p, uint64_t n);
+
 /// A tensor to be written: borrowed bytes plus its description.
 struct TensorView {
   std::string name;

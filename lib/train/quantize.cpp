@@ -792,7 +792,7 @@ void module_quantize(Quant& q, const std::string& mod,
   const QuantSetup& s = q.s;
   const bool asym = q.o.asym;
   torch::Tensor& w = q.weight(mod);
-  if (q.m) q.float_w[mod] = w.clone();  // for --sensitivity (whole-model path only)
+  if (q.m || q.o.sensitivity) q.float_w[mod] = w.clone();  // for --sensitivity
   QWeight qw;
   const bool clip = q.o.awq && q.o.awq_clip && !s.gptq &&
                     mod.find("q_proj") == std::string::npos &&
@@ -1181,11 +1181,44 @@ void layer_forget(Quant& q, int64_t i) {
   q.params = {};
 }
 
-// Every layer in turn, from the checkpoint to the writer; the seconds each took.
+// --sensitivity, streamed: what the layer probes need and give.
+struct SensitivityStream {
+  std::unique_ptr<LayerProbes> probes;             // the float model over the validation tokens
+  std::unique_ptr<core::CheckpointWriter> floats;  // the quantized modules' float weights
+  std::vector<std::pair<double, std::string>> kl;  // per group
+};
+
+// The float (smoothed, scaled) weights of layer i's quantized modules, in the model's dtype:
+// what the output holds for a group that stays float.
+void layer_floats_write(Quant& q, int64_t i, core::CheckpointWriter& w) {
+  const std::string pre = "model.layers." + std::to_string(i) + ".";
+  TensorSet ts;
+  for (const auto& [mod, fw] : q.float_w) {
+    if (mod.rfind(pre, 0) == 0) ts.add(mod + ".weight", float_dtype(q.cfg), fw);
+  }
+  for (const core::TensorView& v : ts.views) throw_if_error(w.write(v.name, v.data, v.nbytes));
+}
+
+// Each of layer i's groups alone quantized, the rest of the layer float (as smoothed or
+// scaled), every other layer float: its KL to the float model (what sensitivity_measure asks of
+// the whole model).
+void layer_probe(Quant& q, const QuantLayer& l, SensitivityStream& ss) {
+  auto one = std::make_shared<FakeQuantTap>(*q.tap);
+  for (const std::string& h : l.heads) {
+    for (const std::string& g : l.heads) group_weights_set(q, g, g == h);
+    one->modules = {h};
+    l.layer.self_attn->tap = l.layer.mlp->tap = q.s.act ? one.get() : nullptr;
+    ss.kl.emplace_back(ss.probes->kl_with(l.index, l.layer), h);
+  }
+  l.layer.self_attn->tap = l.layer.mlp->tap = nullptr;
+}
+
+// Every layer in turn, from the checkpoint to the writer; the seconds each took. With
+// --sensitivity (ss), each layer's groups are probed and their float weights kept.
 std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::string>& heads,
                                               const torch::Tensor& ids, const core::Checkpoint& ck,
                                               const std::set<std::string>& quantized,
-                                              core::CheckpointWriter& w) {
+                                              core::CheckpointWriter& w, SensitivityStream* ss) {
   const std::vector<core::TensorSpec> specs = core::expected_tensors(q.cfg);
   const int64_t num_layers = q.cfg.num_layers;
   std::vector<double> seconds;
@@ -1198,8 +1231,14 @@ std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::s
     DecoderLayer layer = layer_load(q.cfg, ck, i);
     layer->eval();
     q.hold(*layer, i);
-    layer_step(q, quant_layer(*layer, i, heads), X);
+    const QuantLayer l = quant_layer(*layer, i, heads);
+    layer_step(q, l, X);
     layer_tensors_write(q, specs, i, quantized, w);
+    if (ss) {
+      layer_floats_write(q, i, *ss->floats);
+      layer_probe(q, l, *ss);
+      ss->probes->advance(i);
+    }
     layer_forget(q, i);
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     prog.update(uint64_t(i + 1));
@@ -1219,6 +1258,58 @@ void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& cf
   throw_if_error(core::tensors_convert_write(ck, outer, w, threads));
 }
 
+// The quantized modules' float weights, as the output would hold them (the float checkpoint of
+// streamed --sensitivity).
+std::vector<core::TensorView> float_weights_plan(const core::ModelConfig& cfg,
+                                                 const std::set<std::string>& quantized) {
+  std::vector<core::TensorView> plan;
+  const core::DType dt = float_dtype(cfg);
+  for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
+    if (spec.name.size() <= 7 || !quantized.count(spec.name.substr(0, spec.name.size() - 7))) continue;
+    uint64_t n = core::dtype_size(dt);
+    for (int64_t d : spec.shape) n *= uint64_t(d);
+    plan.push_back({spec.name, dt, spec.shape, nullptr, n});
+  }
+  return plan;
+}
+
+// The planned tensors copied, 16 MiB at a time, from the first of `sources` (single files, read
+// as stored: 4-bit weights packed) that holds each with its dtype and shape.
+void tensors_copy(const std::vector<const core::SafetensorsFile*>& sources,
+                  const std::vector<core::TensorView>& plan, core::CheckpointWriter& w) {
+  constexpr uint64_t kPiece = uint64_t(16) << 20;
+  for (const core::TensorView& v : plan) {
+    const core::SafetensorsFile* from = nullptr;
+    const core::TensorInfo* t = nullptr;
+    for (const core::SafetensorsFile* c : sources) {
+      t = c->find(v.name);
+      if (t && t->dtype == v.dtype && t->shape == v.shape) {
+        from = c;
+        break;
+      }
+    }
+    if (!from) throw Error(StatusCode::kInternal, v.name + ": in neither checkpoint being merged");
+    for (uint64_t off = 0; off < t->nbytes; off += kPiece) {
+      const uint64_t n = std::min(kPiece, t->nbytes - off);
+      throw_if_error(w.write(v.name, from->data(*t) + off, n, off));
+      core::pages_release(from->data(*t) + off, n);
+    }
+  }
+}
+
+// The --keep-float most sensitive groups, by the probes' KL; quantize.json's account of them.
+std::set<std::string> kept_float_choose(std::vector<std::pair<double, std::string>> sens,
+                                        int64_t keep, nlohmann::json& report) {
+  std::sort(sens.rbegin(), sens.rend());
+  nlohmann::json sj = nlohmann::json::array();
+  for (auto& [kl, h] : sens) sj.push_back({{"group", h}, {"kl", kl}});
+  report["sensitivity"] = sj;
+  std::set<std::string> kept;
+  for (int64_t k = 0; k < keep && k < int64_t(sens.size()); ++k) kept.insert(sens[size_t(k)].second);
+  report["kept_float"] = std::vector<std::string>(kept.begin(), kept.end());
+  return kept;
+}
+
 QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
@@ -1232,33 +1323,75 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const QuantSetup setup = quant_setup(o, cfg);
   const torch::Tensor ids = calibration_ids(o, cfg.vocab_size);
   const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
-  const ModuleSplit mods = modules_split(heads, {});
+  ModuleSplit mods = modules_split(heads, {});
   const std::vector<core::TensorView> plan = quantized_plan(cfg, setup.scheme, mods.quantized);
 
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
-  auto w = core::CheckpointWriter::create(dir.path(), plan, {{"format", "pt"}},
-                                          core::kDefaultMaxShardBytes)
+  // With --sensitivity the groups that stay float are known only once every layer is probed:
+  // the layers go to a fully quantized checkpoint and the quantized modules' float weights to
+  // another, both inside the output's temporary directory, and the output is merged from them.
+  const std::string work = dir.path() + "/.sensitivity";
+  const std::string qdir = o.sensitivity ? work + "/quantized" : dir.path();
+  if (o.sensitivity) {
+    fs::create_directories(qdir);
+    fs::create_directories(work + "/float");
+  }
+  // (The temporary checkpoints are single files, read back as stored.)
+  auto w = core::CheckpointWriter::create(qdir, plan, {{"format", "pt"}},
+                                          o.sensitivity ? 0 : core::kDefaultMaxShardBytes)
                .take_or_throw();
   Quant q(o, setup, cfg, CausalLM(nullptr));
   core::ScratchBuffer states = calibration_states(
       o.out, o.max_memory, uint64_t(ids.size(0) * o.calib_len * cfg.hidden_size) * 4);
   q.states = &states;
+  std::unique_ptr<SensitivityStream> ss;
+  if (o.sensitivity) {
+    ss = std::make_unique<SensitivityStream>();
+    StreamedEvalOptions so;
+    so.seq_len = o.eval_seq_len;
+    so.max_memory = o.max_memory;
+    so.spill_dir = fs::path(o.out).parent_path().string();
+    ss->probes = std::make_unique<LayerProbes>(
+        o.model, split_tokens(o, cfg.vocab_size, "val", o.sensitivity_tokens), so);
+    ss->floats = core::CheckpointWriter::create(work + "/float", float_weights_plan(cfg, mods.quantized),
+                                                {{"format", "pt"}}, 0)
+                     .take_or_throw();
+  }
   const std::vector<double> layer_seconds =
-      layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w);
+      layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w, ss.get());
   outer_tensors_write(ck, cfg, *w, o.threads);
   const double calib_seconds = seconds_since_start();
   throw_if_error(w->finish());
-  quantized_sidecars_write(o, setup.scheme, mods.ignore, cfg, dir.path());
 
   nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
+  std::vector<core::TensorView> out_plan = plan;
+  uint64_t bytes_written = w->bytes_written();
+  if (ss) {
+    throw_if_error(ss->floats->finish());
+    mods = modules_split(heads, kept_float_choose(std::move(ss->kl), o.keep_float, report));
+    ss.reset();
+    out_plan = quantized_plan(cfg, setup.scheme, mods.quantized);
+    {
+      const auto all_q = core::SafetensorsFile::open(qdir + "/model.safetensors").take_or_throw();
+      const auto floats = core::SafetensorsFile::open(work + "/float/model.safetensors").take_or_throw();
+      auto out = core::CheckpointWriter::create(dir.path(), out_plan, {{"format", "pt"}},
+                                                core::kDefaultMaxShardBytes)
+                     .take_or_throw();
+      tensors_copy({all_q.get(), floats.get()}, out_plan, *out);
+      throw_if_error(out->finish());
+      bytes_written = out->bytes_written();
+    }
+    fs::remove_all(work);
+  }
+  quantized_sidecars_write(o, setup.scheme, mods.ignore, cfg, dir.path());
   report["streaming"] = true;
   report["layer_seconds"] = layer_seconds;
   report["calibration"]["states_bytes"] = states.size();
   report["calibration"]["states_spilled"] = states.spilled();
   report["bytes_before"] = uint64_t(config_parameters(cfg)) * core::dtype_size(float_dtype(cfg));
-  report["bytes_after"] = quantized_plan_bytes(plan);
+  report["bytes_after"] = quantized_plan_bytes(out_plan);
   report["bytes_read"] = ck.total_bytes();
-  report["bytes_written"] = w->bytes_written();
+  report["bytes_written"] = bytes_written;
   report["quantized_modules"] = mods.quantized.size();
   if (o.eval_tokens) accuracy_report_dirs(o, dir.path(), report);
   report["peak_rss_mb"] = core::peak_rss_mib();
@@ -1292,7 +1425,7 @@ void accuracy_report_dirs(const QuantizeOptions& o, const std::string& quant_dir
 QuantizeResult quantize_run(const QuantizeOptions& o) {
   quantize_validate(o);
   if (quantize_is_model_free(o)) return quantize_model_free(o);
-  if (!o.load_model && !o.sensitivity) return quantize_streaming(o);
+  if (!o.load_model) return quantize_streaming(o);
   auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -102,10 +102,21 @@ class Hidden {
   }
   void layer(int64_t i) {
     DecoderLayer l = m_.layer(i);
+    layer(*l);
+  }
+  void layer(DecoderLayerImpl& l) {
     for (const Batch& b : batches_) {
       torch::Tensor x = of(b);
-      x.copy_(l->forward(x, cos_.narrow(0, 0, b.T), sin_.narrow(0, 0, b.T), 0, nullptr, nullptr));
+      x.copy_(l.forward(x, cos_.narrow(0, 0, b.T), sin_.narrow(0, 0, b.T), 0, nullptr, nullptr));
       done(b);
+    }
+  }
+  // These states = those of `o` (the same windows).
+  void copy_from(Hidden& o) {
+    for (const Batch& b : batches_) {
+      of(b).copy_(o.of(b));
+      done(b);
+      o.done(b);
     }
   }
   void final_norm() {
@@ -339,6 +350,55 @@ torch::Tensor LayerStream::head_rows(int64_t r0, int64_t n) const {
     qw.g_idx = gi.to(torch::kInt64);
   }
   return qw.dequantize();
+}
+
+struct LayerProbes::Impl {
+  Impl(const std::string& dir, std::vector<int32_t> toks, const StreamedEvalOptions& opt)
+      : o(opt), tokens(std::move(toks)), p(plan_for(tokens.size(), o)), m(dir),
+        ref(m, p.batches, p.windows, tokens.data(), o), s(m, p.batches, p.windows, tokens.data(), o),
+        t(m, p.batches, p.windows, tokens.data(), o) {
+    for (const Batch& b : p.batches) rows += uint64_t(b.B * (b.T - 1));
+  }
+  StreamedEvalOptions o;
+  std::vector<int32_t> tokens;
+  Plan p;
+  LayerStream m;
+  Hidden ref, s, t;  // the float model's final states; its states at the current layer; a probe's
+  uint64_t rows = 0;
+  std::unique_ptr<RowStats> rr;
+};
+
+LayerProbes::LayerProbes(const std::string& model_dir, std::vector<int32_t> tokens,
+                         const StreamedEvalOptions& o)
+    : p_(std::make_unique<Impl>(model_dir, std::move(tokens), o)) {
+  torch::NoGradGuard ng;
+  Impl& x = *p_;
+  StreamedEvalOptions quiet = o;
+  quiet.progress = nullptr;
+  layers_through(x.m, x.ref, quiet);
+  x.rr = std::make_unique<RowStats>(x.rows);
+  head_stats(x.m, x.ref, x.p.batches, x.p.windows, x.tokens.data(), o, *x.rr);
+  x.s.embed();
+}
+
+LayerProbes::~LayerProbes() = default;
+
+double LayerProbes::kl_with(int64_t i, DecoderLayerImpl& layer) {
+  torch::NoGradGuard ng;
+  Impl& x = *p_;
+  x.t.copy_from(x.s);
+  x.t.layer(layer);
+  for (int64_t j = i + 1; j < x.m.config().num_layers; ++j) x.t.layer(j);
+  x.t.final_norm();
+  RowStats rs(x.rows);
+  head_stats(x.m, x.t, x.p.batches, x.p.windows, x.tokens.data(), x.o, rs);
+  const double kl = head_kl(x.m, x.t, rs, x.m, x.ref, *x.rr, x.p.batches, x.o);
+  return x.rows ? kl / double(x.rows) : 0.0;
+}
+
+void LayerProbes::advance(int64_t i) {
+  torch::NoGradGuard ng;
+  p_->s.layer(i);
 }
 
 StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, uint64_t n,

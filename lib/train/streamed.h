@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/model_config.h"
 #include "core/quant.h"
@@ -92,5 +93,27 @@ StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, u
 /// measured on two loaded models), with the two models' layers streamed side by side.
 StreamedEval compare_streamed(const std::string& model_dir, const std::string& reference_dir,
                               const int32_t* tokens, uint64_t n, const StreamedEvalOptions& o);
+
+/// Sensitivity probes without the whole model (quantize --sensitivity, streamed): the float
+/// model's states over the windows of `tokens` advance one decoder layer at a time, and at layer
+/// i a changed copy of layer i (one group quantized) is scored by running the states through it
+/// and the float layers after it: KL(float || changed) per prediction, as compare_streamed
+/// measures it. The float model's final states and log-sum-exps are computed once up front.
+/// Memory: three sets of states (tokens x hidden, float32; spilled beyond o.max_memory), one
+/// decoder layer, one block of lm_head rows.
+class LayerProbes {
+ public:
+  LayerProbes(const std::string& model_dir, std::vector<int32_t> tokens, const StreamedEvalOptions& o);
+  ~LayerProbes();
+  /// Mean KL(float || the float model with decoder layer `i` replaced by `layer`) per
+  /// prediction. `i` is the layer the float states have reached (advance(0 .. i - 1) done).
+  double kl_with(int64_t i, DecoderLayerImpl& layer);
+  /// The float states through decoder layer i, as the checkpoint holds it.
+  void advance(int64_t i);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> p_;
+};
 
 }  // namespace shrink::train

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "core/fs.h"
 #include "core/safetensors.h"
@@ -606,7 +607,8 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
 // checkpoint) and must write what the whole-model path writes, byte for byte, with the same
 // calibration report: GPTQ (act-order groups too), SmoothQuant with an auto alpha and static
 // observers, AWQ with and without zero points; f32 and bf16 inputs; the calibration states in
-// memory or spilled to a file under a tiny --max-memory.
+// memory or spilled to a file under a tiny --max-memory; --sensitivity with --keep-float (after
+// SmoothQuant and after AWQ, which change the float weights the kept groups are written with).
 TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
   env_init(2);
   std::string dir = test::temp_dir("quant_stream");
@@ -623,6 +625,7 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
     const char* observer;
     const char* sq;
     bool awq, asym, groups;
+    int64_t keep_float = -1;  // >= 0: --sensitivity --keep-float K
   };
   int compared = 0;
   for (Case cs : {Case{"run/model", "w4a16", "gptq", "dynamic", "minmax", "", false, false, false},
@@ -630,10 +633,13 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
                   Case{"run/model", "w8a8", "rtn", "static", "entropy", "auto", false, false, false},
                   Case{"bf16", "w8a8", "gptq", "static", "mse", "0.5", false, false, false},
                   Case{"run/model", "w4a16", "rtn", "dynamic", "minmax", "", true, true, false},
-                  Case{"bf16", "w8a16", "gptq", "dynamic", "minmax", "", true, false, false}}) {
+                  Case{"bf16", "w8a16", "gptq", "dynamic", "minmax", "", true, false, false},
+                  Case{"run/model", "w8a8", "gptq", "static", "minmax", "0.5", false, false, false, 2},
+                  Case{"bf16", "w4a16", "rtn", "dynamic", "minmax", "", true, false, false, 1}}) {
     const std::string what = std::string(cs.model) + "/" + cs.scheme + "/" + cs.method + "/" +
                              cs.acts + "/" + cs.sq + (cs.awq ? "/awq" : "") + (cs.asym ? "/asym" : "") +
-                             (cs.groups ? "/groups" : "");
+                             (cs.groups ? "/groups" : "") +
+                             (cs.keep_float >= 0 ? "/keep" + std::to_string(cs.keep_float) : "");
     QuantizeOptions o;
     o.model = dir + "/" + cs.model;
     o.scheme = cs.scheme;
@@ -644,6 +650,9 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
     o.awq = cs.awq;
     o.asym = cs.asym;
     o.act_order = o.act_order_groups = cs.groups;
+    o.sensitivity = cs.keep_float >= 0;
+    o.keep_float = std::max<int64_t>(cs.keep_float, 0);
+    o.sensitivity_tokens = 512;
     o.group_size = std::string(cs.scheme) == "w8a8" ? 0 : 32;
     o.data = dir + "/data";
     o.calib_samples = 6;
@@ -675,9 +684,32 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
           << what << ": " << k;
     }
     if (o.eval_tokens) expect_same_accuracy_report(got.report, ref.report, what);
+    if (o.sensitivity) {
+      // Each group alone quantized, by its KL to the float model: the streamed probes run the
+      // original float layers where the whole model holds smoothed or scaled ones (equal up to
+      // rounding), and batch the windows, so the KLs agree to float rounding. These briefly
+      // trained models' KLs are small (1e-7 to 1e-5: float32 noise is about 1% of them), so the
+      // cases keep groups whose KL stands clear of the next one, and the same ones stay float.
+      EXPECT_EQ(got.report["kept_float"], ref.report["kept_float"]) << what;
+      EXPECT_EQ(got.report["kept_float"].size(), size_t(cs.keep_float)) << what;
+      const nlohmann::json &gs = got.report["sensitivity"], &rs = ref.report["sensitivity"];
+      ASSERT_EQ(gs.size(), 8u) << what;  // 2 layers x 4 groups
+      ASSERT_EQ(rs.size(), gs.size()) << what;
+      std::map<std::string, double> by_group;
+      for (const auto& e : gs) by_group[e["group"].get<std::string>()] = e["kl"].get<double>();
+      for (size_t k = 0; k < rs.size(); ++k) {
+        const double kr = rs[k]["kl"].get<double>(), kg = by_group.at(rs[k]["group"].get<std::string>());
+        EXPECT_GT(kr, 0.0) << what << ": " << rs[k]["group"];
+        EXPECT_NEAR(kg, kr, 2e-2 * kr + 3e-8) << what << ": " << rs[k]["group"];
+        if (k > 0) EXPECT_LE(kr, rs[k - 1]["kl"].get<double>()) << what << ": most sensitive first";
+      }
+      const double last_kept = rs[size_t(cs.keep_float) - 1]["kl"].get<double>(),
+                   first_quantized = rs[size_t(cs.keep_float)]["kl"].get<double>();
+      ASSERT_GT(last_kept - first_quantized, 4e-2 * last_kept + 6e-8) << what << ": no clear cut";
+    }
     ++compared;
   }
-  EXPECT_EQ(compared, 6);
+  EXPECT_EQ(compared, 8);
   fs::remove_all(dir);
 }
 
