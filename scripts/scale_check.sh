@@ -13,7 +13,8 @@
 #           tiny      a 4-layer model for a quick run of the script itself (the default)
 #   --layers N        the shape with N decoder layers (peak memory against depth: 2 and 8)
 #   --stages          a subset of: inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn
-#                     quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude
+#                     quantize-w4a16-gptq quantize-w8a8-sq-gptq quantize-w4a16-gptq-sensitivity
+#                     prune-magnitude
 #                     prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured
 #                     prune-structured-depth-ppl export-onnx verify disk-bound
 #                     (default: all, in this order). disk-bound times `dd` reading the model's
@@ -21,6 +22,7 @@
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
 # KEEP_OUTPUTS=0 removes each stage's output after it is measured.
 # Calibration: CALIB_SAMPLES x CALIB_LEN tokens (default 128 x 2048) of the fortunes corpus
+# (the sensitivity stage probes SENSITIVITY_TOKENS validation tokens, default 1024)
 # tokenized with the default teacher's tokenizer (ids below every shape's vocabulary).
 # Needs a built tree (scripts/setup.sh) and GNU time (Debian's `time`, which setup.sh installs).
 set -euo pipefail
@@ -43,7 +45,7 @@ done
 SHRINK=$REPO/build/bin/shrink
 [ -x "$SHRINK" ] || { echo "scale_check.sh: $SHRINK not found; run scripts/setup.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "scale_check.sh: /usr/bin/time not found (apt install time)" >&2; exit 1; }
-ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq prune-magnitude prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured prune-structured-depth-ppl export-onnx verify disk-bound"
+ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq quantize-w4a16-gptq-sensitivity prune-magnitude prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured prune-structured-depth-ppl export-onnx verify disk-bound"
 stages=${stages:-$ALL_STAGES}
 stages=${stages//,/ }
 for s in $stages; do
@@ -123,6 +125,7 @@ for s in $stages; do
     quantize-w4a16-rtn) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method rtn "${calib[@]}" ;;
     quantize-w4a16-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method gptq "${calib[@]}" ;;
     quantize-w8a8-sq-gptq) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w8a8 --smoothquant 0.5 --method gptq "${calib[@]}" ;;
+    quantize-w4a16-gptq-sensitivity) run "$s" "$SHRINK" "${global[@]}" quantize "$M" --out "$out/$s" --scheme w4a16 --group-size "$group" --method gptq --sensitivity --keep-float 2 --sensitivity-tokens "${SENSITIVITY_TOKENS:-1024}" "${calib[@]}" ;;
     prune-magnitude) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method magnitude --sparsity 0.5 "${calib[@]}" ;;
     prune-magnitude-global) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method magnitude --scope global --sparsity 0.5 "${calib[@]}" ;;
     prune-wanda) run "$s" "$SHRINK" "${global[@]}" prune "$M" --out "$out/$s" --method wanda --sparsity 0.5 "${calib[@]}" ;;

@@ -149,12 +149,14 @@ Status read_input_activations(const json& g, const std::string& gat, QuantScheme
   if (!g.contains("input_activations") || g["input_activations"].is_null()) return Status::ok();
   const json& a = g["input_activations"];
   const std::string aat = gat + ".input_activations";
-  if (s->bits != 8) {
-    return invalid_input(aat + ": 4-bit weights run with float activations (W4A16); expected null");
-  }
   SHRINK_RETURN_IF_ERROR(int_args_symmetric(a, aat, 8, false).status());
   SHRINK_ASSIGN_OR_RETURN(const std::string st, json_string_or(a, "strategy", "tensor", aat));
   SHRINK_ASSIGN_OR_RETURN(const bool dyn, json_bool_or(a, "dynamic", false, aat));
+  if (s->bits == 4 && !(st == "token" && dyn)) {
+    return invalid_input(aat + ": strategy '" + st + "' with dynamic " + (dyn ? "true" : "false") +
+                         " is not supported with 4-bit weights; expected null (W4A16) or "
+                         "token/dynamic (W4A8)");
+  }
   if (st == "tensor" && !dyn) {
     s->activations = "static";
   } else if (st == "token" && dyn) {
@@ -197,9 +199,10 @@ Result<QuantScheme> quant_config_from_json(const json& j) {
 }
 
 std::string quant_scheme_name(const QuantScheme& s) {
-  std::string n = s.activations != "none" ? "w8a8-" + s.activations
-                  : s.bits == 4           ? (s.symmetric ? "w4a16" : "w4a16-asym")
-                                          : "w8a16";
+  std::string n = s.bits == 4 ? std::string(s.activations == "none" ? "w4a16" : "w4a8") +
+                                    (s.symmetric ? "" : "-asym")
+                  : s.activations != "none" ? "w8a8-" + s.activations
+                                            : "w8a16";
   if (s.weight_strategy == "group") n += "/g" + std::to_string(s.group_size);
   if (s.weight_strategy == "tensor") n += "/tensor";
   return n;
@@ -216,13 +219,13 @@ Status quant_scheme_validate(const QuantScheme& s, const std::vector<int64_t>& i
   if (s.bits != 8 && s.bits != 4) {
     return invalid_input("bits " + std::to_string(s.bits) + " is not supported; expected 8 or 4");
   }
-  if (s.bits == 4 && s.activations != "none") {
-    return invalid_input("4-bit weights run with float activations (W4A16); activations '" +
-                         s.activations + "' would need int4 x int8 kernels");
+  if (s.bits == 4 && s.activations == "static") {
+    return invalid_input("4-bit weights run with float activations (W4A16) or int8 activations "
+                         "per token (W4A8, dynamic); static activation scales are not supported");
   }
   if (!s.symmetric && s.bits != 4) {
     return invalid_input(
-        "asymmetric weights (zero points) need 4 bits (W4A16); 8-bit weights "
+        "asymmetric weights (zero points) need 4 bits (W4A16, W4A8); 8-bit weights "
         "are symmetric");
   }
   if (s.weight_strategy == "group") {

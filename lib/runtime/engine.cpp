@@ -270,6 +270,14 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
                      int(d.q[i]));
       }
       d.bits = 4;
+      if (d.act == ActQuant::kDynamic) {
+        // W4A8: the checkpoint's int8 activations per token run through the weight-only 4-bit
+        // linears' int8-activation kernels (whatever --act-quant says: the model was calibrated
+        // for them).
+        d.act = ActQuant::kNone;
+        d.kind = LinearKind::kW8A16;
+        d.act_int8 = ActInt8::kRow;
+      }
     }
     SrcTensor sc;
     SHRINK_CHECK(src.find(module + ".weight_scale", &sc), StatusCode::kInvalidInput,
@@ -377,7 +385,7 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   std::vector<LinearDesc> ds;
   for (size_t i = 0; i < modules.size(); ++i) {
     SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias));
-    if (d.kind == LinearKind::kW8A16) d.act_int8 = d.bits == 4 ? act4 : act8;
+    if (d.kind == LinearKind::kW8A16 && d.act_int8 == ActInt8::kOff) d.act_int8 = d.bits == 4 ? act4 : act8;
     ds.push_back(std::move(d));
   }
   bool fusable = true;
@@ -642,24 +650,36 @@ Result<std::optional<core::QuantScheme>> scheme_of_config(const core::ModelConfi
 }
 
 // The scheme of a random model's --dtype: f32 (none), w8a16 or w8a8 (dynamic) per channel, or
-// w4a16[-asym] with the groups `shrink quantize` picks.
+// w4a16[-asym] or w4a8 with the groups `shrink quantize` picks.
 Result<std::optional<core::QuantScheme>> scheme_of_dtype(const core::ModelConfig& cfg,
                                                          const std::string& dtype) {
   core::QuantScheme s;
   if (dtype == "w8a16" || dtype == "w8a8") {
     s.activations = dtype == "w8a8" ? "dynamic" : "none";
-  } else if (dtype == "w4a16" || dtype == "w4a16-asym") {
+  } else if (dtype == "w4a16" || dtype == "w4a16-asym" || dtype == "w4a8") {
     s.bits = 4;
-    s.symmetric = dtype == "w4a16";
+    s.symmetric = dtype != "w4a16-asym";
+    if (dtype == "w4a8") s.activations = "dynamic";
     s.weight_strategy = "group";
     s.group_size = core::int4_default_group({cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size});
   } else {
     SHRINK_CHECK(dtype == "f32", StatusCode::kInvalidInput,
-                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16, w4a16-asym or w8a8",
+                 "--dtype '%s' is not supported; expected f32, w8a16, w4a16, w4a16-asym, w4a8 or w8a8",
                  dtype.c_str());
     return std::optional<core::QuantScheme>();
   }
   return std::optional<core::QuantScheme>(std::move(s));
+}
+
+// W4A8 needs the int8-activation 4-bit kernels, which only the cpu backend has so far.
+Status w4a8_device_check(const std::optional<core::QuantScheme>& s, const EngineOptions& opts,
+                         const std::string& origin) {
+  SHRINK_CHECK(!(s && s->bits == 4 && s->activations == "dynamic" && opts.device == "cuda"),
+               StatusCode::kInvalidInput,
+               "%s: 4-bit weights with int8 activations (w4a8) run on the cpu device only so far; "
+               "quantize with --scheme w4a16 for cuda",
+               origin.c_str());
+  return Status::ok();
 }
 
 }  // namespace
@@ -677,6 +697,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
   const core::TensorInfo* embedding = ckpt.find("model.embed_tokens.weight");
   const bool stored_bf16 = embedding && embedding->dtype == core::DType::kBF16;
   CheckpointSource src(std::move(ckpt));
+  SHRINK_RETURN_IF_ERROR(w4a8_device_check(scheme, opts, origin));
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin, stored_bf16));
   impl->scheme = std::move(scheme);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
@@ -687,6 +708,7 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
                                                       const std::string& dtype, uint64_t seed,
                                                       const EngineOptions& opts) {
   SHRINK_ASSIGN_OR_RETURN(std::optional<core::QuantScheme> scheme, scheme_of_dtype(cfg, dtype));
+  SHRINK_RETURN_IF_ERROR(w4a8_device_check(scheme, opts, "random model"));
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, "random model", false));
   impl->scheme = scheme;
   RandomSource src(cfg, scheme, seed);

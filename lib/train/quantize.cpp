@@ -474,15 +474,20 @@ void quant_load_into(CausalLM& m, const core::Checkpoint& ck, const core::QuantS
 void quantize_validate(const QuantizeOptions& o) {
   if (o.model.empty()) bad("a model directory is required");
   if (o.out.empty()) bad("--out is required");
-  if (o.scheme != "w8a8" && o.scheme != "w8a16" && o.scheme != "w4a16") {
-    bad("--scheme '" + o.scheme + "': expected w8a8, w8a16 or w4a16");
+  if (o.scheme != "w8a8" && o.scheme != "w8a16" && o.scheme != "w4a16" && o.scheme != "w4a8") {
+    bad("--scheme '" + o.scheme + "': expected w8a8, w8a16, w4a16 or w4a8");
   }
-  if (o.bits != 8 && !(o.bits == 4 && o.scheme == "w4a16")) {
+  const bool four = o.scheme == "w4a16" || o.scheme == "w4a8";
+  if (o.bits != 8 && !(o.bits == 4 && four)) {
     bad("--bits " + std::to_string(o.bits) + " is not supported with --scheme " + o.scheme +
-        "; expected 8 (4-bit weights: --scheme w4a16)");
+        "; expected 8 (4-bit weights: --scheme w4a16 or w4a8)");
   }
   if (o.scheme == "w8a8" && o.activations != "dynamic" && o.activations != "static") {
     bad("--activations '" + o.activations + "': expected dynamic (per token) or static (per tensor)");
+  }
+  if (o.scheme == "w4a8" && o.activations != "dynamic") {
+    bad("--activations '" + o.activations + "': w4a8 quantizes activations per token at run time "
+        "(dynamic); static per-tensor scales are for w8a8");
   }
   const std::string& ob = o.observer;
   if (ob != "minmax" && ob != "ema" && ob != "percentile" && ob != "mse" && ob != "entropy") {
@@ -492,7 +497,7 @@ void quantize_validate(const QuantizeOptions& o) {
   if (o.group_size != 0 && o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
     bad("--group-size " + std::to_string(o.group_size) +
         ": expected 32, 64 or 128 (0: per channel" +
-        (o.scheme == "w4a16" ? "; w4a16 picks 128, 64 or 32 by default)" : ")"));
+        (four ? "; " + o.scheme + " picks 128, 64 or 32 by default)" : ")"));
   }
   if (o.group_size != 0 && o.scheme == "w8a8") {
     bad("--group-size applies to w8a16; w8a8 uses one scale per output channel");
@@ -513,7 +518,7 @@ void quantize_validate(const QuantizeOptions& o) {
         "': expected rtn (round to nearest) or gptq; AWQ is --awq, with either");
   }
   if (o.block_size < 1 || (o.group_size > 0 && o.block_size % o.group_size != 0) ||
-      (o.scheme == "w4a16" && o.block_size % 128 != 0)) {
+      (four && o.block_size % 128 != 0)) {
     bad("--block-size " + std::to_string(o.block_size) + ": expected a positive multiple of --group-size (" +
         std::to_string(o.group_size) + ")");
   }
@@ -522,18 +527,18 @@ void quantize_validate(const QuantizeOptions& o) {
   if (o.act_order_groups && !o.act_order) {
     bad("--act-order-groups needs --act-order (it chooses how act-order forms its groups)");
   }
-  if (o.act_order_groups && o.group_size == 0 && o.scheme != "w4a16") {
-    bad("--act-order-groups needs group-wise weights (--group-size 32, 64 or 128, or w4a16)");
+  if (o.act_order_groups && o.group_size == 0 && !four) {
+    bad("--act-order-groups needs group-wise weights (--group-size 32, 64 or 128, or 4 bits)");
   }
-  if (o.awq && o.scheme == "w8a8") {
-    bad("--awq is for weight-only schemes (w8a16, w4a16); w8a8 moves activation outliers with "
-        "--smoothquant");
+  if (o.awq && (o.scheme == "w8a8" || o.scheme == "w4a8")) {
+    bad("--awq is for weight-only schemes (w8a16, w4a16); " + o.scheme +
+        " moves activation outliers with --smoothquant");
   }
   if (o.awq && !o.smoothquant.empty())
     bad("--awq and --smoothquant both rescale input channels; pick one");
   if (!o.awq_clip && !o.awq) bad("--awq-no-clip applies to --awq");
-  if (o.asym && o.scheme != "w4a16") {
-    bad("--asym (zero points) is for --scheme w4a16; 8-bit weights are symmetric");
+  if (o.asym && !four) {
+    bad("--asym (zero points) is for --scheme w4a16 or w4a8; 8-bit weights are symmetric");
   }
   try {
     std::regex r1(o.targets);

@@ -42,7 +42,7 @@ namespace shrink::train {
 
 struct QuantizeOptions {
   std::string model, out;
-  std::string scheme = "w8a8";          // w8a8 | w8a16 | w4a16
+  std::string scheme = "w8a8";          // w8a8 | w8a16 | w4a16 | w4a8 (4-bit weights, int8 per token)
   std::string activations = "dynamic";  // w8a8: dynamic (per token) | static (per tensor)
   std::string observer = "minmax";    // static: minmax | ema | percentile | mse | entropy
   double percentile = 99.99;

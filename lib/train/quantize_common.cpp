@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 
 core::QuantScheme quant_scheme_for(const QuantizeOptions& o, const core::ModelConfig& cfg) {
   core::QuantScheme scheme;
-  const int bits = o.scheme == "w4a16" ? 4 : 8;
+  const int bits = o.scheme == "w4a16" || o.scheme == "w4a8" ? 4 : 8;
   const std::vector<int64_t> ks = {cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size};
   const int64_t group_size =
       bits == 4 && o.group_size == 0 ? core::int4_default_group(ks) : o.group_size;
@@ -26,7 +26,7 @@ core::QuantScheme quant_scheme_for(const QuantizeOptions& o, const core::ModelCo
   scheme.actorder = o.act_order ? (o.act_order_groups && group_size > 0 ? "group" : "static") : "";
   scheme.weight_strategy = group_size > 0 ? "group" : "channel";
   scheme.group_size = group_size;
-  scheme.activations = o.scheme == "w8a8" ? o.activations : "none";
+  scheme.activations = o.scheme == "w8a8" ? o.activations : o.scheme == "w4a8" ? "dynamic" : "none";
   scheme.observer = o.observer;
   throw_if_error(core::quant_scheme_validate(scheme, ks));
   return scheme;

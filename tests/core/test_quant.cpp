@@ -55,8 +55,11 @@ TEST(Quant, ConfigRoundTripAndErrors) {
   EXPECT_EQ(back4->bits, 4);
   EXPECT_EQ(back4->group_size, 128);
   EXPECT_TRUE(quant_scheme_validate(w4, {256}).is_ok());
-  w4.activations = "dynamic";
-  EXPECT_NE(quant_scheme_validate(w4, {256}).message().find("float activations (W4A16)"),
+  w4.activations = "dynamic";  // W4A8
+  EXPECT_TRUE(quant_scheme_validate(w4, {256}).is_ok());
+  w4.activations = "static";
+  EXPECT_NE(quant_scheme_validate(w4, {256}).message().find("float activations (W4A16) or int8 "
+                                                           "activations per token (W4A8"),
             std::string::npos);
   // Packing: eight values per int32 word, value k in bits 4 (k % 8), stored as q + 8.
   const std::vector<int8_t> q = {-8, -1, 0, 7, 3, -3, 1, 2, 5};  // 9 values: two words
@@ -158,10 +161,32 @@ TEST(Quant, OneParserForEveryReader) {
   nlohmann::json emb = quant_config_to_json(QuantScheme{});
   emb["config_groups"]["group_0"]["targets"] = {"Embedding"};
   expect_error(emb, "targets: an array of 1 item is not supported; expected [\"Linear\"]");
+  // 4-bit weights with int8 activations per token (W4A8, compressed-tensors' W4AINT8 preset):
+  // pack-quantized weights, dynamic token activations; static per-tensor scales are refused.
   nlohmann::json act4 = quant_config_to_json(g4);
   act4["config_groups"]["group_0"]["input_activations"] =
       quant_config_to_json(t)["config_groups"]["group_0"]["input_activations"];
-  expect_error(act4, "4-bit weights run with float activations (W4A16); expected null");
+  auto w4a8 = quant_config_from_json(act4);
+  ASSERT_TRUE(w4a8.is_ok()) << w4a8.status().message();
+  EXPECT_EQ(w4a8->bits, 4);
+  EXPECT_EQ(w4a8->activations, "dynamic");
+  EXPECT_EQ(quant_scheme_name(*w4a8), "w4a8-asym/g32");
+  EXPECT_TRUE(quant_scheme_validate(*w4a8, {64}).is_ok());
+  QuantScheme g4d = g4;
+  g4d.symmetric = true;
+  g4d.activations = "dynamic";
+  EXPECT_EQ(quant_config_to_json(g4d)["format"], "pack-quantized");
+  EXPECT_EQ(quant_config_to_json(g4d)["config_groups"]["group_0"]["input_activations"]["strategy"], "token");
+  EXPECT_EQ(quant_scheme_name(g4d), "w4a8/g32");
+  QuantScheme st4 = g4;
+  st4.activations = "static";
+  EXPECT_NE(quant_scheme_validate(st4, {64}).message().find("static activation scales are not supported"),
+            std::string::npos);
+  nlohmann::json static4 = act4;
+  static4["config_groups"]["group_0"]["input_activations"]["strategy"] = "tensor";
+  static4["config_groups"]["group_0"]["input_activations"]["dynamic"] = false;
+  expect_error(static4, "strategy 'tensor' with dynamic false is not supported with 4-bit weights; "
+                        "expected null (W4A16) or token/dynamic (W4A8)");
 }
 
 TEST(Quant, ObserversOnHandMadeDistributions) {

@@ -707,6 +707,48 @@ TEST(Int8, W4a8CloseToDequantisedFloatModelAtEveryIsa) {
     }
 }
 
+// A W4A8 checkpoint (4-bit weights, config.json's input activations int8 dynamic per token, as
+// compressed-tensors' W4AINT8 writes them) runs its activations per token whatever --act-quant
+// says: the same numbers as the W4A16 checkpoint of the same weights under --act-quant
+// int8-row, bit for bit. The cuda device refuses it by name.
+TEST(Int8, W4a8CheckpointRunsInt8ActivationsPerToken) {
+  std::vector<int32_t> seq;
+  for (int i = 0; i < 40; ++i) seq.push_back((i * 11 + 5) % 50);
+  const std::string w4a16 = test::temp_dir("ckpt_w4a16"), w4a8 = test::temp_dir("ckpt_w4a8");
+  core::QuantScheme s = scheme("none", 32);
+  s.bits = 4;
+  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), w4a16, s, 0);
+  s.activations = "dynamic";
+  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), w4a8, s, 0);
+  EngineOptions row;
+  row.lm_head = "f32";
+  row.act_quant = "int8-row";
+  auto ref = Engine::load(w4a16, row);
+  ASSERT_TRUE(ref.is_ok()) << ref.status().message();
+  const auto want = run(**ref, 0, seq);
+  EngineOptions none = row;
+  none.act_quant = "none";
+  auto weight_only = Engine::load(w4a16, none);
+  ASSERT_TRUE(weight_only.is_ok());
+  EXPECT_GT(max_rel_diff(run(**weight_only, 0, seq), want), 0.0f) << "int8 activations had no effect";
+  for (const char* act : {"auto", "none", "int8-block"}) {
+    EngineOptions o = row;
+    o.act_quant = act;
+    auto e = Engine::load(w4a8, o);
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    EXPECT_NE((*e)->describe().find("w4a8/g32"), std::string::npos) << (*e)->describe();
+    EXPECT_NE((*e)->describe().find("int8 activations per row"), std::string::npos) << (*e)->describe();
+    EXPECT_EQ(run(**e, 0, seq), want) << "--act-quant " << act;
+  }
+  EngineOptions cuda;
+  cuda.device = "cuda";
+  auto c = Engine::load(w4a8, cuda);
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(c.status().message().find("run on the cpu device only so far"), std::string::npos)
+      << c.status().message();
+}
+
 // 4-bit weights (pack-quantized on disk, 4-bit blocks in the CPU backend) compute what the
 // float model with the dequantized weights computes, at every ISA, in prefill and decode.
 // Asymmetric 4 bits (zero points packed along the outputs) likewise, in the kernels' path

@@ -9,6 +9,8 @@
 #include <map>
 
 #include "core/fs.h"
+#include "core/model_config.h"
+#include "core/quant.h"
 #include "core/safetensors.h"
 #include "train/api.h"
 #include "train/quant_ops.h"
@@ -608,7 +610,8 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
 // calibration report: GPTQ (act-order groups too), SmoothQuant with an auto alpha and static
 // observers, AWQ with and without zero points; f32 and bf16 inputs; the calibration states in
 // memory or spilled to a file under a tiny --max-memory; --sensitivity with --keep-float (after
-// SmoothQuant and after AWQ, which change the float weights the kept groups are written with).
+// SmoothQuant and after AWQ, which change the float weights the kept groups are written with);
+// W4A8 (4-bit weights, int8 activations per token) after SmoothQuant.
 TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
   env_init(2);
   std::string dir = test::temp_dir("quant_stream");
@@ -635,6 +638,7 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
                   Case{"run/model", "w4a16", "rtn", "dynamic", "minmax", "", true, true, false},
                   Case{"bf16", "w8a16", "gptq", "dynamic", "minmax", "", true, false, false},
                   Case{"run/model", "w8a8", "gptq", "static", "minmax", "0.5", false, false, false, 2},
+                  Case{"bf16", "w4a8", "gptq", "dynamic", "minmax", "0.5", false, false, false},
                   Case{"bf16", "w4a16", "rtn", "dynamic", "minmax", "", true, false, false, 1}}) {
     const std::string what = std::string(cs.model) + "/" + cs.scheme + "/" + cs.method + "/" +
                              cs.acts + "/" + cs.sq + (cs.awq ? "/awq" : "") + (cs.asym ? "/asym" : "") +
@@ -684,6 +688,13 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
           << what << ": " << k;
     }
     if (o.eval_tokens) expect_same_accuracy_report(got.report, ref.report, what);
+    if (o.scheme == "w4a8") {  // compressed-tensors W4AINT8: pack-quantized, int8 per token
+      const core::ModelConfig qc = core::config_load(dir + "/stream").take_or_throw();
+      const core::QuantScheme qs =
+          core::quant_config_from_json(qc.raw["quantization_config"]).take_or_throw();
+      EXPECT_EQ(core::quant_scheme_name(qs), "w4a8/g32") << what;
+      EXPECT_EQ(qc.raw["quantization_config"]["format"], "pack-quantized") << what;
+    }
     if (o.sensitivity) {
       // Each group alone quantized, by its KL to the float model: the streamed probes run the
       // original float layers where the whole model holds smoothed or scaled ones (equal up to
@@ -709,7 +720,7 @@ TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
     }
     ++compared;
   }
-  EXPECT_EQ(compared, 8);
+  EXPECT_EQ(compared, 9);
   fs::remove_all(dir);
 }
 

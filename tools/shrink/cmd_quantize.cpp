@@ -16,7 +16,9 @@ void register_quantize(CLI::App& app, Globals& g) {
                   "group) with calibration observers and SmoothQuant; writes compressed-tensors");
   sub->add_option("model", o->model, "Model directory (float)")->required();
   sub->add_option("--out", o->out, "Output model directory")->required();
-  sub->add_option("--scheme", o->scheme, "w8a8, w8a16 or w4a16 (4-bit weights, pack-quantized)")
+  sub->add_option("--scheme", o->scheme,
+                  "w8a8, w8a16, w4a16 (4-bit weights, pack-quantized) or w4a8 (4-bit weights, int8 "
+                  "activations per token)")
       ->capture_default_str();
   sub->add_option("--activations", o->activations,
                   "w8a8 activations: dynamic (per token) or static (per tensor, calibrated)")
@@ -26,9 +28,9 @@ void register_quantize(CLI::App& app, Globals& g) {
       ->capture_default_str();
   sub->add_option("--percentile", o->percentile, "Percentile for --observer percentile")
       ->capture_default_str();
-  sub->add_option("--bits", o->bits, "Weight bits: 8 (4-bit weights are --scheme w4a16)")->capture_default_str();
+  sub->add_option("--bits", o->bits, "Weight bits: 8 (4-bit weights are --scheme w4a16 or w4a8)")->capture_default_str();
   sub->add_option("--group-size", o->group_size,
-                  "w8a16/w4a16: 32, 64 or 128 inputs per scale (0: per channel; w4a16 then picks "
+                  "w8a16/w4a16/w4a8: 32, 64 or 128 inputs per scale (0: per channel; 4 bits then picks "
                   "the largest that divides every layer)")
       ->capture_default_str();
   sub->add_option("--smoothquant", o->smoothquant, "SmoothQuant strength alpha in [0, 1], or auto");
