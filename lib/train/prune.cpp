@@ -442,8 +442,9 @@ double calib_nll_skipping(CausalLM& m, const torch::Tensor& ids, int64_t skip) {
   const int64_t N = ids.size(0), L = ids.size(1);
   auto [cos, sin] = m->rope_tables(0, L);
   double sum = 0;
-  for (int64_t b = 0; b < N; b += 8) {
-    auto x = ids.narrow(0, b, std::min<int64_t>(8, N - b));
+  const int64_t batch = calib_batch(L);
+  for (int64_t b = 0; b < N; b += batch) {
+    auto x = ids.narrow(0, b, std::min<int64_t>(batch, N - b));
     auto h = m->model->embed_tokens(x);
     for (int64_t i = 0; i < m->config().num_layers; ++i) {
       if (i == skip) continue;
@@ -606,13 +607,15 @@ CalibState calib_start(const PruneOptions& o, const core::ModelConfig& cfg,
   return c;
 }
 
-// The calibration hidden states through one decoder layer, 8 sequences at a time:
+// The calibration hidden states through one decoder layer, calib_batch(length) sequences at a
+// time:
 // each_batch(x, y) gets a batch's input (a view of c.X) and the layer's output for it.
 template <typename F>
 void layer_over_batches(DecoderLayerImpl& layer, const CalibState& c, F&& each_batch) {
   const int64_t N = c.n();
-  for (int64_t b = 0; b < N; b += 8) {
-    auto x = c.X.narrow(0, b, std::min<int64_t>(8, N - b));
+  const int64_t batch = calib_batch(c.X.size(1));
+  for (int64_t b = 0; b < N; b += batch) {
+    auto x = c.X.narrow(0, b, std::min<int64_t>(batch, N - b));
     each_batch(x, layer.forward(x, c.cos, c.sin, 0, nullptr, nullptr));
     if (c.states && c.states->spilled()) {
       c.states->release(uint64_t(b) * uint64_t(x.nbytes() / x.size(0)), uint64_t(x.nbytes()));
@@ -825,9 +828,10 @@ Importance importance_measure(const PruneOptions& o, const core::ModelConfig& cf
     prog.update(uint64_t(i + 1));
   }
   prog.finish();
-  // The lm_head's inputs, 8 sequences at a time (as the layers see them).
-  for (int64_t b = 0; b < c.n(); b += 8) {
-    imp.tap.on_input("lm_head", final_norm(c.X.narrow(0, b, std::min<int64_t>(8, c.n() - b))));
+  // The lm_head's inputs, calib_batch sequences at a time (as the layers see them).
+  const int64_t batch = calib_batch(o.calib_len);
+  for (int64_t b = 0; b < c.n(); b += batch) {
+    imp.tap.on_input("lm_head", final_norm(c.X.narrow(0, b, std::min<int64_t>(batch, c.n() - b))));
   }
   return imp;
 }
@@ -915,8 +919,8 @@ double calib_nll_of_states(const LayerStream& ls, const CalibState& c, const tor
   for (int64_t v0 = 0; v0 < V; v0 += step) {
     const int64_t nv = std::min(step, V - v0);
     const torch::Tensor W = ls.head_rows(v0, nv);
-    for (int64_t b = 0; b < N; b += 8) {
-      const int64_t nb = std::min<int64_t>(8, N - b);
+    for (int64_t b = 0; b < N; b += calib_batch(T)) {
+      const int64_t nb = std::min<int64_t>(calib_batch(T), N - b);
       const torch::Tensor h = ls.final_norm(X.narrow(0, b, nb)).narrow(1, 0, T - 1).reshape({-1, X.size(2)});
       const torch::Tensor logits = torch::matmul(h, W.t());  // [nb * (T - 1), nv]
       const auto bmax = std::get<0>(logits.max(1));
@@ -942,7 +946,7 @@ double calib_nll_of_states(const LayerStream& ls, const CalibState& c, const tor
   return nll / double(rows);
 }
 
-// States [N, T, H] through decoder layer i of the stream, 8 sequences at a time, in place.
+// States [N, T, H] through decoder layer i of the stream, calib_batch sequences at a time, in place.
 void states_through(const LayerStream& ls, int64_t i, const CalibState& c, const torch::Tensor& X,
                     core::ScratchBuffer* buf) {
   DecoderLayer layer = ls.layer(i);
@@ -952,13 +956,14 @@ void states_through(const LayerStream& ls, int64_t i, const CalibState& c, const
   layer_over_batches(*layer, v, [](torch::Tensor& x, const torch::Tensor& y) { x.copy_(y); });
 }
 
-// dst = src, 8 sequences at a time; spilled buffers' pages leave resident memory once copied.
+// dst = src, calib_batch sequences at a time; spilled buffers' pages leave resident memory once copied.
 void states_copy(const torch::Tensor& src, core::ScratchBuffer* sb, const torch::Tensor& dst,
                  core::ScratchBuffer* db) {
   const int64_t N = src.size(0);
   const uint64_t per = uint64_t(src.nbytes() / uint64_t(N));
-  for (int64_t b = 0; b < N; b += 8) {
-    const int64_t nb = std::min<int64_t>(8, N - b);
+  const int64_t batch = calib_batch(src.size(1));
+  for (int64_t b = 0; b < N; b += batch) {
+    const int64_t nb = std::min<int64_t>(batch, N - b);
     dst.narrow(0, b, nb).copy_(src.narrow(0, b, nb));
     for (core::ScratchBuffer* buf : {sb, db}) {
       if (buf->spilled()) buf->release(uint64_t(b) * per, uint64_t(nb) * per);

@@ -739,14 +739,15 @@ struct Quant {
       states->release(uint64_t(p - states->data()), uint64_t(batch.nbytes()));
     }
   }
-  // x through the layer, 8 sequences at a time, its linear inputs seen by `t`; each batch's
-  // output goes to each(b, y).
+  // x through the layer, calib_batch(length) sequences at a time, its linear inputs seen by
+  // `t`; each batch's output goes to each(b, y).
   template <typename F>
   void layer_batches(DecoderLayerImpl& layer, LinearTap* t, const torch::Tensor& x, F&& each) {
     layer.self_attn->tap = t;
     layer.mlp->tap = t;
-    for (int64_t b = 0; b < x.size(0); b += 8) {
-      auto xb = x.narrow(0, b, std::min<int64_t>(8, x.size(0) - b));
+    const int64_t batch = calib_batch(x.size(1));
+    for (int64_t b = 0; b < x.size(0); b += batch) {
+      auto xb = x.narrow(0, b, std::min<int64_t>(batch, x.size(0) - b));
       each(b, layer.forward(xb, cos, sin, 0, nullptr, nullptr));
       release(xb);
     }

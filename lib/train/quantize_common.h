@@ -6,6 +6,7 @@
 // tests/train/test_quantize.cpp). No LibTorch in this header.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -73,6 +74,14 @@ void quantized_sidecars_write(const QuantizeOptions& o, core::QuantScheme scheme
 
 /// The buffer of a layer-by-layer path's calibration states (`bytes`): in memory within
 /// --max-memory, else an unlinked temporary file beside `out` (core::ScratchBuffer).
+/// Calibration sequences per forward batch (quantize and prune, streamed or whole-model alike):
+/// 8, or fewer so that a batch holds at most 4,096 tokens. The LibTorch attention holds a batch's
+/// scores whole (batch x heads x len^2 floats: 8 sequences of 2,048 tokens with 32 heads would be
+/// 4 GiB, and its softmax as much again); at 2,048 tokens a batch is 2 sequences.
+inline int64_t calib_batch(int64_t seq_len) {
+  return std::clamp<int64_t>(4096 / std::max<int64_t>(seq_len, 1), 1, 8);
+}
+
 core::ScratchBuffer calibration_states(const std::string& out, const std::string& max_memory,
                                        uint64_t bytes);
 
