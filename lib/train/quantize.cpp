@@ -1316,6 +1316,54 @@ std::set<std::string> kept_float_choose(std::vector<std::pair<double, std::strin
   return kept;
 }
 
+// With --sensitivity the groups that stay float are known only once every layer is probed:
+// the layers go to a fully quantized checkpoint and the quantized modules' float weights to
+// another, both single files (read back as stored) inside the output's temporary directory
+// `work`, and the output is merged from them (sensitivity_merge).
+std::unique_ptr<SensitivityStream> sensitivity_start(const QuantizeOptions& o,
+                                                     const core::ModelConfig& cfg,
+                                                     const ModuleSplit& mods, const std::string& work) {
+  auto ss = std::make_unique<SensitivityStream>();
+  fs::create_directories(work + "/quantized");
+  fs::create_directories(work + "/float");
+  StreamedEvalOptions so;
+  so.seq_len = o.eval_seq_len;
+  so.max_memory = o.max_memory;
+  so.spill_dir = fs::path(o.out).parent_path().string();
+  ss->probes = std::make_unique<LayerProbes>(
+      o.model, split_tokens(o, cfg.vocab_size, "val", o.sensitivity_tokens), so);
+  ss->floats = core::CheckpointWriter::create(work + "/float", float_weights_plan(cfg, mods.quantized),
+                                              {{"format", "pt"}}, 0)
+                   .take_or_throw();
+  return ss;
+}
+
+// The kept groups chosen, the output written in `dir` from the two temporaries, which are then
+// removed; mods and plan become the output's. Returns the bytes written.
+uint64_t sensitivity_merge(const QuantizeOptions& o, const QuantSetup& setup,
+                           const core::ModelConfig& cfg, const std::vector<std::string>& heads,
+                           SensitivityStream& ss, const std::string& work, const std::string& dir,
+                           ModuleSplit& mods, std::vector<core::TensorView>& plan,
+                           nlohmann::json& report) {
+  throw_if_error(ss.floats->finish());
+  ss.floats.reset();
+  ss.probes.reset();
+  mods = modules_split(heads, kept_float_choose(std::move(ss.kl), o.keep_float, report));
+  plan = quantized_plan(cfg, setup.scheme, mods.quantized);
+  uint64_t written = 0;
+  {
+    const auto all_q = core::SafetensorsFile::open(work + "/quantized/model.safetensors").take_or_throw();
+    const auto floats = core::SafetensorsFile::open(work + "/float/model.safetensors").take_or_throw();
+    auto out = core::CheckpointWriter::create(dir, plan, {{"format", "pt"}}, core::kDefaultMaxShardBytes)
+                   .take_or_throw();
+    tensors_copy({all_q.get(), floats.get()}, plan, *out);
+    throw_if_error(out->finish());
+    written = out->bytes_written();
+  }
+  fs::remove_all(work);
+  return written;
+}
+
 QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
@@ -1330,39 +1378,19 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const torch::Tensor ids = calibration_ids(o, cfg.vocab_size);
   const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
   ModuleSplit mods = modules_split(heads, {});
-  const std::vector<core::TensorView> plan = quantized_plan(cfg, setup.scheme, mods.quantized);
+  std::vector<core::TensorView> plan = quantized_plan(cfg, setup.scheme, mods.quantized);
 
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
-  // With --sensitivity the groups that stay float are known only once every layer is probed:
-  // the layers go to a fully quantized checkpoint and the quantized modules' float weights to
-  // another, both inside the output's temporary directory, and the output is merged from them.
   const std::string work = dir.path() + "/.sensitivity";
-  const std::string qdir = o.sensitivity ? work + "/quantized" : dir.path();
-  if (o.sensitivity) {
-    fs::create_directories(qdir);
-    fs::create_directories(work + "/float");
-  }
-  // (The temporary checkpoints are single files, read back as stored.)
-  auto w = core::CheckpointWriter::create(qdir, plan, {{"format", "pt"}},
-                                          o.sensitivity ? 0 : core::kDefaultMaxShardBytes)
+  std::unique_ptr<SensitivityStream> ss =
+      o.sensitivity ? sensitivity_start(o, cfg, mods, work) : nullptr;
+  auto w = core::CheckpointWriter::create(ss ? work + "/quantized" : dir.path(), plan,
+                                          {{"format", "pt"}}, ss ? 0 : core::kDefaultMaxShardBytes)
                .take_or_throw();
   Quant q(o, setup, cfg, CausalLM(nullptr));
   core::ScratchBuffer states = calibration_states(
       o.out, o.max_memory, uint64_t(ids.size(0) * o.calib_len * cfg.hidden_size) * 4);
   q.states = &states;
-  std::unique_ptr<SensitivityStream> ss;
-  if (o.sensitivity) {
-    ss = std::make_unique<SensitivityStream>();
-    StreamedEvalOptions so;
-    so.seq_len = o.eval_seq_len;
-    so.max_memory = o.max_memory;
-    so.spill_dir = fs::path(o.out).parent_path().string();
-    ss->probes = std::make_unique<LayerProbes>(
-        o.model, split_tokens(o, cfg.vocab_size, "val", o.sensitivity_tokens), so);
-    ss->floats = core::CheckpointWriter::create(work + "/float", float_weights_plan(cfg, mods.quantized),
-                                                {{"format", "pt"}}, 0)
-                     .take_or_throw();
-  }
   const std::vector<double> layer_seconds =
       layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w, ss.get());
   outer_tensors_write(ck, cfg, *w, o.threads);
@@ -1370,32 +1398,16 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   throw_if_error(w->finish());
 
   nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
-  std::vector<core::TensorView> out_plan = plan;
-  uint64_t bytes_written = w->bytes_written();
-  if (ss) {
-    throw_if_error(ss->floats->finish());
-    mods = modules_split(heads, kept_float_choose(std::move(ss->kl), o.keep_float, report));
-    ss.reset();
-    out_plan = quantized_plan(cfg, setup.scheme, mods.quantized);
-    {
-      const auto all_q = core::SafetensorsFile::open(qdir + "/model.safetensors").take_or_throw();
-      const auto floats = core::SafetensorsFile::open(work + "/float/model.safetensors").take_or_throw();
-      auto out = core::CheckpointWriter::create(dir.path(), out_plan, {{"format", "pt"}},
-                                                core::kDefaultMaxShardBytes)
-                     .take_or_throw();
-      tensors_copy({all_q.get(), floats.get()}, out_plan, *out);
-      throw_if_error(out->finish());
-      bytes_written = out->bytes_written();
-    }
-    fs::remove_all(work);
-  }
+  const uint64_t bytes_written =
+      ss ? sensitivity_merge(o, setup, cfg, heads, *ss, work, dir.path(), mods, plan, report)
+         : w->bytes_written();
   quantized_sidecars_write(o, setup.scheme, mods.ignore, cfg, dir.path());
   report["streaming"] = true;
   report["layer_seconds"] = layer_seconds;
   report["calibration"]["states_bytes"] = states.size();
   report["calibration"]["states_spilled"] = states.spilled();
   report["bytes_before"] = uint64_t(config_parameters(cfg)) * core::dtype_size(float_dtype(cfg));
-  report["bytes_after"] = quantized_plan_bytes(out_plan);
+  report["bytes_after"] = quantized_plan_bytes(plan);
   report["bytes_read"] = ck.total_bytes();
   report["bytes_written"] = bytes_written;
   report["quantized_modules"] = mods.quantized.size();
