@@ -91,7 +91,8 @@ void register_bench(CLI::App& app, Globals& g) {
   sub->add_option("--shape", o->shape, "Random weights of a named shape: smollm-135m, llama-1b");
   sub->add_option("--dtype", o->dtype,
                   "With --shape: f32, bf16, w8a16, w4a16 (groups of 128, else 64 or 32), "
-                  "w4a16-asym (the same with zero points) or "
+                  "w4a16-asym (the same with zero points), w4a8 (4-bit, int8 activations per "
+                  "token) or "
                   "w8a8 (dynamic per token); with --device cuda also f16 (float weights stored so)")
       ->capture_default_str();
   sub->add_option("--prompt-len", o->prompt_len, "Prompt tokens per sequence")->capture_default_str();
