@@ -108,7 +108,7 @@ struct QuantScheme {
   int64_t group_size = 0;                    // for group
   bool symmetric = true;                     // false: 4-bit weights with zero points (see kQMax4)
   std::string actorder;                      // GPTQ's: "" (none), static, group (weight_g_idx)
-  std::string activations = "none";          // none (W8A16, W4A16) | static (per tensor) | dynamic (per token)
+  std::string activations = "none";          // none (W8A16, W4A16) | static | dynamic (per token)
   std::string observer = "minmax";           // static activations: minmax|ema|percentile|mse|entropy
   std::vector<std::string> ignore;           // module names (or "re:<regex>") left in float
 };
@@ -119,12 +119,13 @@ nlohmann::json quant_config_to_json(const QuantScheme& s);
 /// Parse and validate it: compressed-tensors with one config group targeting Linear, int
 /// weights of 8 bits (int-quantized, naive-quantized; format defaults to int-quantized) or 4
 /// (pack-quantized), zero points for 4-bit weights only, and int8 input activations (static per
-/// tensor or dynamic per token; with 4-bit weights dynamic per token only: W4A8). An unsupported scheme (3 bits, asymmetric
-/// 8-bit, fp8, several config groups) must fail with kInvalidInput, never run with wrong numbers:
-/// errors name the field from "quantization_config", the value and what is supported.
+/// tensor or dynamic per token; with 4-bit weights dynamic per token only: W4A8). An
+/// unsupported scheme (3 bits, asymmetric 8-bit, fp8, several config groups) must fail with
+/// kInvalidInput, never run with wrong numbers: errors name the field from
+/// "quantization_config", the value and what is supported.
 Result<QuantScheme> quant_config_from_json(const nlohmann::json& j);
-/// "w8a16", "w4a16", "w4a16-asym", "w4a8", "w4a8-asym", "w8a8-static" or "w8a8-dynamic", with "/g<size>" for
-/// group-wise and "/tensor" for per-tensor weight scales, as runtime::Engine::describe() and the
+/// "w8a16", "w4a16", "w4a16-asym", "w4a8", "w4a8-asym", "w8a8-static" or "w8a8-dynamic", with
+/// "/g<size>" for group-wise and "/tensor" for per-tensor weight scales, as runtime::Engine::describe() and the
 /// ONNX exporter name a scheme.
 std::string quant_scheme_name(const QuantScheme& s);
 /// The ahead-of-time readers (the LibTorch loader, the ONNX exporter) take one weight scale per

@@ -4,7 +4,6 @@
 #include "train/prune.h"
 
 #include <chrono>
-#include <limits>
 #include <cmath>
 #include <filesystem>
 #include <cstring>
@@ -911,38 +910,21 @@ std::vector<double> depth_scores(const PruneOptions& o, CausalLM& m, const Calib
 // Mean NLL of each next token of c.ids given the last layer's states X [N, T, H].
 double calib_nll_of_states(const LayerStream& ls, const CalibState& c, const torch::Tensor& X) {
   const int64_t N = c.n(), T = c.ids.size(1), V = ls.config().vocab_size;
-  const int64_t step = std::max<int64_t>(256, (int64_t(32) << 20) / (4 * ls.config().hidden_size));
-  const int64_t rows = N * (T - 1);
-  std::vector<double> mx(size_t(rows), -std::numeric_limits<double>::infinity()), sum(size_t(rows), 0.0),
-      target(size_t(rows), 0.0);
-  const torch::Tensor tgt_all = c.ids.narrow(1, 1, T - 1).reshape({-1});
+  const int64_t step = head_block_rows(ls.config().hidden_size), batch = calib_batch(T);
+  const uint64_t rows = uint64_t(N * (T - 1));
+  RowStats rs(rows);
+  const torch::Tensor targets = c.ids.narrow(1, 1, T - 1).reshape({-1});
   for (int64_t v0 = 0; v0 < V; v0 += step) {
-    const int64_t nv = std::min(step, V - v0);
-    const torch::Tensor W = ls.head_rows(v0, nv);
-    for (int64_t b = 0; b < N; b += calib_batch(T)) {
-      const int64_t nb = std::min<int64_t>(calib_batch(T), N - b);
+    const torch::Tensor W = ls.head_rows(v0, std::min(step, V - v0));
+    for (int64_t b = 0; b < N; b += batch) {
+      const int64_t nb = std::min<int64_t>(batch, N - b);
       const torch::Tensor h = ls.final_norm(X.narrow(0, b, nb)).narrow(1, 0, T - 1).reshape({-1, X.size(2)});
-      const torch::Tensor logits = torch::matmul(h, W.t());  // [nb * (T - 1), nv]
-      const auto bmax = std::get<0>(logits.max(1));
-      const torch::Tensor bsum = (logits - bmax.unsqueeze(1)).exp().sum(1);
-      const torch::Tensor tgt = tgt_all.narrow(0, b * (T - 1), nb * (T - 1)) - v0;
-      const torch::Tensor in_block = (tgt >= 0).logical_and(tgt < nv);
-      const torch::Tensor tl = logits.gather(1, tgt.clamp(0, nv - 1).unsqueeze(1)).squeeze(1);
-      const float* pm = bmax.data_ptr<float>();
-      const float* ps = bsum.data_ptr<float>();
-      const bool* pi = in_block.data_ptr<bool>();
-      const float* pt = tl.data_ptr<float>();
-      for (int64_t r = 0; r < logits.size(0); ++r) {
-        const size_t k = size_t(b * (T - 1) + r);
-        const double m_new = std::max(mx[k], double(pm[r]));
-        sum[k] = sum[k] * std::exp(mx[k] - m_new) + double(ps[r]) * std::exp(double(pm[r]) - m_new);
-        mx[k] = m_new;
-        if (pi[r]) target[k] = pt[r];
-      }
+      rs.add(uint64_t(b * (T - 1)), torch::matmul(h, W.t()), v0,
+             targets.narrow(0, b * (T - 1), nb * (T - 1)));
     }
   }
   double nll = 0;
-  for (size_t k = 0; k < size_t(rows); ++k) nll += mx[k] + std::log(sum[k]) - target[k];
+  for (uint64_t k = 0; k < rows; ++k) nll += rs.lse(k) - rs.target[k];
   return nll / double(rows);
 }
 

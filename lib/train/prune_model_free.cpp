@@ -209,9 +209,9 @@ uint32_t magnitude_bits(float x) {
   return b & 0x7fffffffu;
 }
 
-// Calls fn(values, count, first index) for each block of matrix mx widened to float32.
+// Calls fn(values, count) for each block of matrix mx widened to float32.
 Status matrix_blocks(const core::Checkpoint& ck, const PruneMatrix& mx, std::vector<float>& buf,
-                     const std::function<void(const float*, int64_t, int64_t)>& fn) {
+                     const std::function<void(const float*, int64_t)>& fn) {
   const int64_t n = mx.rows * mx.cols;
   const uint64_t es = core::dtype_size(mx.src->dtype);
   buf.resize(size_t(std::min(n, kCutBlock)));
@@ -227,7 +227,7 @@ Status matrix_blocks(const core::Checkpoint& ck, const PruneMatrix& mx, std::vec
                              std::to_string((b + i) % mx.cols));
       }
     }
-    fn(buf.data(), len, b);
+    fn(buf.data(), len);
   }
   return Status::ok();
 }
@@ -251,7 +251,7 @@ void global_cut_find(const core::Checkpoint& ck, std::vector<PruneMatrix>& mats,
   std::vector<std::vector<int64_t>> high(size_t(threads), std::vector<int64_t>(65536, 0));
   throw_if_error(core::parallel_each(mats.size(), threads, [&](size_t j, int worker) {
     std::vector<int64_t>& h = high[size_t(worker)];
-    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len, int64_t) {
+    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len) {
       for (int64_t i = 0; i < len; ++i) ++h[magnitude_bits(v[i]) >> 16];
     });
     done(mats[j]);
@@ -271,7 +271,7 @@ void global_cut_find(const core::Checkpoint& ck, std::vector<PruneMatrix>& mats,
   std::vector<std::vector<uint16_t>> low(mats.size());
   throw_if_error(core::parallel_each(mats.size(), threads, [&](size_t j, int worker) {
     std::vector<uint16_t>& l = low[j];
-    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len, int64_t) {
+    Status st = matrix_blocks(ck, mats[j], buf[size_t(worker)], [&](const float* v, int64_t len) {
       for (int64_t i = 0; i < len; ++i) {
         const uint32_t b = magnitude_bits(v[i]);
         if ((b >> 16) == bin) l.push_back(uint16_t(b & 0xffffu));

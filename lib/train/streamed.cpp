@@ -60,6 +60,13 @@ std::vector<Batch> batches_of(const std::vector<core::EvalWindow>& w, int64_t ba
   return out;
 }
 
+// Predictions the batches score: each window's positions but its last.
+uint64_t predictions_of(const std::vector<Batch>& batches) {
+  uint64_t n = 0;
+  for (const Batch& b : batches) n += uint64_t(b.B * (b.T - 1));
+  return n;
+}
+
 // The hidden states of every window through one model, batch by batch and layer by layer.
 class Hidden {
  public:
@@ -141,21 +148,9 @@ class Hidden {
   torch::Tensor cos_, sin_;
 };
 
-// Per prediction: the running log-sum-exp (max + log sum), the target's logit, the argmax.
-struct RowStats {
-  std::vector<double> max, sum, target;
-  std::vector<float> best;
-  std::vector<int64_t> arg;
-  explicit RowStats(uint64_t n)
-      : max(n, -std::numeric_limits<double>::infinity()), sum(n, 0.0), target(n, 0.0),
-        best(n, -std::numeric_limits<float>::infinity()), arg(n, -1) {}
-  double lse(uint64_t r) const { return max[r] + std::log(sum[r]); }
-};
-
 // lm_head rows per block: about 32 MiB of float32 weights unless the options say.
 int64_t head_block(const core::ModelConfig& c, const StreamedEvalOptions& o) {
-  if (o.head_block > 0) return o.head_block;
-  return std::max<int64_t>(256, (int64_t(32) << 20) / (4 * c.hidden_size));
+  return head_block_rows(c.hidden_size, o.head_block);
 }
 
 // The final-normed states of batch b without each window's last position, [B * (T - 1), H].
@@ -187,27 +182,7 @@ void head_stats(const LayerStream& m, Hidden& h, const std::vector<Batch>& batch
     for (const Batch& b : batches) {
       const torch::Tensor logits = torch::matmul(predicting_rows(h, b), W.t());  // [R, nv]
       h.done(b);
-      const auto [bmax, barg] = logits.max(1);
-      const torch::Tensor bsum = (logits - bmax.unsqueeze(1)).exp().sum(1);
-      const torch::Tensor tgt = targets_of(b, w, tokens) - v0;
-      const torch::Tensor in_block = (tgt >= 0).logical_and(tgt < nv);
-      const torch::Tensor tl = logits.gather(1, tgt.clamp(0, nv - 1).unsqueeze(1)).squeeze(1);
-      const float* mx = bmax.data_ptr<float>();
-      const int64_t* ag = barg.data_ptr<int64_t>();
-      const float* sm = bsum.data_ptr<float>();
-      const bool* ib = in_block.data_ptr<bool>();
-      const float* tv = tl.data_ptr<float>();
-      for (int64_t r = 0; r < logits.size(0); ++r) {
-        const uint64_t k = r0 + uint64_t(r);
-        const double m_new = std::max(rs.max[k], double(mx[r]));
-        rs.sum[k] = rs.sum[k] * std::exp(rs.max[k] - m_new) + double(sm[r]) * std::exp(double(mx[r]) - m_new);
-        rs.max[k] = m_new;
-        if (mx[r] > rs.best[k]) {  // strictly: the lowest index wins ties, as argmax does
-          rs.best[k] = mx[r];
-          rs.arg[k] = v0 + ag[r];
-        }
-        if (ib[r]) rs.target[k] = tv[r];
-      }
+      rs.add(r0, logits, v0, targets_of(b, w, tokens));
       r0 += uint64_t(logits.size(0));
     }
   }
@@ -218,8 +193,7 @@ double head_kl(const LayerStream& m, Hidden& h, const RowStats& rs, const LayerS
                Hidden& hr, const RowStats& rr, const std::vector<Batch>& batches,
                const StreamedEvalOptions& o) {
   const int64_t V = m.config().vocab_size, step = head_block(m.config(), o);
-  uint64_t rows = 0;
-  for (const Batch& b : batches) rows += uint64_t(b.B * (b.T - 1));
+  const uint64_t rows = predictions_of(batches);
   std::vector<double> kl(rows, 0.0);
   auto lse_of = [](const RowStats& s, uint64_t r0, int64_t n) {
     auto t = torch::empty({n, 1}, torch::kFloat32);
@@ -352,19 +326,51 @@ torch::Tensor LayerStream::head_rows(int64_t r0, int64_t n) const {
   return qw.dequantize();
 }
 
+RowStats::RowStats(uint64_t n)
+    : max(n, -std::numeric_limits<double>::infinity()), sum(n, 0.0), target(n, 0.0),
+      best(n, -std::numeric_limits<float>::infinity()), arg(n, -1) {}
+
+void RowStats::add(uint64_t r0, const torch::Tensor& logits, int64_t v0, const torch::Tensor& targets) {
+  const int64_t nv = logits.size(1);
+  const auto [bmax, barg] = logits.max(1);
+  const torch::Tensor bsum = (logits - bmax.unsqueeze(1)).exp().sum(1);
+  const torch::Tensor tgt = targets - v0;
+  const torch::Tensor in_block = (tgt >= 0).logical_and(tgt < nv);
+  const torch::Tensor tl = logits.gather(1, tgt.clamp(0, nv - 1).unsqueeze(1)).squeeze(1);
+  const float* mx = bmax.data_ptr<float>();
+  const int64_t* ag = barg.data_ptr<int64_t>();
+  const float* sm = bsum.data_ptr<float>();
+  const bool* ib = in_block.data_ptr<bool>();
+  const float* tv = tl.data_ptr<float>();
+  for (int64_t r = 0; r < logits.size(0); ++r) {
+    const uint64_t k = r0 + uint64_t(r);
+    const double m_new = std::max(max[k], double(mx[r]));
+    sum[k] = sum[k] * std::exp(max[k] - m_new) + double(sm[r]) * std::exp(double(mx[r]) - m_new);
+    max[k] = m_new;
+    if (mx[r] > best[k]) {  // strictly: the lowest index wins ties, as argmax does
+      best[k] = mx[r];
+      arg[k] = v0 + ag[r];
+    }
+    if (ib[r]) target[k] = tv[r];
+  }
+}
+
+int64_t head_block_rows(int64_t hidden, int64_t requested) {
+  if (requested > 0) return requested;
+  return std::max<int64_t>(256, (int64_t(32) << 20) / (4 * hidden));
+}
+
 struct LayerProbes::Impl {
   Impl(const std::string& dir, std::vector<int32_t> toks, const StreamedEvalOptions& opt)
       : o(opt), tokens(std::move(toks)), p(plan_for(tokens.size(), o)), m(dir),
         ref(m, p.batches, p.windows, tokens.data(), o), s(m, p.batches, p.windows, tokens.data(), o),
-        t(m, p.batches, p.windows, tokens.data(), o) {
-    for (const Batch& b : p.batches) rows += uint64_t(b.B * (b.T - 1));
-  }
+        t(m, p.batches, p.windows, tokens.data(), o), rows(predictions_of(p.batches)) {}
   StreamedEvalOptions o;
   std::vector<int32_t> tokens;
   Plan p;
   LayerStream m;
   Hidden ref, s, t;  // the float model's final states; its states at the current layer; a probe's
-  uint64_t rows = 0;
+  uint64_t rows;  // predictions scored
   std::unique_ptr<RowStats> rr;
 };
 
@@ -408,8 +414,7 @@ StreamedEval nll_streamed(const std::string& model_dir, const int32_t* tokens, u
   const LayerStream m(model_dir);
   Hidden h(m, p.batches, p.windows, tokens, o);
   layers_through(m, h, o);
-  uint64_t rows = 0;
-  for (const Batch& b : p.batches) rows += uint64_t(b.B * (b.T - 1));
+  const uint64_t rows = predictions_of(p.batches);
   RowStats rs(rows);
   head_stats(m, h, p.batches, p.windows, tokens, o, rs);
   StreamedEval r;
@@ -442,8 +447,7 @@ StreamedEval compare_streamed(const std::string& model_dir, const std::string& r
   }
   h.final_norm();
   hr.final_norm();
-  uint64_t rows = 0;
-  for (const Batch& bt : p.batches) rows += uint64_t(bt.B * (bt.T - 1));
+  const uint64_t rows = predictions_of(p.batches);
   RowStats rs(rows), rr(rows);
   head_stats(m, h, p.batches, p.windows, tokens, o, rs);
   head_stats(ref, hr, p.batches, p.windows, tokens, o, rr);

@@ -18,6 +18,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -61,6 +63,23 @@ class LayerStream {
   mutable RMSNorm norm_{nullptr};
   std::string head_name_;
 };
+
+/// Per prediction, what the logits over the vocabulary give when they come a block of lm_head
+/// rows at a time: the running log-sum-exp (max + log sum, combined in float64), the target's
+/// logit and the argmax (the lowest index among equal maxima, as argmax).
+struct RowStats {
+  explicit RowStats(uint64_t n);
+  /// Logits [R, nv] of predictions r0 .. r0 + R - 1 over vocabulary rows [v0, v0 + nv), with the
+  /// predictions' target ids [R] (int64; targets outside the block are left as they are).
+  void add(uint64_t r0, const torch::Tensor& logits, int64_t v0, const torch::Tensor& targets);
+  double lse(uint64_t r) const { return max[r] + std::log(sum[r]); }
+  std::vector<double> max, sum, target;
+  std::vector<float> best;
+  std::vector<int64_t> arg;
+};
+
+/// lm_head rows per block: `requested` when > 0, else about 32 MiB of float32 rows (at least 256).
+int64_t head_block_rows(int64_t hidden, int64_t requested = 0);
 
 struct StreamedEvalOptions {
   int64_t seq_len = 512;  // window length (core::eval_windows)
