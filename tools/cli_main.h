@@ -30,7 +30,15 @@ inline void add_global_options(CLI::App& app, int& threads, bool& json, bool& qu
 /// quickstart's pruned student (20 steps, seq 256, batch 16, 2 threads): 169.0 s (89.4 s in the
 /// kernel) with parse_and_run's thresholds, 83.9 s (10.0 s) with these, 243.7 s with glibc's
 /// defaults; peak RSS 2.04 -> 2.61 GB.
+/// SHRINK_MALLOC=glibc leaves glibc's own thresholds (for measuring what these settings give:
+/// scripts/allocator_check.sh).
+inline bool allocator_glibc_defaults() {
+  const char* m = std::getenv("SHRINK_MALLOC");
+  return m && std::string(m) == "glibc";
+}
+
 inline void allocator_for_training() {
+  if (allocator_glibc_defaults()) return;
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, -1);  // never trim (the heap top stays)
 }
@@ -76,8 +84,10 @@ inline std::string openmp_wait_setting() {
 /// First of all, openmp_wait_defaults (which may execute the program again).
 inline int parse_and_run(CLI::App& app, int argc, char** argv, const int& exit_code) {
   openmp_wait_defaults(argv);
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  if (!allocator_glibc_defaults()) {
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  }
   std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);

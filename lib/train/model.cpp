@@ -72,25 +72,45 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     *k_cache = k;
     *v_cache = v;
   }
-  const int64_t S = k.size(2);  // keys: positions [0, S); queries: [start, start+T)
   if (n_kv_heads != n_heads) {
     // GQA/MQA: query head h reads kv head h / (n_heads / n_kv_heads).
     k = k.repeat_interleave(n_heads / n_kv_heads, 1);
     v = v.repeat_interleave(n_heads / n_kv_heads, 1);
   }
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(head_dim)));
-  auto qpos = torch::arange(start, start + T, torch::kLong).unsqueeze(1);
-  auto kpos = torch::arange(0, S, torch::kLong).unsqueeze(0);
-  auto masked = kpos > qpos;
-  if (window) masked = masked.logical_or(qpos - kpos >= *window);
-  scores = scores.to(torch::kFloat32).masked_fill(masked, -std::numeric_limits<float>::infinity());
-  auto probs = torch::softmax(scores, -1).to(q.scalar_type());
-  auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, n_heads * head_dim});
+  auto out = attend(q, k, v, start).transpose(1, 2).reshape({B, T, n_heads * head_dim});
   if (tap) {
     tap->on_input(prefix + "o_proj", out);
     out = tap->transform(prefix + "o_proj", out);
   }
   return o_proj(out);
+}
+
+// softmax(q k^T / sqrt(d) + causal/window mask) v for queries at positions [start, start + T)
+// over keys [0, S); q [B,H,T,D], k and v [B,H,S,D]. Each query row's softmax is its own, so a
+// block of queries at a time gives the same rows as the whole product.
+torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                    const torch::Tensor& v, int64_t start) const {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
+  const double scale = 1.0 / std::sqrt(double(head_dim));
+  // A block's queries end at position start + t0 + n - 1: the keys after it are all masked, so
+  // a block reads only the keys up to it (a causal block of queries does half the work).
+  auto rows = [&](int64_t t0, int64_t n) {
+    const int64_t keys = std::min(S, start + t0 + n);
+    auto scores = torch::matmul(q.narrow(2, t0, n), k.narrow(2, 0, keys).transpose(-2, -1)) * scale;
+    auto qpos = torch::arange(start + t0, start + t0 + n, torch::kLong).unsqueeze(1);
+    auto kpos = torch::arange(0, keys, torch::kLong).unsqueeze(0);
+    auto masked = kpos > qpos;
+    if (window) masked = masked.logical_or(qpos - kpos >= *window);
+    scores = scores.to(torch::kFloat32).masked_fill(masked, -std::numeric_limits<float>::infinity());
+    return torch::matmul(torch::softmax(scores, -1).to(q.scalar_type()), v.narrow(2, 0, keys));
+  };
+  const int64_t row_bytes = B * H * S * int64_t(sizeof(float));
+  const bool whole = torch::GradMode::is_enabled() || T * row_bytes <= score_block_bytes;
+  if (whole) return rows(0, T);
+  const int64_t block = std::max<int64_t>(1, score_block_bytes / row_bytes);
+  std::vector<torch::Tensor> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += block) parts.push_back(rows(t0, std::min(block, T - t0)));
+  return torch::cat(parts, 2);
 }
 
 MLPImpl::MLPImpl(const core::ModelConfig& c) {

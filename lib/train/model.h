@@ -62,6 +62,17 @@ class AttentionImpl : public torch::nn::Module {
   std::optional<int64_t> window;
   LinearTap* tap = nullptr;
   std::string prefix;  // module path prefix, e.g. model.layers.3.self_attn.
+  /// Without autograd, the attention scores (B x heads x queries x keys floats) are computed a
+  /// block of queries at a time, each block's scores at most this many bytes: calibration over
+  /// 2048-token sequences then holds 32 MiB of scores instead of B x 32 x 2048^2 floats, and the
+  /// blocks stay under the allocator's 64 MiB heap threshold (tools/cli_main.h), so they are
+  /// not mapped and faulted in afresh each time. Small products (and training, which keeps them
+  /// for the backward pass) run in one piece.
+  int64_t score_block_bytes = int64_t(32) << 20;
+
+ private:
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       int64_t start) const;
 };
 TORCH_MODULE(Attention);
 

@@ -910,7 +910,8 @@ std::vector<double> depth_scores(const PruneOptions& o, CausalLM& m, const Calib
 // Mean NLL of each next token of c.ids given the last layer's states X [N, T, H].
 double calib_nll_of_states(const LayerStream& ls, const CalibState& c, const torch::Tensor& X) {
   const int64_t N = c.n(), T = c.ids.size(1), V = ls.config().vocab_size;
-  const int64_t step = head_block_rows(ls.config().hidden_size), batch = calib_batch(T);
+  const int64_t batch = calib_batch(T);
+  const int64_t step = head_block_rows(ls.config().hidden_size, batch * (T - 1));
   const uint64_t rows = uint64_t(N * (T - 1));
   RowStats rs(rows);
   const torch::Tensor targets = c.ids.narrow(1, 1, T - 1).reshape({-1});

@@ -148,9 +148,12 @@ class Hidden {
   torch::Tensor cos_, sin_;
 };
 
-// lm_head rows per block: about 32 MiB of float32 weights unless the options say.
-int64_t head_block(const core::ModelConfig& c, const StreamedEvalOptions& o) {
-  return head_block_rows(c.hidden_size, o.head_block);
+// lm_head rows per block (head_block_rows) for the largest batch's predictions.
+int64_t head_block(const core::ModelConfig& c, const StreamedEvalOptions& o,
+                   const std::vector<Batch>& batches) {
+  int64_t rows = 1;
+  for (const Batch& b : batches) rows = std::max(rows, b.B * (b.T - 1));
+  return head_block_rows(c.hidden_size, rows, o.head_block);
 }
 
 // The final-normed states of batch b without each window's last position, [B * (T - 1), H].
@@ -174,7 +177,7 @@ torch::Tensor targets_of(const Batch& b, const std::vector<core::EvalWindow>& w,
 void head_stats(const LayerStream& m, Hidden& h, const std::vector<Batch>& batches,
                 const std::vector<core::EvalWindow>& w, const int32_t* tokens,
                 const StreamedEvalOptions& o, RowStats& rs) {
-  const int64_t V = m.config().vocab_size, step = head_block(m.config(), o);
+  const int64_t V = m.config().vocab_size, step = head_block(m.config(), o, batches);
   for (int64_t v0 = 0; v0 < V; v0 += step) {
     const int64_t nv = std::min(step, V - v0);
     const torch::Tensor W = m.head_rows(v0, nv);
@@ -192,7 +195,7 @@ void head_stats(const LayerStream& m, Hidden& h, const std::vector<Batch>& batch
 double head_kl(const LayerStream& m, Hidden& h, const RowStats& rs, const LayerStream& ref,
                Hidden& hr, const RowStats& rr, const std::vector<Batch>& batches,
                const StreamedEvalOptions& o) {
-  const int64_t V = m.config().vocab_size, step = head_block(m.config(), o);
+  const int64_t V = m.config().vocab_size, step = head_block(m.config(), o, batches);
   const uint64_t rows = predictions_of(batches);
   std::vector<double> kl(rows, 0.0);
   auto lse_of = [](const RowStats& s, uint64_t r0, int64_t n) {
@@ -355,9 +358,10 @@ void RowStats::add(uint64_t r0, const torch::Tensor& logits, int64_t v0, const t
   }
 }
 
-int64_t head_block_rows(int64_t hidden, int64_t requested) {
+int64_t head_block_rows(int64_t hidden, int64_t rows, int64_t requested) {
   if (requested > 0) return requested;
-  return std::max<int64_t>(256, (int64_t(32) << 20) / (4 * hidden));
+  const int64_t budget = (int64_t(32) << 20) / int64_t(sizeof(float));
+  return std::max<int64_t>(64, budget / std::max<int64_t>(hidden, rows));
 }
 
 struct LayerProbes::Impl {

@@ -78,8 +78,11 @@ struct RowStats {
   std::vector<int64_t> arg;
 };
 
-/// lm_head rows per block: `requested` when > 0, else about 32 MiB of float32 rows (at least 256).
-int64_t head_block_rows(int64_t hidden, int64_t requested = 0);
+/// lm_head rows per block: `requested` when > 0, else as many as keep both the block's float32
+/// rows and its logits for `rows` predictions within 32 MiB (at least 64). Larger blocks are
+/// above the allocator's 64 MiB heap threshold (tools/cli_main.h): each would be a fresh mapping,
+/// faulted in page by page (eval of the default teacher spent two thirds of its time so).
+int64_t head_block_rows(int64_t hidden, int64_t rows, int64_t requested = 0);
 
 struct StreamedEvalOptions {
   int64_t seq_len = 512;  // window length (core::eval_windows)
