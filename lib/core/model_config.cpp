@@ -574,7 +574,10 @@ Status checkpoint_check(const ModelConfig& c, const Checkpoint& ckpt, const Quan
                          std::to_string(q->group_size) + "; expected a positive integer");
   }
   auto is_quantized_linear = [&](const TensorSpec& s) {
-    if (!q || s.layer < 0 || !tensor_role_is_linear(s.role) ||
+    // The decoder layers' linears, and the lm_head unless `ignore` names it (compressed-tensors
+    // targets every Linear but those ignored; shrink quantize --targets can include lm_head).
+    const bool linear = s.role == TensorRole::kLmHead || (s.layer >= 0 && tensor_role_is_linear(s.role));
+    if (!q || !linear ||
         s.name.compare(s.name.size() - 7, 7, ".weight") != 0) {
       return false;
     }

@@ -482,6 +482,16 @@ void quantize_validate(const QuantizeOptions& o) {
     bad("--bits " + std::to_string(o.bits) + " is not supported with --scheme " + o.scheme +
         "; expected 8 (4-bit weights: --scheme w4a16 or w4a8)");
   }
+  if (head_targeted(o)) {
+    if (o.scheme != "w8a16" && o.scheme != "w4a16") {
+      bad("--targets selects lm_head: only the weight-only schemes (w8a16, w4a16) quantize the "
+          "head; with --scheme " + o.scheme + " its input activations would be quantized too");
+    }
+    if (o.load_model) {
+      bad("--targets selects lm_head: --load-model does not quantize the head; leave --load-model "
+          "out (the model-free and layer-by-layer paths do)");
+    }
+  }
   if (o.scheme == "w8a8" && o.activations != "dynamic" && o.activations != "static") {
     bad("--activations '" + o.activations + "': expected dynamic (per token) or static (per tensor)");
   }
@@ -1253,17 +1263,6 @@ std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::s
   return seconds;
 }
 
-// The tensors outside the decoder layers (embedding, final norm, lm_head), as they are in the
-// checkpoint, in the model's float dtype.
-void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& cfg,
-                         core::CheckpointWriter& w, int threads) {
-  std::vector<core::TensorView> outer;
-  for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
-    if (spec.layer < 0) outer.push_back({spec.name, float_dtype(cfg), spec.shape, nullptr, 0});
-  }
-  throw_if_error(core::tensors_convert_write(ck, outer, w, threads));
-}
-
 // The quantized modules' float weights, as the output would hold them (the float checkpoint of
 // streamed --sensitivity).
 std::vector<core::TensorView> float_weights_plan(const core::ModelConfig& cfg,
@@ -1272,6 +1271,7 @@ std::vector<core::TensorView> float_weights_plan(const core::ModelConfig& cfg,
   const core::DType dt = float_dtype(cfg);
   for (const core::TensorSpec& spec : core::expected_tensors(cfg)) {
     if (spec.name.size() <= 7 || !quantized.count(spec.name.substr(0, spec.name.size() - 7))) continue;
+    if (spec.layer < 0) continue;  // a quantized lm_head is never kept float
     uint64_t n = core::dtype_size(dt);
     for (int64_t d : spec.shape) n *= uint64_t(d);
     plan.push_back({spec.name, dt, spec.shape, nullptr, n});
@@ -1348,7 +1348,8 @@ uint64_t sensitivity_merge(const QuantizeOptions& o, const QuantSetup& setup,
   throw_if_error(ss.floats->finish());
   ss.floats.reset();
   ss.probes.reset();
-  mods = modules_split(heads, kept_float_choose(std::move(ss.kl), o.keep_float, report));
+  mods = modules_split(heads, kept_float_choose(std::move(ss.kl), o.keep_float, report),
+                       mods.quantized.count("lm_head") > 0);
   plan = quantized_plan(cfg, setup.scheme, mods.quantized);
   uint64_t written = 0;
   {
@@ -1377,8 +1378,10 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   const QuantSetup setup = quant_setup(o, cfg);
   const torch::Tensor ids = calibration_ids(o, cfg.vocab_size);
   const std::vector<std::string> heads = quant_heads(o, cfg.num_layers);
-  ModuleSplit mods = modules_split(heads, {});
-  std::vector<core::TensorView> plan = quantized_plan(cfg, setup.scheme, mods.quantized);
+  const bool head = head_targeted(o);
+  const core::ModelConfig out_cfg = output_config(cfg, head);
+  ModuleSplit mods = modules_split(heads, {}, head);
+  std::vector<core::TensorView> plan = quantized_plan(out_cfg, setup.scheme, mods.quantized);
 
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
   const std::string work = dir.path() + "/.sensitivity";
@@ -1393,15 +1396,15 @@ QuantizeResult quantize_streaming(const QuantizeOptions& o) {
   q.states = &states;
   const std::vector<double> layer_seconds =
       layers_quantize_streaming(q, heads, ids, ck, mods.quantized, *w, ss.get());
-  outer_tensors_write(ck, cfg, *w, o.threads);
+  outer_tensors_write(ck, cfg, out_cfg, setup.scheme, mods.quantized, *w, o.threads);
   const double calib_seconds = seconds_since_start();
   throw_if_error(w->finish());
 
   nlohmann::json report = quant_report(q, ids.size(0), calib_seconds);
   const uint64_t bytes_written =
-      ss ? sensitivity_merge(o, setup, cfg, heads, *ss, work, dir.path(), mods, plan, report)
+      ss ? sensitivity_merge(o, setup, out_cfg, heads, *ss, work, dir.path(), mods, plan, report)
          : w->bytes_written();
-  quantized_sidecars_write(o, setup.scheme, mods.ignore, cfg, dir.path());
+  quantized_sidecars_write(o, setup.scheme, mods.ignore, out_cfg, dir.path());
   report["streaming"] = true;
   report["layer_seconds"] = layer_seconds;
   report["calibration"]["states_bytes"] = states.size();

@@ -32,6 +32,25 @@ core::QuantScheme quant_scheme_for(const QuantizeOptions& o, const core::ModelCo
   return scheme;
 }
 
+bool head_targeted(const QuantizeOptions& o) {
+  const bool has_ignore = !o.ignore.empty();
+  return std::regex_match("lm_head", std::regex(o.targets)) &&
+         !(has_ignore && std::regex_match("lm_head", std::regex(o.ignore)));
+}
+
+core::ModelConfig output_config(const core::ModelConfig& in, bool head) {
+  core::ModelConfig out = in;
+  if (head && in.tie_word_embeddings) {
+    out.tie_word_embeddings = false;
+    out.raw["tie_word_embeddings"] = false;
+  }
+  return out;
+}
+
+std::string source_name(const core::ModelConfig& in, const std::string& name) {
+  return name == "lm_head.weight" && in.tie_word_embeddings ? "model.embed_tokens.weight" : name;
+}
+
 std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layers) {
   const std::regex targets(o.targets);
   const bool has_ignore = !o.ignore.empty();
@@ -45,7 +64,7 @@ std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layer
       }
     }
   }
-  if (heads.empty()) {
+  if (heads.empty() && !head_targeted(o)) {
     throw Error(StatusCode::kInvalidInput, "--targets '" + o.targets + "' selects no linear layer");
   }
   return heads;
@@ -68,8 +87,12 @@ std::vector<std::string> group_modules(const std::string& head) {
 }
 
 ModuleSplit modules_split(const std::vector<std::string>& heads,
-                          const std::set<std::string>& kept_float) {
+                          const std::set<std::string>& kept_float, bool head) {
   ModuleSplit split;
+  if (head) {
+    split.ignore.clear();
+    split.quantized.insert("lm_head");
+  }
   for (const auto& h : heads) {
     for (const auto& mod : group_modules(h)) {
       if (kept_float.count(h)) split.ignore.push_back(mod);

@@ -31,6 +31,17 @@ constexpr const char* kGroupHeads[] = {"self_attn.q_proj", "self_attn.o_proj", "
 /// largest of 128, 64, 32 dividing every input width); validated against the model's widths.
 core::QuantScheme quant_scheme_for(const QuantizeOptions& o, const core::ModelConfig& cfg);
 
+/// Whether --targets (minus --ignore) selects `lm_head`, as llm-compressor's targets may: the
+/// head is then written quantized in the scheme's weight format, rounded to nearest whatever
+/// --method is (it has no following layer to carry a GPTQ update). Weight-only schemes only.
+bool head_targeted(const QuantizeOptions& o);
+/// The output's config: the input's, but untied when the head is quantized, so that the
+/// embedding stays float and lm_head is stored quantized beside it (made from the embedding).
+core::ModelConfig output_config(const core::ModelConfig& in, bool head);
+/// The input tensor that output tensor `name` is made from: the embedding for the lm_head of a
+/// tied input, else the same name.
+std::string source_name(const core::ModelConfig& in, const std::string& name);
+
 /// The quantized input groups (--targets minus --ignore) by their heads, in layer order.
 std::vector<std::string> quant_heads(const QuantizeOptions& o, int64_t num_layers);
 /// "qkv", "o", "gate_up" or "down" for a group head.
@@ -45,7 +56,16 @@ struct ModuleSplit {
   std::vector<std::string> ignore = {"lm_head"};
 };
 ModuleSplit modules_split(const std::vector<std::string>& heads,
-                          const std::set<std::string>& kept_float);
+                          const std::set<std::string>& kept_float, bool head = false);
+
+/// The tensors outside the decoder layers (embedding, final norm, lm_head) of output config
+/// `out`, made from the checkpoint `ck` of input config `in`: float ones as stored, in the
+/// model's float dtype, and a quantized lm_head rounded to nearest in scheme `s`, a block of rows
+/// at a time on `threads` workers (the model-free path's jobs).
+void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& in,
+                         const core::ModelConfig& out, const core::QuantScheme& s,
+                         const std::set<std::string>& quantized, core::CheckpointWriter& w,
+                         int threads);
 
 /// The dtype the model's float tensors are written in (config.json's).
 core::DType float_dtype(const core::ModelConfig& cfg);

@@ -9,6 +9,7 @@
 // The bytes written equal the LibTorch path's (tests/train/test_quantize.cpp compares them).
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
 
@@ -57,9 +58,12 @@ int64_t rows_per_job(int64_t cols, int64_t block) {
   return std::max<int64_t>(8, r / 8 * 8);
 }
 
-ModelFreePlan model_free_plan(const core::ModelConfig& cfg, const core::Checkpoint& ck,
-                              const core::QuantScheme& s, const std::set<std::string>& quantized,
-                              int64_t block) {
+// The plan of the output (config `cfg`, made from input config `in`), with jobs for the tensors
+// `wanted` selects.
+ModelFreePlan model_free_plan(const core::ModelConfig& in, const core::ModelConfig& cfg,
+                              const core::Checkpoint& ck, const core::QuantScheme& s,
+                              const std::set<std::string>& quantized, int64_t block,
+                              const std::function<bool(const core::TensorSpec&)>& wanted) {
   ModelFreePlan p;
   p.tensors = quantized_plan(cfg, s, quantized);
   p.bytes_after = quantized_plan_bytes(p.tensors);
@@ -69,10 +73,13 @@ ModelFreePlan model_free_plan(const core::ModelConfig& cfg, const core::Checkpoi
   const std::vector<core::TensorSpec> specs = core::expected_tensors(cfg);
   p.targets.reserve(specs.size());  // jobs point into it
   for (const core::TensorSpec& spec : specs) {
-    const core::TensorInfo* src = ck.find(spec.name);
+    if (!wanted(spec)) continue;
+    const core::TensorInfo* src = ck.find(source_name(in, spec.name));
     int64_t numel = 1;
     for (int64_t d : spec.shape) numel *= d;
-    p.bytes_before += uint64_t(numel) * core::dtype_size(fdt);
+    if (source_name(in, spec.name) == spec.name) {  // the input's own tensors
+      p.bytes_before += uint64_t(numel) * core::dtype_size(fdt);
+    }
     p.bytes_to_read += src->nbytes;
     const std::string mod = spec.name.substr(0, spec.name.rfind('.'));
     auto out = index.find(spec.name);
@@ -175,6 +182,18 @@ void jobs_run(const core::Checkpoint& ck, const ModelFreePlan& p, const core::Qu
 
 }  // namespace
 
+void outer_tensors_write(const core::Checkpoint& ck, const core::ModelConfig& in,
+                         const core::ModelConfig& out, const core::QuantScheme& s,
+                         const std::set<std::string>& quantized, core::CheckpointWriter& w,
+                         int threads) {
+  QuantizeOptions o;
+  o.threads = threads;
+  o.progress = false;
+  const ModelFreePlan plan = model_free_plan(in, out, ck, s, quantized, o.block_elements,
+                                             [](const core::TensorSpec& t) { return t.layer < 0; });
+  jobs_run(ck, plan, s, w, o);
+}
+
 QuantizeResult quantize_model_free(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const core::ModelConfig cfg = core::config_load(o.model).take_or_throw();
@@ -184,9 +203,12 @@ QuantizeResult quantize_model_free(const QuantizeOptions& o) {
   const core::Checkpoint ck = core::Checkpoint::open(o.model).take_or_throw();
   throw_if_error(core::checkpoint_check(cfg, ck));
   const core::QuantScheme scheme = quant_scheme_for(o, cfg);
-  const ModuleSplit mods = modules_split(quant_heads(o, cfg.num_layers), {});
+  const bool head = head_targeted(o);
+  const core::ModelConfig out_cfg = output_config(cfg, head);
+  const ModuleSplit mods = modules_split(quant_heads(o, cfg.num_layers), {}, head);
   const ModelFreePlan plan =
-      model_free_plan(cfg, ck, scheme, mods.quantized, std::max<int64_t>(1, o.block_elements));
+      model_free_plan(cfg, out_cfg, ck, scheme, mods.quantized,
+                      std::max<int64_t>(1, o.block_elements), [](const core::TensorSpec&) { return true; });
 
   auto dir = core::AtomicDir::create(o.out).take_or_throw();
   auto w = core::CheckpointWriter::create(dir.path(), plan.tensors, {{"format", "pt"}},
@@ -194,7 +216,7 @@ QuantizeResult quantize_model_free(const QuantizeOptions& o) {
                .take_or_throw();
   jobs_run(ck, plan, scheme, *w, o);
   throw_if_error(w->finish());
-  quantized_sidecars_write(o, scheme, mods.ignore, cfg, dir.path());
+  quantized_sidecars_write(o, scheme, mods.ignore, out_cfg, dir.path());
 
   nlohmann::json report = quant_format_report(o, scheme);
   report["calibration"] = nullptr;

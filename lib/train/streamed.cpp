@@ -361,7 +361,7 @@ void RowStats::add(uint64_t r0, const torch::Tensor& logits, int64_t v0, const t
 int64_t head_block_rows(int64_t hidden, int64_t rows, int64_t requested) {
   if (requested > 0) return requested;
   const int64_t budget = (int64_t(32) << 20) / int64_t(sizeof(float));
-  return std::max<int64_t>(64, budget / std::max<int64_t>(hidden, rows));
+  return std::max<int64_t>(64, budget / std::max<int64_t>(hidden, rows) / 8 * 8);
 }
 
 struct LayerProbes::Impl {

@@ -605,6 +605,141 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
   fs::remove_all(dir);
 }
 
+// --targets including lm_head (llm-compressor's targets may): the head is written quantized,
+// rounded to nearest from the embedding of a tied model, whose output is then untied. The
+// reference is the LibTorch quantizer (train::rtn_quantize) applied to the embedding, against
+// the model-free writer's core::rtn_quantize_rows; GPTQ's layer-by-layer path writes the same
+// head, and the same layers as without it.
+TEST(Quantize, LmHeadInTargetsIsRoundedToNearestAndUntied) {
+  env_init(2);
+  std::string dir = test::temp_dir("quant_head");
+  test::make_inputs(dir);
+  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 7);
+  t.config = dir + "/config.json";
+  train_run(t);
+  const std::string model = dir + "/run/model";
+  const core::ModelConfig in = core::config_load(model).take_or_throw();
+  ASSERT_TRUE(in.tie_word_embeddings) << "the micro config is expected to be tied";
+  const core::Checkpoint src = core::Checkpoint::open(model).take_or_throw();
+  const core::TensorInfo* e = src.find("model.embed_tokens.weight");
+  ASSERT_NE(e, nullptr);
+  auto embed = torch::empty({in.vocab_size, in.hidden_size}, torch::kFloat32);
+  core::convert_to_f32(e->dtype, src.data(*e), embed.data_ptr<float>(), e->numel());
+  auto bytes_of = [](const core::Checkpoint& ck, const std::string& name) {
+    const core::TensorInfo* ti = ck.find(name);
+    EXPECT_NE(ti, nullptr) << name;
+    if (!ti) return std::string();
+    return std::string(reinterpret_cast<const char*>(ck.data(*ti)), size_t(ti->nbytes));
+  };
+  const std::string with_head = R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj|lm_head)";
+  struct Case {
+    const char* scheme;
+    int64_t group;
+    bool asym;
+  };
+  for (Case cs : {Case{"w8a16", 0, false}, Case{"w4a16", 32, false}, Case{"w4a16", 32, true}}) {
+    const std::string what = std::string(cs.scheme) + "/g" + std::to_string(cs.group) + (cs.asym ? "/asym" : "");
+    QuantizeOptions o;
+    o.model = model;
+    o.scheme = cs.scheme;
+    o.group_size = cs.group;
+    o.asym = cs.asym;
+    o.targets = with_head;
+    o.data = dir + "/data";
+    o.calib_samples = 2;
+    o.calib_len = 32;
+    o.eval_tokens = 0;
+    o.threads = 2;
+    o.block_elements = 100;
+    o.out = dir + "/free";
+    QuantizeResult got = quantize_run(o);
+    EXPECT_EQ(got.report["quantized_modules"].get<int64_t>(), 7 * in.num_layers + 1) << what;
+    const core::ModelConfig out = core::config_load(o.out).take_or_throw();
+    EXPECT_FALSE(out.tie_word_embeddings) << what;
+    EXPECT_TRUE(core::quant_config_from_json(out.raw["quantization_config"]).take_or_throw().ignore.empty())
+        << what;
+    const core::Checkpoint ck = core::Checkpoint::open(o.out).take_or_throw();
+    EXPECT_EQ(bytes_of(ck, "model.embed_tokens.weight"), bytes_of(src, "model.embed_tokens.weight")) << what;
+
+    const int bits = cs.scheme[1] == '4' ? 4 : 8;
+    const QWeight ref = rtn_quantize(embed, cs.group, bits, cs.asym);
+    const int64_t V = in.vocab_size, H = in.hidden_size;
+    // 4-bit weights and zero points are presented unpacked, as int8 (core::Checkpoint).
+    const core::TensorInfo* w = ck.find("lm_head.weight");
+    ASSERT_TRUE(w && w->dtype == core::DType::kI8) << what;
+    EXPECT_EQ(ck.packed_of("lm_head.weight") != nullptr, bits == 4) << what;
+    auto q = torch::empty({V, H}, torch::kInt8);
+    std::memcpy(q.data_ptr(), ck.data(*w), size_t(V * H));
+    EXPECT_TRUE(torch::equal(q, ref.q.to(torch::kInt8))) << what << ": lm_head values";
+    const core::TensorInfo* sc = ck.find("lm_head.weight_scale");
+    ASSERT_NE(sc, nullptr) << what;
+    auto scale = torch::from_blob(const_cast<uint8_t*>(ck.data(*sc)), {ref.scale.numel()}, torch::kFloat32);
+    EXPECT_TRUE(torch::equal(scale, ref.scale.reshape({-1}).to(torch::kFloat32))) << what << ": scales";
+    if (cs.asym) {
+      const int64_t G = ref.zp.size(1);
+      auto zp = torch::empty({V, G}, torch::kInt8);
+      std::memcpy(zp.data_ptr(), ck.data(*ck.find("lm_head.weight_zero_point")), size_t(V * G));
+      EXPECT_TRUE(torch::equal(zp, ref.zp.to(torch::kInt8))) << what << ": zero points";
+    }
+    if (bits == 4 && !cs.asym) {
+      // GPTQ, layer by layer: the same head, and the same layers as GPTQ without the head.
+      o.method = "gptq";
+      o.out = dir + "/gptq_head";
+      quantize_run(o);
+      o.targets = QuantizeOptions().targets;
+      o.out = dir + "/gptq";
+      quantize_run(o);
+      const core::Checkpoint gh = core::Checkpoint::open(dir + "/gptq_head").take_or_throw();
+      const core::Checkpoint g = core::Checkpoint::open(dir + "/gptq").take_or_throw();
+      for (const char* n : {"lm_head.weight", "lm_head.weight_scale", "model.embed_tokens.weight"}) {
+        EXPECT_EQ(bytes_of(gh, n), bytes_of(ck, n)) << what << ": gptq " << n;
+      }
+      for (const std::string& name : g.names()) {
+        if (name.rfind("model.layers.", 0) != 0) continue;
+        EXPECT_EQ(bytes_of(gh, name), bytes_of(g, name)) << what << ": gptq " << name;
+      }
+      // Evaluated layer by layer (the packed head dequantized a block of rows at a time) and
+      // whole, the head-quantized model gives the same NLL.
+      EvalOptions ev;
+      ev.source.data = dir + "/data";
+      ev.source.max_tokens = 512;
+      ev.seq_len = 32;
+      const double streamed = eval_perplexity(dir + "/gptq_head", ev).mean_nll;
+      ev.load_model = true;
+      const double whole = eval_perplexity(dir + "/gptq_head", ev).mean_nll;
+      EXPECT_NEAR(whole, streamed, 1e-5 * streamed) << what;
+      ev.load_model = false;
+      EXPECT_GT(std::fabs(eval_perplexity(dir + "/gptq", ev).mean_nll - streamed), 1e-5 * streamed)
+          << what << ": the quantized head changes nothing";
+      fs::remove_all(dir + "/gptq_head");
+      fs::remove_all(dir + "/gptq");
+    }
+    fs::remove_all(o.out);
+  }
+  // Weight-and-activation schemes and the whole-model path refuse the head by name.
+  QuantizeOptions bad;
+  bad.model = model;
+  bad.out = dir + "/bad";
+  bad.scheme = "w8a8";
+  bad.targets = with_head;
+  try {
+    quantize_run(bad);
+    ADD_FAILURE() << "w8a8 with lm_head accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("lm_head"), std::string::npos) << err.what();
+  }
+  bad.scheme = "w8a16";
+  bad.load_model = true;
+  try {
+    quantize_run(bad);
+    ADD_FAILURE() << "--load-model with lm_head accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("--load-model"), std::string::npos) << err.what();
+  }
+  EXPECT_FALSE(fs::exists(dir + "/bad"));
+  fs::remove_all(dir);
+}
+
 // Calibrated methods stream layer by layer (only layer i in memory, from the memory-mapped
 // checkpoint) and must write what the whole-model path writes, byte for byte, with the same
 // calibration report: GPTQ (act-order groups too), SmoothQuant with an auto alpha and static

@@ -56,7 +56,10 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_flag("--asym", o->asym,
                 "w4a16: asymmetric 4-bit weights, a zero point per group (compressed-tensors "
                 "W4A16_ASYM); with rtn, gptq and --awq");
-  sub->add_option("--targets", o->targets, "Regex over module names to quantize")
+  sub->add_option("--targets", o->targets,
+                  "Regex over module names to quantize; one that also matches lm_head (e.g. "
+                  "'model\\.layers\\.\\d+\\..*_proj|lm_head') writes the head quantized too, "
+                  "rounded to nearest (w8a16, w4a16; a tied model's output is untied)")
       ->capture_default_str();
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
   sub->add_option("--max-memory", o->max_memory,
