@@ -269,8 +269,18 @@ struct CudaBackendOptions {
   int gemv_max_rows = 0;
   bool graphs = true;  // capture the decode step in CUDA graphs
 };
-/// The CUDA backend (kernels/cuda + cuBLASLt). Errors: kInvalidInput when the build has no CUDA
-/// or no device is present, or for an unknown float_weights.
+/// The CUDA backend (kernels/cuda + cuBLASLt). It lives in a plugin, libshrink_backend_cuda.so,
+/// loaded on the first call (backend_cuda_loader.cpp), so that a process on the CPU neither
+/// needs the CUDA libraries nor pays for them (linking cuBLASLt alone kept about 146 MiB
+/// resident from start-up). Looked up at $SHRINK_CUDA_BACKEND, else beside the executable,
+/// else in ../lib from it. Errors: kInvalidInput when the build has no CUDA, the plugin or the
+/// CUDA libraries cannot be loaded, no device is present, or for an unknown float_weights.
 Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions& opts);
+
+/// The plugin's entry point (extern "C", versioned): a new backend, or null with `*error` set.
+/// The caller owns the result.
+using BackendCudaCreateFn = Backend* (*)(const CudaBackendOptions* opts, std::string* error);
+inline constexpr const char* kBackendCudaSymbol = "shrink_backend_cuda_create_v1";
+inline constexpr const char* kBackendCudaLibrary = "libshrink_backend_cuda.so";
 
 }  // namespace shrink::runtime

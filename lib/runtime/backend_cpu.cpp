@@ -22,49 +22,6 @@
 
 namespace shrink::runtime {
 
-const char* linear_kind_name(LinearKind k) {
-  switch (k) {
-    case LinearKind::kF32: return "f32";
-    case LinearKind::kW8A16:
-      return "w8a16";  // (4-bit weights: LinearDesc::bits)
-    case LinearKind::kW8A8: return "w8a8";
-  }
-  return "?";
-}
-
-void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {
-  host_row_.resize(size_t(n));
-  token_ids_.resize(size_t(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    to_host(x + r * n, n, host_row_.data());
-    token_ids_[size_t(r)] = core::argmax(host_row_.data(), n);
-  }
-}
-
-void Backend::sample_rows(const float* x, int64_t rows, int64_t n, const core::SampleRow* p) {
-  host_row_.resize(size_t(n));
-  token_ids_.resize(size_t(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    to_host(x + r * n, n, host_row_.data());
-    token_ids_[size_t(r)] = core::sample_pick(host_row_.data(), n, p[r], sample_scratch_);
-  }
-}
-
-void Backend::embed_bf16(const uint16_t* table, int64_t dim, const int32_t* ids, int64_t rows,
-                         float* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    core::convert_to_f32(core::DType::kBF16,
-                         reinterpret_cast<const uint8_t*>(table + int64_t(ids[r]) * dim),
-                         out + r * dim, dim);
-  }
-}
-
-void Backend::token_ids_fetch(int32_t* host, int64_t rows) {
-  for (int64_t r = 0; r < rows && r < int64_t(token_ids_.size()); ++r) {
-    host[r] = token_ids_[size_t(r)];
-  }
-}
-
 namespace {
 
 namespace cpu_kernels = shrink::kernels::cpu;

@@ -764,24 +764,18 @@ class CudaBackend : public Backend {
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions& opts) {
-  auto b = std::make_unique<CudaBackend>();
-  SHRINK_RETURN_IF_ERROR(b->init(opts));
-  return std::unique_ptr<Backend>(std::move(b));
-}
-
 }  // namespace shrink::runtime
 
-#else  // !SHRINK_HAVE_CUDA
-
-namespace shrink::runtime {
-
-Result<std::unique_ptr<Backend>> backend_cuda_create(const CudaBackendOptions&) {
-  return invalid_input(
-      "--device cuda: this build has no CUDA support (configure with -DSHRINK_WITH_CUDA=ON on a "
-      "machine with nvcc)");
+// The plugin's entry point (backend.h: BackendCudaCreateFn), the one symbol it exports.
+extern "C" __attribute__((visibility("default"))) shrink::runtime::Backend*
+shrink_backend_cuda_create_v1(const shrink::runtime::CudaBackendOptions* opts, std::string* error) {
+  auto b = std::make_unique<shrink::runtime::CudaBackend>();
+  const shrink::Status st = b->init(*opts);
+  if (!st.is_ok()) {
+    *error = st.message();
+    return nullptr;
+  }
+  return b.release();
 }
 
-}  // namespace shrink::runtime
-
-#endif
+#endif  // SHRINK_HAVE_CUDA

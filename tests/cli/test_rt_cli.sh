@@ -192,6 +192,22 @@ expect_rc "bench int8 kv cache" 0 "$RT" --kv-cache int8 bench --shape smollm-135
 expect_grep "bench names the int8 kv cache" "$T/out" "int8 kv cache"
 expect_rc "unknown kv cache exits 2" 2 "$RT" --kv-cache q4 bench --shape smollm-135m --prompt-len 8 --gen-len 2
 
+# The CUDA backend is a plugin beside the programs, loaded on the first --device cuda: shrink-rt
+# itself does not link the CUDA libraries, and a plugin that cannot be loaded is named.
+if ldd "$RT" | grep -q "libcublasLt\|libcudart"; then
+  bad "shrink-rt links the CUDA libraries: $(ldd "$RT" | grep -o 'libcu[a-zA-Z]*\.so[.0-9]*' | tr '\n' ' ')"
+else
+  ok "shrink-rt does not link the CUDA libraries"
+fi
+expect_rc "a missing cuda plugin exits 2" 2 env SHRINK_CUDA_BACKEND="$T/no_such_plugin.so" "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
+expect_grep "the missing plugin is named" "$T/err" "could not be loaded ($T/no_such_plugin.so: not found)"
+if [ -f "$(dirname "$RT")/libshrink_backend_cuda.so" ] && ! command -v nvidia-smi >/dev/null; then
+  expect_rc "cuda without a device exits 2" 2 "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
+  expect_grep "the plugin loaded and found no device" "$T/err" "no CUDA device"
+else
+  skip "no CUDA plugin in this build, or a GPU is present: the plugin's no-device error is not checked"
+fi
+
 echo "# $pass passed, $fail failed, $skipped skipped"
 [ "$fail" = 0 ] || exit 1
 [ "$skipped" = 0 ] || { echo "SKIP: $skipped group(s) of checks did not run here (see SKIP: above)"; exit 77; }
