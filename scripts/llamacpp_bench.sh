@@ -33,7 +33,9 @@
 #
 #   speed and native also take --kinds "f32 bf16 w8 w4" (the weights compared; only those are
 #   made) and --act-quant "auto" (shrink-rt's --act-quant values, each a row of its own for the
-#   quantized kinds, interleaved in the same repetitions): e.g. --kinds "w8 w4" --act-quant
+#   quantized kinds, interleaved in the same repetitions) and --cpu-weights "auto" (likewise for
+#   the bf16 kind: "auto bf16" adds shrink-rt's bf16 arithmetic, activations rounded to bf16 as
+#   llama.cpp's BF16 rounds them, beside the exact default): e.g. --kinds "w8 w4" --act-quant
 #   "none auto" compares float and int8 activations against llama.cpp in one run.
 #
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's
@@ -45,7 +47,7 @@ BIN=${SHRINK_BIN:-$ROOT/build/bin}
 mode=${1:-}
 shift || true
 teacher=$ROOT/models/teacher threads=2 max_tokens=8192 seq_len=256 reps=3
-kinds="f32 bf16 w8 w4" acts="auto"
+kinds="f32 bf16 w8 w4" acts="auto" cpu_weights="auto"
 { [ "$mode" = speed ] || [ "$mode" = native ]; } && threads="1 2"
 OUT=${OUT:-$ROOT/runs/llamacpp-bench}
 while [ $# -gt 0 ]; do
@@ -56,6 +58,7 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift ;;
     --kinds) kinds=$2; shift ;;
     --act-quant) acts=$2; shift ;;
+    --cpu-weights) cpu_weights=$2; shift ;;
     -*) echo "llamacpp_bench: unknown option $1" >&2; exit 2 ;;
     *) teacher=$1 ;;
   esac
@@ -216,17 +219,19 @@ speed_compare() {  # PEER_FN PEER_NAME DECODE_COLUMN PREFILL_COLUMN
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   local m th r a b_dec b_pre aq
   for m in $kinds; do
-    local m_acts=auto
-    case "$m" in w8|w4) m_acts=$acts ;; esac
+    local m_acts=auto flag=--act-quant
+    case "$m" in w8|w4) m_acts=$acts ;; bf16) m_acts=$cpu_weights flag=--cpu-weights ;; esac
+    local key=${flag#--}
+    key=${key//-/_}
     for th in $threads; do
       local -A rd=() rp=()
       local ld="" lp=""
       for r in $(seq "$reps"); do
         for aq in $m_acts; do
-          a=$("$BIN/shrink-rt" --threads "$th" --act-quant "$aq" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
+          a=$("$BIN/shrink-rt" --threads "$th" "$flag" "$aq" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
           rd[$aq]+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
           rp[$aq]+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
-          echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"act_quant\": \"$aq\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
+          echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"$key\": \"$aq\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"
         done
         read -r b_dec b_pre <<<"$("$1" "$W/$m.gguf" "$th")"
         ld+="$b_dec "
@@ -235,7 +240,7 @@ speed_compare() {  # PEER_FN PEER_NAME DECODE_COLUMN PREFILL_COLUMN
       done
       for aq in $m_acts; do
         local label=${names[$m]}
-        [ "$m_acts" = auto ] || label="${names[$m]}, --act-quant $aq"
+        [ "$m_acts" = auto ] || label="${names[$m]}, $flag $aq"
         speed_row "$label" "$th" "${rd[$aq]}" "$ld" "${rp[$aq]}" "$lp"
       done
     done

@@ -22,7 +22,8 @@
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
 # KEEP_OUTPUTS=0 removes each stage's output after it is measured.
 # Calibration: CALIB_SAMPLES x CALIB_LEN tokens (default 128 x 2048) of the fortunes corpus
-# (the sensitivity stage probes SENSITIVITY_TOKENS validation tokens, default 1024)
+# (the sensitivity stage probes SENSITIVITY_TOKENS validation tokens, default 1024); MAX_MEMORY
+# (e.g. 512M) sets the calibrated stages' --max-memory, beyond which their states spill to disk.
 # tokenized with the default teacher's tokenizer (ids below every shape's vocabulary).
 # Needs a built tree (scripts/setup.sh) and GNU time (Debian's `time`, which setup.sh installs).
 set -euo pipefail
@@ -115,6 +116,7 @@ D=$out/shards
 group=128
 [ "$shape" = tiny ] && group=32  # 704 inputs: 128 does not divide them
 calib=(--data "$D" --calib-samples "$CALIB_SAMPLES" --calib-len "$CALIB_LEN" --eval-tokens 0)
+[ -z "${MAX_MEMORY:-}" ] || calib+=(--max-memory "$MAX_MEMORY")
 for s in $stages; do
   rm -rf "${out:?}/$s"
   case "$s" in

@@ -601,8 +601,7 @@ CalibState calib_start(const PruneOptions& o, const core::ModelConfig& cfg,
   std::tie(c.cos, c.sin) = rope_tables_for(cfg, 0, o.calib_len);
   states = calibration_states(o.out, o.max_memory, uint64_t(N * o.calib_len * cfg.hidden_size) * 4);
   c.states = &states;
-  c.X = embed_rows(cfg, ck, c.ids,
-                   torch::from_blob(states.data(), {N, o.calib_len, cfg.hidden_size}, torch::kFloat32));
+  c.X = states_embed(cfg, ck, c.ids, states);
   return c;
 }
 

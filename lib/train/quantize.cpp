@@ -1238,9 +1238,7 @@ std::vector<double> layers_quantize_streaming(Quant& q, const std::vector<std::s
   const std::vector<core::TensorSpec> specs = core::expected_tensors(q.cfg);
   const int64_t num_layers = q.cfg.num_layers;
   std::vector<double> seconds;
-  torch::Tensor X = torch::from_blob(q.states->data(), {ids.size(0), ids.size(1), q.cfg.hidden_size},
-                                     torch::kFloat32);
-  embed_rows(q.cfg, ck, ids, X);
+  torch::Tensor X = states_embed(q.cfg, ck, ids, *q.states);
   core::Progress prog("quantize " + q.o.scheme, uint64_t(num_layers), "layers", q.o.progress);
   for (int64_t i = 0; i < num_layers; ++i) {
     const auto t0 = std::chrono::steady_clock::now();

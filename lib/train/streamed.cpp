@@ -358,6 +358,18 @@ void RowStats::add(uint64_t r0, const torch::Tensor& logits, int64_t v0, const t
   }
 }
 
+torch::Tensor states_embed(const core::ModelConfig& c, const core::Checkpoint& ck,
+                           const torch::Tensor& ids, core::ScratchBuffer& states) {
+  const int64_t N = ids.size(0), T = ids.size(1), H = c.hidden_size;
+  torch::Tensor X = torch::from_blob(states.data(), {N, T, H}, torch::kFloat32);
+  const uint64_t seq_bytes = uint64_t(T * H) * sizeof(float);
+  for (int64_t n = 0; n < N; ++n) {
+    embed_rows(c, ck, ids.narrow(0, n, 1), X.narrow(0, n, 1));
+    states.release(uint64_t(n) * seq_bytes, seq_bytes);
+  }
+  return X;
+}
+
 int64_t head_block_rows(int64_t hidden, int64_t rows, int64_t requested) {
   if (requested > 0) return requested;
   const int64_t budget = (int64_t(32) << 20) / int64_t(sizeof(float));

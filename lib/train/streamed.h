@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fs.h"
 #include "core/model_config.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
@@ -77,6 +78,13 @@ struct RowStats {
   std::vector<float> best;
   std::vector<int64_t> arg;
 };
+
+/// The embedding of calibration ids [N, T] into `states` (float32 [N, T, H] at the buffer's
+/// start), returned as that tensor: a sequence at a time, and a spilled buffer's pages leave
+/// resident memory as they are written (they stay in the file), so that 128 x 2048 tokens of a
+/// 1B model (2 GiB) are never resident at once.
+torch::Tensor states_embed(const core::ModelConfig& c, const core::Checkpoint& ck,
+                           const torch::Tensor& ids, core::ScratchBuffer& states);
 
 /// lm_head rows per block: `requested` when > 0, else as many as keep both the block's float32
 /// rows and its logits for `rows` predictions within 32 MiB (at least 64). Larger blocks are
