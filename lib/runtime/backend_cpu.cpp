@@ -481,24 +481,32 @@ class CpuBackend : public Backend {
           break;
         }
         if (big) {
-          // Prefill: dequantise once into float (cost N*K, against M*N*K for the product),
-          // then the library's fp32 GEMM.
-          deq_.resize(size_t(N * K));
-          cpu_kernels::parallel_for(N, 1, [&](int64_t b, int64_t e) {
-            for (int64_t n = b; n < e; ++n) {
-              const int8_t* q = four ? nullptr : l.q.data() + n * K;
-              const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
-              float* d = deq_.data() + n * K;
-              for (int64_t g = 0; g < G; ++g) {
-                const float s = l.scale[size_t(n * G + g)];
-                const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
-                const int64_t k1 = std::min(K, (g + 1) * l.group);
-                for (int64_t k = g * l.group; k < k1; ++k)
-                  d[k] = float(four ? cpu_kernels::s4_value(p4, k) : q[k]) * s - z;
+          // Prefill: dequantise into float (cost N*K, against M*N*K for the product), then the
+          // library's fp32 GEMM, a panel of weight rows (about 8 MiB of float32) at a time: a
+          // whole dequantised 128k x 2048 head would be 1 GiB of scratch.
+          const int64_t rows =
+              std::max<int64_t>(kColAlign, (int64_t(8) << 20) / (4 * K)) / kColAlign * kColAlign;
+          deq_.resize(size_t(std::min(rows, N) * K));
+          bool done = true;
+          for (int64_t n0 = 0; n0 < N && done; n0 += rows) {
+            const int64_t nr = std::min(rows, N - n0);
+            cpu_kernels::parallel_for(nr, 1, [&](int64_t b, int64_t e) {
+              for (int64_t n = n0 + b; n < n0 + e; ++n) {
+                const int8_t* q = four ? nullptr : l.q.data() + n * K;
+                const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
+                float* d = deq_.data() + (n - n0) * K;
+                for (int64_t g = 0; g < G; ++g) {
+                  const float s = l.scale[size_t(n * G + g)];
+                  const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
+                  const int64_t k1 = std::min(K, (g + 1) * l.group);
+                  for (int64_t k = g * l.group; k < k1; ++k)
+                    d[k] = float(four ? cpu_kernels::s4_value(p4, k) : q[k]) * s - z;
+                }
               }
-            }
-          });
-          if (cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, deq_.data(), K, y, ldy)) break;
+            });
+            done = cpu_kernels::gemm_f32_nt_library(M, nr, K, x, K, deq_.data(), K, y + n0, ldy);
+          }
+          if (done) break;
         }
         if (!l.zs.empty()) group_sums(l, x, M);
         cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {

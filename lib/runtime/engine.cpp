@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "core/checked_math.h"
@@ -426,15 +427,27 @@ namespace {
 
 // Per-output-channel symmetric int8 of a float [out, in] matrix (quant_weight_s8), the scheme
 // `shrink quantize` writes.
-void desc_quantize_w8a16(LinearDesc& d, const float* w) {
+// A float [out, in] source tensor quantized per channel to int8 (W8A16, --lm-head int8), a
+// block of rows at a time: no float32 copy of it is made (a 128k x 2048 head would be 1 GiB,
+// held beside everything else while the model loads).
+void desc_quantize_w8a16(LinearDesc& d, const SrcTensor& t) {
   d.q.resize(size_t(d.out * d.in));
   d.scale.resize(size_t(d.out));
-  quant_weight_s8(w, d.out, d.in, d.in, d.q.data(), d.scale.data());
+  const size_t es = core::dtype_size(t.dtype);
+  const int64_t rows = std::max<int64_t>(1, (int64_t(16) << 20) / (4 * d.in));
+  std::vector<float> block;
+  for (int64_t r0 = 0; r0 < d.out; r0 += rows) {
+    const int64_t n = std::min(rows, d.out - r0);
+    block.resize(size_t(n * d.in));
+    core::convert_to_f32(t.dtype, t.data + uint64_t(r0 * d.in) * es, block.data(), n * d.in);
+    quant_weight_s8(block.data(), n, d.in, d.in, d.q.data() + r0 * d.in, d.scale.data() + r0);
+  }
   d.kind = LinearKind::kW8A16;
   d.group = d.in;
   d.w.clear();
   d.w.shrink_to_fit();
   d.w_borrowed = nullptr;
+  d.wb_borrowed = nullptr;
 }
 
 }  // namespace
@@ -449,12 +462,21 @@ Status Engine::Impl::build(TensorSource& src) {
   const KvStorage kv = opts.kv_cache == "f16"    ? KvStorage::kF16
                        : opts.kv_cache == "int8" ? KvStorage::kInt8
                                                  : KvStorage::kF32;  // checked in impl_create
-  std::vector<float> embed_host;  // kept only to quantize a tied head
+  std::optional<LinearDesc> tied_head_int8;  // a tied head quantized from the embedding
   {
     SrcTensor e;
     SHRINK_CHECK(src.find("model.embed_tokens.weight", &e), StatusCode::kInvalidInput,
                  "%s: missing model.embed_tokens.weight", src.origin().c_str());
-    if (head_int8 && c.tie_word_embeddings) embed_host = to_f32(e);
+    SHRINK_CHECK(e.shape.size() == 2 && e.shape[0] == c.vocab_size && e.shape[1] == H,
+                 StatusCode::kInvalidInput, "%s: model.embed_tokens.weight is not [%lld, %lld]",
+                 src.origin().c_str(), (long long)c.vocab_size, (long long)H);
+    if (head_int8 && c.tie_word_embeddings) {
+      tied_head_int8.emplace();
+      tied_head_int8->name = "lm_head (tied, int8)";
+      tied_head_int8->out = c.vocab_size;
+      tied_head_int8->in = H;
+      desc_quantize_w8a16(*tied_head_int8, e);
+    }
     embed_bf16 = be->float_weights_bf16() && e.dtype == core::DType::kBF16;
     if (embed_bf16) {  // as stored, two bf16 values to a float of backend memory
       std::vector<float> packed(size_t((e.numel() + 1) / 2), 0.0f);
@@ -519,20 +541,22 @@ Status Engine::Impl::build(TensorSource& src) {
     } else {
       d.w_borrowed = embed->data();
     }
-    if (head_int8) {
-      d.wb_borrowed = nullptr;
-      d.name = "lm_head (tied, int8)";
-      desc_quantize_w8a16(d, embed_host.data());
-      embed_host = {};
-    }
+    if (tied_head_int8) d = std::move(*tied_head_int8);
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;
   } else {
-    SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, "lm_head", c.vocab_size, H, false));
-    if (head_int8 && d.kind == LinearKind::kF32) {
-      std::vector<float> w = std::move(d.w);
-      desc_quantize_w8a16(d, w.data());
+    SrcTensor h;
+    const bool float_head = src.find("lm_head.weight", &h) && core::dtype_is_float(h.dtype) &&
+                            h.shape == std::vector<int64_t>{c.vocab_size, H};
+    LinearDesc d;
+    if (head_int8 && float_head) {  // quantized from the stored rows, no float32 copy
       d.name = "lm_head (int8)";
+      d.out = c.vocab_size;
+      d.in = H;
+      desc_quantize_w8a16(d, h);
+      src.release("lm_head.weight");
+    } else {
+      SHRINK_ASSIGN_OR_RETURN(d, linear_desc(src, "lm_head", c.vocab_size, H, false));
     }
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;
