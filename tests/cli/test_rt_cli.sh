@@ -199,13 +199,18 @@ if ldd "$RT" | grep -q "libcublasLt\|libcudart"; then
 else
   ok "shrink-rt does not link the CUDA libraries"
 fi
-expect_rc "a missing cuda plugin exits 2" 2 env SHRINK_CUDA_BACKEND="$T/no_such_plugin.so" "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
-expect_grep "the missing plugin is named" "$T/err" "could not be loaded ($T/no_such_plugin.so: not found)"
-if [ -f "$(dirname "$RT")/libshrink_backend_cuda.so" ] && ! command -v nvidia-smi >/dev/null; then
-  expect_rc "cuda without a device exits 2" 2 "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
-  expect_grep "the plugin loaded and found no device" "$T/err" "no CUDA device"
+if [ -f "$(dirname "$RT")/libshrink_backend_cuda.so" ]; then
+  expect_rc "a missing cuda plugin exits 2" 2 env SHRINK_CUDA_BACKEND="$T/no_such_plugin.so" "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
+  expect_grep "the missing plugin is named" "$T/err" "could not be loaded ($T/no_such_plugin.so: not found)"
+  if ! command -v nvidia-smi >/dev/null; then
+    expect_rc "cuda without a device exits 2" 2 "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
+    expect_grep "the plugin loaded and found no device" "$T/err" "no CUDA device"
+  else
+    skip "a GPU is present: the plugin's no-device error is not checked"
+  fi
 else
-  skip "no CUDA plugin in this build, or a GPU is present: the plugin's no-device error is not checked"
+  expect_rc "cuda in a build without CUDA exits 2" 2 "$RT" --device cuda bench --shape smollm-135m --prompt-len 8 --gen-len 2
+  expect_grep "the build without CUDA says so" "$T/err" "this build has no CUDA support"
 fi
 
 echo "# $pass passed, $fail failed, $skipped skipped"
