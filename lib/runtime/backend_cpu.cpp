@@ -480,33 +480,20 @@ class CpuBackend : public Backend {
           linear_w4a8(l, x, M, y, ldy);
           break;
         }
-        if (big) {
-          // Prefill: dequantise into float (cost N*K, against M*N*K for the product), then the
-          // library's fp32 GEMM, a panel of weight rows (about 8 MiB of float32) at a time: a
-          // whole dequantised 128k x 2048 head would be 1 GiB of scratch.
-          const int64_t rows =
-              std::max<int64_t>(kColAlign, (int64_t(8) << 20) / (4 * K)) / kColAlign * kColAlign;
-          deq_.resize(size_t(std::min(rows, N) * K));
-          bool done = true;
-          for (int64_t n0 = 0; n0 < N && done; n0 += rows) {
-            const int64_t nr = std::min(rows, N - n0);
-            cpu_kernels::parallel_for(nr, 1, [&](int64_t b, int64_t e) {
-              for (int64_t n = n0 + b; n < n0 + e; ++n) {
-                const int8_t* q = four ? nullptr : l.q.data() + n * K;
-                const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
-                float* d = deq_.data() + (n - n0) * K;
-                for (int64_t g = 0; g < G; ++g) {
-                  const float s = l.scale[size_t(n * G + g)];
-                  const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
-                  const int64_t k1 = std::min(K, (g + 1) * l.group);
-                  for (int64_t k = g * l.group; k < k1; ++k)
-                    d[k] = float(four ? cpu_kernels::s4_value(p4, k) : q[k]) * s - z;
-                }
+        // Prefill: dequantise into float (cost N*K, against M*N*K for the product), then the
+        // library's fp32 GEMM, a panel at a time.
+        if (big && gemm_widened_panels(x, M, N, K, y, ldy, [&](int64_t n, float* d) {
+              const int8_t* q = four ? nullptr : l.q.data() + n * K;
+              const uint8_t* p4 = four ? l.q4.data() + n * l.ld4 : nullptr;
+              for (int64_t g = 0; g < G; ++g) {
+                const float s = l.scale[size_t(n * G + g)];
+                const float z = l.zs.empty() ? 0.0f : l.zs[size_t(n * G + g)];
+                const int64_t k1 = std::min(K, (g + 1) * l.group);
+                for (int64_t k = g * l.group; k < k1; ++k)
+                  d[k] = float(four ? cpu_kernels::s4_value(p4, k) : q[k]) * s - z;
               }
-            });
-            done = cpu_kernels::gemm_f32_nt_library(M, nr, K, x, K, deq_.data(), K, y + n0, ldy);
-          }
-          if (done) break;
+            })) {
+          break;
         }
         if (!l.zs.empty()) group_sums(l, x, M);
         cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
@@ -610,6 +597,28 @@ class CpuBackend : public Backend {
     });
   }
 
+  // y = x W^T through the library's fp32 GEMM, W's rows widened to float32 by widen(n, row) a
+  // panel of about 8 MiB at a time: the panel bounds the scratch where a whole widened matrix
+  // (a 128k x 2048 head: 1 GiB) would not. False, with nothing written, when there is no library.
+  template <typename Widen>
+  bool gemm_widened_panels(const float* x, int64_t M, int64_t N, int64_t K, float* y, int64_t ldy,
+                           Widen&& widen) {
+    if (!cpu_kernels::gemm_library_available()) return false;
+    const int64_t rows =
+        std::max<int64_t>(kColAlign, (int64_t(8) << 20) / (4 * K)) / kColAlign * kColAlign;
+    deq_.resize(size_t(std::min(rows, N) * K));
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nr = std::min(rows, N - n0);
+      cpu_kernels::parallel_for(nr, 1, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) widen(n0 + n, deq_.data() + n * K);
+      });
+      if (!cpu_kernels::gemm_f32_nt_library(M, nr, K, x, K, deq_.data(), K, y + n0, ldy)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   // bf16 weights: see CpuBackendOptions::float_weights.
   void linear_bf16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
                    bool big) {
@@ -621,23 +630,13 @@ class CpuBackend : public Backend {
       });
       if (cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wbp, K, y, ldy)) return;
     }
-    if (M >= kBf16WidenMinRows && cpu_kernels::gemm_library_available()) {
-      // Many rows: widen a panel of weight rows at a time (about 8 MiB of float32; N*K
-      // conversions in all, against M*N*K products) into the library's fp32 GEMM. The panel
-      // bounds the scratch where a whole widened matrix (a 128k-row head) would not.
-      const int64_t rows =
-          std::max<int64_t>(kColAlign, (int64_t(8) << 20) / (4 * K)) / kColAlign * kColAlign;
-      deq_.resize(size_t(std::min(rows, N) * K));
-      bool done = true;
-      for (int64_t n0 = 0; n0 < N && done; n0 += rows) {
-        const int64_t nr = std::min(rows, N - n0);
-        const uint16_t* src = l.wbp + n0 * K;
-        cpu_kernels::parallel_for(nr * K, 4096, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) deq_[size_t(i)] = core::bf16_to_f32(src[i]);
-        });
-        done = cpu_kernels::gemm_f32_nt_library(M, nr, K, x, K, deq_.data(), K, y + n0, ldy);
-      }
-      if (done) return;
+    // Many rows: widened into the library's fp32 GEMM a panel at a time (N*K conversions in
+    // all, against M*N*K products).
+    if (M >= kBf16WidenMinRows && gemm_widened_panels(x, M, N, K, y, ldy, [&](int64_t n, float* d) {
+          const uint16_t* src = l.wbp + n * K;
+          for (int64_t k = 0; k < K; ++k) d[k] = core::bf16_to_f32(src[k]);
+        })) {
+      return;
     }
     // Fewer rows: the hand-written kernel, which widens each weight in registers and so streams
     // half the bytes of the fp32 GEMM (a 128k x 2048 bf16 head in 130-row chunks: 310 tokens/s,

@@ -444,10 +444,7 @@ TEST(Prune, StreamingCalibrationEqualsTheWholeModelPath) {
 TEST(Prune, StructuredStreamingEqualsTheWholeModelPath) {
   env_init(2);
   std::string dir = test::temp_dir("prune_struct_stream");
-  test::make_inputs(dir);
-  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 9);
-  t.config = dir + "/config.json";
-  train_run(t);
+  test::trained_micro_model(dir, 20, 9);
   CausalLM m = model_load(dir + "/run/model");
   SaveOptions bf;
   bf.dtype = "bfloat16";

@@ -545,10 +545,7 @@ void bf16_copy(const std::string& from, const std::string& to) {
 TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
   env_init(2);
   std::string dir = test::temp_dir("quant_free");
-  test::make_inputs(dir);
-  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 7);
-  t.config = dir + "/config.json";
-  train_run(t);
+  test::trained_micro_model(dir, 20, 7);
   bf16_copy(dir + "/run/model", dir + "/bf16");
   struct Case {
     const char* model;
@@ -613,11 +610,7 @@ TEST(Quantize, ModelFreeRoundToNearestWritesTheLibTorchPathsBytes) {
 TEST(Quantize, LmHeadInTargetsIsRoundedToNearestAndUntied) {
   env_init(2);
   std::string dir = test::temp_dir("quant_head");
-  test::make_inputs(dir);
-  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 7);
-  t.config = dir + "/config.json";
-  train_run(t);
-  const std::string model = dir + "/run/model";
+  const std::string model = test::trained_micro_model(dir, 20, 7);
   const core::ModelConfig in = core::config_load(model).take_or_throw();
   ASSERT_TRUE(in.tie_word_embeddings) << "the micro config is expected to be tied";
   const core::Checkpoint src = core::Checkpoint::open(model).take_or_throw();
@@ -750,10 +743,7 @@ TEST(Quantize, LmHeadInTargetsIsRoundedToNearestAndUntied) {
 TEST(Quantize, StreamingCalibrationEqualsTheWholeModelPath) {
   env_init(2);
   std::string dir = test::temp_dir("quant_stream");
-  test::make_inputs(dir);
-  TrainOptions t = test::short_run(dir, dir + "/run", 20, 0, 0, 11);
-  t.config = dir + "/config.json";
-  train_run(t);
+  test::trained_micro_model(dir, 20, 11);
   bf16_copy(dir + "/run/model", dir + "/bf16");
   struct Case {
     const char* model;

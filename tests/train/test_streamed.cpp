@@ -24,10 +24,7 @@ namespace {
 
 // The trained micro model of make_inputs, once per test binary run.
 std::string trained_model(const std::string& dir) {
-  test::make_inputs(dir);
-  TrainOptions t = test::short_run(dir, dir + "/run", 30, 0, 0, 17);
-  t.config = dir + "/config.json";
-  train_run(t);
+  test::trained_micro_model(dir, 30, 17);
   return dir + "/run/model";
 }
 

@@ -74,6 +74,16 @@ inline train::TrainOptions short_run(const std::string& dir, const std::string& 
   return o;
 }
 
+/// make_inputs in `dir`, then `steps` steps of short_run from its micro config (seed `seed`):
+/// the trained model's directory, dir/run/model.
+inline std::string trained_micro_model(const std::string& dir, int64_t steps, uint64_t seed) {
+  make_inputs(dir);
+  train::TrainOptions t = short_run(dir, dir + "/run", steps, 0, 0, seed);
+  t.config = dir + "/config.json";
+  train::train_run(t);
+  return dir + "/run/model";
+}
+
 /// (step, value) for each line of a metrics.jsonl that has one of `keys` (the first it has).
 inline std::vector<std::pair<int64_t, double>> metric_series(
     const std::string& path, std::initializer_list<const char*> keys) {
