@@ -70,6 +70,12 @@ double peak_rss_mib();
 /// powers of 1024, with or without "iB"/"B". kInvalidInput names the text and what is expected.
 Result<uint64_t> bytes_parse(const std::string& text);
 
+/// The default --max-memory of the streamed stages: the budget of their hidden states
+/// (calibration or evaluation, float32) before they spill to a temporary file. 1 GiB keeps the
+/// 1B shape's 128 x 2048 calibration (2 GiB of states) spilled, so that the stage stays near the
+/// memory of one layer, while the default 64 x 256 tokens (128 MiB there) stay in memory.
+inline constexpr const char* kDefaultStatesBudget = "1G";
+
 /// Scratch memory of `bytes` bytes: on the heap, or (spilled) a shared mapping of an unlinked
 /// temporary file in `dir`, whose pages the kernel writes back and drops under memory pressure,
 /// and which release() drops from this process's resident memory at once. For buffers larger

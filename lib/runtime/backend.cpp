@@ -1,6 +1,8 @@
 // The Backend interface's shared parts (backend.h): the host-side argmax, sampling, bf16
 // embedding rows and token fetch that a backend inherits unless it does them on its device.
 // Compiled into shrink_runtime and into the CUDA backend's plugin (backend_cuda.cpp).
+#include <cstring>
+
 #include "core/dtype.h"
 #include "core/sampling.h"
 #include "runtime/backend.h"
@@ -15,6 +17,13 @@ const char* linear_kind_name(LinearKind k) {
     case LinearKind::kW8A8: return "w8a8";
   }
   return "?";
+}
+
+void Backend::bytes_to_host(const void* src, size_t n, void* dst) {
+  if (n) std::memcpy(dst, src, n);
+}
+void Backend::bytes_from_host(const void* src, size_t n, void* dst) {
+  if (n) std::memcpy(dst, src, n);
 }
 
 void Backend::argmax_rows(const float* x, int64_t rows, int64_t n) {

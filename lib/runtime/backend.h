@@ -140,6 +140,10 @@ class Backend {
   virtual std::unique_ptr<DeviceTensor> tensor_from_host(std::vector<float>&& host) = 0;
   /// Copy n floats from backend memory to the host.
   virtual void to_host(const float* src, int64_t n, float* dst) = 0;
+  /// Copy bytes between backend memory and the host (the KV rows of the server's prefix
+  /// cache, Engine::kv_export / kv_import). The CPU backend's memory is the host's: memcpy.
+  virtual void bytes_to_host(const void* src, size_t n, void* dst);
+  virtual void bytes_from_host(const void* src, size_t n, void* dst);
   /// Repack a linear layer (takes the host buffers).
   virtual Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) = 0;
 

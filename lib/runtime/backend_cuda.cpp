@@ -153,6 +153,14 @@ class CudaBackend : public Backend {
     }
     return t;
   }
+  void bytes_to_host(const void* src, size_t n, void* dst) override {
+    check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream_), "download");
+    check(cudaStreamSynchronize(stream_), "synchronize");
+  }
+  void bytes_from_host(const void* src, size_t n, void* dst) override {
+    check(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_), "upload");
+    check(cudaStreamSynchronize(stream_), "synchronize");
+  }
   void to_host(const float* src, int64_t n, float* dst) override {
     check(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDeviceToHost, stream_), "download");
     check(cudaStreamSynchronize(stream_), "synchronize");

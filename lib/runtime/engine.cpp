@@ -764,6 +764,76 @@ int64_t Engine::length(int slot) const {
   return slot >= 0 && slot < int(impl_->lengths.size()) ? impl_->lengths[size_t(slot)] : 0;
 }
 
+namespace {
+
+size_t kv_element_bytes(KvStorage s) {
+  return s == KvStorage::kF16 ? 2 : s == KvStorage::kInt8 ? 1 : 4;
+}
+
+// The pieces of one layer's cache that a token owns, as (base, bytes per token): K rows, V rows
+// and, for int8, the K and V scales.
+template <typename F>
+void kv_pieces(const KvLayer& c, int64_t n_kv_heads, int slot, int64_t max_seq, F&& f) {
+  const size_t es = kv_element_bytes(c.storage);
+  const size_t row = size_t(c.kv_dim) * es;
+  const size_t first = (size_t(slot) * size_t(c.slot_stride)) * es;
+  f(reinterpret_cast<uint8_t*>(c.k) + first, row);
+  f(reinterpret_cast<uint8_t*>(c.v) + first, row);
+  if (c.storage == KvStorage::kInt8) {
+    const size_t srow = size_t(n_kv_heads) * 4;
+    const size_t sfirst = size_t(slot) * size_t(max_seq) * srow;
+    f(reinterpret_cast<uint8_t*>(c.k_scale) + sfirst, srow);
+    f(reinterpret_cast<uint8_t*>(c.v_scale) + sfirst, srow);
+  }
+}
+
+}  // namespace
+
+uint64_t Engine::kv_bytes_per_token() const {
+  uint64_t total = 0;
+  for (const LayerW& L : impl_->layers)
+    kv_pieces(L.cache, impl_->cfg.num_kv_heads, 0, impl_->max_seq,
+              [&](uint8_t*, size_t row) { total += row; });
+  return total;
+}
+
+Status Engine::kv_export(int slot, int64_t begin, int64_t n, uint8_t* out) {
+  Impl& m = *impl_;
+  SHRINK_CHECK(slot >= 0 && slot < int(m.lengths.size()), StatusCode::kInvalidInput,
+               "kv_export: slot %d is outside [0, %zu)", slot, m.lengths.size());
+  SHRINK_CHECK(begin >= 0 && n >= 0 && begin + n <= m.lengths[size_t(slot)],
+               StatusCode::kInvalidInput, "kv_export: positions [%lld, %lld) of slot %d, which holds %lld",
+               (long long)begin, (long long)(begin + n), slot, (long long)m.lengths[size_t(slot)]);
+  for (const LayerW& L : m.layers) {
+    kv_pieces(L.cache, m.cfg.num_kv_heads, slot, m.max_seq, [&](uint8_t* base, size_t row) {
+      m.be->bytes_to_host(base + size_t(begin) * row, size_t(n) * row, out);
+      out += size_t(n) * row;
+    });
+  }
+  return m.be->take_error();
+}
+
+Status Engine::kv_import(int slot, int64_t begin, int64_t n, const uint8_t* in) {
+  Impl& m = *impl_;
+  SHRINK_CHECK(slot >= 0 && slot < int(m.lengths.size()), StatusCode::kInvalidInput,
+               "kv_import: slot %d is outside [0, %zu)", slot, m.lengths.size());
+  SHRINK_CHECK(begin == m.lengths[size_t(slot)] && n >= 0 && begin + n <= m.max_seq,
+               StatusCode::kInvalidInput,
+               "kv_import: positions [%lld, %lld) into slot %d, which holds %lld of at most %lld "
+               "(rows are appended)",
+               (long long)begin, (long long)(begin + n), slot, (long long)m.lengths[size_t(slot)],
+               (long long)m.max_seq);
+  for (const LayerW& L : m.layers) {
+    kv_pieces(L.cache, m.cfg.num_kv_heads, slot, m.max_seq, [&](uint8_t* base, size_t row) {
+      m.be->bytes_from_host(in, size_t(n) * row, base + size_t(begin) * row);
+      in += size_t(n) * row;
+    });
+  }
+  SHRINK_RETURN_IF_ERROR(m.be->take_error());
+  m.lengths[size_t(slot)] = begin + n;
+  return Status::ok();
+}
+
 Status Engine::truncate(int slot, int64_t len) {
   SHRINK_CHECK(slot >= 0 && slot < int(impl_->lengths.size()), StatusCode::kInvalidInput,
                "truncate: slot %d is outside [0, %zu)", slot, impl_->lengths.size());

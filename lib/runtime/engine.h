@@ -124,6 +124,17 @@ class Engine {
   /// the draft tokens the target rejected. Errors: kInvalidInput when len is out of range.
   Status truncate(int slot, int64_t len);
 
+  /// The KV cache's bytes per cached token, over all layers: K and V rows in the cache's
+  /// storage (f32, f16 or int8) and, for int8, their scales.
+  uint64_t kv_bytes_per_token() const;
+  /// Copy the cached K/V of a slot's positions [begin, begin + n) to `out`
+  /// (n * kv_bytes_per_token() bytes), or append such bytes to a slot whose length is `begin`
+  /// (its length becomes begin + n). The bytes are the cache's own representation, so rows
+  /// imported into any slot give the same attention as the rows that were exported: the
+  /// server's prefix cache. Errors: kInvalidInput for a slot or range outside the cache.
+  Status kv_export(int slot, int64_t begin, int64_t n, uint8_t* out);
+  Status kv_import(int slot, int64_t begin, int64_t n, const uint8_t* in);
+
   struct Impl;
 
  private:

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dataset.h"
+#include "core/fs.h"
 #include "core/model_config.h"
 #include "core/sampling.h"
 #include "core/tokens.h"
@@ -35,7 +36,7 @@ struct EvalOptions {
   /// Load the whole model into LibTorch (the reference path) instead of streaming it layer by
   /// layer (train/streamed.h), which holds one layer and the windows' hidden states.
   bool load_model = false;
-  std::string max_memory = "4G";  // budget of the streamed hidden states; beyond it they spill
+  std::string max_memory = core::kDefaultStatesBudget;  // budget of the streamed hidden states; beyond it they spill
 };
 struct EvalResult {
   double perplexity = 0, mean_nll = 0;

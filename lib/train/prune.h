@@ -27,6 +27,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/fs.h"
+
 namespace shrink::train {
 
 struct PruneOptions {
@@ -62,7 +64,7 @@ struct PruneOptions {
   bool load_model = false;
   int threads = 1;
   // Budget for the calibration states of the layer-by-layer path (see QuantizeOptions).
-  std::string max_memory = "4G";
+  std::string max_memory = core::kDefaultStatesBudget;
 };
 
 struct PruneResult {

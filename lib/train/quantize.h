@@ -38,6 +38,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/fs.h"
+
 namespace shrink::train {
 
 struct QuantizeOptions {
@@ -86,7 +88,7 @@ struct QuantizeOptions {
   // Budget for the calibration states (samples x tokens x hidden, float32) of the layer-by-layer
   // path: beyond it they live in a temporary file next to --out (the kernel pages them in and
   // out) instead of memory. Same results either way.
-  std::string max_memory = "4G";
+  std::string max_memory = core::kDefaultStatesBudget;
 };
 
 struct QuantizeResult {

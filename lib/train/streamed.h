@@ -95,7 +95,7 @@ int64_t head_block_rows(int64_t hidden, int64_t rows, int64_t requested = 0);
 struct StreamedEvalOptions {
   int64_t seq_len = 512;  // window length (core::eval_windows)
   int64_t batch = 8;      // windows per forward, as nll_over_windows batches them
-  std::string max_memory = "4G";  // budget of the hidden states; beyond it they spill
+  std::string max_memory = core::kDefaultStatesBudget;  // budget of the hidden states; beyond it they spill
   std::string spill_dir;          // where a spill file goes (empty: $TMPDIR, else /tmp)
   int64_t head_block = 0;  // lm_head rows per block (0: about 32 MiB of them)
   /// Called after each layer with (layers done, layers in all).

@@ -1,4 +1,5 @@
-// `shrink-rt`: the runtime's command-line front end (bench, eval, generate, verify). Thin by
+// `shrink-rt`: the runtime's command-line front end (bench, eval, generate, verify, serve,
+// bench-serve). Thin by
 // design: parse, validate, call lib/runtime, print. Errors print "shrink-rt <cmd>: error: ..."
 // and exit 2 for bad input or usage, 1 for failures (ARCHITECTURE.md). `--version` names the
 // kernels' ISA level and the GEMM backend in use. Tested end to end by tests/cli/test_rt_cli.sh.
@@ -23,6 +24,7 @@
 #include "tools/cli_main.h"
 #include "tools/eval_options.h"
 #include "tools/generate_options.h"
+#include "tools/shrink-rt/serve_cmd.h"
 #include "tools/verify_options.h"
 
 using namespace shrink;
@@ -492,5 +494,10 @@ int main(int argc, char** argv) {
   register_eval(app, g);
   register_generate(app, g);
   register_verify(app, g);
+  auto guarded = [&g](const char* name, const std::function<Status()>& body) {
+    return run_guarded(name, g, body);
+  };
+  cli::register_serve(app, [&g] { return engine_opts(g); }, guarded, g.quiet, g.exit_code);
+  cli::register_bench_serve(app, guarded, g.json, g.exit_code);
   return cli::parse_and_run(app, argc, argv, g.exit_code);
 }

@@ -64,7 +64,7 @@ void register_quantize(CLI::App& app, Globals& g) {
   sub->add_option("--ignore", o->ignore, "Regex over module names kept in float");
   sub->add_option("--max-memory", o->max_memory,
                   "Budget for the calibration states (samples x tokens x hidden, float32) of the "
-                  "layer-by-layer path, such as 4G or 512M; beyond it they spill to a temporary "
+                  "layer-by-layer path, such as 4G or 512M (the default keeps 64 x 256 tokens of an 8B model in memory); beyond it they spill to a temporary "
                   "file beside --out (same results)")
       ->capture_default_str();
   sub->add_flag("--load-model", o->load_model,

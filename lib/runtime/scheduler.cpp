@@ -1,0 +1,326 @@
+// Continuous batching (scheduler.h).
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/api.h"
+
+namespace shrink::runtime {
+
+using Clock = std::chrono::steady_clock;
+
+// ---- ServeStream -----------------------------------------------------------------------------
+
+bool ServeStream::wait(size_t have, std::vector<TokenOut>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return done_ || tokens_.size() > have; });
+  out.clear();
+  if (tokens_.size() > have) out.assign(tokens_.begin() + long(have), tokens_.end());
+  return done_ && tokens_.size() <= have + out.size();
+}
+std::string ServeStream::finish_reason() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return reason_;
+}
+std::string ServeStream::error() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return error_;
+}
+int64_t ServeStream::cached_tokens() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return cached_;
+}
+double ServeStream::ttft_seconds() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return ttft_;
+}
+void ServeStream::push(TokenOut t) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (tokens_.empty())
+      ttft_ = std::chrono::duration<double>(Clock::now() - submitted_).count();
+    tokens_.push_back(std::move(t));
+  }
+  cv_.notify_all();
+}
+void ServeStream::finish(const std::string& reason, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    done_ = true;
+    reason_ = reason;
+    error_ = error;
+  }
+  cv_.notify_all();
+}
+void ServeStream::set_cached(int64_t n) {
+  std::lock_guard<std::mutex> lk(mu_);
+  cached_ = n;
+}
+
+// ---- Scheduler -------------------------------------------------------------------------------
+
+struct Scheduler::Active {
+  ServeRequest req;
+  std::shared_ptr<ServeStream> out;
+  int slot = -1;
+  int64_t prefilled = 0;      // prompt tokens in the slot's cache
+  std::vector<int32_t> gen;   // sampled tokens (the last one not yet in the cache)
+  core::Sampler sampler;
+  Active(ServeRequest r, std::shared_ptr<ServeStream> s)
+      : req(std::move(r)), out(std::move(s)), sampler(req.sampling, req.seed) {}
+  bool prefilling() const { return prefilled < int64_t(req.prompt.size()); }
+};
+
+Scheduler::Scheduler(Engine& e, SchedulerOptions o)
+    : e_(e), o_(o), cache_(o.prefix_cache_bytes, o.block_tokens, e.kv_bytes_per_token()) {
+  for (int s = e.max_batch() - 1; s >= 0; --s) free_slots_.push_back(s);
+  st_.slots = e.max_batch();
+  st_.prefix_budget = o.prefix_cache_bytes;
+}
+
+Scheduler::~Scheduler() { shutdown(std::chrono::milliseconds(0)); }
+
+void Scheduler::start() {
+  if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+}
+
+Result<std::shared_ptr<ServeStream>> Scheduler::submit(ServeRequest r, bool* busy) {
+  if (busy) *busy = false;
+  const int64_t V = e_.config().vocab_size, ctx = e_.max_seq_len();
+  SHRINK_CHECK(!r.prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
+  for (size_t i = 0; i < r.prompt.size(); ++i) {
+    SHRINK_CHECK(r.prompt[i] >= 0 && r.prompt[i] < V, StatusCode::kInvalidInput,
+                 "prompt token %zu is %d: expected an id in [0, %lld)", i, r.prompt[i],
+                 (long long)V);
+  }
+  SHRINK_CHECK(r.max_tokens >= 0, StatusCode::kInvalidInput, "max_tokens %lld: expected >= 0",
+               (long long)r.max_tokens);
+  SHRINK_CHECK(int64_t(r.prompt.size()) + r.max_tokens <= ctx, StatusCode::kInvalidInput,
+               "the prompt's %zu tokens plus max_tokens %lld exceed the context of %lld tokens",
+               r.prompt.size(), (long long)r.max_tokens, (long long)ctx);
+  auto s = std::make_shared<ServeStream>();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_ || int64_t(queue_.size()) >= o_.queue_limit) {
+      if (busy) *busy = true;
+      return Status(StatusCode::kInternal, stopping_ ? "the server is shutting down"
+                                                      : "the request queue is full");
+    }
+    st_.requests++;
+    st_.prompt_tokens += r.prompt.size();
+    queue_.emplace_back(std::move(r), s);
+    st_.queued = int64_t(queue_.size());
+  }
+  cv_.notify_all();
+  return s;
+}
+
+void Scheduler::shutdown(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    deadline_ = Clock::now() + grace;
+    has_deadline_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  // Anything still queued (the thread never ran, or stopped first) is refused.
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& q : queue_) q.second->finish("cancelled");
+  queue_.clear();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return st_;
+}
+
+void Scheduler::retire(Active& a, const std::string& reason, const std::string& error) {
+  // Keep what the slot holds (prompt and all but the last sampled token) for later requests.
+  if (reason != "error") {
+    std::vector<int32_t> held = a.req.prompt;
+    held.insert(held.end(), a.gen.begin(), a.gen.end());
+    const int64_t n = std::min<int64_t>(e_.length(a.slot), int64_t(held.size()));
+    (void)cache_.insert(e_, a.slot, held.data(), n);
+  }
+  e_.reset(a.slot);
+  a.out->finish(reason, error);
+  std::lock_guard<std::mutex> lk(mu_);
+  free_slots_.push_back(a.slot);
+  st_.finished++;
+  if (reason == "cancelled") st_.cancelled++;
+  if (reason == "error") st_.errors++;
+  a.slot = -1;
+}
+
+void Scheduler::admit(std::vector<std::unique_ptr<Active>>& fresh) {
+  std::lock_guard<std::mutex> lk(mu_);
+  while (!free_slots_.empty() && !queue_.empty() && !stopping_) {
+    auto a = std::make_unique<Active>(std::move(queue_.front().first), queue_.front().second);
+    queue_.pop_front();
+    a->slot = free_slots_.back();
+    free_slots_.pop_back();
+    fresh.push_back(std::move(a));
+  }
+  st_.queued = int64_t(queue_.size());
+}
+
+void Scheduler::loop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] {
+        return stopping_ || !active_.empty() || (!queue_.empty() && !free_slots_.empty());
+      });
+      if (stopping_ && active_.empty()) break;
+      if (stopping_ && has_deadline_ && Clock::now() >= deadline_) {
+        lk.unlock();
+        for (auto& a : active_) retire(*a, "cancelled");
+        active_.clear();
+        break;
+      }
+    }
+    std::vector<std::unique_ptr<Active>> fresh;
+    admit(fresh);
+    for (auto& a : fresh) {
+      e_.reset(a->slot);
+      // Reuse at most prompt - 1 tokens: the last prompt token's forward gives the first logits.
+      Result<int64_t> got =
+          cache_.restore(e_, a->slot, a->req.prompt.data(), int64_t(a->req.prompt.size()) - 1);
+      if (!got.is_ok()) {
+        e_.reset(a->slot);
+        got = int64_t(0);
+      }
+      a->prefilled = got.value();
+      a->out->set_cached(a->prefilled);
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        st_.cached_tokens += uint64_t(a->prefilled);
+      }
+      active_.push_back(std::move(a));
+    }
+    Status s = step();
+    if (!s.is_ok()) {
+      for (auto& a : active_) retire(*a, "error", s.message());
+      active_.clear();
+    }
+    active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                 [](const std::unique_ptr<Active>& a) { return a->slot < 0; }),
+                  active_.end());
+    std::lock_guard<std::mutex> lk(mu_);
+    st_.running = int64_t(active_.size());
+    const PrefixCache& c = cache_;
+    st_.prefix_lookups = c.lookups();
+    st_.prefix_hits = c.hits();
+    st_.prefix_bytes = c.bytes();
+    st_.prefix_blocks = c.blocks();
+    st_.prefix_evictions = c.evictions();
+  }
+}
+
+namespace {
+
+// log-softmax of one row's entry and its best alternatives (raw logits, before temperature).
+void logprobs_of(const float* x, int64_t V, int32_t id, int top, TokenOut& t) {
+  const double lse = log_sum_exp(x, V);
+  t.logprob = float(double(x[id]) - lse);
+  if (top <= 0) return;
+  std::vector<int32_t> idx(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) idx[size_t(i)] = int32_t(i);
+  const int k = int(std::min<int64_t>(top, V));
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return x[a] > x[b] || (x[a] == x[b] && a < b);
+  });
+  for (int i = 0; i < k; ++i) t.top.emplace_back(idx[size_t(i)], float(double(x[idx[size_t(i)]]) - lse));
+}
+
+}  // namespace
+
+Status Scheduler::step() {
+  // Cancelled requests leave first.
+  for (auto& a : active_)
+    if (a->slot >= 0 && a->out->cancelled()) retire(*a, "cancelled");
+  // Decode rows first (one each), then prompt chunks in arrival order within the row budget.
+  std::vector<SeqChunk> chunks;
+  std::vector<Active*> who;
+  std::vector<bool> picks;  // whether the chunk's next token is taken (a decode row or a prompt's end)
+  int64_t budget = std::max<int64_t>(o_.max_batch_tokens, 1);
+  for (auto& a : active_) {
+    if (a->slot < 0 || a->prefilling()) continue;
+    chunks.push_back({a->slot, &a->gen.back(), 1});
+    who.push_back(a.get());
+    picks.push_back(true);
+    --budget;
+  }
+  for (auto& a : active_) {
+    if (a->slot < 0 || !a->prefilling() || budget <= 0) continue;
+    const int64_t left = int64_t(a->req.prompt.size()) - a->prefilled;
+    const int64_t n = std::min(left, budget);
+    chunks.push_back({a->slot, a->req.prompt.data() + a->prefilled, n});
+    who.push_back(a.get());
+    picks.push_back(n == left && a->req.max_tokens > 0);
+    budget -= n;
+  }
+  if (chunks.empty()) {
+    for (auto& a : active_)  // prefill-only requests whose prompt is cached already
+      if (a->slot >= 0 && !a->prefilling()) retire(*a, "length");
+    return Status::ok();
+  }
+  // Each picking row draws from its request's sampler, as generate() does; other rows pick
+  // nothing and draw nothing.
+  std::vector<core::SampleRow> rows(chunks.size());
+  bool want_logits = false;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!picks[i]) continue;
+    rows[i] = who[i]->sampler.next_row();
+    want_logits = want_logits || who[i]->req.top_logprobs >= 0;
+  }
+  const int64_t V = e_.config().vocab_size;
+  if (want_logits) {
+    SHRINK_RETURN_IF_ERROR(e_.forward(chunks, false, logits_));
+    next_.assign(chunks.size(), 0);
+    for (size_t i = 0; i < chunks.size(); ++i)
+      if (picks[i]) next_[i] = core::sample_pick(logits_.data() + int64_t(i) * V, V, rows[i], scratch_);
+  } else {
+    SHRINK_RETURN_IF_ERROR(e_.forward_sample(chunks, rows, next_));
+  }
+  uint64_t rows_run = 0, prefill_rows = 0, generated = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Active& a = *who[i];
+    rows_run += uint64_t(chunks[i].n);
+    if (a.prefilling()) {
+      a.prefilled += chunks[i].n;
+      prefill_rows += uint64_t(chunks[i].n);
+      if (!a.prefilling()) {
+        (void)cache_.insert(e_, a.slot, a.req.prompt.data(), int64_t(a.req.prompt.size()));
+        if (a.req.max_tokens == 0) {
+          retire(a, "length");
+          continue;
+        }
+      }
+    }
+    if (!picks[i]) continue;
+    TokenOut t;
+    t.id = next_[i];
+    if (a.req.top_logprobs >= 0)
+      logprobs_of(logits_.data() + int64_t(i) * V, V, t.id, a.req.top_logprobs, t);
+    a.gen.push_back(t.id);
+    a.out->push(std::move(t));
+    ++generated;
+    const bool eos = std::find(a.req.eos.begin(), a.req.eos.end(), int64_t(a.gen.back())) != a.req.eos.end();
+    if (eos) {
+      retire(a, "stop");
+    } else if (int64_t(a.gen.size()) >= a.req.max_tokens || e_.length(a.slot) >= e_.max_seq_len()) {
+      retire(a, "length");
+    }
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  st_.steps++;
+  st_.step_rows += rows_run;
+  st_.prefill_tokens += prefill_rows;
+  st_.generated_tokens += generated;
+  return Status::ok();
+}
+
+}  // namespace shrink::runtime

@@ -1,0 +1,380 @@
+// The HTTP side of `shrink-rt serve` (server.h) on cpp-httplib.
+#include "runtime/serve/server.h"
+
+#include <httplib.h>
+
+#include <ctime>
+#include <mutex>
+#include <random>
+
+#include "runtime/serve/openai.h"
+
+namespace shrink::runtime::serve {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+
+namespace {
+constexpr milliseconds kPoll{50};  // how often a waiting handler looks at its request
+}
+
+struct Server::Impl {
+  Scheduler& sched;
+  const core::Tokenizer* tok;
+  ServerOptions o;
+  httplib::Server http;
+  ResponseCache rcache;
+  std::atomic<bool> refusing{false};
+  std::atomic<uint64_t> seq{0};
+  std::mutex mu;  // counters, seed_rng
+  HttpCounters counters;
+  std::mt19937_64 seed_rng{std::random_device{}()};
+  int bound_port = -1;
+  int64_t started = int64_t(std::time(nullptr));
+
+  Impl(Scheduler& s, const core::Tokenizer* t, ServerOptions opts)
+      : sched(s), tok(t), o(std::move(opts)), rcache(o.response_cache) {}
+
+  void count(uint64_t HttpCounters::*field) {
+    std::lock_guard<std::mutex> lk(mu);
+    ++(counters.*field);
+  }
+  void send_error(httplib::Response& res, const ApiError& e) {
+    res.status = e.status;
+    res.set_content(dump(e.body()), "application/json");
+    count(e.status == 401   ? &HttpCounters::unauthorized
+          : e.status == 503 ? &HttpCounters::busy
+          : e.status >= 500 ? &HttpCounters::server_errors
+                            : &HttpCounters::client_errors);
+  }
+  ApiError server_error(int status, const std::string& msg, const std::string& code = "") {
+    ApiError e;
+    e.status = status;
+    e.message = msg;
+    e.type = "server_error";
+    e.code = code;
+    return e;
+  }
+  bool authorized(const httplib::Request& req, httplib::Response& res) {
+    if (o.api_key.empty()) return true;
+    const std::string want = "Bearer " + o.api_key;
+    const std::string got = req.get_header_value("Authorization");
+    unsigned diff = unsigned(got.size() ^ want.size());
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) diff |= unsigned(got[i] ^ want[i]);
+    if (diff == 0) return true;
+    ApiError e;
+    e.status = 401;
+    e.message = got.empty() ? "no API key: send the header `Authorization: Bearer KEY`"
+                            : "incorrect API key provided";
+    e.code = "invalid_api_key";
+    send_error(res, e);
+    return false;
+  }
+
+  void completions(const httplib::Request& req, httplib::Response& res);
+  void complete_whole(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+                      const std::string& id, int64_t created, const std::string& key,
+                      httplib::Response& res);
+  void complete_streamed(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+                         const std::string& id, int64_t created, const std::string& key,
+                         httplib::Response& res);
+  void replay_streamed(const json& body, const CompletionRequest& q, httplib::Response& res);
+  void routes();
+};
+
+namespace {
+
+json chunk_of(const std::string& id, int64_t created, const std::string& model,
+              const std::string& text, const json& logprobs, const json& finish) {
+  return {{"id", id},
+          {"object", "text_completion"},
+          {"created", created},
+          {"model", model},
+          {"choices", json::array({{{"index", 0},
+                                    {"text", text},
+                                    {"logprobs", logprobs},
+                                    {"finish_reason", finish}}})}};
+}
+
+}  // namespace
+
+void Server::Impl::completions(const httplib::Request& req, httplib::Response& res) {
+  if (!authorized(req, res)) return;
+  if (refusing.load()) return send_error(res, server_error(503, "the server is shutting down", "shutting_down"));
+  CompletionRequest q;
+  if (auto e = parse_completion(req.body, tok, o.model_id, sched.vocab(), sched.context(), q))
+    return send_error(res, *e);
+  const std::string id = "cmpl-" + std::to_string(++seq);
+  const int64_t created = int64_t(std::time(nullptr));
+  const std::string key = o.response_cache ? ResponseCache::key(q) : "";
+  if (!key.empty()) {
+    if (std::optional<json> hit = rcache.get(key)) {
+      count(&HttpCounters::response_cache_hits);
+      (*hit)["id"] = id;
+      (*hit)["created"] = created;
+      (*hit)["shrink"] = {{"response_cache", "hit"}};
+      if (q.stream) return replay_streamed(*hit, q, res);
+      res.set_content(dump(*hit), "application/json");
+      count(&HttpCounters::ok);
+      return;
+    }
+    count(&HttpCounters::response_cache_misses);
+  }
+  ServeRequest sr;
+  sr.prompt = q.prompt;
+  sr.max_tokens = q.max_tokens;
+  sr.sampling = q.sampling;
+  if (q.seed) {
+    sr.seed = *q.seed;
+  } else {
+    std::lock_guard<std::mutex> lk(mu);
+    sr.seed = seed_rng();
+  }
+  sr.top_logprobs = q.logprobs;
+  if (!q.ignore_eos) sr.eos = o.eos;
+  bool busy = false;
+  Result<std::shared_ptr<ServeStream>> s = sched.submit(std::move(sr), &busy);
+  if (!s.is_ok()) {
+    if (busy) {
+      res.set_header("Retry-After", "1");
+      return send_error(res, server_error(503, s.status().message(), "overloaded"));
+    }
+    ApiError e;
+    e.message = s.status().message();
+    return send_error(res, e);
+  }
+  if (q.stream) return complete_streamed(q, s.value(), id, created, key, res);
+  complete_whole(q, s.value(), id, created, key, res);
+}
+
+void Server::Impl::complete_whole(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+                                  const std::string& id, int64_t created, const std::string& key,
+                                  httplib::Response& res) {
+  TextStream ts(tok, q.stop);
+  std::vector<TokenOut> got;
+  size_t have = 0;
+  for (bool done = false; !done;) {
+    done = s->wait(have, got, kPoll);
+    have += got.size();
+    ts.push(got, done);
+    if (ts.stopped()) s->cancel();
+  }
+  const std::string reason = ts.stopped() ? "stop" : s->finish_reason();
+  if (reason == "error") return send_error(res, server_error(500, "generation failed: " + s->error()));
+  if (reason == "cancelled")
+    return send_error(res, server_error(503, "the request was cancelled (the server is stopping)", "shutting_down"));
+  CompletionResult r;
+  r.text = (q.echo ? q.prompt_text : "") + ts.text();
+  r.tokens = ts.tokens();
+  r.finish_reason = reason;
+  r.prompt_tokens = int64_t(q.prompt.size());
+  r.cached_tokens = s->cached_tokens();
+  json body = completion_body(id, created, o.model_id, q, r,
+                              logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0), false);
+  if (!key.empty()) rcache.put(key, body);
+  res.set_content(dump(body), "application/json");
+  count(&HttpCounters::ok);
+}
+
+void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+                                     const std::string& id, int64_t created,
+                                     const std::string& key, httplib::Response& res) {
+  struct State {
+    std::shared_ptr<ServeStream> s;
+    TextStream ts;
+    size_t have = 0;
+    bool echoed = false, ended = false;
+    size_t offset = 0;  // text offset of the next token (logprobs)
+  };
+  auto st = std::make_shared<State>(State{s, TextStream(tok, q.stop)});
+  const std::string model = o.model_id;
+  count(&HttpCounters::ok);
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, st, q, id, created, model, key](size_t, httplib::DataSink& sink) -> bool {
+        auto send = [&](const std::string& text) {
+          if (!sink.write(text.data(), text.size())) {
+            st->s->cancel();  // the client went away: free its slot at the next step
+            return false;
+          }
+          return true;
+        };
+        if (st->ended) {
+          sink.done();
+          return true;
+        }
+        if (q.echo && !st->echoed) {
+          st->echoed = true;
+          st->offset = q.prompt_text.size();
+          if (!send(sse(chunk_of(id, created, model, q.prompt_text, nullptr, nullptr)))) return false;
+        }
+        std::vector<TokenOut> got;
+        const bool done = st->s->wait(st->have, got, kPoll);
+        st->have += got.size();
+        const size_t kept_before = st->ts.tokens().size();
+        const std::string delta = st->ts.push(got, done);
+        if (st->ts.stopped()) st->s->cancel();
+        const std::vector<TokenOut> fresh(st->ts.tokens().begin() + long(kept_before), st->ts.tokens().end());
+        if (!delta.empty() || ((q.logprobs >= 0 || q.return_token_ids) && !fresh.empty())) {
+          json lp = logprobs_json(q, st->ts, fresh, st->offset);
+          for (const TokenOut& t : fresh) st->offset += st->ts.piece(t.id).size();
+          json c = chunk_of(id, created, model, delta, lp, nullptr);
+          if (q.return_token_ids) {
+            json ids = json::array();
+            for (const TokenOut& t : fresh) ids.push_back(t.id);
+            c["choices"][0]["token_ids"] = ids;
+          }
+          if (!send(sse(c))) return false;
+        }
+        if (!done && !st->ts.stopped()) return true;
+        // Ended, or cut by a stop string (the scheduler takes the cancel at its next step).
+        const std::string reason = st->ts.stopped() ? "stop" : st->s->finish_reason();
+        if (reason == "error" || reason == "cancelled") {
+          ApiError e = server_error(reason == "error" ? 500 : 503,
+                                    reason == "error" ? "generation failed: " + st->s->error()
+                                                      : "the request was cancelled (the server is stopping)");
+          if (!send(sse(e.body()))) return false;
+        } else {
+          if (!send(sse(chunk_of(id, created, model, "", nullptr, reason)))) return false;
+          CompletionResult r;
+          r.tokens = st->ts.tokens();
+          r.prompt_tokens = int64_t(q.prompt.size());
+          r.cached_tokens = st->s->cached_tokens();
+          if (q.include_usage) {
+            json u = chunk_of(id, created, model, "", nullptr, nullptr);
+            u["choices"] = json::array();
+            u["usage"] = usage_json(r);
+            if (!send(sse(u))) return false;
+          }
+          if (!key.empty()) {
+            r.text = (q.echo ? q.prompt_text : "") + st->ts.text();
+            r.finish_reason = reason;
+            rcache.put(key, completion_body(id, created, model, q, r,
+                                            logprobs_json(q, st->ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
+                                            false));
+          }
+        }
+        if (!send("data: [DONE]\n\n")) return false;
+        st->ended = true;
+        sink.done();
+        return true;
+      },
+      [st](bool) {
+        if (!st->ended) st->s->cancel();
+      });
+}
+
+void Server::Impl::replay_streamed(const json& body, const CompletionRequest& q,
+                                   httplib::Response& res) {
+  const json& c = body["choices"][0];
+  json first = chunk_of(body["id"], body["created"], body["model"], c["text"], c["logprobs"], nullptr);
+  first["shrink"] = body["shrink"];
+  std::string out = sse(first) +
+                    sse(chunk_of(body["id"], body["created"], body["model"], "", nullptr, c["finish_reason"]));
+  if (q.include_usage) {
+    json u = chunk_of(body["id"], body["created"], body["model"], "", nullptr, nullptr);
+    u["choices"] = json::array();
+    u["usage"] = body["usage"];
+    out += sse(u);
+  }
+  out += "data: [DONE]\n\n";
+  res.set_header("Cache-Control", "no-cache");
+  res.set_content(out, "text/event-stream");
+  count(&HttpCounters::ok);
+}
+
+void Server::Impl::routes() {
+  http.Post("/v1/completions",
+            [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
+  http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    json m = {{"id", o.model_id},
+              {"object", "model"},
+              {"created", started},
+              {"owned_by", "shrink"},
+              {"max_model_len", sched.context()}};
+    res.set_content(dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+    count(&HttpCounters::ok);
+  });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = refusing.load() ? 503 : 200;
+    res.set_content(refusing.load() ? "{\"status\":\"stopping\"}" : "{\"status\":\"ok\"}",
+                    "application/json");
+  });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    HttpCounters h;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      h = counters;
+    }
+    res.set_content(metrics_text(sched.stats(), h, rcache.size()), "text/plain; version=0.0.4");
+  });
+  http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    ApiError e;
+    e.status = res.status;
+    e.message = res.status == 404 ? "no route " + req.method + " " + req.path +
+                                        " (POST /v1/completions, GET /v1/models, /health, /metrics)"
+                : res.status == 413 ? "the request body is too large"
+                                    : "HTTP " + std::to_string(res.status);
+    if (res.status >= 500) e.type = "server_error";
+    res.set_content(dump(e.body()), "application/json");
+  });
+  http.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown error";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+    }
+    send_error(res, server_error(500, "internal error: " + what));
+  });
+}
+
+Server::Server(Scheduler& sched, const core::Tokenizer* tok, ServerOptions o)
+    : impl_(std::make_unique<Impl>(sched, tok, std::move(o))) {
+  Impl& m = *impl_;
+  const int threads = m.o.http_threads > 0 ? m.o.http_threads : int(sched.slots() + sched.queue_limit() + 4);
+  m.http.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  m.http.set_payload_max_length(size_t(16) << 20);
+  m.http.set_keep_alive_max_count(1000);
+  m.http.set_read_timeout(30, 0);
+  m.routes();
+}
+
+Server::~Server() = default;
+
+Status Server::bind() {
+  Impl& m = *impl_;
+  if (m.o.port == 0) {
+    m.bound_port = m.http.bind_to_any_port(m.o.host);
+    if (m.bound_port < 0)
+      return Status(StatusCode::kIoError, "cannot listen on " + m.o.host + " (any port)");
+  } else {
+    if (!m.http.bind_to_port(m.o.host, m.o.port))
+      return Status(StatusCode::kIoError, "cannot listen on " + m.o.host + ":" +
+                                              std::to_string(m.o.port) +
+                                              " (in use, or not an address of this machine)");
+    m.bound_port = m.o.port;
+  }
+  return Status::ok();
+}
+
+int Server::port() const { return impl_->bound_port; }
+
+Status Server::listen() {
+  if (!impl_->http.listen_after_bind())
+    return Status(StatusCode::kIoError, "the HTTP listener stopped with an error");
+  return Status::ok();
+}
+
+void Server::stop(std::chrono::milliseconds grace) {
+  Impl& m = *impl_;
+  m.refusing.store(true);
+  m.sched.shutdown(grace);  // running requests finish or are cancelled; their handlers return
+  m.http.stop();
+}
+
+}  // namespace shrink::runtime::serve

@@ -1,0 +1,238 @@
+// `shrink-rt serve` and `shrink-rt bench-serve`: parse, load, run lib/runtime/serve.
+// SIGINT and SIGTERM are taken by one thread (sigwait, blocked everywhere else), which stops
+// the server: no new requests, in-flight ones finish within --grace seconds or are cancelled,
+// and the process exits 0.
+#include "tools/shrink-rt/serve_cmd.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/fs.h"
+#include "core/model_config.h"
+#include "core/tokenizer.h"
+#include "core/tokens.h"
+#include "runtime/engine.h"
+#include "runtime/scheduler.h"
+#include "runtime/serve/bench_serve.h"
+#include "runtime/serve/server.h"
+
+namespace shrink::cli {
+
+namespace {
+
+struct ServeArgs {
+  std::string model, tokenizer, warm, model_name;
+  runtime::serve::ServerOptions server;
+  int slots = 8;
+  int64_t ctx = 0, max_batch_tokens = 512, queue = 256;
+  double prefix_cache_mb = 256;
+  double grace_s = 10;
+};
+
+Result<std::vector<std::vector<int32_t>>> warm_prompts(const std::string& path,
+                                                       const core::Tokenizer* tok) {
+  std::ifstream f(path);
+  SHRINK_CHECK(bool(f), StatusCode::kNotFound, "--warm %s: cannot open", path.c_str());
+  SHRINK_CHECK(tok, StatusCode::kInvalidInput, "--warm %s: needs the model's tokenizer.json",
+               path.c_str());
+  std::vector<std::vector<int32_t>> out;
+  std::string line;
+  for (int ln = 1; std::getline(f, line); ++ln) {
+    if (line.empty()) continue;
+    // A line is a JSON string (escapes for newlines), or plain text.
+    std::string text = line;
+    if (line[0] == '"') {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      SHRINK_CHECK(!j.is_discarded() && j.is_string(), StatusCode::kInvalidInput,
+                   "%s:%d: a line starting with '\"' must be one JSON string", path.c_str(), ln);
+      text = j.get<std::string>();
+    }
+    out.push_back(tok->encode(text, true));
+  }
+  return out;
+}
+
+Status serve(ServeArgs& a, const runtime::EngineOptions& base, bool quiet) {
+  // Block the stop signals before any thread exists, so only the waiter below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  SHRINK_CHECK(a.slots >= 1 && a.slots <= 1024, StatusCode::kInvalidInput,
+               "--slots %d: expected 1..1024", a.slots);
+  SHRINK_CHECK(a.max_batch_tokens >= 1, StatusCode::kInvalidInput,
+               "--max-batch-tokens %lld: expected >= 1", (long long)a.max_batch_tokens);
+  SHRINK_CHECK(a.queue >= 0, StatusCode::kInvalidInput, "--queue: expected >= 0");
+  SHRINK_CHECK(a.prefix_cache_mb >= 0, StatusCode::kInvalidInput, "--prefix-cache-mb: expected >= 0");
+  SHRINK_CHECK(a.server.port >= 0 && a.server.port <= 65535, StatusCode::kInvalidInput,
+               "--port %d: expected 0..65535", a.server.port);
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(a.model));
+  const std::string tok_path = a.tokenizer.empty() ? a.model + "/tokenizer.json" : a.tokenizer;
+  std::unique_ptr<core::Tokenizer> tok;
+  if (core::path_exists(tok_path)) {
+    SHRINK_ASSIGN_OR_RETURN(core::Tokenizer t, core::Tokenizer::load(tok_path));
+    tok = std::make_unique<core::Tokenizer>(std::move(t));
+  } else {
+    SHRINK_CHECK(a.tokenizer.empty(), StatusCode::kNotFound, "--tokenizer %s: not found",
+                 a.tokenizer.c_str());
+  }
+  runtime::EngineOptions eo = base;
+  eo.max_batch = a.slots;
+  eo.max_seq_len = a.ctx;
+  SHRINK_ASSIGN_OR_RETURN(auto engine, runtime::Engine::load(a.model, eo));
+  SHRINK_ASSIGN_OR_RETURN(a.server.eos,
+                          core::stop_token_ids(a.model, cfg, tok && tok->eos_id() ? *tok->eos_id() : -1));
+  runtime::SchedulerOptions so;
+  so.max_batch_tokens = a.max_batch_tokens;
+  so.queue_limit = a.queue;
+  so.prefix_cache_bytes = uint64_t(a.prefix_cache_mb * 1048576.0);
+  runtime::Scheduler sched(*engine, so);
+  sched.start();
+  if (!a.warm.empty()) {
+    SHRINK_ASSIGN_OR_RETURN(auto prompts, warm_prompts(a.warm, tok.get()));
+    for (auto& p : prompts) {
+      runtime::ServeRequest r;
+      r.prompt = std::move(p);
+      r.max_tokens = 0;
+      SHRINK_ASSIGN_OR_RETURN(auto s, sched.submit(std::move(r)));
+      std::vector<runtime::TokenOut> none;
+      while (!s->wait(0, none, std::chrono::milliseconds(100))) {
+      }
+    }
+    if (!quiet)
+      std::fprintf(stderr, "shrink-rt serve: warmed %zu prefixes (%lld cached tokens)\n",
+                   prompts.size(), (long long)sched.stats().prefill_tokens);
+  }
+  if (a.server.model_id.empty()) a.server.model_id = a.model_name;
+  if (a.server.model_id.empty()) {
+    std::string m = a.model;
+    while (m.size() > 1 && m.back() == '/') m.pop_back();
+    a.server.model_id = m.substr(m.find_last_of('/') == std::string::npos ? 0 : m.find_last_of('/') + 1);
+  }
+  runtime::serve::Server server(sched, tok.get(), a.server);
+  SHRINK_RETURN_IF_ERROR(server.bind());
+  // The line tests and scripts read the port from.
+  std::printf("shrink-rt serve: listening on http://%s:%d (model %s, %d slots, context %lld, %s)\n",
+              a.server.host.c_str(), server.port(), a.server.model_id.c_str(), a.slots,
+              (long long)engine->max_seq_len(), engine->describe().c_str());
+  std::fflush(stdout);
+  const auto grace = std::chrono::milliseconds(int64_t(a.grace_s * 1000));
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (sig == 0) return;  // woken by the pthread_kill below after the listener failed
+    if (!quiet) std::fprintf(stderr, "shrink-rt serve: %s: stopping (grace %.0f s)\n",
+                             sig == SIGINT ? "SIGINT" : "SIGTERM", a.grace_s);
+    server.stop(grace);
+  });
+  Status st = server.listen();
+  if (!st.is_ok()) {
+    server.stop(std::chrono::milliseconds(0));
+    pthread_kill(waiter.native_handle(), SIGTERM);
+  }
+  waiter.join();
+  return st;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app, const std::function<runtime::EngineOptions()>& engine_opts,
+                    const std::function<int(const char*, const std::function<Status()>&)>& guarded,
+                    const bool& quiet, int& exit_code) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "serve", "OpenAI-compatible HTTP server (POST /v1/completions, GET /v1/models, /health, "
+               "/metrics) with continuous batching, a prefix cache and a response cache");
+  sub->add_option("model", a->model, "Model directory")->required();
+  sub->add_option("--host", a->server.host, "Address to listen on")->capture_default_str();
+  sub->add_option("--port", a->server.port, "Port (0: any free port; the first line printed says which)")
+      ->capture_default_str();
+  sub->add_option("--slots", a->slots, "Requests decoded together (KV-cache slots)")->capture_default_str();
+  sub->add_option("--ctx", a->ctx, "Context of each slot (0: min(max_position_embeddings, 4096))")
+      ->capture_default_str();
+  sub->add_option("--max-batch-tokens", a->max_batch_tokens,
+                  "Rows of one forward pass: the decode rows plus chunks of waiting prompts")
+      ->capture_default_str();
+  sub->add_option("--queue", a->queue, "Requests that may wait for a slot; beyond, HTTP 503")
+      ->capture_default_str();
+  sub->add_option("--prefix-cache-mb", a->prefix_cache_mb,
+                  "Host memory for KV blocks of seen prompts, reused by requests that share "
+                  "their prefix (0: off)")
+      ->capture_default_str();
+  sub->add_option("--response-cache", a->server.response_cache,
+                  "Entries of the cache of deterministic responses (greedy, or seeded; 0: off)")
+      ->capture_default_str();
+  sub->add_option("--api-key", a->server.api_key, "Require `Authorization: Bearer KEY`");
+  sub->add_option("--model-name", a->model_name, "The model's id in the API (default: the directory's name)");
+  sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  sub->add_option("--warm", a->warm,
+                  "File of prompts (one per line, text or a JSON string) prefilled into the "
+                  "prefix cache at start-up");
+  sub->add_option("--grace", a->grace_s,
+                  "Seconds in-flight requests may take to finish after SIGINT/SIGTERM")
+      ->capture_default_str();
+  sub->callback([a, engine_opts, guarded, &quiet, &exit_code] {
+    exit_code = guarded("serve", [&] { return serve(*a, engine_opts(), quiet); });
+  });
+}
+
+void register_bench_serve(CLI::App& app, const std::function<int(const char*, const std::function<Status()>&)>& guarded,
+                          const bool& json_out, int& exit_code) {
+  struct Opts {
+    runtime::serve::BenchServeOptions b;
+    std::string concurrency = "1,4,16,64", format = "md";
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand(
+      "bench-serve", "Load benchmark of an OpenAI-compatible server: throughput, TTFT, "
+                     "inter-token and end-to-end latency at several concurrency levels");
+  sub->add_option("--url", o->b.url, "Server base URL")->capture_default_str();
+  auto* ds = sub->add_option("--dataset", o->b.dataset, "JSONL of {\"prompt\": text or ids, \"max_tokens\": N}");
+  auto* syn = sub->add_flag("--synthetic", o->b.synthetic, "Random token-id prompts");
+  ds->excludes(syn);
+  sub->add_option("--concurrency", o->concurrency, "Levels, comma-separated")->capture_default_str();
+  sub->add_option("--requests", o->b.requests, "Requests per level (0: max(16, 4 x concurrency))")
+      ->capture_default_str();
+  sub->add_option("--shared-prefix", o->b.shared_prefix, "Synthetic: tokens every prompt starts with")
+      ->capture_default_str();
+  sub->add_option("--prompt-len", o->b.prompt_len, "Synthetic: tokens of each prompt's own part")
+      ->capture_default_str();
+  sub->add_option("--gen-len", o->b.gen_len, "Tokens generated per request (greedy, ignore_eos)")
+      ->capture_default_str();
+  sub->add_option("--vocab", o->b.vocab, "Synthetic ids are drawn from [1, VOCAB)")->capture_default_str();
+  sub->add_option("--seed", o->b.seed, "Seed of the synthetic prompts")->capture_default_str();
+  sub->add_option("--api-key", o->b.api_key, "Bearer key");
+  sub->add_option("--format", o->format, "md | csv | json")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"md", "csv", "json"}));
+  sub->add_flag("!--no-warmup", o->b.warmup, "Skip the unmeasured warm-up request");
+  sub->callback([o, guarded, &json_out, &exit_code] {
+    exit_code = guarded("bench-serve", [&]() -> Status {
+      o->b.concurrency.clear();
+      SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> levels, ids_parse(o->concurrency, "--concurrency"));
+      for (int32_t c : levels) o->b.concurrency.push_back(int(c));
+      SHRINK_ASSIGN_OR_RETURN(auto rows, runtime::serve::bench_serve(o->b));
+      if (json_out || o->format == "json") {
+        std::cout << runtime::serve::bench_serve_json(o->b, rows).dump(2) << std::endl;
+      } else {
+        std::cout << runtime::serve::bench_serve_table(rows, o->format);
+      }
+      int64_t errors = 0;
+      for (const auto& r : rows) errors += r.errors;
+      SHRINK_CHECK(errors == 0, StatusCode::kInternal, "%lld requests failed (see error_samples)",
+                   (long long)errors);
+      return Status::ok();
+    });
+  });
+}
+
+}  // namespace shrink::cli
