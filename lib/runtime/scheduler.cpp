@@ -102,7 +102,9 @@ Result<std::shared_ptr<ServeStream>> Scheduler::submit(ServeRequest r, bool* bus
   auto s = std::make_shared<ServeStream>();
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (stopping_ || int64_t(queue_.size()) >= o_.queue_limit) {
+    // Requests that will wait: those queued beyond the free slots (the thread admits them).
+    const int64_t waiting = int64_t(queue_.size()) - int64_t(free_slots_.size());
+    if (stopping_ || waiting >= o_.queue_limit) {
       if (busy) *busy = true;
       return Status(StatusCode::kInternal, stopping_ ? "the server is shutting down"
                                                       : "the request queue is full");

@@ -85,7 +85,7 @@ class ServeStream {
 
 struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // rows of one forward pass (decode rows + prompt chunks)
-  int64_t queue_limit = 256;       // requests waiting for a slot; beyond: submit() refuses
+  int64_t queue_limit = 256;       // requests waiting for a slot (none free); beyond: refused
   uint64_t prefix_cache_bytes = 0; // 0: no prefix cache
   int64_t block_tokens = 16;       // prefix-cache block
 };

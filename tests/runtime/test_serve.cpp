@@ -1,0 +1,394 @@
+// Serving: the engine's KV export/import, the prefix cache, the continuous-batching scheduler
+// against runtime::generate run alone, and the OpenAI protocol's text side (stop strings,
+// UTF-8 boundaries, request validation). The HTTP server end to end: tests/cli/test_serve.sh.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/tokenizer.h"
+#include "runtime/api.h"
+#include "runtime/engine.h"
+#include "runtime/prefix_cache.h"
+#include "runtime/scheduler.h"
+#include "runtime/serve/openai.h"
+#include "tests/runtime/util.h"
+
+namespace shrink::runtime {
+namespace {
+
+const std::string kTeacher = std::string(SHRINK_SOURCE_DIR) + "/models/teacher";
+
+std::vector<int32_t> ids_for(int64_t n, int32_t vocab, uint32_t seed) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  uint32_t x = seed * 2654435761u + 12345u;
+  for (auto& t : v) {
+    x = x * 1664525u + 1013904223u;
+    t = int32_t((x >> 8) % uint32_t(vocab));
+  }
+  return v;
+}
+
+float max_abs_diff(const float* a, const float* b, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+std::unique_ptr<Engine> teacher(int slots, const std::string& kv = "f32", int64_t ctx = 256) {
+  EngineOptions o;
+  o.max_batch = slots;
+  o.max_seq_len = ctx;
+  o.kv_cache = kv;
+  auto e = Engine::load(kTeacher, o);
+  EXPECT_TRUE(e.is_ok()) << e.status().message();
+  return e.is_ok() ? std::move(e).value() : nullptr;
+}
+
+// Rows exported from one slot and imported into another give that slot the same next logits,
+// bit for bit (the same bytes feed the same attention), for every cache storage; and they agree
+// with a fresh prefill of the whole prompt to float rounding.
+TEST(Serve, KvExportImportReusesRowsExactly) {
+  for (const char* kv : {"f32", "f16", "int8"}) {
+    SCOPED_TRACE(kv);
+    auto e = teacher(3, kv);
+    ASSERT_TRUE(e);
+    const int64_t V = e->config().vocab_size;
+    const std::vector<int32_t> p = ids_for(40, int32_t(V), 7);
+    std::vector<float> a, b, c;
+    ASSERT_TRUE(e->forward({{0, p.data(), 32}}, false, a).is_ok());
+    // Import in two pieces, as the prefix cache restores block by block (each piece is
+    // layer-major: its own export).
+    const size_t half = size_t(16 * e->kv_bytes_per_token());
+    std::vector<uint8_t> first(half), second(half);
+    ASSERT_TRUE(e->kv_export(0, 0, 16, first.data()).is_ok());
+    ASSERT_TRUE(e->kv_export(0, 16, 16, second.data()).is_ok());
+    ASSERT_TRUE(e->kv_import(1, 0, 16, first.data()).is_ok());
+    ASSERT_TRUE(e->kv_import(1, 16, 16, second.data()).is_ok());
+    std::vector<uint8_t>& rows = first;
+    EXPECT_EQ(e->length(1), 32);
+    ASSERT_TRUE(e->forward({{0, p.data() + 32, 8}}, false, a).is_ok());
+    ASSERT_TRUE(e->forward({{1, p.data() + 32, 8}}, false, b).is_ok());
+    EXPECT_EQ(max_abs_diff(a.data(), b.data(), V), 0.0f);
+    ASSERT_TRUE(e->forward({{2, p.data(), 40}}, false, c).is_ok());
+    EXPECT_LE(max_abs_diff(a.data(), c.data(), V), 1e-4f);
+    // The comparison sees the rows: the same import with the second block's bytes swapped
+    // for the first's changes the logits.
+    e->reset(1);
+    ASSERT_TRUE(e->kv_import(1, 0, 16, first.data()).is_ok());
+    ASSERT_TRUE(e->kv_import(1, 16, 16, first.data()).is_ok());
+    ASSERT_TRUE(e->forward({{1, p.data() + 32, 8}}, false, b).is_ok());
+    EXPECT_GT(max_abs_diff(a.data(), b.data(), V), 1e-3f);
+    // Bad ranges are refused, naming the slot.
+    EXPECT_FALSE(e->kv_export(0, 30, 20, rows.data()).is_ok());  // slot 0 holds 40
+    EXPECT_FALSE(e->kv_import(1, 0, 4, rows.data()).is_ok());  // slot 1 is not empty
+    EXPECT_FALSE(e->kv_import(7, 0, 4, rows.data()).is_ok());
+  }
+}
+
+TEST(Serve, PrefixCacheRestoresWholeBlocksAndEvictsByBytes) {
+  auto e = teacher(2);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  const uint64_t per_token = e->kv_bytes_per_token();
+  const std::vector<int32_t> p = ids_for(50, int32_t(V), 3);
+  std::vector<float> logits;
+  ASSERT_TRUE(e->forward({{0, p.data(), 50}}, false, logits).is_ok());
+  // Budget for exactly 3 blocks of 16 tokens.
+  PrefixCache cache(3 * 16 * per_token, 16, per_token);
+  ASSERT_TRUE(cache.insert(*e, 0, p.data(), 50).is_ok());
+  EXPECT_EQ(cache.blocks(), 3);  // 50 tokens: 3 whole blocks
+  EXPECT_EQ(cache.bytes(), 3 * 16 * per_token);
+  // A prompt sharing 40 tokens restores 32 (two whole blocks), and the rows are right.
+  std::vector<int32_t> q(p.begin(), p.begin() + 40);
+  q.push_back(int32_t((p[40] + 1) % V));
+  Result<int64_t> got = cache.restore(*e, 1, q.data(), int64_t(q.size()) - 1);
+  ASSERT_TRUE(got.is_ok());
+  EXPECT_EQ(got.value(), 32);
+  EXPECT_EQ(e->length(1), 32);
+  std::vector<float> a, b;
+  ASSERT_TRUE(e->forward({{1, q.data() + 32, int64_t(q.size()) - 32}}, false, a).is_ok());
+  e->reset(1);
+  ASSERT_TRUE(e->forward({{1, q.data(), int64_t(q.size())}}, false, b).is_ok());
+  EXPECT_LE(max_abs_diff(a.data(), b.data(), V), 1e-4f);
+  // A different first block misses entirely.
+  e->reset(1);
+  std::vector<int32_t> r = p;
+  r[0] = (r[0] + 1) % int32_t(V);
+  EXPECT_EQ(cache.restore(*e, 1, r.data(), 49).value(), 0);
+  EXPECT_EQ(e->length(1), 0);
+  // Inserting another 2-block chain evicts the least recently used blocks: the first chain's tail.
+  e->reset(1);
+  ASSERT_TRUE(e->forward({{1, r.data(), 33}}, false, a).is_ok());
+  ASSERT_TRUE(cache.insert(*e, 1, r.data(), 33).is_ok());
+  EXPECT_EQ(cache.blocks(), 3);
+  EXPECT_EQ(cache.evictions(), 2u);
+  e->reset(1);
+  EXPECT_EQ(cache.restore(*e, 1, p.data(), 49).value(), 16);  // its head survived
+  e->reset(1);
+  EXPECT_EQ(cache.restore(*e, 1, r.data(), 33).value(), 32);
+  EXPECT_EQ(cache.hits(), 3u);
+}
+
+// Requests served concurrently (greedy and seeded sampling, different prompt lengths, prompts
+// chunked over several steps, the prefix cache on and a second round that hits it) give the
+// tokens that runtime::generate gives each alone.
+TEST(Serve, SchedulerBatchesEqualGenerateAlone) {
+  auto alone = teacher(1);
+  auto served = teacher(4);
+  ASSERT_TRUE(alone && served);
+  const int64_t V = served->config().vocab_size;
+  struct Case {
+    std::vector<int32_t> prompt;
+    core::SamplingParams s;
+    uint64_t seed;
+    int64_t max_tokens;
+  };
+  const std::vector<int32_t> shared = ids_for(37, int32_t(V), 11);
+  std::vector<Case> cases;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p = i % 2 ? shared : std::vector<int32_t>();
+    auto own = ids_for(5 + 9 * i, int32_t(V), 100 + uint32_t(i));
+    p.insert(p.end(), own.begin(), own.end());
+    core::SamplingParams s;
+    if (i % 3 == 1) s.temperature = 0.9f, s.top_k = 40;
+    if (i % 3 == 2) s.temperature = 1.1f, s.top_p = 0.9f;
+    cases.push_back({p, s, uint64_t(1000 + i), 12 + i});
+  }
+  std::vector<std::vector<int32_t>> want;
+  for (const Case& c : cases) {
+    GenerateOptions g;
+    g.max_new_tokens = c.max_tokens;
+    g.sampling = c.s;
+    g.seed = c.seed;
+    g.stop_at_eos = false;
+    auto r = generate(*alone, c.prompt, g);
+    ASSERT_TRUE(r.is_ok()) << r.status().message();
+    want.emplace_back(r.value().ids.begin() + r.value().prompt_len, r.value().ids.end());
+  }
+  SchedulerOptions so;
+  so.max_batch_tokens = 24;  // longer prompts take several steps beside the others' decoding
+  so.prefix_cache_bytes = 64u << 20;
+  Scheduler sched(*served, so);
+  sched.start();
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    std::vector<std::shared_ptr<ServeStream>> streams;
+    for (const Case& c : cases) {
+      ServeRequest r;
+      r.prompt = c.prompt;
+      r.sampling = c.s;
+      r.seed = c.seed;
+      r.max_tokens = c.max_tokens;
+      auto s = sched.submit(r);
+      ASSERT_TRUE(s.is_ok()) << s.status().message();
+      streams.push_back(s.value());
+    }
+    for (size_t i = 0; i < cases.size(); ++i) {
+      std::vector<TokenOut> got;
+      while (!streams[i]->wait(0, got, std::chrono::milliseconds(100))) {
+      }
+      streams[i]->wait(0, got, std::chrono::milliseconds(0));
+      std::vector<int32_t> ids;
+      for (const TokenOut& t : got) ids.push_back(t.id);
+      EXPECT_EQ(ids, want[i]) << "request " << i;
+      EXPECT_EQ(streams[i]->finish_reason(), "length");
+      // The second round finds each prompt of more than one block in the cache.
+      if (round == 1 && cases[i].prompt.size() > 16)
+        EXPECT_GE(streams[i]->cached_tokens(), 16) << "request " << i;
+    }
+  }
+  const SchedulerStats st = sched.stats();
+  EXPECT_EQ(st.requests, 12u);
+  EXPECT_GT(st.cached_tokens, 0u);
+  EXPECT_LT(st.prefill_tokens, st.prompt_tokens);
+  // Steps ran several requests at once: fewer steps than tokens generated.
+  EXPECT_LT(st.steps, st.generated_tokens);
+  sched.shutdown(std::chrono::milliseconds(1000));
+}
+
+TEST(Serve, SchedulerStopsAtEosCancelsAndRefusesWhatDoesNotFit) {
+  auto e = teacher(2, "f32", 64);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  // The greedy continuation's third token, declared an end token, stops the request there.
+  auto alone = teacher(1, "f32", 64);
+  GenerateOptions g;
+  g.max_new_tokens = 8;
+  g.stop_at_eos = false;
+  const std::vector<int32_t> p = ids_for(9, int32_t(V), 5);
+  auto r = generate(*alone, p, g);
+  ASSERT_TRUE(r.is_ok());
+  const int32_t third = r.value().ids[size_t(r.value().prompt_len) + 2];
+  SchedulerOptions so;
+  so.queue_limit = 1;
+  Scheduler sched(*e, so);  // 2 slots, 1 request may wait
+  ServeRequest q;
+  q.prompt = p;
+  q.max_tokens = 8;
+  q.eos = {third};
+  // Before start(): two requests have slots, a third waits, a fourth is refused as busy.
+  auto s1 = sched.submit(q);
+  ASSERT_TRUE(s1.is_ok());
+  ASSERT_TRUE(sched.submit(q).is_ok());
+  ASSERT_TRUE(sched.submit(q).is_ok());
+  bool busy = false;
+  EXPECT_FALSE(sched.submit(q, &busy).is_ok());
+  EXPECT_TRUE(busy);
+  sched.start();
+  std::vector<TokenOut> got;
+  while (!s1.value()->wait(0, got, std::chrono::milliseconds(100))) {
+  }
+  s1.value()->wait(0, got, std::chrono::milliseconds(0));
+  int64_t first_third = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i].id == third) { first_third = int64_t(i); break; }
+  EXPECT_EQ(int64_t(got.size()), first_third + 1);
+  EXPECT_EQ(s1.value()->finish_reason(), "stop");
+  // Too long for the context, out-of-vocabulary ids, an empty prompt: refused, not busy.
+  ServeRequest big;
+  big.prompt = ids_for(60, int32_t(V), 1);
+  big.max_tokens = 10;
+  auto sb = sched.submit(big, &busy);
+  ASSERT_FALSE(sb.is_ok());
+  EXPECT_FALSE(busy);
+  EXPECT_NE(sb.status().message().find("exceed the context of 64"), std::string::npos);
+  ServeRequest oov;
+  oov.prompt = {1, int32_t(V)};
+  EXPECT_FALSE(sched.submit(oov).is_ok());
+  EXPECT_FALSE(sched.submit(ServeRequest{}).is_ok());
+  // A cancelled request ends "cancelled" and frees its slot.
+  ServeRequest longer;
+  longer.prompt = p;
+  longer.max_tokens = 50;
+  auto s2 = sched.submit(longer);
+  ASSERT_TRUE(s2.is_ok());
+  s2.value()->cancel();
+  while (!s2.value()->wait(0, got, std::chrono::milliseconds(100))) {
+  }
+  EXPECT_EQ(s2.value()->finish_reason(), "cancelled");
+  sched.shutdown(std::chrono::milliseconds(1000));
+  EXPECT_EQ(sched.stats().running, 0);
+}
+
+// ---- the protocol's text side ---------------------------------------------------------------
+
+TEST(Serve, TextStreamHoldsBackStopPrefixesAndPartialCharacters) {
+  auto tok = core::Tokenizer::load(kTeacher + "/tokenizer.json");
+  ASSERT_TRUE(tok.is_ok());
+  const core::Tokenizer& t = tok.value();
+  const std::vector<int32_t> ids = t.encode("Hello world. The end is near.", false);
+  ASSERT_GE(ids.size(), 4u);
+  auto toks = [](const std::vector<int32_t>& v) {
+    std::vector<TokenOut> o;
+    for (int32_t id : v) o.push_back({id, 0, {}});
+    return o;
+  };
+  // No stop strings: the text arrives token by token and adds up to the decode of all.
+  serve::TextStream plain(&t, {});
+  std::string acc;
+  for (size_t i = 0; i < ids.size(); ++i) acc += plain.push(toks({ids[i]}), i + 1 == ids.size());
+  EXPECT_EQ(acc, t.decode(ids, true));
+  // A stop string spanning tokens: the text ends before it, the rest is never sent.
+  serve::TextStream st(&t, {"end is"});
+  acc.clear();
+  for (size_t i = 0; i < ids.size() && !st.stopped(); ++i) acc += st.push(toks({ids[i]}), false);
+  EXPECT_TRUE(st.stopped());
+  EXPECT_EQ(acc, "Hello world. The ");
+  EXPECT_EQ(st.text(), acc);
+  // A multi-byte character split over two byte tokens is held back until complete.
+  const std::vector<int32_t> e_acute = t.encode("\xC3\xA9", false);  // é
+  if (e_acute.size() == 2) {
+    serve::TextStream u(&t, {});
+    EXPECT_EQ(u.push(toks({e_acute[0]}), false), "");
+    EXPECT_EQ(u.push(toks({e_acute[1]}), false), "\xC3\xA9");
+  } else {
+    GTEST_LOG_(INFO) << "é is one token in this tokenizer: the split case is not exercised";
+  }
+}
+
+TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
+  auto tok = core::Tokenizer::load(kTeacher + "/tokenizer.json");
+  ASSERT_TRUE(tok.is_ok());
+  serve::CompletionRequest q;
+  auto parse = [&](const std::string& body) {
+    return serve::parse_completion(body, &tok.value(), "teacher", 4096, 64, q);
+  };
+  EXPECT_FALSE(parse(R"({"prompt":"hi","max_tokens":3,"temperature":0,"stop":["x"],"seed":4})"));
+  EXPECT_EQ(q.max_tokens, 3);
+  EXPECT_EQ(q.sampling.temperature, 0.0f);
+  EXPECT_EQ(q.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(q.prompt, tok.value().encode("hi", true));
+  EXPECT_FALSE(parse(R"({"prompt":[[1,2,3]]})"));
+  EXPECT_EQ(q.prompt, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(q.sampling.temperature, 1.0f);  // OpenAI's default
+  EXPECT_EQ(q.max_tokens, 16);
+  struct Bad {
+    const char* body;
+    int status;
+    const char* param;
+    const char* says;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {"{", 400, "", "not valid JSON"},
+           {"[1]", 400, "", "expected a JSON object"},
+           {R"({"max_tokens":3})", 400, "prompt", "required"},
+           {R"({"prompt":"x","max_tokens":"3"})", 400, "max_tokens", "expected an integer, got a string"},
+           {R"({"prompt":"x","max_tokens":-1})", 400, "max_tokens", "[0, 64]"},
+           {R"({"prompt":"x","temperature":3})", 400, "temperature", "[0, 2]"},
+           {R"({"prompt":"x","top_p":0})", 400, "top_p", "(0, 1]"},
+           {R"({"prompt":[1,99999]})", 400, "prompt[1]", "outside the vocabulary"},
+           {R"({"prompt":"x","n":2})", 400, "n", "n = 1"},
+           {R"({"prompt":"x","stop":[1]})", 400, "stop[0]", "expected a string"},
+           {R"({"prompt":"x","stream":"yes"})", 400, "stream", "expected a boolean"},
+           {R"({"prompt":"x","model":"gpt-4"})", 404, "model", "does not exist"},
+           {R"({"prompt":[1,2,3],"max_tokens":62})", 400, "max_tokens", "maximum context length is 64"},
+           {R"({"prompt":"x","logprobs":21})", 400, "logprobs", "[0, 20]"},
+           {R"({"prompt":"x","stream_options":{"include_usage":true}})", 400, "stream_options", "stream: true"},
+       }) {
+    SCOPED_TRACE(b.body);
+    auto e = parse(b.body);
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->status, b.status);
+    EXPECT_EQ(e->param, b.param);
+    EXPECT_NE(e->message.find(b.says), std::string::npos) << e->message;
+  }
+  // Text prompts need a tokenizer.
+  auto e = serve::parse_completion(R"({"prompt":"x"})", nullptr, "teacher", 4096, 64, q);
+  ASSERT_TRUE(e);
+  EXPECT_NE(e->message.find("token ids"), std::string::npos);
+}
+
+TEST(Serve, ResponseCacheKeysOnlyDeterministicRequestsAndEvictsLru) {
+  serve::CompletionRequest a;
+  a.prompt = {1, 2};
+  a.sampling.temperature = 0.7f;
+  EXPECT_EQ(serve::ResponseCache::key(a), "");  // sampled without a seed
+  a.seed = 5;
+  const std::string k1 = serve::ResponseCache::key(a);
+  EXPECT_NE(k1, "");
+  a.seed = 6;
+  EXPECT_NE(serve::ResponseCache::key(a), k1);
+  serve::CompletionRequest g;
+  g.prompt = {1, 2};
+  g.sampling.temperature = 0;
+  g.seed = 9;  // the seed does not matter when greedy
+  serve::CompletionRequest g2 = g;
+  g2.seed.reset();
+  EXPECT_EQ(serve::ResponseCache::key(g), serve::ResponseCache::key(g2));
+  serve::ResponseCache c(2);
+  c.put("a", 1);
+  c.put("b", 2);
+  EXPECT_EQ(c.get("a").value(), 1);  // a is now newer than b
+  c.put("c", 3);
+  EXPECT_FALSE(c.get("b").has_value());
+  EXPECT_TRUE(c.get("a").has_value());
+  EXPECT_EQ(c.hits(), 2u);
+  EXPECT_EQ(c.misses(), 1u);
+}
+
+}  // namespace
+}  // namespace shrink::runtime
