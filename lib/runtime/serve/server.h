@@ -28,7 +28,7 @@ struct ServerOptions {
   int port = 8080;  // 0: any free port (port() tells which)
   std::string api_key;
   std::string model_id;  // the name /v1/models lists and requests may give
-  size_t response_cache = 0;
+  size_t response_cache = 1024;
   int http_threads = 0;  // 0: slots + queue limit + 4
   std::vector<int64_t> eos;
 };
