@@ -60,13 +60,15 @@ ORT_NODE_VERSION=1.30.0
 HF_TOKENIZERS_VERSION=0.2.0
 HF_TRANSFORMERS_VERSION=4.3.2
 NODE_LLAMA_CPP_VERSION=3.21.1
-OPENAI_VERSION=4.104.0          # the official OpenAI client: the serve check (tests/cli/test_serve.sh)
+OPENAI_VERSION=4.104.0          # the official OpenAI client: the serve check (scripts/serve_check.mjs)
+HF_JINJA_VERSION=0.5.13         # Hugging Face's chat-template renderer: the jinja check
 npm_peers_present() {
   grep -qs "\"version\": \"$ORT_NODE_VERSION\"" .npm-ort/node_modules/onnxruntime-node/package.json &&
     grep -qs "\"version\": \"$HF_TOKENIZERS_VERSION\"" .npm-ort/node_modules/@huggingface/tokenizers/package.json &&
     grep -qs "\"version\": \"$HF_TRANSFORMERS_VERSION\"" .npm-ort/node_modules/@huggingface/transformers/package.json &&
     grep -qs "\"version\": \"$NODE_LLAMA_CPP_VERSION\"" .npm-ort/node_modules/node-llama-cpp/package.json &&
     grep -qs "\"version\": \"$OPENAI_VERSION\"" .npm-ort/node_modules/openai/package.json &&
+    grep -qs "\"version\": \"$HF_JINJA_VERSION\"" .npm-ort/node_modules/@huggingface/jinja/package.json &&
     [ -f .npm-ort/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node ]
 }
 NPM_HINT="or set SHRINK_SKIP_NPM_PEERS=1 to skip ort_check, tokenizer_peer_check, transformers_js_check and llamacpp_check"
@@ -89,7 +91,7 @@ else
     npm install --prefix .npm-ort --ignore-scripts --no-audit --no-fund \
       "onnxruntime-node@$ORT_NODE_VERSION" "@huggingface/tokenizers@$HF_TOKENIZERS_VERSION" \
       "@huggingface/transformers@$HF_TRANSFORMERS_VERSION" "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" \
-      "openai@$OPENAI_VERSION" \
+      "openai@$OPENAI_VERSION" "@huggingface/jinja@$HF_JINJA_VERSION" \
       >"$npm_log" 2>&1 \
       || { tail -20 "$npm_log" >&2; rm -f "$npm_log"; fail "npm install into .npm-ort failed; $NPM_HINT"; }
     rm -f "$npm_log"

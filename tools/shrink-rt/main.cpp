@@ -499,5 +499,6 @@ int main(int argc, char** argv) {
   };
   cli::register_serve(app, [&g] { return engine_opts(g); }, guarded, g.quiet, g.exit_code);
   cli::register_bench_serve(app, guarded, g.json, g.exit_code);
+  cli::register_chat_template(app, guarded, g.exit_code);
   return cli::parse_and_run(app, argc, argv, g.exit_code);
 }

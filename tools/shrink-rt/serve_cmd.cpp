@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/jinja.h"
 #include "core/model_config.h"
 #include "core/tokenizer.h"
 #include "core/tokens.h"
@@ -182,6 +183,83 @@ void register_serve(CLI::App& app, const std::function<runtime::EngineOptions()>
       ->capture_default_str();
   sub->callback([a, engine_opts, guarded, &quiet, &exit_code] {
     exit_code = guarded("serve", [&] { return serve(*a, engine_opts(), quiet); });
+  });
+}
+
+void register_chat_template(CLI::App& app,
+                            const std::function<int(const char*, const std::function<Status()>&)>& guarded,
+                            int& exit_code) {
+  struct Opts {
+    std::string model, template_file, messages, contexts;
+    bool no_generation_prompt = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand(
+      "chat-template", "Render a chat template (the model's, or --template) as transformers' "
+                       "apply_chat_template does: the prompt `serve` builds for /v1/chat/completions");
+  sub->add_option("model", o->model, "Model directory (its chat_template.jinja or tokenizer_config.json)");
+  sub->add_option("--template", o->template_file,
+                  "A .jinja file, or a JSON object with chat_template (and bos_token, eos_token)");
+  sub->add_option("--messages", o->messages, "JSON file: the messages (an array of {role, content})");
+  sub->add_option("--contexts", o->contexts,
+                  "JSON file: an array of whole contexts; prints a JSON array of {text} or {error}");
+  sub->add_flag("--no-generation-prompt", o->no_generation_prompt, "add_generation_prompt = false");
+  sub->callback([o, guarded, &exit_code] {
+    exit_code = guarded("chat-template", [&]() -> Status {
+      auto read = [](const std::string& path) -> Result<std::string> {
+        std::ifstream f(path, std::ios::binary);
+        SHRINK_CHECK(bool(f), StatusCode::kNotFound, "%s: cannot open", path.c_str());
+        return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      };
+      auto parse = [](const std::string& text, const std::string& path) -> Result<nlohmann::ordered_json> {
+        try {
+          return nlohmann::ordered_json::parse(text);
+        } catch (const nlohmann::json::parse_error& e) {
+          return Status(StatusCode::kInvalidInput, path + ":" + std::to_string(e.byte) + ": not valid JSON");
+        }
+      };
+      core::ChatTemplate ct;
+      if (!o->template_file.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(std::string text, read(o->template_file));
+        std::string source = text;
+        if (o->template_file.size() > 5 && o->template_file.substr(o->template_file.size() - 5) == ".json") {
+          SHRINK_ASSIGN_OR_RETURN(auto j, parse(text, o->template_file));
+          SHRINK_CHECK(j.is_object() && j.contains("chat_template") && j["chat_template"].is_string(),
+                       StatusCode::kInvalidInput, "%s: expected an object with chat_template",
+                       o->template_file.c_str());
+          source = j["chat_template"].get<std::string>();
+          if (j.contains("bos_token") && j["bos_token"].is_string()) ct.bos_token = j["bos_token"];
+          if (j.contains("eos_token") && j["eos_token"].is_string()) ct.eos_token = j["eos_token"];
+        }
+        SHRINK_ASSIGN_OR_RETURN(ct.tmpl, core::JinjaTemplate::parse(source, o->template_file));
+      } else {
+        SHRINK_CHECK(!o->model.empty(), StatusCode::kInvalidInput, "give MODEL_DIR or --template FILE");
+        SHRINK_ASSIGN_OR_RETURN(auto t, core::chat_template_load(o->model));
+        SHRINK_CHECK(t.has_value(), StatusCode::kInvalidInput,
+                     "%s has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)",
+                     o->model.c_str());
+        ct = std::move(*t);
+      }
+      if (!o->contexts.empty()) {
+        SHRINK_ASSIGN_OR_RETURN(std::string text, read(o->contexts));
+        SHRINK_ASSIGN_OR_RETURN(auto all, parse(text, o->contexts));
+        SHRINK_CHECK(all.is_array(), StatusCode::kInvalidInput, "%s: expected an array", o->contexts.c_str());
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& c : all) {
+          Result<std::string> r = ct.tmpl.render(c);
+          if (r.is_ok()) out.push_back({{"text", r.value()}});
+          else out.push_back({{"error", r.status().message()}});
+        }
+        std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+        return Status::ok();
+      }
+      SHRINK_CHECK(!o->messages.empty(), StatusCode::kInvalidInput, "give --messages FILE or --contexts FILE");
+      SHRINK_ASSIGN_OR_RETURN(std::string text, read(o->messages));
+      SHRINK_ASSIGN_OR_RETURN(auto msgs, parse(text, o->messages));
+      SHRINK_ASSIGN_OR_RETURN(std::string r, core::chat_template_render(ct, msgs, !o->no_generation_prompt));
+      std::cout << r;
+      return Status::ok();
+    });
   });
 }
 

@@ -15,6 +15,9 @@ namespace shrink::cli {
 void register_serve(CLI::App& app, const std::function<runtime::EngineOptions()>& engine_opts,
                     const std::function<int(const char*, const std::function<Status()>&)>& guarded,
                     const bool& quiet, int& exit_code);
+void register_chat_template(CLI::App& app,
+                            const std::function<int(const char*, const std::function<Status()>&)>& guarded,
+                            int& exit_code);
 void register_bench_serve(CLI::App& app,
                           const std::function<int(const char*, const std::function<Status()>&)>& guarded,
                           const bool& json_out, int& exit_code);
