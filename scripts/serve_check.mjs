@@ -34,9 +34,14 @@ function check(ok, what) {
   if (!ok) failures++;
 }
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+async function expectError0(what, fn, status, test) {
+  try { await fn(); check(false, `${what}: no error`); } catch (e) {
+    check(e.status === status && (!test || test(e)), `${what}: HTTP ${e.status} ${e.error ? JSON.stringify(e.error).slice(0, 120) : e.message}`);
+  }
+}
 
-function generate(prompt, n, extra = []) {
-  const r = spawnSync(RT, ['--threads', '1', '--json', 'generate', MODEL, '--prompt', prompt,
+function generate(prompt, n, extra = [], ids = null) {
+  const r = spawnSync(RT, ['--threads', '1', '--json', 'generate', MODEL, ...(ids ? ['--prompt-ids', ids.join(',')] : ['--prompt', prompt]),
                            '--max-new-tokens', String(n), '--ignore-eos', ...extra], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`shrink-rt generate failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
@@ -69,7 +74,18 @@ const refs = prompts.map((p) => generate(p, 16));
 const sampled = generate(prompts[0], 16, ['--temperature', '0.8', '--top-p', '0.95', '--top-k', '50', '--seed', '7']);
 const newText = (g, p) => g.text.slice(p.length);
 
-const srv = await startServer(['--slots', '4', '--api-key', KEY, '--response-cache', '16', '--max-batch-tokens', '32']);
+// The teacher has no chat template of its own: serve it with SmolLM2's (a ChatML template).
+const fs = await import('node:fs');
+const os = await import('node:os');
+const chatTemplate = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'serve-check-')), 'chat.jinja');
+fs.writeFileSync(chatTemplate, JSON.parse(fs.readFileSync(path.join(here, '..', 'tests', 'fixtures', 'chat_templates', 'smollm.json'), 'utf8')).chat_template);
+const chatMessages = [{ role: 'system', content: 'You answer with a fortune.' }, { role: 'user', content: 'What does the future hold?' }];
+const messagesFile = path.join(path.dirname(chatTemplate), 'messages.json');
+fs.writeFileSync(messagesFile, JSON.stringify(chatMessages));
+const rendered = spawnSync(RT, ['chat-template', '--template', chatTemplate, '--messages', messagesFile], { encoding: 'utf8' });
+if (rendered.status !== 0) throw new Error(`shrink-rt chat-template failed: ${rendered.stderr}`);
+const srv = await startServer(['--slots', '4', '--api-key', KEY, '--response-cache', '16', '--max-batch-tokens', '32',
+                               '--chat-template', chatTemplate]);
 const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: KEY, maxRetries: 0 });
 try {
   const models = await client.models.list();
@@ -99,6 +115,26 @@ try {
   }
   check(text === newText(refs[1], prompts[1]) && finish === 'length' && usage && usage.completion_tokens === 16,
         'streamed completion: the same text, finish_reason and usage');
+
+  // Chat: the messages rendered by the template, then generated as generate does from those ids.
+  const chat = await client.chat.completions.create({ model: id, messages: chatMessages, max_tokens: 12, temperature: 0,
+                                                     ignore_eos: true, return_token_ids: true });
+  const chatRef = generate(null, 12, [], chat.choices[0].prompt_token_ids);
+  check(rendered.stdout.includes('<|im_start|>assistant\n') && chatRef.text.startsWith(rendered.stdout),
+        'chat: the prompt is the rendered template');
+  check(same(chat.choices[0].token_ids, chatRef.new_ids) && chat.choices[0].message.role === 'assistant' &&
+        chat.choices[0].message.content === chatRef.text.slice(chatRef.text.length - chat.choices[0].message.content.length) &&
+        chat.object === 'chat.completion', 'chat completion: the ids of shrink-rt generate on the rendered prompt');
+  const chatStream = await client.chat.completions.create({ model: id, messages: chatMessages, max_tokens: 12, temperature: 0,
+                                                           ignore_eos: true, stream: true });
+  let chatText = '', role = null;
+  for await (const c of chatStream) {
+    if (c.choices.length) { chatText += c.choices[0].delta.content || ''; role = role || c.choices[0].delta.role; }
+  }
+  check(chatText === chat.choices[0].message.content && role === 'assistant', 'streamed chat: the same content, role first');
+  await expectError0('chat with an image part', () => client.chat.completions.create({ model: id, max_tokens: 1,
+    messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x' } }] }] }), 400,
+    (e) => e.param === 'messages[0].content[0]');
 
   // Several at once, greedy and sampled: each as generated alone (15 tokens: requests the
   // response cache has not seen, so that all of them run).

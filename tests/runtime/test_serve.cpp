@@ -362,6 +362,53 @@ TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
   EXPECT_NE(e->message.find("token ids"), std::string::npos);
 }
 
+TEST(Serve, ChatRequestsRenderTheTemplateAndNameBadMessages) {
+  auto tok = core::Tokenizer::load(kTeacher + "/tokenizer.json");
+  ASSERT_TRUE(tok.is_ok());
+  core::ChatTemplate ct;
+  ct.tmpl = core::JinjaTemplate::parse(
+                "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tools') }}{% endif %}"
+                "<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+                "t")
+                .take_or_throw();
+  serve::CompletionRequest q;
+  auto parse = [&](const std::string& body, const core::ChatTemplate* t) {
+    return serve::parse_chat(body, &tok.value(), t, "teacher", 4096, 256, q);
+  };
+  ASSERT_FALSE(parse(R"({"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":5,"logprobs":true,"top_logprobs":3})", &ct));
+  EXPECT_EQ(q.prompt_text, "<user>a\nb\n<assistant>");
+  EXPECT_EQ(q.prompt, tok.value().encode("<user>a\nb\n<assistant>", false));
+  EXPECT_EQ(q.max_tokens, 5);
+  EXPECT_EQ(q.logprobs, 3);
+  EXPECT_TRUE(q.chat);
+  ASSERT_FALSE(parse(R"({"messages":[{"role":"user","content":"x"}],"add_generation_prompt":false})", &ct));
+  EXPECT_EQ(q.prompt_text, "<user>x\n");
+  EXPECT_EQ(q.logprobs, -1);
+  struct Bad {
+    const char* body;
+    const char* param;
+    const char* says;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {R"({"messages":[]})", "messages", "non-empty array"},
+           {R"({"messages":[{"content":"x"}]})", "messages[0].role", "required"},
+           {R"({"messages":[{"role":"user","content":5}]})", "messages[0].content", "expected a string or an array"},
+           {R"({"messages":[{"role":"user","content":"x"},{"role":"tool","content":"y"}]})", "messages", "refused them: no tools"},
+           {R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})", "top_logprobs", "logprobs: true"},
+           {R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":300})", "max_completion_tokens", "[0, 256]"},
+       }) {
+    SCOPED_TRACE(b.body);
+    auto e = parse(b.body, &ct);
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->status, 400);
+    EXPECT_EQ(e->param, b.param);
+    EXPECT_NE(e->message.find(b.says), std::string::npos) << e->message;
+  }
+  auto none = parse(R"({"messages":[{"role":"user","content":"x"}]})", nullptr);
+  ASSERT_TRUE(none.has_value());
+  EXPECT_NE(none->message.find("no chat template"), std::string::npos);
+}
+
 TEST(Serve, ResponseCacheKeysOnlyDeterministicRequestsAndEvictsLru) {
   serve::CompletionRequest a;
   a.prompt = {1, 2};

@@ -29,7 +29,7 @@ namespace shrink::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, tokenizer, warm, model_name;
+  std::string model, tokenizer, warm, model_name, chat_template;
   runtime::serve::ServerOptions server;
   int slots = 8;
   int64_t ctx = 0, max_batch_tokens = 512, queue = 256;
@@ -86,6 +86,26 @@ Status serve(ServeArgs& a, const runtime::EngineOptions& base, bool quiet) {
     SHRINK_CHECK(a.tokenizer.empty(), StatusCode::kNotFound, "--tokenizer %s: not found",
                  a.tokenizer.c_str());
   }
+  // The chat template is parsed before the model loads: one it cannot render stops here (exit 2,
+  // naming the construct), not at the first chat request.
+  std::optional<core::ChatTemplate> chat;
+  if (!a.chat_template.empty()) {
+    std::ifstream f(a.chat_template, std::ios::binary);
+    SHRINK_CHECK(bool(f), StatusCode::kNotFound, "--chat-template %s: cannot open", a.chat_template.c_str());
+    const std::string src((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    core::ChatTemplate ct;
+    SHRINK_ASSIGN_OR_RETURN(ct.tmpl, core::JinjaTemplate::parse(src, a.chat_template));
+    ct.origin = a.chat_template;
+    SHRINK_ASSIGN_OR_RETURN(auto from_model, core::chat_template_load(a.model));
+    if (from_model) {
+      ct.bos_token = from_model->bos_token;
+      ct.eos_token = from_model->eos_token;
+    }
+    chat = std::move(ct);
+  } else {
+    SHRINK_ASSIGN_OR_RETURN(chat, core::chat_template_load(a.model));
+  }
+  if (chat) a.server.chat_template = &*chat;
   runtime::EngineOptions eo = base;
   eo.max_batch = a.slots;
   eo.max_seq_len = a.ctx;
@@ -151,8 +171,9 @@ void register_serve(CLI::App& app, const std::function<runtime::EngineOptions()>
                     const bool& quiet, int& exit_code) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* sub = app.add_subcommand(
-      "serve", "OpenAI-compatible HTTP server (POST /v1/completions, GET /v1/models, /health, "
-               "/metrics) with continuous batching, a prefix cache and a response cache");
+      "serve", "OpenAI-compatible HTTP server (POST /v1/completions, /v1/chat/completions, GET "
+               "/v1/models, /health, /metrics) with continuous batching, a prefix cache and a "
+               "response cache");
   sub->add_option("model", a->model, "Model directory")->required();
   sub->add_option("--host", a->server.host, "Address to listen on")->capture_default_str();
   sub->add_option("--port", a->server.port, "Port (0: any free port; the first line printed says which)")
@@ -175,6 +196,9 @@ void register_serve(CLI::App& app, const std::function<runtime::EngineOptions()>
   sub->add_option("--api-key", a->server.api_key, "Require `Authorization: Bearer KEY`");
   sub->add_option("--model-name", a->model_name, "The model's id in the API (default: the directory's name)");
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json instead of MODEL_DIR's");
+  sub->add_option("--chat-template", a->chat_template,
+                  "A Jinja chat template file for /v1/chat/completions instead of the model's "
+                  "(chat_template.jinja or tokenizer_config.json's chat_template)");
   sub->add_option("--warm", a->warm,
                   "File of prompts (one per line, text or a JSON string) prefilled into the "
                   "prefix cache at start-up");

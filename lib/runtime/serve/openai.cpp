@@ -109,58 +109,10 @@ std::optional<ApiError> read_ids(const json& a, const std::string& param, int64_
   return std::nullopt;
 }
 
-}  // namespace
-
-std::optional<ApiError> parse_completion(const std::string& body, const core::Tokenizer* tok,
-                                         const std::string& model_id, int64_t vocab,
-                                         int64_t context, CompletionRequest& q) {
-  json j;
-  try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
-    return bad("", "the body is not valid JSON (byte " + std::to_string(e.byte) + "): " +
-                       std::string(e.what()));
-  }
-  if (!j.is_object()) return bad("", std::string("expected a JSON object, got ") + type_name(j));
-  q = CompletionRequest{};
-  q.sampling.temperature = 1.0f;  // OpenAI's default
-  if (auto it = j.find("model"); it != j.end() && !it->is_null()) {
-    if (!it->is_string()) return bad("model", std::string("expected a string, got ") + type_name(*it));
-    q.model = it->get<std::string>();
-    if (q.model != model_id) {
-      ApiError e = bad("model", "the model `" + q.model + "` does not exist; this server serves `" +
-                                    model_id + "`");
-      e.status = 404;
-      e.code = "model_not_found";
-      return e;
-    }
-  }
-  // prompt: text, token ids, or a batch of one of either.
-  auto pit = j.find("prompt");
-  if (pit == j.end() || pit->is_null()) return bad("prompt", "required");
-  json p = *pit;
-  std::string ppath = "prompt";
-  if (p.is_array() && p.size() == 1 && (p[0].is_string() || p[0].is_array())) {
-    p = p[0];
-    ppath = "prompt[0]";
-  }
-  if (p.is_string()) {
-    if (!tok)
-      return bad(ppath, "this model has no tokenizer.json: send the prompt as token ids");
-    q.prompt_text = p.get<std::string>();
-    q.prompt = tok->encode(q.prompt_text, true);
-  } else if (p.is_array() && all_ints(p)) {
-    if (auto e = read_ids(p, ppath, vocab, q.prompt)) return e;
-    if (tok) q.prompt_text = tok->decode(q.prompt, false);
-  } else if (p.is_array()) {
-    return bad("prompt", "expected a string, an array of token ids, or a batch of one of them "
-                         "(send one prompt per request)");
-  } else {
-    return bad("prompt", std::string("expected a string or an array of token ids, got ") +
-                             type_name(p));
-  }
-  if (q.prompt.empty()) return bad(ppath, "the prompt is empty (no tokens)");
-
+// The sampling, output and length fields both endpoints share; checks prompt + max_tokens
+// against the context last.
+std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok, int64_t vocab,
+                                      int64_t context, CompletionRequest& q) {
   if (auto e = read_int(j, "max_tokens", 0, context, q.max_tokens)) return e;
   double t = q.sampling.temperature, tp = q.sampling.top_p;
   if (auto e = read_num(j, "temperature", 0.0, 2.0, false, t)) return e;
@@ -247,6 +199,168 @@ std::optional<ApiError> parse_completion(const std::string& body, const core::To
     e.code = "context_length_exceeded";
     return e;
   }
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_json_object(const std::string& body, json& j) {
+  try {
+    j = json::parse(body);
+  } catch (const json::parse_error& e) {
+    return bad("", "the body is not valid JSON (byte " + std::to_string(e.byte) + "): " +
+                       std::string(e.what()));
+  }
+  if (!j.is_object()) return bad("", std::string("expected a JSON object, got ") + type_name(j));
+  return std::nullopt;
+}
+
+std::optional<ApiError> read_model(const json& j, const std::string& model_id, CompletionRequest& q) {
+  if (auto it = j.find("model"); it != j.end() && !it->is_null()) {
+    if (!it->is_string()) return bad("model", std::string("expected a string, got ") + type_name(*it));
+    q.model = it->get<std::string>();
+    if (q.model != model_id) {
+      ApiError e = bad("model", "the model `" + q.model + "` does not exist; this server serves `" +
+                                    model_id + "`");
+      e.status = 404;
+      e.code = "model_not_found";
+      return e;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<ApiError> parse_completion(const std::string& body, const core::Tokenizer* tok,
+                                         const std::string& model_id, int64_t vocab,
+                                         int64_t context, CompletionRequest& q) {
+  json j;
+  if (auto e = parse_json_object(body, j)) return e;
+  q = CompletionRequest{};
+  q.sampling.temperature = 1.0f;  // OpenAI's default
+  if (auto e = read_model(j, model_id, q)) return e;
+  // prompt: text, token ids, or a batch of one of either.
+  auto pit = j.find("prompt");
+  if (pit == j.end() || pit->is_null()) return bad("prompt", "required");
+  json p = *pit;
+  std::string ppath = "prompt";
+  if (p.is_array() && p.size() == 1 && (p[0].is_string() || p[0].is_array())) {
+    p = p[0];
+    ppath = "prompt[0]";
+  }
+  if (p.is_string()) {
+    if (!tok)
+      return bad(ppath, "this model has no tokenizer.json: send the prompt as token ids");
+    q.prompt_text = p.get<std::string>();
+    q.prompt = tok->encode(q.prompt_text, true);
+  } else if (p.is_array() && all_ints(p)) {
+    if (auto e = read_ids(p, ppath, vocab, q.prompt)) return e;
+    if (tok) q.prompt_text = tok->decode(q.prompt, false);
+  } else if (p.is_array()) {
+    return bad("prompt", "expected a string, an array of token ids, or a batch of one of them "
+                         "(send one prompt per request)");
+  } else {
+    return bad("prompt", std::string("expected a string or an array of token ids, got ") +
+                             type_name(p));
+  }
+  if (q.prompt.empty()) return bad(ppath, "the prompt is empty (no tokens)");
+
+  return read_settings(j, tok, vocab, context, q);
+}
+
+std::optional<ApiError> parse_chat(const std::string& body, const core::Tokenizer* tok,
+                                   const core::ChatTemplate* tmpl, const std::string& model_id,
+                                   int64_t vocab, int64_t context, CompletionRequest& q) {
+  json j;
+  if (auto e = parse_json_object(body, j)) return e;
+  q = CompletionRequest{};
+  q.sampling.temperature = 1.0f;
+  q.chat = true;
+  if (auto e = read_model(j, model_id, q)) return e;
+  auto mit = j.find("messages");
+  if (mit == j.end() || mit->is_null()) return bad("messages", "required");
+  if (!mit->is_array() || mit->empty())
+    return bad("messages", std::string("expected a non-empty array of messages, got ") +
+                               (mit->is_array() ? "an empty array" : type_name(*mit)));
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  // The same body with its objects' keys in the order sent (tojson in templates shows them).
+  const nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(body);
+  const nlohmann::ordered_json& all = ordered["messages"];
+  for (size_t i = 0; i < all.size(); ++i) {
+    const std::string at = "messages[" + std::to_string(i) + "]";
+    const auto& m = all[i];
+    if (!m.is_object()) return bad(at, std::string("expected an object, got ") + type_name(json(m)));
+    if (!m.contains("role") || !m["role"].is_string()) return bad(at + ".role", "required: a string");
+    nlohmann::ordered_json out = m;
+    if (m.contains("content") && !m["content"].is_null() && !m["content"].is_string()) {
+      if (!m["content"].is_array())
+        return bad(at + ".content", std::string("expected a string or an array of text parts, got ") +
+                                        type_name(json(m["content"])));
+      std::string text;
+      for (size_t k = 0; k < m["content"].size(); ++k) {
+        const auto& part = m["content"][k];
+        const std::string pat = at + ".content[" + std::to_string(k) + "]";
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          return bad(pat, "only text parts ({\"type\": \"text\", \"text\": ...}) are supported");
+        text += (k ? "\n" : "") + part["text"].get<std::string>();
+      }
+      out["content"] = text;
+    }
+    // Tool-call arguments arrive as JSON text; templates format them as objects (as vLLM does).
+    if (m.contains("tool_calls") && m["tool_calls"].is_array()) {
+      for (auto& tc : out["tool_calls"]) {
+        if (tc.is_object() && tc.contains("function") && tc["function"].is_object() &&
+            tc["function"].contains("arguments") && tc["function"]["arguments"].is_string()) {
+          auto parsed = nlohmann::ordered_json::parse(tc["function"]["arguments"].get<std::string>(), nullptr, false);
+          if (!parsed.is_discarded()) tc["function"]["arguments"] = parsed;
+        }
+      }
+    }
+    messages.push_back(out);
+  }
+  nlohmann::ordered_json tools = nullptr, extra = nlohmann::ordered_json::object();
+  if (auto it = j.find("tools"); it != j.end() && !it->is_null()) {
+    if (!it->is_array()) return bad("tools", std::string("expected an array, got ") + type_name(*it));
+    tools = ordered["tools"];
+  }
+  if (auto it = j.find("chat_template_kwargs"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) return bad("chat_template_kwargs", std::string("expected an object, got ") + type_name(*it));
+    extra = ordered["chat_template_kwargs"];
+  }
+  if (auto it = j.find("response_format"); it != j.end() && !it->is_null()) {
+    if (!it->is_object() || it->value("type", "") != "text")
+      return bad("response_format", "only {\"type\": \"text\"} is supported");
+  }
+  bool add_generation_prompt = true;
+  if (auto e = read_bool(j, "add_generation_prompt", add_generation_prompt)) return e;
+  bool want_logprobs = false;
+  if (auto e = read_bool(j, "logprobs", want_logprobs)) return e;
+  int64_t top = 0;
+  if (auto e = read_int(j, "top_logprobs", 0, 20, top)) return e;
+  if (j.contains("top_logprobs") && !j["top_logprobs"].is_null() && !want_logprobs)
+    return bad("top_logprobs", "needs logprobs: true");
+  if (!tmpl) {
+    ApiError e = bad("messages", "this model has no chat template (chat_template.jinja or "
+                                 "tokenizer_config.json's chat_template); start the server with "
+                                 "--chat-template FILE, or use /v1/completions");
+    return e;
+  }
+  if (!tok) return bad("messages", "this model has no tokenizer.json to encode the chat with");
+  Result<std::string> text = core::chat_template_render(*tmpl, messages, add_generation_prompt, tools, extra);
+  if (!text.is_ok()) return bad("messages", "the chat template refused them: " + text.status().message());
+  q.prompt_text = text.value();
+  q.prompt = tok->encode(q.prompt_text, false);  // the template wrote the special tokens
+  if (q.prompt.empty()) return bad("messages", "the rendered chat is empty (no tokens)");
+  json settings = j;
+  settings.erase("logprobs");
+  settings.erase("top_logprobs");
+  settings.erase("echo");
+  if (settings.contains("max_completion_tokens") && !settings["max_completion_tokens"].is_null()) {
+    int64_t mct = 0;
+    if (auto e = read_int(j, "max_completion_tokens", 0, context, mct)) return e;
+    settings["max_tokens"] = mct;
+  }
+  if (auto e = read_settings(settings, tok, vocab, context, q)) return e;
+  q.logprobs = want_logprobs ? int(top) : -1;
   return std::nullopt;
 }
 
@@ -364,6 +478,55 @@ json completion_body(const std::string& id, int64_t created, const std::string& 
   return b;
 }
 
+json chat_body(const std::string& id, int64_t created, const std::string& model,
+               const CompletionRequest& q, const CompletionResult& r, const json& logprobs,
+               bool cache_hit) {
+  json choice = {{"index", 0},
+                 {"message", {{"role", "assistant"}, {"content", r.text}}},
+                 {"logprobs", logprobs},
+                 {"finish_reason", r.finish_reason}};
+  if (q.return_token_ids) {
+    json ids = json::array();
+    for (const TokenOut& t : r.tokens) ids.push_back(t.id);
+    choice["token_ids"] = ids;
+    choice["prompt_token_ids"] = q.prompt;
+  }
+  json b = {{"id", id},       {"object", "chat.completion"},     {"created", created},
+            {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(r)}};
+  if (cache_hit) b["shrink"] = {{"response_cache", "hit"}};
+  return b;
+}
+
+json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,
+                const json& logprobs, const json& finish) {
+  return {{"id", id},
+          {"object", "chat.completion.chunk"},
+          {"created", created},
+          {"model", model},
+          {"choices", json::array({{{"index", 0}, {"delta", delta}, {"logprobs", logprobs},
+                                    {"finish_reason", finish}}})}};
+}
+
+json chat_logprobs_json(const CompletionRequest& q, const TextStream& ts,
+                        const std::vector<TokenOut>& toks) {
+  if (q.logprobs < 0) return nullptr;
+  auto entry = [&](int32_t id, float lp) {
+    const std::string p = ts.piece(id);
+    json bytes = json::array();
+    for (unsigned char c : p) bytes.push_back(int(c));
+    return json{{"token", p}, {"logprob", lp}, {"bytes", bytes}};
+  };
+  json content = json::array();
+  for (const TokenOut& t : toks) {
+    json e = entry(t.id, t.logprob);
+    json top = json::array();
+    for (const auto& [id, v] : t.top) top.push_back(entry(id, v));
+    e["top_logprobs"] = top;
+    content.push_back(e);
+  }
+  return {{"content", content}};
+}
+
 std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
 // ---- response cache --------------------------------------------------------------------------
@@ -378,7 +541,7 @@ std::string ResponseCache::key(const CompletionRequest& q) {
             {"seed", greedy || !q.seed ? json(nullptr) : json(*q.seed)},
             {"stop", q.stop},           {"logprobs", q.logprobs},
             {"echo", q.echo},           {"return_token_ids", q.return_token_ids},
-            {"ignore_eos", q.ignore_eos}};
+            {"ignore_eos", q.ignore_eos}, {"chat", q.chat}};
   return k.dump();
 }
 

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/sampling.h"
+#include "core/jinja.h"
 #include "core/status.h"
 #include "core/tokenizer.h"
 #include "runtime/scheduler.h"
@@ -37,6 +38,7 @@ struct CompletionRequest {
   int logprobs = -1;  // -1: none
   bool echo = false, stream = false, include_usage = false, return_token_ids = false;
   bool ignore_eos = false;
+  bool chat = false;  // /v1/chat/completions: prompt rendered from messages by the chat template
 };
 
 /// An error in OpenAI's shape: HTTP status, message, the offending parameter (JSON path).
@@ -51,6 +53,15 @@ struct ApiError {
 std::optional<ApiError> parse_completion(const std::string& body, const core::Tokenizer* tok,
                                          const std::string& model_id, int64_t vocab,
                                          int64_t context, CompletionRequest& out);
+
+/// Parse and check a /v1/chat/completions body: `messages` (role and content: a string, or
+/// text parts) rendered with the model's chat template (`tmpl` null: a 400 saying the model
+/// has none), then encoded without special tokens, as transformers' apply_chat_template does.
+/// Also `tools`, `chat_template_kwargs`, `add_generation_prompt`, `max_completion_tokens`,
+/// `logprobs` (boolean) with `top_logprobs`.
+std::optional<ApiError> parse_chat(const std::string& body, const core::Tokenizer* tok,
+                                   const core::ChatTemplate* tmpl, const std::string& model_id,
+                                   int64_t vocab, int64_t context, CompletionRequest& out);
 
 /// The text of a request's sampled tokens as they arrive: `push` returns the text that is
 /// final (a stop string can no longer begin in it, and no UTF-8 character is cut), `stopped`
@@ -95,6 +106,17 @@ nlohmann::json logprobs_json(const CompletionRequest& q, const TextStream& ts,
 nlohmann::json completion_body(const std::string& id, int64_t created, const std::string& model,
                                const CompletionRequest& q, const CompletionResult& r,
                                const nlohmann::json& logprobs, bool cache_hit);
+/// The response body of a chat completion, and one streamed chunk of it (`delta`: the new
+/// content, `role` set on the first; finish_reason null until the last).
+nlohmann::json chat_body(const std::string& id, int64_t created, const std::string& model,
+                         const CompletionRequest& q, const CompletionResult& r,
+                         const nlohmann::json& logprobs, bool cache_hit);
+nlohmann::json chat_chunk(const std::string& id, int64_t created, const std::string& model,
+                          const nlohmann::json& delta, const nlohmann::json& logprobs,
+                          const nlohmann::json& finish);
+/// The logprobs object of the chat API ({"content": [{token, logprob, bytes, top_logprobs}]}).
+nlohmann::json chat_logprobs_json(const CompletionRequest& q, const TextStream& ts,
+                                  const std::vector<TokenOut>& toks);
 /// One server-sent event of a streamed completion: "data: {...}\n\n".
 std::string sse(const nlohmann::json& j);
 

@@ -71,7 +71,7 @@ struct Server::Impl {
     return false;
   }
 
-  void completions(const httplib::Request& req, httplib::Response& res);
+  void completions(const httplib::Request& req, httplib::Response& res, bool chat);
   void complete_whole(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
                       const std::string& id, int64_t created, const std::string& key,
                       httplib::Response& res);
@@ -98,13 +98,15 @@ json chunk_of(const std::string& id, int64_t created, const std::string& model,
 
 }  // namespace
 
-void Server::Impl::completions(const httplib::Request& req, httplib::Response& res) {
+void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
   if (!authorized(req, res)) return;
   if (refusing.load()) return send_error(res, server_error(503, "the server is shutting down", "shutting_down"));
   CompletionRequest q;
-  if (auto e = parse_completion(req.body, tok, o.model_id, sched.vocab(), sched.context(), q))
-    return send_error(res, *e);
-  const std::string id = "cmpl-" + std::to_string(++seq);
+  std::optional<ApiError> bad =
+      chat ? parse_chat(req.body, tok, o.chat_template, o.model_id, sched.vocab(), sched.context(), q)
+           : parse_completion(req.body, tok, o.model_id, sched.vocab(), sched.context(), q);
+  if (bad) return send_error(res, *bad);
+  const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++seq);
   const int64_t created = int64_t(std::time(nullptr));
   const std::string key = o.response_cache ? ResponseCache::key(q) : "";
   if (!key.empty()) {
@@ -169,8 +171,9 @@ void Server::Impl::complete_whole(const CompletionRequest& q, std::shared_ptr<Se
   r.finish_reason = reason;
   r.prompt_tokens = int64_t(q.prompt.size());
   r.cached_tokens = s->cached_tokens();
-  json body = completion_body(id, created, o.model_id, q, r,
-                              logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0), false);
+  json body = q.chat ? chat_body(id, created, o.model_id, q, r, chat_logprobs_json(q, ts, r.tokens), false)
+                     : completion_body(id, created, o.model_id, q, r,
+                                       logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0), false);
   if (!key.empty()) rcache.put(key, body);
   res.set_content(dump(body), "application/json");
   count(&HttpCounters::ok);
@@ -204,6 +207,17 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
           sink.done();
           return true;
         }
+        // A chunk of new text (the chat API's is a delta of the assistant's message).
+        auto piece = [&](const std::string& text, const json& lp, const json& finish) {
+          if (!q.chat) return chunk_of(id, created, model, text, lp, finish);
+          json delta = finish.is_null() ? json{{"content", text}} : json::object();
+          return chat_chunk(id, created, model, delta, lp, finish);
+        };
+        if (q.chat && !st->echoed) {
+          st->echoed = true;
+          if (!send(sse(chat_chunk(id, created, model, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr))))
+            return false;
+        }
         if (q.echo && !st->echoed) {
           st->echoed = true;
           st->offset = q.prompt_text.size();
@@ -217,9 +231,9 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
         if (st->ts.stopped()) st->s->cancel();
         const std::vector<TokenOut> fresh(st->ts.tokens().begin() + long(kept_before), st->ts.tokens().end());
         if (!delta.empty() || ((q.logprobs >= 0 || q.return_token_ids) && !fresh.empty())) {
-          json lp = logprobs_json(q, st->ts, fresh, st->offset);
+          json lp = q.chat ? chat_logprobs_json(q, st->ts, fresh) : logprobs_json(q, st->ts, fresh, st->offset);
           for (const TokenOut& t : fresh) st->offset += st->ts.piece(t.id).size();
-          json c = chunk_of(id, created, model, delta, lp, nullptr);
+          json c = piece(delta, lp, nullptr);
           if (q.return_token_ids) {
             json ids = json::array();
             for (const TokenOut& t : fresh) ids.push_back(t.id);
@@ -236,13 +250,13 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
                                                       : "the request was cancelled (the server is stopping)");
           if (!send(sse(e.body()))) return false;
         } else {
-          if (!send(sse(chunk_of(id, created, model, "", nullptr, reason)))) return false;
+          if (!send(sse(piece("", nullptr, reason)))) return false;
           CompletionResult r;
           r.tokens = st->ts.tokens();
           r.prompt_tokens = int64_t(q.prompt.size());
           r.cached_tokens = st->s->cached_tokens();
           if (q.include_usage) {
-            json u = chunk_of(id, created, model, "", nullptr, nullptr);
+            json u = piece("", nullptr, nullptr);
             u["choices"] = json::array();
             u["usage"] = usage_json(r);
             if (!send(sse(u))) return false;
@@ -250,9 +264,10 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
           if (!key.empty()) {
             r.text = (q.echo ? q.prompt_text : "") + st->ts.text();
             r.finish_reason = reason;
-            rcache.put(key, completion_body(id, created, model, q, r,
-                                            logprobs_json(q, st->ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
-                                            false));
+            rcache.put(key, q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, st->ts, r.tokens), false)
+                                   : completion_body(id, created, model, q, r,
+                                                     logprobs_json(q, st->ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
+                                                     false));
           }
         }
         if (!send("data: [DONE]\n\n")) return false;
@@ -268,12 +283,20 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
 void Server::Impl::replay_streamed(const json& body, const CompletionRequest& q,
                                    httplib::Response& res) {
   const json& c = body["choices"][0];
-  json first = chunk_of(body["id"], body["created"], body["model"], c["text"], c["logprobs"], nullptr);
+  json first, last, u;
+  if (q.chat) {
+    first = chat_chunk(body["id"], body["created"], body["model"],
+                       {{"role", "assistant"}, {"content", c["message"]["content"]}}, c["logprobs"], nullptr);
+    last = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, c["finish_reason"]);
+    u = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, nullptr);
+  } else {
+    first = chunk_of(body["id"], body["created"], body["model"], c["text"], c["logprobs"], nullptr);
+    last = chunk_of(body["id"], body["created"], body["model"], "", nullptr, c["finish_reason"]);
+    u = chunk_of(body["id"], body["created"], body["model"], "", nullptr, nullptr);
+  }
   first["shrink"] = body["shrink"];
-  std::string out = sse(first) +
-                    sse(chunk_of(body["id"], body["created"], body["model"], "", nullptr, c["finish_reason"]));
+  std::string out = sse(first) + sse(last);
   if (q.include_usage) {
-    json u = chunk_of(body["id"], body["created"], body["model"], "", nullptr, nullptr);
     u["choices"] = json::array();
     u["usage"] = body["usage"];
     out += sse(u);
@@ -286,7 +309,9 @@ void Server::Impl::replay_streamed(const json& body, const CompletionRequest& q,
 
 void Server::Impl::routes() {
   http.Post("/v1/completions",
-            [this](const httplib::Request& req, httplib::Response& res) { completions(req, res); });
+            [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, false); });
+  http.Post("/v1/chat/completions",
+            [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, true); });
   http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     json m = {{"id", o.model_id},
@@ -315,7 +340,7 @@ void Server::Impl::routes() {
     ApiError e;
     e.status = res.status;
     e.message = res.status == 404 ? "no route " + req.method + " " + req.path +
-                                        " (POST /v1/completions, GET /v1/models, /health, /metrics)"
+                                        " (POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)"
                 : res.status == 413 ? "the request body is too large"
                                     : "HTTP " + std::to_string(res.status);
     if (res.status >= 500) e.type = "server_error";

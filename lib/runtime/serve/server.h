@@ -1,7 +1,8 @@
 // `shrink-rt serve`: the OpenAI-compatible HTTP server over the continuous-batching scheduler.
 // HTTP is cpp-httplib (Debian's libcpp-httplib-dev): one handler thread per open request,
 // each waiting on its ServeStream while the scheduler's thread runs the engine.
-// Endpoints: POST /v1/completions (streamed as server-sent events ending in `data: [DONE]`),
+// Endpoints: POST /v1/completions and POST /v1/chat/completions (the model's chat template),
+// each streamed as server-sent events ending in `data: [DONE]` when asked,
 // GET /v1/models, GET /health, GET /metrics (Prometheus text). Errors carry OpenAI's shape
 // ({"error": {"message", "type", "param", "code"}}): 400 for bad requests, 401 for a wrong or
 // missing key when --api-key is set, 404 for another model's name, 503 when the queue is full
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/jinja.h"
 #include "core/status.h"
 #include "core/tokenizer.h"
 #include "runtime/scheduler.h"
@@ -31,6 +33,7 @@ struct ServerOptions {
   size_t response_cache = 1024;
   int http_threads = 0;  // 0: slots + queue limit + 4
   std::vector<int64_t> eos;
+  const core::ChatTemplate* chat_template = nullptr;  // /v1/chat/completions (null: 400)
 };
 
 class Server {
