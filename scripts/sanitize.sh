@@ -2,7 +2,9 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the deployable half (runtime, CPU
 # kernels, shrink-rt; no LibTorch, no ONNX, no CUDA) into build-asan/, then its tests:
 # test_core, test_pipeline, test_runtime (every kernel against its reference, engine, batching,
-# KV cache, int8), the shrink-rt CLI test and the fuzz corpus replays (tests/fuzz). Any report fails the
+# KV cache, int8, the serving scheduler), the shrink-rt CLI test, the server's checks (the
+# openai client's serve_check and a 200-request serve_soak) and the fuzz corpus replays
+# (tests/fuzz). Any report fails the
 # run (halt_on_error, leaks included).
 # Usage: scripts/sanitize.sh [extra ctest args]
 set -euo pipefail
