@@ -619,6 +619,7 @@ class Parser {
   }
 
   NodeP statement() {
+    Depth guard(*this);
     const Segment& s = segs_[seg_];
     const std::string name = want_name();
     auto n = std::make_shared<Node>();
@@ -730,7 +731,16 @@ class Parser {
     e->pos = pos;
     return e;
   }
+  struct Depth {  // nesting of expressions and blocks: bounded, so no input overflows the stack
+    explicit Depth(Parser& p) : p_(p) {
+      if (++p_.depth_ > 200) p_.bad("nested more than 200 deep");
+    }
+    ~Depth() { --p_.depth_; }
+    Parser& p_;
+  };
+  int depth_ = 0;
   ExprP expr() {
+    Depth guard(*this);
     ExprP a = or_expr();
     if (is_name("if")) {
       auto e = mk(Expr::kTernary, peek().pos);
@@ -1004,7 +1014,12 @@ class Evaluator {
     return Value();
   }
 
+  // Bounds on what a template may cost: steps, output bytes and macro recursion.
+  int64_t steps_ = 0;
+  int macro_depth_ = 0;
   void exec(const Node& n, std::string& out) {
+    if (++steps_ > 20000000) err(n.pos, "the template ran more than 20 million steps");
+    if (out.size() > (size_t(64) << 20)) err(n.pos, "the template wrote more than 64 MiB");
     switch (n.k) {
       case Node::kText: out += n.text; return;
       case Node::kOut: out += to_str(eval(*n.e)); return;
@@ -1091,6 +1106,8 @@ class Evaluator {
   }
 
   Value call_macro(const Macro& m, std::vector<Value>& args, std::vector<std::pair<std::string, Value>>& kw, size_t pos) {
+    if (macro_depth_ >= 64) err(pos, "macros nested more than 64 deep");
+    ++macro_depth_;
     scopes.emplace_back();
     for (size_t k = 0; k < m.params.size(); ++k) {
       Value v;
@@ -1104,6 +1121,7 @@ class Evaluator {
     std::string out;
     run(m.body, out);
     scopes.pop_back();
+    --macro_depth_;
     return Value::str(out);
   }
 
@@ -1259,6 +1277,8 @@ class Evaluator {
       }
     }
     if (op == "*" && a.t == Value::T::kStr && b.t == Value::T::kInt) {
+      if (double(a.s.size()) * double(std::max<int64_t>(b.i, 0)) > double(64 << 20))
+        err(e.pos, "a string repeated past 64 MiB");
       std::string s;
       for (int64_t k = 0; k < b.i; ++k) s += a.s;
       return Value::str(s);
@@ -1866,6 +1886,8 @@ Result<std::optional<ChatTemplate>> chat_template_load(const std::string& model_
       cfg = nlohmann::ordered_json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
       return Status(StatusCode::kInvalidInput, cfg_path + ":" + std::to_string(e.byte) + ": not valid JSON");
+    } catch (const nlohmann::json::exception& e) {
+      return Status(StatusCode::kInvalidInput, cfg_path + ": " + e.what());
     }
     if (!cfg.is_object()) return Status(StatusCode::kInvalidInput, cfg_path + ": expected a JSON object");
   }

@@ -240,6 +240,8 @@ void register_chat_template(CLI::App& app,
           return nlohmann::ordered_json::parse(text);
         } catch (const nlohmann::json::parse_error& e) {
           return Status(StatusCode::kInvalidInput, path + ":" + std::to_string(e.byte) + ": not valid JSON");
+        } catch (const nlohmann::json::exception& e) {
+          return Status(StatusCode::kInvalidInput, path + ": " + e.what());
         }
       };
       core::ChatTemplate ct;

@@ -78,6 +78,8 @@ Result<std::vector<Prompt>> load_prompts(const BenchServeOptions& o, int64_t n) 
     } catch (const json::parse_error& e) {
       return Status(StatusCode::kInvalidInput, o.dataset + ":" + std::to_string(ln) + ":" +
                                                    std::to_string(e.byte) + ": not valid JSON");
+    } catch (const json::exception& e) {  // e.g. a number out of range
+      return Status(StatusCode::kInvalidInput, o.dataset + ":" + std::to_string(ln) + ": " + e.what());
     }
     if (!j.is_object() || !j.contains("prompt") ||
         !(j["prompt"].is_string() || j["prompt"].is_array()))

@@ -208,6 +208,8 @@ std::optional<ApiError> parse_json_object(const std::string& body, json& j) {
   } catch (const json::parse_error& e) {
     return bad("", "the body is not valid JSON (byte " + std::to_string(e.byte) + "): " +
                        std::string(e.what()));
+  } catch (const json::exception& e) {  // e.g. a number out of range
+    return bad("", std::string("the body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) return bad("", std::string("expected a JSON object, got ") + type_name(j));
   return std::nullopt;
@@ -542,7 +544,7 @@ std::string ResponseCache::key(const CompletionRequest& q) {
             {"stop", q.stop},           {"logprobs", q.logprobs},
             {"echo", q.echo},           {"return_token_ids", q.return_token_ids},
             {"ignore_eos", q.ignore_eos}, {"chat", q.chat}};
-  return k.dump();
+  return dump(k);
 }
 
 std::optional<json> ResponseCache::get(const std::string& key) {
