@@ -11,7 +11,9 @@
 
 #include "core/dataset.h"
 #include "core/fs.h"
+#include "runtime/serve/serve_compare.h"
 #include "runtime/verify.h"
+#include "tools/generate_options.h"
 
 namespace shrink::cli {
 
@@ -19,6 +21,9 @@ namespace shrink::cli {
 struct VerifyArgs {
   std::string compact, reference;
   runtime::VerifyOptions v;
+  /// The serving comparison (a recipe's `serve:` block): run when --serve-concurrency is given.
+  std::string serve_concurrency;
+  runtime::serve::ServeCompareOptions serve;
 };
 
 /// The data, windows, gates and benchmark options of `verify`.
@@ -48,11 +53,57 @@ inline void add_verify_options(CLI::App* sub, runtime::VerifyOptions& v) {
   sub->add_flag("--no-bench", [&v](int64_t) { v.bench = false; }, "Skip the speed comparison");
 }
 
-/// The two model directories, then add_verify_options.
+/// The two model directories, then add_verify_options, then the serving comparison's options.
 inline void add_verify_options(CLI::App* sub, VerifyArgs& a) {
   sub->add_option("compact", a.compact, "Compact model directory")->required();
   sub->add_option("--reference", a.reference, "Reference (teacher) model directory")->required();
   add_verify_options(sub, a.v);
+  sub->add_option("--serve-concurrency", a.serve_concurrency,
+                  "Also serve each model (as `shrink-rt serve`, in-process on a loopback port) and "
+                  "load-test it at these concurrency levels, e.g. 1,8: throughput and latency side "
+                  "by side (a recipe's verify `serve:` block)");
+  sub->add_option("--serve-requests", a.serve.requests, "Serving: requests per level (0: max(16, 4 x concurrency))")
+      ->capture_default_str();
+  sub->add_option("--serve-prompt-len", a.serve.prompt_len, "Serving: prompt tokens per request")
+      ->capture_default_str();
+  sub->add_option("--serve-gen-len", a.serve.gen_len, "Serving: generated tokens per request")
+      ->capture_default_str();
+  sub->add_option("--serve-shared-prefix", a.serve.shared_prefix,
+                  "Serving: tokens every prompt starts with (a system prompt; the prefix cache reuses it)")
+      ->capture_default_str();
+}
+
+/// The serving comparison as a Markdown table (also report.md's, lib/pipeline/report.cpp).
+inline std::string serve_table(const nlohmann::json& s) {
+  std::string o = "| concurrency | output tok/s reference | output tok/s compact | ratio | TTFT p50 ms reference | TTFT p50 ms compact |\n"
+                  "|---:|---:|---:|---:|---:|---:|\n";
+  char b[256];
+  for (const auto& l : s["levels"]) {
+    std::snprintf(b, sizeof b, "| %d | %.1f | %.1f | %.2fx | %.1f | %.1f |\n", l["concurrency"].get<int>(),
+                  l["output_tokens_per_s_reference"].get<double>(), l["output_tokens_per_s_compact"].get<double>(),
+                  l["throughput_ratio"].get<double>(), l["ttft_p50_ms_reference"].get<double>(),
+                  l["ttft_p50_ms_compact"].get<double>());
+    o += b;
+  }
+  return o;
+}
+
+/// The serving comparison of `a` when asked for (--serve-concurrency), else null.
+inline Result<nlohmann::json> verify_serve(VerifyArgs& a, const runtime::EngineOptions& engine) {
+  if (a.serve_concurrency.empty()) return nlohmann::json(nullptr);
+  SHRINK_ASSIGN_OR_RETURN(std::vector<int32_t> levels, ids_parse(a.serve_concurrency, "--serve-concurrency"));
+  a.serve.concurrency.clear();
+  for (int32_t c : levels) {
+    SHRINK_CHECK(c >= 1 && c <= 256, StatusCode::kInvalidInput, "--serve-concurrency %d: expected 1..256", c);
+    a.serve.concurrency.push_back(int(c));
+  }
+  SHRINK_CHECK(a.serve.prompt_len >= 1 && a.serve.gen_len >= 1 && a.serve.shared_prefix >= 0 &&
+                   a.serve.requests >= 0,
+               StatusCode::kInvalidInput,
+               "--serve-prompt-len and --serve-gen-len must be >= 1, --serve-shared-prefix and "
+               "--serve-requests >= 0");
+  a.serve.engine = engine;
+  return runtime::serve::serve_compare(a.compact, a.reference, a.serve);
 }
 
 /// The verdict `r` of `a` as JSON (runtime::VerifyResult::to_json), with the two model

@@ -275,6 +275,19 @@ Recipe recipe_parse_unguarded(const std::string& path, const std::string& text,
         for (auto it = params.begin(); it != params.end(); ++it) {
           RecipeValue v;
           std::string k = it->first.Scalar();
+          // verify's `serve:` block ({concurrency: [1, 8], requests: 16, ...}) becomes the
+          // flags --serve-concurrency 1,8 --serve-requests 16 ...
+          if (s.type == "verify" && k == "serve" && it->second.IsMap()) {
+            for (auto jt = it->second.begin(); jt != it->second.end(); ++jt) {
+              const std::string sk = jt->first.Scalar();
+              if (P.value(jt->second, "serve-" + sk, where + ".verify.serve." + sk, &v)) {
+                v.line = jt->first.Mark().line + 1;
+                v.col = jt->first.Mark().column + 1;
+                s.params.push_back(v);
+              }
+            }
+            continue;
+          }
           if (P.value(it->second, k, where + "." + s.type + "." + k, &v)) {
             v.line = it->first.Mark().line + 1;  // point at the key: where the user looks
             v.col = it->first.Mark().column + 1;

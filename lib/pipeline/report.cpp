@@ -264,6 +264,18 @@ std::string report_markdown(const nlohmann::json& r) {
         << ", " << shrink::strfmt("%+.2f%%", 100 * v["perplexity_increase_ci95"][1].get<double>()) << "]";
     }
     o << ", decode speed-up " << f(v, "decode_speedup", "%.2f") << "x.\n";
+    if (v.contains("serve") && v["serve"].is_object() && v["serve"].contains("levels")) {
+      const auto& sv = v["serve"];
+      o << "\nServing (`shrink-rt serve`, continuous batching; " << sv["workload"].value("prompt_len", 0)
+        << " prompt tokens, " << sv["workload"].value("gen_len", 0) << " generated per request):\n\n"
+        << "| concurrency | output tok/s reference | output tok/s compact | ratio | TTFT p50 ms reference | TTFT p50 ms compact |\n"
+        << "|---:|---:|---:|---:|---:|---:|\n";
+      for (const auto& l : sv["levels"]) {
+        o << "| " << l.value("concurrency", 0) << " | " << f(l, "output_tokens_per_s_reference", "%.1f") << " | "
+          << f(l, "output_tokens_per_s_compact", "%.1f") << " | " << f(l, "throughput_ratio", "%.2f") << "x | "
+          << f(l, "ttft_p50_ms_reference", "%.1f") << " | " << f(l, "ttft_p50_ms_compact", "%.1f") << " |\n";
+      }
+    }
     if (v.contains("task") && v["task"].is_object()) {
       const auto& t = v["task"];
       o << "\nTask " << f(t, "path", "%s") << " (" << t.value("items", 0) << " items): acc_norm "

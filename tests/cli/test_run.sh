@@ -85,13 +85,15 @@ stages:
   - prune: {method: structured, target-params: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
   - distill: {steps: 40, seq-len: 64, batch: 4, eval-every: 0, eval-tokens: 1024, save-every: 2}
   - quantize: {scheme: w8a8, smoothquant: 0.5, calib-samples: 4, calib-len: 64, eval-tokens: 0}
-  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 0.02, prompt-len: 16, gen-len: 4}
+  - verify: {max-tokens: 1024, seq-len: 64, max-ppl-increase: 0.02, prompt-len: 16, gen-len: 4,
+              serve: {concurrency: [1, 2], requests: 4, prompt-len: 16, gen-len: 4}}
   - report
 Y
 # (The gate: measured -0.4%, the distilled student of this barely trained teacher being no worse;
 # see gate.yaml below for a gate that fails.)
 expect_rc "dry run" 0 "$SHRINK" run tiny.yaml --dry-run
 expect_grep "dry run shows the distill command" "$T/out" "shrink distill --teacher teacher-trained"
+expect_grep "verify's serve block becomes flags" "$T/out" "--serve-concurrency 1,2 --serve-requests 4 --serve-prompt-len 16 --serve-gen-len 4"
 [ ! -e run ] && ok "dry run writes nothing" || bad "dry run wrote output"
 expect_rc "--set with a bad value is caught" 2 "$SHRINK" run tiny.yaml --dry-run --set stages.2.quantize.scheme=w4a4
 expect_grep "--set errors name --set" "$T/err" "^--set: stages\[2\].quantize.scheme"
@@ -112,6 +114,9 @@ if input_hashes | cmp -s - inputs.sha256; then ok "the run left its $(wc -l <inp
 expect_grep "report.json has the schema" run/report.json '"schema": "shrink-report/1"'
 expect_grep "report.md has the verify verdict" run/report.md "Verdict: \*\*pass\*\*"
 expect_grep "report.svg is an SVG" run/report.svg "<svg"
+expect_grep "report.md has the serving comparison" run/report.md "^| 2 | [0-9.]* | [0-9.]* | [0-9.]*x |"
+expect_grep "report.json has the serving levels" run/report.json '"output_tokens_per_s_compact"'
+
 expect_grep "report.md has the task accuracy" run/report.md "(40 items): acc_norm"
 expect_grep "report.md has a task column" run/report.md "task acc_norm"
 n=$(awk -F'|' '$3 ~ /teacher|prune|distill|quantize/ && $11 ~ /^ 0\.[0-9]+ $/' run/report.md | wc -l)

@@ -411,9 +411,13 @@ void register_verify(CLI::App& app, Globals& g) {
     g.exit_code = run_guarded("verify", g, [&]() -> Status {
       o->v.engine = engine_opts(g);
       SHRINK_ASSIGN_OR_RETURN(runtime::VerifyResult r, runtime::verify(o->compact, o->reference, o->v));
+      SHRINK_ASSIGN_OR_RETURN(const nlohmann::json served, cli::verify_serve(*o, o->v.engine));
       if (g.json) {
-        print_json(cli::verify_json(r, *o, g.threads));
+        nlohmann::json j = cli::verify_json(r, *o, g.threads);
+        if (!served.is_null()) j["serve"] = served;
+        print_json(j);
       } else {
+        if (!served.is_null()) std::printf("%s", cli::serve_table(served).c_str());
         std::printf("| | reference | compact |\n|---|---:|---:|\n");
         std::printf("| engine | %s | %s |\n", r.engine_reference.c_str(), r.engine_compact.c_str());
         std::printf("| perplexity | %.4f | %.4f (%+.2f%%) |\n", r.ppl_reference, r.ppl_compact,

@@ -44,9 +44,13 @@ void register_verify(CLI::App& app, Globals& g) {
       if (g.validate_only) return 0;
       o->v.engine.threads = g.threads;
       runtime::VerifyResult r = runtime::verify(o->compact, o->reference, o->v).take_or_throw();
+      const nlohmann::json served = verify_serve(*o, o->v.engine).take_or_throw();
       if (g.json) {
-        print_json(verify_json(r, *o, g.threads));
+        nlohmann::json j = verify_json(r, *o, g.threads);
+        if (!served.is_null()) j["serve"] = served;
+        print_json(j);
       } else {
+        if (!served.is_null()) std::printf("%s", serve_table(served).c_str());
         std::printf("perplexity %.4f (reference %.4f, %+.2f%%, 95%% interval [%+.2f%%, %+.2f%%]), top-1 "
                     "agreement %.4f, KL %.5f (p99 %.5f, max %.5f); decode %.1f tok/s (%.2fx): %s\n",
                     r.ppl_compact, r.ppl_reference, 100 * r.ppl_increase, 100 * r.ppl_increase_lo,

@@ -133,6 +133,7 @@ Sample one_request(const Target& t, const BenchServeOptions& o, const std::strin
   httplib::Client cli(t.host, t.port);
   cli.set_read_timeout(std::chrono::seconds(int64_t(o.timeout_s)));
   cli.set_connection_timeout(std::chrono::seconds(10));
+  cli.set_tcp_nodelay(true);
   json body = {{"model", model},   {"prompt", p.prompt},       {"max_tokens", p.max_tokens},
                {"temperature", 0}, {"stream", true},           {"ignore_eos", true},
                {"return_token_ids", true}, {"stream_options", {{"include_usage", true}}}};

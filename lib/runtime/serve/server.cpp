@@ -365,6 +365,7 @@ Server::Server(Scheduler& sched, const core::Tokenizer* tok, ServerOptions o)
   m.http.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
   m.http.set_payload_max_length(size_t(16) << 20);
   m.http.set_keep_alive_max_count(1000);
+  m.http.set_tcp_nodelay(true);  // each streamed token leaves at once (no Nagle delay)
   m.http.set_read_timeout(30, 0);
   m.routes();
 }

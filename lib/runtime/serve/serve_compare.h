@@ -1,0 +1,32 @@
+// The serving side of verify: the load benchmark (bench_serve.h) against the reference and the
+// compact model in turn, each served in-process by the same server `shrink-rt serve` runs
+// (loopback, a free port), so a recipe's verify stage can put their throughput and latency
+// side by side in report.json/md. Tested in tests/cli/test_run.sh (a recipe with a serve block).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+#include "runtime/engine.h"
+
+namespace shrink::runtime::serve {
+
+struct ServeCompareOptions {
+  std::vector<int> concurrency = {1, 8};
+  int64_t requests = 0;  // per level; 0: max(16, 4 x concurrency)
+  int64_t prompt_len = 64, gen_len = 32, shared_prefix = 0;
+  double prefix_cache_mb = 256;
+  EngineOptions engine;  // max_batch and max_seq_len are set from the workload
+};
+
+/// {"reference": {levels...}, "compact": {levels...}, "levels": [{concurrency,
+/// output_tokens_per_s_reference, output_tokens_per_s_compact, throughput_ratio,
+/// ttft_p50_ms_reference, ttft_p50_ms_compact, ...}]}. Errors: the models' load errors, and
+/// kInternal when a request of the benchmark failed.
+Result<nlohmann::json> serve_compare(const std::string& compact, const std::string& reference,
+                                     const ServeCompareOptions& o);
+
+}  // namespace shrink::runtime::serve
