@@ -212,10 +212,17 @@ try {
   check(ex && ex.code === 0, `SIGTERM: exit ${ex ? ex.code : 'none within 20 s'}`);
 }
 
-// A full queue: one slot, no waiting room: concurrent requests beyond the first get 503.
-const small = await startServer(['--slots', '1', '--queue', '0']);
+// A full queue: one slot, no waiting room: concurrent requests beyond the first get 503. This
+// server also warms its prefix cache with a system prompt (--warm).
+const warmPrompt = 'You are a helpful assistant who answers in proverbs and short fortunes. '.repeat(6);
+const warmFile = path.join(path.dirname(chatTemplate), 'warm.txt');
+fs.writeFileSync(warmFile, JSON.stringify(warmPrompt) + '\n');
+const small = await startServer(['--slots', '1', '--queue', '0', '--warm', warmFile]);
 try {
   const c1 = new OpenAI({ baseURL: `${small.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const w = await c1.completions.create({ prompt: warmPrompt + 'Hello', max_tokens: 2, temperature: 0 });
+  check(w.usage.prompt_tokens_details.cached_tokens >= 64,
+        `--warm: the first request reused ${w.usage.prompt_tokens_details.cached_tokens} of ${w.usage.prompt_tokens} prompt tokens`);
   const results = await Promise.allSettled([0, 1, 2].map(() =>
     c1.completions.create({ prompt: prompts[0], max_tokens: 200, temperature: 0, ignore_eos: true })));
   const busy = results.filter((x) => x.status === 'rejected' && x.reason.status === 503).length;

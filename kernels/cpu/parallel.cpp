@@ -1,6 +1,8 @@
 // OpenMP-backed parallel_for (see parallel.h).
 #include "kernels/cpu/parallel.h"
 
+#include <cstdlib>
+
 #if defined(SHRINK_HAVE_OPENMP)
 #include <omp.h>
 #endif
@@ -28,8 +30,21 @@ bool threads_have_openmp() {
 #endif
 }
 
-void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
+int64_t min_parallel_work() {
+  static const int64_t w = [] {
+    const char* e = std::getenv("SHRINK_MIN_PARALLEL_WORK");
+    return e ? std::atoll(e) : int64_t(1) << 18;
+  }();
+  return w;
+}
+
+void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn,
+                  int64_t work_per_unit) {
   if (n <= 0) return;
+  if (work_per_unit > 0 && n * work_per_unit < min_parallel_work()) {
+    fn(0, n);
+    return;
+  }
   if (align < 1) align = 1;
   const int64_t units = (n + align - 1) / align;
   int64_t parts = g_threads < units ? g_threads : units;

@@ -232,7 +232,7 @@ void attention_split_k(const AttentionQuery& aq, const KvCacheReader& kv,
       kv.partial(aq.at.slot[ch.r], ch.j0, ch.kvh, aq.q + ch.r * aq.ldq + ch.kvh * G * d, G, ch.n,
                  aq.scale, po + t * G * d, pm + t * G, pl + t * G, scratch.data());
     }
-  });
+  }, 2 * G * plan.max_chunk * d);
   cpu_kernels::parallel_for(int64_t(single.size()) * n_kv_heads, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t r = single[size_t(i / n_kv_heads)], kvh = i % n_kv_heads;
@@ -240,7 +240,7 @@ void attention_split_k(const AttentionQuery& aq, const KvCacheReader& kv,
       cpu_kernels::attention_merge_f32(C, G, d, po + f * G * d, pm + f * G, pl + f * G,
                                        out + r * aq.n_heads * d + kvh * G * d);
     }
-  });
+  }, 4 * G * d);
 }
 
 class CpuTensor : public DeviceTensor {
@@ -442,7 +442,7 @@ class CpuBackend : public Backend {
                float eps) override {
     cpu_kernels::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
       k_.rmsnorm_f32(x + b * n, w, y + b * n, e - b, n, eps);
-    });
+    }, 2 * n);
   }
 
   void linear(const Linear& base, const float* x, int64_t M, float* y, int64_t ldy) override {
@@ -470,7 +470,7 @@ class CpuBackend : public Backend {
         if (!(big && cpu_kernels::gemm_f32_nt_library(M, N, K, x, K, l.wp, K, y, ldy))) {
           cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
             k_.gemm_f32_nt(M, e - b, K, x, K, l.wp + b * K, K, y + b, ldy);
-          });
+          }, M * K);
         }
         break;
       case LinearKind::kW8A16: {
@@ -505,7 +505,7 @@ class CpuBackend : public Backend {
             k_.gemm_w8a16_nt(M, e - b, K, x, K, l.q.data() + b * K, K, l.scale.data() + b * G,
                              l.group, y + b, ldy);
           }
-        });
+        }, M * K);
         break;
       }
       case LinearKind::kW8A8: {
@@ -514,7 +514,7 @@ class CpuBackend : public Backend {
         const float* in_scale = l.act == ActQuant::kStatic ? &l.input_scale : nullptr;
         cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
           k_.quantize_s8(x + b * K, e - b, K, K, in_scale, qx_.data() + b * K, K, sx_.data() + b);
-        });
+        }, 2 * K);
         if (big && l.group == K) {
           acc_.resize(size_t(M * N));
           if (cpu_kernels::gemm_s8s8_s32_nt_library(M, N, K, qx_.data(), K, l.q.data(), K,
@@ -534,7 +534,7 @@ class CpuBackend : public Backend {
           const int64_t G = (K + l.group - 1) / l.group;
           k_.gemm_s8s8_f32_nt(M, e - b, K, qx_.data(), K, sx_.data(), l.q.data() + b * K, K,
                               l.scale.data() + b * G, l.group, l.comp.data() + b * G, y + b, ldy);
-        });
+        }, M * K);
         break;
       }
     }
@@ -588,13 +588,13 @@ class CpuBackend : public Backend {
     qa_.resize(size_t(M * lda));
     cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
       cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda);
-    });
+    }, 2 * K);
     if (!l.zs.empty()) group_sums(l, x, M);
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
       k_.gemm_w4a8_nt(M, e - b, K, qa_.data(), lda, l.q4.data() + b * l.ld4, l.ld4,
                       l.scale16.data() + b * G, l.group, y + b, ldy);
       if (!l.zs.empty()) zero_point_correction(l, M, b, e, y, ldy);
-    });
+    }, M * K);
   }
 
   // y = x W^T through the library's fp32 GEMM, W's rows widened to float32 by widen(n, row) a
@@ -643,7 +643,7 @@ class CpuBackend : public Backend {
     // against 152 widening panels and 270 with float32 weights).
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
       k_.gemm_bf16w_f32_nt(M, e - b, K, x, K, l.wbp + b * K, K, y + b, ldy);
-    });
+    }, M * K);
   }
 
   void add(float* x, const float* y, int64_t n) override {
@@ -696,7 +696,7 @@ class CpuBackend : public Backend {
   void silu_mul(const float* g, int64_t rows, int64_t n, float* y) override {
     cpu_kernels::parallel_for(rows, 1, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) k_.silu_mul_f32(g + r * 2 * n, g + r * 2 * n + n, y + r * n, n);
-    });
+    }, 8 * n);
   }
 
  private:
