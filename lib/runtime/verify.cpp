@@ -353,6 +353,36 @@ VerifyResult::Task task_compare(const ChoiceResult& tr, const ChoiceResult& tc,
   return t;
 }
 
+// The benchmark repeated until it has run at least 3 times and 1 s (at most 50 times), each
+// model's speeds taken as the medians of its runs: one run of a small model's decode lasts a few
+// tens of milliseconds, which one scheduler hiccup on a shared machine could move by 2x (the
+// quickstart's 1.5x gate failed at 1.17x and 1.35x on single runs; medians give 1.6-1.8x).
+Result<BenchResult> bench_median(Engine& e, const BenchOptions& bo) {
+  std::vector<BenchResult> runs;
+  double spent = 0;
+  while (runs.size() < 3 || (spent < 1.0 && runs.size() < 50)) {
+    e.reset_all();
+    SHRINK_ASSIGN_OR_RETURN(BenchResult r, bench(e, bo));
+    const double decode_s = r.decode_tokens_per_second > 0
+                                ? double(r.batch * r.gen_len) / r.decode_tokens_per_second : 0.0;
+    spent += r.prefill_seconds + decode_s;
+    runs.push_back(r);
+  }
+  auto median_of = [&](auto field) {
+    std::vector<double> v;
+    for (const BenchResult& r : runs) v.push_back(field(r));
+    std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  const double decode = median_of([](const BenchResult& r) { return r.decode_tokens_per_second; });
+  BenchResult out = *std::find_if(runs.begin(), runs.end(), [&](const BenchResult& r) {
+    return r.decode_tokens_per_second == decode;
+  });
+  out.prefill_tokens_per_second = median_of([](const BenchResult& r) { return r.prefill_tokens_per_second; });
+  out.ttft_seconds = median_of([](const BenchResult& r) { return r.ttft_seconds; });
+  return out;
+}
+
 // One model's task scores, benchmark (the same for both models) and description, while loaded.
 Result<ModelPass> model_pass_finish(Engine& e, const VerifyOptions& o, const TaskItems& task) {
   ModelPass p;
@@ -364,8 +394,7 @@ Result<ModelPass> model_pass_finish(Engine& e, const VerifyOptions& o, const Tas
     BenchOptions bo;
     bo.prompt_len = o.bench_prompt_len;
     bo.gen_len = o.bench_gen_len;
-    e.reset_all();
-    SHRINK_ASSIGN_OR_RETURN(p.bench, bench(e, bo));
+    SHRINK_ASSIGN_OR_RETURN(p.bench, bench_median(e, bo));
   }
   p.weight_bytes = e.weight_bytes();
   p.engine = e.describe();

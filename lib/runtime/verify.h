@@ -37,7 +37,7 @@ struct VerifyOptions {
   double min_top1 = -1;          // top-1 agreement in [0, 1]; < 0: no gate
   std::string task;              // multiple-choice task (core/choice_task.h); "" = none
   double max_acc_drop = -1;      // task acc_norm, reference minus compact; < 0: no gate
-  int64_t bench_prompt_len = 128, bench_gen_len = 32;
+  int64_t bench_prompt_len = 128, bench_gen_len = 32;  // each model: the median of >= 3 runs and >= 1 s
   bool bench = true;
   // Budget for the compact model's logits, kept for the reference's pass (scored positions x
   // vocab x 4 bytes); beyond it they spill to a temporary file in $TMPDIR (else /tmp).
