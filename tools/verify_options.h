@@ -68,6 +68,9 @@ inline void add_verify_options(CLI::App* sub, VerifyArgs& a) {
       ->capture_default_str();
   sub->add_option("--serve-gen-len", a.serve.gen_len, "Serving: generated tokens per request")
       ->capture_default_str();
+  sub->add_option("--serve-repeats", a.serve.repeats,
+                  "Serving: interleaved measurements of each model; the table gives the medians")
+      ->capture_default_str();
   sub->add_option("--serve-shared-prefix", a.serve.shared_prefix,
                   "Serving: tokens every prompt starts with (a system prompt; the prefix cache reuses it)")
       ->capture_default_str();

@@ -64,23 +64,44 @@ Result<json> measure(const std::string& model, const ServeCompareOptions& o) {
 Result<json> serve_compare(const std::string& compact, const std::string& reference,
                            const ServeCompareOptions& o) {
   SHRINK_CHECK(!o.concurrency.empty(), StatusCode::kInvalidInput, "serve: no concurrency levels");
-  SHRINK_ASSIGN_OR_RETURN(json ref, measure(reference, o));
-  SHRINK_ASSIGN_OR_RETURN(json cmp, measure(compact, o));
+  SHRINK_CHECK(o.repeats >= 1, StatusCode::kInvalidInput, "serve: repeats must be >= 1");
+  // Interleaved: reference, compact, reference, ... (one model loaded at a time); per level the
+  // medians over the repeats, so that a phase slowed by the machine does not decide the ratio.
+  std::vector<json> ref_runs, cmp_runs;
+  for (int k = 0; k < o.repeats; ++k) {
+    SHRINK_ASSIGN_OR_RETURN(json a, measure(reference, o));
+    ref_runs.push_back(std::move(a));
+    SHRINK_ASSIGN_OR_RETURN(json b, measure(compact, o));
+    cmp_runs.push_back(std::move(b));
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
   json levels = json::array();
-  for (size_t k = 0; k < ref["levels"].size() && k < cmp["levels"].size(); ++k) {
-    const json& a = ref["levels"][k];
-    const json& b = cmp["levels"][k];
-    const double ta = a["output_tokens_per_s"], tb = b["output_tokens_per_s"];
-    levels.push_back({{"concurrency", a["concurrency"]},
+  for (size_t l = 0; l < o.concurrency.size(); ++l) {
+    auto field = [&](const std::vector<json>& runs, auto get) {
+      std::vector<double> v;
+      for (const json& r : runs) v.push_back(get(r["levels"][l]));
+      return v;
+    };
+    auto tps = [](const json& x) { return x["output_tokens_per_s"].get<double>(); };
+    auto ttft = [](const json& x) { return x["ttft_ms"]["p50"].get<double>(); };
+    auto itl = [](const json& x) { return x["itl_ms"]["p50"].get<double>(); };
+    const double ta = median(field(ref_runs, tps)), tb = median(field(cmp_runs, tps));
+    levels.push_back({{"concurrency", o.concurrency[l]},
                       {"output_tokens_per_s_reference", ta},
                       {"output_tokens_per_s_compact", tb},
+                      {"output_tokens_per_s_reference_runs", field(ref_runs, tps)},
+                      {"output_tokens_per_s_compact_runs", field(cmp_runs, tps)},
                       {"throughput_ratio", ta > 0 ? tb / ta : 0.0},
-                      {"ttft_p50_ms_reference", a["ttft_ms"]["p50"]},
-                      {"ttft_p50_ms_compact", b["ttft_ms"]["p50"]},
-                      {"itl_p50_ms_reference", a["itl_ms"]["p50"]},
-                      {"itl_p50_ms_compact", b["itl_ms"]["p50"]}});
+                      {"ttft_p50_ms_reference", median(field(ref_runs, ttft))},
+                      {"ttft_p50_ms_compact", median(field(cmp_runs, ttft))},
+                      {"itl_p50_ms_reference", median(field(ref_runs, itl))},
+                      {"itl_p50_ms_compact", median(field(cmp_runs, itl))}});
   }
-  return json{{"reference", ref}, {"compact", cmp}, {"levels", levels},
+  return json{{"reference", ref_runs.back()}, {"compact", cmp_runs.back()}, {"levels", levels},
+              {"repeats", o.repeats},
               {"workload", {{"prompt_len", o.prompt_len}, {"gen_len", o.gen_len},
                             {"shared_prefix", o.shared_prefix}}}};
 }
