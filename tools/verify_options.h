@@ -59,7 +59,7 @@ inline void add_verify_options(CLI::App* sub, VerifyArgs& a) {
   sub->add_option("--reference", a.reference, "Reference (teacher) model directory")->required();
   add_verify_options(sub, a.v);
   sub->add_option("--serve-concurrency", a.serve_concurrency,
-                  "Also serve each model (as `shrink-rt serve`, in-process on a loopback port) and "
+                  "Also serve each model (a `shrink-rt serve` process on a loopback port) and "
                   "load-test it at these concurrency levels, e.g. 1,8: throughput and latency side "
                   "by side (a recipe's verify `serve:` block)");
   sub->add_option("--serve-requests", a.serve.requests, "Serving: requests per level (0: max(16, 4 x concurrency))")

@@ -1,7 +1,8 @@
 // The serving side of verify: the load benchmark (bench_serve.h) against the reference and the
-// compact model in turn, each served in-process by the same server `shrink-rt serve` runs
-// (loopback, a free port), so a recipe's verify stage can put their throughput and latency
-// side by side in report.json/md. Tested in tests/cli/test_run.sh (a recipe with a serve block).
+// compact model in turn, each served by a `shrink-rt serve` process started beside this one
+// (the binary in this executable's directory; in this process when it is not there), on a free
+// loopback port, so a recipe's verify stage can put their throughput and latency side by side
+// in report.json/md. Tested in tests/cli/test_run.sh (a recipe with a serve block).
 #pragma once
 
 #include <string>
