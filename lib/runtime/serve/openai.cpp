@@ -462,41 +462,44 @@ json logprobs_json(const CompletionRequest& q, const TextStream& ts,
   return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
 }
 
-json completion_body(const std::string& id, int64_t created, const std::string& model,
-                     const CompletionRequest& q, const CompletionResult& r, const json& logprobs,
-                     bool cache_hit) {
-  json choice = {{"index", 0}, {"text", r.text}, {"logprobs", logprobs},
-                 {"finish_reason", r.finish_reason}};
+namespace {
+
+// A response body around its one choice: the token ids when asked, usage, the cache mark.
+json response_body(const std::string& id, int64_t created, const std::string& model,
+                   const char* object, json choice, const CompletionRequest& q,
+                   const CompletionResult& r, bool cache_hit) {
   if (q.return_token_ids) {
     json ids = json::array();
     for (const TokenOut& t : r.tokens) ids.push_back(t.id);
     choice["token_ids"] = ids;
     choice["prompt_token_ids"] = q.prompt;
   }
-  json b = {{"id", id},           {"object", "text_completion"}, {"created", created},
-            {"model", model},     {"choices", json::array({choice})},
-            {"usage", usage_json(r)}};
+  json b = {{"id", id},       {"object", object},                 {"created", created},
+            {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(r)}};
   if (cache_hit) b["shrink"] = {{"response_cache", "hit"}};
   return b;
+}
+
+}  // namespace
+
+json completion_body(const std::string& id, int64_t created, const std::string& model,
+                     const CompletionRequest& q, const CompletionResult& r, const json& logprobs,
+                     bool cache_hit) {
+  return response_body(id, created, model, "text_completion",
+                       {{"index", 0}, {"text", r.text}, {"logprobs", logprobs},
+                        {"finish_reason", r.finish_reason}},
+                       q, r, cache_hit);
 }
 
 json chat_body(const std::string& id, int64_t created, const std::string& model,
                const CompletionRequest& q, const CompletionResult& r, const json& logprobs,
                bool cache_hit) {
-  json choice = {{"index", 0},
-                 {"message", {{"role", "assistant"}, {"content", r.text}}},
-                 {"logprobs", logprobs},
-                 {"finish_reason", r.finish_reason}};
-  if (q.return_token_ids) {
-    json ids = json::array();
-    for (const TokenOut& t : r.tokens) ids.push_back(t.id);
-    choice["token_ids"] = ids;
-    choice["prompt_token_ids"] = q.prompt;
-  }
-  json b = {{"id", id},       {"object", "chat.completion"},     {"created", created},
-            {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(r)}};
-  if (cache_hit) b["shrink"] = {{"response_cache", "hit"}};
-  return b;
+  return response_body(id, created, model, "chat.completion",
+                       {{"index", 0},
+                        {"message", {{"role", "assistant"}, {"content", r.text}}},
+                        {"logprobs", logprobs},
+                        {"finish_reason", r.finish_reason}},
+                       q, r, cache_hit);
 }
 
 json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,

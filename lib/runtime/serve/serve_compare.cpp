@@ -27,6 +27,28 @@ namespace {
 
 Result<json> measure_in_process(const std::string& model, const ServeCompareOptions& o);
 
+// The synthetic load of `o` against the server at `url` serving `model`; every request must
+// succeed.
+Result<json> bench_against(const std::string& url, const std::string& model,
+                           const ServeCompareOptions& o) {
+  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(model));
+  BenchServeOptions b;
+  b.url = url;
+  b.synthetic = true;
+  b.concurrency = o.concurrency;
+  b.requests = o.requests;
+  b.prompt_len = o.prompt_len;
+  b.gen_len = o.gen_len;
+  b.shared_prefix = o.shared_prefix;
+  b.vocab = int32_t(std::min<int64_t>(cfg.vocab_size, 4096));
+  SHRINK_ASSIGN_OR_RETURN(std::vector<BenchServeRow> rows, bench_serve(b));
+  for (const BenchServeRow& r : rows)
+    SHRINK_CHECK(r.errors == 0, StatusCode::kInternal, "%s: %lld of %lld requests failed at concurrency %d: %s",
+                 model.c_str(), (long long)r.errors, (long long)r.requests, r.concurrency,
+                 r.error_samples.empty() ? "" : r.error_samples[0].c_str());
+  return bench_serve_json(b, rows);
+}
+
 std::string self_dir() {
   std::vector<char> buf(4096);
   const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
@@ -100,25 +122,10 @@ Result<std::unique_ptr<ServerProcess>> spawn_server(const std::string& rt, const
 Result<json> measure(const std::string& model, const ServeCompareOptions& o) {
   const std::string rt = self_dir() + "/shrink-rt";
   if (access(rt.c_str(), X_OK) == 0) {
-    SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(model));
     const int slots = *std::max_element(o.concurrency.begin(), o.concurrency.end());
     SHRINK_ASSIGN_OR_RETURN(auto proc, spawn_server(rt, model, o, slots,
                                                     o.shared_prefix + o.prompt_len + o.gen_len));
-    BenchServeOptions b;
-    b.url = proc->url;
-    b.synthetic = true;
-    b.concurrency = o.concurrency;
-    b.requests = o.requests;
-    b.prompt_len = o.prompt_len;
-    b.gen_len = o.gen_len;
-    b.shared_prefix = o.shared_prefix;
-    b.vocab = int32_t(std::min<int64_t>(cfg.vocab_size, 4096));
-    SHRINK_ASSIGN_OR_RETURN(std::vector<BenchServeRow> rows, bench_serve(b));
-    for (const BenchServeRow& r : rows)
-      SHRINK_CHECK(r.errors == 0, StatusCode::kInternal, "%s: %lld of %lld requests failed at concurrency %d: %s",
-                   model.c_str(), (long long)r.errors, (long long)r.requests, r.concurrency,
-                   r.error_samples.empty() ? "" : r.error_samples[0].c_str());
-    json j = bench_serve_json(b, rows);
+    SHRINK_ASSIGN_OR_RETURN(json j, bench_against(proc->url, model, o));
     j["engine"] = proc->engine;
     j["server"] = "process";
     return j;
@@ -128,7 +135,6 @@ Result<json> measure(const std::string& model, const ServeCompareOptions& o) {
 
 // The same with the server in this process.
 Result<json> measure_in_process(const std::string& model, const ServeCompareOptions& o) {
-  SHRINK_ASSIGN_OR_RETURN(core::ModelConfig cfg, core::config_load(model));
   EngineOptions eo = o.engine;
   eo.max_batch = *std::max_element(o.concurrency.begin(), o.concurrency.end());
   eo.max_seq_len = o.shared_prefix + o.prompt_len + o.gen_len;
@@ -145,26 +151,12 @@ Result<json> measure_in_process(const std::string& model, const ServeCompareOpti
   Server server(sched, nullptr, srv);
   SHRINK_RETURN_IF_ERROR(server.bind());
   std::thread listener([&] { (void)server.listen(); });
-  BenchServeOptions b;
-  b.url = "http://127.0.0.1:" + std::to_string(server.port());
-  b.synthetic = true;
-  b.concurrency = o.concurrency;
-  b.requests = o.requests;
-  b.prompt_len = o.prompt_len;
-  b.gen_len = o.gen_len;
-  b.shared_prefix = o.shared_prefix;
-  b.vocab = int32_t(std::min<int64_t>(cfg.vocab_size, 4096));
-  Result<std::vector<BenchServeRow>> rows = bench_serve(b);
+  Result<json> j = bench_against("http://127.0.0.1:" + std::to_string(server.port()), model, o);
   server.stop(std::chrono::milliseconds(2000));
   listener.join();
-  SHRINK_RETURN_IF_ERROR(rows.status());
-  for (const BenchServeRow& r : rows.value())
-    SHRINK_CHECK(r.errors == 0, StatusCode::kInternal, "%s: %lld of %lld requests failed at concurrency %d: %s",
-                 model.c_str(), (long long)r.errors, (long long)r.requests, r.concurrency,
-                 r.error_samples.empty() ? "" : r.error_samples[0].c_str());
-  json j = bench_serve_json(b, rows.value());
-  j["engine"] = engine->describe();
-  j["server"] = "in-process";
+  SHRINK_RETURN_IF_ERROR(j.status());
+  j.value()["engine"] = engine->describe();
+  j.value()["server"] = "in-process";
   return j;
 }
 
