@@ -16,7 +16,9 @@
 #                     quantize-w4a16-gptq quantize-w8a8-sq-gptq quantize-w4a16-gptq-sensitivity
 #                     prune-magnitude
 #                     prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured
-#                     prune-structured-depth-ppl export-onnx verify disk-bound
+#                     prune-structured-depth-ppl export-onnx verify verify-rt disk-bound
+#                     (verify: `shrink verify`, which links LibTorch; verify-rt: the same
+#                     check in the runtime's own binary, `shrink-rt verify`, as a CI job runs it)
 #                     (default: all, in this order). disk-bound times `dd` reading the model's
 #                     weights and writing as many bytes (fdatasync): the speed of this disk.
 #   --timeout         per stage (default 7200); a stage past it is reported as "timeout"
@@ -44,9 +46,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 SHRINK=$REPO/build/bin/shrink
+SHRINK_RT=$REPO/build/bin/shrink-rt
 [ -x "$SHRINK" ] || { echo "scale_check.sh: $SHRINK not found; run scripts/setup.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "scale_check.sh: /usr/bin/time not found (apt install time)" >&2; exit 1; }
-ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq quantize-w4a16-gptq-sensitivity prune-magnitude prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured prune-structured-depth-ppl export-onnx verify disk-bound"
+ALL_STAGES="inspect convert eval quantize-w8a16-rtn quantize-w4a16-rtn quantize-w4a16-gptq quantize-w8a8-sq-gptq quantize-w4a16-gptq-sensitivity prune-magnitude prune-magnitude-global prune-wanda prune-sparsegpt-2of4 prune-structured prune-structured-depth-ppl export-onnx verify verify-rt disk-bound"
 stages=${stages:-$ALL_STAGES}
 stages=${stages//,/ }
 for s in $stages; do
@@ -141,10 +144,12 @@ for s in $stages; do
       mkdir -p "$out/$s"
       run "$s" bash -c 'cat "$1"/*.safetensors | dd of="$2/bytes" bs=16M iflag=fullblock oflag=direct conv=fdatasync status=none' _ "$M" "$out/$s"
       rm -rf "${out:?}/$s" ;;
-    verify)
+    verify|verify-rt)
       q=$out/quantize-w8a16-rtn
       [ -f "$q/config.json" ] || run quantize-w8a16-rtn "$SHRINK" "${global[@]}" quantize "$M" --out "$q" --scheme w8a16 --method rtn "${calib[@]}"
-      run "$s" "$SHRINK" "${global[@]}" verify "$q" --reference "$M" --data "$D" --max-tokens 4096 --seq-len 512 \
+      bin=$SHRINK
+      [ "$s" = verify-rt ] && bin=$SHRINK_RT
+      run "$s" "$bin" "${global[@]}" verify "$q" --reference "$M" --data "$D" --max-tokens 4096 --seq-len 512 \
         --prompt-len 64 --gen-len 16 ;;
   esac
   # KEEP_OUTPUTS=0: drop each stage's output once measured (an 8B shape's outputs outgrow a disk),

@@ -21,6 +21,9 @@
 #include "core/fs.h"
 
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -415,6 +418,12 @@ double peak_rss_mib() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return double(u.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+void memory_return() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 }  // namespace shrink::core

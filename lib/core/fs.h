@@ -66,6 +66,12 @@ class AtomicDir {
 /// This process's peak resident memory so far (getrusage), MiB.
 double peak_rss_mib();
 
+/// Gives the allocator's free pages back to the system (glibc's malloc_trim; a no-op elsewhere):
+/// after a model is loaded or dropped, so that the temporaries of loading and the last model's
+/// blocks are not counted on top of what follows (the programs keep up to 128 MiB free on the
+/// heap otherwise: cli_main.h).
+void memory_return();
+
 /// A size as users write it: "4G", "512M", "1.5GiB", "64k", "1000000" (bytes); K, M, G and T are
 /// powers of 1024, with or without "iB"/"B". kInvalidInput names the text and what is expected.
 Result<uint64_t> bytes_parse(const std::string& text);

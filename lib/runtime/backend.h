@@ -144,6 +144,9 @@ class Backend {
   /// cache, Engine::kv_export / kv_import). The CPU backend's memory is the host's: memcpy.
   virtual void bytes_to_host(const void* src, size_t n, void* dst);
   virtual void bytes_from_host(const void* src, size_t n, void* dst);
+  /// Whether backend memory is the host's, so that ops may write straight into host buffers
+  /// (the engine's logits then go to the caller's vector without a second [rows, vocab] copy).
+  virtual bool host_memory() const { return false; }
   /// Repack a linear layer (takes the host buffers).
   virtual Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) = 0;
 

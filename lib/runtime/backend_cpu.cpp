@@ -288,6 +288,7 @@ class CpuBackend : public Backend {
   }
 
   bool float_weights_bf16() const override { return bf16_; }
+  bool host_memory() const override { return true; }
 
   std::string describe() const override {
     return std::string("cpu ") + cpu_kernels::isa_name(k_.isa) +

@@ -12,6 +12,7 @@
 
 #include "core/checked_math.h"
 #include "core/dtype.h"
+#include "core/fs.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
 
@@ -406,6 +407,19 @@ Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::strin
   }
   LinearDesc f = std::move(ds[0]);
   f.name += "+";
+  // Exact capacities: growing by insert would leave up to a third of each fused matrix as
+  // unused capacity (q, then k and v: 33% of q+k+v's bytes on the llama-1b shape).
+  auto reserve = [&](auto member) {
+    size_t n = 0;
+    for (size_t i = 1; i < ds.size(); ++i) n += (ds[i].*member).size();
+    (f.*member).reserve((f.*member).size() + n);
+  };
+  reserve(&LinearDesc::w);
+  reserve(&LinearDesc::wb);
+  reserve(&LinearDesc::q);
+  reserve(&LinearDesc::scale);
+  reserve(&LinearDesc::zp);
+  reserve(&LinearDesc::bias);
   for (size_t i = 1; i < ds.size(); ++i) {
     f.out += ds[i].out;
     f.w.insert(f.w.end(), ds[i].w.begin(), ds[i].w.end());
@@ -725,6 +739,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
   SHRINK_ASSIGN_OR_RETURN(auto impl, impl_create(cfg, opts, origin, stored_bf16));
   impl->scheme = std::move(scheme);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
+  core::memory_return();
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -912,11 +927,18 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   }
   const int64_t R = int64_t(pick.size()), V = c.vocab_size;
   bool realloc = m.ensure_rows(M);
-  if (R > m.cap_logit_rows) {
+  // Logits asked for on a backend whose memory is the host's go straight into the caller's
+  // vector: one [R, V] buffer, not a backend one and its copy (64 MiB each for a window's chunk
+  // of a 128k vocabulary).
+  const bool logits_direct = logits_out && !next_out && m.be->host_memory();
+  if (logits_direct) {
+    logits_out->resize(size_t(R * V));
+  } else if (R > m.cap_logit_rows) {
     m.logits = be->tensor_zeros(R * V);
     m.cap_logit_rows = R;
     realloc = true;
   }
+  float* const logits = logits_direct ? logits_out->data() : m.logits->data();
   Backend& be = *m.be;
   if (realloc) be.graph_reset();
   const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
@@ -971,11 +993,11 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     }
     be.gather_rows(x, H, pick.data(), R, xn);
     be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
-    be.linear(*m.lm_head, xn, R, m.logits->data(), V);
+    be.linear(*m.lm_head, xn, R, logits, V);
     if (next_out && sample) {
-      be.sample_rows(m.logits->data(), R, V, sample);
+      be.sample_rows(logits, R, V, sample);
     } else if (next_out) {
-      be.argmax_rows(m.logits->data(), R, V);
+      be.argmax_rows(logits, R, V);
     }
   };
   // One graph per rows and output kind (logits, argmax, sampled): sampling parameters and
@@ -991,9 +1013,9 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   if (next_out) {
     next_out->resize(size_t(R));
     be.token_ids_fetch(next_out->data(), R);
-  } else {
+  } else if (!logits_direct) {
     logits_out->resize(size_t(R * V));
-    be.to_host(m.logits->data(), R * V, logits_out->data());
+    be.to_host(logits, R * V, logits_out->data());
   }
   SHRINK_RETURN_IF_ERROR(be.take_error());
   for (const SeqChunk& ch : chunks) m.lengths[size_t(ch.slot)] += ch.n;

@@ -5,10 +5,6 @@
 #include <cmath>
 #include <cstdlib>
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
-
 #include "core/dataset.h"
 #include "core/fs.h"
 #include "core/model_config.h"
@@ -214,14 +210,6 @@ struct ModelPass {
   uint64_t weight_bytes = 0;
   std::string engine;
 };
-
-// Gives the allocator's freed pages back to the system, so that the next model's pages are not
-// counted on top of the last one's.
-void memory_return() {
-#ifdef __GLIBC__
-  malloc_trim(0);
-#endif
-}
 
 // Per scored token (each position's prediction of the next token), what the accuracy
 // statistics are made of.
@@ -502,7 +490,7 @@ Result<VerifyResult> verify(const std::string& compact_dir, const std::string& r
     SHRINK_RETURN_IF_ERROR(logits_record(*cmp, data.tokens, o.seq_len, store));
     SHRINK_ASSIGN_OR_RETURN(cmp_pass, model_pass_finish(*cmp, o, task));
   }
-  memory_return();
+  core::memory_return();
   {
     SHRINK_ASSIGN_OR_RETURN(std::unique_ptr<Engine> ref,
                             Engine::load(reference_dir, engine_options(o, task.positions, true)));
