@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <numeric>
 #include <map>
 #include <optional>
 #include <set>
@@ -15,6 +17,7 @@
 #include "core/fs.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
+#include "runtime/tp_slice.h"
 
 namespace shrink::runtime {
 
@@ -212,10 +215,29 @@ struct LayerW {
   std::unique_ptr<DeviceTensor> k_cache, v_cache;
   std::unique_ptr<DeviceTensor> k_scale, v_scale;  // int8 cache: [slot][pos][kv head]
   KvLayer cache;  // the views of the above that the backend's attention ops take
+  // --tp: o_proj kept whole on every rank, which gathers the heads' outputs first (act-order
+  // groups that mix the heads of different ranks), instead of summing partial outputs.
+  bool o_whole = false;
+};
+
+// Tensor parallelism's share of the model for one rank (EngineOptions::tp): whole attention
+// heads, a slice of the MLP channels (in the order down_proj's columns read them) and of the
+// vocabulary, padded to vpad rows per rank so that the gathered logits are [ranks, rows, vpad].
+struct TpShare {
+  int rank = 0, size = 1;
+  int64_t hq0 = 0, hkv0 = 0;  // first query and KV head
+  int64_t v0 = 0, vl = 0, vpad = 0;
 };
 
 struct Engine::Impl {
-  core::ModelConfig cfg;
+  core::ModelConfig cfg;         // this rank's shapes (heads, MLP channels) under --tp
+  core::ModelConfig cfg_global;  // the model's
+  std::shared_ptr<TpComm> tp;
+  TpShare share;
+  std::unique_ptr<DeviceTensor> tp_gather, tp_logits;  // [ranks, rows, vpad] and [rows, V]
+  int64_t cap_tp_rows = 0;
+  std::unique_ptr<DeviceTensor> tp_att_gather, tp_att;  // o_whole: [ranks, rows, q_dim / ranks]
+  int64_t cap_tp_att_rows = 0;                          // and [rows, q_dim]
   std::optional<core::QuantScheme> scheme;  // nullopt: a float model
   EngineOptions opts;
   int64_t max_seq = 0;
@@ -238,9 +260,12 @@ struct Engine::Impl {
   Status build(TensorSource& src);
   Result<LinearDesc> linear_desc(TensorSource& src, const std::string& module, int64_t out,
                                  int64_t in, bool bias);
+  using Slicer = std::function<Status(LinearDesc& d, size_t module)>;
   Status add_linears(TensorSource& src, const std::vector<std::string>& modules,
                      const std::vector<int64_t>& outs, int64_t in, bool bias,
-                     std::vector<std::unique_ptr<Linear>>* dst);
+                     std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice = nullptr);
+  void tp_head(const float* xn, int64_t rows, float* logits);
+  const float* tp_att_whole(const float* att_local, int64_t rows);
   bool ensure_rows(int64_t rows);
   Status run(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>* logits,
              std::vector<int32_t>* next, const core::SampleRow* sample);
@@ -383,11 +408,12 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
 // apart; either way the outputs land side by side in one row.
 Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::string>& modules,
                                  const std::vector<int64_t>& outs, int64_t in, bool bias,
-                                 std::vector<std::unique_ptr<Linear>>* dst) {
+                                 std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice) {
   std::vector<LinearDesc> ds;
   for (size_t i = 0; i < modules.size(); ++i) {
     SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias));
     if (d.kind == LinearKind::kW8A16 && d.act_int8 == ActInt8::kOff) d.act_int8 = d.bits == 4 ? act4 : act8;
+    if (slice) SHRINK_RETURN_IF_ERROR(slice(d, i));
     ds.push_back(std::move(d));
   }
   bool fusable = true;
@@ -466,9 +492,30 @@ void desc_quantize_w8a16(LinearDesc& d, const SrcTensor& t) {
 
 }  // namespace
 
+namespace {
+
+// A row-parallel layer's input row is split over the ranks, so per-token int8 activations
+// (W8A8 dynamic, W4A8 checkpoints, --act-quant int8-row) would take their scale from a slice of
+// the row and differ from one process's: refused until the scale is reduced over the ranks.
+Status tp_row_parallel_check(const LinearDesc& d) {
+  const bool per_token = (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) ||
+                         d.act_int8 == ActInt8::kRow;
+  SHRINK_CHECK(!per_token, StatusCode::kInvalidInput,
+               "%s: tensor parallelism splits this layer's inputs over the ranks, and its int8 "
+               "activations take one scale per token over the whole row (W8A8 dynamic, W4A8, "
+               "--act-quant int8-row): not supported with --tp yet; use --act-quant none or "
+               "int8-block for weight-only checkpoints",
+               d.name.c_str());
+  return Status::ok();
+}
+
+}  // namespace
+
 Status Engine::Impl::build(TensorSource& src) {
-  const core::ModelConfig& c = cfg;
-  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const core::ModelConfig& c = cfg;  // this rank's shapes
+  const core::ModelConfig& g = cfg_global;
+  const int64_t H = c.hidden_size, I = g.intermediate_size;
+  const TpShare& ts = share;
   SHRINK_CHECK(opts.lm_head == "auto" || opts.lm_head == "f32" || opts.lm_head == "int8",
                StatusCode::kInvalidInput, "--lm-head '%s': expected auto, f32 or int8",
                opts.lm_head.c_str());
@@ -487,9 +534,12 @@ Status Engine::Impl::build(TensorSource& src) {
     if (head_int8 && c.tie_word_embeddings) {
       tied_head_int8.emplace();
       tied_head_int8->name = "lm_head (tied, int8)";
-      tied_head_int8->out = c.vocab_size;
+      tied_head_int8->out = ts.vl;  // this rank's vocabulary rows (all of them without --tp)
       tied_head_int8->in = H;
-      desc_quantize_w8a16(*tied_head_int8, e);
+      SrcTensor rows = e;
+      rows.shape = {ts.vl, H};
+      rows.data += uint64_t(ts.v0 * H) * core::dtype_size(e.dtype);
+      desc_quantize_w8a16(*tied_head_int8, rows);
     }
     embed_bf16 = be->float_weights_bf16() && e.dtype == core::DType::kBF16;
     if (embed_bf16) {  // as stored, two bf16 values to a float of backend memory
@@ -516,17 +566,69 @@ Status Engine::Impl::build(TensorSource& src) {
     LayerW& L = layers[size_t(l)];
     SHRINK_ASSIGN_OR_RETURN(L.attn_norm, vec(p + "input_layernorm.weight"));
     SHRINK_ASSIGN_OR_RETURN(L.mlp_norm, vec(p + "post_attention_layernorm.weight"));
+    const bool tp_on = ts.size > 1;
+    const int64_t hd = c.head_dim;
+    // Column-parallel q/k/v: this rank's heads' rows.
+    auto qkv_rows = [&](LinearDesc& d, size_t i) {
+      const int64_t first = i == 0 ? ts.hq0 : ts.hkv0;
+      const int64_t n = i == 0 ? c.q_dim() : c.kv_dim();
+      std::vector<int64_t> rows(static_cast<size_t>(n));
+      std::iota(rows.begin(), rows.end(), first * hd);
+      desc_rows(d, rows);
+      return Status::ok();
+    };
     SHRINK_RETURN_IF_ERROR(add_linears(
         src, {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"},
-        {c.q_dim(), c.kv_dim(), c.kv_dim()}, H, c.qkv_bias, &L.qkv));
+        {g.q_dim(), g.kv_dim(), g.kv_dim()}, H, c.qkv_bias, &L.qkv,
+        tp_on ? Slicer(qkv_rows) : nullptr));
     std::vector<std::unique_ptr<Linear>> one;
-    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "self_attn.o_proj"}, {H}, c.q_dim(), c.o_bias, &one));
+    // Row-parallel o_proj: the columns of this rank's heads (under act-order, the columns whose
+    // groups hold exactly those heads' channels, read through a local permutation).
+    auto o_cols = [&](LinearDesc& d, size_t) -> Status {
+      const LinearDesc whole = d.perm.empty() ? LinearDesc() : d;
+      if (d.perm.empty()) SHRINK_RETURN_IF_ERROR(tp_row_parallel_check(d));
+      const int64_t c0 = ts.hq0 * hd, n = c.q_dim();
+      std::vector<int32_t> ch;
+      SHRINK_RETURN_IF_ERROR(desc_cols(d, c0, c0 + n, &ch));
+      bool natural = true;
+      for (int64_t j = 0; j < n; ++j) natural &= ch[size_t(j)] == c0 + j;
+      if (!natural) {
+        std::vector<int32_t> sorted = ch;
+        std::sort(sorted.begin(), sorted.end());
+        bool own = true;
+        for (int64_t j = 0; j < n; ++j) own &= sorted[size_t(j)] == c0 + j;
+        if (!own) {  // groups mix heads of several ranks: keep o_proj whole (see LayerW)
+          d = std::move(whole);
+          L.o_whole = true;
+          return Status::ok();
+        }
+        d.perm.resize(size_t(n));
+        for (int64_t j = 0; j < n; ++j) d.perm[size_t(j)] = int32_t(ch[size_t(j)] - c0);
+      }
+      if (ts.rank != 0) d.bias.clear();  // added once, by rank 0
+      return Status::ok();
+    };
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "self_attn.o_proj"}, {H}, g.q_dim(), c.o_bias,
+                                       &one, tp_on ? Slicer(o_cols) : nullptr));
     L.o = std::move(one[0]);
-    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H,
-                                       false, &L.gate_up));
+    // Row-parallel down_proj first: its columns (whole groups, in group order under act-order)
+    // name the MLP channels this rank owns, which gate/up then produce in that order.
+    std::vector<int32_t> channels;
+    auto down_cols = [&](LinearDesc& d, size_t) -> Status {
+      SHRINK_RETURN_IF_ERROR(tp_row_parallel_check(d));
+      const int64_t n = c.intermediate_size;
+      return desc_cols(d, ts.rank * n, (ts.rank + 1) * n, &channels);
+    };
     one.clear();
-    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one));
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one,
+                                       tp_on ? Slicer(down_cols) : nullptr));
     L.down = std::move(one[0]);
+    auto gate_up_rows = [&](LinearDesc& d, size_t) {
+      desc_rows(d, std::vector<int64_t>(channels.begin(), channels.end()));
+      return Status::ok();
+    };
+    SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H,
+                                       false, &L.gate_up, tp_on ? Slicer(gate_up_rows) : nullptr));
     const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
     // f16 and int8 elements packed 2 and 4 to a float of the backend's tensors.
     const int64_t floats = kv == KvStorage::kF16    ? (cache + 1) / 2
@@ -548,12 +650,12 @@ Status Engine::Impl::build(TensorSource& src) {
   if (c.tie_word_embeddings) {
     LinearDesc d;
     d.name = "lm_head (tied)";
-    d.out = c.vocab_size;
+    d.out = ts.vl;  // this rank's vocabulary rows (all of them without --tp)
     d.in = H;
     if (embed_bf16) {
-      d.wb_borrowed = reinterpret_cast<const uint16_t*>(embed->data());
+      d.wb_borrowed = reinterpret_cast<const uint16_t*>(embed->data()) + ts.v0 * H;
     } else {
-      d.w_borrowed = embed->data();
+      d.w_borrowed = embed->data() + ts.v0 * H;
     }
     if (tied_head_int8) d = std::move(*tied_head_int8);
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
@@ -565,12 +667,20 @@ Status Engine::Impl::build(TensorSource& src) {
     LinearDesc d;
     if (head_int8 && float_head) {  // quantized from the stored rows, no float32 copy
       d.name = "lm_head (int8)";
-      d.out = c.vocab_size;
+      d.out = ts.vl;
       d.in = H;
-      desc_quantize_w8a16(d, h);
+      SrcTensor rows = h;
+      rows.shape = {ts.vl, H};
+      rows.data += uint64_t(ts.v0 * H) * core::dtype_size(h.dtype);
+      desc_quantize_w8a16(d, rows);
       src.release("lm_head.weight");
     } else {
       SHRINK_ASSIGN_OR_RETURN(d, linear_desc(src, "lm_head", c.vocab_size, H, false));
+      if (ts.size > 1) {  // vocab-parallel: this rank's rows
+        std::vector<int64_t> rows(static_cast<size_t>(ts.vl));
+        std::iota(rows.begin(), rows.end(), ts.v0);
+        desc_rows(d, rows);
+      }
     }
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;
@@ -607,6 +717,46 @@ bool Engine::Impl::ensure_rows(int64_t rows) {
   return true;
 }
 
+// Vocab-parallel lm_head: this rank's [rows, vpad] slice of the logits, gathered from every rank
+// and laid out as the whole [rows, V] (host memory: tensor parallelism runs on the cpu backend).
+void Engine::Impl::tp_head(const float* xn_rows, int64_t rows, float* logits) {
+  const TpShare& ts = share;
+  const int64_t V = cfg.vocab_size, P = ts.vpad;
+  if (rows > cap_tp_rows) {
+    tp_logits = be->tensor_zeros(rows * P);
+    tp_gather = be->tensor_zeros(int64_t(ts.size) * rows * P);
+    cap_tp_rows = rows;
+  }
+  be->linear(*lm_head, xn_rows, rows, tp_logits->data(), P);
+  tp->allgather(tp_logits->data(), rows * P, tp_gather->data());
+  for (int r = 0; r < ts.size; ++r) {
+    const int64_t v0 = std::min<int64_t>(V, r * P), vl = std::min<int64_t>(V, v0 + P) - v0;
+    const float* part = tp_gather->data() + int64_t(r) * rows * P;
+    for (int64_t i = 0; i < rows; ++i) {
+      std::copy(part + i * P, part + i * P + vl, logits + i * V + v0);
+    }
+  }
+}
+
+// The attention outputs of every rank's heads, [rows, q_dim] in head order, for a whole o_proj.
+const float* Engine::Impl::tp_att_whole(const float* att_local, int64_t rows) {
+  const int n = share.size;
+  const int64_t qdl = cfg.q_dim(), qd = cfg_global.q_dim();
+  if (rows > cap_tp_att_rows) {
+    tp_att_gather = be->tensor_zeros(int64_t(n) * rows * qdl);
+    tp_att = be->tensor_zeros(rows * qd);
+    cap_tp_att_rows = rows;
+  }
+  tp->allgather(att_local, rows * qdl, tp_att_gather->data());
+  for (int r = 0; r < n; ++r) {
+    const float* part = tp_att_gather->data() + int64_t(r) * rows * qdl;
+    for (int64_t i = 0; i < rows; ++i) {
+      std::copy(part + i * qdl, part + (i + 1) * qdl, tp_att->data() + i * qd + r * qdl);
+    }
+  }
+  return tp_att->data();
+}
+
 namespace {
 
 // stored_bf16: the checkpoint's float tensors are bfloat16 (what float_weights "auto" keeps).
@@ -627,13 +777,55 @@ Result<std::pair<ActInt8, ActInt8>> act_int8_choice(const EngineOptions& opts) {
   return std::make_pair(kActAuto4, kActAuto8);
 }
 
+// This rank's share of the model under tensor parallelism, and its shapes (local: heads, KV
+// heads and MLP channels divided by the ranks). Refuses what does not split evenly, naming it.
+Status tp_share_plan(const core::ModelConfig& cfg, const EngineOptions& opts,
+                     const std::string& origin, TpShare& ts, core::ModelConfig& local) {
+  const int n = opts.tp->size();
+  ts.rank = opts.tp->rank();
+  ts.size = n;
+  SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
+               "--tp %d: tensor parallelism runs on the cpu device (Gloo); NCCL for cuda is not "
+               "built yet",
+               n);
+  SHRINK_CHECK(cfg.num_kv_heads % n == 0, StatusCode::kInvalidInput,
+               "%s: num_key_value_heads %lld cannot be split over --tp %d ranks (each rank holds "
+               "whole KV heads with their query heads); expected a divisor of %lld",
+               origin.c_str(), (long long)cfg.num_kv_heads, n, (long long)cfg.num_kv_heads);
+  SHRINK_CHECK(cfg.intermediate_size % n == 0, StatusCode::kInvalidInput,
+               "%s: intermediate_size %lld cannot be split over --tp %d ranks evenly",
+               origin.c_str(), (long long)cfg.intermediate_size, n);
+  SHRINK_CHECK(cfg.vocab_size >= n, StatusCode::kInvalidInput,
+               "%s: vocab_size %lld is smaller than --tp %d", origin.c_str(),
+               (long long)cfg.vocab_size, n);
+  local.num_heads = cfg.num_heads / n;
+  local.num_kv_heads = cfg.num_kv_heads / n;
+  local.intermediate_size = cfg.intermediate_size / n;
+  ts.hq0 = ts.rank * local.num_heads;
+  ts.hkv0 = ts.rank * local.num_kv_heads;
+  ts.vpad = (cfg.vocab_size + n - 1) / n;
+  ts.v0 = std::min<int64_t>(cfg.vocab_size, ts.rank * ts.vpad);
+  ts.vl = std::min<int64_t>(cfg.vocab_size, ts.v0 + ts.vpad) - ts.v0;
+  SHRINK_CHECK(ts.vl > 0, StatusCode::kInvalidInput,
+               "%s: vocab_size %lld leaves rank %d of --tp %d no rows", origin.c_str(),
+               (long long)cfg.vocab_size, ts.rank, n);
+  return Status::ok();
+}
+
 Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                                   const EngineOptions& opts,
                                                   const std::string& origin, bool stored_bf16) {
   auto impl = std::make_unique<Engine::Impl>();
   impl->cfg = cfg;
+  impl->cfg_global = cfg;
   impl->opts = opts;
   SHRINK_RETURN_IF_ERROR(core::config_validate(cfg, origin));
+  impl->share.vl = cfg.vocab_size;
+  impl->share.vpad = cfg.vocab_size;
+  if (opts.tp && opts.tp->size() > 1) {
+    SHRINK_RETURN_IF_ERROR(tp_share_plan(cfg, opts, origin, impl->share, impl->cfg));
+    impl->tp = opts.tp;
+  }
   SHRINK_CHECK(opts.max_batch >= 1, StatusCode::kInvalidInput, "max batch %d: expected >= 1",
                opts.max_batch);
   SHRINK_CHECK(cfg.head_dim % 2 == 0, StatusCode::kInvalidInput,
@@ -643,7 +835,7 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                        : std::min<int64_t>(cfg.max_position_embeddings, 4096);
   SHRINK_CHECK(impl->max_seq >= 1, StatusCode::kInvalidInput, "max sequence length %lld",
                (long long)impl->max_seq);
-  SHRINK_RETURN_IF_ERROR(check_kv_cache_size(cfg, opts, impl->max_seq, origin));
+  SHRINK_RETURN_IF_ERROR(check_kv_cache_size(impl->cfg, opts, impl->max_seq, origin));
   SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16" || opts.kv_cache == "int8",
                StatusCode::kInvalidInput, "--kv-cache '%s': expected f32, f16 or int8",
                opts.kv_cache.c_str());
@@ -755,7 +947,8 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
-const core::ModelConfig& Engine::config() const { return impl_->cfg; }
+const core::ModelConfig& Engine::config() const { return impl_->cfg_global; }
+TpComm* Engine::tp() const { return impl_->tp.get(); }
 const std::optional<core::QuantScheme>& Engine::scheme() const { return impl_->scheme; }
 int64_t Engine::max_seq_len() const { return impl_->max_seq; }
 int Engine::max_batch() const { return impl_->opts.max_batch; }
@@ -976,7 +1169,12 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
                        m.rope_cos->data(), m.rope_sin->data(), L.cache);
       be.attention(qkv, ldqkv, M, at, L.cache, c.num_heads, c.num_kv_heads, c.head_dim,
                    c.sliding_window ? *c.sliding_window : 0, m.att->data());
-      be.linear(*L.o, m.att->data(), M, tmp, H);
+      if (L.o_whole) {  // every rank: the whole o_proj over all heads' outputs
+        be.linear(*L.o, m.tp_att_whole(m.att->data(), M), M, tmp, H);
+      } else {
+        be.linear(*L.o, m.att->data(), M, tmp, H);
+        if (m.tp) m.tp->allreduce_sum(tmp, M * H);  // row-parallel: the heads' partial sums
+      }
       be.add_rmsnorm(x, tmp, L.mlp_norm->data(), xn, M, H, eps);
       off = 0;
       for (auto& lin : L.gate_up) {
@@ -985,6 +1183,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
       }
       be.silu_mul(m.gu->data(), M, I, m.act->data());
       be.linear(*L.down, m.act->data(), M, tmp, H);
+      if (m.tp) m.tp->allreduce_sum(tmp, M * H);
       if (l + 1 < m.layers.size()) {
         be.add_rmsnorm(x, tmp, m.layers[l + 1].attn_norm->data(), xn, M, H, eps);
       } else {
@@ -993,7 +1192,11 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     }
     be.gather_rows(x, H, pick.data(), R, xn);
     be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
-    be.linear(*m.lm_head, xn, R, logits, V);
+    if (m.tp) {
+      m.tp_head(xn, R, logits);
+    } else {
+      be.linear(*m.lm_head, xn, R, logits, V);
+    }
     if (next_out && sample) {
       be.sample_rows(logits, R, V, sample);
     } else if (next_out) {
@@ -1008,7 +1211,13 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     ops();
     done = be.graph_capture_end(key);
   }
-  if (!done) ops();
+  if (!done) {
+    try {
+      ops();
+    } catch (const TpError& e) {  // a collective of --tp failed: a peer rank died or stalled
+      return Status(StatusCode::kInternal, e.what());
+    }
+  }
   SHRINK_RETURN_IF_ERROR(be.take_error());
   if (next_out) {
     next_out->resize(size_t(R));

@@ -31,6 +31,7 @@
 #include "core/status.h"
 #include "runtime/backend.h"
 #include "runtime/quant.h"
+#include "runtime/tp_comm.h"
 
 namespace shrink::runtime {
 
@@ -69,6 +70,13 @@ struct EngineOptions {
   /// token's keys (values) per KV head, symmetric, with a float scale (as llama.cpp's q8_0 cache
   /// per 32 values). Attention computes in float32 either way.
   std::string kv_cache = "f32";
+  /// Tensor parallelism (cpu): this process's rank of a group (runtime/tp/gloo_comm.h) of
+  /// size > 1, or null. Each rank holds whole attention heads (KV heads with their query
+  /// groups) and a slice of the MLP channels and of the vocabulary (lm_head); o_proj and
+  /// down_proj sum their partial outputs over the ranks, the lm_head's slices are gathered, so
+  /// every rank returns the whole model's logits and tokens. Load refuses (kInvalidInput) a
+  /// model whose KV heads, MLP channels or quantization groups do not split evenly.
+  std::shared_ptr<TpComm> tp;
 };
 
 /// One sequence's tokens for a forward pass: appended to `slot` at its current length.
@@ -99,8 +107,11 @@ class Engine {
   int max_batch() const;
   /// "LlamaForCausalLM, w8a8-dynamic, cpu avx512vnni, gemm onednn 2.6.3, 1 thread".
   std::string describe() const;
-  /// Bytes of weights read by one decode step (all linears + the rows of the embedding).
+  /// Bytes of weights read by one decode step (all linears + the rows of the embedding); with
+  /// tensor parallelism, this rank's.
   uint64_t weight_bytes() const;
+  /// The tensor-parallel group (EngineOptions::tp), or null.
+  TpComm* tp() const;
 
   /// Run the chunks (distinct slots, n >= 1 each, ids < vocab, length + n <= max_seq_len).
   /// logits receives float32 [rows, vocab]: every position of every chunk in order when

@@ -73,7 +73,7 @@ std::unique_ptr<DistGroup> DistGroup::join_store(const c10::intrusive_ptr<c10d::
   return std::unique_ptr<DistGroup>(new DistGroup(std::move(impl), rank, size, timeout_s));
 }
 
-std::unique_ptr<DistGroup> DistGroup::join(const pipeline::DistEnv& env, double timeout_s) {
+std::unique_ptr<DistGroup> DistGroup::join(const core::DistEnv& env, double timeout_s) {
   c10d::TCPStoreOptions so;
   so.port = uint16_t(env.master_port);
   so.isServer = env.rank == 0;

@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "pipeline/launch.h"
+#include "core/launch.h"
 
 namespace c10d {
 class Store;
@@ -36,7 +36,7 @@ class DistGroup {
   /// Join the group that `env` describes: TCPStore at master_addr:master_port (rank 0 serves
   /// it), then a Gloo process group over TCP. `timeout_s` bounds the rendezvous and every
   /// collective. Throws shrink::Error naming the address on failure.
-  static std::unique_ptr<DistGroup> join(const pipeline::DistEnv& env, double timeout_s);
+  static std::unique_ptr<DistGroup> join(const core::DistEnv& env, double timeout_s);
   /// A group over an existing store (tests run ranks as threads over one HashStore).
   static std::unique_ptr<DistGroup> join_store(const c10::intrusive_ptr<c10d::Store>& store,
                                                int rank, int size, double timeout_s);

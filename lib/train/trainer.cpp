@@ -17,7 +17,7 @@
 #include <signal.h>
 
 #include "core/dataset.h"
-#include "pipeline/launch.h"
+#include "core/launch.h"
 #include "core/fs.h"
 #include "core/progress.h"
 #include "core/tokenizer.h"
@@ -298,7 +298,7 @@ struct Ranks {
 
 // Data parallel: join the group the environment describes (WORLD_SIZE > 1).
 Ranks ranks_join(const TrainOptions& o) {
-  const pipeline::DistEnv denv = pipeline::dist_env_read().take_or_throw();
+  const core::DistEnv denv = core::dist_env_read().take_or_throw();
   if (o.nproc > 1 && denv.world_size != o.nproc) {
     bad("--nproc " + std::to_string(o.nproc) + " but WORLD_SIZE=" +
         std::to_string(denv.world_size) + " in the environment: the launcher sets WORLD_SIZE; "

@@ -6,12 +6,16 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <iostream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/dataset.h"
 #include "core/fs.h"
+#include "core/launch.h"
 #include "core/progress.h"
 #include "core/threads.h"
 #include "core/tokens.h"
@@ -20,6 +24,7 @@
 #include "kernels/cpu/isa.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
+#include "runtime/tp/gloo_comm.h"
 #include "runtime/verify.h"
 #include "tools/cli_main.h"
 #include "tools/eval_options.h"
@@ -45,15 +50,71 @@ struct Globals {
   std::string lm_head = "auto";
   std::string kv_cache = "f32";
   std::string act_quant = "auto";
+  int tp = 1;                  // --tp: tensor-parallel ranks
+  double dist_timeout = 60;    // --dist-timeout, seconds
+  std::shared_ptr<runtime::TpComm> comm;  // this rank's group under --tp
   int exit_code = 0;
 };
+
+// One rank of --tp: joins the group (core::dist_env_read's variables, set by the local launcher
+// or by hand on several machines), runs the command with its share of the threads and prints
+// only on rank 0 (every rank computes the same results).
+Status tp_rank_run(Globals& g, int threads_total, const std::function<Status()>& body) {
+  SHRINK_ASSIGN_OR_RETURN(core::DistEnv env, core::dist_env_read());
+  SHRINK_CHECK(env.world_size == g.tp, StatusCode::kInvalidInput,
+               "--tp %d but WORLD_SIZE=%d: launch one process per rank with WORLD_SIZE equal to "
+               "--tp, or leave WORLD_SIZE unset to start the ranks on this machine",
+               g.tp, env.world_size);
+  if (std::getenv("LOCAL_WORLD_SIZE")) {
+    g.threads = std::max(1, threads_total / std::max(1, env.local_world_size));
+  }
+  if (env.rank != 0) {
+    g.quiet = true;
+    std::fflush(stdout);
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, STDOUT_FILENO);
+      ::close(null);
+    }
+  }
+  SHRINK_ASSIGN_OR_RETURN(g.comm, runtime::tp_join(env, g.dist_timeout));
+  return body();
+}
 
 int run_guarded(const char* name, Globals& g, const std::function<Status()>& body) {
   Result<int> t = core::threads_resolve(g.threads);
   Status st = t.is_ok() ? Status::ok() : t.status();
+  if (st.is_ok() && g.tp > 1 && std::string(name) == "serve") {
+    st = Status(StatusCode::kInvalidInput,
+                "serve --tp: the server's scheduler does not drive several ranks yet; serve one "
+                "process per machine (generate, bench, eval and verify take --tp)");
+  }
+  if (st.is_ok() && !(g.dist_timeout >= 1)) {
+    st = Status(StatusCode::kInvalidInput, "--dist-timeout must be >= 1 second");
+  }
+  if (st.is_ok() && g.tp > 1 && !std::getenv("WORLD_SIZE")) {
+    // Start the ranks on this machine, each with its share of the threads.
+    core::LaunchOptions lo;
+    lo.nproc = g.tp;
+    if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
+    const int total = t.value();
+    std::string err;
+    const int rc = core::launch_local(
+        lo,
+        [&](int rank) {
+          Status rs = tp_rank_run(g, total, body);
+          if (rs.is_ok()) return 0;
+          std::fprintf(stderr, "shrink-rt %s: rank %d: error: %s\n", name, rank,
+                       rs.message().c_str());
+          return exit_code_for(rs.code());
+        },
+        &err);
+    if (rc != 0) std::fprintf(stderr, "shrink-rt %s: --tp %d: %s\n", name, g.tp, err.c_str());
+    return rc;
+  }
   if (st.is_ok()) {
     g.threads = t.value();
-    st = body();
+    st = g.tp > 1 ? tp_rank_run(g, g.threads, body) : body();
   }
   if (st.is_ok()) return 0;
   std::fprintf(stderr, "shrink-rt %s: error: %s\n", name, st.message().c_str());
@@ -73,6 +134,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.lm_head = g.lm_head;
   o.kv_cache = g.kv_cache;
   o.act_quant = g.act_quant;
+  o.tp = g.comm;
   return o;
 }
 
@@ -492,6 +554,19 @@ int main(int argc, char** argv) {
   app.add_option("--cuda-gemv-rows", g.cuda_gemv_rows,
                  "cuda: decode batches up to this many rows use the GEMV (0: 4 float, 16 int8)");
   app.add_flag("--no-cuda-graphs", g.no_cuda_graphs, "cuda: run decode steps without CUDA graphs");
+  app.add_option("--tp", g.tp,
+                 "Tensor parallelism: split the model over N ranks (whole attention heads, MLP "
+                 "channels and vocabulary slices; Gloo all-reduce over TCP), cpu. Without "
+                 "WORLD_SIZE in the environment, starts N processes on this machine, each with "
+                 "--threads / N threads; with it (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, as "
+                 "torchrun sets them), this process is one rank of a group across machines. "
+                 "generate, bench, eval and verify")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--dist-timeout", g.dist_timeout,
+                 "--tp: seconds before a rank that died or stalls fails the others (rendezvous "
+                 "and every collective)")
+      ->capture_default_str();
   app.require_subcommand(1);
   app.fallthrough();
   register_bench(app, g);

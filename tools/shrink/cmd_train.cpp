@@ -8,7 +8,7 @@
 #include <cstdlib>
 
 #include "core/dataset.h"
-#include "pipeline/launch.h"
+#include "core/launch.h"
 #include "train/trainer.h"
 #include "tools/cli_main.h"
 #include "tools/shrink/cli.h"
@@ -139,12 +139,13 @@ int run_training(const char* name, const char* verb, const train::TrainOptions& 
   if (!launch || g.validate_only) return train_in_process(name, verb, o, g);
   return run_guarded(name, g, false, [&] {
     train::train_validate(o);
-    pipeline::LaunchOptions lo;
+    core::LaunchOptions lo;
     lo.nproc = o.nproc;
+    lo.failure_hint = "Rerun with --resume to continue from the last checkpoint";
     if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
     const int per_rank = std::max(1, g.threads / o.nproc);
     std::string err;
-    int rc = pipeline::launch_local(
+    int rc = core::launch_local(
         lo,
         [&](int rank) {
           Globals wg = g;

@@ -1,11 +1,13 @@
-// Local multi-process launcher for data-parallel training (`shrink distill --nproc N`), the part
-// of torchrun that starts and supervises the workers of one machine.
+// Local multi-process launcher, the part of torchrun that starts and supervises the workers of
+// one machine: data-parallel training (`shrink distill --nproc N`) and the runtime's tensor
+// parallelism (`shrink-rt --tp N`).
 //
 // Why this way: the workers are forked from the command's own process before it touches
 // LibTorch (an OpenMP pool must never be forked), so no command line has to be rebuilt, and the
 // recipe runner's forked stages launch the same way. Each worker receives the torchrun variables
 // (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) in its environment;
-// the rendezvous itself is LibTorch's TCPStore (lib/train/dist.cpp). The supervisor never hangs:
+// the rendezvous is the caller's (LibTorch's TCPStore in lib/train/dist.cpp, runtime/tp.cpp's
+// store for Gloo). The supervisor never hangs:
 // when one worker exits non-zero or dies by a signal, the others get SIGTERM, then SIGKILL after
 // a grace period, and the launch fails with a message naming the rank and how it ended.
 // Tested by tests/cli/test_dist.sh (a killed rank, equivalence with one process).
@@ -16,7 +18,7 @@
 
 #include "core/status.h"
 
-namespace shrink::pipeline {
+namespace shrink::core {
 
 /// The torchrun-style variables of one worker, read from the environment. `world_size` is 1
 /// (and `active` false) when WORLD_SIZE is unset.
@@ -39,6 +41,7 @@ struct LaunchOptions {
   std::string master_addr = "127.0.0.1";
   int master_port = 0;   // 0: a free port
   double grace_s = 10;   // SIGTERM -> SIGKILL delay for the survivors of a failed worker
+  std::string failure_hint;  // appended to the error of a failed launch
 };
 
 /// Fork `nproc` workers; worker r runs body(r) with the torchrun variables set and exits with
@@ -48,4 +51,4 @@ struct LaunchOptions {
 int launch_local(const LaunchOptions& opts, const std::function<int(int rank)>& body,
                  std::string* error);
 
-}  // namespace shrink::pipeline
+}  // namespace shrink::core

@@ -1,5 +1,5 @@
 // Local worker launcher and torchrun-variable parsing (see launch.h).
-#include "pipeline/launch.h"
+#include "core/launch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-namespace shrink::pipeline {
+namespace shrink::core {
 
 namespace {
 
@@ -181,7 +181,8 @@ int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, st
       if (error) {
         *error = "rank " + std::to_string(rank) + " (pid " + std::to_string(pid) + ") " +
                  describe_exit(status) + "; stopped the other " + std::to_string(running) +
-                 " rank(s). Rerun with --resume to continue from the last checkpoint";
+                 " rank(s)" +
+                 (o.failure_hint.empty() ? std::string() : ". " + o.failure_hint);
       }
       for (pid_t p : pids) {
         if (p > 0) ::kill(p, SIGTERM);
@@ -193,4 +194,4 @@ int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, st
   return code;
 }
 
-}  // namespace shrink::pipeline
+}  // namespace shrink::core
