@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# ctest tp_check: shrink-rt's tensor parallelism end to end, as a user launches it.
+#   1. `--tp 2` and `--tp 4` (local ranks) give the greedy ids of one process and its perplexity
+#      to 1e-6 relative, on the default teacher;
+#   2. a rank killed mid-run (SIGKILL) fails the launch with exit 1, naming the rank, at once;
+#   3. ranks launched by hand (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT, as on several
+#      machines), one of them stalled (SIGSTOP): the other fails within --dist-timeout with exit
+#      1 and a message saying so; no hang.
+# Usage: scripts/tp_check.sh [SHRINK_RT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RT=${1:-build/bin/shrink-rt}
+M=models/teacher
+out=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$out"
+}
+trap cleanup EXIT
+fail() { echo "tp_check: FAIL: $*" >&2; exit 1; }
+
+# 1. Equal results.
+prompt="The meaning of life is"
+ids1=$("$RT" --threads 2 generate "$M" --prompt "$prompt" --max-new-tokens 32 --ids)
+ppl() { "$RT" --threads 2 --tp "$1" --json eval "$M" --max-tokens 8192 --seq-len 256 |
+          grep -o '"perplexity": [0-9.e+-]*' | head -1 | awk '{print $2}'; }
+p1=$(ppl 1)
+for n in 2 4; do
+  idsn=$("$RT" --threads 2 --tp "$n" generate "$M" --prompt "$prompt" --max-new-tokens 32 --ids)
+  [ "$idsn" = "$ids1" ] || fail "--tp $n greedy ids differ from one process: $idsn vs $ids1"
+  pn=$(ppl "$n")
+  awk -v a="$p1" -v b="$pn" 'BEGIN { d = (b - a) / a; if (d < 0) d = -d; exit !(d <= 1e-6) }' ||
+    fail "--tp $n perplexity $pn vs one process $p1 (more than 1e-6 relative)"
+  echo "tp_check: --tp $n: greedy ids equal (32 tokens), perplexity $pn vs $p1"
+done
+
+# 2. A killed rank under the local launcher.
+"$RT" --threads 2 --tp 2 eval "$M" --seq-len 256 >"$out/kill.out" 2>"$out/kill.err" &
+launcher=$!
+pids+=("$launcher")
+victim=""
+for _ in $(seq 100); do
+  sleep 0.1
+  kids=$(pgrep -P "$launcher" || true)
+  [ "$(echo "$kids" | grep -c .)" -ge 2 ] && { victim=$(echo "$kids" | tail -1); break; }
+done
+[ -n "$victim" ] || fail "the launcher did not start 2 ranks"
+sleep 2
+kill -9 "$victim"
+t0=$(date +%s)
+rc=0
+timeout 60 tail --pid="$launcher" -f /dev/null || fail "the launch hung after a rank was killed"
+wait "$launcher" || rc=$?
+t1=$(date +%s)
+[ "$rc" = 1 ] || fail "a killed rank: exit $rc, expected 1 ($(cat "$out/kill.err"))"
+grep -q "killed by signal 9" "$out/kill.err" || fail "no 'killed by signal 9' in: $(cat "$out/kill.err")"
+grep -Eq "rank [01] \\(pid $victim\\)" "$out/kill.err" || fail "the killed rank is not named: $(cat "$out/kill.err")"
+echo "tp_check: killed rank: exit 1 after $((t1 - t0)) s: $(grep -o 'rank [01] (pid [0-9]*) was killed by signal 9' "$out/kill.err")"
+
+# 3. Ranks launched by hand; rank 1 stalls.
+port=$(( 20000 + RANDOM % 20000 ))
+for r in 0 1; do
+  WORLD_SIZE=2 RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$RT" --threads 1 --tp 2 --dist-timeout 5 eval "$M" --seq-len 256 >"$out/r$r.out" 2>"$out/r$r.err" &
+  pids+=("$!")
+done
+r0=${pids[-2]} r1=${pids[-1]}
+sleep 3
+kill -STOP "$r1"
+t0=$(date +%s)
+rc=0
+timeout 60 tail --pid="$r0" -f /dev/null || fail "rank 0 hung on a stalled rank 1"
+wait "$r0" || rc=$?
+t1=$(date +%s)
+kill -9 "$r1" 2>/dev/null || true
+[ "$rc" = 1 ] || fail "a stalled rank: rank 0 exited $rc, expected 1 ($(cat "$out/r0.err"))"
+grep -q "stalled past --dist-timeout 5 s" "$out/r0.err" || fail "no timeout message: $(cat "$out/r0.err")"
+[ $((t1 - t0)) -le 30 ] || fail "rank 0 took $((t1 - t0)) s to fail (--dist-timeout 5)"
+echo "tp_check: stalled rank: rank 0 exit 1 after $((t1 - t0)) s: $(head -c 300 "$out/r0.err")"
+echo "tp_check: ok"
