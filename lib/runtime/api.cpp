@@ -438,6 +438,7 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   r.prefill_tokens_per_second = double(o.batch * o.prompt_len) / r.prefill_seconds;
   std::vector<double> lat;
   double total = 0;
+  if (e.tp()) e.tp()->stats_reset();
   for (int64_t s = 0; s < o.gen_len; ++s) {
     for (int b = 0; b < o.batch; ++b) chunks[size_t(b)] = {b, &next[size_t(b)], 1};
     auto ts = Clock::now();
@@ -456,6 +457,14 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   r.decode_tokens_per_second = double(o.batch * o.gen_len) / total;
   r.weight_gb_per_second = double(r.weight_bytes) * double(o.gen_len) / total / 1e9;
   r.peak_rss_mib = core::peak_rss_mib();
+  if (e.tp() && o.gen_len > 0) {
+    const TpComm::Stats& st = e.tp()->stats();
+    const double steps = double(o.gen_len);
+    r.tp_allreduce_bytes_per_step = double(st.allreduce_bytes) / steps;
+    r.tp_allreduce_us_per_step = st.allreduce_s * 1e6 / steps;
+    r.tp_allgather_bytes_per_step = double(st.allgather_bytes) / steps;
+    r.tp_allgather_us_per_step = st.allgather_s * 1e6 / steps;
+  }
   e.reset_all();
   return r;
 }

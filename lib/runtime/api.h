@@ -120,6 +120,10 @@ struct BenchResult {
   double weight_gb_per_second = 0;  // weight bytes * steps / decode time
   uint64_t weight_bytes = 0;
   double peak_rss_mib = 0;
+  /// --tp: the collectives of one decode step (all-reduces of the hidden state, the gather of
+  /// the logits), bytes each rank sends in and microseconds spent, per step.
+  double tp_allreduce_bytes_per_step = 0, tp_allreduce_us_per_step = 0;
+  double tp_allgather_bytes_per_step = 0, tp_allgather_us_per_step = 0;
 };
 /// Prefill `batch` random prompts of prompt_len tokens together, then decode gen_len greedy
 /// steps for all of them (argmax on the backend: Engine::forward_argmax). Needs max_batch >=

@@ -78,7 +78,8 @@ RankRun rank_run(const std::string& dir, std::shared_ptr<TpComm> comm, EngineOpt
 }
 
 // N ranks as threads, each joining the group; returns every rank's run.
-std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& eo = {}) {
+std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& eo = {},
+                            const std::string& transport = "gloo", double timeout_s = 30) {
   const int port = core::tcp_port_free().take_or_throw();
   std::vector<RankRun> runs(static_cast<size_t>(n));
   std::vector<std::thread> ts;
@@ -89,7 +90,8 @@ std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& 
       env.rank = r;
       env.world_size = n;
       env.master_port = port;
-      auto comm = tp_join(env, 30);
+      env.local_world_size = transport == "shm" ? n : 1;
+      auto comm = tp_join(env, timeout_s, transport);
       if (!comm.is_ok()) {
         runs[size_t(r)].error = comm.status().message();
         return;
@@ -105,16 +107,17 @@ std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& 
 // (relative to the largest logit), perplexity within 1e-6 relative.
 void expect_same_as_one_process(const std::string& dir, const std::vector<int>& sizes,
                                 const std::string& what, const EngineOptions& eo = {},
-                                float tol = 2e-5f) {
+                                const std::string& transport = "gloo", float tol = 2e-5f) {
   const RankRun one = rank_run(dir, nullptr, eo);
   ASSERT_TRUE(one.error.empty()) << what << ": " << one.error;
   float scale = 1;
   for (float v : one.logits) scale = std::max(scale, std::fabs(v));
   for (int n : sizes) {
-    const std::vector<RankRun> runs = tp_run(dir, n, eo);
+    const std::vector<RankRun> runs = tp_run(dir, n, eo, transport);
     for (int r = 0; r < n; ++r) {
       const RankRun& t = runs[size_t(r)];
-      const std::string at = what + ", --tp " + std::to_string(n) + ", rank " + std::to_string(r);
+      const std::string at = what + ", " + transport + ", --tp " + std::to_string(n) + ", rank " +
+                             std::to_string(r);
       ASSERT_TRUE(t.error.empty()) << at << ": " << t.error;
       ASSERT_EQ(t.logits.size(), one.logits.size()) << at;
       float worst = 0;
@@ -148,6 +151,14 @@ TEST(TensorParallel, FloatModelsEqualOneProcess) {
                              "qwen2 biases, tied bf16 head");
   expect_same_as_one_process(std::string(SHRINK_SOURCE_DIR) + "/models/teacher", {2, 4},
                              "default teacher");
+}
+
+// The shared-memory transport (ranks on one machine) computes the same as Gloo's.
+TEST(TensorParallel, SharedMemoryTransportEqualsOneProcess) {
+  expect_same_as_one_process(test::fixture("qwen2_bias_tied_bf16"), {2, 4},
+                             "qwen2 biases, tied bf16 head", {}, "shm");
+  expect_same_as_one_process(std::string(SHRINK_SOURCE_DIR) + "/models/teacher", {2, 4},
+                             "default teacher", {}, "shm");
 }
 
 TEST(TensorParallel, QuantizedModelsEqualOneProcess) {
@@ -185,21 +196,29 @@ TEST(TensorParallel, QuantizedModelsEqualOneProcess) {
 
 TEST(TensorParallel, UnsplittableModelsAreRefusedNamingWhy) {
   // One KV head (MQA) cannot be split over 2 ranks.
-  std::vector<RankRun> runs = tp_run(test::fixture("mistral_mqa_linearrope"), 2);
-  ASSERT_FALSE(runs[0].error.empty());
-  EXPECT_NE(runs[0].error.find("num_key_value_heads 1 cannot be split over --tp 2"),
+  // Every rank refuses; a rank whose peer refused first may instead report the lost peer, so
+  // the refusal is looked for in all ranks' errors.
+  auto errors = [](const std::vector<RankRun>& runs) {
+    std::string all;
+    for (const RankRun& r : runs) all += r.error + "\n";
+    return all;
+  };
+  std::vector<RankRun> runs = tp_run(test::fixture("mistral_mqa_linearrope"), 2, {}, "gloo", 5);
+  EXPECT_FALSE(runs[0].error.empty());
+  EXPECT_NE(errors(runs).find("num_key_value_heads 1 cannot be split over --tp 2"),
             std::string::npos)
-      << runs[0].error;
+      << errors(runs);
   // Groups of 32 over down_proj's 96 inputs: 48 per rank cuts a group.
   const std::string q = test::temp_dir("tp_refuse");
   test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(4, 32));
   EngineOptions eo;
   eo.act_quant = "none";
-  runs = tp_run(q, 2, eo);
-  ASSERT_FALSE(runs[0].error.empty());
-  EXPECT_NE(runs[0].error.find("would cut a quantization group"), std::string::npos)
-      << runs[0].error;
-  EXPECT_NE(runs[0].error.find("mlp.down_proj"), std::string::npos) << runs[0].error;
+  runs = tp_run(q, 2, eo, "gloo", 5);
+  EXPECT_FALSE(runs[0].error.empty());
+  EXPECT_NE(errors(runs).find("model.layers.0.mlp.down_proj: tensor parallelism would cut a "
+                              "quantization group"),
+            std::string::npos)
+      << errors(runs);
   std::filesystem::remove_all(q);
 }
 

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -52,6 +53,7 @@ struct Globals {
   std::string act_quant = "auto";
   int tp = 1;                  // --tp: tensor-parallel ranks
   double dist_timeout = 60;    // --dist-timeout, seconds
+  std::string tp_transport = "auto";  // --tp-transport
   std::shared_ptr<runtime::TpComm> comm;  // this rank's group under --tp
   int exit_code = 0;
 };
@@ -77,7 +79,7 @@ Status tp_rank_run(Globals& g, int threads_total, const std::function<Status()>&
       ::close(null);
     }
   }
-  SHRINK_ASSIGN_OR_RETURN(g.comm, runtime::tp_join(env, g.dist_timeout));
+  SHRINK_ASSIGN_OR_RETURN(g.comm, runtime::tp_join(env, g.dist_timeout, g.tp_transport));
   return body();
 }
 
@@ -230,10 +232,36 @@ void register_bench(CLI::App& app, Globals& g) {
                         {"weight_gb_s", r.weight_gb_per_second},
                         {"weight_mib", double(r.weight_bytes) / 1048576.0},
                         {"peak_rss_mib", r.peak_rss_mib}});
+        if (e->tp()) {
+          rows.back()["tp_allreduce_bytes_per_step"] = r.tp_allreduce_bytes_per_step;
+          rows.back()["tp_allreduce_us_per_step"] = r.tp_allreduce_us_per_step;
+          rows.back()["tp_allgather_bytes_per_step"] = r.tp_allgather_bytes_per_step;
+          rows.back()["tp_allgather_us_per_step"] = r.tp_allgather_us_per_step;
+        }
       }
       const std::string engine = e->describe();
+      json tp_json = nullptr;
+      if (runtime::TpComm* tp = e->tp()) {
+        // The collective alone: back-to-back all-reduces of one token's hidden state (what a
+        // decode step does twice per layer), without the compute between them that makes the
+        // ranks arrive at different times.
+        std::vector<float> h(static_cast<size_t>(e->config().hidden_size), 1.0f);
+        std::vector<double> us;
+        for (int i = 0; i < 220; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          tp->allreduce_sum(h.data(), int64_t(h.size()));
+          const double dt = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+          if (i >= 20) us.push_back(dt);
+          std::fill(h.begin(), h.end(), 1.0f);
+        }
+        std::sort(us.begin(), us.end());
+        tp_json = {{"ranks", tp->size()}, {"transport", g.tp_transport},
+                   {"allreduce_bytes", h.size() * 4}, {"allreduce_us_median", us[us.size() / 2]},
+                   {"allreduce_us_p90", us[us.size() * 9 / 10]}};
+      }
       if (o->format == "json" || g.json) {
-        print_json({{"model", what}, {"engine", engine}, {"threads", g.threads},
+        print_json({{"model", what}, {"engine", engine}, {"threads", g.threads}, {"tp", g.tp},
+                    {"tp_allreduce_alone", tp_json},
                     {"openmp_wait", cli::openmp_wait_setting()},
                     {"device", g.device}, {"dtype", o->dtype},
                     {"sampling", {{"temperature", o->sampling.temperature},
@@ -563,6 +591,11 @@ int main(int argc, char** argv) {
                  "generate, bench, eval and verify")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
+  app.add_option("--tp-transport", g.tp_transport,
+                 "--tp collectives: auto (shm when every rank is on this machine, else gloo), "
+                 "gloo (TCP, any machines) or shm (a shared-memory segment, one machine)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "gloo", "shm"}));
   app.add_option("--dist-timeout", g.dist_timeout,
                  "--tp: seconds before a rank that died or stalls fails the others (rendezvous "
                  "and every collective)")

@@ -2,7 +2,13 @@
 #include "runtime/tp/gloo_comm.h"
 
 #include <httplib.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <condition_variable>
@@ -177,9 +183,181 @@ class GlooComm : public TpComm {
   }
 };
 
+// Ranks on one machine: the collectives through a shared-memory segment. Each rank writes its
+// values into its own slot and raises its arrival counter; once every rank has arrived, every
+// rank sums the slots in rank order (so all ranks get the same sums, bit for bit), then raises
+// its departure counter, and the slots are reused once all have departed. A waiting rank spins
+// briefly, then yields the core (ranks may outnumber cores), so no thread of a communication
+// library has to be scheduled between two steps. A rank that does not arrive within the timeout
+// is named in the error.
+class ShmComm : public TpComm {
+ public:
+  static constexpr int64_t kSlotFloats = int64_t(1) << 20;  // 4 MiB per rank; larger calls chunk
+  struct alignas(64) Counter {
+    std::atomic<uint64_t> v{0};
+  };
+
+  ~ShmComm() override {
+    if (base_) ::munmap(base_, bytes_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  // Rank 0 creates the segment and publishes its name; every rank maps it; once all have mapped
+  // it, rank 0 unlinks the name (the mapping stays), so nothing is left behind.
+  Status open(gloo::rendezvous::Store& store, int rank, int size, double timeout_s) {
+    rank_ = rank;
+    size_ = size;
+    timeout_s_ = timeout_s;
+    bytes_ = size_t(2 * size) * sizeof(Counter) + size_t(size) * size_t(kSlotFloats) * 4;
+    std::string name;
+    if (rank == 0) {
+      name = "/shrink-tp-" + std::to_string(::getpid()) + "-" +
+             std::to_string(Clock::now().time_since_epoch().count());
+      const int fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+      if (fd < 0) return Status(StatusCode::kIoError, "tensor parallelism: shm_open " + name + ": " + std::strerror(errno));
+      const bool sized = ::ftruncate(fd, off_t(bytes_)) == 0;
+      ::close(fd);
+      if (!sized) {
+        ::shm_unlink(name.c_str());
+        return Status(StatusCode::kIoError, "tensor parallelism: cannot size the shared segment (/dev/shm full?)");
+      }
+      store.set("shm-name", std::vector<char>(name.begin(), name.end()));
+    } else {
+      const std::vector<char> n = store.get("shm-name");
+      name.assign(n.begin(), n.end());
+    }
+    const int fd = ::shm_open(name.c_str(), O_RDWR, 0600);
+    if (fd < 0) return Status(StatusCode::kIoError, "tensor parallelism: shm_open " + name + ": " + std::strerror(errno));
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) return Status(StatusCode::kIoError, "tensor parallelism: mmap of the shared segment failed");
+    base_ = static_cast<uint8_t*>(p);
+    arrive_ = reinterpret_cast<Counter*>(base_);
+    depart_ = arrive_ + size;
+    slots_ = reinterpret_cast<float*>(depart_ + size);
+    store.set("shm-mapped-" + std::to_string(rank), {'1'});
+    if (rank == 0) {
+      std::vector<std::string> keys;
+      for (int r = 0; r < size; ++r) keys.push_back("shm-mapped-" + std::to_string(r));
+      store.wait(keys);
+      ::shm_unlink(name.c_str());
+    }
+    return Status::ok();
+  }
+
+  void allreduce_sum(float* x, int64_t n) override {
+    const auto t0 = Clock::now();
+    for (int64_t off = 0; off < n; off += kSlotFloats) {
+      const int64_t k = std::min(kSlotFloats, n - off);
+      exchange(x + off, k, "all-reduce", [&] {
+        float* out = x + off;
+        std::copy(slot(0), slot(0) + k, out);
+        for (int r = 1; r < size_; ++r) {
+          const float* s = slot(r);
+          for (int64_t i = 0; i < k; ++i) out[i] += s[i];
+        }
+      });
+    }
+    stats_.allreduce_calls++;
+    stats_.allreduce_bytes += uint64_t(n) * 4;
+    stats_.allreduce_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+  void allgather(const float* in, int64_t n, float* out) override {
+    const auto t0 = Clock::now();
+    for (int64_t off = 0; off < n; off += kSlotFloats) {
+      const int64_t k = std::min(kSlotFloats, n - off);
+      exchange(in + off, k, "all-gather", [&] {
+        for (int r = 0; r < size_; ++r) std::copy(slot(r), slot(r) + k, out + int64_t(r) * n + off);
+      });
+    }
+    stats_.allgather_calls++;
+    stats_.allgather_bytes += uint64_t(n) * 4;
+    stats_.allgather_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+ private:
+  float* slot(int r) const { return slots_ + int64_t(r) * kSlotFloats; }
+
+  template <typename Read>
+  void exchange(const float* mine, int64_t k, const char* what, Read&& read) {
+    const uint64_t s = ++seq_;
+    std::copy(mine, mine + k, slot(rank_));
+    arrive_[rank_].v.store(s, std::memory_order_release);
+    wait_all(arrive_, s, what);
+    read();
+    depart_[rank_].v.store(s, std::memory_order_release);
+    wait_all(depart_, s, what);
+  }
+
+  void wait_all(Counter* c, uint64_t s, const char* what) {
+    for (int r = 0; r < size_; ++r) {
+      if (c[r].v.load(std::memory_order_acquire) >= s) continue;
+      const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+      for (int spin = 0; c[r].v.load(std::memory_order_acquire) < s; ++spin) {
+        if (spin < 4000) {
+#if defined(__x86_64__)
+          __builtin_ia32_pause();
+#endif
+          continue;
+        }
+        std::this_thread::yield();  // ranks may outnumber cores
+        if ((spin & 1023) == 0 && Clock::now() > deadline) {
+          throw TpError("tensor parallelism: rank " + std::to_string(rank_) + " of " +
+                        std::to_string(size_) + ": " + what + " failed: rank " +
+                        std::to_string(r) + " did not arrive within --dist-timeout " +
+                        std::to_string(int(timeout_s_)) + " s (it died or stalled)");
+        }
+      }
+    }
+  }
+
+  int rank_ = 0, size_ = 1;
+  double timeout_s_ = 60;
+  size_t bytes_ = 0;
+  uint8_t* base_ = nullptr;
+  Counter *arrive_ = nullptr, *depart_ = nullptr;
+  float* slots_ = nullptr;
+  uint64_t seq_ = 0;
+};
+
 }  // namespace
 
-Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout_s) {
+Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout_s,
+                                        const std::string& transport) {
+  SHRINK_CHECK(transport == "auto" || transport == "gloo" || transport == "shm",
+               StatusCode::kInvalidInput, "--tp-transport '%s': expected auto, gloo or shm",
+               transport.c_str());
+  const bool one_machine = env.local_world_size == env.world_size;
+  SHRINK_CHECK(transport != "shm" || one_machine, StatusCode::kInvalidInput,
+               "--tp-transport shm needs every rank on this machine (LOCAL_WORLD_SIZE %d, "
+               "WORLD_SIZE %d)",
+               env.local_world_size, env.world_size);
+  if (transport == "shm" || (transport == "auto" && one_machine)) {
+    auto comm = std::make_shared<ShmComm>();
+    try {
+      std::unique_ptr<StoreServer> server;
+      if (env.rank == 0) {
+        server = std::make_unique<StoreServer>();
+        SHRINK_RETURN_IF_ERROR(server->start(env.master_addr, env.master_port));
+      }
+      HttpStore store(env.master_addr, env.master_port, timeout_s);
+      SHRINK_RETURN_IF_ERROR(comm->open(store, env.rank, env.world_size, timeout_s));
+      // Rank 0's store lives until every rank has read from it.
+      store.set("joined-" + std::to_string(env.rank), {'1'});
+      if (env.rank == 0) {
+        std::vector<std::string> keys;
+        for (int r = 0; r < env.world_size; ++r) keys.push_back("joined-" + std::to_string(r));
+        store.wait(keys);
+      }
+    } catch (const std::exception& e) {
+      return Status(StatusCode::kInternal, "tensor parallelism: rank " + std::to_string(env.rank) +
+                                               " could not join the group of " +
+                                               std::to_string(env.world_size) + ": " + e.what());
+    }
+    return std::shared_ptr<TpComm>(std::move(comm));
+  }
   auto comm = std::make_shared<GlooComm>();
   comm->timeout_ = std::chrono::milliseconds(int64_t(timeout_s * 1000));
   try {

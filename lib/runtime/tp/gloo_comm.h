@@ -21,6 +21,9 @@ namespace shrink::runtime {
 /// Join the group of env.world_size ranks. timeout_s bounds the rendezvous and every collective
 /// (--dist-timeout): a peer that died or stalls makes the others fail within it. Errors
 /// (kInternal / kIoError) name the step and the peer where known.
-Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout_s);
+/// transport: "gloo" (TCP; any machines), "shm" (a shared-memory segment; every rank on this
+/// machine) or "auto" (shm when LOCAL_WORLD_SIZE == WORLD_SIZE, else gloo).
+Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout_s,
+                                        const std::string& transport = "auto");
 
 }  // namespace shrink::runtime
