@@ -5,7 +5,7 @@
 #   2. a rank killed mid-run (SIGKILL) fails the launch with exit 1, naming the rank, at once;
 #   3. ranks launched by hand (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT, as on several
 #      machines), one of them stalled (SIGSTOP): the other fails within --dist-timeout with exit
-#      1 and a message saying so; no hang.
+#      1 and a message saying so (shm: naming the stalled rank), on both transports; no hang.
 # Usage: scripts/tp_check.sh [SHRINK_RT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,24 +58,33 @@ grep -q "killed by signal 9" "$out/kill.err" || fail "no 'killed by signal 9' in
 grep -Eq "rank [01] \\(pid $victim\\)" "$out/kill.err" || fail "the killed rank is not named: $(cat "$out/kill.err")"
 echo "tp_check: killed rank: exit 1 after $((t1 - t0)) s: $(grep -o 'rank [01] (pid [0-9]*) was killed by signal 9' "$out/kill.err")"
 
-# 3. Ranks launched by hand; rank 1 stalls.
-port=$(( 20000 + RANDOM % 20000 ))
-for r in 0 1; do
-  WORLD_SIZE=2 RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "$RT" --threads 1 --tp 2 --dist-timeout 5 eval "$M" --seq-len 256 >"$out/r$r.out" 2>"$out/r$r.err" &
-  pids+=("$!")
+# 3. Ranks launched by hand; rank 1 stalls. Both transports: gloo (TCP, as across machines) and
+#    shm (auto here: every rank on this machine), which names the rank that did not arrive.
+for transport in gloo shm; do
+  port=$(( 20000 + RANDOM % 20000 ))
+  for r in 0 1; do
+    WORLD_SIZE=2 RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      "$RT" --threads 1 --tp 2 --tp-transport $transport --dist-timeout 5 eval "$M" --seq-len 256 \
+      >"$out/r$r.out" 2>"$out/r$r.err" &
+    pids+=("$!")
+  done
+  r0=${pids[-2]} r1=${pids[-1]}
+  sleep 3
+  kill -STOP "$r1"
+  t0=$(date +%s)
+  rc=0
+  timeout 60 tail --pid="$r0" -f /dev/null || fail "$transport: rank 0 hung on a stalled rank 1"
+  wait "$r0" || rc=$?
+  t1=$(date +%s)
+  kill -9 "$r1" 2>/dev/null || true
+  wait "$r1" 2>/dev/null || true
+  [ "$rc" = 1 ] || fail "$transport: a stalled rank: rank 0 exited $rc, expected 1 ($(cat "$out/r0.err"))"
+  if [ "$transport" = gloo ]; then
+    grep -q "stalled past --dist-timeout 5 s" "$out/r0.err" || fail "gloo: no timeout message: $(cat "$out/r0.err")"
+  else
+    grep -q "rank 1 did not arrive within --dist-timeout 5 s" "$out/r0.err" || fail "shm: the stalled rank is not named: $(cat "$out/r0.err")"
+  fi
+  [ $((t1 - t0)) -le 30 ] || fail "$transport: rank 0 took $((t1 - t0)) s to fail (--dist-timeout 5)"
+  echo "tp_check: $transport, stalled rank: rank 0 exit 1 after $((t1 - t0)) s: $(head -c 300 "$out/r0.err")"
 done
-r0=${pids[-2]} r1=${pids[-1]}
-sleep 3
-kill -STOP "$r1"
-t0=$(date +%s)
-rc=0
-timeout 60 tail --pid="$r0" -f /dev/null || fail "rank 0 hung on a stalled rank 1"
-wait "$r0" || rc=$?
-t1=$(date +%s)
-kill -9 "$r1" 2>/dev/null || true
-[ "$rc" = 1 ] || fail "a stalled rank: rank 0 exited $rc, expected 1 ($(cat "$out/r0.err"))"
-grep -q "stalled past --dist-timeout 5 s" "$out/r0.err" || fail "no timeout message: $(cat "$out/r0.err")"
-[ $((t1 - t0)) -le 30 ] || fail "rank 0 took $((t1 - t0)) s to fail (--dist-timeout 5)"
-echo "tp_check: stalled rank: rank 0 exit 1 after $((t1 - t0)) s: $(head -c 300 "$out/r0.err")"
 echo "tp_check: ok"

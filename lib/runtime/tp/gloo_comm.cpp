@@ -15,8 +15,11 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
+#if SHRINK_HAVE_GLOO
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/math.h>
@@ -24,6 +27,21 @@
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
+#else
+// Without Gloo, the store interface the rendezvous implements (as gloo/rendezvous/store.h).
+namespace gloo::rendezvous {
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual void set(const std::string& key, const std::vector<char>& data) = 0;
+  virtual std::vector<char> get(const std::string& key) = 0;
+  virtual void wait(const std::vector<std::string>& keys) = 0;
+  virtual void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) {
+    wait(keys);
+  }
+};
+}  // namespace gloo::rendezvous
+#endif
 
 namespace shrink::runtime {
 
@@ -128,6 +146,7 @@ bool loopback(const std::string& a) {
   return a == "localhost" || a.rfind("127.", 0) == 0 || a == "::1";
 }
 
+#if SHRINK_HAVE_GLOO
 class GlooComm : public TpComm {
  public:
   int rank() const override { return ctx_->rank; }
@@ -182,6 +201,8 @@ class GlooComm : public TpComm {
            std::to_string(timeout_.count() / 1000) + " s): " + detail;
   }
 };
+
+#endif  // SHRINK_HAVE_GLOO
 
 // Ranks on one machine: the collectives through a shared-memory segment. Each rank writes its
 // values into its own slot and raises its arrival counter; once every rank has arrived, every
@@ -358,6 +379,11 @@ Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout
     }
     return std::shared_ptr<TpComm>(std::move(comm));
   }
+#if !SHRINK_HAVE_GLOO
+  return Status(StatusCode::kInvalidInput,
+                "tensor parallelism across machines needs Gloo, which this build lacks "
+                "(libgloo-dev); ranks on one machine use --tp-transport shm");
+#else
   auto comm = std::make_shared<GlooComm>();
   comm->timeout_ = std::chrono::milliseconds(int64_t(timeout_s * 1000));
   try {
@@ -387,6 +413,7 @@ Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout
                                              std::to_string(env.world_size) + ": " + e.what());
   }
   return std::shared_ptr<TpComm>(std::move(comm));
+#endif
 }
 
 }  // namespace shrink::runtime
