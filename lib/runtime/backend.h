@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -77,6 +78,10 @@ struct LinearDesc {
   ActInt8 act_int8 = ActInt8::kOff;  // kW8A16 only
   float input_scale = 0;           // kW8A8 + kStatic
   std::vector<float> bias;         // [out] or empty
+  /// Tensor parallelism: the layer's inputs are a slice of each row (a row-parallel layer), so
+  /// per-token int8 activations take their scale from the whole row's maximum, reduced over the
+  /// ranks by the backend's row_absmax_reduce hook.
+  bool act_rows_split = false;
 };
 
 /// Fold 4-bit zero points into the values, q - zp (in [-15, 15]), which then run as int8 with the
@@ -150,6 +155,9 @@ class Backend {
   /// Repack a linear layer (takes the host buffers).
   virtual Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) = 0;
 
+  /// Tensor parallelism: reduces per-row absolute maxima over the ranks (LinearDesc::
+  /// act_rows_split). Backends without per-token int8 activations ignore it.
+  virtual void set_row_absmax_reduce(std::function<void(float* amax, int64_t rows)> fn) {}
   /// Whether float weights are kept as bfloat16 (LinearDesc::wb, embed_bf16): the engine then
   /// hands a bf16 checkpoint's weights over as they are stored.
   virtual bool float_weights_bf16() const { return false; }

@@ -271,6 +271,7 @@ class CpuLinear : public Linear {
   ActQuant act = ActQuant::kNone;
   float input_scale = 0;
   std::vector<float> bias;
+  bool act_rows_split = false;  // LinearDesc::act_rows_split
 };
 
 // Columns per parallel slice are multiples of this (the kernels' 4-wide tiles, and whole cache
@@ -289,6 +290,9 @@ class CpuBackend : public Backend {
 
   bool float_weights_bf16() const override { return bf16_; }
   bool host_memory() const override { return true; }
+  void set_row_absmax_reduce(std::function<void(float*, int64_t)> fn) override {
+    row_absmax_reduce_ = std::move(fn);
+  }
 
   std::string describe() const override {
     return std::string("cpu ") + cpu_kernels::isa_name(k_.isa) +
@@ -378,6 +382,7 @@ class CpuBackend : public Backend {
       l->kind = d.kind;
       l->act_int8 = ActInt8::kRow;
     }
+    l->act_rows_split = d.act_rows_split;
     l->q = std::move(d.q);
     l->perm = std::move(d.perm);
     l->scale = std::move(d.scale);
@@ -513,9 +518,28 @@ class CpuBackend : public Backend {
         qx_.resize(size_t(M * K));
         sx_.resize(size_t(M));
         const float* in_scale = l.act == ActQuant::kStatic ? &l.input_scale : nullptr;
-        cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
-          k_.quantize_s8(x + b * K, e - b, K, K, in_scale, qx_.data() + b * K, K, sx_.data() + b);
-        }, 2 * K);
+        if (l.act == ActQuant::kDynamic && l.act_rows_split && row_absmax_reduce_) {
+          // The row's inputs are split over tensor-parallel ranks: its scale is the whole row's
+          // max|x| / 127 (quantize_s8's dynamic rule), each row then quantized with it.
+          rs_.resize(size_t(M));
+          for (int64_t m = 0; m < M; ++m) {
+            float a = 0;
+            for (int64_t k = 0; k < K; ++k) a = std::max(a, std::fabs(x[m * K + k]));
+            rs_[size_t(m)] = a;
+          }
+          row_absmax_reduce_(rs_.data(), M);
+          for (float& s : rs_) s = s > 0 ? s / 127.0f : 1.0f;
+          cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+            for (int64_t m = b; m < e; ++m) {
+              k_.quantize_s8(x + m * K, 1, K, K, &rs_[size_t(m)], qx_.data() + m * K, K,
+                             sx_.data() + m);
+            }
+          }, 2 * K);
+        } else {
+          cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
+            k_.quantize_s8(x + b * K, e - b, K, K, in_scale, qx_.data() + b * K, K, sx_.data() + b);
+          }, 2 * K);
+        }
         if (big && l.group == K) {
           acc_.resize(size_t(M * N));
           if (cpu_kernels::gemm_s8s8_s32_nt_library(M, N, K, qx_.data(), K, l.q.data(), K,
@@ -708,6 +732,8 @@ class CpuBackend : public Backend {
   std::vector<uint16_t> xb_;
   // Scratch reused across calls (the engine calls ops from one thread).
   std::vector<float> deq_, sx_, xsum_, xp_;
+  std::vector<float> rs_;  // per-row scales of split rows (act_rows_split)
+  std::function<void(float*, int64_t)> row_absmax_reduce_;
   std::vector<int8_t> qx_;
   std::vector<uint8_t> qa_;  // W4A8: packed int8 activation rows
   std::vector<int32_t> acc_;

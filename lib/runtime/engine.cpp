@@ -494,18 +494,19 @@ void desc_quantize_w8a16(LinearDesc& d, const SrcTensor& t) {
 
 namespace {
 
-// A row-parallel layer's input row is split over the ranks, so per-token int8 activations
-// (W8A8 dynamic, W4A8 checkpoints, --act-quant int8-row) would take their scale from a slice of
-// the row and differ from one process's: refused until the scale is reduced over the ranks.
-Status tp_row_parallel_check(const LinearDesc& d) {
-  const bool per_token = (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) ||
-                         d.act_int8 == ActInt8::kRow;
-  SHRINK_CHECK(!per_token, StatusCode::kInvalidInput,
-               "%s: tensor parallelism splits this layer's inputs over the ranks, and its int8 "
-               "activations take one scale per token over the whole row (W8A8 dynamic, W4A8, "
-               "--act-quant int8-row): not supported with --tp yet; use --act-quant none or "
-               "int8-block for weight-only checkpoints",
+// A row-parallel layer's input row is split over the ranks, so per-token int8 activations take
+// their scale from the whole row's maximum, reduced over the ranks (LinearDesc::act_rows_split):
+// W8A8 dynamic, and 8-bit weights with --act-quant int8-row. 4-bit weights with int8 activations
+// per token (W4A8) quantize inside their kernel, which has no such reduction: refused.
+Status tp_row_parallel_check(LinearDesc& d) {
+  SHRINK_CHECK(!(d.act_int8 == ActInt8::kRow && d.bits == 4), StatusCode::kInvalidInput,
+               "%s: tensor parallelism splits this layer's inputs over the ranks, and its 4-bit "
+               "weights with int8 activations per token (W4A8, --act-quant int8-row) take one "
+               "scale over the whole row inside their kernel: not supported with --tp yet; use "
+               "--act-quant int8-block or none",
                d.name.c_str());
+  d.act_rows_split = (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) ||
+                     d.act_int8 == ActInt8::kRow;
   return Status::ok();
 }
 
@@ -516,6 +517,10 @@ Status Engine::Impl::build(TensorSource& src) {
   const core::ModelConfig& g = cfg_global;
   const int64_t H = c.hidden_size, I = g.intermediate_size;
   const TpShare& ts = share;
+  if (tp) {
+    be->set_row_absmax_reduce(
+        [comm = tp](float* amax, int64_t rows) { comm->allreduce_max(amax, rows); });
+  }
   SHRINK_CHECK(opts.lm_head == "auto" || opts.lm_head == "f32" || opts.lm_head == "int8",
                StatusCode::kInvalidInput, "--lm-head '%s': expected auto, f32 or int8",
                opts.lm_head.c_str());
@@ -586,7 +591,7 @@ Status Engine::Impl::build(TensorSource& src) {
     // groups hold exactly those heads' channels, read through a local permutation).
     auto o_cols = [&](LinearDesc& d, size_t) -> Status {
       const LinearDesc whole = d.perm.empty() ? LinearDesc() : d;
-      if (d.perm.empty()) SHRINK_RETURN_IF_ERROR(tp_row_parallel_check(d));
+      SHRINK_RETURN_IF_ERROR(tp_row_parallel_check(d));
       const int64_t c0 = ts.hq0 * hd, n = c.q_dim();
       std::vector<int32_t> ch;
       SHRINK_RETURN_IF_ERROR(desc_cols(d, c0, c0 + n, &ch));

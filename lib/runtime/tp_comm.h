@@ -24,6 +24,8 @@ class TpComm {
   virtual int size() const = 0;
   /// x[i] = sum over ranks of x[i], in place, the same result on every rank.
   virtual void allreduce_sum(float* x, int64_t n) = 0;
+  /// x[i] = max over ranks of x[i], in place (the per-token absolute maxima of split inputs).
+  virtual void allreduce_max(float* x, int64_t n) = 0;
   /// out = the n values of rank 0, then rank 1's, ... ([size, n]).
   virtual void allgather(const float* in, int64_t n, float* out) = 0;
   /// Time and bytes of the collectives so far (bench's all-reduce figures).

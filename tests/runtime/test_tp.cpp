@@ -186,11 +186,22 @@ TEST(TensorParallel, QuantizedModelsEqualOneProcess) {
     eo.act_quant = "none";
     expect_same_as_one_process(q, c.sizes, c.name, eo);
   }
-  // W8A8 static (one input scale per tensor) splits too.
+  // W8A8 static (one input scale per tensor) splits too, and so do per-token int8 activations
+  // (W8A8 dynamic; W8A16 with --act-quant int8-row): each token's scale is its whole row's
+  // maximum, reduced over the ranks, so the int8 values are one process's.
   core::QuantScheme st = scheme(8, 0);
   st.activations = "static";
   test::quantize_dir(test::fixture("llama_gqa_llama3rope"), base + "/static", st, 0.05f);
   expect_same_as_one_process(base + "/static", {2}, "w8a8 static");
+  core::QuantScheme dy = scheme(8, 0);
+  dy.activations = "dynamic";
+  test::quantize_dir(src, base + "/dynamic", dy);
+  expect_same_as_one_process(base + "/dynamic", {2, 4}, "w8a8 dynamic");
+  expect_same_as_one_process(base + "/dynamic", {2}, "w8a8 dynamic, shm", {}, "shm");
+  test::quantize_dir(src, base + "/w8row", scheme(8, 0));
+  EngineOptions row;
+  row.act_quant = "int8-row";
+  expect_same_as_one_process(base + "/w8row", {2, 4}, "w8a16 --act-quant int8-row", row);
   std::filesystem::remove_all(base);
 }
 

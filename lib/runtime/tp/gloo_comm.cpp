@@ -170,6 +170,20 @@ class GlooComm : public TpComm {
     stats_.allreduce_s += std::chrono::duration<double>(Clock::now() - t0).count();
   }
 
+  void allreduce_max(float* x, int64_t n) override {
+    try {
+      gloo::AllreduceOptions o(ctx_);
+      o.setOutput(x, size_t(n));
+      o.setReduceFunction(
+          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<float>));
+      o.setTag(tag_++);
+      o.setTimeout(timeout_);
+      gloo::allreduce(o);
+    } catch (const std::exception& e) {
+      throw TpError(failure("all-reduce (max)", e.what()));
+    }
+  }
+
   void allgather(const float* in, int64_t n, float* out) override {
     const auto t0 = Clock::now();
     try {
@@ -283,6 +297,20 @@ class ShmComm : public TpComm {
     stats_.allreduce_calls++;
     stats_.allreduce_bytes += uint64_t(n) * 4;
     stats_.allreduce_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+  void allreduce_max(float* x, int64_t n) override {
+    for (int64_t off = 0; off < n; off += kSlotFloats) {
+      const int64_t k = std::min(kSlotFloats, n - off);
+      exchange(x + off, k, "all-reduce (max)", [&] {
+        float* out = x + off;
+        std::copy(slot(0), slot(0) + k, out);
+        for (int r = 1; r < size_; ++r) {
+          const float* s = slot(r);
+          for (int64_t i = 0; i < k; ++i) out[i] = std::max(out[i], s[i]);
+        }
+      });
+    }
   }
 
   void allgather(const float* in, int64_t n, float* out) override {
