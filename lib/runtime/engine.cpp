@@ -817,6 +817,20 @@ Status tp_share_plan(const core::ModelConfig& cfg, const EngineOptions& opts,
   return Status::ok();
 }
 
+// Under --tp, every rank has loaded its share before any returns: the ranks load at different
+// speeds, and the first forward (a benchmark's timed prefill) must not absorb the difference.
+Status tp_barrier(TpComm* tp) {
+  if (!tp) return Status::ok();
+  float one = 1;
+  try {
+    tp->allreduce_sum(&one, 1);
+  } catch (const TpError& e) {
+    return Status(StatusCode::kInternal, e.what());
+  }
+  tp->stats_reset();
+  return Status::ok();
+}
+
 Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
                                                   const EngineOptions& opts,
                                                   const std::string& origin, bool stored_bf16) {
@@ -937,6 +951,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir,
   impl->scheme = std::move(scheme);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
   core::memory_return();
+  SHRINK_RETURN_IF_ERROR(tp_barrier(impl->tp.get()));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -949,6 +964,7 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
   impl->scheme = scheme;
   RandomSource src(cfg, scheme, seed);
   SHRINK_RETURN_IF_ERROR(impl->build(src));
+  SHRINK_RETURN_IF_ERROR(tp_barrier(impl->tp.get()));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
