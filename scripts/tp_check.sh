@@ -35,6 +35,13 @@ for n in 2 4; do
   echo "tp_check: --tp $n: greedy ids equal (32 tokens), perplexity $pn vs $p1"
 done
 
+# verify's gate leaves through the ranks: exit 3 under --tp as in one process.
+rc=0
+"$RT" --threads 2 --tp 2 verify "$M" --reference "$M" --max-tokens 1024 --seq-len 128 \
+  --min-speedup 100 >/dev/null 2>"$out/gate.err" || rc=$?
+[ "$rc" = 3 ] || fail "verify --tp 2 with a failing gate exited $rc, expected 3: $(cat "$out/gate.err")"
+echo "tp_check: verify --tp 2, failing gate: exit 3"
+
 # 2. A killed rank under the local launcher.
 "$RT" --threads 2 --tp 2 eval "$M" --seq-len 256 >"$out/kill.out" 2>"$out/kill.err" &
 launcher=$!

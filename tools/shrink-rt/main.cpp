@@ -499,6 +499,9 @@ void register_verify(CLI::App& app, Globals& g) {
   sub->callback([o, &g] {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, [&]() -> Status {
+      SHRINK_CHECK(g.tp == 1 || o->serve_concurrency.empty(), StatusCode::kInvalidInput,
+                   "--serve-concurrency with --tp: the serving comparison serves one process per "
+                   "model; serve --tp is not supported yet");
       o->v.engine = engine_opts(g);
       SHRINK_ASSIGN_OR_RETURN(runtime::VerifyResult r, runtime::verify(o->compact, o->reference, o->v));
       SHRINK_ASSIGN_OR_RETURN(const nlohmann::json served, cli::verify_serve(*o, o->v.engine));
@@ -535,6 +538,10 @@ void register_verify(CLI::App& app, Globals& g) {
                     r.top1_agreement, r.kl, (unsigned long long)r.tokens_scored, r.verdict.c_str());
       }
       if (!r.passed) gate = 3;
+      // Under --tp this body runs in each rank's process: the gate's exit code leaves through it.
+      if (!r.passed && g.tp > 1) {
+        return Status(StatusCode::kGateFailed, "verification gate failed: " + r.verdict);
+      }
       return Status::ok();
     });
     if (g.exit_code == 0 && gate) g.exit_code = gate;
