@@ -87,7 +87,7 @@ for transport in gloo shm; do
   wait "$r1" 2>/dev/null || true
   [ "$rc" = 1 ] || fail "$transport: a stalled rank: rank 0 exited $rc, expected 1 ($(cat "$out/r0.err"))"
   if [ "$transport" = gloo ]; then
-    grep -q "stalled past --dist-timeout 5 s" "$out/r0.err" || fail "gloo: no timeout message: $(cat "$out/r0.err")"
+    grep -q "rank 1 died or stalled past --dist-timeout 5 s" "$out/r0.err" || fail "gloo: no timeout message naming rank 1: $(cat "$out/r0.err")"
   else
     grep -q "rank 1 did not arrive within --dist-timeout 5 s" "$out/r0.err" || fail "shm: the stalled rank is not named: $(cat "$out/r0.err")"
   fi

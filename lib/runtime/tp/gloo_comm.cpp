@@ -209,10 +209,13 @@ class GlooComm : public TpComm {
 
  private:
   std::string failure(const char* what, const char* detail) const {
+    // Gloo's error names the peer's address, not its rank; with two ranks the peer is known.
+    const std::string peer = ctx_->size == 2 ? "rank " + std::to_string(1 - ctx_->rank)
+                                             : "a peer rank";
     return "tensor parallelism: rank " + std::to_string(ctx_->rank) + " of " +
-           std::to_string(ctx_->size) + ": " + what +
-           " failed (a peer rank died or stalled past --dist-timeout " +
-           std::to_string(timeout_.count() / 1000) + " s): " + detail;
+           std::to_string(ctx_->size) + ": " + what + " failed (" + peer +
+           " died or stalled past --dist-timeout " + std::to_string(timeout_.count() / 1000) +
+           " s): " + detail;
   }
 };
 
