@@ -7,6 +7,7 @@
 // a kInternal status naming the collective; the program exits 1.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -23,12 +24,20 @@ class TpComm {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   /// x[i] = sum over ranks of x[i], in place, the same result on every rank.
-  virtual void allreduce_sum(float* x, int64_t n) = 0;
+  void allreduce_sum(float* x, int64_t n) {
+    const auto t0 = std::chrono::steady_clock::now();
+    reduce(x, n, Reduce::kSum);
+    count(stats_.allreduce_calls, stats_.allreduce_bytes, stats_.allreduce_s, n, t0);
+  }
   /// x[i] = max over ranks of x[i], in place (the per-token absolute maxima of split inputs).
-  virtual void allreduce_max(float* x, int64_t n) = 0;
+  void allreduce_max(float* x, int64_t n) { reduce(x, n, Reduce::kMax); }
   /// out = the n values of rank 0, then rank 1's, ... ([size, n]).
-  virtual void allgather(const float* in, int64_t n, float* out) = 0;
-  /// Time and bytes of the collectives so far (bench's all-reduce figures).
+  void allgather(const float* in, int64_t n, float* out) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gather(in, n, out);
+    count(stats_.allgather_calls, stats_.allgather_bytes, stats_.allgather_s, n, t0);
+  }
+  /// Time and bytes of the sums and gathers so far (bench's all-reduce figures).
   struct Stats {
     uint64_t allreduce_calls = 0, allreduce_bytes = 0, allgather_calls = 0, allgather_bytes = 0;
     double allreduce_s = 0, allgather_s = 0;
@@ -37,6 +46,18 @@ class TpComm {
   void stats_reset() { stats_ = Stats(); }
 
  protected:
+  enum class Reduce { kSum, kMax };
+  /// The transport's collectives (throwing TpError on failure).
+  virtual void reduce(float* x, int64_t n, Reduce op) = 0;
+  virtual void gather(const float* in, int64_t n, float* out) = 0;
+
+ private:
+  static void count(uint64_t& calls, uint64_t& bytes, double& seconds, int64_t n,
+                    std::chrono::steady_clock::time_point t0) {
+    calls++;
+    bytes += uint64_t(n) * sizeof(float);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   Stats stats_;
 };
 

@@ -152,40 +152,29 @@ class GlooComm : public TpComm {
   int rank() const override { return ctx_->rank; }
   int size() const override { return ctx_->size; }
 
-  void allreduce_sum(float* x, int64_t n) override {
-    const auto t0 = Clock::now();
+  std::shared_ptr<gloo::rendezvous::Context> ctx_;
+  std::shared_ptr<gloo::transport::Device> dev_;
+  std::unique_ptr<StoreServer> server_;
+  std::chrono::milliseconds timeout_{30000};
+  uint32_t tag_ = 0;
+
+ protected:
+  void reduce(float* x, int64_t n, Reduce op) override {
+    using Fn = void (*)(void*, const void*, const void*, size_t);
     try {
       gloo::AllreduceOptions o(ctx_);
       o.setOutput(x, size_t(n));
-      o.setReduceFunction(
-          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+      o.setReduceFunction(op == Reduce::kSum ? static_cast<Fn>(&gloo::sum<float>)
+                                             : static_cast<Fn>(&gloo::max<float>));
       o.setTag(tag_++);
       o.setTimeout(timeout_);
       gloo::allreduce(o);
     } catch (const std::exception& e) {
-      throw TpError(failure("all-reduce", e.what()));
-    }
-    stats_.allreduce_calls++;
-    stats_.allreduce_bytes += uint64_t(n) * 4;
-    stats_.allreduce_s += std::chrono::duration<double>(Clock::now() - t0).count();
-  }
-
-  void allreduce_max(float* x, int64_t n) override {
-    try {
-      gloo::AllreduceOptions o(ctx_);
-      o.setOutput(x, size_t(n));
-      o.setReduceFunction(
-          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<float>));
-      o.setTag(tag_++);
-      o.setTimeout(timeout_);
-      gloo::allreduce(o);
-    } catch (const std::exception& e) {
-      throw TpError(failure("all-reduce (max)", e.what()));
+      throw TpError(failure(op == Reduce::kSum ? "all-reduce" : "all-reduce (max)", e.what()));
     }
   }
 
-  void allgather(const float* in, int64_t n, float* out) override {
-    const auto t0 = Clock::now();
+  void gather(const float* in, int64_t n, float* out) override {
     try {
       gloo::AllgatherOptions o(ctx_);
       o.setInput(const_cast<float*>(in), size_t(n));
@@ -196,16 +185,7 @@ class GlooComm : public TpComm {
     } catch (const std::exception& e) {
       throw TpError(failure("all-gather", e.what()));
     }
-    stats_.allgather_calls++;
-    stats_.allgather_bytes += uint64_t(n) * 4;
-    stats_.allgather_s += std::chrono::duration<double>(Clock::now() - t0).count();
   }
-
-  std::shared_ptr<gloo::rendezvous::Context> ctx_;
-  std::shared_ptr<gloo::transport::Device> dev_;
-  std::unique_ptr<StoreServer> server_;
-  std::chrono::milliseconds timeout_{30000};
-  uint32_t tag_ = 0;
 
  private:
   std::string failure(const char* what, const char* detail) const {
@@ -284,49 +264,33 @@ class ShmComm : public TpComm {
     return Status::ok();
   }
 
-  void allreduce_sum(float* x, int64_t n) override {
-    const auto t0 = Clock::now();
+ protected:
+  // Each chunk's slots combined in rank order, so every rank computes the same values.
+  void reduce(float* x, int64_t n, Reduce op) override {
     for (int64_t off = 0; off < n; off += kSlotFloats) {
       const int64_t k = std::min(kSlotFloats, n - off);
-      exchange(x + off, k, "all-reduce", [&] {
+      exchange(x + off, k, op == Reduce::kSum ? "all-reduce" : "all-reduce (max)", [&] {
         float* out = x + off;
         std::copy(slot(0), slot(0) + k, out);
         for (int r = 1; r < size_; ++r) {
           const float* s = slot(r);
-          for (int64_t i = 0; i < k; ++i) out[i] += s[i];
-        }
-      });
-    }
-    stats_.allreduce_calls++;
-    stats_.allreduce_bytes += uint64_t(n) * 4;
-    stats_.allreduce_s += std::chrono::duration<double>(Clock::now() - t0).count();
-  }
-
-  void allreduce_max(float* x, int64_t n) override {
-    for (int64_t off = 0; off < n; off += kSlotFloats) {
-      const int64_t k = std::min(kSlotFloats, n - off);
-      exchange(x + off, k, "all-reduce (max)", [&] {
-        float* out = x + off;
-        std::copy(slot(0), slot(0) + k, out);
-        for (int r = 1; r < size_; ++r) {
-          const float* s = slot(r);
-          for (int64_t i = 0; i < k; ++i) out[i] = std::max(out[i], s[i]);
+          if (op == Reduce::kSum) {
+            for (int64_t i = 0; i < k; ++i) out[i] += s[i];
+          } else {
+            for (int64_t i = 0; i < k; ++i) out[i] = std::max(out[i], s[i]);
+          }
         }
       });
     }
   }
 
-  void allgather(const float* in, int64_t n, float* out) override {
-    const auto t0 = Clock::now();
+  void gather(const float* in, int64_t n, float* out) override {
     for (int64_t off = 0; off < n; off += kSlotFloats) {
       const int64_t k = std::min(kSlotFloats, n - off);
       exchange(in + off, k, "all-gather", [&] {
         for (int r = 0; r < size_; ++r) std::copy(slot(r), slot(r) + k, out + int64_t(r) * n + off);
       });
     }
-    stats_.allgather_calls++;
-    stats_.allgather_bytes += uint64_t(n) * 4;
-    stats_.allgather_s += std::chrono::duration<double>(Clock::now() - t0).count();
   }
 
  private:
