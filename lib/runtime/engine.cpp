@@ -234,10 +234,10 @@ struct Engine::Impl {
   core::ModelConfig cfg_global;  // the model's
   std::shared_ptr<TpComm> tp;
   TpShare share;
-  std::unique_ptr<DeviceTensor> tp_gather, tp_logits;  // [ranks, rows, vpad] and [rows, V]
-  int64_t cap_tp_rows = 0;
-  std::unique_ptr<DeviceTensor> tp_att_gather, tp_att;  // o_whole: [ranks, rows, q_dim / ranks]
-  int64_t cap_tp_att_rows = 0;                          // and [rows, q_dim]
+  // --tp scratch, grown as needed: the gathered [ranks, rows, width] of tp_gather_rows, this
+  // rank's [rows, vpad] logits, and o_whole's [rows, q_dim] attention outputs.
+  std::unique_ptr<DeviceTensor> tp_gather, tp_logits, tp_att;
+  int64_t cap_tp_gather = 0, cap_tp_logits = 0, cap_tp_att = 0;
   std::optional<core::QuantScheme> scheme;  // nullopt: a float model
   EngineOptions opts;
   int64_t max_seq = 0;
@@ -266,6 +266,9 @@ struct Engine::Impl {
                      std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice = nullptr);
   void tp_head(const float* xn, int64_t rows, float* logits);
   const float* tp_att_whole(const float* att_local, int64_t rows);
+  void tp_gather_rows(const float* local, int64_t rows, int64_t width, float* out, int64_t ld,
+                      const std::function<std::pair<int64_t, int64_t>(int rank)>& span);
+  float* tp_scratch(std::unique_ptr<DeviceTensor>& t, int64_t& cap, int64_t n);
   bool ensure_rows(int64_t rows);
   Status run(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>* logits,
              std::vector<int32_t>* next, const core::SampleRow* sample);
@@ -494,6 +497,21 @@ void desc_quantize_w8a16(LinearDesc& d, const SrcTensor& t) {
 
 namespace {
 
+// Rows [r0, r0 + n) of a [rows, cols] source tensor, as a tensor of their own (a view).
+SrcTensor src_rows(const SrcTensor& t, int64_t r0, int64_t n) {
+  SrcTensor v = t;
+  v.shape = {n, t.shape[1]};
+  v.data += uint64_t(r0 * t.shape[1]) * core::dtype_size(t.dtype);
+  return v;
+}
+
+// first, first + 1, ..., first + n - 1.
+std::vector<int64_t> index_range(int64_t first, int64_t n) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), first);
+  return v;
+}
+
 // A row-parallel layer's input row is split over the ranks, so per-token int8 activations take
 // their scale from the whole row's maximum, reduced over the ranks (LinearDesc::act_rows_split):
 // W8A8 dynamic, and 8-bit weights with --act-quant int8-row. 4-bit weights with int8 activations
@@ -541,10 +559,7 @@ Status Engine::Impl::build(TensorSource& src) {
       tied_head_int8->name = "lm_head (tied, int8)";
       tied_head_int8->out = ts.vl;  // this rank's vocabulary rows (all of them without --tp)
       tied_head_int8->in = H;
-      SrcTensor rows = e;
-      rows.shape = {ts.vl, H};
-      rows.data += uint64_t(ts.v0 * H) * core::dtype_size(e.dtype);
-      desc_quantize_w8a16(*tied_head_int8, rows);
+      desc_quantize_w8a16(*tied_head_int8, src_rows(e, ts.v0, ts.vl));
     }
     embed_bf16 = be->float_weights_bf16() && e.dtype == core::DType::kBF16;
     if (embed_bf16) {  // as stored, two bf16 values to a float of backend memory
@@ -576,10 +591,7 @@ Status Engine::Impl::build(TensorSource& src) {
     // Column-parallel q/k/v: this rank's heads' rows.
     auto qkv_rows = [&](LinearDesc& d, size_t i) {
       const int64_t first = i == 0 ? ts.hq0 : ts.hkv0;
-      const int64_t n = i == 0 ? c.q_dim() : c.kv_dim();
-      std::vector<int64_t> rows(static_cast<size_t>(n));
-      std::iota(rows.begin(), rows.end(), first * hd);
-      desc_rows(d, rows);
+      desc_rows(d, index_range(first * hd, i == 0 ? c.q_dim() : c.kv_dim()));
       return Status::ok();
     };
     SHRINK_RETURN_IF_ERROR(add_linears(
@@ -674,18 +686,11 @@ Status Engine::Impl::build(TensorSource& src) {
       d.name = "lm_head (int8)";
       d.out = ts.vl;
       d.in = H;
-      SrcTensor rows = h;
-      rows.shape = {ts.vl, H};
-      rows.data += uint64_t(ts.v0 * H) * core::dtype_size(h.dtype);
-      desc_quantize_w8a16(d, rows);
+      desc_quantize_w8a16(d, src_rows(h, ts.v0, ts.vl));
       src.release("lm_head.weight");
     } else {
       SHRINK_ASSIGN_OR_RETURN(d, linear_desc(src, "lm_head", c.vocab_size, H, false));
-      if (ts.size > 1) {  // vocab-parallel: this rank's rows
-        std::vector<int64_t> rows(static_cast<size_t>(ts.vl));
-        std::iota(rows.begin(), rows.end(), ts.v0);
-        desc_rows(d, rows);
-      }
+      if (ts.size > 1) desc_rows(d, index_range(ts.v0, ts.vl));  // vocab-parallel
     }
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;
@@ -722,44 +727,51 @@ bool Engine::Impl::ensure_rows(int64_t rows) {
   return true;
 }
 
-// Vocab-parallel lm_head: this rank's [rows, vpad] slice of the logits, gathered from every rank
-// and laid out as the whole [rows, V] (host memory: tensor parallelism runs on the cpu backend).
-void Engine::Impl::tp_head(const float* xn_rows, int64_t rows, float* logits) {
-  const TpShare& ts = share;
-  const int64_t V = cfg.vocab_size, P = ts.vpad;
-  if (rows > cap_tp_rows) {
-    tp_logits = be->tensor_zeros(rows * P);
-    tp_gather = be->tensor_zeros(int64_t(ts.size) * rows * P);
-    cap_tp_rows = rows;
+// A --tp scratch tensor of at least n floats (kept across calls).
+float* Engine::Impl::tp_scratch(std::unique_ptr<DeviceTensor>& t, int64_t& cap, int64_t n) {
+  if (n > cap) {
+    t = be->tensor_zeros(n);
+    cap = n;
   }
-  be->linear(*lm_head, xn_rows, rows, tp_logits->data(), P);
-  tp->allgather(tp_logits->data(), rows * P, tp_gather->data());
-  for (int r = 0; r < ts.size; ++r) {
-    const int64_t v0 = std::min<int64_t>(V, r * P), vl = std::min<int64_t>(V, v0 + P) - v0;
-    const float* part = tp_gather->data() + int64_t(r) * rows * P;
+  return t->data();
+}
+
+// Every rank's [rows, width] `local` gathered, and laid out side by side in `out` ([rows, ld],
+// host memory: tensor parallelism runs on the cpu backend): span(r) = (first column, columns)
+// of rank r's part of each row.
+void Engine::Impl::tp_gather_rows(const float* local, int64_t rows, int64_t width, float* out,
+                                  int64_t ld,
+                                  const std::function<std::pair<int64_t, int64_t>(int)>& span) {
+  float* all = tp_scratch(tp_gather, cap_tp_gather, int64_t(share.size) * rows * width);
+  tp->allgather(local, rows * width, all);
+  for (int r = 0; r < share.size; ++r) {
+    const auto [c0, n] = span(r);
+    const float* part = all + int64_t(r) * rows * width;
     for (int64_t i = 0; i < rows; ++i) {
-      std::copy(part + i * P, part + i * P + vl, logits + i * V + v0);
+      std::copy(part + i * width, part + i * width + n, out + i * ld + c0);
     }
   }
 }
 
+// Vocab-parallel lm_head: this rank's [rows, vpad] slice of the logits, gathered into the whole
+// [rows, V] (the last ranks' slices may hold fewer than vpad real rows).
+void Engine::Impl::tp_head(const float* xn_rows, int64_t rows, float* logits) {
+  const int64_t V = cfg.vocab_size, P = share.vpad;
+  float* local = tp_scratch(tp_logits, cap_tp_logits, rows * P);
+  be->linear(*lm_head, xn_rows, rows, local, P);
+  tp_gather_rows(local, rows, P, logits, V, [&](int r) {
+    const int64_t v0 = std::min<int64_t>(V, r * P);
+    return std::make_pair(v0, std::min<int64_t>(V, v0 + P) - v0);
+  });
+}
+
 // The attention outputs of every rank's heads, [rows, q_dim] in head order, for a whole o_proj.
 const float* Engine::Impl::tp_att_whole(const float* att_local, int64_t rows) {
-  const int n = share.size;
   const int64_t qdl = cfg.q_dim(), qd = cfg_global.q_dim();
-  if (rows > cap_tp_att_rows) {
-    tp_att_gather = be->tensor_zeros(int64_t(n) * rows * qdl);
-    tp_att = be->tensor_zeros(rows * qd);
-    cap_tp_att_rows = rows;
-  }
-  tp->allgather(att_local, rows * qdl, tp_att_gather->data());
-  for (int r = 0; r < n; ++r) {
-    const float* part = tp_att_gather->data() + int64_t(r) * rows * qdl;
-    for (int64_t i = 0; i < rows; ++i) {
-      std::copy(part + i * qdl, part + (i + 1) * qdl, tp_att->data() + i * qd + r * qdl);
-    }
-  }
-  return tp_att->data();
+  float* att = tp_scratch(tp_att, cap_tp_att, rows * qd);
+  tp_gather_rows(att_local, rows, qdl, att, qd,
+                 [&](int r) { return std::make_pair(r * qdl, qdl); });
+  return att;
 }
 
 namespace {
@@ -790,8 +802,8 @@ Status tp_share_plan(const core::ModelConfig& cfg, const EngineOptions& opts,
   ts.rank = opts.tp->rank();
   ts.size = n;
   SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
-               "--tp %d: tensor parallelism runs on the cpu device (Gloo); NCCL for cuda is not "
-               "built yet",
+               "--tp %d: tensor parallelism runs on the cpu device; NCCL for cuda is not built "
+               "yet",
                n);
   SHRINK_CHECK(cfg.num_kv_heads % n == 0, StatusCode::kInvalidInput,
                "%s: num_key_value_heads %lld cannot be split over --tp %d ranks (each rank holds "
