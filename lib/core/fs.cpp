@@ -426,4 +426,13 @@ void memory_return() {
 #endif
 }
 
+std::string executable_dir() {
+  std::vector<char> buf(4096);
+  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  if (n <= 0) return "";
+  std::string p(buf.data(), size_t(n));
+  const size_t slash = p.rfind('/');
+  return slash == std::string::npos ? "" : p.substr(0, slash);
+}
+
 }  // namespace shrink::core

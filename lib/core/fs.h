@@ -72,6 +72,10 @@ double peak_rss_mib();
 /// heap otherwise: cli_main.h).
 void memory_return();
 
+/// The directory of the running executable (/proc/self/exe), "" if unknown: where the programs
+/// find what is installed beside them (the CUDA backend plugin, shrink-rt).
+std::string executable_dir();
+
 /// A size as users write it: "4G", "512M", "1.5GiB", "64k", "1000000" (bytes); K, M, G and T are
 /// powers of 1024, with or without "iB"/"B". kInvalidInput names the text and what is expected.
 Result<uint64_t> bytes_parse(const std::string& text);

@@ -12,21 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "core/fs.h"
 #include "runtime/backend.h"
 
 namespace shrink::runtime {
 
 namespace {
-
-// The directory of the running executable ("" if unknown).
-std::string exe_dir() {
-  std::vector<char> buf(4096);
-  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  if (n <= 0) return "";
-  std::string p(buf.data(), size_t(n));
-  const size_t slash = p.rfind('/');
-  return slash == std::string::npos ? "" : p.substr(0, slash);
-}
 
 struct Plugin {
   BackendCudaCreateFn create = nullptr;
@@ -42,7 +33,7 @@ const Plugin& plugin() {
     if (const char* env = std::getenv("SHRINK_CUDA_BACKEND"); env && *env) {
       paths.push_back(env);
     } else {
-      const std::string dir = exe_dir();
+      const std::string dir = core::executable_dir();
       paths.push_back(dir + "/" + kBackendCudaLibrary);
       paths.push_back(dir + "/../lib/" + kBackendCudaLibrary);
     }

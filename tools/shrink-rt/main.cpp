@@ -591,7 +591,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-cuda-graphs", g.no_cuda_graphs, "cuda: run decode steps without CUDA graphs");
   app.add_option("--tp", g.tp,
                  "Tensor parallelism: split the model over N ranks (whole attention heads, MLP "
-                 "channels and vocabulary slices; Gloo all-reduce over TCP), cpu. Without "
+                 "channels and vocabulary slices; collectives over --tp-transport), cpu. Without "
                  "WORLD_SIZE in the environment, starts N processes on this machine, each with "
                  "--threads / N threads; with it (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, as "
                  "torchrun sets them), this process is one rank of a group across machines. "

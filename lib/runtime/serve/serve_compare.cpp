@@ -49,14 +49,6 @@ Result<json> bench_against(const std::string& url, const std::string& model,
   return bench_serve_json(b, rows);
 }
 
-std::string self_dir() {
-  std::vector<char> buf(4096);
-  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  if (n <= 0) return "";
-  std::string p(buf.data(), size_t(n));
-  return p.substr(0, p.find_last_of('/'));
-}
-
 // `shrink-rt serve` for `model` as its own process (as it is deployed), on a free loopback port.
 struct ServerProcess {
   pid_t pid = -1;
@@ -120,7 +112,7 @@ Result<std::unique_ptr<ServerProcess>> spawn_server(const std::string& rt, const
 // process beside this one when the binary is there (the load generator in the server's own
 // process slowed about one phase in four by 4-5x at 2 engine threads), else in-process.
 Result<json> measure(const std::string& model, const ServeCompareOptions& o) {
-  const std::string rt = self_dir() + "/shrink-rt";
+  const std::string rt = core::executable_dir() + "/shrink-rt";
   if (access(rt.c_str(), X_OK) == 0) {
     const int slots = *std::max_element(o.concurrency.begin(), o.concurrency.end());
     SHRINK_ASSIGN_OR_RETURN(auto proc, spawn_server(rt, model, o, slots,
