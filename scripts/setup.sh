@@ -12,6 +12,7 @@ fail() { echo "setup.sh: error: $*" >&2; exit 1; }
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-openmp            # LibTorch + an optimized BLAS (else 15-30x slower)
+  liblapack-dev                               # links GPTQ/SparseGPT's ssyrk/spotrf/strtri (OpenBLAS at run time)
   libgloo-dev                                 # Gloo: c10d data-parallel training, shrink-rt --tp across machines
   libdnnl-dev                                 # oneDNN: CPU GEMMs of the runtime
   libonnx-dev libprotobuf-dev protobuf-compiler

@@ -99,22 +99,26 @@ torch::Tensor mask_wanda(const torch::Tensor& w, const torch::Tensor& col_sq_sum
   return mask_rows(w.abs() * norm, sparsity, nm);
 }
 
-torch::Tensor obs_inverse_factor(torch::Tensor H, double damp, torch::Tensor* dead) {
-  H = H.to(torch::kFloat32).clone();
-  auto d = H.diagonal() == 0;  // inputs that never fire: independent columns
-  H.diagonal().masked_fill_(d, 1.0);
-  H.diagonal().add_(damp * H.diagonal().mean().item<double>());
-  if (dead) *dead = d;
-  // Each in x in intermediate is dropped as soon as the next exists, so that at most two are
-  // alive at once (on a down_proj of the 8B shape each takes 1.5 GiB).
-  auto L = torch::linalg::cholesky(H);
-  H = torch::Tensor();
-  auto Hinv = torch::cholesky_inverse(L);
-  L = torch::Tensor();
-  auto Lu = torch::linalg::cholesky(Hinv);
-  Hinv = torch::Tensor();
-  return Lu.t().contiguous();
+// SparseGPT N:M: in the group of m columns from i of one row (its values updated so far), the
+// m - n lowest w^2 / U_jj^2 are pruned (ties: the earlier column); keep[i..i+m) says which.
+namespace {
+void sparsegpt_nm_choose(const float* row, const float* u1, int64_t ldu, int64_t i, NMPattern nm,
+                         bool* keep) {
+  thread_local std::vector<int64_t> order;
+  thread_local std::vector<float> score;
+  order.resize(size_t(nm.m));
+  score.resize(size_t(nm.m));
+  for (int64_t t = 0; t < nm.m; ++t) {
+    const float d = u1[(i + t) * ldu + i + t];
+    score[size_t(t)] = row[i + t] * row[i + t] / (d * d);
+    order[size_t(t)] = t;
+    keep[i + t] = true;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return score[size_t(a)] < score[size_t(b)]; });
+  for (int64_t t = 0; t < nm.m - nm.n; ++t) keep[i + order[size_t(t)]] = false;
 }
+}  // namespace
 
 torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsity, NMPattern nm,
                                int64_t block_size, double damp) {
@@ -125,49 +129,40 @@ torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsit
         " needs the input width (" + std::to_string(cols) + ") and --block-size (" +
         std::to_string(block_size) + ") divisible by " + std::to_string(nm.m));
   }
-  auto W = w.to(torch::kFloat32).clone();
+  const int64_t rows = w.size(0);
+  auto W = w.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true).contiguous();
   torch::Tensor dead;
-  auto U = obs_inverse_factor(H, damp, &dead);
+  const auto U = obs_inverse_factor(H, damp, &dead);
+  H = torch::Tensor();
   // Inputs that never fire: their weights cannot matter to the output; prune them for free.
   W.index_put_({Slice(), dead}, 0.0);
-  auto pruned = torch::zeros(W.sizes(), torch::kBool);
+  auto keep = torch::ones(W.sizes(), torch::kBool);
+  float* wp = W.data_ptr<float>();
+  const float* up = U.data_ptr<float>();
+  bool* kp = keep.data_ptr<bool>();
   for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
     const int64_t i2 = std::min(i1 + block_size, cols), cnt = i2 - i1;
-    auto W1 = W.index({Slice(), Slice(i1, i2)}).clone();
-    auto Q1 = torch::zeros_like(W1);
-    auto Err1 = torch::zeros_like(W1);
-    auto U1 = U.index({Slice(i1, i2), Slice(i1, i2)});
-    auto d1 = U1.diagonal();
-    auto P1 = torch::zeros(W1.sizes(), torch::kBool);  // true = prune
-    if (!nm.on()) {
+    const float* u1 = up + i1 * cols + i1;  // the block's diagonal block of U
+    if (!nm.on()) {  // the block's mask: its lowest w^2 / U_jj^2, exactly round(s * numel)
+      auto W1 = W.narrow(1, i1, cnt);
+      auto d1 = U.diagonal().narrow(0, i1, cnt);
       auto score = W1.pow(2) / d1.pow(2).unsqueeze(0);
-      P1 = drop_lowest_rows(score.reshape({1, -1}), round_count(sparsity, score.numel()))
-               .logical_not()
-               .reshape(W1.sizes());
+      keep.narrow(1, i1, cnt)
+          .copy_(drop_lowest_rows(score.reshape({1, -1}), round_count(sparsity, score.numel()))
+                     .reshape(W1.sizes()));
     }
-    for (int64_t i = 0; i < cnt; ++i) {
-      if (nm.on() && i % nm.m == 0) {
-        auto score = W1.index({Slice(), Slice(i, i + nm.m)}).pow(2) /
-                     d1.index({Slice(i, i + nm.m)}).pow(2).unsqueeze(0);
-        auto idx = std::get<1>(score.topk(nm.m - nm.n, 1, /*largest=*/false));
-        P1.index({Slice(), Slice(i, i + nm.m)}).scatter_(1, idx, true);
-      }
-      auto col = W1.index({Slice(), i});
-      auto q = col.masked_fill(P1.index({Slice(), i}), 0.0);
-      Q1.index_put_({Slice(), i}, q);
-      auto err = (col - q) / U1[i][i];
-      W1.index({Slice(), Slice(i, None)})
-          .sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
-      Err1.index_put_({Slice(), i}, err);
-    }
-    W.index_put_({Slice(), Slice(i1, i2)}, Q1);
-    pruned.index_put_({Slice(), Slice(i1, i2)}, P1);
+    auto err = torch::empty({rows, cnt}, torch::kFloat32);
+    obs_block_sweep(wp + i1, cols, rows, cnt, u1, cols, err.data_ptr<float>(),
+                    [&](int64_t r, int64_t i, const float* row) {
+                      bool* kr = kp + r * cols + i1;
+                      if (nm.on() && i % nm.m == 0) sparsegpt_nm_choose(row, u1, cols, i, nm, kr);
+                      return kr[i] ? row[i] : 0.0f;
+                    });
     if (i2 < cols) {
-      W.index({Slice(), Slice(i2, None)}).sub_(Err1.matmul(U.index({Slice(i1, i2), Slice(i2, None)})));
+      W.narrow(1, i2, cols - i2).addmm_(err, U.narrow(0, i1, cnt).narrow(1, i2, cols - i2), 1.0, -1.0);
     }
   }
-  auto keep = pruned.logical_not();
-  w.copy_((W * keep.to(torch::kFloat32)).to(w.scalar_type()));
+  w.copy_(W.to(w.scalar_type()));  // pruned entries are exactly zero
   return keep;
 }
 
@@ -390,7 +385,8 @@ std::string input_group(const std::string& module) {
 struct StatsTap : LinearTap {
   bool hessian = false;
   std::set<std::string> wanted;  // input groups to observe
-  std::map<std::string, torch::Tensor> stats;
+  std::map<std::string, torch::Tensor> stats;     // Wanda
+  std::map<std::string, HessianSum> hessians;     // SparseGPT
   std::string last_group;
   const void* last_ptr = nullptr;
   void on_input(const std::string& module, const torch::Tensor& x) override {
@@ -402,8 +398,11 @@ struct StatsTap : LinearTap {
     // SparseGPT's Hessian in float32 (its reference keeps it so; float64 products took most of
     // the time and twice the memory), Wanda's column sums of squares in float64.
     auto f = x.reshape({-1, x.size(-1)});
-    torch::Tensor add = hessian ? f.to(torch::kFloat32).t().matmul(f.to(torch::kFloat32))
-                                : f.to(torch::kFloat64).pow(2).sum(0);
+    if (hessian) {
+      hessians[g].add(f);
+      return;
+    }
+    torch::Tensor add = f.to(torch::kFloat64).pow(2).sum(0);
     auto it = stats.find(g);
     if (it == stats.end()) stats.emplace(g, add);
     else it->second.add_(add);
@@ -641,6 +640,7 @@ void layer_prune(const PruneOptions& o, const PruneTargets& pt, DecoderLayerImpl
                  const CalibState& c, StatsTap& tap) {
   tap.wanted.clear();
   tap.stats.clear();
+  tap.hessians.clear();
   for (auto& [mod, w] : mats) tap.wanted.insert(input_group(mod));
   if (!mats.empty()) {
     layer_over_batches(layer, c, [&](const torch::Tensor&, const torch::Tensor&) {
@@ -649,14 +649,17 @@ void layer_prune(const PruneOptions& o, const PruneTargets& pt, DecoderLayerImpl
     for (size_t k = 0; k < mats.size(); ++k) {
       auto& [mod, w] = mats[k];
       const std::string group = input_group(mod);
-      const torch::Tensor& st = tap.stats.at(group);
       if (o.method == "wanda") {
-        w.mul_(mask_wanda(w, st, pt.sparsity_of(mod), pt.nm).to(w.scalar_type()));
+        w.mul_(mask_wanda(w, tap.stats.at(group), pt.sparsity_of(mod), pt.nm).to(w.scalar_type()));
       } else {
-        sparsegpt_prune_(w, st, pt.sparsity_of(mod), pt.nm, o.block_size, o.damp);
+        sparsegpt_prune_(w, tap.hessians.at(group).get(), pt.sparsity_of(mod), pt.nm, o.block_size,
+                         o.damp);
       }
-      // The group's statistics (SparseGPT: an in x in float64 Hessian) once its last module is done.
-      if (k + 1 == mats.size() || input_group(mats[k + 1].first) != group) tap.stats.erase(group);
+      // The group's statistics (SparseGPT: an in x in float32 Hessian) once its last module is done.
+      if (k + 1 == mats.size() || input_group(mats[k + 1].first) != group) {
+        tap.stats.erase(group);
+        tap.hessians.erase(group);
+      }
     }
   }
   tap.wanted.clear();

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "train/model.h"
+#include "train/obs.h"
 #include "train/prune_common.h"
 
 namespace shrink::train {
@@ -32,11 +33,6 @@ torch::Tensor mask_magnitude(const torch::Tensor& w, double sparsity, NMPattern 
 /// col_sq_sum [in]: sum over calibration tokens of x_j^2 (so ||X_j||_2 = sqrt of it).
 torch::Tensor mask_wanda(const torch::Tensor& w, const torch::Tensor& col_sq_sum, double sparsity,
                          NMPattern nm);
-/// The OBS factor shared by SparseGPT and GPTQ: the upper Cholesky factor U of (H + damp *
-/// mean(diag H) * I)^-1 (H^-1 = U^T U; row i holds the update that column i's error spreads
-/// over the later columns), in float32 (as GPTQ and SparseGPT compute it). Inputs with H_jj == 0 never fire: their diagonal becomes
-/// 1 so they stay independent of every other column; `dead` (if given) marks them.
-torch::Tensor obs_inverse_factor(torch::Tensor H, double damp, torch::Tensor* dead = nullptr);
 /// Prune w [out, in] in place with SparseGPT given H [in, in] (float32 sum of x x^T over the
 /// calibration tokens). Returns the keep-mask; pruned entries are exactly zero.
 torch::Tensor sparsegpt_prune_(torch::Tensor& w, torch::Tensor H, double sparsity, NMPattern nm,

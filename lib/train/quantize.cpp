@@ -13,6 +13,7 @@
 #include "core/progress.h"
 #include "train/api.h"
 #include "train/distill.h"
+#include "train/obs.h"
 #include "train/quant_ops.h"
 #include "train/streamed.h"
 #include "train/model_files.h"
@@ -35,6 +36,25 @@ int qmax_of(int bits) {
 }
 int qmin_of(int bits) {
   return bits == 4 ? core::kQMin4 : -core::kQMax;
+}
+// One row's quantization group of n weights (as weight_qparams computes a group): the scale,
+// and with `zp` the zero point (asymmetric, 4 bits).
+void group_qparams(const float* v, int64_t n, int bits, int8_t* zp, float* scale) {
+  if (!zp) {
+    float amax = 0.0f;
+    for (int64_t t = 0; t < n; ++t) amax = std::max(amax, std::fabs(v[t]));
+    *scale = amax > 0 ? amax / float(qmax_of(bits)) : 1.0f;
+    return;
+  }
+  float lo = 0.0f, hi = 0.0f;
+  for (int64_t t = 0; t < n; ++t) {
+    lo = std::min(lo, v[t]);
+    hi = std::max(hi, v[t]);
+  }
+  const float range = hi - lo;
+  *scale = range > 0 ? range / float(core::kQMax4 - core::kQMin4) : 1.0f;
+  *zp = int8_t(std::clamp(std::nearbyint(float(core::kQMin4) - lo / *scale), float(core::kQMin4),
+                          float(core::kQMax4)));
 }
 }  // namespace
 
@@ -111,8 +131,6 @@ QWeight rtn_quantize(const torch::Tensor& w, int64_t gs, int bits, bool asym) {
 }
 
 QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const GptqOptions& o) {
-  using torch::indexing::Slice;
-  using torch::indexing::None;
   torch::NoGradGuard ng;
   const int64_t rows = w.size(0), cols = w.size(1), gs = o.group_size;
   if (gs < 0 || (gs > 0 && (cols % gs != 0 || o.block_size % gs != 0)) || o.block_size < 1) {
@@ -131,53 +149,42 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
     W = W.index_select(1, perm);
     Hd = Hd.index_select(0, perm).index_select(1, perm);
   }
-  auto U = obs_inverse_factor(Hd, o.damp);
-  // S (Z): the scale (zero point) of every column (in the processing order); `scale` (`zp`) as
-  // stored.
-  auto [scale, zp] = weight_qparams(w, gs, o.bits, o.asym);  // [rows, groups]
+  const auto U = obs_inverse_factor(Hd, o.damp);
+  Hd = torch::Tensor();
+  // The scales (zero points) as stored, [rows, groups]: the original weights' (act order without
+  // groups, per channel), or each group's own from its weights as updated so far ("lazy").
+  auto [scale, zp] = weight_qparams(w, gs, o.bits, o.asym);
   const bool lazy = gs > 0 && (!o.act_order || o.act_order_groups);
-  auto S = scale.to(torch::kFloat32).repeat_interleave(gs > 0 ? gs : cols, 1);
-  torch::Tensor Z;
-  if (o.asym) Z = zp.to(torch::kFloat32).repeat_interleave(gs > 0 ? gs : cols, 1);
-  if (o.act_order) {
-    S = S.index_select(1, perm);
-    if (o.asym) Z = Z.index_select(1, perm);
+  const int64_t groups = scale.size(1);
+  std::vector<int64_t> col_group(size_t(cols), 0);  // column j (processing order) -> its group
+  if (gs > 0) {
+    const int64_t* pp = o.act_order ? perm.data_ptr<int64_t>() : nullptr;
+    for (int64_t j = 0; j < cols; ++j) col_group[size_t(j)] = lazy ? j / gs : (pp ? pp[j] : j) / gs;
   }
-  auto Q = torch::empty({rows, cols}, torch::kFloat32);
+  W = W.contiguous();
+  auto Q = torch::empty({rows, cols}, torch::kInt8);
+  float* wp = W.data_ptr<float>();
+  const float* up = U.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  int8_t* zpp = o.asym ? zp.data_ptr<int8_t>() : nullptr;
+  int8_t* qp = Q.data_ptr<int8_t>();
+  const float qlo = float(qmin_of(o.bits)), qhi = float(qmax_of(o.bits));
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), cnt = i2 - i1;
-    auto W1 = W.index({Slice(), Slice(i1, i2)}).clone();
-    auto Err1 = torch::zeros_like(W1);
-    auto U1 = U.index({Slice(i1, i2), Slice(i1, i2)});
-    for (int64_t i = 0; i < cnt; ++i) {
-      const int64_t j = i1 + i;
-      if (lazy && j % gs == 0) {  // the group's scale from its weights as updated so far
-        auto [s, z] = weight_qparams(W1.index({Slice(), Slice(i, i + gs)}), 0, o.bits, o.asym);
-        scale.index_put_({Slice(), j / gs}, s.squeeze(1));
-        S.index({Slice(), Slice(j, j + gs)}).copy_(s.to(torch::kFloat32).expand({rows, gs}));
-        if (o.asym) {
-          zp.index_put_({Slice(), j / gs}, z.squeeze(1));
-          Z.index({Slice(), Slice(j, j + gs)}).copy_(z.to(torch::kFloat32).expand({rows, gs}));
-        }
-      }
-      auto col = W1.index({Slice(), i});
-      auto s = S.index({Slice(), j});
-      torch::Tensor q, deq;
-      if (o.asym) {
-        auto z = Z.index({Slice(), j});
-        q = torch::round(col * (1.0 / s) + z).clamp(qmin_of(o.bits), qmax_of(o.bits));
-        deq = (q - z) * s;
-      } else {
-        q = torch::round(col * (1.0 / s)).clamp(qmin_of(o.bits), qmax_of(o.bits));
-        deq = q * s;
-      }
-      Q.index_put_({Slice(), j}, q);
-      auto err = (col - deq) / U1[i][i];
-      W1.index({Slice(), Slice(i, None)}).sub_(err.unsqueeze(1).matmul(U1.index({i, Slice(i, None)}).unsqueeze(0)));
-      Err1.index_put_({Slice(), i}, err);
-    }
+    auto err = torch::empty({rows, cnt}, torch::kFloat32);
+    obs_block_sweep(wp + i1, cols, rows, cnt, up + i1 * cols + i1, cols, err.data_ptr<float>(),
+                    [&](int64_t r, int64_t i, const float* row) {
+                      const int64_t j = i1 + i, g = col_group[size_t(j)];
+                      float* sr = sp + r * groups;
+                      int8_t* zr = zpp ? zpp + r * groups : nullptr;
+                      if (lazy && j % gs == 0) group_qparams(row + i, gs, o.bits, zr ? zr + g : nullptr, sr + g);
+                      const float sc = sr[g], z = zr ? float(zr[g]) : 0.0f;
+                      const float q = std::clamp(std::nearbyint(row[i] * (1.0f / sc) + z), qlo, qhi);
+                      qp[r * cols + j] = int8_t(q);
+                      return (q - z) * sc;
+                    });
     if (i2 < cols) {
-      W.index({Slice(), Slice(i2, None)}).sub_(Err1.matmul(U.index({Slice(i1, i2), Slice(i2, None)})));
+      W.narrow(1, i2, cols - i2).addmm_(err, U.narrow(0, i1, cnt).narrow(1, i2, cols - i2), 1.0, -1.0);
     }
   }
   if (o.act_order) Q = Q.index_select(1, inv);
@@ -570,7 +577,7 @@ struct GroupStats {
   torch::Tensor act_max;  // per input channel
   core::AbsHistogram hist{2048};
   double max = 0, ema = -1;
-  torch::Tensor xtx;      // sum of x x^T (float32), for GPTQ and AWQ
+  HessianSum xtx;         // sum of x x^T (float32), for GPTQ and AWQ
   torch::Tensor abs_sum;  // sum of |x| per input channel (float64), for AWQ
   int64_t rows = 0;
 };
@@ -592,12 +599,9 @@ struct CalibTap : LinearTap {
     g.max = std::max(g.max, bm);
     g.ema = g.ema < 0 ? bm : g.ema + 0.01 * (bm - g.ema);
     if (histograms) g.hist.add(f.data_ptr<float>(), f.numel());
-    if (hessian) {
-      // float32, as GPTQ's reference and llm-compressor keep it: float64 products were most of
-      // GPTQ's time, and a float64 Hessian of the 8B shape's down_proj inputs takes 1.5 GiB.
-      auto add = f.t().matmul(f);
-      g.xtx = g.xtx.defined() ? g.xtx.add_(add) : add;
-    }
+    // float32, as GPTQ's reference and llm-compressor keep it: float64 products were most of
+    // GPTQ's time, and a float64 Hessian of the 8B shape's down_proj inputs takes 1.5 GiB.
+    if (hessian) g.xtx.add(f);
     if (means) {
       auto s = f.abs().sum(0).to(torch::kFloat64);
       g.abs_sum = g.abs_sum.defined() ? g.abs_sum.add_(s) : s;
@@ -814,11 +818,11 @@ void module_quantize(Quant& q, const std::string& mod,
                     mod.find("q_proj") == std::string::npos &&
                     mod.find("k_proj") == std::string::npos;  // as AutoAWQ: not q/k
   if (clip) {
-    qw = awq_clip_quantize(w, stats.at(head).xtx, s.group_size, s.bits, asym);
+    qw = awq_clip_quantize(w, stats.at(head).xtx.get(), s.group_size, s.bits, asym);
   } else if (!s.gptq) {
     qw = rtn_quantize(w, s.group_size, s.bits, asym);
   } else {
-    const torch::Tensor& H = stats.at(head).xtx;
+    const torch::Tensor& H = stats.at(head).xtx.get();
     QWeight g = gptq_quantize(w, H, s.gopt);
     if (final) {  // the report compares with round-to-nearest, on a sample of the rows
       const QWeight r = rtn_quantize(w, s.group_size, s.bits, asym);
@@ -836,7 +840,7 @@ void module_quantize(Quant& q, const std::string& mod,
     qw = g;
   }
   if (final && clip) {  // on the same sample of rows as GPTQ's report
-    const torch::Tensor H32 = stats.at(head).xtx.to(torch::kFloat32);
+    const torch::Tensor H32 = stats.at(head).xtx.get().to(torch::kFloat32);
     const torch::Tensor rows = report_rows(w.size(0)), ws = w.index_select(0, rows);
     const QWeight r = rtn_quantize(w, s.group_size, s.bits, asym);
     q.awq_err_noclip += output_error_f32(ws, r.dequantize().index_select(0, rows), H32);
@@ -928,7 +932,7 @@ void layer_awq(Quant& q, const QuantLayer& l, const torch::Tensor& X) {
     std::vector<torch::Tensor> ws;
     for (const auto& mod : group_modules(h)) ws.push_back(q.weight(mod));
     // o_proj's factors fold into v_proj rows, so the query heads of a KV group share them.
-    AwqScale a = awq_search_scale(ws, xm, g.xtx, q.s.group_size, q.s.bits, 20,
+    AwqScale a = awq_search_scale(ws, xm, g.xtx.get(), q.s.group_size, q.s.bits, 20,
                                   grp == "o" ? rep : 1, hd, q.o.asym);
     sc[grp] = grp == "o"
                   ? a.s.reshape({nkv, rep, hd}).select(1, 0).reshape({nkv * hd}).contiguous()

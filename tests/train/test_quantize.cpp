@@ -13,6 +13,7 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 #include "train/api.h"
+#include "train/obs.h"
 #include "train/quant_ops.h"
 #include "train/quantize.h"
 #include "train/trainer.h"
@@ -78,6 +79,94 @@ TEST(QuantOps, RoundTripErrorIsAtMostHalfAStep) {
   EXPECT_LE(xs.abs().max().item<float>(), 6.35f + 1e-5f);
   auto inside = x.abs() < 6.3;
   EXPECT_TRUE(torch::all(((xs - x).abs() <= 0.025 + 1e-6).logical_or(inside.logical_not())).item<bool>());
+}
+
+// The OBS pieces against their definitions: the Hessian sum equals X^T X summed over batches
+// (float32 sums of 37 products: 1e-5 relative covers their rounding), exactly symmetric; the
+// factor equals the reference construction (Cholesky of the inverse, as GPTQ's code computes it)
+// in float64 to float32 accuracy (1e-4 relative of its largest entry), and a column that never
+// fires is marked dead and left independent (its row of U is e_j / sqrt(1 + damp)).
+TEST(QuantOps, ObsHessianAndFactorMatchTheirDefinitions) {
+  torch::manual_seed(7);
+  auto a = torch::randn({37, 19}), b = torch::randn({5, 19}) * 3;
+  HessianSum hs;
+  EXPECT_FALSE(hs.defined());
+  hs.add(a);
+  hs.add(b);
+  const torch::Tensor h = hs.get();
+  auto ref = a.to(torch::kFloat64).t().matmul(a.to(torch::kFloat64)) +
+             b.to(torch::kFloat64).t().matmul(b.to(torch::kFloat64));
+  EXPECT_TRUE(torch::equal(h, h.t()));
+  EXPECT_LT((h.to(torch::kFloat64) - ref).abs().max().item<double>(),
+            1e-5 * ref.abs().max().item<double>());
+
+  auto x = torch::randn({300, 40}, torch::kFloat64);
+  x.select(1, 11).zero_();  // an input that never fires
+  auto H = x.t().matmul(x);
+  torch::Tensor dead;
+  const double damp = 0.01;
+  const torch::Tensor U = obs_inverse_factor(H.to(torch::kFloat32), damp, &dead);
+  auto Hd = H.clone();
+  Hd.diagonal().masked_fill_(Hd.diagonal() == 0, 1.0);
+  Hd.diagonal().add_(damp * Hd.diagonal().mean().item<double>());
+  auto Uref = torch::linalg::cholesky(torch::cholesky_inverse(torch::linalg::cholesky(Hd))).t();
+  EXPECT_TRUE(torch::equal(U, U.triu()));
+  EXPECT_LT((U.to(torch::kFloat64) - Uref).abs().max().item<double>(),
+            1e-4 * Uref.abs().max().item<double>());
+  EXPECT_EQ(dead.sum().item<int64_t>(), 1);
+  EXPECT_TRUE(dead[11].item<bool>());
+  // Not positive definite (a negative eigenvalue beyond what damp fixes): a clear error.
+  EXPECT_THROW(obs_inverse_factor(-torch::eye(4), 0.01), Error);
+}
+
+// GPTQ against its column-by-column definition in float64 (no blocks, no lazy batching: each
+// column quantized with its group's scale from the weights as updated so far, its error spread
+// over every later column at once). The blocked, row-parallel float32 implementation rounds
+// differently, so a weight whose value falls within float32 rounding of a rounding boundary may
+// take the neighbouring level: at most 1% of the levels may differ, by one step.
+TEST(QuantOps, GptqEqualsItsColumnByColumnDefinition) {
+  torch::manual_seed(8);
+  auto z = torch::randn({1024, 64}, torch::kFloat64);
+  auto x = z.matmul(torch::randn({64, 64}, torch::kFloat64) * 0.4 + torch::eye(64, torch::kFloat64));
+  auto H = x.t().matmul(x);
+  auto w = torch::randn({40, 64});
+  for (bool asym : {false, true}) {
+    GptqOptions o;
+    o.group_size = 16;
+    o.block_size = 32;
+    o.bits = 4;
+    o.asym = asym;
+    QWeight g = gptq_quantize(w, H.to(torch::kFloat32), o);
+    // The definition.
+    auto Hd = H.clone();
+    Hd.diagonal().add_(o.damp * Hd.diagonal().mean().item<double>());
+    auto U = torch::linalg::cholesky(torch::cholesky_inverse(torch::linalg::cholesky(Hd))).t();
+    auto W = w.to(torch::kFloat64).clone();
+    auto Q = torch::empty({40, 64}, torch::kInt64);
+    torch::Tensor s, zp;
+    for (int64_t j = 0; j < 64; ++j) {
+      if (j % 16 == 0) {
+        auto grp = W.narrow(1, j, 16);
+        if (!asym) {
+          auto amax = grp.abs().amax(1);
+          s = torch::where(amax > 0, amax / 7.0, torch::ones_like(amax));
+          zp = torch::zeros_like(s);
+        } else {
+          auto lo = grp.amin(1).clamp_max(0.0), hi = grp.amax(1).clamp_min(0.0);
+          s = torch::where(hi - lo > 0, (hi - lo) / 15.0, torch::ones_like(lo));
+          zp = torch::round(-8.0 - lo / s).clamp(-8, 7);
+        }
+      }
+      auto col = W.select(1, j);
+      auto q = torch::round(col / s + zp).clamp(-8, 7);
+      Q.select(1, j).copy_(q);
+      auto e = (col - (q - zp) * s) / U[j][j];
+      if (j + 1 < 64) W.narrow(1, j + 1, 63 - j).sub_(e.unsqueeze(1) * U[j].narrow(0, j + 1, 63 - j).unsqueeze(0));
+    }
+    auto diff = (g.q.to(torch::kInt64) - Q).abs();
+    EXPECT_LE(diff.max().item<int64_t>(), 1) << (asym ? "asym" : "sym");
+    EXPECT_LE(diff.gt(0).sum().item<int64_t>(), 40 * 64 / 100) << (asym ? "asym" : "sym");
+  }
 }
 
 // GPTQ on correlated inputs (x = z A, so H is far from diagonal): valid int8 in the same format,
