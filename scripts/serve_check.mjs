@@ -165,6 +165,13 @@ try {
   check(st.choices[0].finish_reason === 'stop' && st.choices[0].text === full.slice(0, full.indexOf(stopAt)),
         `stop string ${JSON.stringify(stopAt)}: the text ends before it`);
 
+  // logit_bias as the client sends it (token ids as keys): +100 makes every token the biased one.
+  const forced = refs[0].new_ids[0] === 5 ? 6 : 5;
+  const lb = await client.completions.create({ model: id, prompt: prompts[0], max_tokens: 6, temperature: 0,
+                                               logit_bias: { [forced]: 100 }, ignore_eos: true, return_token_ids: true });
+  check(lb.choices[0].token_ids.length === 6 && lb.choices[0].token_ids.every((t) => t === forced),
+        `logit_bias {${forced}: 100}: every token is ${forced}`);
+
   // Errors through the client's classes.
   const expectError = async (what, fn, status, test) => {
     try { await fn(); check(false, `${what}: no error`); } catch (e) {

@@ -367,4 +367,16 @@ int32_t sample_pick(const float* x, int64_t n, const SampleRow& p, SampleScratch
   return item_id(v[select(SampleCrit::kMassGt, t).i].ord);
 }
 
+void logits_adjust(float* x, int64_t n, const LogitAdjust& a,
+                   const std::unordered_map<int32_t, int32_t>& counts) {
+  if (a.presence != 0.0f || a.frequency != 0.0f) {
+    for (const auto& [id, c] : counts) {
+      if (id >= 0 && id < n && c > 0) x[id] -= a.frequency * float(c) + a.presence;
+    }
+  }
+  for (const auto& [id, b] : a.bias) {
+    if (id >= 0 && id < n) x[id] += b;
+  }
+}
+
 }  // namespace shrink::core

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <random>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/sample_select.h"
@@ -66,6 +68,19 @@ int32_t sample_sorted(const float* logits, int64_t n, const SampleRow& p,
 /// resolves inside it. Top-k up to 4,096 keeps a heap of the k best instead and takes exp on
 /// those alone. `scratch` is reused between calls.
 int32_t sample_pick(const float* logits, int64_t n, const SampleRow& p, SampleScratch& scratch);
+
+/// OpenAI's logit adjustments of one request (presence_penalty, frequency_penalty, logit_bias):
+/// x[j] -= frequency * c[j] + presence * (c[j] > 0) over the counts c of the tokens generated so
+/// far (the output's, as vLLM counts them; the prompt's do not count), then x[j] += bias[j].
+struct LogitAdjust {
+  float presence = 0.0f, frequency = 0.0f;
+  std::vector<std::pair<int32_t, float>> bias;  // token id, value added to its logit
+  bool on() const { return presence != 0.0f || frequency != 0.0f || !bias.empty(); }
+};
+
+/// Apply `a` to the n logits x in place; `counts` maps each generated token id to its count.
+void logits_adjust(float* x, int64_t n, const LogitAdjust& a,
+                   const std::unordered_map<int32_t, int32_t>& counts);
 
 /// Index of the largest value (lowest index on ties).
 int32_t argmax(const float* x, int64_t n);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
 #include "runtime/api.h"
 
@@ -66,6 +67,7 @@ struct Scheduler::Active {
   int slot = -1;
   int64_t prefilled = 0;      // prompt tokens in the slot's cache
   std::vector<int32_t> gen;   // sampled tokens (the last one not yet in the cache)
+  std::unordered_map<int32_t, int32_t> counts;  // of gen's ids, for penalties
   core::Sampler sampler;
   Active(ServeRequest r, std::shared_ptr<ServeStream> s)
       : req(std::move(r)), out(std::move(s)), sampler(req.sampling, req.seed) {}
@@ -276,14 +278,22 @@ Status Scheduler::step() {
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (!picks[i]) continue;
     rows[i] = who[i]->sampler.next_row();
-    want_logits = want_logits || who[i]->req.top_logprobs >= 0;
+    want_logits = want_logits || who[i]->req.top_logprobs >= 0 || who[i]->req.adjust.on();
   }
   const int64_t V = e_.config().vocab_size;
   if (want_logits) {
     SHRINK_RETURN_IF_ERROR(e_.forward(chunks, false, logits_));
     next_.assign(chunks.size(), 0);
-    for (size_t i = 0; i < chunks.size(); ++i)
-      if (picks[i]) next_[i] = core::sample_pick(logits_.data() + int64_t(i) * V, V, rows[i], scratch_);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (!picks[i]) continue;
+      const float* x = logits_.data() + int64_t(i) * V;
+      if (who[i]->req.adjust.on()) {  // on a copy: log-probabilities stay the model's
+        adjusted_.assign(x, x + V);
+        core::logits_adjust(adjusted_.data(), V, who[i]->req.adjust, who[i]->counts);
+        x = adjusted_.data();
+      }
+      next_[i] = core::sample_pick(x, V, rows[i], scratch_);
+    }
   } else {
     SHRINK_RETURN_IF_ERROR(e_.forward_sample(chunks, rows, next_));
   }
@@ -308,6 +318,7 @@ Status Scheduler::step() {
     if (a.req.top_logprobs >= 0)
       logprobs_of(logits_.data() + int64_t(i) * V, V, t.id, a.req.top_logprobs, t);
     a.gen.push_back(t.id);
+    if (a.req.adjust.on()) ++a.counts[t.id];
     a.out->push(std::move(t));
     ++generated;
     const bool eos = std::find(a.req.eos.begin(), a.req.eos.end(), int64_t(a.gen.back())) != a.req.eos.end();

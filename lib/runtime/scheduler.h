@@ -41,6 +41,9 @@ struct ServeRequest {
   /// -1: no log-probabilities; 0..20: each sampled token's log-probability under the model
   /// (log-softmax of its logits, before temperature) and this many most likely alternatives.
   int top_logprobs = -1;
+  /// Penalties and logit bias (OpenAI's), applied to a copy of the logits before the pick; the
+  /// log-probabilities stay the model's own.
+  core::LogitAdjust adjust;
   std::vector<int64_t> eos;  // any of these ends the request (finish "stop"); empty: none
 };
 
@@ -140,6 +143,7 @@ class Scheduler {
   SchedulerStats st_;  // under mu_
   // Step buffers.
   std::vector<float> logits_;
+  std::vector<float> adjusted_;  // one row's logits after its penalties and bias
   std::vector<int32_t> next_;
   core::SampleScratch scratch_;
 };

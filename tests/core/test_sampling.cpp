@@ -22,6 +22,21 @@ SampleRow row(float t, int32_t k, float p, double u) {
   return r;
 }
 
+// OpenAI's penalties and bias, by hand: x = [1, 2, 3, 4, 5], token 1 generated twice and token
+// 3 once, presence 0.5, frequency 0.25, bias +1 on token 0 and -2 on token 3:
+// [1 + 1, 2 - 0.5 - 0.5, 3, 4 - 0.25 - 0.5 - 2, 5]; ids outside the row are ignored.
+TEST(Sampler, LogitAdjustAppliesPenaltiesToGeneratedCountsThenBias) {
+  std::vector<float> x = {1, 2, 3, 4, 5};
+  LogitAdjust a;
+  EXPECT_FALSE(a.on());
+  a.presence = 0.5f;
+  a.frequency = 0.25f;
+  a.bias = {{0, 1.0f}, {3, -2.0f}, {7, 50.0f}};
+  EXPECT_TRUE(a.on());
+  logits_adjust(x.data(), 5, a, {{1, 2}, {3, 1}, {9, 4}});
+  EXPECT_EQ(x, (std::vector<float>{2.0f, 1.0f, 3.0f, 1.25f, 5.0f}));
+}
+
 }  // namespace
 
 TEST(SampleSelect, KeysOrderLikeFloats) {

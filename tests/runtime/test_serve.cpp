@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
 #include <cmath>
 #include <string>
 #include <thread>
@@ -274,6 +275,68 @@ TEST(Serve, SchedulerStopsAtEosCancelsAndRefusesWhatDoesNotFit) {
   EXPECT_EQ(sched.stats().running, 0);
 }
 
+// Logit bias and penalties act on the pick, not on the reported log-probabilities: -100 on the
+// greedy first token makes the runner-up (from the unbiased run's top log-probabilities) the
+// first token, +100 on a token makes every token that one; with a frequency penalty each greedy
+// pick is the argmax of the raw top-20 log-probabilities minus 2 x its count so far (checked
+// where that argmax beats the 20th raw value, so no token outside the list can win).
+TEST(Serve, LogitBiasAndPenaltiesChangeThePickNotTheLogprobs) {
+  auto e = teacher(2, "f32", 64);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  Scheduler sched(*e, SchedulerOptions{});
+  sched.start();
+  auto run = [&](ServeRequest q) {
+    auto s = sched.submit(std::move(q));
+    EXPECT_TRUE(s.is_ok());
+    std::vector<TokenOut> got;
+    while (!s.value()->wait(0, got, std::chrono::milliseconds(100))) {
+    }
+    s.value()->wait(0, got, std::chrono::milliseconds(0));
+    return got;
+  };
+  ServeRequest q;
+  q.prompt = ids_for(7, int32_t(V), 11);
+  q.max_tokens = 12;
+  q.top_logprobs = 20;
+  const std::vector<TokenOut> plain = run(q);
+  ASSERT_EQ(plain.size(), 12u);
+  ServeRequest down = q;
+  down.adjust.bias = {{plain[0].id, -100.0f}};
+  const std::vector<TokenOut> d = run(down);
+  ASSERT_FALSE(d.empty());
+  EXPECT_EQ(d[0].id, plain[0].top[1].first);
+  EXPECT_FLOAT_EQ(d[0].top[0].second, plain[0].top[0].second);  // the model's own
+  ServeRequest up = q;
+  const int32_t forced = int32_t((plain[0].id + 17) % V);
+  up.adjust.bias = {{forced, 100.0f}};
+  for (const TokenOut& t : run(up)) EXPECT_EQ(t.id, forced);
+  ServeRequest pen = q;
+  pen.adjust.frequency = 2.0f;
+  const std::vector<TokenOut> p = run(pen);
+  std::map<int32_t, int> counts;
+  int checked = 0;
+  for (const TokenOut& t : p) {
+    ASSERT_EQ(t.top.size(), 20u);
+    int32_t best = -1;
+    float best_v = -INFINITY;
+    for (const auto& [id, lp] : t.top) {
+      const float v = lp - 2.0f * float(counts[id]);
+      if (v > best_v) best_v = v, best = id;
+    }
+    if (best_v > t.top.back().second) {
+      EXPECT_EQ(t.id, best);
+      ++checked;
+    }
+    ++counts[t.id];
+  }
+  EXPECT_GE(checked, 6);
+  int distinct = 0;
+  for (const auto& kv : counts) distinct += kv.second > 0;
+  EXPECT_GT(distinct, 1);
+  sched.shutdown(std::chrono::milliseconds(1000));
+}
+
 // ---- the protocol's text side ---------------------------------------------------------------
 
 TEST(Serve, TextStreamHoldsBackStopPrefixesAndPartialCharacters) {
@@ -326,6 +389,10 @@ TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
   EXPECT_EQ(q.prompt, (std::vector<int32_t>{1, 2, 3}));
   EXPECT_EQ(q.sampling.temperature, 1.0f);  // OpenAI's default
   EXPECT_EQ(q.max_tokens, 16);
+  EXPECT_FALSE(parse(R"({"prompt":[1],"logit_bias":{"9":-100,"3":2.5},"presence_penalty":0.5,"frequency_penalty":-1})"));
+  EXPECT_EQ(q.adjust.bias, (std::vector<std::pair<int32_t, float>>{{3, 2.5f}, {9, -100.0f}}));
+  EXPECT_EQ(q.adjust.presence, 0.5f);
+  EXPECT_EQ(q.adjust.frequency, -1.0f);
   struct Bad {
     const char* body;
     int status;
@@ -347,6 +414,11 @@ TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
            {R"({"prompt":"x","model":"gpt-4"})", 404, "model", "does not exist"},
            {R"({"prompt":[1,2,3],"max_tokens":62})", 400, "max_tokens", "maximum context length is 64"},
            {R"({"prompt":"x","logprobs":21})", 400, "logprobs", "[0, 20]"},
+           {R"({"prompt":"x","presence_penalty":2.5})", 400, "presence_penalty", "[-2, 2]"},
+           {R"({"prompt":"x","logit_bias":{"abc":1}})", 400, "logit_bias.abc", "token id in [0, 4096)"},
+           {R"({"prompt":"x","logit_bias":{"4096":1}})", 400, "logit_bias.4096", "token id"},
+           {R"({"prompt":"x","logit_bias":{"5":"1"}})", 400, "logit_bias.5", "expected a number"},
+           {R"({"prompt":"x","logit_bias":{"5":101}})", 400, "logit_bias.5", "[-100, 100]"},
            {R"({"prompt":"x","stream_options":{"include_usage":true}})", 400, "stream_options", "stream: true"},
        }) {
     SCOPED_TRACE(b.body);

@@ -109,6 +109,35 @@ std::optional<ApiError> read_ids(const json& a, const std::string& param, int64_
   return std::nullopt;
 }
 
+// logit_bias: {"token id": bias in [-100, 100]}, at most kMaxLogitBias entries (OpenAI's
+// limits); sorted by id.
+constexpr size_t kMaxLogitBias = 1024;
+std::optional<ApiError> read_logit_bias(const json& j, int64_t vocab,
+                                        std::vector<std::pair<int32_t, float>>& out) {
+  auto it = j.find("logit_bias");
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) return bad("logit_bias", std::string("expected an object, got ") + type_name(*it));
+  if (it->size() > kMaxLogitBias)
+    return bad("logit_bias", "expected at most " + std::to_string(kMaxLogitBias) + " entries, got " +
+                                 std::to_string(it->size()));
+  for (auto kv = it->begin(); kv != it->end(); ++kv) {
+    const std::string path = "logit_bias." + kv.key();
+    const std::string& k = kv.key();
+    const bool digits = !k.empty() && k.size() <= 10 &&
+                        std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits || std::stoll(k) >= vocab)
+      return bad(path, "expected a token id in [0, " + std::to_string(vocab) + ") as the key");
+    if (!kv->is_number())
+      return bad(path, std::string("expected a number, got ") + type_name(*kv));
+    const double v = kv->get<double>();
+    if (!(v >= -100.0 && v <= 100.0))
+      return bad(path, "expected a bias in [-100, 100], got " + shown(*kv));
+    out.emplace_back(int32_t(std::stoll(k)), float(v));
+  }
+  std::sort(out.begin(), out.end());
+  return std::nullopt;
+}
+
 // The sampling, output and length fields both endpoints share; checks prompt + max_tokens
 // against the context last.
 std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok, int64_t vocab,
@@ -174,15 +203,12 @@ std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok,
       q.include_usage = it2->get<bool>();
     }
   }
-  for (const char* k : {"presence_penalty", "frequency_penalty"}) {
-    double v = 0;
-    if (auto e = read_num(j, k, -2.0, 2.0, false, v)) return e;
-    if (v != 0) return bad(k, "not supported (only 0)");
-  }
-  if (auto it = j.find("logit_bias"); it != j.end() && !it->is_null()) {
-    if (!it->is_object()) return bad("logit_bias", std::string("expected an object, got ") + type_name(*it));
-    if (!it->empty()) return bad("logit_bias", "not supported");
-  }
+  double presence = 0, frequency = 0;
+  if (auto e = read_num(j, "presence_penalty", -2.0, 2.0, false, presence)) return e;
+  if (auto e = read_num(j, "frequency_penalty", -2.0, 2.0, false, frequency)) return e;
+  q.adjust.presence = float(presence);
+  q.adjust.frequency = float(frequency);
+  if (auto e = read_logit_bias(j, vocab, q.adjust.bias)) return e;
   if (auto it = j.find("suffix"); it != j.end() && !it->is_null())
     return bad("suffix", "not supported");
   if (auto it = j.find("user"); it != j.end() && !it->is_null() && !it->is_string())
@@ -546,7 +572,9 @@ std::string ResponseCache::key(const CompletionRequest& q) {
             {"seed", greedy || !q.seed ? json(nullptr) : json(*q.seed)},
             {"stop", q.stop},           {"logprobs", q.logprobs},
             {"echo", q.echo},           {"return_token_ids", q.return_token_ids},
-            {"ignore_eos", q.ignore_eos}, {"chat", q.chat}};
+            {"ignore_eos", q.ignore_eos}, {"chat", q.chat},
+            {"presence_penalty", q.adjust.presence}, {"frequency_penalty", q.adjust.frequency},
+            {"logit_bias", q.adjust.bias}};
   return dump(k);
 }
 

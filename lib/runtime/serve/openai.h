@@ -35,6 +35,7 @@ struct CompletionRequest {
   core::SamplingParams sampling;  // OpenAI's default temperature 1, top_p 1
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
+  core::LogitAdjust adjust;  // presence_penalty, frequency_penalty, logit_bias
   int logprobs = -1;  // -1: none
   bool echo = false, stream = false, include_usage = false, return_token_ids = false;
   bool ignore_eos = false;

@@ -133,6 +133,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     sr.seed = seed_rng();
   }
   sr.top_logprobs = q.logprobs;
+  sr.adjust = q.adjust;
   if (!q.ignore_eos) sr.eos = o.eos;
   bool busy = false;
   Result<std::shared_ptr<ServeStream>> s = sched.submit(std::move(sr), &busy);
