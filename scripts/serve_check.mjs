@@ -72,6 +72,7 @@ function exited(proc, ms) {
 const prompts = ['The meaning of life', 'Once upon a time', 'A fool and his money', 'Q: What is love?\nA:'];
 const refs = prompts.map((p) => generate(p, 16));
 const sampled = generate(prompts[0], 16, ['--temperature', '0.8', '--top-p', '0.95', '--top-k', '50', '--seed', '7']);
+const sampled8 = generate(prompts[0], 16, ['--temperature', '0.8', '--top-p', '0.95', '--top-k', '50', '--seed', '8']);
 const newText = (g, p) => g.text.slice(p.length);
 
 // The teacher has no chat template of its own: serve it with SmolLM2's (a ChatML template).
@@ -104,6 +105,24 @@ try {
   const s = await client.completions.create({ model: id, prompt: prompts[0], max_tokens: 16, temperature: 0.8,
                                               top_p: 0.95, top_k: 50, seed: 7, ignore_eos: true, return_token_ids: true });
   check(same(s.choices[0].token_ids, sampled.new_ids), 'seeded sampling: the ids of shrink-rt generate --seed 7');
+
+  // n choices: choice i samples with seed + i, each as generate does; usage sums the completions.
+  const nc = await client.completions.create({ model: id, prompt: prompts[0], max_tokens: 16, temperature: 0.8, n: 3,
+                                               top_p: 0.95, top_k: 50, seed: 7, ignore_eos: true, return_token_ids: true });
+  check(nc.choices.length === 3 && nc.choices.every((c, i) => c.index === i) &&
+        same(nc.choices[0].token_ids, sampled.new_ids) && same(nc.choices[1].token_ids, sampled8.new_ids) &&
+        nc.usage.completion_tokens === 48 && nc.usage.prompt_tokens === refs[0].prompt_len,
+        'n = 3: choices 0 and 1 are generate --seed 7 and --seed 8, usage 3 x 16');
+  const ns = await client.completions.create({ model: id, prompt: prompts[1], max_tokens: 16, temperature: 0, n: 2,
+                                               ignore_eos: true, stream: true, stream_options: { include_usage: true } });
+  const nText = ['', ''], nFinish = [null, null];
+  let nUsage = null;
+  for await (const c of ns) {
+    for (const ch of c.choices) { nText[ch.index] += ch.text; nFinish[ch.index] = ch.finish_reason || nFinish[ch.index]; }
+    if (c.usage) nUsage = c.usage;
+  }
+  check(nText.every((t) => t === newText(refs[1], prompts[1])) && nFinish.every((f) => f === 'length') &&
+        nUsage && nUsage.completion_tokens === 32, 'n = 2 streamed: both choices the greedy text, usage 2 x 16');
 
   // Streamed.
   const stream = await client.completions.create({ model: id, prompt: prompts[1], max_tokens: 16, temperature: 0,

@@ -393,6 +393,9 @@ TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
   EXPECT_EQ(q.adjust.bias, (std::vector<std::pair<int32_t, float>>{{3, 2.5f}, {9, -100.0f}}));
   EXPECT_EQ(q.adjust.presence, 0.5f);
   EXPECT_EQ(q.adjust.frequency, -1.0f);
+  EXPECT_EQ(q.n, 1);
+  EXPECT_FALSE(parse(R"({"prompt":[1],"n":3})"));
+  EXPECT_EQ(q.n, 3);
   struct Bad {
     const char* body;
     int status;
@@ -408,7 +411,7 @@ TEST(Serve, CompletionRequestsAreValidatedWithTheirPath) {
            {R"({"prompt":"x","temperature":3})", 400, "temperature", "[0, 2]"},
            {R"({"prompt":"x","top_p":0})", 400, "top_p", "(0, 1]"},
            {R"({"prompt":[1,99999]})", 400, "prompt[1]", "outside the vocabulary"},
-           {R"({"prompt":"x","n":2})", 400, "n", "n = 1"},
+           {R"({"prompt":"x","n":17})", 400, "n", "[1, 16]"},
            {R"({"prompt":"x","stop":[1]})", 400, "stop[0]", "expected a string"},
            {R"({"prompt":"x","stream":"yes"})", 400, "stream", "expected a boolean"},
            {R"({"prompt":"x","model":"gpt-4"})", 404, "model", "does not exist"},

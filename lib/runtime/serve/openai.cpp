@@ -157,10 +157,8 @@ std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok,
     q.seed = it->is_number_unsigned() ? it->get<uint64_t>() : uint64_t(it->get<int64_t>());
   }
   int64_t n = 1, best_of = 1;
-  if (auto e = read_int(j, "n", 1, 1, n)) {
-    e->message = "n: only n = 1 is supported (send n requests)";
-    return e;
-  }
+  if (auto e = read_int(j, "n", 1, kMaxChoices, n)) return e;
+  q.n = int(n);
   if (auto e = read_int(j, "best_of", 1, 1, best_of)) {
     e->message = "best_of: only 1 is supported";
     return e;
@@ -517,6 +515,22 @@ json completion_body(const std::string& id, int64_t created, const std::string& 
                        q, r, cache_hit);
 }
 
+json bodies_merge(const std::vector<json>& bodies) {
+  json b = bodies.at(0);
+  json choices = json::array();
+  int64_t completion = 0;
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    json c = bodies[i]["choices"][0];
+    c["index"] = i;
+    choices.push_back(std::move(c));
+    completion += bodies[i]["usage"]["completion_tokens"].get<int64_t>();
+  }
+  b["choices"] = std::move(choices);
+  b["usage"]["completion_tokens"] = completion;
+  b["usage"]["total_tokens"] = b["usage"]["prompt_tokens"].get<int64_t>() + completion;
+  return b;
+}
+
 json chat_body(const std::string& id, int64_t created, const std::string& model,
                const CompletionRequest& q, const CompletionResult& r, const json& logprobs,
                bool cache_hit) {
@@ -574,7 +588,7 @@ std::string ResponseCache::key(const CompletionRequest& q) {
             {"echo", q.echo},           {"return_token_ids", q.return_token_ids},
             {"ignore_eos", q.ignore_eos}, {"chat", q.chat},
             {"presence_penalty", q.adjust.presence}, {"frequency_penalty", q.adjust.frequency},
-            {"logit_bias", q.adjust.bias}};
+            {"logit_bias", q.adjust.bias}, {"n", q.n}};
   return dump(k);
 }
 

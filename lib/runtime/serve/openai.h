@@ -26,6 +26,9 @@
 
 namespace shrink::runtime::serve {
 
+/// Most choices one request may ask for (`n`).
+constexpr int kMaxChoices = 16;
+
 /// A validated /v1/completions request.
 struct CompletionRequest {
   std::string model;
@@ -36,6 +39,7 @@ struct CompletionRequest {
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
   core::LogitAdjust adjust;  // presence_penalty, frequency_penalty, logit_bias
+  int n = 1;                 // choices: n sequences of the same prompt (choice i seeded seed + i)
   int logprobs = -1;  // -1: none
   bool echo = false, stream = false, include_usage = false, return_token_ids = false;
   bool ignore_eos = false;
@@ -107,6 +111,9 @@ nlohmann::json logprobs_json(const CompletionRequest& q, const TextStream& ts,
 nlohmann::json completion_body(const std::string& id, int64_t created, const std::string& model,
                                const CompletionRequest& q, const CompletionResult& r,
                                const nlohmann::json& logprobs, bool cache_hit);
+/// One body with the choices of n single-choice bodies (choice i gets index i) and their usage:
+/// the prompt counted once, the completions' tokens summed.
+nlohmann::json bodies_merge(const std::vector<nlohmann::json>& bodies);
 /// The response body of a chat completion, and one streamed chunk of it (`delta`: the new
 /// content, `role` set on the first; finish_reason null until the last).
 nlohmann::json chat_body(const std::string& id, int64_t created, const std::string& model,

@@ -72,12 +72,12 @@ struct Server::Impl {
   }
 
   void completions(const httplib::Request& req, httplib::Response& res, bool chat);
-  void complete_whole(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
-                      const std::string& id, int64_t created, const std::string& key,
-                      httplib::Response& res);
-  void complete_streamed(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
-                         const std::string& id, int64_t created, const std::string& key,
-                         httplib::Response& res);
+  using Streams = std::vector<std::shared_ptr<ServeStream>>;
+  std::optional<ApiError> submit_choices(const CompletionRequest& q, Streams& out);
+  void complete_whole(const CompletionRequest& q, const Streams& ss, const std::string& id,
+                      int64_t created, const std::string& key, httplib::Response& res);
+  void complete_streamed(const CompletionRequest& q, const Streams& ss, const std::string& id,
+                         int64_t created, const std::string& key, httplib::Response& res);
   void replay_streamed(const json& body, const CompletionRequest& q, httplib::Response& res);
   void routes();
 };
@@ -122,75 +122,103 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     }
     count(&HttpCounters::response_cache_misses);
   }
-  ServeRequest sr;
-  sr.prompt = q.prompt;
-  sr.max_tokens = q.max_tokens;
-  sr.sampling = q.sampling;
-  if (q.seed) {
-    sr.seed = *q.seed;
-  } else {
-    std::lock_guard<std::mutex> lk(mu);
-    sr.seed = seed_rng();
+  Streams ss;
+  if (std::optional<ApiError> e = submit_choices(q, ss)) {
+    if (e->status == 503) res.set_header("Retry-After", "1");
+    return send_error(res, *e);
   }
-  sr.top_logprobs = q.logprobs;
-  sr.adjust = q.adjust;
-  if (!q.ignore_eos) sr.eos = o.eos;
-  bool busy = false;
-  Result<std::shared_ptr<ServeStream>> s = sched.submit(std::move(sr), &busy);
-  if (!s.is_ok()) {
-    if (busy) {
-      res.set_header("Retry-After", "1");
-      return send_error(res, server_error(503, s.status().message(), "overloaded"));
-    }
-    ApiError e;
-    e.message = s.status().message();
-    return send_error(res, e);
-  }
-  if (q.stream) return complete_streamed(q, s.value(), id, created, key, res);
-  complete_whole(q, s.value(), id, created, key, res);
+  if (q.stream) return complete_streamed(q, ss, id, created, key, res);
+  complete_whole(q, ss, id, created, key, res);
 }
 
-void Server::Impl::complete_whole(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+// The request's n sequences, queued together (choice i seeded seed + i when a seed is given);
+// if one is refused, the others are cancelled.
+std::optional<ApiError> Server::Impl::submit_choices(const CompletionRequest& q, Streams& out) {
+  for (int i = 0; i < q.n; ++i) {
+    ServeRequest sr;
+    sr.prompt = q.prompt;
+    sr.max_tokens = q.max_tokens;
+    sr.sampling = q.sampling;
+    if (q.seed) {
+      sr.seed = *q.seed + uint64_t(i);
+    } else {
+      std::lock_guard<std::mutex> lk(mu);
+      sr.seed = seed_rng();
+    }
+    sr.top_logprobs = q.logprobs;
+    sr.adjust = q.adjust;
+    if (!q.ignore_eos) sr.eos = o.eos;
+    bool busy = false;
+    Result<std::shared_ptr<ServeStream>> s = sched.submit(std::move(sr), &busy);
+    if (!s.is_ok()) {
+      for (auto& done : out) done->cancel();
+      if (busy) return server_error(503, s.status().message(), "overloaded");
+      ApiError e;
+      e.message = s.status().message();
+      return e;
+    }
+    out.push_back(s.value());
+  }
+  return std::nullopt;
+}
+
+void Server::Impl::complete_whole(const CompletionRequest& q, const Streams& ss,
                                   const std::string& id, int64_t created, const std::string& key,
                                   httplib::Response& res) {
-  TextStream ts(tok, q.stop);
-  std::vector<TokenOut> got;
-  size_t have = 0;
-  for (bool done = false; !done;) {
-    done = s->wait(have, got, kPoll);
-    have += got.size();
-    ts.push(got, done);
-    if (ts.stopped()) s->cancel();
+  std::vector<json> bodies;
+  for (const auto& s : ss) {
+    TextStream ts(tok, q.stop);
+    std::vector<TokenOut> got;
+    size_t have = 0;
+    for (bool done = false; !done;) {
+      done = s->wait(have, got, kPoll);
+      have += got.size();
+      ts.push(got, done);
+      if (ts.stopped()) s->cancel();
+    }
+    const std::string reason = ts.stopped() ? "stop" : s->finish_reason();
+    if (reason == "error" || reason == "cancelled") {
+      for (const auto& other : ss) other->cancel();
+      if (reason == "error") return send_error(res, server_error(500, "generation failed: " + s->error()));
+      return send_error(res, server_error(503, "the request was cancelled (the server is stopping)", "shutting_down"));
+    }
+    CompletionResult r;
+    r.text = (q.echo ? q.prompt_text : "") + ts.text();
+    r.tokens = ts.tokens();
+    r.finish_reason = reason;
+    r.prompt_tokens = int64_t(q.prompt.size());
+    r.cached_tokens = s->cached_tokens();
+    bodies.push_back(q.chat ? chat_body(id, created, o.model_id, q, r, chat_logprobs_json(q, ts, r.tokens), false)
+                            : completion_body(id, created, o.model_id, q, r,
+                                              logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
+                                              false));
   }
-  const std::string reason = ts.stopped() ? "stop" : s->finish_reason();
-  if (reason == "error") return send_error(res, server_error(500, "generation failed: " + s->error()));
-  if (reason == "cancelled")
-    return send_error(res, server_error(503, "the request was cancelled (the server is stopping)", "shutting_down"));
-  CompletionResult r;
-  r.text = (q.echo ? q.prompt_text : "") + ts.text();
-  r.tokens = ts.tokens();
-  r.finish_reason = reason;
-  r.prompt_tokens = int64_t(q.prompt.size());
-  r.cached_tokens = s->cached_tokens();
-  json body = q.chat ? chat_body(id, created, o.model_id, q, r, chat_logprobs_json(q, ts, r.tokens), false)
-                     : completion_body(id, created, o.model_id, q, r,
-                                       logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0), false);
+  json body = bodies_merge(bodies);
   if (!key.empty()) rcache.put(key, body);
   res.set_content(dump(body), "application/json");
   count(&HttpCounters::ok);
 }
 
-void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr<ServeStream> s,
+void Server::Impl::complete_streamed(const CompletionRequest& q, const Streams& ss,
                                      const std::string& id, int64_t created,
                                      const std::string& key, httplib::Response& res) {
-  struct State {
+  struct Choice {
     std::shared_ptr<ServeStream> s;
     TextStream ts;
     size_t have = 0;
-    bool echoed = false, ended = false;
+    bool started = false, ended = false;
     size_t offset = 0;  // text offset of the next token (logprobs)
+    std::string reason;
   };
-  auto st = std::make_shared<State>(State{s, TextStream(tok, q.stop)});
+  struct State {
+    std::vector<Choice> choices;
+    bool ended = false;
+    void cancel() {
+      for (Choice& c : choices) c.s->cancel();
+    }
+  };
+  auto st = std::make_shared<State>();
+  for (const auto& s : ss) st->choices.push_back(Choice{s, TextStream(tok, q.stop)});
   const std::string model = o.model_id;
   count(&HttpCounters::ok);
   res.set_header("Cache-Control", "no-cache");
@@ -199,104 +227,136 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, std::shared_ptr
       [this, st, q, id, created, model, key](size_t, httplib::DataSink& sink) -> bool {
         auto send = [&](const std::string& text) {
           if (!sink.write(text.data(), text.size())) {
-            st->s->cancel();  // the client went away: free its slot at the next step
+            st->cancel();  // the client went away: free its slots at the next step
             return false;
           }
+          return true;
+        };
+        auto end = [&]() {
+          if (!send("data: [DONE]\n\n")) return false;
+          st->ended = true;
+          sink.done();
           return true;
         };
         if (st->ended) {
           sink.done();
           return true;
         }
-        // A chunk of new text (the chat API's is a delta of the assistant's message).
-        auto piece = [&](const std::string& text, const json& lp, const json& finish) {
-          if (!q.chat) return chunk_of(id, created, model, text, lp, finish);
-          json delta = finish.is_null() ? json{{"content", text}} : json::object();
-          return chat_chunk(id, created, model, delta, lp, finish);
-        };
-        if (q.chat && !st->echoed) {
-          st->echoed = true;
-          if (!send(sse(chat_chunk(id, created, model, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr))))
-            return false;
-        }
-        if (q.echo && !st->echoed) {
-          st->echoed = true;
-          st->offset = q.prompt_text.size();
-          if (!send(sse(chunk_of(id, created, model, q.prompt_text, nullptr, nullptr)))) return false;
-        }
-        std::vector<TokenOut> got;
-        const bool done = st->s->wait(st->have, got, kPoll);
-        st->have += got.size();
-        const size_t kept_before = st->ts.tokens().size();
-        const std::string delta = st->ts.push(got, done);
-        if (st->ts.stopped()) st->s->cancel();
-        const std::vector<TokenOut> fresh(st->ts.tokens().begin() + long(kept_before), st->ts.tokens().end());
-        if (!delta.empty() || ((q.logprobs >= 0 || q.return_token_ids) && !fresh.empty())) {
-          json lp = q.chat ? chat_logprobs_json(q, st->ts, fresh) : logprobs_json(q, st->ts, fresh, st->offset);
-          for (const TokenOut& t : fresh) st->offset += st->ts.piece(t.id).size();
-          json c = piece(delta, lp, nullptr);
-          if (q.return_token_ids) {
-            json ids = json::array();
-            for (const TokenOut& t : fresh) ids.push_back(t.id);
-            c["choices"][0]["token_ids"] = ids;
+        // A chunk of choice i's new text (the chat API's is a delta of the assistant's message).
+        auto piece = [&](size_t i, const std::string& text, const json& lp, const json& finish) {
+          json c;
+          if (q.chat) {
+            json delta = finish.is_null() ? json{{"content", text}} : json::object();
+            c = chat_chunk(id, created, model, delta, lp, finish);
+          } else {
+            c = chunk_of(id, created, model, text, lp, finish);
           }
-          if (!send(sse(c))) return false;
+          c["choices"][0]["index"] = i;
+          return c;
+        };
+        // One wait of up to kPoll on the first choice still running; the others are polled.
+        bool waited = false;
+        for (size_t i = 0; i < st->choices.size(); ++i) {
+          Choice& ch = st->choices[i];
+          if (ch.ended) continue;
+          if (!ch.started) {
+            ch.started = true;
+            if (q.chat) {
+              json c = chat_chunk(id, created, model, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
+              c["choices"][0]["index"] = i;
+              if (!send(sse(c))) return false;
+            } else if (q.echo) {
+              ch.offset = q.prompt_text.size();
+              if (!send(sse(piece(i, q.prompt_text, nullptr, nullptr)))) return false;
+            }
+          }
+          std::vector<TokenOut> got;
+          const bool done = ch.s->wait(ch.have, got, waited ? milliseconds(0) : kPoll);
+          waited = true;
+          ch.have += got.size();
+          const size_t kept_before = ch.ts.tokens().size();
+          const std::string delta = ch.ts.push(got, done);
+          if (ch.ts.stopped()) ch.s->cancel();
+          const std::vector<TokenOut> fresh(ch.ts.tokens().begin() + long(kept_before), ch.ts.tokens().end());
+          if (!delta.empty() || ((q.logprobs >= 0 || q.return_token_ids) && !fresh.empty())) {
+            json lp = q.chat ? chat_logprobs_json(q, ch.ts, fresh) : logprobs_json(q, ch.ts, fresh, ch.offset);
+            for (const TokenOut& t : fresh) ch.offset += ch.ts.piece(t.id).size();
+            json c = piece(i, delta, lp, nullptr);
+            if (q.return_token_ids) {
+              json ids = json::array();
+              for (const TokenOut& t : fresh) ids.push_back(t.id);
+              c["choices"][0]["token_ids"] = ids;
+            }
+            if (!send(sse(c))) return false;
+          }
+          if (!done && !ch.ts.stopped()) continue;
+          // Ended, or cut by a stop string (the scheduler takes the cancel at its next step).
+          ch.ended = true;
+          ch.reason = ch.ts.stopped() ? "stop" : ch.s->finish_reason();
+          if (ch.reason == "error" || ch.reason == "cancelled") {
+            st->cancel();
+            ApiError e = server_error(ch.reason == "error" ? 500 : 503,
+                                      ch.reason == "error" ? "generation failed: " + ch.s->error()
+                                                           : "the request was cancelled (the server is stopping)");
+            if (!send(sse(e.body()))) return false;
+            return end();
+          }
+          if (!send(sse(piece(i, "", nullptr, ch.reason)))) return false;
         }
-        if (!done && !st->ts.stopped()) return true;
-        // Ended, or cut by a stop string (the scheduler takes the cancel at its next step).
-        const std::string reason = st->ts.stopped() ? "stop" : st->s->finish_reason();
-        if (reason == "error" || reason == "cancelled") {
-          ApiError e = server_error(reason == "error" ? 500 : 503,
-                                    reason == "error" ? "generation failed: " + st->s->error()
-                                                      : "the request was cancelled (the server is stopping)");
-          if (!send(sse(e.body()))) return false;
-        } else {
-          if (!send(sse(piece("", nullptr, reason)))) return false;
-          CompletionResult r;
-          r.tokens = st->ts.tokens();
-          r.prompt_tokens = int64_t(q.prompt.size());
-          r.cached_tokens = st->s->cached_tokens();
+        for (const Choice& ch : st->choices)
+          if (!ch.ended) return true;
+        // Every choice ended: the usage chunk, the response cache, [DONE].
+        if (q.include_usage || !key.empty()) {
+          std::vector<json> bodies;
+          for (const Choice& ch : st->choices) {
+            CompletionResult r;
+            r.tokens = ch.ts.tokens();
+            r.prompt_tokens = int64_t(q.prompt.size());
+            r.cached_tokens = ch.s->cached_tokens();
+            r.text = (q.echo ? q.prompt_text : "") + ch.ts.text();
+            r.finish_reason = ch.reason;
+            bodies.push_back(q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, ch.ts, r.tokens), false)
+                                    : completion_body(id, created, model, q, r,
+                                                      logprobs_json(q, ch.ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
+                                                      false));
+          }
+          json merged = bodies_merge(bodies);
           if (q.include_usage) {
-            json u = piece("", nullptr, nullptr);
+            json u = piece(0, "", nullptr, nullptr);
             u["choices"] = json::array();
-            u["usage"] = usage_json(r);
+            u["usage"] = merged["usage"];
             if (!send(sse(u))) return false;
           }
-          if (!key.empty()) {
-            r.text = (q.echo ? q.prompt_text : "") + st->ts.text();
-            r.finish_reason = reason;
-            rcache.put(key, q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, st->ts, r.tokens), false)
-                                   : completion_body(id, created, model, q, r,
-                                                     logprobs_json(q, st->ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
-                                                     false));
-          }
+          if (!key.empty()) rcache.put(key, merged);
         }
-        if (!send("data: [DONE]\n\n")) return false;
-        st->ended = true;
-        sink.done();
-        return true;
+        return end();
       },
       [st](bool) {
-        if (!st->ended) st->s->cancel();
+        if (!st->ended) st->cancel();
       });
 }
 
 void Server::Impl::replay_streamed(const json& body, const CompletionRequest& q,
                                    httplib::Response& res) {
-  const json& c = body["choices"][0];
-  json first, last, u;
-  if (q.chat) {
-    first = chat_chunk(body["id"], body["created"], body["model"],
-                       {{"role", "assistant"}, {"content", c["message"]["content"]}}, c["logprobs"], nullptr);
-    last = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, c["finish_reason"]);
-    u = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, nullptr);
-  } else {
-    first = chunk_of(body["id"], body["created"], body["model"], c["text"], c["logprobs"], nullptr);
-    last = chunk_of(body["id"], body["created"], body["model"], "", nullptr, c["finish_reason"]);
-    u = chunk_of(body["id"], body["created"], body["model"], "", nullptr, nullptr);
+  std::string out;
+  json u;
+  for (const json& c : body["choices"]) {
+    json first, last;
+    if (q.chat) {
+      first = chat_chunk(body["id"], body["created"], body["model"],
+                         {{"role", "assistant"}, {"content", c["message"]["content"]}}, c["logprobs"], nullptr);
+      last = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, c["finish_reason"]);
+      u = chat_chunk(body["id"], body["created"], body["model"], json::object(), nullptr, nullptr);
+    } else {
+      first = chunk_of(body["id"], body["created"], body["model"], c["text"], c["logprobs"], nullptr);
+      last = chunk_of(body["id"], body["created"], body["model"], "", nullptr, c["finish_reason"]);
+      u = chunk_of(body["id"], body["created"], body["model"], "", nullptr, nullptr);
+    }
+    first["choices"][0]["index"] = c["index"];
+    last["choices"][0]["index"] = c["index"];
+    first["shrink"] = body["shrink"];
+    out += sse(first) + sse(last);
   }
-  first["shrink"] = body["shrink"];
-  std::string out = sse(first) + sse(last);
   if (q.include_usage) {
     u["choices"] = json::array();
     u["usage"] = body["usage"];
