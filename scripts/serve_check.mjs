@@ -184,6 +184,25 @@ try {
   check(st.choices[0].finish_reason === 'stop' && st.choices[0].text === full.slice(0, full.indexOf(stopAt)),
         `stop string ${JSON.stringify(stopAt)}: the text ends before it`);
 
+  // echo with logprobs (how evaluation harnesses score text): every prompt token, the first
+  // with a null log-probability, then the generated tokens with the same log-probabilities as
+  // without echo.
+  const plainLp = await client.completions.create({ model: id, prompt: prompts[2], max_tokens: 3, temperature: 0, logprobs: 1 });
+  const echoLp = await client.completions.create({ model: id, prompt: prompts[2], max_tokens: 3, temperature: 0, logprobs: 1, echo: true });
+  const el = echoLp.choices[0].logprobs, pl = plainLp.choices[0].logprobs;
+  const P = refs[2].prompt_len;
+  check(el.tokens.length === P + 3 && el.token_logprobs[0] === null &&
+        el.token_logprobs.slice(1, P).every((v) => typeof v === 'number' && v <= 0) &&
+        same(el.tokens.slice(P), pl.tokens) &&
+        el.token_logprobs.slice(P).every((v, k) => Math.abs(v - pl.token_logprobs[k]) < 1e-4) &&
+        echoLp.choices[0].text === prompts[2] + plainLp.choices[0].text,
+        `echo + logprobs: ${P} prompt tokens scored (the first null), then the completion's`);
+  const score = await client.completions.create({ model: id, prompt: prompts[2], max_tokens: 0, echo: true, logprobs: 0, stream: true });
+  let scored = null;
+  for await (const c of score) if (c.choices.length && c.choices[0].logprobs) scored = c.choices[0].logprobs;
+  check(scored && scored.token_logprobs.length === P && scored.token_logprobs.slice(1).every((v, k) => Math.abs(v - el.token_logprobs[k + 1]) < 1e-4),
+        'echo + logprobs, max_tokens 0, streamed: the prompt scored alone, the same values');
+
   // logit_bias as the client sends it (token ids as keys): +100 makes every token the biased one.
   const forced = refs[0].new_ids[0] === 5 ? 6 : 5;
   const lb = await client.completions.create({ model: id, prompt: prompts[0], max_tokens: 6, temperature: 0,

@@ -58,6 +58,14 @@ void ServeStream::set_cached(int64_t n) {
   std::lock_guard<std::mutex> lk(mu_);
   cached_ = n;
 }
+void ServeStream::set_prompt_logprobs(std::vector<TokenOut> lp) {
+  std::lock_guard<std::mutex> lk(mu_);
+  prompt_lp_ = std::move(lp);
+}
+std::vector<TokenOut> ServeStream::prompt_logprobs() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return prompt_lp_;
+}
 
 // ---- Scheduler -------------------------------------------------------------------------------
 
@@ -68,6 +76,7 @@ struct Scheduler::Active {
   int64_t prefilled = 0;      // prompt tokens in the slot's cache
   std::vector<int32_t> gen;   // sampled tokens (the last one not yet in the cache)
   std::unordered_map<int32_t, int32_t> counts;  // of gen's ids, for penalties
+  std::vector<TokenOut> prompt_lp;              // prompt_logprobs, as the chunks are prefilled
   core::Sampler sampler;
   Active(ServeRequest r, std::shared_ptr<ServeStream> s)
       : req(std::move(r)), out(std::move(s)), sampler(req.sampling, req.seed) {}
@@ -190,8 +199,11 @@ void Scheduler::loop() {
     for (auto& a : fresh) {
       e_.reset(a->slot);
       // Reuse at most prompt - 1 tokens: the last prompt token's forward gives the first logits.
+      // Prompt log-probabilities need every position's logits: nothing is reused.
       Result<int64_t> got =
-          cache_.restore(e_, a->slot, a->req.prompt.data(), int64_t(a->req.prompt.size()) - 1);
+          a->req.prompt_logprobs
+              ? Result<int64_t>(int64_t(0))
+              : cache_.restore(e_, a->slot, a->req.prompt.data(), int64_t(a->req.prompt.size()) - 1);
       if (!got.is_ok()) {
         e_.reset(a->slot);
         got = int64_t(0);
@@ -274,19 +286,24 @@ Status Scheduler::step() {
   // Each picking row draws from its request's sampler, as generate() does; other rows pick
   // nothing and draw nothing.
   std::vector<core::SampleRow> rows(chunks.size());
-  bool want_logits = false;
+  bool want_logits = false, all_rows = false;
   for (size_t i = 0; i < chunks.size(); ++i) {
+    all_rows = all_rows || (who[i]->req.prompt_logprobs && who[i]->prefilling());
     if (!picks[i]) continue;
     rows[i] = who[i]->sampler.next_row();
     want_logits = want_logits || who[i]->req.top_logprobs >= 0 || who[i]->req.adjust.on();
   }
   const int64_t V = e_.config().vocab_size;
-  if (want_logits) {
-    SHRINK_RETURN_IF_ERROR(e_.forward(chunks, false, logits_));
+  // Row of chunk i's first position in logits_: every position's with all_rows, else its last.
+  std::vector<int64_t> first_row(chunks.size() + 1, 0);
+  for (size_t i = 0; i < chunks.size(); ++i) first_row[i + 1] = first_row[i] + (all_rows ? chunks[i].n : 1);
+  auto last_row = [&](size_t i) { return first_row[i + 1] - 1; };
+  if (want_logits || all_rows) {
+    SHRINK_RETURN_IF_ERROR(e_.forward(chunks, all_rows, logits_));
     next_.assign(chunks.size(), 0);
     for (size_t i = 0; i < chunks.size(); ++i) {
       if (!picks[i]) continue;
-      const float* x = logits_.data() + int64_t(i) * V;
+      const float* x = logits_.data() + last_row(i) * V;
       if (who[i]->req.adjust.on()) {  // on a copy: log-probabilities stay the model's
         adjusted_.assign(x, x + V);
         core::logits_adjust(adjusted_.data(), V, who[i]->req.adjust, who[i]->counts);
@@ -302,9 +319,19 @@ Status Scheduler::step() {
     Active& a = *who[i];
     rows_run += uint64_t(chunks[i].n);
     if (a.prefilling()) {
+      if (a.req.prompt_logprobs) {  // row r scores prompt token prefilled + r + 1
+        const int64_t P = int64_t(a.req.prompt.size());
+        for (int64_t r = 0; r < chunks[i].n && a.prefilled + r + 1 < P; ++r) {
+          TokenOut t;
+          t.id = a.req.prompt[size_t(a.prefilled + r + 1)];
+          logprobs_of(logits_.data() + (first_row[i] + r) * V, V, t.id, a.req.top_logprobs, t);
+          a.prompt_lp.push_back(std::move(t));
+        }
+      }
       a.prefilled += chunks[i].n;
       prefill_rows += uint64_t(chunks[i].n);
       if (!a.prefilling()) {
+        if (a.req.prompt_logprobs) a.out->set_prompt_logprobs(std::move(a.prompt_lp));
         (void)cache_.insert(e_, a.slot, a.req.prompt.data(), int64_t(a.req.prompt.size()));
         if (a.req.max_tokens == 0) {
           retire(a, "length");
@@ -316,7 +343,7 @@ Status Scheduler::step() {
     TokenOut t;
     t.id = next_[i];
     if (a.req.top_logprobs >= 0)
-      logprobs_of(logits_.data() + int64_t(i) * V, V, t.id, a.req.top_logprobs, t);
+      logprobs_of(logits_.data() + last_row(i) * V, V, t.id, a.req.top_logprobs, t);
     a.gen.push_back(t.id);
     if (a.req.adjust.on()) ++a.counts[t.id];
     a.out->push(std::move(t));

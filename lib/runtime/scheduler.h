@@ -44,6 +44,10 @@ struct ServeRequest {
   /// Penalties and logit bias (OpenAI's), applied to a copy of the logits before the pick; the
   /// log-probabilities stay the model's own.
   core::LogitAdjust adjust;
+  /// Also the log-probability of every prompt token after the first (each under the logits of
+  /// the positions before it, with top_logprobs alternatives): OpenAI's echo with logprobs, the
+  /// way evaluation harnesses score text. The whole prompt is then prefilled (no prefix reuse).
+  bool prompt_logprobs = false;
   std::vector<int64_t> eos;  // any of these ends the request (finish "stop"); empty: none
 };
 
@@ -67,17 +71,22 @@ class ServeStream {
   std::string finish_reason() const;  // "stop" | "length" | "cancelled" | "error"
   std::string error() const;          // for "error"
   int64_t cached_tokens() const;      // prompt tokens restored from the prefix cache
+  /// With ServeRequest::prompt_logprobs: prompt tokens 1..P-1 (set before the first generated
+  /// token or the end, whichever comes first).
+  std::vector<TokenOut> prompt_logprobs() const;
   double ttft_seconds() const;        // submit to first token
 
   // Scheduler side.
   void push(TokenOut t);
   void finish(const std::string& reason, const std::string& error = "");
   void set_cached(int64_t n);
+  void set_prompt_logprobs(std::vector<TokenOut> lp);
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<TokenOut> tokens_;
+  std::vector<TokenOut> prompt_lp_;
   bool done_ = false;
   std::string reason_, error_;
   int64_t cached_ = 0;

@@ -337,6 +337,70 @@ TEST(Serve, LogitBiasAndPenaltiesChangeThePickNotTheLogprobs) {
   sched.shutdown(std::chrono::milliseconds(1000));
 }
 
+// Prompt log-probabilities (echo with logprobs): scored in chunks of 5 rows beside another
+// request, they equal the log-softmax of one whole-prompt forward on a fresh engine, row p - 1
+// for token p, to float rounding (1e-4: the batched products' summation order); the prefix cache
+// is bypassed (nothing restored although the prompt was served before), and the generated
+// tokens are still the greedy continuation.
+TEST(Serve, PromptLogprobsEqualOneWholeForward) {
+  auto e = teacher(2, "f32", 64);
+  ASSERT_TRUE(e);
+  const int64_t V = e->config().vocab_size;
+  const std::vector<int32_t> p = ids_for(13, int32_t(V), 21);
+  auto alone = teacher(1, "f32", 64);
+  std::vector<float> all;
+  ASSERT_TRUE(alone->forward({SeqChunk{0, p.data(), int64_t(p.size())}}, true, all).is_ok());
+  ASSERT_EQ(int64_t(all.size()), int64_t(p.size()) * V);
+  SchedulerOptions so;
+  so.max_batch_tokens = 6;  // the other request's decode row + chunks of 5
+  so.prefix_cache_bytes = 1 << 20;
+  so.block_tokens = 4;
+  Scheduler sched(*e, so);
+  sched.start();
+  auto finish = [&](std::shared_ptr<ServeStream> s, std::vector<TokenOut>& got) {
+    while (!s->wait(0, got, std::chrono::milliseconds(100))) {
+    }
+    s->wait(0, got, std::chrono::milliseconds(0));
+  };
+  ServeRequest warm;
+  warm.prompt = p;
+  warm.max_tokens = 2;
+  std::vector<TokenOut> got;
+  finish(sched.submit(warm).value(), got);  // the prompt is now in the prefix cache
+  ServeRequest other;
+  other.prompt = ids_for(4, int32_t(V), 3);
+  other.max_tokens = 20;
+  auto so2 = sched.submit(other);
+  ServeRequest q;
+  q.prompt = p;
+  q.max_tokens = 3;
+  q.top_logprobs = 2;
+  q.prompt_logprobs = true;
+  auto s = sched.submit(q);
+  ASSERT_TRUE(s.is_ok());
+  std::vector<TokenOut> gen;
+  finish(s.value(), gen);
+  EXPECT_EQ(s.value()->cached_tokens(), 0);
+  const std::vector<TokenOut> lp = s.value()->prompt_logprobs();
+  ASSERT_EQ(lp.size(), p.size() - 1);
+  for (size_t i = 1; i < p.size(); ++i) {
+    const float* x = all.data() + int64_t(i - 1) * V;
+    double m = -INFINITY, z = 0;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, double(x[v]));
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(x[v]) - m);
+    const double want = double(x[p[i]]) - m - std::log(z);
+    EXPECT_EQ(lp[i - 1].id, p[i]);
+    EXPECT_NEAR(lp[i - 1].logprob, want, 1e-4) << "prompt token " << i;
+    ASSERT_EQ(lp[i - 1].top.size(), 2u);
+    EXPECT_EQ(lp[i - 1].top[0].first, core::argmax(x, V));
+  }
+  ASSERT_EQ(gen.size(), 3u);
+  EXPECT_EQ(gen[0].id, core::argmax(all.data() + int64_t(p.size() - 1) * V, V));
+  std::vector<TokenOut> og;
+  finish(so2.value(), og);
+  sched.shutdown(std::chrono::milliseconds(1000));
+}
+
 // ---- the protocol's text side ---------------------------------------------------------------
 
 TEST(Serve, TextStreamHoldsBackStopPrefixesAndPartialCharacters) {

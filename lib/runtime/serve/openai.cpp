@@ -211,8 +211,6 @@ std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok,
     return bad("suffix", "not supported");
   if (auto it = j.find("user"); it != j.end() && !it->is_null() && !it->is_string())
     return bad("user", std::string("expected a string, got ") + type_name(*it));
-  if (q.echo && q.logprobs >= 0)
-    return bad("echo", "echo with logprobs (the prompt's log-probabilities) is not supported");
   if (int64_t(q.prompt.size()) + q.max_tokens > context) {
     ApiError e = bad("", "this model's maximum context length is " + std::to_string(context) +
                              " tokens, but " + std::to_string(q.prompt.size() + size_t(q.max_tokens)) +
@@ -513,6 +511,37 @@ json completion_body(const std::string& id, int64_t created, const std::string& 
                        {{"index", 0}, {"text", r.text}, {"logprobs", logprobs},
                         {"finish_reason", r.finish_reason}},
                        q, r, cache_hit);
+}
+
+json echo_logprobs_json(const CompletionRequest& q, const TextStream& ts,
+                        const std::vector<TokenOut>& prompt_lp, const json& gen) {
+  if (q.logprobs < 0) return nullptr;
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
+  size_t off = 0;
+  for (size_t i = 0; i < q.prompt.size(); ++i) {
+    const std::string p = ts.piece(q.prompt[i]);
+    tokens.push_back(p);
+    offs.push_back(off);
+    off += p.size();
+    if (i == 0 || i - 1 >= prompt_lp.size()) {  // the first token has no context to score it
+      lps.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    const TokenOut& t = prompt_lp[i - 1];
+    lps.push_back(t.logprob);
+    json top = json::object();
+    for (const auto& [id, v] : t.top) top[ts.piece(id)] = v;
+    tops.push_back(q.logprobs > 0 ? top : json(nullptr));
+  }
+  if (gen.is_object()) {
+    for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+      json& dst = std::string(k) == "tokens" ? tokens : std::string(k) == "token_logprobs" ? lps
+                  : std::string(k) == "top_logprobs" ? tops : offs;
+      for (const json& v : gen[k]) dst.push_back(v);
+    }
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
 }
 
 json bodies_merge(const std::vector<json>& bodies) {

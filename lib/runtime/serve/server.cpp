@@ -96,6 +96,14 @@ json chunk_of(const std::string& id, int64_t created, const std::string& model,
                                     {"finish_reason", finish}}})}};
 }
 
+// A completion's logprobs object: with echo, the prompt's first.
+json completion_logprobs(const CompletionRequest& q, const TextStream& ts, const ServeStream& s,
+                         const std::vector<TokenOut>& toks) {
+  json gen = logprobs_json(q, ts, toks, q.echo ? q.prompt_text.size() : 0);
+  if (!q.echo || q.logprobs < 0) return gen;
+  return echo_logprobs_json(q, ts, s.prompt_logprobs(), gen);
+}
+
 }  // namespace
 
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -147,6 +155,7 @@ std::optional<ApiError> Server::Impl::submit_choices(const CompletionRequest& q,
     }
     sr.top_logprobs = q.logprobs;
     sr.adjust = q.adjust;
+    sr.prompt_logprobs = q.echo && q.logprobs >= 0 && !q.chat;
     if (!q.ignore_eos) sr.eos = o.eos;
     bool busy = false;
     Result<std::shared_ptr<ServeStream>> s = sched.submit(std::move(sr), &busy);
@@ -189,8 +198,7 @@ void Server::Impl::complete_whole(const CompletionRequest& q, const Streams& ss,
     r.prompt_tokens = int64_t(q.prompt.size());
     r.cached_tokens = s->cached_tokens();
     bodies.push_back(q.chat ? chat_body(id, created, o.model_id, q, r, chat_logprobs_json(q, ts, r.tokens), false)
-                            : completion_body(id, created, o.model_id, q, r,
-                                              logprobs_json(q, ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
+                            : completion_body(id, created, o.model_id, q, r, completion_logprobs(q, ts, *s, r.tokens),
                                               false));
   }
   json body = bodies_merge(bodies);
@@ -259,20 +267,26 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, const Streams& 
         for (size_t i = 0; i < st->choices.size(); ++i) {
           Choice& ch = st->choices[i];
           if (ch.ended) continue;
-          if (!ch.started) {
+          if (!ch.started && q.chat) {
             ch.started = true;
-            if (q.chat) {
-              json c = chat_chunk(id, created, model, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
-              c["choices"][0]["index"] = i;
-              if (!send(sse(c))) return false;
-            } else if (q.echo) {
-              ch.offset = q.prompt_text.size();
-              if (!send(sse(piece(i, q.prompt_text, nullptr, nullptr)))) return false;
-            }
+            json c = chat_chunk(id, created, model, {{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
+            c["choices"][0]["index"] = i;
+            if (!send(sse(c))) return false;
           }
           std::vector<TokenOut> got;
           const bool done = ch.s->wait(ch.have, got, waited ? milliseconds(0) : kPoll);
           waited = true;
+          // The echoed prompt goes first; with logprobs once they exist (the prompt is prefilled
+          // when the first token or the end arrives).
+          if (!ch.started && (q.logprobs < 0 || !got.empty() || done)) {
+            ch.started = true;
+            if (q.echo) {
+              ch.offset = q.prompt_text.size();
+              json lp = q.logprobs >= 0 ? echo_logprobs_json(q, ch.ts, ch.s->prompt_logprobs(), nullptr) : json(nullptr);
+              if (!send(sse(piece(i, q.prompt_text, lp, nullptr)))) return false;
+            }
+          }
+          if (!ch.started) continue;
           ch.have += got.size();
           const size_t kept_before = ch.ts.tokens().size();
           const std::string delta = ch.ts.push(got, done);
@@ -317,8 +331,7 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, const Streams& 
             r.finish_reason = ch.reason;
             bodies.push_back(q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, ch.ts, r.tokens), false)
                                     : completion_body(id, created, model, q, r,
-                                                      logprobs_json(q, ch.ts, r.tokens, q.echo ? q.prompt_text.size() : 0),
-                                                      false));
+                                                      completion_logprobs(q, ch.ts, *ch.s, r.tokens), false));
           }
           json merged = bodies_merge(bodies);
           if (q.include_usage) {
