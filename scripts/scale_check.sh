@@ -153,8 +153,12 @@ for s in $stages; do
         --prompt-len 64 --gen-len 16 ;;
   esac
   # KEEP_OUTPUTS=0: drop each stage's output once measured (an 8B shape's outputs outgrow a disk),
-  # but for the W8A16 model that verify reads.
-  if [ "${KEEP_OUTPUTS:-1}" = 0 ] && [ "$s" != quantize-w8a16-rtn ]; then rm -rf "${out:?}/$s"; fi
+  # but for the W8A16 model that verify reads; its JSON reports (per-layer seconds) stay beside
+  # it as STAGE.REPORT.json.
+  if [ "${KEEP_OUTPUTS:-1}" = 0 ] && [ "$s" != quantize-w8a16-rtn ]; then
+    for f in "$out/$s"/*.json; do [ -f "$f" ] && cp "$f" "$out/$s.$(basename "$f")"; done
+    rm -rf "${out:?}/$s"
+  fi
 done
 
 n_layers=$(grep -o '"num_hidden_layers": [0-9]*' "$out/config.json" | grep -o '[0-9]*$')
