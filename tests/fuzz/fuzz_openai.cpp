@@ -3,7 +3,8 @@
 // kind of tokenizer (a small byte-level BPE) and a ChatML template. A rejected body must carry
 // an HTTP status of 400 or 404 and a message; an accepted one must satisfy what the scheduler
 // relies on: a non-empty prompt of ids inside the vocabulary, max_tokens within the context
-// with the prompt, sane sampling settings, at most 4 stop strings, logprobs in [-1, 20].
+// with the prompt, sane sampling settings, at most 4 stop strings, logprobs in [-1, 20], n in
+// [1, 16], penalties in [-2, 2], logit_bias ids inside the vocabulary with biases in [-100, 100].
 // Built as a libFuzzer target by scripts/fuzz.sh and as a corpus replay ctest in every build.
 #include <cmath>
 
@@ -60,6 +61,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& s : q.stop) FUZZ_CHECK(!s.empty(), "an empty stop string");
     FUZZ_CHECK(q.logprobs >= -1 && q.logprobs <= 20, "logprobs %d", q.logprobs);
     FUZZ_CHECK(q.chat == bool(chat_api), "chat flag");
+    FUZZ_CHECK(q.n >= 1 && q.n <= runtime::serve::kMaxChoices, "n %d", q.n);
+    FUZZ_CHECK(std::fabs(q.adjust.presence) <= 2 && std::fabs(q.adjust.frequency) <= 2, "penalties");
+    FUZZ_CHECK(q.adjust.bias.size() <= 1024, "%zu logit_bias entries", q.adjust.bias.size());
+    for (const auto& [id, b] : q.adjust.bias)
+      FUZZ_CHECK(id >= 0 && id < vocab && std::fabs(b) <= 100, "logit_bias %d: %g", id, double(b));
   }
   return 0;
 }
