@@ -188,7 +188,7 @@ QWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& H, const Gptq
     }
   }
   if (o.act_order) Q = Q.index_select(1, inv);
-  QWeight r{Q.to(torch::kInt8), scale.contiguous(), o.asym ? zp.contiguous() : torch::Tensor(),
+  QWeight r{Q, scale.contiguous(), o.asym ? zp.contiguous() : torch::Tensor(),
             torch::Tensor()};
   if (o.act_order && o.act_order_groups && gs > 0) {  // column perm[i] is in group i / gs
     r.g_idx = torch::div(torch::arange(cols, torch::kInt64), gs, "floor")

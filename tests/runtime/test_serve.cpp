@@ -39,6 +39,15 @@ float max_abs_diff(const float* a, const float* b, int64_t n) {
   return m;
 }
 
+// Every token of a submitted request, once it has ended.
+std::vector<TokenOut> drain(const std::shared_ptr<ServeStream>& s) {
+  std::vector<TokenOut> got;
+  while (!s->wait(0, got, std::chrono::milliseconds(100))) {
+  }
+  s->wait(0, got, std::chrono::milliseconds(0));
+  return got;
+}
+
 std::unique_ptr<Engine> teacher(int slots, const std::string& kv = "f32", int64_t ctx = 256) {
   EngineOptions o;
   o.max_batch = slots;
@@ -289,11 +298,7 @@ TEST(Serve, LogitBiasAndPenaltiesChangeThePickNotTheLogprobs) {
   auto run = [&](ServeRequest q) {
     auto s = sched.submit(std::move(q));
     EXPECT_TRUE(s.is_ok());
-    std::vector<TokenOut> got;
-    while (!s.value()->wait(0, got, std::chrono::milliseconds(100))) {
-    }
-    s.value()->wait(0, got, std::chrono::milliseconds(0));
-    return got;
+    return drain(s.value());
   };
   ServeRequest q;
   q.prompt = ids_for(7, int32_t(V), 11);
@@ -357,16 +362,10 @@ TEST(Serve, PromptLogprobsEqualOneWholeForward) {
   so.block_tokens = 4;
   Scheduler sched(*e, so);
   sched.start();
-  auto finish = [&](std::shared_ptr<ServeStream> s, std::vector<TokenOut>& got) {
-    while (!s->wait(0, got, std::chrono::milliseconds(100))) {
-    }
-    s->wait(0, got, std::chrono::milliseconds(0));
-  };
   ServeRequest warm;
   warm.prompt = p;
   warm.max_tokens = 2;
-  std::vector<TokenOut> got;
-  finish(sched.submit(warm).value(), got);  // the prompt is now in the prefix cache
+  drain(sched.submit(warm).value());  // the prompt is now in the prefix cache
   ServeRequest other;
   other.prompt = ids_for(4, int32_t(V), 3);
   other.max_tokens = 20;
@@ -378,8 +377,7 @@ TEST(Serve, PromptLogprobsEqualOneWholeForward) {
   q.prompt_logprobs = true;
   auto s = sched.submit(q);
   ASSERT_TRUE(s.is_ok());
-  std::vector<TokenOut> gen;
-  finish(s.value(), gen);
+  const std::vector<TokenOut> gen = drain(s.value());
   EXPECT_EQ(s.value()->cached_tokens(), 0);
   const std::vector<TokenOut> lp = s.value()->prompt_logprobs();
   ASSERT_EQ(lp.size(), p.size() - 1);
@@ -396,8 +394,7 @@ TEST(Serve, PromptLogprobsEqualOneWholeForward) {
   }
   ASSERT_EQ(gen.size(), 3u);
   EXPECT_EQ(gen[0].id, core::argmax(all.data() + int64_t(p.size() - 1) * V, V));
-  std::vector<TokenOut> og;
-  finish(so2.value(), og);
+  drain(so2.value());
   sched.shutdown(std::chrono::milliseconds(1000));
 }
 

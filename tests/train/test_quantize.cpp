@@ -106,10 +106,7 @@ TEST(QuantOps, ObsHessianAndFactorMatchTheirDefinitions) {
   torch::Tensor dead;
   const double damp = 0.01;
   const torch::Tensor U = obs_inverse_factor(H.to(torch::kFloat32), damp, &dead);
-  auto Hd = H.clone();
-  Hd.diagonal().masked_fill_(Hd.diagonal() == 0, 1.0);
-  Hd.diagonal().add_(damp * Hd.diagonal().mean().item<double>());
-  auto Uref = torch::linalg::cholesky(torch::cholesky_inverse(torch::linalg::cholesky(Hd))).t();
+  const torch::Tensor Uref = test::obs_factor_reference(H, damp);
   EXPECT_TRUE(torch::equal(U, U.triu()));
   EXPECT_LT((U.to(torch::kFloat64) - Uref).abs().max().item<double>(),
             1e-4 * Uref.abs().max().item<double>());
@@ -138,9 +135,7 @@ TEST(QuantOps, GptqEqualsItsColumnByColumnDefinition) {
     o.asym = asym;
     QWeight g = gptq_quantize(w, H.to(torch::kFloat32), o);
     // The definition.
-    auto Hd = H.clone();
-    Hd.diagonal().add_(o.damp * Hd.diagonal().mean().item<double>());
-    auto U = torch::linalg::cholesky(torch::cholesky_inverse(torch::linalg::cholesky(Hd))).t();
+    const torch::Tensor U = test::obs_factor_reference(H, o.damp);
     auto W = w.to(torch::kFloat64).clone();
     auto Q = torch::empty({40, 64}, torch::kInt64);
     torch::Tensor s, zp;

@@ -25,6 +25,16 @@
 
 namespace shrink::test {
 
+/// The OBS factor as GPTQ's reference code computes it, in float64: H + damp * mean(diag H) * I
+/// (inputs that never fire get diagonal 1 first), then U = cholesky(cholesky_inverse(cholesky)),
+/// upper, so that (H + damp)^-1 = U^T U.
+inline torch::Tensor obs_factor_reference(const torch::Tensor& H, double damp) {
+  auto Hd = H.to(torch::kFloat64).clone();
+  Hd.diagonal().masked_fill_(Hd.diagonal() == 0, 1.0);
+  Hd.diagonal().add_(damp * Hd.diagonal().mean().item<double>());
+  return torch::linalg::cholesky(torch::cholesky_inverse(torch::linalg::cholesky(Hd))).t();
+}
+
 inline core::ModelConfig micro_config(int64_t vocab) {
   core::ModelConfig c = core::config_preset("tiny", vocab).take_or_throw();
   c.hidden_size = 32;

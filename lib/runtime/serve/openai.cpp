@@ -466,22 +466,40 @@ json usage_json(const CompletionResult& r) {
           {"prompt_tokens_details", {{"cached_tokens", r.cached_tokens}}}};
 }
 
+namespace {
+// The legacy completions API's logprobs object: four parallel arrays, text offsets running on.
+struct LegacyLogprobs {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
+  size_t off = 0;
+  // Token `id` at the running offset, scored by `t` (null: nothing scored it, the prompt's first).
+  void add(const CompletionRequest& q, const TextStream& ts, int32_t id, const TokenOut* t) {
+    const std::string p = ts.piece(id);
+    tokens.push_back(p);
+    offs.push_back(off);
+    off += p.size();
+    if (!t) {
+      lps.push_back(nullptr);
+      tops.push_back(nullptr);
+      return;
+    }
+    lps.push_back(t->logprob);
+    json top = json::object();
+    for (const auto& [alt, v] : t->top) top[ts.piece(alt)] = v;
+    tops.push_back(q.logprobs > 0 ? top : json(nullptr));
+  }
+  json body() const {
+    return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
+  }
+};
+}  // namespace
+
 json logprobs_json(const CompletionRequest& q, const TextStream& ts,
                    const std::vector<TokenOut>& toks, size_t text_offset0) {
   if (q.logprobs < 0) return nullptr;
-  json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
-  size_t off = text_offset0;
-  for (const TokenOut& t : toks) {
-    const std::string p = ts.piece(t.id);
-    tokens.push_back(p);
-    lps.push_back(t.logprob);
-    json top = json::object();
-    for (const auto& [id, v] : t.top) top[ts.piece(id)] = v;
-    tops.push_back(q.logprobs > 0 ? top : json(nullptr));
-    offs.push_back(off);
-    off += p.size();
-  }
-  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
+  LegacyLogprobs a;
+  a.off = text_offset0;
+  for (const TokenOut& t : toks) a.add(q, ts, t.id, &t);
+  return a.body();
 }
 
 namespace {
@@ -514,34 +532,14 @@ json completion_body(const std::string& id, int64_t created, const std::string& 
 }
 
 json echo_logprobs_json(const CompletionRequest& q, const TextStream& ts,
-                        const std::vector<TokenOut>& prompt_lp, const json& gen) {
+                        const std::vector<TokenOut>& prompt_lp, const std::vector<TokenOut>& toks) {
   if (q.logprobs < 0) return nullptr;
-  json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
-  size_t off = 0;
-  for (size_t i = 0; i < q.prompt.size(); ++i) {
-    const std::string p = ts.piece(q.prompt[i]);
-    tokens.push_back(p);
-    offs.push_back(off);
-    off += p.size();
-    if (i == 0 || i - 1 >= prompt_lp.size()) {  // the first token has no context to score it
-      lps.push_back(nullptr);
-      tops.push_back(nullptr);
-      continue;
-    }
-    const TokenOut& t = prompt_lp[i - 1];
-    lps.push_back(t.logprob);
-    json top = json::object();
-    for (const auto& [id, v] : t.top) top[ts.piece(id)] = v;
-    tops.push_back(q.logprobs > 0 ? top : json(nullptr));
-  }
-  if (gen.is_object()) {
-    for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
-      json& dst = std::string(k) == "tokens" ? tokens : std::string(k) == "token_logprobs" ? lps
-                  : std::string(k) == "top_logprobs" ? tops : offs;
-      for (const json& v : gen[k]) dst.push_back(v);
-    }
-  }
-  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
+  LegacyLogprobs a;
+  for (size_t i = 0; i < q.prompt.size(); ++i)  // the first token has no context to score it
+    a.add(q, ts, q.prompt[i], i >= 1 && i - 1 < prompt_lp.size() ? &prompt_lp[i - 1] : nullptr);
+  a.off = q.prompt_text.size();
+  for (const TokenOut& t : toks) a.add(q, ts, t.id, &t);
+  return a.body();
 }
 
 json bodies_merge(const std::vector<json>& bodies) {

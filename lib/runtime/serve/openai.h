@@ -112,10 +112,11 @@ nlohmann::json completion_body(const std::string& id, int64_t created, const std
                                const CompletionRequest& q, const CompletionResult& r,
                                const nlohmann::json& logprobs, bool cache_hit);
 /// With echo: the prompt's tokens first (the first with a null log-probability, the others as
-/// ServeStream::prompt_logprobs gives them, text offsets from 0), then `gen` (logprobs_json of
-/// the generated tokens, offsets after the prompt's text), or null without logprobs.
+/// ServeStream::prompt_logprobs gives them, text offsets from 0), then the generated `toks`
+/// (offsets after the prompt's text, as logprobs_json gives them), or null without logprobs.
 nlohmann::json echo_logprobs_json(const CompletionRequest& q, const TextStream& ts,
-                                  const std::vector<TokenOut>& prompt_lp, const nlohmann::json& gen);
+                                  const std::vector<TokenOut>& prompt_lp,
+                                  const std::vector<TokenOut>& toks);
 /// One body with the choices of n single-choice bodies (choice i gets index i) and their usage:
 /// the prompt counted once, the completions' tokens summed.
 nlohmann::json bodies_merge(const std::vector<nlohmann::json>& bodies);

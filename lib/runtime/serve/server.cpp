@@ -99,9 +99,22 @@ json chunk_of(const std::string& id, int64_t created, const std::string& model,
 // A completion's logprobs object: with echo, the prompt's first.
 json completion_logprobs(const CompletionRequest& q, const TextStream& ts, const ServeStream& s,
                          const std::vector<TokenOut>& toks) {
-  json gen = logprobs_json(q, ts, toks, q.echo ? q.prompt_text.size() : 0);
-  if (!q.echo || q.logprobs < 0) return gen;
-  return echo_logprobs_json(q, ts, s.prompt_logprobs(), gen);
+  if (q.echo && q.logprobs >= 0) return echo_logprobs_json(q, ts, s.prompt_logprobs(), toks);
+  return logprobs_json(q, ts, toks, q.echo ? q.prompt_text.size() : 0);
+}
+
+// One finished choice's response body, in the chat or the completions shape.
+json choice_body(const CompletionRequest& q, const std::string& id, int64_t created,
+                 const std::string& model, const TextStream& ts, const ServeStream& s,
+                 const std::string& reason) {
+  CompletionResult r;
+  r.text = (q.echo ? q.prompt_text : "") + ts.text();
+  r.tokens = ts.tokens();
+  r.finish_reason = reason;
+  r.prompt_tokens = int64_t(q.prompt.size());
+  r.cached_tokens = s.cached_tokens();
+  return q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, ts, r.tokens), false)
+                : completion_body(id, created, model, q, r, completion_logprobs(q, ts, s, r.tokens), false);
 }
 
 }  // namespace
@@ -191,15 +204,7 @@ void Server::Impl::complete_whole(const CompletionRequest& q, const Streams& ss,
       if (reason == "error") return send_error(res, server_error(500, "generation failed: " + s->error()));
       return send_error(res, server_error(503, "the request was cancelled (the server is stopping)", "shutting_down"));
     }
-    CompletionResult r;
-    r.text = (q.echo ? q.prompt_text : "") + ts.text();
-    r.tokens = ts.tokens();
-    r.finish_reason = reason;
-    r.prompt_tokens = int64_t(q.prompt.size());
-    r.cached_tokens = s->cached_tokens();
-    bodies.push_back(q.chat ? chat_body(id, created, o.model_id, q, r, chat_logprobs_json(q, ts, r.tokens), false)
-                            : completion_body(id, created, o.model_id, q, r, completion_logprobs(q, ts, *s, r.tokens),
-                                              false));
+    bodies.push_back(choice_body(q, id, created, o.model_id, ts, *s, reason));
   }
   json body = bodies_merge(bodies);
   if (!key.empty()) rcache.put(key, body);
@@ -282,7 +287,7 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, const Streams& 
             ch.started = true;
             if (q.echo) {
               ch.offset = q.prompt_text.size();
-              json lp = q.logprobs >= 0 ? echo_logprobs_json(q, ch.ts, ch.s->prompt_logprobs(), nullptr) : json(nullptr);
+              json lp = q.logprobs >= 0 ? echo_logprobs_json(q, ch.ts, ch.s->prompt_logprobs(), {}) : json(nullptr);
               if (!send(sse(piece(i, q.prompt_text, lp, nullptr)))) return false;
             }
           }
@@ -322,17 +327,8 @@ void Server::Impl::complete_streamed(const CompletionRequest& q, const Streams& 
         // Every choice ended: the usage chunk, the response cache, [DONE].
         if (q.include_usage || !key.empty()) {
           std::vector<json> bodies;
-          for (const Choice& ch : st->choices) {
-            CompletionResult r;
-            r.tokens = ch.ts.tokens();
-            r.prompt_tokens = int64_t(q.prompt.size());
-            r.cached_tokens = ch.s->cached_tokens();
-            r.text = (q.echo ? q.prompt_text : "") + ch.ts.text();
-            r.finish_reason = ch.reason;
-            bodies.push_back(q.chat ? chat_body(id, created, model, q, r, chat_logprobs_json(q, ch.ts, r.tokens), false)
-                                    : completion_body(id, created, model, q, r,
-                                                      completion_logprobs(q, ch.ts, *ch.s, r.tokens), false));
-          }
+          for (const Choice& ch : st->choices)
+            bodies.push_back(choice_body(q, id, created, model, ch.ts, *ch.s, ch.reason));
           json merged = bodies_merge(bodies);
           if (q.include_usage) {
             json u = piece(0, "", nullptr, nullptr);
