@@ -137,75 +137,111 @@ void unpack_panel(const uint8_t* B, int64_t ldb, int64_t n0, int64_t rows, int64
   }
 }
 
-// C[m, n] for 32 rows (two tiles; t1 may be null) x NB weight rows over every block.
-template <int NB>
-void micro(int64_t nblocks, const uint8_t* t0, const uint8_t* t1, const uint8_t* W,
-           int64_t wstride, const uint16_t* scale, const ScaleMap& sm, float* out /*[NB][32]*/) {
-  __m512 f[NB][2];
-  for (int j = 0; j < NB; ++j) f[j][0] = f[j][1] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const uint8_t* a0 = t0 + b * kTileBytes;
-    const uint8_t* a1 = t1 ? t1 + b * kTileBytes : a0;
-    __m512i acc[NB][2];
-    const __m512i c0 = _mm512_loadu_si512(a0 + 512), c1 = _mm512_loadu_si512(a1 + 512);
-    for (int j = 0; j < NB; ++j) {
-      acc[j][0] = c0;
-      acc[j][1] = c1;
+// The panel's weight scales as float, one per (row, block): the micro-kernel's epilogue then
+// broadcasts each from memory instead of converting an f16 through three instructions.
+void panel_scales(const uint16_t* scale, int64_t rows, int64_t nblocks, const ScaleMap& sm,
+                  float* S) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nblocks; ++b)
+      S[r * nblocks + b] = h2f(scale[r * sm.G + (sm.G == 1 ? 0 : sm.index(b))]);
+}
+
+// C[m, n] += for MT tiles of 16 rows x NB weight rows over blocks [b0, b1): NB x MT integer
+// accumulators per block (each broadcast weight quad feeds MT products, each activation vector
+// NB), then the block's epilogue into NB x MT float sums, which start from and return to acc_out
+// (the panel's partial sums, [NB][16 MT] at a stride of ostride floats per weight row).
+template <int NB, int MT>
+void micro(int64_t b0, int64_t b1, const uint8_t* t0, int64_t tstride, const uint8_t* W,
+           int64_t wstride, const float* S, int64_t nblocks, float* acc_out, int64_t ostride) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* a = t0 + b * kTileBytes;
+    __m512i acc[NB][MT];
+    for (int t = 0; t < MT; ++t) {
+      const __m512i c = _mm512_loadu_si512(a + t * tstride + 512);
+      for (int j = 0; j < NB; ++j) acc[j][t] = c;
     }
+#pragma GCC unroll 8
     for (int q = 0; q < 8; ++q) {
-      const __m512i x0 = _mm512_loadu_si512(a0 + 64 * q), x1 = _mm512_loadu_si512(a1 + 64 * q);
+      __m512i x[MT];
+      for (int t = 0; t < MT; ++t) {
+        x[t] = _mm512_loadu_si512(a + t * tstride + 64 * q);
+        // Keep x in a register: GCC otherwise folds the load into each of the NB vpdpbusd,
+        // and the loads, not the products, then bound the kernel (half the speed here).
+        asm("" : "+v"(x[t]));
+      }
       for (int j = 0; j < NB; ++j) {
         int32_t wq;
         std::memcpy(&wq, W + j * wstride + b * 32 + 4 * q, 4);
         const __m512i w = _mm512_set1_epi32(wq);
-        acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], w, x0);
-        acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], w, x1);
+        for (int t = 0; t < MT; ++t) acc[j][t] = _mm512_dpbusd_epi32(acc[j][t], w, x[t]);
       }
     }
-    const __m512 s0 = _mm512_loadu_ps(reinterpret_cast<const float*>(a0 + 576));
-    const __m512 s1 = _mm512_loadu_ps(reinterpret_cast<const float*>(a1 + 576));
-    const int64_t g = sm.G == 1 ? 0 : sm.index(b);
-    for (int j = 0; j < NB; ++j) {
-      const __m512 ws = _mm512_set1_ps(_cvtsh_ss(scale[j * sm.G + g]));
-      f[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][0]), _mm512_mul_ps(s0, ws), f[j][0]);
-      f[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][1]), _mm512_mul_ps(s1, ws), f[j][1]);
+    for (int t = 0; t < MT; ++t) {
+      const __m512 st = _mm512_loadu_ps(reinterpret_cast<const float*>(a + t * tstride + 576));
+      for (int j = 0; j < NB; ++j) {
+        float* o = acc_out + ostride * j + 16 * t;
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][t]),
+                                            _mm512_mul_ps(st, _mm512_set1_ps(S[j * nblocks + b])),
+                                            _mm512_loadu_ps(o)));
+      }
     }
-  }
-  for (int j = 0; j < NB; ++j) {
-    _mm512_storeu_ps(out + 32 * j, f[j][0]);
-    _mm512_storeu_ps(out + 32 * j + 16, f[j][1]);
   }
 }
 
+template <int MT>
+void micro_cols(int nb, int64_t b0, int64_t b1, const uint8_t* t0, int64_t tstride,
+                const uint8_t* W, int64_t wstride, const float* S, int64_t nblocks, float* o,
+                int64_t ostride) {
+  switch (nb) {
+    case 4: micro<4, MT>(b0, b1, t0, tstride, W, wstride, S, nblocks, o, ostride); break;
+    case 3: micro<3, MT>(b0, b1, t0, tstride, W, wstride, S, nblocks, o, ostride); break;
+    case 2: micro<2, MT>(b0, b1, t0, tstride, W, wstride, S, nblocks, o, ostride); break;
+    default: micro<1, MT>(b0, b1, t0, tstride, W, wstride, S, nblocks, o, ostride); break;
+  }
+}
+
+// Loops: panels of kPanel weight rows (unpacked once), then groups of up to 3 activation tiles,
+// then chunks of kChunkBlocks blocks (the group's chunk, about 15 KiB, and the panel's, 8 KiB,
+// stay in L1 while every 4 weight rows of the panel pass), the float sums kept in a panel
+// buffer between chunks.
 void prefill(int64_t M, int64_t N, int64_t K, const uint8_t* A, int64_t lda, const uint8_t* B,
              int64_t ldb, const uint16_t* scale, const ScaleMap& sm, float* C, int64_t ldc) {
+  constexpr int64_t kChunkBlocks = 8, kRowsPer = 48;
   const int64_t nblocks = (K + 31) / 32, tiles = (M + 15) / 16, wstride = nblocks * 32;
+  const int64_t tstride = nblocks * kTileBytes;
   thread_local std::vector<uint8_t> T, W;
-  T.resize(size_t(tiles * nblocks * kTileBytes));
+  thread_local std::vector<float> S;
+  T.resize(size_t(tiles * tstride));
   W.resize(size_t(kPanel * wstride));
+  S.resize(size_t(kPanel * nblocks));
   pack_tiles(M, nblocks, A, lda, T.data());
-  alignas(64) float out[4 * 32];
+  alignas(64) float out[kPanel * kRowsPer];
   for (int64_t p0 = 0; p0 < N; p0 += kPanel) {
     const int64_t pn = std::min(kPanel, N - p0);
     unpack_panel(B, ldb, p0, pn, nblocks, W.data());
-    for (int64_t t = 0; t < tiles; t += 2) {
-      const uint8_t* t0 = T.data() + t * nblocks * kTileBytes;
-      const uint8_t* t1 = t + 1 < tiles ? t0 + nblocks * kTileBytes : nullptr;
-      const int64_t rows = std::min<int64_t>(32, M - t * 16);
-      for (int64_t j0 = 0; j0 < pn; j0 += 4) {
-        const int nb = int(std::min<int64_t>(4, pn - j0));
-        const uint8_t* w = W.data() + j0 * wstride;
-        const uint16_t* s = scale + (p0 + j0) * sm.G;
-        switch (nb) {
-          case 4: micro<4>(nblocks, t0, t1, w, wstride, s, sm, out); break;
-          case 3: micro<3>(nblocks, t0, t1, w, wstride, s, sm, out); break;
-          case 2: micro<2>(nblocks, t0, t1, w, wstride, s, sm, out); break;
-          default: micro<1>(nblocks, t0, t1, w, wstride, s, sm, out); break;
+    panel_scales(scale + p0 * sm.G, pn, nblocks, sm, S.data());
+    for (int64_t t = 0; t < tiles; t += 3) {
+      const int mt = int(std::min<int64_t>(3, tiles - t));
+      const uint8_t* t0 = T.data() + t * tstride;
+      std::fill(out, out + kPanel * kRowsPer, 0.0f);
+      for (int64_t b0 = 0; b0 < nblocks; b0 += kChunkBlocks) {
+        const int64_t b1 = std::min(nblocks, b0 + kChunkBlocks);
+        for (int64_t j0 = 0; j0 < pn; j0 += 4) {
+          const int nb = int(std::min<int64_t>(4, pn - j0));
+          const uint8_t* w = W.data() + j0 * wstride;
+          const float* s = S.data() + j0 * nblocks;
+          float* o = out + j0 * kRowsPer;
+          switch (mt) {
+            case 3: micro_cols<3>(nb, b0, b1, t0, tstride, w, wstride, s, nblocks, o, kRowsPer); break;
+            case 2: micro_cols<2>(nb, b0, b1, t0, tstride, w, wstride, s, nblocks, o, kRowsPer); break;
+            default: micro_cols<1>(nb, b0, b1, t0, tstride, w, wstride, s, nblocks, o, kRowsPer); break;
+          }
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          float* c = C + (t * 16 + r) * ldc + p0 + j0;
-          for (int j = 0; j < nb; ++j) c[j] = out[32 * j + r];
-        }
+      }
+      const int64_t rows = std::min<int64_t>(16 * mt, M - t * 16);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* c = C + (t * 16 + r) * ldc + p0;
+        for (int64_t j = 0; j < pn; ++j) c[j] = out[j * kRowsPer + r];
       }
     }
   }
