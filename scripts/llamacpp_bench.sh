@@ -34,8 +34,8 @@
 #   speed and native also take --kinds "f32 bf16 w8 w4" (the weights compared; only those are
 #   made) and --act-quant "auto" (shrink-rt's --act-quant values, each a row of its own for the
 #   quantized kinds, interleaved in the same repetitions) and --cpu-weights "auto" (likewise for
-#   the bf16 kind: "auto bf16" adds shrink-rt's bf16 arithmetic, activations rounded to bf16 as
-#   llama.cpp's BF16 rounds them, beside the exact default): e.g. --kinds "w8 w4" --act-quant
+#   the bf16 kind: "exact auto" adds shrink-rt's fp32 arithmetic beside the default, which rounds
+#   the activations to bf16 as llama.cpp's BF16 does): e.g. --kinds "w8 w4" --act-quant
 #   "none auto" compares float and int8 activations against llama.cpp in one run.
 #
 # Output: a Markdown table and $OUT/results.jsonl (default runs/llamacpp-bench). The machine's

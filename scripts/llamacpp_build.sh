@@ -23,4 +23,9 @@ cmake -S "$DEST/src" -B "$DEST/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML
   || { tail -20 "$DEST/configure.log" >&2; exit 1; }
 ninja -C "$DEST/build" llama-bench llama-quantize llama-perplexity >"$DEST/build.log" 2>&1 \
   || { tail -20 "$DEST/build.log" >&2; exit 1; }
+# llama.cpp sets its own output directory (build/bin), overriding the one given above.
+if [ ! -x "$DEST/bin/llama-bench" ] && [ -x "$DEST/build/bin/llama-bench" ]; then
+  rm -rf "$DEST/bin"
+  ln -s build/bin "$DEST/bin"
+fi
 echo "llamacpp_build: $DEST/bin: $(ls "$DEST/bin" | tr '\n' ' ')"

@@ -27,6 +27,8 @@ try {
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((a, x, i, all) => (x.startsWith('--') ? [...a, [x.slice(2), all[i + 1]]] : a), []));
 const RT = args.rt, MODEL = args.model;
+// Server and references run with --cpu-weights exact: the default teacher is bf16, and its default
+// bf16 activations would turn batched-versus-alone summation-order differences into rounding flips.
 const KEY = 'sk-shrink-test';
 let failures = 0;
 function check(ok, what) {
@@ -41,7 +43,7 @@ async function expectError0(what, fn, status, test) {
 }
 
 function generate(prompt, n, extra = [], ids = null) {
-  const r = spawnSync(RT, ['--threads', '1', '--json', 'generate', MODEL, ...(ids ? ['--prompt-ids', ids.join(',')] : ['--prompt', prompt]),
+  const r = spawnSync(RT, ['--cpu-weights', 'exact', '--threads', '1', '--json', 'generate', MODEL, ...(ids ? ['--prompt-ids', ids.join(',')] : ['--prompt', prompt]),
                            '--max-new-tokens', String(n), '--ignore-eos', ...extra], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`shrink-rt generate failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
@@ -49,7 +51,7 @@ function generate(prompt, n, extra = [], ids = null) {
 
 function startServer(extra) {
   return new Promise((resolve, reject) => {
-    const p = spawn(RT, ['--threads', '1', 'serve', MODEL, '--port', '0', '--ctx', '512', ...extra],
+    const p = spawn(RT, ['--cpu-weights', 'exact', '--threads', '1', 'serve', MODEL, '--port', '0', '--ctx', '512', ...extra],
                     { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '', err = '';
     p.stderr.on('data', (d) => { err += d; });

@@ -19,6 +19,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((a, x, i, all) => (x.startsWith('--') ? [...a, [x.slice(2), all[i + 1]]] : a), []));
 const RT = args.rt, MODEL = args.model;
+// Server and references run with --cpu-weights exact: the default teacher is bf16, and its default
+// bf16 activations would turn batched-versus-alone summation-order differences into rounding flips.
 const REQUESTS = Number(args.requests || 2000), CONCURRENCY = Number(args.concurrency || 32);
 const RSS_SLACK_MB = Number(process.env.RSS_SLACK_MB || 48);
 const t0 = Date.now();
@@ -33,7 +35,7 @@ for (const p of prompts) {
   for (const s of settings) {
     const extra = s.temperature ? ['--temperature', String(s.temperature), '--seed', String(s.seed),
                                    ...(s.top_p ? ['--top-p', String(s.top_p)] : []), ...(s.top_k ? ['--top-k', String(s.top_k)] : [])] : [];
-    const r = spawnSync(RT, ['--threads', '1', '--json', 'generate', MODEL, '--prompt', p, '--max-new-tokens',
+    const r = spawnSync(RT, ['--cpu-weights', 'exact', '--threads', '1', '--json', 'generate', MODEL, '--prompt', p, '--max-new-tokens',
                              String(REF_LEN), '--ignore-eos', ...extra], { encoding: 'utf8' });
     if (r.status !== 0) { console.error(r.stderr); process.exit(1); }
     refs.push({ prompt: p, s, ids: JSON.parse(r.stdout).new_ids });
@@ -44,7 +46,7 @@ fs.writeFileSync(chatTemplate, JSON.parse(fs.readFileSync(path.join(here, '..', 
 
 const wrapper = args.wrapper ? args.wrapper.split(' ') : [];
 const server = await new Promise((resolve, reject) => {
-  const cmd = [...wrapper, RT, '--threads', '2', 'serve', MODEL, '--port', '0', '--slots', '16', '--ctx', '512',
+  const cmd = [...wrapper, RT, '--cpu-weights', 'exact', '--threads', '2', 'serve', MODEL, '--port', '0', '--slots', '16', '--ctx', '512',
                '--queue', '1024', '--prefix-cache-mb', '64', '--response-cache', '256', '--chat-template', chatTemplate];
   const p = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';

@@ -266,9 +266,10 @@ struct CpuBackendOptions {
   /// nearest even; half the bytes per decode step, and a bf16 checkpoint's weights exactly as
   /// stored). bf16 decode GEMVs widen the weights in registers and compute in fp32.
   std::string float_weights = "f32";
-  /// bf16 weights in prefill: oneDNN's bf16 matmul (bf16 activations, fp32 accumulation) where
-  /// the CPU has AVX512_BF16 (faster, activations rounded); false, or without AVX512_BF16: the
-  /// weights widened a panel at a time into the fp32 GEMM (exact).
+  /// bf16 weights: activations rounded to bf16 (round to nearest even) on every path, products
+  /// summed in fp32, as llama.cpp's and PyTorch's bf16 models compute; prefill then runs
+  /// oneDNN's bf16 matmul where the CPU has AVX512_BF16. false: fp32 activations, the weights
+  /// widened into fp32 arithmetic (exact to the stored weights).
   bool bf16_gemm = true;
 };
 /// The CPU backend (kernels/cpu). Errors: kInvalidInput for an unknown or unsupported ISA.

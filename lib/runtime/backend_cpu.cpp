@@ -296,7 +296,8 @@ class CpuBackend : public Backend {
 
   std::string describe() const override {
     return std::string("cpu ") + cpu_kernels::isa_name(k_.isa) +
-           (bf16_ ? bf16_gemm_ ? ", bf16 weights" : ", bf16 weights (fp32 arithmetic)" : "") +
+           (bf16_ ? bf16_gemm_ ? ", bf16 weights and activations" : ", bf16 weights (fp32 arithmetic)"
+                  : "") +
            ", gemm " + cpu_kernels::gemm_library_name() +
            ", " + std::to_string(threads_) + (threads_ == 1 ? " thread" : " threads") +
            (cpu_kernels::threads_have_openmp() ? "" : " (no OpenMP)");
@@ -648,12 +649,22 @@ class CpuBackend : public Backend {
   void linear_bf16(const CpuLinear& l, const float* x, int64_t M, float* y, int64_t ldy,
                    bool big) {
     const int64_t N = l.out, K = l.in;
-    if (big && bf16_gemm_ && cpu_kernels::gemm_bf16_native()) {
+    if (bf16_gemm_) {
+      // bf16 activations (round to nearest even) on every path, products summed in fp32: the
+      // bf16 matmul for prefill where the CPU has AVX512_BF16, else the paths below on the
+      // rounded values. So a row's result does not depend on the batch it runs in (decode
+      // rows alone in the GEMV or many in the GEMM), only on summation order.
       xb_.resize(size_t(M * K));
       cpu_kernels::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = core::f32_to_bf16(x[i]);
       });
-      if (cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wbp, K, y, ldy)) return;
+      if (big && cpu_kernels::gemm_bf16_native() &&
+          cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wbp, K, y, ldy)) {
+        return;
+      }
+      xr_.resize(size_t(M * K));
+      for (int64_t i = 0; i < M * K; ++i) xr_[size_t(i)] = core::bf16_to_f32(xb_[size_t(i)]);
+      x = xr_.data();
     }
     // Many rows: widened into the library's fp32 GEMM a panel at a time (N*K conversions in
     // all, against M*N*K products).
@@ -731,7 +742,7 @@ class CpuBackend : public Backend {
   bool bf16_gemm_ = true;
   std::vector<uint16_t> xb_;
   // Scratch reused across calls (the engine calls ops from one thread).
-  std::vector<float> deq_, sx_, xsum_, xp_;
+  std::vector<float> deq_, sx_, xsum_, xp_, xr_;
   std::vector<float> rs_;  // per-row scales of split rows (act_rows_split)
   std::function<void(float*, int64_t)> row_absmax_reduce_;
   std::vector<int8_t> qx_;

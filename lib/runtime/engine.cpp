@@ -889,11 +889,14 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   CpuBackendOptions bo;
   bo.threads = opts.threads;
   bo.isa = opts.isa;
-  if (opts.float_weights.empty() || opts.float_weights == "auto") {
-    // As stored: a bf16 checkpoint keeps its float weights in bf16 (exact, half the bytes of
-    // float32, and no float32 copy of the model), computed in fp32.
+  if (opts.float_weights.empty() || opts.float_weights == "auto" ||
+      opts.float_weights == "exact") {
+    // As stored: a bf16 checkpoint keeps its float weights in bf16 (half the bytes of float32,
+    // and no float32 copy of the model). auto rounds its activations to bf16 and sums in fp32
+    // (oneDNN's bf16 matmul for prefill where the CPU has AVX512_BF16), as llama.cpp and
+    // PyTorch compute a bf16 model; exact keeps fp32 activations (the weights widened).
     bo.float_weights = stored_bf16 ? "bf16" : "f32";
-    bo.bf16_gemm = false;
+    bo.bf16_gemm = opts.float_weights != "exact";
   } else {
     bo.float_weights = opts.float_weights;
   }

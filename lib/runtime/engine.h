@@ -42,9 +42,11 @@ struct EngineOptions {
   int max_batch = 1;        // KV-cache slots
   std::string device = "cpu";  // cpu | cuda
   /// cuda: f16 (default) | bf16 | f32. cpu: auto (default, also ""): as stored, so a bfloat16
-  /// checkpoint keeps bf16 weights and embedding (exact, half the memory of float32, no float32
-  /// copy) computed in fp32, anything else f32 | f32 | bf16 (rounded, with oneDNN's bf16 matmul
-  /// for prefill where the CPU has AVX512_BF16).
+  /// checkpoint keeps bf16 weights and embedding (half the memory of float32, no float32 copy)
+  /// and rounds the activations of its linears to bf16, summing in fp32 (oneDNN's bf16 matmul
+  /// for prefill where the CPU has AVX512_BF16), anything else f32 | exact: as stored, fp32
+  /// activations (a bf16 model's logits equal the float32 engine's to float rounding) | f32 |
+  /// bf16 (float weights rounded to bf16, activations as auto's).
   std::string float_weights;
   int gemv_max_rows = 0;       // cuda: see CudaBackendOptions
   bool graphs = true;          // cuda: record decode steps in CUDA graphs

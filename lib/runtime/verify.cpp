@@ -141,7 +141,8 @@ Result<TaskItems> task_items_load(const std::string& reference_dir, const Verify
 }
 
 // The engine options of both models, sized for the longest of the evaluation windows, the
-// benchmark and the task. The reference keeps an f32 lm_head, KV cache and float activations: it is what it is;
+// benchmark and the task. The reference keeps an f32 lm_head, KV cache and float activations,
+// and a bf16 reference runs in fp32 arithmetic: it is what it is;
 // only the compact model's head, cache and activations may shrink.
 EngineOptions engine_options(const VerifyOptions& o, int64_t task_positions, bool reference) {
   EngineOptions eo = o.engine;
@@ -151,6 +152,9 @@ EngineOptions engine_options(const VerifyOptions& o, int64_t task_positions, boo
     eo.lm_head = "f32";
     eo.kv_cache = "f32";
     eo.act_quant = "none";
+    if (eo.device != "cuda" && (eo.float_weights.empty() || eo.float_weights == "auto")) {
+      eo.float_weights = "exact";  // a bf16 reference in fp32 arithmetic, not bf16 prefill
+    }
   }
   return eo;
 }

@@ -65,6 +65,7 @@ int run_case(const std::string& model, const std::string& case_dir,
   eo.threads = 1;
   eo.lm_head = "f32";  // the exports keep a float head as stored
   eo.act_quant = "none";  // and float activations (ONNX weight-only MatMuls; the checks bound llama.cpp's Q8)
+  eo.float_weights = "exact";  // a bf16 model in fp32 arithmetic, as the f32 ONNX graph runs it
   auto engine = runtime::Engine::load(model, eo).take_or_throw();
   const int64_t V = engine->config().vocab_size;
   if (prompt.empty()) {

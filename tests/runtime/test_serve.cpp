@@ -53,6 +53,9 @@ std::unique_ptr<Engine> teacher(int slots, const std::string& kv = "f32", int64_
   o.max_batch = slots;
   o.max_seq_len = ctx;
   o.kv_cache = kv;
+  // The teacher is bf16: in fp32 arithmetic, so that batched and alone differ by summation
+  // order only (bf16 activations would turn those differences into rounding flips).
+  o.float_weights = "exact";
   auto e = Engine::load(kTeacher, o);
   EXPECT_TRUE(e.is_ok()) << e.status().message();
   return e.is_ok() ? std::move(e).value() : nullptr;

@@ -580,10 +580,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "f16", "int8"}));
   app.add_option("--cpu-weights", g.cpu_weights,
                  "cpu: storage of float weights: auto (default: as the checkpoint stores them, "
-                 "bf16 for a bfloat16 model, else f32; fp32 arithmetic, exact), f32, or bf16 "
-                 "(rounded to bf16, half the bytes; oneDNN bf16 matmul for prefill where the CPU "
-                 "has AVX512_BF16)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+                 "bf16 for a bfloat16 model, else f32; a bf16 model's activations are rounded to "
+                 "bf16 and summed in fp32, as llama.cpp and PyTorch compute it, with oneDNN's "
+                 "bf16 matmul for prefill where the CPU has AVX512_BF16), exact (as stored, fp32 "
+                 "activations), f32, or bf16 (rounded to bf16, half the bytes; as auto's)")
+      ->check(CLI::IsMember({"auto", "exact", "f32", "bf16"}));
   app.add_option("--cuda-weights", g.cuda_weights,
                  "cuda: storage of float linear weights: f16 (default), bf16, f32");
   app.add_option("--cuda-gemv-rows", g.cuda_gemv_rows,
