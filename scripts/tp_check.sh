@@ -97,4 +97,58 @@ for transport in gloo shm; do
   [ $((t1 - t0)) -le 30 ] || fail "$transport: rank 0 took $((t1 - t0)) s to fail (--dist-timeout 5)"
   echo "tp_check: $transport, stalled rank: rank 0 exit 1 after $((t1 - t0)) s: $(head -c 300 "$out/r0.err")"
 done
+# 4. serve --tp 2: rank 0 serves HTTP, rank 1 follows its steps. A greedy completion equals
+#    generate in one process; SIGTERM drains and stops both ranks (exit 0); a killed follower
+#    makes the server exit 1 within --dist-timeout, naming the rank.
+serve_up() {  # OUT_PREFIX: starts a server, sets $srv and $port
+  "${RTX[@]}" --threads 2 --tp 2 --dist-timeout 5 serve "$M" --port 0 >"$1.out" 2>"$1.err" &
+  srv=$!
+  pids+=("$srv")
+  port=""
+  for _ in $(seq 300); do
+    sleep 0.1
+    port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1.out" 2>/dev/null | grep -o '[0-9]*$' || true)
+    [ -n "$port" ] && break
+  done
+  [ -n "$port" ] || fail "serve --tp 2 did not start: $(cat "$1.err")"
+}
+if ! command -v node >/dev/null; then
+  echo "tp_check: SKIPPED serve --tp 2 (node, the HTTP client here, is not installed)"
+  echo "tp_check: ok"
+  exit 0
+fi
+serve_up "$out/serve"
+text=$(node -e '
+  const body = JSON.stringify({prompt: process.argv[2], max_tokens: 32, temperature: 0});
+  const req = require("http").request({host: "127.0.0.1", port: +process.argv[1], method: "POST",
+      path: "/v1/completions", headers: {"Content-Type": "application/json"}}, (res) => {
+    let d = "";
+    res.on("data", (c) => (d += c));
+    res.on("end", () => { if (res.statusCode !== 200) process.exit(1);
+                          process.stdout.write(JSON.parse(d).choices[0].text); });
+  });
+  req.on("error", () => process.exit(1));
+  req.end(body);' "$port" "$prompt") ||
+  fail "serve --tp 2: the completion request failed: $(cat "$out/serve.err")"
+one=$("${RTX[@]}" --threads 2 generate "$M" --prompt "$prompt" --max-new-tokens 32)
+[ "$prompt$text" = "$one" ] || fail "serve --tp 2 completion differs from generate: '$prompt$text' vs '$one'"
+kill -TERM "$srv"
+rc=0
+timeout 30 tail --pid="$srv" -f /dev/null || fail "serve --tp 2 did not stop on SIGTERM"
+wait "$srv" || rc=$?
+[ "$rc" = 0 ] || fail "serve --tp 2 exited $rc on SIGTERM, expected 0: $(cat "$out/serve.err")"
+echo "tp_check: serve --tp 2: the greedy completion equals generate; SIGTERM: exit 0"
+serve_up "$out/serve2"
+victim=$(pgrep -P "$srv" | tail -1)
+[ -n "$victim" ] || fail "serve --tp 2: no rank processes"
+kill -9 "$victim"
+t0=$(date +%s)
+rc=0
+timeout 60 tail --pid="$srv" -f /dev/null || fail "serve --tp 2 hung after a rank was killed"
+wait "$srv" || rc=$?
+t1=$(date +%s)
+[ "$rc" = 1 ] || fail "serve --tp 2, killed rank: exit $rc, expected 1: $(cat "$out/serve2.err")"
+grep -Eq "rank 1 \(pid $victim\) was killed by signal 9" "$out/serve2.err" ||
+  fail "serve --tp 2: the killed rank is not named: $(cat "$out/serve2.err")"
+echo "tp_check: serve --tp 2, killed rank: exit 1 after $((t1 - t0)) s"
 echo "tp_check: ok"

@@ -97,6 +97,13 @@ Result<int> tcp_port_free() {
   return port;
 }
 
+namespace {
+volatile sig_atomic_t g_rank0_pid = 0;
+void forward_to_rank0(int sig) {
+  if (g_rank0_pid > 0) ::kill(pid_t(g_rank0_pid), sig);
+}
+}  // namespace
+
 int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, std::string* error) {
   int port = o.master_port;
   if (port == 0) {
@@ -144,6 +151,14 @@ int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, st
       ::_exit(rc);
     }
     pids[size_t(r)] = pid;
+  }
+  if (o.forward_stop_signals) {
+    g_rank0_pid = pids[0];
+    struct sigaction sa {};
+    sa.sa_handler = forward_to_rank0;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, nullptr);
   }
 
   // Supervise: the first failure stops everyone.

@@ -42,6 +42,9 @@ struct LaunchOptions {
   int master_port = 0;   // 0: a free port
   double grace_s = 10;   // SIGTERM -> SIGKILL delay for the survivors of a failed worker
   std::string failure_hint;  // appended to the error of a failed launch
+  /// SIGINT and SIGTERM sent to the launcher go to rank 0 only (a server that drains, then stops
+  /// the other ranks itself); otherwise they end the launcher, and the workers with it.
+  bool forward_stop_signals = false;
 };
 
 /// Fork `nproc` workers; worker r runs body(r) with the torchrun variables set and exits with

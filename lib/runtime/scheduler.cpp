@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <unordered_map>
 
 #include "runtime/api.h"
@@ -78,13 +79,103 @@ struct Scheduler::Active {
   std::unordered_map<int32_t, int32_t> counts;  // of gen's ids, for penalties
   std::vector<TokenOut> prompt_lp;              // prompt_logprobs, as the chunks are prefilled
   core::Sampler sampler;
+  bool cancel = false;  // this iteration's decision (the leader's, under tensor parallelism)
   Active(ServeRequest r, std::shared_ptr<ServeStream> s)
       : req(std::move(r)), out(std::move(s)), sampler(req.sampling, req.seed) {}
   bool prefilling() const { return prefilled < int64_t(req.prompt.size()); }
 };
 
+// One iteration's inputs: what the leader decided (and, under tensor parallelism, broadcast).
+struct Scheduler::Tick {
+  bool exit = false;      // stopping and nothing running
+  bool deadline = false;  // stopping and the grace period is over: cancel what runs
+  std::vector<std::pair<ServeRequest, std::shared_ptr<ServeStream>>> admitted;  // in slot order
+  std::vector<uint32_t> cancel;  // indices into active_
+};
+
+namespace {
+
+// The leader's Tick as bytes (tensor parallelism): every field of each admitted ServeRequest.
+struct Writer {
+  std::vector<uint8_t> b;
+  template <class T>
+  void put(T v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    b.insert(b.end(), p, p + sizeof(T));
+  }
+  template <class T>
+  void vec(const std::vector<T>& v) {
+    put(uint32_t(v.size()));
+    for (const T& x : v) put(x);
+  }
+};
+struct Reader {
+  const std::vector<uint8_t>& b;
+  size_t at = 0;
+  template <class T>
+  T get() {
+    T v{};
+    if (at + sizeof(T) > b.size()) throw TpError("serving: a truncated step from the leader");
+    std::memcpy(&v, b.data() + at, sizeof(T));
+    at += sizeof(T);
+    return v;
+  }
+  template <class T>
+  std::vector<T> vec() {
+    std::vector<T> v(get<uint32_t>());
+    for (T& x : v) x = get<T>();
+    return v;
+  }
+};
+
+void write_request(Writer& w, const ServeRequest& r) {
+  w.vec(r.prompt);
+  w.put(r.max_tokens);
+  w.put(r.sampling.temperature);
+  w.put(r.sampling.top_k);
+  w.put(r.sampling.top_p);
+  w.put(r.seed);
+  w.put(int32_t(r.top_logprobs));
+  w.put(r.adjust.presence);
+  w.put(r.adjust.frequency);
+  w.put(uint32_t(r.adjust.bias.size()));
+  for (const auto& [id, v] : r.adjust.bias) {
+    w.put(id);
+    w.put(v);
+  }
+  w.put(uint8_t(r.prompt_logprobs));
+  w.vec(r.eos);
+}
+
+ServeRequest read_request(Reader& rd) {
+  ServeRequest r;
+  r.prompt = rd.vec<int32_t>();
+  r.max_tokens = rd.get<int64_t>();
+  r.sampling.temperature = rd.get<float>();
+  r.sampling.top_k = rd.get<int32_t>();
+  r.sampling.top_p = rd.get<float>();
+  r.seed = rd.get<uint64_t>();
+  r.top_logprobs = rd.get<int32_t>();
+  r.adjust.presence = rd.get<float>();
+  r.adjust.frequency = rd.get<float>();
+  r.adjust.bias.resize(rd.get<uint32_t>());
+  for (auto& [id, v] : r.adjust.bias) {
+    id = rd.get<int32_t>();
+    v = rd.get<float>();
+  }
+  r.prompt_logprobs = rd.get<uint8_t>() != 0;
+  r.eos = rd.vec<int64_t>();
+  return r;
+}
+
+}  // namespace
+
 Scheduler::Scheduler(Engine& e, SchedulerOptions o)
     : e_(e), o_(o), cache_(o.prefix_cache_bytes, o.block_tokens, e.kv_bytes_per_token()) {
+  if (TpComm* tp = e.tp(); tp && tp->size() > 1) {
+    tp_ = tp;
+    follower_ = tp->rank() != 0;
+  }
   for (int s = e.max_batch() - 1; s >= 0; --s) free_slots_.push_back(s);
   st_.slots = e.max_batch();
   st_.prefix_budget = o.prefix_cache_bytes;
@@ -98,6 +189,8 @@ void Scheduler::start() {
 
 Result<std::shared_ptr<ServeStream>> Scheduler::submit(ServeRequest r, bool* busy) {
   if (busy) *busy = false;
+  SHRINK_CHECK(!follower_, StatusCode::kInvalidInput,
+               "a follower rank takes no requests (rank 0 of the tensor-parallel group does)");
   const int64_t V = e_.config().vocab_size, ctx = e_.max_seq_len();
   SHRINK_CHECK(!r.prompt.empty(), StatusCode::kInvalidInput, "the prompt is empty");
   for (size_t i = 0; i < r.prompt.size(); ++i) {
@@ -144,6 +237,16 @@ void Scheduler::shutdown(std::chrono::milliseconds grace) {
   queue_.clear();
 }
 
+Status Scheduler::wait_stopped() {
+  if (thread_.joinable()) thread_.join();
+  return failure();
+}
+
+Status Scheduler::failure() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return broken_;
+}
+
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
   return st_;
@@ -167,59 +270,133 @@ void Scheduler::retire(Active& a, const std::string& reason, const std::string& 
   a.slot = -1;
 }
 
-void Scheduler::admit(std::vector<std::unique_ptr<Active>>& fresh) {
-  std::lock_guard<std::mutex> lk(mu_);
-  while (!free_slots_.empty() && !queue_.empty() && !stopping_) {
-    auto a = std::make_unique<Active>(std::move(queue_.front().first), queue_.front().second);
-    queue_.pop_front();
-    a->slot = free_slots_.back();
-    free_slots_.pop_back();
-    fresh.push_back(std::move(a));
+// The iteration's inputs. Alone, or as the leader: wait for work (an idle leader at most a
+// heartbeat), then decide the stop, the admissions (queued requests, as many as there are free
+// slots) and the cancellations; a leader broadcasts them. A follower receives them.
+Status Scheduler::tick(Tick& t) {
+  if (!follower_) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      auto ready = [&] {
+        return stopping_ || !active_.empty() || (!queue_.empty() && !free_slots_.empty());
+      };
+      if (tp_) {
+        cv_.wait_for(lk, o_.heartbeat, ready);
+      } else {
+        cv_.wait(lk, ready);
+      }
+      t.exit = stopping_ && active_.empty();
+      t.deadline = !t.exit && stopping_ && has_deadline_ && Clock::now() >= deadline_;
+      if (!stopping_) {
+        for (size_t n = std::min(free_slots_.size(), queue_.size()); n > 0; --n) {
+          t.admitted.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+    }
+    for (size_t i = 0; i < active_.size(); ++i)
+      if (active_[i]->slot >= 0 && active_[i]->out->cancelled()) t.cancel.push_back(uint32_t(i));
+    if (!tp_) return Status::ok();
+    Writer w;
+    w.put(uint8_t(t.exit));
+    w.put(uint8_t(t.deadline));
+    w.put(uint32_t(t.admitted.size()));
+    for (const auto& a : t.admitted) write_request(w, a.first);
+    w.vec(t.cancel);
+    try {
+      tp_->broadcast(w.b);
+    } catch (const TpError& e) {
+      return Status(StatusCode::kInternal, std::string("serving step: ") + e.what());
+    }
+    return Status::ok();
   }
-  st_.queued = int64_t(queue_.size());
+  std::vector<uint8_t> b;
+  try {
+    tp_->broadcast(b);
+    Reader rd{b};
+    t.exit = rd.get<uint8_t>() != 0;
+    t.deadline = rd.get<uint8_t>() != 0;
+    for (uint32_t n = rd.get<uint32_t>(); n > 0; --n)
+      t.admitted.emplace_back(read_request(rd), std::make_shared<ServeStream>());
+    t.cancel = rd.vec<uint32_t>();
+  } catch (const TpError& e) {
+    return Status(StatusCode::kInternal, std::string("serving step: ") + e.what());
+  }
+  for (uint32_t i : t.cancel)
+    SHRINK_CHECK(i < active_.size(), StatusCode::kInternal,
+                 "serving step: the leader cancels request %u of %zu", i, active_.size());
+  return Status::ok();
+}
+
+// The admitted requests take free slots in order (the same slots on every rank) and restore
+// their cached prefix.
+void Scheduler::admit(Tick& t) {
+  for (auto& [req, out] : t.admitted) {
+    auto a = std::make_unique<Active>(std::move(req), std::move(out));
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      a->slot = free_slots_.back();
+      free_slots_.pop_back();
+      st_.queued = int64_t(queue_.size());
+    }
+    e_.reset(a->slot);
+    // Reuse at most prompt - 1 tokens: the last prompt token's forward gives the first logits.
+    // Prompt log-probabilities need every position's logits: nothing is reused.
+    Result<int64_t> got =
+        a->req.prompt_logprobs
+            ? Result<int64_t>(int64_t(0))
+            : cache_.restore(e_, a->slot, a->req.prompt.data(), int64_t(a->req.prompt.size()) - 1);
+    if (!got.is_ok()) {
+      e_.reset(a->slot);
+      got = int64_t(0);
+    }
+    a->prefilled = got.value();
+    a->out->set_cached(a->prefilled);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      st_.cached_tokens += uint64_t(a->prefilled);
+    }
+    active_.push_back(std::move(a));
+  }
 }
 
 void Scheduler::loop() {
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] {
-        return stopping_ || !active_.empty() || (!queue_.empty() && !free_slots_.empty());
-      });
-      if (stopping_ && active_.empty()) break;
-      if (stopping_ && has_deadline_ && Clock::now() >= deadline_) {
-        lk.unlock();
-        for (auto& a : active_) retire(*a, "cancelled");
-        active_.clear();
-        break;
-      }
-    }
-    std::vector<std::unique_ptr<Active>> fresh;
-    admit(fresh);
-    for (auto& a : fresh) {
-      e_.reset(a->slot);
-      // Reuse at most prompt - 1 tokens: the last prompt token's forward gives the first logits.
-      // Prompt log-probabilities need every position's logits: nothing is reused.
-      Result<int64_t> got =
-          a->req.prompt_logprobs
-              ? Result<int64_t>(int64_t(0))
-              : cache_.restore(e_, a->slot, a->req.prompt.data(), int64_t(a->req.prompt.size()) - 1);
-      if (!got.is_ok()) {
-        e_.reset(a->slot);
-        got = int64_t(0);
-      }
-      a->prefilled = got.value();
-      a->out->set_cached(a->prefilled);
+    Tick t;
+    Status ts = tick(t);
+    if (!ts.is_ok()) {  // the tensor-parallel group failed: every rank stops
+      for (auto& a : active_) retire(*a, "error", ts.message());
+      active_.clear();
       {
         std::lock_guard<std::mutex> lk(mu_);
-        st_.cached_tokens += uint64_t(a->prefilled);
+        broken_ = ts;
+        stopping_ = true;
       }
-      active_.push_back(std::move(a));
+      if (o_.on_broken) o_.on_broken();
+      break;
     }
+    if (t.exit) break;
+    if (t.deadline) {
+      for (auto& a : active_) retire(*a, "cancelled");
+      active_.clear();
+      break;
+    }
+    admit(t);
+    for (uint32_t i : t.cancel) active_[i]->cancel = true;
+    if (active_.empty()) continue;  // an idle leader's heartbeat
     Status s = step();
     if (!s.is_ok()) {
       for (auto& a : active_) retire(*a, "error", s.message());
       active_.clear();
+      if (tp_) {  // a rank failed mid-step: the group cannot go on
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          broken_ = s;
+          stopping_ = true;
+        }
+        if (o_.on_broken) o_.on_broken();
+        break;
+      }
     }
     active_.erase(std::remove_if(active_.begin(), active_.end(),
                                  [](const std::unique_ptr<Active>& a) { return a->slot < 0; }),
@@ -256,7 +433,7 @@ void logprobs_of(const float* x, int64_t V, int32_t id, int top, TokenOut& t) {
 Status Scheduler::step() {
   // Cancelled requests leave first.
   for (auto& a : active_)
-    if (a->slot >= 0 && a->out->cancelled()) retire(*a, "cancelled");
+    if (a->slot >= 0 && a->cancel) retire(*a, "cancelled");
   // Decode rows first (one each), then prompt chunks in arrival order within the row budget.
   std::vector<SeqChunk> chunks;
   std::vector<Active*> who;

@@ -12,6 +12,15 @@
 // rows of a step are stacked for every GEMM; tested equal on the default teacher).
 // Callers (the HTTP server's threads) submit() and wait on the returned ServeStream; nothing but
 // the scheduler's thread touches the engine. Tested in tests/runtime/test_serve.cpp.
+//
+// Under tensor parallelism (the engine has a TpComm of several ranks) every rank runs a
+// scheduler and they stay in lockstep, since every rank must make the same engine calls: rank 0,
+// the leader, takes the submissions; at each iteration it broadcasts what changes the schedule
+// (the requests it admits, the cancellations, the stop), and every rank then runs the same
+// deterministic admission, prefix cache, chunking and sampling on the same gathered logits. The
+// followers take no submissions and wait_stopped() for the leader's stop. An idle leader sends
+// an empty iteration every `heartbeat`, so a follower's collective never waits long enough to
+// time out; a failed collective stops every rank (failure(), and on_broken on the leader).
 #pragma once
 
 #include <atomic>
@@ -19,6 +28,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -100,6 +110,10 @@ struct SchedulerOptions {
   int64_t queue_limit = 256;       // requests waiting for a slot (none free); beyond: refused
   uint64_t prefix_cache_bytes = 0; // 0: no prefix cache
   int64_t block_tokens = 16;       // prefix-cache block
+  /// Under tensor parallelism: the idle leader's empty iteration period (well below the group's
+  /// timeout), and what to call when the group breaks (a rank died: the server should stop).
+  std::chrono::milliseconds heartbeat{250};
+  std::function<void()> on_broken;
 };
 
 struct SchedulerStats {
@@ -124,6 +138,12 @@ class Scheduler {
   Result<std::shared_ptr<ServeStream>> submit(ServeRequest r, bool* busy = nullptr);
   /// Stop accepting; requests still running after `grace` are cancelled; joins the thread.
   void shutdown(std::chrono::milliseconds grace);
+  /// A follower rank (tensor parallelism): run until the leader stops, or the group fails.
+  /// Returns failure().
+  Status wait_stopped();
+  /// ok, or why a tensor-parallel group failed (a collective's error naming the peer).
+  Status failure() const;
+  bool follower() const { return follower_; }
   SchedulerStats stats() const;
   int64_t context() const { return e_.max_seq_len(); }
   int64_t vocab() const { return e_.config().vocab_size; }
@@ -132,13 +152,18 @@ class Scheduler {
 
  private:
   struct Active;
+  struct Tick;
   void loop();
-  void admit(std::vector<std::unique_ptr<Active>>& fresh);
+  Status tick(Tick& t);
+  void admit(Tick& t);
   Status step();
   void retire(Active& a, const std::string& reason, const std::string& error = "");
 
   Engine& e_;
   SchedulerOptions o_;
+  TpComm* tp_ = nullptr;  // several ranks: the leader (rank 0) or a follower
+  bool follower_ = false;
+  Status broken_;         // under mu_
   PrefixCache cache_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace shrink::runtime {
 
@@ -36,6 +37,28 @@ class TpComm {
     const auto t0 = std::chrono::steady_clock::now();
     gather(in, n, out);
     count(stats_.allgather_calls, stats_.allgather_bytes, stats_.allgather_s, n, t0);
+  }
+  /// bytes = rank 0's bytes, on every rank (the serving scheduler's step inputs, which only the
+  /// leader receives). Built on the sum: rank 0 contributes its bytes, two per float (exact up to
+  /// 65,535), the others zeros; not counted in stats().
+  void broadcast(std::vector<uint8_t>& bytes) {
+    float len[2] = {0, 0};
+    if (rank() == 0) {
+      len[0] = float(bytes.size() >> 16);
+      len[1] = float(bytes.size() & 0xFFFF);
+    }
+    reduce(len, 2, Reduce::kSum);
+    const size_t n = (size_t(len[0]) << 16) | size_t(len[1]);
+    std::vector<float> f((n + 1) / 2, 0.0f);
+    if (rank() == 0) {
+      for (size_t i = 0; i < n; ++i) f[i / 2] += float(bytes[i]) * (i % 2 ? 256.0f : 1.0f);
+    }
+    if (!f.empty()) reduce(f.data(), int64_t(f.size()), Reduce::kSum);
+    bytes.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t v = uint32_t(f[i / 2]);
+      bytes[i] = uint8_t(i % 2 ? v >> 8 : v & 0xFF);
+    }
   }
   /// Time and bytes of the sums and gathers so far (bench's all-reduce figures).
   struct Stats {

@@ -10,12 +10,14 @@
 #include <thread>
 #include <vector>
 
+#include "core/launch.h"
 #include "core/tokenizer.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "runtime/prefix_cache.h"
 #include "runtime/scheduler.h"
 #include "runtime/serve/openai.h"
+#include "runtime/tp/gloo_comm.h"
 #include "tests/runtime/util.h"
 
 namespace shrink::runtime {
@@ -221,6 +223,102 @@ TEST(Serve, SchedulerBatchesEqualGenerateAlone) {
   // Steps ran several requests at once: fewer steps than tokens generated.
   EXPECT_LT(st.steps, st.generated_tokens);
   sched.shutdown(std::chrono::milliseconds(1000));
+}
+
+// Under tensor parallelism every rank runs a scheduler in lockstep with rank 0's (which alone
+// takes requests): rank 0 serves the tokens of runtime::generate in one process, greedy and
+// sampled, with log-probabilities, a cancelled request and prefix-cache hits (each rank exports
+// and imports its own KV heads) in between, and the follower stops when rank 0 does.
+TEST(Serve, TensorParallelSchedulersRunInLockstep) {
+  auto alone = teacher(1);
+  ASSERT_TRUE(alone);
+  const int64_t V = alone->config().vocab_size;
+  const std::vector<int32_t> shared = ids_for(40, int32_t(V), 21);
+  std::vector<ServeRequest> reqs;
+  for (int i = 0; i < 5; ++i) {
+    ServeRequest r;
+    r.prompt = i % 2 ? shared : std::vector<int32_t>();
+    auto own = ids_for(6 + 7 * i, int32_t(V), 200 + uint32_t(i));
+    r.prompt.insert(r.prompt.end(), own.begin(), own.end());
+    if (i % 3 == 1) r.sampling.temperature = 0.9f, r.sampling.top_k = 40;
+    if (i % 3 == 2) r.sampling.temperature = 1.1f, r.sampling.top_p = 0.9f;
+    r.seed = uint64_t(500 + i);
+    r.max_tokens = 10 + i;
+    r.top_logprobs = i == 0 ? 2 : -1;
+    reqs.push_back(r);
+  }
+  std::vector<std::vector<int32_t>> want;
+  for (const ServeRequest& r : reqs) {
+    GenerateOptions g;
+    g.max_new_tokens = r.max_tokens;
+    g.sampling = r.sampling;
+    g.seed = r.seed;
+    g.stop_at_eos = false;
+    auto out = generate(*alone, r.prompt, g);
+    ASSERT_TRUE(out.is_ok()) << out.status().message();
+    want.emplace_back(out.value().ids.begin() + out.value().prompt_len, out.value().ids.end());
+  }
+  const int port = core::tcp_port_free().take_or_throw();
+  std::vector<std::vector<int32_t>> got(reqs.size());
+  std::vector<int64_t> cached(reqs.size(), -1);
+  std::string cancelled_reason, follower_status = "not run";
+  auto rank = [&](int r) {
+    core::DistEnv env;
+    env.active = true;
+    env.rank = r;
+    env.world_size = 2;
+    env.master_port = port;
+    env.local_world_size = 2;
+    auto comm = tp_join(env, 30, "shm");
+    ASSERT_TRUE(comm.is_ok()) << comm.status().message();
+    EngineOptions o;
+    o.max_batch = 3;
+    o.max_seq_len = 256;
+    o.float_weights = "exact";
+    o.tp = comm.value();
+    auto e = Engine::load(kTeacher, o);
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    SchedulerOptions so;
+    so.max_batch_tokens = 20;
+    so.prefix_cache_bytes = 16u << 20;
+    so.heartbeat = std::chrono::milliseconds(20);
+    Scheduler sched(**e, so);
+    sched.start();
+    if (sched.follower()) {
+      EXPECT_FALSE(sched.submit(reqs[0]).is_ok());  // only rank 0 takes requests
+      follower_status = sched.wait_stopped().message();
+      return;
+    }
+    // A long request cancelled at once, then the rest, twice (the second round hits the cache).
+    ServeRequest longr = reqs[0];
+    longr.max_tokens = 200;
+    auto c = sched.submit(longr);
+    ASSERT_TRUE(c.is_ok());
+    (*c)->cancel();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // idle: heartbeats only
+    for (int round = 0; round < 2; ++round) {
+      std::vector<std::shared_ptr<ServeStream>> streams;
+      for (const ServeRequest& q : reqs) streams.push_back(sched.submit(q).take_or_throw());
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        got[i].clear();
+        for (const TokenOut& t : drain(streams[i])) got[i].push_back(t.id);
+        if (round == 1) cached[i] = streams[i]->cached_tokens();
+      }
+    }
+    drain(*c);
+    cancelled_reason = (*c)->finish_reason();
+    sched.shutdown(std::chrono::milliseconds(1000));
+    EXPECT_TRUE(sched.failure().is_ok()) << sched.failure().message();
+  };
+  std::thread t1(rank, 1);
+  rank(0);
+  t1.join();
+  EXPECT_EQ(follower_status, "");
+  EXPECT_EQ(cancelled_reason, "cancelled");
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(got[i], want[i]) << "request " << i;
+    if (reqs[i].prompt.size() > 16) EXPECT_GE(cached[i], 16) << "request " << i;
+  }
 }
 
 TEST(Serve, SchedulerStopsAtEosCancelsAndRefusesWhatDoesNotFit) {

@@ -86,11 +86,6 @@ Status tp_rank_run(Globals& g, int threads_total, const std::function<Status()>&
 int run_guarded(const char* name, Globals& g, const std::function<Status()>& body) {
   Result<int> t = core::threads_resolve(g.threads);
   Status st = t.is_ok() ? Status::ok() : t.status();
-  if (st.is_ok() && g.tp > 1 && std::string(name) == "serve") {
-    st = Status(StatusCode::kInvalidInput,
-                "serve --tp: the server's scheduler does not drive several ranks yet; serve one "
-                "process per machine (generate, bench, eval and verify take --tp)");
-  }
   if (st.is_ok() && !(g.dist_timeout >= 1)) {
     st = Status(StatusCode::kInvalidInput, "--dist-timeout must be >= 1 second");
   }
@@ -98,6 +93,7 @@ int run_guarded(const char* name, Globals& g, const std::function<Status()>& bod
     // Start the ranks on this machine, each with its share of the threads.
     core::LaunchOptions lo;
     lo.nproc = g.tp;
+    lo.forward_stop_signals = std::string(name) == "serve";  // rank 0 drains, then stops the rest
     if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
     const int total = t.value();
     std::string err;

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -116,8 +117,12 @@ Status serve(ServeArgs& a, const runtime::EngineOptions& base, bool quiet) {
   so.max_batch_tokens = a.max_batch_tokens;
   so.queue_limit = a.queue;
   so.prefix_cache_bytes = uint64_t(a.prefix_cache_mb * 1048576.0);
+  // --tp: a rank that fails stops the group; the leader then stops its server (exit 1).
+  so.on_broken = [] { ::kill(::getpid(), SIGTERM); };
   runtime::Scheduler sched(*engine, so);
   sched.start();
+  // --tp: ranks other than 0 serve no HTTP; they run the leader's steps until it stops.
+  if (sched.follower()) return sched.wait_stopped();
   if (!a.warm.empty()) {
     SHRINK_ASSIGN_OR_RETURN(auto prompts, warm_prompts(a.warm, tok.get()));
     for (auto& p : prompts) {
@@ -161,6 +166,7 @@ Status serve(ServeArgs& a, const runtime::EngineOptions& base, bool quiet) {
     pthread_kill(waiter.native_handle(), SIGTERM);
   }
   waiter.join();
+  if (st.is_ok()) st = sched.failure();
   return st;
 }
 
