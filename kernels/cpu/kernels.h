@@ -328,9 +328,11 @@ inline int64_t w4a8_act_row_bytes(int64_t K) {
 }
 /// Quantize `rows` rows of K floats (row r at x + r*ldx) into packed rows (r at P + r*ldp,
 /// ldp >= w4a8_act_row_bytes(K)). block: 0 (per row) or 32. One implementation for every ISA
-/// (O(K) per row, against O(N K) for the product); deterministic.
+/// (O(K) per row, against O(N K) for the product); deterministic. row_scale (per row only): row
+/// r's scale given, not computed from its K values (tensor parallelism: the whole row's, when
+/// these K inputs are a rank's slice of it).
 void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
-                       uint8_t* P, int64_t ldp);
+                       uint8_t* P, int64_t ldp, const float* row_scale = nullptr);
 /// The int8 value and the scale of input k of a packed row (for the reference and tests).
 inline int w4a8_act_value(const uint8_t* row, int64_t k) {
   const uint8_t* c = row + k / kW4a8Chunk * kW4a8ChunkBytes;

@@ -520,16 +520,7 @@ class CpuBackend : public Backend {
         sx_.resize(size_t(M));
         const float* in_scale = l.act == ActQuant::kStatic ? &l.input_scale : nullptr;
         if (l.act == ActQuant::kDynamic && l.act_rows_split && row_absmax_reduce_) {
-          // The row's inputs are split over tensor-parallel ranks: its scale is the whole row's
-          // max|x| / 127 (quantize_s8's dynamic rule), each row then quantized with it.
-          rs_.resize(size_t(M));
-          for (int64_t m = 0; m < M; ++m) {
-            float a = 0;
-            for (int64_t k = 0; k < K; ++k) a = std::max(a, std::fabs(x[m * K + k]));
-            rs_[size_t(m)] = a;
-          }
-          row_absmax_reduce_(rs_.data(), M);
-          for (float& s : rs_) s = s > 0 ? s / 127.0f : 1.0f;
+          split_row_scales(x, M, K);
           cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
             for (int64_t m = b; m < e; ++m) {
               k_.quantize_s8(x + m * K, 1, K, K, &rs_[size_t(m)], qx_.data() + m * K, K,
@@ -603,6 +594,21 @@ class CpuBackend : public Backend {
     }
   }
 
+  // A row whose inputs are split over tensor-parallel ranks: its scale is the whole row's
+  // max|x| / 127 (quantize_s8's dynamic rule, 1 for a zero row), the ranks' maxima reduced first.
+  // Into rs_, which it returns.
+  const float* split_row_scales(const float* x, int64_t M, int64_t K) {
+    rs_.resize(size_t(M));
+    for (int64_t m = 0; m < M; ++m) {
+      float a = 0;
+      for (int64_t k = 0; k < K; ++k) a = std::max(a, std::fabs(x[m * K + k]));
+      rs_[size_t(m)] = a;
+    }
+    row_absmax_reduce_(rs_.data(), M);
+    for (float& s : rs_) s = s > 0 ? s / 127.0f : 1.0f;
+    return rs_.data();
+  }
+
   // W4A8: the rows of x quantized to int8 once (quantize_w4a8_act's packed rows, per row or per
   // 32 inputs), then gemm_w4a8 over slices of the weight rows with the f16 scales, decode and
   // prefill alike. The zero-point term of asymmetric weights uses the float sums of x (as W4A16
@@ -612,8 +618,13 @@ class CpuBackend : public Backend {
     const int64_t lda = cpu_kernels::w4a8_act_row_bytes(K);
     const int64_t block = l.act_int8 == ActInt8::kBlock32 ? 32 : 0;
     qa_.resize(size_t(M * lda));
+    const float* row_scale = nullptr;
+    if (block == 0 && l.act_rows_split && row_absmax_reduce_) {
+      row_scale = split_row_scales(x, M, K);  // the whole row's scale, as one process takes it
+    }
     cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
-      cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda);
+      cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda,
+                                     row_scale ? row_scale + b : nullptr);
     }, 2 * K);
     if (!l.zs.empty()) group_sums(l, x, M);
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {

@@ -243,6 +243,7 @@ struct Engine::Impl {
   int64_t max_seq = 0;
   std::unique_ptr<Backend> be;
   std::unique_ptr<DeviceTensor> embed, final_norm, rope_cos, rope_sin;
+  std::vector<int32_t> embed_ids;  // --tp: the step's ids in this rank's rows of embed
   bool embed_bf16 = false;  // embed holds bf16 bit patterns, two to a float
   std::unique_ptr<Linear> lm_head;
   std::vector<LayerW> layers;
@@ -514,15 +515,9 @@ std::vector<int64_t> index_range(int64_t first, int64_t n) {
 
 // A row-parallel layer's input row is split over the ranks, so per-token int8 activations take
 // their scale from the whole row's maximum, reduced over the ranks (LinearDesc::act_rows_split):
-// W8A8 dynamic, and 8-bit weights with --act-quant int8-row. 4-bit weights with int8 activations
-// per token (W4A8) quantize inside their kernel, which has no such reduction: refused.
+// W8A8 dynamic, and 8-bit or 4-bit weights with int8 activations per token (--act-quant
+// int8-row, W4A8 checkpoints). Per 32 inputs needs nothing: a rank's columns hold whole blocks.
 Status tp_row_parallel_check(LinearDesc& d) {
-  SHRINK_CHECK(!(d.act_int8 == ActInt8::kRow && d.bits == 4), StatusCode::kInvalidInput,
-               "%s: tensor parallelism splits this layer's inputs over the ranks, and its 4-bit "
-               "weights with int8 activations per token (W4A8, --act-quant int8-row) take one "
-               "scale over the whole row inside their kernel: not supported with --tp yet; use "
-               "--act-quant int8-block or none",
-               d.name.c_str());
   d.act_rows_split = (d.kind == LinearKind::kW8A8 && d.act == ActQuant::kDynamic) ||
                      d.act_int8 == ActInt8::kRow;
   return Status::ok();
@@ -562,12 +557,20 @@ Status Engine::Impl::build(TensorSource& src) {
       desc_quantize_w8a16(*tied_head_int8, src_rows(e, ts.v0, ts.vl));
     }
     embed_bf16 = be->float_weights_bf16() && e.dtype == core::DType::kBF16;
+    // --tp: vocab-parallel, as the head: this rank's rows [v0, v0 + vl) and one zero row after
+    // them, which the tokens of the other ranks' rows look up (forward sums the ranks' lookups).
+    const bool vsplit = ts.size > 1;
+    const SrcTensor mine = vsplit ? src_rows(e, ts.v0, ts.vl) : e;
+    const int64_t kept = (mine.shape[0] + (vsplit ? 1 : 0)) * H;
     if (embed_bf16) {  // as stored, two bf16 values to a float of backend memory
-      std::vector<float> packed(size_t((e.numel() + 1) / 2), 0.0f);
-      copy_releasing(src, "model.embed_tokens.weight", e, packed.data(), uint64_t(e.numel()) * 2);
+      std::vector<float> packed(size_t((kept + 1) / 2), 0.0f);
+      copy_releasing(src, "model.embed_tokens.weight", mine, packed.data(),
+                     uint64_t(mine.numel()) * 2);
       embed = be->tensor_from_host(std::move(packed));
     } else {
-      embed = be->tensor_from_host(to_f32(e));
+      std::vector<float> v = to_f32(mine);
+      v.resize(size_t(kept), 0.0f);
+      embed = be->tensor_from_host(std::move(v));
     }
     src.release("model.embed_tokens.weight");
     weight_bytes += uint64_t(H) * (embed_bf16 ? 2 : 4);  // one embedding row per token
@@ -669,10 +672,10 @@ Status Engine::Impl::build(TensorSource& src) {
     d.name = "lm_head (tied)";
     d.out = ts.vl;  // this rank's vocabulary rows (all of them without --tp)
     d.in = H;
-    if (embed_bf16) {
-      d.wb_borrowed = reinterpret_cast<const uint16_t*>(embed->data()) + ts.v0 * H;
+    if (embed_bf16) {  // the rank's rows are the embedding it keeps (all of them without --tp)
+      d.wb_borrowed = reinterpret_cast<const uint16_t*>(embed->data());
     } else {
-      d.w_borrowed = embed->data() + ts.v0 * H;
+      d.w_borrowed = embed->data();
     }
     if (tied_head_int8) d = std::move(*tied_head_int8);
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
@@ -1187,12 +1190,25 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   step.picks = R;
   step.sample = next_out ? sample : nullptr;
   be.step_begin(step);
+  // --tp: each rank looks up the tokens of its vocabulary rows and the zero row for the others';
+  // the sum over the ranks is the whole table's lookup, exactly (one nonzero term per value).
+  const int32_t* embed_ids = ids.data();
+  if (m.tp) {
+    m.embed_ids.resize(size_t(M));
+    const int64_t v0 = m.share.v0, vl = m.share.vl;
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t id = ids[size_t(i)];
+      m.embed_ids[size_t(i)] = int32_t(id >= v0 && id < v0 + vl ? id - v0 : vl);
+    }
+    embed_ids = m.embed_ids.data();
+  }
   auto ops = [&] {
     if (m.embed_bf16) {
-      be.embed_bf16(reinterpret_cast<const uint16_t*>(m.embed->data()), H, ids.data(), M, x);
+      be.embed_bf16(reinterpret_cast<const uint16_t*>(m.embed->data()), H, embed_ids, M, x);
     } else {
-      be.embed(m.embed->data(), H, ids.data(), M, x);
+      be.embed(m.embed->data(), H, embed_ids, M, x);
     }
+    if (m.tp) m.tp->allreduce_sum(x, M * H);
     for (size_t l = 0; l < m.layers.size(); ++l) {
       LayerW& L = m.layers[l];
       if (l == 0) be.rmsnorm(x, L.attn_norm->data(), xn, M, H, eps);

@@ -205,6 +205,18 @@ TEST(TensorParallel, QuantizedModelsEqualOneProcess) {
   EngineOptions row;
   row.act_quant = "int8-row";
   expect_same_as_one_process(base + "/w8row", {2, 4}, "w8a16 --act-quant int8-row", row);
+  // 4-bit weights with per-token int8 activations (W4A8): the packed activations take the whole
+  // row's scale too (the W4A8 kernel path: the engine says so).
+  test::quantize_dir(src, base + "/w4row", scheme(4, 0));
+  {
+    EngineOptions one = row;
+    one.float_weights = "exact";
+    auto e = Engine::load(base + "/w4row", one);
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    EXPECT_NE((*e)->describe().find("int8 activations per row"), std::string::npos)
+        << (*e)->describe();
+  }
+  expect_same_as_one_process(base + "/w4row", {2, 4}, "w4a16 --act-quant int8-row (W4A8)", row);
   std::filesystem::remove_all(base);
 }
 

@@ -12,7 +12,7 @@
 namespace shrink::kernels::cpu {
 
 void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
-                       uint8_t* P, int64_t ldp) {
+                       uint8_t* P, int64_t ldp, const float* row_scale) {
   const int64_t chunks = (K + kW4a8Chunk - 1) / kW4a8Chunk, nblocks = (K + 31) / 32;
   // quantize_s8's rule, applied per row or per block of 32 (its rows: the blocks, ldx 32), into
   // natural order; then laid out for the 4-bit blocks.
@@ -23,7 +23,7 @@ void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     if (block == 0) {
-      quantize_s8_ref(xr, 1, K, K, nullptr, q.data(), K, s.data());
+      quantize_s8_ref(xr, 1, K, K, row_scale ? row_scale + r : nullptr, q.data(), K, s.data());
       std::fill(s.begin() + 1, s.end(), s[0]);
     } else {
       quantize_s8_ref(xr, K / 32, 32, 32, nullptr, q.data(), 32, s.data());
