@@ -330,9 +330,14 @@ inline int64_t w4a8_act_row_bytes(int64_t K) {
 /// ldp >= w4a8_act_row_bytes(K)). block: 0 (per row) or 32. One implementation for every ISA
 /// (O(K) per row, against O(N K) for the product); deterministic. row_scale (per row only): row
 /// r's scale given, not computed from its K values (tensor parallelism: the whole row's, when
-/// these K inputs are a rank's slice of it).
+/// these K inputs are a rank's slice of it). q8: the quantize_s8 to use (any ISA's: they give
+/// the same bits; the kernel table's vector one is several times faster than the reference's
+/// scalar rounding, which made this step a fifth of a W4A8 prefill).
+using QuantizeS8Fn = void (*)(const float* x, int64_t rows, int64_t n, int64_t ldx,
+                              const float* in_scale, int8_t* q, int64_t ldq, float* scales);
 void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
-                       uint8_t* P, int64_t ldp, const float* row_scale = nullptr);
+                       uint8_t* P, int64_t ldp, const float* row_scale = nullptr,
+                       QuantizeS8Fn q8 = nullptr);
 /// The int8 value and the scale of input k of a packed row (for the reference and tests).
 inline int w4a8_act_value(const uint8_t* row, int64_t k) {
   const uint8_t* c = row + k / kW4a8Chunk * kW4a8ChunkBytes;
@@ -392,8 +397,6 @@ void gemm_s8s8_f32_nt_avx512vnni(int64_t M, int64_t N, int64_t K, const int8_t* 
 /// s = 1 for an all-zero row. q = clamp(round_half_even(x / s), -127, 127) (the symmetric range:
 /// -128 is never produced, so s8 x s8 products can use the u8 + compensation trick). Writes s
 /// per row to scales.
-using QuantizeS8Fn = void (*)(const float* x, int64_t rows, int64_t n, int64_t ldx,
-                              const float* in_scale, int8_t* q, int64_t ldq, float* scales);
 void quantize_s8_ref(const float* x, int64_t rows, int64_t n, int64_t ldx, const float* in_scale,
                      int8_t* q, int64_t ldq, float* scales);
 void quantize_s8_avx2(const float* x, int64_t rows, int64_t n, int64_t ldx,

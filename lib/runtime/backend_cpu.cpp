@@ -624,7 +624,7 @@ class CpuBackend : public Backend {
     }
     cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
       cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda,
-                                     row_scale ? row_scale + b : nullptr);
+                                     row_scale ? row_scale + b : nullptr, k_.quantize_s8);
     }, 2 * K);
     if (!l.zs.empty()) group_sums(l, x, M);
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {

@@ -511,6 +511,14 @@ TEST(Kernels, W4a8ActivationPackingMatchesHandQuantization) {
         for (int64_t k = K; k < (K + kW4a8Chunk - 1) / kW4a8Chunk * kW4a8Chunk; ++k)
           ASSERT_EQ(w4a8_act_value(pr, k), 0) << "padding past K=" << K;
       }
+      // Every ISA's quantize_s8 (the backend passes the kernel table's) packs the same bytes.
+      for (Isa isa : vector_isas()) {
+        std::vector<uint8_t> Q(size_t(rows * ldp), 0xCD);
+        quantize_w4a8_act(x.data(), rows, K, ldx, block, Q.data(), ldp, nullptr,
+                          kernels_for(isa).quantize_s8);
+        EXPECT_EQ(Q, P) << "quantize_w4a8_act with " << isa_name(isa) << "'s quantize_s8, K=" << K
+                        << " block=" << block;
+      }
     }
   }
 }

@@ -12,7 +12,8 @@
 namespace shrink::kernels::cpu {
 
 void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int64_t block,
-                       uint8_t* P, int64_t ldp, const float* row_scale) {
+                       uint8_t* P, int64_t ldp, const float* row_scale, QuantizeS8Fn q8) {
+  if (!q8) q8 = quantize_s8_ref;
   const int64_t chunks = (K + kW4a8Chunk - 1) / kW4a8Chunk, nblocks = (K + 31) / 32;
   // quantize_s8's rule, applied per row or per block of 32 (its rows: the blocks, ldx 32), into
   // natural order; then laid out for the 4-bit blocks.
@@ -23,13 +24,13 @@ void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     if (block == 0) {
-      quantize_s8_ref(xr, 1, K, K, row_scale ? row_scale + r : nullptr, q.data(), K, s.data());
+      q8(xr, 1, K, K, row_scale ? row_scale + r : nullptr, q.data(), K, s.data());
       std::fill(s.begin() + 1, s.end(), s[0]);
     } else {
-      quantize_s8_ref(xr, K / 32, 32, 32, nullptr, q.data(), 32, s.data());
+      q8(xr, K / 32, 32, 32, nullptr, q.data(), 32, s.data());
       if (K % 32) {
-        quantize_s8_ref(xr + K / 32 * 32, 1, K % 32, K % 32, nullptr, q.data() + K / 32 * 32,
-                        K % 32, s.data() + K / 32);
+        q8(xr + K / 32 * 32, 1, K % 32, K % 32, nullptr, q.data() + K / 32 * 32, K % 32,
+           s.data() + K / 32);
       }
     }
     uint8_t* pr = P + r * ldp;
