@@ -100,7 +100,9 @@ Result<int> tcp_port_free() {
 namespace {
 volatile sig_atomic_t g_rank0_pid = 0;
 void forward_to_rank0(int sig) {
+  const int saved = errno;
   if (g_rank0_pid > 0) ::kill(pid_t(g_rank0_pid), sig);
+  errno = saved;
 }
 }  // namespace
 
@@ -186,6 +188,7 @@ int launch_local(const LaunchOptions& o, const std::function<int(int)>& body, st
     }
     if (rank < 0) continue;  // not ours
     pids[size_t(rank)] = -1;
+    if (rank == 0) g_rank0_pid = 0;  // its pid may be reused: forward nothing more
     --running;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (!ok && !stopping) {

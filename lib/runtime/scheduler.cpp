@@ -122,7 +122,9 @@ struct Reader {
   }
   template <class T>
   std::vector<T> vec() {
-    std::vector<T> v(get<uint32_t>());
+    const uint32_t n = get<uint32_t>();
+    if (uint64_t(n) * sizeof(T) > b.size() - at) throw TpError("serving: a truncated step from the leader");
+    std::vector<T> v(n);
     for (T& x : v) x = get<T>();
     return v;
   }
@@ -319,13 +321,37 @@ Status Scheduler::tick(Tick& t) {
     for (uint32_t n = rd.get<uint32_t>(); n > 0; --n)
       t.admitted.emplace_back(read_request(rd), std::make_shared<ServeStream>());
     t.cancel = rd.vec<uint32_t>();
+    if (rd.at != b.size()) throw TpError("serving: a step from the leader with trailing bytes");
   } catch (const TpError& e) {
     return Status(StatusCode::kInternal, std::string("serving step: ") + e.what());
   }
+  // The ranks' states are equal by construction; a step that says otherwise (ranks started with
+  // different --slots, say) stops the group rather than run on a diverged schedule.
   for (uint32_t i : t.cancel)
     SHRINK_CHECK(i < active_.size(), StatusCode::kInternal,
                  "serving step: the leader cancels request %u of %zu", i, active_.size());
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    SHRINK_CHECK(t.admitted.size() <= free_slots_.size(), StatusCode::kInternal,
+                 "serving step: the leader admits %zu requests to this rank's %zu free slots (were "
+                 "the ranks started with the same --slots?)",
+                 t.admitted.size(), free_slots_.size());
+  }
   return Status::ok();
+}
+
+// A failed tensor-parallel group: the scheduler stops, and what still waits in the queue ends
+// with the error (no caller is left waiting on a request that will never run).
+void Scheduler::break_group(const Status& why) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    broken_ = why;
+    stopping_ = true;
+    for (auto& q : queue_) q.second->finish("error", why.message());
+    queue_.clear();
+    st_.queued = 0;
+  }
+  if (o_.on_broken) o_.on_broken();
 }
 
 // The admitted requests take free slots in order (the same slots on every rank) and restore
@@ -360,19 +386,47 @@ void Scheduler::admit(Tick& t) {
   }
 }
 
+// Tensor parallelism: every rank's scheduler must make the same decisions, so its options must be
+// the leader's; a rank started otherwise stops the group before the first request.
+Status Scheduler::handshake() {
+  Writer w;
+  w.put(int64_t(e_.max_batch()));
+  w.put(int64_t(e_.max_seq_len()));
+  w.put(int64_t(e_.kv_bytes_per_token()));
+  w.put(o_.max_batch_tokens);
+  w.put(o_.prefix_cache_bytes);
+  w.put(o_.block_tokens);
+  std::vector<uint8_t> leader = w.b;
+  try {
+    tp_->broadcast(leader);
+    float differ = leader == w.b ? 0.0f : 1.0f;
+    tp_->allreduce_max(&differ, 1);
+    SHRINK_CHECK(differ == 0.0f, StatusCode::kInvalidInput,
+                 "serve --tp: the ranks were started with different serving options (--slots, "
+                 "--ctx, --max-batch-tokens, --prefix-cache-mb or --kv-cache); expected the same "
+                 "command on every rank");
+  } catch (const TpError& e) {
+    return Status(StatusCode::kInternal, std::string("serving handshake: ") + e.what());
+  }
+  return Status::ok();
+}
+
 void Scheduler::loop() {
+  if (tp_) {
+    Status hs = handshake();
+    if (!hs.is_ok()) {
+      break_group(hs);
+      return;
+    }
+  }
   for (;;) {
     Tick t;
     Status ts = tick(t);
     if (!ts.is_ok()) {  // the tensor-parallel group failed: every rank stops
       for (auto& a : active_) retire(*a, "error", ts.message());
       active_.clear();
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        broken_ = ts;
-        stopping_ = true;
-      }
-      if (o_.on_broken) o_.on_broken();
+      for (auto& q : t.admitted) q.second->finish("error", ts.message());
+      break_group(ts);
       break;
     }
     if (t.exit) break;
@@ -389,12 +443,7 @@ void Scheduler::loop() {
       for (auto& a : active_) retire(*a, "error", s.message());
       active_.clear();
       if (tp_) {  // a rank failed mid-step: the group cannot go on
-        {
-          std::lock_guard<std::mutex> lk(mu_);
-          broken_ = s;
-          stopping_ = true;
-        }
-        if (o_.on_broken) o_.on_broken();
+        break_group(s);
         break;
       }
     }

@@ -155,6 +155,8 @@ class Scheduler {
   struct Tick;
   void loop();
   Status tick(Tick& t);
+  void break_group(const Status& why);
+  Status handshake();
   void admit(Tick& t);
   Status step();
   void retire(Active& a, const std::string& reason, const std::string& error = "");

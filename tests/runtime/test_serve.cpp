@@ -321,6 +321,49 @@ TEST(Serve, TensorParallelSchedulersRunInLockstep) {
   }
 }
 
+// Ranks whose serving options differ would schedule differently: the group stops at start,
+// every rank saying why (exit 2 from `serve`).
+TEST(Serve, TensorParallelRanksWithDifferentOptionsStop) {
+  const int port = core::tcp_port_free().take_or_throw();
+  std::string why[2];
+  auto rank = [&](int r) {
+    core::DistEnv env;
+    env.active = true;
+    env.rank = r;
+    env.world_size = 2;
+    env.master_port = port;
+    env.local_world_size = 2;
+    auto comm = tp_join(env, 30, "shm");
+    ASSERT_TRUE(comm.is_ok()) << comm.status().message();
+    EngineOptions o;
+    o.max_batch = 2;
+    o.max_seq_len = 128;
+    o.tp = comm.value();
+    auto e = Engine::load(kTeacher, o);
+    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    SchedulerOptions so;
+    so.max_batch_tokens = r == 0 ? 32 : 16;  // rank 1 started with another --max-batch-tokens
+    Scheduler sched(**e, so);
+    sched.start();
+    if (sched.follower()) {
+      why[r] = sched.wait_stopped().message();
+      return;
+    }
+    for (int i = 0; i < 200 && sched.failure().is_ok(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    why[r] = sched.failure().message();
+    ServeRequest q;
+    q.prompt = {1, 2, 3};
+    EXPECT_FALSE(sched.submit(q).is_ok());
+  };
+  std::thread t1(rank, 1);
+  rank(0);
+  t1.join();
+  for (int r = 0; r < 2; ++r)
+    EXPECT_NE(why[r].find("the ranks were started with different serving options"), std::string::npos)
+        << "rank " << r << ": " << why[r];
+}
+
 TEST(Serve, SchedulerStopsAtEosCancelsAndRefusesWhatDoesNotFit) {
   auto e = teacher(2, "f32", 64);
   ASSERT_TRUE(e);

@@ -7,6 +7,8 @@
 
 #include <cstdio>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -55,6 +57,7 @@ struct Globals {
   double dist_timeout = 60;    // --dist-timeout, seconds
   std::string tp_transport = "auto";  // --tp-transport
   std::shared_ptr<runtime::TpComm> comm;  // this rank's group under --tp
+  bool serving = false;  // the command is serve: SIGINT/SIGTERM are its waiter's to take
   int exit_code = 0;
 };
 
@@ -79,11 +82,21 @@ Status tp_rank_run(Globals& g, int threads_total, const std::function<Status()>&
       ::close(null);
     }
   }
+  if (g.serving) {
+    // Before tp_join starts the transport's threads (Gloo's): blocked in every thread, the stop
+    // signals reach only serve's waiter, which drains (a follower never takes them).
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  }
   SHRINK_ASSIGN_OR_RETURN(g.comm, runtime::tp_join(env, g.dist_timeout, g.tp_transport));
   return body();
 }
 
 int run_guarded(const char* name, Globals& g, const std::function<Status()>& body) {
+  g.serving = std::string(name) == "serve";
   Result<int> t = core::threads_resolve(g.threads);
   Status st = t.is_ok() ? Status::ok() : t.status();
   if (st.is_ok() && !(g.dist_timeout >= 1)) {
@@ -93,7 +106,7 @@ int run_guarded(const char* name, Globals& g, const std::function<Status()>& bod
     // Start the ranks on this machine, each with its share of the threads.
     core::LaunchOptions lo;
     lo.nproc = g.tp;
-    lo.forward_stop_signals = std::string(name) == "serve";  // rank 0 drains, then stops the rest
+    lo.forward_stop_signals = g.serving;  // rank 0 drains, then stops the rest
     if (const char* p = std::getenv("MASTER_PORT"); p && *p) lo.master_port = std::atoi(p);
     const int total = t.value();
     std::string err;

@@ -129,10 +129,13 @@ Status serve(ServeArgs& a, const runtime::EngineOptions& base, bool quiet) {
       runtime::ServeRequest r;
       r.prompt = std::move(p);
       r.max_tokens = 0;
-      SHRINK_ASSIGN_OR_RETURN(auto s, sched.submit(std::move(r)));
+      auto s = sched.submit(std::move(r));
+      SHRINK_RETURN_IF_ERROR(sched.failure());  // --tp: a rank died
+      SHRINK_RETURN_IF_ERROR(s.status());
       std::vector<runtime::TokenOut> none;
-      while (!s->wait(0, none, std::chrono::milliseconds(100))) {
+      while (!(*s)->wait(0, none, std::chrono::milliseconds(100))) {
       }
+      SHRINK_RETURN_IF_ERROR(sched.failure());
     }
     if (!quiet)
       std::fprintf(stderr, "shrink-rt serve: warmed %zu prefixes (%lld cached tokens)\n",
