@@ -82,6 +82,10 @@ struct LinearDesc {
   /// per-token int8 activations take their scale from the whole row's maximum, reduced over the
   /// ranks by the backend's row_absmax_reduce hook.
   bool act_rows_split = false;
+  /// Tensor parallelism: the loader read only this rank's region of the stored tensors
+  /// (TpRegion: w, wb, q, scale, zp and bias hold it), while out and in are still the whole
+  /// layer's; desc_rows / desc_cols then check the split and set the shapes, copying nothing.
+  bool sliced = false;
 };
 
 /// Fold 4-bit zero points into the values, q - zp (in [-15, 15]), which then run as int8 with the

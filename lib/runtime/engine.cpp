@@ -180,6 +180,25 @@ std::vector<float> to_f32(const SrcTensor& t) {
   return v;
 }
 
+// Rows `rows` (all when null) and columns [c0, c1) of a row-major [R, C] tensor (a vector is
+// [R, 1]), copied as stored into buf: under --tp a rank reads only its own bytes of the mapping.
+SrcTensor src_region(const SrcTensor& t, const std::vector<int64_t>* rows, int64_t c0, int64_t c1,
+                     std::vector<uint8_t>& buf) {
+  const int64_t R = t.shape.empty() ? 1 : t.shape[0];
+  const int64_t C = t.shape.size() >= 2 ? t.shape[1] : 1;
+  const int64_t n = rows ? int64_t(rows->size()) : R, w = c1 - c0;
+  const size_t es = core::dtype_size(t.dtype);
+  buf.resize(size_t(n * w) * es);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows ? (*rows)[size_t(i)] : i;
+    std::memcpy(buf.data() + size_t(i * w) * es, t.data + size_t(r * C + c0) * es, size_t(w) * es);
+  }
+  SrcTensor v = t;
+  v.shape = t.shape.size() >= 2 ? std::vector<int64_t>{n, w} : std::vector<int64_t>{n};
+  v.data = buf.data();
+  return v;
+}
+
 // The KV cache (K and V, every layer, every batch slot, the whole context, f32 at most) must
 // have a size that fits in int64 and in the machine's memory: refuse it here with the numbers,
 // rather than overflow a product or die in an allocation.
@@ -260,11 +279,13 @@ struct Engine::Impl {
 
   Status build(TensorSource& src);
   Result<LinearDesc> linear_desc(TensorSource& src, const std::string& module, int64_t out,
-                                 int64_t in, bool bias);
+                                 int64_t in, bool bias, const TpRegion* region = nullptr);
   using Slicer = std::function<Status(LinearDesc& d, size_t module)>;
+  /// regions: --tp, the part of each module this rank reads (see TpRegion; null: all of it).
   Status add_linears(TensorSource& src, const std::vector<std::string>& modules,
                      const std::vector<int64_t>& outs, int64_t in, bool bias,
-                     std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice = nullptr);
+                     std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice = nullptr,
+                     const std::vector<TpRegion>* regions = nullptr);
   void tp_head(const float* xn, int64_t rows, float* logits);
   const float* tp_att_whole(const float* att_local, int64_t rows);
   void tp_gather_rows(const float* local, int64_t rows, int64_t width, float* out, int64_t ld,
@@ -276,7 +297,8 @@ struct Engine::Impl {
 };
 
 Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::string& module,
-                                             int64_t out, int64_t in, bool bias) {
+                                             int64_t out, int64_t in, bool bias,
+                                             const TpRegion* region) {
   LinearDesc d;
   d.name = module;
   d.out = out;
@@ -284,6 +306,20 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
   SrcTensor w;
   SHRINK_CHECK(src.find(module + ".weight", &w), StatusCode::kInvalidInput, "%s: missing %s.weight",
                src.origin().c_str(), module.c_str());
+  // --tp: read only the rank's region, except under act-order groups (whose columns the slicer
+  // picks in group order from the whole). d.out and d.in stay the layer's; ro x ri is what is
+  // read. The weight's shape was checked against [out, in] when the checkpoint was opened.
+  SrcTensor probe;
+  const bool part = region && !src.find(module + ".weight_g_idx", &probe) &&
+                    w.shape == std::vector<int64_t>{out, in};
+  const std::vector<int64_t>* rows = part && !region->rows.empty() ? &region->rows : nullptr;
+  const int64_t c0 = part ? region->c0 : 0, c1 = part && region->c1 >= 0 ? region->c1 : in;
+  const int64_t ro = rows ? int64_t(rows->size()) : out, ri = c1 - c0;
+  std::vector<uint8_t> wbuf, sbuf, zbuf, bbuf;
+  if (part) {
+    w = src_region(w, rows, c0, c1, wbuf);
+    d.sliced = true;
+  }
   if (w.dtype == core::DType::kI8) {
     SHRINK_CHECK(scheme.has_value(), StatusCode::kInvalidInput,
                  "%s: %s.weight is I8 but config.json has no quantization_config",
@@ -291,14 +327,15 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     d.act = act_quant_of(*scheme);
     d.kind = d.act == ActQuant::kNone ? LinearKind::kW8A16 : LinearKind::kW8A8;
     d.q.assign(reinterpret_cast<const int8_t*>(w.data),
-               reinterpret_cast<const int8_t*>(w.data) + out * in);
+               reinterpret_cast<const int8_t*>(w.data) + ro * ri);
     if (scheme->bits == 4) {
       for (size_t i = 0; i < d.q.size(); ++i) {
         SHRINK_CHECK(d.q[i] >= core::kQMin4 && d.q[i] <= core::kQMax4, StatusCode::kInvalidInput,
                      "%s: %s.weight[%zu, %zu] is %d; expected a 4-bit value in [-8, 7] "
                      "(config.json says pack-quantized)",
-                     src.origin().c_str(), module.c_str(), i / size_t(in), i % size_t(in),
-                     int(d.q[i]));
+                     src.origin().c_str(), module.c_str(),
+                     size_t(rows ? (*rows)[i / size_t(ri)] : int64_t(i / size_t(ri))),
+                     size_t(c0) + i % size_t(ri), int(d.q[i]));
       }
       d.bits = 4;
       if (d.act == ActQuant::kDynamic) {
@@ -313,14 +350,24 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     SrcTensor sc;
     SHRINK_CHECK(src.find(module + ".weight_scale", &sc), StatusCode::kInvalidInput,
                  "%s: missing %s.weight_scale", src.origin().c_str(), module.c_str());
-    std::vector<float> s = to_f32(sc);
+    // The region's scales (and zero points): its rows, and under groups the groups its columns
+    // fall in (a split that cuts a group is refused by desc_cols after this read).
+    const bool grouped = scheme->weight_strategy == "group" && scheme->group_size > 0;
+    const int64_t g0 = grouped ? c0 / scheme->group_size : 0;
+    const int64_t g1 = grouped ? (c1 + scheme->group_size - 1) / scheme->group_size : 1;
+    auto region_of = [&](const SrcTensor& t, std::vector<uint8_t>& buf) {
+      const int64_t cols = t.shape.size() >= 2 ? t.shape[1] : 1;
+      const bool fits = t.shape.size() >= 1 && t.shape[0] == out && (grouped ? cols >= g1 : true);
+      return part && fits ? src_region(t, rows, grouped ? g0 : 0, grouped ? g1 : cols, buf) : t;
+    };
+    const bool per_tensor = scheme->weight_strategy == "tensor";
+    std::vector<float> s = to_f32(per_tensor ? sc : region_of(sc, sbuf));
     if (scheme->weight_strategy == "group") {
       d.group = scheme->group_size;
       d.scale = std::move(s);
     } else {
       d.group = in;
-      d.scale = scheme->weight_strategy == "tensor" ? std::vector<float>(size_t(out), s[0])
-                                                    : std::move(s);
+      d.scale = per_tensor ? std::vector<float>(size_t(ro), s[0]) : std::move(s);
     }
     if (d.act == ActQuant::kStatic) {
       SrcTensor is;
@@ -352,7 +399,9 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
       }
     } else {  // 4-bit zero points (core::checkpoint_check checked the shape)
       SrcTensor zt;
-      SHRINK_CHECK(src.find(module + ".weight_zero_point", &zt) && zt.dtype == core::DType::kI8 &&
+      const bool found = src.find(module + ".weight_zero_point", &zt);
+      if (found) zt = region_of(zt, zbuf);
+      SHRINK_CHECK(found && zt.dtype == core::DType::kI8 &&
                        zt.numel() == int64_t(d.scale.size()),
                    StatusCode::kInvalidInput,
                    "%s: %s.weight_zero_point: expected I8 [%lld, %lld] (symmetric: false)",
@@ -401,7 +450,7 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
     SrcTensor b;
     SHRINK_CHECK(src.find(module + ".bias", &b), StatusCode::kInvalidInput, "%s: missing %s.bias",
                  src.origin().c_str(), module.c_str());
-    d.bias = to_f32(b);
+    d.bias = to_f32(rows && b.numel() == out ? src_region(b, rows, 0, 1, bbuf) : b);
     src.release(module + ".bias");
   }
   return d;
@@ -412,10 +461,12 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
 // apart; either way the outputs land side by side in one row.
 Status Engine::Impl::add_linears(TensorSource& src, const std::vector<std::string>& modules,
                                  const std::vector<int64_t>& outs, int64_t in, bool bias,
-                                 std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice) {
+                                 std::vector<std::unique_ptr<Linear>>* dst, const Slicer& slice,
+                                 const std::vector<TpRegion>* regions) {
   std::vector<LinearDesc> ds;
   for (size_t i = 0; i < modules.size(); ++i) {
-    SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias));
+    SHRINK_ASSIGN_OR_RETURN(LinearDesc d, linear_desc(src, modules[i], outs[i], in, bias,
+                                                      regions ? &(*regions)[i] : nullptr));
     if (d.kind == LinearKind::kW8A16 && d.act_int8 == ActInt8::kOff) d.act_int8 = d.bits == 4 ? act4 : act8;
     if (slice) SHRINK_RETURN_IF_ERROR(slice(d, i));
     ds.push_back(std::move(d));
@@ -597,10 +648,14 @@ Status Engine::Impl::build(TensorSource& src) {
       desc_rows(d, index_range(first * hd, i == 0 ? c.q_dim() : c.kv_dim()));
       return Status::ok();
     };
+    // Under --tp each module reads only the rank's part of the checkpoint (TpRegion).
+    const std::vector<TpRegion> qkv_reg = {{index_range(ts.hq0 * hd, c.q_dim())},
+                                           {index_range(ts.hkv0 * hd, c.kv_dim())},
+                                           {index_range(ts.hkv0 * hd, c.kv_dim())}};
     SHRINK_RETURN_IF_ERROR(add_linears(
         src, {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"},
         {g.q_dim(), g.kv_dim(), g.kv_dim()}, H, c.qkv_bias, &L.qkv,
-        tp_on ? Slicer(qkv_rows) : nullptr));
+        tp_on ? Slicer(qkv_rows) : nullptr, tp_on ? &qkv_reg : nullptr));
     std::vector<std::unique_ptr<Linear>> one;
     // Row-parallel o_proj: the columns of this rank's heads (under act-order, the columns whose
     // groups hold exactly those heads' channels, read through a local permutation).
@@ -628,8 +683,10 @@ Status Engine::Impl::build(TensorSource& src) {
       if (ts.rank != 0) d.bias.clear();  // added once, by rank 0
       return Status::ok();
     };
+    const std::vector<TpRegion> o_reg = {{{}, ts.hq0 * hd, ts.hq0 * hd + c.q_dim()}};
     SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "self_attn.o_proj"}, {H}, g.q_dim(), c.o_bias,
-                                       &one, tp_on ? Slicer(o_cols) : nullptr));
+                                       &one, tp_on ? Slicer(o_cols) : nullptr,
+                                       tp_on ? &o_reg : nullptr));
     L.o = std::move(one[0]);
     // Row-parallel down_proj first: its columns (whole groups, in group order under act-order)
     // name the MLP channels this rank owns, which gate/up then produce in that order.
@@ -640,15 +697,21 @@ Status Engine::Impl::build(TensorSource& src) {
       return desc_cols(d, ts.rank * n, (ts.rank + 1) * n, &channels);
     };
     one.clear();
+    const std::vector<TpRegion> down_reg = {
+        {{}, ts.rank * c.intermediate_size, (ts.rank + 1) * c.intermediate_size}};
     SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.down_proj"}, {H}, I, false, &one,
-                                       tp_on ? Slicer(down_cols) : nullptr));
+                                       tp_on ? Slicer(down_cols) : nullptr,
+                                       tp_on ? &down_reg : nullptr));
     L.down = std::move(one[0]);
     auto gate_up_rows = [&](LinearDesc& d, size_t) {
       desc_rows(d, std::vector<int64_t>(channels.begin(), channels.end()));
       return Status::ok();
     };
+    const std::vector<int64_t> own(channels.begin(), channels.end());
+    const std::vector<TpRegion> gate_up_reg = {{own}, {own}};
     SHRINK_RETURN_IF_ERROR(add_linears(src, {p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H,
-                                       false, &L.gate_up, tp_on ? Slicer(gate_up_rows) : nullptr));
+                                       false, &L.gate_up, tp_on ? Slicer(gate_up_rows) : nullptr,
+                                       tp_on ? &gate_up_reg : nullptr));
     const int64_t cache = int64_t(opts.max_batch) * max_seq * c.kv_dim();
     // f16 and int8 elements packed 2 and 4 to a float of the backend's tensors.
     const int64_t floats = kv == KvStorage::kF16    ? (cache + 1) / 2
@@ -692,8 +755,10 @@ Status Engine::Impl::build(TensorSource& src) {
       desc_quantize_w8a16(d, src_rows(h, ts.v0, ts.vl));
       src.release("lm_head.weight");
     } else {
-      SHRINK_ASSIGN_OR_RETURN(d, linear_desc(src, "lm_head", c.vocab_size, H, false));
-      if (ts.size > 1) desc_rows(d, index_range(ts.v0, ts.vl));  // vocab-parallel
+      const TpRegion vocab{index_range(ts.v0, ts.vl)};  // vocab-parallel: the rank's rows
+      SHRINK_ASSIGN_OR_RETURN(
+          d, linear_desc(src, "lm_head", c.vocab_size, H, false, ts.size > 1 ? &vocab : nullptr));
+      if (ts.size > 1) desc_rows(d, index_range(ts.v0, ts.vl));
     }
     SHRINK_ASSIGN_OR_RETURN(lm_head, be->linear_create(std::move(d)));
     weight_bytes += lm_head->weight_bytes;

@@ -35,6 +35,10 @@ void pick_cols(std::vector<T>& v, int64_t rows, int64_t width, int64_t c0, int64
 }  // namespace
 
 void desc_rows(LinearDesc& d, const std::vector<int64_t>& rows) {
+  if (d.sliced) {  // read so already (only its rows are in the vectors)
+    d.out = int64_t(rows.size());
+    return;
+  }
   const int64_t groups = d.group > 0 ? (d.in + d.group - 1) / d.group : 0;
   pick_rows(d.w, d.in, rows);
   pick_rows(d.wb, d.in, rows);
@@ -75,6 +79,11 @@ Status desc_cols(LinearDesc& d, int64_t c0, int64_t c1, std::vector<int32_t>* ch
     d.perm.clear();
   }
   const int64_t rows = d.out;
+  if (d.sliced) {  // read so already: the shapes only
+    if (quantized && per_channel) d.group = c1 - c0;
+    d.in = c1 - c0;
+    return Status::ok();
+  }
   pick_cols(d.w, rows, d.in, c0, c1);
   pick_cols(d.wb, rows, d.in, c0, c1);
   pick_cols(d.q, rows, d.in, c0, c1);

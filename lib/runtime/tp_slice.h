@@ -17,6 +17,14 @@
 
 namespace shrink::runtime {
 
+/// The part of a layer's stored tensors one rank needs: output rows `rows` (all when empty) and
+/// input columns [c0, c1) (all when c1 < 0). The loader reads only these bytes of the mapped
+/// checkpoint (LinearDesc::sliced), so each rank touches only its own slices.
+struct TpRegion {
+  std::vector<int64_t> rows;
+  int64_t c0 = 0, c1 = -1;
+};
+
 /// Keep output rows `rows` of d (in that order): weights, scales, zero points and bias.
 void desc_rows(LinearDesc& d, const std::vector<int64_t>& rows);
 

@@ -13,9 +13,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <thread>
 
 #include "core/launch.h"
+#include "core/safetensors.h"
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "runtime/tp/gloo_comm.h"
@@ -218,6 +220,42 @@ TEST(TensorParallel, QuantizedModelsEqualOneProcess) {
   }
   expect_same_as_one_process(base + "/w4row", {2, 4}, "w4a16 --act-quant int8-row (W4A8)", row);
   std::filesystem::remove_all(base);
+}
+
+// Each rank reads only its part of each layer from the mapped checkpoint (TpRegion): a
+// non-finite scale in the last output row of q_proj (rank 1's heads) stops rank 1, naming the
+// tensor, while rank 0, which never reads that row, fails only on its lost peer. One process,
+// which reads the whole layer, refuses it too.
+TEST(TensorParallel, EachRankReadsOnlyItsSlices) {
+  const std::string q = test::temp_dir("tp_region");
+  test::quantize_dir(test::fixture("llama_gqa_llama3rope"), q, scheme(8, 0));
+  const std::string file = q + "/model.safetensors";
+  uint64_t pos = 0;
+  {
+    auto f = core::SafetensorsFile::open(file).take_or_throw();
+    const core::TensorInfo* t = f->find("model.layers.0.self_attn.q_proj.weight_scale");
+    ASSERT_NE(t, nullptr);
+    ASSERT_EQ(t->dtype, core::DType::kF32);
+    std::ifstream in(file, std::ios::binary);
+    uint64_t header = 0;
+    in.read(reinterpret_cast<char*>(&header), 8);
+    pos = 8 + header + t->offset + uint64_t(t->numel() - 1) * 4;
+  }
+  {
+    std::fstream io(file, std::ios::binary | std::ios::in | std::ios::out);
+    io.seekp(std::streamoff(pos));
+    const float inf = INFINITY;
+    io.write(reinterpret_cast<const char*>(&inf), 4);
+  }
+  const std::string bad = "q_proj.weight_scale holds a non-finite value";
+  auto one = Engine::load(q, EngineOptions{});
+  ASSERT_FALSE(one.is_ok());
+  EXPECT_NE(one.status().message().find(bad), std::string::npos) << one.status().message();
+  std::vector<RankRun> runs = tp_run(q, 2, {}, "shm", 5);
+  EXPECT_NE(runs[1].error.find(bad), std::string::npos) << runs[1].error;
+  EXPECT_FALSE(runs[0].error.empty());
+  EXPECT_EQ(runs[0].error.find(bad), std::string::npos) << "rank 0 read rank 1's rows: " << runs[0].error;
+  std::filesystem::remove_all(q);
 }
 
 TEST(TensorParallel, UnsplittableModelsAreRefusedNamingWhy) {
