@@ -737,6 +737,24 @@ const uint8_t* Checkpoint::data(const TensorInfo& t) const {
   return reinterpret_cast<const uint8_t*>(u.data.data());
 }
 
+bool Checkpoint::unpack_region(std::string_view name, const std::vector<int64_t>* rows,
+                               int64_t c0, int64_t c1, int8_t* out) const {
+  auto it = unpacked_.find(name);
+  if (it == unpacked_.end() || it->second->along_rows || c0 % 2 != 0) return false;
+  const Unpacked& u = *it->second;
+  const int64_t R = u.info.shape[0], C = u.info.shape[1];
+  if (c0 < 0 || c1 > C || c0 >= c1) return false;
+  const int64_t row_bytes = int4_packed_cols(C) * 4;
+  const uint8_t* p = files_[u.file]->data(*u.packed);
+  const int64_t n = rows ? int64_t(rows->size()) : R;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows ? (*rows)[size_t(i)] : i;
+    if (r < 0 || r >= R) return false;
+    int4_unpack(p + r * row_bytes + c0 / 2, 1, c1 - c0, out + i * (c1 - c0));
+  }
+  return true;
+}
+
 const TensorInfo* Checkpoint::packed_of(std::string_view name) const {
   auto it = unpacked_.find(name);
   return it == unpacked_.end() ? nullptr : it->second->packed;

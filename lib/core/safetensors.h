@@ -125,6 +125,12 @@ class Checkpoint {
   void release(const TensorInfo& t, uint64_t offset, uint64_t n) const;
   /// For a weight presented from 4-bit packing: the stored `<m>.weight_packed`; else null.
   const TensorInfo* packed_of(std::string_view name) const;
+  /// For a weight presented from 4-bit packing (along its columns): rows `rows` (all when null)
+  /// and columns [c0, c1) of the presented I8 values into out ([rows, c1 - c0]), unpacked from
+  /// the stored bytes of that region only, without unpacking the whole tensor (a tensor-parallel
+  /// rank's slice). False, writing nothing, for any other tensor or an odd c0.
+  bool unpack_region(std::string_view name, const std::vector<int64_t>* rows, int64_t c0,
+                     int64_t c1, int8_t* out) const;
   /// The file (basename) that holds a tensor.
   std::string file_of(std::string_view name) const;
   /// __metadata__ of the single file, or the first shard's.

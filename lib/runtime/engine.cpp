@@ -41,6 +41,25 @@ struct SrcTensor {
   }
 };
 
+// Rows `rows` (all when null) and columns [c0, c1) of a row-major [R, C] tensor (a vector is
+// [R, 1]), copied as stored into buf: under --tp a rank reads only its own bytes of the mapping.
+SrcTensor src_region(const SrcTensor& t, const std::vector<int64_t>* rows, int64_t c0, int64_t c1,
+                     std::vector<uint8_t>& buf) {
+  const int64_t R = t.shape.empty() ? 1 : t.shape[0];
+  const int64_t C = t.shape.size() >= 2 ? t.shape[1] : 1;
+  const int64_t n = rows ? int64_t(rows->size()) : R, w = c1 - c0;
+  const size_t es = core::dtype_size(t.dtype);
+  buf.resize(size_t(n * w) * es);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows ? (*rows)[size_t(i)] : i;
+    std::memcpy(buf.data() + size_t(i * w) * es, t.data + size_t(r * C + c0) * es, size_t(w) * es);
+  }
+  SrcTensor v = t;
+  v.shape = t.shape.size() >= 2 ? std::vector<int64_t>{n, w} : std::vector<int64_t>{n};
+  v.data = buf.data();
+  return v;
+}
+
 class TensorSource {
  public:
   virtual ~TensorSource() = default;
@@ -50,6 +69,22 @@ class TensorSource {
   virtual void release(const std::string& /*name*/, uint64_t /*offset*/, uint64_t /*n*/) {}
   virtual std::vector<std::string> names() const = 0;
   virtual std::string origin() const = 0;
+  /// A tensor's dtype and shape, without reading (or unpacking) its data.
+  virtual bool shape_of(const std::string& name, core::DType* dtype, std::vector<int64_t>* shape) {
+    SrcTensor t;
+    if (!find(name, &t)) return false;
+    *dtype = t.dtype;
+    *shape = t.shape;
+    return true;
+  }
+  /// src_region of a tensor: only those bytes read (a tensor-parallel rank's part).
+  virtual bool find_region(const std::string& name, const std::vector<int64_t>* rows, int64_t c0,
+                           int64_t c1, SrcTensor* out, std::vector<uint8_t>& buf) {
+    SrcTensor t;
+    if (!find(name, &t)) return false;
+    *out = src_region(t, rows, c0, c1, buf);
+    return true;
+  }
 };
 
 class CheckpointSource : public TensorSource {
@@ -71,6 +106,28 @@ class CheckpointSource : public TensorSource {
   }
   std::vector<std::string> names() const override { return c_.names(); }
   std::string origin() const override { return c_.dir(); }
+  bool shape_of(const std::string& name, core::DType* dtype, std::vector<int64_t>* shape) override {
+    const core::TensorInfo* t = c_.find(name);
+    if (!t) return false;
+    *dtype = t->dtype;
+    *shape = t->shape;
+    return true;
+  }
+  // A 4-bit packed weight's region is unpacked from its own bytes (not the whole tensor).
+  bool find_region(const std::string& name, const std::vector<int64_t>* rows, int64_t c0, int64_t c1,
+                   SrcTensor* out, std::vector<uint8_t>& buf) override {
+    const core::TensorInfo* t = c_.find(name);
+    if (!t) return false;
+    if (c_.packed_of(name) && t->shape.size() == 2) {
+      const int64_t n = rows ? int64_t(rows->size()) : t->shape[0];
+      buf.resize(size_t(n * (c1 - c0)));
+      if (c_.unpack_region(name, rows, c0, c1, reinterpret_cast<int8_t*>(buf.data()))) {
+        *out = {core::DType::kI8, {n, c1 - c0}, buf.data()};
+        return true;
+      }
+    }
+    return TensorSource::find_region(name, rows, c0, c1, out, buf);
+  }
   const core::Checkpoint& checkpoint() const { return c_; }
 
  private:
@@ -180,24 +237,6 @@ std::vector<float> to_f32(const SrcTensor& t) {
   return v;
 }
 
-// Rows `rows` (all when null) and columns [c0, c1) of a row-major [R, C] tensor (a vector is
-// [R, 1]), copied as stored into buf: under --tp a rank reads only its own bytes of the mapping.
-SrcTensor src_region(const SrcTensor& t, const std::vector<int64_t>* rows, int64_t c0, int64_t c1,
-                     std::vector<uint8_t>& buf) {
-  const int64_t R = t.shape.empty() ? 1 : t.shape[0];
-  const int64_t C = t.shape.size() >= 2 ? t.shape[1] : 1;
-  const int64_t n = rows ? int64_t(rows->size()) : R, w = c1 - c0;
-  const size_t es = core::dtype_size(t.dtype);
-  buf.resize(size_t(n * w) * es);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = rows ? (*rows)[size_t(i)] : i;
-    std::memcpy(buf.data() + size_t(i * w) * es, t.data + size_t(r * C + c0) * es, size_t(w) * es);
-  }
-  SrcTensor v = t;
-  v.shape = t.shape.size() >= 2 ? std::vector<int64_t>{n, w} : std::vector<int64_t>{n};
-  v.data = buf.data();
-  return v;
-}
 
 // The KV cache (K and V, every layer, every batch slot, the whole context, f32 at most) must
 // have a size that fits in int64 and in the machine's memory: refuse it here with the numbers,
@@ -304,21 +343,28 @@ Result<LinearDesc> Engine::Impl::linear_desc(TensorSource& src, const std::strin
   d.out = out;
   d.in = in;
   SrcTensor w;
-  SHRINK_CHECK(src.find(module + ".weight", &w), StatusCode::kInvalidInput, "%s: missing %s.weight",
-               src.origin().c_str(), module.c_str());
-  // --tp: read only the rank's region, except under act-order groups (whose columns the slicer
-  // picks in group order from the whole). d.out and d.in stay the layer's; ro x ri is what is
-  // read. The weight's shape was checked against [out, in] when the checkpoint was opened.
+  core::DType wdtype;
+  std::vector<int64_t> wshape;
+  SHRINK_CHECK(src.shape_of(module + ".weight", &wdtype, &wshape), StatusCode::kInvalidInput,
+               "%s: missing %s.weight", src.origin().c_str(), module.c_str());
+  // --tp: read only the rank's region (a packed 4-bit weight: unpack only it), except under
+  // act-order groups (whose columns the slicer picks in group order from the whole). d.out and
+  // d.in stay the layer's; ro x ri is what is read.
   SrcTensor probe;
   const bool part = region && !src.find(module + ".weight_g_idx", &probe) &&
-                    w.shape == std::vector<int64_t>{out, in};
+                    wshape == std::vector<int64_t>{out, in};
   const std::vector<int64_t>* rows = part && !region->rows.empty() ? &region->rows : nullptr;
   const int64_t c0 = part ? region->c0 : 0, c1 = part && region->c1 >= 0 ? region->c1 : in;
   const int64_t ro = rows ? int64_t(rows->size()) : out, ri = c1 - c0;
   std::vector<uint8_t> wbuf, sbuf, zbuf, bbuf;
   if (part) {
-    w = src_region(w, rows, c0, c1, wbuf);
+    SHRINK_CHECK(src.find_region(module + ".weight", rows, c0, c1, &w, wbuf),
+                 StatusCode::kInvalidInput, "%s: missing %s.weight", src.origin().c_str(),
+                 module.c_str());
     d.sliced = true;
+  } else {
+    SHRINK_CHECK(src.find(module + ".weight", &w), StatusCode::kInvalidInput,
+                 "%s: missing %s.weight", src.origin().c_str(), module.c_str());
   }
   if (w.dtype == core::DType::kI8) {
     SHRINK_CHECK(scheme.has_value(), StatusCode::kInvalidInput,

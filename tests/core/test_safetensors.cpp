@@ -953,6 +953,20 @@ TEST(SafetensorsCheckpointTest, PackedFourBitWeightsArePresentedAsInt8) {
     ASSERT_NE(t, nullptr);
     EXPECT_EQ(t->dtype, DType::kI8);
     EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 11}));
+    // A region (a tensor-parallel rank's rows and columns) unpacked from its own bytes: rows
+    // 1 then 0, columns [2, 9), against the values written; odd first columns are refused.
+    const std::vector<int64_t> rows = {1, 0};
+    std::vector<int8_t> part(14, 99);
+    ASSERT_TRUE(ck->unpack_region("m.weight", &rows, 2, 9, part.data()));
+    std::vector<int8_t> want;
+    for (int64_t r : rows)
+      for (int64_t k = 2; k < 9; ++k) want.push_back(q[size_t(r * 11 + k)]);
+    EXPECT_EQ(part, want);
+    ASSERT_TRUE(ck->unpack_region("m.weight", nullptr, 10, 11, part.data()));
+    EXPECT_EQ(part[0], q[10]);
+    EXPECT_EQ(part[1], q[21]);
+    EXPECT_FALSE(ck->unpack_region("m.weight", nullptr, 3, 9, part.data()));
+    EXPECT_FALSE(ck->unpack_region("other", nullptr, 0, 1, part.data()));
     const int8_t* v = reinterpret_cast<const int8_t*>(ck->data(*t));
     EXPECT_EQ(std::vector<int8_t>(v, v + 22), q);
     EXPECT_EQ(ck->data(*t), ck->data(*t));  // unpacked once
