@@ -509,8 +509,8 @@ void register_verify(CLI::App& app, Globals& g) {
     int gate = 0;
     g.exit_code = run_guarded("verify", g, [&]() -> Status {
       SHRINK_CHECK(g.tp == 1 || o->serve_concurrency.empty(), StatusCode::kInvalidInput,
-                   "--serve-concurrency with --tp: the serving comparison serves one process per "
-                   "model; serve --tp is not supported yet");
+                   "--serve-concurrency with --tp: the serving comparison starts one `shrink-rt "
+                   "serve` per model itself; run it without --tp (serve takes --tp on its own)");
       o->v.engine = engine_opts(g);
       SHRINK_ASSIGN_OR_RETURN(runtime::VerifyResult r, runtime::verify(o->compact, o->reference, o->v));
       SHRINK_ASSIGN_OR_RETURN(const nlohmann::json served, cli::verify_serve(*o, o->v.engine));
