@@ -97,6 +97,31 @@ for transport in gloo shm; do
   [ $((t1 - t0)) -le 30 ] || fail "$transport: rank 0 took $((t1 - t0)) s to fail (--dist-timeout 5)"
   echo "tp_check: $transport, stalled rank: rank 0 exit 1 after $((t1 - t0)) s: $(head -c 300 "$out/r0.err")"
 done
+# 3b. Four ranks over Gloo, rank 2 stalled: Gloo's ring timeout names no rank; the heartbeats
+#     in rank 0's store do, on every surviving rank.
+port=$(( 20000 + RANDOM % 20000 ))
+g4=()
+for r in 0 1 2 3; do
+  WORLD_SIZE=4 RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "${RTX[@]}" --threads 1 --tp 4 --tp-transport gloo --dist-timeout 5 eval "$M" --seq-len 256 \
+    >"$out/g$r.out" 2>"$out/g$r.err" &
+  g4+=("$!")
+  pids+=("$!")
+done
+sleep 4
+kill -STOP "${g4[2]}"
+for r in 0 1 3; do
+  rc=0
+  timeout 60 tail --pid="${g4[$r]}" -f /dev/null || fail "gloo x4: rank $r hung on a stalled rank 2"
+  wait "${g4[$r]}" || rc=$?
+  [ "$rc" = 1 ] || fail "gloo x4: rank $r exited $rc, expected 1 ($(cat "$out/g$r.err"))"
+  grep -q "rank 2 died or stalled past --dist-timeout 5 s" "$out/g$r.err" ||
+    fail "gloo x4: rank $r does not name rank 2: $(cat "$out/g$r.err")"
+done
+kill -9 "${g4[2]}" 2>/dev/null || true
+wait "${g4[2]}" 2>/dev/null || true
+echo "tp_check: gloo, 4 ranks, rank 2 stalled: ranks 0, 1, 3 exit 1 naming rank 2"
+
 # 4. serve --tp 2: rank 0 serves HTTP, rank 1 follows its steps. A greedy completion equals
 #    generate in one process; SIGTERM drains and stops both ranks (exit 0); a killed follower
 #    makes the server exit 1 within --dist-timeout, naming the rank.

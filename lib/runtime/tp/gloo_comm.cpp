@@ -58,6 +58,14 @@ class StoreServer {
       kv_[req.get_param_value("k")] = req.body;
       res.set_content("ok", "text/plain");
     });
+    // Every heartbeat counter at once ("rank counter" lines; see Heartbeat).
+    server_.Get("/beats", [this](const httplib::Request&, httplib::Response& res) {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::string body;
+      for (auto it = kv_.lower_bound("hb-"); it != kv_.end() && it->first.rfind("hb-", 0) == 0; ++it)
+        body += it->first.substr(3) + " " + it->second + "\n";
+      res.set_content(body, "text/plain");
+    });
     server_.Get("/get", [this](const httplib::Request& req, httplib::Response& res) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = kv_.find(req.get_param_value("k"));
@@ -147,6 +155,83 @@ bool loopback(const std::string& a) {
 }
 
 #if SHRINK_HAVE_GLOO
+// Gloo's errors name a peer's address, or (a timeout in a ring) no peer at all. So every rank
+// beats a counter into rank 0's store every half second and reads everyone's back: a rank whose
+// collective failed names the ranks whose counters had stood still for 1.5 s as of its last read
+// of the store (which stays valid after rank 0, and its store, exit on their own failure).
+class Heartbeat {
+ public:
+  Heartbeat(const std::string& host, int port, int rank, int size)
+      : client_(host, port), rank_(rank), changed_(size_t(size), Clock::now()),
+        seen_(size_t(size)), last_read_(Clock::now()) {
+    client_.set_connection_timeout(std::chrono::seconds(1));
+    client_.set_read_timeout(std::chrono::seconds(1));
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  /// The other ranks whose beat had stood still for 1.5 s at the last read; rank 0 when the store
+  /// stopped answering with every beat still moving; "" when nothing is known.
+  std::string silent() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::string out;
+    for (size_t r = 0; r < changed_.size(); ++r) {
+      if (int(r) == rank_ || last_read_ - changed_[r] < std::chrono::milliseconds(1500)) continue;
+      out += (out.empty() ? "rank " : ", rank ") + std::to_string(r);
+    }
+    if (out.empty() && Clock::now() - last_read_ > std::chrono::milliseconds(1500))
+      out = "rank 0 (its rendezvous store stopped answering)";
+    return out;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (uint64_t n = 1; !stop_; ++n) {
+      lk.unlock();
+      client_.Post("/set?k=hb-" + std::to_string(rank_), std::to_string(n), "text/plain");
+      auto res = client_.Get("/beats");
+      lk.lock();
+      if (res && res->status == 200) {
+        const auto now = Clock::now();
+        last_read_ = now;
+        size_t at = 0;
+        while (at < res->body.size()) {
+          const size_t end = res->body.find('\n', at);
+          const std::string line = res->body.substr(at, end - at);
+          at = end == std::string::npos ? res->body.size() : end + 1;
+          const size_t sp = line.find(' ');
+          if (sp == std::string::npos) continue;
+          const int r = std::atoi(line.substr(0, sp).c_str());
+          if (r < 0 || size_t(r) >= seen_.size()) continue;
+          const std::string v = line.substr(sp + 1);
+          if (v != seen_[size_t(r)]) {
+            seen_[size_t(r)] = v;
+            changed_[size_t(r)] = now;
+          }
+        }
+      }
+      cv_.wait_for(lk, std::chrono::milliseconds(500), [&] { return stop_; });
+    }
+  }
+
+  httplib::Client client_;
+  int rank_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::vector<Clock::time_point> changed_;  // when each rank's counter last moved
+  std::vector<std::string> seen_;
+  Clock::time_point last_read_;
+  std::thread thread_;
+};
+
 class GlooComm : public TpComm {
  public:
   int rank() const override { return ctx_->rank; }
@@ -155,6 +240,7 @@ class GlooComm : public TpComm {
   std::shared_ptr<gloo::rendezvous::Context> ctx_;
   std::shared_ptr<gloo::transport::Device> dev_;
   std::unique_ptr<StoreServer> server_;
+  std::unique_ptr<Heartbeat> beat_;  // groups of more than two (see failure())
   std::chrono::milliseconds timeout_{30000};
   uint32_t tag_ = 0;
 
@@ -189,9 +275,15 @@ class GlooComm : public TpComm {
 
  private:
   std::string failure(const char* what, const char* detail) const {
-    // Gloo's error names the peer's address, not its rank; with two ranks the peer is known.
-    const std::string peer = ctx_->size == 2 ? "rank " + std::to_string(1 - ctx_->rank)
-                                             : "a peer rank";
+    // Gloo's error names the peer's address, not its rank; with two ranks the peer is known,
+    // beyond, the heartbeats that stood still name it.
+    std::string peer = "a peer rank";
+    if (ctx_->size == 2) {
+      peer = "rank " + std::to_string(1 - ctx_->rank);
+    } else if (beat_) {
+      const std::string s = beat_->silent();
+      if (!s.empty()) peer = s;
+    }
     return "tensor parallelism: rank " + std::to_string(ctx_->rank) + " of " +
            std::to_string(ctx_->size) + ": " + what + " failed (" + peer +
            " died or stalled past --dist-timeout " + std::to_string(timeout_.count() / 1000) +
@@ -413,6 +505,10 @@ Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout
     comm->ctx_ = std::make_shared<gloo::rendezvous::Context>(env.rank, env.world_size);
     comm->ctx_->setTimeout(comm->timeout_);
     comm->ctx_->connectFullMesh(prefix, comm->dev_);
+    if (env.world_size > 2) {
+      comm->beat_ = std::make_unique<Heartbeat>(env.master_addr, env.master_port, env.rank,
+                                                env.world_size);
+    }
   } catch (const std::exception& e) {
     return Status(StatusCode::kInternal, "tensor parallelism: rank " + std::to_string(env.rank) +
                                              " could not join the group of " +
