@@ -622,10 +622,12 @@ class CpuBackend : public Backend {
     if (block == 0 && l.act_rows_split && row_absmax_reduce_) {
       row_scale = split_row_scales(x, M, K);  // the whole row's scale, as one process takes it
     }
+    // Rows in parallel from about 32 of them (a prefill's): about 16 operations per input
+    // (the scale, the rounding, the packing), against kMinParallelWork.
     cpu_kernels::parallel_for(M, 1, [&](int64_t b, int64_t e) {
       cpu_kernels::quantize_w4a8_act(x + b * K, e - b, K, K, block, qa_.data() + b * lda, lda,
                                      row_scale ? row_scale + b : nullptr, k_.quantize_s8);
-    }, 2 * K);
+    }, 16 * K);
     if (!l.zs.empty()) group_sums(l, x, M);
     cpu_kernels::parallel_for(N, kColAlign, [&](int64_t b, int64_t e) {
       k_.gemm_w4a8_nt(M, e - b, K, qa_.data(), lda, l.q4.data() + b * l.ld4, l.ld4,

@@ -38,11 +38,12 @@ void quantize_w4a8_act(const float* x, int64_t rows, int64_t K, int64_t ldx, int
     for (int64_t b = 0; b < nblocks; ++b) {
       uint8_t* pc = pr + b / 4 * kW4a8ChunkBytes;
       const int64_t j = b % 4, k0 = 32 * b, n = std::min<int64_t>(32, K - k0);
+      const int8_t* qb = q.data() + k0;
       int32_t sum = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        pc[(i < 16 ? 0 : 64) + 16 * j + (i & 15)] = uint8_t(q[size_t(k0 + i)]);
-        sum += q[size_t(k0 + i)];
-      }
+      for (int64_t i = 0; i < n; ++i) sum += qb[i];
+      // Inputs 0..15 meet the low nibbles (at 16 j), 16..31 the high ones (at 64 + 16 j).
+      std::memcpy(pc + 16 * j, qb, size_t(std::min<int64_t>(n, 16)));
+      if (n > 16) std::memcpy(pc + 64 + 16 * j, qb + 16, size_t(n - 16));
       reinterpret_cast<int32_t*>(pc + 128)[4 * j] = -8 * sum;
       for (int l = 0; l < 4; ++l) reinterpret_cast<float*>(pc + 192)[4 * j + l] = s[size_t(b)];
     }
