@@ -22,6 +22,12 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "tp_check: FAIL: $*" >&2; exit 1; }
+# reap PID SECONDS WHAT: wait up to SECONDS for PID to exit (else fail: WHAT); its code in $rc.
+reap() {
+  rc=0
+  timeout "$2" tail --pid="$1" -f /dev/null || fail "$3"
+  wait "$1" || rc=$?
+}
 
 # 1. Equal results.
 prompt="The meaning of life is"
@@ -59,9 +65,7 @@ done
 sleep 2
 kill -9 "$victim"
 t0=$(date +%s)
-rc=0
-timeout 60 tail --pid="$launcher" -f /dev/null || fail "the launch hung after a rank was killed"
-wait "$launcher" || rc=$?
+reap "$launcher" 60 "the launch hung after a rank was killed"
 t1=$(date +%s)
 [ "$rc" = 1 ] || fail "a killed rank: exit $rc, expected 1 ($(cat "$out/kill.err"))"
 grep -q "killed by signal 9" "$out/kill.err" || fail "no 'killed by signal 9' in: $(cat "$out/kill.err")"
@@ -82,9 +86,7 @@ for transport in gloo shm; do
   sleep 3
   kill -STOP "$r1"
   t0=$(date +%s)
-  rc=0
-  timeout 60 tail --pid="$r0" -f /dev/null || fail "$transport: rank 0 hung on a stalled rank 1"
-  wait "$r0" || rc=$?
+  reap "$r0" 60 "$transport: rank 0 hung on a stalled rank 1"
   t1=$(date +%s)
   kill -9 "$r1" 2>/dev/null || true
   wait "$r1" 2>/dev/null || true
@@ -111,9 +113,7 @@ done
 sleep 4
 kill -STOP "${g4[2]}"
 for r in 0 1 3; do
-  rc=0
-  timeout 60 tail --pid="${g4[$r]}" -f /dev/null || fail "gloo x4: rank $r hung on a stalled rank 2"
-  wait "${g4[$r]}" || rc=$?
+  reap "${g4[$r]}" 60 "gloo x4: rank $r hung on a stalled rank 2"
   [ "$rc" = 1 ] || fail "gloo x4: rank $r exited $rc, expected 1 ($(cat "$out/g$r.err"))"
   grep -q "rank 2 died or stalled past --dist-timeout 5 s" "$out/g$r.err" ||
     fail "gloo x4: rank $r does not name rank 2: $(cat "$out/g$r.err")"
@@ -158,9 +158,7 @@ text=$(node -e '
 one=$("${RTX[@]}" --threads 2 generate "$M" --prompt "$prompt" --max-new-tokens 32)
 [ "$prompt$text" = "$one" ] || fail "serve --tp 2 completion differs from generate: '$prompt$text' vs '$one'"
 kill -TERM "$srv"
-rc=0
-timeout 30 tail --pid="$srv" -f /dev/null || fail "serve --tp 2 did not stop on SIGTERM"
-wait "$srv" || rc=$?
+reap "$srv" 30 "serve --tp 2 did not stop on SIGTERM"
 [ "$rc" = 0 ] || fail "serve --tp 2 exited $rc on SIGTERM, expected 0: $(cat "$out/serve.err")"
 echo "tp_check: serve --tp 2: the greedy completion equals generate; SIGTERM: exit 0"
 serve_up "$out/serve2"
@@ -168,9 +166,7 @@ victim=$(pgrep -P "$srv" | tail -1)
 [ -n "$victim" ] || fail "serve --tp 2: no rank processes"
 kill -9 "$victim"
 t0=$(date +%s)
-rc=0
-timeout 60 tail --pid="$srv" -f /dev/null || fail "serve --tp 2 hung after a rank was killed"
-wait "$srv" || rc=$?
+reap "$srv" 60 "serve --tp 2 hung after a rank was killed"
 t1=$(date +%s)
 [ "$rc" = 1 ] || fail "serve --tp 2, killed rank: exit $rc, expected 1: $(cat "$out/serve2.err")"
 grep -Eq "rank 1 \(pid $victim\) was killed by signal 9" "$out/serve2.err" ||

@@ -667,16 +667,17 @@ class CpuBackend : public Backend {
       // bf16 matmul for prefill where the CPU has AVX512_BF16, else the paths below on the
       // rounded values. So a row's result does not depend on the batch it runs in (decode
       // rows alone in the GEMV or many in the GEMM), only on summation order.
-      xb_.resize(size_t(M * K));
-      cpu_kernels::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = core::f32_to_bf16(x[i]);
-      });
-      if (big && cpu_kernels::gemm_bf16_native() &&
-          cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wbp, K, y, ldy)) {
-        return;
+      if (big && cpu_kernels::gemm_bf16_native()) {
+        xb_.resize(size_t(M * K));
+        cpu_kernels::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) xb_[size_t(i)] = core::f32_to_bf16(x[i]);
+        });
+        if (cpu_kernels::gemm_bf16_nt_library(M, N, K, xb_.data(), K, l.wbp, K, y, ldy)) return;
       }
-      xr_.resize(size_t(M * K));
-      for (int64_t i = 0; i < M * K; ++i) xr_[size_t(i)] = core::bf16_to_f32(xb_[size_t(i)]);
+      xr_.resize(size_t(M * K));  // the same rounding, kept as float for the paths below
+      cpu_kernels::parallel_for(M * K, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) xr_[size_t(i)] = core::bf16_to_f32(core::f32_to_bf16(x[i]));
+      });
       x = xr_.data();
     }
     // Many rows: widened into the library's fp32 GEMM a panel at a time (N*K conversions in

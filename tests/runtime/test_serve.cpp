@@ -17,7 +17,6 @@
 #include "runtime/prefix_cache.h"
 #include "runtime/scheduler.h"
 #include "runtime/serve/openai.h"
-#include "runtime/tp/gloo_comm.h"
 #include "tests/runtime/util.h"
 
 namespace shrink::runtime {
@@ -39,6 +38,21 @@ float max_abs_diff(const float* a, const float* b, int64_t n) {
   float m = 0;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
   return m;
+}
+
+// Rank r of a 2-rank shm group's share of the teacher (in fp32 arithmetic, as teacher()).
+std::unique_ptr<Engine> tp_teacher(int r, int port, int slots, int64_t ctx) {
+  auto comm = test::tp_join_local(r, 2, port, "shm");
+  EXPECT_TRUE(comm.is_ok()) << comm.status().message();
+  if (!comm.is_ok()) return nullptr;
+  EngineOptions o;
+  o.max_batch = slots;
+  o.max_seq_len = ctx;
+  o.float_weights = "exact";
+  o.tp = comm.value();
+  auto e = Engine::load(kTeacher, o);
+  EXPECT_TRUE(e.is_ok()) << e.status().message();
+  return e.is_ok() ? std::move(e).value() : nullptr;
 }
 
 // Every token of a submitted request, once it has ended.
@@ -263,26 +277,13 @@ TEST(Serve, TensorParallelSchedulersRunInLockstep) {
   std::vector<int64_t> cached(reqs.size(), -1);
   std::string cancelled_reason, follower_status = "not run";
   auto rank = [&](int r) {
-    core::DistEnv env;
-    env.active = true;
-    env.rank = r;
-    env.world_size = 2;
-    env.master_port = port;
-    env.local_world_size = 2;
-    auto comm = tp_join(env, 30, "shm");
-    ASSERT_TRUE(comm.is_ok()) << comm.status().message();
-    EngineOptions o;
-    o.max_batch = 3;
-    o.max_seq_len = 256;
-    o.float_weights = "exact";
-    o.tp = comm.value();
-    auto e = Engine::load(kTeacher, o);
-    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    auto e = tp_teacher(r, port, 3, 256);
+    ASSERT_TRUE(e);
     SchedulerOptions so;
     so.max_batch_tokens = 20;
     so.prefix_cache_bytes = 16u << 20;
     so.heartbeat = std::chrono::milliseconds(20);
-    Scheduler sched(**e, so);
+    Scheduler sched(*e, so);
     sched.start();
     if (sched.follower()) {
       EXPECT_FALSE(sched.submit(reqs[0]).is_ok());  // only rank 0 takes requests
@@ -327,23 +328,11 @@ TEST(Serve, TensorParallelRanksWithDifferentOptionsStop) {
   const int port = core::tcp_port_free().take_or_throw();
   std::string why[2];
   auto rank = [&](int r) {
-    core::DistEnv env;
-    env.active = true;
-    env.rank = r;
-    env.world_size = 2;
-    env.master_port = port;
-    env.local_world_size = 2;
-    auto comm = tp_join(env, 30, "shm");
-    ASSERT_TRUE(comm.is_ok()) << comm.status().message();
-    EngineOptions o;
-    o.max_batch = 2;
-    o.max_seq_len = 128;
-    o.tp = comm.value();
-    auto e = Engine::load(kTeacher, o);
-    ASSERT_TRUE(e.is_ok()) << e.status().message();
+    auto e = tp_teacher(r, port, 2, 128);
+    ASSERT_TRUE(e);
     SchedulerOptions so;
     so.max_batch_tokens = r == 0 ? 32 : 16;  // rank 1 started with another --max-batch-tokens
-    Scheduler sched(**e, so);
+    Scheduler sched(*e, so);
     sched.start();
     if (sched.follower()) {
       why[r] = sched.wait_stopped().message();

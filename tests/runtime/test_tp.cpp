@@ -90,13 +90,7 @@ std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& 
   std::vector<std::thread> ts;
   for (int r = 0; r < n; ++r) {
     ts.emplace_back([&, r] {
-      core::DistEnv env;
-      env.active = true;
-      env.rank = r;
-      env.world_size = n;
-      env.master_port = port;
-      env.local_world_size = transport == "shm" ? n : 1;
-      auto comm = tp_join(env, timeout_s, transport);
+      auto comm = test::tp_join_local(r, n, port, transport, timeout_s);
       if (!comm.is_ok()) {
         runs[size_t(r)].error = comm.status().message();
         return;

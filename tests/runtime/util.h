@@ -15,6 +15,7 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 #include "runtime/quant.h"
+#include "runtime/tp/gloo_comm.h"
 #include "tests/export/util.h"  // act_order_test_order
 #include "tests/util.h"         // temp_dir
 
@@ -22,6 +23,20 @@ namespace shrink::test {
 
 inline std::string fixture(const std::string& name) {
   return std::string(SHRINK_FIXTURES_DIR) + "/hf/" + name;
+}
+
+/// Rank `rank` of a tensor-parallel group of `size` ranks run as threads of this process (the
+/// rendezvous at 127.0.0.1:port; shm counts every rank as local, gloo none).
+inline Result<std::shared_ptr<runtime::TpComm>> tp_join_local(int rank, int size, int port,
+                                                              const std::string& transport,
+                                                              double timeout_s = 30) {
+  core::DistEnv env;
+  env.active = true;
+  env.rank = rank;
+  env.world_size = size;
+  env.master_port = port;
+  env.local_world_size = transport == "shm" ? size : 1;
+  return runtime::tp_join(env, timeout_s, transport);
 }
 
 inline std::vector<float> tensor_f32(const core::SafetensorsFile& f, const std::string& name) {
