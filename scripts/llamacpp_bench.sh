@@ -29,7 +29,8 @@
 #     The same models against llama.cpp's own llama-bench built natively from node-llama-cpp's
 #     source bundle (scripts/llamacpp_build.sh; no JavaScript in the loop): prefill of 64 tokens
 #     (pp64) and 32 decode steps after 64 tokens of context (tg32 at depth 64), runs interleaved
-#     with shrink-rt bench --prompt-len 64 --gen-len 32, medians of --reps.
+#     with shrink-rt bench --prompt-len 64 --gen-len 32 --warmup 1, medians of --reps. Both warm up
+#     first (llama-bench runs an untimed prompt and a decode step; so does shrink-rt bench).
 #
 #   speed and native also take --kinds "f32 bf16 w8 w4" (the weights compared; only those are
 #   made) and --act-quant "auto" (shrink-rt's --act-quant values, each a row of its own for the
@@ -228,7 +229,7 @@ speed_compare() {  # PEER_FN PEER_NAME DECODE_COLUMN PREFILL_COLUMN
       local ld="" lp=""
       for r in $(seq "$reps"); do
         for aq in $m_acts; do
-          a=$("$BIN/shrink-rt" --threads "$th" "$flag" "$aq" bench "$W/$m" --prompt-len 64 --gen-len 32 --format json)
+          a=$("$BIN/shrink-rt" --threads "$th" "$flag" "$aq" bench "$W/$m" --prompt-len 64 --gen-len 32 --warmup 1 --format json)
           rd[$aq]+="$(echo "$a" | sed -n 's/^ *"decode_tok_s": \([0-9.e+-]*\),*/\1/p') "
           rp[$aq]+="$(echo "$a" | sed -n 's/^ *"prefill_tok_s": \([0-9.e+-]*\),*/\1/p') "
           echo "{\"shape\": \"$shape\", \"weights\": \"$m\", \"$key\": \"$aq\", \"threads\": $th, \"rep\": $r, \"shrink_rt\": $(echo "$a" | tr -d '\n')}" >>"$OUT/results.jsonl"

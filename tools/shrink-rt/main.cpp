@@ -154,7 +154,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
 void register_bench(CLI::App& app, Globals& g) {
   struct Opts {
     std::string model, shape, dtype = "f32", batches = "1", format = "md";
-    int64_t prompt_len = 512, gen_len = 128, warmup = 0;
+    int64_t prompt_len = 512, gen_len = 128, warmup = 1;
     uint64_t seed = 0;
     core::SamplingParams sampling;
   };
@@ -176,7 +176,9 @@ void register_bench(CLI::App& app, Globals& g) {
   sub->add_option("--format", o->format, "md, csv or json")->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed of the random weights and prompts")->capture_default_str();
   sub->add_option("--warmup", o->warmup,
-                  "Untimed prefill + this many decode steps first (fills GPU graph/plan caches)")
+                  "Untimed prefill + this many decode steps first, as llama-bench warms up (fills "
+                  "oneDNN's primitive cache, the buffers, GPU graph and plan caches); 0 = the "
+                  "timed runs start cold")
       ->capture_default_str();
   sub->add_option("--temperature", o->sampling.temperature,
                   "Sample each next token on the backend (0 = greedy argmax)")
