@@ -39,13 +39,15 @@ __device__ __forceinline__ T block_sum(T v, T* sh) {
   return warp_sum(r);
 }
 
+/// Maximum over the block (any sign: lanes past the last warp pad with -infinity); `sh` holds
+/// >= 32 values. Every thread gets the result.
 __device__ __forceinline__ float block_max(float v, float* sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   v = warp_max(v);
   __syncthreads();
   if (lane == 0) sh[warp] = v;
   __syncthreads();
-  float r = lane < nw ? sh[lane] : 0.0f;
+  float r = lane < nw ? sh[lane] : -INFINITY;
   return warp_max(r);
 }
 

@@ -13,8 +13,9 @@ namespace shrink::cuda {
 namespace {
 
 template <typename H>
-__global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ d,
-                               const float* __restrict__ w, float* y, int64_t n, float eps,
+// x, d and y are not __restrict__: the engine normalises in place (y == x, the final norm).
+__global__ void rmsnorm_kernel(float* x, const float* d, const float* __restrict__ w, float* y,
+                               int64_t n, float eps,
                                H* __restrict__ y16, int8_t* __restrict__ yq,
                                float* __restrict__ ys) {
   __shared__ double shd[32];

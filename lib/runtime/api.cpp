@@ -457,6 +457,7 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
   r.decode_tokens_per_second = double(o.batch * o.gen_len) / total;
   r.weight_gb_per_second = double(r.weight_bytes) * double(o.gen_len) / total / 1e9;
   r.peak_rss_mib = core::peak_rss_mib();
+  r.backend_counters = e.backend_counters();
   if (e.tp() && o.gen_len > 0) {
     const TpComm::Stats& st = e.tp()->stats();
     const double steps = double(o.gen_len);

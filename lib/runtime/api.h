@@ -124,6 +124,8 @@ struct BenchResult {
   /// the logits), bytes each rank sends in and microseconds spent, per step.
   double tp_allreduce_bytes_per_step = 0, tp_allreduce_us_per_step = 0;
   double tp_allgather_bytes_per_step = 0, tp_allgather_us_per_step = 0;
+  /// The backend's event counts after the run (Engine::backend_counters; empty on the CPU).
+  std::vector<std::pair<std::string, uint64_t>> backend_counters;
 };
 /// Prefill `batch` random prompts of prompt_len tokens together, then decode gen_len greedy
 /// steps for all of them (argmax on the backend: Engine::forward_argmax). Needs max_batch >=

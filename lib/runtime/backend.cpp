@@ -44,11 +44,11 @@ void Backend::sample_rows(const float* x, int64_t rows, int64_t n, const core::S
   }
 }
 
-void Backend::embed_bf16(const uint16_t* table, int64_t dim, const int32_t* ids, int64_t rows,
+void Backend::embed_bf16(const uint16_t* table, int64_t dim, HostInts ids, int64_t rows,
                          float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     core::convert_to_f32(core::DType::kBF16,
-                         reinterpret_cast<const uint8_t*>(table + int64_t(ids[r]) * dim),
+                         reinterpret_cast<const uint8_t*>(table + int64_t(ids.p[r]) * dim),
                          out + r * dim, dim);
   }
 }

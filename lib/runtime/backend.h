@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/sampling.h"
@@ -115,10 +116,25 @@ class Linear {
   uint64_t weight_bytes = 0;
 };
 
+/// Which of a forward's step arrays (Backend::StepRows, given to step_begin) an op's host ints
+/// are, so that a device backend reads the copy it uploaded there, by name and not by comparing
+/// addresses. kNone: a direct call (tests): the backend uploads them itself and leaves the
+/// step's state alone.
+enum class StepArray : uint8_t { kNone, kIds, kPos, kPick };
+
+/// Token ids or row indices an op receives, on the host, and which step array they are.
+struct HostInts {
+  const int32_t* p = nullptr;
+  StepArray step = StepArray::kNone;
+  HostInts(const int32_t* p_, StepArray s = StepArray::kNone) : p(p_), step(s) {}  // NOLINT
+};
+
 /// Where each row of a batch belongs: its KV-cache slot and its position in that sequence.
 struct RowPlacement {
   const int32_t* slot = nullptr;  // host, [rows]
   const int32_t* pos = nullptr;   // host, [rows]
+  /// Whether slot and pos are this forward's step arrays (StepRows::slot, pos).
+  bool step = false;
 };
 
 /// The KV cache of one layer: K and V as [slots, max_seq, kv_heads * head_dim] float32.
@@ -168,14 +184,14 @@ class Backend {
 
   // ---- ops (rows are tokens; ld* are row strides in floats) ----
   /// out[r, :] = table[ids[r], :]; ids on the host.
-  virtual void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
+  virtual void embed(const float* table, int64_t dim, HostInts ids, int64_t rows,
                      float* out) = 0;
   /// The same from a table of bfloat16 bit patterns, widened to float32 (exact). Only called
   /// where float_weights_bf16(); the default runs on the host (the CPU backend's memory).
-  virtual void embed_bf16(const uint16_t* table, int64_t dim, const int32_t* ids, int64_t rows,
+  virtual void embed_bf16(const uint16_t* table, int64_t dim, HostInts ids, int64_t rows,
                           float* out);
   /// Copy rows src[idx[r]] -> dst[r] (idx on the host), dim floats each.
-  virtual void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
+  virtual void gather_rows(const float* src, int64_t dim, HostInts idx, int64_t rows,
                            float* dst) = 0;
   virtual void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                        float eps) = 0;
@@ -253,9 +269,16 @@ class Backend {
   virtual bool graph_capture_end(uint64_t /*key*/) { return false; }
   /// Drop recorded graphs (buffers they refer to are about to be reallocated).
   virtual void graph_reset() {}
+  /// The forward that step_begin opened is over: its arrays are no longer valid.
+  virtual void step_end() {}
   /// The first error an op hit since the last call (ops return nothing; a device backend
-  /// records launch and library failures here), then cleared. The engine checks it per forward.
+  /// records launch and library failures here, and failed allocations: a null DeviceTensor),
+  /// then cleared. The engine checks it after building and per forward.
   virtual Status take_error() { return Status::ok(); }
+  /// Named event counts of this backend since it was made (the CUDA backend: cuBLASLt calls,
+  /// fallbacks to the GEMV, plans, graph recordings), reported by `bench --format json` as
+  /// backend_counters. Empty where a backend counts nothing.
+  virtual std::vector<std::pair<std::string, uint64_t>> counters() const { return {}; }
 
  private:
   std::vector<int32_t> token_ids_;      // the default argmax_rows/sample_rows' picks

@@ -431,17 +431,16 @@ class CpuBackend : public Backend {
     return std::unique_ptr<Linear>(std::move(l));
   }
 
-  void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
-             float* out) override {
+  void embed(const float* table, int64_t dim, HostInts ids, int64_t rows, float* out) override {
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(out + r * dim, table + int64_t(ids[r]) * dim, size_t(dim) * sizeof(float));
+      std::memcpy(out + r * dim, table + int64_t(ids.p[r]) * dim, size_t(dim) * sizeof(float));
     }
   }
 
-  void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
+  void gather_rows(const float* src, int64_t dim, HostInts idx, int64_t rows,
                    float* dst) override {
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(dst + r * dim, src + int64_t(idx[r]) * dim, size_t(dim) * sizeof(float));
+      std::memcpy(dst + r * dim, src + int64_t(idx.p[r]) * dim, size_t(dim) * sizeof(float));
     }
   }
 

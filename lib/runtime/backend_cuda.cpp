@@ -19,20 +19,30 @@
 // linear needs (the 16-bit copy for cuBLASLt, the int8 row + per-token scale for dynamic W8A8);
 // linear() uses them when its input is that buffer (InputCopies), so quantisation costs no extra
 // pass. rope_kv_write is one kernel; attention is split-K for decode, tiled for prefill.
-// Per forward, step_begin uploads ids/slots/positions/picks/attention tiles in one copy; ops
-// receiving those host arrays use the device copies. Decode steps are recorded once per
-// (rows, greedy) key into a CUDA graph (the grid of every kernel depends only on the rows and
-// max_seq, positions are read from device memory) and replayed; any buffer reallocation drops
-// the graphs. A buffer that would have to grow while recording aborts the recording and the
-// engine reruns the step eagerly.
-// Errors: ops record the first CUDA/cuBLASLt failure; the engine collects it (take_error).
+// Per forward, step_begin uploads ids/slots/positions/picks/attention tiles in one copy, from
+// one of two pinned staging buffers (each reused only after an event says its last copy ended);
+// ops told that their host arrays are the step's (HostInts::step, RowPlacement::step) use the
+// device copies; direct calls (tests) upload their own and leave the step alone. Decode steps
+// are recorded into a CUDA graph per (rows, output) key from the key's second use (the first
+// runs eagerly, so one-time work such as cuBLASLt heuristics stays outside the recording; the
+// grid of every kernel depends only on the rows and max_seq, positions are read from device
+// memory) and replayed; any buffer reallocation drops the graphs. A buffer that would have to
+// grow while recording aborts the recording and the engine reruns the step eagerly; a failed
+// recording is logged and retried (host_policy.h GraphPolicy).
+// Errors: ops record the first CUDA/cuBLASLt failure; the engine collects it (take_error). A
+// failed allocation records "out of device memory: needed X, free Y" and hands out a null
+// tensor, which the engine checks before running anything.
+// Counters (cuBLASLt calls, fallbacks to the GEMV, graph recordings): counters(), reported by
+// bench --format json.
 // Tested in tests/cuda/test_backend.cpp (every op against the CPU backend, engine greedy
 // tokens on the HF fixtures and a random model, graphs vs eager).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 
+#include "core/dtype.h"
 #include "core/sample_select.h"
 #include "runtime/backend.h"
 
@@ -42,6 +52,7 @@
 
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm_lt.h"
+#include "kernels/cuda/host_policy.h"
 #include "kernels/cuda/ops.h"
 
 namespace shrink::runtime {
@@ -92,12 +103,15 @@ class CudaBackend : public Backend {
   CudaBackend() = default;
   ~CudaBackend() override {
     graph_reset();
-    for (Buf* b :
-         {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &token_ids_, &stage_, &xperm_}) {
+    for (Buf* b : {&step_buf_, &xh_, &xq_, &xs_, &acc_, &wdq_, &part_, &token_ids_, &xperm_}) {
       cudaFree(b->p);
     }
     for (Buf& b : adhoc_) cudaFree(b.p);
-    if (pinned_) cudaFreeHost(pinned_);
+    for (Pinned& p : pinned_) {
+      if (p.done) cudaEventSynchronize(p.done);
+      if (p.h) cudaFreeHost(p.h);
+      if (p.done) cudaEventDestroy(p.done);
+    }
     lt_.reset();
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -121,10 +135,16 @@ class CudaBackend : public Backend {
     gemv_max_rows_int8_ = o.gemv_max_rows > 0 ? o.gemv_max_rows : 16;
     gemv_max_rows_float_ = std::min<int>(gemv_max_rows_float_, int(cuda_kernels::kGemvMaxRows));
     gemv_max_rows_int8_ = std::min<int>(gemv_max_rows_int8_, int(cuda_kernels::kGemvMaxRows));
-    graphs_on_ = o.graphs;
+    graphs_ = cuda_kernels::GraphPolicy(o.graphs, [](const std::string& m) {
+      std::fprintf(stderr, "shrink-rt: warning: %s\n", m.c_str());
+    });
     summary_ = cuda_kernels::device_summary(o.device);
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                                    "cudaStreamCreate"));
+    for (Pinned& p : pinned_) {
+      SHRINK_RETURN_IF_ERROR(
+          cuda_ok(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming), "cudaEventCreate"));
+    }
     SHRINK_ASSIGN_OR_RETURN(lt_, cuda_kernels::GemmLt::create(size_t(32) << 20));
     return Status::ok();
   }
@@ -133,13 +153,26 @@ class CudaBackend : public Backend {
     return "cuda " + summary_ + ", " + cuda_kernels::wtype_name(float_wt_) + " weights, " +
            lt_->version() + ", gemv <= " + std::to_string(gemv_max_rows_float_) + "/" +
            std::to_string(gemv_max_rows_int8_) + " rows (float/int8), graphs " +
-           (graphs_on_ ? "on" : "off");
+           (graphs_.on() ? "on" : "off");
+  }
+
+  std::vector<std::pair<std::string, uint64_t>> counters() const override {
+    cuda_kernels::CudaCounters c = lt_->counters();
+    c.lt_fallback = counts_.lt_fallback;
+    c.graph_captures = counts_.graph_captures;
+    c.graph_capture_failures = counts_.graph_capture_failures;
+    c.graph_replays = counts_.graph_replays;
+    return c.named(lt_->plans_cached());
   }
 
   // ---- memory --------------------------------------------------------------------------------
+  // A failed allocation records why (take_error) and returns a null tensor, which the engine
+  // checks before any op runs (Engine::Impl::allocations_check, buffers_check).
   std::unique_ptr<DeviceTensor> tensor_zeros(int64_t n) override {
     float* p = nullptr;
-    if (!check(cudaMalloc(&p, size_t(std::max<int64_t>(n, 1)) * 4), "cudaMalloc")) {
+    const Status st = device_alloc(reinterpret_cast<void**>(&p), size_t(std::max<int64_t>(n, 1)) * 4);
+    if (!st.is_ok()) {
+      if (err_.is_ok()) err_ = st;
       return std::make_unique<CudaTensor>(nullptr, 0);
     }
     // On stream_: it is non-blocking, so nothing orders it after the legacy stream.
@@ -193,15 +226,19 @@ class CudaBackend : public Backend {
         } else {
           SHRINK_ASSIGN_OR_RETURN(l->w, upload(d.w.data(), size_t(NK) * 4));
         }
-      } else {
-        if (!src_dev) {
-          SHRINK_ASSIGN_OR_RETURN(void* st, grow(stage_, size_t(NK) * 4));
-          SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(st, d.w.data(), size_t(NK) * 4), "upload"));
-          src_dev = static_cast<const float*>(st);
-        }
-        SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&l->w, size_t(NK) * 2), "cudaMalloc"));
+      } else if (src_dev) {  // the tied embedding, on the device: converted there
+        SHRINK_RETURN_IF_ERROR(device_alloc(&l->w, size_t(NK) * 2));
         cuda_kernels::convert_f32(src_dev, NK, l->w, float_wt_, stream_);
         SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamSynchronize(stream_), "convert weights"));
+      } else {  // host weights: rounded to 16 bits on the host, so half the bytes cross the bus
+        // and no float32 staging copy stays on the device (round to nearest even, as the
+        // device's __float2half_rn / __float2bfloat16_rn)
+        std::vector<uint16_t> h(static_cast<size_t>(NK));
+        core::convert_from_f32(d.w.data(),
+                               float_wt_ == cuda_kernels::WType::kBF16 ? core::DType::kBF16
+                                                                       : core::DType::kF16,
+                               h.data(), NK);
+        SHRINK_ASSIGN_OR_RETURN(l->w, upload(h.data(), size_t(NK) * 2));
       }
       d.w = std::vector<float>();
       l->weight_bytes = uint64_t(NK) * uint64_t(cuda_kernels::wtype_bytes(float_wt_));
@@ -232,31 +269,23 @@ class CudaBackend : public Backend {
   // ---- per-forward hooks ---------------------------------------------------------------------
   void step_begin(const StepRows& s) override {
     step_ = s;
-    // Attention tiles: runs of rows of one slot at consecutive positions, cut every 64 rows.
-    tiles_.clear();
-    all_single_ = true;
-    for (int64_t r = 0; r < s.rows;) {
-      int64_t e = r + 1;
-      while (e < s.rows && s.slot[e] == s.slot[r] && s.pos[e] == s.pos[e - 1] + 1) ++e;
-      if (e - r > 1) all_single_ = false;
-      for (int64_t t = r; t < e; t += cuda_kernels::kAttnTileRows) {
-        tiles_.push_back(int32_t(t));
-        tiles_.push_back(int32_t(std::min<int64_t>(cuda_kernels::kAttnTileRows, e - t)));
-      }
-      r = e;
-    }
+    all_single_ = attention_tiles(s.rows, s.slot, s.pos, &tiles_);
     // Sampling rows (24 bytes each) go last, 8-byte aligned.
     const size_t n_int = size_t(3 * s.rows + s.picks) + tiles_.size();
     const size_t sample_at = (n_int + 1) & ~size_t(1);
     const size_t n = s.sample ? sample_at + size_t(s.picks) * (sizeof(core::SampleRow) / 4) : n_int;
-    if (n > pinned_n_) {
-      if (pinned_) cudaFreeHost(pinned_);
-      pinned_ = nullptr;
-      pinned_n_ = 0;
-      if (!check(cudaMallocHost(reinterpret_cast<void**>(&pinned_), n * 4), "cudaMallocHost")) return;
-      pinned_n_ = n;
+    // The staging buffer of two steps ago: its copy was queued then, and may still be pending
+    // if that forward failed before the blocking fetch that usually follows; wait for it.
+    Pinned& pin = pinned_[pinned_next_++ % 2];
+    if (!check(cudaEventSynchronize(pin.done), "staging buffer wait")) return;
+    if (n > pin.n) {
+      if (pin.h) cudaFreeHost(pin.h);
+      pin.h = nullptr;
+      pin.n = 0;
+      if (!check(cudaMallocHost(reinterpret_cast<void**>(&pin.h), n * 4), "cudaMallocHost")) return;
+      pin.n = n;
     }
-    int32_t* h = pinned_;
+    int32_t* h = pin.h;
     std::memcpy(h, s.ids, size_t(s.rows) * 4);
     std::memcpy(h + s.rows, s.slot, size_t(s.rows) * 4);
     std::memcpy(h + 2 * s.rows, s.pos, size_t(s.rows) * 4);
@@ -267,6 +296,7 @@ class CudaBackend : public Backend {
     if (!dev.is_ok()) return;
     int32_t* d = static_cast<int32_t*>(dev.value());
     check(cudaMemcpyAsync(d, h, n * 4, cudaMemcpyHostToDevice, stream_), "upload step");
+    check(cudaEventRecord(pin.done, stream_), "staging buffer event");
     d_ids_ = d;
     d_slot_ = d + s.rows;
     d_pos_ = d + 2 * s.rows;
@@ -277,17 +307,28 @@ class CudaBackend : public Backend {
     (void)grow(token_ids_, size_t(std::max<int64_t>(s.picks, 1)) * 4);
   }
 
-  bool graph_replay(uint64_t key) override {
-    if (!graphs_on_) return false;
-    auto it = graphs_.find(key);
-    if (it == graphs_.end()) return false;
-    return check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  void step_end() override {
+    step_ = StepRows();
+    d_ids_ = d_slot_ = d_pos_ = d_pick_ = d_tiles_ = nullptr;
+    d_sample_ = nullptr;
   }
 
-  bool graph_capture_begin(uint64_t /*key*/) override {
-    if (!graphs_on_ || !err_.is_ok()) return false;
-    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+  bool graph_replay(uint64_t key) override {
+    if (!graphs_.on()) return false;
+    auto it = graph_execs_.find(key);
+    if (it == graph_execs_.end()) return false;
+    if (!check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch")) return false;
+    ++counts_.graph_replays;
+    return true;
+  }
+
+  // A key records from its second use (GraphPolicy): its first runs eagerly.
+  bool graph_capture_begin(uint64_t key) override {
+    if (!err_.is_ok() || !graphs_.should_capture(key)) return false;
+    const cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
       cudaGetLastError();
+      capture_failed(key, std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(e));
       return false;
     }
     capturing_ = true;
@@ -302,26 +343,34 @@ class CudaBackend : public Backend {
     if (e != cudaSuccess || capture_bad_ || !err_.is_ok() || !g) {
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
-      if (e != cudaSuccess && err_.is_ok() && !capture_bad_) {
-        // The recording itself failed: turn graphs off and run eagerly from now on.
-        graphs_on_ = false;
+      if (!capture_bad_) {  // growth while recording is expected once; anything else is logged
+        capture_failed(key, e != cudaSuccess ? std::string("cudaStreamEndCapture: ") +
+                                                   cudaGetErrorString(e)
+                            : !err_.is_ok() ? err_.message()
+                                            : std::string("no graph"));
       }
       err_ = Status::ok();  // nothing ran; the engine reruns the step eagerly
       input_copies_ = InputCopies();
       return false;
     }
     cudaGraphExec_t exec = nullptr;
-    const bool ok = check(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+    const cudaError_t ie = cudaGraphInstantiate(&exec, g, 0);
     cudaGraphDestroy(g);
-    if (!ok) return false;
-    graphs_[key] = exec;
+    if (ie != cudaSuccess) {
+      cudaGetLastError();
+      capture_failed(key, std::string("cudaGraphInstantiate: ") + cudaGetErrorString(ie));
+      input_copies_ = InputCopies();
+      return false;  // the engine reruns the step eagerly
+    }
+    graph_execs_[key] = exec;
+    ++counts_.graph_captures;
     return check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
   }
 
   void graph_reset() override {
-    if (!graphs_.empty()) cudaStreamSynchronize(stream_);
-    for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
-    graphs_.clear();
+    if (!graph_execs_.empty()) cudaStreamSynchronize(stream_);
+    for (auto& kv : graph_execs_) cudaGraphExecDestroy(kv.second);
+    graph_execs_.clear();
   }
 
   Status take_error() override {
@@ -332,8 +381,7 @@ class CudaBackend : public Backend {
   }
 
   // ---- ops -----------------------------------------------------------------------------------
-  void embed(const float* table, int64_t dim, const int32_t* ids, int64_t rows,
-             float* out) override {
+  void embed(const float* table, int64_t dim, HostInts ids, int64_t rows, float* out) override {
     input_copies_ = InputCopies();
     const int32_t* d = dev_ints(ids, rows);
     if (!d) return;
@@ -341,7 +389,7 @@ class CudaBackend : public Backend {
     launched("embed");
   }
 
-  void gather_rows(const float* src, int64_t dim, const int32_t* idx, int64_t rows,
+  void gather_rows(const float* src, int64_t dim, HostInts idx, int64_t rows,
                    float* dst) override {
     input_copies_ = InputCopies();
     const int32_t* d = dev_ints(idx, rows);
@@ -379,7 +427,7 @@ class CudaBackend : public Backend {
   void rope(float* x, int64_t rows, int64_t ldx, int64_t heads, int64_t head_dim,
             const RowPlacement& at, const float* cos, const float* sin) override {
     input_copies_ = InputCopies();
-    const int32_t* pos = dev_ints(at.pos, rows);
+    const int32_t* pos = dev_pos(at, rows);
     if (!pos) return;
     cuda_kernels::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin,
                               nullptr, nullptr, 0, stream_);
@@ -389,8 +437,8 @@ class CudaBackend : public Backend {
   void kv_write(const float* k, const float* v, int64_t ld, int64_t rows, const RowPlacement& at,
                 const KvLayer& c) override {
     input_copies_ = InputCopies();
-    const int32_t* slot = dev_ints(at.slot, rows);
-    const int32_t* pos = dev_ints(at.pos, rows);
+    const int32_t* slot = dev_slot(at, rows);
+    const int32_t* pos = dev_pos(at, rows);
     if (!slot || !pos) return;
     cuda_kernels::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim,
                                stream_);
@@ -401,8 +449,8 @@ class CudaBackend : public Backend {
                      int64_t head_dim, const RowPlacement& at, const float* cos, const float* sin,
                      const KvLayer& c) override {
     input_copies_ = InputCopies();
-    const int32_t* slot = dev_ints(at.slot, rows);
-    const int32_t* pos = dev_ints(at.pos, rows);
+    const int32_t* slot = dev_slot(at, rows);
+    const int32_t* pos = dev_pos(at, rows);
     if (!slot || !pos) return;
     cuda_kernels::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot,
                               pos, cos, sin, c.k, c.v, c.slot_stride, stream_);
@@ -424,23 +472,24 @@ class CudaBackend : public Backend {
     a.q = q;
     a.ldq = ldq;
     a.rows = rows;
-    const bool from_step = at.slot == step_.slot && at.pos == step_.pos && rows == step_.rows;
-    if (!from_step) {  // a direct call (tests): upload the rows and work out the tiles here
+    bool all_single = all_single_;
+    const int32_t* tiles = d_tiles_;
+    int64_t n_tiles = int64_t(tiles_.size() / 2);
+    if (!(at.step && rows == step_.rows)) {
+      // A direct call (tests): its own tiles and uploads; the step's state stays as it is.
       if (capturing_) {
         capture_bad_ = true;
         return;
       }
-      StepRows s;
-      s.rows = rows;
-      s.slot = at.slot;
-      s.pos = at.pos;
-      s.ids = at.pos;  // unused by attention; step_begin copies rows ids
-      s.pick = nullptr;
-      s.picks = 0;
-      step_begin(s);
+      std::vector<int32_t> own;
+      all_single = attention_tiles(rows, at.slot, at.pos, &own);
+      n_tiles = int64_t(own.size() / 2);
+      tiles = static_cast<const int32_t*>(adhoc_upload(own.data(), own.size() * 4));
+      if (!tiles) return;
     }
-    a.slot = d_slot_;
-    a.pos = d_pos_;
+    a.slot = dev_slot(at, rows);
+    a.pos = dev_pos(at, rows);
+    if (!a.slot || !a.pos) return;
     a.k_cache = c.k;
     a.v_cache = c.v;
     a.slot_stride = c.slot_stride;
@@ -452,7 +501,7 @@ class CudaBackend : public Backend {
     a.scale = float(1.0 / std::sqrt(double(head_dim)));
     a.out = out;
     const int64_t max_seq = c.slot_stride / c.kv_dim;
-    if (all_single_) {
+    if (all_single) {
       const int64_t need =
           cuda_kernels::attention_decode_scratch(rows, int(n_heads), int(head_dim), max_seq);
       auto part = grow(part_, size_t(need) * 4);
@@ -460,7 +509,7 @@ class CudaBackend : public Backend {
       cuda_kernels::attention_decode(a, max_seq, static_cast<float*>(part.value()), stream_);
       launched("attention (decode)");
     } else {
-      cuda_kernels::attention_prefill(a, d_tiles_, int64_t(tiles_.size() / 2), stream_);
+      cuda_kernels::attention_prefill(a, tiles, n_tiles, stream_);
       launched("attention (prefill)");
     }
   }
@@ -513,8 +562,9 @@ class CudaBackend : public Backend {
           w = wd.value();
         }
         if (!lt_->gemm_float(t, M, N, K, xin, w, y, ldy, stream_).is_ok()) {
+          ++counts_.lt_fallback;  // cuBLASLt refused the shape (remembered per plan key)
           g.wt = int8 ? cuda_kernels::WType::kS8 : l.wt;
-          gemv_in_chunks(g);  // cuBLASLt has no algorithm: the GEMV, 16 rows at a time
+          gemv_in_chunks(g);  // the GEMV, 16 rows at a time
           break;
         }
         if (l.bias) cuda_kernels::bias_add(y, M, N, ldy, l.bias, stream_);
@@ -539,7 +589,10 @@ class CudaBackend : public Backend {
         g.x = nullptr;
         g.xq = xq;
         g.xs = xs;
-        if (M > gemv_max_rows_int8_ && l.group >= K && K % 4 == 0) {
+        // Per-channel weights past the GEMV's rows: cuBLASLt's int8 GEMM, unless it refuses
+        // (imma_refusal: N or K not a multiple of 4, misaligned operands) or has no algorithm;
+        // then the GEMV, counted as a fallback. Group-wise W8A8 runs the GEMV by design.
+        if (M > gemv_max_rows_int8_ && l.group >= K) {
           auto acc = grow(acc_, size_t(M * N) * 4);
           if (!acc.is_ok()) return;
           int32_t* a = static_cast<int32_t*>(acc.value());
@@ -547,6 +600,7 @@ class CudaBackend : public Backend {
             cuda_kernels::epilogue_s32(a, M, N, l.scale, xs, l.bias, y, ldy, stream_);
             break;
           }
+          ++counts_.lt_fallback;
         }
         gemv_in_chunks(g);
         break;
@@ -636,15 +690,15 @@ class CudaBackend : public Backend {
   template <typename T>
   Result<T*> upload(const T* host, size_t bytes) {
     void* p = nullptr;
-    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
-    SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(p, host, bytes), "upload"));
+    SHRINK_RETURN_IF_ERROR(device_alloc(&p, std::max<size_t>(bytes, 1)));
+    const Status st = cuda_ok(h2d(p, host, bytes), "upload");
+    if (!st.is_ok()) cudaFree(p);
+    SHRINK_RETURN_IF_ERROR(st);
     return static_cast<T*>(p);
   }
   Result<void*> upload(const int8_t* host, size_t bytes) {
-    void* p = nullptr;
-    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc"));
-    SHRINK_RETURN_IF_ERROR(cuda_ok(h2d(p, host, bytes), "upload"));
-    return p;
+    SHRINK_ASSIGN_OR_RETURN(int8_t * p, upload<int8_t>(host, bytes));
+    return static_cast<void*>(p);
   }
 
   // Grow a scratch buffer (never while recording a graph: that aborts the recording).
@@ -660,22 +714,91 @@ class CudaBackend : public Backend {
     cudaFree(b.p);
     b.p = nullptr;
     b.bytes = 0;
-    if (!check(cudaMalloc(&b.p, want), "cudaMalloc (scratch)")) return err_;
-    b.bytes = want;
+    size_t got = want;
+    Status st = device_alloc(&b.p, got);
+    if (!st.is_ok() && want > bytes) st = device_alloc(&b.p, got = bytes);  // no headroom
+    if (!st.is_ok()) {
+      if (err_.is_ok()) err_ = st;
+      return st;
+    }
+    b.bytes = got;
     return b.p;
   }
 
-  // The device copy of a host int array: the step's arrays, else an immediate upload.
-  const int32_t* dev_ints(const int32_t* host, int64_t n) {
-    if (host == step_.ids && n <= step_.rows) return d_ids_;
-    if (host == step_.slot && n <= step_.rows) return d_slot_;
-    if (host == step_.pos && n <= step_.rows) return d_pos_;
-    if (host == step_.pick && n <= step_.picks) return d_pick_;
+  // The device copy of host ints: the step array they are said to be (uploaded by step_begin),
+  // else an immediate upload (a direct call; not while recording).
+  const int32_t* dev_ints(HostInts h, int64_t n) {
+    switch (h.step) {
+      case StepArray::kIds:
+        if (d_ids_ && n <= step_.rows) return d_ids_;
+        break;
+      case StepArray::kPos:
+        if (d_pos_ && n <= step_.rows) return d_pos_;
+        break;
+      case StepArray::kPick:
+        if (d_pick_ && n <= step_.picks) return d_pick_;
+        break;
+      case StepArray::kNone:
+        break;
+    }
+    if (h.step != StepArray::kNone) {  // said to be the step's, but no step holds that many
+      if (err_.is_ok()) err_ = internal_error("cuda: an op was given step arrays outside a step");
+      return nullptr;
+    }
     if (capturing_) {
       capture_bad_ = true;
       return nullptr;
     }
-    return static_cast<const int32_t*>(adhoc_upload(host, size_t(n) * 4));
+    return static_cast<const int32_t*>(adhoc_upload(h.p, size_t(n) * 4));
+  }
+  const int32_t* dev_slot(const RowPlacement& at, int64_t n) {
+    if (at.step) {
+      if (d_slot_ && n <= step_.rows) return d_slot_;
+      if (err_.is_ok()) err_ = internal_error("cuda: an op was given step rows outside a step");
+      return nullptr;
+    }
+    return dev_ints(HostInts(at.slot), n);
+  }
+  const int32_t* dev_pos(const RowPlacement& at, int64_t n) {
+    return dev_ints(HostInts(at.pos, at.step ? StepArray::kPos : StepArray::kNone), n);
+  }
+
+  // Attention tiles of rows at (slot, pos): runs of rows of one slot at consecutive positions,
+  // cut every kAttnTileRows rows, as (first row, rows) pairs. True when every run is one row
+  // (a decode step: the split-K decode kernel runs).
+  static bool attention_tiles(int64_t rows, const int32_t* slot, const int32_t* pos,
+                              std::vector<int32_t>* tiles) {
+    tiles->clear();
+    bool all_single = true;
+    for (int64_t r = 0; r < rows;) {
+      int64_t e = r + 1;
+      while (e < rows && slot[e] == slot[r] && pos[e] == pos[e - 1] + 1) ++e;
+      if (e - r > 1) all_single = false;
+      for (int64_t t = r; t < e; t += cuda_kernels::kAttnTileRows) {
+        tiles->push_back(int32_t(t));
+        tiles->push_back(int32_t(std::min<int64_t>(cuda_kernels::kAttnTileRows, e - t)));
+      }
+      r = e;
+    }
+    return all_single;
+  }
+
+  // cudaMalloc, or "out of device memory: needed X, free Y of Z".
+  Status device_alloc(void** p, size_t bytes) {
+    const cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaSuccess) return Status::ok();
+    cudaGetLastError();
+    *p = nullptr;
+    if (e != cudaErrorMemoryAllocation) return cuda_ok(e, "cudaMalloc");
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    cudaGetLastError();
+    return internal_error(cuda_kernels::out_of_memory_message(bytes, free_b, total_b));
+  }
+
+  void capture_failed(uint64_t key, const std::string& why) {
+    ++counts_.graph_capture_failures;
+    graphs_.capture_failed(key, why);
   }
 
   // An immediate upload (not while recording) into a ring of buffers: one op may upload two
@@ -747,7 +870,6 @@ class CudaBackend : public Backend {
   std::string summary_;
   cuda_kernels::WType float_wt_ = cuda_kernels::WType::kF16;
   int gemv_max_rows_float_ = 4, gemv_max_rows_int8_ = 16;
-  bool graphs_on_ = true;
   bool want_q_ = false;
   Status err_;
   InputCopies input_copies_;
@@ -755,19 +877,28 @@ class CudaBackend : public Backend {
   StepRows step_;
   std::vector<int32_t> tiles_;
   bool all_single_ = true;
-  int32_t* pinned_ = nullptr;
-  size_t pinned_n_ = 0;
+  // Two pinned staging buffers for the step arrays, used in turn; `done` is recorded after the
+  // copy out of the buffer, and waited for before the buffer is written again.
+  struct Pinned {
+    int32_t* h = nullptr;
+    size_t n = 0;
+    cudaEvent_t done = nullptr;
+  };
+  Pinned pinned_[2];
+  unsigned pinned_next_ = 0;
   int32_t *d_ids_ = nullptr, *d_slot_ = nullptr, *d_pos_ = nullptr, *d_pick_ = nullptr,
           *d_tiles_ = nullptr;
   const core::SampleRow* d_sample_ = nullptr;
   // Scratch.
-  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, token_ids_, stage_, xperm_;
+  Buf step_buf_, xh_, xq_, xs_, acc_, wdq_, part_, token_ids_, xperm_;
   static constexpr int kAdhoc = 4;
   Buf adhoc_[kAdhoc];
   unsigned adhoc_next_ = 0;
   // Graphs.
-  std::map<uint64_t, cudaGraphExec_t> graphs_;
+  cuda_kernels::GraphPolicy graphs_{true, nullptr};
+  std::map<uint64_t, cudaGraphExec_t> graph_execs_;
   bool capturing_ = false, capture_bad_ = false;
+  cuda_kernels::CudaCounters counts_;  // the backend's own: fallbacks, graphs
 };
 
 }  // namespace

@@ -331,6 +331,8 @@ struct Engine::Impl {
                       const std::function<std::pair<int64_t, int64_t>(int rank)>& span);
   float* tp_scratch(std::unique_ptr<DeviceTensor>& t, int64_t& cap, int64_t n);
   bool ensure_rows(int64_t rows);
+  Status allocations_check();
+  Status buffers_check(bool backend_logits);
   Status run(const std::vector<SeqChunk>& chunks, bool all_logits, std::vector<float>* logits,
              std::vector<int32_t>* next, const core::SampleRow* sample);
 };
@@ -824,7 +826,37 @@ Status Engine::Impl::build(TensorSource& src) {
   rope_cos = be->tensor_from_host(std::move(cs));
   rope_sin = be->tensor_from_host(std::move(sn));
   lengths.assign(size_t(opts.max_batch), 0);
+  return allocations_check();
+}
+
+// After build: a backend that could not allocate (a device out of memory) hands out null
+// tensors and records why; the load fails with that reason before any op runs on them.
+Status Engine::Impl::allocations_check() {
+  Status st = be->take_error();
+  if (!st.is_ok()) return st;
+  bool null = !embed->data() || !final_norm->data() || !rope_cos->data() || !rope_sin->data();
+  for (const LayerW& L : layers) {
+    null = null || !L.k_cache->data() || !L.v_cache->data() || !L.attn_norm->data() ||
+           !L.mlp_norm->data();
+  }
+  SHRINK_CHECK(!null, StatusCode::kInternal, "the backend could not allocate the model's tensors");
   return Status::ok();
+}
+
+// Before a forward's first op: the activation buffers (and the logits, when the backend holds
+// them) exist. A failed allocation clears the capacities so that the next forward retries.
+Status Engine::Impl::buffers_check(bool backend_logits) {
+  bool null = !x->data() || !xn->data() || !tmp->data() || !qkv->data() || !att->data() ||
+              !gu->data() || !act->data();
+  if (backend_logits) null = null || !logits || !logits->data();
+  Status st = be->take_error();
+  if (!null && st.is_ok()) return Status::ok();
+  const int64_t rows = cap_rows;
+  cap_rows = 0;
+  cap_logit_rows = 0;
+  if (!st.is_ok()) return st;
+  return internal_error("the backend could not allocate the activation buffers of " +
+                        std::to_string(rows) + " rows");
 }
 
 bool Engine::Impl::ensure_rows(int64_t rows) {
@@ -996,6 +1028,7 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
     co.gemv_max_rows = opts.gemv_max_rows;
     co.graphs = opts.graphs;
     SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cuda_create(co));
+    if (opts.wrap_backend) impl->be = opts.wrap_backend(std::move(impl->be));
     return impl;
   }
   SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
@@ -1015,6 +1048,7 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
     bo.float_weights = opts.float_weights;
   }
   SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cpu_create(bo));
+  if (opts.wrap_backend) impl->be = opts.wrap_backend(std::move(impl->be));
   return impl;
 }
 
@@ -1103,6 +1137,10 @@ const std::optional<core::QuantScheme>& Engine::scheme() const { return impl_->s
 int64_t Engine::max_seq_len() const { return impl_->max_seq; }
 int Engine::max_batch() const { return impl_->opts.max_batch; }
 uint64_t Engine::weight_bytes() const { return impl_->weight_bytes; }
+std::vector<std::pair<std::string, uint64_t>> Engine::backend_counters() const {
+  return impl_->be->counters();
+}
+
 std::string Engine::describe() const {
   const std::string scheme = impl_->scheme ? core::quant_scheme_name(*impl_->scheme) : "f32";
   const ActInt8 act = impl_->act_used;
@@ -1281,13 +1319,14 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     m.cap_logit_rows = R;
     realloc = true;
   }
+  SHRINK_RETURN_IF_ERROR(m.buffers_check(!logits_direct));
   float* const logits = logits_direct ? logits_out->data() : m.logits->data();
   Backend& be = *m.be;
   if (realloc) be.graph_reset();
   const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   const int64_t ldqkv = qd + 2 * kvd;
   const float eps = float(c.rms_norm_eps);
-  const RowPlacement at{slot.data(), pos.data()};
+  const RowPlacement at{slot.data(), pos.data(), /*step=*/true};
   float* x = m.x->data();
   float* xn = m.xn->data();
   float* qkv = m.qkv->data();
@@ -1301,9 +1340,13 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   step.picks = R;
   step.sample = next_out ? sample : nullptr;
   be.step_begin(step);
+  struct StepEnd {  // the step's arrays are valid until this forward returns, on every path
+    Backend& b;
+    ~StepEnd() { b.step_end(); }
+  } step_end{be};
   // --tp: each rank looks up the tokens of its vocabulary rows and the zero row for the others';
   // the sum over the ranks is the whole table's lookup, exactly (one nonzero term per value).
-  const int32_t* embed_ids = ids.data();
+  HostInts embed_ids(ids.data(), StepArray::kIds);
   if (m.tp) {
     m.embed_ids.resize(size_t(M));
     const int64_t v0 = m.share.v0, vl = m.share.vl;
@@ -1311,7 +1354,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
       const int64_t id = ids[size_t(i)];
       m.embed_ids[size_t(i)] = int32_t(id >= v0 && id < v0 + vl ? id - v0 : vl);
     }
-    embed_ids = m.embed_ids.data();
+    embed_ids = HostInts(m.embed_ids.data());
   }
   auto ops = [&] {
     if (m.embed_bf16) {
@@ -1353,7 +1396,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
         be.add(x, tmp, M * H);
       }
     }
-    be.gather_rows(x, H, pick.data(), R, xn);
+    be.gather_rows(x, H, HostInts(pick.data(), StepArray::kPick), R, xn);
     be.rmsnorm(xn, m.final_norm->data(), xn, R, H, eps);
     if (m.tp) {
       m.tp_head(xn, R, logits);

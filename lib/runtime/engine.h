@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +80,9 @@ struct EngineOptions {
   /// every rank returns the whole model's logits and tokens. Load refuses (kInvalidInput) a
   /// model whose KV heads, MLP channels or quantization groups do not split evenly.
   std::shared_ptr<TpComm> tp;
+  /// Tests: wraps the backend once it is made (fault injection: a backend whose allocations
+  /// fail, as a device's do when its memory is full). Null: the backend as made.
+  std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
 };
 
 /// One sequence's tokens for a forward pass: appended to `slot` at its current length.
@@ -109,6 +113,8 @@ class Engine {
   int max_batch() const;
   /// "LlamaForCausalLM, w8a8-dynamic, cpu avx512vnni, gemm onednn 2.6.3, 1 thread".
   std::string describe() const;
+  /// The backend's event counts (Backend::counters: on CUDA, cuBLASLt calls and fallbacks).
+  std::vector<std::pair<std::string, uint64_t>> backend_counters() const;
   /// Bytes of weights read by one decode step (all linears + the rows of the embedding); with
   /// tensor parallelism, this rank's.
   uint64_t weight_bytes() const;

@@ -593,3 +593,93 @@ TEST(CudaEngine, NoDeviceOrBadOptionsFailClearly) {
     EXPECT_NE(r.status().message().find("no CUDA device"), std::string::npos) << r.status().message();
   }
 }
+
+namespace {
+
+uint64_t counter(const std::vector<std::pair<std::string, uint64_t>>& c, const std::string& name) {
+  for (const auto& [k, v] : c) {
+    if (k == name) return v;
+  }
+  ADD_FAILURE() << "no counter " << name;
+  return 0;
+}
+
+}  // namespace
+
+TEST(CudaEngine, CublasLtRunsForPrefillPlansPerBucketAndGraphsRecordFromTheSecondStep) {
+  SKIP_WITHOUT_GPU();
+  core::ModelConfig c = runtime::bench_shape("smollm-135m").take_or_throw();
+  c.num_layers = 2;
+  for (const char* dtype : {"f32", "w8a8"}) {  // f16 weights (cuBLASLt f16), W8A8 (int8 IMMA)
+    runtime::EngineOptions o;
+    o.device = "cuda";
+    o.float_weights = "f16";
+    o.max_seq_len = 512;
+    auto e = runtime::Engine::create_random(c, dtype, 7, o).take_or_throw();
+    std::vector<int32_t> ids(300);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(1 + (i * 37) % 40000);
+    std::vector<float> logits;
+    // Prompts of 65..80 rows share one M bucket (128): one plan per weight shape.
+    for (int64_t n = 65; n <= 80; ++n) {
+      ASSERT_TRUE(e->forward({{0, ids.data(), n}}, false, logits).is_ok());
+      ASSERT_TRUE(e->truncate(0, 0).is_ok());
+    }
+    auto cnt = e->backend_counters();
+    EXPECT_GT(counter(cnt, "lt_gemm"), 0u) << dtype << ": cuBLASLt never ran for a 65-row prefill";
+    EXPECT_EQ(counter(cnt, "lt_fallback"), 0u) << dtype;
+    EXPECT_EQ(counter(cnt, "lt_plan_failures"), 0u) << dtype;
+    // fused q/k/v, o, fused gate/up, down (and the head for f32): at most 5 shapes in one bucket.
+    EXPECT_LE(counter(cnt, "lt_plans_cached"), 5u) << dtype;
+    // Decode: the first step of a key runs eagerly, the second records, the third replays.
+    ASSERT_TRUE(e->forward({{0, ids.data(), 8}}, false, logits).is_ok());
+    for (int s = 0; s < 3; ++s) {
+      ASSERT_TRUE(e->forward({{0, &ids[size_t(8 + s)], 1}}, false, logits).is_ok());
+      cnt = e->backend_counters();
+      EXPECT_EQ(counter(cnt, "graph_captures"), s >= 1 ? 1u : 0u) << dtype << " step " << s;
+      EXPECT_EQ(counter(cnt, "graph_replays"), s >= 2 ? 1u : 0u) << dtype << " step " << s;
+    }
+    EXPECT_EQ(counter(cnt, "graph_capture_failures"), 0u) << dtype;
+  }
+}
+
+TEST(CudaOps, Int8GemmRefusedShapesFallBackCountedAndCorrect) {
+  SKIP_WITHOUT_GPU();
+  // N = 37 breaks the IMMA precondition (m % 4): the GEMV runs, the result is still right.
+  check_linear({runtime::LinearKind::kW8A8, 0, runtime::ActQuant::kDynamic, "f16", 1e-5}, 64, 37,
+               64, false);
+  Pair p = Pair::make("f16");
+  runtime::LinearDesc d;
+  d.name = "n37";
+  d.out = 37;
+  d.in = 64;
+  d.kind = runtime::LinearKind::kW8A8;
+  d.act = runtime::ActQuant::kDynamic;
+  d.group = 64;
+  d.q.assign(37 * 64, 1);
+  d.scale.assign(37, 0.01f);
+  auto l = p.gpu->linear_create(std::move(d)).take_or_throw();
+  auto x = both(p, randv(64 * 64, 3));
+  auto y = both(p, std::vector<float>(64 * 37, 0.0f));
+  p.gpu->linear(*l, x.gp(), 64, y.gp(), 37);
+  EXPECT_TRUE(p.gpu->take_error().is_ok());
+  EXPECT_EQ(counter(p.gpu->counters(), "lt_fallback"), 1u);
+  EXPECT_EQ(counter(p.gpu->counters(), "lt_gemm"), 0u);
+}
+
+TEST(CudaOps, OutOfMemoryIsAnErrorNotANullLaunch) {
+  SKIP_WITHOUT_GPU();
+  Pair p = Pair::make("f16");
+  auto t = p.gpu->tensor_zeros(int64_t(1) << 42);  // 16 TiB
+  EXPECT_EQ(t->data(), nullptr);
+  Status st = p.gpu->take_error();
+  ASSERT_FALSE(st.is_ok());
+  EXPECT_NE(st.message().find("out of device memory: needed 16384.00 GiB, free"), std::string::npos)
+      << st.message();
+  // The backend goes on: a small tensor and an op work.
+  auto x = both(p, randv(4 * 64, 5));
+  auto w = both(p, randv(64, 6));
+  auto y = both(p, std::vector<float>(4 * 64, 0.0f));
+  p.cpu->rmsnorm(x.cp(), w.cp(), y.cp(), 4, 64, 1e-5f);
+  p.gpu->rmsnorm(x.gp(), w.gp(), y.gp(), 4, 64, 1e-5f);
+  expect_close(p, y, 1e-5, "rmsnorm after a failed allocation");
+}

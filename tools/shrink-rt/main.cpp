@@ -243,6 +243,11 @@ void register_bench(CLI::App& app, Globals& g) {
                         {"weight_gb_s", r.weight_gb_per_second},
                         {"weight_mib", double(r.weight_bytes) / 1048576.0},
                         {"peak_rss_mib", r.peak_rss_mib}});
+        if (!r.backend_counters.empty()) {  // since the engine was made (cuda: cuBLASLt calls)
+          json c = json::object();
+          for (const auto& [name, n] : r.backend_counters) c[name] = n;
+          rows.back()["backend_counters"] = c;
+        }
         if (e->tp()) {
           rows.back()["tp_allreduce_bytes_per_step"] = r.tp_allreduce_bytes_per_step;
           rows.back()["tp_allreduce_us_per_step"] = r.tp_allreduce_us_per_step;
