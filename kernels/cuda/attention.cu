@@ -1,4 +1,4 @@
-// Attention over the float32 KV cache, two kernels:
+// Attention over the KV cache (floats, or f16 widened to float as they are read), two kernels:
 //  - decode (one query per row): split-K / flash-decoding. Grid (splits, kv heads, rows): each
 //    block scores kAttnSplitKeys keys of one kv head for all query heads of its GQA group (one
 //    key per thread), takes the split's max and sum, accumulates P.V, and writes (m, l, o) to a
@@ -24,8 +24,11 @@ constexpr int kSplitKeys = 128;  // keys per split = threads per decode block
 
 int64_t n_splits(int64_t max_seq) { return (max_seq + kSplitKeys - 1) / kSplitKeys; }
 
+template <typename C>
 __global__ void __launch_bounds__(kSplitKeys)
     decode_kernel(AttentionArgs a, int64_t splits, float* __restrict__ partial) {
+  const C* k_cache = static_cast<const C*>(a.k_cache);
+  const C* v_cache = static_cast<const C*>(a.v_cache);
   extern __shared__ float sm[];
   const int G = a.n_heads / a.n_kv_heads, D = a.head_dim;
   float* qs = sm;                    // [G][D]
@@ -53,17 +56,17 @@ __global__ void __launch_bounds__(kSplitKeys)
   const int64_t base = int64_t(a.slot[r]) * a.slot_stride + int64_t(kvh) * D;
   const int n = int(k1 - k0);
   if (tid < n) {
-    const float* kp = a.k_cache + base + (k0 + tid) * a.kv_dim;
+    const C* kp = k_cache + base + (k0 + tid) * a.kv_dim;
     for (int g = 0; g < G; ++g) {
       const float* qg = qs + g * D;
       float acc = 0.0f;
       if ((D & 3) == 0) {
         for (int d = 0; d < D; d += 4) {
-          const float4 kv = *reinterpret_cast<const float4*>(kp + d);
+          const float4 kv = load4(kp + d);
           acc += qg[d] * kv.x + qg[d + 1] * kv.y + qg[d + 2] * kv.z + qg[d + 3] * kv.w;
         }
       } else {
-        for (int d = 0; d < D; ++d) acc += qg[d] * kp[d];
+        for (int d = 0; d < D; ++d) acc += qg[d] * to_float(kp[d]);
       }
       ps[g * kSplitKeys + tid] = acc * a.scale;
     }
@@ -87,12 +90,12 @@ __global__ void __launch_bounds__(kSplitKeys)
     }
   }
   __syncthreads();
-  const float* vb = a.v_cache + base + k0 * a.kv_dim;
+  const C* vb = v_cache + base + k0 * a.kv_dim;
   for (int i = tid; i < G * D; i += blockDim.x) {
     const int g = i / D, d = i - g * D;
     float o = 0.0f;
     const float* pg = ps + g * kSplitKeys;
-    for (int j = 0; j < n; ++j) o += pg[j] * vb[int64_t(j) * a.kv_dim + d];
+    for (int j = 0; j < n; ++j) o += pg[j] * to_float(vb[int64_t(j) * a.kv_dim + d]);
     float* dst = partial + ((r * a.n_heads + kvh * G + g) * splits + sp) * stride_part;
     dst[d] = o;
     if (d == 0) {
@@ -121,9 +124,11 @@ __global__ void merge_kernel(AttentionArgs a, int64_t splits, const float* __res
   }
 }
 
-template <int DH, int BK>
+template <typename C, int DH, int BK>
 __global__ void __launch_bounds__(2 * kAttnTileRows)
     prefill_kernel(AttentionArgs a, const int32_t* __restrict__ tiles) {
+  const C* k_cache = static_cast<const C*>(a.k_cache);
+  const C* v_cache = static_cast<const C*>(a.v_cache);
   __shared__ float ks[BK][2 * DH + 2];
   __shared__ float vs[BK][2 * DH + 2];
   const int t = blockIdx.x, h = blockIdx.y;
@@ -153,8 +158,8 @@ __global__ void __launch_bounds__(2 * kAttnTileRows)
       const int j = idx / D, d = idx - j * D;
       const int col = d < hd ? d : d + 1;
       const int64_t src = base + (kb + j) * a.kv_dim + d;
-      ks[j][col] = a.k_cache[src];
-      vs[j][col] = a.v_cache[src];
+      ks[j][col] = to_float(k_cache[src]);
+      vs[j][col] = to_float(v_cache[src]);
     }
     __syncthreads();
     for (int j = 0; j < nk; ++j) {
@@ -192,6 +197,16 @@ __global__ void __launch_bounds__(2 * kAttnTileRows)
   }
 }
 
+template <typename C>
+void prefill_for(const AttentionArgs& a, const int32_t* tiles, int hd, dim3 grid, int threads,
+                 cudaStream_t s) {
+  if (hd <= 8) prefill_kernel<C, 8, 64><<<grid, threads, 0, s>>>(a, tiles);
+  else if (hd <= 16) prefill_kernel<C, 16, 64><<<grid, threads, 0, s>>>(a, tiles);
+  else if (hd <= 32) prefill_kernel<C, 32, 64><<<grid, threads, 0, s>>>(a, tiles);
+  else if (hd <= 64) prefill_kernel<C, 64, 32><<<grid, threads, 0, s>>>(a, tiles);
+  else prefill_kernel<C, 128, 16><<<grid, threads, 0, s>>>(a, tiles);
+}
+
 }  // namespace
 
 int64_t attention_decode_scratch(int64_t rows, int n_heads, int head_dim, int64_t max_seq) {
@@ -204,10 +219,11 @@ void attention_decode(const AttentionArgs& a, int64_t max_seq, float* partial, c
   const int G = a.n_heads / a.n_kv_heads;
   const size_t smem = size_t(G * a.head_dim + G * kSplitKeys + 2 * G) * sizeof(float);
   dim3 grid(unsigned(splits), unsigned(a.n_kv_heads), unsigned(a.rows));
+  auto kernel = a.f16_cache ? decode_kernel<__half> : decode_kernel<float>;
   if (smem > 48 * 1024) {  // many query heads per kv head: opt in to more shared memory
-    cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   }
-  decode_kernel<<<grid, kSplitKeys, smem, s>>>(a, splits, partial);
+  kernel<<<grid, kSplitKeys, smem, s>>>(a, splits, partial);
   merge_kernel<<<unsigned(a.rows * a.n_heads), a.head_dim < 128 ? 64 : 128, 0, s>>>(a, splits,
                                                                                    partial);
 }
@@ -218,11 +234,11 @@ void attention_prefill(const AttentionArgs& a, const int32_t* tiles, int64_t n_t
   dim3 grid(unsigned(n_tiles), unsigned(a.n_heads));
   const int threads = 2 * kAttnTileRows;
   const int hd = a.head_dim / 2;
-  if (hd <= 8) prefill_kernel<8, 64><<<grid, threads, 0, s>>>(a, tiles);
-  else if (hd <= 16) prefill_kernel<16, 64><<<grid, threads, 0, s>>>(a, tiles);
-  else if (hd <= 32) prefill_kernel<32, 64><<<grid, threads, 0, s>>>(a, tiles);
-  else if (hd <= 64) prefill_kernel<64, 32><<<grid, threads, 0, s>>>(a, tiles);
-  else prefill_kernel<128, 16><<<grid, threads, 0, s>>>(a, tiles);
+  if (a.f16_cache) {
+    prefill_for<__half>(a, tiles, hd, grid, threads, s);
+  } else {
+    prefill_for<float>(a, tiles, hd, grid, threads, s);
+  }
 }
 
 }  // namespace shrink::cuda

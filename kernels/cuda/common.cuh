@@ -69,6 +69,19 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+/// A cache element widened to float (exact).
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+/// Four consecutive cache elements widened to float (p 16-byte aligned for floats, 8 for f16).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const __half* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
 /// Two packed 16-bit values widened to float (exact).
 __device__ __forceinline__ float2 pair_to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 v) {

@@ -65,14 +65,16 @@ void rmsnorm_f32(float* x, const float* d, const float* w, float* y, int64_t row
 // ---- rope_kv.cu --------------------------------------------------------------------------------
 /// Rotate-half RoPE of rows of x (stride ldx): `heads` heads at x, and `kv_heads` more heads right
 /// after them. When k_cache is given, those kv heads (rotated) and the v heads after them are
-/// also stored at cache[slot[r], pos[r], :] (kv_dim = kv_heads * head_dim floats).
+/// also stored at cache[slot[r], pos[r], :] (kv_dim = kv_heads * head_dim values): floats, or
+/// f16 (round to nearest even) when f16_cache.
 void rope_kv_f32(float* x, int64_t rows, int64_t ldx, int heads, int kv_heads, int head_dim,
                  const int32_t* slot, const int32_t* pos, const float* cos, const float* sin,
-                 float* k_cache, float* v_cache, int64_t slot_stride, cudaStream_t s);
-/// cache[slot[r], pos[r], :] = k[r, :] and v[r, :] (kv_dim floats, row stride ld).
+                 void* k_cache, void* v_cache, int64_t slot_stride, bool f16_cache,
+                 cudaStream_t s);
+/// cache[slot[r], pos[r], :] = k[r, :] and v[r, :] (kv_dim values, row stride ld; floats or f16).
 void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, const int32_t* slot,
-                  const int32_t* pos, float* k_cache, float* v_cache, int64_t slot_stride,
-                  int64_t kv_dim, cudaStream_t s);
+                  const int32_t* pos, void* k_cache, void* v_cache, int64_t slot_stride,
+                  int64_t kv_dim, bool f16_cache, cudaStream_t s);
 
 // ---- attention.cu ------------------------------------------------------------------------------
 struct AttentionArgs {
@@ -80,8 +82,9 @@ struct AttentionArgs {
   int64_t ldq = 0, rows = 0;
   const int32_t* slot = nullptr;  // device [rows]
   const int32_t* pos = nullptr;   // device [rows]
-  const float* k_cache = nullptr;
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // floats, or f16 when f16_cache (slot_stride and kv_dim count
+  const void* v_cache = nullptr;  // elements either way)
+  bool f16_cache = false;
   int64_t slot_stride = 0, kv_dim = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // 0 = none

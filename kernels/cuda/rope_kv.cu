@@ -3,7 +3,9 @@
 // (slot, position), which it reads from device memory (so a captured decode graph stays valid as
 // positions advance). Each rotated value is two separate float products and a sum, like the CPU
 // reference (kernels/cpu/rope/rope_ref.cpp): __fmul_rn/__fadd_rn keep nvcc from contracting
-// them into an FMA, so both backends produce the same bits. Tested in tests/cuda/test_backend.cpp.
+// them into an FMA, so both backends produce the same bits. The cache holds floats or f16 (round
+// to nearest even, the bits of the CPU's f16 cache, core::f32_to_f16). Tested in
+// tests/cuda/test_backend.cpp.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -11,11 +13,12 @@ namespace shrink::cuda {
 
 namespace {
 
+template <typename C>
 __global__ void rope_kv_kernel(float* __restrict__ x, int64_t ldx, int heads, int kv_heads,
                                int head_dim, const int32_t* __restrict__ slot,
                                const int32_t* __restrict__ pos, const float* __restrict__ cos,
-                               const float* __restrict__ sin, float* __restrict__ kc,
-                               float* __restrict__ vc, int64_t slot_stride) {
+                               const float* __restrict__ sin, C* __restrict__ kc,
+                               C* __restrict__ vc, int64_t slot_stride) {
   const int64_t r = blockIdx.x;
   const int half = head_dim / 2;
   const int64_t p = pos[r];
@@ -23,8 +26,8 @@ __global__ void rope_kv_kernel(float* __restrict__ x, int64_t ldx, int heads, in
   const float* sr = sin + p * half;
   float* xr = x + r * ldx;
   const int64_t kv_dim = int64_t(kv_heads) * head_dim;
-  float* kdst = kc ? kc + int64_t(slot[r]) * slot_stride + p * kv_dim : nullptr;
-  float* vdst = vc ? vc + int64_t(slot[r]) * slot_stride + p * kv_dim : nullptr;
+  C* kdst = kc ? kc + int64_t(slot[r]) * slot_stride + p * kv_dim : nullptr;
+  C* vdst = vc ? vc + int64_t(slot[r]) * slot_stride + p * kv_dim : nullptr;
   const int pairs = (heads + kv_heads) * half;
   for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
     const int h = i / half, j = i - h * half;
@@ -37,25 +40,26 @@ __global__ void rope_kv_kernel(float* __restrict__ x, int64_t ldx, int heads, in
     ph[j + half] = o2;
     if (kdst && h >= heads) {
       const int64_t o = int64_t(h - heads) * head_dim;
-      kdst[o + j] = o1;
-      kdst[o + j + half] = o2;
+      kdst[o + j] = from_float<C>(o1);
+      kdst[o + j + half] = from_float<C>(o2);
     }
   }
   if (vdst) {
     const float* v = xr + int64_t(heads + kv_heads) * head_dim;
-    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) vdst[i] = v[i];
+    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) vdst[i] = from_float<C>(v[i]);
   }
 }
 
+template <typename C>
 __global__ void kv_write_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                 int64_t ld, const int32_t* __restrict__ slot,
-                                const int32_t* __restrict__ pos, float* __restrict__ kc,
-                                float* __restrict__ vc, int64_t slot_stride, int64_t kv_dim) {
+                                const int32_t* __restrict__ pos, C* __restrict__ kc,
+                                C* __restrict__ vc, int64_t slot_stride, int64_t kv_dim) {
   const int64_t r = blockIdx.x;
   const int64_t off = int64_t(slot[r]) * slot_stride + int64_t(pos[r]) * kv_dim;
   for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    kc[off + i] = k[r * ld + i];
-    vc[off + i] = v[r * ld + i];
+    kc[off + i] = from_float<C>(k[r * ld + i]);
+    vc[off + i] = from_float<C>(v[r * ld + i]);
   }
 }
 
@@ -63,18 +67,35 @@ __global__ void kv_write_kernel(const float* __restrict__ k, const float* __rest
 
 void rope_kv_f32(float* x, int64_t rows, int64_t ldx, int heads, int kv_heads, int head_dim,
                  const int32_t* slot, const int32_t* pos, const float* cos, const float* sin,
-                 float* k_cache, float* v_cache, int64_t slot_stride, cudaStream_t s) {
+                 void* k_cache, void* v_cache, int64_t slot_stride, bool f16_cache,
+                 cudaStream_t s) {
   if (rows <= 0) return;
-  rope_kv_kernel<<<unsigned(rows), 256, 0, s>>>(x, ldx, heads, kv_heads, head_dim, slot, pos, cos,
-                                                sin, k_cache, v_cache, slot_stride);
+  if (f16_cache) {
+    rope_kv_kernel<__half><<<unsigned(rows), 256, 0, s>>>(
+        x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<__half*>(k_cache),
+        static_cast<__half*>(v_cache), slot_stride);
+  } else {
+    rope_kv_kernel<float><<<unsigned(rows), 256, 0, s>>>(
+        x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<float*>(k_cache),
+        static_cast<float*>(v_cache), slot_stride);
+  }
 }
 
 void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, const int32_t* slot,
-                  const int32_t* pos, float* k_cache, float* v_cache, int64_t slot_stride,
-                  int64_t kv_dim, cudaStream_t s) {
+                  const int32_t* pos, void* k_cache, void* v_cache, int64_t slot_stride,
+                  int64_t kv_dim, bool f16_cache, cudaStream_t s) {
   if (rows <= 0) return;
-  kv_write_kernel<<<unsigned(rows), 256, 0, s>>>(k, v, ld, slot, pos, k_cache, v_cache,
-                                                 slot_stride, kv_dim);
+  if (f16_cache) {
+    kv_write_kernel<__half><<<unsigned(rows), 256, 0, s>>>(k, v, ld, slot, pos,
+                                                           static_cast<__half*>(k_cache),
+                                                           static_cast<__half*>(v_cache),
+                                                           slot_stride, kv_dim);
+  } else {
+    kv_write_kernel<float><<<unsigned(rows), 256, 0, s>>>(k, v, ld, slot, pos,
+                                                          static_cast<float*>(k_cache),
+                                                          static_cast<float*>(v_cache),
+                                                          slot_stride, kv_dim);
+  }
 }
 
 }  // namespace shrink::cuda

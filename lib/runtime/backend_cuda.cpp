@@ -430,7 +430,7 @@ class CudaBackend : public Backend {
     const int32_t* pos = dev_pos(at, rows);
     if (!pos) return;
     cuda_kernels::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin,
-                              nullptr, nullptr, 0, stream_);
+                              nullptr, nullptr, 0, false, stream_);
     launched("rope");
   }
 
@@ -439,9 +439,9 @@ class CudaBackend : public Backend {
     input_copies_ = InputCopies();
     const int32_t* slot = dev_slot(at, rows);
     const int32_t* pos = dev_pos(at, rows);
-    if (!slot || !pos) return;
+    if (!slot || !pos || !cache_ok(c)) return;
     cuda_kernels::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim,
-                               stream_);
+                               c.storage == KvStorage::kF16, stream_);
     launched("kv_write");
   }
 
@@ -451,9 +451,10 @@ class CudaBackend : public Backend {
     input_copies_ = InputCopies();
     const int32_t* slot = dev_slot(at, rows);
     const int32_t* pos = dev_pos(at, rows);
-    if (!slot || !pos) return;
+    if (!slot || !pos || !cache_ok(c)) return;
     cuda_kernels::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot,
-                              pos, cos, sin, c.k, c.v, c.slot_stride, stream_);
+                              pos, cos, sin, c.k, c.v, c.slot_stride,
+                              c.storage == KvStorage::kF16, stream_);
     launched("rope_kv_write");
   }
 
@@ -461,6 +462,7 @@ class CudaBackend : public Backend {
                  const KvLayer& c, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                  int64_t window, float* out) override {
     input_copies_ = InputCopies();
+    if (!cache_ok(c)) return;
     if (head_dim > 256) {  // the prefill kernel's register tile
       if (err_.is_ok()) {
         err_ = invalid_input("cuda attention: head_dim " + std::to_string(head_dim) +
@@ -492,6 +494,7 @@ class CudaBackend : public Backend {
     if (!a.slot || !a.pos) return;
     a.k_cache = c.k;
     a.v_cache = c.v;
+    a.f16_cache = c.storage == KvStorage::kF16;
     a.slot_stride = c.slot_stride;
     a.kv_dim = c.kv_dim;
     a.n_heads = int(n_heads);
@@ -794,6 +797,14 @@ class CudaBackend : public Backend {
     cudaMemGetInfo(&free_b, &total_b);
     cudaGetLastError();
     return internal_error(cuda_kernels::out_of_memory_message(bytes, free_b, total_b));
+  }
+
+  // The cache storages the kernels read and write: float32 and f16 (the engine refuses an int8
+  // cache on cuda at load; this is the backstop for a direct call).
+  bool cache_ok(const KvLayer& c) {
+    if (c.storage == KvStorage::kF32 || c.storage == KvStorage::kF16) return true;
+    if (err_.is_ok()) err_ = invalid_input("cuda: the int8 KV cache is not supported (f32, f16)");
+    return false;
   }
 
   void capture_failed(uint64_t key, const std::string& why) {

@@ -683,3 +683,37 @@ TEST(CudaOps, OutOfMemoryIsAnErrorNotANullLaunch) {
   p.gpu->rmsnorm(x.gp(), w.gp(), y.gp(), 4, 64, 1e-5f);
   expect_close(p, y, 1e-5, "rmsnorm after a failed allocation");
 }
+
+TEST(CudaEngine, F16KvCacheMatchesCpuF16Cache) {
+  SKIP_WITHOUT_GPU();
+  const std::string dir = test::fixture("llama_gqa_llama3rope");
+  auto make = [&](const std::string& device, const std::string& kv) {
+    runtime::EngineOptions o;
+    o.device = device;
+    o.float_weights = device == "cuda" ? "f32" : "";
+    o.kv_cache = kv;
+    o.max_batch = 2;
+    return runtime::Engine::load(dir, o).take_or_throw();
+  };
+  auto cpu16 = make("cpu", "f16");
+  auto gpu16 = make("cuda", "f16");
+  auto gpu32 = make("cuda", "f32");
+  // A prefill (tiles), then decode steps (split-K), in two slots of different lengths.
+  std::vector<int32_t> a(kPrompt.begin(), kPrompt.begin() + 13), b(kPrompt.begin() + 2, kPrompt.begin() + 7);
+  std::vector<std::vector<float>> outs;
+  for (runtime::Engine* e : {cpu16.get(), gpu16.get(), gpu32.get()}) {
+    std::vector<float> all, step;
+    ASSERT_TRUE(e->forward({{0, a.data(), 13}, {1, b.data(), 5}}, false, all).is_ok());
+    for (int s = 0; s < 5; ++s) {
+      std::vector<int32_t> t = {int32_t(s + 3), int32_t(s + 9)};
+      ASSERT_TRUE(e->forward({{0, &t[0], 1}, {1, &t[1], 1}}, false, step).is_ok());
+      all.insert(all.end(), step.begin(), step.end());
+    }
+    outs.push_back(all);
+  }
+  EXPECT_LE(rel_err(outs[1], outs[0]), 1e-5) << "cuda f16 cache against the cpu's f16 cache";
+  // The storage is really 16-bit: the f32 cache gives other logits.
+  EXPECT_GT(rel_err(outs[2], outs[1]), 1e-7);
+  EXPECT_LE(rel_err(outs[2], outs[1]), 1e-2);
+  EXPECT_EQ(greedy(*gpu16, kPrompt, 12), greedy(*cpu16, kPrompt, 12));
+}
