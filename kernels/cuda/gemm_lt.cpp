@@ -127,7 +127,7 @@ Status GemmLt::plan_make(const LtKey& key, Plan& p) {
 Status GemmLt::run(int kind, int64_t M, int64_t N, int64_t K, const void* x, const void* w,
                    void* y, int64_t ldy, const void* alpha, cudaStream_t s) {
   const int64_t elem = kind == int(WType::kS8) ? 1 : wtype_bytes(WType(kind));
-  LtKey key;
+  LtKey key;  // (not const: a failing bucket plan is replaced by an exact one below)
   key.kind = kind;
   key.m_bucket = m_bucket(M);
   key.n = N;
@@ -137,21 +137,38 @@ Status GemmLt::run(int kind, int64_t M, int64_t N, int64_t K, const void* x, con
   key.align_b = operand_alignment(x, K * elem);
   key.align_c = operand_alignment(y, ldy * 4);
   SHRINK_ASSIGN_OR_RETURN(Plan * p, plan(key));
-  const uint64_t cols = uint64_t(M);
-  SHRINK_RETURN_IF_ERROR(lt_status(
-      cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols),
-      "layout B columns"));
-  SHRINK_RETURN_IF_ERROR(lt_status(
-      cublasLtMatrixLayoutSetAttribute(p->c, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols),
-      "layout C columns"));
-  // beta = 0 in the output's type (int32 zero and float zero have the same bits).
-  const int32_t beta = 0;
-  SHRINK_RETURN_IF_ERROR(lt_status(
-      cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p->op, alpha, w, p->a, x, p->b, &beta,
-                     y, p->c, y, p->c, &p->algo, workspace_, workspace_bytes_, s),
-      kind == int(WType::kS8) ? "matmul (int8)" : "matmul (float)"));
+  Status st = matmul(*p, M, x, w, y, alpha, kind == int(WType::kS8), s);
+  if (!st.is_ok() && key.m_bucket != M) {
+    // The bucket's algorithm was chosen for its largest M; cuBLASLt refused it at this one.
+    // Plan this M exactly (cached like any key) and try once more.
+    key.m_bucket = M;
+    key.exact = true;
+    ++counters_.lt_exact_replans;
+    SHRINK_ASSIGN_OR_RETURN(p, plan(key));
+    st = matmul(*p, M, x, w, y, alpha, kind == int(WType::kS8), s);
+  }
+  SHRINK_RETURN_IF_ERROR(st);
   ++counters_.lt_gemm;
   return Status::ok();
+}
+
+// The plan's matmul at M rows (its layouts' columns set to M first).
+Status GemmLt::matmul(Plan& p, int64_t M, const void* x, const void* w, void* y,
+                      const void* alpha, bool int8, cudaStream_t s) {
+  const uint64_t cols = uint64_t(M);
+  SHRINK_RETURN_IF_ERROR(lt_status(
+      cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols),
+      "layout B columns"));
+  SHRINK_RETURN_IF_ERROR(lt_status(
+      cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols),
+      "layout C columns"));
+  const int32_t beta_i = 0;  // beta in the scale type: int32 for int8, float otherwise
+  const float beta_f = 0.0f;
+  const void* beta = int8 ? static_cast<const void*>(&beta_i) : static_cast<const void*>(&beta_f);
+  return lt_status(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.op, alpha, w, p.a, x,
+                                  p.b, beta, y, p.c, y, p.c, &p.algo, workspace_,
+                                  workspace_bytes_, s),
+                   int8 ? "matmul (int8)" : "matmul (float)");
 }
 
 Status GemmLt::gemm_float(WType t, int64_t M, int64_t N, int64_t K, const void* x, const void* w,

@@ -55,6 +55,8 @@ class GemmLt {
   GemmLt() = default;
   Result<Plan*> plan(const LtKey& key);
   Status plan_make(const LtKey& key, Plan& p);
+  Status matmul(Plan& p, int64_t M, const void* x, const void* w, void* y, const void* alpha,
+                bool int8, cudaStream_t s);
   Status run(int kind, int64_t M, int64_t N, int64_t K, const void* x, const void* w, void* y,
              int64_t ldy, const void* alpha, cudaStream_t s);
   void* handle_ = nullptr;

@@ -74,7 +74,12 @@ struct LtKey {
   int kind = 0;
   int64_t m_bucket = 0, n = 0, k = 0, ldc = 0;
   int align_a = 256, align_b = 256, align_c = 256;
-  auto tie() const { return std::tie(kind, m_bucket, n, k, ldc, align_a, align_b, align_c); }
+  /// A plan for exactly m_bucket rows: made when the bucket's plan fails at a smaller M (its
+  /// algorithm was chosen for the bucket's largest M), so that one M falls back alone.
+  bool exact = false;
+  auto tie() const {
+    return std::tie(kind, m_bucket, n, k, ldc, align_a, align_b, align_c, exact);
+  }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
 
@@ -118,6 +123,7 @@ struct CudaCounters {
   uint64_t lt_fallback = 0;       // linears past the GEMV's rows that ran the GEMV instead
   uint64_t lt_plans = 0;          // heuristic queries that found an algorithm
   uint64_t lt_plan_failures = 0;  // ... that found none (remembered: once per key)
+  uint64_t lt_exact_replans = 0;  // calls where the bucket's plan failed at their M: M planned exactly
   uint64_t graph_captures = 0;    // decode steps recorded into a graph
   uint64_t graph_capture_failures = 0;
   uint64_t graph_replays = 0;
@@ -126,6 +132,7 @@ struct CudaCounters {
             {"lt_fallback", lt_fallback},
             {"lt_plans", lt_plans},
             {"lt_plan_failures", lt_plan_failures},
+            {"lt_exact_replans", lt_exact_replans},
             {"lt_plans_cached", plans_cached},
             {"graph_captures", graph_captures},
             {"graph_capture_failures", graph_capture_failures},

@@ -332,7 +332,7 @@ class CudaBackend : public Backend {
       return false;
     }
     capturing_ = true;
-    capture_bad_ = false;
+    capture_bad_ = capture_grew_ = false;
     return true;
   }
 
@@ -340,13 +340,17 @@ class CudaBackend : public Backend {
     cudaGraph_t g = nullptr;
     const cudaError_t e = cudaStreamEndCapture(stream_, &g);
     capturing_ = false;
-    if (e != cudaSuccess || capture_bad_ || !err_.is_ok() || !g) {
+    if (e != cudaSuccess || capture_bad_ || capture_grew_ || !err_.is_ok() || !g) {
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
-      if (!capture_bad_) {  // growth while recording is expected once; anything else is logged
+      // A buffer that had to grow is expected once after a reallocation: not a failure.
+      // Anything else (an op that needed a host upload, a CUDA error) is logged and counted, so
+      // a step that can never be recorded ends up eager instead of recording every time.
+      if (e != cudaSuccess || capture_bad_ || !err_.is_ok() || (!g && !capture_grew_)) {
         capture_failed(key, e != cudaSuccess ? std::string("cudaStreamEndCapture: ") +
                                                    cudaGetErrorString(e)
                             : !err_.is_ok() ? err_.message()
+                            : capture_bad_  ? std::string("an op needed a host upload")
                                             : std::string("no graph"));
       }
       err_ = Status::ok();  // nothing ran; the engine reruns the step eagerly
@@ -708,7 +712,7 @@ class CudaBackend : public Backend {
   Result<void*> grow(Buf& b, size_t bytes) {
     if (bytes <= b.bytes) return b.p;
     if (capturing_) {
-      capture_bad_ = true;
+      capture_grew_ = true;
       return internal_error("buffer growth while recording");
     }
     graph_reset();
@@ -908,7 +912,9 @@ class CudaBackend : public Backend {
   // Graphs.
   cuda_kernels::GraphPolicy graphs_{true, nullptr};
   std::map<uint64_t, cudaGraphExec_t> graph_execs_;
-  bool capturing_ = false, capture_bad_ = false;
+  // While recording: capture_grew_ when a buffer had to grow (the recording is dropped and
+  // retried at the next use), capture_bad_ when an op needed something a graph cannot hold.
+  bool capturing_ = false, capture_bad_ = false, capture_grew_ = false;
   cuda_kernels::CudaCounters counts_;  // the backend's own: fallbacks, graphs
 };
 

@@ -673,6 +673,9 @@ Status Engine::Impl::build(TensorSource& src) {
     }
     src.release("model.embed_tokens.weight");
     weight_bytes += uint64_t(H) * (embed_bf16 ? 2 : 4);  // one embedding row per token
+    // A tied head borrows this tensor: a failed allocation must stop the load here, with the
+    // backend's reason, not later as a head without weights.
+    if (!embed->data()) return allocations_check();
   }
   auto vec = [&](const std::string& n) -> Result<std::unique_ptr<DeviceTensor>> {
     SrcTensor t;
@@ -834,12 +837,13 @@ Status Engine::Impl::build(TensorSource& src) {
 Status Engine::Impl::allocations_check() {
   Status st = be->take_error();
   if (!st.is_ok()) return st;
-  bool null = !embed->data() || !final_norm->data() || !rope_cos->data() || !rope_sin->data();
+  auto null = [](const std::unique_ptr<DeviceTensor>& t) { return t && !t->data(); };
+  bool any = !embed || null(embed) || null(final_norm) || null(rope_cos) || null(rope_sin);
   for (const LayerW& L : layers) {
-    null = null || !L.k_cache->data() || !L.v_cache->data() || !L.attn_norm->data() ||
-           !L.mlp_norm->data();
+    any = any || null(L.k_cache) || null(L.v_cache) || null(L.k_scale) || null(L.v_scale) ||
+          null(L.attn_norm) || null(L.mlp_norm);
   }
-  SHRINK_CHECK(!null, StatusCode::kInternal, "the backend could not allocate the model's tensors");
+  SHRINK_CHECK(!any, StatusCode::kInternal, "the backend could not allocate the model's tensors");
   return Status::ok();
 }
 
