@@ -1,4 +1,6 @@
-// Attention over the KV cache (floats, or f16 widened to float as they are read), two kernels:
+// Attention over the KV cache (floats; f16 widened to float as it is read; int8 times its scale
+// per (token, KV head): q.k in float over the int8 values, then the key's scale; each value row
+// times its scale), two kernels:
 //  - decode (one query per row): split-K / flash-decoding. Grid (splits, kv heads, rows): each
 //    block scores kAttnSplitKeys keys of one kv head for all query heads of its GQA group (one
 //    key per thread), takes the split's max and sum, accumulates P.V, and writes (m, l, o) to a
@@ -12,6 +14,7 @@
 // reference (kernels/cpu/attention/attention_ref.cpp) up to the order of float additions.
 // Tested in tests/cuda/test_backend.cpp (GQA, MQA, sliding window, odd lengths, head_dim 16..128).
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -29,11 +32,13 @@ __global__ void __launch_bounds__(kSplitKeys)
     decode_kernel(AttentionArgs a, int64_t splits, float* __restrict__ partial) {
   const C* k_cache = static_cast<const C*>(a.k_cache);
   const C* v_cache = static_cast<const C*>(a.v_cache);
+  constexpr bool kS8 = std::is_same<C, int8_t>::value;
   extern __shared__ float sm[];
   const int G = a.n_heads / a.n_kv_heads, D = a.head_dim;
   float* qs = sm;                    // [G][D]
   float* ps = qs + G * D;            // [G][kSplitKeys]
   float* ml = ps + G * kSplitKeys;   // [G][2]
+  float* vsc = ml + 2 * G;           // [kSplitKeys]: int8 value rows' scales
   const int64_t r = blockIdx.z;
   const int kvh = blockIdx.y;
   const int64_t sp = blockIdx.x;
@@ -55,6 +60,8 @@ __global__ void __launch_bounds__(kSplitKeys)
   __syncthreads();
   const int64_t base = int64_t(a.slot[r]) * a.slot_stride + int64_t(kvh) * D;
   const int n = int(k1 - k0);
+  // int8: the scales of this split's keys (and values) of this KV head, [slot][pos][kv head].
+  const int64_t sbase = (int64_t(a.slot[r]) * (a.slot_stride / a.kv_dim) + k0) * a.n_kv_heads + kvh;
   if (tid < n) {
     const C* kp = k_cache + base + (k0 + tid) * a.kv_dim;
     for (int g = 0; g < G; ++g) {
@@ -68,8 +75,10 @@ __global__ void __launch_bounds__(kSplitKeys)
       } else {
         for (int d = 0; d < D; ++d) acc += qg[d] * to_float(kp[d]);
       }
+      if constexpr (kS8) acc *= a.k_scale[sbase + int64_t(tid) * a.n_kv_heads];
       ps[g * kSplitKeys + tid] = acc * a.scale;
     }
+    if constexpr (kS8) vsc[tid] = a.v_scale[sbase + int64_t(tid) * a.n_kv_heads];
   }
   __syncthreads();
   const int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
@@ -95,7 +104,11 @@ __global__ void __launch_bounds__(kSplitKeys)
     const int g = i / D, d = i - g * D;
     float o = 0.0f;
     const float* pg = ps + g * kSplitKeys;
-    for (int j = 0; j < n; ++j) o += pg[j] * to_float(vb[int64_t(j) * a.kv_dim + d]);
+    if constexpr (kS8) {
+      for (int j = 0; j < n; ++j) o += pg[j] * (to_float(vb[int64_t(j) * a.kv_dim + d]) * vsc[j]);
+    } else {
+      for (int j = 0; j < n; ++j) o += pg[j] * to_float(vb[int64_t(j) * a.kv_dim + d]);
+    }
     float* dst = partial + ((r * a.n_heads + kvh * G + g) * splits + sp) * stride_part;
     dst[d] = o;
     if (d == 0) {
@@ -129,6 +142,7 @@ __global__ void __launch_bounds__(2 * kAttnTileRows)
     prefill_kernel(AttentionArgs a, const int32_t* __restrict__ tiles) {
   const C* k_cache = static_cast<const C*>(a.k_cache);
   const C* v_cache = static_cast<const C*>(a.v_cache);
+  constexpr bool kS8 = std::is_same<C, int8_t>::value;
   __shared__ float ks[BK][2 * DH + 2];
   __shared__ float vs[BK][2 * DH + 2];
   const int t = blockIdx.x, h = blockIdx.y;
@@ -158,8 +172,15 @@ __global__ void __launch_bounds__(2 * kAttnTileRows)
       const int j = idx / D, d = idx - j * D;
       const int col = d < hd ? d : d + 1;
       const int64_t src = base + (kb + j) * a.kv_dim + d;
-      ks[j][col] = to_float(k_cache[src]);
-      vs[j][col] = to_float(v_cache[src]);
+      float kx = to_float(k_cache[src]), vx = to_float(v_cache[src]);
+      if constexpr (kS8) {  // the key's and value's scales, [slot][pos][kv head]
+        const int64_t si =
+            (int64_t(a.slot[row0]) * (a.slot_stride / a.kv_dim) + kb + j) * a.n_kv_heads + kvh;
+        kx *= a.k_scale[si];
+        vx *= a.v_scale[si];
+      }
+      ks[j][col] = kx;
+      vs[j][col] = vx;
     }
     __syncthreads();
     for (int j = 0; j < nk; ++j) {
@@ -217,9 +238,11 @@ void attention_decode(const AttentionArgs& a, int64_t max_seq, float* partial, c
   if (a.rows <= 0) return;
   const int64_t splits = n_splits(max_seq);
   const int G = a.n_heads / a.n_kv_heads;
-  const size_t smem = size_t(G * a.head_dim + G * kSplitKeys + 2 * G) * sizeof(float);
+  const size_t smem = size_t(G * a.head_dim + G * kSplitKeys + 2 * G + kSplitKeys) * sizeof(float);
   dim3 grid(unsigned(splits), unsigned(a.n_kv_heads), unsigned(a.rows));
-  auto kernel = a.f16_cache ? decode_kernel<__half> : decode_kernel<float>;
+  auto kernel = a.cache_type == CacheType::kF16  ? decode_kernel<__half>
+                : a.cache_type == CacheType::kS8 ? decode_kernel<int8_t>
+                                                 : decode_kernel<float>;
   if (smem > 48 * 1024) {  // many query heads per kv head: opt in to more shared memory
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   }
@@ -234,10 +257,10 @@ void attention_prefill(const AttentionArgs& a, const int32_t* tiles, int64_t n_t
   dim3 grid(unsigned(n_tiles), unsigned(a.n_heads));
   const int threads = 2 * kAttnTileRows;
   const int hd = a.head_dim / 2;
-  if (a.f16_cache) {
-    prefill_for<__half>(a, tiles, hd, grid, threads, s);
-  } else {
-    prefill_for<float>(a, tiles, hd, grid, threads, s);
+  switch (a.cache_type) {
+    case CacheType::kF16: prefill_for<__half>(a, tiles, hd, grid, threads, s); break;
+    case CacheType::kS8: prefill_for<int8_t>(a, tiles, hd, grid, threads, s); break;
+    default: prefill_for<float>(a, tiles, hd, grid, threads, s); break;
   }
 }
 

@@ -73,8 +73,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
-/// Four consecutive cache elements widened to float (p 16-byte aligned for floats, 8 for f16).
+__device__ __forceinline__ float to_float(int8_t v) { return float(v); }
+
+/// Four consecutive cache elements widened to float (p 16-byte aligned for floats, 8 for f16, 4
+/// for int8).
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const int8_t* p) {
+  const char4 c = *reinterpret_cast<const char4*>(p);
+  return make_float4(float(c.x), float(c.y), float(c.z), float(c.w));
+}
 __device__ __forceinline__ float4 load4(const __half* p) {
   const uint2 u = *reinterpret_cast<const uint2*>(p);
   const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));

@@ -65,16 +65,28 @@ void rmsnorm_f32(float* x, const float* d, const float* w, float* y, int64_t row
 // ---- rope_kv.cu --------------------------------------------------------------------------------
 /// Rotate-half RoPE of rows of x (stride ldx): `heads` heads at x, and `kv_heads` more heads right
 /// after them. When k_cache is given, those kv heads (rotated) and the v heads after them are
-/// also stored at cache[slot[r], pos[r], :] (kv_dim = kv_heads * head_dim values): floats, or
-/// f16 (round to nearest even) when f16_cache.
+/// also stored at cache[slot[r], pos[r], :] (kv_dim = kv_heads * head_dim values) in the cache's
+/// type (CacheView).
+/// The KV cache's element type: float32; f16 (round to nearest even); or int8 with one float
+/// scale per (slot, position, KV head), laid out [slot][pos][kv_heads] (symmetric, amax / 127,
+/// round half to even: the CPU's int8 cache, kernels/cpu quantize_s8).
+enum class CacheType { kF32, kF16, kS8 };
+struct CacheView {
+  void* k = nullptr;  // null: no cache (RoPE only)
+  void* v = nullptr;
+  float* k_scale = nullptr;  // kS8 only
+  float* v_scale = nullptr;
+  int64_t slot_stride = 0;  // max_seq * kv_dim (elements)
+  CacheType type = CacheType::kF32;
+};
 void rope_kv_f32(float* x, int64_t rows, int64_t ldx, int heads, int kv_heads, int head_dim,
                  const int32_t* slot, const int32_t* pos, const float* cos, const float* sin,
-                 void* k_cache, void* v_cache, int64_t slot_stride, bool f16_cache,
-                 cudaStream_t s);
-/// cache[slot[r], pos[r], :] = k[r, :] and v[r, :] (kv_dim values, row stride ld; floats or f16).
+                 const CacheView& cache, cudaStream_t s);
+/// cache[slot[r], pos[r], :] = k[r, :] and v[r, :] (kv_dim values, row stride ld), in the cache's
+/// type (head_dim values per scale for int8).
 void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, const int32_t* slot,
-                  const int32_t* pos, void* k_cache, void* v_cache, int64_t slot_stride,
-                  int64_t kv_dim, bool f16_cache, cudaStream_t s);
+                  const int32_t* pos, const CacheView& cache, int64_t kv_dim, int head_dim,
+                  cudaStream_t s);
 
 // ---- attention.cu ------------------------------------------------------------------------------
 struct AttentionArgs {
@@ -82,9 +94,11 @@ struct AttentionArgs {
   int64_t ldq = 0, rows = 0;
   const int32_t* slot = nullptr;  // device [rows]
   const int32_t* pos = nullptr;   // device [rows]
-  const void* k_cache = nullptr;  // floats, or f16 when f16_cache (slot_stride and kv_dim count
-  const void* v_cache = nullptr;  // elements either way)
-  bool f16_cache = false;
+  const void* k_cache = nullptr;  // of cache_type (slot_stride and kv_dim count elements)
+  const void* v_cache = nullptr;
+  const float* k_scale = nullptr;  // kS8: [slot][pos][n_kv_heads]
+  const float* v_scale = nullptr;
+  CacheType cache_type = CacheType::kF32;
   int64_t slot_stride = 0, kv_dim = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // 0 = none

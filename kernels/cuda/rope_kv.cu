@@ -3,9 +3,12 @@
 // (slot, position), which it reads from device memory (so a captured decode graph stays valid as
 // positions advance). Each rotated value is two separate float products and a sum, like the CPU
 // reference (kernels/cpu/rope/rope_ref.cpp): __fmul_rn/__fadd_rn keep nvcc from contracting
-// them into an FMA, so both backends produce the same bits. The cache holds floats or f16 (round
-// to nearest even, the bits of the CPU's f16 cache, core::f32_to_f16). Tested in
-// tests/cuda/test_backend.cpp.
+// them into an FMA, so both backends produce the same bits. The cache holds floats, f16 (round
+// to nearest even, the bits of the CPU's f16 cache, core::f32_to_f16) or int8 with a scale per
+// (token, KV head): a warp per head takes its absolute maximum and quantizes it as the CPU's
+// quantize_s8 does. Tested in tests/cuda/test_backend.cpp.
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -13,12 +16,31 @@ namespace shrink::cuda {
 
 namespace {
 
+// Rows of `n` heads of head_dim floats (src, head stride head_dim) quantized into dst with one
+// scale each (scales[h]): a warp per head. Needs blockDim.x a multiple of 32.
+__device__ void quantize_heads(const float* src, int n, int head_dim, int8_t* dst,
+                               float* scales) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int h = warp; h < n; h += nw) {
+    const float* hs = src + int64_t(h) * head_dim;
+    float amax = 0.0f;
+    for (int i = lane; i < head_dim; i += 32) amax = fmaxf(amax, fabsf(hs[i]));
+    amax = warp_max(amax);
+    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    int8_t* hd = dst + int64_t(h) * head_dim;
+    for (int i = lane; i < head_dim; i += 32) hd[i] = quantize_one(hs[i], s);
+    if (lane == 0) scales[h] = s;
+  }
+}
+
 template <typename C>
 __global__ void rope_kv_kernel(float* __restrict__ x, int64_t ldx, int heads, int kv_heads,
                                int head_dim, const int32_t* __restrict__ slot,
                                const int32_t* __restrict__ pos, const float* __restrict__ cos,
                                const float* __restrict__ sin, C* __restrict__ kc,
-                               C* __restrict__ vc, int64_t slot_stride) {
+                               C* __restrict__ vc, float* __restrict__ ksc,
+                               float* __restrict__ vsc, int64_t slot_stride) {
+  constexpr bool kS8 = std::is_same<C, int8_t>::value;
   const int64_t r = blockIdx.x;
   const int half = head_dim / 2;
   const int64_t p = pos[r];
@@ -38,15 +60,25 @@ __global__ void rope_kv_kernel(float* __restrict__ x, int64_t ldx, int heads, in
     const float o2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
     ph[j] = o1;
     ph[j + half] = o2;
-    if (kdst && h >= heads) {
-      const int64_t o = int64_t(h - heads) * head_dim;
-      kdst[o + j] = from_float<C>(o1);
-      kdst[o + j + half] = from_float<C>(o2);
+    if constexpr (!kS8) {
+      if (kdst && h >= heads) {
+        const int64_t o = int64_t(h - heads) * head_dim;
+        kdst[o + j] = from_float<C>(o1);
+        kdst[o + j + half] = from_float<C>(o2);
+      }
     }
   }
-  if (vdst) {
-    const float* v = xr + int64_t(heads + kv_heads) * head_dim;
-    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) vdst[i] = from_float<C>(v[i]);
+  const float* v = xr + int64_t(heads + kv_heads) * head_dim;
+  if constexpr (kS8) {
+    if (!kdst) return;
+    __syncthreads();  // the rotated keys, written in place above, read back by other threads
+    const int64_t so = (int64_t(slot[r]) * (slot_stride / kv_dim) + p) * kv_heads;
+    quantize_heads(xr + int64_t(heads) * head_dim, kv_heads, head_dim, kdst, ksc + so);
+    quantize_heads(v, kv_heads, head_dim, vdst, vsc + so);
+  } else {
+    if (vdst) {
+      for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) vdst[i] = from_float<C>(v[i]);
+    }
   }
 }
 
@@ -54,12 +86,21 @@ template <typename C>
 __global__ void kv_write_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                 int64_t ld, const int32_t* __restrict__ slot,
                                 const int32_t* __restrict__ pos, C* __restrict__ kc,
-                                C* __restrict__ vc, int64_t slot_stride, int64_t kv_dim) {
+                                C* __restrict__ vc, float* __restrict__ ksc,
+                                float* __restrict__ vsc, int64_t slot_stride, int64_t kv_dim,
+                                int head_dim) {
   const int64_t r = blockIdx.x;
   const int64_t off = int64_t(slot[r]) * slot_stride + int64_t(pos[r]) * kv_dim;
-  for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    kc[off + i] = from_float<C>(k[r * ld + i]);
-    vc[off + i] = from_float<C>(v[r * ld + i]);
+  if constexpr (std::is_same<C, int8_t>::value) {
+    const int nkv = int(kv_dim / head_dim);
+    const int64_t so = (int64_t(slot[r]) * (slot_stride / kv_dim) + pos[r]) * nkv;
+    quantize_heads(k + r * ld, nkv, head_dim, kc + off, ksc + so);
+    quantize_heads(v + r * ld, nkv, head_dim, vc + off, vsc + so);
+  } else {
+    for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+      kc[off + i] = from_float<C>(k[r * ld + i]);
+      vc[off + i] = from_float<C>(v[r * ld + i]);
+    }
   }
 }
 
@@ -67,34 +108,35 @@ __global__ void kv_write_kernel(const float* __restrict__ k, const float* __rest
 
 void rope_kv_f32(float* x, int64_t rows, int64_t ldx, int heads, int kv_heads, int head_dim,
                  const int32_t* slot, const int32_t* pos, const float* cos, const float* sin,
-                 void* k_cache, void* v_cache, int64_t slot_stride, bool f16_cache,
-                 cudaStream_t s) {
+                 const CacheView& c, cudaStream_t s) {
   if (rows <= 0) return;
-  if (f16_cache) {
-    rope_kv_kernel<__half><<<unsigned(rows), 256, 0, s>>>(
-        x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<__half*>(k_cache),
-        static_cast<__half*>(v_cache), slot_stride);
-  } else {
-    rope_kv_kernel<float><<<unsigned(rows), 256, 0, s>>>(
-        x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<float*>(k_cache),
-        static_cast<float*>(v_cache), slot_stride);
+  auto launch = [&](auto* tag) {
+    using C = std::remove_pointer_t<decltype(tag)>;
+    rope_kv_kernel<C><<<unsigned(rows), 256, 0, s>>>(
+        x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<C*>(c.k),
+        static_cast<C*>(c.v), c.k_scale, c.v_scale, c.slot_stride);
+  };
+  switch (c.type) {
+    case CacheType::kF16: launch(static_cast<__half*>(nullptr)); break;
+    case CacheType::kS8: launch(static_cast<int8_t*>(nullptr)); break;
+    default: launch(static_cast<float*>(nullptr)); break;
   }
 }
 
 void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, const int32_t* slot,
-                  const int32_t* pos, void* k_cache, void* v_cache, int64_t slot_stride,
-                  int64_t kv_dim, bool f16_cache, cudaStream_t s) {
+                  const int32_t* pos, const CacheView& c, int64_t kv_dim, int head_dim,
+                  cudaStream_t s) {
   if (rows <= 0) return;
-  if (f16_cache) {
-    kv_write_kernel<__half><<<unsigned(rows), 256, 0, s>>>(k, v, ld, slot, pos,
-                                                           static_cast<__half*>(k_cache),
-                                                           static_cast<__half*>(v_cache),
-                                                           slot_stride, kv_dim);
-  } else {
-    kv_write_kernel<float><<<unsigned(rows), 256, 0, s>>>(k, v, ld, slot, pos,
-                                                          static_cast<float*>(k_cache),
-                                                          static_cast<float*>(v_cache),
-                                                          slot_stride, kv_dim);
+  auto launch = [&](auto* tag) {
+    using C = std::remove_pointer_t<decltype(tag)>;
+    kv_write_kernel<C><<<unsigned(rows), 256, 0, s>>>(
+        k, v, ld, slot, pos, static_cast<C*>(c.k), static_cast<C*>(c.v), c.k_scale, c.v_scale,
+        c.slot_stride, kv_dim, head_dim);
+  };
+  switch (c.type) {
+    case CacheType::kF16: launch(static_cast<__half*>(nullptr)); break;
+    case CacheType::kS8: launch(static_cast<int8_t*>(nullptr)); break;
+    default: launch(static_cast<float*>(nullptr)); break;
   }
 }
 

@@ -434,7 +434,7 @@ class CudaBackend : public Backend {
     const int32_t* pos = dev_pos(at, rows);
     if (!pos) return;
     cuda_kernels::rope_kv_f32(x, rows, ldx, int(heads), 0, int(head_dim), nullptr, pos, cos, sin,
-                              nullptr, nullptr, 0, false, stream_);
+                              cuda_kernels::CacheView(), stream_);
     launched("rope");
   }
 
@@ -444,8 +444,8 @@ class CudaBackend : public Backend {
     const int32_t* slot = dev_slot(at, rows);
     const int32_t* pos = dev_pos(at, rows);
     if (!slot || !pos || !cache_ok(c)) return;
-    cuda_kernels::kv_write_f32(k, v, ld, rows, slot, pos, c.k, c.v, c.slot_stride, c.kv_dim,
-                               c.storage == KvStorage::kF16, stream_);
+    cuda_kernels::kv_write_f32(k, v, ld, rows, slot, pos, cache_view(c), c.kv_dim,
+                               int(c.head_dim), stream_);
     launched("kv_write");
   }
 
@@ -457,8 +457,7 @@ class CudaBackend : public Backend {
     const int32_t* pos = dev_pos(at, rows);
     if (!slot || !pos || !cache_ok(c)) return;
     cuda_kernels::rope_kv_f32(qkv, rows, ld, int(n_heads), int(n_kv_heads), int(head_dim), slot,
-                              pos, cos, sin, c.k, c.v, c.slot_stride,
-                              c.storage == KvStorage::kF16, stream_);
+                              pos, cos, sin, cache_view(c), stream_);
     launched("rope_kv_write");
   }
 
@@ -498,7 +497,9 @@ class CudaBackend : public Backend {
     if (!a.slot || !a.pos) return;
     a.k_cache = c.k;
     a.v_cache = c.v;
-    a.f16_cache = c.storage == KvStorage::kF16;
+    a.k_scale = c.k_scale;
+    a.v_scale = c.v_scale;
+    a.cache_type = cache_view(c).type;
     a.slot_stride = c.slot_stride;
     a.kv_dim = c.kv_dim;
     a.n_heads = int(n_heads);
@@ -803,11 +804,26 @@ class CudaBackend : public Backend {
     return internal_error(cuda_kernels::out_of_memory_message(bytes, free_b, total_b));
   }
 
-  // The cache storages the kernels read and write: float32 and f16 (the engine refuses an int8
-  // cache on cuda at load; this is the backstop for a direct call).
+  // The kernels' view of one layer's cache: float32, f16, or int8 with per-(token, KV head)
+  // scales (the CPU's layouts, so the prefix cache's exported rows mean the same on both).
+  static cuda_kernels::CacheView cache_view(const KvLayer& c) {
+    cuda_kernels::CacheView v;
+    v.k = c.k;
+    v.v = c.v;
+    v.slot_stride = c.slot_stride;
+    v.type = c.storage == KvStorage::kF16    ? cuda_kernels::CacheType::kF16
+             : c.storage == KvStorage::kInt8 ? cuda_kernels::CacheType::kS8
+                                             : cuda_kernels::CacheType::kF32;
+    if (c.storage == KvStorage::kInt8) {
+      v.k_scale = c.k_scale;
+      v.v_scale = c.v_scale;
+    }
+    return v;
+  }
+  // An int8 cache needs its scales and one head's values per scale (head_dim; 32 lanes each).
   bool cache_ok(const KvLayer& c) {
-    if (c.storage == KvStorage::kF32 || c.storage == KvStorage::kF16) return true;
-    if (err_.is_ok()) err_ = invalid_input("cuda: the int8 KV cache is not supported (f32, f16)");
+    if (c.storage != KvStorage::kInt8 || (c.k_scale && c.v_scale && c.head_dim > 0)) return true;
+    if (err_.is_ok()) err_ = internal_error("cuda: an int8 KV cache without its scales");
     return false;
   }
 

@@ -1020,9 +1020,6 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   SHRINK_CHECK(opts.kv_cache == "f32" || opts.kv_cache == "f16" || opts.kv_cache == "int8",
                StatusCode::kInvalidInput, "--kv-cache '%s': expected f32, f16 or int8",
                opts.kv_cache.c_str());
-  SHRINK_CHECK(opts.kv_cache != "int8" || opts.device != "cuda", StatusCode::kInvalidInput,
-               "--kv-cache int8: only the cpu device has an int8 KV cache so far (cuda: f32 or "
-               "f16)");
   SHRINK_ASSIGN_OR_RETURN(const auto acts, act_int8_choice(opts));
   impl->act4 = acts.first;
   impl->act8 = acts.second;

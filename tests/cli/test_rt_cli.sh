@@ -187,8 +187,8 @@ expect_rc "bench shape w8a8" 0 "$RT" bench --shape smollm-135m --dtype w8a8 --pr
 expect_grep "bench names the engine" "$T/out" "w8a8-dynamic"
 expect_rc "bench f16 kv cache" 0 "$RT" --kv-cache f16 bench --shape smollm-135m --dtype w8a8 --prompt-len 8 --gen-len 2 --format json
 expect_grep "bench names the f16 kv cache" "$T/out" "f16 kv cache"
-expect_rc "int8 kv cache on cuda exits 2" 2 "$RT" --device cuda --kv-cache int8 bench --shape smollm-135m --prompt-len 8 --gen-len 2
-expect_grep "the cuda kv error says why" "$T/err" "only the cpu device"
+expect_rc "an unknown kv cache on cuda exits 2" 2 "$RT" --device cuda --kv-cache q4 bench --shape smollm-135m --prompt-len 8 --gen-len 2
+expect_grep "the cuda kv error says why" "$T/err" "q4 not in {f32,f16,int8}"
 expect_rc "bench int8 kv cache" 0 "$RT" --kv-cache int8 bench --shape smollm-135m --dtype w8a8 --prompt-len 20 --gen-len 2 --format json
 expect_grep "bench names the int8 kv cache" "$T/out" "int8 kv cache"
 expect_rc "unknown kv cache exits 2" 2 "$RT" --kv-cache q4 bench --shape smollm-135m --prompt-len 8 --gen-len 2

@@ -394,7 +394,7 @@ TEST(Engine, F16AndInt8KvCachesAreCloseToF32AndSelfConsistent) {
   using Bad = std::tuple<const char*, const char*, const char*>;  // kv_cache, device, message
   for (const auto& [kv, device, needle] :
        {Bad{"int4", "cpu", "--kv-cache 'int4': expected f32, f16 or int8"},
-        Bad{"int8", "cuda", "--kv-cache int8: only the cpu device"}}) {
+        Bad{"int4", "cuda", "--kv-cache 'int4': expected f32, f16 or int8"}}) {
     EngineOptions bad;
     bad.kv_cache = kv;
     bad.device = device;
