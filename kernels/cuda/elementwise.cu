@@ -18,6 +18,7 @@ const char* wtype_name(WType t) {
     case WType::kF16: return "f16";
     case WType::kBF16: return "bf16";
     case WType::kS8: return "s8";
+    case WType::kS4: return "s4";
   }
   return "?";
 }
@@ -86,6 +87,20 @@ __global__ void convert_kernel(const float* __restrict__ x, int64_t n, T* __rest
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     y[i] = from_float<T>(x[i]);
+  }
+}
+
+// One byte (two weights: k = 2 j, 2 j + 1) per iteration.
+template <typename T>
+__global__ void dequant_s4_kernel(const uint8_t* __restrict__ q, const float* __restrict__ scale,
+                                  int64_t N, int64_t K, int64_t group, T* __restrict__ w) {
+  const int64_t G = (K + group - 1) / group, half = K / 2;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * half;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / half, k = 2 * (i - n * half);
+    const int b = q[i];
+    w[n * K + k] = from_float<T>(float((b & 15) - 8) * scale[n * G + k / group]);
+    w[n * K + k + 1] = from_float<T>(float((b >> 4) - 8) * scale[n * G + (k + 1) / group]);
   }
 }
 
@@ -216,6 +231,18 @@ void dequant_s8(const int8_t* q, const float* scale, int64_t N, int64_t K, int64
   else if (t == WType::kBF16)
     dequant_kernel<<<g, 256, 0, s>>>(q, scale, N, K, group, static_cast<__nv_bfloat16*>(w));
   else dequant_kernel<<<g, 256, 0, s>>>(q, scale, N, K, group, static_cast<float*>(w));
+}
+
+void dequant_s4(const uint8_t* q, const float* scale, int64_t N, int64_t K, int64_t group, void* w,
+                WType t, cudaStream_t s) {
+  const int g = grid_for(N * (K / 2), 256);
+  if (t == WType::kF16) {
+    dequant_s4_kernel<<<g, 256, 0, s>>>(q, scale, N, K, group, static_cast<__half*>(w));
+  } else if (t == WType::kBF16) {
+    dequant_s4_kernel<<<g, 256, 0, s>>>(q, scale, N, K, group, static_cast<__nv_bfloat16*>(w));
+  } else {
+    dequant_s4_kernel<<<g, 256, 0, s>>>(q, scale, N, K, group, static_cast<float*>(w));
+  }
 }
 
 void epilogue_s32(const int32_t* acc, int64_t M, int64_t N, const float* sw, const float* sx,

@@ -9,6 +9,8 @@
 //   f32 / f16 / bf16 weights: converted to float in registers.
 //   W8A16: int8 weights dequantised in registers, w = q * scale (per channel or per group),
 //          the same dequantised value the CPU reference multiplies with.
+//   W4A16: 4-bit weights read packed (16 per 8-byte load, half W8A16's bytes), widened to
+//          q - 8 in registers and scaled the same way.
 //   W8A8:  int8 activations (quantised per token by the preceding fused kernel) x int8 weights
 //          with dp4a into int32; per channel the int32 dot is exact, then float(dot) * s_w * s_x
 //          as the CPU reference; per group, float(group dot) * s_w[g] summed, then * s_x.
@@ -65,6 +67,21 @@ struct WTraits<WType::kS8> {
   }
 };
 
+// 4-bit: 16 weights (8 bytes at element i / 2) per load, low nibble first.
+template <>
+struct WTraits<WType::kS4> {
+  static constexpr int kVec = 16;
+  __device__ static void load(const void* w, int64_t i, float* out) {
+    const uint2 v = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(w) + i / 2);
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      out[2 * j] = float(int(b[j] & 15) - 8);
+      out[2 * j + 1] = float(int(b[j] >> 4) - 8);
+    }
+  }
+};
+
 template <WType W, int MT>
 __global__ void __launch_bounds__(kThreads) gemv_float_kernel(GemvArgs a) {
   constexpr int VEC = WTraits<W>::kVec;
@@ -72,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) gemv_float_kernel(GemvArgs a) {
   const int64_t n0 = int64_t(blockIdx.x) * kCols;
   const int M = int(a.M);
   const int64_t K = a.K, N = a.N;
-  const bool int8 = W == WType::kS8;
+  const bool int8 = W == WType::kS8 || W == WType::kS4;  // scaled integer weights
   const int64_t G = int8 ? (K + a.group - 1) / a.group : 1;
   const bool grouped = int8 && a.group < K;
   float sc[kCols];
@@ -222,7 +239,8 @@ __global__ void gemv_generic_kernel(GemvArgs a) {
   if (warp_id >= a.M * a.N) return;
   const int64_t m = warp_id / a.N, n = warp_id - m * a.N;
   const int64_t K = a.K;
-  const int64_t G = a.wt == WType::kS8 ? (K + a.group - 1) / a.group : 1;
+  const int64_t G =
+      a.wt == WType::kS8 || a.wt == WType::kS4 ? (K + a.group - 1) / a.group : 1;
   float acc = 0.0f;
   int iacc = 0;
   const bool s8s8 = a.xq != nullptr;
@@ -239,6 +257,11 @@ __global__ void gemv_generic_kernel(GemvArgs a) {
       case WType::kF32: w = static_cast<const float*>(a.w)[i]; break;
       case WType::kF16: w = __half2float(static_cast<const __half*>(a.w)[i]); break;
       case WType::kBF16: w = __bfloat162float(static_cast<const __nv_bfloat16*>(a.w)[i]); break;
+      case WType::kS4: {
+        const int b = static_cast<const uint8_t*>(a.w)[i / 2];
+        w = float(((i & 1) ? (b >> 4) : (b & 15)) - 8) * a.scale[n * G + k / a.group];
+        break;
+      }
       default:
         w = float(static_cast<const int8_t*>(a.w)[i]) * a.scale[n * G + k / a.group];
         break;
@@ -285,8 +308,9 @@ bool gemv_vector_ok(const GemvArgs& a) {
     return a.wt == WType::kS8 && a.K % 16 == 0 && aligned16(a.xq) &&
            (a.group >= a.K || a.group % 16 == 0);
   }
-  const int vec = a.wt == WType::kF32 ? 4 : 8;
+  const int vec = a.wt == WType::kF32 ? 4 : a.wt == WType::kS4 ? 16 : 8;
   if (a.K % vec != 0 || !aligned16(a.x)) return false;
+  if (a.wt == WType::kS4) return a.group >= a.K || a.group % 16 == 0;
   return a.wt != WType::kS8 || a.group >= a.K || a.group % 8 == 0;
 }
 
@@ -305,6 +329,7 @@ void gemv(const GemvArgs& a, cudaStream_t s) {
     case WType::kF16: launch_float<WType::kF16>(a, s); break;
     case WType::kBF16: launch_float<WType::kBF16>(a, s); break;
     case WType::kS8: launch_float<WType::kS8>(a, s); break;
+    case WType::kS4: launch_float<WType::kS4>(a, s); break;
   }
 }
 

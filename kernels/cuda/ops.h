@@ -16,11 +16,14 @@ struct SampleRow;
 
 namespace shrink::cuda {
 
-/// Storage type of weights and of the 16-bit copies of activations fed to cuBLASLt.
-enum class WType { kF32, kF16, kBF16, kS8 };
+/// Storage type of weights and of the 16-bit copies of activations fed to cuBLASLt. kS4: 4-bit
+/// weights, two per byte ([N, K / 2] bytes: byte j of a row holds k = 2 j in its low nibble and
+/// 2 j + 1 in its high one, each as q + 8), scaled like kS8.
+enum class WType { kF32, kF16, kBF16, kS8, kS4 };
 const char* wtype_name(WType t);
+/// Bytes per element of the byte-addressed types (kS4: see its bytes as N * K / 2).
 inline int64_t wtype_bytes(WType t) {
-  return t == WType::kF32 ? 4 : (t == WType::kS8 ? 1 : 2);
+  return t == WType::kF32 ? 4 : (t == WType::kS8 || t == WType::kS4 ? 1 : 2);
 }
 
 // ---- elementwise.cu ----------------------------------------------------------------------------
@@ -43,6 +46,9 @@ void quantize_s8(const float* x, int64_t rows, int64_t n, int64_t ldx, float sta
 void convert_f32(const float* x, int64_t n, void* y, WType t, cudaStream_t s);
 /// w[n, k] = q[n, k] * scale[n, k / group] in type `t` (kF32 / kF16 / kBF16).
 void dequant_s8(const int8_t* q, const float* scale, int64_t N, int64_t K, int64_t group, void* w,
+                WType t, cudaStream_t s);
+/// The same from packed 4-bit weights (WType::kS4; K even).
+void dequant_s4(const uint8_t* q, const float* scale, int64_t N, int64_t K, int64_t group, void* w,
                 WType t, cudaStream_t s);
 /// y[m, n] = float(acc[m, n]) * sw[n] * sx[m] (+ bias[n]); acc is [M, N] int32.
 void epilogue_s32(const int32_t* acc, int64_t M, int64_t N, const float* sw, const float* sx,
@@ -131,7 +137,7 @@ struct GemvArgs {
   const float* xs = nullptr;
   const void* w = nullptr;
   WType wt = WType::kF32;
-  const float* scale = nullptr;  // int8 weights
+  const float* scale = nullptr;  // int8 and 4-bit weights
   int64_t group = 0;
   const float* bias = nullptr;
   float* y = nullptr;

@@ -1,14 +1,17 @@
 // The CUDA backend of the runtime: the same Backend interface as the CPU one (so the engine's
 // model code is shared), over kernels/cuda and cuBLASLt.
 //
-// Memory: activations and the KV cache are float32 device buffers, as the interface defines;
-// float linear weights are stored as f16 (default), bf16 or f32; int8 weights stay int8 [out, in]
-// with float scales [out, groups]. The tied lm_head gets its own 16-bit copy of the embedding.
+// Memory: activations are float32 device buffers, as the interface defines; the KV cache f32,
+// f16 or int8 (the CPU's layouts); float linear weights are stored as f16 (default), bf16 or
+// f32; int8 weights stay int8 [out, in] with float scales [out, groups]; symmetric 4-bit weights
+// are packed two to a byte (WType::kS4; asymmetric ones run as int8 q - zp). The tied lm_head
+// gets its own 16-bit copy of the embedding.
 //
 // Linear layers, by rows M:
 //   M <= gemv rows (4 for float weights, 16 for int8 by default; W8A16 up to 4x that, in
 //   chunks): the skinny GEMV
-//     (kernels/cuda/gemv.cu): float/f16/bf16 weights, W8A16 dequantised in registers, W8A8 as
+//     (kernels/cuda/gemv.cu): float/f16/bf16 weights, W8A16 and W4A16 dequantised in
+//     registers, W8A8 as
 //     int8 x int8 dp4a on the per-token quantised row;
 //   larger M: cuBLASLt (kernels/cuda/gemm_lt.h) in the TN form: f16/bf16 (or exact f32) GEMM
 //     into the float output rows; W8A16 dequantises the int8 weights into a 16-bit scratch
@@ -200,7 +203,7 @@ class CudaBackend : public Backend {
   }
 
   Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
-    linear_desc_fold_zero_points(d);  // 4-bit asymmetric runs as int8 q - zp, like 4-bit
+    linear_desc_fold_zero_points(d);  // 4-bit asymmetric runs as int8 q - zp (bits 8 after)
     auto l = std::make_unique<CudaLinear>();
     l->out = d.out;
     l->in = d.in;
@@ -253,6 +256,26 @@ class CudaBackend : public Backend {
     l->group = d.group;
     l->act = d.act;
     l->input_scale = d.input_scale;
+    if (d.kind == LinearKind::kW8A16 && d.bits == 4 && d.in % 2 == 0) {
+      // Symmetric 4-bit (asymmetric was folded into int8 above): packed two to a byte, half the
+      // bytes of int8 for the decode GEMV to read.
+      std::vector<int8_t> packed(static_cast<size_t>(NK / 2));
+      for (int64_t i = 0; i < NK / 2; ++i) {
+        const int lo = d.q[size_t(2 * i)] + 8, hi = d.q[size_t(2 * i + 1)] + 8;
+        packed[size_t(i)] = int8_t(uint8_t(lo | (hi << 4)));
+      }
+      l->wt = cuda_kernels::WType::kS4;
+      SHRINK_ASSIGN_OR_RETURN(l->w, upload(packed.data(), packed.size()));
+      SHRINK_ASSIGN_OR_RETURN(l->scale, upload(d.scale.data(), d.scale.size() * 4));
+      if (!d.perm.empty()) {
+        SHRINK_CHECK(int64_t(d.perm.size()) == d.in, StatusCode::kInternal,
+                     "%s: act-order permutation has %zu entries, expected %lld", d.name.c_str(),
+                     d.perm.size(), (long long)d.in);
+        SHRINK_ASSIGN_OR_RETURN(l->perm, upload(d.perm.data(), d.perm.size() * 4));
+      }
+      l->weight_bytes = uint64_t(NK / 2) + uint64_t(d.out * G) * 4;
+      return std::unique_ptr<Linear>(std::move(l));
+    }
     SHRINK_ASSIGN_OR_RETURN(l->w, upload(d.q.data(), size_t(NK)));
     SHRINK_ASSIGN_OR_RETURN(l->scale, upload(d.scale.data(), d.scale.size() * 4));
     if (!d.perm.empty()) {  // act-order groups: linear() gathers the inputs into q's order
@@ -565,13 +588,18 @@ class CudaBackend : public Backend {
         if (int8) {
           auto wd = grow(wdq_, size_t(N * K) * size_t(cuda_kernels::wtype_bytes(t)));
           if (!wd.is_ok()) return;
-          cuda_kernels::dequant_s8(static_cast<const int8_t*>(l.w), l.scale, N, K, l.group,
-                                   wd.value(), t, stream_);
+          if (l.wt == cuda_kernels::WType::kS4) {
+            cuda_kernels::dequant_s4(static_cast<const uint8_t*>(l.w), l.scale, N, K, l.group,
+                                     wd.value(), t, stream_);
+          } else {
+            cuda_kernels::dequant_s8(static_cast<const int8_t*>(l.w), l.scale, N, K, l.group,
+                                     wd.value(), t, stream_);
+          }
           w = wd.value();
         }
         if (!lt_->gemm_float(t, M, N, K, xin, w, y, ldy, stream_).is_ok()) {
           ++counts_.lt_fallback;  // cuBLASLt refused the shape (remembered per plan key)
-          g.wt = int8 ? cuda_kernels::WType::kS8 : l.wt;
+          g.wt = l.wt;
           gemv_in_chunks(g);  // the GEMV, 16 rows at a time
           break;
         }

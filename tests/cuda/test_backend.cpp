@@ -5,7 +5,8 @@
 //   - rmsnorm (+ residual add), silu_mul, rope, kv_write, rope_kv_write, attention (decode and
 //     prefill tiles), argmax: to float32 rounding (relative 1e-5);
 //   - linear: f32 weights exact fp32 (1e-5), f16/bf16 weights (1e-2 / 3e-2: the weights' own
-//     rounding), W8A16 channel/group (1e-5: both dequantise to the same float weights), W8A8
+//     rounding), W8A16 channel/group and W4A16 packed two to a byte (1e-5: both dequantise to
+//     the same float weights), W8A8
 //     dynamic/static channel/group (1e-5: the int8 products are exact, the quantised
 //     activations identical);
 //   - the engine: logits on the HF fixtures, greedy tokens equal CPU vs GPU (f32 weights, and
@@ -331,6 +332,8 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5},
       {LinearKind::kW8A16, 0, ActQuant::kNone, "f16", 1e-2},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4},
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f16", 1e-2, 4},  // packed 4-bit, f16 prefill
+      {LinearKind::kW8A16, 0, ActQuant::kNone, "f32", 1e-5, 4},   // packed 4-bit per channel
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 8, false, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true, true},
