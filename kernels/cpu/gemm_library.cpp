@@ -1,13 +1,18 @@
 // oneDNN matmul glue (see gemm_library.h). Weights stay in HF's [N, K] layout and are described
-// to oneDNN as a [K, N] matrix with strides {1, ldb}; oneDNN's primitive cache makes re-creating
-// the primitive per call cheap (a hash lookup), so no cache is kept here.
+// to oneDNN as a [K, N] matrix with strides {1, ldb}. The primitives are kept here, keyed by
+// types, shape and strides: oneDNN's own primitive cache saves the JIT, but every call still
+// built the operation and primitive descriptors (an implementation search) and a stream first.
 #include "kernels/cpu/gemm_library.h"
 
 #if defined(SHRINK_HAVE_DNNL)
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdio>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 #endif
 
 namespace shrink::kernels::cpu {
@@ -30,22 +35,62 @@ dnnl::engine& engine() {
   return e;
 }
 
+// A matmul primitive with its memory descriptors, made once per key.
+struct Matmul {
+  dnnl::memory::desc a, b, c;
+  dnnl::matmul prim;
+};
+
+struct MatmulKey {
+  int ta, tc;
+  int64_t M, N, K, lda, ldb, ldc;
+  bool operator==(const MatmulKey& o) const {
+    return std::tie(ta, tc, M, N, K, lda, ldb, ldc) ==
+           std::tie(o.ta, o.tc, o.M, o.N, o.K, o.lda, o.ldb, o.ldc);
+  }
+};
+struct MatmulKeyHash {
+  size_t operator()(const MatmulKey& k) const {
+    uint64_t h = uint64_t(k.ta) * 31 + uint64_t(k.tc);
+    for (int64_t v : {k.M, k.N, k.K, k.lda, k.ldb, k.ldc}) h = h * 0x9e3779b97f4a7c15ull + uint64_t(v);
+    return size_t(h ^ (h >> 29));
+  }
+};
+
+// The primitive of a key, made on first use. Prompt lengths vary M, so the map is cleared when
+// it reaches kMaxPrimitives (a few weight shapes x the lengths in use fit far below that).
+// Shared, so that a clear while another thread runs a primitive leaves it alive.
+std::shared_ptr<const Matmul> matmul_for(const MatmulKey& k) {
+  constexpr size_t kMaxPrimitives = 1024;
+  static std::mutex mu;
+  static std::unordered_map<MatmulKey, std::shared_ptr<const Matmul>, MatmulKeyHash> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(k);
+  if (it != cache.end()) return it->second;
+  using dnnl::memory;
+  const auto ta = memory::data_type(k.ta), tc = memory::data_type(k.tc);
+  memory::desc a_md({k.M, k.K}, ta, memory::dims{k.lda, 1});
+  memory::desc b_md({k.K, k.N}, ta, memory::dims{1, k.ldb});
+  memory::desc c_md({k.M, k.N}, tc, memory::dims{k.ldc, 1});
+  dnnl::matmul::desc d(a_md, b_md, c_md);
+  dnnl::matmul::primitive_desc pd(d, engine());
+  if (cache.size() >= kMaxPrimitives) cache.clear();
+  auto m = std::make_shared<const Matmul>(Matmul{a_md, b_md, c_md, dnnl::matmul(pd)});
+  cache.emplace(k, m);
+  return m;
+}
+
 template <typename TA, typename TC>
 bool matmul_nt(dnnl::memory::data_type ta, dnnl::memory::data_type tc, int64_t M, int64_t N,
                int64_t K, const TA* A, int64_t lda, const TA* B, int64_t ldb, TC* C, int64_t ldc) {
   using dnnl::memory;
   try {
-    memory::desc a_md({M, K}, ta, memory::dims{lda, 1});
-    memory::desc b_md({K, N}, ta, memory::dims{1, ldb});
-    memory::desc c_md({M, N}, tc, memory::dims{ldc, 1});
-    dnnl::matmul::desc d(a_md, b_md, c_md);
-    dnnl::matmul::primitive_desc pd(d, engine());
-    dnnl::matmul prim(pd);
-    memory am(a_md, engine(), const_cast<TA*>(A));
-    memory bm(b_md, engine(), const_cast<TA*>(B));
-    memory cm(c_md, engine(), C);
-    dnnl::stream s(engine());
-    prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    const std::shared_ptr<const Matmul> m = matmul_for({int(ta), int(tc), M, N, K, lda, ldb, ldc});
+    memory am(m->a, engine(), const_cast<TA*>(A));
+    memory bm(m->b, engine(), const_cast<TA*>(B));
+    memory cm(m->c, engine(), C);
+    thread_local dnnl::stream s(engine());
+    m->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     s.wait();
     return true;
   } catch (const dnnl::error&) {
