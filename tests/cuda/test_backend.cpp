@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "core/sampling.h"
@@ -238,6 +239,86 @@ TEST(CudaOps, RopeKvWriteAndAttention) {
   }
 }
 
+// The f16 and int8 caches: the same bytes (and int8 scales) as the CPU's after rope_kv_write
+// and kv_write (both backends rotate to the same bits, then round or quantize identically), and
+// attention over them within float rounding, for prefill tiles and split-K decode.
+TEST(CudaOps, NarrowKvCachesEqualTheCpus) {
+  SKIP_WITHOUT_GPU();
+  Pair p = Pair::make();
+  struct Case { int64_t nh, nkv, hd, window; };
+  for (runtime::KvStorage st : {runtime::KvStorage::kF16, runtime::KvStorage::kInt8}) {
+    const bool s8 = st == runtime::KvStorage::kInt8;
+    for (Case cs : {Case{4, 2, 16, 0}, Case{8, 2, 64, 0}, Case{4, 1, 128, 0}, Case{6, 3, 20, 5}}) {
+      const int64_t slots = 3, max_seq = 300, kvd = cs.nkv * cs.hd, ld = (cs.nh + 2 * cs.nkv) * cs.hd;
+      const std::string what = std::string(s8 ? "int8" : "f16") + " nh " + std::to_string(cs.nh) +
+                               " nkv " + std::to_string(cs.nkv) + " hd " + std::to_string(cs.hd);
+      const int64_t elems = slots * max_seq * kvd, floats = s8 ? (elems + 3) / 4 : (elems + 1) / 2;
+      auto kc = both(p, std::vector<float>(size_t(floats), 0.0f));
+      auto vc = both(p, std::vector<float>(size_t(floats), 0.0f));
+      auto ks = both(p, std::vector<float>(size_t(slots * max_seq * cs.nkv), 0.0f));
+      auto vs = both(p, std::vector<float>(size_t(slots * max_seq * cs.nkv), 0.0f));
+      const int64_t half = cs.hd / 2;
+      std::vector<float> cs_tab(size_t(max_seq * half)), sn_tab(size_t(max_seq * half));
+      for (int64_t i = 0; i < max_seq * half; ++i) {
+        const float a = float(i / half) * std::pow(10000.0f, -float(i % half) / float(half));
+        cs_tab[size_t(i)] = std::cos(a);
+        sn_tab[size_t(i)] = std::sin(a);
+      }
+      auto cosv = both(p, cs_tab), sinv = both(p, sn_tab);
+      // Every position of slot 1 up to 290 written (prefill), one row in slots 0 and 2.
+      std::vector<int32_t> slot, pos;
+      for (int i = 0; i < 290; ++i) { slot.push_back(1); pos.push_back(i); }
+      slot.push_back(0); pos.push_back(0);
+      slot.push_back(2); pos.push_back(299);
+      const int64_t rows = int64_t(slot.size());
+      runtime::RowPlacement at{slot.data(), pos.data()};
+      auto qkv = both(p, randv(size_t(rows * ld), 9));
+      auto layer = [&](bool gpu) {
+        runtime::KvLayer c{gpu ? kc.gp() : kc.cp(), gpu ? vc.gp() : vc.cp(), max_seq * kvd, kvd};
+        c.storage = st;
+        c.head_dim = cs.hd;
+        if (s8) {
+          c.k_scale = gpu ? ks.gp() : ks.cp();
+          c.v_scale = gpu ? vs.gp() : vs.cp();
+        }
+        return c;
+      };
+      const runtime::KvLayer cc = layer(false), cg = layer(true);
+      p.cpu->rope_kv_write(qkv.cp(), rows, ld, cs.nh, cs.nkv, cs.hd, at, cosv.cp(), sinv.cp(), cc);
+      p.gpu->rope_kv_write(qkv.gp(), rows, ld, cs.nh, cs.nkv, cs.hd, at, cosv.gp(), sinv.gp(), cg);
+      EXPECT_TRUE(p.gpu->take_error().is_ok()) << what;
+      auto bytes_equal = [&](T2& t, const std::string& name) {
+        const std::vector<float> g = host(p, t, true), c = host(p, t, false);
+        EXPECT_EQ(std::memcmp(g.data(), c.data(), g.size() * 4), 0) << name << " " << what;
+      };
+      bytes_equal(kc, "k cache");
+      bytes_equal(vc, "v cache");
+      if (s8) {
+        bytes_equal(ks, "k scales");
+        bytes_equal(vs, "v scales");
+      }
+      auto out = both(p, std::vector<float>(size_t(rows * cs.nh * cs.hd), NAN));
+      p.cpu->attention(qkv.cp(), ld, rows, at, cc, cs.nh, cs.nkv, cs.hd, cs.window, out.cp());
+      p.gpu->attention(qkv.gp(), ld, rows, at, cg, cs.nh, cs.nkv, cs.hd, cs.window, out.gp());
+      expect_close(p, out, 1e-5, "attention (prefill tiles) " + what);
+      std::vector<int32_t> dslot = {2, 0, 1}, dpos = {299, 0, 289};  // 3 splits for the last
+      runtime::RowPlacement dat{dslot.data(), dpos.data()};
+      auto dout = both(p, std::vector<float>(size_t(3 * cs.nh * cs.hd), NAN));
+      p.cpu->attention(qkv.cp(), ld, 3, dat, cc, cs.nh, cs.nkv, cs.hd, cs.window, dout.cp());
+      p.gpu->attention(qkv.gp(), ld, 3, dat, cg, cs.nh, cs.nkv, cs.hd, cs.window, dout.gp());
+      expect_close(p, dout, 1e-5, "attention (decode) " + what);
+      // kv_write on its own: rows 0..9 of slot 1 again from other values.
+      auto q2 = both(p, randv(size_t(10 * ld), 10));
+      runtime::RowPlacement at10{slot.data(), pos.data()};
+      p.cpu->kv_write(q2.cp(), q2.cp() + kvd, ld, 10, at10, cc);
+      p.gpu->kv_write(q2.gp(), q2.gp() + kvd, ld, 10, at10, cg);
+      bytes_equal(kc, "kv_write k cache");
+      bytes_equal(vc, "kv_write v cache");
+      if (s8) bytes_equal(ks, "kv_write k scales");
+    }
+  }
+}
+
 namespace {
 
 struct LinCase {
@@ -334,6 +415,7 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f16", 1e-2, 4},  // packed 4-bit, f16 prefill
       {LinearKind::kW8A16, 0, ActQuant::kNone, "f32", 1e-5, 4},   // packed 4-bit per channel
+      {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, false, true},  // ... act-order
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 8, false, true},
       {LinearKind::kW8A16, 32, ActQuant::kNone, "f32", 1e-5, 4, true, true},
@@ -346,7 +428,8 @@ TEST(CudaOps, LinearEveryKindAgainstCpu) {
   struct Shape { int64_t N, K; };
   for (const LinCase& lc : cases) {
     for (Shape s : {Shape{37, 64}, Shape{64, 100}, Shape{256, 512}}) {
-      for (int64_t M : {1, 3, 4, 5, 16, 17, 64}) check_linear(lc, M, s.N, s.K, M == 3);
+      // 128: past W8A16's chunked GEMV (4 x 16 rows), so cuBLASLt and the dequantization run.
+      for (int64_t M : {1, 3, 4, 5, 16, 17, 64, 128}) check_linear(lc, M, s.N, s.K, M == 3);
     }
   }
 }
