@@ -8,8 +8,6 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdio>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -57,14 +55,14 @@ struct MatmulKeyHash {
   }
 };
 
-// The primitive of a key, made on first use. Prompt lengths vary M, so the map is cleared when
-// it reaches kMaxPrimitives (a few weight shapes x the lengths in use fit far below that).
-// Shared, so that a clear while another thread runs a primitive leaves it alive.
-std::shared_ptr<const Matmul> matmul_for(const MatmulKey& k) {
+// The primitive of a key, made on first use by this thread. Per thread, because a primitive
+// object carries its scratchpad: two threads running one object at once (tensor-parallel ranks
+// in one process, a server beside a test) would share it. Prompt lengths vary M, so the map is
+// cleared when it reaches kMaxPrimitives (a few weight shapes x the lengths in use fit far
+// below that).
+const Matmul& matmul_for(const MatmulKey& k) {
   constexpr size_t kMaxPrimitives = 1024;
-  static std::mutex mu;
-  static std::unordered_map<MatmulKey, std::shared_ptr<const Matmul>, MatmulKeyHash> cache;
-  std::lock_guard<std::mutex> lock(mu);
+  thread_local std::unordered_map<MatmulKey, Matmul, MatmulKeyHash> cache;
   auto it = cache.find(k);
   if (it != cache.end()) return it->second;
   using dnnl::memory;
@@ -75,9 +73,7 @@ std::shared_ptr<const Matmul> matmul_for(const MatmulKey& k) {
   dnnl::matmul::desc d(a_md, b_md, c_md);
   dnnl::matmul::primitive_desc pd(d, engine());
   if (cache.size() >= kMaxPrimitives) cache.clear();
-  auto m = std::make_shared<const Matmul>(Matmul{a_md, b_md, c_md, dnnl::matmul(pd)});
-  cache.emplace(k, m);
-  return m;
+  return cache.emplace(k, Matmul{a_md, b_md, c_md, dnnl::matmul(pd)}).first->second;
 }
 
 template <typename TA, typename TC>
@@ -85,12 +81,12 @@ bool matmul_nt(dnnl::memory::data_type ta, dnnl::memory::data_type tc, int64_t M
                int64_t K, const TA* A, int64_t lda, const TA* B, int64_t ldb, TC* C, int64_t ldc) {
   using dnnl::memory;
   try {
-    const std::shared_ptr<const Matmul> m = matmul_for({int(ta), int(tc), M, N, K, lda, ldb, ldc});
-    memory am(m->a, engine(), const_cast<TA*>(A));
-    memory bm(m->b, engine(), const_cast<TA*>(B));
-    memory cm(m->c, engine(), C);
+    const Matmul& m = matmul_for({int(ta), int(tc), M, N, K, lda, ldb, ldc});
+    memory am(m.a, engine(), const_cast<TA*>(A));
+    memory bm(m.b, engine(), const_cast<TA*>(B));
+    memory cm(m.c, engine(), C);
     thread_local dnnl::stream s(engine());
-    m->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    m.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     s.wait();
     return true;
   } catch (const dnnl::error&) {
