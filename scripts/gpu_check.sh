@@ -7,7 +7,7 @@
 #  3. cross-check shrink's tokenizer against Hugging Face `tokenizers`, and load the carried
 #     structured-pruned models in transformers (scripts/hf_load_check.py: exact loading, the
 #     same greedy ids as shrink), when gpu_carry.sh made those inputs;
-#  4. benchmark the llama-1b shape with random weights on the GPU, fp16 / W8A16 / W8A8: decode
+#  4. benchmark the llama-1b shape with random weights on the GPU, fp16 / W8A16 / W8A8 (then bf16 and W4A16): decode
 #     tok/s at batch 1, 8, 32 (prompt 512, 64 steps) and prefill tok/s at 512 and 2048 tokens,
 #     with achieved weight GB/s as a fraction of the H200's 4.8 TB/s; and the PyTorch eager fp16
 #     peer (scripts/gpu_peer_torch.py: transformers LlamaForCausalLM, same config) at the same
@@ -75,6 +75,9 @@ if [ -x "$RT" ]; then
   }
   run_step bench_sample bench_sample
   run_step peer_torch timeout 180 env PYTHONUNBUFFERED=1 python3 scripts/gpu_peer_torch.py --out "$LOG/peer_torch.json"
+  # Issue 31's other rows, last (the ones above matter most if the device time runs short):
+  # bf16 weights, and W4A16 kept at 4 bits (packed) by the CUDA backend.
+  for d in bf16 w4a16; do run_step "bench_$d" bench "$d"; done
 fi
 
 python3 - "$LOG" "$OUT" "$HBM_GBS" <<'PY'
@@ -85,7 +88,7 @@ def add(impl, dtype, metric, batch, tokens, tok_s, gbs=None, p50=None):
     rows.append({"impl": impl, "dtype": dtype, "metric": metric, "batch": batch, "tokens": tokens,
                  "tok_s": tok_s, "weight_gb_s": gbs,
                  "hbm_fraction": (gbs / hbm if gbs else None), "latency_p50_ms": p50})
-for d in ["f16", "w8a16", "w8a8"]:
+for d in ["f16", "bf16", "w8a16", "w4a16", "w8a8"]:
     for plen in [512, 2048]:
         f = log / f"bench_{d}_{plen}.json"
         if not f.exists() or f.stat().st_size == 0:
@@ -163,7 +166,7 @@ PY
   echo "# shrink gpu_check"
   echo; echo '```'; cat "$LOG/device.txt"; echo '```'; echo
   echo "| step | result | seconds |"; echo "| --- | --- | --- |"
-  for k in configure build ctest gpu_tests_ran hf_tokenizer hf_load bench_f16 bench_w8a16 bench_w8a8 bench_sample peer_torch; do
+  for k in configure build ctest gpu_tests_ran hf_tokenizer hf_load bench_f16 bench_w8a16 bench_w8a8 bench_sample peer_torch bench_bf16 bench_w4a16; do
     [ -n "${result[$k]:-}" ] && echo "| $k | ${result[$k]} | ${result[${k}_s]:-} |"
   done
   echo; echo '```'; grep -E "tests passed|tests failed|Total Test time|\(Failed\)|\*\*\*" "$LOG/ctest.log" | head -40; echo '```'
