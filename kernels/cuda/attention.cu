@@ -240,13 +240,13 @@ void attention_decode(const AttentionArgs& a, int64_t max_seq, float* partial, c
   const int G = a.n_heads / a.n_kv_heads;
   const size_t smem = size_t(G * a.head_dim + G * kSplitKeys + 2 * G + kSplitKeys) * sizeof(float);
   dim3 grid(unsigned(splits), unsigned(a.n_kv_heads), unsigned(a.rows));
-  auto kernel = a.cache_type == CacheType::kF16  ? decode_kernel<__half>
-                : a.cache_type == CacheType::kS8 ? decode_kernel<int8_t>
-                                                 : decode_kernel<float>;
-  if (smem > 48 * 1024) {  // many query heads per kv head: opt in to more shared memory
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  }
-  kernel<<<grid, kSplitKeys, smem, s>>>(a, splits, partial);
+  with_cache_type(a.cache_type, [&](auto* tag) {
+    auto kernel = decode_kernel<std::remove_pointer_t<decltype(tag)>>;
+    if (smem > 48 * 1024) {  // many query heads per kv head: opt in to more shared memory
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    }
+    kernel<<<grid, kSplitKeys, smem, s>>>(a, splits, partial);
+  });
   merge_kernel<<<unsigned(a.rows * a.n_heads), a.head_dim < 128 ? 64 : 128, 0, s>>>(a, splits,
                                                                                    partial);
 }
@@ -257,11 +257,9 @@ void attention_prefill(const AttentionArgs& a, const int32_t* tiles, int64_t n_t
   dim3 grid(unsigned(n_tiles), unsigned(a.n_heads));
   const int threads = 2 * kAttnTileRows;
   const int hd = a.head_dim / 2;
-  switch (a.cache_type) {
-    case CacheType::kF16: prefill_for<__half>(a, tiles, hd, grid, threads, s); break;
-    case CacheType::kS8: prefill_for<int8_t>(a, tiles, hd, grid, threads, s); break;
-    default: prefill_for<float>(a, tiles, hd, grid, threads, s); break;
-  }
+  with_cache_type(a.cache_type, [&](auto* tag) {
+    prefill_for<std::remove_pointer_t<decltype(tag)>>(a, tiles, hd, grid, threads, s);
+  });
 }
 
 }  // namespace shrink::cuda

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/ops.h"  // CacheType
+
 namespace shrink::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -67,6 +69,17 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
+}
+
+/// f(C* null) with C the element type of a KV cache of type t (float, __half, int8_t): the one
+/// dispatch from CacheType to the kernels' template argument.
+template <typename F>
+void with_cache_type(CacheType t, F&& f) {
+  switch (t) {
+    case CacheType::kF16: f(static_cast<__half*>(nullptr)); break;
+    case CacheType::kS8: f(static_cast<int8_t*>(nullptr)); break;
+    default: f(static_cast<float*>(nullptr)); break;
+  }
 }
 
 /// A cache element widened to float (exact).

@@ -116,11 +116,7 @@ void rope_kv_f32(float* x, int64_t rows, int64_t ldx, int heads, int kv_heads, i
         x, ldx, heads, kv_heads, head_dim, slot, pos, cos, sin, static_cast<C*>(c.k),
         static_cast<C*>(c.v), c.k_scale, c.v_scale, c.slot_stride);
   };
-  switch (c.type) {
-    case CacheType::kF16: launch(static_cast<__half*>(nullptr)); break;
-    case CacheType::kS8: launch(static_cast<int8_t*>(nullptr)); break;
-    default: launch(static_cast<float*>(nullptr)); break;
-  }
+  with_cache_type(c.type, launch);
 }
 
 void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, const int32_t* slot,
@@ -133,11 +129,7 @@ void kv_write_f32(const float* k, const float* v, int64_t ld, int64_t rows, cons
         k, v, ld, slot, pos, static_cast<C*>(c.k), static_cast<C*>(c.v), c.k_scale, c.v_scale,
         c.slot_stride, kv_dim, head_dim);
   };
-  switch (c.type) {
-    case CacheType::kF16: launch(static_cast<__half*>(nullptr)); break;
-    case CacheType::kS8: launch(static_cast<int8_t*>(nullptr)); break;
-    default: launch(static_cast<float*>(nullptr)); break;
-  }
+  with_cache_type(c.type, launch);
 }
 
 }  // namespace shrink::cuda

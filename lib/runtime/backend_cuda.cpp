@@ -732,10 +732,6 @@ class CudaBackend : public Backend {
     SHRINK_RETURN_IF_ERROR(st);
     return static_cast<T*>(p);
   }
-  Result<void*> upload(const int8_t* host, size_t bytes) {
-    SHRINK_ASSIGN_OR_RETURN(int8_t * p, upload<int8_t>(host, bytes));
-    return static_cast<void*>(p);
-  }
 
   // Grow a scratch buffer (never while recording a graph: that aborts the recording).
   Result<void*> grow(Buf& b, size_t bytes) {

@@ -93,6 +93,18 @@ void expect_close(Pair& p, T2& t, double tol, const std::string& what) {
   EXPECT_TRUE(p.gpu->take_error().is_ok()) << what;
 }
 
+// RoPE cos/sin tables [max_seq, head_dim / 2] (theta 10000) on both backends.
+std::pair<T2, T2> rope_tables(Pair& p, int64_t max_seq, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  std::vector<float> cs(size_t(max_seq * half)), sn(size_t(max_seq * half));
+  for (int64_t i = 0; i < max_seq * half; ++i) {
+    const float a = float(i / half) * std::pow(10000.0f, -float(i % half) / float(half));
+    cs[size_t(i)] = std::cos(a);
+    sn[size_t(i)] = std::sin(a);
+  }
+  return {both(p, cs), both(p, sn)};
+}
+
 }  // namespace
 
 TEST(CudaOps, RmsNormAndResidualAdd) {
@@ -195,14 +207,7 @@ TEST(CudaOps, RopeKvWriteAndAttention) {
                              " hd " + std::to_string(cs.hd) + " window " + std::to_string(cs.window);
     // Random cache contents everywhere (positions not written below hold old keys).
     auto kc = both(p, randv(size_t(slots * max_seq * kvd), 7)), vc = both(p, randv(size_t(slots * max_seq * kvd), 8));
-    const int64_t half = cs.hd / 2;
-    std::vector<float> cs_tab(size_t(max_seq * half)), sn_tab(size_t(max_seq * half));
-    for (int64_t i = 0; i < max_seq * half; ++i) {
-      const float a = float(i / half) * std::pow(10000.0f, -float(i % half) / float(half));
-      cs_tab[size_t(i)] = std::cos(a);
-      sn_tab[size_t(i)] = std::sin(a);
-    }
-    auto cosv = both(p, cs_tab), sinv = both(p, sn_tab);
+    auto [cosv, sinv] = rope_tables(p, max_seq, cs.hd);
     // Prefill-like batch: a run of 70 rows in slot 1 from position 5, then 2 single rows.
     std::vector<int32_t> slot, pos;
     for (int i = 0; i < 70; ++i) { slot.push_back(1); pos.push_back(5 + i); }
@@ -257,14 +262,7 @@ TEST(CudaOps, NarrowKvCachesEqualTheCpus) {
       auto vc = both(p, std::vector<float>(size_t(floats), 0.0f));
       auto ks = both(p, std::vector<float>(size_t(slots * max_seq * cs.nkv), 0.0f));
       auto vs = both(p, std::vector<float>(size_t(slots * max_seq * cs.nkv), 0.0f));
-      const int64_t half = cs.hd / 2;
-      std::vector<float> cs_tab(size_t(max_seq * half)), sn_tab(size_t(max_seq * half));
-      for (int64_t i = 0; i < max_seq * half; ++i) {
-        const float a = float(i / half) * std::pow(10000.0f, -float(i % half) / float(half));
-        cs_tab[size_t(i)] = std::cos(a);
-        sn_tab[size_t(i)] = std::sin(a);
-      }
-      auto cosv = both(p, cs_tab), sinv = both(p, sn_tab);
+      auto [cosv, sinv] = rope_tables(p, max_seq, cs.hd);
       // Every position of slot 1 up to 290 written (prefill), one row in slots 0 and 2.
       std::vector<int32_t> slot, pos;
       for (int i = 0; i < 290; ++i) { slot.push_back(1); pos.push_back(i); }

@@ -17,6 +17,7 @@
 #include "runtime/prefix_cache.h"
 #include "runtime/scheduler.h"
 #include "runtime/serve/openai.h"
+#include "tests/runtime/serve_check.h"
 #include "tests/runtime/util.h"
 
 namespace shrink::runtime {
@@ -24,15 +25,7 @@ namespace {
 
 const std::string kTeacher = std::string(SHRINK_SOURCE_DIR) + "/models/teacher";
 
-std::vector<int32_t> ids_for(int64_t n, int32_t vocab, uint32_t seed) {
-  std::vector<int32_t> v(static_cast<size_t>(n));
-  uint32_t x = seed * 2654435761u + 12345u;
-  for (auto& t : v) {
-    x = x * 1664525u + 1013904223u;
-    t = int32_t((x >> 8) % uint32_t(vocab));
-  }
-  return v;
-}
+using test::ids_for;
 
 float max_abs_diff(const float* a, const float* b, int64_t n) {
   float m = 0;
@@ -169,74 +162,7 @@ TEST(Serve, SchedulerBatchesEqualGenerateAlone) {
   auto alone = teacher(1);
   auto served = teacher(4);
   ASSERT_TRUE(alone && served);
-  const int64_t V = served->config().vocab_size;
-  struct Case {
-    std::vector<int32_t> prompt;
-    core::SamplingParams s;
-    uint64_t seed;
-    int64_t max_tokens;
-  };
-  const std::vector<int32_t> shared = ids_for(37, int32_t(V), 11);
-  std::vector<Case> cases;
-  for (int i = 0; i < 6; ++i) {
-    std::vector<int32_t> p = i % 2 ? shared : std::vector<int32_t>();
-    auto own = ids_for(5 + 9 * i, int32_t(V), 100 + uint32_t(i));
-    p.insert(p.end(), own.begin(), own.end());
-    core::SamplingParams s;
-    if (i % 3 == 1) s.temperature = 0.9f, s.top_k = 40;
-    if (i % 3 == 2) s.temperature = 1.1f, s.top_p = 0.9f;
-    cases.push_back({p, s, uint64_t(1000 + i), 12 + i});
-  }
-  std::vector<std::vector<int32_t>> want;
-  for (const Case& c : cases) {
-    GenerateOptions g;
-    g.max_new_tokens = c.max_tokens;
-    g.sampling = c.s;
-    g.seed = c.seed;
-    g.stop_at_eos = false;
-    auto r = generate(*alone, c.prompt, g);
-    ASSERT_TRUE(r.is_ok()) << r.status().message();
-    want.emplace_back(r.value().ids.begin() + r.value().prompt_len, r.value().ids.end());
-  }
-  SchedulerOptions so;
-  so.max_batch_tokens = 24;  // longer prompts take several steps beside the others' decoding
-  so.prefix_cache_bytes = 64u << 20;
-  Scheduler sched(*served, so);
-  sched.start();
-  for (int round = 0; round < 2; ++round) {
-    SCOPED_TRACE(round);
-    std::vector<std::shared_ptr<ServeStream>> streams;
-    for (const Case& c : cases) {
-      ServeRequest r;
-      r.prompt = c.prompt;
-      r.sampling = c.s;
-      r.seed = c.seed;
-      r.max_tokens = c.max_tokens;
-      auto s = sched.submit(r);
-      ASSERT_TRUE(s.is_ok()) << s.status().message();
-      streams.push_back(s.value());
-    }
-    for (size_t i = 0; i < cases.size(); ++i) {
-      std::vector<TokenOut> got;
-      while (!streams[i]->wait(0, got, std::chrono::milliseconds(100))) {
-      }
-      streams[i]->wait(0, got, std::chrono::milliseconds(0));
-      std::vector<int32_t> ids;
-      for (const TokenOut& t : got) ids.push_back(t.id);
-      EXPECT_EQ(ids, want[i]) << "request " << i;
-      EXPECT_EQ(streams[i]->finish_reason(), "length");
-      // The second round finds each prompt of more than one block in the cache.
-      if (round == 1 && cases[i].prompt.size() > 16)
-        EXPECT_GE(streams[i]->cached_tokens(), 16) << "request " << i;
-    }
-  }
-  const SchedulerStats st = sched.stats();
-  EXPECT_EQ(st.requests, 12u);
-  EXPECT_GT(st.cached_tokens, 0u);
-  EXPECT_LT(st.prefill_tokens, st.prompt_tokens);
-  // Steps ran several requests at once: fewer steps than tokens generated.
-  EXPECT_LT(st.steps, st.generated_tokens);
-  sched.shutdown(std::chrono::milliseconds(1000));
+  test::expect_scheduler_equals_generate(*alone, *served, 64u << 20);
 }
 
 // Under tensor parallelism every rank runs a scheduler in lockstep with rank 0's (which alone
