@@ -10,6 +10,7 @@
 //    engine.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -146,15 +147,21 @@ class NullTensor : public runtime::DeviceTensor {
 // The CPU backend, except that while armed, tensor_zeros and tensor_from_host of more than
 // `limit` floats fail as a full device's do: a null tensor, and the reason recorded for
 // take_error. Every op checks
-// that it is not handed a null buffer.
-class FailingBackend : public runtime::Backend {
- public:
-  explicit FailingBackend(std::unique_ptr<runtime::Backend> b) : b_(std::move(b)) {}
+// that it is not handed a null buffer. The test owns the arming and the count (the engine
+// frees the backend when a load fails, so the test must not read them from it).
+struct Arming {
   int64_t limit = -1;  // < 0: not armed
   int null_ops = 0;    // ops that were handed a null buffer (must stay 0)
+};
+
+class FailingBackend : public runtime::Backend {
+ public:
+  FailingBackend(std::unique_ptr<runtime::Backend> b, std::shared_ptr<Arming> a)
+      : b_(std::move(b)), a_(std::move(a)) {}
 
   std::string describe() const override { return b_->describe(); }
   std::unique_ptr<runtime::DeviceTensor> tensor_zeros(int64_t n) override {
+    const int64_t limit = a_->limit;
     if (limit >= 0 && n > limit) {
       if (err_.is_ok()) {
         err_ = internal_error(cuda::out_of_memory_message(uint64_t(n) * 4, uint64_t(limit) * 4,
@@ -165,7 +172,7 @@ class FailingBackend : public runtime::Backend {
     return b_->tensor_zeros(n);
   }
   std::unique_ptr<runtime::DeviceTensor> tensor_from_host(std::vector<float>&& h) override {
-    if (limit >= 0 && int64_t(h.size()) > limit) return tensor_zeros(int64_t(h.size()));
+    if (a_->limit >= 0 && int64_t(h.size()) > a_->limit) return tensor_zeros(int64_t(h.size()));
     return b_->tensor_from_host(std::move(h));
   }
   void to_host(const float* s, int64_t n, float* d) override { b_->to_host(s, n, d); }
@@ -245,21 +252,20 @@ class FailingBackend : public runtime::Backend {
   template <typename... P>
   bool null(const P*... p) {
     const bool any = ((p == nullptr) || ...);
-    if (any) ++null_ops;
+    if (any) ++a_->null_ops;
     return any;
   }
   std::unique_ptr<runtime::Backend> b_;
+  std::shared_ptr<Arming> a_;
   Status err_;
 };
 
-runtime::EngineOptions failing_options(FailingBackend** out, int64_t armed_limit) {
+runtime::EngineOptions failing_options(const std::shared_ptr<Arming>& arming) {
   runtime::EngineOptions o;
   o.max_seq_len = 64;
-  o.wrap_backend = [out, armed_limit](std::unique_ptr<runtime::Backend> b) {
-    auto f = std::make_unique<FailingBackend>(std::move(b));
-    f->limit = armed_limit;
-    *out = f.get();
-    return std::unique_ptr<runtime::Backend>(std::move(f));
+  o.wrap_backend = [arming](std::unique_ptr<runtime::Backend> b) {
+    return std::unique_ptr<runtime::Backend>(
+        std::make_unique<FailingBackend>(std::move(b), arming));
   };
   return o;
 }
@@ -270,21 +276,21 @@ TEST(EngineAllocation, ALoadThatCannotAllocateFailsWithTheBackendsReason) {
   // The second fixture ties its head to the embedding, which the head borrows.
   for (const char* name : {"llama_gqa_llama3rope", "qwen2_bias_tied_bf16"}) {
     SCOPED_TRACE(name);
-    FailingBackend* fb = nullptr;
-    auto r = runtime::Engine::load(test::fixture(name), failing_options(&fb, 1000));
+    auto fb = std::make_shared<Arming>();
+    fb->limit = 1000;
+    auto r = runtime::Engine::load(test::fixture(name), failing_options(fb));
     ASSERT_FALSE(r.is_ok());
     EXPECT_EQ(r.status().code(), StatusCode::kInternal);  // exit 1
     EXPECT_NE(r.status().message().find("out of device memory: needed"), std::string::npos)
         << r.status().message();
-    ASSERT_NE(fb, nullptr);
     EXPECT_EQ(fb->null_ops, 0);
   }
 }
 
 TEST(EngineAllocation, AForwardThatCannotAllocateFailsAndTheNextRetries) {
   const std::string dir = test::fixture("llama_gqa_llama3rope");
-  FailingBackend* fb = nullptr;
-  auto e = runtime::Engine::load(dir, failing_options(&fb, -1)).take_or_throw();
+  auto fb = std::make_shared<Arming>();
+  auto e = runtime::Engine::load(dir, failing_options(fb)).take_or_throw();
   runtime::EngineOptions plain;
   plain.max_seq_len = 64;
   auto ref = runtime::Engine::load(dir, plain).take_or_throw();
