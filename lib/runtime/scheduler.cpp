@@ -175,7 +175,7 @@ ServeRequest read_request(Reader& rd) {
 Scheduler::Scheduler(Engine& e, SchedulerOptions o)
     : e_(e), o_(o), cache_(o.prefix_cache_bytes, o.block_tokens, e.kv_bytes_per_token()) {
   if (TpComm* tp = e.tp(); tp && tp->size() > 1) {
-    tp_ = tp;
+    tp_ = &tp->host_group();  // its buffers are the host's (on cuda: NCCL's handshake group)
     follower_ = tp->rank() != 0;
   }
   for (int s = e.max_batch() - 1; s >= 0; --s) free_slots_.push_back(s);
@@ -263,13 +263,17 @@ void Scheduler::retire(Active& a, const std::string& reason, const std::string& 
     (void)cache_.insert(e_, a.slot, held.data(), n);
   }
   e_.reset(a.slot);
-  a.out->finish(reason, error);
-  std::lock_guard<std::mutex> lk(mu_);
-  free_slots_.push_back(a.slot);
-  st_.finished++;
-  if (reason == "cancelled") st_.cancelled++;
-  if (reason == "error") st_.errors++;
+  // The slot is free before the client hears that its request ended: a client that sends its
+  // next request at once (to a server of one slot and no queue) must find it free, not a 503.
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    free_slots_.push_back(a.slot);
+    st_.finished++;
+    if (reason == "cancelled") st_.cancelled++;
+    if (reason == "error") st_.errors++;
+  }
   a.slot = -1;
+  a.out->finish(reason, error);
 }
 
 // The iteration's inputs. Alone, or as the leader: wait for work (an idle leader at most a

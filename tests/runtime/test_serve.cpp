@@ -343,6 +343,32 @@ TEST(Serve, SchedulerStopsAtEosCancelsAndRefusesWhatDoesNotFit) {
   EXPECT_EQ(sched.stats().running, 0);
 }
 
+// A request's end reaches its client only once its slot is free: with one slot and no waiting
+// room, a client that sends its next request the moment the last one ended is served, never
+// refused as busy (serve_check's --warm request lost this race under load and got a 503).
+TEST(Serve, ASlotIsFreeOnceItsRequestHasEnded) {
+  auto e = teacher(1, "f32", 64);
+  ASSERT_TRUE(e);
+  SchedulerOptions so;
+  so.queue_limit = 0;
+  Scheduler sched(*e, so);
+  sched.start();
+  ServeRequest q;
+  q.prompt = ids_for(4, int32_t(e->config().vocab_size), 3);
+  q.max_tokens = 1;
+  for (int i = 0; i < 200; ++i) {
+    bool busy = false;
+    auto s = sched.submit(q, &busy);
+    ASSERT_TRUE(s.is_ok()) << "request " << i << (busy ? ": refused as busy" : "") << ": "
+                           << s.status().message();
+    std::vector<TokenOut> got;
+    while (!s.value()->wait(0, got, std::chrono::milliseconds(100))) {
+    }
+  }
+  sched.shutdown(std::chrono::milliseconds(1000));
+  EXPECT_EQ(sched.stats().finished, 200u);
+}
+
 // Logit bias and penalties act on the pick, not on the reported log-probabilities: -100 on the
 // greedy first token makes the runner-up (from the unbiased run's top log-probabilities) the
 // first token, +100 on a token makes every token that one; with a frequency penalty each greedy
