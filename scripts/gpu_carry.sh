@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (the CPU machine with apt packages) before a device run: copies the header-only
-# dependencies and GoogleTest sources into .carry/third_party (ignored by git; name `.carry` in
+# dependencies, cpp-httplib (header and libraries) and GoogleTest sources into
+# .carry/third_party (ignored by git; name `.carry` in
 # the device tool's carry list), and prepares inputs for the Hugging Face cross-checks: a
 # tokenizer trained by `shrink tokenizer train` and shrink's own encodings of sample texts; and
 # structured-pruned models (Llama, Qwen2, Mistral; physically smaller, with shrink's greedy ids
@@ -12,6 +13,19 @@ rm -rf "$C" .carry/gpu_inputs
 mkdir -p "$C/include" .carry/gpu_inputs
 cp -r /usr/include/nlohmann /usr/include/CLI "$C/include/"
 cp -r /usr/src/googletest "$C/googletest"
+# cpp-httplib (the server and the --tp rendezvous): Debian splits it into a header and a library
+# that loads OpenSSL, zlib and brotli. The GPU machine has no apt: carry the header with the
+# headers it includes, and the libraries under lib/ (CMakeLists.txt links them with an rpath).
+cp /usr/include/httplib.h /usr/include/zlib.h /usr/include/zconf.h "$C/include/"
+cp -r /usr/include/brotli "$C/include/"
+mkdir -p "$C/include/openssl" "$C/lib"
+cp -r /usr/include/openssl/. /usr/include/x86_64-linux-gnu/openssl/. "$C/include/openssl/"
+L=/usr/lib/x86_64-linux-gnu
+for so in libcpp-httplib.so.0.11 libssl.so.3 libcrypto.so.3 libz.so.1 libbrotlidec.so.1 \
+          libbrotlienc.so.1 libbrotlicommon.so.1; do
+  cp -L "$L/$so" "$C/lib/$so"
+done
+ln -sf libcpp-httplib.so.0.11 "$C/lib/libcpp-httplib.so"
 SHRINK=build/bin/shrink
 [ -x "$SHRINK" ] || { echo "gpu_carry.sh: build shrink first (scripts/setup.sh)" >&2; exit 1; }
 "$SHRINK" -q tokenizer train --vocab-size 4096 --out .carry/gpu_inputs/tokenizer.json

@@ -82,6 +82,28 @@ __global__ void quantize_kernel(const float* __restrict__ x, int64_t n, int64_t 
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) q[r * n + i] = quantize_one(xr[i], s);
 }
 
+__global__ void row_absmax_kernel(const float* __restrict__ x, int64_t n, int64_t ldx,
+                                  float* __restrict__ amax) {
+  __shared__ float sh[32];
+  const float* xr = x + int64_t(blockIdx.x) * ldx;
+  float m = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(xr[i]));
+  m = block_max(m, sh);
+  if (threadIdx.x == 0) amax[blockIdx.x] = m;
+}
+
+// In place: every thread reads the row's maximum before thread 0 overwrites it with the scale.
+__global__ void quantize_by_absmax_kernel(const float* __restrict__ x, int64_t n, int64_t ldx,
+                                          int8_t* __restrict__ q, float* amax_then_scales) {
+  const int64_t r = blockIdx.x;
+  const float amax = amax_then_scales[r];
+  const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) amax_then_scales[r] = s;
+  const float* xr = x + r * ldx;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) q[r * n + i] = quantize_one(xr[i], s);
+}
+
 template <typename T>
 __global__ void convert_kernel(const float* __restrict__ x, int64_t n, T* __restrict__ y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -214,6 +236,18 @@ void silu_mul_f32(const float* g, int64_t rows, int64_t n, float* y, void* y16, 
 void quantize_s8(const float* x, int64_t rows, int64_t n, int64_t ldx, float static_scale,
                  int8_t* q, float* scales, cudaStream_t s) {
   if (rows > 0) quantize_kernel<<<unsigned(rows), kRowThreads, 0, s>>>(x, n, ldx, static_scale, q, scales);
+}
+
+void row_absmax(const float* x, int64_t rows, int64_t n, int64_t ldx, float* amax, cudaStream_t s) {
+  if (rows > 0) row_absmax_kernel<<<unsigned(rows), kRowThreads, 0, s>>>(x, n, ldx, amax);
+}
+
+void quantize_s8_by_absmax(const float* x, int64_t rows, int64_t n, int64_t ldx, int8_t* q,
+                           float* amax_then_scales, cudaStream_t s) {
+  if (rows > 0) {
+    quantize_by_absmax_kernel<<<unsigned(rows), kRowThreads, 0, s>>>(x, n, ldx, q,
+                                                                     amax_then_scales);
+  }
 }
 
 void convert_f32(const float* x, int64_t n, void* y, WType t, cudaStream_t s) {

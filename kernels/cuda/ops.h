@@ -42,6 +42,13 @@ void silu_mul_f32(const float* g, int64_t rows, int64_t n, float* y, void* y16, 
 /// Per-token int8: scale = static_scale when > 0, else max|x_r| / 127 (1 for a zero row).
 void quantize_s8(const float* x, int64_t rows, int64_t n, int64_t ldx, float static_scale,
                  int8_t* q, float* scales, cudaStream_t s);
+/// amax[r] = max |x_r| (the first half of a dynamic quantize_s8, for rows split over --tp ranks,
+/// whose maxima are reduced over the ranks between the two halves).
+void row_absmax(const float* x, int64_t rows, int64_t n, int64_t ldx, float* amax, cudaStream_t s);
+/// The second half: scales[r] = amax[r] / 127 (1 for a zero row) and q as quantize_s8's. The
+/// maxima and the scales may be one array (each row's is read before it is written).
+void quantize_s8_by_absmax(const float* x, int64_t rows, int64_t n, int64_t ldx, int8_t* q,
+                           float* amax_then_scales, cudaStream_t s);
 /// y = x converted to `t` (kF16 / kBF16 / kF32), n values.
 void convert_f32(const float* x, int64_t n, void* y, WType t, cudaStream_t s);
 /// w[n, k] = q[n, k] * scale[n, k / group] in type `t` (kF32 / kF16 / kBF16).

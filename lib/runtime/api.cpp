@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "core/dataset.h"
 #include "core/fs.h"
@@ -462,9 +463,12 @@ Result<BenchResult> bench(Engine& e, const BenchOptions& o) {
     const TpComm::Stats& st = e.tp()->stats();
     const double steps = double(o.gen_len);
     r.tp_allreduce_bytes_per_step = double(st.allreduce_bytes) / steps;
-    r.tp_allreduce_us_per_step = st.allreduce_s * 1e6 / steps;
+    // A device group's calls only enqueue: no host time is theirs (NaN: reported as null).
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const bool timed = e.tp()->timed_on_host();
+    r.tp_allreduce_us_per_step = timed ? st.allreduce_s * 1e6 / steps : nan;
     r.tp_allgather_bytes_per_step = double(st.allgather_bytes) / steps;
-    r.tp_allgather_us_per_step = st.allgather_s * 1e6 / steps;
+    r.tp_allgather_us_per_step = timed ? st.allgather_s * 1e6 / steps : nan;
   }
   e.reset_all();
   return r;

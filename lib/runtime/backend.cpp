@@ -1,6 +1,7 @@
 // The Backend interface's shared parts (backend.h): the host-side argmax, sampling, bf16
 // embedding rows and token fetch that a backend inherits unless it does them on its device.
 // Compiled into shrink_runtime and into the CUDA backend's plugin (backend_cuda.cpp).
+#include <algorithm>
 #include <cstring>
 
 #include "core/dtype.h"
@@ -51,6 +52,11 @@ void Backend::embed_bf16(const uint16_t* table, int64_t dim, HostInts ids, int64
                          reinterpret_cast<const uint8_t*>(table + int64_t(ids.p[r]) * dim),
                          out + r * dim, dim);
   }
+}
+
+void Backend::copy_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                        int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) std::copy(src + r * lds, src + r * lds + cols, dst + r * ldd);
 }
 
 void Backend::token_ids_fetch(int32_t* host, int64_t rows) {

@@ -22,6 +22,7 @@
 
 #include "core/sampling.h"
 #include "core/status.h"
+#include "runtime/tp_comm.h"
 
 namespace shrink::runtime {
 
@@ -176,8 +177,15 @@ class Backend {
   virtual Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) = 0;
 
   /// Tensor parallelism: reduces per-row absolute maxima over the ranks (LinearDesc::
-  /// act_rows_split). Backends without per-token int8 activations ignore it.
+  /// act_rows_split), on backend memory. Backends without per-token int8 activations ignore it.
   virtual void set_row_absmax_reduce(std::function<void(float* amax, int64_t rows)> fn) {}
+  /// Tensor parallelism: the collectives of the group `host` (joined on the host: Gloo or shared
+  /// memory) on this backend's memory. The default, for backends whose memory is the host's, is
+  /// `host` itself; the CUDA backend makes an NCCL group on its stream, with `host` carrying the
+  /// handshake, and a collective that waits past host->timeout_s fails (the group is aborted).
+  virtual Result<std::shared_ptr<TpComm>> tp_group(std::shared_ptr<TpComm> host) {
+    return host;
+  }
   /// Whether float weights are kept as bfloat16 (LinearDesc::wb, embed_bf16): the engine then
   /// hands a bf16 checkpoint's weights over as they are stored.
   virtual bool float_weights_bf16() const { return false; }
@@ -197,6 +205,10 @@ class Backend {
                        float eps) = 0;
   /// y[r, 0:out] = x[r, 0:in] W^T + b, x contiguous [rows, in], y rows at stride ldy.
   virtual void linear(const Linear& l, const float* x, int64_t rows, float* y, int64_t ldy) = 0;
+  /// dst[r, 0:cols] = src[r, 0:cols] for `rows` rows at row strides ldd and lds (floats): the
+  /// re-layout of gathered tensor-parallel slices. The default copies on the host.
+  virtual void copy_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                         int64_t cols);
   /// x[r] += y[r] elementwise over rows*n floats (both contiguous).
   virtual void add(float* x, const float* y, int64_t n) = 0;
   /// Rotate `heads` heads of head_dim floats starting at x + r*ldx by the row's position, with

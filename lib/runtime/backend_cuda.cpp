@@ -57,6 +57,7 @@
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/host_policy.h"
 #include "kernels/cuda/ops.h"
+#include "runtime/backend_cuda_nccl.h"
 
 namespace shrink::runtime {
 
@@ -93,6 +94,7 @@ class CudaLinear : public Linear {
   float input_scale = 0;
   float* bias = nullptr;
   int32_t* perm = nullptr;  // [in]: act-order groups, q's column j reads input perm[j]
+  bool rows_split = false;  // LinearDesc::act_rows_split: per-token scales over the ranks
 };
 
 // A device scratch buffer that only grows.
@@ -120,10 +122,13 @@ class CudaBackend : public Backend {
   }
 
   Status init(const CudaBackendOptions& o) {
-    SHRINK_CHECK(cuda_kernels::device_count() > o.device, StatusCode::kInvalidInput,
-                 "--device cuda: no CUDA device %d is present (found %d)", o.device,
-                 cuda_kernels::device_count());
-    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaSetDevice(o.device), "cudaSetDevice"));
+    const int count = cuda_kernels::device_count();
+    SHRINK_CHECK(count > 0 && o.device >= 0, StatusCode::kInvalidInput,
+                 "--device cuda: no CUDA device %d is present (found %d)", o.device, count);
+    // --tp ranks on one machine take LOCAL_RANK's device; more ranks than devices share them
+    // (which NCCL refuses, with its own error).
+    device_ = o.device % count;
+    SHRINK_RETURN_IF_ERROR(cuda_ok(cudaSetDevice(device_), "cudaSetDevice"));
     if (o.float_weights == "f16") {
       float_wt_ = cuda_kernels::WType::kF16;
     } else if (o.float_weights == "bf16") {
@@ -141,7 +146,7 @@ class CudaBackend : public Backend {
     graphs_ = cuda_kernels::GraphPolicy(o.graphs, [](const std::string& m) {
       std::fprintf(stderr, "shrink-rt: warning: %s\n", m.c_str());
     });
-    summary_ = cuda_kernels::device_summary(o.device);
+    summary_ = cuda_kernels::device_summary(device_);
     SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                                    "cudaStreamCreate"));
     for (Pinned& p : pinned_) {
@@ -156,7 +161,24 @@ class CudaBackend : public Backend {
     return "cuda " + summary_ + ", " + cuda_kernels::wtype_name(float_wt_) + " weights, " +
            lt_->version() + ", gemv <= " + std::to_string(gemv_max_rows_float_) + "/" +
            std::to_string(gemv_max_rows_int8_) + " rows (float/int8), graphs " +
-           (graphs_.on() ? "on" : "off");
+           (graphs_.on() ? "on" : "off") + nccl_describe();
+  }
+
+  // ---- tensor parallelism --------------------------------------------------------------------
+  Result<std::shared_ptr<TpComm>> tp_group(std::shared_ptr<TpComm> host) override {
+    SHRINK_ASSIGN_OR_RETURN(std::shared_ptr<NcclGroup> g, NcclGroup::join(std::move(host), stream_));
+    nccl_ = g;
+    return std::shared_ptr<TpComm>(std::move(g));
+  }
+  void set_row_absmax_reduce(std::function<void(float* amax, int64_t rows)> fn) override {
+    row_absmax_reduce_ = std::move(fn);
+  }
+  void copy_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                 int64_t cols) override {
+    if (rows <= 0 || cols <= 0) return;
+    check(cudaMemcpy2DAsync(dst, size_t(ldd) * 4, src, size_t(lds) * 4, size_t(cols) * 4,
+                            size_t(rows), cudaMemcpyDeviceToDevice, stream_),
+          "copy_rows");
   }
 
   std::vector<std::pair<std::string, uint64_t>> counters() const override {
@@ -191,15 +213,15 @@ class CudaBackend : public Backend {
   }
   void bytes_to_host(const void* src, size_t n, void* dst) override {
     check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream_), "download");
-    check(cudaStreamSynchronize(stream_), "synchronize");
+    stream_wait("download");
   }
   void bytes_from_host(const void* src, size_t n, void* dst) override {
     check(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_), "upload");
-    check(cudaStreamSynchronize(stream_), "synchronize");
+    stream_wait("upload");
   }
   void to_host(const float* src, int64_t n, float* dst) override {
     check(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDeviceToHost, stream_), "download");
-    check(cudaStreamSynchronize(stream_), "synchronize");
+    stream_wait("download");
   }
 
   Result<std::unique_ptr<Linear>> linear_create(LinearDesc&& d) override {
@@ -232,7 +254,7 @@ class CudaBackend : public Backend {
       } else if (src_dev) {  // the tied embedding, on the device: converted there
         SHRINK_RETURN_IF_ERROR(device_alloc(&l->w, size_t(NK) * 2));
         cuda_kernels::convert_f32(src_dev, NK, l->w, float_wt_, stream_);
-        SHRINK_RETURN_IF_ERROR(cuda_ok(cudaStreamSynchronize(stream_), "convert weights"));
+        SHRINK_RETURN_IF_ERROR(stream_done("convert weights"));
       } else {  // host weights: rounded to 16 bits on the host, so half the bytes cross the bus
         // and no float32 staging copy stays on the device (round to nearest even, as the
         // device's __float2half_rn / __float2bfloat16_rn)
@@ -256,6 +278,7 @@ class CudaBackend : public Backend {
     l->group = d.group;
     l->act = d.act;
     l->input_scale = d.input_scale;
+    l->rows_split = d.act_rows_split;
     if (d.kind == LinearKind::kW8A16 && d.bits == 4 && d.in % 2 == 0) {
       // Symmetric 4-bit (asymmetric was folded into int8 above): packed two to a byte, half the
       // bytes of int8 for the decode GEMV to read.
@@ -300,7 +323,7 @@ class CudaBackend : public Backend {
     // The staging buffer of two steps ago: its copy was queued then, and may still be pending
     // if that forward failed before the blocking fetch that usually follows; wait for it.
     Pinned& pin = pinned_[pinned_next_++ % 2];
-    if (!check(cudaEventSynchronize(pin.done), "staging buffer wait")) return;
+    if (!event_wait(pin.done, "staging buffer")) return;
     if (n > pin.n) {
       if (pin.h) cudaFreeHost(pin.h);
       pin.h = nullptr;
@@ -395,7 +418,7 @@ class CudaBackend : public Backend {
   }
 
   void graph_reset() override {
-    if (!graph_execs_.empty()) cudaStreamSynchronize(stream_);
+    if (!graph_execs_.empty()) stream_wait("graph reset");
     for (auto& kv : graph_execs_) cudaGraphExecDestroy(kv.second);
     graph_execs_.clear();
   }
@@ -609,9 +632,24 @@ class CudaBackend : public Backend {
       case LinearKind::kW8A8: {
         const int8_t* xq = nullptr;
         const float* xs = nullptr;
-        if (l.act == ActQuant::kDynamic && input_copies_.has_s8 && input_copies_.of(x, M, K)) {
+        // A row split over --tp ranks takes its per-token scales from the whole row: this
+        // rank's maxima, reduced over the ranks (on the stream), then quantized with them.
+        const bool split = l.act == ActQuant::kDynamic && l.rows_split && row_absmax_reduce_;
+        if (!split && l.act == ActQuant::kDynamic && input_copies_.has_s8 &&
+            input_copies_.of(x, M, K)) {
           xq = static_cast<const int8_t*>(xq_.p);
           xs = static_cast<const float*>(xs_.p);
+        } else if (split) {
+          input_copies_ = InputCopies();
+          auto q = grow(xq_, size_t(M * K));
+          auto s = grow(xs_, size_t(M) * 4);
+          if (!q.is_ok() || !s.is_ok()) return;
+          xq = static_cast<const int8_t*>(q.value());
+          xs = static_cast<const float*>(s.value());
+          cuda_kernels::row_absmax(x, M, K, K, const_cast<float*>(xs), stream_);
+          row_absmax_reduce_(const_cast<float*>(xs), M);
+          cuda_kernels::quantize_s8_by_absmax(x, M, K, K, const_cast<int8_t*>(xq),
+                                              const_cast<float*>(xs), stream_);
         } else {
           input_copies_ = InputCopies();  // the scratch below is about to be overwritten
           auto q = grow(xq_, size_t(M * K));
@@ -677,7 +715,7 @@ class CudaBackend : public Backend {
   void token_ids_fetch(int32_t* host, int64_t rows) override {
     check(cudaMemcpyAsync(host, token_ids_.p, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream_),
           "download");
-    check(cudaStreamSynchronize(stream_), "synchronize");
+    stream_wait("token ids");
   }
 
  private:
@@ -716,12 +754,42 @@ class CudaBackend : public Backend {
   }
   bool launched(const char* what) { return check(cudaPeekAtLastError(), what); }
 
+  // Waits for the stream's work. Under --tp it may hold NCCL collectives, which wait for their
+  // peers without end: the group's wait fails past --dist-timeout and aborts it. The first
+  // failure is recorded (take_error) and returned.
+  Status stream_done(const char* what) {
+    Status st;
+    if (auto g = nccl_.lock()) {
+      st = g->wait_until([this] { return cudaStreamQuery(stream_); }, what);
+    } else {
+      st = cuda_ok(cudaStreamSynchronize(stream_), what);
+    }
+    if (!st.is_ok() && err_.is_ok()) err_ = st;
+    return st;
+  }
+  bool stream_wait(const char* what) { return stream_done(what).is_ok(); }
+  bool event_wait(cudaEvent_t ev, const char* what) {
+    Status st;
+    if (auto g = nccl_.lock()) {
+      st = g->wait_until([ev] { return cudaEventQuery(ev); }, what);
+    } else {
+      st = cuda_ok(cudaEventSynchronize(ev), what);
+    }
+    if (!st.is_ok() && err_.is_ok()) err_ = st;
+    return st.is_ok();
+  }
+  std::string nccl_describe() const {
+    auto g = nccl_.lock();
+    return g ? ", tp " + std::to_string(g->size()) + " over " + g->version() : "";
+  }
+
   // A host -> device copy ordered on stream_ and complete on return. A plain cudaMemcpy runs on
   // the legacy stream, which the non-blocking stream_ does not wait for, and from pageable
   // memory it may return before the data has landed: kernels on stream_ could read it early.
   cudaError_t h2d(void* dst, const void* src, size_t bytes) {
     const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_);
-    return e != cudaSuccess ? e : cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) return e;
+    return stream_wait("upload") ? cudaSuccess : cudaErrorUnknown;
   }
   template <typename T>
   Result<T*> upload(const T* host, size_t bytes) {
@@ -741,7 +809,7 @@ class CudaBackend : public Backend {
       return internal_error("buffer growth while recording");
     }
     graph_reset();
-    cudaStreamSynchronize(stream_);
+    stream_wait("buffer growth");
     const size_t want = std::max(bytes, b.bytes * 3 / 2);
     cudaFree(b.p);
     b.p = nullptr;
@@ -923,6 +991,9 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda_kernels::GemmLt> lt_;
   std::string summary_;
+  int device_ = 0;
+  std::weak_ptr<NcclGroup> nccl_;  // --tp: the group Engine owns (destroyed before this backend)
+  std::function<void(float* amax, int64_t rows)> row_absmax_reduce_;  // --tp: over the ranks
   cuda_kernels::WType float_wt_ = cuda_kernels::WType::kF16;
   int gemv_max_rows_float_ = 4, gemv_max_rows_int8_ = 16;
   bool want_q_ = false;

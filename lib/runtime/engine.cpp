@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <numeric>
@@ -886,9 +887,8 @@ float* Engine::Impl::tp_scratch(std::unique_ptr<DeviceTensor>& t, int64_t& cap, 
   return t->data();
 }
 
-// Every rank's [rows, width] `local` gathered, and laid out side by side in `out` ([rows, ld],
-// host memory: tensor parallelism runs on the cpu backend): span(r) = (first column, columns)
-// of rank r's part of each row.
+// Every rank's [rows, width] `local` gathered, and laid out side by side in `out` ([rows, ld]),
+// on the backend's memory: span(r) = (first column, columns) of rank r's part of each row.
 void Engine::Impl::tp_gather_rows(const float* local, int64_t rows, int64_t width, float* out,
                                   int64_t ld,
                                   const std::function<std::pair<int64_t, int64_t>(int)>& span) {
@@ -896,10 +896,7 @@ void Engine::Impl::tp_gather_rows(const float* local, int64_t rows, int64_t widt
   tp->allgather(local, rows * width, all);
   for (int r = 0; r < share.size; ++r) {
     const auto [c0, n] = span(r);
-    const float* part = all + int64_t(r) * rows * width;
-    for (int64_t i = 0; i < rows; ++i) {
-      std::copy(part + i * width, part + i * width + n, out + i * ld + c0);
-    }
+    be->copy_rows(all + int64_t(r) * rows * width, width, out + c0, ld, rows, n);
   }
 }
 
@@ -951,10 +948,6 @@ Status tp_share_plan(const core::ModelConfig& cfg, const EngineOptions& opts,
   const int n = opts.tp->size();
   ts.rank = opts.tp->rank();
   ts.size = n;
-  SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
-               "--tp %d: tensor parallelism runs on the cpu device; NCCL for cuda is not built "
-               "yet",
-               n);
   SHRINK_CHECK(cfg.num_kv_heads % n == 0, StatusCode::kInvalidInput,
                "%s: num_key_value_heads %lld cannot be split over --tp %d ranks (each rank holds "
                "whole KV heads with their query heads); expected a divisor of %lld",
@@ -985,12 +978,42 @@ Status tp_barrier(TpComm* tp) {
   if (!tp) return Status::ok();
   float one = 1;
   try {
-    tp->allreduce_sum(&one, 1);
+    tp->host_group().allreduce_sum(&one, 1);
   } catch (const TpError& e) {
     return Status(StatusCode::kInternal, e.what());
   }
+  tp->host_group().stats_reset();
   tp->stats_reset();
   return Status::ok();
+}
+
+// The backend of opts.device: cuda (the plugin) or cpu, with the float storage asked for.
+Result<std::unique_ptr<Backend>> backend_make(const EngineOptions& opts, bool stored_bf16) {
+  if (opts.device == "cuda") {
+    CudaBackendOptions co;
+    if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
+    co.gemv_max_rows = opts.gemv_max_rows;
+    co.graphs = opts.graphs;
+    co.device = opts.cuda_device;
+    return backend_cuda_create(co);
+  }
+  SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
+               "device '%s' is unknown; expected cpu or cuda", opts.device.c_str());
+  CpuBackendOptions bo;
+  bo.threads = opts.threads;
+  bo.isa = opts.isa;
+  if (opts.float_weights.empty() || opts.float_weights == "auto" ||
+      opts.float_weights == "exact") {
+    // As stored: a bf16 checkpoint keeps its float weights in bf16 (half the bytes of float32,
+    // and no float32 copy of the model). auto rounds its activations to bf16 and sums in fp32
+    // (oneDNN's bf16 matmul for prefill where the CPU has AVX512_BF16), as llama.cpp and
+    // PyTorch compute a bf16 model; exact keeps fp32 activations (the weights widened).
+    bo.float_weights = stored_bf16 ? "bf16" : "f32";
+    bo.bf16_gemm = opts.float_weights != "exact";
+  } else {
+    bo.float_weights = opts.float_weights;
+  }
+  return backend_cpu_create(bo);
 }
 
 Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
@@ -1003,7 +1026,7 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   SHRINK_RETURN_IF_ERROR(core::config_validate(cfg, origin));
   impl->share.vl = cfg.vocab_size;
   impl->share.vpad = cfg.vocab_size;
-  if (opts.tp && opts.tp->size() > 1) {
+  if (opts.tp) {
     SHRINK_RETURN_IF_ERROR(tp_share_plan(cfg, opts, origin, impl->share, impl->cfg));
     impl->tp = opts.tp;
   }
@@ -1023,33 +1046,13 @@ Result<std::unique_ptr<Engine::Impl>> impl_create(const core::ModelConfig& cfg,
   SHRINK_ASSIGN_OR_RETURN(const auto acts, act_int8_choice(opts));
   impl->act4 = acts.first;
   impl->act8 = acts.second;
-  if (opts.device == "cuda") {
-    CudaBackendOptions co;
-    if (!opts.float_weights.empty()) co.float_weights = opts.float_weights;
-    co.gemv_max_rows = opts.gemv_max_rows;
-    co.graphs = opts.graphs;
-    SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cuda_create(co));
-    if (opts.wrap_backend) impl->be = opts.wrap_backend(std::move(impl->be));
-    return impl;
-  }
-  SHRINK_CHECK(opts.device == "cpu" || opts.device.empty(), StatusCode::kInvalidInput,
-               "device '%s' is unknown; expected cpu or cuda", opts.device.c_str());
-  CpuBackendOptions bo;
-  bo.threads = opts.threads;
-  bo.isa = opts.isa;
-  if (opts.float_weights.empty() || opts.float_weights == "auto" ||
-      opts.float_weights == "exact") {
-    // As stored: a bf16 checkpoint keeps its float weights in bf16 (half the bytes of float32,
-    // and no float32 copy of the model). auto rounds its activations to bf16 and sums in fp32
-    // (oneDNN's bf16 matmul for prefill where the CPU has AVX512_BF16), as llama.cpp and
-    // PyTorch compute a bf16 model; exact keeps fp32 activations (the weights widened).
-    bo.float_weights = stored_bf16 ? "bf16" : "f32";
-    bo.bf16_gemm = opts.float_weights != "exact";
-  } else {
-    bo.float_weights = opts.float_weights;
-  }
-  SHRINK_ASSIGN_OR_RETURN(impl->be, backend_cpu_create(bo));
+  SHRINK_ASSIGN_OR_RETURN(impl->be, backend_make(opts, stored_bf16));
   if (opts.wrap_backend) impl->be = opts.wrap_backend(std::move(impl->be));
+  // Under --tp the forward's collectives run where the activations live: on cuda, the
+  // backend's NCCL group on its stream, made with the host group's handshake.
+  if (impl->tp) {
+    SHRINK_ASSIGN_OR_RETURN(impl->tp, impl->be->tp_group(impl->tp));
+  }
   return impl;
 }
 
@@ -1134,6 +1137,29 @@ Result<std::unique_ptr<Engine>> Engine::create_random(const core::ModelConfig& c
 
 const core::ModelConfig& Engine::config() const { return impl_->cfg_global; }
 TpComm* Engine::tp() const { return impl_->tp.get(); }
+
+Result<std::vector<double>> Engine::tp_allreduce_alone(int reps) {
+  Impl& m = *impl_;
+  SHRINK_CHECK(m.tp, StatusCode::kInvalidInput, "tp_allreduce_alone: no tensor-parallel group");
+  auto h = m.be->tensor_zeros(m.cfg.hidden_size);
+  SHRINK_RETURN_IF_ERROR(m.be->take_error());
+  std::vector<double> us;
+  float probe = 0;
+  try {
+    for (int i = 0; i < reps; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      m.tp->allreduce_sum(h->data(), m.cfg.hidden_size);
+      m.be->to_host(h->data(), 1, &probe);  // waits for the collective on a device
+      us.push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }
+  } catch (const TpError& e) {
+    return Status(StatusCode::kInternal, e.what());
+  }
+  SHRINK_RETURN_IF_ERROR(m.be->take_error());
+  m.tp->stats_reset();
+  return us;
+}
 const std::optional<core::QuantScheme>& Engine::scheme() const { return impl_->scheme; }
 int64_t Engine::max_seq_len() const { return impl_->max_seq; }
 int Engine::max_batch() const { return impl_->opts.max_batch; }
@@ -1332,8 +1358,21 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
   float* xn = m.xn->data();
   float* qkv = m.qkv->data();
   float* tmp = m.tmp->data();
+  // --tp: each rank looks up the tokens of its vocabulary rows and the zero row for the others';
+  // the sum over the ranks is the whole table's lookup, exactly (one nonzero term per value).
+  // These local ids are the step's ids (the only op that reads ids is the lookup).
+  const int32_t* step_ids = ids.data();
+  if (m.tp) {
+    m.embed_ids.resize(size_t(M));
+    const int64_t v0 = m.share.v0, vl = m.share.vl;
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t id = ids[size_t(i)];
+      m.embed_ids[size_t(i)] = int32_t(id >= v0 && id < v0 + vl ? id - v0 : vl);
+    }
+    step_ids = m.embed_ids.data();
+  }
   Backend::StepRows step;
-  step.ids = ids.data();
+  step.ids = step_ids;
   step.slot = slot.data();
   step.pos = pos.data();
   step.rows = M;
@@ -1345,18 +1384,7 @@ Status Engine::Impl::run(const std::vector<SeqChunk>& chunks, bool all_logits,
     Backend& b;
     ~StepEnd() { b.step_end(); }
   } step_end{be};
-  // --tp: each rank looks up the tokens of its vocabulary rows and the zero row for the others';
-  // the sum over the ranks is the whole table's lookup, exactly (one nonzero term per value).
-  HostInts embed_ids(ids.data(), StepArray::kIds);
-  if (m.tp) {
-    m.embed_ids.resize(size_t(M));
-    const int64_t v0 = m.share.v0, vl = m.share.vl;
-    for (int64_t i = 0; i < M; ++i) {
-      const int64_t id = ids[size_t(i)];
-      m.embed_ids[size_t(i)] = int32_t(id >= v0 && id < v0 + vl ? id - v0 : vl);
-    }
-    embed_ids = HostInts(m.embed_ids.data());
-  }
+  const HostInts embed_ids(step_ids, StepArray::kIds);
   auto ops = [&] {
     if (m.embed_bf16) {
       be.embed_bf16(reinterpret_cast<const uint16_t*>(m.embed->data()), H, embed_ids, M, x);

@@ -73,13 +73,18 @@ struct EngineOptions {
   /// token's keys (values) per KV head, symmetric, with a float scale (as llama.cpp's q8_0 cache
   /// per 32 values). Attention computes in float32 either way.
   std::string kv_cache = "f32";
-  /// Tensor parallelism (cpu): this process's rank of a group (runtime/tp/gloo_comm.h) of
-  /// size > 1, or null. Each rank holds whole attention heads (KV heads with their query
+  /// Tensor parallelism: this process's rank of a group joined on the host
+  /// (runtime/tp/gloo_comm.h), or null. On cuda the engine runs the forward's collectives on
+  /// the backend's NCCL group made from it (Backend::tp_group). A group of one rank runs the
+  /// same code with collectives over one rank. Each rank holds whole attention heads (KV heads with their query
   /// groups) and a slice of the MLP channels and of the vocabulary (lm_head); o_proj and
   /// down_proj sum their partial outputs over the ranks, the lm_head's slices are gathered, so
   /// every rank returns the whole model's logits and tokens. Load refuses (kInvalidInput) a
   /// model whose KV heads, MLP channels or quantization groups do not split evenly.
   std::shared_ptr<TpComm> tp;
+  /// cuda: the device this process uses (the CLI: LOCAL_RANK under --tp, as PyTorch's ranks
+  /// pick theirs), modulo the devices present.
+  int cuda_device = 0;
   /// Tests: wraps the backend once it is made (fault injection: a backend whose allocations
   /// fail, as a device's do when its memory is full). Null: the backend as made.
   std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
@@ -118,8 +123,12 @@ class Engine {
   /// Bytes of weights read by one decode step (all linears + the rows of the embedding); with
   /// tensor parallelism, this rank's.
   uint64_t weight_bytes() const;
-  /// The tensor-parallel group (EngineOptions::tp), or null.
+  /// The tensor-parallel group the forward uses (EngineOptions::tp's, or on cuda its NCCL
+  /// group, whose host_group() is EngineOptions::tp), or null.
   TpComm* tp() const;
+  /// Tensor parallelism: the all-reduce of one token's hidden state alone, `reps` times back to
+  /// back on the backend's memory, each waited for: the microseconds of each.
+  Result<std::vector<double>> tp_allreduce_alone(int reps);
 
   /// Run the chunks (distinct slots, n >= 1 each, ids < vocab, length + n <= max_seq_len).
   /// logits receives float32 [rows, vocab]: every position of every chunk in order when

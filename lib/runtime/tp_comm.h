@@ -1,6 +1,8 @@
 // The collectives of a tensor-parallel group, as the engine uses them (EngineOptions::tp). The
-// engine knows only this interface; runtime/tp/ implements it on Gloo (CPU, TCP), so the runtime
-// itself links no communication library.
+// engine knows only this interface; runtime/tp/ implements it on Gloo (CPU, TCP) and shared
+// memory, and the CUDA backend's plugin on NCCL (Backend::tp_group: the same group's collectives
+// on device memory, on the backend's stream), so the runtime itself links no communication
+// library.
 //
 // Every rank calls the same collectives in the same order. A collective that fails (a peer that
 // died, or no answer within the group's timeout) throws TpError, which Engine::forward turns into
@@ -24,7 +26,16 @@ class TpComm {
   virtual ~TpComm() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  /// x[i] = sum over ranks of x[i], in place, the same result on every rank.
+  /// The group on host memory: itself, except for a device group (NCCL), whose handshake it
+  /// carried and which keeps it for broadcast() and for host buffers.
+  virtual TpComm& host_group() { return *this; }
+  /// Whether a collective is complete when its call returns, so that stats() times it. False for
+  /// a device group, whose calls only enqueue the collective on the backend's stream.
+  virtual bool timed_on_host() const { return true; }
+  /// --dist-timeout: how long a collective may wait for a peer (set by whoever joins the group).
+  double timeout_s = 60;
+  /// x[i] = sum over ranks of x[i], in place, the same result on every rank. x is in the memory
+  /// of the group's kind: host memory, or a device group's device memory.
   void allreduce_sum(float* x, int64_t n) {
     const auto t0 = std::chrono::steady_clock::now();
     reduce(x, n, Reduce::kSum);
@@ -40,20 +51,21 @@ class TpComm {
   }
   /// bytes = rank 0's bytes, on every rank (the serving scheduler's step inputs, which only the
   /// leader receives). Built on the sum: rank 0 contributes its bytes, two per float (exact up to
-  /// 65,535), the others zeros; not counted in stats().
+  /// 65,535), the others zeros; not counted in stats(). Runs on host_group().
   void broadcast(std::vector<uint8_t>& bytes) {
+    TpComm& h = host_group();
     float len[2] = {0, 0};
     if (rank() == 0) {
       len[0] = float(bytes.size() >> 16);
       len[1] = float(bytes.size() & 0xFFFF);
     }
-    reduce(len, 2, Reduce::kSum);
+    h.reduce(len, 2, Reduce::kSum);
     const size_t n = (size_t(len[0]) << 16) | size_t(len[1]);
     std::vector<float> f((n + 1) / 2, 0.0f);
     if (rank() == 0) {
       for (size_t i = 0; i < n; ++i) f[i / 2] += float(bytes[i]) * (i % 2 ? 256.0f : 1.0f);
     }
-    if (!f.empty()) reduce(f.data(), int64_t(f.size()), Reduce::kSum);
+    if (!f.empty()) h.reduce(f.data(), int64_t(f.size()), Reduce::kSum);
     bytes.resize(n);
     for (size_t i = 0; i < n; ++i) {
       const uint32_t v = uint32_t(f[i / 2]);

@@ -57,6 +57,7 @@ struct Globals {
   double dist_timeout = 60;    // --dist-timeout, seconds
   std::string tp_transport = "auto";  // --tp-transport
   std::shared_ptr<runtime::TpComm> comm;  // this rank's group under --tp
+  int local_rank = 0;                     // ... and its rank on this machine (its cuda device)
   bool serving = false;  // the command is serve: SIGINT/SIGTERM are its waiter's to take
   int exit_code = 0;
 };
@@ -70,6 +71,7 @@ Status tp_rank_run(Globals& g, int threads_total, const std::function<Status()>&
                "--tp %d but WORLD_SIZE=%d: launch one process per rank with WORLD_SIZE equal to "
                "--tp, or leave WORLD_SIZE unset to start the ranks on this machine",
                g.tp, env.world_size);
+  g.local_rank = env.local_rank;
   if (std::getenv("LOCAL_WORLD_SIZE")) {
     g.threads = std::max(1, threads_total / std::max(1, env.local_world_size));
   }
@@ -146,6 +148,7 @@ runtime::EngineOptions engine_opts(const Globals& g) {
   o.kv_cache = g.kv_cache;
   o.act_quant = g.act_quant;
   o.tp = g.comm;
+  o.cuda_device = g.local_rank;
   return o;
 }
 
@@ -259,20 +262,15 @@ void register_bench(CLI::App& app, Globals& g) {
       json tp_json = nullptr;
       if (runtime::TpComm* tp = e->tp()) {
         // The collective alone: back-to-back all-reduces of one token's hidden state (what a
-        // decode step does twice per layer), without the compute between them that makes the
-        // ranks arrive at different times.
-        std::vector<float> h(static_cast<size_t>(e->config().hidden_size), 1.0f);
-        std::vector<double> us;
-        for (int i = 0; i < 220; ++i) {
-          const auto t0 = std::chrono::steady_clock::now();
-          tp->allreduce_sum(h.data(), int64_t(h.size()));
-          const double dt = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-          if (i >= 20) us.push_back(dt);
-          std::fill(h.begin(), h.end(), 1.0f);
-        }
+        // decode step does twice per layer) on the backend's memory, without the compute
+        // between them that makes the ranks arrive at different times; the first 20 warm up.
+        SHRINK_ASSIGN_OR_RETURN(std::vector<double> us, e->tp_allreduce_alone(220));
+        us.erase(us.begin(), us.begin() + 20);
         std::sort(us.begin(), us.end());
-        tp_json = {{"ranks", tp->size()}, {"transport", g.tp_transport},
-                   {"allreduce_bytes", h.size() * 4}, {"allreduce_us_median", us[us.size() / 2]},
+        tp_json = {{"ranks", tp->size()},
+                   {"transport", g.device == "cuda" ? std::string("nccl") : g.tp_transport},
+                   {"allreduce_bytes", e->config().hidden_size * 4},
+                   {"allreduce_us_median", us[us.size() / 2]},
                    {"allreduce_us_p90", us[us.size() * 9 / 10]}};
       }
       if (o->format == "json" || g.json) {
@@ -608,16 +606,18 @@ int main(int argc, char** argv) {
   app.add_flag("--no-cuda-graphs", g.no_cuda_graphs, "cuda: run decode steps without CUDA graphs");
   app.add_option("--tp", g.tp,
                  "Tensor parallelism: split the model over N ranks (whole attention heads, MLP "
-                 "channels and vocabulary slices; collectives over --tp-transport), cpu. Without "
+                 "channels and vocabulary slices; collectives over --tp-transport on the cpu, "
+                 "NCCL on cuda, one device per rank: LOCAL_RANK). Without "
                  "WORLD_SIZE in the environment, starts N processes on this machine, each with "
                  "--threads / N threads; with it (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, as "
                  "torchrun sets them), this process is one rank of a group across machines. "
-                 "generate, bench, eval and verify")
+                 "generate, bench, eval, verify and serve")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_option("--tp-transport", g.tp_transport,
                  "--tp collectives: auto (shm when every rank is on this machine, else gloo), "
-                 "gloo (TCP, any machines) or shm (a shared-memory segment, one machine)")
+                 "gloo (TCP, any machines) or shm (a shared-memory segment, one machine); on "
+                 "cuda this group carries NCCL's handshake and NCCL the forward's collectives")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "gloo", "shm"}));
   app.add_option("--dist-timeout", g.dist_timeout,

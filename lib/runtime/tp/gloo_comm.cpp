@@ -455,6 +455,7 @@ Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout
                env.local_world_size, env.world_size);
   if (transport == "shm" || (transport == "auto" && one_machine)) {
     auto comm = std::make_shared<ShmComm>();
+    comm->timeout_s = timeout_s;
     try {
       std::unique_ptr<StoreServer> server;
       if (env.rank == 0) {
@@ -483,6 +484,7 @@ Result<std::shared_ptr<TpComm>> tp_join(const core::DistEnv& env, double timeout
                 "(libgloo-dev); ranks on one machine use --tp-transport shm");
 #else
   auto comm = std::make_shared<GlooComm>();
+  comm->timeout_s = timeout_s;
   comm->timeout_ = std::chrono::milliseconds(int64_t(timeout_s * 1000));
   try {
     if (env.rank == 0) {
