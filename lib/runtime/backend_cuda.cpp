@@ -323,7 +323,7 @@ class CudaBackend : public Backend {
     // The staging buffer of two steps ago: its copy was queued then, and may still be pending
     // if that forward failed before the blocking fetch that usually follows; wait for it.
     Pinned& pin = pinned_[pinned_next_++ % 2];
-    if (!event_wait(pin.done, "staging buffer")) return;
+    if (!stream_done("staging buffer", pin.done).is_ok()) return;
     if (n > pin.n) {
       if (pin.h) cudaFreeHost(pin.h);
       pin.h = nullptr;
@@ -754,30 +754,20 @@ class CudaBackend : public Backend {
   }
   bool launched(const char* what) { return check(cudaPeekAtLastError(), what); }
 
-  // Waits for the stream's work. Under --tp it may hold NCCL collectives, which wait for their
-  // peers without end: the group's wait fails past --dist-timeout and aborts it. The first
-  // failure is recorded (take_error) and returned.
-  Status stream_done(const char* what) {
+  // Waits for the stream's work (ev null) or for an event on it. Under --tp it may hold NCCL
+  // collectives, which wait for their peers without end: the group's wait fails past
+  // --dist-timeout and aborts it. The first failure is recorded (take_error) and returned.
+  Status stream_done(const char* what, cudaEvent_t ev = nullptr) {
     Status st;
     if (auto g = nccl_.lock()) {
-      st = g->wait_until([this] { return cudaStreamQuery(stream_); }, what);
+      st = g->wait_until([&] { return ev ? cudaEventQuery(ev) : cudaStreamQuery(stream_); }, what);
     } else {
-      st = cuda_ok(cudaStreamSynchronize(stream_), what);
+      st = cuda_ok(ev ? cudaEventSynchronize(ev) : cudaStreamSynchronize(stream_), what);
     }
     if (!st.is_ok() && err_.is_ok()) err_ = st;
     return st;
   }
   bool stream_wait(const char* what) { return stream_done(what).is_ok(); }
-  bool event_wait(cudaEvent_t ev, const char* what) {
-    Status st;
-    if (auto g = nccl_.lock()) {
-      st = g->wait_until([ev] { return cudaEventQuery(ev); }, what);
-    } else {
-      st = cuda_ok(cudaEventSynchronize(ev), what);
-    }
-    if (!st.is_ok() && err_.is_ok()) err_ = st;
-    return st.is_ok();
-  }
   std::string nccl_describe() const {
     auto g = nccl_.lock();
     return g ? ", tp " + std::to_string(g->size()) + " over " + g->version() : "";

@@ -303,15 +303,7 @@ Status NcclGroup::wait_until(const std::function<cudaError_t()>& query, const ch
       return internal_error(failure(std::string("collective, waiting for ") + what,
                                     "it did not complete"));
     }
-    // A decode step's wait is short: spin briefly, then give the core away.
-    const auto waited = now - t0;
-    if (waited < std::chrono::microseconds(200)) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(waited < std::chrono::milliseconds(100)
-                                      ? std::chrono::microseconds(20)
-                                      : std::chrono::microseconds(1000));
-    }
+    tp_wait_pause(now - t0);
   }
 }
 

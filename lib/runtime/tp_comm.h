@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace shrink::runtime {
@@ -20,6 +21,19 @@ namespace shrink::runtime {
 struct TpError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// How a rank that waits for its peers spends the time, `waited` into the wait: it yields the core
+/// for the first 2 ms (ranks may outnumber cores), then sleeps 0.1 ms, and past 100 ms 1 ms at a
+/// time, so that a long wait (an idle serving follower, a stalled peer) costs no core.
+inline void tp_wait_pause(std::chrono::steady_clock::duration waited) {
+  if (waited < std::chrono::milliseconds(2)) {
+    std::this_thread::yield();
+  } else {
+    std::this_thread::sleep_for(waited < std::chrono::milliseconds(100)
+                                    ? std::chrono::microseconds(100)
+                                    : std::chrono::microseconds(1000));
+  }
+}
 
 class TpComm {
  public:

@@ -21,85 +21,35 @@
 #include "runtime/api.h"
 #include "runtime/engine.h"
 #include "runtime/tp/gloo_comm.h"
+#include "tests/runtime/tp_run.h"
 #include "tests/runtime/util.h"
 
 namespace shrink::runtime {
 namespace {
 
-struct RankRun {
-  std::vector<float> logits;    // [tokens, vocab], every position of the prompt
-  std::vector<int32_t> greedy;  // decoded after the prompt
-  double ppl = 0;
-  std::string error;            // load or run error (empty when fine)
-};
+using test::RankRun;
 
-const std::vector<int32_t>& prompt() {
-  static const std::vector<int32_t> p = {1, 17, 42, 99, 7, 63, 250, 3, 18, 77, 5, 140,
-                                         29, 201, 11, 64, 2, 88, 120, 9, 33, 71, 150, 6};
-  return p;
-}
-
-// One rank's (or the single process's, when comm is null) forward, greedy decode and perplexity.
-RankRun rank_run(const std::string& dir, std::shared_ptr<TpComm> comm, EngineOptions eo) {
-  RankRun r;
+// One rank's (or the single process's, when comm is null) run, one thread each. A bf16 model (the
+// default teacher) in fp32 arithmetic: with its default bf16 activations a split's other
+// summation order flips some bf16 roundings, and the comparison is of the split.
+EngineOptions rank_options(EngineOptions eo) {
   eo.threads = 1;
   eo.max_seq_len = 64;
-  // A bf16 model (the default teacher) in fp32 arithmetic: with its default bf16 activations a
-  // split's other summation order flips some bf16 roundings, and the comparison is of the split.
   if (eo.float_weights.empty()) eo.float_weights = "exact";
+  return eo;
+}
+
+RankRun rank_run(const std::string& dir, std::shared_ptr<TpComm> comm, EngineOptions eo) {
+  eo = rank_options(std::move(eo));
   eo.tp = std::move(comm);
-  auto e = Engine::load(dir, eo);
-  if (!e.is_ok()) {
-    r.error = e.status().message();
-    return r;
-  }
-  Engine& m = **e;
-  const std::vector<int32_t>& p = prompt();
-  Status st = m.forward({{0, p.data(), int64_t(p.size())}}, true, r.logits);
-  if (!st.is_ok()) {
-    r.error = st.message();
-    return r;
-  }
-  m.reset_all();
-  std::vector<int32_t> next;
-  st = m.forward_argmax({{0, p.data(), int64_t(p.size())}}, next);
-  for (int i = 0; i < 12 && st.is_ok(); ++i) {
-    r.greedy.push_back(next[0]);
-    st = m.forward_argmax({{0, &r.greedy.back(), 1}}, next);
-  }
-  if (!st.is_ok()) {
-    r.error = st.message();
-    return r;
-  }
-  std::vector<int32_t> stream;
-  for (int k = 0; k < 4; ++k) stream.insert(stream.end(), p.begin(), p.end());
-  auto ppl = perplexity(m, stream.data(), stream.size(), 32, 1);
-  if (!ppl.is_ok()) {
-    r.error = ppl.status().message();
-    return r;
-  }
-  r.ppl = ppl->perplexity;
-  return r;
+  return test::rank_run(dir, eo);
 }
 
 // N ranks as threads, each joining the group; returns every rank's run.
 std::vector<RankRun> tp_run(const std::string& dir, int n, const EngineOptions& eo = {},
                             const std::string& transport = "gloo", double timeout_s = 30) {
-  const int port = core::tcp_port_free().take_or_throw();
-  std::vector<RankRun> runs(static_cast<size_t>(n));
-  std::vector<std::thread> ts;
-  for (int r = 0; r < n; ++r) {
-    ts.emplace_back([&, r] {
-      auto comm = test::tp_join_local(r, n, port, transport, timeout_s);
-      if (!comm.is_ok()) {
-        runs[size_t(r)].error = comm.status().message();
-        return;
-      }
-      runs[size_t(r)] = rank_run(dir, *comm, eo);
-    });
-  }
-  for (auto& t : ts) t.join();
-  return runs;
+  return test::ranks_run(
+      dir, n, [&](int) { return rank_options(eo); }, transport, timeout_s);
 }
 
 // Every rank of an N-way split equals the single process: ids exactly, logits within tol
@@ -109,25 +59,17 @@ void expect_same_as_one_process(const std::string& dir, const std::vector<int>& 
                                 const std::string& transport = "gloo", float tol = 2e-5f) {
   const RankRun one = rank_run(dir, nullptr, eo);
   ASSERT_TRUE(one.error.empty()) << what << ": " << one.error;
-  float scale = 1;
-  for (float v : one.logits) scale = std::max(scale, std::fabs(v));
   for (int n : sizes) {
     const std::vector<RankRun> runs = tp_run(dir, n, eo, transport);
     for (int r = 0; r < n; ++r) {
       const RankRun& t = runs[size_t(r)];
       const std::string at = what + ", " + transport + ", --tp " + std::to_string(n) + ", rank " +
                              std::to_string(r);
-      ASSERT_TRUE(t.error.empty()) << at << ": " << t.error;
-      ASSERT_EQ(t.logits.size(), one.logits.size()) << at;
-      float worst = 0;
-      for (size_t i = 0; i < one.logits.size(); ++i) {
-        worst = std::max(worst, std::fabs(t.logits[i] - one.logits[i]));
-      }
-      EXPECT_LE(worst, tol * scale) << at << ": logits differ by " << worst;
-      EXPECT_EQ(t.greedy, one.greedy) << at;
-      EXPECT_NEAR(t.ppl / one.ppl, 1.0, 1e-6) << at << ": " << t.ppl << " vs " << one.ppl;
+      test::expect_rank_equals(one, t, at, tol);
       // Every rank returns the same logits (the gathered whole, the same sums).
-      if (r > 0) EXPECT_EQ(t.logits, runs[0].logits) << at;
+      if (r > 0) {
+        EXPECT_EQ(t.logits, runs[0].logits) << at;
+      }
     }
   }
 }

@@ -411,17 +411,9 @@ class ShmComm : public TpComm {
 #endif
           continue;
         }
-        // Ranks may outnumber cores: yield; past 2 ms (a peer that is idle, as a serving
-        // follower between its leader's iterations, or stalled) sleep, 0.1 ms and past 100 ms
-        // 1 ms at a time, so waiting costs no core (an idle serving follower: 4% of one here).
-        const auto waited = Clock::now() - t0;
-        if (waited < std::chrono::milliseconds(2)) {
-          std::this_thread::yield();
-        } else {
-          std::this_thread::sleep_for(waited < std::chrono::milliseconds(100)
-                                          ? std::chrono::microseconds(100)
-                                          : std::chrono::microseconds(1000));
-        }
+        // An idle serving follower waits here between its leader's iterations: 4% of one
+        // core here.
+        tp_wait_pause(Clock::now() - t0);
         if ((spin & 1023) == 0 && Clock::now() > deadline) {
           throw TpError("tensor parallelism: rank " + std::to_string(rank_) + " of " +
                         std::to_string(size_) + ": " + what + " failed: rank " +
