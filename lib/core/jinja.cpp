@@ -2,6 +2,7 @@
 // recursive-descent parser into an AST (Jinja's operator precedence), and a tree-walking
 // evaluator over Python-like values.
 #include "core/jinja.h"
+#include "core/json_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <ctime>
 #include <functional>
 #include <map>
+#include <pthread.h>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -60,12 +62,106 @@ struct Value {
       if (kv.first == k) { kv.second = std::move(v); return; }
     d->emplace_back(k, std::move(v));
   }
+
+  Value() = default;
+  Value(const Value&) = default;
+  Value(Value&&) = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) = default;
+  ~Value() {
+    if ((l && l.use_count() == 1) || (d && d.use_count() == 1)) release_nested();
+  }
+
+ private:
+  // A template can nest lists a million deep ({% set ns.x = [ns.x] %} in a loop): the last owner
+  // empties them here with a work list, so that destroying a deep value does not recurse.
+  void release_nested() {
+    std::vector<std::shared_ptr<List>> lists;
+    std::vector<std::shared_ptr<Dict>> dicts;
+    auto take = [&](Value& v) {
+      if (v.l && v.l.use_count() == 1) lists.push_back(std::move(v.l));
+      if (v.d && v.d.use_count() == 1) dicts.push_back(std::move(v.d));
+    };
+    take(*this);
+    while (!lists.empty() || !dicts.empty()) {
+      if (!lists.empty()) {
+        std::shared_ptr<List> x = std::move(lists.back());
+        lists.pop_back();
+        for (Value& c : *x) take(c);
+      } else {
+        std::shared_ptr<Dict> x = std::move(dicts.back());
+        dicts.pop_back();
+        for (auto& kv : *x) take(kv.second);
+      }
+    }
+  }
 };
 
 struct Error {
   std::string msg;
 };
 [[noreturn]] void fail(const std::string& m) { throw Error{m}; }
+
+// The renderer recurses over expressions, statements, macro calls and nested values. Each is
+// bounded on its own (nesting, expression height, macro depth), but not their product, and a
+// context or a template-built value may nest without bound; so each recursive step also checks
+// the stack it has used since render() began against a budget (a quarter of what the thread had
+// left, at most 4 MiB): what would overflow the stack fails with an error instead.
+class StackBudget {
+ public:
+  StackBudget() : prev_base_(base_), prev_budget_(budget_) {
+    base_ = static_cast<const char*>(__builtin_frame_address(0));
+    budget_ = size_t(4) << 20;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* low = nullptr;
+      size_t size = 0;
+      if (pthread_attr_getstack(&attr, &low, &size) == 0 && low && base_ > static_cast<const char*>(low))
+        budget_ = std::min(budget_, size_t(base_ - static_cast<const char*>(low)) / 4);
+      pthread_attr_destroy(&attr);
+    }
+  }
+  ~StackBudget() {
+    base_ = prev_base_;
+    budget_ = prev_budget_;
+  }
+  StackBudget(const StackBudget&) = delete;
+  StackBudget& operator=(const StackBudget&) = delete;
+
+  static void check(const char* what) {
+    const char* here = static_cast<const char*>(__builtin_frame_address(0));
+    if (base_ && here < base_ && size_t(base_ - here) > budget_)
+      fail(std::string(what) + " nested too deeply (the renderer's recursion passed its " +
+           std::to_string(budget_ >> 10) + " KiB stack budget)");
+  }
+
+ private:
+  static thread_local const char* base_;
+  static thread_local size_t budget_;
+  const char* prev_base_;
+  size_t prev_budget_;
+};
+thread_local const char* StackBudget::base_ = nullptr;
+thread_local size_t StackBudget::budget_ = 0;
+
+// Whether `v` holds (at any depth) the list or dict at `target`: appending or setting such a
+// value into the target would make a cycle, which leaks and recurses forever when printed.
+// Iterative; as no value holds a cycle, the walk ends; `visits` counts the containers it opens,
+// shared ones once per path, for the caller's step bound.
+bool reaches(const Value& v, const void* target, int64_t& visits) {
+  std::vector<const Value*> todo = {&v};
+  while (!todo.empty()) {
+    const Value* x = todo.back();
+    todo.pop_back();
+    const void* c = x->l ? static_cast<const void*>(x->l.get()) : static_cast<const void*>(x->d.get());
+    if (!c) continue;
+    if (c == target) return true;
+    ++visits;
+    if (x->l) for (const Value& e : *x->l) todo.push_back(&e);
+    if (x->d) for (const auto& kv : *x->d) todo.push_back(&kv.second);
+  }
+  return false;
+}
 
 const char* type_name(const Value& v) {
   switch (v.t) {
@@ -121,6 +217,7 @@ std::string to_str(const Value& v) {  // Python's str()
   }
 }
 std::string repr(const Value& v) {
+  StackBudget::check("a value");
   switch (v.t) {
     case Value::T::kStr: {
       const char q = v.s.find('\'') != std::string::npos && v.s.find('"') == std::string::npos ? '"' : '\'';
@@ -151,6 +248,7 @@ std::string repr(const Value& v) {
 
 // json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys), as transformers' tojson.
 void dumps(const Value& v, int indent, bool sort, int depth, std::string& o) {
+  StackBudget::check("a value");
   auto nl = [&](int d) {
     if (indent < 0) return;
     o += '\n';
@@ -221,6 +319,7 @@ void dumps(const Value& v, int indent, bool sort, int depth, std::string& o) {
 }
 
 Value from_json(const nlohmann::ordered_json& j) {
+  StackBudget::check("the context");
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
@@ -243,6 +342,7 @@ Value from_json(const nlohmann::ordered_json& j) {
 }
 
 bool equal(const Value& a, const Value& b) {
+  StackBudget::check("a value");
   if (a.is_num() && b.is_num()) return a.num() == b.num();
   if (a.t != b.t) return false;
   switch (a.t) {
@@ -493,6 +593,7 @@ struct Expr {
   std::vector<std::pair<std::string, ExprP>> kwargs;
   bool negate = false;  // kTest: "is not"
   size_t pos = 0;
+  int height = 1;  // of the tree under this node, bounded by the parser (sealed())
 };
 
 struct Node;
@@ -739,6 +840,18 @@ class Parser {
     Parser& p_;
   };
   int depth_ = 0;
+  // Operator chains (a + b + c ..., x.a.b ..., x|f|g ...) build trees iteratively, as deep as
+  // they are long, that evaluation walks recursively: each node's height is bounded as it is made.
+  static constexpr int kMaxHeight = 200;
+  ExprP sealed(ExprP e) const {
+    int h = 0;
+    for (const ExprP& a : e->args) if (a) h = std::max(h, a->height);
+    for (const auto& kv : e->kwargs) h = std::max(h, kv.second->height);
+    if (h + 1 > kMaxHeight)
+      fail(loc_.at(e->pos) + ": expression nested more than " + std::to_string(kMaxHeight) + " deep");
+    e->height = h + 1;
+    return e;
+  }
   ExprP expr() {
     Depth guard(*this);
     ExprP a = or_expr();
@@ -749,7 +862,7 @@ class Parser {
       ExprP b;
       if (is_name("else")) { ++t_; b = expr(); }
       e->args = {c, a, b};
-      return e;
+      return sealed(e);
     }
     return a;
   }
@@ -759,7 +872,7 @@ class Parser {
       auto e = mk(Expr::kOr, peek().pos);
       ++t_;
       e->args = {a, and_expr()};
-      a = e;
+      a = sealed(e);
     }
     return a;
   }
@@ -769,16 +882,17 @@ class Parser {
       auto e = mk(Expr::kAnd, peek().pos);
       ++t_;
       e->args = {a, not_expr()};
-      a = e;
+      a = sealed(e);
     }
     return a;
   }
   ExprP not_expr() {
     if (is_name("not")) {
+      Depth guard(*this);
       auto e = mk(Expr::kNot, peek().pos);
       ++t_;
       e->args = {not_expr()};
-      return e;
+      return sealed(e);
     }
     return compare();
   }
@@ -803,7 +917,7 @@ class Parser {
       auto e = mk(Expr::kBinary, pos);
       e->name = op;
       e->args = {a, math1()};
-      a = e;
+      a = sealed(e);
     }
   }
   ExprP binary_chain(const std::vector<std::string>& ops, ExprP (Parser::*next)()) {
@@ -813,7 +927,7 @@ class Parser {
       e->name = peek().s;
       ++t_;
       e->args = {a, (this->*next)()};
-      a = e;
+      a = sealed(e);
     }
     return a;
   }
@@ -825,10 +939,12 @@ class Parser {
   ExprP unary(bool with_filter) {
     ExprP e;
     if (is_op("-") || is_op("+")) {
+      Depth guard(*this);
       e = mk(Expr::kUnary, peek().pos);
       e->name = peek().s;
       ++t_;
       e->args = {unary(false)};
+      e = sealed(e);
     } else {
       e = postfix(primary());
     }
@@ -874,7 +990,7 @@ class Parser {
         if (!is_op("]")) want_op(",");
       }
       ++t_;
-      return e;
+      return sealed(e);
     }
     if (is_op("{")) {
       auto e = mk(Expr::kDict, pos);
@@ -887,7 +1003,7 @@ class Parser {
         if (!is_op("}")) want_op(",");
       }
       ++t_;
-      return e;
+      return sealed(e);
     }
     bad(t.k == Tok::kEnd ? "expected an expression" : "unexpected '" + t.s + "'");
   }
@@ -915,7 +1031,7 @@ class Parser {
         a->args = {e};
         if (is_op("(") && !kMethods.count(a->name))
           fail(loc_.at(pos) + ": unsupported method '" + a->name + "()'");
-        e = a;
+        e = sealed(a);
       } else if (is_op("[")) {
         const size_t pos = peek().pos;
         ++t_;
@@ -930,13 +1046,13 @@ class Parser {
         auto a = mk(slice ? Expr::kSlice : Expr::kIndex, pos);
         a->args = {e, idx[0], idx[1], idx[2]};
         if (!slice && !idx[0]) fail(loc_.at(pos) + ": empty subscript");
-        e = a;
+        e = sealed(a);
       } else if (is_op("(")) {
         auto c = mk(Expr::kCall, peek().pos);
         c->args.push_back(e);
         if (e->k == Expr::kName) called_.emplace_back(e->name, e->pos);
         call_args(c);
-        e = c;
+        e = sealed(c);
       } else {
         return e;
       }
@@ -952,7 +1068,7 @@ class Parser {
         if (!kFilters.count(f->name)) fail(loc_.at(pos) + ": unsupported filter '" + f->name + "'");
         f->args.push_back(e);
         if (is_op("(")) call_args(f);
-        e = f;
+        e = sealed(f);
       } else if (is_name("is")) {
         const size_t pos = peek().pos;
         ++t_;
@@ -971,7 +1087,7 @@ class Parser {
           if (is_name("is")) bad("tests cannot be chained with 'is'");
           f->args.push_back(postfix(primary()));
         }
-        e = f;
+        e = sealed(f);
       } else {
         return e;
       }
@@ -1018,6 +1134,7 @@ class Evaluator {
   int64_t steps_ = 0;
   int macro_depth_ = 0;
   void exec(const Node& n, std::string& out) {
+    StackBudget::check("the template");
     if (++steps_ > 20000000) err(n.pos, "the template ran more than 20 million steps");
     if (out.size() > (size_t(64) << 20)) err(n.pos, "the template wrote more than 64 MiB");
     switch (n.k) {
@@ -1102,6 +1219,7 @@ class Evaluator {
     Value ns = lookup(t.substr(0, dot));
     if (ns.t != Value::T::kDict || !ns.ns)
       err(n.pos, "cannot set '" + t + "': '" + t.substr(0, dot) + "' is not a namespace");
+    if (reaches(v, ns.d.get(), steps_)) err(n.pos, "cannot set '" + t + "': a namespace cannot contain itself");
     ns.put(t.substr(dot + 1), std::move(v));
   }
 
@@ -1126,6 +1244,7 @@ class Evaluator {
   }
 
   Value eval(const Expr& e) {
+    StackBudget::check("the template");
     switch (e.k) {
       case Expr::kLit: return e.lit;
       case Expr::kName: return lookup(e.name);
@@ -1423,6 +1542,7 @@ class Evaluator {
       if (o.t == Value::T::kList) {
         if (name == "append") {
           if (a.size() != 1) err(pos, "append(): expected one argument");
+          if (reaches(a[0], o.l.get(), steps_)) err(pos, "append(): a list cannot contain itself");
           o.l->push_back(a[0]);
           return Value::none();
         }
@@ -1847,11 +1967,12 @@ Result<std::string> JinjaTemplate::render(const nlohmann::ordered_json& context)
   SHRINK_CHECK(impl_, StatusCode::kInternal, "render of an empty template");
   SHRINK_CHECK(context.is_object(), StatusCode::kInvalidInput, "the template context must be an object");
   Loc loc{&impl_->source, impl_->origin};
+  StackBudget stack;
   Evaluator ev(loc);
   ev.scopes.emplace_back();
-  for (auto it = context.begin(); it != context.end(); ++it) ev.scopes.back()[it.key()] = from_json(it.value());
   std::string out;
   try {
+    for (auto it = context.begin(); it != context.end(); ++it) ev.scopes.back()[it.key()] = from_json(it.value());
     ev.run(impl_->body, out);
   } catch (const Error& e) {
     return Status(StatusCode::kInvalidInput, e.msg);
@@ -1882,6 +2003,7 @@ Result<std::optional<ChatTemplate>> chat_template_load(const std::string& model_
     char buf[65536];
     for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
     std::fclose(f);
+    SHRINK_RETURN_IF_ERROR(json_check_depth(text, cfg_path));
     try {
       cfg = nlohmann::ordered_json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {

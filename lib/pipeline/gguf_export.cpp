@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "core/fs.h"
+#include "core/json_util.h"
 #include "core/model_config.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
@@ -491,7 +492,7 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
                       " tokens (run token ids)");
     return Status::ok();
   }
-  nlohmann::json tok = nlohmann::json::parse(text, nullptr, false);
+  nlohmann::json tok = core::json_parse_line(text);  // depth-capped; discarded when invalid
   SHRINK_CHECK(!tok.is_discarded() && tok.is_object() && tok.contains("model") &&
                    tok["model"].is_object(),
                StatusCode::kInvalidInput, "%s: expected a tokenizer.json object with \"model\"",
@@ -577,7 +578,7 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
   // The chat template, as transformers reads it from tokenizer_config.json.
   Result<std::string> cfg_text = core::read_file(dir + "/tokenizer_config.json");
   if (cfg_text.is_ok()) {
-    nlohmann::json tc = nlohmann::json::parse(*cfg_text, nullptr, false);
+    nlohmann::json tc = core::json_parse_line(*cfg_text);  // depth-capped; discarded when invalid
     if (tc.is_object() && tc.contains("chat_template")) {
       const nlohmann::json& ct = tc["chat_template"];
       if (ct.is_string()) {

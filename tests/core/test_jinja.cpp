@@ -94,5 +94,51 @@ TEST(Jinja, ErrorsNameTheConstructAndWhere) {
   EXPECT_EQ(render("{{ 1 + 'a' }}"), "RENDER: t:1:6: unsupported operand types for +: integer and string");
 }
 
+std::string repeat(const std::string& s, int n) {
+  std::string o;
+  for (int k = 0; k < n; ++k) o += s;
+  return o;
+}
+
+// Inputs that recursed without bound (the fuzzer's stack overflows and leaks) fail with an error.
+TEST(Jinja, NestingAndCyclesAreBoundedNotFatal) {
+  // Expression trees: chains are as deep as they are long; 200 levels are allowed.
+  EXPECT_EQ(render("{{ 1" + repeat(" + 1", 198) + " }}"), "199");
+  EXPECT_EQ(render("{{ 1" + repeat(" + 1", 5000) + " }}"), "PARSE: t:1:802: expression nested more than 200 deep");
+  EXPECT_EQ(render("{{ x" + repeat(".a", 5000) + " }}"), "PARSE: t:1:403: expression nested more than 200 deep");
+  EXPECT_EQ(render("{{ 'a'" + repeat("|trim", 5000) + " }}"), "PARSE: t:1:1002: expression nested more than 200 deep");
+  EXPECT_EQ(render("{{ " + repeat("not ", 5000) + "x }}"), "PARSE: t:1:800: nested more than 200 deep");
+  EXPECT_EQ(render("{{ " + repeat("- ", 5000) + "1 }}"), "PARSE: t:1:402: nested more than 200 deep");
+  EXPECT_EQ(render("{{ " + repeat("not ", 3) + "x }}"), "True");
+  EXPECT_EQ(render("{{ " + repeat("- ", 3) + "1 }}"), "-1");
+  // A value that refers to itself is refused where it would be made.
+  EXPECT_EQ(render("{% set x = [1] %}{{ x.append(x) }}"), "RENDER: t:1:22: append(): a list cannot contain itself");
+  EXPECT_EQ(render("{% set x = [] %}{% set y = [[x]] %}{{ x.append(y) }}"),
+            "RENDER: t:1:40: append(): a list cannot contain itself");
+  EXPECT_EQ(render("{% set ns = namespace(a=1) %}{% set ns.b = [ns] %}"),
+            "RENDER: t:1:30: cannot set 'ns.b': a namespace cannot contain itself");
+  EXPECT_EQ(render("{% set x = [1] %}{% set y = [x, x] %}{{ y.append(x) }}{{ y }}"), "None[[1], [1], [1]]");
+  // Values nested a hundred thousand deep: printing them fails, freeing them does not recurse.
+  const std::string deep =
+      "{% set root = [] %}{% set ns = namespace(cur=root) %}{% for i in range(100000) %}"
+      "{% set n = [] %}{{ ns.cur.append(n) }}{% set ns.cur = n %}{% endfor %}";
+  EXPECT_EQ(render(deep + "{{ root|length }}{{ ns.cur|length }}").substr(4 * 100000), "10");
+  EXPECT_EQ(render(deep + "{{ root|tojson }}").rfind("RENDER: a value nested too deeply", 0), 0u);
+  EXPECT_EQ(render(deep + "{{ root }}").rfind("RENDER: a value nested too deeply", 0), 0u);
+  EXPECT_EQ(render(deep + "{{ root == root }}").rfind("RENDER: a value nested too deeply", 0), 0u);
+  // Building the same nesting by rebuilding a namespace's list costs each level a walk of the
+  // levels below (the cycle check): it ends at the step bound, not the stack.
+  EXPECT_EQ(render("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}"),
+            "RENDER: t:1:59: the template ran more than 20 million steps");
+  // A context nested deeper than the stack allows.
+  nlohmann::ordered_json ctx = nlohmann::ordered_json::object();
+  nlohmann::ordered_json* inner = &ctx["deep"];
+  for (int k = 0; k < 200000; ++k) {
+    inner->push_back(nlohmann::ordered_json::array());
+    inner = &inner->back();
+  }
+  EXPECT_EQ(render("{{ 1 }}", ctx).rfind("RENDER: the context nested too deeply", 0), 0u);
+}
+
 }  // namespace
 }  // namespace shrink::core

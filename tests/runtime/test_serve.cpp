@@ -628,6 +628,20 @@ TEST(Serve, ChatRequestsRenderTheTemplateAndNameBadMessages) {
   auto none = parse(R"({"messages":[{"role":"user","content":"x"}]})", nullptr);
   ASSERT_TRUE(none.has_value());
   EXPECT_NE(none->message.find("no chat template"), std::string::npos);
+  // Nesting is capped before anything copies the body (a copy recurses once per level).
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  auto nested = parse(R"({"messages":[{"role":"user","content":"x","extra":)" + deep + "}]}", &ct);
+  ASSERT_TRUE(nested.has_value());
+  EXPECT_EQ(nested->status, 400);
+  EXPECT_EQ(nested->message, "the body:1:112: JSON nested deeper than 64 levels; expected at most 64");
+  // Tool-call arguments nested too deep stay the text they came as.
+  core::ChatTemplate args_ct;
+  args_ct.tmpl = core::JinjaTemplate::parse("{{ messages[0].tool_calls[0].function.arguments is string }}", "a").take_or_throw();
+  const std::string call = R"({"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":")";
+  ASSERT_FALSE(parse(call + deep + R"("}}]}]})", &args_ct));
+  EXPECT_EQ(q.prompt_text, "True");
+  ASSERT_FALSE(parse(call + R"([[1]]"}}]}]})", &args_ct));
+  EXPECT_EQ(q.prompt_text, "False");
 }
 
 TEST(Serve, ResponseCacheKeysOnlyDeterministicRequestsAndEvictsLru) {

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "core/json_util.h"
+
 namespace shrink::runtime::serve {
 
 using nlohmann::json;
@@ -225,6 +227,9 @@ std::optional<ApiError> read_settings(const json& j, const core::Tokenizer* tok,
 }
 
 std::optional<ApiError> parse_json_object(const std::string& body, json& j) {
+  // Copying or printing a value recurses once per level: a body nested 100,000 deep would
+  // overflow the stack wherever it is copied (each message is), so nesting is capped first.
+  if (auto s = core::json_check_depth(body, "the body"); !s.is_ok()) return bad("", s.message());
   try {
     j = json::parse(body);
   } catch (const json::parse_error& e) {
@@ -334,7 +339,9 @@ std::optional<ApiError> parse_chat(const std::string& body, const core::Tokenize
       for (auto& tc : out["tool_calls"]) {
         if (tc.is_object() && tc.contains("function") && tc["function"].is_object() &&
             tc["function"].contains("arguments") && tc["function"]["arguments"].is_string()) {
-          auto parsed = nlohmann::ordered_json::parse(tc["function"]["arguments"].get<std::string>(), nullptr, false);
+          const std::string& text = tc["function"]["arguments"].get_ref<const std::string&>();
+          if (!core::json_check_depth(text, "arguments").is_ok()) continue;  // left as text
+          auto parsed = nlohmann::ordered_json::parse(text, nullptr, false);
           if (!parsed.is_discarded()) tc["function"]["arguments"] = parsed;
         }
       }
