@@ -112,14 +112,7 @@ class StackBudget {
   StackBudget() : prev_base_(base_), prev_budget_(budget_) {
     base_ = static_cast<const char*>(__builtin_frame_address(0));
     budget_ = size_t(4) << 20;
-    pthread_attr_t attr;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-      void* low = nullptr;
-      size_t size = 0;
-      if (pthread_attr_getstack(&attr, &low, &size) == 0 && low && base_ > static_cast<const char*>(low))
-        budget_ = std::min(budget_, size_t(base_ - static_cast<const char*>(low)) / 4);
-      pthread_attr_destroy(&attr);
-    }
+    if (const char* low = stack_low(); low && base_ > low) budget_ = std::min(budget_, size_t(base_ - low) / 4);
   }
   ~StackBudget() {
     base_ = prev_base_;
@@ -127,6 +120,23 @@ class StackBudget {
   }
   StackBudget(const StackBudget&) = delete;
   StackBudget& operator=(const StackBudget&) = delete;
+
+  // The lowest address of this thread's stack (null when unknown), found once per thread: for
+  // the main thread glibc reads /proc/self/maps.
+  static const char* stack_low() {
+    thread_local const char* low = [] {
+      const char* l = nullptr;
+      pthread_attr_t attr;
+      if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void* addr = nullptr;
+        size_t size = 0;
+        if (pthread_attr_getstack(&attr, &addr, &size) == 0) l = static_cast<const char*>(addr);
+        pthread_attr_destroy(&attr);
+      }
+      return l;
+    }();
+    return low;
+  }
 
   static void check(const char* what) {
     const char* here = static_cast<const char*>(__builtin_frame_address(0));
@@ -146,17 +156,17 @@ thread_local size_t StackBudget::budget_ = 0;
 
 // Whether `v` holds (at any depth) the list or dict at `target`: appending or setting such a
 // value into the target would make a cycle, which leaks and recurses forever when printed.
-// Iterative; as no value holds a cycle, the walk ends; `visits` counts the containers it opens,
-// shared ones once per path, for the caller's step bound.
+// Iterative; as no value holds a cycle, the walk ends; `visits` counts the values it looks at
+// (shared ones once per path), for the caller's step bound.
 bool reaches(const Value& v, const void* target, int64_t& visits) {
   std::vector<const Value*> todo = {&v};
   while (!todo.empty()) {
     const Value* x = todo.back();
     todo.pop_back();
+    ++visits;
     const void* c = x->l ? static_cast<const void*>(x->l.get()) : static_cast<const void*>(x->d.get());
     if (!c) continue;
     if (c == target) return true;
-    ++visits;
     if (x->l) for (const Value& e : *x->l) todo.push_back(&e);
     if (x->d) for (const auto& kv : *x->d) todo.push_back(&kv.second);
   }
