@@ -118,18 +118,21 @@ TEST(Jinja, NestingAndCyclesAreBoundedNotFatal) {
   EXPECT_EQ(render("{% set ns = namespace(a=1) %}{% set ns.b = [ns] %}"),
             "RENDER: t:1:30: cannot set 'ns.b': a namespace cannot contain itself");
   EXPECT_EQ(render("{% set x = [1] %}{% set y = [x, x] %}{{ y.append(x) }}{{ y }}"), "None[[1], [1], [1]]");
-  // Values nested a hundred thousand deep: printing them fails, freeing them does not recurse.
+  // Values nested 60,000 deep: printing them fails, freeing them does not recurse.
   const std::string deep =
-      "{% set root = [] %}{% set ns = namespace(cur=root) %}{% for i in range(100000) %}"
+      "{% set root = [] %}{% set ns = namespace(cur=root) %}{% for i in range(60000) %}"
       "{% set n = [] %}{{ ns.cur.append(n) }}{% set ns.cur = n %}{% endfor %}";
-  EXPECT_EQ(render(deep + "{{ root|length }}{{ ns.cur|length }}").substr(4 * 100000), "10");
+  EXPECT_EQ(render(deep + "{{ root|length }}{{ ns.cur|length }}").substr(4 * 60000), "10");
   EXPECT_EQ(render(deep + "{{ root|tojson }}").rfind("RENDER: a value nested too deeply", 0), 0u);
   EXPECT_EQ(render(deep + "{{ root }}").rfind("RENDER: a value nested too deeply", 0), 0u);
   EXPECT_EQ(render(deep + "{{ root == root }}").rfind("RENDER: a value nested too deeply", 0), 0u);
   // Building the same nesting by rebuilding a namespace's list costs each level a walk of the
-  // levels below (the cycle check): it ends at the step bound, not the stack.
+  // levels below (the cycle check): it ends at the work bound, not the stack.
+  const std::string bound =
+      " units of work (statements run, loop iterations, items and 64-byte blocks of text made; 2 million "
+      "plus 200 per value of the context and 8 per 64 bytes of its text)";
   EXPECT_EQ(render("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}"),
-            "RENDER: t:1:59: the template ran more than 20 million steps");
+            "RENDER: t:1:59: the template did more than its bound of 2000000" + bound);
   // A context nested deeper than the stack allows.
   nlohmann::ordered_json ctx = nlohmann::ordered_json::object();
   nlohmann::ordered_json* inner = &ctx["deep"];
@@ -138,6 +141,66 @@ TEST(Jinja, NestingAndCyclesAreBoundedNotFatal) {
     inner = &inner->back();
   }
   EXPECT_EQ(render("{{ 1 }}", ctx).rfind("RENDER: the context nested too deeply", 0), 0u);
+}
+
+// Work a template does beyond what its context calls for is bounded: loops in loops, text or
+// lists doubled in a loop end at the statement running when the bound is passed.
+TEST(Jinja, WorkIsBoundedByTheContext) {
+  const std::string bound =
+      " units of work (statements run, loop iterations, items and 64-byte blocks of text made; 2 million "
+      "plus 200 per value of the context and 8 per 64 bytes of its text)";
+  EXPECT_EQ(render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
+            "RENDER: t:1:29: the template did more than its bound of 2000000" + bound);
+  EXPECT_EQ(render("{% for i in range(100000) %}{{ range(1000000)|length }}{% endfor %}"),
+            "RENDER: t:1:29: the template did more than its bound of 2000000" + bound);
+  EXPECT_EQ(render("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+            "RENDER: t:1:57: the template did more than its bound of 2000000" + bound);
+  EXPECT_EQ(render("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}"),
+            "RENDER: t:1:56: the template did more than its bound of 2000000" + bound);
+  // The bound grows with the context: 200 units a value, 8 per 64 bytes of text.
+  nlohmann::ordered_json ctx = {{"xs", nlohmann::ordered_json::array()}, {"text", std::string(6400, 'a')}};
+  for (int k = 0; k < 100000; ++k) ctx["xs"].push_back(k);
+  EXPECT_EQ(render("{% for x in xs %}{% for y in range(10) %}{% endfor %}{% endfor %}{{ xs|length }}", ctx), "100000");
+  EXPECT_EQ(render("{% for i in range(1000000) %}{% for x in xs %}{% endfor %}{% endfor %}", ctx),
+            "RENDER: t:1:30: the template did more than its bound of 22001200" + bound);
+  // range() as Python's.
+  EXPECT_EQ(render("{{ range(2, 10, 3)|list }}{{ range(5, 0, -2)|list }}{{ range(3, 1)|list }}{{ range(0)|list }}"),
+            "[2, 5, 8][5, 3, 1][][]");
+  EXPECT_EQ(render("{{ range(-9223372036854775807, 9223372036854775807, 4611686018427387904)|list }}"),
+            "[-9223372036854775807, -4611686018427387903, 1, 4611686018427387905]");
+}
+
+// Python's integers are unbounded; here they are 64-bit: exact inside that range (not through a
+// double), and an error outside it (the fuzzer's UBSan reports: int64 overflow, float casts).
+TEST(Jinja, IntegersAreExact64BitAndOverflowIsAnError) {
+  EXPECT_EQ(render("{{ 9007199254740993 + 0 }} {{ -9223372036854775807 - 1 }} {{ 3 ** 39 }} {{ (-2) ** 63 }}"),
+            "9007199254740993 -9223372036854775808 4052555153018976267 -9223372036854775808");
+  EXPECT_EQ(render("{{ -7 // 2 }} {{ -7 % 2 }} {{ 7 % -2 }} {{ 2 ** -1 }} {{ (-9223372036854775807 - 1) % -1 }}"),
+            "-4 1 -1 0.5 0");
+  const std::string overflow = " (integers are 64-bit here)";
+  EXPECT_EQ(render("{{ -9223372036854775807 - 2 }}"), "RENDER: t:1:25: integer overflow in -" + overflow);
+  EXPECT_EQ(render("{{ 9223372036854775807 * 2 }}"), "RENDER: t:1:24: integer overflow in *" + overflow);
+  EXPECT_EQ(render("{{ 9223372036854775807 + 1 }}"), "RENDER: t:1:24: integer overflow in +" + overflow);
+  EXPECT_EQ(render("{{ 3 ** 40 }}"), "RENDER: t:1:6: integer overflow in **" + overflow);
+  EXPECT_EQ(render("{{ (-9223372036854775807 - 1) // -1 }}"), "RENDER: t:1:31: integer overflow in //" + overflow);
+  EXPECT_EQ(render("{{ -(-9223372036854775807 - 1) }}"), "RENDER: t:1:4: integer overflow in unary -" + overflow);
+  EXPECT_EQ(render("{{ 0 ** -1 }}"), "RENDER: t:1:6: zero to a negative power");
+  EXPECT_EQ(render("{{ 99999999999999999999 }}"), "PARSE: t:1:4: integer literal outside the 64-bit range" + overflow);
+  EXPECT_EQ(render("{{ 1e3 }} {{ 2.5E-1 }} {{ 1_000.5e1_0 }} {{ 1e400 }}"), "1000.0 0.25 10005000000000.0 inf");
+  // Floats print as Python's repr: shortest round trip, scientific below 1e-4 and from 1e16.
+  EXPECT_EQ(render("{{ 0.1 + 0.2 }} {{ 1e16 }} {{ 1.5e-5 }} {{ 0.0001 }} {{ -2.5e20 }} {{ 123456789012345.6 }} {{ 0.0 }}"),
+            "0.30000000000000004 1e+16 1.5e-05 0.0001 -2.5e+20 123456789012345.6 0.0");
+  // Filters and tests.
+  EXPECT_EQ(render("{{ 2.9|int }} {{ (-2.9)|int }} {{ [1, 2.5]|sum }} {{ -5|abs }}"), "2 -2 3.5 5");
+  EXPECT_EQ(render("{{ 1e300|int }}"), "RENDER: t:1:9: int of 1e+300: outside the 64-bit integer range");
+  EXPECT_EQ(render("{{ [9223372036854775807, 1]|sum }}"), "RENDER: t:1:28: integer overflow in sum" + overflow);
+  EXPECT_EQ(render("{{ (-9223372036854775807 - 1)|abs }}"), "RENDER: t:1:30: integer overflow in abs" + overflow);
+  EXPECT_EQ(render("{{ (-9223372036854775807 - 1) is divisibleby(-1) }}"), "True");
+  // Slices whose step passes the end; indentation that would not fit.
+  EXPECT_EQ(render("{{ [1, 2, 3][1:9223372036854775807:9223372036854775807] }}{{ 'abc'[::-9223372036854775807] }}"),
+            "[2]c");
+  EXPECT_EQ(render("{{ 'a\nb'|indent(width=-1, first=true) }}"), "a\nb");
+  EXPECT_EQ(render("{{ 'a\nb'|indent(width=1000000000000) }}"), "RENDER: t:2:3: indent: the result would pass 64 MiB");
 }
 
 }  // namespace
