@@ -12,6 +12,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <pthread.h>
 #include <set>
 #include <sstream>
@@ -117,6 +118,9 @@ struct Error {
   std::string msg;
 };
 [[noreturn]] void fail(const std::string& m) { throw Error{m}; }
+struct TooDeep {  // from the stack budget, deep in an expression: render() names the statement
+  std::string msg;
+};
 
 // The renderer recurses over expressions, statements, macro calls and nested values. Each is
 // bounded on its own (nesting, expression height, macro depth), but not their product, and a
@@ -157,8 +161,8 @@ class StackBudget {
   static void check(const char* what) {
     const char* here = static_cast<const char*>(__builtin_frame_address(0));
     if (base_ && here < base_ && size_t(base_ - here) > budget_)
-      fail(std::string(what) + " nested too deeply (the renderer's recursion passed its " +
-           std::to_string(budget_ >> 10) + " KiB stack budget)");
+      throw TooDeep{std::string(what) + " nested too deeply (the renderer's recursion passed its " +
+                    std::to_string(budget_ >> 10) + " KiB stack budget)"};
   }
 
  private:
@@ -503,6 +507,7 @@ class WorkBudget {
   static void at(size_t pos) {
     if (cur_) cur_->pos_ = pos;
   }
+  std::string where() const { return loc_.at(pos_); }
 
  private:
   const Loc& loc_;
@@ -2144,19 +2149,23 @@ Result<std::string> JinjaTemplate::render(const nlohmann::ordered_json& context)
   Evaluator ev(loc);
   ev.scopes.emplace_back();
   std::string out;
+  std::optional<WorkBudget> work;
+  auto where = [&] { return work ? work->where() : impl_->origin; };
   try {
     int64_t units = kWorkBase;
     for (auto it = context.begin(); it != context.end(); ++it) ev.scopes.back()[it.key()] = from_json(it.value(), units);
-    WorkBudget work(loc, units);
+    work.emplace(loc, units);
     ev.run(impl_->body, out);
   } catch (const Error& e) {
     return Status(StatusCode::kInvalidInput, e.msg);
+  } catch (const TooDeep& e) {
+    return Status(StatusCode::kInvalidInput, where() + ": " + e.msg);
   } catch (const Break&) {
     return Status(StatusCode::kInvalidInput, impl_->origin + ": 'break' outside a loop");
   } catch (const Continue&) {
     return Status(StatusCode::kInvalidInput, impl_->origin + ": 'continue' outside a loop");
   } catch (const std::exception& e) {  // a backstop: what the bounds above missed is an error, not a crash
-    return Status(StatusCode::kInvalidInput, impl_->origin + ": the template failed: " + e.what());
+    return Status(StatusCode::kInvalidInput, where() + ": the template failed: " + e.what());
   }
   return out;
 }
