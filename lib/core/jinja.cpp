@@ -28,12 +28,13 @@ namespace {
 
 struct Value;
 using List = std::vector<Value>;
+using Dict = std::vector<std::pair<std::string, Value>>;  // insertion order, as Python's dict
+struct Macro;
+
 // Charges the render in progress for work done (see WorkBudget below); a no-op outside one.
 void charge_work(int64_t units);
 // A render's work bound: a base, and more for each value of the context and 64 bytes of its text.
 constexpr int64_t kWorkBase = 2'000'000, kWorkPerContextValue = 200, kWorkPerContextText64 = 8;
-using Dict = std::vector<std::pair<std::string, Value>>;  // insertion order, as Python's dict
-struct Macro;
 
 struct Value {
   enum class T { kUndefined, kNone, kBool, kInt, kFloat, kStr, kList, kDict, kMacro, kFunc };
