@@ -119,9 +119,12 @@ struct Error {
   std::string msg;
 };
 [[noreturn]] void fail(const std::string& m) { throw Error{m}; }
-struct TooDeep {  // from the stack budget, deep in an expression: render() names the statement
+// An error raised where no position is known (value helpers, the stack budget): render() prefixes
+// it with the statement that was running.
+struct Unplaced {
   std::string msg;
 };
+[[noreturn]] void fail_unplaced(const std::string& m) { throw Unplaced{m}; }
 
 // The renderer recurses over expressions, statements, macro calls and nested values. Each is
 // bounded on its own (nesting, expression height, macro depth), but not their product, and a
@@ -162,8 +165,8 @@ class StackBudget {
   static void check(const char* what) {
     const char* here = static_cast<const char*>(__builtin_frame_address(0));
     if (base_ && here < base_ && size_t(base_ - here) > budget_)
-      throw TooDeep{std::string(what) + " nested too deeply (the renderer's recursion passed its " +
-                    std::to_string(budget_ >> 10) + " KiB stack budget)"};
+      fail_unplaced(std::string(what) + " nested too deeply (the renderer's recursion passed its " +
+                    std::to_string(budget_ >> 10) + " KiB stack budget)");
   }
 
  private:
@@ -301,8 +304,9 @@ void dumps(const Value& v, int indent, bool sort, int depth, std::string& o) {
   StackBudget::check("a value");
   auto nl = [&](int d) {
     if (indent < 0) return;
+    if (double(o.size()) + double(indent) * double(d) > double(64 << 20)) fail_unplaced("tojson: the text would pass 64 MiB");
     o += '\n';
-    o.append(size_t(indent * d), ' ');
+    o.append(size_t(indent) * size_t(d), ' ');
   };
   switch (v.t) {
     case Value::T::kUndefined:
@@ -364,7 +368,7 @@ void dumps(const Value& v, int indent, bool sort, int depth, std::string& o) {
       o += '}';
       return;
     }
-    default: fail("tojson: a " + std::string(type_name(v)) + " is not serializable");
+    default: fail_unplaced("tojson: a " + std::string(type_name(v)) + " is not serializable");
   }
 }
 
@@ -397,14 +401,23 @@ Value from_json(const nlohmann::ordered_json& j, int64_t& units) {
   }
 }
 
+int64_t int_value(const Value& v) { return v.t == Value::T::kBool ? int64_t(v.b) : v.i; }  // kInt, kBool
+bool both_ints(const Value& a, const Value& b) {
+  return a.is_num() && b.is_num() && a.t != Value::T::kFloat && b.t != Value::T::kFloat;
+}
+
+// Comparisons are charged to the work bound (one unit, and one per 64 bytes of text compared):
+// `x in list`, unique and sort inside loops would otherwise do unbounded work uncharged.
 bool equal(const Value& a, const Value& b) {
   StackBudget::check("a value");
+  charge_work(1);
+  if (both_ints(a, b)) return int_value(a) == int_value(b);  // exact past 2^53
   if (a.is_num() && b.is_num()) return a.num() == b.num();
   if (a.t != b.t) return false;
   switch (a.t) {
     case Value::T::kUndefined:
     case Value::T::kNone: return true;
-    case Value::T::kStr: return a.s == b.s;
+    case Value::T::kStr: charge_work(int64_t(std::min(a.s.size(), b.s.size()) >> 6)); return a.s == b.s;
     case Value::T::kList:
       if (a.l->size() != b.l->size()) return false;
       for (size_t k = 0; k < a.l->size(); ++k)
@@ -422,9 +435,14 @@ bool equal(const Value& a, const Value& b) {
 }
 
 bool less(const Value& a, const Value& b) {
+  charge_work(1);
+  if (both_ints(a, b)) return int_value(a) < int_value(b);
   if (a.is_num() && b.is_num()) return a.num() < b.num();
-  if (a.t == Value::T::kStr && b.t == Value::T::kStr) return a.s < b.s;
-  fail(std::string("cannot compare ") + type_name(a) + " and " + type_name(b) + " with <");
+  if (a.t == Value::T::kStr && b.t == Value::T::kStr) {
+    charge_work(int64_t(std::min(a.s.size(), b.s.size()) >> 6));
+    return a.s < b.s;
+  }
+  fail_unplaced(std::string("cannot compare ") + type_name(a) + " and " + type_name(b) + " with <");
 }
 
 List iterate(const Value& v) {
@@ -448,7 +466,7 @@ List iterate(const Value& v) {
     }
     case Value::T::kUndefined:
     case Value::T::kNone: return {};
-    default: fail(std::string("a ") + type_name(v) + " is not iterable");
+    default: fail_unplaced(std::string("a ") + type_name(v) + " is not iterable");
   }
 }
 
@@ -1214,7 +1232,6 @@ struct Continue {};
 
 // Python's integers are unbounded; here they are 64-bit, and a result outside that range is an
 // error (never undefined behaviour, never a silent wrap or a trip through double).
-int64_t int_value(const Value& v) { return v.t == Value::T::kBool ? int64_t(v.b) : v.i; }  // kInt, kBool
 bool int_pow(int64_t base, int64_t exp, int64_t& out) {  // exp >= 0; false on overflow
   int64_t r = 1;
   while (exp > 0) {
@@ -1516,7 +1533,7 @@ class Evaluator {
       bool r = false;
       if (b.t == Value::T::kStr) {
         if (a.t != Value::T::kStr) err(e.pos, "'in <string>' needs a string on the left");
-        r = b.s.find(a.s) != std::string::npos;
+        r = find_text(b.s, a.s, 0) != std::string::npos;
       } else if (b.t == Value::T::kDict) {
         r = b.get(to_str(a)) != nullptr;
       } else if (b.t == Value::T::kList) {
@@ -1589,10 +1606,39 @@ class Evaluator {
     err(e.pos, "unsupported operator " + op);
   }
 
+  // s.find(x, from), charged for the text it scans. Patterns past 16 bytes are searched with
+  // Knuth-Morris-Pratt, so that no search costs more than linear time ("aaa...ab" in "aaaa..."
+  // costs a naive search length x length; libstdc++'s boyer_moore_searcher spent 6 s building
+  // its tables for a 200 KB pattern).
+  static size_t find_text(const std::string& s, const std::string& x, size_t from) {
+    if (from > s.size()) return std::string::npos;
+    size_t p = std::string::npos;
+    if (x.size() <= 16) {
+      p = s.find(x, from);
+    } else {
+      std::vector<size_t> border(x.size(), 0);  // border[k]: the longest proper border of x[0..k]
+      for (size_t k = 1, b = 0; k < x.size(); ++k) {
+        while (b > 0 && x[k] != x[b]) b = border[b - 1];
+        if (x[k] == x[b]) ++b;
+        border[k] = b;
+      }
+      for (size_t k = from, m = 0; k < s.size(); ++k) {
+        while (m > 0 && s[k] != x[m]) m = border[m - 1];
+        if (s[k] == x[m] && ++m == x.size()) {
+          p = k + 1 - x.size();
+          break;
+        }
+      }
+    }
+    charge_work(1 + int64_t(((p == std::string::npos ? s.size() : p) - from + x.size()) >> 6));
+    return p;
+  }
   static std::string strip_chars(const std::string& s, const std::string& chars, bool l, bool r) {
+    bool strip[256] = {};  // (a table: a long chars argument costs no more per byte stripped)
+    for (unsigned char c : chars) strip[c] = true;
     size_t a = 0, b = s.size();
-    if (l) while (a < b && chars.find(s[a]) != std::string::npos) ++a;
-    if (r) while (b > a && chars.find(s[b - 1]) != std::string::npos) --b;
+    if (l) while (a < b && strip[static_cast<unsigned char>(s[a])]) ++a;
+    if (r) while (b > a && strip[static_cast<unsigned char>(s[b - 1])]) --b;
     return s.substr(a, b - a);
   }
 
@@ -1622,12 +1668,15 @@ class Evaluator {
           const std::string x = arg_str(0);
           return Value::boolean(s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0);
         }
-        if (name == "replace") return Value::str(replace_all(s, arg_str(0), arg_str(1)));
-        if (name == "find") return Value::integer(s.find(arg_str(0)) == std::string::npos ? -1 : int64_t(s.find(arg_str(0))));
+        if (name == "replace") return Value::str(replace_all(s, arg_str(0), arg_str(1), pos));
+        if (name == "find") {
+          const size_t p = find_text(s, arg_str(0), 0);
+          return Value::integer(p == std::string::npos ? -1 : int64_t(p));
+        }
         if (name == "count") {
           const std::string x = arg_str(0);
           int64_t c = 0;
-          for (size_t p = 0; !x.empty() && (p = s.find(x, p)) != std::string::npos; p += x.size()) ++c;
+          for (size_t p = 0; !x.empty() && (p = find_text(s, x, p)) != std::string::npos; p += x.size()) ++c;
           return Value::integer(c);
         }
         if (name == "split" || name == "rsplit") {
@@ -1640,22 +1689,24 @@ class Evaluator {
           }
           const std::string sep = arg_str(0);
           if (sep.empty()) err(pos, "split(): empty separator");
-          if (name == "rsplit" && maxsplit >= 0) {
+          if (name == "rsplit" && maxsplit >= 0) {  // from the right: search the reversed text
+            const std::string rs(s.rbegin(), s.rend()), rsep(sep.rbegin(), sep.rend());
             std::vector<std::string> rev;
-            std::string rest = s;
+            size_t end = s.size();  // the text left is s[0, end)
             for (int64_t k = 0; k < maxsplit; ++k) {
-              const size_t p = rest.rfind(sep);
-              if (p == std::string::npos) break;
-              rev.push_back(rest.substr(p + sep.size()));
-              rest = rest.substr(0, p);
+              const size_t r = find_text(rs, rsep, s.size() - end);
+              if (r == std::string::npos) break;
+              const size_t p = s.size() - r - sep.size();  // where the separator starts in s
+              rev.push_back(s.substr(p + sep.size(), end - p - sep.size()));
+              end = p;
             }
-            parts.push_back(Value::str(rest));
+            parts.push_back(Value::str(s.substr(0, end)));
             for (size_t k = rev.size(); k-- > 0;) parts.push_back(Value::str(rev[k]));
             return Value::list(parts);
           }
           size_t p = 0;
           int64_t n = 0;
-          for (size_t q; (maxsplit < 0 || n < maxsplit) && (q = s.find(sep, p)) != std::string::npos; p = q + sep.size(), ++n)
+          for (size_t q; (maxsplit < 0 || n < maxsplit) && (q = find_text(s, sep, p)) != std::string::npos; p = q + sep.size(), ++n)
             parts.push_back(Value::str(s.substr(p, q - p)));
           parts.push_back(Value::str(s.substr(p)));
           return Value::list(parts);
@@ -1718,10 +1769,24 @@ class Evaluator {
     return f;
   }
 
-  static std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  // Each occurrence of `from` replaced (left to right, not overlapping), in one pass, with the
+  // result's size known before it is made.
+  std::string replace_all(const std::string& s, const std::string& from, const std::string& to, size_t pos) {
     if (from.empty()) return s;
-    for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size()) s.replace(p, from.size(), to);
-    return s;
+    std::vector<size_t> at;
+    for (size_t p = 0; (p = find_text(s, from, p)) != std::string::npos; p += from.size()) at.push_back(p);
+    const double size = double(s.size()) + double(at.size()) * (double(to.size()) - double(from.size()));
+    if (size > double(64 << 20)) err(pos, "replace: the result would pass 64 MiB");
+    std::string r;
+    r.reserve(size_t(size));
+    size_t p = 0;
+    for (size_t q : at) {
+      r.append(s, p, q - p);
+      r += to;
+      p = q + from.size();
+    }
+    r.append(s, p, std::string::npos);
+    return r;
   }
   static Value title_case(const std::string& s, bool first_only) {
     std::string r = s;
@@ -1830,7 +1895,7 @@ class Evaluator {
     }
     if (name == "in") {
       const Value& c = arg();
-      if (c.t == Value::T::kStr) return v.t == Value::T::kStr && c.s.find(v.s) != std::string::npos;
+      if (c.t == Value::T::kStr) return v.t == Value::T::kStr && find_text(c.s, v.s, 0) != std::string::npos;
       if (c.t == Value::T::kDict) return c.get(to_str(v)) != nullptr;
       for (const Value& x : iterate(c)) if (equal(v, x)) return true;
       return false;
@@ -1886,7 +1951,8 @@ class Evaluator {
       const Value* ind = kwarg("indent", 0);
       const Value* sk = kwarg("sort_keys", 99);
       std::string o;
-      dumps(v, ind && ind->t == Value::T::kInt ? int(ind->i) : -1, sk && truthy(*sk), 0, o);
+      const int indent = ind && ind->t == Value::T::kInt ? int(std::clamp<int64_t>(ind->i, -1, 64 << 20)) : -1;
+      dumps(v, indent, sk && truthy(*sk), 0, o);
       return Value::str(o);
     }
     if (f == "length" || f == "count") return Value::integer(length(v, pos));
@@ -1961,7 +2027,7 @@ class Evaluator {
     }
     if (f == "replace") {
       if (a.size() < 2) err(pos, "replace needs two arguments");
-      return Value::str(replace_all(to_str(v), to_str(a[0]), to_str(a[1])));
+      return Value::str(replace_all(to_str(v), to_str(a[0]), to_str(a[1]), pos));
     }
     if (f == "reverse") {
       List items = iterate(v);
@@ -2159,7 +2225,7 @@ Result<std::string> JinjaTemplate::render(const nlohmann::ordered_json& context)
     ev.run(impl_->body, out);
   } catch (const Error& e) {
     return Status(StatusCode::kInvalidInput, e.msg);
-  } catch (const TooDeep& e) {
+  } catch (const Unplaced& e) {
     return Status(StatusCode::kInvalidInput, where() + ": " + e.msg);
   } catch (const Break&) {
     return Status(StatusCode::kInvalidInput, impl_->origin + ": 'break' outside a loop");

@@ -205,5 +205,32 @@ TEST(Jinja, IntegersAreExact64BitAndOverflowIsAnError) {
   EXPECT_EQ(render("{{ 'a\nb'|indent(width=1000000000000) }}"), "RENDER: t:2:3: indent: the result would pass 64 MiB");
 }
 
+// Text searches and comparisons: Python's results, in time linear in the text, charged to the
+// work bound (a search in a loop, unique or sort over many items end there, not in a hang).
+TEST(Jinja, SearchesAndComparisonsAreLinearAndCharged) {
+  EXPECT_EQ(render("{{ 'a-b--c'.split('-') }} {{ 'a-b--c'.rsplit('-', 1) }} {{ 'aaa'.rsplit('aa', 1) }} {{ 'aaa'.split('aa', 1) }}"),
+            "['a', 'b', '', 'c'] ['a-b-', 'c'] ['a', ''] ['', 'a']");
+  EXPECT_EQ(render("{{ 'abcabc'.replace('bc', 'X') }} {{ 'abc'|replace('', '-') }} {{ 'aaaa'.count('aa') }} {{ 'xyz'.find('z') }}"),
+            "aXaX abc 2 2");
+  EXPECT_EQ(render("{{ 'xxhixx'.strip('x') }} {{ 9007199254740993 == 9007199254740992 }} {{ 9007199254740992 < 9007199254740993 }}"),
+            "hi False True");
+  // A 17+ byte pattern goes through Knuth-Morris-Pratt: same answers.
+  const std::string pat = "{% set p = 'ab' * 12 ~ 'c' %}";
+  EXPECT_EQ(render(pat + "{{ ('x' ~ 'ab' * 12 ~ 'cab') .find(p) }} {{ p in ('ab' * 30) }} {{ ('ab' * 12 ~ 'c-' ~ 'ab' * 12 ~ 'c').split(p) }}"),
+            "1 False ['', '-', '']");
+  // "aaa...ab" in "aaaa...": quadratic for a naive search, linear here.
+  EXPECT_EQ(render("{{ ('a' * 100000 ~ 'b') in ('a' * 3000000) }}"), "False");
+  const std::string bound = ": the template did more than its bound of 2000000 units of work";
+  EXPECT_EQ(render("{% set big = range(100000)|list %}{% for i in range(100000) %}{% if -1 in big %}{% endif %}{% endfor %}")
+                .rfind("RENDER: t:1:63" + bound, 0),
+            0u);
+  EXPECT_EQ(render("{% set t = 'a' * 10000000 %}{% for i in range(100000) %}{{ 'b' in t }}{% endfor %}")
+                .rfind("RENDER: t:1:57" + bound, 0),
+            0u);
+  EXPECT_EQ(render("{{ range(100000)|list|unique|length }}").rfind("RENDER: t:1:1" + bound, 0), 0u);
+  EXPECT_EQ(render("{{ [1, 2, 3]|tojson(indent=100000000) }}"), "RENDER: t:1:1: tojson: the text would pass 64 MiB");
+  EXPECT_EQ(render("{{ ('a' * 1000000)|replace('a', 'b' * 100) }}"), "RENDER: t:1:19: replace: the result would pass 64 MiB");
+}
+
 }  // namespace
 }  // namespace shrink::core
