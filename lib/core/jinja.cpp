@@ -129,14 +129,19 @@ struct Unplaced {
 // The renderer recurses over expressions, statements, macro calls and nested values. Each is
 // bounded on its own (nesting, expression height, macro depth), but not their product, and a
 // context or a template-built value may nest without bound; so each recursive step also checks
-// the stack it has used since render() began against a budget (a quarter of what the thread had
-// left, at most 4 MiB): what would overflow the stack fails with an error instead.
+// the stack it has used since render() began against a budget: what the thread had left, less a
+// margin for the calls below the last check (an eighth of it, at least 512 KiB; half of a stack
+// under 1 MiB). Frames differ by build (eval's is 752 bytes at -O3 and about ten times that under
+// ASan), so the depth reached differs too; what would overflow fails with an error instead.
 class StackBudget {
  public:
   StackBudget() : prev_base_(base_), prev_budget_(budget_) {
     base_ = static_cast<const char*>(__builtin_frame_address(0));
-    budget_ = size_t(4) << 20;
-    if (const char* low = stack_low(); low && base_ > low) budget_ = std::min(budget_, size_t(base_ - low) / 4);
+    budget_ = size_t(1) << 20;  // where the stack's extent is unknown
+    if (const char* low = stack_low(); low && base_ > low) {
+      const size_t left = size_t(base_ - low);
+      budget_ = left < (size_t(1) << 20) ? left / 2 : left - std::max(left / 8, size_t(512) << 10);
+    }
   }
   ~StackBudget() {
     base_ = prev_base_;
