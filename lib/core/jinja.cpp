@@ -71,6 +71,7 @@ struct Value {
   double num() const { return t == T::kFloat ? f : t == T::kBool ? double(b) : double(i); }
   const Value* get(const std::string& k) const {
     if (t != T::kDict) return nullptr;
+    charge_work(1 + int64_t(d->size() >> 4));  // a linear lookup (equal() on dicts makes K of them)
     for (const auto& kv : *d)
       if (kv.first == k) return &kv.second;
     return nullptr;
@@ -276,6 +277,7 @@ std::string to_str(const Value& v) {  // Python's str()
 }
 std::string repr(const Value& v) {
   StackBudget::check("a value");
+  charge_work(1);  // (a list of itself twice, forty times over, is 2^40 values to print)
   switch (v.t) {
     case Value::T::kStr: {
       const char q = v.s.find('\'') != std::string::npos && v.s.find('"') == std::string::npos ? '"' : '\'';
@@ -307,6 +309,7 @@ std::string repr(const Value& v) {
 // json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys), as transformers' tojson.
 void dumps(const Value& v, int indent, bool sort, int depth, std::string& o) {
   StackBudget::check("a value");
+  charge_work(1);
   auto nl = [&](int d) {
     if (indent < 0) return;
     if (double(o.size()) + double(indent) * double(d) > double(64 << 20)) fail_unplaced("tojson: the text would pass 64 MiB");
@@ -385,7 +388,10 @@ Value from_json(const nlohmann::ordered_json& j, int64_t& units) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value::integer(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_unsigned: return Value::integer(int64_t(j.get<uint64_t>()));
+    case nlohmann::ordered_json::value_t::number_unsigned: {  // past int64: a float, not a wrap to negative
+      const uint64_t u = j.get<uint64_t>();
+      return u > uint64_t(std::numeric_limits<int64_t>::max()) ? Value::real(double(u)) : Value::integer(int64_t(u));
+    }
     case nlohmann::ordered_json::value_t::number_float: return Value::real(j.get<double>());
     case nlohmann::ordered_json::value_t::string: {
       const std::string& text = j.get_ref<const std::string&>();
@@ -1391,9 +1397,14 @@ class Evaluator {
         if (name == m.params[k].first) v = val;
       scopes.back()[m.params[k].first] = v;
     }
-    (void)pos;
     std::string out;
-    run(m.body, out);
+    try {
+      run(m.body, out);
+    } catch (const Break&) {  // (Jinja refuses these; they must not unwind the caller's loop)
+      err(pos, "'break' outside a loop (in a macro)");
+    } catch (const Continue&) {
+      err(pos, "'continue' outside a loop (in a macro)");
+    }
     scopes.pop_back();
     --macro_depth_;
     return Value::str(out);
@@ -1432,8 +1443,14 @@ class Evaluator {
           const Value* v = o.get(to_str(k));
           return v ? *v : Value();
         }
-        if ((o.t == Value::T::kList || o.t == Value::T::kStr) && k.t == Value::T::kInt) {
-          List items = o.t == Value::T::kList ? *o.l : iterate(o);
+        if (o.t == Value::T::kList && k.t == Value::T::kInt) {  // (no copy: messages[i] in a loop)
+          const int64_t n = int64_t(o.l->size());
+          const int64_t i = k.i < 0 ? k.i + n : k.i;
+          if (i < 0 || i >= n) return Value();
+          return (*o.l)[size_t(i)];
+        }
+        if (o.t == Value::T::kStr && k.t == Value::T::kInt) {
+          List items = iterate(o);
           int64_t i = k.i < 0 ? k.i + int64_t(items.size()) : k.i;
           if (i < 0 || i >= int64_t(items.size())) return Value();
           return items[size_t(i)];
@@ -1442,7 +1459,7 @@ class Evaluator {
       }
       case Expr::kSlice: {
         Value o = eval(*e.args[0]);
-        List items = o.t == Value::T::kList ? *o.l : iterate(o);
+        List items = iterate(o);  // (charged for the copy)
         const int64_t n = int64_t(items.size());
         auto opt = [&](const ExprP& x, bool& has) -> int64_t {
           has = false;
@@ -1558,6 +1575,7 @@ class Evaluator {
       }
     }
     if (op == "*" && a.t == Value::T::kStr && b.t == Value::T::kInt) {
+      if (a.s.empty() || b.i <= 0) return Value::str("");
       if (double(a.s.size()) * double(std::max<int64_t>(b.i, 0)) > double(64 << 20))
         err(e.pos, "a string repeated past 64 MiB");
       std::string s;
@@ -1580,9 +1598,10 @@ class Evaluator {
         if (q == -1) {  // p / -1 overflows for the smallest p; the remainder is 0
           overflow = op == "//" && __builtin_sub_overflow(int64_t(0), p, &r);
         } else {
-          int64_t d = p / q;
-          if ((p % q != 0) && ((p < 0) != (q < 0))) --d;  // floor, as Python
-          r = op == "//" ? d : p - d * q;
+          // Floored, as Python: the quotient rounds down, the remainder takes the divisor's sign.
+          const int64_t m = p % q;
+          const bool adjust = m != 0 && ((m < 0) != (q < 0));
+          r = op == "//" ? p / q - (adjust ? 1 : 0) : m + (adjust ? q : 0);
         }
       } else if (op == "**" && q >= 0) {
         overflow = !int_pow(p, q, r);
@@ -1638,6 +1657,13 @@ class Evaluator {
     charge_work(1 + int64_t(((p == std::string::npos ? s.size() : p) - from + x.size()) >> 6));
     return p;
   }
+  // r += a + b, unless that would pass 64 MiB (checked before anything is allocated).
+  void append_capped(std::string& r, const std::string& a, const std::string& b, size_t pos, const char* what) {
+    if (r.size() + a.size() + b.size() > (size_t(64) << 20)) err(pos, std::string(what) + ": the result would pass 64 MiB");
+    charge_work(int64_t((a.size() + b.size()) >> 6));
+    r += a;
+    r += b;
+  }
   static std::string strip_chars(const std::string& s, const std::string& chars, bool l, bool r) {
     bool strip[256] = {};  // (a table: a long chars argument costs no more per byte stripped)
     for (unsigned char c : chars) strip[c] = true;
@@ -1647,9 +1673,17 @@ class Evaluator {
     return s.substr(a, b - a);
   }
 
-  Value bound_method(const Value& o, const std::string& name, size_t pos) {
+  Value bound_method(const Value& owner, const std::string& name, size_t pos) {
     Value f;
     f.t = Value::T::kFunc;
+    // The method value holds its list or dict in its own l/d, where the cycle check and the
+    // iterative release see it (`l.append(l.append)`, chains of methods in a namespace); the
+    // capture only points at it (aliasing shared_ptrs that own nothing).
+    f.l = owner.l;
+    f.d = owner.d;
+    Value o = owner;
+    o.l = std::shared_ptr<List>(std::shared_ptr<List>(), owner.l.get());
+    o.d = std::shared_ptr<Dict>(std::shared_ptr<Dict>(), owner.d.get());
     f.fn = [this, o, name, pos](std::vector<Value>& a, std::vector<std::pair<std::string, Value>>&) -> Value {
       auto arg_str = [&](size_t k) {
         if (k >= a.size() || a[k].t != Value::T::kStr) err(pos, name + "(): expected a string argument");
@@ -1726,7 +1760,7 @@ class Evaluator {
           if (a.empty()) err(pos, "join(): expected an iterable");
           std::string r;
           List items = iterate(a[0]);
-          for (size_t k = 0; k < items.size(); ++k) r += (k ? s : "") + to_str(items[k]);
+          for (size_t k = 0; k < items.size(); ++k) append_capped(r, k ? s : "", to_str(items[k]), pos, "join");
           return Value::str(r);
         }
         if (name == "isdigit" || name == "isalpha" || name == "isspace") {
@@ -1978,8 +2012,9 @@ class Evaluator {
       const Value* attr = kwarg("attribute", 1);
       std::string r;
       List items = iterate(v);
+      const std::string glue = sep ? to_str(*sep) : "";
       for (size_t k = 0; k < items.size(); ++k)
-        r += (k && sep ? to_str(*sep) : "") + to_str(attr ? attr_path(items[k], to_str(*attr)) : items[k]);
+        append_capped(r, k ? glue : "", to_str(attr ? attr_path(items[k], to_str(*attr)) : items[k]), pos, "join");
       return Value::str(r);
     }
     if (f == "first" || f == "last") {
