@@ -1522,7 +1522,7 @@ class Evaluator {
         if (e.name == "+") return v;
         if (v.t == Value::T::kFloat) return Value::real(-v.f);
         int64_t r = 0;
-        if (__builtin_sub_overflow(int64_t(0), int_value(v), &r)) err(e.pos, "integer overflow in unary - (integers are 64-bit here)");
+        if (__builtin_sub_overflow(int64_t(0), int_value(v), &r)) overflow_error(e.pos, "unary -");
         return Value::integer(r);
       }
       case Expr::kNot: return Value::boolean(!truthy(eval(*e.args[0])));
@@ -1584,33 +1584,10 @@ class Evaluator {
     }
     if (!a.is_num() || !b.is_num())
       err(e.pos, "unsupported operand types for " + op + ": " + type_name(a) + " and " + type_name(b));
-    const bool ints = a.t != Value::T::kFloat && b.t != Value::T::kFloat;
+    // Integers stay exact; / and negative powers give floats, as in Python.
+    if (both_ints(a, b) && op != "/" && !(op == "**" && int_value(b) < 0))
+      return Value::integer(int_arith(op, int_value(a), int_value(b), e.pos));
     const double x = a.num(), y = b.num();
-    if (ints) {
-      const int64_t p = int_value(a), q = int_value(b);
-      int64_t r = 0;
-      bool overflow = false;
-      if (op == "+") overflow = __builtin_add_overflow(p, q, &r);
-      else if (op == "-") overflow = __builtin_sub_overflow(p, q, &r);
-      else if (op == "*") overflow = __builtin_mul_overflow(p, q, &r);
-      else if (op == "//" || op == "%") {
-        if (q == 0) err(e.pos, "division by zero");
-        if (q == -1) {  // p / -1 overflows for the smallest p; the remainder is 0
-          overflow = op == "//" && __builtin_sub_overflow(int64_t(0), p, &r);
-        } else {
-          // Floored, as Python: the quotient rounds down, the remainder takes the divisor's sign.
-          const int64_t m = p % q;
-          const bool adjust = m != 0 && ((m < 0) != (q < 0));
-          r = op == "//" ? p / q - (adjust ? 1 : 0) : m + (adjust ? q : 0);
-        }
-      } else if (op == "**" && q >= 0) {
-        overflow = !int_pow(p, q, r);
-      } else if (op != "/" && op != "**") {
-        err(e.pos, "unsupported operator " + op);
-      }
-      if (overflow) err(e.pos, "integer overflow in " + op + " (integers are 64-bit here)");
-      if (op != "/" && !(op == "**" && q < 0)) return Value::integer(r);
-    }
     if (op == "+") return Value::real(x + y);
     if (op == "-") return Value::real(x - y);
     if (op == "*") return Value::real(x * y);
@@ -1628,6 +1605,34 @@ class Evaluator {
       return Value::real(std::pow(x, y));
     }
     err(e.pos, "unsupported operator " + op);
+  }
+
+  // p op q for + - * // % and ** (q >= 0), exact in int64; a result outside it is an error.
+  int64_t int_arith(const std::string& op, int64_t p, int64_t q, size_t pos) {
+    int64_t r = 0;
+    bool overflow = false;
+    if (op == "+") overflow = __builtin_add_overflow(p, q, &r);
+    else if (op == "-") overflow = __builtin_sub_overflow(p, q, &r);
+    else if (op == "*") overflow = __builtin_mul_overflow(p, q, &r);
+    else if (op == "**") overflow = !int_pow(p, q, r);
+    else if (op == "//" || op == "%") {
+      if (q == 0) err(pos, "division by zero");
+      if (q == -1) {  // p / -1 overflows for the smallest p; the remainder is 0
+        overflow = op == "//" && __builtin_sub_overflow(int64_t(0), p, &r);
+      } else {
+        // Floored, as Python: the quotient rounds down, the remainder takes the divisor's sign.
+        const int64_t m = p % q;
+        const bool adjust = m != 0 && ((m < 0) != (q < 0));
+        r = op == "//" ? p / q - (adjust ? 1 : 0) : m + (adjust ? q : 0);
+      }
+    } else {
+      err(pos, "unsupported operator " + op);
+    }
+    if (overflow) overflow_error(pos, op);
+    return r;
+  }
+  [[noreturn]] void overflow_error(size_t pos, const std::string& op) {
+    err(pos, "integer overflow in " + op + " (integers are 64-bit here)");
   }
 
   // s.find(x, from), charged for the text it scans. Patterns past 16 bytes are searched with
@@ -2143,7 +2148,7 @@ class Evaluator {
       if (!v.is_num()) err(pos, std::string("abs of a ") + type_name(v));
       if (v.t == Value::T::kFloat) return Value::real(std::fabs(v.f));
       const int64_t x = int_value(v);
-      if (x == std::numeric_limits<int64_t>::min()) err(pos, "integer overflow in abs (integers are 64-bit here)");
+      if (x == std::numeric_limits<int64_t>::min()) overflow_error(pos, "abs");
       return Value::integer(x < 0 ? -x : x);
     }
     if (f == "round") {
@@ -2184,7 +2189,7 @@ class Evaluator {
         real = real || x.t == Value::T::kFloat;
         s += x.num();
         if (!real && __builtin_add_overflow(si, int_value(x), &si))
-          err(pos, "integer overflow in sum (integers are 64-bit here)");
+          overflow_error(pos, "sum");
       }
       return real ? Value::real(s) : Value::integer(si);
     }

@@ -492,7 +492,8 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
                       " tokens (run token ids)");
     return Status::ok();
   }
-  nlohmann::json tok = core::json_parse_line(text);  // depth-capped; discarded when invalid
+  Result<nlohmann::json> parsed = core::json_parse_untrusted(text, path);  // depth-capped, no throw
+  const nlohmann::json tok = parsed.is_ok() ? std::move(parsed).value() : nlohmann::json(nlohmann::json::value_t::discarded);
   SHRINK_CHECK(!tok.is_discarded() && tok.is_object() && tok.contains("model") &&
                    tok["model"].is_object(),
                StatusCode::kInvalidInput, "%s: expected a tokenizer.json object with \"model\"",
@@ -578,7 +579,8 @@ Status tokenizer_metadata(const std::string& dir, const core::ModelConfig& c, Me
   // The chat template, as transformers reads it from tokenizer_config.json.
   Result<std::string> cfg_text = core::read_file(dir + "/tokenizer_config.json");
   if (cfg_text.is_ok()) {
-    nlohmann::json tc = core::json_parse_line(*cfg_text);  // depth-capped; discarded when invalid
+    Result<nlohmann::json> parsed = core::json_parse_untrusted(*cfg_text, dir + "/tokenizer_config.json");
+    const nlohmann::json tc = parsed.is_ok() ? std::move(parsed).value() : nlohmann::json();
     if (tc.is_object() && tc.contains("chat_template")) {
       const nlohmann::json& ct = tc["chat_template"];
       if (ct.is_string()) {
